@@ -1,0 +1,410 @@
+//! Configuration: `proxy.toml`, `MCP_GATE_*` environment variables and the command line.
+//!
+//! Loading happens in two steps. [`RawConfig`] is what figment deserializes (defaults, then the
+//! file, then `MCP_GATE_SECTION__KEY` environment variables) with unknown keys rejected. It is
+//! then validated into a [`Config`], whose errors name the key and the file.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::Deserialize;
+
+/// Default separator between a server's name and its tool or prompt names.
+pub const DEFAULT_SEPARATOR: &str = "__";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Load(String),
+    #[error("{file}: `{key}`: {message}")]
+    Invalid { file: String, key: String, message: String },
+}
+
+/// `proxy.toml` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub proxy: RawProxy,
+    #[serde(default)]
+    pub listen: RawListen,
+    #[serde(default)]
+    pub servers: BTreeMap<String, RawServer>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProxy {
+    pub separator: Option<String>,
+    pub log: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListen {
+    pub addr: Option<String>,
+    pub token_env: Option<String>,
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub command: Option<String>,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    pub cwd: Option<PathBuf>,
+    pub url: Option<String>,
+    pub transport: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    pub prefix: Option<bool>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from, if any (for messages).
+    pub source: Option<PathBuf>,
+    pub separator: String,
+    pub log: Option<String>,
+    pub listen: Listen,
+    /// Upstream servers in name order.
+    pub servers: Vec<ServerConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Listen {
+    pub addr: Option<SocketAddr>,
+    /// Bearer token required from downstream HTTP clients, if set.
+    pub token: Option<String>,
+    /// Extra Host header values accepted besides loopback names.
+    pub allowed_hosts: Vec<String>,
+    /// Extra Origin values accepted besides loopback origins.
+    pub allowed_origins: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub name: String,
+    pub transport: UpstreamTransport,
+    /// Whether tools and prompts are exposed as `NAME<sep>tool` when several servers are configured.
+    pub prefix: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum UpstreamTransport {
+    Stdio { command: String, args: Vec<String>, env: Vec<(String, String)>, cwd: Option<PathBuf> },
+    StreamableHttp { url: String, headers: Vec<(String, String)> },
+    Sse { url: String, headers: Vec<(String, String)> },
+}
+
+impl UpstreamTransport {
+    pub fn describe(&self) -> String {
+        match self {
+            UpstreamTransport::Stdio { command, args, .. } => {
+                std::iter::once(command.as_str()).chain(args.iter().map(String::as_str)).collect::<Vec<_>>().join(" ")
+            }
+            UpstreamTransport::StreamableHttp { url, .. } => format!("streamable-http {url}"),
+            UpstreamTransport::Sse { url, .. } => format!("sse {url}"),
+        }
+    }
+}
+
+/// An upstream given on the command line after `--`.
+#[derive(Debug, Clone)]
+pub struct CommandLineUpstream {
+    pub name: Option<String>,
+    pub argv: Vec<String>,
+}
+
+impl Config {
+    /// Loads and validates. `file` is the `--config` argument; without it `./proxy.toml` is not
+    /// read implicitly: zero-config runs use only the command line.
+    pub fn load(file: Option<&Path>, extra: Option<&CommandLineUpstream>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(ConfigError::Load(format!("{}: no such file", file.display())));
+            }
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment = figment.merge(Env::prefixed("MCP_GATE_").split("__").filter(|k| k.as_str().contains('.')));
+        let raw: RawConfig = figment.extract().map_err(|e| ConfigError::Load(describe_figment_error(e, file)))?;
+        Config::validate(raw, file, extra)
+    }
+
+    /// Parses a TOML string (used by tests and `check-config` on examples).
+    pub fn from_toml(text: &str, name: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = Figment::new()
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(|e| ConfigError::Load(describe_figment_error(e, Some(Path::new(name)))))?;
+        Config::validate(raw, Some(Path::new(name)), None)
+    }
+
+    fn validate(
+        raw: RawConfig,
+        file: Option<&Path>,
+        extra: Option<&CommandLineUpstream>,
+    ) -> Result<Config, ConfigError> {
+        let file_name = file.map_or_else(|| "command line".to_owned(), |f| f.display().to_string());
+        let invalid =
+            |key: &str, message: String| ConfigError::Invalid { file: file_name.clone(), key: key.to_owned(), message };
+
+        let separator = raw.proxy.separator.unwrap_or_else(|| DEFAULT_SEPARATOR.to_owned());
+        if separator.is_empty() || separator.chars().any(|c| c.is_whitespace() || c == '/') {
+            return Err(invalid("proxy.separator", format!("{separator:?} is not a usable separator")));
+        }
+
+        let mut servers = Vec::new();
+        for (name, s) in raw.servers {
+            let key = format!("servers.{name}");
+            check_server_name(&name, &separator).map_err(|m| invalid(&key, m))?;
+            let transport = server_transport(&key, s.command, s.args, s.env, s.cwd, s.url, s.transport, s.headers)
+                .map_err(|(k, m)| invalid(&k, m))?;
+            servers.push(ServerConfig { name, transport, prefix: s.prefix.unwrap_or(true) });
+        }
+
+        if let Some(cli) = extra {
+            let (first, rest) = cli
+                .argv
+                .split_first()
+                .ok_or_else(|| ConfigError::Load("nothing after `--`: give a command or a URL".into()))?;
+            let is_url = first.starts_with("http://") || first.starts_with("https://");
+            let name = match &cli.name {
+                Some(n) => n.clone(),
+                None => default_name(first, is_url),
+            };
+            check_server_name(&name, &separator).map_err(|m| invalid("--name", m))?;
+            if servers.iter().any(|s| s.name == name) {
+                return Err(invalid(
+                    &format!("servers.{name}"),
+                    "is also the name of the upstream given after `--`; pick another with --name".into(),
+                ));
+            }
+            let transport = if is_url {
+                if !rest.is_empty() {
+                    return Err(ConfigError::Load(format!("unexpected arguments after the URL {first}")));
+                }
+                UpstreamTransport::StreamableHttp { url: first.clone(), headers: Vec::new() }
+            } else {
+                UpstreamTransport::Stdio { command: first.clone(), args: rest.to_vec(), env: Vec::new(), cwd: None }
+            };
+            servers.push(ServerConfig { name, transport, prefix: true });
+        }
+
+        let addr = match raw.listen.addr {
+            Some(a) => Some(a.parse().map_err(|e| invalid("listen.addr", format!("{a:?}: {e}")))?),
+            None => None,
+        };
+        let token = match raw.listen.token_env {
+            Some(var) => Some(
+                std::env::var(&var)
+                    .map_err(|_| invalid("listen.token_env", format!("environment variable {var} is not set")))?,
+            ),
+            None => std::env::var("MCP_GATE_HTTP_TOKEN").ok().filter(|t| !t.is_empty()),
+        };
+
+        Ok(Config {
+            source: file.map(Path::to_path_buf),
+            separator,
+            log: raw.proxy.log,
+            listen: Listen {
+                addr,
+                token,
+                allowed_hosts: raw.listen.allowed_hosts,
+                allowed_origins: raw.listen.allowed_origins,
+            },
+            servers,
+        })
+    }
+
+    /// A human-readable account of what this configuration does (for `check-config`).
+    pub fn explain(&self) -> String {
+        let mut out = String::new();
+        let source = self.source.as_ref().map_or("(no file)".to_owned(), |p| p.display().to_string());
+        out.push_str(&format!("configuration: {source}: ok\n"));
+        out.push_str(&format!("upstream servers: {}\n", self.servers.len()));
+        let several = self.servers.len() > 1;
+        for s in &self.servers {
+            let naming = if several && s.prefix {
+                format!("tools and prompts exposed as {}{}<name>", s.name, self.separator)
+            } else {
+                "tools and prompts exposed under their own names".to_owned()
+            };
+            out.push_str(&format!("  {}: {} ({naming})\n", s.name, s.transport.describe()));
+        }
+        if let Some(addr) = self.listen.addr {
+            out.push_str(&format!("serve listens on http://{addr}/mcp\n"));
+        }
+        out
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn server_transport(
+    key: &str,
+    command: Option<String>,
+    args: Vec<String>,
+    env: BTreeMap<String, String>,
+    cwd: Option<PathBuf>,
+    url: Option<String>,
+    transport: Option<String>,
+    headers: BTreeMap<String, String>,
+) -> Result<UpstreamTransport, (String, String)> {
+    let expand_all = |what: &str, map: BTreeMap<String, String>| -> Result<Vec<(String, String)>, (String, String)> {
+        map.into_iter()
+            .map(|(k, v)| {
+                let v = expand_env(&v).map_err(|m| (format!("{key}.{what}.{k}"), m))?;
+                Ok((k, v))
+            })
+            .collect()
+    };
+    match (command, url) {
+        (Some(_), Some(_)) => Err((key.to_owned(), "set either `command` or `url`, not both".into())),
+        (None, None) => Err((key.to_owned(), "needs a `command` (stdio server) or a `url` (HTTP server)".into())),
+        (Some(command), None) => {
+            if let Some(t) = transport.filter(|t| t != "stdio") {
+                return Err((format!("{key}.transport"), format!("{t:?} needs a `url`; a `command` is always stdio")));
+            }
+            if !headers.is_empty() {
+                return Err((format!("{key}.headers"), "only HTTP servers take headers".into()));
+            }
+            let args = args
+                .iter()
+                .enumerate()
+                .map(|(i, a)| expand_env(a).map_err(|m| (format!("{key}.args[{i}]"), m)))
+                .collect::<Result<_, _>>()?;
+            Ok(UpstreamTransport::Stdio { command, args, env: expand_all("env", env)?, cwd })
+        }
+        (None, Some(url)) => {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err((format!("{key}.url"), format!("{url:?} is not an http:// or https:// URL")));
+            }
+            if !args.is_empty() || !env.is_empty() || cwd.is_some() {
+                return Err((key.to_owned(), "`args`, `env` and `cwd` apply only to a `command`".into()));
+            }
+            let headers = expand_all("headers", headers)?;
+            match transport.as_deref() {
+                None | Some("streamable-http") | Some("http") => Ok(UpstreamTransport::StreamableHttp { url, headers }),
+                Some("sse") => Ok(UpstreamTransport::Sse { url, headers }),
+                Some(other) => Err((
+                    format!("{key}.transport"),
+                    format!("unknown transport {other:?}; use \"streamable-http\" or \"sse\""),
+                )),
+            }
+        }
+    }
+}
+
+fn check_server_name(name: &str, separator: &str) -> Result<(), String> {
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        return Err(format!("server name {name:?} may only use letters, digits, '-' and '_'"));
+    }
+    if name.contains(separator) {
+        return Err(format!("server name {name:?} contains the separator {separator:?}"));
+    }
+    Ok(())
+}
+
+/// A server name derived from a command (`/usr/bin/mcp-server-x` -> `mcp-server-x`) or a URL host.
+fn default_name(first: &str, is_url: bool) -> String {
+    let base = if is_url {
+        first.split("://").nth(1).unwrap_or(first).split(['/', ':']).next().unwrap_or("upstream")
+    } else {
+        Path::new(first).file_stem().and_then(|s| s.to_str()).unwrap_or("upstream")
+    };
+    let name: String = base
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' })
+        .collect::<String>()
+        .replace("__", "-");
+    if name.is_empty() { "upstream".to_owned() } else { name }
+}
+
+/// Expands `${VAR}` references from the environment; a missing variable is an error.
+pub fn expand_env(value: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after.find('}').ok_or_else(|| format!("unterminated ${{ in {value:?}"))?;
+        let var = &after[..end];
+        let val = std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))?;
+        out.push_str(&val);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn describe_figment_error(e: figment::Error, file: Option<&Path>) -> String {
+    let file = file.map_or_else(|| "configuration".to_owned(), |f| f.display().to_string());
+    let mut parts = Vec::new();
+    for err in e {
+        let key = err.path.join(".");
+        let source =
+            err.metadata.as_ref().and_then(|m| m.source.as_ref()).map_or_else(|| file.clone(), |s| s.to_string());
+        if key.is_empty() {
+            parts.push(format!("{source}: {}", err.kind));
+        } else {
+            parts.push(format!("{source}: `{key}`: {}", err.kind));
+        }
+    }
+    parts.join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_names_key_and_file() {
+        let err = Config::from_toml("[servers.a]\ncommand = \"x\"\ncomand = \"y\"\n", "proxy.toml").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("proxy.toml"), "{text}");
+        assert!(text.contains("servers.a"), "{text}");
+        assert!(text.contains("comand"), "{text}");
+    }
+
+    #[test]
+    fn server_needs_command_or_url() {
+        let err = Config::from_toml("[servers.a]\nargs = [\"x\"]\n", "p.toml").unwrap_err();
+        assert_eq!(err.to_string(), "p.toml: `servers.a`: needs a `command` (stdio server) or a `url` (HTTP server)");
+        let err = Config::from_toml("[servers.a]\nurl = \"http://x\"\ntransport = \"ws\"\n", "p.toml").unwrap_err();
+        assert!(err.to_string().contains("servers.a.transport"), "{err}");
+    }
+
+    #[test]
+    fn names_and_defaults() {
+        assert_eq!(default_name("/usr/bin/mcp-server-x", false), "mcp-server-x");
+        assert_eq!(default_name("https://api.example.com:8443/mcp", true), "api-example-com");
+        assert!(check_server_name("a__b", "__").is_err());
+        assert!(check_server_name("fs-1", "__").is_ok());
+        let cfg = Config::from_toml(
+            "[servers.b]\nurl = \"https://x/mcp\"\ntransport = \"sse\"\n[servers.a]\ncommand = \"c\"\nprefix = false\n",
+            "p.toml",
+        )
+        .unwrap();
+        assert_eq!(cfg.servers.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        assert!(!cfg.servers[0].prefix);
+        assert!(matches!(cfg.servers[1].transport, UpstreamTransport::Sse { .. }));
+    }
+
+    #[test]
+    fn env_expansion_reports_missing_variable() {
+        assert_eq!(expand_env("Bearer ${PATH}").unwrap(), format!("Bearer {}", std::env::var("PATH").unwrap()));
+        let err = expand_env("${MCP_GATE_SURELY_UNSET_VAR}").unwrap_err();
+        assert!(err.contains("MCP_GATE_SURELY_UNSET_VAR"));
+    }
+}

@@ -1,0 +1,689 @@
+//! The Streamable HTTP downstream: `POST/GET/DELETE /mcp` (every upstream) and `/mcp/NAME`
+//! (one upstream, fully transparent).
+//!
+//! Sessions. A client that initializes (protocol 2025-11-25 and older) gets an `Mcp-Session-Id`
+//! and a session of its own, with its own upstream connections: its own child process for a
+//! stdio upstream, its own upstream session for an HTTP one. Its capabilities, log level,
+//! subscriptions and server-to-client requests therefore stay its own. Clients speaking
+//! 2026-07-28 have no sessions; their requests share one session per endpoint, whose request
+//! ids and progress tokens the proxy keeps apart.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use dashmap::DashMap;
+use serde_json::value::RawValue;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::jsonrpc::{self, Kind, Message, code};
+use crate::session::{self, Downstream, Input, Route, SessionHandle, SessionOptions};
+use crate::transport::MAX_MESSAGE_BYTES;
+
+/// Sessions idle longer than this are closed (their child processes stop).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+const SESSION_HEADER: &str = "mcp-session-id";
+const VERSION_HEADER: &str = "mcp-protocol-version";
+
+/// What the HTTP downstream serves and how it guards itself.
+pub struct HttpOptions {
+    /// Session options for `/mcp` (all upstreams).
+    pub all: SessionOptions,
+    /// Session options for `/mcp/NAME`, one per upstream.
+    pub single: HashMap<String, SessionOptions>,
+    /// Bearer token required on every request, if set.
+    pub token: Option<String>,
+    pub allowed_hosts: Vec<String>,
+    pub allowed_origins: Vec<String>,
+}
+
+pub struct HttpState {
+    opts: HttpOptions,
+    sessions: DashMap<String, Arc<HttpSession>>,
+    /// Shared sessions of sessionless (2026-07-28) clients, per endpoint.
+    shared: tokio::sync::Mutex<HashMap<String, Arc<HttpSession>>>,
+    next_id: AtomicU64,
+}
+
+struct HttpSession {
+    endpoint: String,
+    handle: SessionHandle,
+    streams: Arc<Streams>,
+    last_used: Mutex<Instant>,
+}
+
+impl HttpSession {
+    fn touch(&self) {
+        if let Ok(mut t) = self.last_used.lock() {
+            *t = Instant::now();
+        }
+    }
+}
+
+/// One message on its way to an HTTP response; `last` ends a request's stream.
+struct Frame {
+    bytes: Bytes,
+    last: bool,
+}
+
+/// Open response streams of one session; the session's [`Downstream`].
+#[derive(Default)]
+struct Streams {
+    inner: Mutex<StreamsInner>,
+}
+
+#[derive(Default)]
+struct StreamsInner {
+    /// Request id (raw text, as the session sees it) -> its response stream.
+    by_request: HashMap<String, mpsc::UnboundedSender<Frame>>,
+    /// Standalone GET streams, newest last.
+    get_streams: Vec<mpsc::UnboundedSender<Frame>>,
+    /// Shared sessions: our id -> the client's own id.
+    original_ids: HashMap<String, Box<RawValue>>,
+}
+
+impl Downstream for Streams {
+    fn send(&self, msg: &Message, route: Route<'_>) {
+        let Ok(mut inner) = self.inner.lock() else { return };
+        match route {
+            Route::Reply => {
+                let Some(key) = msg.id_text().map(str::to_owned) else { return };
+                let Some(tx) = inner.by_request.remove(&key) else {
+                    debug!(id = key, "response for a request whose stream is gone");
+                    return;
+                };
+                let bytes = match inner.original_ids.remove(&key) {
+                    Some(original) => {
+                        let mut restored = Message { id: Some(original), ..Message::default() };
+                        restored.result = msg.result.as_ref().map(|r| r.to_owned());
+                        restored.error = msg.error.as_ref().map(|r| r.to_owned());
+                        restored.extra = msg.extra.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                        restored.to_bytes()
+                    }
+                    None => msg.to_bytes(),
+                };
+                let _ = tx.send(Frame { bytes: Bytes::from(bytes), last: true });
+            }
+            Route::Related(id) => {
+                let bytes = Bytes::from(msg.to_bytes());
+                if let Some(tx) = inner.by_request.get(id)
+                    && tx.send(Frame { bytes: bytes.clone(), last: false }).is_ok()
+                {
+                    return;
+                }
+                inner.send_unrelated(bytes);
+            }
+            Route::Unrelated => inner.send_unrelated(Bytes::from(msg.to_bytes())),
+        }
+    }
+}
+
+impl StreamsInner {
+    fn send_unrelated(&mut self, bytes: Bytes) {
+        self.get_streams.retain(|tx| !tx.is_closed());
+        let frame = Frame { bytes, last: false };
+        if let Some(tx) = self.get_streams.last() {
+            let _ = tx.send(frame);
+            return;
+        }
+        // No standalone stream: any open request stream will do.
+        if let Some(tx) = self.by_request.values().find(|tx| !tx.is_closed()) {
+            let _ = tx.send(frame);
+            return;
+        }
+        debug!("message for the client dropped: no open stream");
+    }
+}
+
+impl HttpState {
+    pub fn new(opts: HttpOptions) -> Arc<HttpState> {
+        Arc::new(HttpState {
+            opts,
+            sessions: DashMap::new(),
+            shared: tokio::sync::Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    fn session_options(&self, endpoint: &str) -> Option<&SessionOptions> {
+        if endpoint.is_empty() { Some(&self.opts.all) } else { self.opts.single.get(endpoint) }
+    }
+
+    async fn new_session(&self, endpoint: &str, shared: bool) -> Result<(String, Arc<HttpSession>), String> {
+        let mut opts = self.session_options(endpoint).ok_or("unknown endpoint")?.clone();
+        let id = random_id();
+        opts.shared = shared;
+        opts.label = if shared { format!("http-shared/{endpoint}") } else { format!("http/{}", &id[..8]) };
+        let streams = Arc::new(Streams::default());
+        let (handle, _task) = session::start(opts, streams.clone()).await.map_err(|e| e.to_string())?;
+        let session = Arc::new(HttpSession {
+            endpoint: endpoint.to_owned(),
+            handle,
+            streams,
+            last_used: Mutex::new(Instant::now()),
+        });
+        if !shared {
+            self.sessions.insert(id.clone(), session.clone());
+            info!(session = &id[..8], endpoint, "session opened");
+        }
+        Ok((id, session))
+    }
+
+    async fn shared_session(&self, endpoint: &str) -> Result<Arc<HttpSession>, String> {
+        let mut shared = self.shared.lock().await;
+        if let Some(s) = shared.get(endpoint)
+            && !s.handle.is_closed()
+        {
+            return Ok(s.clone());
+        }
+        let (_, s) = self.new_session(endpoint, true).await?;
+        shared.insert(endpoint.to_owned(), s.clone());
+        Ok(s)
+    }
+
+    fn reap_idle(&self) {
+        self.sessions.retain(|id, s| {
+            let idle = s.last_used.lock().map(|t| t.elapsed()).unwrap_or_default();
+            let busy = s.streams.inner.lock().map(|i| !i.by_request.is_empty()).unwrap_or(false);
+            let keep = idle < IDLE_TIMEOUT || busy;
+            if !keep {
+                info!(session = &id[..8], "idle session closed");
+            }
+            keep
+        });
+    }
+}
+
+/// Builds the router (tests call this directly).
+pub fn router(state: Arc<HttpState>) -> Router {
+    Router::new().route("/mcp", any(all_endpoint)).route("/mcp/{name}", any(named_endpoint)).with_state(state)
+}
+
+/// Serves until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<HttpState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let reaper_state = Arc::downgrade(&state);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            match reaper_state.upgrade() {
+                Some(s) => s.reap_idle(),
+                None => break,
+            }
+        }
+    });
+    axum::serve(listener, router(state).into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn all_endpoint(State(state): State<Arc<HttpState>>, method: Method, headers: HeaderMap, body: Body) -> Response {
+    handle(state, String::new(), method, headers, body).await
+}
+
+async fn named_endpoint(
+    State(state): State<Arc<HttpState>>,
+    Path(name): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if !state.opts.single.contains_key(&name) {
+        return json_error(StatusCode::NOT_FOUND, None, code::INVALID_REQUEST, &format!("no upstream named {name:?}"));
+    }
+    handle(state, name, method, headers, body).await
+}
+
+async fn handle(state: Arc<HttpState>, endpoint: String, method: Method, headers: HeaderMap, body: Body) -> Response {
+    if let Err(resp) = check_host_origin(&state.opts, &headers) {
+        return resp;
+    }
+    if let Some(token) = &state.opts.token
+        && !bearer_matches(&headers, token)
+    {
+        let mut resp =
+            json_error(StatusCode::UNAUTHORIZED, None, code::INVALID_REQUEST, "missing or wrong bearer token");
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return resp;
+    }
+    match method {
+        Method::POST => post(state, endpoint, headers, body).await,
+        Method::GET => get(state, endpoint, headers).await,
+        Method::DELETE => delete(state, headers),
+        _ => {
+            let mut resp = StatusCode::METHOD_NOT_ALLOWED.into_response();
+            resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
+            resp
+        }
+    }
+}
+
+fn is_modern(headers: &HeaderMap) -> bool {
+    header_str(headers, VERSION_HEADER).is_some_and(|v| v >= "2026-07-28")
+}
+
+async fn post(state: Arc<HttpState>, endpoint: String, headers: HeaderMap, body: Body) -> Response {
+    let bytes = match axum::body::to_bytes(body, MAX_MESSAGE_BYTES).await {
+        Ok(b) => b,
+        Err(_) => {
+            let text = format!("body exceeds the {MAX_MESSAGE_BYTES}-byte limit");
+            return json_error(StatusCode::PAYLOAD_TOO_LARGE, None, code::INVALID_REQUEST, &text);
+        }
+    };
+    let mut msg = match Message::parse(&bytes) {
+        Ok(m) => m,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, None, e.code(), &e.to_string()),
+    };
+    let modern = is_modern(&headers);
+    let mut param_headers = Vec::new();
+    if modern {
+        if let Err(e) = validate_modern_headers(&headers, &msg) {
+            return json_error(StatusCode::BAD_REQUEST, msg.id.take(), -32020, &e);
+        }
+        param_headers = headers
+            .iter()
+            .filter_map(|(k, v)| {
+                let name = k.as_str().strip_prefix("mcp-param-")?;
+                Some((name.to_owned(), v.to_str().ok()?.to_owned()))
+            })
+            .collect();
+    }
+
+    let session_id = header_str(&headers, SESSION_HEADER).map(str::to_owned);
+    let (session, new_id) = if modern && session_id.is_none() {
+        match state.shared_session(&endpoint).await {
+            Ok(s) => (s, None),
+            Err(e) => return json_error(StatusCode::BAD_GATEWAY, msg.id.take(), code::UPSTREAM_ERROR, &e),
+        }
+    } else if let Some(id) = session_id {
+        match state.sessions.get(&id).map(|s| s.clone()) {
+            Some(s) if s.endpoint == endpoint && !s.handle.is_closed() => (s, None),
+            _ => return json_error(StatusCode::NOT_FOUND, None, -32001, "Session not found"),
+        }
+    } else if msg.method() == "initialize" || msg.method() == "server/discover" {
+        // `server/discover` from a client that has not negotiated yet is answered sessionless.
+        if msg.method() == "server/discover" {
+            match state.shared_session(&endpoint).await {
+                Ok(s) => (s, None),
+                Err(e) => return json_error(StatusCode::BAD_GATEWAY, msg.id.take(), code::UPSTREAM_ERROR, &e),
+            }
+        } else {
+            match state.new_session(&endpoint, false).await {
+                Ok((id, s)) => (s, Some(id)),
+                Err(e) => return json_error(StatusCode::BAD_GATEWAY, msg.id.take(), code::UPSTREAM_ERROR, &e),
+            }
+        }
+    } else {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            None,
+            code::INVALID_REQUEST,
+            "Bad Request: Mcp-Session-Id header is required",
+        );
+    };
+    session.touch();
+
+    if msg.kind() != Kind::Request {
+        if !session.handle.send(Input::Client { msg, param_headers }) {
+            return json_error(StatusCode::NOT_FOUND, None, -32001, "Session not found");
+        }
+        return StatusCode::ACCEPTED.into_response();
+    }
+
+    // A request: open its response stream before the session can answer.
+    let (tx, rx) = mpsc::unbounded_channel();
+    let shared = new_id.is_none() && header_str(&headers, SESSION_HEADER).is_none();
+    let key = {
+        let Ok(mut inner) = session.streams.inner.lock() else {
+            return json_error(StatusCode::INTERNAL_SERVER_ERROR, None, code::INTERNAL_ERROR, "poisoned");
+        };
+        let key = if shared {
+            // Clients of a shared session pick ids independently: give each request our own.
+            let ours = jsonrpc::to_raw(&format!("mcp-gate-{}", state.next_id.fetch_add(1, Ordering::Relaxed)));
+            let original = msg.id.replace(ours.clone());
+            if let Some(original) = original {
+                inner.original_ids.insert(ours.get().to_owned(), original);
+            }
+            ours.get().to_owned()
+        } else {
+            msg.id_text().unwrap_or("null").to_owned()
+        };
+        inner.by_request.insert(key.clone(), tx);
+        key
+    };
+    if !session.handle.send(Input::Client { msg, param_headers }) {
+        return json_error(StatusCode::NOT_FOUND, None, -32001, "Session not found");
+    }
+    let gone = modern.then(|| CancelOnDrop {
+        handle: session.handle.clone(),
+        streams: session.streams.clone(),
+        key: key.clone(),
+    });
+    let wants_sse = header_str(&headers, "accept").is_none_or(|a| a.contains("text/event-stream"));
+    let mut resp = if wants_sse { sse_response(rx, gone) } else { json_response(rx, gone).await };
+    if let Some(id) = new_id
+        && let Ok(v) = HeaderValue::from_str(&id)
+    {
+        resp.headers_mut().insert(SESSION_HEADER, v);
+    }
+    resp
+}
+
+/// Closing the response stream of a 2026-07-28 request cancels it.
+struct CancelOnDrop {
+    handle: SessionHandle,
+    streams: Arc<Streams>,
+    key: String,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        let open = self.streams.inner.lock().map(|mut i| {
+            i.original_ids.remove(&self.key);
+            i.by_request.remove(&self.key).is_some()
+        });
+        if open.unwrap_or(false) {
+            self.handle.send(Input::ClientGone { id: self.key.clone() });
+        }
+    }
+}
+
+/// An SSE body: one `message` event per queued message; ends when the sender side closes.
+/// With `until_reply`, it ends after the first response.
+fn sse_response(rx: mpsc::UnboundedReceiver<Frame>, guard: Option<CancelOnDrop>) -> Response {
+    let stream = futures::stream::unfold((rx, guard, false), move |(mut rx, guard, done)| async move {
+        if done {
+            return None;
+        }
+        let frame = rx.recv().await?;
+        let mut event = Vec::with_capacity(frame.bytes.len() + 24);
+        event.extend_from_slice(b"event: message\ndata: ");
+        event.extend_from_slice(&frame.bytes);
+        event.extend_from_slice(b"\n\n");
+        Some((Ok::<_, std::convert::Infallible>(Bytes::from(event)), (rx, guard, frame.last)))
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .header("x-accel-buffering", "no")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+async fn json_response(mut rx: mpsc::UnboundedReceiver<Frame>, guard: Option<CancelOnDrop>) -> Response {
+    while let Some(frame) = rx.recv().await {
+        if frame.last {
+            drop(guard);
+            return ([(header::CONTENT_TYPE, "application/json")], frame.bytes).into_response();
+        }
+    }
+    json_error(StatusCode::BAD_GATEWAY, None, code::UPSTREAM_ERROR, "the session ended before answering")
+}
+
+async fn get(state: Arc<HttpState>, endpoint: String, headers: HeaderMap) -> Response {
+    if is_modern(&headers) {
+        let mut resp = StatusCode::METHOD_NOT_ALLOWED.into_response();
+        resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return resp;
+    }
+    if !header_str(&headers, "accept").is_some_and(|a| a.contains("text/event-stream")) {
+        return json_error(
+            StatusCode::NOT_ACCEPTABLE,
+            None,
+            code::INVALID_REQUEST,
+            "Accept must include text/event-stream",
+        );
+    }
+    let Some(id) = header_str(&headers, SESSION_HEADER) else {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            None,
+            code::INVALID_REQUEST,
+            "Bad Request: Mcp-Session-Id header is required",
+        );
+    };
+    let Some(session) = state.sessions.get(id).map(|s| s.clone()).filter(|s| s.endpoint == endpoint) else {
+        return json_error(StatusCode::NOT_FOUND, None, -32001, "Session not found");
+    };
+    session.touch();
+    let (tx, rx) = mpsc::unbounded_channel();
+    if let Ok(mut inner) = session.streams.inner.lock() {
+        inner.get_streams.push(tx);
+    }
+    sse_response(rx, None)
+}
+
+fn delete(state: Arc<HttpState>, headers: HeaderMap) -> Response {
+    let Some(id) = header_str(&headers, SESSION_HEADER) else {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            None,
+            code::INVALID_REQUEST,
+            "Bad Request: Mcp-Session-Id header is required",
+        );
+    };
+    match state.sessions.remove(id) {
+        Some(_) => {
+            info!(session = &id[..id.len().min(8)], "session closed by the client");
+            StatusCode::OK.into_response()
+        }
+        None => json_error(StatusCode::NOT_FOUND, None, -32001, "Session not found"),
+    }
+}
+
+/// Checks `Mcp-Method` and `Mcp-Name` against the body (2026-07-28).
+fn validate_modern_headers(headers: &HeaderMap, msg: &Message) -> Result<(), String> {
+    if msg.kind() == Kind::Response {
+        return Ok(());
+    }
+    match header_str(headers, "mcp-method") {
+        Some(m) if m == msg.method() => {}
+        Some(m) => {
+            return Err(format!("Header mismatch: Mcp-Method {m:?} but the body's method is {:?}", msg.method()));
+        }
+        None => return Err("Header mismatch: Mcp-Method is required".into()),
+    }
+    let key = match msg.method() {
+        "tools/call" | "prompts/get" => "name",
+        "resources/read" => "uri",
+        _ => return Ok(()),
+    };
+    let body_value = msg.params.as_deref().and_then(|p| jsonrpc::string_field(p, key));
+    let header_value = header_str(headers, "mcp-name").map(decode_header_value);
+    match (header_value, body_value) {
+        (Some(h), Some(b)) if h == b => Ok(()),
+        (None, _) => Err("Header mismatch: Mcp-Name is required".into()),
+        (Some(h), b) => Err(format!("Header mismatch: Mcp-Name {h:?} but the body says {b:?}")),
+    }
+}
+
+/// Decodes the `=?base64?...?=` form of a header value.
+fn decode_header_value(value: &str) -> String {
+    if let Some(inner) = value.strip_prefix("=?base64?").and_then(|v| v.strip_suffix("?="))
+        && let Some(bytes) = base64_decode(inner)
+        && let Ok(text) = String::from_utf8(bytes)
+    {
+        return text;
+    }
+    value.to_owned()
+}
+
+fn base64_decode(input: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(input.len() * 3 / 4);
+    let mut acc = 0u32;
+    let mut bits = 0;
+    for c in input.bytes().filter(|&c| c != b'=') {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        };
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
+/// DNS-rebinding protection: the Host must name this machine (or a configured host) and an
+/// Origin, when present, must be a loopback origin (or a configured one).
+fn check_host_origin(opts: &HttpOptions, headers: &HeaderMap) -> Result<(), Response> {
+    let forbidden = |what: &str| {
+        warn!("rejected request: {what}");
+        Err(json_error(StatusCode::FORBIDDEN, None, code::INVALID_REQUEST, &format!("Forbidden: {what}")))
+    };
+    let Some(host) = header_str(headers, "host") else { return forbidden("no Host header") };
+    if !host_allowed(strip_port(host), &opts.allowed_hosts) {
+        return forbidden(&format!("Host {host:?} is not allowed"));
+    }
+    if let Some(origin) = header_str(headers, "origin") {
+        if opts.allowed_origins.iter().any(|o| o == origin) {
+            return Ok(());
+        }
+        let authority = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://"));
+        match authority {
+            Some(a) if host_allowed(strip_port(a), &[]) => {}
+            _ => return forbidden(&format!("Origin {origin:?} is not allowed")),
+        }
+    }
+    Ok(())
+}
+
+fn strip_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    host.rsplit_once(':').map_or(host, |(h, p)| if p.chars().all(|c| c.is_ascii_digit()) { h } else { host })
+}
+
+fn host_allowed(host: &str, extra: &[String]) -> bool {
+    let host = host.to_ascii_lowercase();
+    matches!(host.as_str(), "localhost" | "127.0.0.1" | "::1") || extra.iter().any(|h| h.eq_ignore_ascii_case(&host))
+}
+
+fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
+    let Some(value) = header_str(headers, "authorization") else { return false };
+    let Some(given) = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")) else { return false };
+    constant_time_eq(given.trim().as_bytes(), token.as_bytes())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn json_error(status: StatusCode, id: Option<Box<RawValue>>, code: i64, message: &str) -> Response {
+    let body = Message::error(id, code, message).to_bytes();
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// 128 random bits as hex, from the OS.
+fn random_id() -> String {
+    let mut bytes = [0u8; 16];
+    if getrandom(&mut bytes).is_err() {
+        // Fall back to time and a counter: unique, though guessable; sessions are not secrets
+        // (the bearer token is).
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+        bytes = nanos.to_le_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")?.read_exact(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> HttpOptions {
+        HttpOptions {
+            all: SessionOptions {
+                servers: Vec::new(),
+                separator: "__".into(),
+                shared: false,
+                gate: Arc::new(crate::gate::AllowAll),
+                label: String::new(),
+            },
+            single: HashMap::new(),
+            token: None,
+            allowed_hosts: vec!["gate.internal".into()],
+            allowed_origins: vec!["https://app.example".into()],
+        }
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn host_and_origin_checks() {
+        let o = opts();
+        assert!(check_host_origin(&o, &headers(&[("host", "127.0.0.1:8080")])).is_ok());
+        assert!(check_host_origin(&o, &headers(&[("host", "[::1]:8080")])).is_ok());
+        assert!(check_host_origin(&o, &headers(&[("host", "gate.internal")])).is_ok());
+        assert!(check_host_origin(&o, &headers(&[("host", "evil.example:8080")])).is_err());
+        assert!(
+            check_host_origin(&o, &headers(&[("host", "localhost:1"), ("origin", "http://localhost:3000")])).is_ok()
+        );
+        assert!(check_host_origin(&o, &headers(&[("host", "localhost:1"), ("origin", "https://app.example")])).is_ok());
+        assert!(
+            check_host_origin(&o, &headers(&[("host", "localhost:1"), ("origin", "http://evil.example")])).is_err()
+        );
+        assert!(check_host_origin(&o, &headers(&[("origin", "http://localhost")])).is_err());
+    }
+
+    #[test]
+    fn modern_headers_must_match_body() {
+        let msg =
+            Message::parse(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"h\u00e9"}}"#).unwrap();
+        let ok = headers(&[("mcp-method", "tools/call"), ("mcp-name", "=?base64?aMOp?=")]);
+        assert!(validate_modern_headers(&ok, &msg).is_ok());
+        let wrong = headers(&[("mcp-method", "tools/call"), ("mcp-name", "other")]);
+        assert!(validate_modern_headers(&wrong, &msg).is_err());
+        let missing = headers(&[("mcp-method", "tools/call")]);
+        assert!(validate_modern_headers(&missing, &msg).is_err());
+    }
+
+    #[test]
+    fn bearer_token_comparison() {
+        assert!(bearer_matches(&headers(&[("authorization", "Bearer s3cret")]), "s3cret"));
+        assert!(!bearer_matches(&headers(&[("authorization", "Bearer s3cre")]), "s3cret"));
+        assert!(!bearer_matches(&headers(&[]), "s3cret"));
+    }
+}

@@ -1,0 +1,118 @@
+//! The stdio downstream: the client starts `mcp-gate` and talks over its stdin and stdout.
+//! stdout carries only MCP messages; everything else goes to the log on stderr.
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tracing::{debug, error, warn};
+
+use crate::jsonrpc::{Message, code};
+use crate::session::{self, Downstream, Route, SessionOptions};
+use crate::transport::framing::{Line, LineReader, write_lines};
+use crate::transport::{ConnectError, MAX_MESSAGE_BYTES};
+
+struct StdioDownstream {
+    out: mpsc::UnboundedSender<Bytes>,
+    fatal: Mutex<Option<String>>,
+    stop: tokio::sync::Notify,
+}
+
+impl Downstream for StdioDownstream {
+    fn send(&self, msg: &Message, _route: Route<'_>) {
+        let _ = self.out.send(Bytes::from(msg.to_bytes()));
+    }
+
+    fn fatal(&self, message: &str) {
+        if let Ok(mut f) = self.fatal.lock() {
+            f.get_or_insert_with(|| message.to_owned());
+        }
+        self.stop.notify_one();
+    }
+}
+
+/// Why a stdio run ended badly.
+#[derive(Debug, thiserror::Error)]
+pub enum StdioError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error("{0}")]
+    Fatal(String),
+    #[error("stdio: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Serves one client over the given reader and writer until the input ends or `shutdown` fires.
+pub async fn serve<R, W>(
+    opts: SessionOptions,
+    input: R,
+    output: W,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), StdioError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let downstream =
+        Arc::new(StdioDownstream { out: out_tx.clone(), fatal: Mutex::new(None), stop: tokio::sync::Notify::new() });
+    let writer = tokio::spawn(write_lines(output, out_rx));
+    let (session, task) = session::start(opts, downstream.clone()).await?;
+
+    let mut reader = LineReader::new(input);
+    let read_loop = async {
+        loop {
+            match reader.next_line().await {
+                Ok(Some(Line::Data(line))) => {
+                    if line.iter().all(u8::is_ascii_whitespace) {
+                        continue;
+                    }
+                    match Message::parse(&line) {
+                        Ok(msg) => {
+                            if !session.client(msg) {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            warn!("malformed message from the client: {e}");
+                            let reply = Message::error(None, e.code(), &e.to_string());
+                            let _ = out_tx.send(Bytes::from(reply.to_bytes()));
+                        }
+                    }
+                }
+                Ok(Some(Line::TooLong)) => {
+                    warn!("message from the client over {MAX_MESSAGE_BYTES} bytes rejected");
+                    let text = format!("message exceeds the {MAX_MESSAGE_BYTES}-byte limit");
+                    let reply = Message::error(None, code::INVALID_REQUEST, &text);
+                    let _ = out_tx.send(Bytes::from(reply.to_bytes()));
+                }
+                Ok(None) => {
+                    debug!("stdin closed");
+                    break;
+                }
+                Err(e) => {
+                    error!("reading stdin failed: {e}");
+                    break;
+                }
+            }
+        }
+    };
+    tokio::select! {
+        _ = read_loop => {}
+        _ = downstream.stop.notified() => {}
+        _ = shutdown => {}
+    }
+    // Ending the session closes the upstreams (children see stdin close and exit).
+    drop(session);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), task).await;
+    drop(out_tx);
+    drop(downstream.clone());
+    let fatal = downstream.fatal.lock().ok().and_then(|f| f.clone());
+    drop(downstream);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), writer).await;
+    match fatal {
+        Some(message) => Err(StdioError::Fatal(message)),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,1249 @@
+//! One downstream session: a client connected to its upstreams.
+//!
+//! A session is an actor: one task owns all of its state (pending requests, id maps, tool
+//! lists, routes) and handles, in order, what the client sends ([`Input`]) and what the
+//! upstream transports report. Nothing is locked and nothing waits inside the actor: work that
+//! must wait (fetching a tool list, a gate decision) parks the message and resumes it when the
+//! answer arrives.
+//!
+//! Ids: every request sent upstream gets a fresh numeric id from that upstream's counter; the
+//! response is mapped back to the client's original id. Requests from an upstream to the client
+//! (sampling, elicitation, roots) get a fresh id from the session's counter and their responses
+//! are mapped back the same way. Progress tokens pass unchanged unless the session is shared by
+//! several clients (stateless HTTP), where they are remapped to stay unique.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::Value;
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+use tracing::{Instrument, debug, info, warn};
+
+use crate::config::{ServerConfig, UpstreamTransport};
+use crate::gate::{Gate, ToolCall, Verdict};
+use crate::jsonrpc::{self, Kind, Message, code};
+use crate::router::{self, ListPosition};
+use crate::tools::ToolList;
+use crate::transport::{self, ConnectError, Outgoing, Reporter, UpstreamEvent, UpstreamLink};
+
+/// Where a message to the client belongs (matters for HTTP, where each request has a stream).
+#[derive(Debug, Clone, Copy)]
+pub enum Route<'a> {
+    /// A response: it goes to the stream of the request with the same id.
+    Reply,
+    /// Related to the client request with this id (progress, logging, sampling during a call).
+    Related(&'a str),
+    /// Not tied to a request (list changes, resource updates).
+    Unrelated,
+}
+
+/// The client side of a session.
+pub trait Downstream: Send + Sync + 'static {
+    fn send(&self, msg: &Message, route: Route<'_>);
+    /// The session cannot go on (for example a tool name collision); stdio exits with it.
+    fn fatal(&self, _message: &str) {}
+}
+
+/// Input from the client side.
+#[derive(Debug)]
+pub enum Input {
+    /// A message from the client, with `Mcp-Param-*` headers it came with (HTTP, 2026-07-28).
+    Client { msg: Message, param_headers: Vec<(String, String)> },
+    /// The HTTP stream of this request closed before its response (2026-07-28 cancellation).
+    ClientGone { id: String },
+    /// A held tool call was decided.
+    Resume { msg: Box<Message>, verdict: Verdict },
+    /// An upstream was restarted (or failed to).
+    Restarted { index: usize, generation: u64, link: Result<UpstreamLink, String> },
+}
+
+#[derive(Clone)]
+pub struct SessionOptions {
+    pub servers: Vec<Arc<ServerConfig>>,
+    pub separator: String,
+    /// Several clients share this session (stateless HTTP): progress tokens are remapped.
+    pub shared: bool,
+    pub gate: Arc<dyn Gate>,
+    /// A label for logs.
+    pub label: String,
+}
+
+/// The handle clients use to feed a session. Dropping every handle ends the session.
+#[derive(Clone)]
+pub struct SessionHandle {
+    tx: mpsc::UnboundedSender<Input>,
+}
+
+impl SessionHandle {
+    pub fn send(&self, input: Input) -> bool {
+        self.tx.send(input).is_ok()
+    }
+
+    pub fn client(&self, msg: Message) -> bool {
+        self.send(Input::Client { msg, param_headers: Vec::new() })
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+/// Starts every upstream and the session actor. Fails when an upstream cannot be started.
+pub async fn start(
+    opts: SessionOptions,
+    downstream: Arc<dyn Downstream>,
+) -> Result<(SessionHandle, tokio::task::JoinHandle<()>), ConnectError> {
+    let (up_tx, up_rx) = mpsc::unbounded_channel();
+    let mut upstreams = Vec::with_capacity(opts.servers.len());
+    for (index, cfg) in opts.servers.iter().enumerate() {
+        let link = transport::connect(cfg, Reporter::new(index, 1, up_tx.clone())).await?;
+        upstreams.push(Upstream {
+            cfg: cfg.clone(),
+            link: Some(link),
+            generation: 1,
+            next_id: 1,
+            pending: HashMap::new(),
+            tools: None,
+            fetching_tools: false,
+            started: Instant::now(),
+            failures: 0,
+            init_result: None,
+        });
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    let multi = upstreams.len() > 1;
+    let span = tracing::info_span!("session", id = %opts.label);
+    let session = Session {
+        opts,
+        downstream,
+        upstreams,
+        up_tx,
+        self_tx: tx.downgrade(),
+        multi,
+        next_client_id: 1,
+        server_requests: HashMap::new(),
+        client_requests: HashMap::new(),
+        progress: HashMap::new(),
+        next_progress: 1,
+        fanouts: HashMap::new(),
+        next_fanout: 1,
+        parked: VecDeque::new(),
+        initialize_params: None,
+        client_initialized: false,
+        client_name: None,
+        modern_meta: None,
+        resource_routes: HashMap::new(),
+        template_routes: Vec::new(),
+        task_routes: HashMap::new(),
+    };
+    let task = tokio::spawn(session.run(rx, up_rx).instrument(span));
+    Ok((SessionHandle { tx }, task))
+}
+
+struct Upstream {
+    cfg: Arc<ServerConfig>,
+    link: Option<UpstreamLink>,
+    generation: u64,
+    next_id: u64,
+    pending: HashMap<u64, Pending>,
+    tools: Option<ToolList>,
+    fetching_tools: bool,
+    started: Instant,
+    failures: u32,
+    init_result: Option<Value>,
+}
+
+impl Upstream {
+    fn is_http(&self) -> bool {
+        !matches!(self.cfg.transport, UpstreamTransport::Stdio { .. })
+    }
+}
+
+/// What a request sent upstream is waiting to do with its response.
+enum Pending {
+    /// Relay to the client under its id.
+    Client {
+        client_id: Box<RawValue>,
+        method: String,
+        /// The request asked for its full tool list (no cursor): cache it.
+        tools_first_page: bool,
+    },
+    /// One part of a request fanned out to several upstreams.
+    Fanout(u64),
+    /// The proxy's own tool list fetch; accumulates pages.
+    ToolsFetch(Vec<Box<RawValue>>),
+    /// Replaying `initialize` after a restart.
+    Reinit,
+}
+
+struct Fanout {
+    client_id: Box<RawValue>,
+    method: String,
+    waiting: usize,
+    parts: Vec<(usize, Result<Box<RawValue>, Box<RawValue>>)>,
+}
+
+struct ProgressEntry {
+    client_id: String,
+    /// The client's own token when the session remapped it.
+    original: Option<Box<RawValue>>,
+}
+
+struct Session {
+    opts: SessionOptions,
+    downstream: Arc<dyn Downstream>,
+    upstreams: Vec<Upstream>,
+    up_tx: mpsc::UnboundedSender<(usize, u64, UpstreamEvent)>,
+    self_tx: mpsc::WeakUnboundedSender<Input>,
+    multi: bool,
+    /// Next id for a request from an upstream to the client.
+    next_client_id: u64,
+    /// Our id towards the client -> (upstream, the upstream's id).
+    server_requests: HashMap<u64, (usize, Box<RawValue>)>,
+    /// Client request id (raw text) -> (upstream, our id upstream), for cancellation.
+    client_requests: HashMap<String, (usize, u64)>,
+    /// Progress token as sent upstream (raw text) -> where its notifications go.
+    progress: HashMap<String, ProgressEntry>,
+    next_progress: u64,
+    fanouts: HashMap<u64, Fanout>,
+    next_fanout: u64,
+    /// Tool calls waiting for a tool list.
+    parked: VecDeque<Message>,
+    initialize_params: Option<Box<RawValue>>,
+    client_initialized: bool,
+    client_name: Option<String>,
+    /// The reserved `_meta` keys of the latest 2026-07-28 request, for the proxy's own requests.
+    modern_meta: Option<jsonrpc::RawObject>,
+    resource_routes: HashMap<String, usize>,
+    template_routes: Vec<(String, usize)>,
+    task_routes: HashMap<String, usize>,
+}
+
+impl Session {
+    async fn run(
+        mut self,
+        mut rx: mpsc::UnboundedReceiver<Input>,
+        mut up_rx: mpsc::UnboundedReceiver<(usize, u64, UpstreamEvent)>,
+    ) {
+        loop {
+            tokio::select! {
+                biased;
+                event = up_rx.recv() => match event {
+                    Some((index, generation, event)) => self.on_upstream(index, generation, event),
+                    None => break,
+                },
+                input = rx.recv() => match input {
+                    Some(input) => self.on_input(input),
+                    None => break,
+                },
+            }
+        }
+        debug!("session ended");
+    }
+
+    fn on_input(&mut self, input: Input) {
+        match input {
+            Input::Client { msg, param_headers } => match msg.kind() {
+                Kind::Request => self.on_client_request(msg, param_headers),
+                Kind::Notification => self.on_client_notification(msg),
+                Kind::Response => self.on_client_response(msg),
+            },
+            Input::ClientGone { id } => {
+                if let Some((index, up_id)) = self.client_requests.remove(&id) {
+                    self.upstreams[index].pending.remove(&up_id);
+                    let params = serde_json::json!({"requestId": up_id, "reason": "client disconnected"});
+                    self.send_upstream(
+                        index,
+                        &Message::notification("notifications/cancelled", Some(jsonrpc::to_raw(&params))),
+                        None,
+                    );
+                }
+            }
+            Input::Resume { msg, verdict } => self.apply_verdict(*msg, verdict),
+            Input::Restarted { index, generation, link } => self.on_restarted(index, generation, link),
+        }
+    }
+
+    // ---- client -> upstream ----
+
+    fn on_client_request(&mut self, msg: Message, param_headers: Vec<(String, String)>) {
+        self.note_modern_meta(&msg);
+        let method = msg.method().to_owned();
+        match method.as_str() {
+            "initialize" => {
+                self.initialize_params = msg.params.as_ref().map(|p| p.to_owned());
+                self.client_name = msg
+                    .params
+                    .as_deref()
+                    .and_then(|p| serde_json::from_str::<Value>(p.get()).ok())
+                    .and_then(|v| v.pointer("/clientInfo/name").and_then(Value::as_str).map(str::to_owned));
+                if self.multi {
+                    self.fan_out(msg, |_| true);
+                } else {
+                    self.forward(0, msg, param_headers);
+                }
+            }
+            "tools/call" => self.on_tools_call(msg, param_headers),
+            _ if !self.multi => self.forward(0, msg, param_headers),
+            "server/discover" => self.fan_out(msg, |_| true),
+            "ping" => self.reply(msg.id, jsonrpc::to_raw(&serde_json::json!({}))),
+            "logging/setLevel" => self
+                .fan_out(msg, |u| u.init_result.as_ref().is_none_or(|r| r.pointer("/capabilities/logging").is_some())),
+            "tools/list" | "prompts/list" | "resources/list" | "resources/templates/list" => self.list(msg),
+            "prompts/get" => match self.route_prompt(&msg) {
+                Ok((index, msg)) => self.forward(index, msg, param_headers),
+                Err(e) => self.reply_error(msg.id, code::INVALID_PARAMS, &e),
+            },
+            "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
+                let uri = msg.params.as_deref().and_then(|p| jsonrpc::string_field(p, "uri"));
+                match uri.and_then(|u| self.route_uri(&u)) {
+                    Some(index) => self.forward(index, msg, param_headers),
+                    None => {
+                        self.reply_error(msg.id, code::INVALID_PARAMS, "unknown resource URI: list resources first")
+                    }
+                }
+            }
+            "completion/complete" => match self.route_completion(&msg) {
+                Ok((index, msg)) => self.forward(index, msg, param_headers),
+                Err(e) => self.reply_error(msg.id, code::INVALID_PARAMS, &e),
+            },
+            m if m.starts_with("tasks/") => {
+                let task = msg.params.as_deref().and_then(|p| jsonrpc::string_field(p, "taskId"));
+                let index = task.and_then(|t| self.task_routes.get(&t).copied()).unwrap_or(0);
+                self.forward(index, msg, param_headers);
+            }
+            // Anything else goes to the first upstream, unchanged.
+            _ => self.forward(0, msg, param_headers),
+        }
+    }
+
+    fn on_client_notification(&mut self, msg: Message) {
+        match msg.method() {
+            "notifications/initialized" => {
+                self.client_initialized = true;
+                self.broadcast(&msg);
+                if self.multi {
+                    for index in 0..self.upstreams.len() {
+                        self.fetch_tools(index);
+                    }
+                }
+            }
+            "notifications/cancelled" => {
+                let Some(params) = msg.params.as_deref() else { return };
+                let Ok(mut obj) = jsonrpc::parse_object(params) else { return };
+                let Some(request_id) = jsonrpc::get(&obj, "requestId").map(|r| r.get().to_owned()) else { return };
+                let Some((index, up_id)) = self.client_requests.remove(&request_id) else {
+                    debug!(request_id, "cancel for a request that is not in flight");
+                    return;
+                };
+                self.upstreams[index].pending.remove(&up_id);
+                jsonrpc::set(&mut obj, "requestId", jsonrpc::number_id(up_id));
+                let out = Message { params: Some(jsonrpc::object_to_raw(&obj)), ..msg };
+                self.send_upstream(index, &out, None);
+            }
+            _ => self.broadcast(&msg),
+        }
+    }
+
+    fn on_client_response(&mut self, mut msg: Message) {
+        let Some(our_id) = msg.id_text().and_then(|t| t.parse::<u64>().ok()) else {
+            warn!("response from the client with an id the proxy never sent; dropped");
+            return;
+        };
+        let Some((index, up_id)) = self.server_requests.remove(&our_id) else {
+            warn!(id = our_id, "response from the client to no pending request; dropped");
+            return;
+        };
+        msg.id = Some(up_id);
+        self.send_upstream(index, &msg, None);
+    }
+
+    fn broadcast(&mut self, msg: &Message) {
+        for index in 0..self.upstreams.len() {
+            self.send_upstream(index, msg, None);
+        }
+    }
+
+    /// Sends a client request to one upstream under a fresh id.
+    fn forward(&mut self, index: usize, mut msg: Message, param_headers: Vec<(String, String)>) {
+        let Some(client_id) = msg.id.take() else { return };
+        if self.upstreams[index].link.is_none() {
+            let text = format!("upstream `{}` is not running; it is being restarted", self.upstreams[index].cfg.name);
+            self.reply_error(Some(client_id), code::UPSTREAM_ERROR, &text);
+            return;
+        }
+        let method = msg.method().to_owned();
+        if method == "tools/call" || method.starts_with("prompts/get") || method == "resources/read" {
+            self.track_progress(&mut msg, client_id.get());
+        }
+        let up = &mut self.upstreams[index];
+        let up_id = up.next_id;
+        up.next_id += 1;
+        let tools_first_page = method == "tools/list" && !has_cursor(&msg);
+        self.client_requests.insert(client_id.get().to_owned(), (index, up_id));
+        up.pending.insert(up_id, Pending::Client { client_id, method, tools_first_page });
+        msg.id = Some(jsonrpc::number_id(up_id));
+        let mut out = outgoing(&msg, up.is_http());
+        out.request_id = Some(up_id);
+        out.param_headers = param_headers;
+        if let Some(link) = &up.link {
+            link.send(out);
+        }
+    }
+
+    /// Records a request's progress token so its notifications reach the right client stream,
+    /// remapping it when the session is shared.
+    fn track_progress(&mut self, msg: &mut Message, client_id: &str) {
+        let Some(params) = msg.params.as_deref() else { return };
+        if !params.get().contains("progressToken") {
+            return;
+        }
+        let Ok(mut obj) = jsonrpc::parse_object(params) else { return };
+        let Some(meta) = jsonrpc::get(&obj, "_meta") else { return };
+        let Ok(mut meta) = jsonrpc::parse_object(meta) else { return };
+        let Some(token) = jsonrpc::get(&meta, "progressToken").map(|t| t.to_owned()) else { return };
+        if self.opts.shared {
+            let ours = jsonrpc::to_raw(&format!("mcp-gate-{}", self.next_progress));
+            self.next_progress += 1;
+            self.progress.insert(
+                ours.get().to_owned(),
+                ProgressEntry { client_id: client_id.to_owned(), original: Some(token) },
+            );
+            jsonrpc::set(&mut meta, "progressToken", ours);
+            jsonrpc::set(&mut obj, "_meta", jsonrpc::object_to_raw(&meta));
+            msg.params = Some(jsonrpc::object_to_raw(&obj));
+        } else {
+            self.progress
+                .insert(token.get().to_owned(), ProgressEntry { client_id: client_id.to_owned(), original: None });
+        }
+    }
+
+    fn send_upstream(&mut self, index: usize, msg: &Message, request_id: Option<u64>) {
+        let up = &self.upstreams[index];
+        let Some(link) = &up.link else {
+            debug!(server = %up.cfg.name, method = msg.method(), "upstream down; message dropped");
+            return;
+        };
+        let mut out = outgoing(msg, up.is_http());
+        out.request_id = request_id;
+        link.send(out);
+    }
+
+    /// Sends the proxy's own request to an upstream.
+    fn internal_request(&mut self, index: usize, method: &str, params: Option<Box<RawValue>>, pending: Pending) {
+        let params = self.with_modern_meta(params);
+        let up = &mut self.upstreams[index];
+        let up_id = up.next_id;
+        up.next_id += 1;
+        up.pending.insert(up_id, pending);
+        let msg = Message::request(jsonrpc::number_id(up_id), method, params);
+        self.send_upstream(index, &msg, Some(up_id));
+    }
+
+    /// 2026-07-28 requests carry the client's version and capabilities in `_meta`; the proxy's
+    /// own requests repeat those of the client's latest request.
+    fn with_modern_meta(&self, params: Option<Box<RawValue>>) -> Option<Box<RawValue>> {
+        let Some(meta) = &self.modern_meta else { return params };
+        let mut obj = params.as_deref().and_then(|p| jsonrpc::parse_object(p).ok()).unwrap_or_default();
+        jsonrpc::set(&mut obj, "_meta", jsonrpc::object_to_raw(meta));
+        Some(jsonrpc::object_to_raw(&obj))
+    }
+
+    fn note_modern_meta(&mut self, msg: &Message) {
+        let Some(params) = msg.params.as_deref() else { return };
+        if !params.get().contains("io.modelcontextprotocol/protocolVersion") {
+            return;
+        }
+        let Some(meta) = jsonrpc::parse_object(params)
+            .ok()
+            .and_then(|o| jsonrpc::get(&o, "_meta").and_then(|m| jsonrpc::parse_object(m).ok()))
+        else {
+            return;
+        };
+        let reserved: jsonrpc::RawObject =
+            meta.into_iter().filter(|(k, _)| k.starts_with("io.modelcontextprotocol/")).collect();
+        if self.client_name.is_none()
+            && let Some(info) = jsonrpc::get(&reserved, "io.modelcontextprotocol/clientInfo")
+        {
+            self.client_name = jsonrpc::string_field(info, "name");
+        }
+        self.modern_meta = Some(reserved);
+    }
+
+    // ---- tools/call: routing, tool list, gate ----
+
+    fn on_tools_call(&mut self, msg: Message, param_headers: Vec<(String, String)>) {
+        let Some(params) = msg.params.as_deref() else {
+            return self.reply_error(msg.id, code::INVALID_PARAMS, "tools/call needs params");
+        };
+        let Some(name) = jsonrpc::string_field(params, "name") else {
+            return self.reply_error(msg.id, code::INVALID_PARAMS, "tools/call needs a tool name");
+        };
+        let (index, tool_name) = match self.route_tool(&name) {
+            Ok(Some(route)) => route,
+            Ok(None) => {
+                // An unprefixed tool of a server whose list we do not have yet.
+                self.park(msg);
+                return;
+            }
+            Err(e) => return self.reply_error(msg.id, code::INVALID_PARAMS, &e),
+        };
+        if self.upstreams[index].tools.is_none() {
+            if self.upstreams[index].link.is_some() {
+                self.park(msg);
+                self.fetch_tools(index);
+                return;
+            }
+            // The upstream is down: forward() answers with the error.
+            return self.forward(index, msg, param_headers);
+        }
+        let tool = self.upstreams[index].tools.as_ref().and_then(|t| t.get(&tool_name));
+        let arguments = serde_json::from_str::<Value>(params.get())
+            .ok()
+            .and_then(|mut v| v.get_mut("arguments").map(Value::take))
+            .unwrap_or(Value::Null);
+        let call = ToolCall {
+            server: &self.upstreams[index].cfg.name,
+            tool: &tool_name,
+            exposed_name: &name,
+            arguments: &arguments,
+            info: tool,
+            agent: self.client_name.as_deref(),
+        };
+        match self.opts.gate.check(&call) {
+            Verdict::Hold(wait) => {
+                let Some(tx) = self.self_tx.upgrade() else { return };
+                let msg = Box::new(msg);
+                tokio::spawn(async move {
+                    let verdict = wait.await;
+                    let _ = tx.send(Input::Resume { msg, verdict });
+                });
+            }
+            verdict => self.apply_verdict_routed(msg, verdict, index, &tool_name, &name, param_headers),
+        }
+    }
+
+    fn apply_verdict(&mut self, msg: Message, verdict: Verdict) {
+        let Some(name) = msg.params.as_deref().and_then(|p| jsonrpc::string_field(p, "name")) else { return };
+        match self.route_tool(&name) {
+            Ok(Some((index, tool))) => self.apply_verdict_routed(msg, verdict, index, &tool, &name, Vec::new()),
+            _ => self.reply_error(msg.id, code::INVALID_PARAMS, &format!("unknown tool {name:?}")),
+        }
+    }
+
+    fn apply_verdict_routed(
+        &mut self,
+        mut msg: Message,
+        verdict: Verdict,
+        index: usize,
+        tool: &str,
+        exposed: &str,
+        param_headers: Vec<(String, String)>,
+    ) {
+        match verdict {
+            Verdict::Allow => {
+                if tool != exposed {
+                    rename_param(&mut msg, tool);
+                }
+                self.forward(index, msg, param_headers);
+            }
+            Verdict::Respond(result) => self.reply(msg.id, result),
+            Verdict::Hold(_) => self.reply_error(msg.id, code::INTERNAL_ERROR, "gate held a call twice"),
+        }
+    }
+
+    /// Finds the upstream of an exposed tool name. `Ok(None)`: not known until tool lists arrive.
+    fn route_tool(&self, exposed: &str) -> Result<Option<(usize, String)>, String> {
+        if !self.multi {
+            return Ok(Some((0, exposed.to_owned())));
+        }
+        if let Some((server, rest)) = router::split_prefixed(exposed, &self.opts.separator)
+            && let Some(index) = self.upstreams.iter().position(|u| u.cfg.prefix && u.cfg.name == server)
+        {
+            return Ok(Some((index, rest.to_owned())));
+        }
+        let mut unknown = false;
+        for (index, up) in self.upstreams.iter().enumerate().filter(|(_, u)| !u.cfg.prefix) {
+            match &up.tools {
+                Some(list) if list.get(exposed).is_some() => return Ok(Some((index, exposed.to_owned()))),
+                Some(_) => {}
+                None => unknown = true,
+            }
+        }
+        if unknown { Ok(None) } else { Err(format!("unknown tool {exposed:?}")) }
+    }
+
+    fn park(&mut self, msg: Message) {
+        self.parked.push_back(msg);
+        for index in 0..self.upstreams.len() {
+            if self.upstreams[index].tools.is_none() && !self.upstreams[index].cfg.prefix {
+                self.fetch_tools(index);
+            }
+        }
+    }
+
+    fn fetch_tools(&mut self, index: usize) {
+        let up = &mut self.upstreams[index];
+        if up.fetching_tools || up.tools.is_some() || up.link.is_none() {
+            return;
+        }
+        up.fetching_tools = true;
+        self.internal_request(index, "tools/list", None, Pending::ToolsFetch(Vec::new()));
+    }
+
+    fn tools_fetched(&mut self, index: usize, list: Option<ToolList>) {
+        let up = &mut self.upstreams[index];
+        up.fetching_tools = false;
+        match list {
+            Some(list) => up.tools = Some(list),
+            None => {
+                // Could not get the list: the calls waiting for it fail closed.
+                let name = up.cfg.name.clone();
+                for msg in std::mem::take(&mut self.parked) {
+                    self.reply_error(
+                        msg.id,
+                        code::UPSTREAM_ERROR,
+                        &format!("upstream `{name}` did not list its tools"),
+                    );
+                }
+                return;
+            }
+        }
+        if self.multi
+            && let Err(e) = self.check_collisions()
+        {
+            warn!("{e}");
+            self.downstream.fatal(&e);
+            for msg in std::mem::take(&mut self.parked) {
+                self.reply_error(msg.id, code::INTERNAL_ERROR, &e);
+            }
+            return;
+        }
+        let parked = std::mem::take(&mut self.parked);
+        for msg in parked {
+            self.on_tools_call(msg, Vec::new());
+        }
+    }
+
+    /// Two upstreams exposing the same tool name is a configuration error.
+    fn check_collisions(&self) -> Result<(), String> {
+        let mut seen: HashMap<String, &str> = HashMap::new();
+        for up in &self.upstreams {
+            let Some(list) = &up.tools else { continue };
+            for tool in list.names() {
+                let exposed = router::exposed_name(&up.cfg.name, tool, up.cfg.prefix, &self.opts.separator);
+                if let Some(other) = seen.insert(exposed.clone(), &up.cfg.name) {
+                    return Err(format!(
+                        "tool name collision: `{exposed}` is exposed by both `{other}` and `{}`; set `prefix = true` on one of them",
+                        up.cfg.name
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ---- several upstreams ----
+
+    fn fan_out(&mut self, msg: Message, include: impl Fn(&Upstream) -> bool) {
+        let targets: Vec<usize> = (0..self.upstreams.len())
+            .filter(|&i| self.upstreams[i].link.is_some() && include(&self.upstreams[i]))
+            .collect();
+        self.fan_out_to(msg, targets.into_iter().map(|i| (i, None)).collect());
+    }
+
+    /// Sends a request to several upstreams; `params` overrides the request's params per upstream.
+    fn fan_out_to(&mut self, msg: Message, targets: Vec<(usize, Option<Box<RawValue>>)>) {
+        let Some(client_id) = msg.id.clone() else { return };
+        let fanout_id = self.next_fanout;
+        self.next_fanout += 1;
+        self.fanouts.insert(
+            fanout_id,
+            Fanout { client_id, method: msg.method().to_owned(), waiting: targets.len(), parts: Vec::new() },
+        );
+        if targets.is_empty() {
+            self.finish_fanout(fanout_id);
+            return;
+        }
+        for (index, params) in targets {
+            let up = &mut self.upstreams[index];
+            let up_id = up.next_id;
+            up.next_id += 1;
+            up.pending.insert(up_id, Pending::Fanout(fanout_id));
+            let part = Message {
+                id: Some(jsonrpc::number_id(up_id)),
+                method: msg.method.clone(),
+                params: params.or_else(|| msg.params.as_ref().map(|p| p.to_owned())),
+                ..Message::default()
+            };
+            self.send_upstream(index, &part, Some(up_id));
+        }
+    }
+
+    fn fanout_part(&mut self, fanout_id: u64, index: usize, outcome: Result<Box<RawValue>, Box<RawValue>>) {
+        let Some(f) = self.fanouts.get_mut(&fanout_id) else { return };
+        f.parts.push((index, outcome));
+        f.waiting -= 1;
+        if f.waiting == 0 {
+            self.finish_fanout(fanout_id);
+        }
+    }
+
+    fn finish_fanout(&mut self, fanout_id: u64) {
+        let Some(f) = self.fanouts.remove(&fanout_id) else { return };
+        let mut ok: Vec<(usize, Box<RawValue>)> = Vec::new();
+        let mut first_error = None;
+        for (index, outcome) in f.parts {
+            match outcome {
+                Ok(r) => ok.push((index, r)),
+                Err(e) => {
+                    warn!(server = %self.upstreams[index].cfg.name, method = %f.method, error = %e.get(), "upstream failed");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        ok.sort_by_key(|(i, _)| *i);
+        if ok.is_empty()
+            && let Some(error) = first_error
+        {
+            let msg = Message { id: Some(f.client_id), error: Some(error), ..Message::default() };
+            self.downstream.send(&msg, Route::Reply);
+            return;
+        }
+        let values = |ok: &[(usize, Box<RawValue>)], ups: &[Upstream]| -> Vec<(String, Value)> {
+            ok.iter()
+                .map(|(i, r)| (ups[*i].cfg.name.clone(), serde_json::from_str(r.get()).unwrap_or(Value::Null)))
+                .collect()
+        };
+        let result = match f.method.as_str() {
+            "initialize" => {
+                for (i, r) in &ok {
+                    self.upstreams[*i].init_result = serde_json::from_str(r.get()).ok();
+                }
+                let parts = values(&ok, &self.upstreams);
+                let parts: Vec<(&str, Value)> = parts.iter().map(|(n, v)| (n.as_str(), v.clone())).collect();
+                let requested =
+                    self.initialize_params.as_deref().and_then(|p| jsonrpc::string_field(p, "protocolVersion"));
+                jsonrpc::to_raw(&router::merge_initialize(&parts, requested.as_deref()))
+            }
+            "server/discover" => {
+                let parts = values(&ok, &self.upstreams);
+                let parts: Vec<(&str, Value)> = parts.iter().map(|(n, v)| (n.as_str(), v.clone())).collect();
+                jsonrpc::to_raw(&router::merge_discover(&parts))
+            }
+            "tools/list" | "prompts/list" | "resources/list" | "resources/templates/list" => {
+                self.merge_list(&f.method, ok)
+            }
+            _ => jsonrpc::to_raw(&serde_json::json!({})),
+        };
+        self.reply(Some(f.client_id), result);
+    }
+
+    fn list(&mut self, msg: Message) {
+        let cursor = msg.params.as_deref().and_then(|p| jsonrpc::string_field(p, "cursor"));
+        let position: ListPosition = match cursor {
+            Some(c) => match router::decode_cursor(&c) {
+                Some(p) => p,
+                None => return self.reply_error(msg.id, code::INVALID_PARAMS, "invalid cursor"),
+            },
+            None => (0..self.upstreams.len()).map(|i| (i, None)).collect(),
+        };
+        let capability = match msg.method() {
+            "tools/list" => "tools",
+            "prompts/list" => "prompts",
+            _ => "resources",
+        };
+        let mut targets = Vec::new();
+        for (index, cursor) in position {
+            let Some(up) = self.upstreams.get(index) else { continue };
+            if up.link.is_none() {
+                continue;
+            }
+            // Skip upstreams whose initialize result says they lack the capability.
+            if let Some(init) = &up.init_result
+                && init.pointer(&format!("/capabilities/{capability}")).is_none()
+            {
+                continue;
+            }
+            let mut obj = msg.params.as_deref().and_then(|p| jsonrpc::parse_object(p).ok()).unwrap_or_default();
+            obj.retain(|(k, _)| k != "cursor");
+            if let Some(c) = cursor {
+                obj.push(("cursor".to_owned(), jsonrpc::to_raw(&c)));
+            }
+            let params = (!obj.is_empty()).then(|| jsonrpc::object_to_raw(&obj));
+            targets.push((index, params));
+        }
+        self.fan_out_to(msg, targets);
+    }
+
+    fn merge_list(&mut self, method: &str, parts: Vec<(usize, Box<RawValue>)>) -> Box<RawValue> {
+        let key = match method {
+            "tools/list" => "tools",
+            "prompts/list" => "prompts",
+            "resources/list" => "resources",
+            _ => "resourceTemplates",
+        };
+        let mut merged: Vec<Box<RawValue>> = Vec::new();
+        let mut next: ListPosition = Vec::new();
+        for (index, result) in parts {
+            let next_cursor = jsonrpc::string_field(&result, "nextCursor");
+            let up = &self.upstreams[index];
+            let (name, prefix, sep) = (up.cfg.name.clone(), up.cfg.prefix, self.opts.separator.clone());
+            let entries = match key {
+                "tools" | "prompts" => {
+                    router::rename_entries(&result, key, |n| router::exposed_name(&name, n, prefix, &sep))
+                        .unwrap_or_default()
+                }
+                _ => router::entries(&result, key),
+            };
+            match key {
+                "tools" if next_cursor.is_none() => {
+                    // A first page without continuation is the whole list: keep it for policy.
+                    if let Ok(list) = ToolList::from_result(&result) {
+                        self.upstreams[index].tools = Some(list);
+                    }
+                }
+                "resources" => {
+                    for e in &entries {
+                        if let Some(uri) = jsonrpc::string_field(e, "uri") {
+                            self.resource_routes.insert(uri, index);
+                        }
+                    }
+                }
+                "resourceTemplates" => {
+                    for e in &entries {
+                        if let Some(t) = jsonrpc::string_field(e, "uriTemplate") {
+                            let prefix = router::template_prefix(&t).to_owned();
+                            self.template_routes.retain(|(p, _)| p != &prefix);
+                            self.template_routes.push((prefix, index));
+                        }
+                    }
+                }
+                _ => {}
+            }
+            merged.extend(entries);
+            if let Some(c) = next_cursor {
+                next.push((index, Some(c)));
+            }
+        }
+        let mut out = serde_json::Map::new();
+        let list = jsonrpc::to_raw(&merged);
+        out.insert(key.to_owned(), serde_json::from_str(list.get()).unwrap_or(Value::Array(Vec::new())));
+        if let Some(c) = router::encode_cursor(&next) {
+            out.insert("nextCursor".to_owned(), Value::String(c));
+        }
+        jsonrpc::to_raw(&out)
+    }
+
+    fn route_prompt(&self, msg: &Message) -> Result<(usize, Message), String> {
+        let name =
+            msg.params.as_deref().and_then(|p| jsonrpc::string_field(p, "name")).ok_or("prompts/get needs a name")?;
+        let (index, original) = self.route_named(&name)?;
+        let mut out = Message {
+            id: msg.id.clone(),
+            method: msg.method.clone(),
+            params: msg.params.clone(),
+            result: None,
+            error: None,
+            extra: msg.extra.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        };
+        if original != name {
+            rename_param(&mut out, &original);
+        }
+        Ok((index, out))
+    }
+
+    /// Routes a prefixed name to its server; an unprefixed one to the first unprefixed server.
+    fn route_named(&self, name: &str) -> Result<(usize, String), String> {
+        if let Some((server, rest)) = router::split_prefixed(name, &self.opts.separator)
+            && let Some(index) = self.upstreams.iter().position(|u| u.cfg.prefix && u.cfg.name == server)
+        {
+            return Ok((index, rest.to_owned()));
+        }
+        self.upstreams
+            .iter()
+            .position(|u| !u.cfg.prefix)
+            .map(|i| (i, name.to_owned()))
+            .ok_or_else(|| format!("unknown name {name:?}: expected SERVER{}NAME", self.opts.separator))
+    }
+
+    fn route_uri(&self, uri: &str) -> Option<usize> {
+        if let Some(&index) = self.resource_routes.get(uri) {
+            return Some(index);
+        }
+        self.template_routes
+            .iter()
+            .filter(|(prefix, _)| uri.starts_with(prefix.as_str()))
+            .max_by_key(|(prefix, _)| prefix.len())
+            .map(|(_, index)| *index)
+    }
+
+    fn route_completion(&self, msg: &Message) -> Result<(usize, Message), String> {
+        let params: Value = msg
+            .params
+            .as_deref()
+            .and_then(|p| serde_json::from_str(p.get()).ok())
+            .ok_or("completion/complete needs params")?;
+        let reference = params.get("ref").ok_or("completion/complete needs a ref")?;
+        match reference.get("type").and_then(Value::as_str) {
+            Some("ref/prompt") => {
+                let name = reference.get("name").and_then(Value::as_str).ok_or("ref/prompt needs a name")?;
+                let (index, original) = self.route_named(name)?;
+                let mut params = params.clone();
+                params["ref"]["name"] = Value::String(original);
+                let out = Message {
+                    id: msg.id.clone(),
+                    method: msg.method.clone(),
+                    params: Some(jsonrpc::to_raw(&params)),
+                    ..Message::default()
+                };
+                Ok((index, out))
+            }
+            Some("ref/resource") => {
+                let uri = reference.get("uri").and_then(Value::as_str).ok_or("ref/resource needs a uri")?;
+                let index = self.route_uri(uri).ok_or("unknown resource URI: list resources first")?;
+                let out = Message {
+                    id: msg.id.clone(),
+                    method: msg.method.clone(),
+                    params: msg.params.clone(),
+                    ..Message::default()
+                };
+                Ok((index, out))
+            }
+            _ => Err("unknown completion ref type".into()),
+        }
+    }
+
+    // ---- upstream -> client ----
+
+    fn on_upstream(&mut self, index: usize, generation: u64, event: UpstreamEvent) {
+        if self.upstreams[index].generation != generation {
+            return;
+        }
+        match event {
+            UpstreamEvent::Message { msg, related } => match msg.kind() {
+                Kind::Response => self.on_upstream_response(index, msg),
+                Kind::Request => self.on_upstream_request(index, msg, related),
+                Kind::Notification => self.on_upstream_notification(index, msg, related),
+            },
+            UpstreamEvent::Closed { reason } => self.on_upstream_closed(index, reason),
+        }
+    }
+
+    fn on_upstream_response(&mut self, index: usize, mut msg: Message) {
+        let Some(up_id) = msg.id_text().and_then(|t| t.parse::<u64>().ok()) else {
+            warn!(server = %self.upstreams[index].cfg.name, "response with an id the proxy never sent: {msg}");
+            return;
+        };
+        let Some(pending) = self.upstreams[index].pending.remove(&up_id) else {
+            debug!(server = %self.upstreams[index].cfg.name, up_id, "response to a cancelled or unknown request");
+            return;
+        };
+        match pending {
+            Pending::Client { client_id, method, tools_first_page } => {
+                self.client_requests.remove(client_id.get());
+                if !self.progress.is_empty() {
+                    self.progress.retain(|_, e| e.client_id != client_id.get());
+                }
+                if let Some(result) = msg.result.as_deref() {
+                    self.observe_result(index, &method, result, tools_first_page);
+                }
+                msg.id = Some(client_id);
+                self.downstream.send(&msg, Route::Reply);
+            }
+            Pending::Fanout(fanout_id) => {
+                let outcome = match (msg.result, msg.error) {
+                    (Some(r), _) => Ok(r),
+                    (None, Some(e)) => Err(e),
+                    (None, None) => Err(jsonrpc::to_raw(
+                        &serde_json::json!({"code": code::UPSTREAM_ERROR, "message": "empty response"}),
+                    )),
+                };
+                self.fanout_part(fanout_id, index, outcome);
+            }
+            Pending::ToolsFetch(mut pages) => {
+                let Some(result) = msg.result else {
+                    warn!(server = %self.upstreams[index].cfg.name, "tools/list failed: {}", msg.error.as_deref().map_or("", RawValue::get));
+                    return self.tools_fetched(index, None);
+                };
+                let next = jsonrpc::string_field(&result, "nextCursor");
+                pages.push(result);
+                match next {
+                    Some(cursor) if pages.len() < 1000 => {
+                        let params = jsonrpc::to_raw(&serde_json::json!({ "cursor": cursor }));
+                        self.internal_request(index, "tools/list", Some(params), Pending::ToolsFetch(pages));
+                    }
+                    _ => {
+                        let list = ToolList::from_pages(&pages);
+                        self.tools_fetched(index, Some(list));
+                    }
+                }
+            }
+            Pending::Reinit => {
+                if msg.result.is_some() {
+                    self.upstreams[index].init_result =
+                        msg.result.as_deref().and_then(|r| serde_json::from_str(r.get()).ok());
+                    self.send_upstream(index, &Message::notification("notifications/initialized", None), None);
+                    self.announce_list_changes(index);
+                } else {
+                    warn!(server = %self.upstreams[index].cfg.name, "re-initialize after restart failed: {msg}");
+                }
+            }
+        }
+    }
+
+    /// Keeps what the proxy needs from results it relays (single upstream).
+    fn observe_result(&mut self, index: usize, method: &str, result: &RawValue, tools_first_page: bool) {
+        match method {
+            "tools/list" if tools_first_page => {
+                if jsonrpc::string_field(result, "nextCursor").is_none()
+                    && let Ok(list) = ToolList::from_result(result)
+                {
+                    self.upstreams[index].tools = Some(list);
+                }
+            }
+            "initialize" => self.upstreams[index].init_result = serde_json::from_str(result.get()).ok(),
+            "tools/call" if self.multi => {
+                // A task handle (2025-11-25 `task.taskId`, 2026-07-28 `taskId`) belongs to this upstream.
+                if let Ok(v) = serde_json::from_str::<Value>(result.get())
+                    && let Some(id) = v.pointer("/task/taskId").or_else(|| v.get("taskId")).and_then(Value::as_str)
+                {
+                    self.task_routes.insert(id.to_owned(), index);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_upstream_request(&mut self, index: usize, mut msg: Message, related: Option<u64>) {
+        let our_id = self.next_client_id;
+        self.next_client_id += 1;
+        let Some(up_id) = msg.id.replace(jsonrpc::number_id(our_id)) else { return };
+        self.server_requests.insert(our_id, (index, up_id));
+        let related = self.related_client_request(index, related);
+        match related {
+            Some(id) => self.downstream.send(&msg, Route::Related(&id)),
+            None => self.downstream.send(&msg, Route::Unrelated),
+        }
+    }
+
+    /// The client request an upstream message belongs to: the one whose HTTP stream carried it,
+    /// or the only one in flight.
+    fn related_client_request(&self, index: usize, related: Option<u64>) -> Option<String> {
+        if let Some(up_id) = related
+            && let Some(Pending::Client { client_id, .. }) = self.upstreams[index].pending.get(&up_id)
+        {
+            return Some(client_id.get().to_owned());
+        }
+        let mut in_flight = self.client_requests.iter().filter(|(_, (i, _))| *i == index);
+        match (in_flight.next(), in_flight.next()) {
+            (Some((id, _)), None) => Some(id.clone()),
+            _ => None,
+        }
+    }
+
+    fn on_upstream_notification(&mut self, index: usize, mut msg: Message, related: Option<u64>) {
+        match msg.method() {
+            "notifications/progress" => {
+                let Some(params) = msg.params.as_deref() else { return };
+                let Ok(mut obj) = jsonrpc::parse_object(params) else { return };
+                let Some(token) = jsonrpc::get(&obj, "progressToken").map(|t| t.get().to_owned()) else { return };
+                let Some(entry) = self.progress.get(&token) else {
+                    return self.downstream.send(&msg, Route::Unrelated);
+                };
+                let client_id = entry.client_id.clone();
+                if let Some(original) = &entry.original {
+                    jsonrpc::set(&mut obj, "progressToken", original.clone());
+                    msg.params = Some(jsonrpc::object_to_raw(&obj));
+                }
+                self.downstream.send(&msg, Route::Related(&client_id));
+                return;
+            }
+            "notifications/cancelled" => {
+                // Cancels a request the upstream sent to the client, or ends a listen stream
+                // the client opened (2026-07-28).
+                let Some(params) = msg.params.as_deref() else { return };
+                let Ok(mut obj) = jsonrpc::parse_object(params) else { return };
+                let Some(request_id) = jsonrpc::get(&obj, "requestId").map(|r| r.get().to_owned()) else { return };
+                let ours = self
+                    .server_requests
+                    .iter()
+                    .find(|(_, (i, up))| *i == index && up.get() == request_id)
+                    .map(|(ours, _)| *ours);
+                let mapped = match ours {
+                    Some(ours) => {
+                        self.server_requests.remove(&ours);
+                        Some(jsonrpc::number_id(ours))
+                    }
+                    None => request_id.parse::<u64>().ok().and_then(|up_id| {
+                        match self.upstreams[index].pending.get(&up_id) {
+                            Some(Pending::Client { client_id, .. }) => Some(client_id.clone()),
+                            _ => None,
+                        }
+                    }),
+                };
+                let Some(mapped) = mapped else { return };
+                jsonrpc::set(&mut obj, "requestId", mapped);
+                msg.params = Some(jsonrpc::object_to_raw(&obj));
+            }
+            "notifications/tools/list_changed" => {
+                self.upstreams[index].tools = None;
+            }
+            _ => {}
+        }
+        let related = match msg.method() {
+            "notifications/message" => self.related_client_request(index, related),
+            _ => related.and_then(|r| match self.upstreams[index].pending.get(&r) {
+                Some(Pending::Client { client_id, .. }) => Some(client_id.get().to_owned()),
+                _ => None,
+            }),
+        };
+        match related {
+            Some(id) => self.downstream.send(&msg, Route::Related(&id)),
+            None => self.downstream.send(&msg, Route::Unrelated),
+        }
+    }
+
+    fn on_upstream_closed(&mut self, index: usize, reason: String) {
+        let up = &mut self.upstreams[index];
+        let name = up.cfg.name.clone();
+        warn!(server = %name, %reason, "upstream stopped");
+        up.link = None;
+        up.tools = None;
+        up.fetching_tools = false;
+        let pending = std::mem::take(&mut up.pending);
+        let text = format!("upstream `{name}` stopped before answering: {reason}");
+        for (_, p) in pending {
+            match p {
+                Pending::Client { client_id, .. } => {
+                    self.client_requests.remove(client_id.get());
+                    self.reply_error(Some(client_id), code::UPSTREAM_ERROR, &text);
+                }
+                Pending::Fanout(f) => {
+                    let error = jsonrpc::to_raw(&serde_json::json!({"code": code::UPSTREAM_ERROR, "message": text}));
+                    self.fanout_part(f, index, Err(error));
+                }
+                Pending::ToolsFetch(_) => self.tools_fetched(index, None),
+                Pending::Reinit => {}
+            }
+        }
+        self.server_requests.retain(|_, (i, _)| *i != index);
+        self.schedule_restart(index);
+    }
+
+    fn schedule_restart(&mut self, index: usize) {
+        let up = &mut self.upstreams[index];
+        if up.started.elapsed() > Duration::from_secs(60) {
+            up.failures = 0;
+        }
+        let delay = Duration::from_millis(250u64.saturating_mul(1 << up.failures.min(7))).min(Duration::from_secs(30));
+        up.failures += 1;
+        let generation = up.generation + 1;
+        let cfg = up.cfg.clone();
+        let reporter = Reporter::new(index, generation, self.up_tx.clone());
+        let Some(tx) = self.self_tx.upgrade() else { return };
+        info!(server = %cfg.name, delay_ms = delay.as_millis() as u64, "restarting upstream");
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            if tx.is_closed() {
+                return;
+            }
+            let link = transport::connect(&cfg, reporter).await.map_err(|e| e.to_string());
+            let _ = tx.send(Input::Restarted { index, generation, link });
+        });
+        // Reports from the old transport are ignored from now on.
+        up.generation = generation;
+    }
+
+    fn on_restarted(&mut self, index: usize, generation: u64, link: Result<UpstreamLink, String>) {
+        if self.upstreams[index].generation != generation {
+            return;
+        }
+        match link {
+            Ok(link) => {
+                let up = &mut self.upstreams[index];
+                up.link = Some(link);
+                up.started = Instant::now();
+                info!(server = %up.cfg.name, "upstream restarted");
+                match self.initialize_params.clone() {
+                    Some(params) => self.internal_request(index, "initialize", Some(params), Pending::Reinit),
+                    None => self.announce_list_changes(index),
+                }
+            }
+            Err(e) => {
+                warn!(server = %self.upstreams[index].cfg.name, "restart failed: {e}");
+                self.schedule_restart(index);
+            }
+        }
+    }
+
+    /// After a restart the upstream's lists may differ: tell the client to list again.
+    fn announce_list_changes(&mut self, index: usize) {
+        if self.initialize_params.is_some() && !self.client_initialized {
+            return;
+        }
+        let caps = self.upstreams[index].init_result.as_ref().and_then(|r| r.get("capabilities")).cloned();
+        for (cap, method) in [
+            ("tools", "notifications/tools/list_changed"),
+            ("prompts", "notifications/prompts/list_changed"),
+            ("resources", "notifications/resources/list_changed"),
+        ] {
+            if caps.as_ref().is_none_or(|c| c.get(cap).is_some()) {
+                self.downstream.send(&Message::notification(method, None), Route::Unrelated);
+            }
+        }
+    }
+
+    // ---- replies ----
+
+    fn reply(&self, id: Option<Box<RawValue>>, result: Box<RawValue>) {
+        let Some(id) = id else { return };
+        self.downstream.send(&Message::response(id, result), Route::Reply);
+    }
+
+    fn reply_error(&self, id: Option<Box<RawValue>>, code: i64, message: &str) {
+        let Some(id) = id else { return };
+        self.downstream.send(&Message::error(Some(id), code, message), Route::Reply);
+    }
+}
+
+fn has_cursor(msg: &Message) -> bool {
+    msg.params
+        .as_deref()
+        .is_some_and(|p| p.get().contains("\"cursor\"") && jsonrpc::string_field(p, "cursor").is_some())
+}
+
+/// Replaces `params.name` of a request.
+fn rename_param(msg: &mut Message, name: &str) {
+    let Some(params) = msg.params.as_deref() else { return };
+    let Ok(mut obj) = jsonrpc::parse_object(params) else { return };
+    jsonrpc::set(&mut obj, "name", jsonrpc::to_raw(name));
+    msg.params = Some(jsonrpc::object_to_raw(&obj));
+}
+
+/// Serializes a message for an upstream, with HTTP header material when it goes over HTTP.
+fn outgoing(msg: &Message, http: bool) -> Outgoing {
+    let mut out = Outgoing::plain(Bytes::from(msg.to_bytes()));
+    if !http {
+        return out;
+    }
+    out.method = msg.method.clone();
+    if let Some(params) = msg.params.as_deref() {
+        if params.get().contains("io.modelcontextprotocol/protocolVersion") {
+            out.protocol_version = jsonrpc::parse_object(params).ok().and_then(|o| {
+                jsonrpc::get(&o, "_meta")
+                    .and_then(|m| jsonrpc::string_field(m, "io.modelcontextprotocol/protocolVersion"))
+            });
+        }
+        out.name = match msg.method() {
+            "tools/call" | "prompts/get" => jsonrpc::string_field(params, "name"),
+            "resources/read" | "resources/subscribe" | "resources/unsubscribe" => jsonrpc::string_field(params, "uri"),
+            m if m.starts_with("tasks/") => jsonrpc::string_field(params, "taskId"),
+            _ => None,
+        };
+    }
+    out
+}

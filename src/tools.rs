@@ -1,0 +1,106 @@
+//! Each upstream's current tool list, as the policy needs it.
+
+use std::collections::HashMap;
+
+use serde_json::value::RawValue;
+
+/// What the proxy knows of one tool: read with rmcp's model type where the tool parses, and
+/// by name only where it does not (an upstream's malformed schema must not hide the tool from
+/// the policy, which then treats it as unannotated).
+#[derive(Debug, Clone)]
+pub struct ToolInfo {
+    pub name: String,
+    pub tool: Option<rmcp::model::Tool>,
+}
+
+impl ToolInfo {
+    pub fn annotations(&self) -> Option<&rmcp::model::ToolAnnotations> {
+        self.tool.as_ref().and_then(|t| t.annotations.as_ref())
+    }
+
+    pub fn description(&self) -> Option<&str> {
+        self.tool.as_ref().and_then(|t| t.description.as_deref())
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ToolList {
+    tools: Vec<ToolInfo>,
+    by_name: HashMap<String, usize>,
+}
+
+impl ToolList {
+    /// Reads the `tools` array of one `tools/list` result.
+    pub fn from_result(result: &RawValue) -> Result<ToolList, serde_json::Error> {
+        let mut list = ToolList::default();
+        list.add_page(result)?;
+        Ok(list)
+    }
+
+    /// Reads every page of a paginated listing; unreadable pages are skipped.
+    pub fn from_pages(pages: &[Box<RawValue>]) -> ToolList {
+        let mut list = ToolList::default();
+        for page in pages {
+            if let Err(e) = list.add_page(page) {
+                tracing::warn!("unreadable tools/list page: {e}");
+            }
+        }
+        list
+    }
+
+    fn add_page(&mut self, result: &RawValue) -> Result<(), serde_json::Error> {
+        #[derive(serde::Deserialize)]
+        struct Page {
+            #[serde(default)]
+            tools: Vec<Box<RawValue>>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Named {
+            name: String,
+        }
+        let page: Page = serde_json::from_str(result.get())?;
+        for raw in page.tools {
+            let Ok(Named { name }) = serde_json::from_str::<Named>(raw.get()) else { continue };
+            let tool = serde_json::from_str::<rmcp::model::Tool>(raw.get()).ok();
+            self.by_name.insert(name.clone(), self.tools.len());
+            self.tools.push(ToolInfo { name, tool });
+        }
+        Ok(())
+    }
+
+    pub fn get(&self, name: &str) -> Option<&ToolInfo> {
+        self.by_name.get(name).map(|&i| &self.tools[i])
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tools.iter().map(|t| t.name.as_str())
+    }
+
+    pub fn len(&self) -> usize {
+        self.tools.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tools.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_annotations_and_keeps_unparseable_tools_by_name() {
+        let raw = RawValue::from_string(
+            r#"{"tools":[{"name":"read","inputSchema":{"type":"object"},"annotations":{"readOnlyHint":true}},
+                         {"name":"odd","inputSchema":"not an object"}]}"#
+                .into(),
+        )
+        .unwrap();
+        let list = ToolList::from_result(&raw).unwrap();
+        assert_eq!(list.len(), 2);
+        assert_eq!(list.get("read").unwrap().annotations().unwrap().read_only_hint, Some(true));
+        assert!(list.get("odd").unwrap().tool.is_none());
+        assert!(list.get("missing").is_none());
+    }
+}

@@ -1,0 +1,121 @@
+//! An upstream MCP server run as a child process over stdio.
+//!
+//! stdin carries our messages, stdout the server's (one JSON-RPC message per line), stderr is
+//! copied into the log under the server's name. When the process exits the transport reports
+//! `Closed`; restarting is the session's decision.
+
+use std::process::Stdio;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+use tokio::sync::mpsc;
+use tracing::{Instrument, debug, info, warn};
+
+use super::framing::{Line, LineReader, write_lines};
+use super::{ConnectError, Reporter, UpstreamLink};
+use crate::config::{ServerConfig, UpstreamTransport};
+use crate::jsonrpc::Message;
+
+pub fn spawn(server: &ServerConfig, reporter: Reporter) -> Result<UpstreamLink, ConnectError> {
+    let UpstreamTransport::Stdio { command, args, env, cwd } = &server.transport else {
+        unreachable!("child::spawn is only called for stdio servers");
+    };
+    let mut cmd = Command::new(command);
+    cmd.args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(cwd) = cwd {
+        cmd.current_dir(cwd);
+    }
+    let mut child = cmd.spawn().map_err(|source| ConnectError::Spawn {
+        server: server.name.clone(),
+        command: command.clone(),
+        source,
+    })?;
+    let pid = child.id().unwrap_or(0);
+    let span = tracing::info_span!("upstream", server = %server.name, pid);
+    span.in_scope(|| info!(command = %server.transport.describe(), "started"));
+
+    let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        unreachable!("all three pipes were requested");
+    };
+
+    let (tx, rx) = mpsc::unbounded_channel::<super::Outgoing>();
+    let (bytes_tx, bytes_rx) = mpsc::unbounded_channel();
+
+    // Outgoing: strip the HTTP-only metadata and write lines.
+    tokio::spawn(
+        async move {
+            let mut rx = rx;
+            let forward = async {
+                while let Some(out) = rx.recv().await {
+                    if bytes_tx.send(out.bytes).is_err() {
+                        break;
+                    }
+                }
+            };
+            let write = write_lines(stdin, bytes_rx);
+            let (_, res) = tokio::join!(forward, write);
+            if let Err(e) = res {
+                debug!("stdin closed: {e}");
+            }
+        }
+        .instrument(span.clone()),
+    );
+
+    // stderr into the log.
+    tokio::spawn(
+        async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                info!(target: "mcp_gate::upstream_stderr", "{line}");
+            }
+        }
+        .instrument(span.clone()),
+    );
+
+    // stdout: messages; then wait for the exit status and report.
+    tokio::spawn(
+        async move {
+            let mut reader = LineReader::new(stdout);
+            loop {
+                match reader.next_line().await {
+                    Ok(Some(Line::Data(line))) => {
+                        if line.iter().all(u8::is_ascii_whitespace) {
+                            continue;
+                        }
+                        match Message::parse(&line) {
+                            Ok(msg) => reporter.message(msg, None),
+                            Err(e) => warn!("skipping a line that is not a JSON-RPC message: {e}"),
+                        }
+                    }
+                    Ok(Some(Line::TooLong)) => {
+                        warn!("skipping a message over {} bytes", super::MAX_MESSAGE_BYTES)
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        warn!("reading stdout failed: {e}");
+                        break;
+                    }
+                }
+            }
+            // stdout closed: the process is exiting (or closed stdout, which is as fatal).
+            let status = tokio::select! {
+                s = child.wait() => s.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()),
+                _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {
+                    let _ = child.start_kill();
+                    "closed its stdout and was killed".to_owned()
+                }
+            };
+            info!(%status, "exited");
+            reporter.closed(format!("process exited ({status})"));
+        }
+        .instrument(span),
+    );
+
+    Ok(UpstreamLink::new(tx))
+}

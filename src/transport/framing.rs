@@ -1,0 +1,161 @@
+//! Newline-delimited JSON framing for stdio: a capped line reader and a batching writer.
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use super::MAX_MESSAGE_BYTES;
+
+/// One framed input unit.
+#[derive(Debug)]
+pub enum Line {
+    /// A complete line without its terminator (may be empty or whitespace).
+    Data(BytesMut),
+    /// A line longer than the cap; its bytes were discarded up to the next newline.
+    TooLong,
+}
+
+/// Reads newline-terminated lines, never buffering more than the cap for one line.
+pub struct LineReader<R> {
+    inner: R,
+    buf: BytesMut,
+    /// Bytes of `buf` already searched for a newline.
+    scanned: usize,
+    /// Discarding the rest of an over-long line.
+    skipping: bool,
+    max: usize,
+}
+
+impl<R: AsyncRead + Unpin> LineReader<R> {
+    pub fn new(inner: R) -> Self {
+        Self::with_max(inner, MAX_MESSAGE_BYTES)
+    }
+
+    pub fn with_max(inner: R, max: usize) -> Self {
+        LineReader { inner, buf: BytesMut::with_capacity(64 * 1024), scanned: 0, skipping: false, max }
+    }
+
+    /// The next line, or `None` at end of input. A final line without a newline is returned.
+    pub async fn next_line(&mut self) -> std::io::Result<Option<Line>> {
+        loop {
+            if let Some(pos) = memchr(&self.buf[self.scanned..]).map(|p| p + self.scanned) {
+                let mut line = self.buf.split_to(pos + 1);
+                self.scanned = 0;
+                line.truncate(pos);
+                if line.last() == Some(&b'\r') {
+                    line.truncate(pos - 1);
+                }
+                if self.skipping {
+                    self.skipping = false;
+                    continue;
+                }
+                if line.len() > self.max {
+                    return Ok(Some(Line::TooLong));
+                }
+                return Ok(Some(Line::Data(line)));
+            }
+            self.scanned = self.buf.len();
+            if self.buf.len() > self.max {
+                // Drop what we have of the over-long line and report it once.
+                self.buf.clear();
+                self.scanned = 0;
+                if !self.skipping {
+                    self.skipping = true;
+                    return Ok(Some(Line::TooLong));
+                }
+            }
+            if self.buf.capacity() - self.buf.len() < 8 * 1024 {
+                self.buf.reserve(64 * 1024);
+            }
+            let n = self.inner.read_buf(&mut self.buf).await?;
+            if n == 0 {
+                if self.buf.is_empty() || self.skipping {
+                    return Ok(None);
+                }
+                let line = self.buf.split();
+                self.scanned = 0;
+                return Ok(Some(Line::Data(line)));
+            }
+        }
+    }
+}
+
+fn memchr(hay: &[u8]) -> Option<usize> {
+    hay.iter().position(|&b| b == b'\n')
+}
+
+/// Writes queued messages, one per line, flushing whenever the queue runs dry so that bursts
+/// cost one write and a lone message is not delayed.
+pub async fn write_lines<W: AsyncWrite + Unpin>(
+    mut out: W,
+    mut rx: mpsc::UnboundedReceiver<bytes::Bytes>,
+) -> std::io::Result<()> {
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    while let Some(first) = rx.recv().await {
+        buf.extend_from_slice(&first);
+        buf.extend_from_slice(b"\n");
+        while buf.len() < 1024 * 1024 {
+            match rx.try_recv() {
+                Ok(more) => {
+                    buf.extend_from_slice(&more);
+                    buf.extend_from_slice(b"\n");
+                }
+                Err(_) => break,
+            }
+        }
+        while buf.has_remaining() {
+            let n = out.write(&buf).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            buf.advance(n);
+        }
+        out.flush().await?;
+        buf.clear();
+    }
+    out.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn lines(input: &[u8], max: usize) -> Vec<String> {
+        let mut r = LineReader::with_max(input, max);
+        let mut out = Vec::new();
+        while let Some(l) = r.next_line().await.unwrap() {
+            out.push(match l {
+                Line::Data(d) => String::from_utf8(d.to_vec()).unwrap(),
+                Line::TooLong => "<too long>".to_owned(),
+            });
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn splits_lines_and_strips_cr() {
+        assert_eq!(lines(b"a\r\nbb\n\nlast", 100).await, ["a", "bb", "", "last"]);
+    }
+
+    #[tokio::test]
+    async fn over_long_line_is_reported_once_and_skipped() {
+        let mut input = vec![b'x'; 50];
+        input.extend_from_slice(b"\nok\n");
+        assert_eq!(lines(&input, 10).await, ["<too long>", "ok"]);
+        // Longer than the read buffer growth so the cap triggers before the newline is seen.
+        let mut input = vec![b'y'; 200_000];
+        input.extend_from_slice(b"\nfine\n");
+        assert_eq!(lines(&input, 1000).await, ["<too long>", "fine"]);
+    }
+
+    #[tokio::test]
+    async fn writer_appends_newlines() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tx.send(bytes::Bytes::from_static(b"{}")).unwrap();
+        tx.send(bytes::Bytes::from_static(b"[1]")).unwrap();
+        drop(tx);
+        let mut out = Vec::new();
+        write_lines(&mut out, rx).await.unwrap();
+        assert_eq!(out, b"{}\n[1]\n");
+    }
+}

@@ -1,0 +1,126 @@
+//! Transports move messages; they know nothing of policy or routing.
+//!
+//! An upstream transport is started with [`connect`] and handed a [`Reporter`] through which it
+//! reports every message it receives and, once, that it has closed. The session talks to it
+//! through an [`UpstreamLink`]: an unbounded queue of [`Outgoing`] messages, so the session never
+//! waits on a slow peer.
+
+pub mod child;
+pub mod framing;
+pub mod http_client;
+pub mod sse;
+pub mod sse_client;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::config::{ServerConfig, UpstreamTransport};
+use crate::jsonrpc::Message;
+
+/// Longest accepted message: one stdio line or one HTTP body.
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// A message on its way to an upstream, with what HTTP transports need for headers.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// The serialized JSON-RPC message.
+    pub bytes: Bytes,
+    /// The JSON-RPC method, for requests and notifications.
+    pub method: Option<String>,
+    /// The proxy-assigned id, for requests (responses on an HTTP stream are tied to it).
+    pub request_id: Option<u64>,
+    /// `Mcp-Name` for the 2026-07-28 HTTP transport (tool or prompt name, resource URI, task id).
+    pub name: Option<String>,
+    /// The protocol version carried in the request's `_meta` (2026-07-28 and later).
+    pub protocol_version: Option<String>,
+    /// `Mcp-Param-*` headers to send as they are (name without prefix, value already encoded).
+    pub param_headers: Vec<(String, String)>,
+}
+
+impl Outgoing {
+    pub fn plain(bytes: Bytes) -> Outgoing {
+        Outgoing {
+            bytes,
+            method: None,
+            request_id: None,
+            name: None,
+            protocol_version: None,
+            param_headers: Vec::new(),
+        }
+    }
+}
+
+/// The session's end of a running upstream transport.
+#[derive(Debug, Clone)]
+pub struct UpstreamLink {
+    tx: mpsc::UnboundedSender<Outgoing>,
+}
+
+impl UpstreamLink {
+    pub fn new(tx: mpsc::UnboundedSender<Outgoing>) -> UpstreamLink {
+        UpstreamLink { tx }
+    }
+
+    /// Queues a message; returns false when the transport has stopped.
+    pub fn send(&self, out: Outgoing) -> bool {
+        self.tx.send(out).is_ok()
+    }
+}
+
+/// What an upstream transport reports to its session.
+#[derive(Debug)]
+pub enum UpstreamEvent {
+    /// A message from the upstream. `related` is the proxy request id whose HTTP response stream
+    /// carried it, when the transport knows it.
+    Message { msg: Message, related: Option<u64> },
+    /// The transport stopped; in-flight requests will not be answered.
+    Closed { reason: String },
+}
+
+/// Where a transport sends what it receives. `index` and `generation` let the session ignore
+/// reports from a transport it has already replaced.
+#[derive(Clone)]
+pub struct Reporter {
+    pub index: usize,
+    pub generation: u64,
+    sink: mpsc::UnboundedSender<(usize, u64, UpstreamEvent)>,
+}
+
+impl Reporter {
+    pub fn new(index: usize, generation: u64, sink: mpsc::UnboundedSender<(usize, u64, UpstreamEvent)>) -> Reporter {
+        Reporter { index, generation, sink }
+    }
+
+    pub fn message(&self, msg: Message, related: Option<u64>) {
+        let _ = self.sink.send((self.index, self.generation, UpstreamEvent::Message { msg, related }));
+    }
+
+    pub fn closed(&self, reason: impl Into<String>) {
+        let _ = self.sink.send((self.index, self.generation, UpstreamEvent::Closed { reason: reason.into() }));
+    }
+
+    /// True once the session is gone; transports stop then.
+    pub fn is_closed(&self) -> bool {
+        self.sink.is_closed()
+    }
+}
+
+/// Why an upstream could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("upstream `{server}`: cannot start `{command}`: {source}")]
+    Spawn { server: String, command: String, source: std::io::Error },
+    #[error("upstream `{server}`: {message}")]
+    Http { server: String, message: String },
+}
+
+/// Starts the transport for one upstream server.
+pub async fn connect(server: &ServerConfig, reporter: Reporter) -> Result<UpstreamLink, ConnectError> {
+    match &server.transport {
+        UpstreamTransport::Stdio { .. } => child::spawn(server, reporter),
+        UpstreamTransport::StreamableHttp { url, headers } => {
+            http_client::connect(&server.name, url, headers, reporter).await
+        }
+        UpstreamTransport::Sse { url, headers } => sse_client::connect(&server.name, url, headers, reporter).await,
+    }
+}
