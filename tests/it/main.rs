@@ -1,0 +1,5 @@
+//! Integration tests: in-process proxies with rmcp peers, and the real binary.
+
+mod common;
+mod relay;
+mod sse_fixture;
