@@ -3,3 +3,4 @@
 mod common;
 mod relay;
 mod sse_fixture;
+mod transparency;
