@@ -3,10 +3,12 @@
 use std::sync::Arc;
 
 use mcp_gate::config::ServerConfig;
+use rmcp::model::ProtocolVersion;
 use rmcp::model::{
     CallToolRequestParams, CallToolResult, GetPromptRequestParams, ProgressToken, ReadResourceRequestParams,
     RequestMetaObject,
 };
+use rmcp::service::{ClientLifecycleMode, ClientServiceExt};
 use rmcp::{ServiceExt, transport::TokioChildProcess};
 use serde_json::{Value, json};
 
@@ -44,7 +46,17 @@ async fn progress_call(client: &Client, name: String) -> Result<CallToolResult, 
 /// The checks every transport pair must pass. `prefix` is how the proxy exposes names.
 async fn exercise(proxied: &Client, seen: &TestClient, prefix: &str) {
     let (reference, reference_seen) = direct().await;
+    exercise_against(proxied, seen, prefix, &reference, &reference_seen, true).await;
+}
 
+async fn exercise_against(
+    proxied: &Client,
+    seen: &TestClient,
+    prefix: &str,
+    reference: &Client,
+    reference_seen: &TestClient,
+    server_requests: bool,
+) {
     let mut want = within("direct tools", reference.list_all_tools()).await.expect("direct tools");
     let mut got = within("tools", proxied.list_all_tools()).await.expect("tools through the proxy");
     want.sort_by(|a, b| a.name.cmp(&b.name));
@@ -66,13 +78,13 @@ async fn exercise(proxied: &Client, seen: &TestClient, prefix: &str) {
         ("test_error_handling", json!({})),
         ("echo", json!({"message": "héllo \u{1F600}", "n": 1.50})),
     ] {
-        let want = call(&reference, tool, arguments.clone()).await;
+        let want = call(reference, tool, arguments.clone()).await;
         let got = call(proxied, &format!("{prefix}{tool}"), arguments).await;
         assert_eq!(got, want, "{tool}: same result through the proxy");
     }
 
     // Progress notifications reach the caller, as many as a direct call gets.
-    let want = within("direct progress call", progress_call(&reference, "test_tool_with_progress".into())).await;
+    let want = within("direct progress call", progress_call(reference, "test_tool_with_progress".into())).await;
     let got = within("progress call", progress_call(proxied, format!("{prefix}test_tool_with_progress"))).await;
     assert_eq!(got.expect("progress call"), want.expect("direct progress call"));
     let want_progress = reference_seen.seen.lock().unwrap().progress.len();
@@ -87,12 +99,9 @@ async fn exercise(proxied: &Client, seen: &TestClient, prefix: &str) {
     assert_eq!(seen.seen.lock().unwrap().progress.len(), want_progress, "progress notifications relayed");
 
     // A server-to-client request (sampling) during a call, answered by this client.
-    let result = call(proxied, &format!("{prefix}test_sampling"), json!({"prompt": "hi"})).await;
-    let text = serde_json::to_string(&result.content).unwrap();
-    assert!(text.contains(SAMPLED_TEXT), "sampling round trip: {text}");
-    let result = call(proxied, &format!("{prefix}test_elicitation"), json!({"message": "who?"})).await;
-    assert!(serde_json::to_string(&result.content).unwrap().contains("ada"), "elicitation round trip");
-    assert_eq!(seen.seen.lock().unwrap().sampling, 1);
+    if server_requests {
+        sampling_and_elicitation(proxied, seen, prefix).await;
+    }
 
     // Resources route by URI; prompts by (prefixed) name.
     let resources = within("resources", proxied.list_all_resources()).await.expect("resources");
@@ -126,6 +135,15 @@ async fn exercise(proxied: &Client, seen: &TestClient, prefix: &str) {
     let err = within("unknown", proxied.call_tool(CallToolRequestParams::new(format!("{prefix}no_such_tool")))).await;
     let direct_err = reference.call_tool(CallToolRequestParams::new("no_such_tool")).await;
     assert_eq!(format!("{err:?}"), format!("{direct_err:?}"));
+}
+
+async fn sampling_and_elicitation(proxied: &Client, seen: &TestClient, prefix: &str) {
+    let result = call(proxied, &format!("{prefix}test_sampling"), json!({"prompt": "hi"})).await;
+    let text = serde_json::to_string(&result.content).unwrap();
+    assert!(text.contains(SAMPLED_TEXT), "sampling round trip: {text}");
+    let result = call(proxied, &format!("{prefix}test_elicitation"), json!({"message": "who?"})).await;
+    assert!(serde_json::to_string(&result.content).unwrap().contains("ada"), "elicitation round trip");
+    assert_eq!(seen.seen.lock().unwrap().sampling, 1);
 }
 
 async fn upstream(kind: &str) -> (Arc<ServerConfig>, Option<HttpFixture>) {
@@ -202,4 +220,63 @@ async fn several_upstreams_are_namespaced() {
     let base = http_proxy(options(servers), None).await;
     let (client, seen) = connect_http(&format!("{base}/mcp")).await;
     exercise(&client, &seen, "alpha__").await;
+}
+
+/// A client of the 2026-07-28 era (no initialize: `server/discover` and per-request `_meta`).
+fn discover() -> ClientLifecycleMode {
+    ClientLifecycleMode::Discover { preferred_versions: vec![ProtocolVersion::V_2026_07_28] }
+}
+
+async fn modern_direct() -> (Client, TestClient) {
+    let handler = TestClient::default();
+    let mut cmd = tokio::process::Command::new(fixture_bin());
+    cmd.arg("stdio");
+    let transport = TokioChildProcess::new(cmd).expect("spawn fixture");
+    let client = handler.clone().serve_with_lifecycle(transport, discover()).await.expect("direct discover");
+    (client, handler)
+}
+
+#[tokio::test]
+async fn modern_client_over_stdio() {
+    let stream = stdio_proxy(options(vec![stdio_server("fx")])).await;
+    let handler = TestClient::default();
+    let (read, write) = tokio::io::split(stream);
+    let client = handler.clone().serve_with_lifecycle((read, write), discover()).await.expect("discover via proxy");
+    assert_eq!(client.peer_info().map(|i| i.protocol_version.clone()), Some(ProtocolVersion::V_2026_07_28));
+    let (reference, reference_seen) = modern_direct().await;
+    exercise_against(&client, &handler, "", &reference, &reference_seen, false).await;
+}
+
+#[tokio::test]
+async fn modern_client_over_http() {
+    let base = http_proxy(options(vec![stdio_server("fx")]), None).await;
+    for _ in 0..2 {
+        // Two sessionless clients share the endpoint's upstream without mixing their requests.
+        let handler = TestClient::default();
+        let transport = rmcp::transport::StreamableHttpClientTransport::from_uri(format!("{base}/mcp"));
+        let client = handler.clone().serve_with_lifecycle(transport, discover()).await.expect("discover via proxy");
+        let (reference, reference_seen) = modern_direct().await;
+        exercise_against(&client, &handler, "", &reference, &reference_seen, false).await;
+    }
+}
+
+#[tokio::test]
+async fn auto_client_falls_back_against_a_legacy_upstream() {
+    // raw-upstream knows nothing of server/discover: the client must fall back to initialize.
+    let raw = fixture_bin().with_file_name("raw-upstream").display().to_string();
+    let server = Arc::new(ServerConfig {
+        name: "raw".into(),
+        transport: mcp_gate::config::UpstreamTransport::Stdio { command: raw, args: vec![], env: vec![], cwd: None },
+        prefix: true,
+    });
+    let stream = stdio_proxy(options(vec![server])).await;
+    let (read, write) = tokio::io::split(stream);
+    let auto = ClientLifecycleMode::Auto {
+        preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+        legacy_version: Some(ProtocolVersion::V_2025_06_18),
+    };
+    let client =
+        within("auto", TestClient::default().serve_with_lifecycle((read, write), auto)).await.expect("auto mode");
+    let tools = client.list_all_tools().await.expect("tools");
+    assert_eq!(tools[0].name, "raw_tool");
 }
