@@ -39,7 +39,6 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub struct RawProxy {
     pub separator: Option<String>,
-    pub log: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -75,7 +74,6 @@ pub struct Config {
     /// The file it came from, if any (for messages).
     pub source: Option<PathBuf>,
     pub separator: String,
-    pub log: Option<String>,
     pub listen: Listen,
     /// Upstream servers in name order.
     pub servers: Vec<ServerConfig>,
@@ -217,7 +215,6 @@ impl Config {
         Ok(Config {
             source: file.map(Path::to_path_buf),
             separator,
-            log: raw.proxy.log,
             listen: Listen {
                 addr,
                 token,
@@ -406,5 +403,20 @@ mod tests {
         assert_eq!(expand_env("Bearer ${PATH}").unwrap(), format!("Bearer {}", std::env::var("PATH").unwrap()));
         let err = expand_env("${MCP_GATE_SURELY_UNSET_VAR}").unwrap_err();
         assert!(err.contains("MCP_GATE_SURELY_UNSET_VAR"));
+    }
+}
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    /// The annotated example at the top of the repository must stay valid.
+    #[test]
+    fn example_config_validates() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/proxy.toml");
+        let text = std::fs::read_to_string(path).expect("proxy.toml");
+        let config = Config::from_toml(&text, path).expect("proxy.toml is valid");
+        assert_eq!(config.servers.len(), 1);
+        assert_eq!(config.listen.addr.map(|a| a.to_string()).as_deref(), Some("127.0.0.1:8080"));
     }
 }

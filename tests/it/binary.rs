@@ -1,0 +1,154 @@
+//! Tests that start the real `mcp-gate` executable.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::Command;
+
+use super::common::*;
+
+fn gate() -> Command {
+    let mut cmd = Command::new(gate_bin());
+    cmd.env_remove("MCP_GATE_LOG").kill_on_drop(true);
+    cmd
+}
+
+#[tokio::test]
+async fn check_config_names_the_key_and_the_file() {
+    let dir = std::env::temp_dir().join(format!("mcp-gate-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "[servers.files]\ncommand = \"x\"\nargz = [\"typo\"]\n").unwrap();
+    let out = gate().args(["check-config", "--config"]).arg(&bad).output().await.unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bad.toml") && stderr.contains("argz") && stderr.contains("servers.files"), "{stderr}");
+    assert!(out.stdout.is_empty());
+
+    // Start-up fails the same way.
+    let out = gate().arg("--config").arg(&bad).output().await.unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("argz"));
+
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/proxy.toml");
+    let out = gate().args(["check-config", "--config", example]).output().await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("everything"));
+}
+
+#[tokio::test]
+async fn a_missing_command_fails_at_start_up() {
+    let out = gate().args(["--name", "files", "--", "/nonexistent/server-bin", "--flag"]).output().await.unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("`files`") && stderr.contains("/nonexistent/server-bin"), "{stderr}");
+
+    let out =
+        gate().args(["serve", "--listen", "127.0.0.1:0", "--", "no-such-command-anywhere"]).output().await.unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-command-anywhere"));
+}
+
+/// stdout carries only MCP messages; logs (including the upstream's stderr) go to stderr.
+#[tokio::test]
+async fn stdio_mode_keeps_stdout_clean() {
+    let mut child = gate()
+        .arg("--")
+        .arg(fixture_bin())
+        .arg("stdio")
+        .env("MCP_GATE_LOG", "debug")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    stdin
+        .write_all(concat!(
+            r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"bin-test","version":"1"}}}"#,
+            "\n",
+            r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+            "\n",
+            r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo","arguments":{"message":"hi"}}}"#,
+            "\n"
+        ).as_bytes())
+        .await
+        .unwrap();
+    let mut replies = Vec::new();
+    while replies.len() < 2 {
+        let line = within("stdout line", lines.next_line()).await.unwrap().expect("a line");
+        let v: serde_json::Value = serde_json::from_str(&line).expect("stdout holds only JSON-RPC");
+        if v.get("id").is_some() {
+            replies.push(v);
+        }
+    }
+    assert_eq!(replies[0]["result"]["serverInfo"]["name"], "conformance-upstream");
+    assert!(replies[1]["result"]["content"][0]["text"].as_str().unwrap().contains("hi"));
+    drop(stdin);
+    let status = within("exit after stdin closes", child.wait()).await.unwrap();
+    assert!(status.success());
+    let mut stderr = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).await.unwrap();
+    assert!(stderr.contains("started"), "logs go to stderr: {stderr}");
+}
+
+/// `serve` binds loopback, announces its address, relays, and refuses foreign Host headers.
+#[tokio::test]
+async fn serve_relays_and_checks_host_and_origin() {
+    let mut child = gate()
+        .args(["serve", "--listen", "127.0.0.1:0", "--"])
+        .arg(fixture_bin())
+        .arg("stdio")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let url = within("listening line", async {
+        loop {
+            let line = lines.next_line().await.unwrap().expect("stderr line");
+            if let Some(url) = line.strip_prefix("mcp-gate: listening on ") {
+                return url.trim().to_owned();
+            }
+        }
+    })
+    .await;
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+
+    let (client, _) = connect_http(&url).await;
+    let tools = client.list_all_tools().await.unwrap();
+    assert!(tools.iter().any(|t| t.name == "test_simple_text"));
+
+    let http = reqwest::Client::new();
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"x","version":"1"}}}"#;
+    let post = |host: Option<&str>, origin: Option<&str>| {
+        let mut req = http
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(body);
+        if let Some(h) = host {
+            req = req.header("host", h);
+        }
+        if let Some(o) = origin {
+            req = req.header("origin", o);
+        }
+        req.timeout(Duration::from_secs(10)).send()
+    };
+    assert_eq!(post(Some("evil.example"), None).await.unwrap().status(), 403);
+    assert_eq!(post(None, Some("http://evil.example")).await.unwrap().status(), 403);
+    assert_eq!(post(None, Some("http://localhost:5173")).await.unwrap().status(), 200);
+    // Without a session, a non-initialize request is refused; an unknown session is 404.
+    let resp = http
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("mcp-session-id", "nope")
+        .body(r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    child.start_kill().unwrap();
+}
