@@ -179,11 +179,15 @@ enum Pending {
     Reinit,
 }
 
+/// An upstream's answer to one part of a fan-out: its result, or its error object.
+type Outcome = Result<Box<RawValue>, Box<RawValue>>;
+
 struct Fanout {
     client_id: Box<RawValue>,
     method: String,
     waiting: usize,
-    parts: Vec<(usize, Result<Box<RawValue>, Box<RawValue>>)>,
+    /// (upstream, its result or error object).
+    parts: Vec<(usize, Outcome)>,
 }
 
 struct ProgressEntry {
@@ -683,7 +687,7 @@ impl Session {
         }
     }
 
-    fn fanout_part(&mut self, fanout_id: u64, index: usize, outcome: Result<Box<RawValue>, Box<RawValue>>) {
+    fn fanout_part(&mut self, fanout_id: u64, index: usize, outcome: Outcome) {
         let Some(f) = self.fanouts.get_mut(&fanout_id) else { return };
         f.parts.push((index, outcome));
         f.waiting -= 1;

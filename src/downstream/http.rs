@@ -250,8 +250,8 @@ async fn named_endpoint(
 }
 
 async fn handle(state: Arc<HttpState>, endpoint: String, method: Method, headers: HeaderMap, body: Body) -> Response {
-    if let Err(resp) = check_host_origin(&state.opts, &headers) {
-        return resp;
+    if let Err(why) = check_host_origin(&state.opts, &headers) {
+        return json_error(StatusCode::FORBIDDEN, None, code::INVALID_REQUEST, &why);
     }
     if let Some(token) = &state.opts.token
         && !bearer_matches(&headers, token)
@@ -550,10 +550,10 @@ fn base64_decode(input: &str) -> Option<Vec<u8>> {
 
 /// DNS-rebinding protection: the Host must name this machine (or a configured host) and an
 /// Origin, when present, must be a loopback origin (or a configured one).
-fn check_host_origin(opts: &HttpOptions, headers: &HeaderMap) -> Result<(), Response> {
+fn check_host_origin(opts: &HttpOptions, headers: &HeaderMap) -> Result<(), String> {
     let forbidden = |what: &str| {
         warn!("rejected request: {what}");
-        Err(json_error(StatusCode::FORBIDDEN, None, code::INVALID_REQUEST, &format!("Forbidden: {what}")))
+        Err(format!("Forbidden: {what}"))
     };
     let Some(host) = header_str(headers, "host") else { return forbidden("no Host header") };
     if !host_allowed(strip_port(host), &opts.allowed_hosts) {
