@@ -19,7 +19,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(mcp_gate::cli::run(cli)) {
+    let outcome = runtime.block_on(mcp_gate::cli::run(cli));
+    // A blocking read of stdin may still be pending: do not wait for it.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

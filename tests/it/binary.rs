@@ -152,3 +152,65 @@ async fn serve_relays_and_checks_host_and_origin() {
     assert_eq!(resp.status(), 404);
     child.start_kill().unwrap();
 }
+
+/// Two servers exposed without prefixes that share a tool name: start-up fails naming both.
+#[tokio::test]
+async fn a_tool_name_collision_names_both_servers() {
+    let dir = std::env::temp_dir().join(format!("mcp-gate-collide-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("proxy.toml");
+    let fixture = fixture_bin().display().to_string();
+    std::fs::write(
+        &cfg,
+        format!(
+            "[servers.one]\ncommand = {fixture:?}\nargs = [\"stdio\"]\nprefix = false\n\n[servers.two]\ncommand = {fixture:?}\nargs = [\"stdio\"]\nprefix = false\n"
+        ),
+    )
+    .unwrap();
+    let mut child = gate()
+        .arg("--config")
+        .arg(&cfg)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(concat!(
+            r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#,
+            "\n",
+            r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+            "\n"
+        ).as_bytes())
+        .await
+        .unwrap();
+    let out = within("exit on collision", child.wait_with_output()).await.unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("collision") && stderr.contains("`one`") && stderr.contains("`two`"), "{stderr}");
+}
+
+/// With a token configured, HTTP clients must present it.
+#[tokio::test]
+async fn http_requires_the_bearer_token_when_set() {
+    let base = http_proxy(options(vec![stdio_server("fx")]), Some("s3cret-token")).await;
+    let http = reqwest::Client::new();
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"x","version":"1"}}}"#;
+    let send = |auth: Option<&str>| {
+        let mut req = http
+            .post(format!("{base}/mcp"))
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(body);
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        req.send()
+    };
+    let resp = send(None).await.unwrap();
+    assert_eq!(resp.status(), 401);
+    assert_eq!(resp.headers()["www-authenticate"], "Bearer");
+    assert_eq!(send(Some("Bearer wrong")).await.unwrap().status(), 401);
+    assert_eq!(send(Some("Bearer s3cret-token")).await.unwrap().status(), 200);
+}

@@ -153,6 +153,25 @@ async fn a_crashed_upstream_fails_in_flight_calls_and_comes_back() {
 }
 
 #[tokio::test]
+async fn cancellation_reaches_the_upstream_under_its_id() {
+    let mut c = RawClient::new().await;
+    c.initialize().await;
+    c.send(r#"{"jsonrpc":"2.0","id":"slow-1","method":"raw/hold"}"#).await;
+    c.send(r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"slow-1","reason":"user"}}"#)
+        .await;
+    let seen: Value = serde_json::from_str(&c.recv().await).unwrap();
+    let line: Value = serde_json::from_str(seen["params"]["line"].as_str().unwrap()).unwrap();
+    assert_eq!(line["method"], "notifications/cancelled");
+    assert_eq!(line["params"]["requestId"], seen["params"]["held"], "the cancel names the id the upstream saw");
+    assert_eq!(line["params"]["reason"], "user");
+    // A cancel for a request that is not in flight is not forwarded.
+    c.send(r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"never"}}"#).await;
+    c.send(r#"{"jsonrpc":"2.0","id":10,"method":"vendor/next"}"#).await;
+    let v: Value = serde_json::from_str(&c.recv().await).unwrap();
+    assert_eq!(v["id"], 10, "nothing but the next reply arrives");
+}
+
+#[tokio::test]
 async fn a_command_that_cannot_start_names_server_and_command() {
     let err = mcp_gate::session::start(options(vec![raw_server("/nonexistent/mcp-server")]), Arc::new(Discard))
         .await

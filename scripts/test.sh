@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, Rust tests (unit, in-process, binary), then interop
+# with pinned third-party peers (Python SDK, server-everything) and the official conformance
+# suite. Installs the pinned peers into .peers/ first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== pinned peers"
+bash scripts/install-peers.sh
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy"
+cargo clippy --all-targets --locked -- -D warnings
+
+echo "== cargo test"
+# Builds the fixture examples too (tests start them as upstreams).
+cargo test --locked
+
+echo "== interop (Python SDK client, server-everything)"
+bash scripts/interop.sh
+
+echo "== conformance suite, direct and through mcp-gate"
+bash scripts/conformance.sh
+
+echo "== all tests passed"
