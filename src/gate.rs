@@ -1,6 +1,8 @@
 //! The hook on the `tools/call` path: a [`Gate`] decides, for each call, whether it goes
 //! upstream, is answered by the proxy, or waits.
 
+use std::sync::Arc;
+
 use futures::future::BoxFuture;
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -21,12 +23,51 @@ pub struct ToolCall<'a> {
     pub info: Option<&'a ToolInfo>,
     /// The calling agent: the client's name from initialize, or the HTTP principal.
     pub agent: Option<&'a str>,
+    /// Sends `notifications/progress` to the caller, when the request carried a progress token.
+    pub progress: Option<ProgressSink>,
 }
+
+type SendProgress = dyn Fn(f64, &str) + Send + Sync;
+
+/// Reports progress to the client that made a held call.
+#[derive(Clone)]
+pub struct ProgressSink {
+    send: Arc<SendProgress>,
+}
+
+impl ProgressSink {
+    pub fn new(send: impl Fn(f64, &str) + Send + Sync + 'static) -> ProgressSink {
+        ProgressSink { send: Arc::new(send) }
+    }
+
+    /// Sends one progress notification; `progress` must increase from call to call.
+    pub fn notify(&self, progress: f64, message: &str) {
+        (self.send)(progress, message)
+    }
+}
+
+impl std::fmt::Debug for ProgressSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProgressSink")
+    }
+}
+
+/// How an allowed call ended upstream: its result, or the error (JSON-RPC or transport).
+#[derive(Debug)]
+pub enum Outcome<'a> {
+    Result(&'a RawValue),
+    Error(&'a str),
+}
+
+/// Called once with the upstream's answer to a call the gate let through.
+pub type OutcomeHook = Box<dyn FnOnce(Outcome<'_>) + Send>;
 
 /// A gate's answer.
 pub enum Verdict {
     /// Send the call upstream unchanged.
     Allow,
+    /// Send the call upstream unchanged and report how it ended.
+    AllowTracked(OutcomeHook),
     /// Answer the client with this `result` instead (a denial, an approval URL).
     Respond(Box<RawValue>),
     /// Decide later.
@@ -37,6 +78,7 @@ impl std::fmt::Debug for Verdict {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Verdict::Allow => f.write_str("Allow"),
+            Verdict::AllowTracked(_) => f.write_str("AllowTracked"),
             Verdict::Respond(r) => write!(f, "Respond({})", r.get()),
             Verdict::Hold(_) => f.write_str("Hold"),
         }
@@ -45,6 +87,16 @@ impl std::fmt::Debug for Verdict {
 
 pub trait Gate: Send + Sync + 'static {
     fn check(&self, call: &ToolCall<'_>) -> Verdict;
+
+    /// Whether a tool is removed from `tools/list` for this agent.
+    fn hides(&self, _server: &str, _tool: &ToolInfo, _agent: Option<&str>) -> bool {
+        false
+    }
+
+    /// Whether any tool can be hidden at all (lets the relay skip the check).
+    fn hides_any(&self) -> bool {
+        false
+    }
 }
 
 /// Lets every call through.

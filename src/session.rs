@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use tracing::{Instrument, debug, info, warn};
 
 use crate::config::{ServerConfig, UpstreamTransport};
-use crate::gate::{Gate, ToolCall, Verdict};
+use crate::gate::{Gate, Outcome, OutcomeHook, ProgressSink, ToolCall, Verdict};
 use crate::jsonrpc::{self, Kind, Message, code};
 use crate::router::{self, ListPosition};
 use crate::tools::ToolList;
@@ -170,6 +170,8 @@ enum Pending {
         method: String,
         /// The request asked for its full tool list (no cursor): cache it.
         tools_first_page: bool,
+        /// The gate wants to know how this call ended.
+        hook: Option<OutcomeHook>,
     },
     /// One part of a request fanned out to several upstreams.
     Fanout(u64),
@@ -180,14 +182,14 @@ enum Pending {
 }
 
 /// An upstream's answer to one part of a fan-out: its result, or its error object.
-type Outcome = Result<Box<RawValue>, Box<RawValue>>;
+type PartOutcome = Result<Box<RawValue>, Box<RawValue>>;
 
 struct Fanout {
     client_id: Box<RawValue>,
     method: String,
     waiting: usize,
     /// (upstream, its result or error object).
-    parts: Vec<(usize, Outcome)>,
+    parts: Vec<(usize, PartOutcome)>,
 }
 
 struct ProgressEntry {
@@ -372,10 +374,23 @@ impl Session {
     }
 
     /// Sends a client request to one upstream under a fresh id.
-    fn forward(&mut self, index: usize, mut msg: Message, param_headers: Vec<(String, String)>) {
+    fn forward(&mut self, index: usize, msg: Message, param_headers: Vec<(String, String)>) {
+        self.forward_tracked(index, msg, param_headers, None);
+    }
+
+    fn forward_tracked(
+        &mut self,
+        index: usize,
+        mut msg: Message,
+        param_headers: Vec<(String, String)>,
+        hook: Option<OutcomeHook>,
+    ) {
         let Some(client_id) = msg.id.take() else { return };
         if self.upstreams[index].link.is_none() {
             let text = format!("upstream `{}` is not running; it is being restarted", self.upstreams[index].cfg.name);
+            if let Some(hook) = hook {
+                hook(Outcome::Error(&text));
+            }
             self.reply_error(Some(client_id), code::UPSTREAM_ERROR, &text);
             return;
         }
@@ -388,7 +403,7 @@ impl Session {
         up.next_id += 1;
         let tools_first_page = method == "tools/list" && !has_cursor(&msg);
         self.client_requests.insert(client_id.get().to_owned(), (index, up_id));
-        up.pending.insert(up_id, Pending::Client { client_id, method, tools_first_page });
+        up.pending.insert(up_id, Pending::Client { client_id, method, tools_first_page, hook });
         msg.id = Some(jsonrpc::number_id(up_id));
         let mut out = outgoing(&msg, up.is_http());
         out.request_id = Some(up_id);
@@ -516,6 +531,7 @@ impl Session {
             arguments: &arguments,
             info: tool,
             agent: self.client_name.as_deref(),
+            progress: self.progress_sink(&msg),
         };
         match self.opts.gate.check(&call) {
             Verdict::Hold(wait) => {
@@ -554,9 +570,55 @@ impl Session {
                 }
                 self.forward(index, msg, param_headers);
             }
+            Verdict::AllowTracked(hook) => {
+                if tool != exposed {
+                    rename_param(&mut msg, tool);
+                }
+                self.forward_tracked(index, msg, param_headers, Some(hook));
+            }
             Verdict::Respond(result) => self.reply(msg.id, result),
             Verdict::Hold(_) => self.reply_error(msg.id, code::INTERNAL_ERROR, "gate held a call twice"),
         }
+    }
+
+    /// A `tools/list` result without the tools the policy hides from this agent.
+    fn without_hidden_tools(&self, index: usize, result: &RawValue) -> Box<RawValue> {
+        let Ok(mut obj) = jsonrpc::parse_object(result) else { return result.to_owned() };
+        let server = &self.upstreams[index].cfg.name;
+        let kept: Vec<Box<RawValue>> = router::entries(result, "tools")
+            .into_iter()
+            .filter(|entry| {
+                let Ok(list) = ToolList::from_result(&jsonrpc::to_raw(&serde_json::json!({ "tools": [entry] }))) else {
+                    return true;
+                };
+                let hidden = list
+                    .names()
+                    .next()
+                    .and_then(|n| list.get(n))
+                    .is_some_and(|tool| self.opts.gate.hides(server, tool, self.client_name.as_deref()));
+                !hidden
+            })
+            .collect();
+        jsonrpc::set(&mut obj, "tools", jsonrpc::to_raw(&kept));
+        jsonrpc::object_to_raw(&obj)
+    }
+
+    /// A way for the gate to send progress to the caller, when the call carried a token.
+    fn progress_sink(&self, msg: &Message) -> Option<ProgressSink> {
+        let params = msg.params.as_deref()?;
+        if !params.get().contains("progressToken") {
+            return None;
+        }
+        let obj = jsonrpc::parse_object(params).ok()?;
+        let meta = jsonrpc::parse_object(jsonrpc::get(&obj, "_meta")?).ok()?;
+        let token = jsonrpc::get(&meta, "progressToken")?.to_owned();
+        let client_id = msg.id_text()?.to_owned();
+        let downstream = self.downstream.clone();
+        Some(ProgressSink::new(move |progress, message| {
+            let params = serde_json::json!({ "progressToken": &*token, "progress": progress, "message": message });
+            let note = Message::notification("notifications/progress", Some(jsonrpc::to_raw(&params)));
+            downstream.send(&note, Route::Related(&client_id));
+        }))
     }
 
     /// Finds the upstream of an exposed tool name. `Ok(None)`: not known until tool lists arrive.
@@ -687,7 +749,7 @@ impl Session {
         }
     }
 
-    fn fanout_part(&mut self, fanout_id: u64, index: usize, outcome: Outcome) {
+    fn fanout_part(&mut self, fanout_id: u64, index: usize, outcome: PartOutcome) {
         let Some(f) = self.fanouts.get_mut(&fanout_id) else { return };
         f.parts.push((index, outcome));
         f.waiting -= 1;
@@ -796,6 +858,11 @@ impl Session {
             let next_cursor = jsonrpc::string_field(&result, "nextCursor");
             let up = &self.upstreams[index];
             let (name, prefix, sep) = (up.cfg.name.clone(), up.cfg.prefix, self.opts.separator.clone());
+            let result = if key == "tools" && self.opts.gate.hides_any() {
+                self.without_hidden_tools(index, &result)
+            } else {
+                result
+            };
             let entries = match key {
                 "tools" | "prompts" => {
                     router::rename_entries(&result, key, |n| router::exposed_name(&name, n, prefix, &sep))
@@ -947,13 +1014,26 @@ impl Session {
             return;
         };
         match pending {
-            Pending::Client { client_id, method, tools_first_page } => {
+            Pending::Client { client_id, method, tools_first_page, hook } => {
+                if let Some(hook) = hook {
+                    match (&msg.result, &msg.error) {
+                        (Some(result), _) => hook(Outcome::Result(result)),
+                        (None, Some(error)) => hook(Outcome::Error(error.get())),
+                        (None, None) => hook(Outcome::Error("empty response")),
+                    }
+                }
                 self.client_requests.remove(client_id.get());
                 if !self.progress.is_empty() {
                     self.progress.retain(|_, e| e.client_id != client_id.get());
                 }
                 if let Some(result) = msg.result.as_deref() {
                     self.observe_result(index, &method, result, tools_first_page);
+                }
+                if method == "tools/list"
+                    && self.opts.gate.hides_any()
+                    && let Some(result) = msg.result.as_deref()
+                {
+                    msg.result = Some(self.without_hidden_tools(index, result));
                 }
                 msg.id = Some(client_id);
                 self.downstream.send(&msg, Route::Reply);
@@ -1122,7 +1202,10 @@ impl Session {
         let text = format!("upstream `{name}` stopped before answering: {reason}");
         for (_, p) in pending {
             match p {
-                Pending::Client { client_id, .. } => {
+                Pending::Client { client_id, hook, .. } => {
+                    if let Some(hook) = hook {
+                        hook(Outcome::Error(&text));
+                    }
                     self.client_requests.remove(client_id.get());
                     self.reply_error(Some(client_id), code::UPSTREAM_ERROR, &text);
                 }

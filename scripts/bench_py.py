@@ -1,0 +1,238 @@
+#!/usr/bin/env python3
+"""Throughput benchmark: the MCP Python SDK (mcp==2.3.0) calling server-everything's `echo` tool,
+directly and through mcp-gate. Run by scripts/bench.sh with the peers venv python.
+
+Pairs (each side keeps one client session open for the whole pair):
+  stdio  client -> [mcp-gate ->] server-everything stdio
+  http   client --Streamable HTTP--> mcp-gate serve -> server-everything stdio
+         (direct: server-everything's own `streamableHttp` mode)
+
+For each pair and load (`seq`: one call at a time; `c16`: 16 workers under asyncio.gather sharing
+the session), both sides are warmed up, then the measured calls are split into ROUNDS rounds that
+alternate direct/via (direct first in even rounds, via first in odd ones) so that machine drift
+hits both sides alike. Calls/s per side = calls / summed time; the ratio is via / direct. The
+median of per-round ratios is reported too (robust to one noisy round).
+
+Output: `key=value` lines on stdout (consumed by bench.sh); progress on stderr; every child
+process's stderr goes to a log file in BENCH_ARTIFACTS.
+
+Environment:
+  MCP_GATE_BIN      mcp-gate binary (required)
+  EVERYTHING        command prefix for server-everything (required)
+  BENCH_ARTIFACTS   directory for logs (default: artifacts/bench)
+  BENCH_PY_CALLS    measured calls per side per load (default 2000)
+  BENCH_PY_WARMUP   warm-up calls per side per load (default 300)
+  BENCH_PY_ROUNDS   rounds the measured calls are split into (default 4)
+  BENCH_PY_CONC     concurrent workers for the concurrent load (default 16)
+  BENCH_PY_MODE     Client mode: auto (SDK default) or legacy (default auto)
+  BENCH_PY_PAIRS    subset of pairs, e.g. "stdio" (default stdio,http)
+  BENCH_GATE_LOG    MCP_GATE_LOG for the proxy (default info, the proxy's default)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shlex
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+from mcp import Client, StdioServerParameters
+from mcp.client.stdio import stdio_client
+
+ROOT = Path(__file__).resolve().parents[1]
+ART = Path(os.environ.get("BENCH_ARTIFACTS") or ROOT / "artifacts" / "bench")
+GATE = os.environ["MCP_GATE_BIN"]
+EV = shlex.split(os.environ["EVERYTHING"])
+CALLS = int(os.environ.get("BENCH_PY_CALLS", "2000"))
+WARMUP = int(os.environ.get("BENCH_PY_WARMUP", "300"))
+ROUNDS = int(os.environ.get("BENCH_PY_ROUNDS", "4"))
+CONC = int(os.environ.get("BENCH_PY_CONC", "16"))
+MODE = os.environ.get("BENCH_PY_MODE", "auto")
+PAIRS = [p.strip() for p in os.environ.get("BENCH_PY_PAIRS", "stdio,http").split(",") if p.strip()]
+GATE_LOG = os.environ.get("BENCH_GATE_LOG", "info")
+START_TIMEOUT = 20.0
+CALL_TIMEOUT = 30.0
+
+
+def log(msg: str) -> None:
+    print(f"[bench_py] {msg}", file=sys.stderr, flush=True)
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["MCP_GATE_LOG"] = GATE_LOG
+    if extra:
+        env.update(extra)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Procs:
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, argv: list[str], logname: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], Path]:
+        path = ART / f"{logname}.log"
+        f = open(path, "wb")
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT, env=env)
+        f.close()
+        self.procs.append(p)
+        return p, path
+
+    def stop_all(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+async def wait_port(p: subprocess.Popen[bytes], port: int, what: str) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if p.poll() is not None:
+            raise RuntimeError(f"{what} exited with {p.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            await asyncio.sleep(0.05)
+    raise RuntimeError(f"{what} did not listen on {port}")
+
+
+async def wait_log(p: subprocess.Popen[bytes], path: Path, pattern: re.Pattern[bytes], what: str) -> re.Match[bytes]:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        m = pattern.search(path.read_bytes() if path.exists() else b"")
+        if m:
+            return m
+        if p.poll() is not None:
+            raise RuntimeError(f"{what} exited with {p.returncode}; see {path}")
+        await asyncio.sleep(0.05)
+    raise RuntimeError(f"{what} did not start; see {path}")
+
+
+async def call_n(client: Client, n: int, conc: int) -> float:
+    """Makes n echo calls with `conc` workers; returns elapsed seconds."""
+
+    async def worker(count: int, w: int) -> None:
+        for i in range(count):
+            r = await client.call_tool("echo", {"message": f"bench {w}/{i}"})
+            if r.is_error:
+                raise RuntimeError(f"echo returned an error: {r}")
+
+    per = [n // conc + (1 if i < n % conc else 0) for i in range(conc)]
+    t0 = time.perf_counter()
+    await asyncio.wait_for(asyncio.gather(*(worker(c, w) for w, c in enumerate(per) if c)), CALL_TIMEOUT * 10)
+    return time.perf_counter() - t0
+
+
+async def open_client(stack: AsyncExitStack, target: Any) -> Client:
+    client = Client(target, mode=MODE, cache=None, read_timeout_seconds=CALL_TIMEOUT)
+    await asyncio.wait_for(stack.enter_async_context(client), START_TIMEOUT)
+    tools = await client.list_tools()
+    if not any(t.name == "echo" for t in tools.tools):
+        raise RuntimeError("server lists no `echo` tool")
+    return client
+
+
+async def run_pair(pair: str, procs: Procs, out: dict[str, str]) -> None:
+    async with AsyncExitStack() as stack:
+        if pair == "stdio":
+            d_err = open(ART / "py-stdio-direct-everything.log", "w")
+            v_err = open(ART / "py-stdio-via-mcp-gate.log", "w")
+            stack.callback(d_err.close)
+            stack.callback(v_err.close)
+            d_params = StdioServerParameters(command=EV[0], args=[*EV[1:], "stdio"], env=child_env())
+            v_params = StdioServerParameters(command=GATE, args=["--", *EV, "stdio"], env=child_env())
+            direct = await open_client(stack, stdio_client(d_params, errlog=d_err))
+            via = await open_client(stack, stdio_client(v_params, errlog=v_err))
+        elif pair == "http":
+            port = free_port()
+            p, _ = procs.start([*EV, "streamableHttp"], "py-http-direct-everything", child_env({"PORT": str(port)}))
+            await wait_port(p, port, "server-everything streamableHttp")
+            p, path = procs.start(
+                [GATE, "serve", "--listen", "127.0.0.1:0", "--", *EV, "stdio"], "py-http-via-mcp-gate", child_env()
+            )
+            m = await wait_log(p, path, re.compile(rb"mcp-gate: listening on (http://\S+/mcp)"), "mcp-gate serve")
+            direct = await open_client(stack, f"http://127.0.0.1:{port}/mcp")
+            via = await open_client(stack, m.group(1).decode())
+        else:
+            raise ValueError(pair)
+        out[f"{pair}_protocol_direct"] = direct.protocol_version
+        out[f"{pair}_protocol_via"] = via.protocol_version
+
+        for load, conc in (("seq", 1), (f"c{CONC}", CONC)):
+            for side in (direct, via):
+                await call_n(side, WARMUP, conc)
+            per_round = [CALLS // ROUNDS + (1 if i < CALLS % ROUNDS else 0) for i in range(ROUNDS)]
+            t = {"direct": 0.0, "via": 0.0}
+            ratios = []
+            for r, n in enumerate(per_round):
+                order = [("direct", direct), ("via", via)]
+                if r % 2:
+                    order.reverse()
+                dt = {}
+                for name, client in order:
+                    dt[name] = await call_n(client, n, conc)
+                    t[name] += dt[name]
+                ratios.append(dt["direct"] / dt["via"])
+                log(
+                    f"{pair} {load} round {r + 1}/{ROUNDS}: direct {n / dt['direct']:.0f}/s, "
+                    f"via {n / dt['via']:.0f}/s, ratio {dt['direct'] / dt['via']:.3f}"
+                )
+            d_cps, v_cps = CALLS / t["direct"], CALLS / t["via"]
+            key = f"{pair}_{load}"
+            out[f"{key}_direct_cps"] = f"{d_cps:.0f}"
+            out[f"{key}_via_cps"] = f"{v_cps:.0f}"
+            out[f"{key}_ratio"] = f"{v_cps / d_cps:.3f}"
+            out[f"{key}_ratio_median_round"] = f"{statistics.median(ratios):.3f}"
+            out[f"{key}_ratio_min_round"] = f"{min(ratios):.3f}"
+            out[f"{key}_ratio_max_round"] = f"{max(ratios):.3f}"
+            log(f"{pair} {load}: direct {d_cps:.0f}/s, via {v_cps:.0f}/s, ratio {v_cps / d_cps:.3f}")
+
+
+async def main() -> int:
+    ART.mkdir(parents=True, exist_ok=True)
+    out: dict[str, str] = {"calls": str(CALLS), "warmup": str(WARMUP), "rounds": str(ROUNDS), "mode": MODE}
+    procs = Procs()
+    status = 0
+    try:
+        for pair in PAIRS:
+            t0 = time.monotonic()
+            try:
+                await run_pair(pair, procs, out)
+            except Exception as e:  # noqa: BLE001 - report and go on with the other pair
+                status = 1
+                msg = f"{type(e).__name__}: {e}"
+                if isinstance(e, BaseExceptionGroup):
+                    msg += " [" + "; ".join(f"{type(x).__name__}: {x}" for x in e.exceptions[:3]) + "]"
+                log(f"{pair}: FAILED: {msg}")
+                out[f"{pair}_error"] = msg.replace("\n", " ")
+            log(f"{pair}: {time.monotonic() - t0:.1f}s")
+    finally:
+        procs.stop_all()
+    for k, v in out.items():
+        print(f"{k}={v}", flush=True)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))

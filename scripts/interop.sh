@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Interop suite: the official MCP Python SDK (mcp==2.3.0) against server-everything, directly
+# and through mcp-gate, over three transport pairs (stdio->stdio, stdio->HTTP, HTTP->stdio) and
+# both client modes (legacy, auto). See tests/interop/interop.py.
+#
+# Environment:
+#   MCP_GATE_BIN   mcp-gate binary to test (default: target/release/mcp-gate, built here)
+#   MCP_GATE_LOG   the proxy's log filter (default: debug); every process's stderr goes to
+#                  artifacts/interop/ (INTEROP_ARTIFACTS)
+#   INTEROP_PAIRS / INTEROP_MODES   run a subset, e.g. INTEROP_PAIRS=A INTEROP_MODES=legacy
+# Exit status: 0 when every check passes, 1 otherwise.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+log() { printf '[interop] %s\n' "$*" >&2; }
+
+# ---- peers (idempotent) ----------------------------------------------------
+bash "$ROOT/scripts/install-peers.sh" >&2
+# shellcheck source=peers.env
+source "$ROOT/scripts/peers.env"
+
+# ---- build -----------------------------------------------------------------
+log "cargo build --release --locked"
+cargo build --release --locked >&2
+
+export MCP_GATE_BIN="${MCP_GATE_BIN:-$ROOT/target/release/mcp-gate}"
+export EVERYTHING
+export MCP_GATE_LOG="${MCP_GATE_LOG:-debug}"
+[[ -x "$MCP_GATE_BIN" ]] || { log "no mcp-gate binary at $MCP_GATE_BIN"; exit 1; }
+
+# ---- run -------------------------------------------------------------------
+log "running tests/interop/interop.py with $PEERS_PY (mcp-gate: $MCP_GATE_BIN)"
+exec "$PEERS_PY" "$ROOT/tests/interop/interop.py"
