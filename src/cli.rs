@@ -9,8 +9,12 @@ use tokio::net::TcpListener;
 
 use crate::config::{CommandLineUpstream, Config, UpstreamTransport};
 use crate::downstream::{http, stdio};
-use crate::gate::{AllowAll, Gate};
+use std::io::Write;
+
+use crate::approval::{ApprovalGate, ApprovalSettings, Approvals};
+use crate::gate::Gate;
 use crate::session::SessionOptions;
+use crate::store::{Location, Store};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -55,6 +59,35 @@ pub enum Command {
         #[command(flatten)]
         run: RunArgs,
     },
+    /// Inspect the tamper-evident audit log.
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Try it: a built-in MCP server with a gated destructive tool, and a scripted client.
+    Demo {
+        /// Port of the approval server (default: any free port).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        approvals: String,
+    },
+    /// The demo's MCP server over stdio (used by `demo`).
+    #[command(hide = true)]
+    DemoServer,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditAction {
+    /// Check the hash chain; exits non-zero when a row was edited or deleted.
+    Verify,
+    /// Print the latest records.
+    Tail {
+        #[arg(short = 'n', default_value_t = 20)]
+        n: usize,
+    },
+    /// Write every record as JSON Lines to stdout.
+    Export,
 }
 
 /// Runs the command line; the binary's `main` only sets up the runtime and logging.
@@ -67,6 +100,45 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             eprint!("{}", config.explain());
             Ok(())
         }
+        Some(Command::Audit { action, run }) => audit(action, run).await,
+        Some(Command::Demo { approvals }) => crate::demo::run(&approvals).await,
+        Some(Command::DemoServer) => crate::demo::serve_stdio().await,
+    }
+}
+
+async fn audit(action: AuditAction, run: RunArgs) -> anyhow::Result<()> {
+    let config = load(&run)?;
+    let location = match &config.approvals.database {
+        Some(path) => Location::File(path.clone()),
+        None => bail!("the database is `:memory:`: there is no audit log to read"),
+    };
+    let store = Store::open(location).await?;
+    match action {
+        AuditAction::Verify => {
+            let report = crate::audit::verify(&store).await?;
+            match report.first_bad {
+                None => {
+                    eprintln!("audit log intact: {} records verified", report.rows);
+                    Ok(())
+                }
+                Some((id, why)) => {
+                    bail!("audit log tampered with at record {id}: {why} ({} records checked)", report.rows)
+                }
+            }
+        }
+        AuditAction::Tail { n } => {
+            let mut out = std::io::stdout().lock();
+            for row in crate::audit::tail(&store, n).await? {
+                writeln!(out, "{}", serde_json::to_string(&row)?)?; // stdout-ok: CLI output
+            }
+            Ok(())
+        }
+        AuditAction::Export => {
+            let mut out = std::io::stdout();
+            let n = crate::audit::export_jsonl(&store, &mut out).await?;
+            eprintln!("{n} records exported");
+            Ok(())
+        }
     }
 }
 
@@ -76,18 +148,82 @@ fn load(run: &RunArgs) -> anyhow::Result<Config> {
     Ok(Config::load(run.config.as_deref(), extra.as_ref())?)
 }
 
-fn gate(_config: &Config) -> Arc<dyn Gate> {
-    Arc::new(AllowAll)
-}
-
-fn session_options(config: &Config, servers: Vec<Arc<crate::config::ServerConfig>>, label: &str) -> SessionOptions {
+pub fn session_options(
+    config: &Config,
+    servers: Vec<Arc<crate::config::ServerConfig>>,
+    gate: &Arc<dyn Gate>,
+    label: &str,
+) -> SessionOptions {
     SessionOptions {
         servers,
         separator: config.separator.clone(),
         shared: false,
-        gate: gate(config),
+        gate: gate.clone(),
         label: label.to_owned(),
     }
+}
+
+/// What [`start_gate_with`] started.
+pub struct Started {
+    pub gate: Arc<dyn Gate>,
+    pub approvals: Arc<Approvals>,
+    /// Base URL of the approval server.
+    pub public_url: String,
+}
+
+/// Opens the store, starts the approval server and returns the gate.
+pub async fn start_gate(config: &Config) -> anyhow::Result<Arc<dyn Gate>> {
+    Ok(start_gate_with(config).await?.gate)
+}
+
+pub async fn start_gate_with(config: &Config) -> anyhow::Result<Started> {
+    let a = &config.approvals;
+    let location = match &a.database {
+        Some(path) => Location::File(path.clone()),
+        None => Location::Memory,
+    };
+    let store =
+        Store::open(location.clone()).await.with_context(|| format!("opening the approval store {location:?}"))?;
+    let listener = match TcpListener::bind(&a.listen).await {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            tracing::warn!(listen = %a.listen, "approval port in use; using a free port instead");
+            TcpListener::bind("127.0.0.1:0").await?
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot listen on {} for approvals", a.listen)),
+    };
+    let local = listener.local_addr()?;
+    let public_url = a.public_url.clone().unwrap_or_else(|| format!("http://{local}"));
+    let settings = ApprovalSettings {
+        wait: a.wait,
+        public_url: public_url.clone(),
+        expiry_by_risk: a.expiry_by_risk,
+        workflows: a.workflows.clone(),
+        redact: a.redact.clone(),
+    };
+    let approvals = Approvals::new(store, config.policy.clone(), settings);
+    approvals.spawn_sweeper();
+    let (token, token_file) = crate::web::load_or_create_token(a.token.as_deref(), &a.data_dir)
+        .with_context(|| format!("storing the approver token in {}", a.data_dir.display()))?;
+    let mut hosts = Vec::new();
+    if let Some(host) = public_url.split("://").nth(1).and_then(|r| r.split(['/', ':']).next()) {
+        hosts.push(host.to_owned());
+    }
+    let web = crate::web::WebState::new(approvals.clone(), token, hosts);
+    let gate: Arc<dyn Gate> = Arc::new(ApprovalGate { approvals: approvals.clone() });
+    tokio::spawn(async move {
+        if let Err(e) = crate::web::serve(listener, web, std::future::pending()).await {
+            tracing::error!("approval server stopped: {e}");
+        }
+    });
+    eprintln!("mcp-gate: approvals at http://{local}/");
+    if let Some(file) = token_file {
+        eprintln!("mcp-gate: approver token in {}", file.display());
+    }
+    if config.default_policy {
+        tracing::info!("no [[rules]]: tools annotated readOnlyHint are allowed, every other call needs approval");
+    }
+    Ok(Started { gate, approvals, public_url })
 }
 
 async fn run_stdio(run: RunArgs) -> anyhow::Result<()> {
@@ -96,7 +232,8 @@ async fn run_stdio(run: RunArgs) -> anyhow::Result<()> {
         bail!("no upstream: give one after `--` (a command or a URL) or configure [servers.NAME] in a --config file");
     }
     let servers = config.servers.iter().cloned().map(Arc::new).collect();
-    let opts = session_options(&config, servers, "stdio");
+    let gate = start_gate(&config).await?;
+    let opts = session_options(&config, servers, &gate, "stdio");
     stdio::serve(opts, tokio::io::stdin(), tokio::io::stdout(), shutdown_signal()).await?;
     Ok(())
 }
@@ -121,13 +258,15 @@ async fn run_serve(listen: Option<String>, run: RunArgs) -> anyhow::Result<()> {
         tracing::warn!(%local, "listening on a non-loopback address: set a bearer token ([listen] token_env)");
     }
     let servers: Vec<Arc<_>> = config.servers.iter().cloned().map(Arc::new).collect();
-    let single = servers.iter().map(|s| (s.name.clone(), session_options(&config, vec![s.clone()], ""))).collect();
+    let gate = start_gate(&config).await?;
+    let single =
+        servers.iter().map(|s| (s.name.clone(), session_options(&config, vec![s.clone()], &gate, ""))).collect();
     let mut allowed_hosts = config.listen.allowed_hosts.clone();
     if !local.ip().is_unspecified() {
         allowed_hosts.push(local.ip().to_string());
     }
     let state = http::HttpState::new(http::HttpOptions {
-        all: session_options(&config, servers, ""),
+        all: session_options(&config, servers, &gate, ""),
         single,
         token: config.listen.token.clone(),
         allowed_hosts,

@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use std::time::Duration;
+
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
@@ -33,6 +35,51 @@ pub struct RawConfig {
     pub listen: RawListen,
     #[serde(default)]
     pub servers: BTreeMap<String, RawServer>,
+    #[serde(default)]
+    pub policy: crate::policy::RawPolicy,
+    #[serde(default)]
+    pub rules: Vec<crate::policy::RawRule>,
+    #[serde(default)]
+    pub workflows: Vec<RawWorkflow>,
+    #[serde(default)]
+    pub approvals: RawApprovals,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWorkflow {
+    pub name: String,
+    pub required_approvals: Option<u32>,
+    pub expiry: Option<String>,
+    /// `false` (a deny needs a reason, the default), or `true` (approvals need one too).
+    pub require_justification: Option<bool>,
+    pub grant_secs: Option<u64>,
+    /// `"human"` (the default).
+    pub approval_type: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApprovals {
+    pub listen: Option<String>,
+    pub public_url: Option<String>,
+    pub wait_secs: Option<u64>,
+    pub token: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub database: Option<String>,
+    #[serde(default)]
+    pub redact: Vec<String>,
+    #[serde(default)]
+    pub expiry: RawExpiry,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExpiry {
+    pub low: Option<String>,
+    pub medium: Option<String>,
+    pub high: Option<String>,
+    pub critical: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -77,7 +124,32 @@ pub struct Config {
     pub listen: Listen,
     /// Upstream servers in name order.
     pub servers: Vec<ServerConfig>,
+    /// The compiled policy.
+    pub policy: std::sync::Arc<crate::policy::Policy>,
+    /// Whether the policy is the zero-config default (no rules, no `[policy] default`).
+    pub default_policy: bool,
+    pub approvals: Approvals,
 }
+
+/// Validated `[approvals]` and `[[workflows]]`.
+#[derive(Debug, Clone)]
+pub struct Approvals {
+    /// Where the approval server listens.
+    pub listen: String,
+    pub public_url: Option<String>,
+    pub wait: Duration,
+    /// The approver token, when given by the config or `MCP_GATE_TOKEN`.
+    pub token: Option<String>,
+    pub data_dir: PathBuf,
+    /// `None` is `:memory:`.
+    pub database: Option<PathBuf>,
+    pub redact: Vec<String>,
+    pub expiry_by_risk: [Duration; 4],
+    pub workflows: std::collections::HashMap<String, crate::approval::Workflow>,
+}
+
+/// Default address of the approval server.
+pub const DEFAULT_APPROVALS_LISTEN: &str = "127.0.0.1:8377";
 
 #[derive(Debug, Clone)]
 pub struct Listen {
@@ -212,8 +284,16 @@ impl Config {
             None => std::env::var("MCP_GATE_HTTP_TOKEN").ok().filter(|t| !t.is_empty()),
         };
 
+        let default_policy = raw.rules.is_empty() && raw.policy.default.is_none();
+        let policy =
+            crate::policy::Policy::compile(&raw.policy, &raw.rules).map_err(|e| invalid(&e.key, e.message.clone()))?;
+        let approvals = validate_approvals(raw.approvals, raw.workflows, &policy).map_err(|(k, m)| invalid(&k, m))?;
+
         Ok(Config {
             source: file.map(Path::to_path_buf),
+            policy: std::sync::Arc::new(policy),
+            default_policy,
+            approvals,
             separator,
             listen: Listen {
                 addr,
@@ -245,6 +325,148 @@ impl Config {
         }
         out
     }
+}
+
+fn validate_approvals(
+    raw: RawApprovals,
+    workflows: Vec<RawWorkflow>,
+    policy: &crate::policy::Policy,
+) -> Result<Approvals, (String, String)> {
+    let duration = |key: &str, v: &Option<String>, default: u64| -> Result<Duration, (String, String)> {
+        match v {
+            None => Ok(Duration::from_secs(default)),
+            Some(text) => parse_duration(text).ok_or_else(|| {
+                (key.to_owned(), format!("{text:?} is not a duration (like \"90s\", \"15m\", \"4h\", \"1d\")"))
+            }),
+        }
+    };
+    let expiry_by_risk = [
+        duration("approvals.expiry.low", &raw.expiry.low, 24 * 3600)?,
+        duration("approvals.expiry.medium", &raw.expiry.medium, 12 * 3600)?,
+        duration("approvals.expiry.high", &raw.expiry.high, 4 * 3600)?,
+        duration("approvals.expiry.critical", &raw.expiry.critical, 3600)?,
+    ];
+    let mut map = std::collections::HashMap::new();
+    for (i, w) in workflows.into_iter().enumerate() {
+        let key = format!("workflows[{i}]");
+        if w.name.is_empty() {
+            return Err((format!("{key}.name"), "a workflow needs a name".into()));
+        }
+        match w.approval_type.as_deref() {
+            None | Some("human") => {}
+            Some(other) => {
+                return Err((
+                    format!("{key}.approval_type"),
+                    format!("unknown approval type {other:?}; use \"human\""),
+                ));
+            }
+        }
+        let required = w.required_approvals.unwrap_or(1);
+        if required == 0 {
+            return Err((format!("{key}.required_approvals"), "must be at least 1".into()));
+        }
+        let expiry = match &w.expiry {
+            Some(_) => Some(duration(&format!("{key}.expiry"), &w.expiry, 0)?),
+            None => None,
+        };
+        let workflow = crate::approval::Workflow {
+            name: w.name.clone(),
+            required_approvals: required,
+            expiry,
+            justify_approve: w.require_justification.unwrap_or(false),
+            grant_secs: w.grant_secs.unwrap_or(0),
+        };
+        if map.insert(w.name.clone(), workflow).is_some() {
+            return Err((format!("{key}.name"), format!("workflow {:?} is defined twice", w.name)));
+        }
+    }
+    for name in policy.workflows_used() {
+        if name != "default" && !map.contains_key(&name) {
+            return Err((
+                "rules".into(),
+                format!("workflow {name:?} is used by a rule but not defined in [[workflows]]"),
+            ));
+        }
+    }
+    map.entry("default".to_owned()).or_insert_with(|| crate::approval::Workflow::default_named("default"));
+
+    for (i, p) in raw.redact.iter().enumerate() {
+        if !p.is_empty() && !p.starts_with('/') {
+            return Err((
+                format!("approvals.redact[{i}]"),
+                format!("{p:?} is not a JSON pointer (it must start with '/')"),
+            ));
+        }
+    }
+    let wait_secs = match std::env::var("MCP_GATE_WAIT_SECS") {
+        Ok(v) => v
+            .trim()
+            .parse::<u64>()
+            .map_err(|_| ("MCP_GATE_WAIT_SECS".to_owned(), format!("{v:?} is not a number of seconds")))?,
+        Err(_) => raw.wait_secs.unwrap_or(0),
+    };
+    let listen = std::env::var("MCP_GATE_APPROVALS_LISTEN")
+        .ok()
+        .or(raw.listen)
+        .unwrap_or_else(|| DEFAULT_APPROVALS_LISTEN.to_owned());
+    if listen.parse::<std::net::SocketAddr>().is_err() {
+        return Err(("approvals.listen".into(), format!("{listen:?} is not an address like 127.0.0.1:8377")));
+    }
+    if let Some(url) = &raw.public_url
+        && !(url.starts_with("http://") || url.starts_with("https://"))
+    {
+        return Err(("approvals.public_url".into(), format!("{url:?} is not an http(s) URL")));
+    }
+    let token = std::env::var("MCP_GATE_TOKEN").ok().filter(|t| !t.is_empty()).or(raw.token);
+    if let Some(t) = &token
+        && t.len() < 16
+    {
+        return Err(("approvals.token".into(), "use at least 16 characters".into()));
+    }
+    let data_dir = raw.data_dir.unwrap_or_else(default_data_dir);
+    let database = match raw.database.as_deref() {
+        Some(":memory:") => None,
+        Some(path) => Some(PathBuf::from(path)),
+        None => Some(data_dir.join("mcp-gate.db")),
+    };
+    Ok(Approvals {
+        listen,
+        public_url: raw.public_url,
+        wait: Duration::from_secs(wait_secs),
+        token,
+        data_dir,
+        database,
+        redact: raw.redact,
+        expiry_by_risk,
+        workflows: map,
+    })
+}
+
+/// `$MCP_GATE_DATA_DIR`, else `$XDG_DATA_HOME/mcp-gate`, else `~/.local/share/mcp-gate`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("MCP_GATE_DATA_DIR") {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(dir).join("mcp-gate");
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    home.join(".local").join("share").join("mcp-gate")
+}
+
+/// Parses `90s`, `15m`, `4h`, `1d` or a plain number of seconds.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let n: u64 = number.parse().ok()?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return None,
+    };
+    (secs > 0).then(|| Duration::from_secs(secs))
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -16,14 +16,28 @@
 //! ([`tools`], fetched by the proxy itself when the client has not listed tools) and asks the
 //! [`gate`] whether the call may go upstream.
 //!
-//! [`config`] loads `proxy.toml`; [`cli`] is the command line.
+//! The gate of a real run is [`approval::ApprovalGate`]: it evaluates the compiled [`policy`]
+//! (pure, first match wins, fails closed) and either lets the call through, answers with a
+//! denial, or holds it. Held calls live in the SQLite [`store`] as approval requests; callers
+//! wait on them or get the approval URL at once. The approval server in [`web`] (JSON API and
+//! pages) records decisions through the same [`approval::Approvals`] core, which wakes the
+//! waiting calls. Every decision lands in the hash-chained [`audit`] log.
+//!
+//! [`config`] loads `proxy.toml`; [`cli`] is the command line; [`demo`] is `mcp-gate demo`.
 
+pub mod approval;
+pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod downstream;
 pub mod gate;
 pub mod jsonrpc;
+pub mod policy;
+pub mod random;
 pub mod router;
 pub mod session;
+pub mod store;
 pub mod tools;
 pub mod transport;
+pub mod web;

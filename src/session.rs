@@ -247,6 +247,12 @@ impl Session {
                 },
             }
         }
+        // Let every transport wind down (children exit, upstream sessions are deleted) before
+        // the session is reported finished.
+        let finished: Vec<_> =
+            self.upstreams.iter().filter_map(|u| u.link.as_ref().map(UpstreamLink::finished)).collect();
+        drop(self);
+        let _ = tokio::time::timeout(Duration::from_secs(3), futures::future::join_all(finished)).await;
         debug!("session ended");
     }
 

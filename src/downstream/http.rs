@@ -24,11 +24,12 @@ use dashmap::DashMap;
 use serde_json::value::RawValue;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::jsonrpc::{self, Kind, Message, code};
 use crate::session::{self, Downstream, Input, Route, SessionHandle, SessionOptions};
 use crate::transport::MAX_MESSAGE_BYTES;
+use crate::web::guard::{bearer_matches, check_host_origin};
 
 /// Sessions idle longer than this are closed (their child processes stop).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
@@ -250,7 +251,7 @@ async fn named_endpoint(
 }
 
 async fn handle(state: Arc<HttpState>, endpoint: String, method: Method, headers: HeaderMap, body: Body) -> Response {
-    if let Err(why) = check_host_origin(&state.opts, &headers) {
+    if let Err(why) = check_host_origin(&state.opts.allowed_hosts, &state.opts.allowed_origins, &headers) {
         return json_error(StatusCode::FORBIDDEN, None, code::INVALID_REQUEST, &why);
     }
     if let Some(token) = &state.opts.token
@@ -548,55 +549,6 @@ fn base64_decode(input: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// DNS-rebinding protection: the Host must name this machine (or a configured host) and an
-/// Origin, when present, must be a loopback origin (or a configured one).
-fn check_host_origin(opts: &HttpOptions, headers: &HeaderMap) -> Result<(), String> {
-    let forbidden = |what: &str| {
-        warn!("rejected request: {what}");
-        Err(format!("Forbidden: {what}"))
-    };
-    let Some(host) = header_str(headers, "host") else { return forbidden("no Host header") };
-    if !host_allowed(strip_port(host), &opts.allowed_hosts) {
-        return forbidden(&format!("Host {host:?} is not allowed"));
-    }
-    if let Some(origin) = header_str(headers, "origin") {
-        if opts.allowed_origins.iter().any(|o| o == origin) {
-            return Ok(());
-        }
-        let authority = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://"));
-        match authority {
-            Some(a) if host_allowed(strip_port(a), &[]) => {}
-            _ => return forbidden(&format!("Origin {origin:?} is not allowed")),
-        }
-    }
-    Ok(())
-}
-
-fn strip_port(host: &str) -> &str {
-    if let Some(rest) = host.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    host.rsplit_once(':').map_or(host, |(h, p)| if p.chars().all(|c| c.is_ascii_digit()) { h } else { host })
-}
-
-fn host_allowed(host: &str, extra: &[String]) -> bool {
-    let host = host.to_ascii_lowercase();
-    matches!(host.as_str(), "localhost" | "127.0.0.1" | "::1") || extra.iter().any(|h| h.eq_ignore_ascii_case(&host))
-}
-
-fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
-    let Some(value) = header_str(headers, "authorization") else { return false };
-    let Some(given) = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")) else { return false };
-    constant_time_eq(given.trim().as_bytes(), token.as_bytes())
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
@@ -608,40 +560,12 @@ fn json_error(status: StatusCode, id: Option<Box<RawValue>>, code: i64, message:
 
 /// 128 random bits as hex, from the OS.
 fn random_id() -> String {
-    let mut bytes = [0u8; 16];
-    if getrandom(&mut bytes).is_err() {
-        // Fall back to time and a counter: unique, though guessable; sessions are not secrets
-        // (the bearer token is).
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
-        bytes = nanos.to_le_bytes();
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
-    use std::io::Read;
-    std::fs::File::open("/dev/urandom")?.read_exact(buf)
+    crate::random::hex(16)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn opts() -> HttpOptions {
-        HttpOptions {
-            all: SessionOptions {
-                servers: Vec::new(),
-                separator: "__".into(),
-                shared: false,
-                gate: Arc::new(crate::gate::AllowAll),
-                label: String::new(),
-            },
-            single: HashMap::new(),
-            token: None,
-            allowed_hosts: vec!["gate.internal".into()],
-            allowed_origins: vec!["https://app.example".into()],
-        }
-    }
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -649,23 +573,6 @@ mod tests {
             h.insert(*k, HeaderValue::from_str(v).unwrap());
         }
         h
-    }
-
-    #[test]
-    fn host_and_origin_checks() {
-        let o = opts();
-        assert!(check_host_origin(&o, &headers(&[("host", "127.0.0.1:8080")])).is_ok());
-        assert!(check_host_origin(&o, &headers(&[("host", "[::1]:8080")])).is_ok());
-        assert!(check_host_origin(&o, &headers(&[("host", "gate.internal")])).is_ok());
-        assert!(check_host_origin(&o, &headers(&[("host", "evil.example:8080")])).is_err());
-        assert!(
-            check_host_origin(&o, &headers(&[("host", "localhost:1"), ("origin", "http://localhost:3000")])).is_ok()
-        );
-        assert!(check_host_origin(&o, &headers(&[("host", "localhost:1"), ("origin", "https://app.example")])).is_ok());
-        assert!(
-            check_host_origin(&o, &headers(&[("host", "localhost:1"), ("origin", "http://evil.example")])).is_err()
-        );
-        assert!(check_host_origin(&o, &headers(&[("origin", "http://localhost")])).is_err());
     }
 
     #[test]
@@ -678,12 +585,5 @@ mod tests {
         assert!(validate_modern_headers(&wrong, &msg).is_err());
         let missing = headers(&[("mcp-method", "tools/call")]);
         assert!(validate_modern_headers(&missing, &msg).is_err());
-    }
-
-    #[test]
-    fn bearer_token_comparison() {
-        assert!(bearer_matches(&headers(&[("authorization", "Bearer s3cret")]), "s3cret"));
-        assert!(!bearer_matches(&headers(&[("authorization", "Bearer s3cre")]), "s3cret"));
-        assert!(!bearer_matches(&headers(&[]), "s3cret"));
     }
 }

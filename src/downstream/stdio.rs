@@ -105,7 +105,7 @@ where
     }
     // Ending the session closes the upstreams (children see stdin close and exit).
     drop(session);
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), task).await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
     drop(out_tx);
     drop(downstream.clone());
     let fatal = downstream.fatal.lock().ok().and_then(|f| f.clone());

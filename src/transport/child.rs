@@ -46,6 +46,9 @@ pub fn spawn(server: &ServerConfig, reporter: Reporter) -> Result<UpstreamLink, 
 
     let (tx, rx) = mpsc::unbounded_channel::<super::Outgoing>();
     let (bytes_tx, bytes_rx) = mpsc::unbounded_channel();
+    let (link, running) = UpstreamLink::new(tx);
+    // Told when the session drops the link: the child then has a moment to exit, then is killed.
+    let (released_tx, mut released) = tokio::sync::oneshot::channel::<()>();
 
     // Outgoing: strip the HTTP-only metadata and write lines.
     tokio::spawn(
@@ -63,6 +66,7 @@ pub fn spawn(server: &ServerConfig, reporter: Reporter) -> Result<UpstreamLink, 
             if let Err(e) = res {
                 debug!("stdin closed: {e}");
             }
+            let _ = released_tx.send(());
         }
         .instrument(span.clone()),
     );
@@ -81,9 +85,14 @@ pub fn spawn(server: &ServerConfig, reporter: Reporter) -> Result<UpstreamLink, 
     // stdout: messages; then wait for the exit status and report.
     tokio::spawn(
         async move {
+            let _running = running;
             let mut reader = LineReader::new(stdout);
             loop {
-                match reader.next_line().await {
+                let next = tokio::select! {
+                    next = reader.next_line() => next,
+                    _ = &mut released => break,
+                };
+                match next {
                     Ok(Some(Line::Data(line))) => {
                         if line.iter().all(u8::is_ascii_whitespace) {
                             continue;
@@ -103,7 +112,7 @@ pub fn spawn(server: &ServerConfig, reporter: Reporter) -> Result<UpstreamLink, 
                     }
                 }
             }
-            // stdout closed: the process is exiting (or closed stdout, which is as fatal).
+            // stdout closed, or the session let go: the process is exiting, or is made to.
             let status = tokio::select! {
                 s = child.wait() => s.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()),
                 _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {
@@ -117,5 +126,5 @@ pub fn spawn(server: &ServerConfig, reporter: Reporter) -> Result<UpstreamLink, 
         .instrument(span),
     );
 
-    Ok(UpstreamLink::new(tx))
+    Ok(link)
 }

@@ -90,8 +90,12 @@ pub async fn connect(
     });
     let (tx, rx) = mpsc::unbounded_channel();
     tracing::info!(server = %shared.server, url = %shared.url, "streamable HTTP upstream ready");
-    tokio::spawn(run(shared, rx));
-    Ok(UpstreamLink::new(tx))
+    let (link, running) = UpstreamLink::new(tx);
+    tokio::spawn(async move {
+        run(shared, rx).await;
+        drop(running);
+    });
+    Ok(link)
 }
 
 /// The HTTP client used by the HTTP transports: a connect timeout, no overall timeout (response

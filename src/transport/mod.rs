@@ -50,15 +50,29 @@ impl Outgoing {
     }
 }
 
-/// The session's end of a running upstream transport.
+/// The session's end of a running upstream transport. Dropping every clone stops the
+/// transport; [`UpstreamLink::finished`] then tells when it has wound down (child exited,
+/// upstream session deleted).
 #[derive(Debug, Clone)]
 pub struct UpstreamLink {
     tx: mpsc::UnboundedSender<Outgoing>,
+    done: tokio::sync::watch::Receiver<()>,
 }
 
+/// Held by a transport while it runs; dropping it marks the transport finished.
+pub type Running = tokio::sync::watch::Sender<()>;
+
 impl UpstreamLink {
-    pub fn new(tx: mpsc::UnboundedSender<Outgoing>) -> UpstreamLink {
-        UpstreamLink { tx }
+    /// A link and the token its transport holds until it has finished.
+    pub fn new(tx: mpsc::UnboundedSender<Outgoing>) -> (UpstreamLink, Running) {
+        let (running, done) = tokio::sync::watch::channel(());
+        (UpstreamLink { tx, done }, running)
+    }
+
+    /// Completes when the transport has finished.
+    pub fn finished(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut done = self.done.clone();
+        async move { while done.changed().await.is_ok() {} }
     }
 
     /// Queues a message; returns false when the transport has stopped.

@@ -68,9 +68,13 @@ pub async fn connect(
         shared.on_event(event);
     }
     let (tx, rx) = mpsc::unbounded_channel();
+    let (link, running) = UpstreamLink::new(tx);
     tokio::spawn(read_stream(Arc::clone(&shared), events));
-    tokio::spawn(write_messages(shared, rx));
-    Ok(UpstreamLink::new(tx))
+    tokio::spawn(async move {
+        write_messages(shared, rx).await;
+        drop(running);
+    });
+    Ok(link)
 }
 
 /// The open event stream after its `endpoint` event.

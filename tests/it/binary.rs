@@ -8,9 +8,28 @@ use tokio::process::Command;
 
 use super::common::*;
 
+/// A fresh data directory per test, so tests never share a database or a token.
+fn data_dir(tag: &str) -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("mcp-gate-it-{}-{tag}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 fn gate() -> Command {
+    gate_in(&data_dir("bin"))
+}
+
+fn gate_in(dir: &std::path::Path) -> Command {
     let mut cmd = Command::new(gate_bin());
-    cmd.env_remove("MCP_GATE_LOG").kill_on_drop(true);
+    cmd.env_remove("MCP_GATE_LOG")
+        .env_remove("MCP_GATE_TOKEN")
+        .env_remove("MCP_GATE_WAIT_SECS")
+        .env("MCP_GATE_DATA_DIR", dir)
+        .env("MCP_GATE_APPROVALS_LISTEN", "127.0.0.1:0")
+        .kill_on_drop(true);
     cmd
 }
 
@@ -85,7 +104,11 @@ async fn stdio_mode_keeps_stdout_clean() {
         }
     }
     assert_eq!(replies[0]["result"]["serverInfo"]["name"], "conformance-upstream");
-    assert!(replies[1]["result"]["content"][0]["text"].as_str().unwrap().contains("hi"));
+    // Zero config: `echo` is not annotated read-only, so it waits for approval (fail fast).
+    let held = &replies[1]["result"];
+    assert_eq!(held["isError"], true);
+    assert_eq!(held["_meta"]["mcp-gate/approval"]["status"], "pending");
+    assert!(held["_meta"]["mcp-gate/approval"]["url"].as_str().unwrap().starts_with("http://127.0.0.1:"));
     drop(stdin);
     let status = within("exit after stdin closes", child.wait()).await.unwrap();
     assert!(status.success());

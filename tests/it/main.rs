@@ -5,6 +5,7 @@
 
 mod binary;
 mod common;
+mod gating;
 mod relay;
 mod sse_fixture;
 mod transparency;

@@ -1,0 +1,570 @@
+//! Approval gating: the [`Gate`] that applies the policy to each `tools/call` and holds the
+//! calls that need approval.
+//!
+//! Life of a held call: the policy says `approve` -> the call's key (server, tool, canonical
+//! arguments) finds a reusable approval or a new pending one is stored -> the caller waits (up
+//! to `wait_secs`, with progress notifications) or gets the approval URL at once -> when a
+//! decision lands, waiting callers wake within milliseconds -> an approved call is claimed in
+//! the store (exactly once, or within the grant window) and sent upstream unchanged; its
+//! outcome is recorded. A caller that goes away does not cancel the approval: an identical
+//! retry joins it.
+
+pub mod replies;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::audit::{AuditRecord, Event, Redactor};
+use crate::gate::{Gate, Outcome, ProgressSink, ToolCall, Verdict};
+use crate::policy::{Action, CallFacts, Decision, Policy, Risk};
+use crate::store::{Approval, Claim, NewApproval, Status, Store, TransitionError, Vote, VoteDecision};
+
+/// How often a waiting caller hears progress (clients reset their timeouts on it).
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
+/// A named approval workflow (`[[workflows]]`).
+#[derive(Debug, Clone)]
+pub struct Workflow {
+    pub name: String,
+    /// Distinct approvers needed.
+    pub required_approvals: u32,
+    /// Overrides the risk-based expiry.
+    pub expiry: Option<Duration>,
+    /// A reason is required to approve (a deny always needs one).
+    pub justify_approve: bool,
+    /// After approval, identical calls within this window run without asking again (0 = once).
+    pub grant_secs: u64,
+}
+
+impl Workflow {
+    pub fn default_named(name: &str) -> Workflow {
+        Workflow { name: name.to_owned(), required_approvals: 1, expiry: None, justify_approve: false, grant_secs: 0 }
+    }
+}
+
+/// Validated `[approvals]` settings.
+#[derive(Debug, Clone)]
+pub struct ApprovalSettings {
+    /// How long a held call waits for a decision; zero fails fast.
+    pub wait: Duration,
+    /// Base of the URLs handed out (`http://127.0.0.1:PORT` unless `public_url` is set).
+    pub public_url: String,
+    /// Expiry by risk: low, medium, high, critical. Requests without a risk use medium.
+    pub expiry_by_risk: [Duration; 4],
+    pub workflows: HashMap<String, Workflow>,
+    /// JSON pointers whose values are redacted in the audit log.
+    pub redact: Vec<String>,
+}
+
+impl ApprovalSettings {
+    pub fn expiry_for(&self, risk: Option<Risk>, workflow: &Workflow) -> Duration {
+        if let Some(e) = workflow.expiry {
+            return e;
+        }
+        let index = match risk {
+            Some(Risk::Low) => 0,
+            None | Some(Risk::Medium) => 1,
+            Some(Risk::High) => 2,
+            Some(Risk::Critical) => 3,
+        };
+        self.expiry_by_risk[index]
+    }
+}
+
+/// Why a decision could not be recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum DecideError {
+    #[error("no approval request {0}")]
+    NotFound(String),
+    #[error("a reason is required to {0}")]
+    ReasonRequired(&'static str),
+    #[error("the request is already {0}")]
+    NotPending(String),
+    #[error("{0} has already decided on this request")]
+    AlreadyVoted(String),
+    #[error("the request expired before the decision")]
+    Expired,
+    #[error("storage: {0}")]
+    Store(String),
+}
+
+/// The approval service: policy, store, waiters and the audit trail.
+pub struct Approvals {
+    pub store: Store,
+    pub policy: Arc<Policy>,
+    pub settings: ApprovalSettings,
+    redactor: Redactor,
+    /// Approval id -> a signal bumped whenever its status changes.
+    waiters: DashMap<String, watch::Sender<u64>>,
+}
+
+impl Approvals {
+    pub fn new(store: Store, policy: Arc<Policy>, settings: ApprovalSettings) -> Arc<Approvals> {
+        let redactor = Redactor::new(settings.redact.clone());
+        Arc::new(Approvals { store, policy, settings, redactor, waiters: DashMap::new() })
+    }
+
+    pub fn url_for(&self, id: &str) -> String {
+        format!("{}/approvals/{id}", self.settings.public_url.trim_end_matches('/'))
+    }
+
+    fn workflow(&self, name: &str) -> Workflow {
+        self.settings.workflows.get(name).cloned().unwrap_or_else(|| Workflow::default_named(name))
+    }
+
+    /// Records an approver's decision and wakes the calls waiting on it.
+    pub async fn decide(
+        &self,
+        id: &str,
+        actor: &str,
+        approve: bool,
+        notes: Option<String>,
+        reason: Option<String>,
+    ) -> Result<Approval, DecideError> {
+        let current = self
+            .store
+            .get_approval(id)
+            .await
+            .map_err(|e| DecideError::Store(e.to_string()))?
+            .ok_or_else(|| DecideError::NotFound(id.to_owned()))?;
+        let workflow = self.workflow(&current.workflow);
+        let reason = reason.filter(|r| !r.trim().is_empty());
+        if !approve && reason.is_none() {
+            return Err(DecideError::ReasonRequired("deny"));
+        }
+        if approve && workflow.justify_approve && reason.is_none() && notes.as_deref().is_none_or(str::is_empty) {
+            return Err(DecideError::ReasonRequired("approve in this workflow"));
+        }
+        let vote = Vote {
+            actor: actor.to_owned(),
+            decision: if approve { VoteDecision::Approve } else { VoteDecision::Deny },
+            notes,
+            reason,
+        };
+        let result = self.store.record_vote(id, vote.clone(), workflow.required_approvals, now_ms()).await;
+        let approval = match result {
+            Ok(a) => a,
+            Err(TransitionError::Expired) => {
+                self.after_change(id).await;
+                return Err(DecideError::Expired);
+            }
+            Err(TransitionError::NotPending { status }) => return Err(DecideError::NotPending(status.to_string())),
+            Err(TransitionError::AlreadyVoted { .. }) => return Err(DecideError::AlreadyVoted(actor.to_owned())),
+            Err(TransitionError::NotFound(_)) => return Err(DecideError::NotFound(id.to_owned())),
+            Err(e) => return Err(DecideError::Store(e.to_string())),
+        };
+        let event = match approval.status {
+            Status::Approved => Some(Event::Approved),
+            Status::Denied => Some(Event::Denied),
+            _ => None,
+        };
+        let detail = serde_json::json!({
+            "vote": if approve { "approve" } else { "deny" },
+            "notes": vote.notes,
+            "reason": vote.reason,
+            "status": approval.status.as_str(),
+            "votes": approval.votes.len(),
+            "required": workflow.required_approvals,
+        });
+        self.audit(event.unwrap_or(Event::Approved), &approval, Some(actor), detail, event.is_none()).await;
+        info!(id, actor, status = approval.status.as_str(), "decision recorded");
+        self.notify(id);
+        Ok(approval)
+    }
+
+    /// Expires overdue requests (called by the sweeper every second).
+    pub async fn sweep(&self) {
+        match self.store.expire_due(now_ms()).await {
+            Ok(expired) => {
+                for a in expired {
+                    self.audit(Event::Expired, &a, Some("system"), serde_json::json!({}), false).await;
+                    self.notify(&a.id);
+                }
+            }
+            Err(e) => warn!("expiry sweep failed: {e}"),
+        }
+    }
+
+    pub fn spawn_sweeper(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                match weak.upgrade() {
+                    Some(a) => a.sweep().await,
+                    None => break,
+                }
+            }
+        });
+    }
+
+    async fn after_change(&self, id: &str) {
+        if let Ok(Some(a)) = self.store.get_approval(id).await
+            && a.status == Status::Expired
+        {
+            self.audit(Event::Expired, &a, Some("system"), serde_json::json!({}), false).await;
+        }
+        self.notify(id);
+    }
+
+    fn notify(&self, id: &str) {
+        if let Some(tx) = self.waiters.get(id) {
+            tx.send_modify(|v| *v += 1);
+        }
+    }
+
+    fn subscribe(&self, id: &str) -> watch::Receiver<u64> {
+        self.waiters.entry(id.to_owned()).or_insert_with(|| watch::channel(0).0).subscribe()
+    }
+
+    fn unsubscribe(&self, id: &str) {
+        self.waiters.remove_if(id, |_, tx| tx.receiver_count() == 0);
+    }
+
+    /// Writes one audit record; `vote_only` marks a vote that did not change the status.
+    async fn audit(&self, event: Event, a: &Approval, actor: Option<&str>, mut detail: Value, vote_only: bool) {
+        if vote_only {
+            detail["vote_only"] = Value::Bool(true);
+        }
+        detail["arguments"] = self.redactor.redact(&a.arguments);
+        detail["rule"] = a.rule.clone().map_or(Value::Null, Value::String);
+        let record = AuditRecord {
+            event,
+            approval_id: Some(a.id.clone()),
+            server: a.server.clone(),
+            tool: a.tool.clone(),
+            agent: a.agent.clone(),
+            actor: actor.map(str::to_owned),
+            detail,
+        };
+        if let Err(e) = self.store.audit_append(record, now_ms()).await {
+            warn!("audit write failed: {e}");
+        }
+    }
+
+    fn audit_call(&self, event: Event, call: &OwnedCall, decision: &Decision) {
+        let record = AuditRecord {
+            event,
+            approval_id: None,
+            server: call.server.clone(),
+            tool: call.tool.clone(),
+            agent: call.agent.clone(),
+            actor: Some("policy".into()),
+            detail: serde_json::json!({
+                "rule": decision.rule,
+                "arguments": self.redactor.redact(&call.arguments),
+            }),
+        };
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.audit_append(record, now_ms()).await {
+                warn!("audit write failed: {e}");
+            }
+        });
+    }
+
+    /// The held path of a call the policy sends to approval.
+    async fn hold(self: Arc<Self>, call: OwnedCall, decision: Decision, progress: Option<ProgressSink>) -> Verdict {
+        let Action::Approve { workflow } = &decision.action else {
+            return Verdict::Respond(replies::internal("a held call without an approve decision"));
+        };
+        let workflow = self.workflow(workflow);
+        let key = call_key(&call.server, &call.tool, &call.arguments);
+        let now = now_ms();
+        let existing = match self.store.find_reusable(&key, now).await {
+            Ok(a) => a,
+            Err(e) => return self.fail_closed(&call, &e.to_string()),
+        };
+        let existing = match existing {
+            Some(a) => Some(a),
+            // A denial stands for identical retries until the request would have expired.
+            None => match self.recent_denial(&key, now).await {
+                Ok(a) => a,
+                Err(e) => return self.fail_closed(&call, &e.to_string()),
+            },
+        };
+        let approval = match existing {
+            Some(a) => a,
+            None => {
+                let expiry = self.settings.expiry_for(decision.risk, &workflow);
+                let new = NewApproval {
+                    id: new_id(),
+                    key,
+                    server: call.server.clone(),
+                    tool: call.tool.clone(),
+                    arguments: call.arguments.clone(),
+                    agent: call.agent.clone(),
+                    risk: decision.risk.map(|r| r.to_string()),
+                    rule: decision.rule.clone(),
+                    rule_reason: decision.trace.last().map(|t| t.why.clone()),
+                    workflow: workflow.name.clone(),
+                    required_approvals: workflow.required_approvals,
+                    grant_secs: workflow.grant_secs,
+                    trace: serde_json::to_value(&decision.trace).unwrap_or(Value::Null),
+                    created_at: now,
+                    expires_at: now + expiry.as_millis() as i64,
+                };
+                match self.store.insert_approval(new).await {
+                    Ok(a) => {
+                        info!(id = %a.id, server = %a.server, tool = %a.tool, "approval requested");
+                        self.audit(Event::Requested, &a, a.agent.as_deref(), serde_json::json!({}), false).await;
+                        a
+                    }
+                    Err(e) => return self.fail_closed(&call, &e.to_string()),
+                }
+            }
+        };
+        self.wait_for(approval, progress).await
+    }
+
+    async fn recent_denial(&self, key: &str, now: i64) -> Result<Option<Approval>, crate::store::StoreError> {
+        let key = key.to_owned();
+        let id: Option<String> = self
+            .store
+            .call(move |conn| {
+                let mut stmt = conn.prepare_cached(
+                    "SELECT id FROM approvals WHERE key = ?1 AND status = 'denied' AND expires_at > ?2
+                     ORDER BY created_at DESC LIMIT 1",
+                )?;
+                let mut rows = stmt.query(rusqlite::params![key, now])?;
+                Ok(match rows.next()? {
+                    Some(row) => Some(row.get(0)?),
+                    None => None,
+                })
+            })
+            .await?;
+        match id {
+            Some(id) => self.store.get_approval(&id).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn wait_for(self: Arc<Self>, approval: Approval, progress: Option<ProgressSink>) -> Verdict {
+        let id = approval.id.clone();
+        let url = self.url_for(&id);
+        let mut changes = self.subscribe(&id);
+        let deadline = tokio::time::Instant::now() + self.settings.wait;
+        let mut ticks = 0u32;
+        let verdict = loop {
+            let current = match self.store.get_approval(&id).await {
+                Ok(Some(a)) => a,
+                Ok(None) => break Verdict::Respond(replies::internal("the approval request vanished")),
+                Err(e) => break Verdict::Respond(replies::internal(&format!("storage: {e}"))),
+            };
+            match current.status {
+                Status::Approved => break self.claim(&current).await,
+                Status::Denied => break Verdict::Respond(replies::denied(&current, &url)),
+                Status::Expired => break Verdict::Respond(replies::expired(&current, &url)),
+                Status::Executed | Status::Failed => {
+                    // Consumed by another call: this one needs a new approval.
+                    break Verdict::Respond(replies::spent(&current, &url));
+                }
+                Status::Pending => {}
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                break Verdict::Respond(replies::pending(&current, &url));
+            }
+            let next_tick = (deadline - now).min(PROGRESS_EVERY);
+            tokio::select! {
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        break Verdict::Respond(replies::pending(&current, &url));
+                    }
+                }
+                _ = tokio::time::sleep(next_tick) => {
+                    if let Some(p) = progress.as_ref().filter(|_| tokio::time::Instant::now() < deadline) {
+                        ticks += 1;
+                        p.notify(f64::from(ticks), &replies::waiting_message(&current, &url));
+                    }
+                }
+            }
+        };
+        drop(changes);
+        self.unsubscribe(&id);
+        verdict
+    }
+
+    /// Claims an approved request for this call; the outcome is recorded when it returns.
+    async fn claim(self: &Arc<Self>, approval: &Approval) -> Verdict {
+        let url = self.url_for(&approval.id);
+        match self.store.claim_execution(&approval.id, now_ms()).await {
+            Ok(Claim::Run) => {
+                let me = self.clone();
+                let id = approval.id.clone();
+                Verdict::AllowTracked(Box::new(move |outcome: Outcome<'_>| {
+                    let (ok, detail) = match outcome {
+                        Outcome::Result(r) => {
+                            let v: Value = serde_json::from_str(r.get()).unwrap_or(Value::Null);
+                            let is_error = v.get("isError").and_then(Value::as_bool).unwrap_or(false);
+                            (!is_error, serde_json::json!({ "is_error": is_error }))
+                        }
+                        Outcome::Error(e) => (false, serde_json::json!({ "error": e })),
+                    };
+                    tokio::spawn(async move {
+                        match me.store.finish_execution(&id, ok, detail.clone(), now_ms()).await {
+                            Ok(a) => {
+                                let event = if ok { Event::Executed } else { Event::Failed };
+                                me.audit(event, &a, Some("upstream"), detail, false).await;
+                            }
+                            Err(e) => warn!(id, "recording the outcome failed: {e}"),
+                        }
+                    });
+                }))
+            }
+            Ok(Claim::Pending) => Verdict::Respond(replies::pending(approval, &url)),
+            Ok(Claim::Denied { .. }) => Verdict::Respond(replies::denied(approval, &url)),
+            Ok(Claim::Expired) => Verdict::Respond(replies::expired(approval, &url)),
+            Ok(Claim::Spent) => Verdict::Respond(replies::spent(approval, &url)),
+            Err(e) => Verdict::Respond(replies::internal(&format!("storage: {e}"))),
+        }
+    }
+
+    fn fail_closed(&self, call: &OwnedCall, why: &str) -> Verdict {
+        warn!(server = %call.server, tool = %call.tool, "approval store failed; call refused: {why}");
+        Verdict::Respond(replies::internal(why))
+    }
+}
+
+/// The gate: evaluates the policy and holds what needs approval.
+pub struct ApprovalGate {
+    pub approvals: Arc<Approvals>,
+}
+
+/// A tool call's facts, owned so a held call can outlive the session's borrow.
+#[derive(Debug, Clone)]
+struct OwnedCall {
+    server: String,
+    tool: String,
+    agent: Option<String>,
+    arguments: Value,
+}
+
+impl Gate for ApprovalGate {
+    fn check(&self, call: &ToolCall<'_>) -> Verdict {
+        let facts = CallFacts {
+            server: call.server,
+            tool: call.tool,
+            agent: call.agent,
+            annotations: call.info.and_then(|i| i.annotations()),
+            arguments: call.arguments,
+        };
+        let decision = self.approvals.policy.evaluate(&facts);
+        let owned = OwnedCall {
+            server: call.server.to_owned(),
+            tool: call.tool.to_owned(),
+            agent: call.agent.map(str::to_owned),
+            arguments: call.arguments.clone(),
+        };
+        match &decision.action {
+            Action::Allow => {
+                self.approvals.audit_call(Event::Allowed, &owned, &decision);
+                Verdict::Allow
+            }
+            Action::Deny { reason } => {
+                self.approvals.audit_call(Event::DeniedByPolicy, &owned, &decision);
+                Verdict::Respond(replies::denied_by_policy(
+                    &owned.server,
+                    &owned.tool,
+                    decision.rule.as_deref(),
+                    reason,
+                ))
+            }
+            Action::Approve { .. } => {
+                let approvals = self.approvals.clone();
+                let progress = call.progress.clone();
+                Verdict::Hold(Box::pin(approvals.hold(owned, decision, progress)))
+            }
+        }
+    }
+
+    fn hides(&self, server: &str, tool: &crate::tools::ToolInfo, agent: Option<&str>) -> bool {
+        self.approvals.policy.hides_tool(server, &tool.name, agent, tool.annotations())
+    }
+
+    fn hides_any(&self) -> bool {
+        self.approvals.policy.hides_any()
+    }
+}
+
+/// The identity of a call for joining and reuse: server, tool and canonical arguments.
+pub fn call_key(server: &str, tool: &str, arguments: &Value) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(server.as_bytes());
+    hasher.update([0]);
+    hasher.update(tool.as_bytes());
+    hasher.update([0]);
+    hasher.update(canonical_json(arguments).as_bytes());
+    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// JSON with object keys sorted at every level, so equal arguments give equal text.
+pub fn canonical_json(value: &Value) -> String {
+    fn write(v: &Value, out: &mut String) {
+        match v {
+            Value::Object(map) => {
+                let mut keys: Vec<&String> = map.keys().collect();
+                keys.sort();
+                out.push('{');
+                for (i, k) in keys.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&Value::String((*k).clone()).to_string());
+                    out.push(':');
+                    write(&map[k.as_str()], out);
+                }
+                out.push('}');
+            }
+            Value::Array(items) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    write(item, out);
+                }
+                out.push(']');
+            }
+            other => out.push_str(&other.to_string()),
+        }
+    }
+    let mut out = String::new();
+    write(value, &mut out);
+    out
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// A short random id: `apr_` and 16 hex digits.
+pub fn new_id() -> String {
+    let mut bytes = [0u8; 8];
+    let _ = crate::random::fill(&mut bytes);
+    format!("apr_{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn call_key_ignores_key_order_but_not_values() {
+        let a = serde_json::json!({"b": 1, "a": {"y": [1, 2], "x": "s"}});
+        let b = serde_json::json!({"a": {"x": "s", "y": [1, 2]}, "b": 1});
+        let c = serde_json::json!({"a": {"x": "s", "y": [2, 1]}, "b": 1});
+        assert_eq!(call_key("fs", "rm", &a), call_key("fs", "rm", &b));
+        assert_ne!(call_key("fs", "rm", &a), call_key("fs", "rm", &c));
+        assert_ne!(call_key("fs", "rm", &a), call_key("fs2", "rm", &a));
+        assert_eq!(canonical_json(&a), r#"{"a":{"x":"s","y":[1,2]},"b":1}"#);
+    }
+}

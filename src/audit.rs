@@ -1,0 +1,749 @@
+//! The audit log: append-only and hash-chained, in the store's database (table `audit`).
+//!
+//! Each row's `hash` is `sha256(prev_hash || canonical JSON of the row)` in lowercase hex, where the row is
+//! `{actor, agent, approval_id, at, detail, event, id, server, tool}` with keys sorted, no whitespace, and
+//! `detail` itself canonical (keys sorted at every level). The first row's `prev_hash` is 64 zeros. The
+//! `detail` column stores exactly the canonical text that was hashed, so verification is byte-exact.
+//!
+//! `audit_head` holds the `(id, hash)` of the newest row, updated in the same transaction as each append, and
+//! new rows chain onto the head rather than onto whatever row happens to be last.
+//!
+//! What [`verify`] detects:
+//! - an edited row (its hash no longer matches), or an edited row whose hash was recomputed (the next row's
+//!   `prev_hash` no longer matches);
+//! - a deleted row in the middle (an id gap and a `prev_hash` mismatch), or deleted first rows;
+//! - deleted last rows: the head still names the old tip. Deleting the tail *and* rewriting `audit_head` is
+//!   not detectable from inside the file; neither is rewriting the whole chain from some row on. Copy the
+//!   head elsewhere (`tail(store, 1)`) to anchor it outside the database.
+//!
+//! Callers pass already-redacted arguments in `detail`; [`Redactor`] does the redacting.
+
+use std::fmt;
+use std::str::FromStr;
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::store::{Store, StoreError, with_full_sync};
+
+/// `prev_hash` of the first row.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// The replacement for redacted values.
+pub const REDACTED: &str = "[redacted]";
+
+/// What happened to a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Event {
+    Allowed,
+    DeniedByPolicy,
+    Requested,
+    Approved,
+    Denied,
+    Expired,
+    Executed,
+    Failed,
+    AiDecision,
+}
+
+impl Event {
+    pub const ALL: [Event; 9] = [
+        Event::Allowed,
+        Event::DeniedByPolicy,
+        Event::Requested,
+        Event::Approved,
+        Event::Denied,
+        Event::Expired,
+        Event::Executed,
+        Event::Failed,
+        Event::AiDecision,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Event::Allowed => "allowed",
+            Event::DeniedByPolicy => "denied_by_policy",
+            Event::Requested => "requested",
+            Event::Approved => "approved",
+            Event::Denied => "denied",
+            Event::Expired => "expired",
+            Event::Executed => "executed",
+            Event::Failed => "failed",
+            Event::AiDecision => "ai_decision",
+        }
+    }
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown audit event {0:?}")]
+pub struct ParseEventError(pub String);
+
+impl FromStr for Event {
+    type Err = ParseEventError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Event::ALL.into_iter().find(|e| e.as_str() == s).ok_or_else(|| ParseEventError(s.to_owned()))
+    }
+}
+
+/// One record to append.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub event: Event,
+    pub approval_id: Option<String>,
+    pub server: String,
+    pub tool: String,
+    pub agent: Option<String>,
+    pub actor: Option<String>,
+    /// Free-form JSON; arguments in it must already be redacted.
+    pub detail: Value,
+}
+
+/// One stored row, every column.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditRow {
+    pub id: i64,
+    pub at: i64,
+    /// The event as stored (a string, so that rows written by a newer mcp-gate still read).
+    pub event: String,
+    pub approval_id: Option<String>,
+    pub server: String,
+    pub tool: String,
+    pub agent: Option<String>,
+    pub actor: Option<String>,
+    /// The parsed detail (a JSON string holding the raw text if the stored text is not JSON).
+    pub detail: Value,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// The result of [`verify`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyReport {
+    /// Rows checked.
+    pub rows: u64,
+    /// The first row found wrong and why; `None` if the chain is intact.
+    pub first_bad: Option<(i64, String)>,
+}
+
+impl VerifyReport {
+    pub fn is_ok(&self) -> bool {
+        self.first_bad.is_none()
+    }
+}
+
+/// Replaces the values at JSON pointers (RFC 6901, e.g. `/password`, `/headers/authorization`) with
+/// `"[redacted]"`. A pointer that does not resolve is ignored; the empty pointer redacts the whole value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Redactor {
+    pointers: Vec<String>,
+}
+
+impl Redactor {
+    pub fn new(pointers: Vec<String>) -> Redactor {
+        Redactor { pointers }
+    }
+
+    pub fn redact(&self, args: &Value) -> Value {
+        let mut out = args.clone();
+        for pointer in &self.pointers {
+            if let Some(slot) = out.pointer_mut(pointer) {
+                *slot = Value::String(REDACTED.to_owned());
+            }
+        }
+        out
+    }
+}
+
+impl Store {
+    /// Appends one record to the chain and returns its id.
+    ///
+    /// The head is read and the row and head written in one `BEGIN IMMEDIATE` transaction, so concurrent
+    /// writers (other handles, other processes) serialize on the database lock and the chain stays linear.
+    /// Committed with `synchronous = FULL`.
+    pub async fn audit_append(&self, rec: AuditRecord, at: i64) -> Result<i64, StoreError> {
+        self.call(move |conn| with_full_sync(conn, |conn| append_tx(conn, &rec, at))).await
+    }
+}
+
+fn append_tx(conn: &mut Connection, rec: &AuditRecord, at: i64) -> Result<i64, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let head: Option<(i64, String)> = tx
+        .query_row("SELECT id, hash FROM audit_head WHERE singleton = 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let (last_id, prev_hash) = match head {
+        Some(head) => head,
+        None => {
+            let last: Option<(i64, String)> = tx
+                .query_row("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            if last.is_some() {
+                tracing::warn!("audit_head is missing although the audit log has rows; chaining onto the last row");
+            }
+            last.unwrap_or_else(|| (0, GENESIS_HASH.to_owned()))
+        }
+    };
+    let id = last_id.checked_add(1).ok_or_else(|| StoreError::Corrupt("audit id overflow".into()))?;
+    let detail = canonical_json(&rec.detail);
+    let fields = RowFields {
+        id,
+        at,
+        event: rec.event.as_str(),
+        approval_id: rec.approval_id.as_deref(),
+        server: &rec.server,
+        tool: &rec.tool,
+        agent: rec.agent.as_deref(),
+        actor: rec.actor.as_deref(),
+        detail: &detail,
+    };
+    let hash = fields.hash(&prev_hash);
+    tx.prepare_cached(
+        "INSERT INTO audit (id, at, event, approval_id, server, tool, agent, actor, detail, prev_hash, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+    )?
+    .execute(params![
+        id,
+        at,
+        fields.event,
+        fields.approval_id,
+        fields.server,
+        fields.tool,
+        fields.agent,
+        fields.actor,
+        detail,
+        prev_hash,
+        hash
+    ])?;
+    tx.prepare_cached(
+        "INSERT INTO audit_head (singleton, id, hash) VALUES (1, ?1, ?2)
+         ON CONFLICT (singleton) DO UPDATE SET id = excluded.id, hash = excluded.hash",
+    )?
+    .execute(params![id, hash])?;
+    tx.commit()?;
+    Ok(id)
+}
+
+/// The hashed fields of a row, borrowed.
+struct RowFields<'a> {
+    id: i64,
+    at: i64,
+    event: &'a str,
+    approval_id: Option<&'a str>,
+    server: &'a str,
+    tool: &'a str,
+    agent: Option<&'a str>,
+    actor: Option<&'a str>,
+    /// Canonical JSON text, used verbatim.
+    detail: &'a str,
+}
+
+impl RowFields<'_> {
+    /// `sha256(prev_hash || {"actor":…,"agent":…,"approval_id":…,"at":…,"detail":…,"event":…,"id":…,"server":…,"tool":…})`.
+    fn hash(&self, prev_hash: &str) -> String {
+        let opt = |v: Option<&str>| v.map_or(Value::Null, |s| Value::String(s.to_owned()));
+        let mut doc = String::with_capacity(self.detail.len() + 256);
+        doc.push_str("{\"actor\":");
+        doc.push_str(&canonical_json(&opt(self.actor)));
+        doc.push_str(",\"agent\":");
+        doc.push_str(&canonical_json(&opt(self.agent)));
+        doc.push_str(",\"approval_id\":");
+        doc.push_str(&canonical_json(&opt(self.approval_id)));
+        doc.push_str(",\"at\":");
+        doc.push_str(&self.at.to_string());
+        doc.push_str(",\"detail\":");
+        doc.push_str(self.detail);
+        doc.push_str(",\"event\":");
+        doc.push_str(&canonical_json(&Value::String(self.event.to_owned())));
+        doc.push_str(",\"id\":");
+        doc.push_str(&self.id.to_string());
+        doc.push_str(",\"server\":");
+        doc.push_str(&canonical_json(&Value::String(self.server.to_owned())));
+        doc.push_str(",\"tool\":");
+        doc.push_str(&canonical_json(&Value::String(self.tool.to_owned())));
+        doc.push('}');
+
+        let mut hasher = Sha256::new();
+        hasher.update(prev_hash.as_bytes());
+        hasher.update(doc.as_bytes());
+        hex(&hasher.finalize())
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    out
+}
+
+/// Canonical JSON: object keys sorted (by code point) at every level, no whitespace, strings escaped and
+/// numbers printed as `serde_json` prints them.
+pub fn canonical_json(value: &Value) -> String {
+    let mut out = String::new();
+    write_canonical(value, &mut out);
+    out
+}
+
+fn write_canonical(value: &Value, out: &mut String) {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            out.push('{');
+            for (i, (k, v)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                write_canonical(v, out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(v, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
+}
+
+const AUDIT_COLS: &str = "id, at, event, approval_id, server, tool, agent, actor, detail, prev_hash, hash";
+
+/// A row as stored, `detail` as its raw text.
+struct RawRow {
+    id: i64,
+    at: i64,
+    event: String,
+    approval_id: Option<String>,
+    server: String,
+    tool: String,
+    agent: Option<String>,
+    actor: Option<String>,
+    detail: String,
+    prev_hash: String,
+    hash: String,
+}
+
+impl RawRow {
+    fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
+        Ok(RawRow {
+            id: r.get(0)?,
+            at: r.get(1)?,
+            event: r.get(2)?,
+            approval_id: r.get(3)?,
+            server: r.get(4)?,
+            tool: r.get(5)?,
+            agent: r.get(6)?,
+            actor: r.get(7)?,
+            detail: r.get(8)?,
+            prev_hash: r.get(9)?,
+            hash: r.get(10)?,
+        })
+    }
+
+    fn computed_hash(&self) -> String {
+        RowFields {
+            id: self.id,
+            at: self.at,
+            event: &self.event,
+            approval_id: self.approval_id.as_deref(),
+            server: &self.server,
+            tool: &self.tool,
+            agent: self.agent.as_deref(),
+            actor: self.actor.as_deref(),
+            detail: &self.detail,
+        }
+        .hash(&self.prev_hash)
+    }
+
+    fn into_row(self) -> AuditRow {
+        let detail = serde_json::from_str(&self.detail).unwrap_or(Value::String(self.detail));
+        AuditRow {
+            id: self.id,
+            at: self.at,
+            event: self.event,
+            approval_id: self.approval_id,
+            server: self.server,
+            tool: self.tool,
+            agent: self.agent,
+            actor: self.actor,
+            detail,
+            prev_hash: self.prev_hash,
+            hash: self.hash,
+        }
+    }
+}
+
+/// Walks the whole chain (in one read transaction, a consistent snapshot) and reports the first problem.
+pub async fn verify(store: &Store) -> Result<VerifyReport, StoreError> {
+    store
+        .call(|conn| {
+            let tx = conn.transaction()?;
+            let report = verify_snapshot(&tx)?;
+            tx.commit()?;
+            Ok(report)
+        })
+        .await
+}
+
+fn verify_snapshot(conn: &Connection) -> Result<VerifyReport, StoreError> {
+    let mut stmt = conn.prepare(&format!("SELECT {AUDIT_COLS} FROM audit ORDER BY id"))?;
+    let mut rows = stmt.query([])?;
+    let mut count = 0u64;
+    let mut first_bad: Option<(i64, String)> = None;
+    let mut prev: Option<(i64, String)> = None; // (id, stored hash) of the previous row
+    while let Some(r) = rows.next()? {
+        let row = RawRow::read(r)?;
+        count += 1;
+        if first_bad.is_none() {
+            first_bad = check_row(&row, prev.as_ref()).map(|why| (row.id, why));
+        }
+        prev = Some((row.id, row.hash));
+    }
+    if first_bad.is_none() {
+        first_bad = check_head(conn, prev.as_ref())?;
+    }
+    Ok(VerifyReport { rows: count, first_bad })
+}
+
+fn check_row(row: &RawRow, prev: Option<&(i64, String)>) -> Option<String> {
+    let (want_id, want_prev) = match prev {
+        Some((id, hash)) => (id + 1, hash.as_str()),
+        None => (1, GENESIS_HASH),
+    };
+    if row.id != want_id {
+        return Some(format!("id gap: expected row {want_id}, found {} (rows deleted)", row.id));
+    }
+    if row.prev_hash != want_prev {
+        return Some("prev_hash does not match the previous row's hash (a row was deleted or rewritten)".into());
+    }
+    if row.computed_hash() != row.hash {
+        return Some("hash mismatch: the row was edited".into());
+    }
+    None
+}
+
+fn check_head(conn: &Connection, last: Option<&(i64, String)>) -> Result<Option<(i64, String)>, StoreError> {
+    let head: Option<(i64, String)> = conn
+        .query_row("SELECT id, hash FROM audit_head WHERE singleton = 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    Ok(match (head, last) {
+        (None, None) => None,
+        (None, Some((id, _))) => Some((*id, "audit_head is missing".into())),
+        (Some((head_id, _)), None) => {
+            Some((head_id, format!("audit_head names row {head_id} but the log is empty (rows deleted)")))
+        }
+        (Some((head_id, head_hash)), Some((id, hash))) => {
+            if head_id != *id {
+                Some((head_id, format!("audit_head names row {head_id} but the last row is {id} (tail deleted)")))
+            } else if head_hash != *hash {
+                Some((head_id, "audit_head hash does not match the last row".into()))
+            } else {
+                None
+            }
+        }
+    })
+}
+
+/// The last `n` rows, oldest first.
+pub async fn tail(store: &Store, n: usize) -> Result<Vec<AuditRow>, StoreError> {
+    let n = i64::try_from(n).unwrap_or(i64::MAX);
+    store
+        .call(move |conn| {
+            let mut rows = conn
+                .prepare_cached(&format!("SELECT {AUDIT_COLS} FROM audit ORDER BY id DESC LIMIT ?1"))?
+                .query_map([n], RawRow::read)?
+                .map(|r| r.map(RawRow::into_row))
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.reverse();
+            Ok(rows)
+        })
+        .await
+}
+
+/// Writes every row as one JSON object per line, oldest first, and returns the number of rows.
+///
+/// Rows are fetched in pages so the worker is not held for the whole export; the output is written on the
+/// calling task.
+pub async fn export_jsonl(store: &Store, out: &mut (dyn std::io::Write + Send)) -> Result<u64, StoreError> {
+    const PAGE: i64 = 1000;
+    let mut after = 0i64;
+    let mut written = 0u64;
+    loop {
+        let page = store
+            .call(move |conn| {
+                let rows = conn
+                    .prepare_cached(&format!("SELECT {AUDIT_COLS} FROM audit WHERE id > ?1 ORDER BY id LIMIT ?2"))?
+                    .query_map([after, PAGE], RawRow::read)?
+                    .map(|r| r.map(RawRow::into_row))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(rows)
+            })
+            .await?;
+        let Some(last) = page.last() else { break };
+        after = last.id;
+        for row in &page {
+            serde_json::to_writer(&mut *out, row)?;
+            out.write_all(b"\n")?;
+            written += 1;
+        }
+    }
+    out.flush()?;
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::store::Location;
+    use crate::store::testutil::TempDir;
+
+    const T0: i64 = 1_700_000_000_000;
+
+    fn rec(event: Event, i: i64) -> AuditRecord {
+        AuditRecord {
+            event,
+            approval_id: Some(format!("appr-{i}")),
+            server: "fs".into(),
+            tool: "delete_file".into(),
+            agent: Some("claude".into()),
+            actor: (event == Event::Approved).then(|| "alice".into()),
+            detail: json!({"z": 1, "arguments": {"path": format!("/tmp/{i}"), "b": [1, 2.5, null]}, "a": "é\"\n"}),
+        }
+    }
+
+    async fn store_with(n: i64) -> Store {
+        let store = Store::open(Location::Memory).await.unwrap();
+        for i in 1..=n {
+            let event = Event::ALL[usize::try_from(i).unwrap() % Event::ALL.len()];
+            assert_eq!(store.audit_append(rec(event, i), T0 + i).await.unwrap(), i);
+        }
+        store
+    }
+
+    /// Runs raw SQL as an attacker would: without the append-only triggers.
+    async fn tamper(store: &Store, sql: &'static str) {
+        store
+            .call(move |c| {
+                c.execute_batch("DROP TRIGGER IF EXISTS audit_no_update; DROP TRIGGER IF EXISTS audit_no_delete;")?;
+                c.execute_batch(sql)?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+    }
+
+    #[test]
+    fn canonical_json_sorts_keys_at_every_level() {
+        let v: Value = serde_json::from_str(r#"{"b": {"y": 1, "x": [ {"d": 1, "c": 2} ]}, "a": "é\u0001"}"#).unwrap();
+        assert_eq!(canonical_json(&v), r#"{"a":"é\u0001","b":{"x":[{"c":2,"d":1}],"y":1}}"#);
+        let reparsed: Value = serde_json::from_str(&canonical_json(&v)).unwrap();
+        assert_eq!(canonical_json(&reparsed), canonical_json(&v));
+    }
+
+    #[test]
+    fn events_round_trip() {
+        for e in Event::ALL {
+            assert_eq!(serde_json::to_value(e).unwrap(), json!(e.as_str()));
+            assert_eq!(e.as_str().parse::<Event>(), Ok(e));
+        }
+        assert_eq!(Event::DeniedByPolicy.as_str(), "denied_by_policy");
+    }
+
+    #[tokio::test]
+    async fn chain_verifies_and_rows_read_back() {
+        let empty = Store::open(Location::Memory).await.unwrap();
+        assert_eq!(verify(&empty).await.unwrap(), VerifyReport { rows: 0, first_bad: None });
+
+        let store = store_with(5).await;
+        let report = verify(&store).await.unwrap();
+        assert_eq!(report, VerifyReport { rows: 5, first_bad: None });
+
+        let rows = tail(&store, 2).await.unwrap();
+        assert_eq!(rows.iter().map(|r| r.id).collect::<Vec<_>>(), [4, 5]);
+        assert_eq!(rows[1].prev_hash, rows[0].hash);
+        assert_eq!(rows[1].detail["arguments"]["path"], "/tmp/5");
+        assert_eq!(rows[1].event, Event::ALL[5].as_str());
+        assert_eq!(tail(&store, 100).await.unwrap()[0].prev_hash, GENESIS_HASH);
+        assert!(tail(&store, 0).await.unwrap().is_empty());
+
+        // The hash is what the module docs say it is.
+        let first = &tail(&store, 100).await.unwrap()[0];
+        let doc = format!(
+            r#"{{"actor":null,"agent":"claude","approval_id":"appr-1","at":{},"detail":{},"event":"denied_by_policy","id":1,"server":"fs","tool":"delete_file"}}"#,
+            T0 + 1,
+            canonical_json(&first.detail)
+        );
+        let mut h = Sha256::new();
+        h.update(GENESIS_HASH.as_bytes());
+        h.update(doc.as_bytes());
+        assert_eq!(first.hash, hex(&h.finalize()));
+
+        let mut out: Vec<u8> = Vec::new();
+        assert_eq!(export_jsonl(&store, &mut out).await.unwrap(), 5);
+        let lines: Vec<AuditRow> =
+            String::from_utf8(out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.iter().map(|r| r.id).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+        assert_eq!(lines[3..], rows[..]);
+    }
+
+    #[tokio::test]
+    async fn the_log_is_append_only_for_the_application() {
+        let store = store_with(2).await;
+        let upd = store.call(|c| Ok(c.execute("UPDATE audit SET detail = '{}' WHERE id = 1", [])?)).await;
+        assert!(upd.is_err(), "{upd:?}");
+        let del = store.call(|c| Ok(c.execute("DELETE FROM audit WHERE id = 2", [])?)).await;
+        assert!(del.is_err(), "{del:?}");
+        assert!(verify(&store).await.unwrap().is_ok());
+    }
+
+    #[tokio::test]
+    async fn an_edited_row_is_found() {
+        let store = store_with(5).await;
+        tamper(&store, r#"UPDATE audit SET detail = '{"a":"forged"}' WHERE id = 3"#).await;
+        let report = verify(&store).await.unwrap();
+        assert_eq!(report.rows, 5);
+        let (id, why) = report.first_bad.unwrap();
+        assert_eq!(id, 3, "{why}");
+        assert!(why.contains("hash mismatch"), "{why}");
+
+        // Editing a row and recomputing its hash breaks the link to the next row instead.
+        let store = store_with(5).await;
+        let forged = store
+            .call(|c| {
+                let row = c.query_row(&format!("SELECT {AUDIT_COLS} FROM audit WHERE id = 2"), [], RawRow::read)?;
+                let row = RawRow { actor: Some("mallory".into()), ..row };
+                Ok((row.computed_hash(), row.actor))
+            })
+            .await
+            .unwrap();
+        store
+            .call(move |c| {
+                c.execute_batch("DROP TRIGGER audit_no_update")?;
+                c.execute("UPDATE audit SET actor = ?1, hash = ?2 WHERE id = 2", params![forged.1, forged.0])?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let (id, why) = verify(&store).await.unwrap().first_bad.unwrap();
+        assert_eq!(id, 3, "{why}");
+        assert!(why.contains("prev_hash"), "{why}");
+    }
+
+    #[tokio::test]
+    async fn a_deleted_middle_row_is_found() {
+        let store = store_with(5).await;
+        tamper(&store, "DELETE FROM audit WHERE id = 3").await;
+        let report = verify(&store).await.unwrap();
+        assert_eq!(report.rows, 4);
+        let (id, why) = report.first_bad.unwrap();
+        assert_eq!(id, 4, "{why}");
+        assert!(why.contains("gap"), "{why}");
+
+        let store = store_with(3).await;
+        tamper(&store, "DELETE FROM audit WHERE id = 1").await;
+        let (id, why) = verify(&store).await.unwrap().first_bad.unwrap();
+        assert_eq!(id, 2, "{why}");
+    }
+
+    #[tokio::test]
+    async fn a_deleted_tail_is_found_through_the_head() {
+        let store = store_with(5).await;
+        tamper(&store, "DELETE FROM audit WHERE id = 5").await;
+        let report = verify(&store).await.unwrap();
+        assert_eq!(report.rows, 4);
+        let (id, why) = report.first_bad.unwrap();
+        assert_eq!(id, 5, "{why}");
+        assert!(why.contains("tail deleted"), "{why}");
+
+        // Appending afterwards does not paper over it: the new row chains onto the head, leaving a gap.
+        store.audit_append(rec(Event::Allowed, 6), T0 + 6).await.unwrap();
+        let (id, why) = verify(&store).await.unwrap().first_bad.unwrap();
+        assert_eq!(id, 6, "{why}");
+
+        // Everything deleted but the head.
+        let store = store_with(2).await;
+        tamper(&store, "DELETE FROM audit").await;
+        let (id, why) = verify(&store).await.unwrap().first_bad.unwrap();
+        assert_eq!(id, 2, "{why}");
+
+        // Documented limit: deleting the tail and rewriting the head goes unnoticed.
+        let store = store_with(5).await;
+        tamper(&store, "DELETE FROM audit WHERE id = 5; UPDATE audit_head SET id = 4, hash = (SELECT hash FROM audit WHERE id = 4);").await;
+        assert!(verify(&store).await.unwrap().is_ok());
+    }
+
+    #[tokio::test]
+    async fn concurrent_writers_in_several_connections_keep_one_chain() {
+        let dir = TempDir::new("audit-concurrent");
+        let loc = Location::File(dir.path().join("gate.db"));
+        let mut handles = Vec::new();
+        for _ in 0..4 {
+            handles.push(Store::open(loc.clone()).await.unwrap());
+        }
+        let tasks = handles.iter().enumerate().map(|(w, store)| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for i in 0..25 {
+                    store.audit_append(rec(Event::Allowed, w as i64 * 100 + i), T0 + i).await.unwrap();
+                }
+            })
+        });
+        for r in futures::future::join_all(tasks).await {
+            r.unwrap();
+        }
+        let report = verify(&handles[0]).await.unwrap();
+        assert_eq!(report, VerifyReport { rows: 100, first_bad: None });
+    }
+
+    #[test]
+    fn redaction_replaces_only_existing_pointers() {
+        let args = json!({
+            "user": "ann",
+            "password": "hunter2",
+            "headers": {"authorization": "Bearer x", "accept": "*/*"},
+            "items": [{"token": "a"}, {"token": "b"}],
+            "a/b": "slash",
+        });
+        let r = Redactor::new(vec![
+            "/password".into(),
+            "/headers/authorization".into(),
+            "/items/1/token".into(),
+            "/a~1b".into(),
+            "/missing/deep".into(),
+            "not-a-pointer".into(),
+        ]);
+        assert_eq!(
+            r.redact(&args),
+            json!({
+                "user": "ann",
+                "password": "[redacted]",
+                "headers": {"authorization": "[redacted]", "accept": "*/*"},
+                "items": [{"token": "a"}, {"token": "[redacted]"}],
+                "a/b": "[redacted]",
+            })
+        );
+        assert_eq!(Redactor::default().redact(&args), args);
+        assert_eq!(Redactor::new(vec![String::new()]).redact(&args), json!("[redacted]"));
+    }
+}

@@ -1,0 +1,1139 @@
+//! The approval queue: held tool calls, votes, and their lifecycle.
+//!
+//! ```text
+//!            ┌──────────── deny vote ──────────────▶ Denied
+//!            │
+//! Pending ───┼── approve votes >= required ──▶ Approved ──claim──▶ (running) ──finish──▶ Executed | Failed
+//!            │                                    │
+//!            └── deadline passes ──▶ Expired ◀────┘ not used before its deadline
+//! ```
+//!
+//! - **Single use** (`grant_secs == 0`): one claim; its deadline is `expires_at` (the decision deadline is
+//!   also the use deadline). The claim marks it consumed (`uses = 1`), the finish moves it to `Executed` or
+//!   `Failed`.
+//! - **Grant** (`grant_secs > 0`): any number of claims while `now < decided_at + grant_secs`; each finish
+//!   is recorded as a transition (to `Executed` or `Failed`) while the row stays `Approved`. When the window
+//!   has ended the row is closed (by [`Store::expire_due`] or the next claim): `Executed` if it was used,
+//!   `Expired` if not.
+//!
+//! Every status change writes a row of `approval_transitions` in the same transaction; votes are rows of
+//! `approval_votes` (one per distinct actor). All times are unix milliseconds.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, Type, ValueRef};
+use rusqlite::{Connection, OptionalExtension, Row, ToSql, TransactionBehavior, params};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{SYSTEM_ACTOR, Store, StoreError, with_full_sync};
+
+/// Default page size of [`Store::list_approvals`].
+pub const DEFAULT_LIST_LIMIT: u32 = 100;
+/// Largest page size of [`Store::list_approvals`].
+pub const MAX_LIST_LIMIT: u32 = 1000;
+
+/// Where an approval is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Pending,
+    Approved,
+    Denied,
+    Expired,
+    Executed,
+    Failed,
+}
+
+impl Status {
+    pub const ALL: [Status; 6] =
+        [Status::Pending, Status::Approved, Status::Denied, Status::Expired, Status::Executed, Status::Failed];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Approved => "approved",
+            Status::Denied => "denied",
+            Status::Expired => "expired",
+            Status::Executed => "executed",
+            Status::Failed => "failed",
+        }
+    }
+
+    /// No further transition can leave this status.
+    pub fn is_final(self) -> bool {
+        matches!(self, Status::Denied | Status::Expired | Status::Executed | Status::Failed)
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown approval status {0:?}")]
+pub struct ParseStatusError(pub String);
+
+impl FromStr for Status {
+    type Err = ParseStatusError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Status::ALL.into_iter().find(|st| st.as_str() == s).ok_or_else(|| ParseStatusError(s.to_owned()))
+    }
+}
+
+impl ToSql for Status {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.as_str()))
+    }
+}
+
+impl FromSql for Status {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        value.as_str()?.parse().map_err(|e| FromSqlError::Other(Box::new(e)))
+    }
+}
+
+/// A reviewer's decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VoteDecision {
+    Approve,
+    Deny,
+}
+
+impl VoteDecision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VoteDecision::Approve => "approve",
+            VoteDecision::Deny => "deny",
+        }
+    }
+}
+
+impl FromSql for VoteDecision {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        match value.as_str()? {
+            "approve" => Ok(VoteDecision::Approve),
+            "deny" => Ok(VoteDecision::Deny),
+            other => Err(FromSqlError::Other(format!("unknown vote decision {other:?}").into())),
+        }
+    }
+}
+
+/// A vote as cast (input of [`Store::record_vote`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vote {
+    pub actor: String,
+    pub decision: VoteDecision,
+    pub notes: Option<String>,
+    pub reason: Option<String>,
+}
+
+/// A vote as stored, with its time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VoteRecord {
+    pub actor: String,
+    pub decision: VoteDecision,
+    pub notes: Option<String>,
+    pub reason: Option<String>,
+    pub at: i64,
+}
+
+/// A held call to store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewApproval {
+    pub id: String,
+    /// Canonical call key (server + tool + canonical arguments hash), computed by the caller.
+    pub key: String,
+    pub server: String,
+    pub tool: String,
+    pub arguments: Value,
+    pub agent: Option<String>,
+    pub risk: Option<String>,
+    pub rule: Option<String>,
+    pub rule_reason: Option<String>,
+    pub workflow: String,
+    pub required_approvals: u32,
+    /// 0: single use. Otherwise the length of the grant window that opens when the approval is decided.
+    pub grant_secs: u64,
+    pub trace: Value,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+/// An approval with its votes and outcome; serialized as our API's snake_case JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Approval {
+    pub id: String,
+    pub key: String,
+    pub server: String,
+    pub tool: String,
+    pub arguments: Value,
+    pub agent: Option<String>,
+    pub risk: Option<String>,
+    pub rule: Option<String>,
+    pub rule_reason: Option<String>,
+    pub workflow: String,
+    pub required_approvals: u32,
+    pub grant_secs: u64,
+    pub trace: Value,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub status: Status,
+    pub votes: Vec<VoteRecord>,
+    /// When it was approved (the start of a grant window) or denied.
+    pub decided_at: Option<i64>,
+    /// The actor whose vote decided it (every voter is in `votes`).
+    pub decided_by: Option<String>,
+    pub deny_reason: Option<String>,
+    /// Notes of the deciding vote.
+    pub notes: Option<String>,
+    /// Successful claims: 0 or 1 for single use, the number of runs for a grant.
+    pub uses: u32,
+    /// When the last execution finished.
+    pub executed_at: Option<i64>,
+    /// The outcome of the last execution.
+    pub outcome: Option<Value>,
+}
+
+impl Approval {
+    /// The end of the grant window, for an approved grant.
+    pub fn grant_ends_at(&self) -> Option<i64> {
+        if self.grant_secs == 0 {
+            return None;
+        }
+        self.decided_at.map(|at| at.saturating_add(grant_ms(self.grant_secs)))
+    }
+}
+
+/// One stored state change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transition {
+    pub at: i64,
+    /// `None` for the creation of the approval.
+    pub from: Option<Status>,
+    pub to: Status,
+    pub actor: String,
+    pub notes: Option<String>,
+    pub reason: Option<String>,
+}
+
+/// Filter and page of [`Store::list_approvals`]. The default lists everything, newest first, 100 at a time.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ApprovalFilter {
+    pub status: Option<Status>,
+    pub server: Option<String>,
+    pub tool: Option<String>,
+    pub agent: Option<String>,
+    /// Page size; `None` is [`DEFAULT_LIST_LIMIT`], larger values are cut to [`MAX_LIST_LIMIT`].
+    pub limit: Option<u32>,
+    pub offset: u32,
+}
+
+/// The answer of [`Store::claim_execution`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The caller may run the call now (exactly once per `Run`).
+    Run,
+    /// Approved, but already used (single use consumed, or a grant whose window has ended after use).
+    Spent,
+    /// Expired: never decided, or approved but not used, before its deadline.
+    Expired,
+    /// Still waiting for votes.
+    Pending,
+    Denied {
+        by: String,
+        reason: Option<String>,
+    },
+}
+
+/// Why a vote was not recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum TransitionError {
+    #[error("approval {0} not found")]
+    NotFound(String),
+    #[error("approval is {status}, not pending")]
+    NotPending { status: Status },
+    #[error("{actor} has already voted on this approval")]
+    AlreadyVoted { actor: String },
+    /// The deadline had passed: the approval has now been moved to `Expired` (committed).
+    #[error("approval expired before the vote")]
+    Expired,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<rusqlite::Error> for TransitionError {
+    fn from(e: rusqlite::Error) -> Self {
+        TransitionError::Store(StoreError::Sqlite(e))
+    }
+}
+
+impl Store {
+    /// Stores a new pending approval (and its creation transition).
+    pub async fn insert_approval(&self, a: NewApproval) -> Result<Approval, StoreError> {
+        self.call(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let inserted = tx.execute(
+                "INSERT INTO approvals (id, key, server, tool, arguments, agent, risk, rule, rule_reason, workflow,
+                     required_approvals, grant_secs, trace, created_at, expires_at, status)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, 'pending')",
+                params![
+                    a.id,
+                    a.key,
+                    a.server,
+                    a.tool,
+                    serde_json::to_string(&a.arguments)?,
+                    a.agent,
+                    a.risk,
+                    a.rule,
+                    a.rule_reason,
+                    a.workflow,
+                    a.required_approvals,
+                    i64::try_from(a.grant_secs.min(MAX_GRANT_SECS)).unwrap_or(i64::MAX),
+                    serde_json::to_string(&a.trace)?,
+                    a.created_at,
+                    a.expires_at,
+                ],
+            );
+            match inserted {
+                Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+                    return Err(StoreError::AlreadyExists(a.id));
+                }
+                other => other?,
+            };
+            let actor = a.agent.as_deref().unwrap_or("agent");
+            insert_transition(&tx, &a.id, a.created_at, None, Status::Pending, actor, None, a.rule_reason.as_deref())?;
+            let stored = load(&tx, &a.id)?.ok_or_else(|| StoreError::NotFound(a.id.clone()))?;
+            tx.commit()?;
+            Ok(stored)
+        })
+        .await
+    }
+
+    pub async fn get_approval(&self, id: &str) -> Result<Option<Approval>, StoreError> {
+        let id = id.to_owned();
+        self.call(move |conn| load(conn, &id)).await
+    }
+
+    /// The most recent approval for this call key that a new identical call may wait on or use: pending and
+    /// not past its deadline, or approved and not consumed (single use unused and before `expires_at`, or a
+    /// grant whose window is still open).
+    pub async fn find_reusable(&self, key: &str, now: i64) -> Result<Option<Approval>, StoreError> {
+        let key = key.to_owned();
+        self.call(move |conn| {
+            let sql = format!(
+                "SELECT {COLS} FROM approvals
+                 WHERE key = ?1 AND (
+                     (status = 'pending' AND expires_at > ?2)
+                     OR (status = 'approved' AND grant_secs = 0 AND uses = 0 AND expires_at > ?2)
+                     OR (status = 'approved' AND grant_secs > 0
+                         AND coalesce(decided_at, created_at) + grant_secs * 1000 > ?2))
+                 ORDER BY created_at DESC, rowid DESC
+                 LIMIT 1"
+            );
+            let found = conn.prepare_cached(&sql)?.query_row(params![key, now], row_to_approval).optional()?;
+            with_votes(conn, found.into_iter().collect()).map(|mut v| v.pop())
+        })
+        .await
+    }
+
+    /// Approvals matching `filter`, newest first.
+    pub async fn list_approvals(&self, filter: ApprovalFilter) -> Result<Vec<Approval>, StoreError> {
+        self.call(move |conn| {
+            let mut sql = format!("SELECT {COLS} FROM approvals");
+            let mut conds: Vec<&str> = Vec::new();
+            let mut args: Vec<rusqlite::types::Value> = Vec::new();
+            if let Some(status) = filter.status {
+                conds.push("status = ?");
+                args.push(status.as_str().to_owned().into());
+            }
+            for (col, value) in [("server = ?", filter.server), ("tool = ?", filter.tool), ("agent = ?", filter.agent)]
+            {
+                if let Some(v) = value {
+                    conds.push(col);
+                    args.push(v.into());
+                }
+            }
+            if !conds.is_empty() {
+                sql.push_str(" WHERE ");
+                sql.push_str(&conds.join(" AND "));
+            }
+            sql.push_str(" ORDER BY created_at DESC, rowid DESC LIMIT ? OFFSET ?");
+            args.push(i64::from(filter.limit.unwrap_or(DEFAULT_LIST_LIMIT).min(MAX_LIST_LIMIT)).into());
+            args.push(i64::from(filter.offset).into());
+            let rows = conn
+                .prepare_cached(&sql)?
+                .query_map(rusqlite::params_from_iter(args), row_to_approval)?
+                .collect::<Result<Vec<_>, _>>()?;
+            with_votes(conn, rows)
+        })
+        .await
+    }
+
+    /// Records one reviewer's vote and, if it decides the approval, the transition, in one transaction.
+    ///
+    /// A deny vote denies at once; approve votes approve when `max(required, 1)` distinct actors have
+    /// approved. A vote after the deadline moves the approval to `Expired` (committed) and returns
+    /// [`TransitionError::Expired`].
+    pub async fn record_vote(
+        &self,
+        id: &str,
+        vote: Vote,
+        required: u32,
+        now: i64,
+    ) -> Result<Approval, TransitionError> {
+        let id = id.to_owned();
+        self.call(move |conn| Ok(vote_tx(conn, &id, vote, required, now))).await?
+    }
+
+    /// Atomically decides whether the caller may run an approved call now (see [`Claim`]). Two concurrent
+    /// claims of a single-use approval, from any number of handles or processes, yield one [`Claim::Run`].
+    ///
+    /// Committed with `synchronous = FULL`: the claim is on disk before the tool runs.
+    pub async fn claim_execution(&self, id: &str, now: i64) -> Result<Claim, StoreError> {
+        let id = id.to_owned();
+        self.call(move |conn| with_full_sync(conn, |conn| claim_tx(conn, &id, now))).await
+    }
+
+    /// Records the end of a claimed execution: a single-use approval becomes `Executed` or `Failed`; for a
+    /// grant the run is recorded as a transition and the status stays `Approved` until the window ends.
+    pub async fn finish_execution(&self, id: &str, ok: bool, outcome: Value, now: i64) -> Result<Approval, StoreError> {
+        let id = id.to_owned();
+        self.call(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let a = load(&tx, &id)?.ok_or_else(|| StoreError::NotFound(id.clone()))?;
+            let to = if ok { Status::Executed } else { Status::Failed };
+            let outcome = serde_json::to_string(&outcome)?;
+            if a.grant_secs == 0 {
+                if a.status != Status::Approved || a.uses == 0 {
+                    return Err(StoreError::InvalidState(format!(
+                        "approval {id} is {} and {}claimed; cannot finish it",
+                        a.status,
+                        if a.uses == 0 { "not " } else { "" }
+                    )));
+                }
+                tx.execute(
+                    "UPDATE approvals SET status = ?2, executed_at = ?3, outcome = ?4 WHERE id = ?1",
+                    params![id, to, now, outcome],
+                )?;
+                insert_transition(&tx, &id, now, Some(a.status), to, SYSTEM_ACTOR, None, None)?;
+            } else {
+                // A grant closed by `expire_due` while this run was in flight still records the run.
+                if !matches!(a.status, Status::Approved | Status::Executed) || a.uses == 0 {
+                    return Err(StoreError::InvalidState(format!(
+                        "grant {id} is {} with {} uses; cannot finish a run",
+                        a.status, a.uses
+                    )));
+                }
+                tx.execute(
+                    "UPDATE approvals SET executed_at = ?2, outcome = ?3 WHERE id = ?1",
+                    params![id, now, outcome],
+                )?;
+                insert_transition(&tx, &id, now, Some(a.status), to, SYSTEM_ACTOR, Some("grant use"), None)?;
+            }
+            let stored = load(&tx, &id)?.ok_or_else(|| StoreError::NotFound(id.clone()))?;
+            tx.commit()?;
+            Ok(stored)
+        })
+        .await
+    }
+
+    /// Closes every approval whose deadline has passed and returns them as they are now (look at
+    /// `status`):
+    /// - pending with `expires_at <= now` → `Expired`;
+    /// - approved single use, never claimed, with `expires_at <= now` → `Expired`;
+    /// - approved grant whose window has ended → `Executed` if it was used, `Expired` if not.
+    ///
+    /// Each with a transition by actor `"system"`.
+    pub async fn expire_due(&self, now: i64) -> Result<Vec<Approval>, StoreError> {
+        self.call(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let ids: Vec<String> = tx
+                .prepare_cached(
+                    "SELECT id FROM approvals WHERE status = 'pending' AND expires_at <= ?1
+                     UNION ALL
+                     SELECT id FROM approvals WHERE status = 'approved'",
+                )?
+                .query_map([now], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            let mut closed = Vec::new();
+            for id in ids {
+                let Some(a) = load(&tx, &id)? else { continue };
+                if close_if_lapsed(&tx, &a, now)?.is_some() {
+                    closed.push(load(&tx, &id)?.ok_or_else(|| StoreError::NotFound(id.clone()))?);
+                }
+            }
+            tx.commit()?;
+            Ok(closed)
+        })
+        .await
+    }
+
+    /// Every state change of an approval, oldest first (empty if there is no such approval).
+    pub async fn transitions(&self, id: &str) -> Result<Vec<Transition>, StoreError> {
+        let id = id.to_owned();
+        self.call(move |conn| {
+            let rows = conn
+                .prepare_cached(
+                    "SELECT at, from_status, to_status, actor, notes, reason FROM approval_transitions
+                     WHERE approval_id = ?1 ORDER BY id",
+                )?
+                .query_map([id], |r| {
+                    Ok(Transition {
+                        at: r.get(0)?,
+                        from: r.get(1)?,
+                        to: r.get(2)?,
+                        actor: r.get(3)?,
+                        notes: r.get(4)?,
+                        reason: r.get(5)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+}
+
+/// Grant windows are stored in seconds and compared in milliseconds; this keeps `grant_secs * 1000` an i64.
+const MAX_GRANT_SECS: u64 = (i64::MAX / 1000) as u64;
+
+fn grant_ms(grant_secs: u64) -> i64 {
+    i64::try_from(grant_secs.min(MAX_GRANT_SECS)).unwrap_or(i64::MAX / 1000).saturating_mul(1000)
+}
+
+const COLS: &str = "id, key, server, tool, arguments, agent, risk, rule, rule_reason, workflow, required_approvals, \
+                    grant_secs, trace, created_at, expires_at, status, decided_at, decided_by, deny_reason, notes, \
+                    uses, executed_at, outcome";
+
+fn json_col(row: &Row<'_>, idx: usize) -> rusqlite::Result<Value> {
+    let text: String = row.get(idx)?;
+    serde_json::from_str(&text).map_err(|e| rusqlite::Error::FromSqlConversionFailure(idx, Type::Text, Box::new(e)))
+}
+
+fn row_to_approval(row: &Row<'_>) -> rusqlite::Result<Approval> {
+    let grant_secs: i64 = row.get(11)?;
+    let outcome: Option<String> = row.get(22)?;
+    Ok(Approval {
+        id: row.get(0)?,
+        key: row.get(1)?,
+        server: row.get(2)?,
+        tool: row.get(3)?,
+        arguments: json_col(row, 4)?,
+        agent: row.get(5)?,
+        risk: row.get(6)?,
+        rule: row.get(7)?,
+        rule_reason: row.get(8)?,
+        workflow: row.get(9)?,
+        required_approvals: row.get(10)?,
+        grant_secs: u64::try_from(grant_secs)
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(11, Type::Integer, Box::new(e)))?,
+        trace: json_col(row, 12)?,
+        created_at: row.get(13)?,
+        expires_at: row.get(14)?,
+        status: row.get(15)?,
+        votes: Vec::new(),
+        decided_at: row.get(16)?,
+        decided_by: row.get(17)?,
+        deny_reason: row.get(18)?,
+        notes: row.get(19)?,
+        uses: row.get(20)?,
+        executed_at: row.get(21)?,
+        outcome: match outcome {
+            Some(text) => Some(
+                serde_json::from_str(&text)
+                    .map_err(|e| rusqlite::Error::FromSqlConversionFailure(22, Type::Text, Box::new(e)))?,
+            ),
+            None => None,
+        },
+    })
+}
+
+/// Fills in the votes of `approvals` with one query.
+fn with_votes(conn: &Connection, mut approvals: Vec<Approval>) -> Result<Vec<Approval>, StoreError> {
+    if approvals.is_empty() {
+        return Ok(approvals);
+    }
+    let ids = serde_json::to_string(&approvals.iter().map(|a| a.id.as_str()).collect::<Vec<_>>())?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT approval_id, actor, decision, notes, reason, at FROM approval_votes
+         WHERE approval_id IN (SELECT value FROM json_each(?1))
+         ORDER BY approval_id, at, actor",
+    )?;
+    let mut by_id: HashMap<String, Vec<VoteRecord>> = HashMap::new();
+    let rows = stmt.query_map([ids], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            VoteRecord { actor: r.get(1)?, decision: r.get(2)?, notes: r.get(3)?, reason: r.get(4)?, at: r.get(5)? },
+        ))
+    })?;
+    for row in rows {
+        let (id, vote) = row?;
+        by_id.entry(id).or_default().push(vote);
+    }
+    for a in &mut approvals {
+        if let Some(votes) = by_id.remove(&a.id) {
+            a.votes = votes;
+        }
+    }
+    Ok(approvals)
+}
+
+fn load(conn: &Connection, id: &str) -> Result<Option<Approval>, StoreError> {
+    let found = conn
+        .prepare_cached(&format!("SELECT {COLS} FROM approvals WHERE id = ?1"))?
+        .query_row([id], row_to_approval)
+        .optional()?;
+    with_votes(conn, found.into_iter().collect()).map(|mut v| v.pop())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn insert_transition(
+    conn: &Connection,
+    id: &str,
+    at: i64,
+    from: Option<Status>,
+    to: Status,
+    actor: &str,
+    notes: Option<&str>,
+    reason: Option<&str>,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO approval_transitions (approval_id, at, from_status, to_status, actor, notes, reason)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![id, at, from, to, actor, notes, reason])?;
+    Ok(())
+}
+
+/// Moves `a` to `to` with its transition row.
+fn move_to(conn: &Connection, a: &Approval, to: Status, at: i64, actor: &str, reason: &str) -> Result<(), StoreError> {
+    conn.prepare_cached("UPDATE approvals SET status = ?2 WHERE id = ?1")?.execute(params![a.id, to])?;
+    insert_transition(conn, &a.id, at, Some(a.status), to, actor, None, Some(reason))
+}
+
+/// If `a` is past its deadline, closes it (see [`Store::expire_due`]) and returns the new status.
+fn close_if_lapsed(conn: &Connection, a: &Approval, now: i64) -> Result<Option<Status>, StoreError> {
+    let (to, reason) = match a.status {
+        Status::Pending if a.expires_at <= now => (Status::Expired, "no decision before the deadline"),
+        Status::Approved if a.grant_secs == 0 && a.uses == 0 && a.expires_at <= now => {
+            (Status::Expired, "approved but not used before the deadline")
+        }
+        Status::Approved if a.grant_secs > 0 && grant_end(a) <= now => {
+            if a.uses > 0 {
+                (Status::Executed, "grant window ended")
+            } else {
+                (Status::Expired, "grant window ended unused")
+            }
+        }
+        _ => return Ok(None),
+    };
+    move_to(conn, a, to, now, SYSTEM_ACTOR, reason)?;
+    Ok(Some(to))
+}
+
+fn grant_end(a: &Approval) -> i64 {
+    a.decided_at.unwrap_or(a.created_at).saturating_add(grant_ms(a.grant_secs))
+}
+
+fn vote_tx(conn: &mut Connection, id: &str, vote: Vote, required: u32, now: i64) -> Result<Approval, TransitionError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let a = load(&tx, id)?.ok_or_else(|| TransitionError::NotFound(id.to_owned()))?;
+    if a.status != Status::Pending {
+        return Err(TransitionError::NotPending { status: a.status });
+    }
+    if close_if_lapsed(&tx, &a, now)?.is_some() {
+        tx.commit()?;
+        return Err(TransitionError::Expired);
+    }
+    if a.votes.iter().any(|v| v.actor == vote.actor) {
+        return Err(TransitionError::AlreadyVoted { actor: vote.actor });
+    }
+    tx.prepare_cached(
+        "INSERT INTO approval_votes (approval_id, actor, decision, notes, reason, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![id, vote.actor, vote.decision.as_str(), vote.notes, vote.reason, now])?;
+
+    let decided = match vote.decision {
+        VoteDecision::Deny => Some(Status::Denied),
+        VoteDecision::Approve => {
+            let approves = a.votes.iter().filter(|v| v.decision == VoteDecision::Approve).count() + 1;
+            (approves >= required.max(1) as usize).then_some(Status::Approved)
+        }
+    };
+    if let Some(to) = decided {
+        let deny_reason = if to == Status::Denied { vote.reason.as_deref() } else { None };
+        tx.execute(
+            "UPDATE approvals SET status = ?2, decided_at = ?3, decided_by = ?4, deny_reason = ?5, notes = ?6
+             WHERE id = ?1",
+            params![id, to, now, vote.actor, deny_reason, vote.notes],
+        )?;
+        insert_transition(
+            &tx,
+            id,
+            now,
+            Some(Status::Pending),
+            to,
+            &vote.actor,
+            vote.notes.as_deref(),
+            vote.reason.as_deref(),
+        )?;
+    }
+    let stored = load(&tx, id)?.ok_or_else(|| TransitionError::NotFound(id.to_owned()))?;
+    tx.commit()?;
+    Ok(stored)
+}
+
+fn claim_tx(conn: &mut Connection, id: &str, now: i64) -> Result<Claim, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let a = load(&tx, id)?.ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
+    let claim = match close_if_lapsed(&tx, &a, now)?.unwrap_or(a.status) {
+        Status::Pending => Claim::Pending,
+        Status::Denied => Claim::Denied {
+            by: a.decided_by.clone().unwrap_or_else(|| SYSTEM_ACTOR.to_owned()),
+            reason: a.deny_reason.clone(),
+        },
+        Status::Expired => Claim::Expired,
+        Status::Executed | Status::Failed => Claim::Spent,
+        Status::Approved if a.grant_secs == 0 && a.uses > 0 => Claim::Spent,
+        Status::Approved => {
+            // Not lapsed: a single use not yet claimed, or a grant inside its window.
+            tx.prepare_cached("UPDATE approvals SET uses = uses + 1 WHERE id = ?1")?.execute([id])?;
+            Claim::Run
+        }
+    };
+    tx.commit()?;
+    Ok(claim)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::store::Location;
+    use crate::store::testutil::TempDir;
+
+    const T0: i64 = 1_700_000_000_000;
+    const HOUR: i64 = 3_600_000;
+
+    fn new(id: &str, key: &str) -> NewApproval {
+        NewApproval {
+            id: id.into(),
+            key: key.into(),
+            server: "fs".into(),
+            tool: "delete_file".into(),
+            arguments: json!({"path": "/tmp/x", "opts": {"force": true}}),
+            agent: Some("claude".into()),
+            risk: Some("high".into()),
+            rule: Some("deletes".into()),
+            rule_reason: Some("deleting files needs a human".into()),
+            workflow: "default".into(),
+            required_approvals: 1,
+            grant_secs: 0,
+            trace: json!([{"rule": "deletes", "result": "escalate"}]),
+            created_at: T0,
+            expires_at: T0 + HOUR,
+        }
+    }
+
+    fn approve(actor: &str) -> Vote {
+        Vote {
+            actor: actor.into(),
+            decision: VoteDecision::Approve,
+            notes: Some(format!("ok from {actor}")),
+            reason: None,
+        }
+    }
+
+    fn deny(actor: &str, reason: &str) -> Vote {
+        Vote {
+            actor: actor.into(),
+            decision: VoteDecision::Deny,
+            notes: Some("code freeze".into()),
+            reason: Some(reason.into()),
+        }
+    }
+
+    async fn mem() -> Store {
+        Store::open(Location::Memory).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn insert_get_and_json_shape() {
+        let store = mem().await;
+        let a = store.insert_approval(new("a1", "k1")).await.unwrap();
+        assert_eq!(a.status, Status::Pending);
+        assert_eq!(a.arguments, json!({"path": "/tmp/x", "opts": {"force": true}}));
+        assert_eq!(store.get_approval("a1").await.unwrap(), Some(a.clone()));
+        assert_eq!(store.get_approval("nope").await.unwrap(), None);
+        assert!(
+            matches!(store.insert_approval(new("a1", "k1")).await, Err(StoreError::AlreadyExists(id)) if id == "a1")
+        );
+
+        let v = serde_json::to_value(&a).unwrap();
+        assert_eq!(v["status"], "pending");
+        assert_eq!(v["rule_reason"], "deleting files needs a human");
+        assert_eq!(v["required_approvals"], 1);
+        assert!(v["votes"].as_array().unwrap().is_empty());
+
+        let t = store.transitions("a1").await.unwrap();
+        assert_eq!(t.len(), 1);
+        assert_eq!((t[0].from, t[0].to, t[0].actor.as_str()), (None, Status::Pending, "claude"));
+
+        assert_eq!("executed".parse::<Status>(), Ok(Status::Executed));
+        assert!("bogus".parse::<Status>().is_err());
+        for s in Status::ALL {
+            assert_eq!(serde_json::to_value(s).unwrap(), json!(s.as_str()));
+        }
+    }
+
+    #[tokio::test]
+    async fn pending_approvals_survive_a_reopen() {
+        let dir = TempDir::new("store-durable");
+        let loc = Location::File(dir.path().join("gate.db"));
+        let store = Store::open(loc.clone()).await.unwrap();
+        for i in 0..3 {
+            store.insert_approval(new(&format!("p{i}"), "k")).await.unwrap();
+        }
+        store.record_vote("p0", approve("alice"), 2, T0 + 1).await.unwrap();
+        drop(store);
+
+        let store = Store::open(loc).await.unwrap();
+        let pending =
+            store.list_approvals(ApprovalFilter { status: Some(Status::Pending), ..Default::default() }).await.unwrap();
+        assert_eq!(pending.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(), ["p2", "p1", "p0"]);
+        assert_eq!(pending[2].votes.len(), 1);
+        assert_eq!(pending[2].votes[0].actor, "alice");
+    }
+
+    #[tokio::test]
+    async fn two_distinct_approvers_are_required() {
+        let store = mem().await;
+        store.insert_approval(NewApproval { required_approvals: 2, ..new("a", "k") }).await.unwrap();
+
+        let a = store.record_vote("a", approve("alice"), 2, T0 + 10).await.unwrap();
+        assert_eq!(a.status, Status::Pending);
+        assert_eq!(a.votes.len(), 1);
+
+        let again = store.record_vote("a", approve("alice"), 2, T0 + 11).await;
+        assert!(matches!(again, Err(TransitionError::AlreadyVoted { ref actor }) if actor == "alice"), "{again:?}");
+
+        let a = store.record_vote("a", approve("bob"), 2, T0 + 20).await.unwrap();
+        assert_eq!(a.status, Status::Approved);
+        assert_eq!(a.decided_at, Some(T0 + 20));
+        assert_eq!(a.decided_by.as_deref(), Some("bob"));
+        assert_eq!(a.notes.as_deref(), Some("ok from bob"));
+        assert_eq!(
+            a.votes.iter().map(|v| (v.actor.as_str(), v.at)).collect::<Vec<_>>(),
+            [("alice", T0 + 10), ("bob", T0 + 20)]
+        );
+
+        let late = store.record_vote("a", approve("carol"), 2, T0 + 30).await;
+        assert!(matches!(late, Err(TransitionError::NotPending { status: Status::Approved })), "{late:?}");
+
+        let t = store.transitions("a").await.unwrap();
+        assert_eq!(t.len(), 2);
+        assert_eq!(
+            (t[1].from, t[1].to, t[1].actor.as_str(), t[1].at),
+            (Some(Status::Pending), Status::Approved, "bob", T0 + 20)
+        );
+
+        let missing = store.record_vote("nope", approve("alice"), 1, T0).await;
+        assert!(matches!(missing, Err(TransitionError::NotFound(_))), "{missing:?}");
+    }
+
+    #[tokio::test]
+    async fn one_deny_vote_denies() {
+        let store = mem().await;
+        store.insert_approval(NewApproval { required_approvals: 2, ..new("a", "k") }).await.unwrap();
+        store.record_vote("a", approve("alice"), 2, T0 + 1).await.unwrap();
+        let a = store.record_vote("a", deny("bob", "Not approved during code freeze"), 2, T0 + 2).await.unwrap();
+        assert_eq!(a.status, Status::Denied);
+        assert_eq!(a.deny_reason.as_deref(), Some("Not approved during code freeze"));
+        assert_eq!(a.notes.as_deref(), Some("code freeze"));
+        assert_eq!(a.decided_by.as_deref(), Some("bob"));
+
+        let t = store.transitions("a").await.unwrap();
+        let last = t.last().unwrap();
+        assert_eq!(last.to, Status::Denied);
+        assert_eq!(last.reason.as_deref(), Some("Not approved during code freeze"));
+        assert_eq!(last.notes.as_deref(), Some("code freeze"));
+
+        assert_eq!(
+            store.claim_execution("a", T0 + 3).await.unwrap(),
+            Claim::Denied { by: "bob".into(), reason: Some("Not approved during code freeze".into()) }
+        );
+        assert!(store.find_reusable("k", T0 + 3).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn expiry_by_sweep_and_by_late_vote() {
+        let store = mem().await;
+        store.insert_approval(new("swept", "k1")).await.unwrap();
+        store.insert_approval(NewApproval { expires_at: T0 + 2 * HOUR, ..new("later", "k2") }).await.unwrap();
+        store.insert_approval(new("voted", "k3")).await.unwrap();
+
+        assert!(store.expire_due(T0 + HOUR - 1).await.unwrap().is_empty());
+        let expired = store.expire_due(T0 + HOUR).await.unwrap();
+        // "voted" has the same deadline and is swept too; make a fresh one for the late vote.
+        assert_eq!(expired.iter().map(|a| (a.id.as_str(), a.status)).collect::<Vec<_>>().len(), 2);
+        assert!(expired.iter().all(|a| a.status == Status::Expired));
+        let t = store.transitions("swept").await.unwrap();
+        assert_eq!((t[1].from, t[1].to, t[1].actor.as_str()), (Some(Status::Pending), Status::Expired, "system"));
+        assert_eq!(store.get_approval("later").await.unwrap().unwrap().status, Status::Pending);
+        assert!(store.expire_due(T0 + HOUR).await.unwrap().is_empty(), "a second sweep finds nothing");
+
+        // A vote after the deadline expires the approval instead (and that is committed).
+        let r = store.record_vote("later", approve("alice"), 1, T0 + 2 * HOUR).await;
+        assert!(matches!(r, Err(TransitionError::Expired)), "{r:?}");
+        let a = store.get_approval("later").await.unwrap().unwrap();
+        assert_eq!(a.status, Status::Expired);
+        assert!(a.votes.is_empty(), "the late vote is not recorded");
+        assert_eq!(store.transitions("later").await.unwrap().last().unwrap().to, Status::Expired);
+        assert_eq!(store.claim_execution("later", T0 + 3 * HOUR).await.unwrap(), Claim::Expired);
+    }
+
+    #[tokio::test]
+    async fn claim_and_finish_single_use() {
+        let store = mem().await;
+        store.insert_approval(new("a", "k")).await.unwrap();
+        assert_eq!(store.claim_execution("a", T0 + 1).await.unwrap(), Claim::Pending);
+        assert!(matches!(store.finish_execution("a", true, json!({}), T0 + 1).await, Err(StoreError::InvalidState(_))));
+        store.record_vote("a", approve("alice"), 1, T0 + 2).await.unwrap();
+        assert_eq!(store.claim_execution("a", T0 + 3).await.unwrap(), Claim::Run);
+        assert_eq!(store.claim_execution("a", T0 + 4).await.unwrap(), Claim::Spent);
+        let a = store.finish_execution("a", false, json!({"error": "disk full"}), T0 + 5).await.unwrap();
+        assert_eq!(a.status, Status::Failed);
+        assert_eq!(a.executed_at, Some(T0 + 5));
+        assert_eq!(a.outcome, Some(json!({"error": "disk full"})));
+        assert_eq!(a.uses, 1);
+        assert_eq!(store.claim_execution("a", T0 + 6).await.unwrap(), Claim::Spent);
+        assert!(matches!(store.finish_execution("a", true, json!({}), T0 + 7).await, Err(StoreError::InvalidState(_))));
+        let t = store.transitions("a").await.unwrap();
+        assert_eq!(t.iter().map(|t| t.to).collect::<Vec<_>>(), [Status::Pending, Status::Approved, Status::Failed]);
+        assert!(matches!(store.claim_execution("nope", T0).await, Err(StoreError::NotFound(_))));
+
+        // Approved but never claimed before the deadline: expired, by a claim or by the sweep.
+        store.insert_approval(new("b", "k")).await.unwrap();
+        store.insert_approval(new("c", "k")).await.unwrap();
+        store.record_vote("b", approve("alice"), 1, T0 + 1).await.unwrap();
+        store.record_vote("c", approve("alice"), 1, T0 + 1).await.unwrap();
+        assert_eq!(store.claim_execution("b", T0 + HOUR).await.unwrap(), Claim::Expired);
+        assert_eq!(store.get_approval("b").await.unwrap().unwrap().status, Status::Expired);
+        let swept = store.expire_due(T0 + HOUR).await.unwrap();
+        assert_eq!(swept.iter().map(|a| (a.id.as_str(), a.status)).collect::<Vec<_>>(), [("c", Status::Expired)]);
+    }
+
+    #[tokio::test]
+    async fn exactly_one_run_under_16_concurrent_claims() {
+        // One handle: requests serialize on the worker.
+        let store = mem().await;
+        store.insert_approval(new("a", "k")).await.unwrap();
+        store.record_vote("a", approve("alice"), 1, T0 + 1).await.unwrap();
+        let claims = futures::future::join_all((0..16).map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.claim_execution("a", T0 + 2).await.unwrap() })
+        }))
+        .await;
+        let runs = claims.iter().filter(|c| matches!(c, Ok(Claim::Run))).count();
+        assert_eq!(runs, 1, "{claims:?}");
+
+        // 16 handles = 16 connections to one file, as if 16 processes: BEGIN IMMEDIATE does the work.
+        let dir = TempDir::new("store-claims");
+        let loc = Location::File(dir.path().join("gate.db"));
+        let first = Store::open(loc.clone()).await.unwrap();
+        first.insert_approval(new("b", "k")).await.unwrap();
+        first.record_vote("b", approve("alice"), 1, T0 + 1).await.unwrap();
+        let mut handles = vec![first];
+        for _ in 1..16 {
+            handles.push(Store::open(loc.clone()).await.unwrap());
+        }
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(16));
+        let claims = futures::future::join_all(handles.into_iter().map(|store| {
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                barrier.wait().await;
+                store.claim_execution("b", T0 + 2).await.unwrap()
+            })
+        }))
+        .await;
+        let runs = claims.iter().filter(|c| matches!(c, Ok(Claim::Run))).count();
+        assert_eq!(runs, 1, "{claims:?}");
+        assert_eq!(claims.iter().filter(|c| matches!(c, Ok(Claim::Spent))).count(), 15);
+    }
+
+    #[tokio::test]
+    async fn grant_window_runs_until_it_ends() {
+        let store = mem().await;
+        store.insert_approval(NewApproval { grant_secs: 60, ..new("g", "k") }).await.unwrap();
+        let a = store.record_vote("g", approve("alice"), 1, T0 + 1_000).await.unwrap();
+        assert_eq!(a.grant_ends_at(), Some(T0 + 61_000));
+
+        for i in 0..3 {
+            let now = T0 + 2_000 + i * 10_000;
+            assert_eq!(store.claim_execution("g", now).await.unwrap(), Claim::Run);
+            let a = store.finish_execution("g", i != 1, json!({"run": i}), now + 500).await.unwrap();
+            assert_eq!(a.status, Status::Approved, "a grant stays approved while its window is open");
+            assert_eq!(a.uses, u32::try_from(i + 1).unwrap());
+        }
+        // Still reusable inside the window, even past expires_at of the request.
+        assert_eq!(store.find_reusable("k", T0 + 60_999).await.unwrap().map(|a| a.id), Some("g".into()));
+        assert_eq!(store.claim_execution("g", T0 + 60_999).await.unwrap(), Claim::Run);
+        assert!(store.find_reusable("k", T0 + 61_000).await.unwrap().is_none());
+        assert_eq!(store.claim_execution("g", T0 + 61_000).await.unwrap(), Claim::Spent);
+        let a = store.get_approval("g").await.unwrap().unwrap();
+        assert_eq!((a.status, a.uses), (Status::Executed, 4));
+
+        // The run claimed just before the end can still be finished.
+        store.finish_execution("g", true, json!({"run": 3}), T0 + 61_500).await.unwrap();
+        let t = store.transitions("g").await.unwrap();
+        let runs: Vec<_> = t.iter().filter(|t| t.notes.as_deref() == Some("grant use")).map(|t| t.to).collect();
+        assert_eq!(runs, [Status::Executed, Status::Failed, Status::Executed, Status::Executed]);
+
+        // A grant never used expires when its window ends; the sweep closes it.
+        store.insert_approval(NewApproval { grant_secs: 60, ..new("unused", "k2") }).await.unwrap();
+        store.record_vote("unused", approve("alice"), 1, T0).await.unwrap();
+        assert!(store.expire_due(T0 + 59_999).await.unwrap().is_empty());
+        let swept = store.expire_due(T0 + 60_000).await.unwrap();
+        assert_eq!(swept.iter().map(|a| (a.id.as_str(), a.status)).collect::<Vec<_>>(), [("unused", Status::Expired)]);
+    }
+
+    #[tokio::test]
+    async fn find_reusable_picks_the_newest_usable() {
+        let store = mem().await;
+        assert!(store.find_reusable("k", T0).await.unwrap().is_none());
+        store.insert_approval(new("old", "k")).await.unwrap();
+        store.insert_approval(NewApproval { created_at: T0 + 5, ..new("new", "k") }).await.unwrap();
+        store.insert_approval(NewApproval { created_at: T0 + 9, ..new("other", "k-other") }).await.unwrap();
+        assert_eq!(store.find_reusable("k", T0 + 10).await.unwrap().map(|a| a.id), Some("new".into()));
+
+        store.record_vote("new", deny("bob", "no"), 1, T0 + 11).await.unwrap();
+        assert_eq!(store.find_reusable("k", T0 + 12).await.unwrap().map(|a| a.id), Some("old".into()));
+
+        store.record_vote("old", approve("alice"), 1, T0 + 13).await.unwrap();
+        let found = store.find_reusable("k", T0 + 14).await.unwrap().unwrap();
+        assert_eq!((found.id.as_str(), found.status, found.votes.len()), ("old", Status::Approved, 1));
+
+        assert_eq!(store.claim_execution("old", T0 + 15).await.unwrap(), Claim::Run);
+        assert!(store.find_reusable("k", T0 + 16).await.unwrap().is_none(), "a consumed single use is not reusable");
+
+        // Past the deadline nothing is reusable, even before the sweep.
+        store.insert_approval(new("late", "k3")).await.unwrap();
+        assert!(store.find_reusable("k3", T0 + HOUR - 1).await.unwrap().is_some());
+        assert!(store.find_reusable("k3", T0 + HOUR).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn list_filters_and_paging() {
+        let store = mem().await;
+        for i in 0..6 {
+            let mut a = new(&format!("a{i}"), &format!("k{i}"));
+            a.created_at = T0 + i;
+            a.server = if i % 2 == 0 { "fs".into() } else { "git".into() };
+            a.tool = if i < 3 { "delete_file".into() } else { "push".into() };
+            a.agent = if i == 5 { None } else { Some("claude".into()) };
+            store.insert_approval(a).await.unwrap();
+        }
+        store.record_vote("a4", approve("alice"), 1, T0 + 10).await.unwrap();
+
+        let ids = |v: Vec<Approval>| v.into_iter().map(|a| a.id).collect::<Vec<_>>();
+        let list = |f: ApprovalFilter| {
+            let store = store.clone();
+            async move { ids(store.list_approvals(f).await.unwrap()) }
+        };
+        assert_eq!(list(ApprovalFilter::default()).await, ["a5", "a4", "a3", "a2", "a1", "a0"]);
+        assert_eq!(
+            list(ApprovalFilter { status: Some(Status::Pending), ..Default::default() }).await,
+            ["a5", "a3", "a2", "a1", "a0"]
+        );
+        assert_eq!(list(ApprovalFilter { status: Some(Status::Approved), ..Default::default() }).await, ["a4"]);
+        assert_eq!(list(ApprovalFilter { server: Some("git".into()), ..Default::default() }).await, ["a5", "a3", "a1"]);
+        assert_eq!(
+            list(ApprovalFilter { server: Some("fs".into()), tool: Some("delete_file".into()), ..Default::default() })
+                .await,
+            ["a2", "a0"]
+        );
+        assert_eq!(
+            list(ApprovalFilter { agent: Some("claude".into()), limit: Some(2), ..Default::default() }).await,
+            ["a4", "a3"]
+        );
+        assert_eq!(
+            list(ApprovalFilter { status: Some(Status::Pending), limit: Some(2), offset: 2, ..Default::default() })
+                .await,
+            ["a2", "a1"]
+        );
+        assert!(list(ApprovalFilter { offset: 100, ..Default::default() }).await.is_empty());
+        assert_eq!(store.list_approvals(ApprovalFilter::default()).await.unwrap()[1].votes.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn list_10k_pending_is_fast() {
+        let dir = TempDir::new("store-10k");
+        let store = Store::open(Location::File(dir.path().join("gate.db"))).await.unwrap();
+        let started = Instant::now();
+        for i in 0..10_000 {
+            let mut a = new(&format!("appr-{i:05}"), &format!("key-{i}"));
+            a.created_at = T0 + i;
+            store.insert_approval(a).await.unwrap();
+        }
+        // A few decided ones in between, so the status filter has work to do.
+        for i in (0..10_000).step_by(1000) {
+            store.record_vote(&format!("appr-{i:05}"), approve("alice"), 1, T0 + 20_000).await.unwrap();
+        }
+        let inserted = started.elapsed();
+
+        let plan: Vec<String> = store
+            .call(|c| {
+                let mut stmt = c.prepare(&format!(
+                    "EXPLAIN QUERY PLAN SELECT {COLS} FROM approvals WHERE status = ?1
+                     ORDER BY created_at DESC, rowid DESC LIMIT ?2 OFFSET ?3"
+                ))?;
+                let rows = stmt.query_map(params!["pending", 100, 0], |r| r.get::<_, String>(3))?;
+                Ok(rows.collect::<Result<_, _>>()?)
+            })
+            .await
+            .unwrap();
+        assert!(plan.iter().any(|p| p.contains("approvals_status_created")), "{plan:?}");
+        assert!(!plan.iter().any(|p| p.contains("TEMP B-TREE")), "listing must not sort: {plan:?}");
+
+        let pending = |limit, offset| ApprovalFilter {
+            status: Some(Status::Pending),
+            limit: Some(limit),
+            offset,
+            ..Default::default()
+        };
+        let t = Instant::now();
+        let first = store.list_approvals(pending(DEFAULT_LIST_LIMIT, 0)).await.unwrap();
+        let first_page = t.elapsed();
+        assert_eq!(first.len(), 100);
+        assert_eq!(first[0].id, "appr-09999");
+
+        let t = Instant::now();
+        let mut all = Vec::new();
+        loop {
+            let page = store.list_approvals(pending(MAX_LIST_LIMIT, u32::try_from(all.len()).unwrap())).await.unwrap();
+            if page.is_empty() {
+                break;
+            }
+            all.extend(page);
+        }
+        let every_page = t.elapsed();
+        assert_eq!(all.len(), 9_990);
+        assert!(all.windows(2).all(|w| w[0].created_at > w[1].created_at));
+
+        eprintln!(
+            "10k approvals: insert+votes {inserted:?}; list 100 pending {first_page:?}; \
+             list all 9,990 pending in pages of 1000 {every_page:?}"
+        );
+        assert!(every_page.as_millis() < 500, "listing 10k pending took {every_page:?}");
+    }
+}

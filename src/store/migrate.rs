@@ -1,0 +1,64 @@
+//! Numbered schema migrations, embedded in the binary.
+//!
+//! To change the schema add `migrations/NNNN_what.sql` and a line to [`MIGRATIONS`]; never edit a file that
+//! has shipped.
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use super::StoreError;
+
+struct Migration {
+    version: u32,
+    name: &'static str,
+    sql: &'static str,
+}
+
+const MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, name: "init", sql: include_str!("migrations/0001_init.sql") },
+    Migration { version: 2, name: "audit", sql: include_str!("migrations/0002_audit.sql") },
+];
+
+/// The schema version this build creates and understands.
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// Applies every migration newer than the database's version, all in one `BEGIN IMMEDIATE` transaction so
+/// that two processes opening a fresh file at once do not both apply them.
+pub(super) fn run(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_version (
+             version    INTEGER NOT NULL PRIMARY KEY,
+             name       TEXT    NOT NULL,
+             applied_at INTEGER NOT NULL
+         ) STRICT;",
+    )?;
+    let current: u32 =
+        tx.query_row("SELECT max(version) FROM schema_version", [], |r| r.get::<_, Option<u32>>(0))?.unwrap_or(0);
+    if current > SCHEMA_VERSION {
+        return Err(StoreError::SchemaTooNew { found: current, supported: SCHEMA_VERSION });
+    }
+    let now = super::now_ms();
+    for m in MIGRATIONS.iter().filter(|m| m.version > current) {
+        tx.execute_batch(m.sql).map_err(|source| StoreError::Migration { version: m.version, name: m.name, source })?;
+        tx.execute(
+            "INSERT INTO schema_version (version, name, applied_at) VALUES (?1, ?2, ?3)",
+            rusqlite::params![m.version, m.name, now],
+        )?;
+        tracing::info!(version = m.version, name = m.name, "applied database migration");
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_are_numbered_in_order() {
+        for (i, m) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(m.version as usize, i + 1, "migration {} out of order", m.name);
+        }
+        assert_eq!(MIGRATIONS.last().map(|m| m.version), Some(SCHEMA_VERSION));
+    }
+}

@@ -1,0 +1,341 @@
+//! The durable store: one SQLite database holding the approval queue ([`approvals`]) and the audit log
+//! ([`crate::audit`]).
+//!
+//! # Shape
+//!
+//! A [`Store`] is a cheap, cloneable handle. The [`rusqlite::Connection`] lives on one dedicated
+//! `std::thread` (`mcp-gate-store`); every request is a boxed closure sent over a channel and answered on a
+//! tokio oneshot, so no async task ever blocks on SQLite and no lock is held across an `.await`. When the
+//! last handle is dropped the thread ends and the connection closes (checkpointing the WAL).
+//!
+//! A request that has been sent runs to completion even if the caller's future is dropped: a claim or a
+//! vote is either committed in full or not at all, never half-applied, but it may be committed without
+//! anyone reading the answer.
+//!
+//! # Durability and locking
+//!
+//! - `journal_mode = WAL`: readers never block the writer; several `mcp-gate` processes may share the file.
+//! - `busy_timeout = 5 s`: a writer waits for another process's write transaction instead of failing.
+//! - Every write runs in `BEGIN IMMEDIATE`, so the read-check-write of a vote, a claim or an audit append
+//!   holds the database write lock from its first read: two processes cannot both see "not yet used".
+//! - `synchronous = NORMAL` by default: a crash of the process never loses a commit; a power loss or OS
+//!   crash may lose the last few commits but never corrupts the file. [`Store::claim_execution`] and
+//!   [`Store::audit_append`](crate::audit) switch to `synchronous = FULL` for their transaction, so a
+//!   claim is on disk before the tool runs (a power loss cannot make a single-use approval runnable
+//!   twice) and an audit record is on disk once appended. Because the WAL is written in order, a FULL commit
+//!   also makes every earlier commit durable.
+//! - Schema changes are numbered `.sql` files in `migrations/`, applied once, in order, inside one
+//!   `BEGIN IMMEDIATE` transaction, and recorded in `schema_version`.
+//! - On unix the database file is created with mode 0600 (SQLite gives the `-wal` and `-shm` files the
+//!   same mode).
+
+pub mod approvals;
+mod migrate;
+
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use rusqlite::Connection;
+use tokio::sync::oneshot;
+
+pub use approvals::{
+    Approval, ApprovalFilter, Claim, NewApproval, ParseStatusError, Status, Transition, TransitionError, Vote,
+    VoteDecision, VoteRecord,
+};
+pub use migrate::SCHEMA_VERSION;
+
+/// How long a write waits for another connection's write lock before failing with `SQLITE_BUSY`.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The actor recorded for transitions nobody decided (expiry, execution).
+pub const SYSTEM_ACTOR: &str = "system";
+
+/// The current time in unix milliseconds, the unit of every time in the store.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Where the database lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A private in-memory database (tests); each `open` gets a fresh one.
+    Memory,
+    /// A file; parent directories are created.
+    File(PathBuf),
+}
+
+/// Errors of the store boundary.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("store i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("invalid JSON in the store: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("approval {0} not found")]
+    NotFound(String),
+    #[error("approval {0} already exists")]
+    AlreadyExists(String),
+    /// The operation does not apply to the approval in its current state (e.g. finishing an unclaimed call).
+    #[error("invalid state: {0}")]
+    InvalidState(String),
+    /// A stored value the code does not understand.
+    #[error("corrupt store: {0}")]
+    Corrupt(String),
+    #[error("database schema version {found} is newer than this mcp-gate supports ({supported}); upgrade mcp-gate")]
+    SchemaTooNew { found: u32, supported: u32 },
+    #[error("migration {version} ({name}) failed: {source}")]
+    Migration {
+        version: u32,
+        name: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The worker thread has stopped; the handle can no longer be used.
+    #[error("the store worker has stopped")]
+    Closed,
+    /// The request was dropped by the worker without an answer (it panicked).
+    #[error("the store request was aborted")]
+    Aborted,
+}
+
+type Job = Box<dyn FnOnce(&mut Connection) + Send + 'static>;
+
+/// Cloneable handle to the database worker thread.
+#[derive(Clone, Debug)]
+pub struct Store {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database, applies pending migrations and starts the worker thread.
+    pub async fn open(loc: Location) -> Result<Store, StoreError> {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let (ready_tx, ready_rx) = oneshot::channel::<Result<(), StoreError>>();
+        std::thread::Builder::new().name("mcp-gate-store".into()).spawn(move || {
+            let mut conn = match open_connection(&loc) {
+                Ok(conn) => {
+                    let _ = ready_tx.send(Ok(()));
+                    conn
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            worker(&mut conn, queue);
+        })?;
+        ready_rx.await.map_err(|_| StoreError::Aborted)??;
+        Ok(Store { jobs })
+    }
+
+    /// Runs `f` on the worker thread with exclusive use of the connection and returns its result.
+    ///
+    /// The escape hatch for queries this module does not offer. `f` must not block on anything but SQLite:
+    /// every other request waits for it.
+    pub async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let _ = tx.send(f(conn));
+        });
+        self.jobs.send(job).map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Aborted)?
+    }
+}
+
+fn worker(conn: &mut Connection, queue: mpsc::Receiver<Job>) {
+    while let Ok(job) = queue.recv() {
+        // A panicking request must not take the store down with it. An open transaction is rolled back by
+        // `Transaction`'s drop during unwinding; the caller sees `StoreError::Aborted`.
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(conn))).is_err() {
+            tracing::error!("a store request panicked; it was rolled back");
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+        }
+    }
+    tracing::debug!("store worker stopping: all handles dropped");
+}
+
+fn open_connection(loc: &Location) -> Result<Connection, StoreError> {
+    let mut conn = match loc {
+        Location::Memory => Connection::open_in_memory()?,
+        Location::File(path) => {
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent)?;
+            }
+            create_private_file(path)?;
+            Connection::open(path)?
+        }
+    };
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+    if *loc != Location::Memory && !mode.eq_ignore_ascii_case("wal") {
+        tracing::warn!(journal_mode = %mode, "could not switch the database to WAL mode");
+    }
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    migrate::run(&mut conn)?;
+    Ok(conn)
+}
+
+/// Creates the database file with mode 0600 if it does not exist, and tightens an existing one.
+#[cfg(unix)]
+fn create_private_file(path: &std::path::Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
+    let perms = std::fs::metadata(path)?.permissions();
+    if perms.mode() & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn create_private_file(_path: &std::path::Path) -> Result<(), StoreError> {
+    Ok(())
+}
+
+/// Runs `f` with `synchronous = FULL`, restoring `NORMAL` afterwards. `f` should open and commit its own
+/// transaction; the pragma cannot change inside one.
+pub(crate) fn with_full_sync<T>(
+    conn: &mut Connection,
+    f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    let result = f(conn);
+    let restored = conn.pragma_update(None, "synchronous", "NORMAL");
+    let value = result?;
+    restored?;
+    Ok(value)
+}
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    use std::path::{Path, PathBuf};
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// A temporary directory removed on drop.
+    pub struct TempDir(PathBuf);
+
+    impl TempDir {
+        pub fn new(tag: &str) -> TempDir {
+            static N: AtomicU32 = AtomicU32::new(0);
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or_default();
+            let dir = std::env::temp_dir().join(format!(
+                "mcp-gate-{tag}-{}-{nanos}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testutil::TempDir;
+    use super::*;
+
+    fn versions(conn: &Connection) -> Vec<u32> {
+        let mut stmt = conn.prepare("SELECT version FROM schema_version ORDER BY version").unwrap();
+        stmt.query_map([], |r| r.get(0)).unwrap().collect::<Result<_, _>>().unwrap()
+    }
+
+    fn tables(conn: &Connection) -> Vec<String> {
+        let mut stmt = conn.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").unwrap();
+        stmt.query_map([], |r| r.get(0)).unwrap().collect::<Result<_, _>>().unwrap()
+    }
+
+    #[tokio::test]
+    async fn migrations_in_memory() {
+        let store = Store::open(Location::Memory).await.unwrap();
+        let (v, t) = store.call(|c| Ok((versions(c), tables(c)))).await.unwrap();
+        assert_eq!(v, (1..=SCHEMA_VERSION).collect::<Vec<_>>());
+        for want in ["approvals", "approval_votes", "approval_transitions", "audit", "audit_head", "schema_version"] {
+            assert!(t.iter().any(|n| n == want), "missing table {want}: {t:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn migrations_on_a_file_apply_once_and_refuse_newer_schema() {
+        let dir = TempDir::new("store-migrate");
+        let path = dir.path().join("nested/dir/gate.db");
+        let loc = Location::File(path.clone());
+
+        let store = Store::open(loc.clone()).await.unwrap();
+        let (v, mode) = store
+            .call(|c| {
+                let mode: String = c.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+                Ok((versions(c), mode))
+            })
+            .await
+            .unwrap();
+        assert_eq!(v, (1..=SCHEMA_VERSION).collect::<Vec<_>>());
+        assert_eq!(mode, "wal");
+        drop(store);
+
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "database file mode {mode:o}");
+        }
+
+        // Reopening applies nothing twice.
+        let store = Store::open(loc.clone()).await.unwrap();
+        let v = store.call(|c| Ok(versions(c))).await.unwrap();
+        assert_eq!(v, (1..=SCHEMA_VERSION).collect::<Vec<_>>());
+
+        // A database migrated by a newer mcp-gate is refused rather than misread.
+        store
+            .call(|c| {
+                Ok(c.execute("INSERT INTO schema_version (version, name, applied_at) VALUES (999, 'future', 0)", [])?)
+            })
+            .await
+            .unwrap();
+        drop(store);
+        match Store::open(loc).await {
+            Err(StoreError::SchemaTooNew { found: 999, supported }) => assert_eq!(supported, SCHEMA_VERSION),
+            other => panic!("expected SchemaTooNew, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_request_does_not_kill_the_worker() {
+        let store = Store::open(Location::Memory).await.unwrap();
+        let r = store
+            .call(|c| -> Result<(), StoreError> {
+                let tx = c.transaction()?;
+                tx.execute("INSERT INTO audit_head (singleton, id, hash) VALUES (1, 1, 'x')", [])?;
+                panic!("boom");
+            })
+            .await;
+        assert!(matches!(r, Err(StoreError::Aborted)), "{r:?}");
+        let n: i64 =
+            store.call(|c| Ok(c.query_row("SELECT count(*) FROM audit_head", [], |r| r.get(0))?)).await.unwrap();
+        assert_eq!(n, 0, "the panicking request's transaction was rolled back");
+    }
+}

@@ -1,0 +1,139 @@
+//! The approval server: a JSON API and server-rendered pages over the same [`Approvals`] core.
+//!
+//! - The API (`/api/v1/...`) needs `Authorization: Bearer TOKEN`.
+//! - The pages need a cookie session, opened by signing in with the token. The approval URL
+//!   handed to the model leads to a page that asks for that sign-in: the URL holds no secret.
+//! - Every state change is a POST with the session's CSRF token; GET never changes anything.
+//! - Every request's Host and Origin are checked (DNS rebinding); responses carry a strict CSP.
+
+pub mod api;
+pub mod guard;
+pub mod pages;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use dashmap::DashMap;
+use tokio::net::TcpListener;
+
+use crate::approval::Approvals;
+
+/// Signed-in browser sessions expire after this long.
+const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
+
+pub struct WebState {
+    pub approvals: Arc<Approvals>,
+    /// The approver token.
+    pub token: String,
+    /// Host header values accepted besides loopback names.
+    pub allowed_hosts: Vec<String>,
+    pub allowed_origins: Vec<String>,
+    sessions: DashMap<String, BrowserSession>,
+}
+
+#[derive(Clone)]
+pub struct BrowserSession {
+    pub csrf: String,
+    created: Instant,
+}
+
+impl WebState {
+    pub fn new(approvals: Arc<Approvals>, token: String, allowed_hosts: Vec<String>) -> Arc<WebState> {
+        Arc::new(WebState { approvals, token, allowed_hosts, allowed_origins: Vec::new(), sessions: DashMap::new() })
+    }
+
+    pub fn open_session(&self) -> (String, BrowserSession) {
+        self.sessions.retain(|_, s| s.created.elapsed() < SESSION_TTL);
+        let id = crate::random::hex(32);
+        let session = BrowserSession { csrf: crate::random::hex(32), created: Instant::now() };
+        self.sessions.insert(id.clone(), session.clone());
+        (id, session)
+    }
+
+    pub fn session(&self, id: &str) -> Option<BrowserSession> {
+        self.sessions.get(id).filter(|s| s.created.elapsed() < SESSION_TTL).map(|s| s.clone())
+    }
+
+    pub fn close_session(&self, id: &str) {
+        self.sessions.remove(id);
+    }
+}
+
+/// Builds the router (tests call this directly).
+pub fn router(state: Arc<WebState>) -> Router {
+    Router::new()
+        .merge(api::routes())
+        .merge(pages::routes())
+        .layer(middleware::from_fn_with_state(state.clone(), guard_layer))
+        .with_state(state)
+}
+
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<WebState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}
+
+/// Host/Origin checks on every request and security headers on every response.
+async fn guard_layer(State(state): State<Arc<WebState>>, request: Request, next: Next) -> Response {
+    if let Err(why) = guard::check_host_origin(&state.allowed_hosts, &state.allowed_origins, request.headers()) {
+        return (StatusCode::FORBIDDEN, why).into_response();
+    }
+    let mut response = next.run(request).await;
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// The approver token: `MCP_GATE_TOKEN` or `[approvals] token`, else the one stored in the data
+/// directory (created with mode 0600 on first run). Returns the token and, when it came from
+/// a file, that file's path.
+pub fn load_or_create_token(
+    configured: Option<&str>,
+    data_dir: &std::path::Path,
+) -> std::io::Result<(String, Option<std::path::PathBuf>)> {
+    if let Some(t) = configured {
+        return Ok((t.to_owned(), None));
+    }
+    let path = data_dir.join("approver-token");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let t = text.trim().to_owned();
+        if t.len() >= 16 {
+            return Ok((t, Some(path)));
+        }
+    }
+    std::fs::create_dir_all(data_dir)?;
+    let token = crate::random::hex(24);
+    write_private(&path, &token)?;
+    Ok((token, Some(path)))
+}
+
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut f = options.open(path)?;
+    f.write_all(text.as_bytes())?;
+    f.write_all(b"\n")
+}
