@@ -134,7 +134,8 @@ stop "$upstream_pid"
 : >"$OUT/mcp-gate.stderr"
 if [[ "$gate_built" == 1 ]]; then
   gate_port="$(free_port)"
-  "$GATE" serve --listen "127.0.0.1:$gate_port" -- "$FIXTURE" stdio \
+  MCP_GATE_DATA_DIR="$OUT/gate-data" "$GATE" serve --listen "127.0.0.1:$gate_port" \
+    --config "$ROOT/tests/interop/relay-only.toml" -- "$FIXTURE" stdio \
     2>"$OUT/mcp-gate.stderr" </dev/null &
   gate_pid=$!
   PIDS+=("$gate_pid")

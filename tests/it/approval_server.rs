@@ -1,0 +1,215 @@
+//! The approval server: API auth and errors, sign-in, CSRF, Host/Origin checks, escaping.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mcp_gate::approval::{ApprovalGate, ApprovalSettings, Approvals};
+use mcp_gate::config::Config;
+use mcp_gate::gate::{Gate, ToolCall, Verdict};
+use mcp_gate::store::{Location, Status, Store};
+use mcp_gate::web::WebState;
+use reqwest::redirect::Policy;
+use serde_json::{Value, json};
+
+const TOKEN: &str = "test-approver-token-0123456789";
+
+struct Server {
+    base: String,
+    approvals: Arc<Approvals>,
+    http: reqwest::Client,
+}
+
+async fn server() -> Server {
+    let config = Config::from_toml("", "empty.toml").unwrap();
+    let store = Store::open(Location::Memory).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let settings = ApprovalSettings {
+        wait: Duration::ZERO,
+        public_url: base.clone(),
+        expiry_by_risk: config.approvals.expiry_by_risk,
+        workflows: config.approvals.workflows.clone(),
+        redact: Vec::new(),
+    };
+    let approvals = Approvals::new(store, config.policy.clone(), settings);
+    let state = WebState::new(approvals.clone(), TOKEN.into(), Vec::new());
+    tokio::spawn(mcp_gate::web::serve(listener, state, std::future::pending()));
+    let http = reqwest::Client::builder().redirect(Policy::none()).build().unwrap();
+    Server { base, approvals, http }
+}
+
+/// Holds one call with the zero-config policy and returns its approval id.
+async fn pending(s: &Server, arguments: Value) -> String {
+    let gate = ApprovalGate { approvals: s.approvals.clone() };
+    let call = ToolCall {
+        server: "files",
+        tool: "delete_file",
+        exposed_name: "delete_file",
+        arguments: &arguments,
+        info: None,
+        agent: Some("agent-x"),
+        progress: None,
+    };
+    let Verdict::Hold(wait) = gate.check(&call) else { panic!("the zero-config policy holds unannotated tools") };
+    let Verdict::Respond(result) = wait.await else { panic!("fail fast answers") };
+    let v: Value = serde_json::from_str(result.get()).unwrap();
+    v["_meta"]["mcp-gate/approval"]["id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn api_requires_the_token_and_reports_stable_errors() {
+    let s = server().await;
+    let resp = s.http.get(format!("{}/api/v1/approvals", s.base)).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    assert_eq!(resp.json::<Value>().await.unwrap()["error"]["code"], "unauthorized");
+    let resp = s.http.get(format!("{}/api/v1/approvals", s.base)).bearer_auth("wrong").send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+
+    let id = pending(&s, json!({"path": "/etc/hosts"})).await;
+    let list: Value = s
+        .http
+        .get(format!("{}/api/v1/approvals?status=pending", s.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let item = &list["approvals"][0];
+    assert_eq!(item["id"], id);
+    for key in ["status", "server", "tool", "arguments", "agent", "risk", "rule", "created_at", "expires_at", "url"] {
+        assert!(item.get(key).is_some(), "listing has {key}: {item}");
+    }
+    assert_eq!(item["arguments"]["path"], "/etc/hosts");
+    assert_eq!(item["agent"], "agent-x");
+
+    let resp = s
+        .http
+        .post(format!("{}/api/v1/approvals/{id}/deny", s.base))
+        .bearer_auth(TOKEN)
+        .json(&json!({"notes": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 422);
+    assert_eq!(resp.json::<Value>().await.unwrap()["error"]["code"], "reason_required");
+    let resp =
+        s.http.post(format!("{}/api/v1/approvals/nope/approve", s.base)).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+
+    let resp = s
+        .http
+        .post(format!("{}/api/v1/approvals/{id}/approve", s.base))
+        .bearer_auth(TOKEN)
+        .json(&json!({"notes": "looks fine"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["status"], "approved");
+    let resp = s
+        .http
+        .post(format!("{}/api/v1/approvals/{id}/deny", s.base))
+        .bearer_auth(TOKEN)
+        .json(&json!({"reason": "late"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 409, "decided requests cannot be decided again");
+
+    let detail: Value = s
+        .http
+        .get(format!("{}/api/v1/approvals/{id}", s.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let history = detail["history"].as_array().unwrap();
+    assert_eq!(history.len(), 2);
+    assert_eq!(history[1]["notes"], "looks fine");
+}
+
+fn cookie_of(resp: &reqwest::Response) -> String {
+    let set = resp.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict"), "{set}");
+    set.split(';').next().unwrap().to_owned()
+}
+
+fn csrf_of(html: &str) -> String {
+    let at = html.find("name=\"csrf\" value=\"").expect("csrf field") + "name=\"csrf\" value=\"".len();
+    html[at..].split('"').next().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn the_page_needs_sign_in_csrf_and_same_origin() {
+    let s = server().await;
+    let id = pending(&s, json!({"path": "<script>alert(1)</script>"})).await;
+    let page = format!("{}/approvals/{id}", s.base);
+
+    // The URL the model gets holds no secret: without a session it leads to sign-in.
+    let resp = s.http.get(&page).send().await.unwrap();
+    assert_eq!(resp.status(), 303);
+    assert_eq!(resp.headers()["location"], format!("/login?next=/approvals/{id}"));
+
+    let resp =
+        s.http.post(format!("{}/login", s.base)).form(&[("token", "wrong"), ("next", "/")]).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    let resp = s
+        .http
+        .post(format!("{}/login", s.base))
+        .form(&[("token", TOKEN), ("next", &format!("/approvals/{id}"))])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 303);
+    assert_eq!(resp.headers()["location"], format!("/approvals/{id}"));
+    let cookie = cookie_of(&resp);
+    // An open redirect is refused.
+    let resp = s
+        .http
+        .post(format!("{}/login", s.base))
+        .form(&[("token", TOKEN), ("next", "//evil.example/")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["location"], "/");
+
+    let resp = s.http.get(&page).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let csp = resp.headers()["content-security-policy"].to_str().unwrap().to_owned();
+    assert!(csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"));
+    let html = resp.text().await.unwrap();
+    assert!(html.contains("delete_file") && html.contains(&id));
+    assert!(!html.contains("<script>alert(1)</script>"), "arguments are escaped");
+    assert!(html.contains("&lt;script&gt;"));
+    let csrf = csrf_of(&html);
+
+    // GET never changes state.
+    let resp = s.http.get(format!("{page}/approve")).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(resp.status(), 405);
+    // Without the CSRF token, or from another origin or host: refused.
+    let post = |path: &str| s.http.post(format!("{page}/{path}")).header("cookie", &cookie);
+    let resp = post("approve").form(&[("csrf", "forged"), ("notes", "")]).send().await.unwrap();
+    assert_eq!(resp.status(), 403);
+    let resp =
+        post("approve").header("origin", "http://evil.example").form(&[("csrf", csrf.as_str())]).send().await.unwrap();
+    assert_eq!(resp.status(), 403);
+    let resp = post("approve").header("host", "evil.example").form(&[("csrf", csrf.as_str())]).send().await.unwrap();
+    assert_eq!(resp.status(), 403);
+    assert_eq!(s.approvals.store.get_approval(&id).await.unwrap().unwrap().status, Status::Pending);
+
+    // A deny without a reason is refused; an approve with the token goes through.
+    let resp = post("deny").form(&[("csrf", csrf.as_str()), ("reason", " ")]).send().await.unwrap();
+    assert_eq!(resp.status(), 303);
+    assert!(resp.headers()["location"].to_str().unwrap().contains("error="));
+    let resp = post("approve").form(&[("csrf", csrf.as_str()), ("notes", "checked")]).send().await.unwrap();
+    assert_eq!(resp.status(), 303);
+    let a = s.approvals.store.get_approval(&id).await.unwrap().unwrap();
+    assert_eq!(a.status, Status::Approved);
+    assert_eq!(a.decided_by.as_deref(), Some("operator"));
+}
