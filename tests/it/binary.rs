@@ -237,3 +237,130 @@ async fn http_requires_the_bearer_token_when_set() {
     assert_eq!(send(Some("Bearer wrong")).await.unwrap().status(), 401);
     assert_eq!(send(Some("Bearer s3cret-token")).await.unwrap().status(), 200);
 }
+
+/// A proxy process with its stdin, stdout lines and the approval server's address.
+struct Running {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    approvals: String,
+}
+
+const APPROVER_TOKEN: &str = "binary-test-approver-token";
+
+async fn start_gated(dir: &std::path::Path) -> Running {
+    let mut child = gate_in(dir)
+        .arg("--")
+        .arg(fixture_bin())
+        .arg("stdio")
+        .env("MCP_GATE_TOKEN", APPROVER_TOKEN)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let approvals = within("approvals line", async {
+        loop {
+            let line = stderr.next_line().await.unwrap().expect("stderr");
+            if let Some(url) = line.strip_prefix("mcp-gate: approvals at ") {
+                return url.trim().trim_end_matches('/').to_owned();
+            }
+        }
+    })
+    .await;
+    tokio::spawn(async move { while let Ok(Some(_)) = stderr.next_line().await {} });
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    stdin
+        .write_all(concat!(
+            r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"crash-test","version":"1"}}}"#,
+            "\n",
+            r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+            "\n"
+        ).as_bytes())
+        .await
+        .unwrap();
+    within("initialize", lines.next_line()).await.unwrap().expect("initialize reply");
+    Running { child, stdin, lines, approvals }
+}
+
+impl Running {
+    async fn call(&mut self, id: u64) -> serde_json::Value {
+        let line = format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"test_image_content","arguments":{{"why":"crash test"}}}}}}"#
+        );
+        self.stdin.write_all(format!("{line}\n").as_bytes()).await.unwrap();
+        loop {
+            let line = within("call reply", self.lines.next_line()).await.unwrap().expect("reply");
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if v["id"] == id {
+                return v["result"].clone();
+            }
+        }
+    }
+}
+
+/// Kill -9 with a call pending: after a restart it is still pending, an approval given then
+/// is honoured by the retry, nothing runs twice, and the audit chain catches tampering.
+#[tokio::test]
+async fn pending_approvals_survive_a_crash_and_run_once() {
+    let dir = data_dir("crash");
+    let mut first = start_gated(&dir).await;
+    let held = first.call(2).await;
+    let meta = &held["_meta"]["mcp-gate/approval"];
+    assert_eq!(meta["status"], "pending");
+    let id = meta["id"].as_str().unwrap().to_owned();
+    assert!(!held.to_string().contains(APPROVER_TOKEN), "no approving secret in what the model sees");
+    first.child.start_kill().unwrap(); // SIGKILL
+    first.child.wait().await.unwrap();
+
+    let mut second = start_gated(&dir).await;
+    let http = reqwest::Client::new();
+    let api = format!("{}/api/v1/approvals", second.approvals);
+    let listed: serde_json::Value = http
+        .get(format!("{api}?status=pending"))
+        .bearer_auth(APPROVER_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["approvals"][0]["id"], id, "still pending after the crash");
+    let resp = http
+        .post(format!("{api}/{id}/approve"))
+        .bearer_auth(APPROVER_TOKEN)
+        .json(&serde_json::json!({"notes": "after restart"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
+    let ran = second.call(3).await;
+    assert_eq!(ran["content"][0]["type"], "image", "the approved retry ran: {ran}");
+    let again = second.call(4).await;
+    assert_eq!(again["_meta"]["mcp-gate/approval"]["status"], "pending", "a second retry is held again");
+    assert_ne!(again["_meta"]["mcp-gate/approval"]["id"], id);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(second.stdin);
+    within("exit", second.child.wait()).await.unwrap();
+
+    let verify = || gate_in(&dir).args(["audit", "verify"]).output();
+    let out = verify().await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let tail = gate_in(&dir).args(["audit", "tail", "-n", "50"]).output().await.unwrap();
+    let text = String::from_utf8_lossy(&tail.stdout);
+    for event in ["requested", "approved", "executed"] {
+        assert!(text.contains(&format!("\"{event}\"")), "audit has {event}: {text}");
+    }
+
+    // Edit one record behind the proxy's back: verify names it.
+    let db = rusqlite::Connection::open(dir.join("mcp-gate.db")).unwrap();
+    db.execute_batch("DROP TRIGGER audit_no_update; UPDATE audit SET detail = '{}' WHERE id = 2;").unwrap();
+    drop(db);
+    let out = verify().await.unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("record 2"), "{stderr}");
+}
