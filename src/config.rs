@@ -323,6 +323,36 @@ impl Config {
         if let Some(addr) = self.listen.addr {
             out.push_str(&format!("serve listens on http://{addr}/mcp\n"));
         }
+        let labels = self.policy.rule_labels();
+        if self.default_policy {
+            out.push_str("policy: none configured: tools annotated readOnlyHint are allowed, every other call needs approval\n");
+        } else {
+            out.push_str(&format!("policy: {} rule(s), first match wins:\n", labels.len()));
+            for (i, label) in labels.iter().enumerate() {
+                out.push_str(&format!("  {}. {label}\n", i + 1));
+            }
+            out.push_str(&format!("  otherwise: {}\n", self.policy.default_action()));
+        }
+        let mut workflows: Vec<_> = self.approvals.workflows.values().collect();
+        workflows.sort_by(|a, b| a.name.cmp(&b.name));
+        for w in workflows {
+            out.push_str(&format!(
+                "workflow {}: {} approval(s), {}\n",
+                w.name,
+                w.required_approvals,
+                if w.grant_secs > 0 { format!("then identical calls run for {} s", w.grant_secs) } else { "single use".into() }
+            ));
+        }
+        let wait = self.approvals.wait.as_secs();
+        if wait == 0 {
+            out.push_str("held calls fail fast with the approval URL (MCP_GATE_WAIT_SECS=0)\n");
+        } else {
+            out.push_str(&format!("held calls wait up to {wait} s for a decision\n"));
+        }
+        out.push_str(&format!("approval server: http://{}/\n", self.approvals.listen));
+        for warning in self.policy.lint() {
+            out.push_str(&format!("warning: {warning}\n"));
+        }
         out
     }
 }
@@ -640,5 +670,8 @@ mod example_tests {
         let config = Config::from_toml(&text, path).expect("proxy.toml is valid");
         assert_eq!(config.servers.len(), 1);
         assert_eq!(config.listen.addr.map(|a| a.to_string()).as_deref(), Some("127.0.0.1:8080"));
+        assert_eq!(config.policy.rule_labels().len(), 4);
+        assert_eq!(config.approvals.workflows["two-person"].required_approvals, 2);
+        assert!(config.policy.lint().is_empty(), "{:?}", config.policy.lint());
     }
 }
