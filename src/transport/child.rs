@@ -30,10 +30,10 @@ pub fn spawn(server: &ServerConfig, reporter: Reporter) -> Result<UpstreamLink, 
     if let Some(cwd) = cwd {
         cmd.current_dir(cwd);
     }
-    let mut child = cmd.spawn().map_err(|source| ConnectError::Spawn {
+    let mut child = cmd.spawn().map_err(|error| ConnectError::Spawn {
         server: server.name.clone(),
         command: command.clone(),
-        source,
+        error,
     })?;
     let pid = child.id().unwrap_or(0);
     let span = tracing::info_span!("upstream", server = %server.name, pid);
@@ -54,7 +54,7 @@ pub fn spawn(server: &ServerConfig, reporter: Reporter) -> Result<UpstreamLink, 
     tokio::spawn(
         async move {
             let mut rx = rx;
-            let forward = async {
+            let forward = async move {
                 while let Some(out) = rx.recv().await {
                     if bytes_tx.send(out.bytes).is_err() {
                         break;

@@ -122,7 +122,7 @@ impl Reporter {
 /// Why an upstream could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    #[error("upstream `{server}`: cannot start `{command}`: {source}")]
+    #[error("upstream `{server}`: cannot start `{command}`: {error}")]
     Spawn { server: String, command: String, source: std::io::Error },
     #[error("upstream `{server}`: {message}")]
     Http { server: String, message: String },
