@@ -123,7 +123,7 @@ impl Reporter {
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     #[error("upstream `{server}`: cannot start `{command}`: {error}")]
-    Spawn { server: String, command: String, source: std::io::Error },
+    Spawn { server: String, command: String, error: std::io::Error },
     #[error("upstream `{server}`: {message}")]
     Http { server: String, message: String },
 }
