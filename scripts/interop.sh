@@ -28,6 +28,7 @@ cargo build --release --locked >&2
 export MCP_GATE_BIN="${MCP_GATE_BIN:-$ROOT/target/release/mcp-gate}"
 export EVERYTHING
 export MCP_GATE_LOG="${MCP_GATE_LOG:-debug}"
+export MCP_GATE_DATA_DIR="${MCP_GATE_DATA_DIR:-$(mktemp -d)}"
 [[ -x "$MCP_GATE_BIN" ]] || { log "no mcp-gate binary at $MCP_GATE_BIN"; exit 1; }
 
 # ---- run -------------------------------------------------------------------

@@ -14,6 +14,18 @@ and each observation is compared:
   B  stdio client -> mcp-gate -> server-everything over HTTP     (direct: HTTP)
   C  HTTP client  -> mcp-gate serve -> stdio server-everything   (direct: HTTP)
 
+Checks (THROUGH compared with DIRECT): handshake (version, serverInfo, capabilities,
+instructions), tools/list (each tool's model_dump, sorted by name; the sampling and elicitation
+trigger tools must be listed), prompts/list, resources/list, resources/templates/list, a static
+and two templated resource reads, two prompts/get with arguments, tools/call of echo, get-sum,
+get-structured-content, get-tiny-image, get-annotated-message, get-resource-links and
+get-resource-reference, progress notifications of trigger-long-running-operation, sampling and
+elicitation round trips through the client's callbacks, roots/list (server-initiated) seen by
+get-roots-list, an unknown tool, and closing the client. Wall-clock times that server-everything
+writes into dynamic resources are masked. Lifecycle checks: B/*/upstream-session-deleted (mcp-gate
+ends its upstream HTTP session when its client goes), C/*/upstream-stopped (mcp-gate serve stops a
+session's upstream process when the client DELETEs the session).
+
 Output: one `PASS <pair>/<mode>/<check>` or `FAIL <pair>/<mode>/<check>: <why>` line per
 check, then `interop: N passed, M failed`; exit status 1 on any failure.
 
@@ -77,6 +89,10 @@ STDIO_GRACE = 2.0
 
 # ---------------------------------------------------------------------------------------------
 # configuration
+
+
+# Every call allowed: these runs compare the relay with direct connections.
+RELAY_CONFIG = str(ROOT / "tests" / "interop" / "relay-only.toml")
 
 
 def gate_bin() -> str:
@@ -208,7 +224,7 @@ class Side:
     roots_calls: int = 0
     progress: list[tuple[float, float | None, str | None]] = field(default_factory=list)
     close_seconds: float | None = None
-    info: dict[str, Any] = field(default_factory=dict)  # handshake details, for the artifacts only
+    info: dict[str, Any] = field(default_factory=dict)  # what the handshake negotiated
 
 
 def pick_tool(names: list[str], word: str) -> str | None:
@@ -271,13 +287,15 @@ async def run_side(side: Side, make_client: Callable[..., Client]) -> None:
     try:
         with anyio.fail_after(SESSION_TIMEOUT):
             async with client:
-                side.obs["handshake"] = Obs(True, {"protocolVersion": client.protocol_version})
+                # With one upstream the negotiation is end to end (README: "How it relays"):
+                # version, server info, capabilities and instructions are the upstream's own.
                 side.info = {
                     "protocolVersion": client.protocol_version,
                     "serverInfo": dump(client.server_info),
                     "capabilities": dump(client.server_capabilities),
                     "instructions": client.instructions,
                 }
+                side.obs["handshake"] = Obs(True, side.info)
                 phase = "scenario"
                 await scenario(client, side, step)
                 phase = "close"
@@ -709,7 +727,7 @@ class Suite:
 
     async def gate_serve(self, log: str) -> tuple[subprocess.Popen[bytes], str]:
         path = self.logfile(log)
-        p = self.procs.start([self.gate, "serve", "--listen", "127.0.0.1:0", "--", *self.ev, "stdio"], path)
+        p = self.procs.start([self.gate, "serve", "--listen", "127.0.0.1:0", "--config", RELAY_CONFIG, "--", *self.ev, "stdio"], path)
         m = await wait_for_log(p, path, re.compile(rb"mcp-gate: listening on (http://\S+/mcp)"), "mcp-gate serve")
         return p, m.group(1).decode()
 
@@ -721,12 +739,12 @@ class Suite:
             if pair == "A":
                 d_target = lambda: self.stdio_target(self.ev + ["stdio"], f"A-{mode}-direct-everything")  # noqa: E731
                 t_target = lambda: self.stdio_target(  # noqa: E731
-                    [self.gate, "--", *self.ev, "stdio"], f"A-{mode}-through-mcp-gate"
+                    [self.gate, "--config", RELAY_CONFIG, "--", *self.ev, "stdio"], f"A-{mode}-through-mcp-gate"
                 )
             elif pair == "B":
                 url = await self.everything_http()
                 d_target = lambda: url  # noqa: E731
-                t_target = lambda: self.stdio_target([self.gate, "--", url], f"B-{mode}-through-mcp-gate")  # noqa: E731
+                t_target = lambda: self.stdio_target([self.gate, "--config", RELAY_CONFIG, "--", url], f"B-{mode}-through-mcp-gate")  # noqa: E731
             elif pair == "C":
                 url = await self.everything_http()
                 serve_proc, gate_url = await self.gate_serve(f"C-{mode}-mcp-gate-serve")
@@ -743,9 +761,13 @@ class Suite:
 
         await run_side(direct, maker(d_target))
         baseline = children_of(serve_proc.pid) if serve_proc is not None else set()
+        ev_log = self.logfile("everything-http")
+        ev_offset = ev_log.stat().st_size if pair == "B" and ev_log.exists() else 0
         await run_side(through, maker(t_target))
         compare(self.report, prefix, direct, through)
         self.save(f"{pair}-{mode}-observations.json", direct, through)
+        if pair == "B" and through.obs.get("handshake") and through.obs["handshake"].ok:
+            await self.check_upstream_session_deleted(prefix, ev_log, ev_offset)
         if serve_proc is not None:
             await self.check_upstream_stopped(prefix, mode, serve_proc, baseline)
             if serve_proc.poll() is not None:
@@ -762,6 +784,34 @@ class Suite:
             for s in sides
         }
         (ARTIFACTS / name).write_text(json.dumps(data, indent=1, ensure_ascii=False, default=str))
+
+    async def check_upstream_session_deleted(self, prefix: str, ev_log: Path, offset: int) -> None:
+        """When its stdio client goes away, mcp-gate should end its Streamable HTTP session upstream
+        with DELETE (the spec's SHOULD; the SDK client does it on the direct run). server-everything
+        logs both ends of every session, so read them from its log."""
+        name = f"{prefix}/upstream-session-deleted"
+        opened: list[str] = []
+        missing: list[str] = []
+        deadline = time.monotonic() + 3.0
+        while True:
+            with open(ev_log, "rb") as f:
+                f.seek(offset)
+                text = f.read().decode(errors="replace")
+            opened = re.findall(r"Session initialized with ID: (\S+)", text)
+            missing = [sid for sid in opened if f"termination request for session {sid}" not in text]
+            if not missing or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
+        if not opened:
+            self.report.fail(name, "server-everything logged no session opened through mcp-gate")
+        elif missing:
+            self.report.fail(
+                name,
+                f"mcp-gate exited without terminating its upstream session(s) {missing} "
+                "(no DELETE /mcp reached server-everything; the direct client sends one)",
+            )
+        else:
+            self.report.ok(name)
 
     async def check_upstream_stopped(
         self, prefix: str, mode: str, serve: subprocess.Popen[bytes], baseline: set[int]
