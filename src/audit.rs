@@ -172,10 +172,33 @@ impl Store {
     pub async fn audit_append(&self, rec: AuditRecord, at: i64) -> Result<i64, StoreError> {
         self.call(move |conn| with_full_sync(conn, |conn| append_tx(conn, &rec, at))).await
     }
+
+    /// Appends several records in one transaction, without forcing them to disk (WAL,
+    /// `synchronous = NORMAL`): for the high-volume records of calls the policy let through,
+    /// written in batches off the call path. A power loss can lose the latest batch; the chain
+    /// stays consistent.
+    pub async fn audit_append_batch(&self, records: Vec<(AuditRecord, i64)>) -> Result<(), StoreError> {
+        self.call(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            for (rec, at) in &records {
+                append_in(&tx, rec, *at)?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
 }
 
 fn append_tx(conn: &mut Connection, rec: &AuditRecord, at: i64) -> Result<i64, StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let id = append_in(&tx, rec, at)?;
+    tx.commit()?;
+    Ok(id)
+}
+
+/// Appends one record inside an open transaction: chains it onto the head and moves the head.
+fn append_in(tx: &rusqlite::Transaction<'_>, rec: &AuditRecord, at: i64) -> Result<i64, StoreError> {
     let head: Option<(i64, String)> = tx
         .query_row("SELECT id, hash FROM audit_head WHERE singleton = 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
@@ -227,7 +250,6 @@ fn append_tx(conn: &mut Connection, rec: &AuditRecord, at: i64) -> Result<i64, S
          ON CONFLICT (singleton) DO UPDATE SET id = excluded.id, hash = excluded.hash",
     )?
     .execute(params![id, hash])?;
-    tx.commit()?;
     Ok(id)
 }
 

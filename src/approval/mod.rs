@@ -18,7 +18,7 @@ use std::time::Duration;
 use dashmap::DashMap;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use crate::audit::{AuditRecord, Event, Redactor};
@@ -103,12 +103,32 @@ pub struct Approvals {
     redactor: Redactor,
     /// Approval id -> a signal bumped whenever its status changes.
     waiters: DashMap<String, watch::Sender<u64>>,
+    /// Records of policy-only decisions, written in batches.
+    audit_queue: mpsc::UnboundedSender<(AuditRecord, i64)>,
+}
+
+/// Drains the audit queue: one transaction per batch of whatever has accumulated.
+async fn write_audit_batches(store: Store, mut queue: mpsc::UnboundedReceiver<(AuditRecord, i64)>) {
+    while let Some(first) = queue.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < 512 {
+            match queue.try_recv() {
+                Ok(more) => batch.push(more),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = store.audit_append_batch(batch).await {
+            warn!("audit write failed: {e}");
+        }
+    }
 }
 
 impl Approvals {
     pub fn new(store: Store, policy: Arc<Policy>, settings: ApprovalSettings) -> Arc<Approvals> {
         let redactor = Redactor::new(settings.redact.clone());
-        Arc::new(Approvals { store, policy, settings, redactor, waiters: DashMap::new() })
+        let (audit_queue, queued) = mpsc::unbounded_channel();
+        tokio::spawn(write_audit_batches(store.clone(), queued));
+        Arc::new(Approvals { store, policy, settings, redactor, waiters: DashMap::new(), audit_queue })
     }
 
     pub fn url_for(&self, id: &str) -> String {
@@ -250,6 +270,8 @@ impl Approvals {
         }
     }
 
+    /// Queues the record of a call the policy decided on its own (allowed, denied); a writer
+    /// task appends queued records in batches.
     fn audit_call(&self, event: Event, call: &OwnedCall, decision: &Decision) {
         let record = AuditRecord {
             event,
@@ -263,12 +285,7 @@ impl Approvals {
                 "arguments": self.redactor.redact(&call.arguments),
             }),
         };
-        let store = self.store.clone();
-        tokio::spawn(async move {
-            if let Err(e) = store.audit_append(record, now_ms()).await {
-                warn!("audit write failed: {e}");
-            }
-        });
+        let _ = self.audit_queue.send((record, now_ms()));
     }
 
     /// The held path of a call the policy sends to approval.
