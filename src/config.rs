@@ -325,7 +325,9 @@ impl Config {
         }
         let labels = self.policy.rule_labels();
         if self.default_policy {
-            out.push_str("policy: none configured: tools annotated readOnlyHint are allowed, every other call needs approval\n");
+            out.push_str(
+                "policy: none configured: tools annotated readOnlyHint are allowed, every other call needs approval\n",
+            );
         } else {
             out.push_str(&format!("policy: {} rule(s), first match wins:\n", labels.len()));
             for (i, label) in labels.iter().enumerate() {
@@ -340,7 +342,11 @@ impl Config {
                 "workflow {}: {} approval(s), {}\n",
                 w.name,
                 w.required_approvals,
-                if w.grant_secs > 0 { format!("then identical calls run for {} s", w.grant_secs) } else { "single use".into() }
+                if w.grant_secs > 0 {
+                    format!("then identical calls run for {} s", w.grant_secs)
+                } else {
+                    "single use".into()
+                }
             ));
         }
         let wait = self.approvals.wait.as_secs();
