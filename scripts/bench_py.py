@@ -22,11 +22,12 @@ Environment:
   BENCH_ARTIFACTS   directory for logs (default: artifacts/bench)
   BENCH_PY_CALLS    measured calls per side per load (default 2000)
   BENCH_PY_WARMUP   warm-up calls per side per load (default 300)
-  BENCH_PY_ROUNDS   rounds the measured calls are split into (default 4)
+  BENCH_PY_ROUNDS   rounds the measured calls are split into (default 10)
   BENCH_PY_CONC     concurrent workers for the concurrent load (default 16)
   BENCH_PY_MODE     Client mode: auto (SDK default) or legacy (default auto)
   BENCH_PY_PAIRS    subset of pairs, e.g. "stdio" (default stdio,http)
   BENCH_GATE_LOG    MCP_GATE_LOG for the proxy (default info, the proxy's default)
+  BENCH_GATE_ARGS   mcp-gate options placed before `--` (e.g. "--config allow.toml")
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
+import anyio
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
@@ -53,11 +55,13 @@ GATE = os.environ["MCP_GATE_BIN"]
 EV = shlex.split(os.environ["EVERYTHING"])
 CALLS = int(os.environ.get("BENCH_PY_CALLS", "2000"))
 WARMUP = int(os.environ.get("BENCH_PY_WARMUP", "300"))
-ROUNDS = int(os.environ.get("BENCH_PY_ROUNDS", "4"))
+ROUNDS = int(os.environ.get("BENCH_PY_ROUNDS", "10"))
 CONC = int(os.environ.get("BENCH_PY_CONC", "16"))
 MODE = os.environ.get("BENCH_PY_MODE", "auto")
 PAIRS = [p.strip() for p in os.environ.get("BENCH_PY_PAIRS", "stdio,http").split(",") if p.strip()]
 GATE_LOG = os.environ.get("BENCH_GATE_LOG", "info")
+# mcp-gate options before `--` (bench.sh: a config allowing every call when the build has a policy).
+GATE_ARGS = shlex.split(os.environ.get("BENCH_GATE_ARGS", ""))
 START_TIMEOUT = 20.0
 CALL_TIMEOUT = 30.0
 
@@ -134,19 +138,25 @@ async def call_n(client: Client, n: int, conc: int) -> float:
 
     async def worker(count: int, w: int) -> None:
         for i in range(count):
-            r = await client.call_tool("echo", {"message": f"bench {w}/{i}"})
-            if r.is_error:
-                raise RuntimeError(f"echo returned an error: {r}")
+            msg = f"bench {w}/{i}"
+            r = await client.call_tool("echo", {"message": msg})
+            # The upstream's echo, not an answer of the proxy's own (a gate hold or denial).
+            text = "".join(getattr(c, "text", "") for c in r.content)
+            if r.is_error or msg not in text:
+                raise RuntimeError(f"unexpected echo result: {r}")
 
     per = [n // conc + (1 if i < n % conc else 0) for i in range(conc)]
     t0 = time.perf_counter()
-    await asyncio.wait_for(asyncio.gather(*(worker(c, w) for w, c in enumerate(per) if c)), CALL_TIMEOUT * 10)
+    with anyio.fail_after(CALL_TIMEOUT * 10):
+        await asyncio.gather(*(worker(c, w) for w, c in enumerate(per) if c))
     return time.perf_counter() - t0
 
 
 async def open_client(stack: AsyncExitStack, target: Any) -> Client:
     client = Client(target, mode=MODE, cache=None, read_timeout_seconds=CALL_TIMEOUT)
-    await asyncio.wait_for(stack.enter_async_context(client), START_TIMEOUT)
+    # Entered in this task (the client's task group must exit in the task that entered it);
+    # its requests, including the handshake, are bounded by read_timeout_seconds.
+    await stack.enter_async_context(client)
     tools = await client.list_tools()
     if not any(t.name == "echo" for t in tools.tools):
         raise RuntimeError("server lists no `echo` tool")
@@ -161,7 +171,7 @@ async def run_pair(pair: str, procs: Procs, out: dict[str, str]) -> None:
             stack.callback(d_err.close)
             stack.callback(v_err.close)
             d_params = StdioServerParameters(command=EV[0], args=[*EV[1:], "stdio"], env=child_env())
-            v_params = StdioServerParameters(command=GATE, args=["--", *EV, "stdio"], env=child_env())
+            v_params = StdioServerParameters(command=GATE, args=[*GATE_ARGS, "--", *EV, "stdio"], env=child_env())
             direct = await open_client(stack, stdio_client(d_params, errlog=d_err))
             via = await open_client(stack, stdio_client(v_params, errlog=v_err))
         elif pair == "http":
@@ -169,7 +179,9 @@ async def run_pair(pair: str, procs: Procs, out: dict[str, str]) -> None:
             p, _ = procs.start([*EV, "streamableHttp"], "py-http-direct-everything", child_env({"PORT": str(port)}))
             await wait_port(p, port, "server-everything streamableHttp")
             p, path = procs.start(
-                [GATE, "serve", "--listen", "127.0.0.1:0", "--", *EV, "stdio"], "py-http-via-mcp-gate", child_env()
+                [GATE, "serve", "--listen", "127.0.0.1:0", *GATE_ARGS, "--", *EV, "stdio"],
+                "py-http-via-mcp-gate",
+                child_env(),
             )
             m = await wait_log(p, path, re.compile(rb"mcp-gate: listening on (http://\S+/mcp)"), "mcp-gate serve")
             direct = await open_client(stack, f"http://127.0.0.1:{port}/mcp")

@@ -1,0 +1,209 @@
+#!/usr/bin/env bash
+# Benchmarks mcp-gate against direct connections and prints one Markdown table (also written to
+# artifacts/bench.md). Not part of the test suite: it enforces no thresholds and exits 0 whenever
+# the measurements could be taken; the "target" column only says how a figure compares.
+#
+#   1. Python SDK (mcp==2.3.0) calls/s of server-everything's `echo` tool, sequential and
+#      16-way concurrent, stdio->stdio and HTTP->stdio, direct vs through mcp-gate
+#      (scripts/bench_py.py).
+#   2. Added per-call latency (p50/p90/p99) with a raw Rust stdio client (bench-client example)
+#      against raw-upstream, direct vs `mcp-gate -- raw-upstream`, in alternating blocks.
+#   3. Idle RSS of mcp-gate alone with three raw-upstream servers after initialize + tools/list.
+#
+# The machine may be noisy: sides are interleaved and compared as ratios, not absolute figures.
+#
+# Environment:
+#   BENCH_NO_BUILD=1        skip `cargo build` (use existing target/release binaries)
+#   MCP_GATE_BIN            mcp-gate binary (default: target/release/mcp-gate)
+#   BENCH_GATE_LOG          MCP_GATE_LOG for every mcp-gate started (default: info, its default)
+#   BENCH_RS_BLOCKS / BENCH_RS_BLOCK_SIZE / BENCH_RS_WARMUP   latency run (default 10 / 2000 / 2000)
+#   BENCH_PY_CALLS / BENCH_PY_WARMUP / BENCH_PY_ROUNDS / BENCH_PY_CONC / BENCH_PY_MODE /
+#   BENCH_PY_PAIRS          see scripts/bench_py.py
+#   BENCH_ARTIFACTS         logs of every process (default: artifacts/bench/)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+log() { printf '[bench] %s\n' "$*" >&2; }
+started=$SECONDS
+
+# ---- peers and build ---------------------------------------------------------------------------
+bash "$ROOT/scripts/install-peers.sh" >&2
+# shellcheck source=peers.env
+source "$ROOT/scripts/peers.env"
+if [[ "${BENCH_NO_BUILD:-0}" != 1 ]]; then
+  log "cargo build --release --locked --bin mcp-gate --examples"
+  cargo build --release --locked --bin mcp-gate --examples >&2
+fi
+measure_started=$SECONDS
+REL="$ROOT/target/release"
+export MCP_GATE_BIN="${MCP_GATE_BIN:-$REL/mcp-gate}"
+BENCH_CLIENT="$REL/examples/bench-client"
+RAW="$REL/examples/raw-upstream"
+for b in "$MCP_GATE_BIN" "$BENCH_CLIENT" "$RAW"; do
+  [[ -x "$b" ]] || { log "missing binary $b"; exit 1; }
+done
+export EVERYTHING
+export BENCH_GATE_LOG="${BENCH_GATE_LOG:-info}"
+export MCP_GATE_LOG="$BENCH_GATE_LOG"
+export BENCH_ARTIFACTS="${BENCH_ARTIFACTS:-$ROOT/artifacts/bench}"
+rm -rf "$BENCH_ARTIFACTS"
+mkdir -p "$BENCH_ARTIFACTS"
+TMP="$(mktemp -d)"
+trap 'rm -rf "$TMP"' EXIT
+
+# ---- gate configuration -------------------------------------------------------------------------
+# The benchmark measures relaying, so every call must reach the upstream. A build whose gate holds
+# unlisted tools for approval by default gets a config allowing every call (and an approval server
+# on a free port with its files under $TMP); a build without a policy gets no config at all. The
+# first candidate `check-config` accepts is used.
+GATE_ARGS=()
+GATE_NOTE="no config (this build has no policy section)"
+mkdir -p "$TMP/data"
+printf '[policy]\ndefault = "allow"\n\n[approvals]\nlisten = "127.0.0.1:0"\ndata_dir = "%s"\n' "$TMP/data" >"$TMP/gate-1.toml"
+printf '[policy]\ndefault = "allow"\n' >"$TMP/gate-2.toml"
+for candidate in "$TMP/gate-1.toml" "$TMP/gate-2.toml"; do
+  if "$MCP_GATE_BIN" check-config --config "$candidate" -- "$RAW" >/dev/null 2>&1; then
+    cp "$candidate" "$TMP/gate.toml"
+    GATE_ARGS=(--config "$TMP/gate.toml")
+    GATE_NOTE="\`--config\` with \`[policy] default = \"allow\"\`"
+    break
+  fi
+done
+cp "$TMP/gate.toml" "$BENCH_ARTIFACTS/gate.toml" 2>/dev/null || true
+export BENCH_GATE_ARGS="${GATE_ARGS[*]}"
+log "mcp-gate arguments before \`--\`: ${BENCH_GATE_ARGS:-(none)}"
+
+# key=value results -> shell variables prefixed with the section name.
+load() { # $1 = prefix, $2 = file
+  local k v
+  while IFS='=' read -r k v; do
+    [[ "$k" =~ ^[A-Za-z0-9_]+$ ]] || continue
+    printf -v "${1}_${k}" '%s' "$v"
+  done <"$2"
+}
+get() { local n="$1"; printf '%s' "${!n:-n/a}"; }
+# Arithmetic on possibly missing figures: prints n/a when an operand is missing.
+calc() { # $1 = awk expression over a,b ; $2 a ; $3 b
+  if [[ "$2" == n/a || "$3" == n/a || -z "$2" || -z "$3" ]]; then printf 'n/a'; return; fi
+  awk -v a="$2" -v b="$3" "BEGIN { printf \"%s\", $1 }"
+}
+verdict() { # $1 = awk condition over x ; $2 = x
+  if [[ "$2" == n/a || -z "$2" ]]; then printf 'n/a'; return; fi
+  awk -v x="$2" "BEGIN { print (($1) ? \"yes\" : \"**no**\") }"
+}
+
+# ---- 2. added latency (raw Rust client) --------------------------------------------------------
+log "latency: bench-client, direct raw-upstream vs mcp-gate -- raw-upstream"
+"$BENCH_CLIENT" latency \
+  --direct "$RAW" \
+  --via "$MCP_GATE_BIN ${GATE_ARGS[*]} -- $RAW" \
+  --blocks "${BENCH_RS_BLOCKS:-10}" --block-size "${BENCH_RS_BLOCK_SIZE:-2000}" --warmup "${BENCH_RS_WARMUP:-2000}" \
+  --method tools/call --tool raw_tool --expect '"received"' \
+  >"$BENCH_ARTIFACTS/latency.txt" 2>"$BENCH_ARTIFACTS/latency.log" || log "latency run failed (see $BENCH_ARTIFACTS/latency.log)"
+load L "$BENCH_ARTIFACTS/latency.txt"
+# The audit log (builds with a policy): how many of the latency run's allowed calls were recorded
+# once that mcp-gate had exited. Only the latency run has used the database at this point.
+audit_rows=n/a
+if [[ -f "$TMP/data/mcp-gate.db" ]]; then
+  audit_rows="$("$PEERS_PY" -c 'import sqlite3, sys
+try:
+    c = sqlite3.connect("file:" + sys.argv[1] + "?mode=ro", uri=True)
+    print(c.execute("select count(*) from audit").fetchone()[0])
+except Exception:
+    print("n/a")' "$TMP/data/mcp-gate.db")"
+fi
+
+# ---- 3. idle memory with three upstreams ------------------------------------------------------
+log "memory: mcp-gate --config (three raw-upstream servers)"
+{ [[ -f "$TMP/gate.toml" ]] && cat "$TMP/gate.toml"; echo; } >"$TMP/three.toml"
+cat >>"$TMP/three.toml" <<EOF
+[servers.one]
+command = "$RAW"
+[servers.two]
+command = "$RAW"
+[servers.three]
+command = "$RAW"
+EOF
+"$BENCH_CLIENT" rss --cmd "$MCP_GATE_BIN --config $TMP/three.toml" --settle-ms 1000 \
+  >"$BENCH_ARTIFACTS/memory.txt" 2>"$BENCH_ARTIFACTS/memory.log" || log "memory run failed (see $BENCH_ARTIFACTS/memory.log)"
+load M "$BENCH_ARTIFACTS/memory.txt"
+
+# ---- 1. Python SDK throughput -------------------------------------------------------------------
+log "throughput: Python SDK -> server-everything echo (scripts/bench_py.py)"
+"$PEERS_PY" "$ROOT/scripts/bench_py.py" >"$BENCH_ARTIFACTS/python.txt" 2>"$BENCH_ARTIFACTS/python.log" \
+  || log "python benchmark reported a failure (see $BENCH_ARTIFACTS/python.log)"
+load P "$BENCH_ARTIFACTS/python.txt"
+
+# ---- table --------------------------------------------------------------------------------------
+conc="c${BENCH_PY_CONC:-16}"
+py_row() { # $1 pair, $2 load key, $3 label
+  local d v r rm rmin rmax
+  d="$(get "P_${1}_${2}_direct_cps")"
+  v="$(get "P_${1}_${2}_via_cps")"
+  r="$(get "P_${1}_${2}_ratio")"
+  rm="$(get "P_${1}_${2}_ratio_median_round")"
+  rmin="$(get "P_${1}_${2}_ratio_min_round")"
+  rmax="$(get "P_${1}_${2}_ratio_max_round")"
+  printf '| %s | %s calls/s | %s calls/s | **%sx** (per round: median %s, %s–%s) | ≥ 0.9x | %s |\n' \
+    "$3" "$d" "$v" "$r" "$rm" "$rmin" "$rmax" "$(verdict 'x >= 0.9' "$r")"
+}
+rss_mb="$(calc 'a/1024' "$(get M_rss_kb)" 1)"
+rss_mb="$(calc 'sprintf("%.1f", a)' "$rss_mb" 1)"
+hwm_mb="$(calc 'sprintf("%.1f", a/1024)' "$(get M_hwm_kb)" 1)"
+kids_mb="$(calc 'sprintf("%.1f", a/1024)' "$(get M_children_rss_kb)" 1)"
+
+{
+  echo "## mcp-gate benchmark"
+  echo
+  echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, load average at start: $(cut -d' ' -f1-3 /proc/loadavg);" \
+    "mcp-gate $("$MCP_GATE_BIN" --version 2>/dev/null | awk '{print $2}') ($(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')), MCP_GATE_LOG=$BENCH_GATE_LOG."
+  echo
+  echo "| Measurement | Direct | Through mcp-gate | Ratio / added | Target | Within target |"
+  echo "|---|---|---|---|---|---|"
+  py_row stdio seq "Python SDK, stdio→stdio, sequential echo"
+  py_row stdio "$conc" "Python SDK, stdio→stdio, ${conc#c}-way concurrent echo"
+  py_row http seq "Python SDK, HTTP→stdio, sequential echo"
+  py_row http "$conc" "Python SDK, HTTP→stdio, ${conc#c}-way concurrent echo"
+  printf '| Raw Rust client, tools/call latency p50 | %s µs | %s µs | **+%s µs** (per block pair: median %s, %s–%s) | ≤ 30 µs | %s |\n' \
+    "$(get L_direct_p50_us)" "$(get L_via_p50_us)" "$(get L_added_p50_us)" "$(get L_block_added_p50_median_us)" \
+    "$(get L_block_added_p50_min_us)" "$(get L_block_added_p50_max_us)" "$(verdict 'x <= 30' "$(get L_added_p50_us)")"
+  printf '| Raw Rust client, tools/call latency p90 | %s µs | %s µs | +%s µs | – | – |\n' \
+    "$(get L_direct_p90_us)" "$(get L_via_p90_us)" "$(get L_added_p90_us)"
+  printf '| Raw Rust client, tools/call latency p99 | %s µs | %s µs | +%s µs | – | – |\n' \
+    "$(get L_direct_p99_us)" "$(get L_via_p99_us)" "$(get L_added_p99_us)"
+  printf '| CPU time per call (upstream process vs mcp-gate process) | %s µs | %s µs | – | – | – |\n' \
+    "$(get L_direct_cpu_us_per_call)" "$(get L_via_cpu_us_per_call)"
+  printf '| Context switches per call, voluntary + involuntary (same processes) | %s + %s | %s + %s | – | – | – |\n' \
+    "$(get L_direct_vol_ctxsw_per_call)" "$(get L_direct_invol_ctxsw_per_call)" \
+    "$(get L_via_vol_ctxsw_per_call)" "$(get L_via_invol_ctxsw_per_call)"
+  printf '| RSS of mcp-gate at the end of the latency run | – | %s MB (peak %s MB) | – | – | – |\n' \
+    "$(calc 'sprintf("%.1f", a/1024)' "$(get L_via_rss_kb_end)" 1)" "$(calc 'sprintf("%.1f", a/1024)' "$(get L_via_hwm_kb_end)" 1)"
+  if [[ "$audit_rows" != n/a ]]; then
+    printf '| Audit records on disk after the latency run'"'"'s mcp-gate exited | – | %s of %s allowed calls | %s%% | all | %s |\n' \
+      "$audit_rows" "$(get L_via_calls_total)" "$(calc 'sprintf("%.0f", 100*a/b)' "$audit_rows" "$(get L_via_calls_total)")" \
+      "$(verdict 'x >= 100' "$(calc '100*a/b' "$audit_rows" "$(get L_via_calls_total)")")"
+  fi
+  printf '| Idle RSS, mcp-gate alone, 3 stdio upstreams (after initialize + tools/list) | – | %s MB (peak %s MB, %s threads) | upstreams: %s MB in %s processes | ≤ 15 MB | %s |\n' \
+    "$rss_mb" "$hwm_mb" "$(get M_threads)" "$kids_mb" "$(get M_children)" "$(verdict 'x <= 15' "$rss_mb")"
+  echo
+  echo "Python: $(get P_calls) measured calls per side and load after $(get P_warmup) warm-up calls, in $(get P_rounds)" \
+    "alternating rounds; client mode \`$(get P_mode)\`, negotiated protocol stdio $(get P_stdio_protocol_direct)/$(get P_stdio_protocol_via)," \
+    "HTTP $(get P_http_protocol_direct)/$(get P_http_protocol_via) (direct/via). Ratio = via calls/s ÷ direct calls/s."
+  echo "HTTP direct baseline: server-everything's own \`streamableHttp\` mode; via: \`mcp-gate serve\` → server-everything stdio."
+  echo "Latency: $(get L_samples_per_side) sequential \`tools/call\` round trips per side over newline-delimited JSON-RPC," \
+    "$(get L_block_pairs) alternating block pairs; direct = raw-upstream, via = \`mcp-gate -- raw-upstream\` ($(get L_via_threads) threads)." \
+    "MB = MiB (VmRSS/1024)."
+  echo "Every mcp-gate ran with $GATE_NOTE; every timed response was checked to come from the upstream."
+  for pair in stdio http; do
+    e="$(get "P_${pair}_error")"
+    [[ "$e" == n/a ]] || echo "**Python $pair pair failed:** $e"
+  done
+  echo
+  echo "Logs of every process: \`${BENCH_ARTIFACTS#"$ROOT"/}/\`. Measurements took $((SECONDS - measure_started)) s ($((SECONDS - started)) s with the build)."
+} >"$TMP/bench.md"
+
+mkdir -p "$ROOT/artifacts"
+cp "$TMP/bench.md" "$ROOT/artifacts/bench.md"
+cat "$TMP/bench.md"
+log "written to artifacts/bench.md"
