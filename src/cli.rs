@@ -234,7 +234,8 @@ async fn run_stdio(run: RunArgs) -> anyhow::Result<()> {
     let servers = config.servers.iter().cloned().map(Arc::new).collect();
     let gate = start_gate(&config).await?;
     let opts = session_options(&config, servers, &gate, "stdio");
-    stdio::serve(opts, tokio::io::stdin(), tokio::io::stdout(), shutdown_signal()).await?;
+    let (input, output) = stdio::std_streams();
+    stdio::serve(opts, input, output, shutdown_signal()).await?;
     Ok(())
 }
 

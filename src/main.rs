@@ -12,7 +12,14 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(filter)
         .init();
-    let runtime = match tokio::runtime::Runtime::new() {
+    // stdio mode serves one client: one thread keeps every message hop on the same core with no
+    // cross-thread wakeups. `serve` and the other commands use the multi-thread runtime.
+    let runtime = if cli.command.is_none() {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Runtime::new()
+    };
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

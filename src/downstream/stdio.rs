@@ -32,6 +32,40 @@ impl Downstream for StdioDownstream {
     }
 }
 
+/// The process's stdin and stdout. When they are pipes (as when a client starts mcp-gate),
+/// they are read and written without blocking, on the runtime's own event loop; otherwise
+/// (a terminal, a file) through tokio's blocking-thread adapters.
+pub fn std_streams() -> (Box<dyn AsyncRead + Unpin + Send>, Box<dyn AsyncWrite + Unpin + Send>) {
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsFd;
+        use tokio::net::unix::pipe;
+        let input = std::io::stdin()
+            .as_fd()
+            .try_clone_to_owned()
+            .ok()
+            .and_then(|fd| pipe::Receiver::from_file(std::fs::File::from(fd)).ok());
+        let output = std::io::stdout()
+            .as_fd()
+            .try_clone_to_owned()
+            .ok()
+            .and_then(|fd| pipe::Sender::from_file(std::fs::File::from(fd)).ok());
+        let input: Box<dyn AsyncRead + Unpin + Send> = match input {
+            Some(r) => Box::new(r),
+            None => Box::new(tokio::io::stdin()),
+        };
+        let output: Box<dyn AsyncWrite + Unpin + Send> = match output {
+            Some(w) => Box::new(w),
+            None => Box::new(tokio::io::stdout()),
+        };
+        (input, output)
+    }
+    #[cfg(not(unix))]
+    {
+        (Box::new(tokio::io::stdin()), Box::new(tokio::io::stdout()))
+    }
+}
+
 /// Why a stdio run ended badly.
 #[derive(Debug, thiserror::Error)]
 pub enum StdioError {
