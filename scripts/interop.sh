@@ -33,4 +33,8 @@ export MCP_GATE_DATA_DIR="${MCP_GATE_DATA_DIR:-$(mktemp -d)}"
 
 # ---- run -------------------------------------------------------------------
 log "running tests/interop/interop.py with $PEERS_PY (mcp-gate: $MCP_GATE_BIN)"
-exec "$PEERS_PY" "$ROOT/tests/interop/interop.py"
+status=0
+"$PEERS_PY" "$ROOT/tests/interop/interop.py" || status=1
+log "running tests/interop/gating.py (approval gating seen by the Python SDK)"
+"$PEERS_PY" "$ROOT/tests/interop/gating.py" || status=1
+exit "$status"
