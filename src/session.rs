@@ -125,6 +125,7 @@ pub async fn start(
         multi,
         next_client_id: 1,
         server_requests: HashMap::new(),
+        own_requests: std::collections::HashSet::new(),
         client_requests: HashMap::new(),
         progress: HashMap::new(),
         next_progress: 1,
@@ -209,6 +210,8 @@ struct Session {
     next_client_id: u64,
     /// Our id towards the client -> (upstream, the upstream's id).
     server_requests: HashMap<u64, (usize, Box<RawValue>)>,
+    /// Requests the proxy itself sent to the client (approval URL elicitations).
+    own_requests: std::collections::HashSet<u64>,
     /// Client request id (raw text) -> (upstream, our id upstream), for cancellation.
     client_requests: HashMap<String, (usize, u64)>,
     /// Progress token as sent upstream (raw text) -> where its notifications go.
@@ -365,6 +368,10 @@ impl Session {
             warn!("response from the client with an id the proxy never sent; dropped");
             return;
         };
+        if self.own_requests.remove(&our_id) {
+            // The answer to the proxy's own elicitation: nothing to do with it.
+            return;
+        }
         let Some((index, up_id)) = self.server_requests.remove(&our_id) else {
             warn!(id = our_id, "response from the client to no pending request; dropped");
             return;
@@ -582,7 +589,10 @@ impl Session {
                 }
                 self.forward_tracked(index, msg, param_headers, Some(hook));
             }
-            Verdict::Respond(result) => self.reply(msg.id, result),
+            Verdict::Respond(result) => {
+                self.offer_approval_url(&result);
+                self.reply(msg.id, result)
+            }
             Verdict::Hold(_) => self.reply_error(msg.id, code::INTERNAL_ERROR, "gate held a call twice"),
         }
     }
@@ -625,6 +635,43 @@ impl Session {
             let note = Message::notification("notifications/progress", Some(jsonrpc::to_raw(&params)));
             downstream.send(&note, Route::Related(&client_id));
         }))
+    }
+
+    /// A client that declared URL-mode elicitation is also asked to open the approval page of a
+    /// pending call, so a person sees it even when the model does not relay the link.
+    fn offer_approval_url(&mut self, result: &RawValue) {
+        if !result.get().contains("\"pending\"") || !self.client_takes_url_elicitation() {
+            return;
+        }
+        let Ok(v) = serde_json::from_str::<Value>(result.get()) else { return };
+        let meta = &v["_meta"]["mcp-gate/approval"];
+        let (Some("pending"), Some(url), Some(id)) =
+            (meta["status"].as_str(), meta["url"].as_str(), meta["id"].as_str())
+        else {
+            return;
+        };
+        let our_id = self.next_client_id;
+        self.next_client_id += 1;
+        self.own_requests.insert(our_id);
+        let params = serde_json::json!({
+            "mode": "url",
+            "elicitationId": id,
+            "url": url,
+            "message": "A tool call is waiting for your approval. Open the page to approve or deny it.",
+        });
+        let request =
+            Message::request(jsonrpc::number_id(our_id), "elicitation/create", Some(jsonrpc::to_raw(&params)));
+        self.downstream.send(&request, Route::Unrelated);
+    }
+
+    fn client_takes_url_elicitation(&self) -> bool {
+        let caps = match (&self.initialize_params, &self.modern_meta) {
+            (Some(p), _) => serde_json::from_str::<Value>(p.get()).ok().and_then(|v| v.get("capabilities").cloned()),
+            (None, Some(meta)) => jsonrpc::get(meta, "io.modelcontextprotocol/clientCapabilities")
+                .and_then(|c| serde_json::from_str::<Value>(c.get()).ok()),
+            (None, None) => None,
+        };
+        caps.is_some_and(|c| c.pointer("/elicitation/url").is_some())
     }
 
     /// Finds the upstream of an exposed tool name. `Ok(None)`: not known until tool lists arrive.

@@ -65,11 +65,15 @@ struct Line {
 
 impl Line {
     async fn new(approvals: &Arc<Approvals>) -> Line {
+        Line::with_capabilities(approvals, json!({})).await
+    }
+
+    async fn with_capabilities(approvals: &Arc<Approvals>, capabilities: Value) -> Line {
         let gate: Arc<dyn Gate> = Arc::new(ApprovalGate { approvals: approvals.clone() });
         let stream = stdio_proxy(options_with_gate(vec![stdio_server("fx")], gate)).await;
         let (read, write) = tokio::io::split(stream);
         let mut l = Line { lines: BufReader::new(read).lines(), write, next: 100 };
-        l.send(json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"gating-test","version":"1"}}})).await;
+        l.send(json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":capabilities,"clientInfo":{"name":"gating-test","version":"1"}}})).await;
         l.reply(1).await;
         l.send(json!({"jsonrpc":"2.0","method":"notifications/initialized"})).await;
         l
@@ -80,11 +84,20 @@ impl Line {
     }
 
     async fn reply(&mut self, id: u64) -> Value {
+        self.reply_and_requests(id).await.0
+    }
+
+    /// The reply to `id`, and the requests the proxy sent the client before it.
+    async fn reply_and_requests(&mut self, id: u64) -> (Value, Vec<Value>) {
+        let mut requests = Vec::new();
         loop {
             let line = within("reply", self.lines.next_line()).await.unwrap().expect("open");
             let v: Value = serde_json::from_str(&line).unwrap();
-            if v["id"] == id {
-                return v;
+            if v["id"] == id && v.get("method").is_none() {
+                return (v, requests);
+            }
+            if v.get("method").is_some() && v.get("id").is_some() {
+                requests.push(v);
             }
         }
     }
@@ -287,4 +300,35 @@ async fn waiting_sends_progress_with_the_url() {
     assert_eq!(seen.len(), 2, "progress at 10 s and 20 s of a 25 s wait: {seen:?}");
     assert!(seen[0].0 < seen[1].0);
     assert!(seen.iter().all(|(_, m)| m.contains(&approvals.url_for(&id))));
+}
+
+/// A client that declared URL-mode elicitation is also offered the approval page through it.
+#[tokio::test]
+async fn url_elicitation_offers_the_approval_page() {
+    let approvals = approvals(Duration::ZERO, "").await;
+    let mut c = Line::with_capabilities(&approvals, json!({"elicitation": {"form": {}, "url": {}}})).await;
+    c.send(json!({"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"test_audio_content","arguments":{}}}))
+        .await;
+    let (reply, requests) = c.reply_and_requests(7).await;
+    let (id, status) = approval_meta(&reply["result"]);
+    assert_eq!(status, "pending");
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    let e = &requests[0];
+    assert_eq!(e["method"], "elicitation/create");
+    assert_eq!(e["params"]["mode"], "url");
+    assert_eq!(e["params"]["url"], approvals.url_for(&id));
+    // The client's answer is absorbed by the proxy.
+    c.send(json!({"jsonrpc":"2.0","id":e["id"],"result":{"action":"accept"}})).await;
+    let ok = c.call("echo", json!({"message": "still fine"})).await;
+    assert!(ok["content"][0]["text"].as_str().unwrap().contains("still fine"));
+
+    // A client without URL elicitation gets only the result.
+    let mut plain = Line::new(&approvals).await;
+    plain
+        .send(
+            json!({"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"test_audio_content","arguments":{}}}),
+        )
+        .await;
+    let (_, requests) = plain.reply_and_requests(8).await;
+    assert!(requests.is_empty());
 }
