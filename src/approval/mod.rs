@@ -562,15 +562,11 @@ pub fn canonical_json(value: &Value) -> String {
     out
 }
 
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
+pub use crate::store::now_ms;
 
 /// A short random id: `apr_` and 16 hex digits.
 pub fn new_id() -> String {
-    let mut bytes = [0u8; 8];
-    let _ = crate::random::fill(&mut bytes);
-    format!("apr_{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+    format!("apr_{}", crate::random::hex(8))
 }
 
 #[cfg(test)]
