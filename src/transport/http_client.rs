@@ -61,6 +61,22 @@ const EVENT_STREAM: &str = "text/event-stream";
 const BASE64_PREFIX: &str = "=?base64?";
 const BASE64_SUFFIX: &str = "?=";
 
+/// Checks an upstream URL and builds the headers and client both HTTP transports use.
+pub(crate) fn prepare(
+    server: &str,
+    url: &str,
+    headers: &[(String, String)],
+) -> Result<(reqwest::Url, reqwest::header::HeaderMap, reqwest::Client), ConnectError> {
+    let http_error = |message: String| ConnectError::Http { server: server.to_owned(), message };
+    let parsed = reqwest::Url::parse(url).map_err(|e| http_error(format!("invalid URL `{url}`: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(http_error(format!("invalid URL `{url}`: the scheme must be http or https")));
+    }
+    let headers = header_map(headers).map_err(http_error)?;
+    let client = build_client().map_err(|e| http_error(format!("cannot create the HTTP client: {}", describe(&e))))?;
+    Ok((parsed, headers, client))
+}
+
 /// Starts a Streamable HTTP transport for `url`. Does not touch the network: the first message
 /// sent opens the first connection, so a server that is down does not stop start-up.
 pub async fn connect(
@@ -69,13 +85,7 @@ pub async fn connect(
     headers: &[(String, String)],
     reporter: Reporter,
 ) -> Result<UpstreamLink, ConnectError> {
-    let http_error = |message: String| ConnectError::Http { server: server.to_owned(), message };
-    let parsed = reqwest::Url::parse(url).map_err(|e| http_error(format!("invalid URL `{url}`: {e}")))?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(http_error(format!("invalid URL `{url}`: the scheme must be http or https")));
-    }
-    let headers = header_map(headers).map_err(http_error)?;
-    let client = build_client().map_err(|e| http_error(format!("cannot create the HTTP client: {}", describe(&e))))?;
+    let (parsed, headers, client) = prepare(server, url, headers)?;
 
     let shared = Arc::new(Shared {
         server: server.to_owned(),

@@ -15,9 +15,7 @@ use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::http_client::{
-    build_client, describe, header_map, http_failure, media_type, read_body_prefix, recorrelated_error,
-};
+use super::http_client::{describe, http_failure, media_type, read_body_prefix, recorrelated_error};
 use super::sse::{EventReader, SseEvent};
 use super::{ConnectError, Outgoing, Reporter, UpstreamLink};
 use crate::jsonrpc::{self, Message, code};
@@ -41,12 +39,7 @@ pub async fn connect(
     reporter: Reporter,
 ) -> Result<UpstreamLink, ConnectError> {
     let http_error = |message: String| ConnectError::Http { server: server.to_owned(), message };
-    let parsed = reqwest::Url::parse(url).map_err(|e| http_error(format!("invalid URL `{url}`: {e}")))?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(http_error(format!("invalid URL `{url}`: the scheme must be http or https")));
-    }
-    let headers = header_map(headers).map_err(http_error)?;
-    let client = build_client().map_err(|e| http_error(format!("cannot create the HTTP client: {}", describe(&e))))?;
+    let (parsed, headers, client) = super::http_client::prepare(server, url, headers)?;
 
     let opened = tokio::time::timeout(ENDPOINT_TIMEOUT, open(&client, &parsed, &headers))
         .await

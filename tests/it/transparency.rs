@@ -1,7 +1,6 @@
 //! Byte-level relay checks and bad input, driving the stdio downstream with raw lines.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use mcp_gate::config::{ServerConfig, UpstreamTransport};
 use serde_json::Value;
@@ -179,7 +178,6 @@ async fn a_command_that_cannot_start_names_server_and_command() {
         .expect("start fails");
     let text = err.to_string();
     assert!(text.contains("`raw`") && text.contains("/nonexistent/mcp-server"), "{text}");
-    tokio::time::sleep(Duration::from_millis(1)).await;
 }
 
 struct Discard;
