@@ -200,6 +200,7 @@ pub async fn start_gate_with(config: &Config) -> anyhow::Result<Started> {
         expiry_by_risk: a.expiry_by_risk,
         workflows: a.workflows.clone(),
         redact: a.redact.clone(),
+        expiry_warning: a.expiry_warning,
     };
     let approvals = Approvals::new(store, config.policy.clone(), settings);
     approvals.spawn_sweeper();
@@ -209,7 +210,7 @@ pub async fn start_gate_with(config: &Config) -> anyhow::Result<Started> {
     if let Some(host) = public_url.split("://").nth(1).and_then(|r| r.split(['/', ':']).next()) {
         hosts.push(host.to_owned());
     }
-    let web = crate::web::WebState::new(approvals.clone(), token, hosts);
+    let web = crate::web::WebState::new(approvals.clone(), token, a.approvers.clone(), hosts);
     let gate: Arc<dyn Gate> = Arc::new(ApprovalGate { approvals: approvals.clone() });
     tokio::spawn(async move {
         if let Err(e) = crate::web::serve(listener, web, std::future::pending()).await {

@@ -39,6 +39,12 @@ pub struct RawConfig {
     pub policy: crate::policy::RawPolicy,
     #[serde(default)]
     pub rules: Vec<crate::policy::RawRule>,
+    /// Named approvers, each with its own token.
+    #[serde(default)]
+    pub approvers: Vec<crate::identity::RawPrincipal>,
+    /// Named agents (downstream HTTP clients), each with its own token.
+    #[serde(default)]
+    pub agents: Vec<crate::identity::RawPrincipal>,
     #[serde(default)]
     pub workflows: Vec<RawWorkflow>,
     #[serde(default)]
@@ -50,6 +56,9 @@ pub struct RawConfig {
 pub struct RawWorkflow {
     pub name: String,
     pub required_approvals: Option<u32>,
+    /// Who may approve: approver names and `team:NAME` (default: every approver).
+    #[serde(default)]
+    pub approvers: Vec<String>,
     pub expiry: Option<String>,
     /// `false` (a deny needs a reason, the default), or `true` (approvals need one too).
     pub require_justification: Option<bool>,
@@ -71,6 +80,8 @@ pub struct RawApprovals {
     pub redact: Vec<String>,
     #[serde(default)]
     pub expiry: RawExpiry,
+    /// How long before its deadline a pending request is announced as expiring.
+    pub expiry_warning: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -145,7 +156,12 @@ pub struct Approvals {
     pub database: Option<PathBuf>,
     pub redact: Vec<String>,
     pub expiry_by_risk: [Duration; 4],
+    pub expiry_warning: Duration,
     pub workflows: std::collections::HashMap<String, crate::approval::Workflow>,
+    /// `[[approvers]]`; empty when only the shared approver token is used.
+    pub approvers: crate::identity::Credentials,
+    /// `[[agents]]`: downstream HTTP clients known by their own tokens.
+    pub agents: crate::identity::Credentials,
 }
 
 /// Default address of the approval server.
@@ -287,7 +303,19 @@ impl Config {
         let default_policy = raw.rules.is_empty() && raw.policy.default.is_none();
         let policy =
             crate::policy::Policy::compile(&raw.policy, &raw.rules).map_err(|e| invalid(&e.key, e.message.clone()))?;
-        let approvals = validate_approvals(raw.approvals, raw.workflows, &policy).map_err(|(k, m)| invalid(&k, m))?;
+        let approvers =
+            crate::identity::Credentials::from_raw("approvers", &raw.approvers).map_err(|(k, m)| invalid(&k, m))?;
+        let agents = crate::identity::Credentials::from_raw("agents", &raw.agents).map_err(|(k, m)| invalid(&k, m))?;
+        if let Some((agent, approver)) = agents.shares_a_token_with(&approvers) {
+            return Err(invalid(
+                "agents",
+                format!(
+                    "agent {agent:?} has the same token as approver {approver:?}; an agent must not hold an approver's token"
+                ),
+            ));
+        }
+        let approvals = validate_approvals(raw.approvals, raw.workflows, &policy, approvers, agents)
+            .map_err(|(k, m)| invalid(&k, m))?;
 
         Ok(Config {
             source: file.map(Path::to_path_buf),
@@ -367,6 +395,8 @@ fn validate_approvals(
     raw: RawApprovals,
     workflows: Vec<RawWorkflow>,
     policy: &crate::policy::Policy,
+    approvers: crate::identity::Credentials,
+    agents: crate::identity::Credentials,
 ) -> Result<Approvals, (String, String)> {
     let duration = |key: &str, v: &Option<String>, default: u64| -> Result<Duration, (String, String)> {
         match v {
@@ -405,9 +435,22 @@ fn validate_approvals(
             Some(_) => Some(duration(&format!("{key}.expiry"), &w.expiry, 0)?),
             None => None,
         };
+        for (j, entry) in w.approvers.iter().enumerate() {
+            let known = match entry.strip_prefix("team:") {
+                Some(team) => approvers.principals().any(|p| p.teams.iter().any(|t| t == team)),
+                None => entry == crate::identity::OPERATOR || approvers.principals().any(|p| &p.name == entry),
+            };
+            if !known {
+                return Err((
+                    format!("{key}.approvers[{j}]"),
+                    format!("{entry:?} is not an approver name or a team of one in [[approvers]]"),
+                ));
+            }
+        }
         let workflow = crate::approval::Workflow {
             name: w.name.clone(),
             required_approvals: required,
+            approvers: w.approvers.clone(),
             expiry,
             justify_approve: w.require_justification.unwrap_or(false),
             grant_secs: w.grant_secs.unwrap_or(0),
@@ -474,7 +517,10 @@ fn validate_approvals(
         database,
         redact: raw.redact,
         expiry_by_risk,
+        expiry_warning: duration("approvals.expiry_warning", &raw.expiry_warning, 600)?,
         workflows: map,
+        approvers,
+        agents,
     })
 }
 

@@ -32,6 +32,7 @@ pub mod config;
 pub mod demo;
 pub mod downstream;
 pub mod gate;
+pub mod identity;
 pub mod jsonrpc;
 pub mod policy;
 pub mod random;

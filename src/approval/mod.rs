@@ -9,13 +9,14 @@
 //! outcome is recorded. A caller that goes away does not cancel the approval: an identical
 //! retry joins it.
 
+pub mod changes;
 pub mod replies;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dashmap::DashMap;
+use dashmap::{DashMap, DashSet};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch};
@@ -25,6 +26,7 @@ use crate::audit::{AuditRecord, Event, Redactor};
 use crate::gate::{Gate, Outcome, ProgressSink, ToolCall, Verdict};
 use crate::policy::{Action, CallFacts, Decision, Policy, Risk};
 use crate::store::{Approval, Claim, NewApproval, Status, Store, TransitionError, Vote, VoteDecision};
+pub use changes::{Change, ChangeKind, Changes};
 
 /// How often a waiting caller hears progress (clients reset their timeouts on it).
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(10);
@@ -35,6 +37,8 @@ pub struct Workflow {
     pub name: String,
     /// Distinct approvers needed.
     pub required_approvals: u32,
+    /// Who may vote: approver names and `team:NAME`; empty admits every approver.
+    pub approvers: Vec<String>,
     /// Overrides the risk-based expiry.
     pub expiry: Option<Duration>,
     /// A reason is required to approve (a deny always needs one).
@@ -45,12 +49,19 @@ pub struct Workflow {
 
 impl Workflow {
     pub fn default_named(name: &str) -> Workflow {
-        Workflow { name: name.to_owned(), required_approvals: 1, expiry: None, justify_approve: false, grant_secs: 0 }
+        Workflow {
+            name: name.to_owned(),
+            required_approvals: 1,
+            approvers: Vec::new(),
+            expiry: None,
+            justify_approve: false,
+            grant_secs: 0,
+        }
     }
 }
 
 /// Validated `[approvals]` settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ApprovalSettings {
     /// How long a held call waits for a decision; zero fails fast.
     pub wait: Duration,
@@ -61,6 +72,9 @@ pub struct ApprovalSettings {
     pub workflows: HashMap<String, Workflow>,
     /// JSON pointers whose values are redacted in the audit log.
     pub redact: Vec<String>,
+    /// A pending request is announced as [`ChangeKind::Expiring`] this long before its deadline
+    /// (or half-way through its life, if that is later). Zero turns the warning off.
+    pub expiry_warning: Duration,
 }
 
 impl ApprovalSettings {
@@ -91,6 +105,10 @@ pub enum DecideError {
     AlreadyVoted(String),
     #[error("the request expired before the decision")]
     Expired,
+    #[error("{0} is not among the approvers of workflow {1:?}")]
+    NotAnApprover(String, String),
+    #[error("{0} made this request and cannot approve it")]
+    OwnRequest(String),
     #[error("storage: {0}")]
     Store(String),
 }
@@ -105,6 +123,10 @@ pub struct Approvals {
     waiters: DashMap<String, watch::Sender<u64>>,
     /// Records of policy-only decisions, written in batches.
     audit_queue: mpsc::UnboundedSender<(AuditRecord, i64)>,
+    /// Every state change, for live views and notifications.
+    pub changes: Changes,
+    /// Pending requests already announced as expiring.
+    warned: DashSet<String>,
 }
 
 /// Drains the audit queue: one transaction per batch of whatever has accumulated.
@@ -131,7 +153,16 @@ impl Approvals {
         let redactor = Redactor::new(settings.redact.clone());
         let (audit_queue, queued) = mpsc::unbounded_channel();
         tokio::spawn(write_audit_batches(store.clone(), queued));
-        Arc::new(Approvals { store, policy, settings, redactor, waiters: DashMap::new(), audit_queue })
+        Arc::new(Approvals {
+            store,
+            policy,
+            settings,
+            redactor,
+            waiters: DashMap::new(),
+            audit_queue,
+            changes: Changes::default(),
+            warned: DashSet::new(),
+        })
     }
 
     pub fn url_for(&self, id: &str) -> String {
@@ -146,7 +177,7 @@ impl Approvals {
     pub async fn decide(
         &self,
         id: &str,
-        actor: &str,
+        who: &crate::identity::Principal,
         approve: bool,
         notes: Option<String>,
         reason: Option<String>,
@@ -158,6 +189,13 @@ impl Approvals {
             .map_err(|e| DecideError::Store(e.to_string()))?
             .ok_or_else(|| DecideError::NotFound(id.to_owned()))?;
         let workflow = self.workflow(&current.workflow);
+        let actor = who.name.as_str();
+        if !who.admitted_by(&workflow.approvers) {
+            return Err(DecideError::NotAnApprover(actor.to_owned(), workflow.name));
+        }
+        if approve && current.agent.as_deref() == Some(actor) {
+            return Err(DecideError::OwnRequest(actor.to_owned()));
+        }
         let reason = reason.filter(|r| !r.trim().is_empty());
         if !approve && reason.is_none() {
             return Err(DecideError::ReasonRequired("deny"));
@@ -199,6 +237,12 @@ impl Approvals {
         self.audit(event.unwrap_or(Event::Approved), &approval, Some(actor), detail, event.is_none()).await;
         info!(id, actor, status = approval.status.as_str(), "decision recorded");
         self.notify(id);
+        let kind = match approval.status {
+            Status::Approved => ChangeKind::Approved,
+            Status::Denied => ChangeKind::Denied,
+            _ => ChangeKind::Voted,
+        };
+        self.publish(kind, &approval, Some(actor));
         Ok(approval)
     }
 
@@ -209,9 +253,52 @@ impl Approvals {
                 for a in expired {
                     self.audit(Event::Expired, &a, Some("system"), serde_json::json!({}), false).await;
                     self.notify(&a.id);
+                    self.warned.remove(&a.id);
+                    self.publish(ChangeKind::Expired, &a, Some("system"));
                 }
             }
             Err(e) => warn!("expiry sweep failed: {e}"),
+        }
+        self.warn_expiring().await;
+    }
+
+    /// Announces pending requests that are close to their deadline, once each.
+    async fn warn_expiring(&self) {
+        if self.settings.expiry_warning.is_zero() {
+            return;
+        }
+        let warning = self.settings.expiry_warning.as_millis() as i64;
+        let now = now_ms();
+        let due = match self.store.pending_expiring(now, warning).await {
+            Ok(due) => due,
+            Err(e) => return warn!("expiry warning query failed: {e}"),
+        };
+        self.warned.retain(|id| due.iter().any(|a| &a.id == id));
+        for a in due {
+            if self.warned.insert(a.id.clone()) {
+                self.publish(ChangeKind::Expiring, &a, Some("system"));
+            }
+        }
+    }
+
+    /// Tells subscribers about a change of `approval` (as stored after it).
+    pub fn publish(&self, kind: ChangeKind, approval: &Approval, actor: Option<&str>) {
+        self.changes.publish(Change {
+            kind,
+            approval: Arc::new(approval.clone()),
+            actor: actor.map(str::to_owned),
+            at: now_ms(),
+        });
+    }
+
+    /// Wakes the calls waiting on `id` after a change made elsewhere (another process sharing
+    /// the store) and re-publishes it here.
+    pub async fn changed_elsewhere(&self, kind: ChangeKind, id: &str, actor: Option<&str>) {
+        self.notify(id);
+        match self.store.get_approval(id).await {
+            Ok(Some(a)) => self.publish(kind, &a, actor),
+            Ok(None) => warn!(id, "a change was announced for an unknown approval request"),
+            Err(e) => warn!(id, "reading an announced change failed: {e}"),
         }
     }
 
@@ -234,6 +321,7 @@ impl Approvals {
             && a.status == Status::Expired
         {
             self.audit(Event::Expired, &a, Some("system"), serde_json::json!({}), false).await;
+            self.publish(ChangeKind::Expired, &a, Some("system"));
         }
         self.notify(id);
     }
@@ -336,6 +424,7 @@ impl Approvals {
                     Ok(a) => {
                         info!(id = %a.id, server = %a.server, tool = %a.tool, "approval requested");
                         self.audit(Event::Requested, &a, a.agent.as_deref(), serde_json::json!({}), false).await;
+                        self.publish(ChangeKind::Requested, &a, a.agent.as_deref());
                         a
                     }
                     Err(e) => return self.fail_closed(&call, &e.to_string()),
@@ -434,6 +523,8 @@ impl Approvals {
                             Ok(a) => {
                                 let event = if ok { Event::Executed } else { Event::Failed };
                                 me.audit(event, &a, Some("upstream"), detail, false).await;
+                                let kind = if ok { ChangeKind::Executed } else { ChangeKind::Failed };
+                                me.publish(kind, &a, Some("upstream"));
                             }
                             Err(e) => warn!(id, "recording the outcome failed: {e}"),
                         }
@@ -526,42 +617,7 @@ pub fn call_key(server: &str, tool: &str, arguments: &Value) -> String {
     hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// JSON with object keys sorted at every level, so equal arguments give equal text.
-pub fn canonical_json(value: &Value) -> String {
-    fn write(v: &Value, out: &mut String) {
-        match v {
-            Value::Object(map) => {
-                let mut keys: Vec<&String> = map.keys().collect();
-                keys.sort();
-                out.push('{');
-                for (i, k) in keys.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    out.push_str(&Value::String((*k).clone()).to_string());
-                    out.push(':');
-                    write(&map[k.as_str()], out);
-                }
-                out.push('}');
-            }
-            Value::Array(items) => {
-                out.push('[');
-                for (i, item) in items.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    write(item, out);
-                }
-                out.push(']');
-            }
-            other => out.push_str(&other.to_string()),
-        }
-    }
-    let mut out = String::new();
-    write(value, &mut out);
-    out
-}
-
+pub use crate::audit::canonical_json;
 pub use crate::store::now_ms;
 
 /// A short random id: `apr_` and 16 hex digits.

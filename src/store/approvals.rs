@@ -477,6 +477,24 @@ impl Store {
         .await
     }
 
+    /// Pending requests within `warning_ms` of their deadline, or past half their life if that comes
+    /// later (so a short-lived request is not announced as expiring the moment it is made).
+    pub async fn pending_expiring(&self, now: i64, warning_ms: i64) -> Result<Vec<Approval>, StoreError> {
+        self.call(move |conn| {
+            let sql = format!(
+                "SELECT {COLS} FROM approvals WHERE status = 'pending' AND expires_at > ?1
+                 AND expires_at - min(?2, (expires_at - created_at) / 2) <= ?1
+                 ORDER BY expires_at"
+            );
+            let rows = conn
+                .prepare_cached(&sql)?
+                .query_map(params![now, warning_ms], row_to_approval)?
+                .collect::<Result<Vec<_>, _>>()?;
+            with_votes(conn, rows)
+        })
+        .await
+    }
+
     /// Every state change of an approval, oldest first (empty if there is no such approval).
     pub async fn transitions(&self, id: &str) -> Result<Vec<Transition>, StoreError> {
         let id = id.to_owned();

@@ -12,8 +12,9 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::WebState;
-use super::guard::bearer_matches;
+use super::guard::bearer_token;
 use crate::approval::DecideError;
+use crate::identity::{OPERATOR, Principal};
 use crate::store::{ApprovalFilter, Status};
 
 pub fn routes() -> Router<Arc<WebState>> {
@@ -26,6 +27,12 @@ pub fn routes() -> Router<Arc<WebState>> {
 
 /// An API error: HTTP status, stable code, message.
 pub struct ApiError(StatusCode, &'static str, String);
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError(status, code, message.into())
+    }
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -41,18 +48,19 @@ impl From<DecideError> for ApiError {
             DecideError::NotPending(_) => (StatusCode::CONFLICT, "not_pending"),
             DecideError::AlreadyVoted(_) => (StatusCode::CONFLICT, "already_decided"),
             DecideError::Expired => (StatusCode::CONFLICT, "expired"),
+            DecideError::NotAnApprover(..) => (StatusCode::FORBIDDEN, "not_an_approver"),
+            DecideError::OwnRequest(_) => (StatusCode::FORBIDDEN, "own_request"),
             DecideError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         ApiError(status, code, e.to_string())
     }
 }
 
-fn authorize(state: &WebState, headers: &HeaderMap) -> Result<(), ApiError> {
-    if bearer_matches(headers, &state.token) {
-        Ok(())
-    } else {
-        Err(ApiError(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong bearer token".into()))
-    }
+/// The caller's identity, from `Authorization: Bearer TOKEN`.
+fn authorize(state: &WebState, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    bearer_token(headers)
+        .and_then(|t| state.identify(t))
+        .ok_or_else(|| ApiError(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong bearer token".into()))
 }
 
 #[derive(Debug, Deserialize)]
@@ -126,7 +134,8 @@ pub fn view(state: &WebState, a: &crate::store::Approval) -> serde_json::Value {
 pub struct DecisionBody {
     pub notes: Option<String>,
     pub reason: Option<String>,
-    /// Who decides, when the shared token is used (default `operator`).
+    /// Who decides, when the shared token is used and no `[[approvers]]` are configured
+    /// (default `operator`). With named approvers the token alone says who decides.
     pub approver: Option<String>,
 }
 
@@ -155,9 +164,26 @@ async fn decide(
     body: Option<Json<DecisionBody>>,
     approve: bool,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    authorize(&state, &headers)?;
+    let who = authorize(&state, &headers)?;
     let body = body.map(|Json(b)| b).unwrap_or_default();
-    let actor = body.approver.filter(|a| !a.trim().is_empty()).unwrap_or_else(|| "operator".to_owned());
-    let a = state.approvals.decide(&id, &actor, approve, body.notes, body.reason).await?;
+    let who = acting_as(&state, who, body.approver.as_deref())?;
+    let a = state.approvals.decide(&id, &who, approve, body.notes, body.reason).await?;
     Ok(Json(view(&state, &a)))
+}
+
+/// Applies the `approver` field: only the shared token may name who decides, and only while no
+/// named approvers exist (then each approver has a token of their own).
+fn acting_as(state: &WebState, who: Principal, approver: Option<&str>) -> Result<Principal, ApiError> {
+    let Some(name) = approver.map(str::trim).filter(|a| !a.is_empty()) else { return Ok(who) };
+    if name == who.name {
+        return Ok(who);
+    }
+    if who.name != OPERATOR || !state.approvers.is_empty() {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "approver_mismatch",
+            format!("this token belongs to {}; it cannot decide as {name:?}", who.name),
+        ));
+    }
+    Ok(Principal::named(name))
 }

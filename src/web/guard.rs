@@ -44,10 +44,14 @@ fn host_allowed(host: &str, extra: &[String]) -> bool {
     matches!(host.as_str(), "localhost" | "127.0.0.1" | "::1") || extra.iter().any(|h| h.eq_ignore_ascii_case(&host))
 }
 
+/// The token of an `Authorization: Bearer TOKEN` header.
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = header_str(headers, "authorization")?;
+    value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")).map(str::trim)
+}
+
 pub fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
-    let Some(value) = header_str(headers, "authorization") else { return false };
-    let Some(given) = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")) else { return false };
-    constant_time_eq(given.trim().as_bytes(), token.as_bytes())
+    bearer_token(headers).is_some_and(|given| constant_time_eq(given.as_bytes(), token.as_bytes()))
 }
 
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -7,6 +7,7 @@
 //! - Every request's Host and Origin are checked (DNS rebinding); responses carry a strict CSP.
 
 pub mod api;
+pub mod events;
 pub mod guard;
 pub mod pages;
 
@@ -22,14 +23,20 @@ use dashmap::DashMap;
 use tokio::net::TcpListener;
 
 use crate::approval::Approvals;
+use crate::identity::{Credentials, OPERATOR, Principal};
+
+/// The browser session cookie.
+pub const COOKIE: &str = "mcp_gate_session";
 
 /// Signed-in browser sessions expire after this long.
 const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 
 pub struct WebState {
     pub approvals: Arc<Approvals>,
-    /// The approver token.
+    /// The shared approver token (identity [`OPERATOR`]).
     pub token: String,
+    /// Named approvers (`[[approvers]]`).
+    pub approvers: Credentials,
     /// Host header values accepted besides loopback names.
     pub allowed_hosts: Vec<String>,
     pub allowed_origins: Vec<String>,
@@ -39,24 +46,61 @@ pub struct WebState {
 #[derive(Clone)]
 pub struct BrowserSession {
     pub csrf: String,
+    /// Who signed in.
+    pub who: Principal,
     created: Instant,
 }
 
 impl WebState {
-    pub fn new(approvals: Arc<Approvals>, token: String, allowed_hosts: Vec<String>) -> Arc<WebState> {
-        Arc::new(WebState { approvals, token, allowed_hosts, allowed_origins: Vec::new(), sessions: DashMap::new() })
+    pub fn new(
+        approvals: Arc<Approvals>,
+        token: String,
+        approvers: Credentials,
+        allowed_hosts: Vec<String>,
+    ) -> Arc<WebState> {
+        Arc::new(WebState {
+            approvals,
+            token,
+            approvers,
+            allowed_hosts,
+            allowed_origins: Vec::new(),
+            sessions: DashMap::new(),
+        })
     }
 
-    pub fn open_session(&self) -> (String, BrowserSession) {
+    /// Whose token this is: the shared token is [`OPERATOR`], the others are named approvers.
+    pub fn identify(&self, token: &str) -> Option<Principal> {
+        if guard::constant_time_eq(token.as_bytes(), self.token.as_bytes()) {
+            return Some(Principal::named(OPERATOR));
+        }
+        self.approvers.authenticate(token).cloned()
+    }
+
+    pub fn open_session(&self, who: Principal) -> (String, BrowserSession) {
         self.sessions.retain(|_, s| s.created.elapsed() < SESSION_TTL);
         let id = crate::random::hex(32);
-        let session = BrowserSession { csrf: crate::random::hex(32), created: Instant::now() };
+        let session = BrowserSession { csrf: crate::random::hex(32), who, created: Instant::now() };
         self.sessions.insert(id.clone(), session.clone());
         (id, session)
     }
 
     pub fn session(&self, id: &str) -> Option<BrowserSession> {
         self.sessions.get(id).filter(|s| s.created.elapsed() < SESSION_TTL).map(|s| s.clone())
+    }
+
+    /// The signed-in session named by the request's cookie, with its id.
+    pub fn browser_session(&self, headers: &axum::http::HeaderMap) -> Option<(String, BrowserSession)> {
+        for value in headers.get_all(header::COOKIE) {
+            let Ok(text) = value.to_str() else { continue };
+            for part in text.split(';') {
+                if let Some(id) = part.trim().strip_prefix(COOKIE).and_then(|r| r.strip_prefix('='))
+                    && let Some(s) = self.session(id)
+                {
+                    return Some((id.to_owned(), s));
+                }
+            }
+        }
+        None
     }
 
     pub fn close_session(&self, id: &str) {
@@ -68,6 +112,7 @@ impl WebState {
 pub fn router(state: Arc<WebState>) -> Router {
     Router::new()
         .merge(api::routes())
+        .merge(events::routes())
         .merge(pages::routes())
         .layer(middleware::from_fn_with_state(state.clone(), guard_layer))
         .with_state(state)

@@ -17,7 +17,7 @@ use crate::approval::now_ms;
 use crate::approval::replies::iso8601;
 use crate::store::{ApprovalFilter, Status};
 
-const COOKIE: &str = "mcp_gate_session";
+use super::COOKIE;
 const STYLE: &str = include_str!("style.css");
 
 pub fn routes() -> Router<Arc<WebState>> {
@@ -54,18 +54,7 @@ async fn style() -> impl IntoResponse {
 }
 
 fn session_of(state: &WebState, headers: &HeaderMap) -> Option<(String, BrowserSession)> {
-    let cookies = headers.get_all(header::COOKIE);
-    for value in cookies {
-        let Ok(text) = value.to_str() else { continue };
-        for part in text.split(';') {
-            if let Some(id) = part.trim().strip_prefix(&format!("{COOKIE}="))
-                && let Some(s) = state.session(id)
-            {
-                return Some((id.to_owned(), s));
-            }
-        }
-    }
-    None
+    state.browser_session(headers)
 }
 
 /// Only same-site paths may be redirected to after sign-in.
@@ -119,14 +108,14 @@ struct LoginForm {
 }
 
 async fn login(State(state): State<Arc<WebState>>, Form(form): Form<LoginForm>) -> Response {
-    if !constant_time_eq(form.token.trim().as_bytes(), state.token.as_bytes()) {
+    let Some(who) = state.identify(form.token.trim()) else {
         let body = page(
             "Sign in",
             html! { h1 { "Sign in" } p.error { "That token is not right." } a href="/login" { "Try again" } },
         );
         return (StatusCode::UNAUTHORIZED, body).into_response();
-    }
-    let (id, _) = state.open_session();
+    };
+    let (id, _) = state.open_session(who);
     let mut response = Redirect::to(&safe_next(form.next.as_deref())).into_response();
     let cookie = format!("{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age=43200");
     if let Ok(v) = HeaderValue::from_str(&cookie) {
@@ -317,7 +306,7 @@ async fn decide(state: Arc<WebState>, headers: HeaderMap, id: String, form: Deci
         return (StatusCode::FORBIDDEN, "invalid CSRF token").into_response();
     }
     let notes = form.notes.filter(|n| !n.trim().is_empty());
-    let back = match state.approvals.decide(&id, "operator", approve, notes, form.reason).await {
+    let back = match state.approvals.decide(&id, &session.who, approve, notes, form.reason).await {
         Ok(a) => format!("/approvals/{id}?done={}", percent_encode(&format!("Recorded: {}", a.status.as_str()))),
         Err(e) => format!("/approvals/{id}?error={}", percent_encode(&e.to_string())),
     };

@@ -30,9 +30,10 @@ async fn server() -> Server {
         expiry_by_risk: config.approvals.expiry_by_risk,
         workflows: config.approvals.workflows.clone(),
         redact: Vec::new(),
+        ..ApprovalSettings::default()
     };
     let approvals = Approvals::new(store, config.policy.clone(), settings);
-    let state = WebState::new(approvals.clone(), TOKEN.into(), Vec::new());
+    let state = WebState::new(approvals.clone(), TOKEN.into(), Default::default(), Vec::new());
     tokio::spawn(mcp_gate::web::serve(listener, state, std::future::pending()));
     let http = reqwest::Client::builder().redirect(Policy::none()).build().unwrap();
     Server { base, approvals, http }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use mcp_gate::approval::{ApprovalGate, ApprovalSettings, Approvals};
 use mcp_gate::config::Config;
 use mcp_gate::gate::{Gate, ProgressSink, ToolCall, Verdict};
+use mcp_gate::identity::Principal;
 use mcp_gate::store::{ApprovalFilter, Location, Status, Store};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -52,6 +53,7 @@ async fn approvals(wait: Duration, extra: &str) -> Arc<Approvals> {
         expiry_by_risk: config.approvals.expiry_by_risk,
         workflows: config.approvals.workflows.clone(),
         redact: vec!["/secret".into()],
+        ..ApprovalSettings::default()
     };
     Approvals::new(store, config.policy.clone(), settings)
 }
@@ -153,7 +155,7 @@ async fn fail_fast_then_approve_then_retry_runs_once() {
         .unwrap();
     assert_eq!(pending.len(), 1);
 
-    approvals.decide(&id, "alice", true, Some("fine".into()), None).await.unwrap();
+    approvals.decide(&id, &Principal::named("alice"), true, Some("fine".into()), None).await.unwrap();
     let ran = c.call("test_image_content", json!({"secret": "s3cret", "n": 1})).await;
     assert_eq!(ran["content"][0]["type"], "image", "the approved call ran: {ran}");
 
@@ -193,7 +195,7 @@ async fn waiting_call_runs_when_approved_mid_wait() {
                 .await
                 .unwrap();
             if let Some(p) = pending.first() {
-                a.decide(&p.id, "bob", true, None, None).await.unwrap();
+                a.decide(&p.id, &Principal::named("bob"), true, None, None).await.unwrap();
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -211,9 +213,9 @@ async fn denied_calls_say_who_and_why() {
     let mut c = Line::new(&approvals).await;
     let held = c.call("test_embedded_resource", json!({})).await;
     let (id, _) = approval_meta(&held);
-    let err = approvals.decide(&id, "carol", false, None, None).await.unwrap_err();
+    let err = approvals.decide(&id, &Principal::named("carol"), false, None, None).await.unwrap_err();
     assert!(err.to_string().contains("reason"), "a deny needs a reason");
-    approvals.decide(&id, "carol", false, None, Some("not today".into())).await.unwrap();
+    approvals.decide(&id, &Principal::named("carol"), false, None, Some("not today".into())).await.unwrap();
     let denied = c.call("test_embedded_resource", json!({})).await;
     insta::assert_json_snapshot!("denied_reply", stable(denied, &id));
 
@@ -231,11 +233,14 @@ async fn two_person_workflow_needs_two_distinct_approvers() {
     let a = approvals.store.get_approval(&id).await.unwrap().unwrap();
     assert_eq!(a.risk.as_deref(), Some("high"));
     assert_eq!(a.required_approvals, 2);
-    approvals.decide(&id, "alice", true, None, None).await.unwrap();
-    assert!(approvals.decide(&id, "alice", true, None, None).await.is_err(), "the same person twice");
+    approvals.decide(&id, &Principal::named("alice"), true, None, None).await.unwrap();
+    assert!(
+        approvals.decide(&id, &Principal::named("alice"), true, None, None).await.is_err(),
+        "the same person twice"
+    );
     let still = c.call("test_simple_text", json!({})).await;
     assert_eq!(approval_meta(&still), (id.clone(), "pending".into()));
-    approvals.decide(&id, "bob", true, None, None).await.unwrap();
+    approvals.decide(&id, &Principal::named("bob"), true, None, None).await.unwrap();
     let ran = c.call("test_simple_text", json!({})).await;
     assert!(ran.get("_meta").is_none(), "ran upstream: {ran}");
 }
@@ -248,7 +253,7 @@ async fn grant_window_lets_identical_calls_run_without_asking_again() {
     let mut c = Line::new(&approvals).await;
     let held = c.call("test_multiple_content_types", json!({})).await;
     let (id, _) = approval_meta(&held);
-    approvals.decide(&id, "alice", true, None, None).await.unwrap();
+    approvals.decide(&id, &Principal::named("alice"), true, None, None).await.unwrap();
     for _ in 0..3 {
         let r = c.call("test_multiple_content_types", json!({})).await;
         assert!(r.get("_meta").is_none(), "runs within the grant: {r}");
@@ -265,7 +270,7 @@ async fn expired_requests_are_not_run() {
     tokio::time::sleep(Duration::from_millis(1200)).await;
     approvals.sweep().await;
     assert_eq!(approvals.store.get_approval(&id).await.unwrap().unwrap().status, Status::Expired);
-    assert!(approvals.decide(&id, "alice", true, None, None).await.is_err(), "too late to approve");
+    assert!(approvals.decide(&id, &Principal::named("alice"), true, None, None).await.is_err(), "too late to approve");
     // A retry asks again.
     let again = c.call("test_audio_content", json!({"x": 1})).await;
     assert_ne!(approval_meta(&again).0, id);
