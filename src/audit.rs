@@ -501,6 +501,44 @@ pub async fn tail(store: &Store, n: usize) -> Result<Vec<AuditRow>, StoreError> 
         .await
 }
 
+/// Which audit rows [`page`] returns.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct AuditQuery {
+    /// Rows with a smaller id than this (the `next` cursor of the previous page).
+    pub before: Option<i64>,
+    pub limit: Option<u32>,
+    pub approval_id: Option<String>,
+    pub agent: Option<String>,
+    pub event: Option<String>,
+}
+
+/// A page of audit rows, newest first, and the cursor of the next page.
+pub async fn page(store: &Store, q: AuditQuery) -> Result<(Vec<AuditRow>, Option<i64>), StoreError> {
+    let limit = i64::from(q.limit.unwrap_or(100).clamp(1, 1000));
+    store
+        .call(move |conn| {
+            let mut conds = vec!["id < ?"];
+            let mut args: Vec<rusqlite::types::Value> = vec![q.before.unwrap_or(i64::MAX).into()];
+            for (cond, value) in [("approval_id = ?", q.approval_id), ("agent = ?", q.agent), ("event = ?", q.event)] {
+                if let Some(v) = value {
+                    conds.push(cond);
+                    args.push(v.into());
+                }
+            }
+            args.push(limit.into());
+            let sql = format!("SELECT {AUDIT_COLS} FROM audit WHERE {} ORDER BY id DESC LIMIT ?", conds.join(" AND "));
+            let rows = conn
+                .prepare_cached(&sql)?
+                .query_map(rusqlite::params_from_iter(args), RawRow::read)?
+                .map(|r| r.map(RawRow::into_row))
+                .collect::<Result<Vec<_>, _>>()?;
+            let next = if rows.len() as i64 == limit { rows.last().map(|r| r.id) } else { None };
+            Ok((rows, next))
+        })
+        .await
+}
+
 /// Writes every row as one JSON object per line, oldest first, and returns the number of rows.
 ///
 /// Rows are fetched in pages so the worker is not held for the whole export; the output is written on the

@@ -160,6 +160,7 @@ pub fn session_options(
         shared: false,
         gate: gate.clone(),
         label: label.to_owned(),
+        agent: None,
     }
 }
 
@@ -271,6 +272,7 @@ async fn run_serve(listen: Option<String>, run: RunArgs) -> anyhow::Result<()> {
         all: session_options(&config, servers, &gate, ""),
         single,
         token: config.listen.token.clone(),
+        agents: config.approvals.agents.clone(),
         allowed_hosts,
         allowed_origins: config.listen.allowed_origins.clone(),
     });

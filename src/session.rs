@@ -69,6 +69,9 @@ pub struct SessionOptions {
     pub gate: Arc<dyn Gate>,
     /// A label for logs.
     pub label: String,
+    /// The agent this session speaks for, when the transport authenticated it (an HTTP client with
+    /// an `[[agents]]` token). Otherwise the agent is the client's name from `initialize`.
+    pub agent: Option<String>,
 }
 
 /// The handle clients use to feed a session. Dropping every handle ends the session.
@@ -283,6 +286,11 @@ impl Session {
     }
 
     // ---- client -> upstream ----
+
+    /// Who is calling: the authenticated agent, else the client's own name.
+    fn agent(&self) -> Option<&str> {
+        self.opts.agent.as_deref().or(self.client_name.as_deref())
+    }
 
     fn on_client_request(&mut self, msg: Message, param_headers: Vec<(String, String)>) {
         self.note_modern_meta(&msg);
@@ -543,7 +551,7 @@ impl Session {
             exposed_name: &name,
             arguments: &arguments,
             info: tool,
-            agent: self.client_name.as_deref(),
+            agent: self.agent(),
             progress: self.progress_sink(&msg),
         };
         match self.opts.gate.check(&call) {
@@ -611,7 +619,7 @@ impl Session {
                     .names()
                     .next()
                     .and_then(|n| list.get(n))
-                    .is_some_and(|tool| self.opts.gate.hides(server, tool, self.client_name.as_deref()));
+                    .is_some_and(|tool| self.opts.gate.hides(server, tool, self.agent()));
                 !hidden
             })
             .collect();

@@ -419,6 +419,7 @@ impl Approvals {
                     trace: serde_json::to_value(&decision.trace).unwrap_or(Value::Null),
                     created_at: now,
                     expires_at: now + expiry.as_millis() as i64,
+                    tool_info: call.tool_info.clone(),
                 };
                 match self.store.insert_approval(new).await {
                     Ok(a) => {
@@ -557,6 +558,8 @@ struct OwnedCall {
     tool: String,
     agent: Option<String>,
     arguments: Value,
+    /// Title, description and annotations from the upstream's tool list.
+    tool_info: Option<Value>,
 }
 
 impl Gate for ApprovalGate {
@@ -574,6 +577,7 @@ impl Gate for ApprovalGate {
             tool: call.tool.to_owned(),
             agent: call.agent.map(str::to_owned),
             arguments: call.arguments.clone(),
+            tool_info: None,
         };
         match &decision.action {
             Action::Allow => {
@@ -590,6 +594,8 @@ impl Gate for ApprovalGate {
                 ))
             }
             Action::Approve { .. } => {
+                let mut owned = owned;
+                owned.tool_info = call.info.map(describe_tool);
                 let approvals = self.approvals.clone();
                 let progress = call.progress.clone();
                 Verdict::Hold(Box::pin(approvals.hold(owned, decision, progress)))
@@ -604,6 +610,21 @@ impl Gate for ApprovalGate {
     fn hides_any(&self) -> bool {
         self.approvals.policy.hides_any()
     }
+}
+
+/// What an approver is shown about a tool: its title, description and annotations.
+fn describe_tool(info: &crate::tools::ToolInfo) -> Value {
+    let mut out = serde_json::Map::new();
+    if let Some(title) = info.tool.as_ref().and_then(|t| t.title.as_ref()) {
+        out.insert("title".into(), Value::String(title.clone()));
+    }
+    if let Some(d) = info.description() {
+        out.insert("description".into(), Value::String(d.to_owned()));
+    }
+    if let Some(a) = info.annotations() {
+        out.insert("annotations".into(), serde_json::to_value(a).unwrap_or(Value::Null));
+    }
+    Value::Object(out)
 }
 
 /// The identity of a call for joining and reuse: server, tool and canonical arguments.

@@ -101,9 +101,85 @@ pub fn iso8601(ms: i64) -> String {
     format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
+/// Parses a time as unix milliseconds: a plain integer (already milliseconds), a date
+/// `YYYY-MM-DD` (midnight UTC), or `YYYY-MM-DDTHH:MM[:SS[.fff]]` with an optional `Z` or
+/// `±HH:MM` offset (UTC when absent).
+pub fn parse_time(text: &str) -> Option<i64> {
+    let text = text.trim();
+    if let Ok(ms) = text.parse::<i64>() {
+        return Some(ms);
+    }
+    let num = |s: &str| -> Option<i64> {
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        s.parse().ok()
+    };
+    let (date, time) = match text.split_once(['T', ' ']) {
+        Some((d, t)) => (d, Some(t)),
+        None => (text, None),
+    };
+    let mut parts = date.split('-');
+    let (year, month, day) = (num(parts.next()?)?, num(parts.next()?)?, num(parts.next()?)?);
+    if parts.next().is_some() || !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+        return None;
+    }
+    // Days since 1970-01-01 from a civil date (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let mut ms = days * 86_400_000;
+    if let Some(time) = time {
+        let (clock, offset_ms) = if let Some(c) = time.strip_suffix('Z') {
+            (c, 0)
+        } else if let Some(i) = time.rfind(['+', '-']).filter(|&i| i >= 5) {
+            let (c, off) = time.split_at(i);
+            let sign = if off.starts_with('-') { -1 } else { 1 };
+            let (h, m) = off[1..].split_once(':')?;
+            (c, sign * (num(h)? * 3600 + num(m)? * 60) * 1000)
+        } else {
+            (time, 0)
+        };
+        let mut fields = clock.split(':');
+        let hours = num(fields.next()?)?;
+        let minutes = num(fields.next()?)?;
+        let (secs, frac) = match fields.next() {
+            Some(s) => match s.split_once('.') {
+                Some((s, f)) => (num(s)?, num(&format!("{f:0<3}")[..3])?),
+                None => (num(s)?, 0),
+            },
+            None => (0, 0),
+        };
+        if fields.next().is_some() || hours > 23 || minutes > 59 || secs > 60 {
+            return None;
+        }
+        ms += ((hours * 60 + minutes) * 60 + secs) * 1000 + frac - offset_ms;
+    }
+    Some(ms)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_parse_back() {
+        for ms in [0, 951_782_400_000, 1_795_237_200_000, -86_400_000] {
+            assert_eq!(parse_time(&iso8601(ms)), Some(ms), "{}", iso8601(ms));
+        }
+        assert_eq!(parse_time("2026-11-21"), Some(1_795_219_200_000));
+        assert_eq!(parse_time("2026-11-21T05:00"), Some(1_795_237_200_000));
+        assert_eq!(parse_time("2026-11-21T06:00:00+01:00"), Some(1_795_237_200_000));
+        assert_eq!(parse_time("2026-11-21T05:00:00.250Z"), Some(1_795_237_200_250));
+        assert_eq!(parse_time("1795237200000"), Some(1_795_237_200_000));
+        for bad in ["", "2026-13-01", "2026-11", "yesterday", "2026-11-21T25:00", "2026-11-21T05:00:00+0100"] {
+            assert_eq!(parse_time(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn iso_dates() {

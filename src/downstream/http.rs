@@ -26,10 +26,11 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
+use crate::identity::Credentials;
 use crate::jsonrpc::{self, Kind, Message, code};
 use crate::session::{self, Downstream, Input, Route, SessionHandle, SessionOptions};
 use crate::transport::MAX_MESSAGE_BYTES;
-use crate::web::guard::{bearer_matches, check_host_origin};
+use crate::web::guard::{bearer_matches, bearer_token, check_host_origin};
 
 /// Sessions idle longer than this are closed (their child processes stop).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
@@ -45,20 +46,28 @@ pub struct HttpOptions {
     pub single: HashMap<String, SessionOptions>,
     /// Bearer token required on every request, if set.
     pub token: Option<String>,
+    /// Named agents: a request bearing one of these tokens speaks for that agent, in sessions of
+    /// its own. When any are configured, every request needs an agent token or `token`.
+    pub agents: Credentials,
     pub allowed_hosts: Vec<String>,
     pub allowed_origins: Vec<String>,
 }
 
+/// An endpoint and the authenticated agent, if any.
+type SharedKey = (String, Option<String>);
+
 pub struct HttpState {
     opts: HttpOptions,
     sessions: DashMap<String, Arc<HttpSession>>,
-    /// Shared sessions of sessionless (2026-07-28) clients, per endpoint.
-    shared: tokio::sync::Mutex<HashMap<String, Arc<HttpSession>>>,
+    /// Shared sessions of sessionless (2026-07-28) clients, per endpoint and agent.
+    shared: tokio::sync::Mutex<HashMap<SharedKey, Arc<HttpSession>>>,
     next_id: AtomicU64,
 }
 
 struct HttpSession {
     endpoint: String,
+    /// The authenticated agent that opened it; only that agent may use it.
+    agent: Option<String>,
     handle: SessionHandle,
     streams: Arc<Streams>,
     last_used: Mutex<Instant>,
@@ -161,15 +170,22 @@ impl HttpState {
         if endpoint.is_empty() { Some(&self.opts.all) } else { self.opts.single.get(endpoint) }
     }
 
-    async fn new_session(&self, endpoint: &str, shared: bool) -> Result<(String, Arc<HttpSession>), String> {
+    async fn new_session(
+        &self,
+        endpoint: &str,
+        agent: Option<&str>,
+        shared: bool,
+    ) -> Result<(String, Arc<HttpSession>), String> {
         let mut opts = self.session_options(endpoint).ok_or("unknown endpoint")?.clone();
         let id = random_id();
         opts.shared = shared;
+        opts.agent = agent.map(str::to_owned);
         opts.label = if shared { format!("http-shared/{endpoint}") } else { format!("http/{}", &id[..8]) };
         let streams = Arc::new(Streams::default());
         let (handle, _task) = session::start(opts, streams.clone()).await.map_err(|e| e.to_string())?;
         let session = Arc::new(HttpSession {
             endpoint: endpoint.to_owned(),
+            agent: agent.map(str::to_owned),
             handle,
             streams,
             last_used: Mutex::new(Instant::now()),
@@ -181,16 +197,32 @@ impl HttpState {
         Ok((id, session))
     }
 
-    async fn shared_session(&self, endpoint: &str) -> Result<Arc<HttpSession>, String> {
+    async fn shared_session(&self, endpoint: &str, agent: Option<&str>) -> Result<Arc<HttpSession>, String> {
         let mut shared = self.shared.lock().await;
-        if let Some(s) = shared.get(endpoint)
+        let key = (endpoint.to_owned(), agent.map(str::to_owned));
+        if let Some(s) = shared.get(&key)
             && !s.handle.is_closed()
         {
             return Ok(s.clone());
         }
-        let (_, s) = self.new_session(endpoint, true).await?;
-        shared.insert(endpoint.to_owned(), s.clone());
+        let (_, s) = self.new_session(endpoint, agent, true).await?;
+        shared.insert(key, s.clone());
         Ok(s)
+    }
+
+    /// Who sends this request: `Ok(Some(agent))` for an agent token, `Ok(None)` for an
+    /// anonymous client (allowed when no token is required), `Err` when it must be refused.
+    fn caller(&self, headers: &HeaderMap) -> Result<Option<String>, ()> {
+        let presented = bearer_token(headers);
+        if let Some(agent) = presented.and_then(|t| self.opts.agents.authenticate(t)) {
+            return Ok(Some(agent.name.clone()));
+        }
+        match &self.opts.token {
+            Some(token) if bearer_matches(headers, token) => Ok(None),
+            Some(_) => Err(()),
+            None if self.opts.agents.is_empty() => Ok(None),
+            None => Err(()),
+        }
     }
 
     fn reap_idle(&self) {
@@ -254,18 +286,17 @@ async fn handle(state: Arc<HttpState>, endpoint: String, method: Method, headers
     if let Err(why) = check_host_origin(&state.opts.allowed_hosts, &state.opts.allowed_origins, &headers) {
         return json_error(StatusCode::FORBIDDEN, None, code::INVALID_REQUEST, &why);
     }
-    if let Some(token) = &state.opts.token
-        && !bearer_matches(&headers, token)
-    {
+    let Ok(agent) = state.caller(&headers) else {
         let mut resp =
             json_error(StatusCode::UNAUTHORIZED, None, code::INVALID_REQUEST, "missing or wrong bearer token");
         resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return resp;
-    }
+    };
+    let agent = agent.as_deref();
     match method {
-        Method::POST => post(state, endpoint, headers, body).await,
-        Method::GET => get(state, endpoint, headers).await,
-        Method::DELETE => delete(state, headers),
+        Method::POST => post(state, endpoint, agent, headers, body).await,
+        Method::GET => get(state, endpoint, agent, headers).await,
+        Method::DELETE => delete(state, agent, headers),
         _ => {
             let mut resp = StatusCode::METHOD_NOT_ALLOWED.into_response();
             resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
@@ -278,7 +309,13 @@ fn is_modern(headers: &HeaderMap) -> bool {
     header_str(headers, VERSION_HEADER).is_some_and(|v| v >= "2026-07-28")
 }
 
-async fn post(state: Arc<HttpState>, endpoint: String, headers: HeaderMap, body: Body) -> Response {
+async fn post(
+    state: Arc<HttpState>,
+    endpoint: String,
+    agent: Option<&str>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let bytes = match axum::body::to_bytes(body, MAX_MESSAGE_BYTES).await {
         Ok(b) => b,
         Err(_) => {
@@ -307,24 +344,24 @@ async fn post(state: Arc<HttpState>, endpoint: String, headers: HeaderMap, body:
 
     let session_id = header_str(&headers, SESSION_HEADER).map(str::to_owned);
     let (session, new_id) = if modern && session_id.is_none() {
-        match state.shared_session(&endpoint).await {
+        match state.shared_session(&endpoint, agent).await {
             Ok(s) => (s, None),
             Err(e) => return json_error(StatusCode::BAD_GATEWAY, msg.id.take(), code::UPSTREAM_ERROR, &e),
         }
     } else if let Some(id) = session_id {
         match state.sessions.get(&id).map(|s| s.clone()) {
-            Some(s) if s.endpoint == endpoint && !s.handle.is_closed() => (s, None),
+            Some(s) if s.endpoint == endpoint && s.agent.as_deref() == agent && !s.handle.is_closed() => (s, None),
             _ => return json_error(StatusCode::NOT_FOUND, None, -32001, "Session not found"),
         }
     } else if msg.method() == "initialize" || msg.method() == "server/discover" {
         // `server/discover` from a client that has not negotiated yet is answered sessionless.
         if msg.method() == "server/discover" {
-            match state.shared_session(&endpoint).await {
+            match state.shared_session(&endpoint, agent).await {
                 Ok(s) => (s, None),
                 Err(e) => return json_error(StatusCode::BAD_GATEWAY, msg.id.take(), code::UPSTREAM_ERROR, &e),
             }
         } else {
-            match state.new_session(&endpoint, false).await {
+            match state.new_session(&endpoint, agent, false).await {
                 Ok((id, s)) => (s, Some(id)),
                 Err(e) => return json_error(StatusCode::BAD_GATEWAY, msg.id.take(), code::UPSTREAM_ERROR, &e),
             }
@@ -437,7 +474,7 @@ async fn json_response(mut rx: mpsc::UnboundedReceiver<Frame>, guard: Option<Can
     json_error(StatusCode::BAD_GATEWAY, None, code::UPSTREAM_ERROR, "the session ended before answering")
 }
 
-async fn get(state: Arc<HttpState>, endpoint: String, headers: HeaderMap) -> Response {
+async fn get(state: Arc<HttpState>, endpoint: String, agent: Option<&str>, headers: HeaderMap) -> Response {
     if is_modern(&headers) {
         let mut resp = StatusCode::METHOD_NOT_ALLOWED.into_response();
         resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
@@ -459,7 +496,9 @@ async fn get(state: Arc<HttpState>, endpoint: String, headers: HeaderMap) -> Res
             "Bad Request: Mcp-Session-Id header is required",
         );
     };
-    let Some(session) = state.sessions.get(id).map(|s| s.clone()).filter(|s| s.endpoint == endpoint) else {
+    let Some(session) =
+        state.sessions.get(id).map(|s| s.clone()).filter(|s| s.endpoint == endpoint && s.agent.as_deref() == agent)
+    else {
         return json_error(StatusCode::NOT_FOUND, None, -32001, "Session not found");
     };
     session.touch();
@@ -470,7 +509,7 @@ async fn get(state: Arc<HttpState>, endpoint: String, headers: HeaderMap) -> Res
     sse_response(rx, None)
 }
 
-fn delete(state: Arc<HttpState>, headers: HeaderMap) -> Response {
+fn delete(state: Arc<HttpState>, agent: Option<&str>, headers: HeaderMap) -> Response {
     let Some(id) = header_str(&headers, SESSION_HEADER) else {
         return json_error(
             StatusCode::BAD_REQUEST,
@@ -479,7 +518,7 @@ fn delete(state: Arc<HttpState>, headers: HeaderMap) -> Response {
             "Bad Request: Mcp-Session-Id header is required",
         );
     };
-    match state.sessions.remove(id) {
+    match state.sessions.remove_if(id, |_, s| s.agent.as_deref() == agent) {
         Some(_) => {
             info!(session = &id[..id.len().min(8)], "session closed by the client");
             StatusCode::OK.into_response()

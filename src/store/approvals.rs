@@ -163,6 +163,8 @@ pub struct NewApproval {
     pub trace: Value,
     pub created_at: i64,
     pub expires_at: i64,
+    /// The tool's title, description and annotations as listed by the upstream, if known.
+    pub tool_info: Option<Value>,
 }
 
 /// An approval with its votes and outcome; serialized as our API's snake_case JSON.
@@ -198,6 +200,8 @@ pub struct Approval {
     pub executed_at: Option<i64>,
     /// The outcome of the last execution.
     pub outcome: Option<Value>,
+    /// The tool's title, description and annotations as listed by the upstream, if known.
+    pub tool_info: Option<Value>,
 }
 
 impl Approval {
@@ -230,9 +234,71 @@ pub struct ApprovalFilter {
     pub server: Option<String>,
     pub tool: Option<String>,
     pub agent: Option<String>,
+    /// The rule that sent the call to approval (`default` matches requests no rule named).
+    pub rule: Option<String>,
+    /// Created at or after (unix ms).
+    pub from: Option<i64>,
+    /// Created before (unix ms).
+    pub to: Option<i64>,
+    /// Case-insensitive text search in the id, server, tool, agent, rule, reason and arguments.
+    pub q: Option<String>,
     /// Page size; `None` is [`DEFAULT_LIST_LIMIT`], larger values are cut to [`MAX_LIST_LIMIT`].
     pub limit: Option<u32>,
     pub offset: u32,
+}
+
+/// The `WHERE` clause (with a leading space, or empty) and arguments of a filter.
+fn filter_sql(filter: &ApprovalFilter) -> (String, Vec<rusqlite::types::Value>) {
+    let mut conds: Vec<&str> = Vec::new();
+    let mut args: Vec<rusqlite::types::Value> = Vec::new();
+    let search: String;
+    if let Some(status) = filter.status {
+        conds.push("status = ?");
+        args.push(status.as_str().to_owned().into());
+    }
+    for (cond, value) in [("server = ?", &filter.server), ("tool = ?", &filter.tool), ("agent = ?", &filter.agent)] {
+        if let Some(v) = value {
+            conds.push(cond);
+            args.push(v.clone().into());
+        }
+    }
+    match filter.rule.as_deref() {
+        Some("default") => conds.push("rule IS NULL"),
+        Some(rule) => {
+            conds.push("rule = ?");
+            args.push(rule.to_owned().into());
+        }
+        None => {}
+    }
+    if let Some(from) = filter.from {
+        conds.push("created_at >= ?");
+        args.push(from.into());
+    }
+    if let Some(to) = filter.to {
+        conds.push("created_at < ?");
+        args.push(to.into());
+    }
+    if let Some(q) = filter.q.as_deref().map(str::trim).filter(|q| !q.is_empty()) {
+        // LIKE is case-insensitive for ASCII; `\` escapes the wildcards a user typed.
+        let escaped = q.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+        const SEARCHED: [&str; 7] = [
+            "id",
+            "server",
+            "tool",
+            "coalesce(agent, '')",
+            "coalesce(rule, '')",
+            "coalesce(rule_reason, '')",
+            "arguments",
+        ];
+        let any = SEARCHED.iter().map(|c| format!("{c} LIKE ? ESCAPE '\\'")).collect::<Vec<_>>().join(" OR ");
+        search = format!("({any})");
+        conds.push(&search);
+        let pattern = format!("%{escaped}%");
+        for _ in SEARCHED {
+            args.push(pattern.clone().into());
+        }
+    }
+    if conds.is_empty() { (String::new(), args) } else { (format!(" WHERE {}", conds.join(" AND ")), args) }
 }
 
 /// The answer of [`Store::claim_execution`].
@@ -281,8 +347,8 @@ impl Store {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let inserted = tx.execute(
                 "INSERT INTO approvals (id, key, server, tool, arguments, agent, risk, rule, rule_reason, workflow,
-                     required_approvals, grant_secs, trace, created_at, expires_at, status)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, 'pending')",
+                     required_approvals, grant_secs, trace, created_at, expires_at, status, tool_info)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, 'pending', ?16)",
                 params![
                     a.id,
                     a.key,
@@ -299,6 +365,7 @@ impl Store {
                     serde_json::to_string(&a.trace)?,
                     a.created_at,
                     a.expires_at,
+                    a.tool_info.as_ref().map(serde_json::to_string).transpose()?,
                 ],
             );
             match inserted {
@@ -348,25 +415,9 @@ impl Store {
     /// Approvals matching `filter`, newest first.
     pub async fn list_approvals(&self, filter: ApprovalFilter) -> Result<Vec<Approval>, StoreError> {
         self.call(move |conn| {
-            let mut sql = format!("SELECT {COLS} FROM approvals");
-            let mut conds: Vec<&str> = Vec::new();
-            let mut args: Vec<rusqlite::types::Value> = Vec::new();
-            if let Some(status) = filter.status {
-                conds.push("status = ?");
-                args.push(status.as_str().to_owned().into());
-            }
-            for (col, value) in [("server = ?", filter.server), ("tool = ?", filter.tool), ("agent = ?", filter.agent)]
-            {
-                if let Some(v) = value {
-                    conds.push(col);
-                    args.push(v.into());
-                }
-            }
-            if !conds.is_empty() {
-                sql.push_str(" WHERE ");
-                sql.push_str(&conds.join(" AND "));
-            }
-            sql.push_str(" ORDER BY created_at DESC, rowid DESC LIMIT ? OFFSET ?");
+            let (conds, mut args) = filter_sql(&filter);
+            let sql =
+                format!("SELECT {COLS} FROM approvals{conds} ORDER BY created_at DESC, rowid DESC LIMIT ? OFFSET ?");
             args.push(i64::from(filter.limit.unwrap_or(DEFAULT_LIST_LIMIT).min(MAX_LIST_LIMIT)).into());
             args.push(i64::from(filter.offset).into());
             let rows = conn
@@ -374,6 +425,17 @@ impl Store {
                 .query_map(rusqlite::params_from_iter(args), row_to_approval)?
                 .collect::<Result<Vec<_>, _>>()?;
             with_votes(conn, rows)
+        })
+        .await
+    }
+
+    /// How many approvals match `filter` (its page is ignored).
+    pub async fn count_approvals(&self, filter: ApprovalFilter) -> Result<u64, StoreError> {
+        self.call(move |conn| {
+            let (conds, args) = filter_sql(&filter);
+            let sql = format!("SELECT count(*) FROM approvals{conds}");
+            let n: i64 = conn.prepare_cached(&sql)?.query_row(rusqlite::params_from_iter(args), |r| r.get(0))?;
+            Ok(u64::try_from(n).unwrap_or(0))
         })
         .await
     }
@@ -530,7 +592,7 @@ fn grant_ms(grant_secs: u64) -> i64 {
 
 const COLS: &str = "id, key, server, tool, arguments, agent, risk, rule, rule_reason, workflow, required_approvals, \
                     grant_secs, trace, created_at, expires_at, status, decided_at, decided_by, deny_reason, notes, \
-                    uses, executed_at, outcome";
+                    uses, executed_at, outcome, tool_info";
 
 fn json_col(row: &Row<'_>, idx: usize) -> rusqlite::Result<Value> {
     let text: String = row.get(idx)?;
@@ -570,6 +632,10 @@ fn row_to_approval(row: &Row<'_>) -> rusqlite::Result<Approval> {
                 serde_json::from_str(&text)
                     .map_err(|e| rusqlite::Error::FromSqlConversionFailure(22, Type::Text, Box::new(e)))?,
             ),
+            None => None,
+        },
+        tool_info: match row.get::<_, Option<String>>(23)? {
+            Some(text) => serde_json::from_str(&text).ok(),
             None => None,
         },
     })
@@ -762,6 +828,7 @@ mod tests {
             trace: json!([{"rule": "deletes", "result": "escalate"}]),
             created_at: T0,
             expires_at: T0 + HOUR,
+            tool_info: Some(json!({"description": "Deletes a file", "annotations": {"destructiveHint": true}})),
         }
     }
 

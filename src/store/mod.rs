@@ -31,6 +31,7 @@
 
 pub mod approvals;
 mod migrate;
+pub mod stats;
 
 use std::path::PathBuf;
 use std::sync::mpsc;

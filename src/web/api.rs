@@ -1,5 +1,6 @@
-//! `/api/v1`: the JSON API. Every route needs `Authorization: Bearer TOKEN`; errors are JSON
-//! `{"error": {"code", "message"}}` with a stable code.
+//! `/api/v1`: the JSON API. Every route but the OpenAPI document needs `Authorization: Bearer
+//! TOKEN`; errors are JSON `{"error": {"code", "message"}}` with a stable code. The document at
+//! `/api/v1/openapi.json` describes every route.
 
 use std::sync::Arc;
 
@@ -14,15 +15,37 @@ use serde_json::json;
 use super::WebState;
 use super::guard::bearer_token;
 use crate::approval::DecideError;
+use crate::approval::now_ms;
+use crate::approval::replies::parse_time;
 use crate::identity::{OPERATOR, Principal};
+use crate::store::approvals::{DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT};
 use crate::store::{ApprovalFilter, Status};
+
+/// The OpenAPI 3.1 description of this API.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// Most requests one bulk call decides.
+pub const MAX_BULK: usize = 500;
 
 pub fn routes() -> Router<Arc<WebState>> {
     Router::new()
+        .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/approvals", get(list))
+        .route("/api/v1/approvals/stats", get(stats))
+        .route("/api/v1/approvals/bulk-approve", post(bulk_approve))
+        .route("/api/v1/approvals/bulk-deny", post(bulk_deny))
         .route("/api/v1/approvals/{id}", get(show))
         .route("/api/v1/approvals/{id}/approve", post(approve))
         .route("/api/v1/approvals/{id}/deny", post(deny))
+        .route("/api/v1/audit", get(audit))
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI)
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
 }
 
 /// An API error: HTTP status, stable code, message.
@@ -63,14 +86,64 @@ fn authorize(state: &WebState, headers: &HeaderMap) -> Result<Principal, ApiErro
         .ok_or_else(|| ApiError(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong bearer token".into()))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 pub struct ListQuery {
+    /// A status, or `all` (the default).
     pub status: Option<String>,
     pub server: Option<String>,
     pub tool: Option<String>,
     pub agent: Option<String>,
+    /// A rule name; `default` for requests that no named rule sent.
+    pub rule: Option<String>,
+    /// Created at or after: unix milliseconds, `YYYY-MM-DD` or an RFC 3339 time.
+    pub from: Option<String>,
+    /// Created before (same forms as `from`).
+    pub to: Option<String>,
+    /// Text search in the id, server, tool, agent, rule, reason and arguments.
+    pub q: Option<String>,
     pub limit: Option<u32>,
     pub offset: Option<u32>,
+}
+
+impl ListQuery {
+    /// The store filter, or the error naming the parameter that does not parse.
+    pub fn filter(&self) -> Result<ApprovalFilter, ApiError> {
+        let non_empty = |v: &Option<String>| v.as_deref().map(str::trim).filter(|v| !v.is_empty()).map(str::to_owned);
+        let status = match non_empty(&self.status).as_deref() {
+            None | Some("all") => None,
+            Some(s) => Some(
+                s.parse::<Status>()
+                    .map_err(|_| ApiError(StatusCode::BAD_REQUEST, "bad_status", format!("unknown status {s:?}")))?,
+            ),
+        };
+        Ok(ApprovalFilter {
+            status,
+            server: non_empty(&self.server),
+            tool: non_empty(&self.tool),
+            agent: non_empty(&self.agent),
+            rule: non_empty(&self.rule),
+            from: time_param("from", &self.from)?,
+            to: time_param("to", &self.to)?,
+            q: non_empty(&self.q),
+            limit: self.limit,
+            offset: self.offset.unwrap_or(0),
+        })
+    }
+}
+
+/// An optional time query parameter.
+pub fn time_param(name: &str, value: &Option<String>) -> Result<Option<i64>, ApiError> {
+    match value.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(text) => parse_time(text).map(Some).ok_or_else(|| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                "bad_time",
+                format!("{name}: {text:?} is not a time (unix ms, YYYY-MM-DD or RFC 3339)"),
+            )
+        }),
+    }
 }
 
 async fn list(
@@ -79,29 +152,18 @@ async fn list(
     Query(q): Query<ListQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     authorize(&state, &headers)?;
-    let status = match q.status.as_deref() {
-        None | Some("") | Some("all") => None,
-        Some(s) => Some(
-            s.parse::<Status>()
-                .map_err(|_| ApiError(StatusCode::BAD_REQUEST, "bad_status", format!("unknown status {s:?}")))?,
-        ),
-    };
-    let filter = ApprovalFilter {
-        status,
-        server: q.server,
-        tool: q.tool,
-        agent: q.agent,
-        limit: q.limit,
-        offset: q.offset.unwrap_or(0),
-    };
-    let approvals = state
-        .approvals
-        .store
-        .list_approvals(filter)
-        .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let filter = q.filter()?;
+    let limit = filter.limit.unwrap_or(DEFAULT_LIST_LIMIT).min(MAX_LIST_LIMIT);
+    let offset = filter.offset;
+    let store = &state.approvals.store;
+    let (approvals, total) =
+        tokio::try_join!(store.list_approvals(filter.clone()), store.count_approvals(filter)).map_err(internal)?;
     let items: Vec<serde_json::Value> = approvals.iter().map(|a| view(&state, a)).collect();
-    Ok(Json(json!({ "approvals": items })))
+    let end = u64::from(offset) + items.len() as u64;
+    let next_offset = (end < total).then_some(end);
+    Ok(Json(
+        json!({ "approvals": items, "total": total, "limit": limit, "offset": offset, "next_offset": next_offset }),
+    ))
 }
 
 async fn show(
@@ -110,16 +172,17 @@ async fn show(
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     authorize(&state, &headers)?;
-    let a = state
-        .approvals
-        .store
+    let store = &state.approvals.store;
+    let a = store
         .get_approval(&id)
         .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(internal)?
         .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, "not_found", format!("no approval request {id}")))?;
-    let transitions = state.approvals.store.transitions(&id).await.unwrap_or_default();
+    let (transitions, risk) =
+        tokio::try_join!(store.transitions(&id), store.risk_snapshot(a.agent.clone(), now_ms())).map_err(internal)?;
     let mut v = view(&state, &a);
     v["history"] = serde_json::to_value(transitions).unwrap_or_default();
+    v["risk_snapshot"] = serde_json::to_value(risk).unwrap_or_default();
     Ok(Json(v))
 }
 
@@ -186,4 +249,119 @@ fn acting_as(state: &WebState, who: Principal, approver: Option<&str>) -> Result
         ));
     }
     Ok(Principal::named(name))
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct BulkBody {
+    pub approval_ids: Vec<String>,
+    pub notes: Option<String>,
+    pub reason: Option<String>,
+}
+
+async fn bulk_approve(
+    State(state): State<Arc<WebState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    bulk(state, headers, body, true).await
+}
+
+async fn bulk_deny(
+    State(state): State<Arc<WebState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    bulk(state, headers, body, false).await
+}
+
+/// Decides each listed request in turn. The answer is 200 with one result per id (in the
+/// order given): `{"id", "ok": true, "status"}` or `{"id", "ok": false, "error": {code, message}}`.
+async fn bulk(
+    state: Arc<WebState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+    approve: bool,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    // The token is checked before the body is looked at.
+    let who = authorize(&state, &headers)?;
+    let body: BulkBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError(StatusCode::BAD_REQUEST, "bad_request", format!("expected a JSON body with approval_ids: {e}"))
+    })?;
+    let mut ids: Vec<String> = Vec::new();
+    for id in body.approval_ids {
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    if ids.is_empty() || ids.len() > MAX_BULK {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("approval_ids must list 1 to {MAX_BULK} requests"),
+        ));
+    }
+    if !approve && body.reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
+        return Err(ApiError(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "reason_required",
+            "a reason is required to deny".into(),
+        ));
+    }
+    let (results, decided) = decide_many(&state, &who, &ids, approve, body.notes, body.reason).await;
+    Ok(Json(json!({ "results": results, "decided": decided, "failed": ids.len() - decided })))
+}
+
+/// Decides several requests as `who`; the per-request results and how many succeeded.
+pub async fn decide_many(
+    state: &WebState,
+    who: &Principal,
+    ids: &[String],
+    approve: bool,
+    notes: Option<String>,
+    reason: Option<String>,
+) -> (Vec<serde_json::Value>, usize) {
+    let mut results = Vec::with_capacity(ids.len());
+    let mut decided = 0;
+    for id in ids {
+        match state.approvals.decide(id, who, approve, notes.clone(), reason.clone()).await {
+            Ok(a) => {
+                decided += 1;
+                results.push(json!({ "id": id, "ok": true, "status": a.status }));
+            }
+            Err(e) => {
+                let ApiError(_, code, message) = ApiError::from(e);
+                results.push(json!({ "id": id, "ok": false, "error": { "code": code, "message": message } }));
+            }
+        }
+    }
+    (results, decided)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RangeQuery {
+    pub from: Option<String>,
+    pub to: Option<String>,
+}
+
+async fn stats(
+    State(state): State<Arc<WebState>>,
+    headers: HeaderMap,
+    Query(q): Query<RangeQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&state, &headers)?;
+    let from = time_param("from", &q.from)?;
+    let to = time_param("to", &q.to)?;
+    let stats = state.approvals.store.stats(from, to).await.map_err(internal)?;
+    Ok(Json(serde_json::to_value(stats).map_err(internal)?))
+}
+
+async fn audit(
+    State(state): State<Arc<WebState>>,
+    headers: HeaderMap,
+    Query(q): Query<crate::audit::AuditQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&state, &headers)?;
+    let (rows, next) = crate::audit::page(&state.approvals.store, q).await.map_err(internal)?;
+    Ok(Json(json!({ "entries": rows, "next_before": next })))
 }

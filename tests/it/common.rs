@@ -70,7 +70,7 @@ pub fn options(servers: Vec<Arc<ServerConfig>>) -> SessionOptions {
 }
 
 pub fn options_with_gate(servers: Vec<Arc<ServerConfig>>, gate: Arc<dyn Gate>) -> SessionOptions {
-    SessionOptions { servers, separator: "__".into(), shared: false, gate, label: "test".into() }
+    SessionOptions { servers, separator: "__".into(), shared: false, gate, label: "test".into(), agent: None }
 }
 
 /// A running fixture server over Streamable HTTP.
@@ -115,6 +115,7 @@ pub async fn http_proxy(opts: SessionOptions, token: Option<&str>) -> String {
         all: opts,
         single,
         token: token.map(str::to_owned),
+        agents: Default::default(),
         allowed_hosts: Vec::new(),
         allowed_origins: Vec::new(),
     });

@@ -6,6 +6,7 @@
 mod approval_server;
 mod binary;
 mod common;
+mod dashboard_api;
 mod gating;
 mod relay;
 mod sse_fixture;
