@@ -55,6 +55,10 @@ impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError(status, code, message.into())
     }
+
+    pub fn message(&self) -> &str {
+        &self.2
+    }
 }
 
 impl IntoResponse for ApiError {

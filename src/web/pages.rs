@@ -1,37 +1,55 @@
-//! Server-rendered pages: sign-in, the pending queue, and one request with Approve and Deny.
-//! Templates are maud (auto-escaping): tool arguments are untrusted and shown as text only.
+//! Server-rendered dashboard: sign-in, the queue (Pending / All tabs with filters, pages and bulk
+//! decisions), one request with Approve and Deny, and stats. Templates are maud (auto-escaping):
+//! tool arguments are untrusted and shown as text only. Everything works without JavaScript;
+//! `live.js` only refreshes views when the event stream reports a change.
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Form, Path, Query, State};
+use axum::body::Bytes;
+use axum::extract::{Form, Path, Query, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use maud::{DOCTYPE, Markup, PreEscaped, html};
+use maud::{DOCTYPE, Markup, html};
 use serde::Deserialize;
 
+use super::api::{ListQuery, decide_many, time_param};
 use super::guard::constant_time_eq;
-use super::{BrowserSession, WebState};
+use super::{BrowserSession, COOKIE, WebState};
 use crate::approval::now_ms;
 use crate::approval::replies::iso8601;
-use crate::store::{ApprovalFilter, Status};
+use crate::store::approvals::DEFAULT_LIST_LIMIT;
+use crate::store::stats::Breakdown;
+use crate::store::{Approval, Status};
 
-use super::COOKIE;
 const STYLE: &str = include_str!("style.css");
+const LIVE_JS: &str = include_str!("live.js");
 
 pub fn routes() -> Router<Arc<WebState>> {
     Router::new()
-        .route("/", get(index))
+        .route("/", get(queue))
+        .route("/stats", get(stats))
         .route("/login", get(login_form).post(login))
         .route("/logout", post(logout))
+        .route("/approvals/bulk", post(bulk))
         .route("/approvals/{id}", get(detail))
         .route("/approvals/{id}/approve", post(approve))
         .route("/approvals/{id}/deny", post(deny))
         .route("/assets/style.css", get(style))
+        .route("/assets/live.js", get(live_js))
 }
 
-fn page(title: &str, body: Markup) -> Markup {
+/// Which top-level view a page belongs to (the highlighted tab).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tab {
+    Pending,
+    All,
+    Stats,
+    None,
+}
+
+fn page(title: &str, tab: Tab, session: Option<&BrowserSession>, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -40,9 +58,27 @@ fn page(title: &str, body: Markup) -> Markup {
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · mcp-gate" }
                 link rel="stylesheet" href="/assets/style.css";
+                @if session.is_some() { script src="/assets/live.js" defer {} }
             }
             body {
-                header { a href="/" { "mcp-gate" } " approvals" }
+                header {
+                    a.brand href="/" { "mcp-gate" }
+                    @if let Some(s) = session {
+                        nav aria-label="Views" {
+                            a href="/" aria-current=[(tab == Tab::Pending).then_some("page")] { "Pending" }
+                            a href="/?view=all" aria-current=[(tab == Tab::All).then_some("page")] { "All" }
+                            a href="/stats" aria-current=[(tab == Tab::Stats).then_some("page")] { "Stats" }
+                        }
+                        span.who { (s.who.name) }
+                        form.logout method="post" action="/logout" {
+                            input type="hidden" name="csrf" value=(s.csrf);
+                            button type="submit" { "Sign out" }
+                        }
+                    }
+                }
+                div #live.live hidden role="status" {
+                    "Something changed. " a href="" { "Refresh" }
+                }
                 main { (body) }
             }
         }
@@ -51,6 +87,10 @@ fn page(title: &str, body: Markup) -> Markup {
 
 async fn style() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLE)
+}
+
+async fn live_js() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], LIVE_JS)
 }
 
 fn session_of(state: &WebState, headers: &HeaderMap) -> Option<(String, BrowserSession)> {
@@ -88,6 +128,8 @@ async fn login_form(Query(q): Query<NextQuery>) -> Markup {
     let next = safe_next(q.next.as_deref());
     page(
         "Sign in",
+        Tab::None,
+        None,
         html! {
             h1 { "Sign in" }
             p { "Paste the approver token. mcp-gate printed where it is stored when it started." }
@@ -111,6 +153,8 @@ async fn login(State(state): State<Arc<WebState>>, Form(form): Form<LoginForm>) 
     let Some(who) = state.identify(form.token.trim()) else {
         let body = page(
             "Sign in",
+            Tab::None,
+            None,
             html! { h1 { "Sign in" } p.error { "That token is not right." } a href="/login" { "Try again" } },
         );
         return (StatusCode::UNAUTHORIZED, body).into_response();
@@ -143,46 +187,175 @@ async fn logout(State(state): State<Arc<WebState>>, headers: HeaderMap, Form(for
     response
 }
 
-async fn index(State(state): State<Arc<WebState>>, headers: HeaderMap) -> Response {
-    let Some((_, session)) = session_of(&state, &headers) else { return to_login("/") };
-    let filter = ApprovalFilter { status: Some(Status::Pending), limit: Some(200), ..ApprovalFilter::default() };
-    let pending = state.approvals.store.list_approvals(filter).await.unwrap_or_default();
+/// The queue's query string. Everything is text here (a hand-edited URL must not fail the
+/// page); the list filter validates it.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct QueueQuery {
+    view: Option<String>,
+    status: Option<String>,
+    server: Option<String>,
+    tool: Option<String>,
+    agent: Option<String>,
+    rule: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    q: Option<String>,
+    limit: Option<String>,
+    offset: Option<String>,
+    done: Option<String>,
+    error: Option<String>,
+}
+
+impl QueueQuery {
+    fn list(&self) -> ListQuery {
+        let number = |v: &Option<String>| v.as_deref().and_then(|v| v.trim().parse::<u32>().ok());
+        ListQuery {
+            status: self.status.clone(),
+            server: self.server.clone(),
+            tool: self.tool.clone(),
+            agent: self.agent.clone(),
+            rule: self.rule.clone(),
+            from: self.from.clone(),
+            to: self.to.clone(),
+            q: self.q.clone(),
+            limit: number(&self.limit),
+            offset: number(&self.offset),
+        }
+    }
+}
+
+/// The queue: Pending (the default) or All, with filters, pages and bulk decisions.
+async fn queue(
+    State(state): State<Arc<WebState>>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+    Query(q): Query<QueueQuery>,
+) -> Response {
+    let here = match &raw {
+        Some(r) => format!("/?{r}"),
+        None => "/".to_owned(),
+    };
+    let Some((_, session)) = session_of(&state, &headers) else { return to_login(&here) };
+    let all = q.view.as_deref() == Some("all");
+    let mut list = q.list();
+    if !all {
+        list.status = Some("pending".into());
+    }
+    let (rows, total, problem) = match list.filter() {
+        Ok(filter) => {
+            let store = &state.approvals.store;
+            match tokio::try_join!(store.list_approvals(filter.clone()), store.count_approvals(filter)) {
+                Ok((rows, total)) => (rows, total, None),
+                Err(e) => (Vec::new(), 0, Some(format!("storage: {e}"))),
+            }
+        }
+        Err(e) => (Vec::new(), 0, Some(e.message().to_owned())),
+    };
+    let limit = u64::from(list.limit.unwrap_or(DEFAULT_LIST_LIMIT).clamp(1, 1000));
+    let offset = u64::from(list.offset.unwrap_or(0));
     let now = now_ms();
-    page(
-        "Pending approvals",
-        html! {
-            h1 { "Pending approvals" }
-            @if pending.is_empty() {
-                p { "Nothing is waiting." }
-            } @else {
-                table {
-                    thead { tr { th { "Request" } th { "Agent" } th { "Call" } th { "Rule" } th { "Age" } } }
-                    tbody {
-                        @for a in &pending {
-                            tr {
-                                td { a href={ "/approvals/" (a.id) } { (a.id) } }
-                                td { (a.agent.as_deref().unwrap_or("-")) }
-                                td { code { (a.server) ":" (a.tool) } }
-                                td { (a.rule.as_deref().unwrap_or("default")) }
-                                td { (age(now - a.created_at)) }
-                            }
+    let tab = if all { Tab::All } else { Tab::Pending };
+    let title = if all { "All requests" } else { "Pending requests" };
+    let page_link = |offset: u64| -> String {
+        let mut pairs = form_urlencoded::Serializer::new(String::new());
+        if all {
+            pairs.append_pair("view", "all");
+        }
+        for (k, v) in [
+            ("status", if all { &list.status } else { &None }),
+            ("server", &list.server),
+            ("tool", &list.tool),
+            ("agent", &list.agent),
+            ("rule", &list.rule),
+            ("from", &list.from),
+            ("to", &list.to),
+            ("q", &list.q),
+        ] {
+            if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
+                pairs.append_pair(k, v);
+            }
+        }
+        if let Some(l) = list.limit {
+            pairs.append_pair("limit", &l.to_string());
+        }
+        pairs.append_pair("offset", &offset.to_string());
+        format!("/?{}", pairs.finish())
+    };
+    let body = html! {
+        h1 { (title) " " span.count { "(" (total) ")" } }
+        @if let Some(done) = &q.done { p.notice role="status" { (done) } }
+        @if let Some(error) = q.error.as_ref().or(problem.as_ref()) { p.error role="alert" { (error) } }
+        form.filters method="get" action="/" {
+            @if all { input type="hidden" name="view" value="all"; }
+            @if all {
+                label { "Status"
+                    select name="status" {
+                        @for s in ["all", "pending", "approved", "denied", "expired", "executed", "failed"] {
+                            option value=(s) selected[list.status.as_deref().unwrap_or("all") == s] { (s) }
                         }
                     }
                 }
             }
-            (logout_form(&session))
-        },
-    )
-    .into_response()
+            label { "Server" input type="text" name="server" value=[list.server.as_deref()]; }
+            label { "Tool" input type="text" name="tool" value=[list.tool.as_deref()]; }
+            label { "Agent" input type="text" name="agent" value=[list.agent.as_deref()]; }
+            label { "Rule" input type="text" name="rule" value=[list.rule.as_deref()]; }
+            label { "From" input type="date" name="from" value=[list.from.as_deref()]; }
+            label { "To" input type="date" name="to" value=[list.to.as_deref()]; }
+            label.search { "Search" input type="search" name="q" value=[list.q.as_deref()] placeholder="id, tool, arguments…"; }
+            button type="submit" { "Filter" }
+        }
+        @if rows.is_empty() {
+            p.empty { @if all { "No requests match." } @else { "Nothing is waiting." } }
+        } @else {
+            form #queue method="post" action="/approvals/bulk" {
+                input type="hidden" name="csrf" value=(session.csrf);
+                input type="hidden" name="back" value=(here);
+                table.queue {
+                    thead { tr {
+                        th { span.visually-hidden { "Select" } }
+                        th { "Request" } th { "Agent" } th { "Call" } th { "Rule" } th { "Status" } th { "Age" }
+                    } }
+                    tbody {
+                        @for a in &rows {
+                            tr data-id=(a.id) {
+                                td { @if a.status == Status::Pending {
+                                    input type="checkbox" name="id" value=(a.id) aria-label={ "Select " (a.id) };
+                                } }
+                                td data-label="Request" { a href={ "/approvals/" (a.id) } { (a.id) } }
+                                td data-label="Agent" { (a.agent.as_deref().unwrap_or("-")) }
+                                td data-label="Call" { code { (a.server) ":" (a.tool) } }
+                                td data-label="Rule" { (rule_label(a)) }
+                                td data-label="Status" { span class={ "status " (a.status.as_str()) } { (a.status.as_str()) } }
+                                td data-label="Age" { (age(now - a.created_at)) }
+                            }
+                        }
+                    }
+                }
+                @if rows.iter().any(|a| a.status == Status::Pending) {
+                    fieldset.bulk {
+                        legend { "Selected requests" }
+                        label { "Notes" input type="text" name="notes"; }
+                        label { "Reason (required to deny)" input type="text" name="reason"; }
+                        button.approve type="submit" name="action" value="approve" { "Approve selected" }
+                        button.deny type="submit" name="action" value="deny" { "Deny selected" }
+                    }
+                }
+            }
+            nav.pages aria-label="Pages" {
+                @if offset > 0 { a rel="prev" href=(page_link(offset.saturating_sub(limit))) { "← Newer" } }
+                span { (offset + 1) "–" (offset + rows.len() as u64) " of " (total) }
+                @if offset + (rows.len() as u64) < total { a rel="next" href=(page_link(offset + limit)) { "Older →" } }
+            }
+        }
+    };
+    page(title, tab, Some(&session), body).into_response()
 }
 
-fn logout_form(session: &BrowserSession) -> Markup {
-    html! {
-        form.logout method="post" action="/logout" {
-            input type="hidden" name="csrf" value=(session.csrf);
-            button type="submit" { "Sign out" }
-        }
-    }
+/// The rule that held a request, or `default` when the default policy did.
+fn rule_label(a: &Approval) -> &str {
+    a.rule.as_deref().unwrap_or("default")
 }
 
 fn age(ms: i64) -> String {
@@ -208,71 +381,115 @@ async fn detail(
     Query(flash): Query<Flash>,
 ) -> Response {
     let Some((_, session)) = session_of(&state, &headers) else { return to_login(&format!("/approvals/{id}")) };
-    let approval = match state.approvals.store.get_approval(&id).await {
+    let store = &state.approvals.store;
+    let approval = match store.get_approval(&id).await {
         Ok(Some(a)) => a,
-        _ => return (StatusCode::NOT_FOUND, page("Not found", html! { h1 { "No such request" } })).into_response(),
+        _ => {
+            let body = html! { h1 { "No such request" } p { a href="/" { "Back to the queue" } } };
+            return (StatusCode::NOT_FOUND, page("Not found", Tab::None, Some(&session), body)).into_response();
+        }
     };
-    let history = state.approvals.store.transitions(&id).await.unwrap_or_default();
-    let arguments = serde_json::to_string_pretty(&approval.arguments).unwrap_or_default();
-    let trace = serde_json::to_string_pretty(&approval.trace).unwrap_or_default();
     let now = now_ms();
+    let (history, risk) = tokio::join!(store.transitions(&id), store.risk_snapshot(approval.agent.clone(), now));
+    let history = history.unwrap_or_default();
+    let risk = risk.unwrap_or_default();
+    let arguments = serde_json::to_string_pretty(&approval.arguments).unwrap_or_default();
     let remaining = approval.expires_at - now;
-    page(
-        &format!("Request {}", approval.id),
-        html! {
-            h1 { "Request " (approval.id) }
-            @if let Some(done) = &flash.done { p.notice { (done) } }
-            @if let Some(error) = &flash.error { p.error { (error) } }
-            dl {
-                dt { "Status" } dd { strong.status { (approval.status.as_str()) } }
-                dt { "Server" } dd { code { (approval.server) } }
-                dt { "Tool" } dd { code { (approval.tool) } }
-                dt { "Agent" } dd { (approval.agent.as_deref().unwrap_or("-")) }
-                dt { "Rule" } dd { (approval.rule.as_deref().unwrap_or("default policy")) }
-                @if let Some(why) = &approval.rule_reason { dt { "Why" } dd { (why) } }
-                @if let Some(risk) = &approval.risk { dt { "Risk" } dd { (risk) } }
-                dt { "Workflow" } dd { (approval.workflow) " (" (approval.required_approvals) " approval(s) needed)" }
-                dt { "Created" } dd { (iso8601(approval.created_at)) }
-                dt { "Expires" } dd {
-                    (iso8601(approval.expires_at))
-                    @if approval.status == Status::Pending && remaining > 0 { " (in " (age(remaining)) ")" }
-                }
+    let info = approval.tool_info.as_ref();
+    let description = info.and_then(|i| i.get("description")).and_then(|d| d.as_str());
+    let annotations = info.and_then(|i| i.get("annotations")).filter(|a| a.as_object().is_some_and(|o| !o.is_empty()));
+    let trace = approval.trace.as_array().cloned().unwrap_or_default();
+    let body = html! {
+        p.crumbs { a href="/" { "← Queue" } }
+        h1 { "Request " code { (approval.id) } }
+        @if let Some(done) = &flash.done { p.notice role="status" { (done) } }
+        @if let Some(error) = &flash.error { p.error role="alert" { (error) } }
+        dl.facts data-id=(approval.id) {
+            dt { "Status" } dd { span class={ "status " (approval.status.as_str()) } { (approval.status.as_str()) } }
+            dt { "Agent" } dd { (approval.agent.as_deref().unwrap_or("-")) }
+            dt { "Server" } dd { code { (approval.server) } }
+            dt { "Tool" } dd {
+                code { (approval.tool) }
+                @if let Some(d) = description { p.tool-description { (d) } }
+                @if let Some(a) = annotations { p.annotations { "Annotations: " code { (a.to_string()) } } }
             }
+            dt { "Created" } dd { (iso8601(approval.created_at)) " (" (age(now - approval.created_at)) " ago)" }
+            dt { "Expires" } dd {
+                (iso8601(approval.expires_at))
+                @if approval.status == Status::Pending && remaining > 0 { " (" (age(remaining)) " remaining)" }
+            }
+            dt { "Workflow" } dd { (approval.workflow) " · " (approval.votes.len()) " of " (approval.required_approvals) " approval(s)" }
+            @if let Some(risk) = &approval.risk { dt { "Risk" } dd { (risk) } }
+        }
+        section.reason {
+            h2 { "Reason" }
+            p { strong { (rule_label(&approval)) } ": " (approval.rule_reason.as_deref().unwrap_or("the default policy holds calls that are not read-only")) }
+        }
+        section {
             h2 { "Arguments" }
-            pre { (arguments) }
-            details { summary { "Policy trace" } pre { (trace) } }
-            @if approval.status == Status::Pending {
-                div.decide {
-                    form method="post" action={ "/approvals/" (approval.id) "/approve" } {
-                        input type="hidden" name="csrf" value=(session.csrf);
-                        label for="notes" { "Notes" }
-                        textarea id="notes" name="notes" rows="2" {}
-                        button.approve type="submit" { "Approve" }
-                    }
-                    form method="post" action={ "/approvals/" (approval.id) "/deny" } {
-                        input type="hidden" name="csrf" value=(session.csrf);
-                        label for="reason" { "Reason (required to deny)" }
-                        textarea id="reason" name="reason" rows="2" required {}
-                        button.deny type="submit" { "Deny" }
+            pre.arguments { (arguments) }
+        }
+        section {
+            h2 { "Policy trace" }
+            ol.trace {
+                @for step in &trace {
+                    li {
+                        code { (step.get("rule").and_then(|r| r.as_str()).unwrap_or("?")) }
+                        " · " (step.get("result").and_then(|r| r.as_str()).unwrap_or(""))
+                        @if let Some(why) = step.get("why").and_then(|w| w.as_str()) { " · " (why) }
                     }
                 }
             }
+        }
+        section.risk {
+            h2 { "Risk snapshot" }
+            p { "Agent " strong { (risk.agent.as_deref().unwrap_or("-")) } ", with " (risk.pending_now) " request(s) pending now." }
+            table.snapshot {
+                thead { tr { th { "" } th { "Calls" } th { "Approved" } th { "Denied" } } }
+                tbody {
+                    tr { th { "Last hour" } td { (risk.last_hour.calls) } td { (risk.last_hour.approved) } td { (risk.last_hour.denied) } }
+                    tr { th { "Last day" } td { (risk.last_day.calls) } td { (risk.last_day.approved) } td { (risk.last_day.denied) } }
+                }
+            }
+        }
+        @if approval.status == Status::Pending {
+            section.decide {
+                h2 { "Decision" }
+                form method="post" action={ "/approvals/" (approval.id) "/approve" } {
+                    input type="hidden" name="csrf" value=(session.csrf);
+                    label for="notes" { "Notes" }
+                    textarea id="notes" name="notes" rows="2" {}
+                    button.approve type="submit" { "Approve" }
+                }
+                form method="post" action={ "/approvals/" (approval.id) "/deny" } {
+                    input type="hidden" name="csrf" value=(session.csrf);
+                    label for="reason" { "Reason (required to deny)" }
+                    textarea id="reason" name="reason" rows="2" required {}
+                    label for="deny-notes" { "Notes" }
+                    textarea id="deny-notes" name="notes" rows="1" {}
+                    button.deny type="submit" { "Deny" }
+                }
+            }
+        }
+        section {
             h2 { "History" }
             ol.history {
                 @for t in &history {
                     li {
-                        (iso8601(t.at)) " · " (t.from.map(|s| s.as_str()).unwrap_or("new")) " → " (t.to.as_str())
+                        time datetime=(iso8601(t.at)) { (iso8601(t.at)) }
+                        " · " (t.from.map(|s| s.as_str()).unwrap_or("new")) " → " strong { (t.to.as_str()) }
                         " · " (t.actor)
                         @if let Some(n) = &t.notes { " · notes: " (n) }
                         @if let Some(r) = &t.reason { " · reason: " (r) }
                     }
                 }
+                @for v in approval.votes.iter().filter(|_| approval.status == Status::Pending) {
+                    li { (iso8601(v.at)) " · vote " (v.decision.as_str()) " · " (v.actor) @if let Some(n) = &v.notes { " · notes: " (n) } }
+                }
             }
-            (logout_form(&session))
-            (PreEscaped(""))
-        },
-    )
-    .into_response()
+        }
+    };
+    page(&format!("Request {}", approval.id), Tab::None, Some(&session), body).into_response()
 }
 
 #[derive(Deserialize)]
@@ -311,4 +528,122 @@ async fn decide(state: Arc<WebState>, headers: HeaderMap, id: String, form: Deci
         Err(e) => format!("/approvals/{id}?error={}", percent_encode(&e.to_string())),
     };
     Redirect::to(&back).into_response()
+}
+
+/// Bulk approve or deny from the queue: `id` repeated, `action`, `notes`, `reason`, `csrf`.
+async fn bulk(State(state): State<Arc<WebState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some((_, session)) = session_of(&state, &headers) else { return to_login("/") };
+    let mut ids = Vec::new();
+    let (mut csrf, mut action, mut notes, mut reason, mut back) = (None, None, None, None, None);
+    for (k, v) in form_urlencoded::parse(&body) {
+        let v = v.into_owned();
+        match k.as_ref() {
+            "id" if !ids.contains(&v) => ids.push(v),
+            "csrf" => csrf = Some(v),
+            "action" => action = Some(v),
+            "notes" => notes = Some(v).filter(|n| !n.trim().is_empty()),
+            "reason" => reason = Some(v).filter(|r| !r.trim().is_empty()),
+            "back" => back = Some(v),
+            _ => {}
+        }
+    }
+    if !csrf.is_some_and(|c| constant_time_eq(c.as_bytes(), session.csrf.as_bytes())) {
+        return (StatusCode::FORBIDDEN, "invalid CSRF token").into_response();
+    }
+    let back = safe_next(back.as_deref());
+    let sep = if back.contains('?') { '&' } else { '?' };
+    let flash =
+        |key: &str, text: &str| Redirect::to(&format!("{back}{sep}{key}={}", percent_encode(text))).into_response();
+    let approve = match action.as_deref() {
+        Some("approve") => true,
+        Some("deny") => false,
+        _ => return flash("error", "choose approve or deny"),
+    };
+    if ids.is_empty() {
+        return flash("error", "select at least one request");
+    }
+    if ids.len() > super::api::MAX_BULK {
+        return flash("error", &format!("at most {} requests at a time", super::api::MAX_BULK));
+    }
+    if !approve && reason.is_none() {
+        return flash("error", "a reason is required to deny");
+    }
+    let (results, decided) = decide_many(&state, &session.who, &ids, approve, notes, reason).await;
+    let failures: Vec<String> = results
+        .iter()
+        .filter(|r| r["ok"] != true)
+        .map(|r| format!("{}: {}", r["id"].as_str().unwrap_or("?"), r["error"]["message"].as_str().unwrap_or("?")))
+        .collect();
+    let verb = if approve { "approved" } else { "denied" };
+    if failures.is_empty() {
+        flash("done", &format!("{decided} request(s) {verb}"))
+    } else {
+        flash("error", &format!("{decided} request(s) {verb}; not decided: {}", failures.join("; ")))
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct StatsQuery {
+    from: Option<String>,
+    to: Option<String>,
+}
+
+async fn stats(State(state): State<Arc<WebState>>, headers: HeaderMap, Query(q): Query<StatsQuery>) -> Response {
+    let Some((_, session)) = session_of(&state, &headers) else { return to_login("/stats") };
+    let range = time_param("from", &q.from).and_then(|from| Ok((from, time_param("to", &q.to)?)));
+    let (stats, problem) = match range {
+        Ok((from, to)) => match state.approvals.store.stats(from, to).await {
+            Ok(s) => (Some(s), None),
+            Err(e) => (None, Some(format!("storage: {e}"))),
+        },
+        Err(e) => (None, Some(e.message().to_owned())),
+    };
+    let duration =
+        |ms: Option<i64>| ms.map_or_else(|| "-".to_owned(), |ms| if ms < 1000 { format!("{ms} ms") } else { age(ms) });
+    let breakdown = |title: &str, rows: &[Breakdown]| {
+        html! {
+            section.breakdown {
+                h2 { (title) }
+                @if rows.is_empty() { p.empty { "None in this range." } } @else {
+                    table {
+                        thead { tr { th { "" } th { "Total" } th { "Pending" } th { "Approved" } th { "Denied" } th { "Expired" } } }
+                        tbody { @for r in rows {
+                            tr { th { (r.key) } td { (r.total) } td { (r.pending) } td { (r.approved) } td { (r.denied) } td { (r.expired) } }
+                        } }
+                    }
+                }
+            }
+        }
+    };
+    let body = html! {
+        h1 { "Stats" }
+        form.filters method="get" action="/stats" {
+            label { "From" input type="date" name="from" value=[q.from.as_deref()]; }
+            label { "To" input type="date" name="to" value=[q.to.as_deref()]; }
+            button type="submit" { "Show" }
+        }
+        @if let Some(p) = &problem { p.error role="alert" { (p) } }
+        @if let Some(s) = &stats {
+            section.totals {
+                h2 { "Requests" }
+                dl.figures {
+                    dt { "Total" } dd { (s.total) }
+                    @for (status, n) in &s.by_status { dt { (status) } dd { (n) } }
+                }
+            }
+            section.totals {
+                h2 { "Time to decision" }
+                dl.figures {
+                    dt { "Decided" } dd { (s.time_to_decision.decided) }
+                    dt { "Median" } dd { (duration(s.time_to_decision.median_ms)) }
+                    dt { "90th percentile" } dd { (duration(s.time_to_decision.p90_ms)) }
+                }
+            }
+            (breakdown("By agent", &s.by_agent))
+            (breakdown("By tool", &s.by_tool))
+            (breakdown("By rule", &s.by_rule))
+        }
+    };
+    page("Stats", Tab::Stats, Some(&session), body).into_response()
 }

@@ -511,3 +511,139 @@ async fn http_agents_are_known_by_their_tokens_and_keep_their_sessions() {
     let stored = approvals.store.get_approval(&id).await.unwrap().unwrap();
     assert_eq!(stored.agent.as_deref(), Some("ci-bot"), "the token names the agent, not clientInfo");
 }
+
+/// Signs in through the page and returns the session cookie and the page's CSRF token.
+async fn sign_in(api: &Api, token: &str) -> (String, String) {
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let resp = http.post(format!("{}/login", api.base)).form(&[("token", token), ("next", "/")]).send().await.unwrap();
+    assert_eq!(resp.status(), 303, "signed in");
+    let cookie = resp.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+    let html = http.get(format!("{}/", api.base)).header("cookie", &cookie).send().await.unwrap().text().await.unwrap();
+    let at = html.find("name=\"csrf\" value=\"").expect("csrf field") + "name=\"csrf\" value=\"".len();
+    (cookie, html[at..].split('"').next().unwrap().to_owned())
+}
+
+async fn page_text(api: &Api, cookie: &str, path: &str) -> (u16, String) {
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let resp = http.get(format!("{}{path}", api.base)).header("cookie", cookie).send().await.unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn the_dashboard_filters_pages_and_decides_in_bulk() {
+    let api = Api::start("").await;
+    let a = api.hold("delete_file", "claude", json!({"path": "<img src=x onerror=alert(1)>"})).await;
+    let b = api.hold("delete_file", "cursor", json!({"path": "/srv/b"})).await;
+    let c = api.hold("write_file", "claude", json!({"path": "/srv/c"})).await;
+    let (cookie, csrf) = sign_in(&api, TOKEN).await;
+
+    let (status, html) = page_text(&api, &cookie, "/").await;
+    assert_eq!(status, 200);
+    for id in [&a, &b, &c] {
+        assert!(html.contains(&format!("href=\"/approvals/{id}\"")), "{id} is listed");
+    }
+    assert!(html.contains("Pending requests") && html.contains("(3)"));
+    assert!(html.contains("Approve selected") && html.contains("Deny selected"));
+    assert!(html.contains("aria-current=\"page\">Pending"));
+
+    // Filters and search narrow the list; the search text is echoed escaped.
+    let (_, html) = page_text(&api, &cookie, "/?agent=cursor").await;
+    assert!(html.contains(&b) && !html.contains(&a) && !html.contains(&c));
+    let (_, html) = page_text(&api, &cookie, "/?q=%3Cimg+src").await;
+    assert!(html.contains(&a) && !html.contains(&b));
+    assert!(!html.contains("<img src") && html.contains("&lt;img src"), "the query is escaped");
+    let (_, html) = page_text(&api, &cookie, "/?limit=2").await;
+    assert!(html.contains("rel=\"next\"") && html.contains("1–2 of 3"), "paginated");
+    let (_, html) = page_text(&api, &cookie, "/?limit=2&offset=2").await;
+    assert!(html.contains("rel=\"prev\"") && html.contains("3–3 of 3"));
+    let (_, html) = page_text(&api, &cookie, "/?from=nonsense").await;
+    assert!(html.contains("is not a time"), "a bad filter is explained, not a crash");
+
+    // Bulk: CSRF required; deny needs a reason; approve two at once.
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let bulk = |form: Vec<(&'static str, String)>| {
+        http.post(format!("{}/approvals/bulk", api.base)).header("cookie", &cookie).form(&form).send()
+    };
+    let resp = bulk(vec![("csrf", "forged".into()), ("id", a.clone()), ("action", "approve".into())]).await.unwrap();
+    assert_eq!(resp.status(), 403);
+    let resp = bulk(vec![("csrf", csrf.clone()), ("id", a.clone()), ("action", "deny".into())]).await.unwrap();
+    assert!(resp.headers()["location"].to_str().unwrap().contains("error="), "deny needs a reason");
+    let resp = bulk(vec![
+        ("csrf", csrf.clone()),
+        ("id", a.clone()),
+        ("id", b.clone()),
+        ("action", "approve".into()),
+        ("notes", "both fine".into()),
+        ("back", "/?agent=claude".into()),
+    ])
+    .await
+    .unwrap();
+    let location = resp.headers()["location"].to_str().unwrap().to_owned();
+    assert!(location.starts_with("/?agent=claude&done="), "{location}");
+    for id in [&a, &b] {
+        let stored = api.approvals.store.get_approval(id).await.unwrap().unwrap();
+        assert_eq!(stored.status, mcp_gate::store::Status::Approved);
+        assert_eq!(stored.notes.as_deref(), Some("both fine"));
+    }
+    let (_, html) = page_text(&api, &cookie, "/").await;
+    assert!(html.contains(&c) && !html.contains(&format!("/approvals/{a}\"")), "decided rows leave Pending");
+    let (_, html) = page_text(&api, &cookie, "/?view=all&status=approved").await;
+    assert!(html.contains(&a) && html.contains(&b) && !html.contains(&format!("/approvals/{c}\"")));
+    assert!(html.contains("aria-current=\"page\">All"));
+}
+
+#[tokio::test]
+async fn the_request_page_shows_the_tool_reason_risk_and_history() {
+    let api = Api::start("").await;
+    let gate = ApprovalGate { approvals: api.approvals.clone() };
+    let tool: rmcp::model::Tool = serde_json::from_value(json!({
+        "name": "delete_file",
+        "description": "Deletes a file <b>forever</b>",
+        "inputSchema": {"type": "object"},
+        "annotations": {"destructiveHint": true}
+    }))
+    .unwrap();
+    let info = mcp_gate::tools::ToolInfo { name: "delete_file".into(), tool: Some(tool) };
+    let arguments = json!({"path": "/srv/data", "nested": {"deep": [1, 2]}});
+    let call = ToolCall {
+        server: "files",
+        tool: "delete_file",
+        exposed_name: "delete_file",
+        arguments: &arguments,
+        info: Some(&info),
+        agent: Some("claude"),
+        progress: None,
+    };
+    let Verdict::Hold(wait) = gate.check(&call) else { panic!("held") };
+    let Verdict::Respond(reply) = wait.await else { panic!("answered") };
+    let reply: Value = serde_json::from_str(reply.get()).unwrap();
+    let id = reply["_meta"]["mcp-gate/approval"]["id"].as_str().unwrap().to_owned();
+    let (cookie, csrf) = sign_in(&api, TOKEN).await;
+
+    let (status, html) = page_text(&api, &cookie, &format!("/approvals/{id}")).await;
+    assert_eq!(status, 200);
+    assert!(html.contains("Deletes a file &lt;b&gt;forever&lt;/b&gt;"), "the description, escaped");
+    assert!(html.contains("destructiveHint"));
+    assert!(html.contains("Risk snapshot") && html.contains("Last hour") && html.contains("Last day"));
+    assert!(html.contains("Policy trace") && html.contains("History"));
+    assert!(html.contains("&quot;deep&quot;: [") || html.contains("\"deep\": ["), "arguments as formatted JSON");
+    assert!(html.contains("remaining"));
+
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let resp = http
+        .post(format!("{}/approvals/{id}/deny", api.base))
+        .header("cookie", &cookie)
+        .form(&[("csrf", csrf.as_str()), ("reason", "not during the freeze"), ("notes", "ask again monday")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 303);
+    let (_, html) = page_text(&api, &cookie, &format!("/approvals/{id}")).await;
+    assert!(html.contains("reason: not during the freeze") && html.contains("notes: ask again monday"));
+    assert!(!html.contains(&format!("action=\"/approvals/{id}/deny\"")), "no decision form once decided");
+    assert!(html.contains("status denied"));
+
+    let (_, stats) = page_text(&api, &cookie, "/stats").await;
+    assert!(stats.contains("Time to decision") && stats.contains("By agent") && stats.contains("claude"));
+    assert!(stats.contains("aria-current=\"page\">Stats"));
+}
