@@ -92,9 +92,9 @@ impl Store {
                 .query_map(params![lo, hi], |r| r.get(0))?
                 .collect::<Result<_, _>>()?;
             times.sort_unstable();
-            let breakdown = |column: &str| -> Result<Vec<Breakdown>, StoreError> {
+            let breakdown = |column: &str, missing: &str| -> Result<Vec<Breakdown>, StoreError> {
                 let sql = format!(
-                    "SELECT coalesce({column}, '-'), status, count(*) FROM approvals
+                    "SELECT coalesce({column}, '{missing}'), status, count(*) FROM approvals
                      WHERE created_at >= ?1 AND created_at < ?2 GROUP BY 1, 2"
                 );
                 let mut groups: BTreeMap<String, Breakdown> = BTreeMap::new();
@@ -118,9 +118,10 @@ impl Store {
                 out.sort_by(|a, b| b.total.cmp(&a.total).then_with(|| a.key.cmp(&b.key)));
                 Ok(out)
             };
-            let by_agent = breakdown("agent")?;
-            let by_tool = breakdown("server || ':' || tool")?;
-            let by_rule = breakdown("rule")?;
+            let by_agent = breakdown("agent", "-")?;
+            let by_tool = breakdown("server || ':' || tool", "-")?;
+            // Requests no named rule sent came from the default policy.
+            let by_rule = breakdown("rule", "default")?;
             Ok(Stats {
                 from,
                 to,

@@ -141,7 +141,9 @@ async fn guard_layer(State(state): State<Arc<WebState>>, request: Request, next:
     );
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    // Not `no-referrer`: with it browsers send `Origin: null` on our own form posts, which the
+    // Origin check must refuse. `same-origin` sends nothing to other sites.
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }

@@ -433,10 +433,11 @@ async fn detail(
             h2 { "Policy trace" }
             ol.trace {
                 @for step in &trace {
-                    li {
+                    @let matched = step.get("matched").and_then(|m| m.as_bool()).unwrap_or(false);
+                    li class=(if matched { "matched" } else { "skipped" }) {
+                        (if matched { "✓ " } else { "· " })
                         code { (step.get("rule").and_then(|r| r.as_str()).unwrap_or("?")) }
-                        " · " (step.get("result").and_then(|r| r.as_str()).unwrap_or(""))
-                        @if let Some(why) = step.get("why").and_then(|w| w.as_str()) { " · " (why) }
+                        @if let Some(why) = step.get("why").and_then(|w| w.as_str()) { ": " (why) }
                     }
                 }
             }

@@ -239,7 +239,7 @@ async fn stats_count_statuses_and_time_to_decision() {
     );
     let tool = stats["by_tool"].as_array().unwrap().iter().find(|g| g["key"] == "files:delete_file").unwrap();
     assert_eq!(tool["total"], 2);
-    assert_eq!(stats["by_rule"][0]["key"], "-");
+    assert_eq!(stats["by_rule"][0]["key"], "default");
 
     let (_, empty) = api.get("/api/v1/approvals/stats?from=2999-01-01", TOKEN).await;
     assert_eq!(empty["total"], 0);
