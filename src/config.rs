@@ -376,6 +376,28 @@ impl Config {
                     "single use".into()
                 }
             ));
+            if !w.approvers.is_empty() {
+                out.push_str(&format!("  approvers: {}\n", w.approvers.join(", ")));
+            }
+            // The shared token (operator) counts when the workflow admits it.
+            let operator =
+                usize::from(crate::identity::Principal::named(crate::identity::OPERATOR).admitted_by(&w.approvers));
+            let eligible =
+                self.approvals.approvers.principals().filter(|p| p.admitted_by(&w.approvers)).count() + operator;
+            if !self.approvals.approvers.is_empty() && eligible < w.required_approvals as usize {
+                out.push_str(&format!(
+                    "warning: workflow {} needs {} approvers but only {eligible} may vote\n",
+                    w.name, w.required_approvals
+                ));
+            }
+        }
+        let names: Vec<&str> = self.approvals.approvers.principals().map(|p| p.name.as_str()).collect();
+        if !names.is_empty() {
+            out.push_str(&format!("approvers: {}\n", names.join(", ")));
+        }
+        let agents: Vec<&str> = self.approvals.agents.principals().map(|p| p.name.as_str()).collect();
+        if !agents.is_empty() {
+            out.push_str(&format!("agents (HTTP tokens): {}\n", agents.join(", ")));
         }
         let wait = self.approvals.wait.as_secs();
         if wait == 0 {
