@@ -33,8 +33,8 @@ pub mod approvals;
 mod migrate;
 pub mod stats;
 
-use std::path::PathBuf;
-use std::sync::mpsc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use rusqlite::Connection;
@@ -111,11 +111,17 @@ type Job = Box<dyn FnOnce(&mut Connection) + Send + 'static>;
 #[derive(Clone, Debug)]
 pub struct Store {
     jobs: mpsc::Sender<Job>,
+    /// The database file, canonicalized; `None` for an in-memory database.
+    path: Option<Arc<PathBuf>>,
 }
 
 impl Store {
     /// Opens (creating if needed) the database, applies pending migrations and starts the worker thread.
     pub async fn open(loc: Location) -> Result<Store, StoreError> {
+        let path = match &loc {
+            Location::Memory => None,
+            Location::File(p) => Some(p.clone()),
+        };
         let (jobs, queue) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = oneshot::channel::<Result<(), StoreError>>();
         std::thread::Builder::new().name("mcp-gate-store".into()).spawn(move || {
@@ -132,7 +138,17 @@ impl Store {
             worker(&mut conn, queue);
         })?;
         ready_rx.await.map_err(|_| StoreError::Aborted)??;
-        Ok(Store { jobs })
+        let path = match path {
+            Some(p) => Some(Arc::new(std::fs::canonicalize(&p)?)),
+            None => None,
+        };
+        Ok(Store { jobs, path })
+    }
+
+    /// The database file (canonical: symbolic links resolved), or `None` for `:memory:`. Two
+    /// stores with the same path share their data.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref().map(PathBuf::as_path)
     }
 
     /// Runs `f` on the worker thread with exclusive use of the connection and returns its result.
@@ -275,6 +291,7 @@ mod tests {
     #[tokio::test]
     async fn migrations_in_memory() {
         let store = Store::open(Location::Memory).await.unwrap();
+        assert_eq!(store.path(), None);
         let (v, t) = store.call(|c| Ok((versions(c), tables(c)))).await.unwrap();
         assert_eq!(v, (1..=SCHEMA_VERSION).collect::<Vec<_>>());
         for want in ["approvals", "approval_votes", "approval_transitions", "audit", "audit_head", "schema_version"] {
@@ -289,6 +306,7 @@ mod tests {
         let loc = Location::File(path.clone());
 
         let store = Store::open(loc.clone()).await.unwrap();
+        assert_eq!(store.path(), Some(std::fs::canonicalize(&path).unwrap().as_path()));
         let (v, mode) = store
             .call(|c| {
                 let mode: String = c.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
