@@ -151,6 +151,9 @@ async fn guard_layer(State(state): State<Arc<WebState>>, request: Request, next:
 /// The approver token: `MCP_GATE_TOKEN` or `[approvals] token`, else the one stored in the data
 /// directory (created with mode 0600 on first run). Returns the token and, when it came from
 /// a file, that file's path.
+///
+/// Processes started at the same moment with no token file agree on one token: the file appears
+/// complete and only once (a hard link of a finished temporary file), and the losers read it.
 pub fn load_or_create_token(
     configured: Option<&str>,
     data_dir: &std::path::Path,
@@ -159,16 +162,33 @@ pub fn load_or_create_token(
         return Ok((t.to_owned(), None));
     }
     let path = data_dir.join("approver-token");
-    if let Ok(text) = std::fs::read_to_string(&path) {
-        let t = text.trim().to_owned();
-        if t.len() >= 16 {
-            return Ok((t, Some(path)));
-        }
+    if let Some(t) = read_token(&path) {
+        return Ok((t, Some(path)));
     }
     std::fs::create_dir_all(data_dir)?;
     let token = crate::random::hex(24);
-    write_private(&path, &token)?;
-    Ok((token, Some(path)))
+    let temporary = data_dir.join(format!(".approver-token.{}.{}", std::process::id(), crate::random::hex(4)));
+    write_private(&temporary, &token)?;
+    let linked = std::fs::hard_link(&temporary, &path);
+    let outcome = match linked {
+        Ok(()) => Ok((token, Some(path))),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => match read_token(&path) {
+            Some(theirs) => Ok((theirs, Some(path))),
+            // An unusable file (empty or too short): replace it.
+            None => std::fs::rename(&temporary, &path).map(|()| (token, Some(path))),
+        },
+        // No hard links on this file system: replace whatever is there.
+        Err(_) => std::fs::rename(&temporary, &path).map(|()| (token, Some(path))),
+    };
+    let _ = std::fs::remove_file(&temporary);
+    outcome
+}
+
+/// A usable token stored at `path`.
+fn read_token(path: &std::path::Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let t = text.trim();
+    (t.len() >= 16).then(|| t.to_owned())
 }
 
 fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
@@ -183,4 +203,28 @@ fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     let mut f = options.open(path)?;
     f.write_all(text.as_bytes())?;
     f.write_all(b"\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn processes_starting_together_share_one_token() {
+        let dir = std::env::temp_dir().join(format!("mcp-gate-token-{}-{}", std::process::id(), crate::random::hex(4)));
+        let tokens: Vec<String> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8).map(|_| s.spawn(|| load_or_create_token(None, &dir).unwrap().0)).collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(tokens.iter().all(|t| t == &tokens[0] && t.len() == 48), "{tokens:?}");
+        assert_eq!(load_or_create_token(None, &dir).unwrap().0, tokens[0]);
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("approver-token")], "no temporary files left behind");
+
+        std::fs::write(dir.join("approver-token"), "short\n").unwrap();
+        let (replaced, _) = load_or_create_token(None, &dir).unwrap();
+        assert_ne!(replaced, "short");
+        assert_eq!(load_or_create_token(None, &dir).unwrap().0, replaced);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
