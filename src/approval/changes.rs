@@ -80,6 +80,8 @@ pub struct Change {
     pub actor: Option<String>,
     /// Unix milliseconds.
     pub at: i64,
+    /// Announced by another process sharing the store (see [`crate::hub`]), not made here.
+    pub relayed: bool,
 }
 
 /// A broadcast of [`Change`]s. Publishing never blocks; a subscriber that falls more than

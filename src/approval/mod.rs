@@ -281,24 +281,50 @@ impl Approvals {
         }
     }
 
-    /// Tells subscribers about a change of `approval` (as stored after it).
+    /// Tells subscribers about a change of `approval` (as stored after it) made here.
     pub fn publish(&self, kind: ChangeKind, approval: &Approval, actor: Option<&str>) {
+        self.publish_change(kind, approval, actor, false);
+    }
+
+    fn publish_change(&self, kind: ChangeKind, approval: &Approval, actor: Option<&str>, relayed: bool) {
         self.changes.publish(Change {
             kind,
             approval: Arc::new(approval.clone()),
             actor: actor.map(str::to_owned),
             at: now_ms(),
+            relayed,
         });
     }
 
     /// Wakes the calls waiting on `id` after a change made elsewhere (another process sharing
-    /// the store) and re-publishes it here.
-    pub async fn changed_elsewhere(&self, kind: ChangeKind, id: &str, actor: Option<&str>) {
+    /// the store) and re-publishes it here, marked as relayed. `Ok(false)`: no such request.
+    pub async fn changed_elsewhere(
+        &self,
+        kind: ChangeKind,
+        id: &str,
+        actor: Option<&str>,
+    ) -> Result<bool, crate::store::StoreError> {
         self.notify(id);
-        match self.store.get_approval(id).await {
-            Ok(Some(a)) => self.publish(kind, &a, actor),
-            Ok(None) => warn!(id, "a change was announced for an unknown approval request"),
-            Err(e) => warn!(id, "reading an announced change failed: {e}"),
+        match self.store.get_approval(id).await? {
+            Some(a) => {
+                self.publish_change(kind, &a, actor, true);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Makes the calls waiting on `id` re-read their request from the store, without
+    /// announcing anything (a change made by another process sharing the store).
+    pub fn wake(&self, id: &str) {
+        self.notify(id);
+    }
+
+    /// Makes every waiting call re-read its request: after a time in which changes made
+    /// elsewhere may have gone unheard.
+    pub fn wake_all(&self) {
+        for tx in self.waiters.iter() {
+            tx.send_modify(|v| *v += 1);
         }
     }
 
