@@ -13,6 +13,7 @@ use std::io::Write;
 
 use crate::approval::{ApprovalGate, ApprovalSettings, Approvals};
 use crate::gate::Gate;
+use crate::hub;
 use crate::session::SessionOptions;
 use crate::store::{Location, Store};
 
@@ -172,11 +173,13 @@ pub struct Started {
     pub public_url: String,
 }
 
-/// Opens the store, starts the approval server and returns the gate.
+/// Opens the store, starts (or joins) the approval server and returns the gate.
 pub async fn start_gate(config: &Config) -> anyhow::Result<Arc<dyn Gate>> {
     Ok(start_gate_with(config).await?.gate)
 }
 
+/// Opens the store and takes this process's place on the machine (see [`crate::hub`]): the hub,
+/// serving approvals on `[approvals] listen`, or a follower of the hub already there.
 pub async fn start_gate_with(config: &Config) -> anyhow::Result<Started> {
     let a = &config.approvals;
     let location = match &a.database {
@@ -185,16 +188,17 @@ pub async fn start_gate_with(config: &Config) -> anyhow::Result<Started> {
     };
     let store =
         Store::open(location.clone()).await.with_context(|| format!("opening the approval store {location:?}"))?;
-    let listener = match TcpListener::bind(&a.listen).await {
-        Ok(l) => l,
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-            tracing::warn!(listen = %a.listen, "approval port in use; using a free port instead");
-            TcpListener::bind("127.0.0.1:0").await?
-        }
-        Err(e) => return Err(e).with_context(|| format!("cannot listen on {} for approvals", a.listen)),
+    let (token, token_file) = crate::web::load_or_create_token(a.token.as_deref(), &a.data_dir)
+        .with_context(|| format!("storing the approver token in {}", a.data_dir.display()))?;
+    let start = hub::discover(&a.listen, &token, store.path())
+        .await
+        .with_context(|| format!("cannot listen on {} for approvals", a.listen))?;
+    // The address to show: this process's server, or the hub's (the machine's approval address).
+    let shown = match &start {
+        hub::Start::Serve { listener, .. } => listener.local_addr()?.to_string(),
+        hub::Start::Follow(_) => a.listen.clone(),
     };
-    let local = listener.local_addr()?;
-    let public_url = a.public_url.clone().unwrap_or_else(|| format!("http://{local}"));
+    let public_url = a.public_url.clone().unwrap_or_else(|| format!("http://{shown}"));
     let settings = ApprovalSettings {
         wait: a.wait,
         public_url: public_url.clone(),
@@ -204,21 +208,19 @@ pub async fn start_gate_with(config: &Config) -> anyhow::Result<Started> {
         expiry_warning: a.expiry_warning,
     };
     let approvals = Approvals::new(store, config.policy.clone(), settings);
-    approvals.spawn_sweeper();
-    let (token, token_file) = crate::web::load_or_create_token(a.token.as_deref(), &a.data_dir)
-        .with_context(|| format!("storing the approver token in {}", a.data_dir.display()))?;
     let mut hosts = Vec::new();
     if let Some(host) = public_url.split("://").nth(1).and_then(|r| r.split(['/', ':']).next()) {
         hosts.push(host.to_owned());
     }
-    let web = crate::web::WebState::new(approvals.clone(), token, a.approvers.clone(), hosts);
+    let web = crate::web::WebState::new(approvals.clone(), token.clone(), a.approvers.clone(), hosts);
     let gate: Arc<dyn Gate> = Arc::new(ApprovalGate { approvals: approvals.clone() });
-    tokio::spawn(async move {
-        if let Err(e) = crate::web::serve(listener, web, std::future::pending()).await {
-            tracing::error!("approval server stopped: {e}");
-        }
-    });
-    eprintln!("mcp-gate: approvals at http://{local}/");
+    let on_hub = {
+        let approvals = approvals.clone();
+        let config = config.clone();
+        Box::new(move || start_hub_services(&approvals, &config))
+    };
+    eprintln!("mcp-gate: approvals at http://{shown}/");
+    hub::Node { approvals: approvals.clone(), web, listen: a.listen.clone(), token, on_hub }.start(start);
     if let Some(file) = token_file {
         eprintln!("mcp-gate: approver token in {}", file.display());
     }
@@ -226,6 +228,14 @@ pub async fn start_gate_with(config: &Config) -> anyhow::Result<Started> {
         tracing::info!("no [[rules]]: tools annotated readOnlyHint are allowed, every other call needs approval");
     }
     Ok(Started { gate, approvals, public_url })
+}
+
+/// The services only one process of the machine runs: the hub. Called once, when this process
+/// becomes the hub (at start-up, or when it takes over from a hub that exited).
+fn start_hub_services(approvals: &Arc<Approvals>, _config: &Config) {
+    // Expiry of overdue requests and the expiry warnings on the change stream.
+    approvals.spawn_sweeper();
+    // Notifications (webhooks) start here too: only the hub sends them, for every process's requests.
 }
 
 async fn run_stdio(run: RunArgs) -> anyhow::Result<()> {

@@ -21,7 +21,9 @@
 //! denial, or holds it. Held calls live in the SQLite [`store`] as approval requests; callers
 //! wait on them or get the approval URL at once. The approval server in [`web`] (JSON API and
 //! pages) records decisions through the same [`approval::Approvals`] core, which wakes the
-//! waiting calls. Every decision lands in the hash-chained [`audit`] log.
+//! waiting calls. Every decision lands in the hash-chained [`audit`] log. The processes of one
+//! machine that share a database share one approval server: [`hub`] decides at start-up whether
+//! this process serves it or follows the process that does, and hands it over when that one exits.
 //!
 //! [`config`] loads `proxy.toml`; [`cli`] is the command line; [`demo`] is `mcp-gate demo`.
 
@@ -32,6 +34,7 @@ pub mod config;
 pub mod demo;
 pub mod downstream;
 pub mod gate;
+pub mod hub;
 pub mod identity;
 pub mod jsonrpc;
 pub mod policy;

@@ -17,6 +17,7 @@ use super::guard::bearer_token;
 use crate::approval::DecideError;
 use crate::approval::now_ms;
 use crate::approval::replies::parse_time;
+use crate::hub::{Announcement, HubInfo};
 use crate::identity::{OPERATOR, Principal};
 use crate::store::approvals::{DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT};
 use crate::store::{ApprovalFilter, Status};
@@ -38,6 +39,8 @@ pub fn routes() -> Router<Arc<WebState>> {
         .route("/api/v1/approvals/{id}/approve", post(approve))
         .route("/api/v1/approvals/{id}/deny", post(deny))
         .route("/api/v1/audit", get(audit))
+        .route("/api/v1/hub", get(hub))
+        .route("/api/v1/hub/announce", post(announce))
 }
 
 async fn openapi() -> impl IntoResponse {
@@ -368,4 +371,32 @@ async fn audit(
     authorize(&state, &headers)?;
     let (rows, next) = crate::audit::page(&state.approvals.store, q).await.map_err(internal)?;
     Ok(Json(json!({ "entries": rows, "next_before": next })))
+}
+
+/// Who serves this approval server: how another mcp-gate process tells whether it can follow it.
+async fn hub(State(state): State<Arc<WebState>>, headers: HeaderMap) -> Result<Json<HubInfo>, ApiError> {
+    authorize(&state, &headers)?;
+    Ok(Json(HubInfo::here(state.approvals.store.path())))
+}
+
+/// A follower's change to the shared store: wake the calls waiting here and tell subscribers.
+/// Only the shared approver token may announce (it is what the processes of a machine share).
+async fn announce(
+    State(state): State<Arc<WebState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<StatusCode, ApiError> {
+    // The token is checked before the body is looked at.
+    authorize(&state, &headers)?;
+    if !bearer_token(&headers).is_some_and(|t| state.is_shared_token(t)) {
+        return Err(ApiError(StatusCode::FORBIDDEN, "forbidden", "only the shared approver token may announce".into()));
+    }
+    let note: Announcement = serde_json::from_slice(&body).map_err(|e| {
+        ApiError(StatusCode::BAD_REQUEST, "bad_request", format!("expected a JSON body with kind and id: {e}"))
+    })?;
+    match state.approvals.changed_elsewhere(note.kind, &note.id, note.actor.as_deref()).await {
+        Ok(true) => Ok(StatusCode::NO_CONTENT),
+        Ok(false) => Err(ApiError(StatusCode::NOT_FOUND, "not_found", format!("no approval request {}", note.id))),
+        Err(e) => Err(internal(e)),
+    }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use mcp_gate::approval::{ApprovalGate, ApprovalSettings, Approvals};
 use mcp_gate::config::Config;
 use mcp_gate::gate::{Gate, ToolCall, Verdict};
+use mcp_gate::identity::{Credentials, Principal};
 use mcp_gate::store::{Location, Status, Store};
 use mcp_gate::web::WebState;
 use reqwest::redirect::Policy;
@@ -20,6 +21,10 @@ struct Server {
 }
 
 async fn server() -> Server {
+    server_with(Default::default()).await
+}
+
+async fn server_with(approvers: Credentials) -> Server {
     let config = Config::from_toml("", "empty.toml").unwrap();
     let store = Store::open(Location::Memory).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -33,7 +38,7 @@ async fn server() -> Server {
         ..ApprovalSettings::default()
     };
     let approvals = Approvals::new(store, config.policy.clone(), settings);
-    let state = WebState::new(approvals.clone(), TOKEN.into(), Default::default(), Vec::new());
+    let state = WebState::new(approvals.clone(), TOKEN.into(), approvers, Vec::new());
     tokio::spawn(mcp_gate::web::serve(listener, state, std::future::pending()));
     let http = reqwest::Client::builder().redirect(Policy::none()).build().unwrap();
     Server { base, approvals, http }
@@ -133,6 +138,45 @@ async fn api_requires_the_token_and_reports_stable_errors() {
     let history = detail["history"].as_array().unwrap();
     assert_eq!(history.len(), 2);
     assert_eq!(history[1]["notes"], "looks fine");
+}
+
+/// `GET /api/v1/hub` says who serves; `POST /api/v1/hub/announce` re-publishes a change made by
+/// another process, marked as relayed, and only for the shared token.
+#[tokio::test]
+async fn hub_endpoints_describe_the_server_and_relay_changes() {
+    let mut approvers = Credentials::default();
+    approvers.add("alice-token-0123456789", Principal::named("alice"));
+    let s = server_with(approvers).await;
+    let hub = format!("{}/api/v1/hub", s.base);
+    assert_eq!(s.http.get(&hub).send().await.unwrap().status(), 401);
+    let info: Value = s.http.get(&hub).bearer_auth(TOKEN).send().await.unwrap().json().await.unwrap();
+    assert_eq!(info["service"], "mcp-gate");
+    assert_eq!(info["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(info["pid"], std::process::id());
+    assert_eq!(info["database"], Value::Null, "an in-memory database is never shared");
+
+    let id = pending(&s, json!({"path": "/tmp/announced"})).await;
+    let mut changes = s.approvals.changes.subscribe();
+    let announce =
+        |token: &str, body: Value| s.http.post(format!("{hub}/announce")).bearer_auth(token).json(&body).send();
+    let note = json!({"kind": "requested", "id": id, "actor": "agent-x"});
+    let resp = announce("alice-token-0123456789", note.clone()).await.unwrap();
+    assert_eq!(resp.status(), 403, "a named approver cannot announce");
+    assert_eq!(resp.json::<Value>().await.unwrap()["error"]["code"], "forbidden");
+    assert_eq!(announce("wrong", note.clone()).await.unwrap().status(), 401);
+    let resp = announce(TOKEN, json!({"kind": "exploded", "id": id})).await.unwrap();
+    assert_eq!(resp.status(), 400);
+    assert_eq!(resp.json::<Value>().await.unwrap()["error"]["code"], "bad_request");
+    let resp = announce(TOKEN, json!({"kind": "approved", "id": "apr_nope"})).await.unwrap();
+    assert_eq!(resp.status(), 404);
+
+    assert_eq!(announce(TOKEN, note).await.unwrap().status(), 204);
+    let change = tokio::time::timeout(Duration::from_secs(5), changes.recv()).await.unwrap().unwrap();
+    assert_eq!(change.kind.as_str(), "requested");
+    assert_eq!(change.approval.id, id);
+    assert_eq!(change.actor.as_deref(), Some("agent-x"));
+    assert!(change.relayed, "marked as made elsewhere, so no process forwards it again");
+    assert!(changes.try_recv().is_err(), "published once");
 }
 
 fn cookie_of(resp: &reqwest::Response) -> String {

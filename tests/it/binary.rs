@@ -9,7 +9,7 @@ use tokio::process::Command;
 use super::common::*;
 
 /// A fresh data directory per test, so tests never share a database or a token.
-fn data_dir(tag: &str) -> std::path::PathBuf {
+pub fn data_dir(tag: &str) -> std::path::PathBuf {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("mcp-gate-it-{}-{tag}-{n}", std::process::id()));
@@ -22,7 +22,7 @@ fn gate() -> Command {
     gate_in(&data_dir("bin"))
 }
 
-fn gate_in(dir: &std::path::Path) -> Command {
+pub fn gate_in(dir: &std::path::Path) -> Command {
     let mut cmd = Command::new(gate_bin());
     cmd.env_remove("MCP_GATE_LOG")
         .env_remove("MCP_GATE_TOKEN")

@@ -8,6 +8,7 @@ mod binary;
 mod common;
 mod dashboard_api;
 mod gating;
+mod hub;
 mod relay;
 mod sse_fixture;
 mod transparency;

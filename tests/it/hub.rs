@@ -1,0 +1,343 @@
+//! One hub per machine, with real processes: followers announce their requests to the hub and
+//! are released by its decisions; when the hub dies a follower takes over; processes that cannot
+//! share stay on their own.
+
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mcp_gate::transport::sse::EventReader;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::mpsc;
+
+use super::binary::{data_dir, gate_in};
+use super::common::*;
+
+const TOKEN: &str = "hub-test-approver-token-0123";
+
+/// A port that was free a moment ago.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A stdio mcp-gate in front of the fixture server, its held calls waiting up to 30 s.
+struct Gate {
+    child: tokio::process::Child,
+    pid: u32,
+    stdin: tokio::process::ChildStdin,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    /// From `mcp-gate: approvals at URL/`.
+    approvals: String,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+async fn start(dir: &std::path::Path, listen: &str, token: &str) -> Gate {
+    let mut child = gate_in(dir)
+        .arg("--")
+        .arg(fixture_bin())
+        .arg("stdio")
+        .env("MCP_GATE_TOKEN", token)
+        .env("MCP_GATE_APPROVALS_LISTEN", listen)
+        .env("MCP_GATE_WAIT_SECS", "30")
+        .env("MCP_GATE_LOG", "info,mcp_gate::hub=debug")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    let stderr = Arc::new(Mutex::new(Vec::new()));
+    let (found, mut approvals) = mpsc::unbounded_channel();
+    let mut reader = BufReader::new(child.stderr.take().unwrap()).lines();
+    let seen = stderr.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = reader.next_line().await {
+            if let Some(url) = line.strip_prefix("mcp-gate: approvals at ") {
+                let _ = found.send(url.trim().trim_end_matches('/').to_owned());
+            }
+            seen.lock().unwrap().push(line);
+        }
+    });
+    let approvals = within("approvals line", approvals.recv()).await.expect("an approvals line");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    stdin
+        .write_all(concat!(
+            r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"hub-test","version":"1"}}}"#,
+            "\n",
+            r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+            "\n"
+        ).as_bytes())
+        .await
+        .unwrap();
+    within("initialize", lines.next_line()).await.unwrap().expect("initialize reply");
+    Gate { child, pid, stdin, lines, approvals, stderr }
+}
+
+impl Gate {
+    /// Sends a call that the zero-config policy holds; its reply comes when it is decided.
+    async fn send_call(&mut self, id: u64, why: &str) {
+        let call = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+            "params": {"name": "test_image_content", "arguments": {"why": why}}});
+        self.stdin.write_all(format!("{call}\n").as_bytes()).await.unwrap();
+    }
+
+    async fn reply(&mut self, id: u64) -> Value {
+        loop {
+            let line = self.lines.next_line().await.unwrap().expect("a reply");
+            let v: Value = serde_json::from_str(&line).unwrap();
+            if v["id"] == id {
+                return v["result"].clone();
+            }
+        }
+    }
+
+    /// Waits until a line of its stderr contains `text`.
+    async fn logged(&self, text: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(line) = self.stderr.lock().unwrap().iter().find(|l| l.contains(text)) {
+                return line.clone();
+            }
+            assert!(Instant::now() < deadline, "no {text:?} in the log: {:#?}", self.stderr.lock().unwrap());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn kill(&mut self) {
+        self.child.start_kill().unwrap(); // SIGKILL
+        self.child.wait().await.unwrap();
+    }
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+async fn api(base: &str, path: &str) -> Value {
+    let resp = http().get(format!("{base}{path}")).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "GET {path}");
+    resp.json().await.unwrap()
+}
+
+async fn approve(base: &str, id: &str) -> reqwest::Response {
+    http()
+        .post(format!("{base}/api/v1/approvals/{id}/approve"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"notes": "hub test"}))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// `GET /api/v1/events` of an approval server: (event name, data) as they arrive.
+async fn events(base: &str) -> mpsc::UnboundedReceiver<(String, Value)> {
+    let resp = http().get(format!("{base}/api/v1/events")).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut reader = EventReader::new(Box::pin(resp.bytes_stream()));
+        while let Some(Ok(event)) = reader.next_event().await {
+            if let Ok(data) = serde_json::from_str(&event.data) {
+                let _ = tx.send((event.event_type().to_owned(), data));
+            }
+        }
+    });
+    rx
+}
+
+/// The next event named `kind` whose request was made with `why`.
+async fn next_event(rx: &mut mpsc::UnboundedReceiver<(String, Value)>, kind: &str, why: &str) -> Value {
+    within(&format!("a {kind} event"), async {
+        loop {
+            let (name, data) = rx.recv().await.expect("the event stream is open");
+            if name == kind && data["approval"]["arguments"]["why"] == why {
+                return data;
+            }
+        }
+    })
+    .await
+}
+
+/// The pending request made with `why`, once it is stored.
+async fn pending_id(base: &str, why: &str) -> String {
+    within("a pending request", async {
+        loop {
+            let listed = api(base, "/api/v1/approvals?status=pending").await;
+            let found = listed["approvals"].as_array().unwrap().iter().find(|a| a["arguments"]["why"] == why);
+            if let Some(a) = found {
+                return a["id"].as_str().unwrap().to_owned();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
+fn ran(result: &Value) {
+    assert_eq!(result["content"][0]["type"], "image", "the approved call ran: {result}");
+    assert!(result.get("isError").is_none_or(|e| e == false), "{result}");
+}
+
+/// B's held call shows on A's dashboard, API and event stream; an approval on A releases it
+/// within milliseconds.
+#[tokio::test]
+async fn a_second_process_follows_the_hub() {
+    let dir = data_dir("hub-two");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut a = start(&dir, &listen, TOKEN).await;
+    let hub = format!("http://{listen}");
+    assert_eq!(a.approvals, hub);
+    a.logged("(hub)").await;
+    let mut b = start(&dir, &listen, TOKEN).await;
+    assert_eq!(b.approvals, hub, "a follower hands out the hub's address");
+    b.logged(&format!("(via the hub, pid {})", a.pid)).await;
+    let info = api(&hub, "/api/v1/hub").await;
+    assert_eq!(info["service"], "mcp-gate");
+    assert_eq!(info["pid"], a.pid);
+    assert_eq!(info["database"], std::fs::canonicalize(dir.join("mcp-gate.db")).unwrap().display().to_string());
+
+    let mut stream = events(&hub).await;
+    b.send_call(2, "from b").await;
+    let requested = next_event(&mut stream, "requested", "from b").await;
+    let id = requested["approval"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(requested["approval"]["url"], format!("{hub}/approvals/{id}"));
+    assert_eq!(pending_id(&hub, "from b").await, id, "the hub's API lists the follower's request");
+
+    let clock = Instant::now();
+    assert_eq!(approve(&hub, &id).await.status(), 200);
+    let answered = clock.elapsed();
+    let result = within("the follower's reply", b.reply(2)).await;
+    let latency = clock.elapsed();
+    ran(&result);
+    eprintln!(
+        "approve POST to the hub -> follower's call answered: {latency:?} (the POST itself: {answered:?}, \
+         then {:?} to the follower's reply)",
+        latency - answered
+    );
+    assert!(latency < Duration::from_secs(1), "released in {latency:?}");
+    let executed = next_event(&mut stream, "executed", "from b").await;
+    assert_eq!(executed["actor"], "upstream", "the follower announces what happens after the decision too");
+    b.kill().await;
+    a.kill().await;
+}
+
+/// Kill -9 the hub while two followers wait: exactly one takes over, the other follows it, a
+/// decision made while the hub did not hear of it still releases its call, and nothing is lost.
+#[tokio::test]
+async fn a_follower_takes_over_when_the_hub_dies() {
+    let dir = data_dir("hub-takeover");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let hub = format!("http://{listen}");
+    let mut a = start(&dir, &listen, TOKEN).await;
+    a.logged("(hub)").await;
+    let mut b = start(&dir, &listen, TOKEN).await;
+    let mut c = start(&dir, &listen, TOKEN).await;
+    b.logged("(via the hub").await;
+    c.logged("(via the hub").await;
+    b.send_call(2, "from b").await;
+    c.send_call(2, "from c").await;
+    let c_sent = Instant::now();
+    let b_id = pending_id(&hub, "from b").await;
+    let c_id = pending_id(&hub, "from c").await;
+
+    // A process on a port of its own decides on c's request: nobody tells the hub or c.
+    let mut d = start(&dir, "127.0.0.1:0", TOKEN).await;
+    assert_ne!(d.approvals, hub);
+    assert_eq!(approve(&d.approvals, &c_id).await.status(), 200);
+    d.kill().await;
+    let early = tokio::time::timeout(Duration::from_millis(500), c.reply(2)).await;
+    // (A waiting call also re-reads its request every 10 s, when it would send progress.)
+    if c_sent.elapsed() < Duration::from_secs(9) {
+        assert!(early.is_err(), "c's call is not released before it hears of the decision");
+    }
+
+    a.kill().await;
+    let killed = Instant::now();
+    let new_hub = within("a new hub", async {
+        loop {
+            if let Ok(resp) = http().get(format!("{hub}/api/v1/hub")).bearer_auth(TOKEN).send().await
+                && let Ok(info) = resp.json::<Value>().await
+                && let Some(pid) = info["pid"].as_u64()
+            {
+                return pid as u32;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    eprintln!("hub killed -> new hub answering: {:?}", killed.elapsed());
+    assert!(new_hub == b.pid || new_hub == c.pid, "the new hub {new_hub} is one of the followers");
+
+    // The decision made elsewhere reaches c once it (re)connects or takes over.
+    let result = within("c's reply", c.reply(2)).await;
+    ran(&result);
+    eprintln!("hub killed -> call decided elsewhere released: {:?}", killed.elapsed());
+    assert!(killed.elapsed() < Duration::from_secs(5));
+
+    // b's request, pending across the hand-over, is approved on the new hub.
+    assert_eq!(approve(&hub, &b_id).await.status(), 200);
+    ran(&within("b's reply", b.reply(2)).await);
+
+    // The other follower now follows the new hub: its new request is announced there.
+    let (winner, loser) = if new_hub == b.pid { (&mut b, &mut c) } else { (&mut c, &mut b) };
+    winner.logged("took over the approval address").await;
+    loser.logged(&format!("(via the hub, pid {})", winner.pid)).await;
+    let mut stream = events(&hub).await;
+    loser.send_call(3, "after the hand-over").await;
+    let requested = next_event(&mut stream, "requested", "after the hand-over").await;
+    let id = requested["approval"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(approve(&hub, &id).await.status(), 200);
+    ran(&within("the loser's reply", loser.reply(3)).await);
+    b.kill().await;
+    c.kill().await;
+}
+
+/// A process whose database or token differs, or that finds something else on the port,
+/// serves on a free port of its own and says why.
+#[tokio::test]
+async fn processes_that_cannot_share_serve_alone() {
+    let dir = data_dir("hub-alone");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let hub = format!("http://{listen}");
+    let mut a = start(&dir, &listen, TOKEN).await;
+    a.logged("(hub)").await;
+
+    let mut other_db = start(&data_dir("hub-alone-other"), &listen, TOKEN).await;
+    assert_ne!(other_db.approvals, hub);
+    other_db.logged("using another database").await;
+    other_db.logged("(this process only)").await;
+
+    let mut other_token = start(&dir, &listen, "another-token-0123456789").await;
+    assert_ne!(other_token.approvals, hub);
+    other_token.logged("rejected our approver token").await;
+
+    // Not an mcp-gate: a web server that answers every request with text.
+    let foreign = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let foreign_addr = foreign.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = foreign.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = tokio::io::AsyncReadExt::read(&mut socket, &mut buf).await;
+                let _ =
+                    socket.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello").await;
+            });
+        }
+    });
+    let mut beside = start(&dir, &foreign_addr, TOKEN).await;
+    assert_ne!(beside.approvals, format!("http://{foreign_addr}"));
+    beside.logged("not mcp-gate").await;
+
+    // Each still works on its own: the request shows on its own server.
+    other_db.send_call(2, "on its own").await;
+    let id = pending_id(&other_db.approvals, "on its own").await;
+    let listed = api(&hub, "/api/v1/approvals?status=pending").await;
+    assert!(listed["approvals"].as_array().unwrap().iter().all(|a| a["id"] != id.as_str()));
+    assert_eq!(approve(&other_db.approvals, &id).await.status(), 200);
+    ran(&within("the reply", other_db.reply(2)).await);
+    for g in [&mut a, &mut other_db, &mut other_token, &mut beside] {
+        g.kill().await;
+    }
+}
