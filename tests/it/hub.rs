@@ -216,7 +216,9 @@ async fn a_second_process_follows_the_hub() {
          then {:?} to the follower's reply)",
         latency - answered
     );
-    assert!(latency < Duration::from_secs(1), "released in {latency:?}");
+    // The figure is printed, not judged (timing belongs to the benchmark). The bound only proves
+    // the decision travelled over the event stream: the fallback re-read comes after 10 s.
+    assert!(latency - answered < Duration::from_secs(5), "released in {latency:?} (POST {answered:?})");
     let executed = next_event(&mut stream, "executed", "from b").await;
     assert_eq!(executed["actor"], "upstream", "the follower announces what happens after the decision too");
     b.kill().await;
