@@ -49,6 +49,9 @@ pub struct RawConfig {
     pub workflows: Vec<RawWorkflow>,
     #[serde(default)]
     pub approvals: RawApprovals,
+    /// Model providers of `ai_driven` workflows, by name.
+    #[serde(default)]
+    pub providers: BTreeMap<String, RawProvider>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -63,8 +66,29 @@ pub struct RawWorkflow {
     /// `false` (a deny needs a reason, the default), or `true` (approvals need one too).
     pub require_justification: Option<bool>,
     pub grant_secs: Option<u64>,
-    /// `"human"` (the default).
+    /// `"human"` (the default) or `"ai_driven"`.
     pub approval_type: Option<String>,
+    /// The rest apply to `ai_driven` workflows only.
+    pub ai_model: Option<String>,
+    pub ai_guidelines: Option<String>,
+    pub ai_confidence_threshold: Option<f64>,
+    /// `"escalate"` (the default), `"approve"` or `"deny"`.
+    pub ai_fallback_behavior: Option<String>,
+    pub escalation_workflow: Option<String>,
+    pub ai_provider: Option<String>,
+    pub ai_cache_secs: Option<u64>,
+}
+
+/// `[providers.NAME]`: where `ai_driven` workflows send their reviews.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProvider {
+    /// `"anthropic"` or `"openai"`.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub base_url: Option<String>,
+    pub api_key_env: Option<String>,
+    pub timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -162,6 +186,9 @@ pub struct Approvals {
     pub approvers: crate::identity::Credentials,
     /// `[[agents]]`: downstream HTTP clients known by their own tokens.
     pub agents: crate::identity::Credentials,
+    /// The `ai_driven` workflows among `workflows`, with their reviewer settings.
+    pub ai_workflows: BTreeMap<String, crate::review::AiWorkflow>,
+    pub providers: BTreeMap<String, crate::review::ProviderConfig>,
 }
 
 /// Default address of the approval server.
@@ -314,7 +341,7 @@ impl Config {
                 ),
             ));
         }
-        let approvals = validate_approvals(raw.approvals, raw.workflows, &policy, approvers, agents)
+        let approvals = validate_approvals(raw.approvals, raw.workflows, raw.providers, &policy, approvers, agents)
             .map_err(|(k, m)| invalid(&k, m))?;
 
         Ok(Config {
@@ -366,6 +393,10 @@ impl Config {
         let mut workflows: Vec<_> = self.approvals.workflows.values().collect();
         workflows.sort_by(|a, b| a.name.cmp(&b.name));
         for w in workflows {
+            if let Some(ai) = self.approvals.ai_workflows.get(&w.name) {
+                out.push_str(&explain_ai_workflow(ai, &self.approvals.providers));
+                continue;
+            }
             out.push_str(&format!(
                 "workflow {}: {} approval(s), {}\n",
                 w.name,
@@ -409,17 +440,51 @@ impl Config {
         for warning in self.policy.lint() {
             out.push_str(&format!("warning: {warning}\n"));
         }
+        for warning in crate::review::lint(&self.approvals.ai_workflows, &self.approvals.providers) {
+            out.push_str(&format!("warning: {warning}\n"));
+        }
         out
     }
+}
+
+fn explain_ai_workflow(
+    ai: &crate::review::AiWorkflow,
+    providers: &BTreeMap<String, crate::review::ProviderConfig>,
+) -> String {
+    let provider = providers.get(&ai.provider).map_or_else(String::new, |p| {
+        let key = match &p.api_key_env {
+            Some(var) => format!("key from ${var}"),
+            None => "no key".to_owned(),
+        };
+        format!(" ({} {}, {key}, timeout {} s)", p.kind.as_str(), p.endpoint(), p.timeout.as_secs())
+    });
+    let otherwise = match (ai.fallback, &ai.escalation_workflow) {
+        (crate::review::Fallback::Escalate, Some(to)) => format!("escalated to workflow {to}"),
+        (crate::review::Fallback::Escalate, None) => "escalated".to_owned(),
+        (crate::review::Fallback::Approve, _) => "approved".to_owned(),
+        (crate::review::Fallback::Deny, _) => "denied".to_owned(),
+    };
+    let cache = if ai.cache.is_zero() {
+        "every call is reviewed afresh".to_owned()
+    } else {
+        format!("identical calls reuse a decision for {} s", ai.cache.as_secs())
+    };
+    format!(
+        "workflow {}: AI review by {} via provider {}{provider}; answers with confidence >= {} are final, \
+         unsure, escalated or failed reviews are {otherwise}; {cache}\n",
+        ai.name, ai.model, ai.provider, ai.threshold
+    )
 }
 
 fn validate_approvals(
     raw: RawApprovals,
     workflows: Vec<RawWorkflow>,
+    providers: BTreeMap<String, RawProvider>,
     policy: &crate::policy::Policy,
     approvers: crate::identity::Credentials,
     agents: crate::identity::Credentials,
 ) -> Result<Approvals, (String, String)> {
+    let providers = validate_providers(providers)?;
     let duration = |key: &str, v: &Option<String>, default: u64| -> Result<Duration, (String, String)> {
         match v {
             None => Ok(Duration::from_secs(default)),
@@ -435,17 +500,27 @@ fn validate_approvals(
         duration("approvals.expiry.critical", &raw.expiry.critical, 3600)?,
     ];
     let mut map = std::collections::HashMap::new();
+    let mut ai_workflows = BTreeMap::new();
+    // (index, workflow, escalation target) of each ai_driven workflow, checked once all are known.
+    let mut escalations = Vec::new();
     for (i, w) in workflows.into_iter().enumerate() {
         let key = format!("workflows[{i}]");
         if w.name.is_empty() {
             return Err((format!("{key}.name"), "a workflow needs a name".into()));
         }
         match w.approval_type.as_deref() {
-            None | Some("human") => {}
+            None | Some("human") => check_human_workflow(&key, &w)?,
+            Some("ai_driven") => {
+                let ai = ai_workflow(&key, &w, &providers)?;
+                if let Some(to) = &ai.escalation_workflow {
+                    escalations.push((i, w.name.clone(), to.clone()));
+                }
+                ai_workflows.insert(w.name.clone(), ai);
+            }
             Some(other) => {
                 return Err((
                     format!("{key}.approval_type"),
-                    format!("unknown approval type {other:?}; use \"human\""),
+                    format!("unknown approval type {other:?}; use \"human\" or \"ai_driven\""),
                 ));
             }
         }
@@ -490,6 +565,20 @@ fn validate_approvals(
         }
     }
     map.entry("default".to_owned()).or_insert_with(|| crate::approval::Workflow::default_named("default"));
+    for (i, from, to) in escalations {
+        let key = format!("workflows[{i}].escalation_workflow");
+        if !map.contains_key(&to) {
+            return Err((key, format!("workflow {to:?} is not defined in [[workflows]]")));
+        }
+        if ai_workflows.contains_key(&to) {
+            return Err((
+                key,
+                format!(
+                    "workflow {to:?} is ai_driven; {from:?} must escalate to a human workflow, where people decide"
+                ),
+            ));
+        }
+    }
 
     for (i, p) in raw.redact.iter().enumerate() {
         if !p.is_empty() && !p.starts_with('/') {
@@ -543,7 +632,180 @@ fn validate_approvals(
         workflows: map,
         approvers,
         agents,
+        ai_workflows,
+        providers,
     })
+}
+
+/// The `ai_*` keys and `escalation_workflow` belong to `ai_driven` workflows.
+fn check_human_workflow(key: &str, w: &RawWorkflow) -> Result<(), (String, String)> {
+    let ai_keys = [
+        ("ai_model", w.ai_model.is_some()),
+        ("ai_guidelines", w.ai_guidelines.is_some()),
+        ("ai_confidence_threshold", w.ai_confidence_threshold.is_some()),
+        ("ai_fallback_behavior", w.ai_fallback_behavior.is_some()),
+        ("escalation_workflow", w.escalation_workflow.is_some()),
+        ("ai_provider", w.ai_provider.is_some()),
+        ("ai_cache_secs", w.ai_cache_secs.is_some()),
+    ];
+    match ai_keys.iter().find(|(_, set)| *set) {
+        Some((name, _)) => {
+            Err((format!("{key}.{name}"), "applies only to a workflow with approval_type = \"ai_driven\"".into()))
+        }
+        None => Ok(()),
+    }
+}
+
+/// The reviewer settings of an `ai_driven` workflow.
+fn ai_workflow(
+    key: &str,
+    w: &RawWorkflow,
+    providers: &BTreeMap<String, crate::review::ProviderConfig>,
+) -> Result<crate::review::AiWorkflow, (String, String)> {
+    use crate::review::{AiWorkflow, DEFAULT_CACHE_SECS, DEFAULT_THRESHOLD, Fallback};
+    let human_keys = [
+        ("required_approvals", w.required_approvals.is_some()),
+        ("approvers", !w.approvers.is_empty()),
+        ("require_justification", w.require_justification.is_some()),
+        ("grant_secs", w.grant_secs.is_some()),
+    ];
+    if let Some((name, _)) = human_keys.iter().find(|(_, set)| *set) {
+        return Err((
+            format!("{key}.{name}"),
+            "applies only to human workflows; an ai_driven workflow's reviewer decides alone (see ai_cache_secs \
+             for reusing decisions)"
+                .into(),
+        ));
+    }
+    let required = |name: &str, value: &Option<String>, what: &str| -> Result<String, (String, String)> {
+        match value.as_deref().map(str::trim) {
+            Some(v) if !v.is_empty() => Ok(v.to_owned()),
+            _ => Err((format!("{key}.{name}"), format!("an ai_driven workflow needs {what}"))),
+        }
+    };
+    let model = required("ai_model", &w.ai_model, "the model to ask (e.g. \"claude-sonnet-4-5\", \"llama3.1:8b\")")?;
+    let guidelines = required("ai_guidelines", &w.ai_guidelines, "the guidelines the reviewer decides by")?;
+    let provider = required("ai_provider", &w.ai_provider, "a provider: the name of a [providers.NAME] table")?;
+    if !providers.contains_key(&provider) {
+        let known: Vec<&str> = providers.keys().map(String::as_str).collect();
+        return Err((
+            format!("{key}.ai_provider"),
+            if known.is_empty() {
+                format!("provider {provider:?} is not defined: add a [providers.{provider}] table")
+            } else {
+                format!("provider {provider:?} is not defined; defined: {}", known.join(", "))
+            },
+        ));
+    }
+    let threshold = w.ai_confidence_threshold.unwrap_or(DEFAULT_THRESHOLD);
+    if !(threshold.is_finite() && (0.0..=1.0).contains(&threshold)) {
+        return Err((format!("{key}.ai_confidence_threshold"), format!("{threshold} is not within 0..=1")));
+    }
+    let fallback = match w.ai_fallback_behavior.as_deref() {
+        None | Some("escalate") => Fallback::Escalate,
+        Some("approve") => Fallback::Approve,
+        Some("deny") => Fallback::Deny,
+        Some(other) => {
+            return Err((
+                format!("{key}.ai_fallback_behavior"),
+                format!("unknown fallback {other:?}; use \"escalate\", \"approve\" or \"deny\""),
+            ));
+        }
+    };
+    let escalation_workflow = w.escalation_workflow.clone().filter(|e| !e.trim().is_empty());
+    match (fallback, &escalation_workflow) {
+        (Fallback::Escalate, None) => {
+            return Err((
+                format!("{key}.escalation_workflow"),
+                "required when ai_fallback_behavior is \"escalate\" (the default): name the human workflow that \
+                 decides the calls the reviewer is unsure of"
+                    .into(),
+            ));
+        }
+        (Fallback::Approve | Fallback::Deny, Some(_)) => {
+            return Err((
+                format!("{key}.escalation_workflow"),
+                format!("is only used when ai_fallback_behavior is \"escalate\", not {:?}", fallback.as_str()),
+            ));
+        }
+        _ => {}
+    }
+    Ok(AiWorkflow {
+        name: w.name.clone(),
+        model,
+        guidelines,
+        threshold,
+        fallback,
+        escalation_workflow,
+        provider,
+        cache: Duration::from_secs(w.ai_cache_secs.unwrap_or(DEFAULT_CACHE_SECS)),
+    })
+}
+
+fn validate_providers(
+    raw: BTreeMap<String, RawProvider>,
+) -> Result<BTreeMap<String, crate::review::ProviderConfig>, (String, String)> {
+    use crate::review::{
+        ANTHROPIC_BASE_URL, DEFAULT_TIMEOUT_SECS, OPENAI_BASE_URL, ProviderConfig, ProviderKind, Secret,
+    };
+    let mut out = BTreeMap::new();
+    for (name, p) in raw {
+        let key = format!("providers.{name}");
+        let kind = match p.kind.as_deref() {
+            Some("anthropic") => ProviderKind::Anthropic,
+            Some("openai") => ProviderKind::OpenAi,
+            Some(other) => {
+                return Err((
+                    format!("{key}.type"),
+                    format!(
+                        "unknown provider type {other:?}; use \"anthropic\" or \"openai\" (any OpenAI-compatible \
+                         server: Ollama, vLLM, LM Studio, llama.cpp)"
+                    ),
+                ));
+            }
+            None => return Err((format!("{key}.type"), "required: \"anthropic\" or \"openai\"".into())),
+        };
+        let base_url = p.base_url.unwrap_or_else(|| {
+            match kind {
+                ProviderKind::Anthropic => ANTHROPIC_BASE_URL,
+                ProviderKind::OpenAi => OPENAI_BASE_URL,
+            }
+            .to_owned()
+        });
+        if !(base_url.starts_with("http://") || base_url.starts_with("https://"))
+            || reqwest::Url::parse(&base_url).is_err()
+        {
+            return Err((format!("{key}.base_url"), format!("{base_url:?} is not an http(s) URL")));
+        }
+        let api_key = match &p.api_key_env {
+            Some(var) => match std::env::var(var) {
+                Ok(v) if !v.trim().is_empty() => Some(Secret::new(v.trim())),
+                _ => {
+                    return Err((
+                        format!("{key}.api_key_env"),
+                        format!("environment variable {var} is not set (it should hold the provider's API key)"),
+                    ));
+                }
+            },
+            None => None,
+        };
+        let timeout_secs = p.timeout_secs.unwrap_or(DEFAULT_TIMEOUT_SECS);
+        if timeout_secs == 0 {
+            return Err((format!("{key}.timeout_secs"), "must be at least 1".into()));
+        }
+        out.insert(
+            name.clone(),
+            ProviderConfig {
+                name,
+                kind,
+                base_url,
+                api_key_env: p.api_key_env,
+                api_key,
+                timeout: Duration::from_secs(timeout_secs),
+            },
+        );
+    }
+    Ok(out)
 }
 
 /// `$MCP_GATE_DATA_DIR`, else `$XDG_DATA_HOME/mcp-gate`, else `~/.local/share/mcp-gate`.
@@ -747,5 +1009,192 @@ mod example_tests {
         assert_eq!(config.policy.rule_labels().len(), 4);
         assert_eq!(config.approvals.workflows["two-person"].required_approvals, 2);
         assert!(config.policy.lint().is_empty(), "{:?}", config.policy.lint());
+    }
+}
+
+#[cfg(test)]
+mod ai_config_tests {
+    use super::*;
+    use crate::review::{Fallback, ProviderKind};
+
+    const PROVIDER: &str = "[providers.local]\ntype = \"openai\"\nbase_url = \"http://127.0.0.1:11434/v1\"\n";
+
+    fn with_ai(workflow_keys: &str, rest: &str) -> Result<Config, ConfigError> {
+        let text = format!(
+            "[[workflows]]\nname = \"ai\"\napproval_type = \"ai_driven\"\nai_model = \"llama3.1:8b\"\n\
+             ai_guidelines = \"Approve reads.\"\nai_provider = \"local\"\n{workflow_keys}\n\
+             [[workflows]]\nname = \"people\"\n{rest}\n{PROVIDER}"
+        );
+        Config::from_toml(&text, "ai.toml")
+    }
+
+    fn error(result: Result<Config, ConfigError>) -> (String, String) {
+        match result {
+            Err(ConfigError::Invalid { file, key, message }) => {
+                assert_eq!(file, "ai.toml");
+                (key, message)
+            }
+            other => panic!("expected an invalid-key error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_of_an_ai_workflow_and_a_provider() {
+        let config = with_ai("escalation_workflow = \"people\"", "").unwrap();
+        let ai = &config.approvals.ai_workflows["ai"];
+        assert_eq!(ai.threshold, 0.8);
+        assert_eq!(ai.fallback, Fallback::Escalate);
+        assert_eq!(ai.escalation_workflow.as_deref(), Some("people"));
+        assert_eq!(ai.cache, Duration::from_secs(300));
+        let p = &config.approvals.providers["local"];
+        assert_eq!(p.kind, ProviderKind::OpenAi);
+        assert_eq!(p.timeout, Duration::from_secs(20));
+        assert!(p.api_key.is_none());
+        assert_eq!(p.endpoint(), "http://127.0.0.1:11434/v1/chat/completions");
+        // An ai_driven workflow is also a workflow people can decide (its requests are single use).
+        assert_eq!(config.approvals.workflows["ai"].required_approvals, 1);
+
+        let anthropic = Config::from_toml(
+            "[providers.claude]\ntype = \"anthropic\"\n[[workflows]]\nname = \"a\"\napproval_type = \"ai_driven\"\n\
+             ai_model = \"m\"\nai_guidelines = \"g\"\nai_provider = \"claude\"\nai_fallback_behavior = \"deny\"\n\
+             ai_confidence_threshold = 1\nai_cache_secs = 0\n",
+            "ai.toml",
+        )
+        .unwrap();
+        assert_eq!(anthropic.approvals.providers["claude"].endpoint(), "https://api.anthropic.com/v1/messages");
+        let a = &anthropic.approvals.ai_workflows["a"];
+        assert_eq!((a.fallback, a.threshold, a.cache), (Fallback::Deny, 1.0, Duration::ZERO));
+    }
+
+    #[test]
+    fn escalate_needs_an_escalation_workflow() {
+        let (key, message) = error(with_ai("", ""));
+        assert_eq!(key, "workflows[0].escalation_workflow");
+        assert!(message.contains("required") && message.contains("escalate"), "{message}");
+        assert!(message.contains("human workflow"), "{message}");
+    }
+
+    #[test]
+    fn the_provider_must_exist() {
+        let text = "[[workflows]]\nname = \"ai\"\napproval_type = \"ai_driven\"\nai_model = \"m\"\n\
+                    ai_guidelines = \"g\"\nai_provider = \"cloud\"\nai_fallback_behavior = \"deny\"\n";
+        let (key, message) = error(Config::from_toml(&format!("{text}{PROVIDER}"), "ai.toml"));
+        assert_eq!(key, "workflows[0].ai_provider");
+        assert!(message.contains("\"cloud\"") && message.contains("local"), "{message}");
+        let (key, message) = error(Config::from_toml(text, "ai.toml"));
+        assert_eq!(key, "workflows[0].ai_provider");
+        assert!(message.contains("[providers.cloud]"), "{message}");
+    }
+
+    #[test]
+    fn the_threshold_is_within_zero_and_one() {
+        for bad in ["1.5", "-0.1", "nan", "inf"] {
+            let (key, message) =
+                error(with_ai(&format!("escalation_workflow = \"people\"\nai_confidence_threshold = {bad}"), ""));
+            assert_eq!(key, "workflows[0].ai_confidence_threshold", "{bad}");
+            assert!(message.contains("0..=1"), "{message}");
+        }
+        assert!(with_ai("escalation_workflow = \"people\"\nai_confidence_threshold = 0", "").is_ok());
+    }
+
+    #[test]
+    fn escalation_goes_to_a_defined_human_workflow() {
+        let (key, message) = error(with_ai("escalation_workflow = \"nobody\"", ""));
+        assert_eq!(key, "workflows[0].escalation_workflow");
+        assert!(message.contains("not defined"), "{message}");
+
+        let second_ai = "[[workflows]]\nname = \"ai2\"\napproval_type = \"ai_driven\"\nai_model = \"m\"\n\
+                         ai_guidelines = \"g\"\nai_provider = \"local\"\nai_fallback_behavior = \"deny\"\n";
+        let (key, message) = error(with_ai("escalation_workflow = \"ai2\"", second_ai));
+        assert_eq!(key, "workflows[0].escalation_workflow");
+        assert!(message.contains("ai_driven") && message.contains("human"), "{message}");
+        let (key, _) = error(with_ai("escalation_workflow = \"ai\"", ""));
+        assert_eq!(key, "workflows[0].escalation_workflow", "not to itself either");
+
+        // The implicit default workflow is a human one.
+        assert!(with_ai("escalation_workflow = \"default\"", "").is_ok());
+        // Only the escalate fallback uses it.
+        let (key, _) = error(with_ai("escalation_workflow = \"people\"\nai_fallback_behavior = \"approve\"", ""));
+        assert_eq!(key, "workflows[0].escalation_workflow");
+    }
+
+    #[test]
+    fn other_invalid_ai_settings_name_their_key() {
+        let cases = [
+            (
+                "escalation_workflow = \"people\"\nai_fallback_behavior = \"ask\"",
+                "",
+                "workflows[0].ai_fallback_behavior",
+            ),
+            ("escalation_workflow = \"people\"\nrequired_approvals = 2", "", "workflows[0].required_approvals"),
+            ("escalation_workflow = \"people\"\ngrant_secs = 60", "", "workflows[0].grant_secs"),
+            ("escalation_workflow = \"people\"", "ai_model = \"m\"", "workflows[1].ai_model"),
+            ("escalation_workflow = \"people\"", "approval_type = \"robot\"", "workflows[1].approval_type"),
+        ];
+        for (workflow, rest, want) in cases {
+            match with_ai(workflow, rest) {
+                Err(ConfigError::Invalid { key, .. }) => assert_eq!(key, want, "{workflow} / {rest}"),
+                Err(ConfigError::Load(text)) => assert_eq!(want, "TOML", "{text}"),
+                Ok(_) => panic!("accepted: {workflow} / {rest}"),
+            }
+        }
+        let missing = "[[workflows]]\nname = \"ai\"\napproval_type = \"ai_driven\"\nai_provider = \"local\"\n\
+                       ai_guidelines = \"g\"\nai_fallback_behavior = \"deny\"\n";
+        let (key, _) = error(Config::from_toml(&format!("{missing}{PROVIDER}"), "ai.toml"));
+        assert_eq!(key, "workflows[0].ai_model");
+        let blank = missing.replace("ai_guidelines = \"g\"", "ai_model = \"m\"\nai_guidelines = \"  \"");
+        let (key, message) = error(Config::from_toml(&format!("{blank}{PROVIDER}"), "ai.toml"));
+        assert_eq!(key, "workflows[0].ai_guidelines");
+        assert!(message.contains("guidelines"), "{message}");
+    }
+
+    #[test]
+    fn providers_are_checked() {
+        let wf = "[[workflows]]\nname = \"ai\"\napproval_type = \"ai_driven\"\nai_model = \"m\"\n\
+                  ai_guidelines = \"g\"\nai_provider = \"p\"\nai_fallback_behavior = \"deny\"\n";
+        let cases = [
+            ("[providers.p]\nbase_url = \"http://x\"\n", "providers.p.type"),
+            ("[providers.p]\ntype = \"gemini\"\n", "providers.p.type"),
+            ("[providers.p]\ntype = \"openai\"\nbase_url = \"ftp://x\"\n", "providers.p.base_url"),
+            ("[providers.p]\ntype = \"openai\"\ntimeout_secs = 0\n", "providers.p.timeout_secs"),
+            (
+                "[providers.p]\ntype = \"anthropic\"\napi_key_env = \"MCP_GATE_SURELY_UNSET_PROVIDER_KEY\"\n",
+                "providers.p.api_key_env",
+            ),
+        ];
+        for (provider, want) in cases {
+            let (key, message) = error(Config::from_toml(&format!("{wf}{provider}"), "ai.toml"));
+            assert_eq!(key, want, "{provider}");
+            if want.ends_with("api_key_env") {
+                assert!(message.contains("MCP_GATE_SURELY_UNSET_PROVIDER_KEY is not set"), "{message}");
+            }
+        }
+        let unknown =
+            Config::from_toml(&format!("{wf}[providers.p]\ntype = \"openai\"\napi_key = \"sk\"\n"), "ai.toml");
+        assert!(matches!(unknown, Err(ConfigError::Load(t)) if t.contains("api_key")), "keys are not config values");
+    }
+
+    #[test]
+    fn check_config_explains_ai_workflows_and_warns() {
+        let config = with_ai(
+            "ai_fallback_behavior = \"approve\"\nai_confidence_threshold = 0.3",
+            "[providers.far]\ntype = \"openai\"\nbase_url = \"http://10.1.2.3:8000/v1\"\n",
+        )
+        .unwrap();
+        let text = config.explain();
+        assert!(
+            text.contains(
+                "workflow ai: AI review by llama3.1:8b via provider local (openai \
+                 http://127.0.0.1:11434/v1/chat/completions, no key, timeout 20 s); answers with confidence >= 0.3 \
+                 are final, unsure, escalated or failed reviews are approved; identical calls reuse a decision for \
+                 300 s"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("warning: workflow ai: ai_fallback_behavior = \"approve\""), "{text}");
+        assert!(text.contains("warning: workflow ai: ai_confidence_threshold = 0.3"), "{text}");
+        assert!(text.contains("warning: provider far is not used"), "{text}");
+        assert!(text.contains("warning: provider far: http://10.1.2.3:8000/v1 is plain http"), "{text}");
+        assert!(!text.contains("warning: provider local"), "{text}");
     }
 }

@@ -21,7 +21,9 @@
 //! denial, or holds it. Held calls live in the SQLite [`store`] as approval requests; callers
 //! wait on them or get the approval URL at once. The approval server in [`web`] (JSON API and
 //! pages) records decisions through the same [`approval::Approvals`] core, which wakes the
-//! waiting calls. Every decision lands in the hash-chained [`audit`] log. The processes of one
+//! waiting calls. A workflow with `approval_type = "ai_driven"` is decided first by the
+//! [`review`] module's reviewer, a model asked inline against written guidelines; what it is unsure
+//! of goes to people. Every decision lands in the hash-chained [`audit`] log. The processes of one
 //! machine that share a database share one approval server: [`hub`] decides at start-up whether
 //! this process serves it or follows the process that does, and hands it over when that one exits.
 //!
@@ -39,6 +41,7 @@ pub mod identity;
 pub mod jsonrpc;
 pub mod policy;
 pub mod random;
+pub mod review;
 pub mod router;
 pub mod session;
 pub mod store;

@@ -1,0 +1,685 @@
+//! The AI reviewer: a model decides held calls of `ai_driven` workflows against written
+//! guidelines.
+//!
+//! A review is one request to a provider ([`anthropic`] Messages API or any [`openai`]
+//! chat-completions endpoint) built by [`prompt`]: the workflow's guidelines as the system prompt,
+//! and the call (server, tool with its description and annotations, redacted arguments, agent,
+//! the agent's recent decisions) as a data block between random boundary lines. The model must
+//! answer through the provider's structured mode with `{decision, confidence, reasoning}`, which is
+//! parsed strictly. [`AiWorkflow::apply`] turns the answer, or the failure to get one, into what
+//! happens to the call; the approval service ([`crate::approval`]) carries it out and audits it.
+//!
+//! Fail closed: a provider error, an HTTP error status, a timeout, a refusal or an answer that does
+//! not parse counts as an unsure answer, and the workflow's fallback applies.
+
+pub mod anthropic;
+pub mod openai;
+pub mod prompt;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::store::{Store, StoreError};
+use crate::tools::ToolInfo;
+
+/// Default `ai_confidence_threshold`.
+pub const DEFAULT_THRESHOLD: f64 = 0.8;
+/// Default `ai_cache_secs`: identical calls reuse a decision for this long.
+pub const DEFAULT_CACHE_SECS: u64 = 300;
+/// Default `timeout_secs` of a provider.
+pub const DEFAULT_TIMEOUT_SECS: u64 = 20;
+/// Default `base_url` of an `anthropic` provider.
+pub const ANTHROPIC_BASE_URL: &str = "https://api.anthropic.com";
+/// Default `base_url` of an `openai` provider.
+pub const OPENAI_BASE_URL: &str = "https://api.openai.com/v1";
+/// The largest provider response read.
+const MAX_RESPONSE_BYTES: usize = 1 << 20;
+/// How many of the agent's recent decisions the reviewer is shown.
+pub const RECENT_DECISIONS: u32 = 10;
+/// Decisions cached at most (the oldest are dropped first).
+const MAX_CACHED: usize = 10_000;
+
+/// An API key read from the environment at start-up. It is only ever written into a request
+/// header: its `Debug` shows nothing, and it has no `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([hidden])")
+    }
+}
+
+/// The wire format a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderKind {
+    /// Anthropic's Messages API (`POST {base_url}/v1/messages`), with forced tool use.
+    Anthropic,
+    /// An OpenAI-compatible chat-completions endpoint (`POST {base_url}/chat/completions`):
+    /// OpenAI, Ollama, vLLM, LM Studio, llama.cpp's server. Uses `response_format: json_schema`.
+    OpenAi,
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Anthropic => "anthropic",
+            ProviderKind::OpenAi => "openai",
+        }
+    }
+}
+
+/// A validated `[providers.NAME]` table.
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    pub name: String,
+    pub kind: ProviderKind,
+    /// Without the provider's path, e.g. `http://127.0.0.1:11434/v1`.
+    pub base_url: String,
+    /// The environment variable the key was read from.
+    pub api_key_env: Option<String>,
+    pub api_key: Option<Secret>,
+    pub timeout: Duration,
+}
+
+impl ProviderConfig {
+    /// The URL requests are posted to.
+    pub fn endpoint(&self) -> String {
+        let base = self.base_url.trim_end_matches('/');
+        match self.kind {
+            ProviderKind::Anthropic => format!("{base}/v1/messages"),
+            ProviderKind::OpenAi => format!("{base}/chat/completions"),
+        }
+    }
+}
+
+/// What an `ai_driven` workflow does when the reviewer is unsure or could not review.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fallback {
+    /// A person decides, in the escalation workflow.
+    Escalate,
+    Approve,
+    Deny,
+}
+
+impl Fallback {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fallback::Escalate => "escalate",
+            Fallback::Approve => "approve",
+            Fallback::Deny => "deny",
+        }
+    }
+}
+
+/// A validated `ai_driven` workflow.
+#[derive(Debug, Clone)]
+pub struct AiWorkflow {
+    pub name: String,
+    pub model: String,
+    /// The reviewer's system prompt.
+    pub guidelines: String,
+    /// Answers at or above this confidence are final.
+    pub threshold: f64,
+    pub fallback: Fallback,
+    /// The human workflow uncertain calls go to (set when the fallback is `Escalate`).
+    pub escalation_workflow: Option<String>,
+    /// The `[providers.NAME]` asked.
+    pub provider: String,
+    /// How long identical calls reuse a decision; zero asks every time.
+    pub cache: Duration,
+}
+
+/// The reviewer's decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReviewDecision {
+    Approve,
+    Deny,
+    Escalate,
+}
+
+impl ReviewDecision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReviewDecision::Approve => "approve",
+            ReviewDecision::Deny => "deny",
+            ReviewDecision::Escalate => "escalate",
+        }
+    }
+}
+
+/// A parsed answer: `{"decision", "confidence", "reasoning"}`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Answer {
+    pub decision: ReviewDecision,
+    /// Within 0..=1.
+    pub confidence: f64,
+    pub reasoning: String,
+}
+
+/// Why no usable answer came back. None of these texts holds the API key.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ReviewError {
+    #[error("timed out after {0} s")]
+    Timeout(u64),
+    #[error("request failed: {0}")]
+    Transport(String),
+    #[error("HTTP {status}{}", if body.is_empty() { String::new() } else { format!(": {body}") })]
+    Status { status: u16, body: String },
+    #[error("the model refused: {0}")]
+    Refused(String),
+    #[error("unparseable answer: {0}")]
+    Unparseable(String),
+    #[error("no provider {0:?}")]
+    NoProvider(String),
+}
+
+impl ReviewError {
+    /// A short account for the agent, without provider details.
+    pub fn summary(&self) -> &'static str {
+        match self {
+            ReviewError::Timeout(_) => "timed out",
+            ReviewError::Transport(_) | ReviewError::NoProvider(_) => "could not be reached",
+            ReviewError::Status { .. } => "returned an error",
+            ReviewError::Refused(_) => "refused to review the call",
+            ReviewError::Unparseable(_) => "gave an answer that could not be read",
+        }
+    }
+}
+
+/// What the workflow does with a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    Approve,
+    Deny,
+    Escalate,
+}
+
+impl Applied {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Applied::Approve => "approve",
+            Applied::Deny => "deny",
+            Applied::Escalate => "escalate",
+        }
+    }
+}
+
+/// Whether the reviewer's answer decided, or the fallback did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A confident approve or deny, applied as is.
+    Final,
+    /// Unsure, `escalate`, or no usable answer: the fallback approved or denied.
+    Fallback,
+    /// Unsure, `escalate`, or no usable answer: handed to people.
+    Escalated,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Final => "final",
+            Outcome::Fallback => "fallback",
+            Outcome::Escalated => "escalated",
+        }
+    }
+}
+
+impl AiWorkflow {
+    /// The actor recorded for the reviewer's decisions: `ai:MODEL`.
+    pub fn actor(&self) -> String {
+        format!("ai:{}", self.model)
+    }
+
+    /// What happens to the call given the review.
+    pub fn apply(&self, answer: &Result<Answer, ReviewError>) -> (Applied, Outcome) {
+        if let Ok(a) = answer
+            && a.confidence >= self.threshold
+        {
+            match a.decision {
+                ReviewDecision::Approve => return (Applied::Approve, Outcome::Final),
+                ReviewDecision::Deny => return (Applied::Deny, Outcome::Final),
+                ReviewDecision::Escalate => {}
+            }
+        }
+        match self.fallback {
+            Fallback::Approve => (Applied::Approve, Outcome::Fallback),
+            Fallback::Deny => (Applied::Deny, Outcome::Fallback),
+            Fallback::Escalate => (Applied::Escalate, Outcome::Escalated),
+        }
+    }
+
+    /// The sha256 of the guidelines, in lowercase hex.
+    pub fn guidelines_sha256(&self) -> String {
+        hex(&Sha256::digest(self.guidelines.as_bytes()))
+    }
+}
+
+/// One of the agent's earlier requests, as the reviewer sees it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RecentDecision {
+    pub at: String,
+    pub server: String,
+    pub tool: String,
+    pub status: String,
+    pub decided_by: Option<String>,
+    pub reason: Option<String>,
+}
+
+/// The call under review. Arguments are already redacted.
+#[derive(Debug, Clone)]
+pub struct Subject {
+    pub server: String,
+    pub tool: String,
+    pub tool_info: Option<ToolInfo>,
+    pub arguments: Value,
+    pub agent: Option<String>,
+    pub recent: Vec<RecentDecision>,
+}
+
+/// A review's result.
+#[derive(Debug, Clone)]
+pub struct Review {
+    pub answer: Result<Answer, ReviewError>,
+    /// The answer is an earlier one for an identical call.
+    pub cached: bool,
+}
+
+struct Provider {
+    config: ProviderConfig,
+    client: reqwest::Client,
+}
+
+/// The providers and `ai_driven` workflows of a configuration, and the decision cache.
+pub struct Reviewer {
+    workflows: HashMap<String, Arc<AiWorkflow>>,
+    providers: HashMap<String, Provider>,
+    cache: Mutex<HashMap<String, (Answer, Instant)>>,
+}
+
+impl fmt::Debug for Reviewer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reviewer")
+            .field("workflows", &self.workflows.keys().collect::<Vec<_>>())
+            .field("providers", &self.providers.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Reviewer {
+    pub fn new(
+        workflows: impl IntoIterator<Item = AiWorkflow>,
+        providers: impl IntoIterator<Item = ProviderConfig>,
+    ) -> Result<Reviewer, reqwest::Error> {
+        let mut built = HashMap::new();
+        for config in providers {
+            let client = reqwest::Client::builder().timeout(config.timeout).build()?;
+            built.insert(config.name.clone(), Provider { config, client });
+        }
+        Ok(Reviewer {
+            workflows: workflows.into_iter().map(|w| (w.name.clone(), Arc::new(w))).collect(),
+            providers: built,
+            cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The reviewer of a configuration, or `None` when it has no `ai_driven` workflow.
+    pub fn from_config(approvals: &crate::config::Approvals) -> Result<Option<Arc<Reviewer>>, reqwest::Error> {
+        if approvals.ai_workflows.is_empty() {
+            return Ok(None);
+        }
+        let reviewer = Reviewer::new(approvals.ai_workflows.values().cloned(), approvals.providers.values().cloned())?;
+        Ok(Some(Arc::new(reviewer)))
+    }
+
+    /// The `ai_driven` workflow of this name, if it is one.
+    pub fn workflow(&self, name: &str) -> Option<Arc<AiWorkflow>> {
+        self.workflows.get(name).cloned()
+    }
+
+    /// Reviews a call, reusing an answer given for an identical call (same `call_key`,
+    /// workflow, provider, model and guidelines) within the workflow's cache window.
+    pub async fn review(&self, workflow: &AiWorkflow, call_key: &str, subject: &Subject) -> Review {
+        let key = cache_key(workflow, call_key);
+        if !workflow.cache.is_zero()
+            && let Some(answer) = self.cached(&key, workflow.cache)
+        {
+            info!(workflow = %workflow.name, tool = %subject.tool, "reusing the reviewer's decision on an identical call");
+            return Review { answer: Ok(answer), cached: true };
+        }
+        let answer = self.ask(workflow, subject).await;
+        match &answer {
+            Ok(a) => {
+                info!(
+                    workflow = %workflow.name,
+                    model = %workflow.model,
+                    tool = %subject.tool,
+                    decision = a.decision.as_str(),
+                    confidence = a.confidence,
+                    "reviewer answered"
+                );
+                if !workflow.cache.is_zero() {
+                    self.remember(key, a.clone());
+                }
+            }
+            Err(e) => warn!(
+                workflow = %workflow.name,
+                provider = %workflow.provider,
+                model = %workflow.model,
+                tool = %subject.tool,
+                "AI review failed; the fallback applies: {e}"
+            ),
+        }
+        Review { answer, cached: false }
+    }
+
+    /// Asks the workflow's provider, without the cache.
+    pub async fn ask(&self, workflow: &AiWorkflow, subject: &Subject) -> Result<Answer, ReviewError> {
+        let provider =
+            self.providers.get(&workflow.provider).ok_or_else(|| ReviewError::NoProvider(workflow.provider.clone()))?;
+        let prompt = prompt::build(&workflow.guidelines, subject);
+        let body = match provider.config.kind {
+            ProviderKind::Anthropic => anthropic::request_body(&workflow.model, &prompt),
+            ProviderKind::OpenAi => openai::request_body(&workflow.model, &prompt),
+        };
+        let timeout = provider.config.timeout;
+        let response = tokio::time::timeout(timeout, post(provider, &body))
+            .await
+            .map_err(|_| ReviewError::Timeout(timeout.as_secs()))??;
+        match provider.config.kind {
+            ProviderKind::Anthropic => anthropic::read_answer(&response),
+            ProviderKind::OpenAi => openai::read_answer(&response),
+        }
+    }
+
+    fn cached(&self, key: &str, window: Duration) -> Option<Answer> {
+        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache.get(key).filter(|(_, at)| at.elapsed() < window).map(|(a, _)| a.clone())
+    }
+
+    fn remember(&self, key: String, answer: Answer) {
+        let longest = self.workflows.values().map(|w| w.cache).max().unwrap_or_default();
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= MAX_CACHED {
+            cache.retain(|_, (_, at)| at.elapsed() < longest);
+            if cache.len() >= MAX_CACHED
+                && let Some(oldest) = cache.iter().min_by_key(|(_, (_, at))| *at).map(|(k, _)| k.clone())
+            {
+                cache.remove(&oldest);
+            }
+        }
+        cache.insert(key, (answer, Instant::now()));
+    }
+}
+
+fn cache_key(workflow: &AiWorkflow, call_key: &str) -> String {
+    let mut hasher = Sha256::new();
+    for part in [call_key, &workflow.name, &workflow.provider, &workflow.model, &workflow.guidelines] {
+        hasher.update(part.as_bytes());
+        hasher.update([0]);
+    }
+    hex(&hasher.finalize())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Posts a request body and reads the JSON answer (at most 1 MiB).
+async fn post(provider: &Provider, body: &Value) -> Result<Value, ReviewError> {
+    let config = &provider.config;
+    let mut request = provider.client.post(config.endpoint()).json(body);
+    match config.kind {
+        ProviderKind::Anthropic => {
+            request = request.header("anthropic-version", anthropic::API_VERSION);
+            if let Some(key) = &config.api_key {
+                request = request.header("x-api-key", key.expose());
+            }
+        }
+        ProviderKind::OpenAi => {
+            if let Some(key) = &config.api_key {
+                request = request.bearer_auth(key.expose());
+            }
+        }
+    }
+    let timeout_secs = config.timeout.as_secs();
+    let classify = |e: reqwest::Error| {
+        if e.is_timeout() {
+            ReviewError::Timeout(timeout_secs)
+        } else {
+            ReviewError::Transport(scrub(&crate::transport::http_client::describe(&e), config))
+        }
+    };
+    let mut response = request.send().await.map_err(classify)?;
+    let status = response.status();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(classify)? {
+        if bytes.len() + chunk.len() > MAX_RESPONSE_BYTES {
+            return Err(ReviewError::Unparseable("the response is larger than 1 MiB".into()));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    if !status.is_success() {
+        // An authentication error's body may quote part of the key: leave it out.
+        let body = if matches!(status.as_u16(), 401 | 403) {
+            "check the provider's API key".to_owned()
+        } else {
+            let text = String::from_utf8_lossy(&bytes);
+            scrub(&text.chars().take(300).collect::<String>(), config)
+        };
+        return Err(ReviewError::Status { status: status.as_u16(), body });
+    }
+    serde_json::from_slice(&bytes).map_err(|e| ReviewError::Unparseable(format!("the response is not JSON: {e}")))
+}
+
+/// Removes the key from a text that is about to be logged or audited.
+fn scrub(text: &str, config: &ProviderConfig) -> String {
+    match &config.api_key {
+        Some(key) if !key.expose().is_empty() => text.replace(key.expose(), "[key]"),
+        _ => text.to_owned(),
+    }
+}
+
+/// The reviewer's opinion on each of these approval requests that has one: the latest
+/// `ai_decision` record of the audit log, without the guidelines and arguments.
+pub async fn opinions(store: &Store, ids: Vec<String>) -> Result<HashMap<String, Value>, StoreError> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    store
+        .call(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT at, detail FROM audit WHERE approval_id = ?1 AND event = 'ai_decision'
+                 ORDER BY id DESC LIMIT 1",
+            )?;
+            let mut found = HashMap::new();
+            for id in ids {
+                let mut rows = stmt.query([&id])?;
+                if let Some(row) = rows.next()? {
+                    let at: i64 = row.get(0)?;
+                    let detail: String = row.get(1)?;
+                    let detail: Value = serde_json::from_str(&detail)?;
+                    found.insert(id, opinion_view(at, &detail));
+                }
+            }
+            Ok(found)
+        })
+        .await
+}
+
+/// The fields of an `ai_decision` record shown with an approval request.
+fn opinion_view(at: i64, detail: &Value) -> Value {
+    let mut view = serde_json::Map::new();
+    for field in ["decision", "confidence", "reasoning", "model", "provider", "workflow", "outcome", "applied", "error"]
+    {
+        view.insert(field.to_owned(), detail.get(field).cloned().unwrap_or(Value::Null));
+    }
+    view.insert("cached".into(), detail.get("cached").cloned().unwrap_or(Value::Bool(false)));
+    view.insert("at".into(), Value::from(at));
+    Value::Object(view)
+}
+
+/// Warnings about AI settings that are valid but probably not what was meant.
+pub fn lint(workflows: &BTreeMap<String, AiWorkflow>, providers: &BTreeMap<String, ProviderConfig>) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for w in workflows.values() {
+        if w.fallback == Fallback::Approve {
+            warnings.push(format!(
+                "workflow {}: ai_fallback_behavior = \"approve\" runs every call the reviewer is unsure of or could \
+                 not review (provider down, timeout, refusal)",
+                w.name
+            ));
+        }
+        if w.threshold < 0.5 {
+            warnings.push(format!(
+                "workflow {}: ai_confidence_threshold = {} makes even unsure answers final",
+                w.name, w.threshold
+            ));
+        }
+    }
+    for p in providers.values() {
+        if !workflows.values().any(|w| w.provider == p.name) {
+            warnings.push(format!("provider {} is not used by any workflow", p.name));
+        }
+        if p.kind == ProviderKind::Anthropic && p.api_key.is_none() {
+            warnings.push(format!(
+                "provider {}: type \"anthropic\" without api_key_env: the API will refuse every request and each \
+                 review will fall back",
+                p.name
+            ));
+        }
+        if let Some(rest) = p.base_url.strip_prefix("http://") {
+            if !is_loopback_host(host_of(rest)) {
+                warnings.push(format!(
+                    "provider {}: {} is plain http to another host: call arguments{} travel unencrypted",
+                    p.name,
+                    p.base_url,
+                    if p.api_key.is_some() { " and the API key" } else { "" }
+                ));
+            }
+        }
+    }
+    warnings
+}
+
+/// The host of what follows `http://`: `[::1]:8000/v1` -> `[::1]`, `localhost:11434/v1` -> `localhost`.
+fn host_of(rest: &str) -> &str {
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    if authority.starts_with('[') {
+        return authority.split_inclusive(']').next().unwrap_or(authority);
+    }
+    authority.split(':').next().unwrap_or(authority)
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<std::net::IpAddr>().map(|ip| ip.is_loopback()).unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn workflow(threshold: f64, fallback: Fallback) -> AiWorkflow {
+        AiWorkflow {
+            name: "ai".into(),
+            model: "m".into(),
+            guidelines: "g".into(),
+            threshold,
+            fallback,
+            escalation_workflow: Some("people".into()),
+            provider: "p".into(),
+            cache: Duration::from_secs(60),
+        }
+    }
+
+    fn answer(decision: ReviewDecision, confidence: f64) -> Result<Answer, ReviewError> {
+        Ok(Answer { decision, confidence, reasoning: "r".into() })
+    }
+
+    #[test]
+    fn confident_answers_are_final_and_the_rest_falls_back() {
+        let w = workflow(0.8, Fallback::Escalate);
+        assert_eq!(w.apply(&answer(ReviewDecision::Approve, 0.8)), (Applied::Approve, Outcome::Final));
+        assert_eq!(w.apply(&answer(ReviewDecision::Deny, 0.99)), (Applied::Deny, Outcome::Final));
+        assert_eq!(w.apply(&answer(ReviewDecision::Approve, 0.79)), (Applied::Escalate, Outcome::Escalated));
+        assert_eq!(w.apply(&answer(ReviewDecision::Escalate, 1.0)), (Applied::Escalate, Outcome::Escalated));
+        assert_eq!(w.apply(&Err(ReviewError::Timeout(1))), (Applied::Escalate, Outcome::Escalated));
+
+        let deny = workflow(0.8, Fallback::Deny);
+        assert_eq!(deny.apply(&answer(ReviewDecision::Approve, 0.5)), (Applied::Deny, Outcome::Fallback));
+        assert_eq!(deny.apply(&Err(ReviewError::Refused("no".into()))), (Applied::Deny, Outcome::Fallback));
+        let approve = workflow(0.8, Fallback::Approve);
+        assert_eq!(approve.apply(&answer(ReviewDecision::Deny, 0.5)), (Applied::Approve, Outcome::Fallback));
+        assert_eq!(approve.apply(&answer(ReviewDecision::Deny, 0.9)), (Applied::Deny, Outcome::Final));
+    }
+
+    #[test]
+    fn endpoints_append_the_provider_path() {
+        let mut p = ProviderConfig {
+            name: "p".into(),
+            kind: ProviderKind::OpenAi,
+            base_url: "http://127.0.0.1:11434/v1/".into(),
+            api_key_env: None,
+            api_key: None,
+            timeout: Duration::from_secs(20),
+        };
+        assert_eq!(p.endpoint(), "http://127.0.0.1:11434/v1/chat/completions");
+        p.kind = ProviderKind::Anthropic;
+        p.base_url = ANTHROPIC_BASE_URL.into();
+        assert_eq!(p.endpoint(), "https://api.anthropic.com/v1/messages");
+    }
+
+    #[test]
+    fn the_key_is_hidden_from_debug_and_scrubbed_from_errors() {
+        let p = ProviderConfig {
+            name: "p".into(),
+            kind: ProviderKind::OpenAi,
+            base_url: "http://10.0.0.1/v1".into(),
+            api_key_env: Some("K".into()),
+            api_key: Some(Secret::new("sk-very-secret")),
+            timeout: Duration::from_secs(20),
+        };
+        assert!(!format!("{p:?}").contains("sk-very-secret"));
+        assert_eq!(scrub("bad key sk-very-secret here", &p), "bad key [key] here");
+        let warnings = lint(&BTreeMap::new(), &BTreeMap::from([("p".to_owned(), p)]));
+        assert!(warnings.iter().any(|w| w.contains("unencrypted") && w.contains("API key")), "{warnings:?}");
+        assert!(warnings.iter().any(|w| w.contains("not used")), "{warnings:?}");
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        for h in ["localhost", "127.0.0.1", "[::1]", "127.1.2.3"] {
+            assert!(is_loopback_host(h), "{h}");
+        }
+        for h in ["10.0.0.1", "example.com", "[2001:db8::1]"] {
+            assert!(!is_loopback_host(h), "{h}");
+        }
+        assert_eq!(host_of("[::1]:8000/v1"), "[::1]");
+        assert_eq!(host_of("[::1]/v1"), "[::1]");
+        assert_eq!(host_of("localhost:11434/v1"), "localhost");
+        assert_eq!(host_of("user@127.0.0.1:8000"), "127.0.0.1");
+    }
+}
