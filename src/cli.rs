@@ -208,6 +208,9 @@ pub async fn start_gate_with(config: &Config) -> anyhow::Result<Started> {
         expiry_warning: a.expiry_warning,
     };
     let approvals = Approvals::new(store, config.policy.clone(), settings);
+    if let Some(reviewer) = crate::review::Reviewer::from_config(a).context("setting up the AI reviewer")? {
+        approvals.set_reviewer(reviewer);
+    }
     let mut hosts = Vec::new();
     if let Some(host) = public_url.split("://").nth(1).and_then(|r| r.split(['/', ':']).next()) {
         hosts.push(host.to_owned());

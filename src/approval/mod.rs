@@ -9,6 +9,7 @@
 //! outcome is recorded. A caller that goes away does not cancel the approval: an identical
 //! retry joins it.
 
+mod ai;
 pub mod changes;
 pub mod replies;
 
@@ -127,6 +128,8 @@ pub struct Approvals {
     pub changes: Changes,
     /// Pending requests already announced as expiring.
     warned: DashSet<String>,
+    /// Decides the calls of `ai_driven` workflows (see [`ai`]).
+    reviewer: std::sync::OnceLock<Arc<crate::review::Reviewer>>,
 }
 
 /// Drains the audit queue: one transaction per batch of whatever has accumulated.
@@ -162,6 +165,7 @@ impl Approvals {
             audit_queue,
             changes: Changes::default(),
             warned: DashSet::new(),
+            reviewer: std::sync::OnceLock::new(),
         })
     }
 
@@ -619,11 +623,15 @@ impl Gate for ApprovalGate {
                     reason,
                 ))
             }
-            Action::Approve { .. } => {
+            Action::Approve { workflow } => {
                 let mut owned = owned;
                 owned.tool_info = call.info.map(describe_tool);
                 let approvals = self.approvals.clone();
                 let progress = call.progress.clone();
+                if let Some(ai) = approvals.ai_workflow(workflow) {
+                    let tool = call.info.cloned();
+                    return Verdict::Hold(Box::pin(approvals.review_and_hold(ai, owned, tool, decision, progress)));
+                }
                 Verdict::Hold(Box::pin(approvals.hold(owned, decision, progress)))
             }
         }

@@ -78,6 +78,18 @@ pub fn internal(why: &str) -> Box<RawValue> {
     result(text, json!({ "status": "error" }))
 }
 
+/// Refused by an `ai_driven` workflow's fallback: the reviewer was unsure or could not review,
+/// and the workflow denies such calls. `why` completes "the AI reviewer ..."; `retry` when
+/// trying later may help (the reviewer failed rather than judged).
+pub fn denied_by_reviewer(server: &str, tool: &str, reviewer: &str, why: &str, retry: bool) -> Box<RawValue> {
+    let advice = if retry { "It may be reviewed if retried later." } else { "Do not retry it." };
+    let text = format!(
+        "mcp-gate: this call to `{tool}` on server `{server}` was not run: the AI reviewer ({reviewer}) {why}, \
+         and this workflow denies the calls its reviewer does not approve.\n{advice}"
+    );
+    result(text, json!({ "status": "denied", "by": reviewer }))
+}
+
 /// The message of progress notifications sent while a call waits.
 pub fn waiting_message(a: &Approval, url: &str) -> String {
     format!("Waiting for approval of `{}` ({}): {url}", a.tool, a.id)
