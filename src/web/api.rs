@@ -165,7 +165,18 @@ async fn list(
     let store = &state.approvals.store;
     let (approvals, total) =
         tokio::try_join!(store.list_approvals(filter.clone()), store.count_approvals(filter)).map_err(internal)?;
-    let items: Vec<serde_json::Value> = approvals.iter().map(|a| view(&state, a)).collect();
+    let ids = approvals.iter().map(|a| a.id.clone()).collect();
+    let mut opinions = crate::review::opinions(store, ids).await.map_err(internal)?;
+    let items: Vec<serde_json::Value> = approvals
+        .iter()
+        .map(|a| {
+            let mut v = view(&state, a);
+            if let Some(opinion) = opinions.remove(&a.id) {
+                v["ai_review"] = opinion;
+            }
+            v
+        })
+        .collect();
     let end = u64::from(offset) + items.len() as u64;
     let next_offset = (end < total).then_some(end);
     Ok(Json(
@@ -190,6 +201,9 @@ async fn show(
     let mut v = view(&state, &a);
     v["history"] = serde_json::to_value(transitions).unwrap_or_default();
     v["risk_snapshot"] = serde_json::to_value(risk).unwrap_or_default();
+    if let Some(opinion) = crate::review::opinions(store, vec![id.clone()]).await.map_err(internal)?.remove(&id) {
+        v["ai_review"] = opinion;
+    }
     Ok(Json(v))
 }
 

@@ -389,6 +389,8 @@ async fn detail(
             return (StatusCode::NOT_FOUND, page("Not found", Tab::None, Some(&session), body)).into_response();
         }
     };
+    let ai_review = crate::review::opinions(store, vec![id.clone()]).await.unwrap_or_default();
+    let ai_review = ai_review.get(&id);
     let now = now_ms();
     let (history, risk) = tokio::join!(store.transitions(&id), store.risk_snapshot(approval.agent.clone(), now));
     let history = history.unwrap_or_default();
@@ -425,6 +427,7 @@ async fn detail(
             h2 { "Reason" }
             p { strong { (rule_label(&approval)) } ": " (approval.rule_reason.as_deref().unwrap_or("the default policy holds calls that are not read-only")) }
         }
+        @if let Some(r) = ai_review { (ai_review_section(r)) }
         section {
             h2 { "Arguments" }
             pre.arguments { (arguments) }
@@ -491,6 +494,24 @@ async fn detail(
         }
     };
     page(&format!("Request {}", approval.id), Tab::None, Some(&session), body).into_response()
+}
+
+/// The AI reviewer's opinion on a request (model text: escaped like everything else).
+fn ai_review_section(r: &serde_json::Value) -> Markup {
+    let text = |k: &str| r.get(k).and_then(serde_json::Value::as_str).unwrap_or("-").to_owned();
+    let confidence = r.get("confidence").and_then(serde_json::Value::as_f64).map(|c| format!("{c:.2}"));
+    html! {
+        section.ai-review {
+            h2 { "AI review" }
+            dl {
+                dt { "Decision" } dd { (text("decision")) @if let Some(c) = confidence { " (confidence " (c) ")" } }
+                dt { "Applied" } dd { (text("applied")) " (" (text("outcome")) ")" }
+                dt { "Model" } dd { code { (text("model")) } " via " (text("provider")) }
+                @if r.get("error").is_some_and(|e| !e.is_null()) { dt { "Error" } dd { (text("error")) } }
+            }
+            @if let Some(reasoning) = r.get("reasoning").and_then(serde_json::Value::as_str) { p { (reasoning) } }
+        }
+    }
 }
 
 #[derive(Deserialize)]
