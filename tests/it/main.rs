@@ -3,6 +3,7 @@
 // Sampling and logging are deprecated in 2026-07-28 but still what older clients and servers use.
 #![allow(deprecated, clippy::unwrap_used)]
 
+mod ai_review;
 mod approval_server;
 mod binary;
 mod common;
