@@ -508,16 +508,21 @@ pub async fn opinions(store: &Store, ids: Vec<String>) -> Result<HashMap<String,
     }
     store
         .call(move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT at, detail FROM audit WHERE approval_id = ?1 AND event = 'ai_decision'
-                 ORDER BY id DESC LIMIT 1",
-            )?;
             let mut found = HashMap::new();
-            for id in ids {
-                let mut rows = stmt.query([&id])?;
-                if let Some(row) = rows.next()? {
-                    let at: i64 = row.get(0)?;
-                    let detail: String = row.get(1)?;
+            // One statement per page of ids (SQLite allows 32766 parameters); rows in id order, so
+            // a later review of the same request replaces an earlier one.
+            for page in ids.chunks(1000) {
+                let marks = vec!["?"; page.len()].join(", ");
+                let sql = format!(
+                    "SELECT approval_id, at, detail FROM audit
+                     WHERE approval_id IN ({marks}) AND event = 'ai_decision' ORDER BY id"
+                );
+                let mut stmt = conn.prepare(&sql)?;
+                let mut rows = stmt.query(rusqlite::params_from_iter(page))?;
+                while let Some(row) = rows.next()? {
+                    let id: String = row.get(0)?;
+                    let at: i64 = row.get(1)?;
+                    let detail: String = row.get(2)?;
                     let detail: Value = serde_json::from_str(&detail)?;
                     found.insert(id, opinion_view(at, &detail));
                 }
