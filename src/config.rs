@@ -459,10 +459,10 @@ fn explain_ai_workflow(
         format!(" ({} {}, {key}, timeout {} s)", p.kind.as_str(), p.endpoint(), p.timeout.as_secs())
     });
     let otherwise = match (ai.fallback, &ai.escalation_workflow) {
-        (crate::review::Fallback::Escalate, Some(to)) => format!("escalated to workflow {to}"),
-        (crate::review::Fallback::Escalate, None) => "escalated".to_owned(),
-        (crate::review::Fallback::Approve, _) => "approved".to_owned(),
-        (crate::review::Fallback::Deny, _) => "denied".to_owned(),
+        (crate::review::Fallback::Escalate, Some(to)) => format!("go to people in workflow {to}"),
+        (crate::review::Fallback::Escalate, None) => "go to people".to_owned(),
+        (crate::review::Fallback::Approve, _) => "are approved".to_owned(),
+        (crate::review::Fallback::Deny, _) => "are denied".to_owned(),
     };
     let cache = if ai.cache.is_zero() {
         "every call is reviewed afresh".to_owned()
@@ -470,8 +470,8 @@ fn explain_ai_workflow(
         format!("identical calls reuse a decision for {} s", ai.cache.as_secs())
     };
     format!(
-        "workflow {}: AI review by {} via provider {}{provider}; answers with confidence >= {} are final, \
-         unsure, escalated or failed reviews are {otherwise}; {cache}\n",
+        "workflow {}: AI review by {} via provider {}{provider}; answers with confidence >= {} are final; \
+         unsure answers, \"escalate\" answers and failed reviews {otherwise}; {cache}\n",
         ai.name, ai.model, ai.provider, ai.threshold
     )
 }
@@ -1009,6 +1009,35 @@ mod example_tests {
         assert_eq!(config.policy.rule_labels().len(), 4);
         assert_eq!(config.approvals.workflows["two-person"].required_approvals, 2);
         assert!(config.policy.lint().is_empty(), "{:?}", config.policy.lint());
+        let ai = &config.approvals.ai_workflows["ai-triage"];
+        assert_eq!(ai.escalation_workflow.as_deref(), Some("default"));
+        assert_eq!(config.approvals.providers["local"].endpoint(), "http://127.0.0.1:11434/v1/chat/completions");
+        let ai_lint = crate::review::lint(&config.approvals.ai_workflows, &config.approvals.providers);
+        assert!(ai_lint.is_empty(), "{ai_lint:?}");
+    }
+
+    /// The TOML examples of the README's "AI reviewer" section are valid (a key variable they
+    /// name may be unset here, which is then the only error).
+    #[test]
+    fn readme_ai_reviewer_examples_validate() {
+        let readme = include_str!("../README.md");
+        let start = readme.find("\n## AI reviewer\n").expect("the AI reviewer section");
+        let section = &readme[start + 1..];
+        let section = &section[..section[3..].find("\n## ").map_or(section.len(), |i| i + 3)];
+        let blocks: Vec<&str> =
+            section.split("```toml\n").skip(1).map(|b| b.split("```").next().unwrap_or_default()).collect();
+        assert!(blocks.len() >= 2, "{} blocks", blocks.len());
+        for &block in &blocks {
+            match Config::from_toml(block, "README.md") {
+                Ok(config) => assert!(!config.approvals.providers.is_empty(), "{block}"),
+                Err(ConfigError::Invalid { key, message, .. }) if key.ends_with(".api_key_env") => {
+                    assert!(message.contains("is not set"), "{message}")
+                }
+                Err(e) => panic!("README example does not validate: {e}\n{block}"),
+            }
+        }
+        let first = Config::from_toml(blocks[0], "README.md").unwrap();
+        assert_eq!(first.approvals.ai_workflows["ai-triage"].escalation_workflow.as_deref(), Some("people"));
     }
 }
 
@@ -1186,8 +1215,8 @@ mod ai_config_tests {
             text.contains(
                 "workflow ai: AI review by llama3.1:8b via provider local (openai \
                  http://127.0.0.1:11434/v1/chat/completions, no key, timeout 20 s); answers with confidence >= 0.3 \
-                 are final, unsure, escalated or failed reviews are approved; identical calls reuse a decision for \
-                 300 s"
+                 are final; unsure answers, \"escalate\" answers and failed reviews are approved; identical calls \
+                 reuse a decision for 300 s"
             ),
             "{text}"
         );
