@@ -101,6 +101,12 @@ pub struct ProviderConfig {
 }
 
 impl ProviderConfig {
+    /// Whether the server is on this machine (it is then reached without any proxy).
+    pub fn is_local(&self) -> bool {
+        let rest = self.base_url.split_once("://").map_or(self.base_url.as_str(), |(_, r)| r);
+        is_loopback_host(host_of(rest))
+    }
+
     /// The URL requests are posted to.
     pub fn endpoint(&self) -> String {
         let base = self.base_url.trim_end_matches('/');
@@ -333,7 +339,13 @@ impl Reviewer {
     ) -> Result<Reviewer, reqwest::Error> {
         let mut built = HashMap::new();
         for config in providers {
-            let client = reqwest::Client::builder().timeout(config.timeout).build()?;
+            // No redirects: a redirected request would carry the key header to wherever it points.
+            let mut builder =
+                reqwest::Client::builder().timeout(config.timeout).redirect(reqwest::redirect::Policy::none());
+            if config.is_local() {
+                builder = builder.no_proxy();
+            }
+            let client = builder.build()?;
             built.insert(config.name.clone(), Provider { config, client });
         }
         Ok(Reviewer {
@@ -652,9 +664,11 @@ mod tests {
             timeout: Duration::from_secs(20),
         };
         assert_eq!(p.endpoint(), "http://127.0.0.1:11434/v1/chat/completions");
+        assert!(p.is_local());
         p.kind = ProviderKind::Anthropic;
         p.base_url = ANTHROPIC_BASE_URL.into();
         assert_eq!(p.endpoint(), "https://api.anthropic.com/v1/messages");
+        assert!(!p.is_local());
     }
 
     #[test]

@@ -86,6 +86,10 @@ async fn fake_model(State(fake): State<Fake>, uri: Uri, headers: HeaderMap, body
         None => return (StatusCode::INTERNAL_SERVER_ERROR, "nothing scripted").into_response(),
     };
     let wire = match (say, kind) {
+        (Say::Status(code), _) if (300..400).contains(&code) => {
+            return (StatusCode::from_u16(code).unwrap(), [("location", "http://127.0.0.1:9/elsewhere")])
+                .into_response();
+        }
         (Say::Status(code), _) => {
             let status = StatusCode::from_u16(code).unwrap();
             return (status, axum::Json(json!({"error": {"message": "scripted failure"}}))).into_response();
@@ -529,6 +533,7 @@ async fn unusable_answers_fall_back_and_never_approve() {
         Say::Content("Sure, approve it."),
         Say::Status(500),
         Say::Status(401),
+        Say::Status(307),
         Say::Refuse,
     ];
     for kind in [Kind::Anthropic, Kind::OpenAi] {
@@ -553,9 +558,11 @@ async fn unusable_answers_fall_back_and_never_approve() {
             assert_eq!((d["outcome"].as_str(), d["applied"].as_str()), (Some("fallback"), Some("deny")), "{what}");
             assert!(d["error"].is_string(), "{what}: {d}");
             assert!(!serde_json::to_string(&rows).unwrap().contains(KEY), "{what}");
+            assert_eq!(s.fake.seen().len(), 1, "{what}: asked once, redirects not followed");
             let expected = match say {
                 Say::Status(500) => "HTTP 500",
                 Say::Status(401) => "HTTP 401",
+                Say::Status(307) => "HTTP 307",
                 Say::Refuse => "refused",
                 _ => "unparseable",
             };
