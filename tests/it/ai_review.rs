@@ -666,7 +666,19 @@ async fn identical_calls_reuse_a_decision_within_the_window() {
     // Other arguments are another call.
     let r = c.call("echo", json!({"message": "different"})).await;
     assert!(!is_error(&r), "{r}");
-    assert_eq!(s.fake.seen().len(), 2);
+    let seen = s.fake.seen();
+    assert_eq!(seen.len(), 2);
+    // The reviewer sees this agent's earlier decisions, newest first.
+    let (_, user) = prompts(&seen[1]);
+    let data = &user[user.find("{\n").unwrap()..=user.rfind("\n}").unwrap() + 1];
+    let recent = serde_json::from_str::<Value>(data).unwrap()["recent_decisions_for_this_agent"].clone();
+    let recent = recent.as_array().unwrap();
+    assert_eq!(recent.len(), 2, "{recent:?}");
+    for d in recent {
+        assert_eq!((d["server"].as_str(), d["tool"].as_str()), (Some("fx"), Some("echo")), "{d}");
+        assert_eq!(d["decided_by"], "ai:test-model", "{d}");
+        assert!(d["at"].as_str().unwrap().ends_with('Z'), "{d}");
+    }
 
     // ai_cache_secs = 0 asks every time.
     let opts = Opts { workflow: "escalation_workflow = \"people\"\nai_cache_secs = 0", ..Opts::new(Kind::OpenAi) };
