@@ -228,6 +228,8 @@ async fn the_page_needs_sign_in_csrf_and_same_origin() {
     assert_eq!(resp.status(), 200);
     let csp = resp.headers()["content-security-policy"].to_str().unwrap().to_owned();
     assert!(csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"));
+    // `no-referrer` would make browsers send `Origin: null` with the forms, and be refused.
+    assert_eq!(resp.headers()["referrer-policy"], "same-origin");
     let html = resp.text().await.unwrap();
     assert!(html.contains("delete_file") && html.contains(&id));
     assert!(!html.contains("<script>alert(1)</script>"), "arguments are escaped");
