@@ -25,6 +25,11 @@
   }
 
   var source = new EventSource("/api/v1/events");
+  // A submitted form (Approve, Deny, a bulk decision) brings its own page back; a reload now
+  // would cancel that response, and with it the message saying what was recorded.
+  document.addEventListener("submit", function () {
+    source.close();
+  });
   var kinds = ["requested", "voted", "approved", "denied", "expiring", "expired", "executed", "failed", "resync"];
   kinds.forEach(function (kind) {
     source.addEventListener(kind, function (event) {
