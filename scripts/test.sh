@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, Rust tests (unit, in-process, binary), then interop
-# with pinned third-party peers (Python SDK, server-everything) and the official conformance
-# suite. Installs the pinned peers into .peers/ first.
+# with pinned third-party peers (Python SDK, server-everything), the approval dashboard in
+# headless Chromium, and the official conformance suite. Installs the pinned peers into .peers/
+# (and Debian's chromium) first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +21,10 @@ cargo test --locked
 
 echo "== interop (Python SDK client, server-everything)"
 bash scripts/interop.sh
+
+echo "== browser (headless Chromium)"
+# Tests target/debug/mcp-gate, which cargo test has just built (browser.sh checks with cargo build).
+bash scripts/browser.sh
 
 echo "== conformance suite, direct and through mcp-gate"
 bash scripts/conformance.sh

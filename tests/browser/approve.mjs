@@ -1,0 +1,344 @@
+// End-to-end test of the approval dashboard in headless Chromium.
+//
+// A Python SDK client (held_call.py) starts the real mcp-gate binary over stdio in front of the
+// built-in demo file server and calls `delete_file`, which tests/browser/gate.toml holds for
+// approval; the call waits (MCP_GATE_WAIT_SECS). Chromium then signs in to the dashboard with
+// the approver token, finds the request in the queue, opens it, checks the tool and arguments,
+// approves it with notes, and the client must get the tool's real output within seconds. Every
+// page must load without failed requests or console errors (styles, scripts, CSP). The pages
+// reload themselves on events (live.js), so every read of a page after a change is retried.
+//
+// Run through scripts/browser.sh, or:
+//   source scripts/peers.env && "$PEERS_NODE22" tests/browser/approve.mjs
+// Environment: MCP_GATE_BIN (default target/debug/mcp-gate), CHROMIUM_BIN (/usr/bin/chromium),
+// BROWSER_ARTIFACTS (artifacts/browser: screenshots, and mcp-gate's stderr in gate.log).
+// Exit status: 0 when every check passes, 1 otherwise.
+
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import { createRequire } from 'node:module';
+import os from 'node:os';
+import path from 'node:path';
+
+const HERE = import.meta.dirname;
+const ROOT = path.resolve(HERE, '..', '..');
+const env = process.env;
+const GATE = path.resolve(env.MCP_GATE_BIN || path.join(ROOT, 'target', 'debug', 'mcp-gate'));
+const PEERS = env.PEERS_ROOT || path.join(ROOT, '.peers');
+const PYTHON = env.PEERS_PY || path.join(PEERS, 'venv', 'bin', 'python');
+const NODE_MODULES = env.PEERS_NODE_MODULES || path.join(PEERS, 'node', 'node_modules');
+const CHROMIUM = env.CHROMIUM_BIN || '/usr/bin/chromium';
+const OUT = path.resolve(env.BROWSER_ARTIFACTS || path.join(ROOT, 'artifacts', 'browser'));
+const GATE_LOG = path.join(OUT, 'gate.log');
+
+const TOKEN = 'browser-test-approver-token-0123456789';
+const NOTES = 'Checked in the browser test';
+const TOOL = 'delete_file';
+const FILE = 'notes/todo.txt';
+const OUTPUT = `deleted ${FILE}`;
+const TOTAL_MS = 90_000; // the whole run
+const STEP_MS = 15_000; // one browser action or wait
+const RELEASE_MS = 10_000; // from the click on Approve to the client's result; from EOF to its exit
+
+const { chromium } = createRequire(path.join(NODE_MODULES, path.sep))('playwright-core');
+
+const started = Date.now();
+const log = (msg) => console.log(`[browser ${((Date.now() - started) / 1000).toFixed(1)}s] ${msg}`);
+
+class Failure extends Error {}
+function check(ok, msg) {
+  if (!ok) throw new Failure(msg);
+}
+
+// ---- state that cleanup() must release ----------------------------------------------------
+let client; // the Python client's process; the SDK starts mcp-gate in a session of its own
+const pageErrors = []; // failed requests and console errors, checked at each screenshot
+let browser;
+let page;
+let dataDir;
+
+/** Every process below `pid`, from /proc (Linux). */
+function descendants(pid) {
+  const children = new Map();
+  for (const entry of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    let stat;
+    try {
+      stat = fs.readFileSync(`/proc/${entry}/stat`, 'utf8');
+    } catch {
+      continue; // exited meanwhile
+    }
+    // pid (comm) state ppid ...; comm may hold spaces and parentheses.
+    const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+    if (!children.has(ppid)) children.set(ppid, []);
+    children.get(ppid).push(Number(entry));
+  }
+  const found = [];
+  const walk = (p) => {
+    for (const c of children.get(p) ?? []) {
+      found.push(c);
+      walk(c);
+    }
+  };
+  walk(pid);
+  return found;
+}
+
+async function cleanup() {
+  if (browser) await browser.close().catch(() => {});
+  if (client && client.exitCode === null && client.signalCode === null) {
+    // The client, mcp-gate and the upstream, found before the kill orphans them.
+    for (const pid of [client.pid, ...descendants(client.pid)]) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // already gone
+      }
+    }
+  }
+  if (dataDir) fs.rmSync(dataDir, { recursive: true, force: true });
+}
+
+let failing = false;
+async function fail(msg) {
+  if (failing) return; // a second report, e.g. main() failing while cleanup() closes the browser
+  failing = true;
+  console.error(`FAIL browser: ${msg}`);
+  if (page) {
+    const shot = path.join(OUT, 'failure.png');
+    if (await page.screenshot({ path: shot, fullPage: true, timeout: 5_000 }).then(() => true, () => false)) {
+      console.error(`  page ${page.url()}, screenshot ${shot}`);
+    }
+  }
+  if (fs.existsSync(GATE_LOG)) {
+    const tail = fs.readFileSync(GATE_LOG, 'utf8').trimEnd().split('\n').slice(-15);
+    console.error(`  mcp-gate and client stderr (${GATE_LOG}), last lines:\n    ${tail.join('\n    ')}`);
+  }
+  await cleanup();
+  process.exit(1);
+}
+
+const overall = setTimeout(() => fail(`timed out after ${TOTAL_MS / 1000} s`), TOTAL_MS);
+for (const signal of ['SIGINT', 'SIGTERM']) process.on(signal, () => fail(`interrupted (${signal})`));
+
+/** Text of the whole page, whitespace collapsed. */
+async function bodyText() {
+  return (await page.locator('body').innerText()).replace(/\s+/g, ' ');
+}
+
+async function screenshot(name) {
+  check(pageErrors.length === 0, `the page had errors: ${pageErrors.join('; ')}`);
+  const file = path.join(OUT, name);
+  await page.screenshot({ path: file, fullPage: true });
+  log(`screenshot ${file}`);
+  return file;
+}
+
+// ---- the client and mcp-gate --------------------------------------------------------------
+
+/** Starts held_call.py; resolves with the approvals base URL once mcp-gate has printed it. */
+function startClient() {
+  fs.mkdirSync(OUT, { recursive: true });
+  dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'mcp-gate-browser-'));
+  const gateLog = fs.openSync(GATE_LOG, 'w'); // written synchronously: fail() may exit any time
+  client = spawn(PYTHON, [path.join(HERE, 'held_call.py'), GATE, path.join(HERE, 'gate.toml')], {
+    cwd: ROOT,
+    stdio: ['pipe', 'pipe', 'pipe'], // closing its stdin lets it stop
+    env: {
+      ...env,
+      MCP_GATE_TOKEN: TOKEN,
+      MCP_GATE_DATA_DIR: dataDir,
+      MCP_GATE_APPROVALS_LISTEN: '127.0.0.1:0',
+      MCP_GATE_WAIT_SECS: '60',
+      MCP_GATE_LOG: env.MCP_GATE_LOG || 'info',
+    },
+  });
+  client.stdout.setEncoding('utf8');
+  client.stderr.setEncoding('utf8');
+  client.stdoutText = '';
+  client.result = new Promise((resolve) => {
+    client.stdout.on('data', (s) => {
+      client.stdoutText += s;
+      if (client.stdoutText.includes('\n')) resolve(Date.now());
+    });
+  });
+  client.exited = new Promise((resolve) => {
+    client.on('exit', (code, signal) => resolve({ code, signal }));
+  });
+  return new Promise((resolve, reject) => {
+    let stderr = '';
+    client.stderr.on('data', (s) => {
+      fs.writeSync(gateLog, s);
+      stderr += s;
+      const m = stderr.match(/^mcp-gate: approvals at (http:\/\/\S+?)\/?\n/m); // a whole line
+      if (m) resolve(m[1]);
+    });
+    client.on('error', (e) => reject(new Failure(`cannot start ${PYTHON}: ${e.message}`)));
+    client.exited.then(({ code, signal }) =>
+      reject(new Failure(`the client exited (${code ?? signal}) before mcp-gate printed its approvals URL`)),
+    );
+    setTimeout(() => reject(new Failure('mcp-gate printed no approvals URL within 20 s')), 20_000).unref();
+  });
+}
+
+/** The client is still waiting for its call: no result, no exit. */
+function stillHeld(when) {
+  check(client.exitCode === null && client.signalCode === null, `the client exited ${when}`);
+  check(client.stdoutText === '', `the client had a result ${when}: ${client.stdoutText.trim()}`);
+}
+
+/** Resolves with `promise`'s value, or with null after `ms`. */
+function within(ms, promise) {
+  return Promise.race([promise, new Promise((r) => setTimeout(() => r(null), ms).unref())]);
+}
+
+/**
+ * Polls `probe` until it returns something truthy, reloading the page between tries when asked.
+ * A try that throws (the page reloading itself under it) counts as not yet.
+ */
+async function poll(what, probe, { reload = false, ms = STEP_MS } = {}) {
+  const deadline = Date.now() + ms;
+  let last = 'nothing';
+  for (;;) {
+    try {
+      const found = await probe();
+      if (found) return found;
+      last = String(found);
+    } catch (e) {
+      if (e instanceof Failure) throw e;
+      last = e.message.split('\n')[0];
+    }
+    check(Date.now() < deadline, `${what}: not seen within ${ms / 1000} s (last: ${last})`);
+    await new Promise((r) => setTimeout(r, 300));
+    if (reload) await page.reload().catch(() => {});
+  }
+}
+
+/** The request page's Status: the definition after the term "Status". */
+async function statusText() {
+  const dd = page.locator('dt', { hasText: /^\s*Status\s*$/ }).locator('xpath=following-sibling::dd[1]');
+  return (await dd.innerText({ timeout: 2_000 })).trim().toLowerCase();
+}
+
+// ---- the scenario -------------------------------------------------------------------------
+
+async function main() {
+  for (const [what, file] of [
+    ['mcp-gate binary', GATE],
+    ['Python venv', PYTHON],
+    ['Chromium', CHROMIUM],
+  ]) {
+    check(fs.existsSync(file), `no ${what} at ${file} (run scripts/install-peers.sh, cargo build)`);
+  }
+
+  const base = await startClient();
+  log(`mcp-gate approvals at ${base}/`);
+
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    handleSIGINT: false, // fail() closes it, and ends the other processes too
+    handleSIGTERM: false,
+    // Root needs --no-sandbox; the rest keep Chromium off the network it cannot reach here.
+    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--disable-background-networking'],
+  });
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  page = await context.newPage();
+  page.setDefaultTimeout(STEP_MS);
+  page.on('requestfailed', (r) => {
+    // Leaving a page cancels what it still had open, such as the event stream.
+    const why = r.failure()?.errorText;
+    if (why !== 'net::ERR_ABORTED') pageErrors.push(`${r.url()}: ${why}`);
+  });
+  page.on('response', (r) => r.status() >= 400 && pageErrors.push(`${r.url()}: HTTP ${r.status()}`));
+  page.on('console', (m) => {
+    // No favicon is served; Chromium asks for one anyway.
+    if (m.type() === 'error' && !m.location().url.endsWith('/favicon.ico')) pageErrors.push(m.text());
+  });
+  log(`Chromium ${browser.version()}`);
+
+  // Signed out, the dashboard sends us to sign in.
+  await page.goto(`${base}/`);
+  check(new URL(page.url()).pathname === '/login', `signed out, / did not redirect to /login: ${page.url()}`);
+  await page.locator('input[name="token"]').fill(TOKEN);
+  await page.getByRole('button', { name: 'Sign in', exact: true }).click();
+  await page.waitForURL((u) => u.pathname === '/');
+  log('signed in');
+
+  // The held call shows up in the queue.
+  const rows = page.locator('a[href^="/approvals/apr_"]');
+  await poll('the held call in the queue', async () => (await rows.count()) > 0, { reload: true });
+  const hrefs = await rows.evaluateAll((links) => links.map((a) => a.getAttribute('href')));
+  const ids = [...new Set(hrefs.map((h) => h.match(/^\/approvals\/(apr_[0-9a-f]+)/)?.[1]))];
+  check(ids.length === 1 && ids[0], `expected one request in the queue, links: ${hrefs.join(' ')}`);
+  const id = ids[0];
+  check((await bodyText()).includes(TOOL), `the queue does not name the tool ${TOOL}`);
+  const queueShot = await screenshot('queue.png');
+  stillHeld('before anyone approved');
+
+  // The request's page: tool, arguments, pending.
+  await rows.first().click();
+  await page.waitForURL((u) => u.pathname === `/approvals/${id}`);
+  const text = await bodyText();
+  for (const want of [id, TOOL, FILE]) check(text.includes(want), `the request page does not show ${want}`);
+  const before = await statusText();
+  check(before === 'pending', `the request page says status ${before}, not pending`);
+
+  // Approve it with notes (the Notes field of the form that holds the Approve button).
+  const approve = page.getByRole('button', { name: 'Approve', exact: true });
+  const approveForm = page.locator('form').filter({ has: approve });
+  await approveForm.getByRole('textbox', { name: /^notes\b/i }).fill(NOTES);
+  const detailShot = await screenshot('detail.png');
+  stillHeld('before the approval');
+  const clicked = Date.now();
+  await approve.click();
+  await approve.waitFor({ state: 'detached' });
+  // The page after approving: the decision confirmed (the status message), the request approved
+  // (or already executed), and the notes in its history.
+  await poll('the approval on the request page', async () => {
+    const notice = await page.getByRole('status').innerText({ timeout: 2_000 });
+    const status = await statusText();
+    const body = await bodyText();
+    return /\bapproved\b/i.test(notice) && ['approved', 'executed'].includes(status) && body.includes(NOTES);
+  });
+  log(`approved ${id}`);
+
+  // The waiting client gets the tool's real output.
+  const resultAt = await within(RELEASE_MS, client.result);
+  check(resultAt, `the client had no result ${RELEASE_MS / 1000} s after the approval`);
+  let result;
+  try {
+    result = JSON.parse(client.stdoutText);
+  } catch {
+    throw new Failure(`the client printed no JSON result: ${client.stdoutText.trim()}`);
+  }
+  check(!result.isError && result.content?.[0]?.text === OUTPUT, `unexpected result ${JSON.stringify(result)}`);
+  log(`the client got ${JSON.stringify(OUTPUT)} ${((resultAt - clicked) / 1000).toFixed(1)} s after the click`);
+
+  // mcp-gate records that the approved call ran.
+  await poll('status executed on the request page', async () => (await statusText()) === 'executed', {
+    reload: true,
+  });
+  log('the request page says executed');
+  const approvedShot = await screenshot('approved.png');
+
+  // The client stops (and mcp-gate with it) once its stdin closes, and agrees with the result.
+  await browser.close();
+  browser = undefined;
+  client.stdin.end();
+  const exit = await within(RELEASE_MS, client.exited);
+  check(exit, `the client did not exit ${RELEASE_MS / 1000} s after its stdin closed`);
+  check(exit.code === 0, `the client exited with ${exit.code ?? exit.signal}`);
+
+  console.log(`screenshots:\n  ${queueShot}\n  ${detailShot}\n  ${approvedShot}`);
+  const ms = Date.now() - started;
+  console.log(`PASS browser: approved in Chromium, the held call returned its real output (${ms} ms)`);
+}
+
+try {
+  await main();
+  clearTimeout(overall);
+  await cleanup();
+} catch (e) {
+  await fail(e instanceof Failure ? e.message : e.stack || String(e));
+}

@@ -1,0 +1,42 @@
+"""One held tool call through the real mcp-gate binary, for the browser test (approve.mjs).
+
+Starts `mcp-gate --config CONFIG --name files -- MCP_GATE_BIN demo-server` over stdio with the
+Python SDK (mcp 2.3.0); mcp-gate's stderr passes through to ours, so the caller can read the
+approvals URL from it. Calls the demo server's `delete_file` on notes/todo.txt, which waits while
+the call is held, and prints the tool result as one line of JSON on stdout. Then keeps mcp-gate
+(and its dashboard) running until our stdin closes. Exits 0 only when the result was the
+upstream's real output, 1 when it was an error (denied, expired, still pending...).
+
+Run: .peers/venv/bin/python tests/browser/held_call.py target/debug/mcp-gate tests/browser/gate.toml
+     with MCP_GATE_TOKEN, MCP_GATE_WAIT_SECS, MCP_GATE_DATA_DIR... in the environment.
+"""
+
+import asyncio
+import json
+import os
+import sys
+
+from mcp import Client, StdioServerParameters
+
+EXPECTED = "deleted notes/todo.txt"
+
+
+async def main(gate, config):
+    params = StdioServerParameters(
+        command=gate, args=["--config", config, "--name", "files", "--", gate, "demo-server"], env=dict(os.environ)
+    )
+    async with Client(params, mode="legacy", read_timeout_seconds=120) as client:
+        result = await client.call_tool("delete_file", {"path": "notes/todo.txt"})
+        print(json.dumps(result.model_dump(mode="json", by_alias=True, exclude_none=True)), flush=True)
+        await asyncio.to_thread(sys.stdin.read)
+    text = " ".join(getattr(c, "text", "") for c in result.content)
+    if result.is_error or text != EXPECTED:
+        print(f"held_call: expected {EXPECTED!r}, got isError={result.is_error} {text!r}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit("usage: held_call.py MCP_GATE_BIN CONFIG")
+    sys.exit(asyncio.run(main(sys.argv[1], sys.argv[2])))
