@@ -235,10 +235,11 @@ pub async fn start_gate_with(config: &Config) -> anyhow::Result<Started> {
 
 /// The services only one process of the machine runs: the hub. Called once, when this process
 /// becomes the hub (at start-up, or when it takes over from a hub that exited).
-fn start_hub_services(approvals: &Arc<Approvals>, _config: &Config) {
+fn start_hub_services(approvals: &Arc<Approvals>, config: &Config) {
     // Expiry of overdue requests and the expiry warnings on the change stream.
     approvals.spawn_sweeper();
-    // Notifications (webhooks) start here too: only the hub sends them, for every process's requests.
+    // Notifications: only the hub sends them, for every process's requests.
+    crate::notify::spawn(&config.webhooks, approvals);
 }
 
 async fn run_stdio(run: RunArgs) -> anyhow::Result<()> {

@@ -52,6 +52,25 @@ pub struct RawConfig {
     /// Model providers of `ai_driven` workflows, by name.
     #[serde(default)]
     pub providers: BTreeMap<String, RawProvider>,
+    /// Where changes of approval requests are POSTed.
+    #[serde(default)]
+    pub webhooks: Vec<RawWebhook>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebhook {
+    /// Names the webhook in logs (default `webhooks[N]`).
+    pub name: Option<String>,
+    /// `http(s)://...`; `${VAR}` is read from the environment.
+    pub url: Option<String>,
+    /// `"generic"` (the default), `"slack"` or `"teams"`.
+    pub format: Option<String>,
+    /// Name of the environment variable holding the signing key (required for `generic`).
+    pub secret_env: Option<String>,
+    /// Change kinds to send (default: requested, approved, denied, expiring, expired).
+    pub events: Option<Vec<String>>,
+    pub timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -164,6 +183,8 @@ pub struct Config {
     /// Whether the policy is the zero-config default (no rules, no `[policy] default`).
     pub default_policy: bool,
     pub approvals: Approvals,
+    /// `[[webhooks]]`.
+    pub webhooks: Vec<crate::notify::Webhook>,
 }
 
 /// Validated `[approvals]` and `[[workflows]]`.
@@ -343,12 +364,14 @@ impl Config {
         }
         let approvals = validate_approvals(raw.approvals, raw.workflows, raw.providers, &policy, approvers, agents)
             .map_err(|(k, m)| invalid(&k, m))?;
+        let webhooks = validate_webhooks(raw.webhooks).map_err(|(k, m)| invalid(&k, m))?;
 
         Ok(Config {
             source: file.map(Path::to_path_buf),
             policy: std::sync::Arc::new(policy),
             default_policy,
             approvals,
+            webhooks,
             separator,
             listen: Listen {
                 addr,
@@ -437,6 +460,18 @@ impl Config {
             out.push_str(&format!("held calls wait up to {wait} s for a decision\n"));
         }
         out.push_str(&format!("approval server: http://{}/\n", self.approvals.listen));
+        for hook in &self.webhooks {
+            let mut events: Vec<_> = hook.events.iter().map(|k| k.as_str()).collect();
+            events.sort_unstable();
+            out.push_str(&format!(
+                "webhook {}: {} to {}{}, on {}\n",
+                hook.name,
+                hook.format.as_str(),
+                crate::notify::host_of(&hook.url),
+                if hook.secret.is_some() { ", signed" } else { "" },
+                events.join(", ")
+            ));
+        }
         for warning in self.policy.lint() {
             out.push_str(&format!("warning: {warning}\n"));
         }
@@ -808,6 +843,75 @@ fn validate_providers(
     Ok(out)
 }
 
+fn validate_webhooks(raw: Vec<RawWebhook>) -> Result<Vec<crate::notify::Webhook>, (String, String)> {
+    use crate::notify::{DEFAULT_EVENTS, DEFAULT_TIMEOUT, Format, Webhook};
+    let mut out: Vec<Webhook> = Vec::new();
+    for (i, w) in raw.into_iter().enumerate() {
+        let key = format!("webhooks[{i}]");
+        let name = match w.name {
+            Some(n) if n.trim().is_empty() => return Err((format!("{key}.name"), "must not be empty".into())),
+            Some(n) => n,
+            None => key.clone(),
+        };
+        if out.iter().any(|o| o.name == name) {
+            return Err((format!("{key}.name"), format!("webhook {name:?} is defined twice")));
+        }
+        let Some(raw_url) = w.url else { return Err((format!("{key}.url"), "a webhook needs a url".into())) };
+        let url = expand_env(&raw_url).map_err(|m| (format!("{key}.url"), m))?;
+        // The expanded URL may hold a secret: messages quote what the file says.
+        let parsed = reqwest::Url::parse(&url).ok().filter(|u| matches!(u.scheme(), "http" | "https"));
+        if parsed.as_ref().and_then(|u| u.host_str()).is_none_or(str::is_empty) {
+            return Err((format!("{key}.url"), format!("{raw_url:?} is not an http:// or https:// URL")));
+        }
+        let format = match w.format.as_deref() {
+            None => Format::Generic,
+            Some(f) => f.parse::<Format>().map_err(|m| (format!("{key}.format"), m))?,
+        };
+        let secret = match w.secret_env {
+            Some(var) => match std::env::var(&var) {
+                Ok(v) if !v.is_empty() => Some(v.into_bytes()),
+                Ok(_) => return Err((format!("{key}.secret_env"), format!("environment variable {var} is empty"))),
+                Err(_) => {
+                    return Err((format!("{key}.secret_env"), format!("environment variable {var} is not set")));
+                }
+            },
+            None if format == Format::Generic => {
+                return Err((
+                    format!("{key}.secret_env"),
+                    "a generic webhook needs the name of the environment variable holding its signing key".into(),
+                ));
+            }
+            None => None,
+        };
+        let events = match w.events {
+            None => DEFAULT_EVENTS.into_iter().collect(),
+            Some(list) if list.is_empty() => {
+                return Err((
+                    format!("{key}.events"),
+                    "an empty list sends nothing; remove the webhook instead".into(),
+                ));
+            }
+            Some(list) => list
+                .iter()
+                .enumerate()
+                .map(|(j, k)| {
+                    k.parse::<crate::approval::ChangeKind>().map_err(|m| {
+                        let known = crate::approval::ChangeKind::ALL.map(|k| k.as_str()).join(", ");
+                        (format!("{key}.events[{j}]"), format!("{m}; use one of {known}"))
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let timeout = match w.timeout_secs {
+            None => DEFAULT_TIMEOUT,
+            Some(s @ 1..=300) => Duration::from_secs(s),
+            Some(s) => return Err((format!("{key}.timeout_secs"), format!("{s} is not between 1 and 300"))),
+        };
+        out.push(Webhook { name, url, format, secret, events, timeout });
+    }
+    Ok(out)
+}
+
 /// `$MCP_GATE_DATA_DIR`, else `$XDG_DATA_HOME/mcp-gate`, else `~/.local/share/mcp-gate`.
 pub fn default_data_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("MCP_GATE_DATA_DIR") {
@@ -991,6 +1095,74 @@ mod tests {
         assert_eq!(expand_env("Bearer ${PATH}").unwrap(), format!("Bearer {}", std::env::var("PATH").unwrap()));
         let err = expand_env("${MCP_GATE_SURELY_UNSET_VAR}").unwrap_err();
         assert!(err.contains("MCP_GATE_SURELY_UNSET_VAR"));
+    }
+
+    fn webhook_error(toml: &str) -> String {
+        Config::from_toml(toml, "hooks.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn webhook_errors_name_the_key_and_the_file() {
+        let err = webhook_error(
+            "[[webhooks]]\nurl = \"https://example.com/hook\"\nsecret_env = \"MCP_GATE_SURELY_UNSET_SECRET\"\n",
+        );
+        assert_eq!(
+            err,
+            "hooks.toml: `webhooks[0].secret_env`: environment variable MCP_GATE_SURELY_UNSET_SECRET is not set"
+        );
+        let err = webhook_error("[[webhooks]]\nurl = \"https://example.com/hook\"\n");
+        assert!(err.starts_with("hooks.toml: `webhooks[0].secret_env`: a generic webhook needs"), "{err}");
+        let err = webhook_error("[[webhooks]]\nurl = \"ftp://example.com/hook\"\nformat = \"slack\"\n");
+        assert_eq!(err, "hooks.toml: `webhooks[0].url`: \"ftp://example.com/hook\" is not an http:// or https:// URL");
+        let err = webhook_error("[[webhooks]]\nurl = \"https://\"\nformat = \"slack\"\n");
+        assert!(err.contains("`webhooks[0].url`"), "{err}");
+        let err = webhook_error(
+            "[[webhooks]]\nurl = \"https://hooks.slack.com/${MCP_GATE_SURELY_UNSET_SLACK}\"\nformat = \"slack\"\n",
+        );
+        assert_eq!(err, "hooks.toml: `webhooks[0].url`: environment variable MCP_GATE_SURELY_UNSET_SLACK is not set");
+        let err = webhook_error(
+            "[[webhooks]]\nurl = \"https://x/\"\nformat = \"teams\"\nevents = [\"requested\", \"aproved\"]\n",
+        );
+        assert!(err.starts_with("hooks.toml: `webhooks[0].events[1]`: unknown change kind \"aproved\""), "{err}");
+        assert!(err.contains("requested, voted, approved"), "{err}");
+        let err = webhook_error("[[webhooks]]\nurl = \"https://x/\"\nformat = \"discord\"\n");
+        assert!(err.contains("`webhooks[0].format`") && err.contains("discord"), "{err}");
+        let err = webhook_error("[[webhooks]]\nurl = \"https://x/\"\nformat = \"slack\"\ntimeout_secs = 0\n");
+        assert!(err.contains("`webhooks[0].timeout_secs`"), "{err}");
+        let err = webhook_error("[[webhooks]]\nurl = \"https://x/\"\nformat = \"slack\"\nsecrets_env = \"X\"\n");
+        assert!(err.contains("secrets_env"), "unknown keys are refused: {err}");
+    }
+
+    #[test]
+    fn webhook_defaults() {
+        let cfg = Config::from_toml(
+            r#"
+[[webhooks]]
+url = "https://hooks.example.com/T0/B0/${PATH}"
+format = "slack"
+
+[[webhooks]]
+name = "ops"
+url = "http://127.0.0.1:9/"
+format = "teams"
+events = ["requested"]
+timeout_secs = 3
+"#,
+            "p.toml",
+        )
+        .unwrap();
+        let [slack, teams] = &cfg.webhooks[..] else { panic!("two webhooks") };
+        assert_eq!(slack.name, "webhooks[0]");
+        assert_eq!(slack.format, crate::notify::Format::Slack);
+        assert!(slack.url.ends_with(&std::env::var("PATH").unwrap()), "${{VAR}} is expanded in the url");
+        assert!(slack.secret.is_none());
+        assert_eq!(slack.events, crate::notify::DEFAULT_EVENTS.into_iter().collect());
+        assert_eq!(slack.timeout, Duration::from_secs(10));
+        assert_eq!(teams.name, "ops");
+        assert_eq!(teams.events, [crate::approval::ChangeKind::Requested].into_iter().collect());
+        assert_eq!(teams.timeout, Duration::from_secs(3));
+        assert!(!format!("{slack:?}").contains("T0/B0"), "debug output hides the url");
+        assert!(cfg.explain().contains("webhook ops: teams to 127.0.0.1, on requested"), "{}", cfg.explain());
     }
 }
 

@@ -26,6 +26,8 @@
 //! of goes to people. Every decision lands in the hash-chained [`audit`] log. The processes of one
 //! machine that share a database share one approval server: [`hub`] decides at start-up whether
 //! this process serves it or follows the process that does, and hands it over when that one exits.
+//! Every change of a request is published on [`approval::Approvals::changes`], which feeds the
+//! server's event stream and, in the hub, the [`notify`] webhooks.
 //!
 //! [`config`] loads `proxy.toml`; [`cli`] is the command line; [`demo`] is `mcp-gate demo`.
 
@@ -39,6 +41,7 @@ pub mod gate;
 pub mod hub;
 pub mod identity;
 pub mod jsonrpc;
+pub mod notify;
 pub mod policy;
 pub mod random;
 pub mod review;

@@ -13,3 +13,4 @@ mod hub;
 mod relay;
 mod sse_fixture;
 mod transparency;
+mod webhooks;

@@ -1,0 +1,323 @@
+//! Webhooks in-process: signatures checked by a local receiver, Slack and Teams payloads,
+//! retries, and a dead receiver that must not slow a held call down.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use mcp_gate::approval::{ApprovalGate, ApprovalSettings, Approvals, ChangeKind};
+use mcp_gate::config::Config;
+use mcp_gate::gate::{Gate, ToolCall, Verdict};
+use mcp_gate::identity::Principal;
+use mcp_gate::notify::sign::{REPLAY_WINDOW_SECS, VerifyError, verify};
+use mcp_gate::notify::{DEFAULT_EVENTS, Format, Retry, Webhook};
+use mcp_gate::store::{Location, Store};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use super::common::within;
+
+const SECRET: &[u8] = b"whsec-test-signing-key";
+const BASE: &str = "http://127.0.0.1:8377";
+
+/// One request the receiver got.
+struct Received {
+    headers: HeaderMap,
+    body: Bytes,
+    at: Instant,
+}
+
+impl Received {
+    fn header(&self, name: &str) -> &str {
+        self.headers.get(name).map_or("", |v| v.to_str().unwrap())
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+}
+
+/// Answers for the receiver to give, in order: status and an optional `Retry-After`; 200 after.
+type Script = Arc<Mutex<VecDeque<(u16, Option<&'static str>)>>>;
+
+/// A local webhook receiver on 127.0.0.1.
+struct Receiver {
+    url: String,
+    got: mpsc::UnboundedReceiver<Received>,
+}
+
+impl Receiver {
+    async fn start(script: &[(u16, Option<&'static str>)]) -> Receiver {
+        let (tx, got) = mpsc::unbounded_channel();
+        let script: Script = Arc::new(Mutex::new(script.iter().copied().collect()));
+        let app = axum::Router::new().route("/hook", axum::routing::post(receive)).with_state((tx, script));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Receiver { url, got }
+    }
+
+    async fn next(&mut self) -> Received {
+        within("a webhook delivery", self.got.recv()).await.expect("receiver running")
+    }
+}
+
+async fn receive(
+    State((tx, script)): State<(mpsc::UnboundedSender<Received>, Script)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> impl IntoResponse {
+    let _ = tx.send(Received { headers, body, at: Instant::now() });
+    let (status, retry_after) = script.lock().unwrap().pop_front().unwrap_or((200, None));
+    let mut response = StatusCode::from_u16(status).unwrap().into_response();
+    if let Some(after) = retry_after {
+        response.headers_mut().insert("retry-after", after.parse().unwrap());
+    }
+    response
+}
+
+fn hook(url: &str, format: Format, secret: Option<&[u8]>) -> Webhook {
+    Webhook {
+        name: format!("test-{}", format.as_str()),
+        url: url.to_owned(),
+        format,
+        secret: secret.map(<[u8]>::to_vec),
+        events: DEFAULT_EVENTS.into_iter().collect(),
+        timeout: Duration::from_secs(10),
+    }
+}
+
+fn quick() -> Retry {
+    Retry {
+        delays: [50, 100, 200, 400, 800].map(Duration::from_millis).to_vec(),
+        max_retry_after: Duration::from_secs(5),
+    }
+}
+
+async fn approvals() -> Arc<Approvals> {
+    let config = Config::from_toml("", "empty.toml").unwrap();
+    let store = Store::open(Location::Memory).await.unwrap();
+    let settings = ApprovalSettings {
+        wait: Duration::ZERO,
+        public_url: BASE.into(),
+        expiry_by_risk: config.approvals.expiry_by_risk,
+        workflows: config.approvals.workflows.clone(),
+        redact: vec!["/password".into()],
+        ..ApprovalSettings::default()
+    };
+    Approvals::new(store, config.policy.clone(), settings)
+}
+
+/// Holds one call with the zero-config policy (fail fast) and returns its approval id.
+async fn hold(approvals: &Arc<Approvals>, arguments: Value) -> String {
+    let gate = ApprovalGate { approvals: approvals.clone() };
+    let call = ToolCall {
+        server: "files",
+        tool: "delete_file",
+        exposed_name: "delete_file",
+        arguments: &arguments,
+        info: None,
+        agent: Some("agent-x"),
+        progress: None,
+    };
+    let Verdict::Hold(wait) = gate.check(&call) else { panic!("the zero-config policy holds unannotated tools") };
+    let Verdict::Respond(result) = wait.await else { panic!("fail fast answers") };
+    let v: Value = serde_json::from_str(result.get()).unwrap();
+    v["_meta"]["mcp-gate/approval"]["id"].as_str().unwrap().to_owned()
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+#[tokio::test]
+async fn a_held_call_sends_a_signed_requested_delivery() {
+    let mut receiver = Receiver::start(&[]).await;
+    let approvals = approvals().await;
+    mcp_gate::notify::spawn_with(&[hook(&receiver.url, Format::Generic, Some(SECRET))], &approvals, quick());
+    let id = hold(&approvals, json!({"path": "/etc/hosts", "password": "hunter2"})).await;
+
+    let got = receiver.next().await;
+    assert_eq!(got.header("content-type"), "application/json");
+    assert_eq!(got.header("x-mcp-gate-event"), "requested");
+    let delivery = got.header("x-mcp-gate-delivery");
+    assert!(delivery.len() == 32 && delivery.chars().all(|c| c.is_ascii_hexdigit()), "{delivery}");
+    let signature = got.header("x-mcp-gate-signature");
+    let re = regex::Regex::new(r"^t=(\d+),v1=[0-9a-f]{64}$").unwrap();
+    let t: u64 = re.captures(signature).expect(signature)[1].parse().unwrap();
+    assert!(unix_now().abs_diff(t) < 60, "the timestamp is now: {t}");
+
+    // The receiver's check: it verifies with the secret, and fails with another secret, a
+    // tampered body or a stale timestamp.
+    assert_eq!(verify(SECRET, signature, &got.body, unix_now(), REPLAY_WINDOW_SECS), Ok(()));
+    assert_eq!(
+        verify(b"another-secret", signature, &got.body, unix_now(), REPLAY_WINDOW_SECS),
+        Err(VerifyError::Mismatch)
+    );
+    let tampered = String::from_utf8(got.body.to_vec()).unwrap().replace("/etc/hosts", "/etc/passwd");
+    assert_eq!(
+        verify(SECRET, signature, tampered.as_bytes(), unix_now(), REPLAY_WINDOW_SECS),
+        Err(VerifyError::Mismatch)
+    );
+    assert_eq!(verify(SECRET, signature, &got.body, t + 301, REPLAY_WINDOW_SECS), Err(VerifyError::Stale));
+
+    let body = got.json();
+    assert_eq!(body["kind"], "requested");
+    assert_eq!(body["actor"], "agent-x");
+    assert!(body["at"].as_i64().unwrap() > 0);
+    assert_eq!(body["summary"], format!("Approval needed: agent-x wants to call files:delete_file ({id})"));
+    assert!(!String::from_utf8_lossy(&got.body).contains("hunter2"), "redacted like the audit log");
+
+    // The approval is what the API shows, redacted and without the policy trace.
+    let stored = approvals.store.get_approval(&id).await.unwrap().unwrap();
+    let state = mcp_gate::web::WebState::new(approvals.clone(), "t".repeat(20), Default::default(), Vec::new());
+    let mut api = mcp_gate::web::api::view(&state, &stored);
+    api.as_object_mut().unwrap().remove("trace");
+    api["arguments"] = json!({"path": "/etc/hosts", "password": "[redacted]"});
+    api["rule_reason"] = json!("[redacted]");
+    assert_eq!(body["approval"], api);
+    assert_eq!(body["approval"]["url"], format!("{BASE}/approvals/{id}"));
+
+    // A decision is delivered next, under a new delivery id.
+    approvals.decide(&id, &Principal::named("operator"), false, None, Some("not today".into())).await.unwrap();
+    let got = receiver.next().await;
+    assert_eq!(got.header("x-mcp-gate-event"), "denied");
+    assert_ne!(got.header("x-mcp-gate-delivery"), delivery);
+    assert_eq!(verify(SECRET, got.header("x-mcp-gate-signature"), &got.body, unix_now(), 300), Ok(()));
+    let body = got.json();
+    assert_eq!(body["actor"], "operator");
+    assert_eq!(body["approval"]["deny_reason"], "not today");
+}
+
+/// Ids, times and ports replaced by placeholders.
+fn stable(v: &Value, id: &str) -> Value {
+    let text = v.to_string().replace(id, "apr_ID");
+    let text = regex::Regex::new(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ").unwrap().replace_all(&text, "TIME");
+    let text = regex::Regex::new(r"<!date\^\d+\^").unwrap().replace_all(&text, "<!date^SECS^");
+    serde_json::from_str(&text).unwrap()
+}
+
+#[tokio::test]
+async fn slack_and_teams_payloads() {
+    let mut slack = Receiver::start(&[]).await;
+    let mut teams = Receiver::start(&[]).await;
+    let approvals = approvals().await;
+    let hooks = [hook(&slack.url, Format::Slack, None), hook(&teams.url, Format::Teams, None)];
+    mcp_gate::notify::spawn_with(&hooks, &approvals, quick());
+    let id = hold(&approvals, json!({"path": "/etc/hosts", "password": "hunter2"})).await;
+
+    let got = slack.next().await;
+    assert_eq!(got.header("x-mcp-gate-event"), "requested");
+    assert_eq!(got.header("x-mcp-gate-signature"), "", "no secret, no signature");
+    let text = String::from_utf8_lossy(&got.body).into_owned();
+    assert!(!text.contains("hunter2") && !text.contains("/etc/hosts"), "no arguments in chat messages");
+    insta::assert_json_snapshot!("slack_requested", stable(&got.json(), &id));
+
+    let got = teams.next().await;
+    assert!(!String::from_utf8_lossy(&got.body).contains("hunter2"));
+    insta::assert_json_snapshot!("teams_requested", stable(&got.json(), &id));
+
+    approvals.decide(&id, &Principal::named("ada"), true, Some("fine".into()), None).await.unwrap();
+    insta::assert_json_snapshot!("slack_approved", stable(&slack.next().await.json(), &id));
+    insta::assert_json_snapshot!("teams_approved", stable(&teams.next().await.json(), &id));
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_until_delivered_once() {
+    let mut receiver = Receiver::start(&[(500, None), (503, None)]).await;
+    let approvals = approvals().await;
+    mcp_gate::notify::spawn_with(&[hook(&receiver.url, Format::Generic, Some(SECRET))], &approvals, quick());
+    let id = hold(&approvals, json!({"path": "/x"})).await;
+
+    let first = receiver.next().await;
+    let second = receiver.next().await;
+    let third = receiver.next().await;
+    for got in [&first, &second, &third] {
+        assert_eq!(got.header("x-mcp-gate-event"), "requested");
+        assert_eq!(got.header("x-mcp-gate-delivery"), first.header("x-mcp-gate-delivery"), "one delivery id");
+        assert_eq!(got.body, first.body, "the same body");
+        assert_eq!(verify(SECRET, got.header("x-mcp-gate-signature"), &got.body, unix_now(), 300), Ok(()));
+    }
+    assert!(second.at - first.at >= Duration::from_millis(50), "backoff before the first retry");
+    assert!(third.at - second.at >= Duration::from_millis(100), "and longer before the second");
+
+    // Delivered on the third attempt: the next request the receiver sees is the next change.
+    approvals.decide(&id, &Principal::named("operator"), true, None, None).await.unwrap();
+    let next = receiver.next().await;
+    assert_eq!(next.header("x-mcp-gate-event"), "approved");
+    assert_ne!(next.header("x-mcp-gate-delivery"), first.header("x-mcp-gate-delivery"));
+}
+
+#[tokio::test]
+async fn client_errors_are_not_retried() {
+    let mut receiver = Receiver::start(&[(400, None)]).await;
+    let approvals = approvals().await;
+    mcp_gate::notify::spawn_with(&[hook(&receiver.url, Format::Generic, Some(SECRET))], &approvals, quick());
+    let id = hold(&approvals, json!({"path": "/x"})).await;
+    assert_eq!(receiver.next().await.header("x-mcp-gate-event"), "requested");
+    approvals.decide(&id, &Principal::named("operator"), true, None, None).await.unwrap();
+    assert_eq!(receiver.next().await.header("x-mcp-gate-event"), "approved", "the 400 was not retried");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(receiver.got.try_recv().is_err(), "nothing else was sent");
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured() {
+    let mut receiver = Receiver::start(&[(429, Some("1"))]).await;
+    let approvals = approvals().await;
+    mcp_gate::notify::spawn_with(&[hook(&receiver.url, Format::Generic, Some(SECRET))], &approvals, quick());
+    hold(&approvals, json!({"path": "/x"})).await;
+    let first = receiver.next().await;
+    let second = receiver.next().await;
+    assert_eq!(second.header("x-mcp-gate-delivery"), first.header("x-mcp-gate-delivery"));
+    assert!(second.at - first.at >= Duration::from_millis(950), "waited {:?}", second.at - first.at);
+}
+
+/// Only the events a webhook lists are sent to it.
+#[tokio::test]
+async fn events_filter_what_is_sent() {
+    let mut receiver = Receiver::start(&[]).await;
+    let approvals = approvals().await;
+    let mut only_denied = hook(&receiver.url, Format::Generic, Some(SECRET));
+    only_denied.events = [ChangeKind::Denied].into_iter().collect();
+    mcp_gate::notify::spawn_with(&[only_denied], &approvals, quick());
+    let first = hold(&approvals, json!({"path": "/a"})).await;
+    let second = hold(&approvals, json!({"path": "/b"})).await;
+    approvals.decide(&first, &Principal::named("operator"), true, None, None).await.unwrap();
+    approvals.decide(&second, &Principal::named("operator"), false, None, Some("no".into())).await.unwrap();
+    let got = receiver.next().await;
+    assert_eq!(got.header("x-mcp-gate-event"), "denied");
+    assert_eq!(got.json()["approval"]["id"], second);
+}
+
+/// A receiver that accepts connections and never answers, and one that is not there: held calls
+/// answer at once all the same, long before the retries (1 + 2 + 4 + 8 + 16 s) would end.
+#[tokio::test]
+async fn a_dead_receiver_does_not_delay_held_calls() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_url = format!("http://{}/hook", silent.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            open.push(socket);
+        }
+    });
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let closed_url = format!("http://{}/hook", closed.local_addr().unwrap());
+    drop(closed);
+
+    let approvals = approvals().await;
+    let hooks = [hook(&silent_url, Format::Generic, Some(SECRET)), hook(&closed_url, Format::Slack, None)];
+    mcp_gate::notify::spawn(&hooks, &approvals);
+    let started = Instant::now();
+    for i in 0..20 {
+        let one = Instant::now();
+        hold(&approvals, json!({"path": format!("/file-{i}")})).await;
+        assert!(one.elapsed() < Duration::from_secs(1), "call {i} took {:?}", one.elapsed());
+    }
+    assert!(started.elapsed() < Duration::from_secs(5), "20 held calls took {:?}", started.elapsed());
+}
