@@ -67,6 +67,17 @@ pub enum Command {
         #[command(flatten)]
         run: RunArgs,
     },
+    /// Decide on held calls from the terminal, through the approval server's API.
+    #[command(after_help = APPROVALS_HELP)]
+    Approvals {
+        #[command(subcommand)]
+        action: ApprovalsAction,
+        /// The approval server (default: MCP_GATE_URL, else http:// + `[approvals] listen`).
+        #[arg(long, global = true, value_name = "URL")]
+        url: Option<String>,
+        #[command(flatten)]
+        run: RunArgs,
+    },
     /// Try it: a built-in MCP server with a gated destructive tool, and a scripted client.
     Demo {
         /// Port of the approval server (default: any free port).
@@ -91,6 +102,74 @@ pub enum AuditAction {
     Export,
 }
 
+const APPROVALS_HELP: &str = "The token is MCP_GATE_TOKEN, else `[approvals] token`, else the approver-token \
+file in the data directory. Exit status: 0 on success, 1 when the server refuses (the API's error code and \
+message are printed) or cannot be reached, 2 for a usage error.";
+
+const STATUSES: [&str; 7] = ["pending", "approved", "denied", "expired", "executed", "failed", "all"];
+
+#[derive(Debug, Subcommand)]
+pub enum ApprovalsAction {
+    /// List approval requests, newest first.
+    List {
+        #[arg(long, default_value = "pending", value_parser = STATUSES)]
+        status: String,
+        #[arg(long, value_name = "SERVER")]
+        server: Option<String>,
+        #[arg(long, value_name = "TOOL")]
+        tool: Option<String>,
+        #[arg(long, value_name = "AGENT")]
+        agent: Option<String>,
+        #[arg(long, value_name = "N")]
+        limit: Option<u32>,
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one request: arguments, rule, votes and history.
+    Show {
+        id: String,
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a request (or vote for it, in a workflow that needs several approvers).
+    Approve {
+        id: String,
+        #[arg(long, value_name = "TEXT")]
+        notes: Option<String>,
+        /// Decide as this approver (only with the shared token and no `[[approvers]]`).
+        #[arg(long, value_name = "NAME")]
+        approver: Option<String>,
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deny a request; the reason is what the agent is told.
+    Deny {
+        id: String,
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
+        #[arg(long, value_name = "TEXT")]
+        notes: Option<String>,
+        /// Decide as this approver (only with the shared token and no `[[approvers]]`).
+        #[arg(long, value_name = "NAME")]
+        approver: Option<String>,
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print each change as it happens; ask about each new request when interactive.
+    Watch {
+        /// Ask approve / deny / skip for each new request (the default when stdin is a terminal).
+        #[arg(long, short, conflicts_with = "no_interactive")]
+        interactive: bool,
+        /// Only print, even on a terminal.
+        #[arg(long)]
+        no_interactive: bool,
+    },
+}
+
 /// Runs the command line; the binary's `main` only sets up the runtime and logging.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
@@ -102,6 +181,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Audit { action, run }) => audit(action, run).await,
+        Some(Command::Approvals { action, url, run }) => approvals(action, url, run).await,
         Some(Command::Demo { approvals }) => crate::demo::run(&approvals).await,
         Some(Command::DemoServer) => crate::demo::serve_stdio().await,
     }
@@ -141,6 +221,29 @@ async fn audit(action: AuditAction, run: RunArgs) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn approvals(action: ApprovalsAction, url: Option<String>, run: RunArgs) -> anyhow::Result<()> {
+    use crate::approver::Request;
+    let target = crate::approver::resolve_target(url.as_deref(), || load(&run))?;
+    let (request, json) = match action {
+        ApprovalsAction::List { status, server, tool, agent, limit, json } => {
+            (Request::List { status, server, tool, agent, limit }, json)
+        }
+        ApprovalsAction::Show { id, json } => (Request::Show { id }, json),
+        ApprovalsAction::Approve { id, notes, approver, json } => {
+            (Request::Decide { id, approve: true, notes, reason: None, approver }, json)
+        }
+        ApprovalsAction::Deny { id, reason, notes, approver, json } => {
+            (Request::Decide { id, approve: false, notes, reason: Some(reason), approver }, json)
+        }
+        ApprovalsAction::Watch { interactive, no_interactive } => {
+            use std::io::IsTerminal;
+            let interactive = interactive || (!no_interactive && std::io::stdin().is_terminal());
+            (Request::Watch { interactive }, false)
+        }
+    };
+    crate::approver::run(target, request, json).await
 }
 
 fn load(run: &RunArgs) -> anyhow::Result<Config> {

@@ -29,9 +29,11 @@
 //! Every change of a request is published on [`approval::Approvals::changes`], which feeds the
 //! server's event stream and, in the hub, the [`notify`] webhooks.
 //!
-//! [`config`] loads `proxy.toml`; [`cli`] is the command line; [`demo`] is `mcp-gate demo`.
+//! [`config`] loads `proxy.toml`; [`cli`] is the command line; [`approver`] is
+//! `mcp-gate approvals`, a client of the approval server's API; [`demo`] is `mcp-gate demo`.
 
 pub mod approval;
+pub mod approver;
 pub mod audit;
 pub mod cli;
 pub mod config;

@@ -239,21 +239,28 @@ async fn http_requires_the_bearer_token_when_set() {
 }
 
 /// A proxy process with its stdin, stdout lines and the approval server's address.
-struct Running {
-    child: tokio::process::Child,
-    stdin: tokio::process::ChildStdin,
+pub(super) struct Running {
+    pub(super) child: tokio::process::Child,
+    pub(super) stdin: tokio::process::ChildStdin,
     lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
-    approvals: String,
+    pub(super) approvals: String,
 }
 
-const APPROVER_TOKEN: &str = "binary-test-approver-token";
+pub(super) const APPROVER_TOKEN: &str = "binary-test-approver-token";
 
-async fn start_gated(dir: &std::path::Path) -> Running {
-    let mut child = gate_in(dir)
+pub(super) async fn start_gated(dir: &std::path::Path) -> Running {
+    let mut cmd = gate_in(dir);
+    cmd.env("MCP_GATE_TOKEN", APPROVER_TOKEN);
+    start_gated_with(cmd).await
+}
+
+/// Starts `cmd` (a `gate_in` command, with any further options) as a stdio proxy in front of
+/// the fixture, and initializes it.
+pub(super) async fn start_gated_with(mut cmd: Command) -> Running {
+    let mut child = cmd
         .arg("--")
         .arg(fixture_bin())
         .arg("stdio")
-        .env("MCP_GATE_TOKEN", APPROVER_TOKEN)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -286,10 +293,14 @@ async fn start_gated(dir: &std::path::Path) -> Running {
 }
 
 impl Running {
-    async fn call(&mut self, id: u64) -> serde_json::Value {
-        let line = format!(
-            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"test_image_content","arguments":{{"why":"crash test"}}}}}}"#
-        );
+    pub(super) async fn call(&mut self, id: u64) -> serde_json::Value {
+        self.call_with(id, "crash test").await
+    }
+
+    /// Calls `test_image_content` (held by the zero-config policy) with `{"why": why}`.
+    pub(super) async fn call_with(&mut self, id: u64, why: &str) -> serde_json::Value {
+        let line = serde_json::json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+            "params": {"name": "test_image_content", "arguments": {"why": why}}});
         self.stdin.write_all(format!("{line}\n").as_bytes()).await.unwrap();
         loop {
             let line = within("call reply", self.lines.next_line()).await.unwrap().expect("reply");

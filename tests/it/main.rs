@@ -5,6 +5,7 @@
 
 mod ai_review;
 mod approval_server;
+mod approver_cli;
 mod binary;
 mod common;
 mod dashboard_api;

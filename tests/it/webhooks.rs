@@ -321,3 +321,61 @@ async fn a_dead_receiver_does_not_delay_held_calls() {
     }
     assert!(started.elapsed() < Duration::from_secs(5), "20 held calls took {:?}", started.elapsed());
 }
+
+/// The real binary reads `[[webhooks]]`, refuses an unset secret variable, and delivers a held
+/// call's request, signed, with the approval server's URL.
+#[tokio::test]
+async fn the_binary_delivers_configured_webhooks() {
+    use super::binary::{APPROVER_TOKEN, data_dir, gate_in, start_gated_with};
+
+    let mut receiver = Receiver::start(&[]).await;
+    let dir = data_dir("webhooks");
+    let config = dir.join("hooks.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[webhooks]]\nname = \"audit-bot\"\nurl = \"{}\"\nsecret_env = \"MCP_GATE_IT_WEBHOOK_SECRET\"\n",
+            receiver.url
+        ),
+    )
+    .unwrap();
+
+    let out = gate_in(&dir).args(["check-config", "--config"]).arg(&config).output().await.unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("hooks.toml")
+            && stderr.contains("`webhooks[0].secret_env`")
+            && stderr.contains("MCP_GATE_IT_WEBHOOK_SECRET is not set"),
+        "{stderr}"
+    );
+    let out = gate_in(&dir)
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .env("MCP_GATE_IT_WEBHOOK_SECRET", "whsec-test-signing-key")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("webhook audit-bot: generic to 127.0.0.1, signed, on "), "{stderr}");
+
+    let mut cmd = gate_in(&dir);
+    cmd.arg("--config")
+        .arg(&config)
+        .env("MCP_GATE_IT_WEBHOOK_SECRET", "whsec-test-signing-key")
+        .env("MCP_GATE_TOKEN", APPROVER_TOKEN);
+    let mut gate = start_gated_with(cmd).await;
+    let held = gate.call_with(2, "webhook").await;
+    let id = held["_meta"]["mcp-gate/approval"]["id"].as_str().unwrap().to_owned();
+
+    let got = receiver.next().await;
+    assert_eq!(got.header("x-mcp-gate-event"), "requested");
+    assert_eq!(verify(SECRET, got.header("x-mcp-gate-signature"), &got.body, unix_now(), REPLAY_WINDOW_SECS), Ok(()));
+    let body = got.json();
+    assert_eq!(body["approval"]["id"], id);
+    assert_eq!(body["approval"]["url"], format!("{}/approvals/{id}", gate.approvals));
+    assert_eq!(body["approval"]["arguments"], json!({"why": "webhook"}));
+    assert!(!String::from_utf8_lossy(&got.body).contains(APPROVER_TOKEN), "no token in a payload");
+    gate.child.start_kill().unwrap();
+}
