@@ -379,3 +379,94 @@ async fn the_binary_delivers_configured_webhooks() {
     assert!(!String::from_utf8_lossy(&got.body).contains(APPROVER_TOKEN), "no token in a payload");
     gate.child.start_kill().unwrap();
 }
+
+/// The fenced blocks of README.md in `lang` that contain `needle`.
+fn readme_blocks(lang: &str, needle: &str) -> Vec<String> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let fence = format!("```{lang}\n");
+    let mut blocks = Vec::new();
+    let mut rest = readme.as_str();
+    while let Some(start) = rest.find(&fence) {
+        let after = &rest[start + fence.len()..];
+        let end = after.find("```\n").expect("closed fence");
+        if after[..end].contains(needle) {
+            blocks.push(after[..end].to_owned());
+        }
+        rest = &after[end..];
+    }
+    blocks
+}
+
+/// The `[[webhooks]]` examples of the README and of proxy.toml (commented out there) validate.
+#[tokio::test]
+async fn the_webhook_examples_validate() {
+    use super::binary::{data_dir, gate_in};
+
+    let dir = data_dir("webhook-examples");
+    let [readme] = &readme_blocks("toml", "[[webhooks]]")[..] else { panic!("one [[webhooks]] block in README") };
+    let proxy = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/proxy.toml")).unwrap();
+    let section = &proxy[proxy.find("# Webhooks:").expect("webhooks section in proxy.toml")..];
+    let keys = ["[[webhooks]]", "name ", "url ", "format ", "secret_env ", "events ", "timeout_secs "];
+    let uncommented: String = section
+        .lines()
+        .filter_map(|l| l.strip_prefix("# ").filter(|l| keys.iter().any(|k| l.starts_with(k))))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(uncommented.matches("[[webhooks]]").count(), 3, "{uncommented}");
+    for (name, text, expect) in [
+        ("readme.toml", readme.as_str(), "webhook ops-bot: generic to ops.example.com, signed"),
+        ("proxy-webhooks.toml", uncommented.as_str(), "webhook webhooks[2]: teams to teams.example.com"),
+    ] {
+        let file = dir.join(name);
+        std::fs::write(&file, text).unwrap();
+        let out = gate_in(&dir)
+            .args(["check-config", "--config"])
+            .arg(&file)
+            .env("MCP_GATE_WEBHOOK_SECRET", "whsec-example")
+            .env("SLACK_WEBHOOK_PATH", "T000/B000/XXXX")
+            .env("TEAMS_WEBHOOK_URL", "https://teams.example.com/workflows/1")
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{name}: {stderr}");
+        assert!(stderr.contains(expect), "{name}: {stderr}");
+        assert!(!stderr.contains("T000/B000"), "URLs are not shown: {stderr}");
+    }
+}
+
+/// The README's Python verification recipe is `examples/verify_webhook.py`, and it accepts a real
+/// signature and refuses a tampered body.
+#[tokio::test]
+async fn the_readme_verification_recipe_works() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/verify_webhook.py");
+    let source = std::fs::read_to_string(script).unwrap();
+    let [recipe] = &readme_blocks("python", "def verify(")[..] else { panic!("one Python recipe in README") };
+    assert!(source.contains(recipe.as_str()), "README's recipe and {script} differ");
+
+    if std::process::Command::new("python3").arg("--version").output().is_err() {
+        eprintln!("python3 is not installed: the recipe was not run");
+        return;
+    }
+    let body = br#"{"kind":"requested","summary":"x"}"#;
+    let signature = mcp_gate::notify::sign::signature_header(SECRET, unix_now(), body);
+    let run = |body: &'static [u8], secret: &'static [u8]| {
+        let signature = signature.clone();
+        async move {
+            let mut child = tokio::process::Command::new("python3")
+                .arg(script)
+                .env("SIGNATURE", signature)
+                .env("MCP_GATE_WEBHOOK_SECRET", std::str::from_utf8(secret).unwrap())
+                .stdin(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut stdin = child.stdin.take().unwrap();
+            tokio::io::AsyncWriteExt::write_all(&mut stdin, body).await.unwrap();
+            drop(stdin);
+            within("python3", child.wait()).await.unwrap().code()
+        }
+    };
+    assert_eq!(run(body, SECRET).await, Some(0), "a genuine delivery verifies");
+    assert_eq!(run(br#"{"kind":"approved","summary":"x"}"#, SECRET).await, Some(1), "a tampered body fails");
+    assert_eq!(run(body, b"another-secret").await, Some(1), "another key fails");
+}
