@@ -45,6 +45,14 @@ pub struct RunArgs {
     pub upstream: Vec<String>,
 }
 
+/// `--config` alone, for commands that start no upstream.
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// Configuration file (TOML).
+    #[arg(long, short, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve MCP over Streamable HTTP at http://ADDR/mcp and http://ADDR/mcp/NAME.
@@ -76,7 +84,7 @@ pub enum Command {
         #[arg(long, global = true, value_name = "URL")]
         url: Option<String>,
         #[command(flatten)]
-        run: RunArgs,
+        config: ConfigArg,
     },
     /// Try it: a built-in MCP server with a gated destructive tool, and a scripted client.
     Demo {
@@ -181,7 +189,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Audit { action, run }) => audit(action, run).await,
-        Some(Command::Approvals { action, url, run }) => approvals(action, url, run).await,
+        Some(Command::Approvals { action, url, config }) => {
+            let run = RunArgs { config: config.config, name: None, upstream: Vec::new() };
+            approvals(action, url, run).await
+        }
         Some(Command::Demo { approvals }) => crate::demo::run(&approvals).await,
         Some(Command::DemoServer) => crate::demo::serve_stdio().await,
     }

@@ -44,15 +44,26 @@ enum Item {
 
 type Input = Option<Lines<BufReader<Stdin>>>;
 
+/// What this watch has shown and asked about.
+#[derive(Default)]
+struct Seen {
+    /// Requests shown (or pending when the watch started).
+    shown: HashSet<String>,
+    /// Requests asked about.
+    asked: HashSet<String>,
+}
+
 pub async fn watch(client: &ApiClient, interactive: bool) -> anyhow::Result<()> {
     let first = client.events(READ_TIMEOUT).await?;
     eprintln!("watching {} for approval requests (Ctrl-C to stop)", client.target.base);
-    let mut seen = HashSet::new();
+    // Listed after subscribing, so no request falls between the two; a request created in
+    // between is in the list and also gets its `requested` event, which is what counts.
     let pending = pending_oldest_first(client).await?;
     if !pending.is_empty() {
         eprintln!("{} request(s) already pending: see `mcp-gate approvals list`", pending.len());
     }
-    seen.extend(pending.iter().map(|a| a["id"].as_str().unwrap_or_default().to_owned()));
+    let mut seen = Seen::default();
+    seen.shown.extend(pending.iter().map(|a| a["id"].as_str().unwrap_or_default().to_owned()));
 
     let (tx, mut rx) = mpsc::unbounded_channel();
     let reader = ApiClient::new(client.target.clone())?;
@@ -68,7 +79,8 @@ pub async fn watch(client: &ApiClient, interactive: bool) -> anyhow::Result<()> 
                 };
                 print(&format!("{}\n", render::event_line(&kind, &change)))?;
                 let id = change["approval"]["id"].as_str().unwrap_or_default().to_owned();
-                if kind == "requested" && seen.insert(id.clone()) {
+                seen.shown.insert(id.clone());
+                if kind == "requested" && seen.asked.insert(id.clone()) {
                     ask(client, &id, &mut input).await?;
                 }
             }
@@ -96,8 +108,8 @@ async fn pending_oldest_first(client: &ApiClient) -> Result<Vec<Value>, ClientEr
     Ok(items)
 }
 
-/// Handles pending requests this watch has not seen, as if their `requested` events had come.
-async fn catch_up(client: &ApiClient, seen: &mut HashSet<String>, input: &mut Input) -> anyhow::Result<()> {
+/// Handles pending requests this watch has not shown, as if their `requested` events had come.
+async fn catch_up(client: &ApiClient, seen: &mut Seen, input: &mut Input) -> anyhow::Result<()> {
     let pending = match pending_oldest_first(client).await {
         Ok(p) => p,
         Err(e) => {
@@ -107,10 +119,12 @@ async fn catch_up(client: &ApiClient, seen: &mut HashSet<String>, input: &mut In
     };
     for a in pending {
         let id = a["id"].as_str().unwrap_or_default().to_owned();
-        if seen.insert(id.clone()) {
+        if seen.shown.insert(id.clone()) {
             let change = json!({ "at": a["created_at"], "actor": a["agent"], "approval": a });
             print(&format!("{}\n", render::event_line("requested", &change)))?;
-            ask(client, &id, input).await?;
+            if seen.asked.insert(id.clone()) {
+                ask(client, &id, input).await?;
+            }
         }
     }
     Ok(())

@@ -106,18 +106,33 @@ async fn list_show_approve_and_deny_from_the_command_line() {
     assert!(out.stdout.contains("pending -> denied  by operator  reason: not on a Friday  notes: n"), "{}", out.stdout);
 }
 
-/// Without MCP_GATE_TOKEN the command reads the token the server stored in the data directory.
+/// Without MCP_GATE_URL and MCP_GATE_TOKEN the command finds the server from `[approvals] listen`
+/// in `--config` and reads the token the server stored in the data directory.
 #[tokio::test]
-async fn the_token_file_in_the_data_directory_is_used() {
+async fn the_server_and_token_are_found_like_the_server_finds_them() {
     let dir = data_dir("cli-token");
-    let mut gate = super::binary::start_gated_with(gate_in(&dir)).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = dir.join("gate.toml");
+    std::fs::write(&config, format!("[approvals]\nlisten = \"127.0.0.1:{port}\"\n")).unwrap();
+    let mut cmd = gate_in(&dir);
+    cmd.env_remove("MCP_GATE_APPROVALS_LISTEN").arg("--config").arg(&config);
+    let mut gate = super::binary::start_gated_with(cmd).await;
+    assert_eq!(gate.approvals, format!("http://127.0.0.1:{port}"));
     let id = held_id(&gate.call_with(2, "token file").await);
     assert!(dir.join("approver-token").exists());
+
     let mut cmd = gate_in(&dir);
-    cmd.arg("approvals").env("MCP_GATE_URL", &gate.approvals);
-    let out = run(cmd, &["list"]).await;
+    cmd.env_remove("MCP_GATE_APPROVALS_LISTEN").args(["approvals", "list", "--config"]).arg(&config);
+    let out = run(cmd, &[]).await;
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(out.stdout.contains(&id), "{}", out.stdout);
+
+    // MCP_GATE_APPROVALS_LISTEN wins over the file, as for the server; port 0 cannot be found.
+    let mut cmd = gate_in(&dir);
+    cmd.args(["approvals", "list", "--config"]).arg(&config);
+    let out = run(cmd, &[]).await;
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("127.0.0.1:0") && out.stderr.contains("--url"), "{}", out.stderr);
 
     let other = data_dir("cli-no-token");
     let mut cmd = gate_in(&other);
