@@ -111,6 +111,9 @@ pub fn block(a: &Value, now: i64) -> String {
     if let Some(reason) = a.get("rule_reason").and_then(Value::as_str) {
         line("why", clean(reason));
     }
+    if let Some(review) = a.get("ai_review").filter(|r| r.is_object()) {
+        line("ai review", ai_review(review));
+    }
     let required = a.get("required_approvals").and_then(Value::as_u64).unwrap_or(1);
     let given = a
         .get("votes")
@@ -161,6 +164,28 @@ pub fn block(a: &Value, now: i64) -> String {
         }
     }
     out
+}
+
+/// The AI reviewer's opinion: `approve (confidence 0.92, model M): reasoning`.
+fn ai_review(r: &Value) -> String {
+    let mut text = clean(r.get("decision").and_then(Value::as_str).unwrap_or("no decision"));
+    let mut details = Vec::new();
+    if let Some(c) = r.get("confidence").and_then(Value::as_f64) {
+        details.push(format!("confidence {c:.2}"));
+    }
+    if let Some(m) = r.get("model").and_then(Value::as_str) {
+        details.push(format!("model {}", clean(m)));
+    }
+    if r.get("cached").and_then(Value::as_bool) == Some(true) {
+        details.push("reused".into());
+    }
+    if !details.is_empty() {
+        let _ = write!(text, " ({})", details.join(", "));
+    }
+    if let Some(why) = r.get("reasoning").and_then(Value::as_str).or_else(|| r.get("error").and_then(Value::as_str)) {
+        let _ = write!(text, ": {}", clean(why));
+    }
+    text
 }
 
 /// One line per change event of `approvals watch`: time, kind, id, call, then what matters for
@@ -223,6 +248,15 @@ mod tests {
     fn control_characters_are_escaped() {
         assert_eq!(clean("rm\u{1b}[2J -rf\n"), "rm\\u{1b}[2J -rf\\n");
         assert_eq!(clean("fine: ü"), "fine: ü");
+    }
+
+    #[test]
+    fn block_shows_the_reviewers_opinion() {
+        let a = json!({"id": "apr_1", "status": "pending", "server": "db", "tool": "drop", "arguments": {},
+            "ai_review": {"decision": "escalate", "confidence": 0.4, "model": "m1", "reasoning": "unsure\nwhy",
+                "cached": false}});
+        let text = block(&a, 0);
+        assert!(text.contains("  ai review  escalate (confidence 0.40, model m1): unsure\\nwhy\n"), "{text}");
     }
 
     #[test]
