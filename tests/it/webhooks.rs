@@ -470,3 +470,49 @@ async fn the_readme_verification_recipe_works() {
     assert_eq!(run(br#"{"kind":"approved","summary":"x"}"#, SECRET).await, Some(1), "a tampered body fails");
     assert_eq!(run(body, b"another-secret").await, Some(1), "another key fails");
 }
+
+/// Two processes sharing a database and an approval address: only the hub sends webhooks, and
+/// it sends the follower's requests too, once each.
+#[tokio::test]
+async fn only_the_hub_sends_webhooks() {
+    use super::binary::{APPROVER_TOKEN, data_dir, gate_in, start_gated_with};
+
+    let mut receiver = Receiver::start(&[]).await;
+    let dir = data_dir("webhooks-hub");
+    let config = dir.join("hooks.toml");
+    let hook = format!("[[webhooks]]\nurl = \"{}\"\nsecret_env = \"MCP_GATE_IT_WEBHOOK_SECRET\"\n", receiver.url);
+    std::fs::write(&config, hook).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let start = |dir: &std::path::Path| {
+        let mut cmd = gate_in(dir);
+        cmd.arg("--config")
+            .arg(&config)
+            .env("MCP_GATE_APPROVALS_LISTEN", format!("127.0.0.1:{port}"))
+            .env("MCP_GATE_IT_WEBHOOK_SECRET", "whsec-test-signing-key")
+            .env("MCP_GATE_TOKEN", APPROVER_TOKEN);
+        start_gated_with(cmd)
+    };
+    let mut hub = start(&dir).await;
+    let mut follower = start(&dir).await;
+    assert_eq!(follower.approvals, hub.approvals, "the second process follows the first");
+
+    let id = held_id_of(&follower.call_with(2, "from the follower").await);
+    let got = receiver.next().await;
+    assert_eq!(got.header("x-mcp-gate-event"), "requested");
+    assert_eq!(got.json()["approval"]["id"], id);
+    let id_hub = held_id_of(&hub.call_with(2, "from the hub").await);
+    let got = receiver.next().await;
+    assert_eq!(got.header("x-mcp-gate-event"), "requested");
+    assert_eq!(got.json()["approval"]["id"], id_hub);
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(receiver.got.try_recv().is_err(), "one delivery per change");
+    hub.child.start_kill().unwrap();
+    follower.child.start_kill().unwrap();
+}
+
+fn held_id_of(result: &Value) -> String {
+    let meta = &result["_meta"]["mcp-gate/approval"];
+    assert_eq!(meta["status"], "pending", "{result}");
+    meta["id"].as_str().unwrap().to_owned()
+}
