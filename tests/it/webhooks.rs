@@ -435,11 +435,11 @@ async fn the_webhook_examples_validate() {
     }
 }
 
-/// The README's Python verification recipe is `examples/verify_webhook.py`, and it accepts a real
+/// The README's Python verification recipe is `scripts/verify_webhook.py`, and it accepts a real
 /// signature and refuses a tampered body.
 #[tokio::test]
 async fn the_readme_verification_recipe_works() {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/verify_webhook.py");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/verify_webhook.py");
     let source = std::fs::read_to_string(script).unwrap();
     let [recipe] = &readme_blocks("python", "def verify(")[..] else { panic!("one Python recipe in README") };
     assert!(source.contains(recipe.as_str()), "README's recipe and {script} differ");
