@@ -21,7 +21,8 @@
 //! denial, or holds it. Held calls live in the SQLite [`store`] as approval requests; callers
 //! wait on them or get the approval URL at once. The approval server in [`web`] (JSON API and
 //! pages) records decisions through the same [`approval::Approvals`] core, which wakes the
-//! waiting calls. A workflow with `approval_type = "ai_driven"` is decided first by the
+//! waiting calls. Approvers, and agents connecting over HTTP, are known by their own tokens
+//! ([`identity`]); workflows say who may vote, and nobody approves their own request. A workflow with `approval_type = "ai_driven"` is decided first by the
 //! [`review`] module's reviewer, a model asked inline against written guidelines; what it is unsure
 //! of goes to people. Every decision lands in the hash-chained [`audit`] log. The processes of one
 //! machine that share a database share one approval server: [`hub`] decides at start-up whether
