@@ -85,7 +85,7 @@ pub struct Change {
 }
 
 /// A broadcast of [`Change`]s. Publishing never blocks; a subscriber that falls more than
-/// [`BACKLOG`] changes behind is told how many it missed.
+/// `BACKLOG` (1024) changes behind is told how many it missed.
 pub struct Changes {
     tx: broadcast::Sender<Change>,
 }
