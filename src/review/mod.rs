@@ -321,6 +321,9 @@ pub struct Reviewer {
     workflows: HashMap<String, Arc<AiWorkflow>>,
     providers: HashMap<String, Provider>,
     cache: Mutex<HashMap<String, (Answer, Instant)>>,
+    /// One turn per cache key: identical calls arriving together wait for the first one's
+    /// review instead of each asking the model.
+    in_flight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl fmt::Debug for Reviewer {
@@ -352,6 +355,7 @@ impl Reviewer {
             workflows: workflows.into_iter().map(|w| (w.name.clone(), Arc::new(w))).collect(),
             providers: built,
             cache: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashMap::new()),
         })
     }
 
@@ -371,14 +375,41 @@ impl Reviewer {
 
     /// Reviews a call, reusing an answer given for an identical call (same `call_key`,
     /// workflow, provider, model and guidelines) within the workflow's cache window.
+    /// Identical calls that arrive while one is being reviewed wait for that review.
     pub async fn review(&self, workflow: &AiWorkflow, call_key: &str, subject: &Subject) -> Review {
         let key = cache_key(workflow, call_key);
-        if !workflow.cache.is_zero()
-            && let Some(answer) = self.cached(&key, workflow.cache)
-        {
+        if workflow.cache.is_zero() {
+            return self.review_now(workflow, subject, None).await;
+        }
+        if let Some(answer) = self.cached(&key, workflow.cache) {
             info!(workflow = %workflow.name, tool = %subject.tool, "reusing the reviewer's decision on an identical call");
             return Review { answer: Ok(answer), cached: true };
         }
+        let turn = {
+            let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            in_flight.entry(key.clone()).or_default().clone()
+        };
+        let review = {
+            let _mine = turn.lock().await;
+            // The call ahead in line may have just answered for this one.
+            match self.cached(&key, workflow.cache) {
+                Some(answer) => {
+                    info!(workflow = %workflow.name, tool = %subject.tool, "an identical call was reviewed meanwhile; reusing its decision");
+                    Review { answer: Ok(answer), cached: true }
+                }
+                None => self.review_now(workflow, subject, Some(key.clone())).await,
+            }
+        };
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        // The map's handle and ours: nobody else is waiting.
+        if in_flight.get(&key).is_some_and(|t| Arc::strong_count(t) <= 2) {
+            in_flight.remove(&key);
+        }
+        review
+    }
+
+    /// Asks the model now and remembers a usable answer under `remember_as`.
+    async fn review_now(&self, workflow: &AiWorkflow, subject: &Subject, remember_as: Option<String>) -> Review {
         let answer = self.ask(workflow, subject).await;
         match &answer {
             Ok(a) => {
@@ -390,7 +421,7 @@ impl Reviewer {
                     confidence = a.confidence,
                     "reviewer answered"
                 );
-                if !workflow.cache.is_zero() {
+                if let Some(key) = remember_as {
                     self.remember(key, a.clone());
                 }
             }

@@ -646,6 +646,27 @@ async fn prompt_injection_stays_inside_the_data_block() {
     }
 }
 
+/// Two identical calls arriving together: the second waits for the first one's review rather
+/// than asking the model again. The second scripted answer (a denial) is never used.
+#[tokio::test]
+async fn identical_calls_in_flight_together_share_one_review() {
+    let s = setup(Opts::new(Kind::OpenAi)).await;
+    s.fake.say(Say::Sleep(Duration::from_millis(300)));
+    s.fake.say(Say::Answer("deny", 0.99, "a second review would deny"));
+    let mut first = Line::new(&s.approvals).await;
+    let mut second = Line::new(&s.approvals).await;
+    let (a, b) = tokio::join!(
+        first.call("echo", json!({"message": "together"})),
+        second.call("echo", json!({"message": "together"}))
+    );
+    assert!(!is_error(&a) && !is_error(&b), "both ran on the one review: {a} / {b}");
+    assert_eq!(s.fake.seen().len(), 1, "the model was asked once");
+    let rows = audit(&s.approvals).await;
+    let mut cached: Vec<bool> = ai_rows(&rows).iter().map(|r| r.detail["cached"] == true).collect();
+    cached.sort_unstable();
+    assert_eq!(cached, [false, true]);
+}
+
 #[tokio::test]
 async fn identical_calls_reuse_a_decision_within_the_window() {
     let s = setup(Opts::new(Kind::OpenAi)).await;
