@@ -18,10 +18,10 @@
 
 use std::sync::Arc;
 
-use serde_json::{Value, json};
+use serde_json::json;
 use tracing::{info, warn};
 
-use super::{Approvals, ChangeKind, OwnedCall, Workflow, call_key, new_id, now_ms, replies};
+use super::{Approvals, OwnedCall, call_key, now_ms, replies};
 use crate::audit::{AuditRecord, Event};
 use crate::gate::{ProgressSink, Verdict};
 use crate::identity::Principal;
@@ -29,7 +29,7 @@ use crate::policy::Decision;
 use crate::review::{
     AiWorkflow, Applied, Outcome, RECENT_DECISIONS, RecentDecision, Review, ReviewDecision, Reviewer, Subject,
 };
-use crate::store::{Approval, ApprovalFilter, NewApproval};
+use crate::store::{Approval, ApprovalFilter};
 use crate::tools::ToolInfo;
 
 impl Approvals {
@@ -142,41 +142,6 @@ impl Approvals {
                 self.wait_for(a, progress).await
             }
         }
-    }
-
-    /// Stores a pending request for the call in `workflow` (audited as `requested`).
-    async fn insert_request(
-        &self,
-        workflow: &Workflow,
-        call: &OwnedCall,
-        key: &str,
-        decision: &Decision,
-    ) -> Result<Approval, String> {
-        let now = now_ms();
-        let expiry = self.settings.expiry_for(decision.risk, workflow);
-        let new = NewApproval {
-            id: new_id(),
-            key: key.to_owned(),
-            server: call.server.clone(),
-            tool: call.tool.clone(),
-            arguments: call.arguments.clone(),
-            agent: call.agent.clone(),
-            risk: decision.risk.map(|r| r.to_string()),
-            rule: decision.rule.clone(),
-            rule_reason: decision.trace.last().map(|t| t.why.clone()),
-            workflow: workflow.name.clone(),
-            required_approvals: workflow.required_approvals,
-            grant_secs: workflow.grant_secs,
-            trace: serde_json::to_value(&decision.trace).unwrap_or(Value::Null),
-            created_at: now,
-            expires_at: now + i64::try_from(expiry.as_millis()).unwrap_or(i64::MAX / 2),
-            tool_info: call.tool_info.clone(),
-        };
-        let a = self.store.insert_approval(new).await.map_err(|e| e.to_string())?;
-        info!(id = %a.id, server = %a.server, tool = %a.tool, workflow = %a.workflow, "approval requested");
-        self.audit(Event::Requested, &a, a.agent.as_deref(), json!({}), false).await;
-        self.publish(ChangeKind::Requested, &a, a.agent.as_deref());
-        Ok(a)
     }
 
     /// The agent's latest requests, newest first, for the reviewer's context.

@@ -431,38 +431,47 @@ impl Approvals {
         };
         let approval = match existing {
             Some(a) => a,
-            None => {
-                let expiry = self.settings.expiry_for(decision.risk, &workflow);
-                let new = NewApproval {
-                    id: new_id(),
-                    key,
-                    server: call.server.clone(),
-                    tool: call.tool.clone(),
-                    arguments: call.arguments.clone(),
-                    agent: call.agent.clone(),
-                    risk: decision.risk.map(|r| r.to_string()),
-                    rule: decision.rule.clone(),
-                    rule_reason: decision.trace.last().map(|t| t.why.clone()),
-                    workflow: workflow.name.clone(),
-                    required_approvals: workflow.required_approvals,
-                    grant_secs: workflow.grant_secs,
-                    trace: serde_json::to_value(&decision.trace).unwrap_or(Value::Null),
-                    created_at: now,
-                    expires_at: now + expiry.as_millis() as i64,
-                    tool_info: call.tool_info.clone(),
-                };
-                match self.store.insert_approval(new).await {
-                    Ok(a) => {
-                        info!(id = %a.id, server = %a.server, tool = %a.tool, "approval requested");
-                        self.audit(Event::Requested, &a, a.agent.as_deref(), serde_json::json!({}), false).await;
-                        self.publish(ChangeKind::Requested, &a, a.agent.as_deref());
-                        a
-                    }
-                    Err(e) => return self.fail_closed(&call, &e.to_string()),
-                }
-            }
+            None => match self.insert_request(&workflow, &call, &key, &decision).await {
+                Ok(a) => a,
+                Err(e) => return self.fail_closed(&call, &e),
+            },
         };
         self.wait_for(approval, progress).await
+    }
+
+    /// Stores a pending request for the call in `workflow` (audited as `requested`).
+    async fn insert_request(
+        &self,
+        workflow: &Workflow,
+        call: &OwnedCall,
+        key: &str,
+        decision: &Decision,
+    ) -> Result<Approval, String> {
+        let now = now_ms();
+        let expiry = self.settings.expiry_for(decision.risk, workflow);
+        let new = NewApproval {
+            id: new_id(),
+            key: key.to_owned(),
+            server: call.server.clone(),
+            tool: call.tool.clone(),
+            arguments: call.arguments.clone(),
+            agent: call.agent.clone(),
+            risk: decision.risk.map(|r| r.to_string()),
+            rule: decision.rule.clone(),
+            rule_reason: decision.trace.last().map(|t| t.why.clone()),
+            workflow: workflow.name.clone(),
+            required_approvals: workflow.required_approvals,
+            grant_secs: workflow.grant_secs,
+            trace: serde_json::to_value(&decision.trace).unwrap_or(Value::Null),
+            created_at: now,
+            expires_at: now + i64::try_from(expiry.as_millis()).unwrap_or(i64::MAX / 2),
+            tool_info: call.tool_info.clone(),
+        };
+        let a = self.store.insert_approval(new).await.map_err(|e| e.to_string())?;
+        info!(id = %a.id, server = %a.server, tool = %a.tool, workflow = %a.workflow, "approval requested");
+        self.audit(Event::Requested, &a, a.agent.as_deref(), serde_json::json!({}), false).await;
+        self.publish(ChangeKind::Requested, &a, a.agent.as_deref());
+        Ok(a)
     }
 
     async fn recent_denial(&self, key: &str, now: i64) -> Result<Option<Approval>, crate::store::StoreError> {
