@@ -277,18 +277,7 @@ pub(super) async fn start_gated_with(mut cmd: Command) -> Running {
     })
     .await;
     tokio::spawn(async move { while let Ok(Some(_)) = stderr.next_line().await {} });
-    let mut stdin = child.stdin.take().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    stdin
-        .write_all(concat!(
-            r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"crash-test","version":"1"}}}"#,
-            "\n",
-            r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
-            "\n"
-        ).as_bytes())
-        .await
-        .unwrap();
-    within("initialize", lines.next_line()).await.unwrap().expect("initialize reply");
+    let (stdin, lines) = handshake(&mut child, "crash-test").await;
     Running { child, stdin, lines, approvals }
 }
 

@@ -215,3 +215,20 @@ pub async fn connect_http(url: &str) -> (Client, TestClient) {
 pub async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(30), fut).await.unwrap_or_else(|_| panic!("timed out: {what}"))
 }
+
+/// The stdio client's end of a started `mcp-gate` child: its stdin and stdout lines.
+pub type ChildLines = tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>;
+
+/// Takes a started `mcp-gate` child's stdin and stdout and completes the MCP handshake as
+/// `client`.
+pub async fn handshake(child: &mut tokio::process::Child, client: &str) -> (tokio::process::ChildStdin, ChildLines) {
+    use tokio::io::AsyncWriteExt;
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+    let initialize = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": client, "version": "1"}}});
+    let text = format!("{initialize}\n{}\n", r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+    stdin.write_all(text.as_bytes()).await.expect("write the handshake");
+    within("initialize", lines.next_line()).await.expect("read").expect("initialize reply");
+    (stdin, lines)
+}

@@ -60,18 +60,7 @@ async fn start(dir: &std::path::Path, listen: &str, token: &str) -> Gate {
         }
     });
     let approvals = within("approvals line", approvals.recv()).await.expect("an approvals line");
-    let mut stdin = child.stdin.take().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    stdin
-        .write_all(concat!(
-            r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"hub-test","version":"1"}}}"#,
-            "\n",
-            r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
-            "\n"
-        ).as_bytes())
-        .await
-        .unwrap();
-    within("initialize", lines.next_line()).await.unwrap().expect("initialize reply");
+    let (stdin, lines) = handshake(&mut child, "hub-test").await;
     Gate { child, pid, stdin, lines, approvals, stderr }
 }
 
