@@ -3,9 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mcp_gate::approval::{ApprovalGate, ApprovalSettings, Approvals};
+use mcp_gate::approval::{ApprovalSettings, Approvals};
 use mcp_gate::config::Config;
-use mcp_gate::gate::{Gate, ToolCall, Verdict};
 use mcp_gate::identity::{Credentials, Principal};
 use mcp_gate::store::{Location, Status, Store};
 use mcp_gate::web::WebState;
@@ -46,20 +45,7 @@ async fn server_with(approvers: Credentials) -> Server {
 
 /// Holds one call with the zero-config policy and returns its approval id.
 async fn pending(s: &Server, arguments: Value) -> String {
-    let gate = ApprovalGate { approvals: s.approvals.clone() };
-    let call = ToolCall {
-        server: "files",
-        tool: "delete_file",
-        exposed_name: "delete_file",
-        arguments: &arguments,
-        info: None,
-        agent: Some("agent-x"),
-        progress: None,
-    };
-    let Verdict::Hold(wait) = gate.check(&call) else { panic!("the zero-config policy holds unannotated tools") };
-    let Verdict::Respond(result) = wait.await else { panic!("fail fast answers") };
-    let v: Value = serde_json::from_str(result.get()).unwrap();
-    v["_meta"]["mcp-gate/approval"]["id"].as_str().unwrap().to_owned()
+    super::common::hold_call(&s.approvals, "delete_file", "agent-x", arguments).await
 }
 
 #[tokio::test]

@@ -232,3 +232,28 @@ pub async fn handshake(child: &mut tokio::process::Child, client: &str) -> (toki
     within("initialize", lines.next_line()).await.expect("read").expect("initialize reply");
     (stdin, lines)
 }
+
+/// Holds one call to `files`/`tool` through the approval gate (the policy must hold it and
+/// fail fast) and returns its approval id.
+pub async fn hold_call(
+    approvals: &Arc<mcp_gate::approval::Approvals>,
+    tool: &str,
+    agent: &str,
+    arguments: serde_json::Value,
+) -> String {
+    use mcp_gate::gate::{ToolCall, Verdict};
+    let gate = mcp_gate::approval::ApprovalGate { approvals: approvals.clone() };
+    let call = ToolCall {
+        server: "files",
+        tool,
+        exposed_name: tool,
+        arguments: &arguments,
+        info: None,
+        agent: Some(agent),
+        progress: None,
+    };
+    let Verdict::Hold(wait) = gate.check(&call) else { panic!("{tool} is not held") };
+    let Verdict::Respond(result) = wait.await else { panic!("fail fast answers") };
+    let v: serde_json::Value = serde_json::from_str(result.get()).expect("a JSON result");
+    v["_meta"]["mcp-gate/approval"]["id"].as_str().expect("an approval id").to_owned()
+}

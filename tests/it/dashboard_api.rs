@@ -47,20 +47,7 @@ impl Api {
 
     /// Holds one call (fail fast) and returns its approval id.
     async fn hold(&self, tool: &str, agent: &str, arguments: Value) -> String {
-        let gate = ApprovalGate { approvals: self.approvals.clone() };
-        let call = ToolCall {
-            server: "files",
-            tool,
-            exposed_name: tool,
-            arguments: &arguments,
-            info: None,
-            agent: Some(agent),
-            progress: None,
-        };
-        let Verdict::Hold(wait) = gate.check(&call) else { panic!("{tool} is not held") };
-        let Verdict::Respond(result) = wait.await else { panic!("fail fast answers") };
-        let v: Value = serde_json::from_str(result.get()).unwrap();
-        v["_meta"]["mcp-gate/approval"]["id"].as_str().unwrap().to_owned()
+        super::common::hold_call(&self.approvals, tool, agent, arguments).await
     }
 
     async fn get(&self, path: &str, token: &str) -> (u16, Value) {

@@ -9,9 +9,8 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
-use mcp_gate::approval::{ApprovalGate, ApprovalSettings, Approvals, ChangeKind};
+use mcp_gate::approval::{ApprovalSettings, Approvals, ChangeKind};
 use mcp_gate::config::Config;
-use mcp_gate::gate::{Gate, ToolCall, Verdict};
 use mcp_gate::identity::Principal;
 use mcp_gate::notify::sign::{REPLAY_WINDOW_SECS, VerifyError, verify};
 use mcp_gate::notify::{DEFAULT_EVENTS, Format, Retry, Webhook};
@@ -19,7 +18,7 @@ use mcp_gate::store::{Location, Store};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use super::common::within;
+use super::common::{hold_call, within};
 
 const SECRET: &[u8] = b"whsec-test-signing-key";
 const BASE: &str = "http://127.0.0.1:8377";
@@ -112,24 +111,6 @@ async fn approvals() -> Arc<Approvals> {
     Approvals::new(store, config.policy.clone(), settings)
 }
 
-/// Holds one call with the zero-config policy (fail fast) and returns its approval id.
-async fn hold(approvals: &Arc<Approvals>, arguments: Value) -> String {
-    let gate = ApprovalGate { approvals: approvals.clone() };
-    let call = ToolCall {
-        server: "files",
-        tool: "delete_file",
-        exposed_name: "delete_file",
-        arguments: &arguments,
-        info: None,
-        agent: Some("agent-x"),
-        progress: None,
-    };
-    let Verdict::Hold(wait) = gate.check(&call) else { panic!("the zero-config policy holds unannotated tools") };
-    let Verdict::Respond(result) = wait.await else { panic!("fail fast answers") };
-    let v: Value = serde_json::from_str(result.get()).unwrap();
-    v["_meta"]["mcp-gate/approval"]["id"].as_str().unwrap().to_owned()
-}
-
 fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
 }
@@ -139,7 +120,8 @@ async fn a_held_call_sends_a_signed_requested_delivery() {
     let mut receiver = Receiver::start(&[]).await;
     let approvals = approvals().await;
     mcp_gate::notify::spawn_with(&[hook(&receiver.url, Format::Generic, Some(SECRET))], &approvals, quick());
-    let id = hold(&approvals, json!({"path": "/etc/hosts", "password": "hunter2"})).await;
+    let id =
+        hold_call(&approvals, "delete_file", "agent-x", json!({"path": "/etc/hosts", "password": "hunter2"})).await;
 
     let got = receiver.next().await;
     assert_eq!(got.header("content-type"), "application/json");
@@ -208,7 +190,8 @@ async fn slack_and_teams_payloads() {
     let approvals = approvals().await;
     let hooks = [hook(&slack.url, Format::Slack, None), hook(&teams.url, Format::Teams, None)];
     mcp_gate::notify::spawn_with(&hooks, &approvals, quick());
-    let id = hold(&approvals, json!({"path": "/etc/hosts", "password": "hunter2"})).await;
+    let id =
+        hold_call(&approvals, "delete_file", "agent-x", json!({"path": "/etc/hosts", "password": "hunter2"})).await;
 
     let got = slack.next().await;
     assert_eq!(got.header("x-mcp-gate-event"), "requested");
@@ -231,7 +214,7 @@ async fn server_errors_are_retried_until_delivered_once() {
     let mut receiver = Receiver::start(&[(500, None), (503, None)]).await;
     let approvals = approvals().await;
     mcp_gate::notify::spawn_with(&[hook(&receiver.url, Format::Generic, Some(SECRET))], &approvals, quick());
-    let id = hold(&approvals, json!({"path": "/x"})).await;
+    let id = hold_call(&approvals, "delete_file", "agent-x", json!({"path": "/x"})).await;
 
     let first = receiver.next().await;
     let second = receiver.next().await;
@@ -257,7 +240,7 @@ async fn client_errors_are_not_retried() {
     let mut receiver = Receiver::start(&[(400, None)]).await;
     let approvals = approvals().await;
     mcp_gate::notify::spawn_with(&[hook(&receiver.url, Format::Generic, Some(SECRET))], &approvals, quick());
-    let id = hold(&approvals, json!({"path": "/x"})).await;
+    let id = hold_call(&approvals, "delete_file", "agent-x", json!({"path": "/x"})).await;
     assert_eq!(receiver.next().await.header("x-mcp-gate-event"), "requested");
     approvals.decide(&id, &Principal::named("operator"), true, None, None).await.unwrap();
     assert_eq!(receiver.next().await.header("x-mcp-gate-event"), "approved", "the 400 was not retried");
@@ -270,7 +253,7 @@ async fn retry_after_is_honoured() {
     let mut receiver = Receiver::start(&[(429, Some("1"))]).await;
     let approvals = approvals().await;
     mcp_gate::notify::spawn_with(&[hook(&receiver.url, Format::Generic, Some(SECRET))], &approvals, quick());
-    hold(&approvals, json!({"path": "/x"})).await;
+    hold_call(&approvals, "delete_file", "agent-x", json!({"path": "/x"})).await;
     let first = receiver.next().await;
     let second = receiver.next().await;
     assert_eq!(second.header("x-mcp-gate-delivery"), first.header("x-mcp-gate-delivery"));
@@ -285,8 +268,8 @@ async fn events_filter_what_is_sent() {
     let mut only_denied = hook(&receiver.url, Format::Generic, Some(SECRET));
     only_denied.events = [ChangeKind::Denied].into_iter().collect();
     mcp_gate::notify::spawn_with(&[only_denied], &approvals, quick());
-    let first = hold(&approvals, json!({"path": "/a"})).await;
-    let second = hold(&approvals, json!({"path": "/b"})).await;
+    let first = hold_call(&approvals, "delete_file", "agent-x", json!({"path": "/a"})).await;
+    let second = hold_call(&approvals, "delete_file", "agent-x", json!({"path": "/b"})).await;
     approvals.decide(&first, &Principal::named("operator"), true, None, None).await.unwrap();
     approvals.decide(&second, &Principal::named("operator"), false, None, Some("no".into())).await.unwrap();
     let got = receiver.next().await;
@@ -316,7 +299,7 @@ async fn a_dead_receiver_does_not_delay_held_calls() {
     let started = Instant::now();
     for i in 0..20 {
         let one = Instant::now();
-        hold(&approvals, json!({"path": format!("/file-{i}")})).await;
+        hold_call(&approvals, "delete_file", "agent-x", json!({"path": format!("/file-{i}")})).await;
         assert!(one.elapsed() < Duration::from_secs(1), "call {i} took {:?}", one.elapsed());
     }
     assert!(started.elapsed() < Duration::from_secs(5), "20 held calls took {:?}", started.elapsed());
