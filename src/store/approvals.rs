@@ -544,7 +544,7 @@ impl Store {
     pub async fn pending_expiring(&self, now: i64, warning_ms: i64) -> Result<Vec<Approval>, StoreError> {
         self.call(move |conn| {
             let sql = format!(
-                "SELECT {COLS} FROM approvals WHERE status = 'pending' AND expires_at > ?1
+                "SELECT {COLS} FROM approvals WHERE status = 'pending' AND expires_at > ?1 AND expires_at <= ?1 + ?2
                  AND expires_at - min(?2, (expires_at - created_at) / 2) <= ?1
                  ORDER BY expires_at"
             );
@@ -852,6 +852,30 @@ mod tests {
 
     async fn mem() -> Store {
         Store::open(Location::Memory).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn expiring_means_within_the_warning_or_past_half_its_life() {
+        const MIN: i64 = 60_000;
+        let store = mem().await;
+        // Lives an hour (T0 .. T0 + 60 min); a 10-minute warning starts at T0 + 50 min.
+        store.insert_approval(new("hour", "k1")).await.unwrap();
+        // Lives 10 minutes: the warning starts half-way, at T0 + 5 min, not at once.
+        store.insert_approval(NewApproval { expires_at: T0 + 10 * MIN, ..new("short", "k2") }).await.unwrap();
+        let due = |now: i64| {
+            let store = store.clone();
+            async move {
+                let ids: Vec<String> =
+                    store.pending_expiring(now, 10 * MIN).await.unwrap().into_iter().map(|a| a.id).collect();
+                ids
+            }
+        };
+        assert!(due(T0).await.is_empty(), "nothing at creation");
+        assert!(due(T0 + 4 * MIN).await.is_empty());
+        assert_eq!(due(T0 + 5 * MIN).await, ["short"]);
+        assert_eq!(due(T0 + 50 * MIN).await, ["hour"], "the short one has expired by then");
+        store.record_vote("hour", approve("alice"), 1, T0 + 51 * MIN).await.unwrap();
+        assert!(due(T0 + 55 * MIN).await.is_empty(), "only pending requests");
     }
 
     #[tokio::test]

@@ -636,3 +636,34 @@ async fn the_request_page_shows_the_tool_reason_risk_and_history() {
     assert!(stats.contains("Time to decision") && stats.contains("By agent") && stats.contains("claude"));
     assert!(stats.contains("aria-current=\"page\">Stats"));
 }
+
+#[tokio::test]
+async fn a_request_near_its_deadline_is_announced_once_as_expiring() {
+    let config = Config::from_toml("", "empty.toml").unwrap();
+    let store = Store::open(Location::Memory).await.unwrap();
+    let settings = ApprovalSettings {
+        public_url: "http://127.0.0.1:1".into(),
+        // Requests live 400 ms; the 10-minute warning therefore starts half-way, at 200 ms.
+        expiry_by_risk: [Duration::from_millis(400); 4],
+        expiry_warning: Duration::from_secs(600),
+        workflows: config.approvals.workflows.clone(),
+        ..ApprovalSettings::default()
+    };
+    let approvals = Approvals::new(store, config.policy.clone(), settings);
+    let mut changes = approvals.changes.subscribe();
+    let id = super::common::hold_call(&approvals, "delete_file", "claude", json!({})).await;
+    assert_eq!(changes.recv().await.unwrap().kind, mcp_gate::approval::ChangeKind::Requested);
+
+    approvals.sweep().await;
+    assert!(changes.try_recv().is_err(), "not expiring when just made");
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    approvals.sweep().await;
+    approvals.sweep().await;
+    let change = changes.try_recv().unwrap();
+    assert_eq!((change.kind, change.approval.id.as_str()), (mcp_gate::approval::ChangeKind::Expiring, id.as_str()));
+    assert!(changes.try_recv().is_err(), "announced once, not on every sweep");
+
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    approvals.sweep().await;
+    assert_eq!(changes.try_recv().unwrap().kind, mcp_gate::approval::ChangeKind::Expired);
+}
