@@ -71,6 +71,9 @@ fi
 mkdir -p "$PEERS/node"
 
 # ---- npm peers -------------------------------------------------------------
+# scripts/peers/package.json names the pins above; package-lock.json pins everything they pull
+# in (versions and integrity hashes), and `npm ci` installs exactly that.
+LOCKS="$ROOT/scripts/peers"
 installed_version() {
   # $1 = package name; prints installed version or nothing
   local pj="$PEERS/node/node_modules/$1/package.json"
@@ -78,32 +81,38 @@ installed_version() {
   node -e 'process.stdout.write(require(process.argv[1]).version)' "$pj" 2>/dev/null || true
 }
 
-need_npm=0
+if cmp -s "$LOCKS/package-lock.json" "$PEERS/node/package-lock.json" && [[ -d "$PEERS/node/node_modules" ]]; then
+  log "npm peers already installed (lock unchanged)"
+else
+  log "npm ci from scripts/peers/package-lock.json"
+  cp "$LOCKS/package.json" "$LOCKS/package-lock.json" "$PEERS/node/"
+  (cd "$PEERS/node" && npm ci --no-audit --no-fund >&2)
+fi
 for spec in "${NPM_PINS[@]}"; do
   name="${spec%@*}"
   want="${spec##*@}"
   have="$(installed_version "$name")"
   if [[ "$have" != "$want" ]]; then
-    log "npm: $name wants $want, have '${have:-none}'"
-    need_npm=1
+    log "npm: $name is '${have:-missing}', not the pinned $want: update scripts/peers/package*.json"
+    exit 1
   fi
 done
-if [[ "$need_npm" == 1 ]]; then
-  log "npm install ${NPM_PINS[*]}"
-  npm install --prefix "$PEERS/node" --no-audit --no-fund --save-exact \
-    "${NPM_PINS[@]}" >&2
-else
-  log "npm peers already installed"
-fi
 
 # ---- python peers ----------------------------------------------------------
+# scripts/peers/requirements.txt pins the SDK and everything it pulls in.
 VENV="$PEERS/venv"
 PYTHON_BIN="${PYTHON:-python3}"
 if [[ ! -x "$VENV/bin/python" ]]; then
   log "creating venv $VENV"
   "$PYTHON_BIN" -m venv "$VENV"
 fi
-need_py=0
+if cmp -s "$LOCKS/requirements.txt" "$VENV/installed-requirements.txt"; then
+  log "python peers already installed (requirements unchanged)"
+else
+  log "pip install -r scripts/peers/requirements.txt"
+  "$VENV/bin/python" -m pip install --disable-pip-version-check -q -r "$LOCKS/requirements.txt" >&2
+  cp "$LOCKS/requirements.txt" "$VENV/installed-requirements.txt"
+fi
 for pin in "${PY_PINS[@]}"; do
   name="${pin%%==*}"
   want="${pin##*==}"
@@ -111,15 +120,10 @@ for pin in "${PY_PINS[@]}"; do
 try: print(m.version(sys.argv[1]))
 except m.PackageNotFoundError: pass' "$name")"
   if [[ "$have" != "$want" ]]; then
-    log "pip: $name wants $want, have '${have:-none}'"
-    need_py=1
+    log "pip: $name is '${have:-missing}', not the pinned $want: update scripts/peers/requirements.txt"
+    exit 1
   fi
 done
-if [[ "$need_py" == 1 ]]; then
-  "$VENV/bin/python" -m pip install --disable-pip-version-check -q "${PY_PINS[@]}" >&2
-else
-  log "python peers already installed"
-fi
 
 # ---- verify and report -----------------------------------------------------
 # shellcheck source=peers.env
