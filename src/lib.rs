@@ -12,6 +12,9 @@
 //! **transport** ([`transport::child`] for a stdio server, [`transport::http_client`] for
 //! Streamable HTTP, [`transport::sse_client`] for legacy HTTP+SSE), and maps the answer back.
 //!
+//! What the proxy writes itself (its own results, merged results, list changes) takes the shape
+//! of the client's protocol era, which [`era`] decides from each request.
+//!
 //! `tools/call` takes one detour: the session looks the tool up in the upstream's tool list
 //! ([`tools`], fetched by the proxy itself when the client has not listed tools) and asks the
 //! [`gate`] whether the call may go upstream.
@@ -40,6 +43,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod downstream;
+pub mod era;
 pub mod gate;
 pub mod hub;
 pub mod identity;

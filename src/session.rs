@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 use tracing::{Instrument, debug, info, warn};
 
 use crate::config::{ServerConfig, UpstreamTransport};
+use crate::era::{self, Era};
 use crate::gate::{Gate, Outcome, OutcomeHook, ProgressSink, ToolCall, Verdict};
 use crate::jsonrpc::{self, Kind, Message, code};
 use crate::router::{self, ListPosition};
@@ -139,6 +140,8 @@ pub async fn start(
         client_initialized: false,
         client_name: None,
         modern_meta: None,
+        era: None,
+        listens: HashMap::new(),
         resource_routes: HashMap::new(),
         template_routes: Vec::new(),
         task_routes: HashMap::new(),
@@ -191,6 +194,8 @@ type PartOutcome = Result<Box<RawValue>, Box<RawValue>>;
 struct Fanout {
     client_id: Box<RawValue>,
     method: String,
+    /// The era of the client's request: what the merged result must look like.
+    era: Era,
     waiting: usize,
     /// (upstream, its result or error object).
     parts: Vec<(usize, PartOutcome)>,
@@ -229,6 +234,11 @@ struct Session {
     client_name: Option<String>,
     /// The reserved `_meta` keys of the latest 2026-07-28 request, for the proxy's own requests.
     modern_meta: Option<jsonrpc::RawObject>,
+    /// The era of the client's latest request; `None` until it sent one.
+    era: Option<Era>,
+    /// Open `subscriptions/listen` requests of a 2026-07-28 client (request id as raw text) and
+    /// the notifications each asked for.
+    listens: HashMap<String, Value>,
     resource_routes: HashMap<String, usize>,
     template_routes: Vec<(String, usize)>,
     task_routes: HashMap<String, usize>,
@@ -293,7 +303,7 @@ impl Session {
     }
 
     fn on_client_request(&mut self, msg: Message, param_headers: Vec<(String, String)>) {
-        self.note_modern_meta(&msg);
+        self.note_request(&msg);
         let method = msg.method().to_owned();
         match method.as_str() {
             "initialize" => {
@@ -312,7 +322,10 @@ impl Session {
             "tools/call" => self.on_tools_call(msg, param_headers),
             _ if !self.multi => self.forward(0, msg, param_headers),
             "server/discover" => self.fan_out(msg, |_| true),
-            "ping" => self.reply(msg.id, jsonrpc::to_raw(&serde_json::json!({}))),
+            "ping" => {
+                let era = self.era_of(&msg);
+                self.reply(msg.id, era::own_result(jsonrpc::to_raw(&serde_json::json!({})), era))
+            }
             "logging/setLevel" => self
                 .fan_out(msg, |u| u.init_result.as_ref().is_none_or(|r| r.pointer("/capabilities/logging").is_some())),
             "tools/list" | "prompts/list" | "resources/list" | "resources/templates/list" => self.list(msg),
@@ -494,7 +507,7 @@ impl Session {
 
     fn note_modern_meta(&mut self, msg: &Message) {
         let Some(params) = msg.params.as_deref() else { return };
-        if !params.get().contains("io.modelcontextprotocol/protocolVersion") {
+        if !params.get().contains(era::VERSION_META) {
             return;
         }
         let Some(meta) = jsonrpc::parse_object(params)
@@ -511,6 +524,40 @@ impl Session {
             self.client_name = jsonrpc::string_field(info, "name");
         }
         self.modern_meta = Some(reserved);
+    }
+
+    /// Keeps what the session needs to know of a client request: the reserved `_meta` of
+    /// 2026-07-28, the client's era, and the `subscriptions/listen` streams it opens.
+    fn note_request(&mut self, msg: &Message) {
+        self.note_modern_meta(msg);
+        let era = self.era_of(msg);
+        self.era = Some(era);
+        if era.is_modern()
+            && msg.method() == "subscriptions/listen"
+            && let Some(id) = msg.id_text()
+        {
+            let filter = msg
+                .params
+                .as_deref()
+                .and_then(|p| serde_json::from_str::<Value>(p.get()).ok())
+                .and_then(|mut v| v.get_mut("notifications").map(Value::take))
+                .unwrap_or(Value::Null);
+            self.listens.insert(id.to_owned(), filter);
+        }
+    }
+
+    /// The era of a client request: the version it names in `_meta` (2026-07-28), else the
+    /// version negotiated by `initialize`, else the legacy era (a client that has not
+    /// negotiated yet, or sends `initialize` itself).
+    fn era_of(&self, msg: &Message) -> Era {
+        if let Some(era) = Era::of_request(msg) {
+            return era;
+        }
+        self.upstreams
+            .iter()
+            .filter_map(|u| u.init_result.as_ref()?.get("protocolVersion")?.as_str())
+            .min()
+            .map_or(Era::Legacy, Era::of_version)
     }
 
     // ---- tools/call: routing, tool list, gate ----
@@ -598,8 +645,12 @@ impl Session {
                 self.forward_tracked(index, msg, param_headers, Some(hook));
             }
             Verdict::Respond(result) => {
-                self.offer_approval_url(&result);
-                self.reply(msg.id, result)
+                let era = self.era_of(&msg);
+                if era == Era::Legacy {
+                    // 2026-07-28 has no server-to-client requests: the URL is in the result.
+                    self.offer_approval_url(&result);
+                }
+                self.reply(msg.id, era::own_result(result, era))
             }
             Verdict::Hold(_) => self.reply_error(msg.id, code::INTERNAL_ERROR, "gate held a call twice"),
         }
@@ -624,6 +675,10 @@ impl Session {
             })
             .collect();
         jsonrpc::set(&mut obj, "tools", jsonrpc::to_raw(&kept));
+        if jsonrpc::get(&obj, "cacheScope").is_some() {
+            // The list now depends on who asked: no shared cache may serve it to another agent.
+            jsonrpc::set(&mut obj, "cacheScope", jsonrpc::to_raw("private"));
+        }
         jsonrpc::object_to_raw(&obj)
     }
 
@@ -787,9 +842,10 @@ impl Session {
         let Some(client_id) = msg.id.clone() else { return };
         let fanout_id = self.next_fanout;
         self.next_fanout += 1;
+        let era = self.era_of(&msg);
         self.fanouts.insert(
             fanout_id,
-            Fanout { client_id, method: msg.method().to_owned(), waiting: targets.len(), parts: Vec::new() },
+            Fanout { client_id, method: msg.method().to_owned(), era, waiting: targets.len(), parts: Vec::new() },
         );
         if targets.is_empty() {
             self.finish_fanout(fanout_id);
@@ -845,6 +901,7 @@ impl Session {
                 .map(|(i, r)| (ups[*i].cfg.name.clone(), serde_json::from_str(r.get()).unwrap_or(Value::Null)))
                 .collect()
         };
+        let ttl = era::min_ttl(ok.iter().map(|(_, r)| &**r));
         let result = match f.method.as_str() {
             "initialize" => {
                 for (i, r) in &ok {
@@ -862,11 +919,12 @@ impl Session {
                 jsonrpc::to_raw(&router::merge_discover(&parts))
             }
             "tools/list" | "prompts/list" | "resources/list" | "resources/templates/list" => {
-                self.merge_list(&f.method, ok)
+                let merged = self.merge_list(&f.method, ok);
+                if f.era.is_modern() { era::cacheable(merged, ttl) } else { merged }
             }
             _ => jsonrpc::to_raw(&serde_json::json!({})),
         };
-        self.reply(Some(f.client_id), result);
+        self.reply(Some(f.client_id), era::own_result(result, f.era));
     }
 
     fn list(&mut self, msg: Message) {
@@ -1239,6 +1297,7 @@ impl Session {
             }
             _ => {}
         }
+        self.map_subscription_id(index, &mut msg);
         let related = match msg.method() {
             "notifications/message" => self.related_client_request(index, related),
             _ => related.and_then(|r| match self.upstreams[index].pending.get(&r) {
@@ -1250,6 +1309,24 @@ impl Session {
             Some(id) => self.downstream.send(&msg, Route::Related(&id)),
             None => self.downstream.send(&msg, Route::Unrelated),
         }
+    }
+
+    /// A notification of a `subscriptions/listen` stream (2026-07-28) names the stream by the id
+    /// the upstream got; the client knows it by its own.
+    fn map_subscription_id(&self, index: usize, msg: &mut Message) {
+        let Some(params) = msg.params.as_deref() else { return };
+        if !params.get().contains(era::SUBSCRIPTION_META) {
+            return;
+        }
+        let Ok(mut obj) = jsonrpc::parse_object(params) else { return };
+        let Some(mut meta) = jsonrpc::get(&obj, "_meta").and_then(|m| jsonrpc::parse_object(m).ok()) else { return };
+        let Some(up_id) = jsonrpc::get(&meta, era::SUBSCRIPTION_META).and_then(|i| i.get().parse::<u64>().ok()) else {
+            return;
+        };
+        let Some(Pending::Client { client_id, .. }) = self.upstreams[index].pending.get(&up_id) else { return };
+        jsonrpc::set(&mut meta, era::SUBSCRIPTION_META, client_id.clone());
+        jsonrpc::set(&mut obj, "_meta", jsonrpc::object_to_raw(&meta));
+        msg.params = Some(jsonrpc::object_to_raw(&obj));
     }
 
     fn on_upstream_closed(&mut self, index: usize, reason: String) {
@@ -1330,8 +1407,12 @@ impl Session {
 
     /// After a restart the upstream's lists may differ: tell the client to list again.
     fn announce_list_changes(&mut self, index: usize) {
-        if self.initialize_params.is_some() && !self.client_initialized {
-            return;
+        match self.era {
+            // A client that has said nothing yet has listed nothing that could be stale.
+            None => return,
+            Some(Era::Modern) => return self.announce_on_listens(),
+            Some(Era::Legacy) if self.initialize_params.is_some() && !self.client_initialized => return,
+            Some(Era::Legacy) => {}
         }
         let caps = self.upstreams[index].init_result.as_ref().and_then(|r| r.get("capabilities")).cloned();
         for (cap, method) in [
@@ -1341,6 +1422,29 @@ impl Session {
         ] {
             if caps.as_ref().is_none_or(|c| c.get(cap).is_some()) {
                 self.downstream.send(&Message::notification(method, None), Route::Unrelated);
+            }
+        }
+    }
+
+    /// 2026-07-28 delivers list changes only on the `subscriptions/listen` streams that asked
+    /// for them, tagged with the stream's id: unsolicited ones are not part of that version. The
+    /// proxy announces a restart on every listen stream still open (one that went to the
+    /// restarted upstream has already ended with an error, and the client listens again).
+    fn announce_on_listens(&mut self) {
+        self.listens.retain(|id, _| self.client_requests.contains_key(id));
+        for (id, filter) in &self.listens {
+            for (wanted, method) in [
+                ("toolsListChanged", "notifications/tools/list_changed"),
+                ("promptsListChanged", "notifications/prompts/list_changed"),
+                ("resourcesListChanged", "notifications/resources/list_changed"),
+            ] {
+                if filter.get(wanted).and_then(Value::as_bool) != Some(true) {
+                    continue;
+                }
+                let Ok(subscription) = RawValue::from_string(id.clone()) else { continue };
+                let params = serde_json::json!({ "_meta": { era::SUBSCRIPTION_META: subscription } });
+                let note = Message::notification(method, Some(jsonrpc::to_raw(&params)));
+                self.downstream.send(&note, Route::Related(id));
             }
         }
     }
@@ -1380,12 +1484,7 @@ fn outgoing(msg: &Message, http: bool) -> Outgoing {
     }
     out.method = msg.method.clone();
     if let Some(params) = msg.params.as_deref() {
-        if params.get().contains("io.modelcontextprotocol/protocolVersion") {
-            out.protocol_version = jsonrpc::parse_object(params).ok().and_then(|o| {
-                jsonrpc::get(&o, "_meta")
-                    .and_then(|m| jsonrpc::string_field(m, "io.modelcontextprotocol/protocolVersion"))
-            });
-        }
+        out.protocol_version = era::request_version(msg);
         out.name = match msg.method() {
             "tools/call" | "prompts/get" => jsonrpc::string_field(params, "name"),
             "resources/read" | "resources/subscribe" | "resources/unsubscribe" => jsonrpc::string_field(params, "uri"),

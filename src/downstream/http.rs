@@ -126,7 +126,10 @@ impl Downstream for Streams {
                 let _ = tx.send(Frame { bytes: Bytes::from(bytes), last: true });
             }
             Route::Related(id) => {
-                let bytes = Bytes::from(msg.to_bytes());
+                let bytes = match inner.original_ids.get(id) {
+                    Some(original) => Bytes::from(with_subscription_id(msg, id, original)),
+                    None => Bytes::from(msg.to_bytes()),
+                };
                 if let Some(tx) = inner.by_request.get(id)
                     && tx.send(Frame { bytes: bytes.clone(), last: false }).is_ok()
                 {
@@ -136,6 +139,26 @@ impl Downstream for Streams {
             }
             Route::Unrelated => inner.send_unrelated(Bytes::from(msg.to_bytes())),
         }
+    }
+}
+
+/// A notification of a `subscriptions/listen` stream names the stream by the request's id: in a
+/// shared session that is the client's own id, not the one the session knew the request by.
+fn with_subscription_id(msg: &Message, ours: &str, original: &RawValue) -> Vec<u8> {
+    let tagged = msg.params.as_deref().and_then(|p| {
+        let mut params = jsonrpc::parse_object(p).ok()?;
+        let mut meta = jsonrpc::parse_object(jsonrpc::get(&params, "_meta")?).ok()?;
+        (jsonrpc::get(&meta, crate::era::SUBSCRIPTION_META)?.get() == ours).then_some(())?;
+        jsonrpc::set(&mut meta, crate::era::SUBSCRIPTION_META, original.to_owned());
+        jsonrpc::set(&mut params, "_meta", jsonrpc::object_to_raw(&meta));
+        Some(jsonrpc::object_to_raw(&params))
+    });
+    match tagged {
+        Some(params) => {
+            Message { method: msg.method.clone(), params: Some(params), id: msg.id.clone(), ..Message::default() }
+                .to_bytes()
+        }
+        None => msg.to_bytes(),
     }
 }
 
@@ -307,7 +330,7 @@ async fn handle(state: Arc<HttpState>, endpoint: String, method: Method, headers
 }
 
 fn is_modern(headers: &HeaderMap) -> bool {
-    header_str(headers, VERSION_HEADER).is_some_and(|v| v >= "2026-07-28")
+    header_str(headers, VERSION_HEADER).is_some_and(|v| crate::era::Era::of_version(v).is_modern())
 }
 
 async fn post(
