@@ -614,3 +614,47 @@ async fn held_reply_over_http_is_valid_2026_07_28() {
     check_to_client(MODERN, &reply, &methods).unwrap();
     counted(MODERN, 1);
 }
+
+/// Allows every call and hides `raw_tool` from every agent.
+struct HidesRawTool;
+
+impl Gate for HidesRawTool {
+    fn check(&self, _call: &ToolCall<'_>) -> Verdict {
+        Verdict::Allow
+    }
+
+    fn hides(&self, _server: &str, tool: &mcp_gate::tools::ToolInfo, _agent: Option<&str>) -> bool {
+        tool.name == "raw_tool"
+    }
+
+    fn hides_any(&self) -> bool {
+        true
+    }
+}
+
+/// A tool list the policy filtered depends on who asked: no shared cache may keep it, even when
+/// the upstream said its list may be cached by anyone.
+#[tokio::test]
+async fn a_filtered_tool_list_is_private_2026_07_28() {
+    let raw = Arc::new(ServerConfig {
+        name: "raw".into(),
+        transport: UpstreamTransport::Stdio { command: raw_bin(), args: Vec::new(), env: Vec::new(), cwd: None },
+        prefix: false,
+    });
+    let stream = stdio_proxy(options_with_gate(vec![raw], Arc::new(HidesRawTool))).await;
+    let (read, write) = tokio::io::split(stream);
+    let mut c = Peer {
+        version: MODERN,
+        capabilities: json!({}),
+        lines: BufReader::new(read).lines(),
+        write,
+        next: 0,
+        methods: HashMap::new(),
+        seen: Vec::new(),
+    };
+    let r = c.request("tools/list", json!({})).await;
+    assert_eq!(r["result"]["tools"], json!([]), "{r}");
+    assert_eq!(r["result"]["cacheScope"], "private", "{r}");
+    assert_eq!(r["result"]["ttlMs"], 60000, "{r}");
+    c.validate();
+}
