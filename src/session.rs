@@ -1297,7 +1297,7 @@ impl Session {
             }
             _ => {}
         }
-        self.map_subscription_id(index, &mut msg);
+        let listen = self.map_subscription_id(index, &mut msg);
         let related = match msg.method() {
             "notifications/message" => self.related_client_request(index, related),
             _ => related.and_then(|r| match self.upstreams[index].pending.get(&r) {
@@ -1305,6 +1305,7 @@ impl Session {
                 _ => None,
             }),
         };
+        let related = related.or(listen);
         match related {
             Some(id) => self.downstream.send(&msg, Route::Related(&id)),
             None => self.downstream.send(&msg, Route::Unrelated),
@@ -1312,21 +1313,20 @@ impl Session {
     }
 
     /// A notification of a `subscriptions/listen` stream (2026-07-28) names the stream by the id
-    /// the upstream got; the client knows it by its own.
-    fn map_subscription_id(&self, index: usize, msg: &mut Message) {
-        let Some(params) = msg.params.as_deref() else { return };
+    /// the upstream got; the client knows it by its own. Returns that id: the stream it goes on.
+    fn map_subscription_id(&self, index: usize, msg: &mut Message) -> Option<String> {
+        let params = msg.params.as_deref()?;
         if !params.get().contains(era::SUBSCRIPTION_META) {
-            return;
+            return None;
         }
-        let Ok(mut obj) = jsonrpc::parse_object(params) else { return };
-        let Some(mut meta) = jsonrpc::get(&obj, "_meta").and_then(|m| jsonrpc::parse_object(m).ok()) else { return };
-        let Some(up_id) = jsonrpc::get(&meta, era::SUBSCRIPTION_META).and_then(|i| i.get().parse::<u64>().ok()) else {
-            return;
-        };
-        let Some(Pending::Client { client_id, .. }) = self.upstreams[index].pending.get(&up_id) else { return };
+        let mut obj = jsonrpc::parse_object(params).ok()?;
+        let mut meta = jsonrpc::parse_object(jsonrpc::get(&obj, "_meta")?).ok()?;
+        let up_id = jsonrpc::get(&meta, era::SUBSCRIPTION_META)?.get().parse::<u64>().ok()?;
+        let Some(Pending::Client { client_id, .. }) = self.upstreams[index].pending.get(&up_id) else { return None };
         jsonrpc::set(&mut meta, era::SUBSCRIPTION_META, client_id.clone());
         jsonrpc::set(&mut obj, "_meta", jsonrpc::object_to_raw(&meta));
         msg.params = Some(jsonrpc::object_to_raw(&obj));
+        Some(client_id.get().to_owned())
     }
 
     fn on_upstream_closed(&mut self, index: usize, reason: String) {

@@ -658,3 +658,51 @@ async fn a_filtered_tool_list_is_private_2026_07_28() {
     assert_eq!(r["result"]["ttlMs"], 60000, "{r}");
     c.validate();
 }
+
+/// Over HTTP, 2026-07-28 clients share one session and the proxy renames their request ids; the
+/// notifications of a `subscriptions/listen` stream still name it by the client's own id.
+#[tokio::test]
+async fn listen_streams_are_named_by_the_clients_id_over_http_2026_07_28() {
+    let raw = Arc::new(ServerConfig {
+        name: "raw".into(),
+        transport: UpstreamTransport::Stdio { command: raw_bin(), args: Vec::new(), env: Vec::new(), cwd: None },
+        prefix: false,
+    });
+    let base = http_proxy(options(vec![raw]), None).await;
+    let meta = json!({
+        "io.modelcontextprotocol/protocolVersion": MODERN,
+        "io.modelcontextprotocol/clientCapabilities": {},
+    });
+    let body = json!({"jsonrpc": "2.0", "id": "listen-1", "method": "subscriptions/listen",
+                      "params": {"notifications": {"toolsListChanged": true}, "_meta": meta}});
+    let mut resp = within(
+        "the listen stream",
+        reqwest::Client::new()
+            .post(format!("{base}/mcp"))
+            .header("mcp-protocol-version", MODERN)
+            .header("mcp-method", "subscriptions/listen")
+            .header("accept", "application/json, text/event-stream")
+            .json(&body)
+            .send(),
+    )
+    .await
+    .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let mut text = String::new();
+    let event = within("the acknowledgement", async {
+        loop {
+            if let Some(start) = text.find("data: ")
+                && let Some(len) = text[start..].find("\n\n")
+            {
+                return serde_json::from_str::<Value>(&text[start + 6..start + len]).unwrap();
+            }
+            let chunk = resp.chunk().await.unwrap().expect("the stream stays open");
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await;
+    assert_eq!(event["method"], "notifications/subscriptions/acknowledged", "{event}");
+    assert_eq!(event["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"], "listen-1", "{event}");
+    check_to_client(MODERN, &event, &HashMap::new()).unwrap();
+    counted(MODERN, 1);
+}
