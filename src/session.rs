@@ -727,14 +727,13 @@ impl Session {
         self.downstream.send(&request, Route::Unrelated);
     }
 
+    /// Whether the client declared URL-mode elicitation in `initialize` (only clients of the
+    /// legacy era are offered the URL this way).
     fn client_takes_url_elicitation(&self) -> bool {
-        let caps = match (&self.initialize_params, &self.modern_meta) {
-            (Some(p), _) => serde_json::from_str::<Value>(p.get()).ok().and_then(|v| v.get("capabilities").cloned()),
-            (None, Some(meta)) => jsonrpc::get(meta, "io.modelcontextprotocol/clientCapabilities")
-                .and_then(|c| serde_json::from_str::<Value>(c.get()).ok()),
-            (None, None) => None,
-        };
-        caps.is_some_and(|c| c.pointer("/elicitation/url").is_some())
+        self.initialize_params
+            .as_deref()
+            .and_then(|p| serde_json::from_str::<Value>(p.get()).ok())
+            .is_some_and(|v| v.pointer("/capabilities/elicitation/url").is_some())
     }
 
     /// Finds the upstream of an exposed tool name. `Ok(None)`: not known until tool lists arrive.
