@@ -116,7 +116,10 @@ fn check_to_client(version: &str, msg: &Value, methods: &HashMap<String, String>
                 member(version, "ServerNotification", m).ok_or_else(|| format!("{version} has no notification {m}"))?;
             check(version, &def, msg)
         }
-        (None, _) if msg.get("error").is_some() => check(version, "JSONRPCErrorResponse", msg),
+        (None, _) if msg.get("error").is_some() => {
+            check(version, "JSONRPCErrorResponse", msg)?;
+            check_error(version, &msg["error"])
+        }
         (None, id) => {
             check(version, "JSONRPCResultResponse", msg)?;
             let id = id.map(Value::to_string).unwrap_or_default();
@@ -126,6 +129,25 @@ fn check_to_client(version: &str, msg: &Value, methods: &HashMap<String, String>
             let whole = format!("{def}Response");
             if defs(version).contains_key(&whole) { check(version, &whole, msg) } else { Ok(()) }
         }
+    }
+}
+
+/// Checks an error object against the definition its code has in `version`, where it has one
+/// (2026-07-28 defines the standard JSON-RPC errors and MCP's own; codes from -32000 to -32019
+/// are left to implementations, and the proxy's `-32000` for a failed upstream is one of them).
+fn check_error(version: &str, error: &Value) -> Result<(), String> {
+    check(version, "Error", error)?;
+    let code = error["code"].as_i64().ok_or("an error without a code")?;
+    let named = defs(version)
+        .iter()
+        .find(|(n, d)| n.ends_with("Error") && d["properties"]["code"]["const"].as_i64() == Some(code))
+        .map(|(n, _)| n.clone());
+    match named {
+        Some(def) => check(version, &def, error),
+        None if version == MODERN && !(-32019..=-32000).contains(&code) && !(-32768..=-32600).contains(&code) => {
+            Err(format!("error code {code} is outside the ranges {version} leaves to implementations"))
+        }
+        None => Ok(()),
     }
 }
 
