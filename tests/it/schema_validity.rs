@@ -18,8 +18,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use super::common::*;
 
-const LEGACY: &str = "2025-11-25";
-const MODERN: &str = "2026-07-28";
+pub(super) const LEGACY: &str = "2025-11-25";
+pub(super) const MODERN: &str = "2026-07-28";
 
 // === schemas ===
 
@@ -303,7 +303,7 @@ async fn gates(fast: &Arc<Approvals>, wait: &Arc<Approvals>) -> Arc<Gates> {
 
 // === a client of either era ===
 
-struct Peer {
+pub(super) struct Peer {
     version: &'static str,
     capabilities: Value,
     lines: tokio::io::Lines<BufReader<tokio::io::ReadHalf<tokio::io::DuplexStream>>>,
@@ -316,7 +316,7 @@ struct Peer {
 }
 
 impl Peer {
-    async fn start(version: &'static str, servers: Vec<Arc<ServerConfig>>, gate: Arc<dyn Gate>) -> Peer {
+    pub(super) async fn start(version: &'static str, servers: Vec<Arc<ServerConfig>>, gate: Arc<dyn Gate>) -> Peer {
         let capabilities = json!({"elicitation": {"form": {}, "url": {}}});
         let stream = stdio_proxy(options_with_gate(servers, gate)).await;
         let (read, write) = tokio::io::split(stream);
@@ -387,12 +387,12 @@ impl Peer {
         }
     }
 
-    async fn call(&mut self, tool: &str, arguments: Value) -> Value {
+    pub(super) async fn call(&mut self, tool: &str, arguments: Value) -> Value {
         self.request("tools/call", json!({"name": tool, "arguments": arguments})).await["result"].clone()
     }
 
     /// Validates everything this client was sent and returns how many messages that was.
-    fn validate(&self) -> usize {
+    pub(super) fn validate(&self) -> usize {
         let failures: Vec<String> = self
             .seen
             .iter()
