@@ -542,6 +542,8 @@ impl Session {
                 .and_then(|p| serde_json::from_str::<Value>(p.get()).ok())
                 .and_then(|mut v| v.get_mut("notifications").map(Value::take))
                 .unwrap_or(Value::Null);
+            // Forget the streams that ended, so the map holds only open ones.
+            self.listens.retain(|id, _| self.client_requests.contains_key(id));
             self.listens.insert(id.to_owned(), filter);
         }
     }
