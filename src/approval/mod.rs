@@ -130,6 +130,8 @@ pub struct Approvals {
     warned: DashSet<String>,
     /// Decides the calls of `ai_driven` workflows (see [`ai`]).
     reviewer: std::sync::OnceLock<Arc<crate::review::Reviewer>>,
+    /// Cancelled when the process stops: held calls stop waiting (see [`Approvals::stop_waiting`]).
+    stopping: tokio_util::sync::CancellationToken,
 }
 
 /// Drains the audit queue: one transaction per batch of whatever has accumulated.
@@ -166,7 +168,15 @@ impl Approvals {
             changes: Changes::default(),
             warned: DashSet::new(),
             reviewer: std::sync::OnceLock::new(),
+            stopping: tokio_util::sync::CancellationToken::new(),
         })
+    }
+
+    /// Ends every wait, now and to come: held calls are answered with the approval URL as if
+    /// their wait had run out, and their requests stay open for a retry. Called when the
+    /// process stops, so that callers get an answer rather than a closed stream.
+    pub fn stop_waiting(&self) {
+        self.stopping.cancel();
     }
 
     pub fn url_for(&self, id: &str) -> String {
@@ -519,7 +529,7 @@ impl Approvals {
                 Status::Pending => {}
             }
             let now = tokio::time::Instant::now();
-            if now >= deadline {
+            if now >= deadline || self.stopping.is_cancelled() {
                 break Verdict::Respond(replies::pending(&current, &url));
             }
             let next_tick = (deadline - now).min(PROGRESS_EVERY);
@@ -529,6 +539,7 @@ impl Approvals {
                         break Verdict::Respond(replies::pending(&current, &url));
                     }
                 }
+                _ = self.stopping.cancelled() => break Verdict::Respond(replies::pending(&current, &url)),
                 _ = tokio::time::sleep(next_tick) => {
                     if let Some(p) = progress.as_ref().filter(|_| tokio::time::Instant::now() < deadline) {
                         ticks += 1;

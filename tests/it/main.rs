@@ -12,6 +12,7 @@ mod dashboard_api;
 mod gating;
 mod hub;
 mod relay;
+mod shutdown;
 mod sse_fixture;
 mod transparency;
 mod webhooks;
