@@ -484,10 +484,11 @@ async fn post(
     if !session.handle.send(Input::Client { msg, param_headers }) {
         return json_error(StatusCode::NOT_FOUND, None, -32001, "Session not found");
     }
-    let gone = modern.then(|| CancelOnDrop {
+    let gone = Some(CancelOnDrop {
         handle: session.handle.clone(),
         streams: session.streams.clone(),
         key: key.clone(),
+        cancel_upstream: modern,
     });
     let wants_sse = header_str(&headers, "accept").is_none_or(|a| a.contains("text/event-stream"));
     let mut resp = if wants_sse { sse_response(rx, gone) } else { json_response(rx, gone).await };
@@ -499,11 +500,13 @@ async fn post(
     resp
 }
 
-/// Closing the response stream of a 2026-07-28 request cancels it.
+/// Closing the response stream of a request before its answer abandons it if it is held, and
+/// cancels it upstream if it is a 2026-07-28 request.
 struct CancelOnDrop {
     handle: SessionHandle,
     streams: Arc<Streams>,
     key: String,
+    cancel_upstream: bool,
 }
 
 impl Drop for CancelOnDrop {
@@ -513,7 +516,7 @@ impl Drop for CancelOnDrop {
             i.by_request.remove(&self.key).is_some()
         });
         if open.unwrap_or(false) {
-            self.handle.send(Input::ClientGone { id: self.key.clone() });
+            self.handle.send(Input::ClientGone { id: self.key.clone(), cancel_upstream: self.cancel_upstream });
         }
     }
 }
