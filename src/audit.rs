@@ -47,10 +47,14 @@ pub enum Event {
     Executed,
     Failed,
     AiDecision,
+    /// An approved call was claimed for a caller and is about to run.
+    Claimed,
+    /// A claim was given back unused: its caller left before the call was sent.
+    Released,
 }
 
 impl Event {
-    pub const ALL: [Event; 9] = [
+    pub const ALL: [Event; 11] = [
         Event::Allowed,
         Event::DeniedByPolicy,
         Event::Requested,
@@ -60,6 +64,8 @@ impl Event {
         Event::Executed,
         Event::Failed,
         Event::AiDecision,
+        Event::Claimed,
+        Event::Released,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -73,6 +79,8 @@ impl Event {
             Event::Executed => "executed",
             Event::Failed => "failed",
             Event::AiDecision => "ai_decision",
+            Event::Claimed => "claimed",
+            Event::Released => "released",
         }
     }
 }

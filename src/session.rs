@@ -24,7 +24,7 @@ use tracing::{Instrument, debug, info, warn};
 
 use crate::config::{ServerConfig, UpstreamTransport};
 use crate::era::{self, Era};
-use crate::gate::{Gate, Outcome, OutcomeHook, ProgressSink, ToolCall, Verdict};
+use crate::gate::{CancellationToken, Gate, Outcome, OutcomeHook, ProgressSink, ToolCall, Verdict};
 use crate::jsonrpc::{self, Kind, Message, code};
 use crate::router::{self, ListPosition};
 use crate::tools::ToolList;
@@ -53,8 +53,10 @@ pub trait Downstream: Send + Sync + 'static {
 pub enum Input {
     /// A message from the client, with `Mcp-Param-*` headers it came with (HTTP, 2026-07-28).
     Client { msg: Message, param_headers: Vec<(String, String)> },
-    /// The HTTP stream of this request closed before its response (2026-07-28 cancellation).
-    ClientGone { id: String },
+    /// The HTTP stream of this request closed before its response. A held call is abandoned in
+    /// every era; a call in flight upstream is cancelled there only when `cancel_upstream` (a
+    /// closed stream cancels a 2026-07-28 request, not an older one).
+    ClientGone { id: String, cancel_upstream: bool },
     /// A held tool call was decided.
     Resume { msg: Box<Message>, verdict: Verdict },
     /// An upstream was restarted (or failed to).
@@ -145,6 +147,7 @@ pub async fn start(
         resource_routes: HashMap::new(),
         template_routes: Vec::new(),
         task_routes: HashMap::new(),
+        held: HashMap::new(),
     };
     let task = tokio::spawn(session.run(rx, up_rx).instrument(span));
     Ok((SessionHandle { tx }, task))
@@ -242,6 +245,8 @@ struct Session {
     resource_routes: HashMap<String, usize>,
     template_routes: Vec<(String, usize)>,
     task_routes: HashMap<String, usize>,
+    /// Held tool calls by client request id (raw text); cancelling the token abandons the wait.
+    held: HashMap<String, CancellationToken>,
 }
 
 impl Session {
@@ -263,6 +268,10 @@ impl Session {
                 },
             }
         }
+        // The session ended (client gone, DELETE, reaped): nobody is left to run a held call for.
+        for (_, gone) in self.held.drain() {
+            gone.cancel();
+        }
         // Let every transport wind down (children exit, upstream sessions are deleted) before
         // the session is reported finished.
         let finished: Vec<_> =
@@ -279,7 +288,10 @@ impl Session {
                 Kind::Notification => self.on_client_notification(msg),
                 Kind::Response => self.on_client_response(msg),
             },
-            Input::ClientGone { id } => {
+            Input::ClientGone { id, cancel_upstream } => {
+                if self.abandon_held(&id) || !cancel_upstream {
+                    return;
+                }
                 if let Some((index, up_id)) = self.client_requests.remove(&id) {
                     self.upstreams[index].pending.remove(&up_id);
                     let params = serde_json::json!({"requestId": up_id, "reason": "client disconnected"});
@@ -290,7 +302,15 @@ impl Session {
                     );
                 }
             }
-            Input::Resume { msg, verdict } => self.apply_verdict(*msg, verdict),
+            Input::Resume { msg, verdict } => {
+                let id = msg.id_text().unwrap_or_default().to_owned();
+                if self.held.remove(&id).is_some() {
+                    self.apply_verdict(*msg, verdict);
+                } else if let Verdict::AllowTracked(hook) = verdict {
+                    // The caller left after the gate claimed the call for it: give the claim back.
+                    hook(Outcome::NotRun);
+                }
+            }
             Input::Restarted { index, generation, link } => self.on_restarted(index, generation, link),
         }
     }
@@ -371,6 +391,9 @@ impl Session {
                 let Some(params) = msg.params.as_deref() else { return };
                 let Ok(mut obj) = jsonrpc::parse_object(params) else { return };
                 let Some(request_id) = jsonrpc::get(&obj, "requestId").map(|r| r.get().to_owned()) else { return };
+                if self.abandon_held(&request_id) {
+                    return;
+                }
                 let Some((index, up_id)) = self.client_requests.remove(&request_id) else {
                     debug!(request_id, "cancel for a request that is not in flight");
                     return;
@@ -594,6 +617,7 @@ impl Session {
             .ok()
             .and_then(|mut v| v.get_mut("arguments").map(Value::take))
             .unwrap_or(Value::Null);
+        let gone = CancellationToken::new();
         let call = ToolCall {
             server: &self.upstreams[index].cfg.name,
             tool: &tool_name,
@@ -601,15 +625,28 @@ impl Session {
             arguments: &arguments,
             info: tool,
             agent: self.agent(),
-            progress: self.progress_sink(&msg),
+            progress: self.progress_sink(&msg, &gone),
+            gone: gone.clone(),
         };
         match self.opts.gate.check(&call) {
             Verdict::Hold(wait) => {
-                let Some(tx) = self.self_tx.upgrade() else { return };
+                let Some(id) = msg.id_text().map(str::to_owned) else { return };
+                self.held.insert(id, gone);
+                // A weak handle: a held call does not keep its session alive.
+                let tx = self.self_tx.clone();
                 let msg = Box::new(msg);
                 tokio::spawn(async move {
                     let verdict = wait.await;
-                    let _ = tx.send(Input::Resume { msg, verdict });
+                    match tx.upgrade() {
+                        Some(tx) => {
+                            let _ = tx.send(Input::Resume { msg, verdict });
+                        }
+                        None => {
+                            if let Verdict::AllowTracked(hook) = verdict {
+                                hook(Outcome::NotRun);
+                            }
+                        }
+                    }
                 });
             }
             verdict => self.apply_verdict_routed(msg, verdict, index, &tool_name, &name, param_headers),
@@ -684,8 +721,18 @@ impl Session {
         jsonrpc::object_to_raw(&obj)
     }
 
-    /// A way for the gate to send progress to the caller, when the call carried a token.
-    fn progress_sink(&self, msg: &Message) -> Option<ProgressSink> {
+    /// The caller of a held call is gone (cancelled, stream closed): its wait ends without
+    /// claiming, and no answer is sent for it. False when `id` is not a held call.
+    fn abandon_held(&mut self, id: &str) -> bool {
+        let Some(gone) = self.held.remove(id) else { return false };
+        info!(id, "held call abandoned by its caller");
+        gone.cancel();
+        true
+    }
+
+    /// A way for the gate to send progress to the caller, when the call carried a token. It
+    /// falls silent once the caller is gone.
+    fn progress_sink(&self, msg: &Message, gone: &CancellationToken) -> Option<ProgressSink> {
         let params = msg.params.as_deref()?;
         if !params.get().contains("progressToken") {
             return None;
@@ -695,7 +742,11 @@ impl Session {
         let token = jsonrpc::get(&meta, "progressToken")?.to_owned();
         let client_id = msg.id_text()?.to_owned();
         let downstream = self.downstream.clone();
+        let gone = gone.clone();
         Some(ProgressSink::new(move |progress, message| {
+            if gone.is_cancelled() {
+                return;
+            }
             let params = serde_json::json!({ "progressToken": &*token, "progress": progress, "message": message });
             let note = Message::notification("notifications/progress", Some(jsonrpc::to_raw(&params)));
             downstream.send(&note, Route::Related(&client_id));

@@ -508,6 +508,35 @@ impl Store {
         .await
     }
 
+    /// Gives back one claim of an approval whose call was never sent (`uses` goes down by one,
+    /// with a transition that says so): a single-use approval becomes usable again until its
+    /// deadline.
+    pub async fn release_claim(&self, id: &str, now: i64) -> Result<Approval, StoreError> {
+        let id = id.to_owned();
+        self.call(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let a = load(&tx, &id)?.ok_or_else(|| StoreError::NotFound(id.clone()))?;
+            if a.status != Status::Approved || a.uses == 0 {
+                return Err(StoreError::InvalidState(format!("approval {id} is {} with {} uses", a.status, a.uses)));
+            }
+            tx.execute("UPDATE approvals SET uses = uses - 1 WHERE id = ?1", [&id])?;
+            insert_transition(
+                &tx,
+                &id,
+                now,
+                Some(a.status),
+                a.status,
+                SYSTEM_ACTOR,
+                None,
+                Some("claim released: the caller left before the call was sent"),
+            )?;
+            let stored = load(&tx, &id)?.ok_or_else(|| StoreError::NotFound(id.clone()))?;
+            tx.commit()?;
+            Ok(stored)
+        })
+        .await
+    }
+
     /// Closes every approval whose deadline has passed, each with a transition by actor `"system"`, and
     /// returns the ones that became `Expired`:
     /// - pending with `expires_at <= now` → `Expired`;

@@ -360,13 +360,13 @@ async fn confident_approve_runs_the_call_once_through_an_ai_approval() {
     let started = Instant::now();
     let rows = loop {
         let rows = audit(&s.approvals).await;
-        if rows.len() >= 4 || started.elapsed() > Duration::from_secs(10) {
+        if rows.len() >= 5 || started.elapsed() > Duration::from_secs(10) {
             break rows;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let events: Vec<&str> = rows.iter().map(|r| r.event.as_str()).collect();
-    assert_eq!(events, ["requested", "ai_decision", "approved", "executed"]);
+    assert_eq!(events, ["requested", "ai_decision", "approved", "claimed", "executed"]);
     let d = &ai_rows(&rows)[0].detail;
     assert_eq!(d["decision"], "approve");
     assert_eq!(d["confidence"], 0.95);

@@ -242,7 +242,7 @@ async fn http_requires_the_bearer_token_when_set() {
 pub(super) struct Running {
     pub(super) child: tokio::process::Child,
     pub(super) stdin: tokio::process::ChildStdin,
-    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    pub(super) lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
     pub(super) approvals: String,
 }
 

@@ -602,6 +602,7 @@ async fn the_request_page_shows_the_tool_reason_risk_and_history() {
         info: Some(&info),
         agent: Some("claude"),
         progress: None,
+        gone: Default::default(),
     };
     let Verdict::Hold(wait) = gate.check(&call) else { panic!("held") };
     let Verdict::Respond(reply) = wait.await else { panic!("answered") };
