@@ -30,11 +30,20 @@ pub struct RawPrincipal {
 pub struct Principal {
     pub name: String,
     pub teams: Vec<String>,
+    /// The credential that speaks for this principal: one vote per credential. The shared
+    /// approver token is one credential ([`OPERATOR`]) whatever name it decides under.
+    pub credential: String,
 }
 
 impl Principal {
+    /// A principal with a credential of its own.
     pub fn named(name: &str) -> Principal {
-        Principal { name: name.to_owned(), teams: Vec::new() }
+        Principal { name: name.to_owned(), teams: Vec::new(), credential: name.to_owned() }
+    }
+
+    /// The holder of the shared approver token, deciding as `name`.
+    pub fn shared_token_as(name: &str) -> Principal {
+        Principal { name: name.to_owned(), teams: Vec::new(), credential: OPERATOR.to_owned() }
     }
 
     /// Whether a workflow's `approvers` list (names and `team:NAME`) admits this principal.
@@ -51,7 +60,8 @@ impl Principal {
 /// Token hashes and whom they belong to.
 #[derive(Debug, Clone, Default)]
 pub struct Credentials {
-    entries: Vec<([u8; 32], Principal)>,
+    /// Hash, principal, and the configuration key it came from (`approvers[0]`).
+    entries: Vec<([u8; 32], Principal, String)>,
 }
 
 impl Credentials {
@@ -60,18 +70,19 @@ impl Credentials {
     }
 
     pub fn principals(&self) -> impl Iterator<Item = &Principal> {
-        self.entries.iter().map(|(_, p)| p)
+        self.entries.iter().map(|(_, p, _)| p)
     }
 
     pub fn add(&mut self, token: &str, principal: Principal) {
-        self.entries.push((sha256(token), principal));
+        let key = principal.name.clone();
+        self.entries.push((sha256(token), principal, key));
     }
 
     /// The principal whose token this is. Every entry is compared, in constant time each.
     pub fn authenticate(&self, token: &str) -> Option<&Principal> {
         let presented = sha256(token);
         let mut found = None;
-        for (hash, principal) in &self.entries {
+        for (hash, principal, _) in &self.entries {
             if crate::web::guard::constant_time_eq(hash, &presented) && found.is_none() {
                 found = Some(principal);
             }
@@ -112,19 +123,33 @@ impl Credentials {
                     return Err((key, "give exactly one of token_sha256 and token_env".to_owned()));
                 }
             };
-            if out.entries.iter().any(|(h, _)| *h == hash) {
+            if out.entries.iter().any(|(h, _, _)| *h == hash) {
                 return Err((key, format!("{:?} has the same token as another entry", p.name)));
             }
-            out.entries.push((hash, Principal { name: p.name.clone(), teams: p.teams.clone() }));
+            let principal = Principal { name: p.name.clone(), teams: p.teams.clone(), credential: p.name.clone() };
+            out.entries.push((hash, principal, key));
         }
         Ok(out)
     }
 
-    /// Whether any token appears in both sets (an agent must never hold an approver's token).
+    /// The configuration keys of a token that appears in both sets (an agent must never hold an
+    /// approver's token).
     pub fn shares_a_token_with<'a>(&'a self, other: &'a Credentials) -> Option<(&'a str, &'a str)> {
-        self.entries.iter().find_map(|(h, p)| {
-            other.entries.iter().find(|(h2, _)| h2 == h).map(|(_, q)| (p.name.as_str(), q.name.as_str()))
+        self.entries.iter().find_map(|(h, _, key)| {
+            other.entries.iter().find(|(h2, _, _)| h2 == h).map(|(_, _, key2)| (key.as_str(), key2.as_str()))
         })
+    }
+
+    /// The configuration key of the entry whose token this is (`agents[1]`).
+    pub fn key_of(&self, token: &str) -> Option<&str> {
+        let presented = sha256(token);
+        let mut found = None;
+        for (hash, _, key) in &self.entries {
+            if crate::web::guard::constant_time_eq(hash, &presented) && found.is_none() {
+                found = Some(key.as_str());
+            }
+        }
+        found
     }
 
     /// Whether `token` is one of these.
@@ -178,7 +203,7 @@ mod tests {
 
     #[test]
     fn workflow_lists_admit_names_and_teams() {
-        let alice = Principal { name: "alice".into(), teams: vec!["sre".into()] };
+        let alice = Principal { name: "alice".into(), teams: vec!["sre".into()], credential: "alice".into() };
         assert!(alice.admitted_by(&[]));
         assert!(alice.admitted_by(&["alice".into()]));
         assert!(alice.admitted_by(&["bob".into(), "team:sre".into()]));
