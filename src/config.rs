@@ -436,14 +436,16 @@ impl Config {
             if !w.approvers.is_empty() {
                 out.push_str(&format!("  approvers: {}\n", w.approvers.join(", ")));
             }
-            // The shared token (operator) counts when the workflow admits it.
+            // Each vote needs a credential of its own: the shared token (operator) counts once,
+            // whatever approver name it decides under, and only when the workflow admits it.
             let operator =
                 usize::from(crate::identity::Principal::named(crate::identity::OPERATOR).admitted_by(&w.approvers));
             let eligible =
                 self.approvals.approvers.principals().filter(|p| p.admitted_by(&w.approvers)).count() + operator;
-            if !self.approvals.approvers.is_empty() && eligible < w.required_approvals as usize {
+            if eligible < w.required_approvals as usize {
                 out.push_str(&format!(
-                    "warning: workflow {} needs {} approvers but only {eligible} may vote\n",
+                    "warning: workflow {} needs {} approvers but only {eligible} may vote: it can never reach its \
+                     quorum (the shared approver token counts once; add [[approvers]] with tokens of their own)\n",
                     w.name, w.required_approvals
                 ));
             }

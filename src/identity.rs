@@ -11,6 +11,27 @@ use sha2::{Digest, Sha256};
 /// directory).
 pub const OPERATOR: &str = "operator";
 
+/// The name of the system's own actions (expiry, failures) in the audit log.
+pub const SYSTEM: &str = "system";
+
+/// The prefix of the AI reviewer's names (`ai:MODEL`).
+pub const AI_PREFIX: &str = "ai:";
+
+/// Why a person may not decide under `name`: it passes for the system, the AI reviewer or the
+/// shared approver token. Compared on the normalised name (see [`crate::visible::normalise_name`]).
+pub fn impersonates(name: &str) -> Option<String> {
+    let n = crate::visible::normalise_name(name);
+    if n.starts_with(AI_PREFIX) {
+        Some(format!("{name:?} passes for the AI reviewer (names starting with {AI_PREFIX:?} are its own)"))
+    } else if n == SYSTEM {
+        Some(format!("{name:?} is the name of mcp-gate's own actions"))
+    } else if n == OPERATOR {
+        Some(format!("{name:?} is the name of the shared approver token"))
+    } else {
+        None
+    }
+}
+
 /// `[[approvers]]` or `[[agents]]` as written.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -98,11 +119,12 @@ impl Credentials {
             if p.name.trim().is_empty() || p.name.starts_with("team:") || p.name.contains(char::is_whitespace) {
                 return Err((format!("{key}.name"), format!("{:?} is not a usable name", p.name)));
             }
-            if out.principals().any(|q| q.name == p.name) {
+            let normalised = crate::visible::normalise_name(&p.name);
+            if out.principals().any(|q| crate::visible::normalise_name(&q.name) == normalised) {
                 return Err((format!("{key}.name"), format!("{:?} is defined twice", p.name)));
             }
-            if p.name == OPERATOR {
-                return Err((format!("{key}.name"), format!("{OPERATOR:?} is the name of the shared approver token")));
+            if let Some(why) = impersonates(&p.name) {
+                return Err((format!("{key}.name"), why));
             }
             let hash = match (&p.token_sha256, &p.token_env) {
                 (Some(hex), None) => parse_hash(hex).ok_or_else(|| {

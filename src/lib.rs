@@ -30,6 +30,9 @@
 //! Every change of a request is published on [`approval::Approvals::changes`], which feeds the
 //! server's event stream and, in the hub, the [`notify`] webhooks.
 //!
+//! Untrusted text shown to a person (arguments, names, descriptions) goes through [`visible`],
+//! which marks invisible and look-alike characters.
+//!
 //! [`config`] loads `proxy.toml`; [`cli`] is the command line; [`approver`] is
 //! `mcp-gate approvals`, a client of the approval server's API; [`demo`] is `mcp-gate demo`.
 
@@ -53,4 +56,5 @@ pub mod session;
 pub mod store;
 pub mod tools;
 pub mod transport;
+pub mod visible;
 pub mod web;

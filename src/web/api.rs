@@ -21,6 +21,7 @@ use crate::hub::{Announcement, HubInfo};
 use crate::identity::{OPERATOR, Principal};
 use crate::store::approvals::{DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT};
 use crate::store::{ApprovalFilter, Status};
+use crate::visible::normalise_name;
 
 /// The OpenAPI 3.1 description of this API.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -256,10 +257,11 @@ async fn decide(
 }
 
 /// Applies the `approver` field: only the shared token may name who decides, and only while no
-/// named approvers exist (then each approver has a token of their own).
+/// named approvers exist (then each approver has a token of their own). Whatever name it gives,
+/// the shared token stays one credential: it casts one vote per request.
 fn acting_as(state: &WebState, who: Principal, approver: Option<&str>) -> Result<Principal, ApiError> {
     let Some(name) = approver.map(str::trim).filter(|a| !a.is_empty()) else { return Ok(who) };
-    if name == who.name {
+    if normalise_name(name) == normalise_name(&who.name) {
         return Ok(who);
     }
     if who.name != OPERATOR || !state.approvers.is_empty() {
@@ -269,7 +271,10 @@ fn acting_as(state: &WebState, who: Principal, approver: Option<&str>) -> Result
             format!("this token belongs to {}; it cannot decide as {name:?}", who.name),
         ));
     }
-    Ok(Principal::named(name))
+    if let Some(why) = crate::identity::impersonates(name) {
+        return Err(ApiError(StatusCode::FORBIDDEN, "reserved_name", why));
+    }
+    Ok(Principal::shared_token_as(name))
 }
 
 #[derive(Debug, Default, Deserialize)]

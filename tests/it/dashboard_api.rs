@@ -667,3 +667,52 @@ async fn a_request_near_its_deadline_is_announced_once_as_expiring() {
     approvals.sweep().await;
     assert_eq!(changes.try_recv().unwrap().kind, mcp_gate::approval::ChangeKind::Expired);
 }
+
+/// The shared token is one credential: whatever approver name it sends, it casts one vote, so a
+/// two-person workflow is never completed with it alone. Names that pass for the system, the AI
+/// reviewer or the requester (in case, width or invisible variants) are refused.
+#[tokio::test]
+async fn one_token_is_one_approver_whatever_name_it_sends() {
+    let api = Api::start(
+        "[[rules]]\nname = \"deletes\"\ntool = \"delete_*\"\naction = \"approve\"\nworkflow = \"two\"\n\
+         [[workflows]]\nname = \"two\"\nrequired_approvals = 2\n",
+    )
+    .await;
+    let id = api.hold("delete_file", "Agent-X", json!({"path": "/srv"})).await;
+    let approve = format!("/api/v1/approvals/{id}/approve");
+    let (status, voted) = api.post(&approve, TOKEN, json!({})).await;
+    assert_eq!((status, voted["status"].as_str()), (200, Some("pending")), "{voted}");
+    let (status, err) = api.post(&approve, TOKEN, json!({"approver": "second-person"})).await;
+    assert_eq!((status, err["error"]["code"].as_str()), (409, Some("already_decided")), "{err}");
+    let a = api.approvals.store.get_approval(&id).await.unwrap().unwrap();
+    assert_eq!(a.status.as_str(), "pending", "one token never reaches a quorum of two");
+
+    let other = api.hold("write_file", "Agent-X", json!({"x": 1})).await;
+    let approve = format!("/api/v1/approvals/{other}/approve");
+    for name in ["agent-x", " AGENT-X ", "ａｇｅｎｔ-ｘ", "agent\u{200b}-x"] {
+        let (status, err) = api.post(&approve, TOKEN, json!({"approver": name})).await;
+        assert_eq!((status, err["error"]["code"].as_str()), (403, Some("own_request")), "{name:?}: {err}");
+    }
+    for name in ["ai:claude-sonnet", "AI:x", "system", " System", "ｓｙｓｔｅｍ"] {
+        let (status, err) = api.post(&approve, TOKEN, json!({"approver": name})).await;
+        assert_eq!((status, err["error"]["code"].as_str()), (403, Some("reserved_name")), "{name:?}: {err}");
+    }
+    let (status, done) = api.post(&approve, TOKEN, json!({"approver": "Operator"})).await;
+    assert_eq!((status, done["status"].as_str()), (200, Some("approved")), "{done}");
+}
+
+/// check-config warns when a workflow needs more approvers than there are credentials to vote.
+#[test]
+fn check_config_warns_when_a_quorum_cannot_be_reached() {
+    let two = "[[workflows]]\nname = \"two\"\nrequired_approvals = 2\n";
+    let text = Config::from_toml(two, "test.toml").unwrap().explain();
+    assert!(text.contains("warning: workflow two needs 2 approvers but only 1 may vote"), "{text}");
+    let named = format!("{two}[[approvers]]\nname = \"alice\"\ntoken_sha256 = \"{}\"\n", sha(ALICE));
+    let text = Config::from_toml(&named, "test.toml").unwrap().explain();
+    assert!(!text.contains("warning: workflow two"), "{text}");
+    for bad in ["ai:reviewer", "System", "OPERATOR"] {
+        let toml = format!("[[approvers]]\nname = \"{bad}\"\ntoken_sha256 = \"{}\"\n", sha(ALICE));
+        let err = Config::from_toml(&toml, "test.toml").unwrap_err().to_string();
+        assert!(err.contains("approvers[0].name"), "{bad}: {err}");
+    }
+}
