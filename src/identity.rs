@@ -94,6 +94,11 @@ impl Credentials {
         self.entries.iter().map(|(_, p, _)| p)
     }
 
+    /// The SHA-256 of every token.
+    pub fn hashes(&self) -> impl Iterator<Item = &[u8; 32]> {
+        self.entries.iter().map(|(h, _, _)| h)
+    }
+
     pub fn add(&mut self, token: &str, principal: Principal) {
         let key = principal.name.clone();
         self.entries.push((sha256(token), principal, key));

@@ -30,6 +30,9 @@
 //! Every change of a request is published on [`approval::Approvals::changes`], which feeds the
 //! server's event stream and, in the hub, the [`notify`] webhooks.
 //!
+//! Before a bearer token travels to the approval address, [`handshake`] has the listener prove it
+//! knows the token (and the client prove it too).
+//!
 //! Untrusted text shown to a person (arguments, names, descriptions) goes through [`visible`],
 //! which marks invisible and look-alike characters.
 //!
@@ -44,6 +47,7 @@ pub mod config;
 pub mod demo;
 pub mod downstream;
 pub mod gate;
+pub mod handshake;
 pub mod hub;
 pub mod identity;
 pub mod jsonrpc;

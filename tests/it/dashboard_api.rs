@@ -96,8 +96,23 @@ async fn the_openapi_document_covers_every_route_and_every_route_needs_a_token()
         assert_eq!(resp.status(), 401, "{method} {path} refuses a wrong token");
         assert_eq!(resp.json::<Value>().await.unwrap()["error"]["code"], "unauthorized");
     }
+    // The handshake needs no token: it is how a client decides whether to send one. A wrong
+    // key id is refused, and a malformed body too.
+    let open_routes = [("post", "/api/v1/handshake"), ("post", "/api/v1/handshake/confirm")];
+    for (method, path) in open_routes {
+        let op = paths.get(path).and_then(|p| p.get(method));
+        assert!(op.is_some_and(|op| op["security"] == json!([])), "{method} {path} is documented as open");
+        let resp = api.http.post(format!("{}{path}", api.base)).json(&json!({})).send().await.unwrap();
+        assert_eq!(resp.status(), 400, "{method} {path} refuses a malformed body");
+    }
+    let hello = json!({"key_id": "00", "client_nonce": "ab".repeat(32)});
+    let resp = api.http.post(format!("{}/api/v1/handshake", api.base)).json(&hello).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    assert_eq!(resp.json::<Value>().await.unwrap()["error"]["code"], "unknown_key");
+    mcp_gate::handshake::verify_listener(&api.http, &api.base, TOKEN).await.expect("the server proves itself");
     // Every documented path is served (nothing documented that does not exist).
-    assert_eq!(paths.len(), routes.iter().map(|r| r.1).collect::<std::collections::HashSet<_>>().len() + 1);
+    let served: std::collections::HashSet<_> = routes.iter().chain(&open_routes).map(|r| r.1).collect();
+    assert_eq!(paths.len(), served.len() + 1);
     // Every schema reference resolves.
     let text = doc.to_string();
     for r in text.split("\"$ref\":\"").skip(1) {
