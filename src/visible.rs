@@ -67,6 +67,29 @@ pub fn contains_hidden(text: &str) -> bool {
     text.chars().any(is_hidden)
 }
 
+/// Whether any string (or object key) inside a JSON value holds a hidden character other than a
+/// control character (those are escaped wherever text is shown, JSON and terminals alike).
+pub fn in_json(value: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    let misleads = |s: &str| s.chars().any(|c| is_hidden(c) && !c.is_control());
+    match value {
+        Value::String(s) => misleads(s),
+        Value::Array(items) => items.iter().any(in_json),
+        Value::Object(map) => map.iter().any(|(k, v)| misleads(k) || in_json(v)),
+        _ => false,
+    }
+}
+
+/// The warning shown on a request whose text holds hidden characters.
+pub const WARNING: &str = "this request contains invisible or look-alike characters, shown as ⟨U+XXXX⟩: what \
+                           you read may differ from what runs";
+
+/// Whether a request (the API's JSON of an approval) holds hidden characters in what an approver
+/// reads: agent, server, tool, arguments, the tool's description.
+pub fn in_request(approval: &serde_json::Value) -> bool {
+    ["agent", "server", "tool", "arguments", "tool_info"].iter().any(|k| approval.get(k).is_some_and(in_json))
+}
+
 /// The mark shown in place of `c`: `⟨U+202E⟩`.
 pub fn mark_of(c: char) -> String {
     format!("⟨U+{:04X}⟩", c as u32)
@@ -150,6 +173,22 @@ mod tests {
             vec![Segment::Text("a"), Segment::Hidden('\u{202e}'), Segment::Text("bc"), Segment::Hidden('\u{200b}')]
         );
         assert!(segments("").is_empty());
+    }
+
+    #[test]
+    fn requests_are_searched_everywhere_an_approver_reads() {
+        let plain = serde_json::json!({"agent": "claude", "tool": "delete_file", "arguments": {"path": "/tmp/x"}});
+        assert!(!in_request(&plain));
+        for (k, v) in [
+            ("agent", serde_json::json!("clau\u{200b}de")),
+            ("arguments", serde_json::json!({"path": ["/home/\u{202e}cod.tropeR"]})),
+            ("arguments", serde_json::json!({"pa\u{a0}th": 1})),
+            ("tool_info", serde_json::json!({"description": "Reads\u{2066} a file"})),
+        ] {
+            let mut a = plain.clone();
+            a[k] = v;
+            assert!(in_request(&a), "{k}");
+        }
     }
 
     #[test]

@@ -323,9 +323,12 @@ async fn queue(
                                 td { @if a.status == Status::Pending {
                                     input type="checkbox" name="id" value=(a.id) aria-label={ "Select " (a.id) };
                                 } }
-                                td data-label="Request" { a href={ "/approvals/" (a.id) } { (a.id) } }
-                                td data-label="Agent" { (a.agent.as_deref().unwrap_or("-")) }
-                                td data-label="Call" { code { (a.server) ":" (a.tool) } }
+                                td data-label="Request" {
+                                    a href={ "/approvals/" (a.id) } { (a.id) }
+                                    @if has_hidden(a) { " " span.hidden-warning title=(crate::visible::WARNING) { "⚠ hidden characters" } }
+                                }
+                                td data-label="Agent" { (shown(a.agent.as_deref().unwrap_or("-"))) }
+                                td data-label="Call" { code { (shown(&a.server)) ":" (shown(&a.tool)) } }
                                 td data-label="Rule" { (rule_label(a)) }
                                 td data-label="Status" { span class={ "status " (a.status.as_str()) } { (a.status.as_str()) } }
                                 td data-label="Age" { (age(now - a.created_at)) }
@@ -351,6 +354,25 @@ async fn queue(
         }
     };
     page(title, tab, Some(&session), body).into_response()
+}
+
+/// Untrusted text with every invisible or look-alike character shown as a highlighted mark
+/// (`⟨U+202E⟩`, see [`crate::visible`]), so that what the approver reads is what runs.
+fn shown(text: &str) -> Markup {
+    use crate::visible::{Segment, mark_of, segments};
+    html! {
+        @for segment in segments(text) {
+            @match segment {
+                Segment::Text(t) => (t),
+                Segment::Hidden(c) => span.hidden-char title="an invisible or look-alike character" { (mark_of(c)) },
+            }
+        }
+    }
+}
+
+/// Whether an approver reading this request could be misled by characters that do not show.
+fn has_hidden(a: &Approval) -> bool {
+    serde_json::to_value(a).is_ok_and(|v| crate::visible::in_request(&v))
 }
 
 /// The rule that held a request, or `default` when the default policy did.
@@ -406,14 +428,17 @@ async fn detail(
         h1 { "Request " code { (approval.id) } }
         @if let Some(done) = &flash.done { p.notice role="status" { (done) } }
         @if let Some(error) = &flash.error { p.error role="alert" { (error) } }
+        @if has_hidden(&approval) {
+            p.hidden-warning role="alert" { "Warning: " (crate::visible::WARNING) "." }
+        }
         dl.facts data-id=(approval.id) {
             dt { "Status" } dd { span class={ "status " (approval.status.as_str()) } { (approval.status.as_str()) } }
-            dt { "Agent" } dd { (approval.agent.as_deref().unwrap_or("-")) }
-            dt { "Server" } dd { code { (approval.server) } }
+            dt { "Agent" } dd { (shown(approval.agent.as_deref().unwrap_or("-"))) }
+            dt { "Server" } dd { code { (shown(&approval.server)) } }
             dt { "Tool" } dd {
-                code { (approval.tool) }
-                @if let Some(d) = description { p.tool-description { (d) } }
-                @if let Some(a) = annotations { p.annotations { "Annotations: " code { (a.to_string()) } } }
+                code { (shown(&approval.tool)) }
+                @if let Some(d) = description { p.tool-description { (shown(d)) } }
+                @if let Some(a) = annotations { p.annotations { "Annotations: " code { (shown(&a.to_string())) } } }
             }
             dt { "Created" } dd { (iso8601(approval.created_at)) " (" (age(now - approval.created_at)) " ago)" }
             dt { "Expires" } dd {
@@ -425,12 +450,12 @@ async fn detail(
         }
         section.reason {
             h2 { "Reason" }
-            p { strong { (rule_label(&approval)) } ": " (approval.rule_reason.as_deref().unwrap_or("the default policy holds calls that are not read-only")) }
+            p { strong { (rule_label(&approval)) } ": " (shown(approval.rule_reason.as_deref().unwrap_or("the default policy holds calls that are not read-only"))) }
         }
         @if let Some(r) = ai_review { (ai_review_section(r)) }
         section {
             h2 { "Arguments" }
-            pre.arguments { (arguments) }
+            pre.arguments { (shown(&arguments)) }
         }
         section {
             h2 { "Policy trace" }
@@ -447,7 +472,7 @@ async fn detail(
         }
         section.risk {
             h2 { "Risk snapshot" }
-            p { "Agent " strong { (risk.agent.as_deref().unwrap_or("-")) } ", with " (risk.pending_now) " request(s) pending now." }
+            p { "Agent " strong { (shown(risk.agent.as_deref().unwrap_or("-"))) } ", with " (risk.pending_now) " request(s) pending now." }
             table.snapshot {
                 thead { tr { th { "" } th { "Calls" } th { "Approved" } th { "Denied" } } }
                 tbody {
@@ -482,13 +507,13 @@ async fn detail(
                     li {
                         time datetime=(iso8601(t.at)) { (iso8601(t.at)) }
                         " · " (t.from.map(|s| s.as_str()).unwrap_or("new")) " → " strong { (t.to.as_str()) }
-                        " · " (t.actor)
-                        @if let Some(n) = &t.notes { " · notes: " (n) }
-                        @if let Some(r) = &t.reason { " · reason: " (r) }
+                        " · " (shown(&t.actor))
+                        @if let Some(n) = &t.notes { " · notes: " (shown(n)) }
+                        @if let Some(r) = &t.reason { " · reason: " (shown(r)) }
                     }
                 }
                 @for v in approval.votes.iter().filter(|_| approval.status == Status::Pending) {
-                    li { (iso8601(v.at)) " · vote " (v.decision.as_str()) " · " (v.actor) @if let Some(n) = &v.notes { " · notes: " (n) } }
+                    li { (iso8601(v.at)) " · vote " (v.decision.as_str()) " · " (shown(&v.actor)) @if let Some(n) = &v.notes { " · notes: " (shown(n)) } }
                 }
             }
         }

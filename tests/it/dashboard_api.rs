@@ -731,3 +731,53 @@ fn check_config_warns_when_a_quorum_cannot_be_reached() {
         assert!(err.contains("approvers[0].name"), "{bad}: {err}");
     }
 }
+
+/// Invisible, bidi and look-alike characters reach the page as highlighted marks, never raw, in
+/// the arguments, the agent's name, the tool's name and description, with a warning; long
+/// arguments are shown in full.
+#[tokio::test]
+async fn the_dashboard_shows_hidden_characters_visibly() {
+    let api = Api::start("").await;
+    let gate = ApprovalGate { approvals: api.approvals.clone() };
+    let tool: rmcp::model::Tool = serde_json::from_value(json!({
+        "name": "delete_file",
+        "description": "Reads\u{2066} a file\u{feff}",
+        "inputSchema": {"type": "object"},
+    }))
+    .unwrap();
+    let info = mcp_gate::tools::ToolInfo { name: "delete_file".into(), tool: Some(tool) };
+    let long = "y".repeat(20_000);
+    let arguments = json!({"path": "/home/user/\u{202e}cod.tropeR", "note": "a\u{200b}b\u{a0}\u{a0}c", "blob": long});
+    let call = ToolCall {
+        server: "files",
+        tool: "delete_file",
+        exposed_name: "delete_file",
+        arguments: &arguments,
+        info: Some(&info),
+        agent: Some("clau\u{200b}de"),
+        progress: None,
+    };
+    let Verdict::Hold(wait) = gate.check(&call) else { panic!("held") };
+    let Verdict::Respond(reply) = wait.await else { panic!("answered") };
+    let reply: Value = serde_json::from_str(reply.get()).unwrap();
+    let id = reply["_meta"]["mcp-gate/approval"]["id"].as_str().unwrap().to_owned();
+    let (cookie, _) = sign_in(&api, TOKEN).await;
+
+    let (status, html) = page_text(&api, &cookie, &format!("/approvals/{id}")).await;
+    assert_eq!(status, 200);
+    for raw in ['\u{202e}', '\u{200b}', '\u{a0}', '\u{2066}', '\u{feff}'] {
+        assert!(!html.contains(raw), "U+{:04X} reaches the page raw", raw as u32);
+    }
+    let mark =
+        |c: &str| format!(r#"<span class="hidden-char" title="an invisible or look-alike character">⟨U+{c}⟩</span>"#);
+    assert!(html.contains(&format!("/home/user/{}cod.tropeR", mark("202E"))), "{html}");
+    assert!(html.contains(&format!("a{}b{}{}c", mark("200B"), mark("00A0"), mark("00A0"))));
+    assert!(html.contains(&format!("clau{}de", mark("200B"))), "the agent's name");
+    assert!(html.contains(&format!("Reads{} a file{}", mark("2066"), mark("FEFF"))), "the description");
+    assert!(html.contains("invisible or look-alike characters"), "a warning on the request");
+    assert!(html.contains(&long), "arguments are shown in full");
+
+    let (_, queue) = page_text(&api, &cookie, "/").await;
+    assert!(queue.contains(&format!("clau{}de", mark("200B"))) && !queue.contains('\u{200b}'), "{queue}");
+    assert!(queue.contains("hidden characters"), "{queue}");
+}
