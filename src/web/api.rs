@@ -65,6 +65,11 @@ impl ApiError {
     pub fn message(&self) -> &str {
         &self.2
     }
+
+    /// The stable code (`not_pending`).
+    pub fn code(&self) -> &'static str {
+        self.1
+    }
 }
 
 impl IntoResponse for ApiError {

@@ -97,12 +97,46 @@ fn session_of(state: &WebState, headers: &HeaderMap) -> Option<(String, BrowserS
     state.browser_session(headers)
 }
 
-/// Only same-site paths may be redirected to after sign-in.
+/// Only same-origin paths may be redirected to after sign-in: one leading `/`, then no `/` or
+/// `\` right after it, no backslash anywhere, no control character or space (browsers drop tabs
+/// and newlines, so `/\t/evil.example` would become `//evil.example`). Anything else goes to `/`.
 fn safe_next(next: Option<&str>) -> String {
+    let same_origin = |n: &str| {
+        n.starts_with('/')
+            && !n.starts_with("//")
+            && !n.contains('\\')
+            && !n.chars().any(|c| c.is_control() || c.is_whitespace() || crate::visible::is_hidden(c))
+    };
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.to_owned(),
+        Some(n) if same_origin(n) => n.to_owned(),
         _ => "/".to_owned(),
     }
+}
+
+/// The texts a redirect may ask a page to show, by code: a notice or an error is never text from
+/// the query, which anyone can put in a link.
+fn flash_text(code: &str) -> Option<&'static str> {
+    Some(match code {
+        "approved" => "Recorded: approved.",
+        "denied" => "Recorded: denied.",
+        "voted" => "Recorded: your vote. More approvals are needed.",
+        "bulk-approved" => "The selected requests were approved.",
+        "bulk-denied" => "The selected requests were denied.",
+        "bulk-partial" => "Some of the selected requests were not decided: open them to see their status.",
+        "choose-action" => "Choose approve or deny.",
+        "select-some" => "Select at least one request.",
+        "too-many" => "Too many requests at a time.",
+        "reason-required" | "reason_required" => "A reason is required to deny (and, in this workflow, to approve).",
+        "not_found" => "There is no such request.",
+        "not_pending" => "The request is no longer pending.",
+        "already_decided" => "You have already decided on this request.",
+        "expired" => "The request expired before the decision.",
+        "not_an_approver" => "You are not among the approvers of this request's workflow.",
+        "own_request" => "You made this request: you cannot approve it.",
+        "reserved_name" => "This approver name is reserved.",
+        "internal" => "The decision could not be recorded: see the server's log.",
+        _ => return None,
+    })
 }
 
 fn to_login(next: &str) -> Response {
@@ -284,8 +318,9 @@ async fn queue(
     };
     let body = html! {
         h1 { (title) " " span.count { "(" (total) ")" } }
-        @if let Some(done) = &q.done { p.notice role="status" { (done) } }
-        @if let Some(error) = q.error.as_ref().or(problem.as_ref()) { p.error role="alert" { (error) } }
+        @if let Some(done) = q.done.as_deref().and_then(flash_text) { p.notice role="status" { (done) } }
+        @if let Some(error) = q.error.as_deref().and_then(flash_text) { p.error role="alert" { (error) } }
+        @if let Some(error) = &problem { p.error role="alert" { (error) } }
         form.filters method="get" action="/" {
             @if all { input type="hidden" name="view" value="all"; }
             @if all {
@@ -426,8 +461,8 @@ async fn detail(
     let body = html! {
         p.crumbs { a href="/" { "← Queue" } }
         h1 { "Request " code { (approval.id) } }
-        @if let Some(done) = &flash.done { p.notice role="status" { (done) } }
-        @if let Some(error) = &flash.error { p.error role="alert" { (error) } }
+        @if let Some(done) = flash.done.as_deref().and_then(flash_text) { p.notice role="status" { (done) } }
+        @if let Some(error) = flash.error.as_deref().and_then(flash_text) { p.error role="alert" { (error) } }
         @if has_hidden(&approval) {
             p.hidden-warning role="alert" { "Warning: " (crate::visible::WARNING) "." }
         }
@@ -570,9 +605,17 @@ async fn decide(state: Arc<WebState>, headers: HeaderMap, id: String, form: Deci
         return (StatusCode::FORBIDDEN, "invalid CSRF token").into_response();
     }
     let notes = form.notes.filter(|n| !n.trim().is_empty());
+    let page = format!("/approvals/{}", percent_encode(&id));
     let back = match state.approvals.decide(&id, &session.who, approve, notes, form.reason).await {
-        Ok(a) => format!("/approvals/{id}?done={}", percent_encode(&format!("Recorded: {}", a.status.as_str()))),
-        Err(e) => format!("/approvals/{id}?error={}", percent_encode(&e.to_string())),
+        Ok(a) => {
+            let code = match a.status {
+                Status::Pending => "voted",
+                _ if approve => "approved",
+                _ => "denied",
+            };
+            format!("{page}?done={code}")
+        }
+        Err(e) => format!("{page}?error={}", super::api::ApiError::from(e).code()),
     };
     Redirect::to(&back).into_response()
 }
@@ -599,33 +642,28 @@ async fn bulk(State(state): State<Arc<WebState>>, headers: HeaderMap, body: Byte
     }
     let back = safe_next(back.as_deref());
     let sep = if back.contains('?') { '&' } else { '?' };
-    let flash =
-        |key: &str, text: &str| Redirect::to(&format!("{back}{sep}{key}={}", percent_encode(text))).into_response();
+    let flash = |key: &str, code: &'static str| Redirect::to(&format!("{back}{sep}{key}={code}")).into_response();
     let approve = match action.as_deref() {
         Some("approve") => true,
         Some("deny") => false,
-        _ => return flash("error", "choose approve or deny"),
+        _ => return flash("error", "choose-action"),
     };
     if ids.is_empty() {
-        return flash("error", "select at least one request");
+        return flash("error", "select-some");
     }
     if ids.len() > super::api::MAX_BULK {
-        return flash("error", &format!("at most {} requests at a time", super::api::MAX_BULK));
+        return flash("error", "too-many");
     }
     if !approve && reason.is_none() {
-        return flash("error", "a reason is required to deny");
+        return flash("error", "reason-required");
     }
-    let (results, decided) = decide_many(&state, &session.who, &ids, approve, notes, reason).await;
-    let failures: Vec<String> = results
-        .iter()
-        .filter(|r| r["ok"] != true)
-        .map(|r| format!("{}: {}", r["id"].as_str().unwrap_or("?"), r["error"]["message"].as_str().unwrap_or("?")))
-        .collect();
-    let verb = if approve { "approved" } else { "denied" };
-    if failures.is_empty() {
-        flash("done", &format!("{decided} request(s) {verb}"))
+    let (_, decided) = decide_many(&state, &session.who, &ids, approve, notes, reason).await;
+    if decided < ids.len() {
+        flash("error", "bulk-partial")
+    } else if approve {
+        flash("done", "bulk-approved")
     } else {
-        flash("error", &format!("{decided} request(s) {verb}; not decided: {}", failures.join("; ")))
+        flash("done", "bulk-denied")
     }
 }
 

@@ -781,3 +781,53 @@ async fn the_dashboard_shows_hidden_characters_visibly() {
     assert!(queue.contains(&format!("clau{}de", mark("200B"))) && !queue.contains('\u{200b}'), "{queue}");
     assert!(queue.contains("hidden characters"), "{queue}");
 }
+
+/// After sign-in only same-origin paths are followed; notices and errors come from fixed codes,
+/// never from the query.
+#[tokio::test]
+async fn sign_in_redirects_stay_here_and_notices_are_fixed_texts() {
+    let api = Api::start("").await;
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let login =
+        |next: &'static str| http.post(format!("{}/login", api.base)).form(&[("token", TOKEN), ("next", next)]).send();
+    for next in [
+        "/\t/evil.example",
+        "/\n/evil.example",
+        "//evil.example",
+        "/\\evil.example",
+        "/a\\b",
+        "https://evil.example",
+        "evil",
+        "/\r\nx",
+        "/ /evil.example",
+        "/\u{200b}/evil.example",
+    ] {
+        let resp = login(next).await.unwrap();
+        assert_eq!(resp.status(), 303, "{next:?}");
+        assert_eq!(resp.headers()["location"], "/", "{next:?} is not followed");
+    }
+    let resp = login("/approvals/apr_1?view=all").await.unwrap();
+    assert_eq!(resp.headers()["location"], "/approvals/apr_1?view=all", "a same-origin path is followed");
+
+    let id = api.hold("delete_file", "claude", json!({"path": "/srv"})).await;
+    let (cookie, csrf) = sign_in(&api, TOKEN).await;
+    let forged = "Approved+by+security+team%2C+running";
+    let (_, html) = page_text(&api, &cookie, &format!("/approvals/{id}?done={forged}&error={forged}")).await;
+    assert!(!html.contains("Approved by security team"), "query text is never shown as a notice");
+    let (_, html) = page_text(&api, &cookie, &format!("/?done={forged}&error={forged}")).await;
+    assert!(!html.contains("Approved by security team"));
+
+    let resp = http
+        .post(format!("{}/approvals/{id}/approve", api.base))
+        .header("cookie", &cookie)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    let location = resp.headers()["location"].to_str().unwrap().to_owned();
+    assert_eq!(location, format!("/approvals/{id}?done=approved"));
+    let (_, html) = page_text(&api, &cookie, &location).await;
+    assert!(html.contains("role=\"status\">Recorded: approved."), "{html}");
+    let (_, html) = page_text(&api, &cookie, &format!("/approvals/{id}?error=own_request")).await;
+    assert!(html.contains("You made this request: you cannot approve it."));
+}
