@@ -1229,6 +1229,11 @@ mod example_tests {
         assert_eq!(config.policy.rule_labels().len(), 4);
         assert_eq!(config.approvals.workflows["two-person"].required_approvals, 2);
         assert!(config.policy.lint().is_empty(), "{:?}", config.policy.lint());
+        // Denies and approvals come before the rules that match on annotations, and every
+        // workflow can reach its quorum: check-config has nothing to warn about.
+        let labels = config.policy.rule_labels();
+        assert!(labels[0].contains("no environment dumps") && labels[3].contains("read-only tools"), "{labels:?}");
+        assert!(!config.explain().contains("warning:"), "{}", config.explain());
         let ai = &config.approvals.ai_workflows["ai-triage"];
         assert_eq!(ai.escalation_workflow.as_deref(), Some("default"));
         assert_eq!(config.approvals.providers["local"].endpoint(), "http://127.0.0.1:11434/v1/chat/completions");
