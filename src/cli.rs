@@ -306,6 +306,11 @@ pub async fn start_gate_with(config: &Config) -> anyhow::Result<Started> {
         Store::open(location.clone()).await.with_context(|| format!("opening the approval store {location:?}"))?;
     let (token, token_file) = crate::web::load_or_create_token(a.token.as_deref(), &a.data_dir)
         .with_context(|| format!("storing the approver token in {}", a.data_dir.display()))?;
+    if let Some(file) = &token_file {
+        let key = format!("approver token file {}", file.display());
+        crate::config::credentials_apart(&config.listen, a, Some((&token, &key)))
+            .map_err(|(key, message)| anyhow::anyhow!("`{key}`: {message}"))?;
+    }
     let start = hub::discover(&a.listen, &token, store.path())
         .await
         .with_context(|| format!("cannot listen on {} for approvals", a.listen))?;

@@ -33,6 +33,12 @@
 //! Every change of a request is published on [`approval::Approvals::changes`], which feeds the
 //! server's event stream and, in the hub, the [`notify`] webhooks.
 //!
+//! Before a bearer token travels to the approval address, [`handshake`] has the listener prove it
+//! knows the token (and the client prove it too).
+//!
+//! Untrusted text shown to a person (arguments, names, descriptions) goes through [`visible`],
+//! which marks invisible and look-alike characters.
+//!
 //! [`config`] loads `proxy.toml`; [`cli`] is the command line; [`approver`] is
 //! `mcp-gate approvals`, a client of the approval server's API; [`demo`] is `mcp-gate demo`.
 
@@ -45,6 +51,7 @@ pub mod demo;
 pub mod downstream;
 pub mod era;
 pub mod gate;
+pub mod handshake;
 pub mod hub;
 pub mod identity;
 pub mod jsonrpc;
@@ -57,4 +64,5 @@ pub mod session;
 pub mod store;
 pub mod tools;
 pub mod transport;
+pub mod visible;
 pub mod web;

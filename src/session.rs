@@ -134,6 +134,7 @@ pub async fn start(
         own_requests: std::collections::HashSet::new(),
         client_requests: HashMap::new(),
         progress: HashMap::new(),
+        held_progress: std::collections::HashSet::new(),
         next_progress: 1,
         fanouts: HashMap::new(),
         next_fanout: 1,
@@ -227,6 +228,9 @@ struct Session {
     client_requests: HashMap<String, (usize, u64)>,
     /// Progress token as sent upstream (raw text) -> where its notifications go.
     progress: HashMap<String, ProgressEntry>,
+    /// Progress tokens (raw text) of tool calls the gate holds: not sent upstream yet, so
+    /// progress for them from an upstream is a spoof ("approved, running...") and is dropped.
+    held_progress: std::collections::HashSet<String>,
     next_progress: u64,
     fanouts: HashMap<u64, Fanout>,
     next_fanout: u64,
@@ -303,6 +307,9 @@ impl Session {
                 }
             }
             Input::Resume { msg, verdict } => {
+                if let Some(token) = progress_token(&msg) {
+                    self.held_progress.remove(&token);
+                }
                 let id = msg.id_text().unwrap_or_default().to_owned();
                 if self.held.remove(&id).is_some() {
                     self.apply_verdict(*msg, verdict);
@@ -634,6 +641,9 @@ impl Session {
                 self.held.insert(id, gone);
                 // A weak handle: a held call does not keep its session alive.
                 let tx = self.self_tx.clone();
+                if let Some(token) = progress_token(&msg) {
+                    self.held_progress.insert(token);
+                }
                 let msg = Box::new(msg);
                 tokio::spawn(async move {
                     let verdict = wait.await;
@@ -1306,6 +1316,10 @@ impl Session {
                 let Some(params) = msg.params.as_deref() else { return };
                 let Ok(mut obj) = jsonrpc::parse_object(params) else { return };
                 let Some(token) = jsonrpc::get(&obj, "progressToken").map(|t| t.get().to_owned()) else { return };
+                if self.held_progress.contains(&token) && !self.progress.contains_key(&token) {
+                    warn!(server = %self.upstreams[index].cfg.name, "dropped progress for a held call");
+                    return;
+                }
                 let Some(entry) = self.progress.get(&token) else {
                     return self.downstream.send(&msg, Route::Unrelated);
                 };
@@ -1545,4 +1559,15 @@ fn outgoing(msg: &Message, http: bool) -> Outgoing {
         };
     }
     out
+}
+
+/// The progress token of a request (raw text), if it carries one.
+fn progress_token(msg: &Message) -> Option<String> {
+    let params = msg.params.as_deref()?;
+    if !params.get().contains("progressToken") {
+        return None;
+    }
+    let obj = jsonrpc::parse_object(params).ok()?;
+    let meta = jsonrpc::parse_object(jsonrpc::get(&obj, "_meta")?).ok()?;
+    jsonrpc::get(&meta, "progressToken").map(|t| t.get().to_owned())
 }

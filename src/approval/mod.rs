@@ -207,7 +207,8 @@ impl Approvals {
         if !who.admitted_by(&workflow.approvers) {
             return Err(DecideError::NotAnApprover(actor.to_owned(), workflow.name));
         }
-        if approve && current.agent.as_deref() == Some(actor) {
+        let own = current.agent.as_deref().map(crate::visible::normalise_name);
+        if approve && own.is_some_and(|agent| agent == crate::visible::normalise_name(actor)) {
             return Err(DecideError::OwnRequest(actor.to_owned()));
         }
         let reason = reason.filter(|r| !r.trim().is_empty());
@@ -219,6 +220,7 @@ impl Approvals {
         }
         let vote = Vote {
             actor: actor.to_owned(),
+            credential: who.credential.clone(),
             decision: if approve { VoteDecision::Approve } else { VoteDecision::Deny },
             notes,
             reason,
@@ -231,6 +233,12 @@ impl Approvals {
                 return Err(DecideError::Expired);
             }
             Err(TransitionError::NotPending { status }) => return Err(DecideError::NotPending(status.to_string())),
+            Err(TransitionError::AlreadyVoted { .. }) if who.credential != actor => {
+                return Err(DecideError::AlreadyVoted(format!(
+                    "the {} credential (deciding as {actor})",
+                    who.credential
+                )));
+            }
             Err(TransitionError::AlreadyVoted { .. }) => return Err(DecideError::AlreadyVoted(actor.to_owned())),
             Err(TransitionError::NotFound(_)) => return Err(DecideError::NotFound(id.to_owned())),
             Err(e) => return Err(DecideError::Store(e.to_string())),

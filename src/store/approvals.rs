@@ -128,6 +128,8 @@ impl FromSql for VoteDecision {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Vote {
     pub actor: String,
+    /// The credential that cast it: one vote per credential (see [`crate::identity::Principal`]).
+    pub credential: String,
     pub decision: VoteDecision,
     pub notes: Option<String>,
     pub reason: Option<String>,
@@ -767,13 +769,17 @@ fn vote_tx(conn: &mut Connection, id: &str, vote: Vote, required: u32, now: i64)
         tx.commit()?;
         return Err(TransitionError::Expired);
     }
-    if a.votes.iter().any(|v| v.actor == vote.actor) {
+    let same_credential: bool = tx
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM approval_votes WHERE approval_id = ?1 AND credential = ?2)")?
+        .query_row(params![id, vote.credential], |r| r.get(0))?;
+    if same_credential || a.votes.iter().any(|v| v.actor == vote.actor) {
         return Err(TransitionError::AlreadyVoted { actor: vote.actor });
     }
     tx.prepare_cached(
-        "INSERT INTO approval_votes (approval_id, actor, decision, notes, reason, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO approval_votes (approval_id, actor, decision, notes, reason, at, credential)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
-    .execute(params![id, vote.actor, vote.decision.as_str(), vote.notes, vote.reason, now])?;
+    .execute(params![id, vote.actor, vote.decision.as_str(), vote.notes, vote.reason, now, vote.credential])?;
 
     let decided = match vote.decision {
         VoteDecision::Deny => Some(Status::Denied),
@@ -864,6 +870,7 @@ mod tests {
     fn approve(actor: &str) -> Vote {
         Vote {
             actor: actor.into(),
+            credential: actor.into(),
             decision: VoteDecision::Approve,
             notes: Some(format!("ok from {actor}")),
             reason: None,
@@ -873,6 +880,7 @@ mod tests {
     fn deny(actor: &str, reason: &str) -> Vote {
         Vote {
             actor: actor.into(),
+            credential: actor.into(),
             decision: VoteDecision::Deny,
             notes: Some("code freeze".into()),
             reason: Some(reason.into()),
