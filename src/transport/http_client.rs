@@ -966,9 +966,11 @@ async fn get_stream(shared: Arc<Shared>, session: String, answered: oneshot::Sen
                     tracing::debug!(server = %shared.server, "the server offers no GET stream");
                     return;
                 }
+                // 409: the server still holds the stream that broke (it has not noticed yet).
                 if status == StatusCode::NOT_FOUND
                     || (status.is_client_error()
                         && status != StatusCode::REQUEST_TIMEOUT
+                        && status != StatusCode::CONFLICT
                         && status != StatusCode::TOO_MANY_REQUESTS)
                 {
                     tracing::info!(server = %shared.server, status = %status, "GET stream refused, not retried");
@@ -1846,5 +1848,30 @@ mod tests {
         assert_eq!(gets[0].header("last-event-id"), None);
         assert_eq!(gets[1].header("last-event-id"), Some("g1"));
         assert_eq!(gets[1].header("mcp-session-id"), Some("s1"));
+    }
+
+    /// A server that has not noticed yet that the broken stream is gone answers the reconnection
+    /// 409 (only one GET stream per session): it is tried again, still resuming.
+    #[tokio::test]
+    async fn a_get_stream_reconnection_refused_as_a_conflict_is_retried() {
+        let up = slow_get_upstream(Duration::ZERO);
+        let missed = json!({"jsonrpc":"2.0","method":"notifications/resources/list_changed"});
+        up.replay.lock().unwrap().insert("g1".to_owned(), vec![sse_data(Some("g2"), &missed)]);
+        let url = serve(Arc::clone(&up)).await;
+        let (link, mut events) = start_at(&url, NO_CAP).await;
+        handshake(&link, &mut events).await;
+        assert!(link.send(outgoing(json!({"jsonrpc":"2.0","id":2,"method":"tools/list"}))));
+        assert_eq!(next_message(&mut events).await.1, Some(2));
+        let tx = up.get_tx.lock().unwrap().take().expect("the GET stream is open");
+        up.streams.lock().unwrap().clear();
+        tx.send(sse_data(Some("g1"), &json!({"jsonrpc":"2.0","method":"notifications/tools/list_changed"}))).unwrap();
+        assert_eq!(next_message(&mut events).await.1, None);
+        *up.get_status.lock().unwrap() = Some(409);
+        drop(tx);
+        until_seen(&up, "the reconnection", |s| s.method == "GET answered" && s.header("last-event-id") == Some("g1"))
+            .await;
+        *up.get_status.lock().unwrap() = None;
+        let (msg, related) = next_message(&mut events).await;
+        assert_eq!((msg, related), (missed, None));
     }
 }
