@@ -7,7 +7,7 @@
 //! `protocolVersion` are needed by what follows), and after `notifications/initialized` nothing
 //! else is sent until that POST returned (servers reject requests that overtake it) and then, in a
 //! session with an `Mcp-Session-Id`, until the standalone GET stream opened or was refused (at
-//! most [`GET_OPEN_WAIT`]): a server sends its requests unrelated to a client request there, and
+//! most `GET_OPEN_WAIT`, 2 s): a server sends its requests unrelated to a client request there, and
 //! one sent before that stream is open is lost. The same holds when an expired session is
 //! re-initialized: requests wait until the replayed handshake and its GET stream are done.
 //! 2026-07-28 requests are stateless and wait for nothing.
