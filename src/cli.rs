@@ -336,7 +336,10 @@ pub async fn start_gate_with(config: &Config) -> anyhow::Result<Started> {
     if let Some(host) = public_url.split("://").nth(1).and_then(|r| r.split(['/', ':']).next()) {
         hosts.push(host.to_owned());
     }
-    let web = crate::web::WebState::new(approvals.clone(), token.clone(), a.approvers.clone(), hosts);
+    let mut web = crate::web::WebState::new(approvals.clone(), token.clone(), a.approvers.clone(), hosts);
+    if let Some(w) = Arc::get_mut(&mut web) {
+        w.limits = a.limits;
+    }
     let gate: Arc<dyn Gate> = Arc::new(ApprovalGate { approvals: approvals.clone() });
     let on_hub = {
         let approvals = approvals.clone();
@@ -418,6 +421,11 @@ async fn run_serve(listen: Option<String>, run: RunArgs) -> anyhow::Result<Optio
         agents: config.approvals.agents.clone(),
         allowed_hosts,
         allowed_origins: config.listen.allowed_origins.clone(),
+        limits: http::HttpLimits {
+            max_sessions: config.listen.max_sessions,
+            session_idle: config.listen.session_idle,
+            listener: config.listen.limits,
+        },
     });
     eprintln!("mcp-gate: listening on http://{local}/mcp");
     let stopped_by = Arc::new(std::sync::OnceLock::new());

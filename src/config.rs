@@ -34,6 +34,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub listen: RawListen,
     #[serde(default)]
+    pub upstream: RawUpstream,
+    #[serde(default)]
     pub servers: BTreeMap<String, RawServer>,
     #[serde(default)]
     pub policy: crate::policy::RawPolicy,
@@ -125,6 +127,8 @@ pub struct RawApprovals {
     pub expiry: RawExpiry,
     /// How long before its deadline a pending request is announced as expiring.
     pub expiry_warning: Option<String>,
+    pub max_connections: Option<usize>,
+    pub header_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -151,6 +155,18 @@ pub struct RawListen {
     pub allowed_hosts: Vec<String>,
     #[serde(default)]
     pub allowed_origins: Vec<String>,
+    pub max_sessions: Option<usize>,
+    pub session_idle_secs: Option<u64>,
+    pub max_connections: Option<usize>,
+    pub header_timeout_secs: Option<u64>,
+}
+
+/// `[upstream]`: defaults for every `[servers.NAME]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub request_timeout_secs: Option<u64>,
+    pub initialize_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -167,6 +183,8 @@ pub struct RawServer {
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
     pub prefix: Option<bool>,
+    pub request_timeout_secs: Option<u64>,
+    pub initialize_timeout_secs: Option<u64>,
 }
 
 /// The validated configuration.
@@ -212,6 +230,8 @@ pub struct Approvals {
     /// The `ai_driven` workflows among `workflows`, with their reviewer settings.
     pub ai_workflows: BTreeMap<String, crate::review::AiWorkflow>,
     pub providers: BTreeMap<String, crate::review::ProviderConfig>,
+    /// Connection limits of the approval server.
+    pub limits: ListenerLimits,
 }
 
 /// Default address of the approval server.
@@ -228,6 +248,38 @@ pub struct Listen {
     pub allowed_hosts: Vec<String>,
     /// Extra Origin values accepted besides loopback origins.
     pub allowed_origins: Vec<String>,
+    /// Most client sessions of `serve` open at once (each has its own upstream children).
+    pub max_sessions: usize,
+    /// A session unused this long is closed, with its upstreams.
+    pub session_idle: Duration,
+    /// Connection limits of the MCP endpoint.
+    pub limits: ListenerLimits,
+}
+
+/// Default `[listen] max_sessions`.
+pub const DEFAULT_MAX_SESSIONS: usize = 64;
+/// Default `[listen] session_idle_secs`.
+pub const DEFAULT_SESSION_IDLE: Duration = Duration::from_secs(600);
+/// Default `[upstream] request_timeout_secs`.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+/// Default `[upstream] initialize_timeout_secs`.
+pub const DEFAULT_INITIALIZE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What one HTTP listener accepts: `max_connections` and `header_timeout_secs` of `[listen]`
+/// (the MCP endpoint) and of `[approvals]` (the approval server).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenerLimits {
+    /// Most connections open at once; further ones wait in the kernel's queue.
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers, and the longest an idle keep-alive
+    /// connection stays open between requests.
+    pub header_timeout: Duration,
+}
+
+impl Default for ListenerLimits {
+    fn default() -> Self {
+        ListenerLimits { max_connections: 256, header_timeout: Duration::from_secs(10) }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -236,6 +288,23 @@ pub struct ServerConfig {
     pub transport: UpstreamTransport,
     /// Whether tools and prompts are exposed as `NAME<sep>tool` when several servers are configured.
     pub prefix: bool,
+    /// A request the upstream has not answered in this time is answered with an error.
+    pub request_timeout: Duration,
+    /// The same for `initialize`.
+    pub initialize_timeout: Duration,
+}
+
+impl ServerConfig {
+    /// A server with the default timeouts.
+    pub fn new(name: impl Into<String>, transport: UpstreamTransport, prefix: bool) -> ServerConfig {
+        ServerConfig {
+            name: name.into(),
+            transport,
+            prefix,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            initialize_timeout: DEFAULT_INITIALIZE_TIMEOUT,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -303,13 +372,30 @@ impl Config {
             return Err(invalid("proxy.separator", format!("{separator:?} is not a usable separator")));
         }
 
+        let request_timeout =
+            secs("upstream.request_timeout_secs", raw.upstream.request_timeout_secs, DEFAULT_REQUEST_TIMEOUT)
+                .map_err(|(k, m)| invalid(&k, m))?;
+        let initialize_timeout =
+            secs("upstream.initialize_timeout_secs", raw.upstream.initialize_timeout_secs, DEFAULT_INITIALIZE_TIMEOUT)
+                .map_err(|(k, m)| invalid(&k, m))?;
         let mut servers = Vec::new();
         for (name, s) in raw.servers {
             let key = format!("servers.{name}");
             check_server_name(&name, &separator).map_err(|m| invalid(&key, m))?;
+            let request_timeout = secs(&format!("{key}.request_timeout_secs"), s.request_timeout_secs, request_timeout)
+                .map_err(|(k, m)| invalid(&k, m))?;
+            let initialize_timeout =
+                secs(&format!("{key}.initialize_timeout_secs"), s.initialize_timeout_secs, initialize_timeout)
+                    .map_err(|(k, m)| invalid(&k, m))?;
             let transport = server_transport(&key, s.command, s.args, s.env, s.cwd, s.url, s.transport, s.headers)
                 .map_err(|(k, m)| invalid(&k, m))?;
-            servers.push(ServerConfig { name, transport, prefix: s.prefix.unwrap_or(true) });
+            servers.push(ServerConfig {
+                name,
+                transport,
+                prefix: s.prefix.unwrap_or(true),
+                request_timeout,
+                initialize_timeout,
+            });
         }
 
         if let Some(cli) = extra {
@@ -337,7 +423,7 @@ impl Config {
             } else {
                 UpstreamTransport::Stdio { command: first.clone(), args: rest.to_vec(), env: Vec::new(), cwd: None }
             };
-            servers.push(ServerConfig { name, transport, prefix: true });
+            servers.push(ServerConfig { name, transport, prefix: true, request_timeout, initialize_timeout });
         }
 
         let addr = match raw.listen.addr {
@@ -364,12 +450,21 @@ impl Config {
         let approvals = validate_approvals(raw.approvals, raw.workflows, raw.providers, &policy, approvers, agents)
             .map_err(|(k, m)| invalid(&k, m))?;
         let webhooks = validate_webhooks(raw.webhooks).map_err(|(k, m)| invalid(&k, m))?;
+        let max_sessions = raw.listen.max_sessions.unwrap_or(DEFAULT_MAX_SESSIONS);
+        if max_sessions == 0 {
+            return Err(invalid("listen.max_sessions", "must be at least 1".into()));
+        }
         let listen = Listen {
             addr,
             token,
             token_key,
             allowed_hosts: raw.listen.allowed_hosts,
             allowed_origins: raw.listen.allowed_origins,
+            max_sessions,
+            session_idle: secs("listen.session_idle_secs", raw.listen.session_idle_secs, DEFAULT_SESSION_IDLE)
+                .map_err(|(k, m)| invalid(&k, m))?,
+            limits: listener_limits("listen", raw.listen.max_connections, raw.listen.header_timeout_secs)
+                .map_err(|(k, m)| invalid(&k, m))?,
         };
         let shared = approvals.token.as_deref().map(|t| (t, approvals.token_key));
         credentials_apart(&listen, &approvals, shared).map_err(|(k, m)| invalid(&k, m))?;
@@ -678,7 +773,32 @@ fn validate_approvals(
         agents,
         ai_workflows,
         providers,
+        limits: listener_limits("approvals", raw.max_connections, raw.header_timeout_secs)?,
     })
+}
+
+/// A number of seconds, at least one; `default` when not given.
+fn secs(key: &str, value: Option<u64>, default: Duration) -> Result<Duration, (String, String)> {
+    match value {
+        None => Ok(default),
+        Some(0) => Err((key.to_owned(), "must be at least 1 second".into())),
+        Some(n) => Ok(Duration::from_secs(n)),
+    }
+}
+
+/// `max_connections` and `header_timeout_secs` of a listener's section.
+fn listener_limits(
+    section: &str,
+    max_connections: Option<usize>,
+    header_timeout_secs: Option<u64>,
+) -> Result<ListenerLimits, (String, String)> {
+    let default = ListenerLimits::default();
+    let max_connections = max_connections.unwrap_or(default.max_connections);
+    if max_connections == 0 {
+        return Err((format!("{section}.max_connections"), "must be at least 1".into()));
+    }
+    let header_timeout = secs(&format!("{section}.header_timeout_secs"), header_timeout_secs, default.header_timeout)?;
+    Ok(ListenerLimits { max_connections, header_timeout })
 }
 
 /// Refuses any configuration in which an agent credential (the HTTP token, `[[agents]]`) is also

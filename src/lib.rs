@@ -39,6 +39,9 @@
 //! Untrusted text shown to a person (arguments, names, descriptions) goes through [`visible`],
 //! which marks invisible and look-alike characters.
 //!
+//! Both HTTP servers (the MCP endpoint and the approval server) accept connections through
+//! [`listener`], which caps them and times out clients that send nothing.
+//!
 //! [`config`] loads `proxy.toml`; [`cli`] is the command line; [`approver`] is
 //! `mcp-gate approvals`, a client of the approval server's API; [`demo`] is `mcp-gate demo`.
 
@@ -55,6 +58,7 @@ pub mod handshake;
 pub mod hub;
 pub mod identity;
 pub mod jsonrpc;
+pub mod listener;
 pub mod notify;
 pub mod policy;
 pub mod random;

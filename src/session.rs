@@ -112,6 +112,7 @@ pub async fn start(
             generation: 1,
             next_id: 1,
             pending: HashMap::new(),
+            deadlines: HashMap::new(),
             tools: None,
             fetching_tools: false,
             started: Instant::now(),
@@ -159,7 +160,11 @@ struct Upstream {
     link: Option<UpstreamLink>,
     generation: u64,
     next_id: u64,
+    /// Requests sent to it and not answered yet, by our id. Entered and left only through
+    /// [`Upstream::wait_for`] and [`Upstream::answered`], which keep `deadlines` alongside.
     pending: HashMap<u64, Pending>,
+    /// When each pending request times out.
+    deadlines: HashMap<u64, tokio::time::Instant>,
     tools: Option<ToolList>,
     fetching_tools: bool,
     started: Instant,
@@ -171,7 +176,42 @@ impl Upstream {
     fn is_http(&self) -> bool {
         !matches!(self.cfg.transport, UpstreamTransport::Stdio { .. })
     }
+
+    /// Records a request sent under `id`, with its deadline.
+    /// A `subscriptions/listen` stream is open by design until the client ends it: it has no
+    /// deadline.
+    fn wait_for(&mut self, id: u64, method: &str, pending: Pending) {
+        let timeout = match method {
+            "subscriptions/listen" => None,
+            "initialize" => Some(self.cfg.initialize_timeout),
+            _ => Some(self.cfg.request_timeout),
+        };
+        if let Some(timeout) = timeout {
+            self.deadlines.insert(id, tokio::time::Instant::now() + timeout);
+        }
+        self.pending.insert(id, pending);
+    }
+
+    /// The request `id` is answered (or given up): no longer pending.
+    fn answered(&mut self, id: u64) -> Option<Pending> {
+        self.deadlines.remove(&id);
+        self.pending.remove(&id)
+    }
+
+    /// Every pending request, which will not be answered.
+    fn take_pending(&mut self) -> HashMap<u64, Pending> {
+        self.deadlines.clear();
+        std::mem::take(&mut self.pending)
+    }
+
+    /// The pending requests whose deadline has passed.
+    fn overdue(&self, now: tokio::time::Instant) -> Vec<u64> {
+        self.deadlines.iter().filter(|(_, d)| **d <= now).map(|(id, _)| *id).collect()
+    }
 }
+
+/// How often the session looks for requests past their deadline.
+const DEADLINE_TICK: Duration = Duration::from_millis(500);
 
 /// What a request sent upstream is waiting to do with its response.
 enum Pending {
@@ -259,7 +299,10 @@ impl Session {
         mut rx: mpsc::UnboundedReceiver<Input>,
         mut up_rx: mpsc::UnboundedReceiver<(usize, u64, UpstreamEvent)>,
     ) {
+        let mut tick = tokio::time::interval(DEADLINE_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let waiting = self.upstreams.iter().any(|u| !u.deadlines.is_empty());
             tokio::select! {
                 biased;
                 event = up_rx.recv() => match event {
@@ -270,6 +313,7 @@ impl Session {
                     Some(input) => self.on_input(input),
                     None => break,
                 },
+                _ = tick.tick(), if waiting => self.time_out_overdue(),
             }
         }
         // The session ended (client gone, DELETE, reaped): nobody is left to run a held call for.
@@ -297,7 +341,7 @@ impl Session {
                     return;
                 }
                 if let Some((index, up_id)) = self.client_requests.remove(&id) {
-                    self.upstreams[index].pending.remove(&up_id);
+                    self.upstreams[index].answered(up_id);
                     let params = serde_json::json!({"requestId": up_id, "reason": "client disconnected"});
                     self.send_upstream(
                         index,
@@ -405,7 +449,7 @@ impl Session {
                     debug!(request_id, "cancel for a request that is not in flight");
                     return;
                 };
-                self.upstreams[index].pending.remove(&up_id);
+                self.upstreams[index].answered(up_id);
                 jsonrpc::set(&mut obj, "requestId", jsonrpc::number_id(up_id));
                 let out = Message { params: Some(jsonrpc::object_to_raw(&obj)), ..msg };
                 self.send_upstream(index, &out, None);
@@ -467,7 +511,7 @@ impl Session {
         up.next_id += 1;
         let tools_first_page = method == "tools/list" && !has_cursor(&msg);
         self.client_requests.insert(client_id.get().to_owned(), (index, up_id));
-        up.pending.insert(up_id, Pending::Client { client_id, method, tools_first_page, hook });
+        up.wait_for(up_id, &method, Pending::Client { client_id, method: method.clone(), tools_first_page, hook });
         msg.id = Some(jsonrpc::number_id(up_id));
         let mut out = outgoing(&msg, up.is_http());
         out.request_id = Some(up_id);
@@ -521,7 +565,7 @@ impl Session {
         let up = &mut self.upstreams[index];
         let up_id = up.next_id;
         up.next_id += 1;
-        up.pending.insert(up_id, pending);
+        up.wait_for(up_id, method, pending);
         let msg = Message::request(jsonrpc::number_id(up_id), method, params);
         self.send_upstream(index, &msg, Some(up_id));
     }
@@ -917,7 +961,7 @@ impl Session {
             let up = &mut self.upstreams[index];
             let up_id = up.next_id;
             up.next_id += 1;
-            up.pending.insert(up_id, Pending::Fanout(fanout_id));
+            up.wait_for(up_id, msg.method(), Pending::Fanout(fanout_id));
             let part = Message {
                 id: Some(jsonrpc::number_id(up_id)),
                 method: msg.method.clone(),
@@ -1181,7 +1225,42 @@ impl Session {
                 Kind::Request => self.on_upstream_request(index, msg, related),
                 Kind::Notification => self.on_upstream_notification(index, msg, related),
             },
+            UpstreamEvent::TooLarge { id } => self.on_too_large(index, id),
             UpstreamEvent::Closed { reason } => self.on_upstream_closed(index, reason),
+        }
+    }
+
+    /// The upstream's answer to `up_id` was over the size limit: the request gets an error.
+    fn on_too_large(&mut self, index: usize, up_id: u64) {
+        let Some(pending) = self.upstreams[index].answered(up_id) else { return };
+        let text = format!(
+            "upstream `{}` answered with a message over the {}-byte limit; it was dropped",
+            self.upstreams[index].cfg.name,
+            transport::MAX_MESSAGE_BYTES
+        );
+        warn!(up_id, "{text}");
+        self.fail_pending(index, pending, &text);
+    }
+
+    /// Answers a request that will get no answer from its upstream with an error.
+    fn fail_pending(&mut self, index: usize, pending: Pending, text: &str) {
+        match pending {
+            Pending::Client { client_id, hook, .. } => {
+                if let Some(hook) = hook {
+                    hook(Outcome::Error(text));
+                }
+                self.client_requests.remove(client_id.get());
+                if !self.progress.is_empty() {
+                    self.progress.retain(|_, e| e.client_id != client_id.get());
+                }
+                self.reply_error(Some(client_id), code::UPSTREAM_ERROR, text);
+            }
+            Pending::Fanout(f) => {
+                let error = jsonrpc::to_raw(&serde_json::json!({"code": code::UPSTREAM_ERROR, "message": text}));
+                self.fanout_part(f, index, Err(error));
+            }
+            Pending::ToolsFetch(_) => self.tools_fetched(index, None),
+            Pending::Reinit => {}
         }
     }
 
@@ -1190,7 +1269,7 @@ impl Session {
             warn!(server = %self.upstreams[index].cfg.name, "response with an id the proxy never sent: {msg}");
             return;
         };
-        let Some(pending) = self.upstreams[index].pending.remove(&up_id) else {
+        let Some(pending) = self.upstreams[index].answered(up_id) else {
             debug!(server = %self.upstreams[index].cfg.name, up_id, "response to a cancelled or unknown request");
             return;
         };
@@ -1402,7 +1481,7 @@ impl Session {
         up.link = None;
         up.tools = None;
         up.fetching_tools = false;
-        let pending = std::mem::take(&mut up.pending);
+        let pending = up.take_pending();
         let text = format!("upstream `{name}` stopped before answering: {reason}");
         for (_, p) in pending {
             match p {
@@ -1423,6 +1502,38 @@ impl Session {
         }
         self.server_requests.retain(|_, (i, _)| *i != index);
         self.schedule_restart(index);
+    }
+
+    /// Answers every request its upstream has not answered within its timeout with an error
+    /// naming the server and the timeout, and cancels it upstream.
+    fn time_out_overdue(&mut self) {
+        let now = tokio::time::Instant::now();
+        for index in 0..self.upstreams.len() {
+            for up_id in self.upstreams[index].overdue(now) {
+                let up = &mut self.upstreams[index];
+                let Some(pending) = up.answered(up_id) else { continue };
+                let (name, cfg) = (up.cfg.name.clone(), up.cfg.clone());
+                let method = match &pending {
+                    Pending::Client { method, .. } => method.as_str(),
+                    Pending::Fanout(f) => self.fanouts.get(f).map_or("", |f| f.method.as_str()),
+                    Pending::ToolsFetch(_) => "tools/list",
+                    Pending::Reinit => "initialize",
+                };
+                let (secs, key) = if method == "initialize" {
+                    (cfg.initialize_timeout.as_secs(), "initialize_timeout_secs")
+                } else {
+                    (cfg.request_timeout.as_secs(), "request_timeout_secs")
+                };
+                let text = format!("upstream `{name}` did not answer `{method}` within {secs} s (`{key}`)");
+                warn!(server = %name, up_id, "{text}");
+                if method != "initialize" {
+                    let params = serde_json::json!({"requestId": up_id, "reason": "timed out"});
+                    let cancel = Message::notification("notifications/cancelled", Some(jsonrpc::to_raw(&params)));
+                    self.send_upstream(index, &cancel, None);
+                }
+                self.fail_pending(index, pending, &text);
+            }
+        }
     }
 
     fn schedule_restart(&mut self, index: usize) {

@@ -9,7 +9,6 @@
 //! ids and progress tokens the proxy keeps apart.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -32,8 +31,6 @@ use crate::session::{self, Downstream, Input, Route, SessionHandle, SessionOptio
 use crate::transport::MAX_MESSAGE_BYTES;
 use crate::web::guard::{bearer_matches, bearer_token, check_host_origin};
 
-/// Sessions idle longer than this are closed (their child processes stop).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// On shutdown, how long requests in flight may take to finish before their streams end
 /// with an error.
 const DRAIN_WAIT: Duration = Duration::from_secs(3);
@@ -56,6 +53,53 @@ pub struct HttpOptions {
     pub agents: Credentials,
     pub allowed_hosts: Vec<String>,
     pub allowed_origins: Vec<String>,
+    pub limits: HttpLimits,
+}
+
+/// How much the HTTP downstream takes on (`[listen]`).
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// Most sessions open at once, the shared sessions of sessionless clients included. Each has
+    /// its own upstream connections (a child process per stdio upstream).
+    pub max_sessions: usize,
+    /// A session unused this long is closed. A request in flight keeps it open until the request
+    /// is older than the longest request timeout of its upstreams: then it counts as stuck.
+    pub session_idle: Duration,
+    pub listener: crate::config::ListenerLimits,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            max_sessions: crate::config::DEFAULT_MAX_SESSIONS,
+            session_idle: crate::config::DEFAULT_SESSION_IDLE,
+            listener: crate::config::ListenerLimits::default(),
+        }
+    }
+}
+
+/// Why a session could not be opened.
+#[derive(Debug, thiserror::Error)]
+enum OpenError {
+    #[error("unknown endpoint")]
+    UnknownEndpoint,
+    #[error("too many sessions: the limit is {0} (`[listen] max_sessions`); close one or retry later")]
+    Full(usize),
+    #[error("{0}")]
+    Upstream(String),
+}
+
+impl OpenError {
+    fn response(&self, id: Option<Box<RawValue>>) -> Response {
+        match self {
+            OpenError::Full(_) => {
+                let mut resp = json_error(StatusCode::SERVICE_UNAVAILABLE, id, code::INTERNAL_ERROR, &self.to_string());
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                resp
+            }
+            _ => json_error(StatusCode::BAD_GATEWAY, id, code::UPSTREAM_ERROR, &self.to_string()),
+        }
+    }
 }
 
 /// An endpoint and the authenticated agent, if any.
@@ -67,6 +111,8 @@ pub struct HttpState {
     /// Shared sessions of sessionless (2026-07-28) clients, per endpoint and agent.
     shared: tokio::sync::Mutex<HashMap<SharedKey, Arc<HttpSession>>>,
     next_id: AtomicU64,
+    /// One permit per open session, shared sessions included.
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 struct HttpSession {
@@ -76,6 +122,10 @@ struct HttpSession {
     handle: SessionHandle,
     streams: Arc<Streams>,
     last_used: Mutex<Instant>,
+    /// Requests in flight longer than this are stuck: they no longer keep the session open.
+    stuck_after: Duration,
+    /// Its place under `max_sessions`, given back when the session is dropped.
+    _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl HttpSession {
@@ -84,12 +134,105 @@ impl HttpSession {
             *t = Instant::now();
         }
     }
+
+    /// Whether the reaper should close it: unused for `idle`, with no request in flight that is
+    /// not stuck, or its actor already gone.
+    fn reapable(&self, idle: Duration) -> bool {
+        if self.handle.is_closed() {
+            return true;
+        }
+        let unused = self.last_used.lock().map(|t| t.elapsed()).unwrap_or_default();
+        if unused < idle {
+            return false;
+        }
+        let Ok(inner) = self.streams.inner.lock() else { return true };
+        inner.by_request.values().all(|open| open.since.elapsed() >= self.stuck_after)
+    }
 }
 
 /// One message on its way to an HTTP response; `last` ends a request's stream.
 struct Frame {
     bytes: Bytes,
     last: bool,
+}
+
+/// Most messages queued for one response stream. A client that reads its stream slower than
+/// messages arrive does not make the proxy buffer without end: past this, its stream is closed,
+/// ending with an error that says why.
+const STREAM_QUEUE: usize = 256;
+
+/// The sending end of a response stream.
+struct FrameTx {
+    tx: mpsc::Sender<Frame>,
+    /// What the stream ends with when it was closed for falling behind.
+    overflow: Arc<Mutex<Option<Bytes>>>,
+}
+
+/// The receiving end: the queued frames, then the overflow error if there was one.
+struct FrameRx {
+    rx: mpsc::Receiver<Frame>,
+    overflow: Arc<Mutex<Option<Bytes>>>,
+}
+
+fn frame_channel(capacity: usize) -> (FrameTx, FrameRx) {
+    let (tx, rx) = mpsc::channel(capacity);
+    let overflow = Arc::new(Mutex::new(None));
+    (FrameTx { tx, overflow: overflow.clone() }, FrameRx { rx, overflow })
+}
+
+/// Why a frame was not queued.
+enum Refused {
+    /// The client is not keeping up: the stream must be closed.
+    Full,
+    /// The stream is gone.
+    Closed,
+}
+
+impl FrameTx {
+    fn push(&self, frame: Frame) -> Result<(), Refused> {
+        self.tx.try_send(frame).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => Refused::Full,
+            mpsc::error::TrySendError::Closed(_) => Refused::Closed,
+        })
+    }
+
+    fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    /// Closes the stream (once this sender is dropped) with `reply` as its last message.
+    fn end_with(self, reply: Bytes) {
+        warn!("a client read its response stream too slowly; the stream was closed");
+        if let Ok(mut slot) = self.overflow.lock() {
+            *slot = Some(reply);
+        }
+    }
+}
+
+impl FrameRx {
+    async fn recv(&mut self) -> Option<Frame> {
+        match self.rx.recv().await {
+            Some(frame) => Some(frame),
+            None => {
+                let bytes = self.overflow.lock().ok().and_then(|mut o| o.take())?;
+                Some(Frame { bytes, last: true })
+            }
+        }
+    }
+}
+
+/// The error a request's stream ends with when the client fell behind.
+fn overflow_reply(id: Option<Box<RawValue>>) -> Bytes {
+    let text = format!(
+        "the client read its response stream too slowly (more than {STREAM_QUEUE} messages queued); the stream was closed"
+    );
+    Bytes::from(Message::error(id, code::INTERNAL_ERROR, &text).to_bytes())
+}
+
+/// The response stream of one request in flight.
+struct OpenRequest {
+    tx: FrameTx,
+    since: Instant,
 }
 
 /// Open response streams of one session; the session's [`Downstream`].
@@ -101,9 +244,9 @@ struct Streams {
 #[derive(Default)]
 struct StreamsInner {
     /// Request id (raw text, as the session sees it) -> its response stream.
-    by_request: HashMap<String, mpsc::UnboundedSender<Frame>>,
+    by_request: HashMap<String, OpenRequest>,
     /// Standalone GET streams, newest last.
-    get_streams: Vec<mpsc::UnboundedSender<Frame>>,
+    get_streams: Vec<FrameTx>,
     /// Shared sessions: our id -> the client's own id.
     original_ids: HashMap<String, Box<RawValue>>,
 }
@@ -114,11 +257,13 @@ impl Downstream for Streams {
         match route {
             Route::Reply => {
                 let Some(key) = msg.id_text().map(str::to_owned) else { return };
-                let Some(tx) = inner.by_request.remove(&key) else {
+                let Some(OpenRequest { tx, .. }) = inner.by_request.remove(&key) else {
                     debug!(id = key, "response for a request whose stream is gone");
                     return;
                 };
-                let bytes = match inner.original_ids.remove(&key) {
+                let original = inner.original_ids.remove(&key);
+                let client_id = original.clone().or_else(|| msg.id.clone());
+                let bytes = match original {
                     Some(original) => {
                         let mut restored = Message { id: Some(original), ..Message::default() };
                         restored.result = msg.result.as_ref().map(|r| r.to_owned());
@@ -128,17 +273,28 @@ impl Downstream for Streams {
                     }
                     None => msg.to_bytes(),
                 };
-                let _ = tx.send(Frame { bytes: Bytes::from(bytes), last: true });
+                if let Err(Refused::Full) = tx.push(Frame { bytes: Bytes::from(bytes), last: true }) {
+                    tx.end_with(overflow_reply(client_id));
+                }
             }
             Route::Related(id) => {
                 let bytes = match inner.original_ids.get(id) {
                     Some(original) => Bytes::from(with_subscription_id(msg, id, original)),
                     None => Bytes::from(msg.to_bytes()),
                 };
-                if let Some(tx) = inner.by_request.get(id)
-                    && tx.send(Frame { bytes: bytes.clone(), last: false }).is_ok()
-                {
-                    return;
+                if let Some(OpenRequest { tx, .. }) = inner.by_request.get(id) {
+                    match tx.push(Frame { bytes: bytes.clone(), last: false }) {
+                        Ok(()) => return,
+                        Err(Refused::Full) => {
+                            let client_id =
+                                inner.original_ids.remove(id).or_else(|| RawValue::from_string(id.to_owned()).ok());
+                            if let Some(open) = inner.by_request.remove(id) {
+                                open.tx.end_with(overflow_reply(client_id));
+                            }
+                            return;
+                        }
+                        Err(Refused::Closed) => {}
+                    }
                 }
                 inner.send_unrelated(bytes);
             }
@@ -176,10 +332,12 @@ impl Streams {
     fn close(&self, why: &str) {
         let Ok(mut inner) = self.inner.lock() else { return };
         let open: Vec<_> = inner.by_request.drain().collect();
-        for (key, tx) in open {
+        for (key, OpenRequest { tx, .. }) in open {
             let id = inner.original_ids.remove(&key).or_else(|| RawValue::from_string(key).ok());
             let reply = Message::error(id, code::INTERNAL_ERROR, why);
-            let _ = tx.send(Frame { bytes: Bytes::from(reply.to_bytes()), last: true });
+            if let Err(Refused::Full) = tx.push(Frame { bytes: Bytes::from(reply.to_bytes()), last: true }) {
+                tx.end_with(Bytes::from(reply.to_bytes()));
+            }
         }
         inner.get_streams.clear();
     }
@@ -190,12 +348,16 @@ impl StreamsInner {
         self.get_streams.retain(|tx| !tx.is_closed());
         let frame = Frame { bytes, last: false };
         if let Some(tx) = self.get_streams.last() {
-            let _ = tx.send(frame);
+            if let Err(Refused::Full) = tx.push(frame) {
+                // A standalone stream that fell behind is closed; the client opens another.
+                warn!("a client read its standalone stream too slowly; the stream was closed");
+                self.get_streams.pop();
+            }
             return;
         }
-        // No standalone stream: any open request stream will do.
-        if let Some(tx) = self.by_request.values().find(|tx| !tx.is_closed()) {
-            let _ = tx.send(frame);
+        // No standalone stream: any open request stream will do (if it has room).
+        if let Some(OpenRequest { tx, .. }) = self.by_request.values().find(|open| !open.tx.is_closed()) {
+            let _ = tx.push(frame);
             return;
         }
         debug!("message for the client dropped: no open stream");
@@ -205,10 +367,11 @@ impl StreamsInner {
 impl HttpState {
     pub fn new(opts: HttpOptions) -> Arc<HttpState> {
         Arc::new(HttpState {
-            opts,
             sessions: DashMap::new(),
             shared: tokio::sync::Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
+            slots: Arc::new(tokio::sync::Semaphore::new(opts.limits.max_sessions)),
+            opts,
         })
     }
 
@@ -221,20 +384,35 @@ impl HttpState {
         endpoint: &str,
         agent: Option<&str>,
         shared: bool,
-    ) -> Result<(String, Arc<HttpSession>), String> {
-        let mut opts = self.session_options(endpoint).ok_or("unknown endpoint")?.clone();
+    ) -> Result<(String, Arc<HttpSession>), OpenError> {
+        let mut opts = self.session_options(endpoint).ok_or(OpenError::UnknownEndpoint)?.clone();
+        let slot = match self.slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                // Sessions past their idle time may still hold places: close them first.
+                self.reap().await;
+                self.slots.clone().try_acquire_owned().map_err(|_| {
+                    warn!(limit = self.opts.limits.max_sessions, "session refused: too many sessions");
+                    OpenError::Full(self.opts.limits.max_sessions)
+                })?
+            }
+        };
+        let stuck_after = opts.servers.iter().map(|s| s.request_timeout).max().unwrap_or_default();
         let id = random_id();
         opts.shared = shared;
         opts.agent = agent.map(str::to_owned);
         opts.label = if shared { format!("http-shared/{endpoint}") } else { format!("http/{}", &id[..8]) };
         let streams = Arc::new(Streams::default());
-        let (handle, _task) = session::start(opts, streams.clone()).await.map_err(|e| e.to_string())?;
+        let (handle, _task) =
+            session::start(opts, streams.clone()).await.map_err(|e| OpenError::Upstream(e.to_string()))?;
         let session = Arc::new(HttpSession {
             endpoint: endpoint.to_owned(),
             agent: agent.map(str::to_owned),
             handle,
             streams,
             last_used: Mutex::new(Instant::now()),
+            stuck_after,
+            _slot: slot,
         });
         if !shared {
             self.sessions.insert(id.clone(), session.clone());
@@ -243,7 +421,7 @@ impl HttpState {
         Ok((id, session))
     }
 
-    async fn shared_session(&self, endpoint: &str, agent: Option<&str>) -> Result<Arc<HttpSession>, String> {
+    async fn shared_session(&self, endpoint: &str, agent: Option<&str>) -> Result<Arc<HttpSession>, OpenError> {
         let mut shared = self.shared.lock().await;
         let key = (endpoint.to_owned(), agent.map(str::to_owned));
         if let Some(s) = shared.get(&key)
@@ -251,7 +429,17 @@ impl HttpState {
         {
             return Ok(s.clone());
         }
+        // A closed one gives its place back before a new one takes it.
+        shared.remove(&key);
+        drop(shared);
         let (_, s) = self.new_session(endpoint, agent, true).await?;
+        let mut shared = self.shared.lock().await;
+        if let Some(other) = shared.get(&key)
+            && !other.handle.is_closed()
+        {
+            // Another request opened it meanwhile: use that one.
+            return Ok(other.clone());
+        }
         shared.insert(key, s.clone());
         Ok(s)
     }
@@ -303,16 +491,30 @@ impl HttpState {
         self.shared.lock().await.clear();
     }
 
-    fn reap_idle(&self) {
+    /// Closes idle, abandoned and stuck sessions (see [`HttpLimits::session_idle`]), the shared
+    /// ones included; their upstreams stop.
+    async fn reap(&self) {
+        let idle = self.opts.limits.session_idle;
+        let mut closed = Vec::new();
         self.sessions.retain(|id, s| {
-            let idle = s.last_used.lock().map(|t| t.elapsed()).unwrap_or_default();
-            let busy = s.streams.inner.lock().map(|i| !i.by_request.is_empty()).unwrap_or(false);
-            let keep = idle < IDLE_TIMEOUT || busy;
+            let keep = !s.reapable(idle);
             if !keep {
                 info!(session = &id[..8], "idle session closed");
+                closed.push(s.clone());
             }
             keep
         });
+        self.shared.lock().await.retain(|(endpoint, _), s| {
+            let keep = !s.reapable(idle);
+            if !keep {
+                info!(endpoint, "idle shared session closed");
+                closed.push(s.clone());
+            }
+            keep
+        });
+        for s in closed {
+            s.streams.close("the session was closed: idle, or its requests got no answer");
+        }
     }
 }
 
@@ -328,14 +530,15 @@ pub async fn serve(
     state: Arc<HttpState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use std::future::IntoFuture;
     let reaper_state = Arc::downgrade(&state);
+    let every = (state.opts.limits.session_idle / 4).clamp(Duration::from_millis(250), Duration::from_secs(30));
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
             match reaper_state.upgrade() {
-                Some(s) => s.reap_idle(),
+                Some(s) => s.reap().await,
                 None => break,
             }
         }
@@ -347,9 +550,8 @@ pub async fn serve(
         closing.drain_and_close().await;
         let _ = closed_tx.send(());
     };
-    let server = axum::serve(listener, router(state).into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(signal)
-        .into_future();
+    let limits = state.opts.limits.listener;
+    let server = crate::listener::serve(listener, router(state), limits, signal);
     let deadline = async {
         match closed_rx.await {
             Ok(()) => tokio::time::sleep(CLOSE_WAIT).await,
@@ -420,7 +622,10 @@ async fn post(
         Ok(b) => b,
         Err(_) => {
             let text = format!("body exceeds the {MAX_MESSAGE_BYTES}-byte limit");
-            return json_error(StatusCode::PAYLOAD_TOO_LARGE, None, code::INVALID_REQUEST, &text);
+            let mut resp = json_error(StatusCode::PAYLOAD_TOO_LARGE, None, code::INVALID_REQUEST, &text);
+            // The rest of the body is unread: the connection cannot carry another request.
+            resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return resp;
         }
     };
     let mut msg = match Message::parse(&bytes) {
@@ -446,7 +651,7 @@ async fn post(
     let (session, new_id) = if modern && session_id.is_none() {
         match state.shared_session(&endpoint, agent).await {
             Ok(s) => (s, None),
-            Err(e) => return json_error(StatusCode::BAD_GATEWAY, msg.id.take(), code::UPSTREAM_ERROR, &e),
+            Err(e) => return e.response(msg.id.take()),
         }
     } else if let Some(id) = session_id {
         match state.sessions.get(&id).map(|s| s.clone()) {
@@ -458,12 +663,12 @@ async fn post(
         if msg.method() == "server/discover" {
             match state.shared_session(&endpoint, agent).await {
                 Ok(s) => (s, None),
-                Err(e) => return json_error(StatusCode::BAD_GATEWAY, msg.id.take(), code::UPSTREAM_ERROR, &e),
+                Err(e) => return e.response(msg.id.take()),
             }
         } else {
             match state.new_session(&endpoint, agent, false).await {
                 Ok((id, s)) => (s, Some(id)),
-                Err(e) => return json_error(StatusCode::BAD_GATEWAY, msg.id.take(), code::UPSTREAM_ERROR, &e),
+                Err(e) => return e.response(msg.id.take()),
             }
         }
     } else {
@@ -484,7 +689,7 @@ async fn post(
     }
 
     // A request: open its response stream before the session can answer.
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, rx) = frame_channel(STREAM_QUEUE);
     let shared = new_id.is_none() && header_str(&headers, SESSION_HEADER).is_none();
     let key = {
         let Ok(mut inner) = session.streams.inner.lock() else {
@@ -501,7 +706,7 @@ async fn post(
         } else {
             msg.id_text().unwrap_or("null").to_owned()
         };
-        inner.by_request.insert(key.clone(), tx);
+        inner.by_request.insert(key.clone(), OpenRequest { tx, since: Instant::now() });
         key
     };
     if !session.handle.send(Input::Client { msg, param_headers }) {
@@ -514,6 +719,20 @@ async fn post(
         cancel_upstream: modern,
     });
     let wants_sse = header_str(&headers, "accept").is_none_or(|a| a.contains("text/event-stream"));
+    let rx = match &new_id {
+        Some(id) => match first_answer(rx).await {
+            Ok(rx) => rx,
+            Err(rx) => {
+                // A session whose `initialize` failed (or timed out) is not kept: its upstreams
+                // stop now rather than when it would be reaped.
+                if state.sessions.remove(id).is_some() {
+                    info!(session = &id[..8], "session closed: initialize failed");
+                }
+                return if wants_sse { sse_response(rx, gone) } else { json_response(rx, gone).await };
+            }
+        },
+        None => rx,
+    };
     let mut resp = if wants_sse { sse_response(rx, gone) } else { json_response(rx, gone).await };
     if let Some(id) = new_id
         && let Ok(v) = HeaderValue::from_str(&id)
@@ -521,6 +740,25 @@ async fn post(
         resp.headers_mut().insert(SESSION_HEADER, v);
     }
     resp
+}
+
+/// Waits for the answer to a request; `Err` when it is an error (or never comes). Either way
+/// the returned receiver yields the same frames again.
+async fn first_answer(mut rx: FrameRx) -> Result<FrameRx, FrameRx> {
+    // Room for all the source could hold, and its last message.
+    let (tx, replay) = frame_channel(STREAM_QUEUE + 1);
+    let mut ok = false;
+    while let Some(frame) = rx.recv().await {
+        let last = frame.last;
+        if last {
+            ok = Message::parse(&frame.bytes).is_ok_and(|m| m.error.is_none() && m.result.is_some());
+        }
+        let _ = tx.push(frame);
+        if last {
+            break;
+        }
+    }
+    if ok { Ok(replay) } else { Err(replay) }
 }
 
 /// Closing the response stream of a request before its answer abandons it if it is held, and
@@ -546,7 +784,7 @@ impl Drop for CancelOnDrop {
 
 /// An SSE body: one `message` event per queued message; ends when the sender side closes.
 /// With `until_reply`, it ends after the first response.
-fn sse_response(rx: mpsc::UnboundedReceiver<Frame>, guard: Option<CancelOnDrop>) -> Response {
+fn sse_response(rx: FrameRx, guard: Option<CancelOnDrop>) -> Response {
     let stream = futures::stream::unfold((rx, guard, false), move |(mut rx, guard, done)| async move {
         if done {
             return None;
@@ -567,7 +805,7 @@ fn sse_response(rx: mpsc::UnboundedReceiver<Frame>, guard: Option<CancelOnDrop>)
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
-async fn json_response(mut rx: mpsc::UnboundedReceiver<Frame>, guard: Option<CancelOnDrop>) -> Response {
+async fn json_response(mut rx: FrameRx, guard: Option<CancelOnDrop>) -> Response {
     while let Some(frame) = rx.recv().await {
         if frame.last {
             drop(guard);
@@ -605,7 +843,7 @@ async fn get(state: Arc<HttpState>, endpoint: String, agent: Option<&str>, heade
         return json_error(StatusCode::NOT_FOUND, None, -32001, "Session not found");
     };
     session.touch();
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, rx) = frame_channel(STREAM_QUEUE);
     if let Ok(mut inner) = session.streams.inner.lock() {
         inner.get_streams.push(tx);
     }

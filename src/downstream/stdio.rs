@@ -115,7 +115,7 @@ where
                         }
                     }
                 }
-                Ok(Some(Line::TooLong)) => {
+                Ok(Some(Line::TooLong { .. })) => {
                     warn!("message from the client over {MAX_MESSAGE_BYTES} bytes rejected");
                     let text = format!("message exceeds the {MAX_MESSAGE_BYTES}-byte limit");
                     let reply = Message::error(None, code::INVALID_REQUEST, &text);

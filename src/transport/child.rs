@@ -111,9 +111,11 @@ pub fn spawn(server: &ServerConfig, reporter: Reporter) -> Result<UpstreamLink, 
                             Err(e) => warn!("skipping a line that is not a JSON-RPC message: {e}"),
                         }
                     }
-                    Ok(Some(Line::TooLong)) => {
-                        warn!("skipping a message over {} bytes", super::MAX_MESSAGE_BYTES)
-                    }
+                    Ok(Some(Line::TooLong { head, tail })) => match answered_id(&head, &tail) {
+                        // Its request gets an error instead of waiting for ever.
+                        Some(id) => reporter.too_large(id),
+                        None => warn!("skipping a message over {} bytes", super::MAX_MESSAGE_BYTES),
+                    },
                     Ok(None) => break,
                     Err(e) => {
                         warn!("reading stdout failed: {e}");
@@ -151,5 +153,74 @@ impl Drop for ProcessGroup {
         }
         // ESRCH (the group is already empty) is the normal case.
         let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+/// The id of the response an over-long line carried, read from what is left of it: a top-level
+/// `"id"` that is the object's first member (after `"jsonrpc"`), or its last. Only numeric ids
+/// count (the proxy sends no others). The line is not parsed otherwise: this only routes an
+/// error to the request that will not get its answer.
+fn answered_id(head: &[u8], tail: &[u8]) -> Option<u64> {
+    first_member_id(head).or_else(|| last_member_id(tail))
+}
+
+fn trim_start(b: &[u8]) -> &[u8] {
+    let n = b.iter().take_while(|c| c.is_ascii_whitespace()).count();
+    &b[n..]
+}
+
+fn trim_end(b: &[u8]) -> &[u8] {
+    let n = b.iter().rev().take_while(|c| c.is_ascii_whitespace()).count();
+    &b[..b.len() - n]
+}
+
+/// `{"id": 7, ...` or `{"jsonrpc": "2.0", "id": 7, ...`.
+fn first_member_id(head: &[u8]) -> Option<u64> {
+    let mut rest = trim_start(head).strip_prefix(b"{")?;
+    rest = trim_start(rest);
+    if let Some(after) = rest.strip_prefix(b"\"jsonrpc\"") {
+        let after = trim_start(trim_start(after).strip_prefix(b":")?);
+        let after = trim_start(after.strip_prefix(b"\"2.0\"")?);
+        rest = trim_start(after.strip_prefix(b",")?);
+    }
+    let after = trim_start(trim_start(rest.strip_prefix(b"\"id\"")?).strip_prefix(b":")?);
+    let digits = after.iter().take_while(|c| c.is_ascii_digit()).count();
+    let end = trim_start(&after[digits..]);
+    if digits == 0 || !(end.starts_with(b",") || end.starts_with(b"}")) {
+        return None;
+    }
+    std::str::from_utf8(&after[..digits]).ok()?.parse().ok()
+}
+
+/// `..., "id": 7}` at the very end of the line.
+fn last_member_id(tail: &[u8]) -> Option<u64> {
+    let rest = trim_end(trim_end(tail).strip_suffix(b"}")?);
+    let digits = rest.iter().rev().take_while(|c| c.is_ascii_digit()).count();
+    if digits == 0 {
+        return None;
+    }
+    let (before, number) = rest.split_at(rest.len() - digits);
+    let before = trim_end(trim_end(before).strip_suffix(b":")?);
+    let before = trim_end(before.strip_suffix(b"\"id\"")?);
+    if !(before.ends_with(b",") || before.ends_with(b"{")) {
+        return None;
+    }
+    std::str::from_utf8(number).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_id_of_an_over_long_answer_is_read_from_either_end() {
+        assert_eq!(answered_id(br#"{"jsonrpc":"2.0","id":12,"result":{"x":"#, b"xx\"}}"), Some(12));
+        assert_eq!(answered_id(br#" { "id" : 3 , "result""#, b""), Some(3));
+        assert_eq!(answered_id(br#"{"result":{"content":"#, br#"aaa"}]},"jsonrpc":"2.0","id":41}"#), Some(41));
+        // An "id" inside the result, or inside a string, is not the message's.
+        assert_eq!(answered_id(br#"{"result":{"id":5,"#, br#"x"}]}}"#), None);
+        assert_eq!(answered_id(br#"{"result":"#, br#""text":"\"id\":9}"}"#), None);
+        assert_eq!(answered_id(br#"{"result":"#, br#"{"id":9}}"#), None);
+        assert_eq!(answered_id(b"", br#"{"id":"a"}"#), None);
     }
 }

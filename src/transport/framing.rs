@@ -11,9 +11,14 @@ use super::MAX_MESSAGE_BYTES;
 pub enum Line {
     /// A complete line without its terminator (may be empty or whitespace).
     Data(BytesMut),
-    /// A line longer than the cap; its bytes were discarded up to the next newline.
-    TooLong,
+    /// A line longer than the cap; its bytes were discarded up to the next newline. What it
+    /// began and ended with (up to [`EDGE_BYTES`] each) is kept, so that the reader may find
+    /// out which request it answered.
+    TooLong { head: BytesMut, tail: BytesMut },
 }
+
+/// How much of each end of an over-long line [`Line::TooLong`] keeps.
+pub const EDGE_BYTES: usize = 1024;
 
 /// Reads newline-terminated lines, never buffering more than the cap for one line.
 pub struct LineReader<R> {
@@ -23,6 +28,9 @@ pub struct LineReader<R> {
     scanned: usize,
     /// Discarding the rest of an over-long line.
     skipping: bool,
+    /// The start of the over-long line being discarded, and its latest bytes.
+    head: BytesMut,
+    tail: BytesMut,
     max: usize,
 }
 
@@ -32,7 +40,15 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
     }
 
     pub fn with_max(inner: R, max: usize) -> Self {
-        LineReader { inner, buf: BytesMut::with_capacity(64 * 1024), scanned: 0, skipping: false, max }
+        LineReader {
+            inner,
+            buf: BytesMut::with_capacity(64 * 1024),
+            scanned: 0,
+            skipping: false,
+            head: BytesMut::new(),
+            tail: BytesMut::new(),
+            max,
+        }
     }
 
     /// The next line, or `None` at end of input. A final line without a newline is returned.
@@ -46,23 +62,31 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
                     line.truncate(pos - 1);
                 }
                 if self.skipping {
+                    // The end of the over-long line: reported now, with both of its ends.
                     self.skipping = false;
-                    continue;
+                    keep_tail(&mut self.tail, &line);
+                    let (head, tail) = (std::mem::take(&mut self.head), std::mem::take(&mut self.tail));
+                    return Ok(Some(Line::TooLong { head, tail }));
                 }
                 if line.len() > self.max {
-                    return Ok(Some(Line::TooLong));
+                    let head = BytesMut::from(&line[..EDGE_BYTES.min(line.len())]);
+                    let tail = BytesMut::from(&line[line.len().saturating_sub(EDGE_BYTES)..]);
+                    return Ok(Some(Line::TooLong { head, tail }));
                 }
                 return Ok(Some(Line::Data(line)));
             }
             self.scanned = self.buf.len();
-            if self.buf.len() > self.max {
-                // Drop what we have of the over-long line and report it once.
-                self.buf.clear();
-                self.scanned = 0;
+            if self.buf.len() > self.max || (self.skipping && !self.buf.is_empty()) {
+                // Drop what we have of the over-long line (keeping its ends); it is reported
+                // once, when its newline arrives.
                 if !self.skipping {
                     self.skipping = true;
-                    return Ok(Some(Line::TooLong));
+                    self.head = BytesMut::from(&self.buf[..EDGE_BYTES.min(self.buf.len())]);
+                    self.tail.clear();
                 }
+                keep_tail(&mut self.tail, &self.buf);
+                self.buf.clear();
+                self.scanned = 0;
             }
             if self.buf.capacity() - self.buf.len() < 8 * 1024 {
                 self.buf.reserve(64 * 1024);
@@ -77,6 +101,19 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
                 return Ok(Some(Line::Data(line)));
             }
         }
+    }
+}
+
+/// Appends `more` to `tail`, keeping only the last [`EDGE_BYTES`].
+fn keep_tail(tail: &mut BytesMut, more: &[u8]) {
+    if more.len() >= EDGE_BYTES {
+        tail.clear();
+        tail.extend_from_slice(&more[more.len() - EDGE_BYTES..]);
+        return;
+    }
+    tail.extend_from_slice(more);
+    if tail.len() > EDGE_BYTES {
+        let _ = tail.split_to(tail.len() - EDGE_BYTES);
     }
 }
 
@@ -126,7 +163,7 @@ mod tests {
         while let Some(l) = r.next_line().await.unwrap() {
             out.push(match l {
                 Line::Data(d) => String::from_utf8(d.to_vec()).unwrap(),
-                Line::TooLong => "<too long>".to_owned(),
+                Line::TooLong { .. } => "<too long>".to_owned(),
             });
         }
         out

@@ -1309,6 +1309,7 @@ mod tests {
                 (serde_json::from_slice(&msg.to_bytes()).unwrap(), related)
             }
             (_, _, UpstreamEvent::Closed { reason }) => panic!("unexpected close: {reason}"),
+            (_, _, other) => panic!("unexpected event: {other:?}"),
         }
     }
 

@@ -87,6 +87,9 @@ pub enum UpstreamEvent {
     /// A message from the upstream. `related` is the proxy request id whose HTTP response stream
     /// carried it, when the transport knows it.
     Message { msg: Message, related: Option<u64> },
+    /// The answer to the request with this proxy id was over [`MAX_MESSAGE_BYTES`] and was
+    /// dropped.
+    TooLarge { id: u64 },
     /// The transport stopped; in-flight requests will not be answered.
     Closed { reason: String },
 }
@@ -107,6 +110,10 @@ impl Reporter {
 
     pub fn message(&self, msg: Message, related: Option<u64>) {
         let _ = self.sink.send((self.index, self.generation, UpstreamEvent::Message { msg, related }));
+    }
+
+    pub fn too_large(&self, id: u64) {
+        let _ = self.sink.send((self.index, self.generation, UpstreamEvent::TooLarge { id }));
     }
 
     pub fn closed(&self, reason: impl Into<String>) {

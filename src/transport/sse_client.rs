@@ -434,6 +434,7 @@ mod tests {
         match next_event(events).await {
             UpstreamEvent::Message { msg, related } => (serde_json::from_slice(&msg.to_bytes()).unwrap(), related),
             UpstreamEvent::Closed { reason } => panic!("unexpected close: {reason}"),
+            other => panic!("unexpected event: {other:?}"),
         }
     }
 

@@ -40,6 +40,8 @@ pub struct WebState {
     /// Host header values accepted besides loopback names.
     pub allowed_hosts: Vec<String>,
     pub allowed_origins: Vec<String>,
+    /// Connection cap and header timeout of the listener (`[approvals]`).
+    pub limits: crate::config::ListenerLimits,
     sessions: DashMap<String, BrowserSession>,
     /// Handshakes under way: server nonce -> (key, client nonce, when).
     handshakes: DashMap<String, ([u8; 32], String, Instant)>,
@@ -72,6 +74,7 @@ impl WebState {
             approvers,
             allowed_hosts,
             allowed_origins: Vec::new(),
+            limits: crate::config::ListenerLimits::default(),
             sessions: DashMap::new(),
             handshakes: DashMap::new(),
         })
@@ -167,7 +170,8 @@ pub async fn serve(
     state: Arc<WebState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    let limits = state.limits;
+    crate::listener::serve(listener, router(state), limits, shutdown).await
 }
 
 /// Host/Origin checks on every request and security headers on every response.

@@ -46,6 +46,8 @@ pub fn stdio_server(name: &str) -> Arc<ServerConfig> {
             cwd: None,
         },
         prefix: true,
+        request_timeout: mcp_gate::config::DEFAULT_REQUEST_TIMEOUT,
+        initialize_timeout: mcp_gate::config::DEFAULT_INITIALIZE_TIMEOUT,
     })
 }
 
@@ -54,6 +56,8 @@ pub fn http_server(name: &str, url: &str) -> Arc<ServerConfig> {
         name: name.to_owned(),
         transport: UpstreamTransport::StreamableHttp { url: url.to_owned(), headers: Vec::new() },
         prefix: true,
+        request_timeout: mcp_gate::config::DEFAULT_REQUEST_TIMEOUT,
+        initialize_timeout: mcp_gate::config::DEFAULT_INITIALIZE_TIMEOUT,
     })
 }
 
@@ -62,6 +66,8 @@ pub fn sse_server(name: &str, url: &str) -> Arc<ServerConfig> {
         name: name.to_owned(),
         transport: UpstreamTransport::Sse { url: url.to_owned(), headers: Vec::new() },
         prefix: true,
+        request_timeout: mcp_gate::config::DEFAULT_REQUEST_TIMEOUT,
+        initialize_timeout: mcp_gate::config::DEFAULT_INITIALIZE_TIMEOUT,
     })
 }
 
@@ -118,6 +124,7 @@ pub async fn http_proxy(opts: SessionOptions, token: Option<&str>) -> String {
         agents: Default::default(),
         allowed_hosts: Vec::new(),
         allowed_origins: Vec::new(),
+        limits: Default::default(),
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");

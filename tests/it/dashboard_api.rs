@@ -475,6 +475,7 @@ async fn http_agents_are_known_by_their_tokens_and_keep_their_sessions() {
         agents: config.approvals.agents.clone(),
         allowed_hosts: Vec::new(),
         allowed_origins: Vec::new(),
+        limits: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());

@@ -7,6 +7,7 @@ mod ai_review;
 mod approval_server;
 mod approver_cli;
 mod binary;
+mod bounds;
 mod caller_gone;
 mod common;
 mod dashboard_api;

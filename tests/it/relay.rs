@@ -270,6 +270,8 @@ async fn auto_client_falls_back_against_a_legacy_upstream() {
         name: "raw".into(),
         transport: mcp_gate::config::UpstreamTransport::Stdio { command: raw, args: vec![], env: vec![], cwd: None },
         prefix: true,
+        request_timeout: mcp_gate::config::DEFAULT_REQUEST_TIMEOUT,
+        initialize_timeout: mcp_gate::config::DEFAULT_INITIALIZE_TIMEOUT,
     });
     let stream = stdio_proxy(options(vec![server])).await;
     let (read, write) = tokio::io::split(stream);

@@ -199,6 +199,8 @@ fn recorded(name: &str, command: &str, args: &[&str], dir: &Path) -> Arc<ServerC
         name: name.to_owned(),
         transport: UpstreamTransport::Stdio { command: "bash".into(), args: all, env: Vec::new(), cwd: None },
         prefix: true,
+        request_timeout: mcp_gate::config::DEFAULT_REQUEST_TIMEOUT,
+        initialize_timeout: mcp_gate::config::DEFAULT_INITIALIZE_TIMEOUT,
     })
 }
 
@@ -520,6 +522,8 @@ async fn upstream_down(version: &'static str) {
         name: "down".into(),
         transport: UpstreamTransport::Stdio { command: "false".into(), args: Vec::new(), env: Vec::new(), cwd: None },
         prefix: false,
+        request_timeout: mcp_gate::config::DEFAULT_REQUEST_TIMEOUT,
+        initialize_timeout: mcp_gate::config::DEFAULT_INITIALIZE_TIMEOUT,
     });
     let fast = approvals(Duration::ZERO).await;
     let gate = Arc::new(ApprovalGate { approvals: fast });
@@ -662,6 +666,8 @@ async fn a_filtered_tool_list_is_private_2026_07_28() {
         name: "raw".into(),
         transport: UpstreamTransport::Stdio { command: raw_bin(), args: Vec::new(), env: Vec::new(), cwd: None },
         prefix: false,
+        request_timeout: mcp_gate::config::DEFAULT_REQUEST_TIMEOUT,
+        initialize_timeout: mcp_gate::config::DEFAULT_INITIALIZE_TIMEOUT,
     });
     let stream = stdio_proxy(options_with_gate(vec![raw], Arc::new(HidesRawTool))).await;
     let (read, write) = tokio::io::split(stream);
@@ -689,6 +695,8 @@ async fn listen_streams_are_named_by_the_clients_id_over_http_2026_07_28() {
         name: "raw".into(),
         transport: UpstreamTransport::Stdio { command: raw_bin(), args: Vec::new(), env: Vec::new(), cwd: None },
         prefix: false,
+        request_timeout: mcp_gate::config::DEFAULT_REQUEST_TIMEOUT,
+        initialize_timeout: mcp_gate::config::DEFAULT_INITIALIZE_TIMEOUT,
     });
     let base = http_proxy(options(vec![raw]), None).await;
     let meta = json!({

@@ -17,6 +17,8 @@ fn raw_server(command: &str) -> Arc<ServerConfig> {
         name: "raw".into(),
         transport: UpstreamTransport::Stdio { command: command.into(), args: Vec::new(), env: Vec::new(), cwd: None },
         prefix: true,
+        request_timeout: mcp_gate::config::DEFAULT_REQUEST_TIMEOUT,
+        initialize_timeout: mcp_gate::config::DEFAULT_INITIALIZE_TIMEOUT,
     })
 }
 
