@@ -9,6 +9,8 @@
 #   2. Added per-call latency (p50/p90/p99) with a raw Rust stdio client (bench-client example)
 #      against raw-upstream, direct vs `mcp-gate -- raw-upstream`, in alternating blocks.
 #   3. Idle RSS of mcp-gate alone with three raw-upstream servers after initialize + tools/list.
+#   4. `mcp-gate serve` with 100 client sessions open (one raw-upstream child each): its RSS and
+#      open file descriptors (/proc/PID/status, /proc/PID/fd) before and after, per 100 sessions.
 #
 # The machine may be noisy: sides are interleaved and compared as ratios, not absolute figures.
 #
@@ -129,6 +131,45 @@ EOF
   >"$BENCH_ARTIFACTS/memory.txt" 2>"$BENCH_ARTIFACTS/memory.log" || log "memory run failed (see $BENCH_ARTIFACTS/memory.log)"
 load M "$BENCH_ARTIFACTS/memory.txt"
 
+# ---- 4. resources per 100 sessions of `serve` -----------------------------------------------------
+log "sessions: mcp-gate serve with 100 sessions (one raw-upstream child each)"
+{ [[ -f "$TMP/gate.toml" ]] && cat "$TMP/gate.toml"; echo; } >"$TMP/sessions.toml"
+# max_sessions belongs to [listen]: prepend it before any other table.
+{ printf '[listen]\nmax_sessions = 128\n\n'; cat "$TMP/sessions.toml"; } >"$TMP/sessions2.toml"
+S_rss_before_kb=n/a; S_rss_after_kb=n/a; S_fd_before=n/a; S_fd_after=n/a; S_opened=0; S_children_kb=n/a
+"$MCP_GATE_BIN" serve --config "$TMP/sessions2.toml" --listen 127.0.0.1:0 -- "$RAW" \
+  >/dev/null 2>"$BENCH_ARTIFACTS/sessions.log" &
+serve_pid=$!
+serve_url=""
+for _ in $(seq 1 100); do
+  serve_url="$(sed -n 's/^mcp-gate: listening on //p' "$BENCH_ARTIFACTS/sessions.log" | head -1)"
+  [[ -n "$serve_url" ]] && break
+  sleep 0.1
+done
+vm_rss() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo n/a; }
+fds() { find "/proc/$1/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l; }
+if [[ -n "$serve_url" ]]; then
+  sleep 0.5
+  S_rss_before_kb="$(vm_rss "$serve_pid")"
+  S_fd_before="$(fds "$serve_pid")"
+  for i in $(seq 1 100); do
+    if curl -sf -o /dev/null -X POST "$serve_url" -H 'content-type: application/json' \
+      -H 'accept: application/json, text/event-stream' \
+      -d '{"jsonrpc":"2.0","id":'"$i"',"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"bench","version":"1"}}}'; then
+      S_opened=$((S_opened + 1))
+    fi
+  done
+  sleep 1
+  S_rss_after_kb="$(vm_rss "$serve_pid")"
+  S_fd_after="$(fds "$serve_pid")"
+  S_children_kb=0
+  for child in $(pgrep -P "$serve_pid" || true); do
+    S_children_kb=$((S_children_kb + $(vm_rss "$child" | sed 's/n\/a/0/')))
+  done
+fi
+kill "$serve_pid" 2>/dev/null || true
+wait "$serve_pid" 2>/dev/null || true
+
 # ---- 1. Python SDK throughput -------------------------------------------------------------------
 log "throughput: Python SDK -> server-everything echo (scripts/bench_py.py)"
 "$PEERS_PY" "$ROOT/scripts/bench_py.py" >"$BENCH_ARTIFACTS/python.txt" 2>"$BENCH_ARTIFACTS/python.log" \
@@ -184,6 +225,13 @@ kids_mb="$(calc 'sprintf("%.1f", a/1024)' "$(get M_children_rss_kb)" 1)"
       "$audit_rows" "$(get L_via_calls_total)" "$(calc 'sprintf("%.0f", 100*a/b)' "$audit_rows" "$(get L_via_calls_total)")" \
       "$(verdict 'x >= 100' "$(calc '100*a/b' "$audit_rows" "$(get L_via_calls_total)")")"
   fi
+  printf '| `serve` with %s sessions open (one stdio child each): RSS of mcp-gate | – | %s MB (%s MB with none) | **+%s MB per 100 sessions** | – | – |\n' \
+    "$S_opened" "$(calc 'sprintf("%.1f", a/1024)' "$S_rss_after_kb" 1)" "$(calc 'sprintf("%.1f", a/1024)' "$S_rss_before_kb" 1)" \
+    "$(calc 'sprintf("%.1f", (a-b)/1024)' "$S_rss_after_kb" "$S_rss_before_kb")"
+  printf '| `serve` with %s sessions open: open file descriptors of mcp-gate | – | %s (%s with none) | **+%s per 100 sessions** | – | – |\n' \
+    "$S_opened" "$S_fd_after" "$S_fd_before" "$(calc 'sprintf("%d", a-b)' "$S_fd_after" "$S_fd_before")"
+  printf '| `serve` with %s sessions open: RSS of its upstream children | – | %s MB | – | – | – |\n' \
+    "$S_opened" "$(calc 'sprintf("%.1f", a/1024)' "$S_children_kb" 1)"
   printf '| Idle RSS, mcp-gate alone, 3 stdio upstreams (after initialize + tools/list) | – | %s MB (peak %s MB, %s threads) | upstreams: %s MB in %s processes | ≤ 15 MB | %s |\n' \
     "$rss_mb" "$hwm_mb" "$(get M_threads)" "$kids_mb" "$(get M_children)" "$(verdict 'x <= 15' "$rss_mb")"
   echo
