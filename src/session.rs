@@ -516,8 +516,12 @@ impl Session {
         let mut out = outgoing(&msg, up.is_http());
         out.request_id = Some(up_id);
         out.param_headers = param_headers;
-        if let Some(link) = &up.link {
-            link.send(out);
+        let Some(Err(e)) = up.link.as_ref().map(|link| link.send(out)) else { return };
+        // Refused: the request gets its error now.
+        let text = format!("upstream `{}`: {e}", up.cfg.name);
+        warn!("{text}");
+        if let Some(pending) = up.answered(up_id) {
+            self.fail_pending(index, pending, &text);
         }
     }
 
@@ -556,7 +560,16 @@ impl Session {
         };
         let mut out = outgoing(msg, up.is_http());
         out.request_id = request_id;
-        link.send(out);
+        if let Err(e) = link.send(out) {
+            warn!(server = %up.cfg.name, method = msg.method(), "message dropped: {e}");
+            // A request the proxy sent for itself fails now rather than at its deadline.
+            if let Some(id) = request_id
+                && let Some(pending) = self.upstreams[index].answered(id)
+            {
+                let text = format!("upstream `{}`: {e}", self.upstreams[index].cfg.name);
+                self.fail_pending(index, pending, &text);
+            }
+        }
     }
 
     /// Sends the proxy's own request to an upstream.

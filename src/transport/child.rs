@@ -15,7 +15,7 @@ use tokio::process::Command;
 use tokio::sync::mpsc;
 use tracing::{Instrument, debug, info, warn};
 
-use super::framing::{Line, LineReader, write_lines};
+use super::framing::{Line, LineReader};
 use super::{ConnectError, Reporter, UpstreamLink};
 use crate::config::{ServerConfig, UpstreamTransport};
 use crate::jsonrpc::Message;
@@ -52,26 +52,16 @@ pub fn spawn(server: &ServerConfig, reporter: Reporter) -> Result<UpstreamLink, 
         unreachable!("all three pipes were requested");
     };
 
-    let (tx, rx) = mpsc::unbounded_channel::<super::Outgoing>();
-    let (bytes_tx, bytes_rx) = mpsc::unbounded_channel();
+    let (tx, rx) = UpstreamLink::channel();
     let (link, running) = UpstreamLink::new(tx);
     // Told when the session drops the link: the child then has a moment to exit, then is killed.
     let (released_tx, mut released) = tokio::sync::oneshot::channel::<()>();
 
-    // Outgoing: strip the HTTP-only metadata and write lines.
+    // Outgoing: write lines (the HTTP-only metadata is not needed). While the child does not
+    // read, messages wait in the link's bounded queue.
     tokio::spawn(
         async move {
-            let mut rx = rx;
-            let forward = async move {
-                while let Some(out) = rx.recv().await {
-                    if bytes_tx.send(out.bytes).is_err() {
-                        break;
-                    }
-                }
-            };
-            let write = write_lines(stdin, bytes_rx);
-            let (_, res) = tokio::join!(forward, write);
-            if let Err(e) = res {
+            if let Err(e) = write_messages(stdin, rx).await {
                 debug!("stdin closed: {e}");
             }
             let _ = released_tx.send(());
@@ -140,6 +130,33 @@ pub fn spawn(server: &ServerConfig, reporter: Reporter) -> Result<UpstreamLink, 
     );
 
     Ok(link)
+}
+
+/// Writes queued messages to the child, one per line, flushing whenever the queue runs dry so
+/// that bursts cost one write and a lone message is not delayed.
+async fn write_messages(
+    mut stdin: tokio::process::ChildStdin,
+    mut rx: mpsc::Receiver<super::Outgoing>,
+) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let mut buf = Vec::with_capacity(64 * 1024);
+    while let Some(first) = rx.recv().await {
+        buf.extend_from_slice(&first.bytes);
+        buf.push(b'\n');
+        while buf.len() < 1024 * 1024 {
+            match rx.try_recv() {
+                Ok(more) => {
+                    buf.extend_from_slice(&more.bytes);
+                    buf.push(b'\n');
+                }
+                Err(_) => break,
+            }
+        }
+        stdin.write_all(&buf).await?;
+        stdin.flush().await?;
+        buf.clear();
+    }
+    stdin.flush().await
 }
 
 /// The process group a child leads; dropping it kills every process left in the group.

@@ -121,7 +121,7 @@ async fn connect_with(
         replays: AtomicU64::new(0),
         get_open_wait,
     });
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, rx) = UpstreamLink::channel();
     tracing::info!(server = %shared.server, url = %shared.url, "streamable HTTP upstream ready");
     let (link, running) = UpstreamLink::new(tx);
     tokio::spawn(async move {
@@ -508,7 +508,7 @@ impl Ctx {
 }
 
 /// The transport's main loop: takes messages off the link until it is dropped.
-async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
+async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Outgoing>) {
     let mut poll = tokio::time::interval(CLOSED_POLL);
     'main: loop {
         let out = tokio::select! {
@@ -1287,7 +1287,7 @@ mod tests {
     /// Sends `call(id, "elicit")` and reads messages until its result; returns whether the
     /// `elicitation/create` from the GET stream came before it.
     async fn elicit(link: &UpstreamLink, events: &mut Events, id: u64) -> bool {
-        assert!(link.send(call(id, "elicit")));
+        assert!(link.send(call(id, "elicit")).is_ok());
         let mut elicited = false;
         loop {
             let (msg, related) = next_message(events).await;
@@ -1332,9 +1332,12 @@ mod tests {
 
     /// initialize + notifications/initialized, as a client would send them (without waiting).
     async fn handshake(link: &UpstreamLink, events: &mut Events) {
-        assert!(link.send(outgoing(json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
-            "protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}))));
-        assert!(link.send(outgoing(json!({"jsonrpc":"2.0","method":"notifications/initialized"}))));
+        assert!(
+            link.send(outgoing(json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
+            "protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"c","version":"1"}}})))
+                .is_ok()
+        );
+        assert!(link.send(outgoing(json!({"jsonrpc":"2.0","method":"notifications/initialized"}))).is_ok());
         let (msg, related) = next_message(events).await;
         assert_eq!(msg["id"], 1);
         assert_eq!(msg["result"]["protocolVersion"], "2025-06-18");
@@ -1400,7 +1403,7 @@ mod tests {
         let up = Arc::new(Upstream::default());
         let (link, mut events) = start(&up).await;
         handshake(&link, &mut events).await;
-        assert!(link.send(outgoing(json!({"jsonrpc":"2.0","id":2,"method":"tools/list"}))));
+        assert!(link.send(outgoing(json!({"jsonrpc":"2.0","id":2,"method":"tools/list"}))).is_ok());
         let (msg, related) = next_message(&mut events).await;
         assert_eq!(msg, json!({"jsonrpc":"2.0","id":2,"result":{"tools":[]}}));
         assert_eq!(related, Some(2));
@@ -1435,7 +1438,7 @@ mod tests {
         let up = Arc::new(Upstream::default());
         let (link, mut events) = start(&up).await;
         handshake(&link, &mut events).await;
-        assert!(link.send(call(3, "progress")));
+        assert!(link.send(call(3, "progress")).is_ok());
         let (msg, related) = next_message(&mut events).await;
         assert_eq!(msg["method"], "notifications/progress");
         assert_eq!(related, Some(3));
@@ -1450,8 +1453,8 @@ mod tests {
         let up = Arc::new(Upstream::default());
         let (link, mut events) = start(&up).await;
         handshake(&link, &mut events).await;
-        assert!(link.send(call(10, "slow")));
-        assert!(link.send(call(11, "fast")));
+        assert!(link.send(call(10, "slow")).is_ok());
+        assert!(link.send(call(11, "fast")).is_ok());
         let (first, _) = next_message(&mut events).await;
         let (second, _) = next_message(&mut events).await;
         assert_eq!(first["id"], 11, "a slow response must not hold back a later request");
@@ -1464,10 +1467,10 @@ mod tests {
         let (link, mut events) = start(&up).await;
         handshake(&link, &mut events).await;
         // One round trip, so the handshake's last POST has been answered.
-        assert!(link.send(outgoing(json!({"jsonrpc":"2.0","id":4,"method":"tools/list"}))));
+        assert!(link.send(outgoing(json!({"jsonrpc":"2.0","id":4,"method":"tools/list"}))).is_ok());
         assert_eq!(next_message(&mut events).await.0["id"], 4);
         up.live.lock().unwrap().clear();
-        assert!(link.send(outgoing(json!({"jsonrpc":"2.0","id":5,"method":"tools/list"}))));
+        assert!(link.send(outgoing(json!({"jsonrpc":"2.0","id":5,"method":"tools/list"}))).is_ok());
         let (msg, related) = next_message(&mut events).await;
         assert_eq!(msg, json!({"jsonrpc":"2.0","id":5,"result":{"tools":[]}}), "replayed initialize is swallowed");
         assert_eq!(related, Some(5));
@@ -1490,7 +1493,7 @@ mod tests {
         no_more_events(&mut events).await;
 
         // Later requests use the new session directly.
-        assert!(link.send(call(6, "x")));
+        assert!(link.send(call(6, "x")).is_ok());
         assert_eq!(next_message(&mut events).await.0["result"]["echo"], "x");
         assert_eq!(up.posts("initialize").len(), 2);
     }
@@ -1500,7 +1503,7 @@ mod tests {
         let up = Arc::new(Upstream::default());
         let (link, mut events) = start(&up).await;
         handshake(&link, &mut events).await;
-        assert!(link.send(call(7, "fail")));
+        assert!(link.send(call(7, "fail")).is_ok());
         let (msg, related) = next_message(&mut events).await;
         assert_eq!(msg["id"], 7);
         assert_eq!(related, Some(7));
@@ -1509,7 +1512,7 @@ mod tests {
         assert!(text.starts_with("upstream up: HTTP 500"), "{text}");
         assert!(text.contains("internal kaboom"), "{text}");
         // The transport goes on.
-        assert!(link.send(call(8, "y")));
+        assert!(link.send(call(8, "y")).is_ok());
         assert_eq!(next_message(&mut events).await.0["result"]["echo"], "y");
     }
 
@@ -1518,7 +1521,7 @@ mod tests {
         let up = Arc::new(Upstream::default());
         let (link, mut events) = start(&up).await;
         handshake(&link, &mut events).await;
-        assert!(link.send(call(9, "jsonerr")));
+        assert!(link.send(call(9, "jsonerr")).is_ok());
         let (msg, related) = next_message(&mut events).await;
         assert_eq!(msg, json!({"jsonrpc":"2.0","id":9,"error":{"code":-32600,"message":"Bad Request: nope"}}));
         assert_eq!(related, Some(9));
@@ -1531,8 +1534,8 @@ mod tests {
         drop(listener);
         let (sink, mut events) = mpsc::unbounded_channel();
         let link = connect("up", &url, &[], Reporter::new(0, 1, sink)).await.unwrap();
-        assert!(link.send(outgoing(json!({"jsonrpc":"2.0","id":3,"method":"tools/list"}))));
-        assert!(link.send(outgoing(json!({"jsonrpc":"2.0","method":"notifications/cancelled","params":{}}))));
+        assert!(link.send(outgoing(json!({"jsonrpc":"2.0","id":3,"method":"tools/list"}))).is_ok());
+        assert!(link.send(outgoing(json!({"jsonrpc":"2.0","method":"notifications/cancelled","params":{}}))).is_ok());
         let (msg, related) = next_message(&mut events).await;
         assert_eq!((msg["id"].as_u64(), related), (Some(3), Some(3)));
         let text = msg["error"]["message"].as_str().unwrap();
@@ -1548,13 +1551,13 @@ mod tests {
         out.protocol_version = Some("2026-07-28".to_owned());
         out.name = Some("Hello, 世界".to_owned());
         out.param_headers = vec![("Region".to_owned(), "us-west1".to_owned())];
-        assert!(link.send(out));
+        assert!(link.send(out).is_ok());
         let (msg, related) = next_message(&mut events).await;
         assert_eq!((msg["id"].as_u64(), related), (Some(20), Some(20)));
         let mut out = call(21, "get_weather");
         out.protocol_version = Some("2026-07-28".to_owned());
         out.name = Some("get_weather".to_owned());
-        assert!(link.send(out));
+        assert!(link.send(out).is_ok());
         next_message(&mut events).await;
 
         let calls = up.posts("tools/call");
@@ -1572,7 +1575,7 @@ mod tests {
         let up = Arc::new(Upstream::default());
         let (link, mut events) = start(&up).await;
         handshake(&link, &mut events).await;
-        assert!(link.send(call(40, "cut")));
+        assert!(link.send(call(40, "cut")).is_ok());
         let (msg, related) = next_message(&mut events).await;
         assert_eq!((msg["method"].as_str(), related), (Some("notifications/progress"), Some(40)));
         let (msg, related) = next_message(&mut events).await;
@@ -1591,7 +1594,7 @@ mod tests {
         let (link, mut events) = start(&up).await;
         let mut out = call(41, "cut");
         out.protocol_version = Some("2026-07-28".to_owned());
-        assert!(link.send(out));
+        assert!(link.send(out).is_ok());
         let (msg, _) = next_message(&mut events).await;
         assert_eq!(msg["method"], "notifications/progress");
         let (msg, related) = next_message(&mut events).await;
@@ -1642,11 +1645,14 @@ mod tests {
         let (link, mut events) = start(&up).await;
         let mut out = call(30, "slow");
         out.protocol_version = Some("2026-07-28".to_owned());
-        assert!(link.send(out));
+        assert!(link.send(out).is_ok());
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(link.send(outgoing(
-            json!({"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":30,"reason":"user"}})
-        )));
+        assert!(
+            link.send(outgoing(
+                json!({"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":30,"reason":"user"}})
+            ))
+            .is_ok()
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
         no_more_events(&mut events).await;
         let posts: Vec<Seen> = up.seen().into_iter().filter(|s| s.method == "POST").collect();
@@ -1654,6 +1660,7 @@ mod tests {
         // A legacy cancel is POSTed as usual.
         assert!(
             link.send(outgoing(json!({"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":99}})))
+                .is_ok()
         );
         for _ in 0..50 {
             if !up.posts("notifications/cancelled").is_empty() {
@@ -1670,7 +1677,7 @@ mod tests {
         let (link, mut events) = start(&up).await;
         handshake(&link, &mut events).await;
         handshake(&link, &mut events).await;
-        assert!(link.send(call(2, "z")));
+        assert!(link.send(call(2, "z")).is_ok());
         assert_eq!(next_message(&mut events).await.0["id"], 2);
         let seen = up.seen();
         let deletes: Vec<&Seen> = seen.iter().filter(|s| s.method == "DELETE").collect();
@@ -1746,12 +1753,12 @@ mod tests {
 
         *up.get_delay.lock().unwrap() = Duration::from_millis(300);
         up.live.lock().unwrap().clear();
-        assert!(link.send(call(3, "elicit")));
+        assert!(link.send(call(3, "elicit")).is_ok());
         // The replayed handshake is done and the new GET stream is on its way: a request sent now
         // must wait for it too.
         until_seen(&up, "the new session's GET", |s| s.method == "GET" && s.header("mcp-session-id") == Some("s2"))
             .await;
-        assert!(link.send(call(4, "elicit")));
+        assert!(link.send(call(4, "elicit")).is_ok());
         let mut results = Vec::new();
         let mut elicitations = 0;
         while results.len() < 2 || elicitations < 2 {
@@ -1784,7 +1791,7 @@ mod tests {
             let url = serve(Arc::clone(&up)).await;
             let (link, mut events) = start_at(&url, NO_CAP).await;
             handshake(&link, &mut events).await;
-            assert!(link.send(outgoing(json!({"jsonrpc":"2.0","id":2,"method":"tools/list"}))));
+            assert!(link.send(outgoing(json!({"jsonrpc":"2.0","id":2,"method":"tools/list"}))).is_ok());
             let (msg, related) = next_message(&mut events).await;
             assert_eq!((msg["id"].as_u64(), related), (Some(2), Some(2)), "GET answered {status:?}");
             let answered = up.position("GET answered").expect("the GET was answered");
@@ -1801,7 +1808,7 @@ mod tests {
         let (link, mut events) = start_at(&url, cap).await;
         let started = tokio::time::Instant::now();
         handshake(&link, &mut events).await;
-        assert!(link.send(outgoing(json!({"jsonrpc":"2.0","id":2,"method":"tools/list"}))));
+        assert!(link.send(outgoing(json!({"jsonrpc":"2.0","id":2,"method":"tools/list"}))).is_ok());
         let (msg, related) = next_message(&mut events).await;
         assert_eq!((msg["id"].as_u64(), related), (Some(2), Some(2)));
         assert!(started.elapsed() >= cap, "released before the cap");
@@ -1817,7 +1824,7 @@ mod tests {
         let (link, mut events) = start_at(&url, NO_CAP).await;
         let mut out = call(20, "x");
         out.protocol_version = Some("2026-07-28".to_owned());
-        assert!(link.send(out));
+        assert!(link.send(out).is_ok());
         let (msg, related) = next_message(&mut events).await;
         assert_eq!((msg["id"].as_u64(), related), (Some(20), Some(20)));
         assert_eq!(up.position("GET"), None);
@@ -1834,7 +1841,7 @@ mod tests {
         let (link, mut events) = start_at(&url, NO_CAP).await;
         handshake(&link, &mut events).await;
         // Released only once the GET stream is open, so it is there when this is answered.
-        assert!(link.send(outgoing(json!({"jsonrpc":"2.0","id":2,"method":"tools/list"}))));
+        assert!(link.send(outgoing(json!({"jsonrpc":"2.0","id":2,"method":"tools/list"}))).is_ok());
         assert_eq!(next_message(&mut events).await.1, Some(2));
         let tx = up.get_tx.lock().unwrap().take().expect("the GET stream is open");
         up.streams.lock().unwrap().clear();
@@ -1861,7 +1868,7 @@ mod tests {
         let url = serve(Arc::clone(&up)).await;
         let (link, mut events) = start_at(&url, NO_CAP).await;
         handshake(&link, &mut events).await;
-        assert!(link.send(outgoing(json!({"jsonrpc":"2.0","id":2,"method":"tools/list"}))));
+        assert!(link.send(outgoing(json!({"jsonrpc":"2.0","id":2,"method":"tools/list"}))).is_ok());
         assert_eq!(next_message(&mut events).await.1, Some(2));
         let tx = up.get_tx.lock().unwrap().take().expect("the GET stream is open");
         up.streams.lock().unwrap().clear();

@@ -2,8 +2,13 @@
 //!
 //! An upstream transport is started with [`connect`] and handed a [`Reporter`] through which it
 //! reports every message it receives and, once, that it has closed. The session talks to it
-//! through an [`UpstreamLink`]: an unbounded queue of [`Outgoing`] messages, so the session never
-//! waits on a slow peer.
+//! through an [`UpstreamLink`]: a queue of at most [`LINK_QUEUE`] [`Outgoing`] messages. The
+//! session never waits on a slow peer: when the queue is full, the message is refused and a
+//! request gets an error at once.
+//!
+//! What a transport reports goes to its session through an unbounded queue: the session's actor
+//! takes each report at once and never waits, so the queue holds only what arrived since the
+//! actor last ran.
 
 pub mod child;
 pub mod framing;
@@ -19,6 +24,19 @@ use crate::jsonrpc::Message;
 
 /// Longest accepted message: one stdio line or one HTTP body.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Most messages waiting to be sent to one upstream (for example a child that stopped reading
+/// its input).
+pub const LINK_QUEUE: usize = 1024;
+
+/// Why a message was not queued for an upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("the upstream is not keeping up: {LINK_QUEUE} messages are waiting to be sent to it")]
+    Full,
+    #[error("the upstream has stopped")]
+    Stopped,
+}
 
 /// A message on its way to an upstream, with what HTTP transports need for headers.
 #[derive(Debug, Clone)]
@@ -55,7 +73,7 @@ impl Outgoing {
 /// upstream session deleted).
 #[derive(Debug, Clone)]
 pub struct UpstreamLink {
-    tx: mpsc::UnboundedSender<Outgoing>,
+    tx: mpsc::Sender<Outgoing>,
     done: tokio::sync::watch::Receiver<()>,
 }
 
@@ -64,7 +82,7 @@ pub type Running = tokio::sync::watch::Sender<()>;
 
 impl UpstreamLink {
     /// A link and the token its transport holds until it has finished.
-    pub fn new(tx: mpsc::UnboundedSender<Outgoing>) -> (UpstreamLink, Running) {
+    pub fn new(tx: mpsc::Sender<Outgoing>) -> (UpstreamLink, Running) {
         let (running, done) = tokio::sync::watch::channel(());
         (UpstreamLink { tx, done }, running)
     }
@@ -75,9 +93,17 @@ impl UpstreamLink {
         async move { while done.changed().await.is_ok() {} }
     }
 
-    /// Queues a message; returns false when the transport has stopped.
-    pub fn send(&self, out: Outgoing) -> bool {
-        self.tx.send(out).is_ok()
+    /// Queues a message without waiting.
+    pub fn send(&self, out: Outgoing) -> Result<(), LinkError> {
+        self.tx.try_send(out).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => LinkError::Full,
+            mpsc::error::TrySendError::Closed(_) => LinkError::Stopped,
+        })
+    }
+
+    /// A link and the receiving end of its queue.
+    pub fn channel() -> (mpsc::Sender<Outgoing>, mpsc::Receiver<Outgoing>) {
+        mpsc::channel(LINK_QUEUE)
     }
 }
 

@@ -60,7 +60,7 @@ pub async fn connect(
     for event in early {
         shared.on_event(event);
     }
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, rx) = UpstreamLink::channel();
     let (link, running) = UpstreamLink::new(tx);
     tokio::spawn(read_stream(Arc::clone(&shared), events));
     tokio::spawn(async move {
@@ -319,7 +319,7 @@ async fn read_stream(shared: Arc<Shared>, mut events: EventReader<ByteStream>) {
 
 /// POSTs queued messages one at a time, in order, until the link is dropped or the transport
 /// stops.
-async fn write_messages(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Outgoing>) {
+async fn write_messages(shared: Arc<Shared>, mut rx: mpsc::Receiver<Outgoing>) {
     let mut poll = tokio::time::interval(CLOSED_POLL);
     loop {
         let out = tokio::select! {
@@ -476,12 +476,12 @@ mod tests {
     async fn posts_to_the_endpoint_and_reports_message_events() {
         let up = Arc::new(Upstream::default());
         let (link, mut events) = start(&up).await;
-        assert!(link.send(request(1, "initialize")));
+        assert!(link.send(request(1, "initialize")).is_ok());
         let mut note =
             Outgoing::plain(Bytes::from_static(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#));
         note.method = Some("notifications/initialized".to_owned());
-        assert!(link.send(note));
-        assert!(link.send(request(2, "tools/list")));
+        assert!(link.send(note).is_ok());
+        assert!(link.send(request(2, "tools/list")).is_ok());
         let (msg, related) = next_message(&mut events).await;
         assert_eq!(msg, json!({"jsonrpc":"2.0","id":1,"result":{"method":"initialize"}}));
         assert_eq!(related, None);
@@ -505,17 +505,17 @@ mod tests {
     async fn failed_posts_become_errors_for_requests() {
         let up = Arc::new(Upstream::default());
         let (link, mut events) = start(&up).await;
-        assert!(link.send(request(3, "fail")));
+        assert!(link.send(request(3, "fail")).is_ok());
         let (msg, related) = next_message(&mut events).await;
         assert_eq!(related, Some(3));
         assert_eq!(
             msg,
             json!({"jsonrpc":"2.0","id":3,"error":{"code":-32000,"message":"upstream legacy: HTTP 500 Internal Server Error: nope"}})
         );
-        assert!(link.send(request(4, "bad")));
+        assert!(link.send(request(4, "bad")).is_ok());
         let (msg, _) = next_message(&mut events).await;
         assert_eq!(msg, json!({"jsonrpc":"2.0","id":4,"error":{"code":-32602,"message":"bad params"}}));
-        assert!(link.send(request(5, "ping")));
+        assert!(link.send(request(5, "ping")).is_ok());
         assert_eq!(next_message(&mut events).await.0["id"], 5);
     }
 
@@ -532,7 +532,7 @@ mod tests {
         // The writer stopped too: the link refuses messages soon after.
         let mut refused = false;
         for _ in 0..50 {
-            if !link.send(request(9, "ping")) {
+            if link.send(request(9, "ping")).is_err() {
                 refused = true;
                 break;
             }

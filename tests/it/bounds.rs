@@ -341,3 +341,31 @@ async fn half_open_connections_neither_lock_out_clients_nor_stay_open() {
     soon("half-open connections closed", futures::future::join_all(last_mcp.chain(last_web).map(closed_by_server)))
         .await;
 }
+
+/// An upstream that stops reading its input: messages wait in a bounded queue, and past it a
+/// request is answered with an error at once instead of being queued without end.
+#[tokio::test]
+async fn an_upstream_that_stops_reading_refuses_requests_past_its_queue() {
+    let server = Arc::new(ServerConfig {
+        name: "deaf".into(),
+        transport: UpstreamTransport::Stdio {
+            command: "sleep".into(),
+            args: vec!["60".into()],
+            env: Vec::new(),
+            cwd: None,
+        },
+        prefix: true,
+        request_timeout: Duration::from_secs(300),
+        initialize_timeout: Duration::from_secs(300),
+    });
+    let mut c = Lines::new(server).await;
+    let pad = "p".repeat(4096);
+    let n = mcp_gate::transport::LINK_QUEUE + 200;
+    for id in 0..n {
+        c.send(json!({"jsonrpc": "2.0", "id": id, "method": "vendor/echo", "params": {"pad": pad}})).await;
+    }
+    let reply = c.recv().await;
+    let message = reply["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("upstream `deaf`: the upstream is not keeping up"), "{reply}");
+    assert!(reply["id"].as_u64().unwrap() >= mcp_gate::transport::LINK_QUEUE as u64, "{reply}");
+}
