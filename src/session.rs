@@ -78,6 +78,11 @@ pub struct SessionOptions {
 }
 
 /// The handle clients use to feed a session. Dropping every handle ends the session.
+///
+/// Its queue is unbounded because some inputs are sent where nothing can wait (a closed HTTP
+/// stream's `Drop`, a held call's resumption). It does not grow: the actor takes each input
+/// without waiting on anything, and the client side feeds it one message at a time (the stdio
+/// reader, one HTTP request each).
 #[derive(Clone)]
 pub struct SessionHandle {
     tx: mpsc::UnboundedSender<Input>,

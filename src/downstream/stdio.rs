@@ -88,6 +88,8 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
+    // Unbounded: the session writes to the client from its actor, which cannot wait. What it
+    // holds is the answers and notifications the client has not read yet from its stdout.
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     let downstream =
         Arc::new(StdioDownstream { out: out_tx.clone(), fatal: Mutex::new(None), stop: tokio::sync::Notify::new() });
