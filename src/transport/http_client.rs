@@ -804,6 +804,12 @@ async fn read_post_stream(shared: &Arc<Shared>, ctx: &mut Ctx, mut resp: Respons
     if ctx.request_id.is_none() {
         return;
     }
+    if parser.dropped_events() > 0 {
+        // The answer was most likely the event over the limit: say so rather than wait for it.
+        let what = format!("its answer was over the {MAX_MESSAGE_BYTES}-byte limit and was dropped");
+        shared.fail(ctx, &what);
+        return;
+    }
     if let (Some(session), Some(last_id)) = (session, parser.last_event_id()) {
         let last_id = last_id.to_owned();
         if resume(shared, ctx, session, last_id, retry).await {

@@ -369,3 +369,47 @@ async fn an_upstream_that_stops_reading_refuses_requests_past_its_queue() {
     assert!(message.contains("upstream `deaf`: the upstream is not keeping up"), "{reply}");
     assert!(reply["id"].as_u64().unwrap() >= mcp_gate::transport::LINK_QUEUE as u64, "{reply}");
 }
+
+/// A Streamable HTTP upstream whose answers to `big/json` and `big/sse` are over 16 MiB, as a
+/// JSON body and as an SSE event.
+async fn oversized_http_upstream() -> String {
+    use axum::http::header::CONTENT_TYPE;
+    async fn mcp(body: String) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        let msg: Value = serde_json::from_str(&body).unwrap();
+        let id = msg["id"].clone();
+        let big = json!({"jsonrpc": "2.0", "id": id, "result": {"text": "z".repeat(17 * 1024 * 1024)}});
+        match msg["method"].as_str().unwrap_or_default() {
+            "initialize" => axum::Json(json!({"jsonrpc": "2.0", "id": id, "result": {
+                "protocolVersion": "2025-06-18", "capabilities": {}, "serverInfo": {"name": "big", "version": "1"}}}))
+            .into_response(),
+            "big/json" => ([(CONTENT_TYPE, "application/json")], big.to_string()).into_response(),
+            "big/sse" => {
+                ([(CONTENT_TYPE, "text/event-stream")], format!("event: message\ndata: {big}\n\n")).into_response()
+            }
+            _ if id.is_null() => axum::http::StatusCode::ACCEPTED.into_response(),
+            _ => axum::Json(json!({"jsonrpc": "2.0", "id": id, "result": {}})).into_response(),
+        }
+    }
+    let app = axum::Router::new().route("/mcp", axum::routing::post(mcp));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}/mcp")
+}
+
+/// Over HTTP too, an answer over the limit (a JSON body or an SSE event) is an error response
+/// to its request, naming the limit.
+#[tokio::test]
+async fn an_http_answer_over_the_size_limit_is_an_error_for_its_request() {
+    let url = oversized_http_upstream().await;
+    let mut c = Lines::new(http_server("big", &url)).await;
+    assert!(c.initialize().await["result"].is_object());
+    for (id, method) in [(1, "big/json"), (2, "big/sse")] {
+        c.send(json!({"jsonrpc": "2.0", "id": id, "method": method})).await;
+        let reply = c.recv().await;
+        assert_eq!(reply["id"], id, "{reply}");
+        let message = reply["error"]["message"].as_str().unwrap();
+        assert!(message.contains("16777216"), "{method}: {message}");
+    }
+}
