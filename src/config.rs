@@ -1259,6 +1259,36 @@ mod tests {
     }
 
     #[test]
+    fn limits_have_defaults_per_server_overrides_and_name_their_key() {
+        let cfg = Config::from_toml(
+            "[upstream]\nrequest_timeout_secs = 60\n[servers.a]\ncommand = \"c\"\n[servers.b]\ncommand = \"c\"\ninitialize_timeout_secs = 5\n",
+            "p.toml",
+        )
+        .unwrap();
+        assert_eq!(cfg.servers[0].request_timeout, Duration::from_secs(60));
+        assert_eq!(cfg.servers[0].initialize_timeout, DEFAULT_INITIALIZE_TIMEOUT);
+        assert_eq!(cfg.servers[1].initialize_timeout, Duration::from_secs(5));
+        assert_eq!(cfg.listen.max_sessions, DEFAULT_MAX_SESSIONS);
+        assert_eq!(cfg.listen.session_idle, DEFAULT_SESSION_IDLE);
+        assert_eq!(cfg.listen.limits, ListenerLimits::default());
+        assert_eq!(cfg.approvals.limits, ListenerLimits::default());
+        for (toml, key) in [
+            ("[listen]\nmax_sessions = 0\n", "listen.max_sessions"),
+            ("[listen]\nsession_idle_secs = 0\n", "listen.session_idle_secs"),
+            ("[listen]\nmax_connections = 0\n", "listen.max_connections"),
+            ("[listen]\nheader_timeout_secs = 0\n", "listen.header_timeout_secs"),
+            ("[approvals]\nmax_connections = 0\n", "approvals.max_connections"),
+            ("[upstream]\nrequest_timeout_secs = 0\n", "upstream.request_timeout_secs"),
+            ("[servers.a]\ncommand = \"c\"\ninitialize_timeout_secs = 0\n", "servers.a.initialize_timeout_secs"),
+        ] {
+            match Config::from_toml(toml, "p.toml") {
+                Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{toml}"),
+                other => panic!("{toml}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn env_expansion_reports_missing_variable() {
         assert_eq!(expand_env("Bearer ${PATH}").unwrap(), format!("Bearer {}", std::env::var("PATH").unwrap()));
         let err = expand_env("${MCP_GATE_SURELY_UNSET_VAR}").unwrap_err();
