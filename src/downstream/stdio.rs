@@ -1,6 +1,7 @@
 //! The stdio downstream: the client starts `mcp-gate` and talks over its stdin and stdout.
 //! stdout carries only MCP messages; everything else goes to the log on stderr.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -13,15 +14,90 @@ use crate::session::{self, Downstream, Route, SessionOptions};
 use crate::transport::framing::{Line, LineReader, write_lines};
 use crate::transport::{ConnectError, MAX_MESSAGE_BYTES};
 
+/// How many bytes may wait for the client to read its stdout before mcp-gate stops reading its
+/// stdin: a client that does not read its answers is slowed down instead of making the proxy
+/// buffer them without end.
+pub const STDOUT_BACKLOG: usize = 32 * 1024 * 1024;
+
+/// Bytes queued for stdout and not written yet.
+#[derive(Default)]
+struct Backlog {
+    bytes: AtomicUsize,
+    drained: tokio::sync::Notify,
+}
+
+impl Backlog {
+    fn add(&self, n: usize) {
+        self.bytes.fetch_add(n, Ordering::AcqRel);
+    }
+
+    fn written(&self, n: usize) {
+        // Saturating: the read loop's own error replies are written without being counted.
+        let _ = self.bytes.fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| Some(b.saturating_sub(n)));
+        self.drained.notify_waiters();
+    }
+
+    /// Waits until at most `limit` bytes are queued.
+    async fn below(&self, limit: usize) {
+        loop {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if self.bytes.load(Ordering::Acquire) <= limit {
+                return;
+            }
+            drained.await;
+        }
+    }
+}
+
+/// Stdout, counting what is written off the backlog.
+struct Counted<W> {
+    inner: W,
+    backlog: Arc<Backlog>,
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for Counted<W> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = polled {
+            self.backlog.written(n);
+        }
+        polled
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 struct StdioDownstream {
     out: mpsc::UnboundedSender<Bytes>,
+    backlog: Arc<Backlog>,
     fatal: Mutex<Option<String>>,
     stop: tokio::sync::Notify,
 }
 
 impl Downstream for StdioDownstream {
     fn send(&self, msg: &Message, _route: Route<'_>) {
-        let _ = self.out.send(Bytes::from(msg.to_bytes()));
+        let bytes = Bytes::from(msg.to_bytes());
+        // The message and its newline.
+        self.backlog.add(bytes.len() + 1);
+        let _ = self.out.send(bytes);
     }
 
     fn fatal(&self, message: &str) {
@@ -88,17 +164,40 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    // Unbounded: the session writes to the client from its actor, which cannot wait. What it
-    // holds is the answers and notifications the client has not read yet from its stdout.
+    serve_with_backlog(opts, input, output, shutdown, STDOUT_BACKLOG).await
+}
+
+/// [`serve`], reading no further input while more than `backlog` bytes wait for the client to
+/// read its output.
+pub async fn serve_with_backlog<R, W>(
+    opts: SessionOptions,
+    input: R,
+    output: W,
+    shutdown: impl std::future::Future<Output = ()>,
+    backlog_limit: usize,
+) -> Result<(), StdioError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    // Unbounded, because the session writes to the client from its actor, which cannot wait;
+    // what it holds is kept under `backlog_limit` by reading no more input past it (answers
+    // and notifications then arriving from the upstreams can still add to it).
     let (out_tx, out_rx) = mpsc::unbounded_channel();
-    let downstream =
-        Arc::new(StdioDownstream { out: out_tx.clone(), fatal: Mutex::new(None), stop: tokio::sync::Notify::new() });
-    let writer = tokio::spawn(write_lines(output, out_rx));
+    let backlog = Arc::new(Backlog::default());
+    let downstream = Arc::new(StdioDownstream {
+        out: out_tx.clone(),
+        backlog: backlog.clone(),
+        fatal: Mutex::new(None),
+        stop: tokio::sync::Notify::new(),
+    });
+    let writer = tokio::spawn(write_lines(Counted { inner: output, backlog: backlog.clone() }, out_rx));
     let (session, task) = session::start(opts, downstream.clone()).await?;
 
     let mut reader = LineReader::new(input);
     let read_loop = async {
         loop {
+            backlog.below(backlog_limit).await;
             match reader.next_line().await {
                 Ok(Some(Line::Data(line))) => {
                     if line.iter().all(u8::is_ascii_whitespace) {

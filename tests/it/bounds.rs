@@ -413,3 +413,39 @@ async fn an_http_answer_over_the_size_limit_is_an_error_for_its_request() {
         assert!(message.contains("16777216"), "{method}: {message}");
     }
 }
+
+/// stdio: a client that does not read its stdout is not read from either, past the backlog:
+/// its writes wait (backpressure), and every answer arrives once it reads again.
+#[tokio::test]
+async fn a_client_that_does_not_read_its_stdout_is_slowed_down() {
+    let (client_end, proxy_end) = tokio::io::duplex(64 * 1024);
+    let (read, write) = tokio::io::split(proxy_end);
+    let opts = options(vec![raw_server(&[], 300, 30)]);
+    tokio::spawn(async move {
+        let _ = mcp_gate::downstream::stdio::serve_with_backlog(opts, read, write, std::future::pending(), 256 * 1024)
+            .await;
+    });
+    let (read, mut write) = tokio::io::split(client_end);
+    let n = 2000;
+    let writer = tokio::spawn(async move {
+        let pad = "p".repeat(4096);
+        for id in 0..n {
+            let line = json!({"jsonrpc": "2.0", "id": id, "method": "raw/echo", "params": {"pad": pad}});
+            write.write_all(format!("{line}\n").as_bytes()).await.unwrap();
+        }
+        write
+    });
+    // 8 MiB of requests whose answers nobody reads: the writer is held back.
+    let held = tokio::time::timeout(Duration::from_secs(2), async {
+        while !writer.is_finished() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(held.is_err(), "the proxy read every request although its answers were not read");
+    let mut lines = BufReader::new(read).lines();
+    for _ in 0..n {
+        soon("an answer", lines.next_line()).await.unwrap().expect("an answer");
+    }
+    soon("the writer", writer).await.unwrap();
+}
