@@ -39,6 +39,9 @@ impl Backlog {
 
     /// Waits until at most `limit` bytes are queued.
     async fn below(&self, limit: usize) {
+        if self.bytes.load(Ordering::Acquire) <= limit {
+            return;
+        }
         loop {
             let drained = self.drained.notified();
             tokio::pin!(drained);
