@@ -16,5 +16,6 @@ mod relay;
 mod schema_validity;
 mod shutdown;
 mod sse_fixture;
+mod store_faults;
 mod transparency;
 mod webhooks;
