@@ -329,12 +329,17 @@ fn worker(conn: &mut Connection, queue: mpsc::Receiver<Job>, mut watch: Watch, i
     tracing::debug!("store worker stopping: all handles dropped");
 }
 
-/// The host name, to tell this machine's processes (whose liveness can be checked) from others.
+/// The host name and pid namespace, to tell the processes whose pid can be checked here from
+/// others (another machine, or another container sharing the data directory).
 pub(crate) fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .or_else(|_| std::fs::read_to_string("/etc/hostname"))
         .map(|h| h.trim().to_owned())
-        .unwrap_or_default()
+        .unwrap_or_default();
+    match std::fs::read_link("/proc/self/ns/pid") {
+        Ok(ns) => format!("{name} {}", ns.display()),
+        Err(_) => name,
+    }
 }
 
 fn register_instance(conn: &mut Connection, instance: &str) -> Result<(), StoreError> {

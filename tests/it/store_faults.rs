@@ -52,7 +52,6 @@ async fn twenty_identical_holds_make_one_request() {
     let pending =
         store.count_approvals(ApprovalFilter { status: Some(Status::Pending), ..Default::default() }).await.unwrap();
     assert_eq!(pending, 1);
-    tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(count_events(&store, "requested").await, 1, "only the creator audits `requested`");
 }
 
