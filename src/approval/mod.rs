@@ -293,6 +293,8 @@ impl Approvals {
                     self.expired(&a).await;
                 }
             }
+            // Already logged as an error by the store, once.
+            Err(crate::store::StoreError::Replaced { .. }) => return,
             Err(e) => warn!("expiry sweep failed: {e}"),
         }
         self.settle_orphaned_claims().await;

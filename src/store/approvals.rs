@@ -16,6 +16,11 @@
 //!   has ended the row is closed (by [`Store::expire_due`] or the next claim): `Executed` if it was used,
 //!   `Expired` if not.
 //!
+//! - **One pending request per call key**: [`Store::open_request`] joins or opens in one transaction,
+//!   and a unique index on the key of pending rows backs it up.
+//! - **Claims in flight** are rows of `claims` naming the instance (process) that runs them; the claims
+//!   of an instance that stopped are settled as `Failed` by [`Store::settle_orphaned_claims`].
+//!
 //! Every status change writes a row of `approval_transitions` in the same transaction; votes are rows of
 //! `approval_votes` (one per distinct actor). All times are unix milliseconds.
 
