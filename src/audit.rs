@@ -47,10 +47,13 @@ pub enum Event {
     Executed,
     Failed,
     AiDecision,
+    /// A `tools/call` the proxy could not read strictly (duplicate keys, invalid escapes, inexact
+    /// numbers, too deep): nothing of it was evaluated or forwarded.
+    Refused,
 }
 
 impl Event {
-    pub const ALL: [Event; 9] = [
+    pub const ALL: [Event; 10] = [
         Event::Allowed,
         Event::DeniedByPolicy,
         Event::Requested,
@@ -60,6 +63,7 @@ impl Event {
         Event::Executed,
         Event::Failed,
         Event::AiDecision,
+        Event::Refused,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -73,6 +77,7 @@ impl Event {
             Event::Executed => "executed",
             Event::Failed => "failed",
             Event::AiDecision => "ai_decision",
+            Event::Refused => "refused",
         }
     }
 }
