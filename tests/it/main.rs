@@ -11,6 +11,7 @@ mod common;
 mod dashboard_api;
 mod gating;
 mod hub;
+mod integrity;
 mod relay;
 mod sse_fixture;
 mod transparency;
