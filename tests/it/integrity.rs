@@ -281,6 +281,32 @@ async fn duplicate_names_are_refused_over_http_whatever_mcp_name_says() {
     }
 }
 
+#[tokio::test]
+async fn what_an_upstream_sends_is_read_strictly_too() {
+    let mut p = Proxy::start("upstream").await;
+    let ask = |id: u32, line: &str| {
+        let params = json!({ "line": line });
+        format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"raw/reply","params":{params}}}"#)
+    };
+    for (id, line, words) in [
+        (
+            1,
+            r#"{"jsonrpc":"2.0","id":"ID","result":{"content":[],"content":[{"type":"text","text":"x"}]}}"#,
+            "duplicate key",
+        ),
+        (2, r#"{"jsonrpc":"2.0","id":"ID","result":{"n":1e400}}"#, "cannot be carried exactly"),
+        (3, r#"{"jsonrpc":"2.0","id":"ID","result":{"s":"\udfff"}}"#, "surrogate"),
+    ] {
+        let reply = p.request(&ask(id, line), &json!(id)).await;
+        assert_refused(&reply, &json!(id), -32000, words);
+    }
+    // Whitespace and line separators from the upstream never reach the client raw.
+    let line = "{\"jsonrpc\":\"2.0\",\"id\":\"ID\",\"result\":{\"a\" :\r[1,\t\"\u{2028}\"]}}";
+    p.send(ask(4, line).as_bytes()).await;
+    let raw = within("reply", p.lines.next_line()).await.unwrap().unwrap();
+    assert_eq!(raw, r#"{"jsonrpc":"2.0","id":4,"result":{"a":[1,"\u2028"]}}"#);
+}
+
 // === differential fuzzing ===
 
 /// A small seeded generator (xorshift64*), so a failing case can be replayed from its seed.
