@@ -111,3 +111,138 @@ fn the_lenient_look_reads_the_envelope_of_refused_messages() {
     assert_eq!(env.id.as_ref().map(|r| r.get()), Some("3"));
     assert!(lenient_envelope(b"{not json").id.is_none());
 }
+
+// === properties ===
+
+use proptest::prelude::*;
+
+/// Bytes no canonical message may hold raw: line ends of any mainstream reader.
+fn holds_a_line_end(out: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(out);
+    out.iter().any(|b| matches!(b, 0x0A | 0x0B | 0x0C | 0x0D | 0x1C..=0x1E))
+        || text.contains(['\u{2028}', '\u{2029}', '\u{85}'])
+}
+
+fn ws() -> impl Strategy<Value = &'static str> {
+    prop::sample::select(vec!["", "", " ", "\t", "\r", "\n", "\r\n ", " \t\r"])
+}
+
+fn string_literal() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[a-c\u{2028}\u{2029}\u{85}\u{e9}\u{1f600} ]{0,6}".prop_map(|s| serde_json::to_string(&s).unwrap()),
+        Just(r#""\ud83d\ude00\u0000\n\/""#.to_owned()),
+    ]
+}
+
+/// JSON texts the strict reading accepts: unique keys, exact numbers, any whitespace.
+fn json_text() -> impl Strategy<Value = String> {
+    let leaf = prop_oneof![
+        any::<i64>().prop_map(|n| n.to_string()),
+        any::<u64>().prop_map(|n| n.to_string()),
+        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| format!("{f:e}")),
+        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| serde_json::to_string(&f).unwrap()),
+        string_literal(),
+        Just("true".to_owned()),
+        Just("null".to_owned()),
+    ];
+    leaf.prop_recursive(5, 48, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec((ws(), inner.clone(), ws()), 0..4).prop_map(|items| {
+                let parts: Vec<String> = items.iter().map(|(a, v, b)| format!("{a}{v}{b}")).collect();
+                format!("[{}]", parts.join(","))
+            }),
+            prop::collection::btree_map("[a-c\u{2028}]{0,2}", (ws(), inner, ws()), 0..4).prop_map(|members| {
+                let parts: Vec<String> = members
+                    .iter()
+                    .map(|(k, (a, v, b))| format!("{a}{}{b}:{a}{v}{b}", serde_json::to_string(k).unwrap()))
+                    .collect();
+                format!("{{{}}}", parts.join(","))
+            }),
+        ]
+    })
+}
+
+/// `"k"` written with its first character escaped.
+fn escaped_key(k: &str) -> String {
+    let mut chars = k.chars();
+    match chars.next() {
+        Some(c) if (c as u32) < 0x10000 => format!("\"\\u{:04x}{}\"", c as u32, chars.as_str()),
+        _ => serde_json::to_string(k).unwrap(),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn accepted_texts_keep_their_meaning_and_lose_every_line_end(text in json_text()) {
+        let out = canonicalize(text.as_bytes()).map_err(|e| TestCaseError::fail(format!("{text:?}: {e}")))?;
+        let before: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let after: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        prop_assert_eq!(before, after);
+        prop_assert!(!holds_a_line_end(&out), "{:?}", String::from_utf8_lossy(&out));
+        prop_assert!(!out.contains(&b' ') || String::from_utf8_lossy(&out).contains('"'), "whitespace only inside strings");
+        prop_assert_eq!(canonicalize(&out).unwrap(), out, "idempotent");
+    }
+
+    #[test]
+    fn a_duplicate_key_is_refused_wherever_it_is(
+        text in json_text(),
+        key in "[a-c\u{e9}]{1,3}",
+        escaped in any::<bool>(),
+        depth in 0usize..5,
+    ) {
+        let second = if escaped { escaped_key(&key) } else { serde_json::to_string(&key).unwrap() };
+        let mut doc = format!("{{{}:{text},{second}:null}}", serde_json::to_string(&key).unwrap());
+        for _ in 0..depth {
+            doc = format!("[{{\"x\":{doc}}}]");
+        }
+        prop_assert_eq!(canonicalize(doc.as_bytes()), Err(StrictError::DuplicateKey(key)));
+    }
+
+    #[test]
+    fn any_bytes_are_refused_or_come_out_canonical(
+        bytes in prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..48),
+            "[\\[\\]{}\",:0-9eE.+\\-\\\\u a-d\r\n\t\u{2028}\u{0}]{0,40}".prop_map(String::into_bytes),
+        ]
+    ) {
+        if let Ok(out) = canonicalize(&bytes) {
+            prop_assert!(serde_json::from_slice::<serde_json::Value>(&out).is_ok());
+            prop_assert!(!holds_a_line_end(&out));
+            prop_assert_eq!(canonicalize(&out).unwrap(), out);
+        }
+        let _ = lenient_envelope(&bytes);
+    }
+
+    #[test]
+    fn the_line_reader_gives_back_every_line(text in "[ab\n]{0,64}", max in 1usize..8) {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let lines = rt.block_on(async {
+            let mut reader = crate::transport::framing::LineReader::with_max(text.as_bytes(), max);
+            let mut out = Vec::new();
+            while let Some(line) = reader.next_line().await.unwrap() {
+                out.push(line);
+            }
+            out
+        });
+        let mut rebuilt = Vec::new();
+        let mut too_long = false;
+        for line in &lines {
+            match line {
+                crate::transport::framing::Line::Data(d) => {
+                    prop_assert!(d.len() <= max && !d.contains(&b'\n'));
+                    rebuilt.push(String::from_utf8(d.to_vec()).unwrap());
+                }
+                crate::transport::framing::Line::TooLong => too_long = true,
+            }
+        }
+        if !too_long {
+            let mut joined = rebuilt.join("\n");
+            if text.ends_with('\n') {
+                joined.push('\n');
+            }
+            prop_assert_eq!(joined, text);
+        }
+    }
+}
