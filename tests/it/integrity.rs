@@ -307,6 +307,56 @@ async fn what_an_upstream_sends_is_read_strictly_too() {
     assert_eq!(raw, r#"{"jsonrpc":"2.0","id":4,"result":{"a":[1,"\u2028"]}}"#);
 }
 
+/// The official Python SDK reads stdin with universal newlines: a bare CR ends a line there.
+#[tokio::test]
+async fn carriage_returns_cannot_smuggle_a_call_into_the_python_sdk() {
+    let Some(py) = interpreter("PEERS_PY", ".peers/venv/bin/python", "python3") else {
+        eprintln!("SKIPPED: no Python interpreter ($PEERS_PY, .peers or python3)");
+        return;
+    };
+    let has_sdk = std::process::Command::new(&py).args(["-c", "import mcp.server.mcpserver"]).status();
+    if !has_sdk.is_ok_and(|s| s.success()) {
+        eprintln!("SKIPPED: {py} has no mcp 2.x SDK (scripts/install-peers.sh installs it)");
+        return;
+    }
+    let dir = data_dir("py-cr");
+    let cfg = dir.join("proxy.toml");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/py_record_server.py");
+    let text = format!(
+        "[policy]\ndefault = \"allow\"\n\n[[rules]]\nname = \"no deletes\"\ntool = \"delete_*\"\naction = \"deny\"\nreason = \"no\"\n\n[servers.py]\ncommand = {py:?}\nargs = [{script:?}]\n"
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let mut child = gate_in(&dir)
+        .arg("--config")
+        .arg(&cfg)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (stdin, lines) = handshake(&mut child, "integrity").await;
+    let mut p = Proxy { _child: child, stdin, lines, dir };
+    let list = p.request(r#"{"jsonrpc":"2.0","id":"l","method":"tools/list"}"#, &json!("l")).await;
+    assert!(list["result"]["tools"].is_array(), "{list}");
+
+    let smuggled =
+        r#"{"jsonrpc":"2.0","id":66,"method":"tools/call","params":{"name":"delete_file","arguments":{"path":"/x"}}}"#;
+    let call = format!(
+        "{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{{\"name\":\"echo\",\"arguments\":{{\"text\":\"hi\"}},\"_meta\":{{\"p\":[\r{smuggled}\r]}}}}}}"
+    );
+    let reply = p.request(&call, &json!(1)).await;
+    assert_eq!(reply["result"]["content"][0]["text"], "hi", "{reply}");
+    let ping = format!("{{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"ping\",\"params\":{{\"p\":[\r{smuggled}\r]}}}}");
+    p.request(&ping, &json!(2)).await;
+    let count = p
+        .request(
+            r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"deleted","arguments":{}}}"#,
+            &json!(3),
+        )
+        .await;
+    assert_eq!(count["result"]["content"][0]["text"], "0", "a smuggled delete_file ran: {count}");
+}
+
 // === differential fuzzing ===
 
 /// A small seeded generator (xorshift64*), so a failing case can be replayed from its seed.
