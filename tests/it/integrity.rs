@@ -912,3 +912,63 @@ fn allowed_rows(dir: &std::path::Path) -> Vec<(String, String)> {
         .map(|rows| rows.filter_map(Result::ok).collect())
         .unwrap_or_default()
 }
+
+/// Records what the gate was asked.
+#[derive(Default)]
+struct RecordingGate {
+    checked: std::sync::Mutex<Vec<Value>>,
+    refused: std::sync::Mutex<Vec<String>>,
+}
+
+impl mcp_gate::gate::Gate for RecordingGate {
+    fn check(&self, call: &mcp_gate::gate::ToolCall<'_>) -> mcp_gate::gate::Verdict {
+        self.checked.lock().unwrap().push(call.arguments.clone());
+        mcp_gate::gate::Verdict::Allow
+    }
+
+    fn refused(&self, call: &mcp_gate::gate::RefusedCall<'_>) {
+        self.refused.lock().unwrap().push(call.reason.to_owned());
+    }
+}
+
+struct Captured(tokio::sync::mpsc::UnboundedSender<String>);
+
+impl mcp_gate::session::Downstream for Captured {
+    fn send(&self, msg: &mcp_gate::jsonrpc::Message, _route: mcp_gate::session::Route<'_>) {
+        let _ = self.0.send(msg.to_string());
+    }
+}
+
+/// Params that reach the session without the strict reading (a RawValue accepts `1e400`) are
+/// refused there, never judged as `null`.
+#[tokio::test]
+async fn the_session_refuses_params_it_cannot_read_instead_of_judging_null() {
+    use mcp_gate::config::{ServerConfig, UpstreamTransport};
+    use mcp_gate::jsonrpc::{Message, number_id};
+    use serde_json::value::RawValue;
+    let raw = std::sync::Arc::new(ServerConfig {
+        name: "raw".into(),
+        transport: UpstreamTransport::Stdio { command: raw_bin(), args: Vec::new(), env: Vec::new(), cwd: None },
+        prefix: true,
+    });
+    let gate = std::sync::Arc::new(RecordingGate::default());
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (handle, _task) =
+        mcp_gate::session::start(options_with_gate(vec![raw], gate.clone()), std::sync::Arc::new(Captured(tx)))
+            .await
+            .unwrap();
+    let params = |text: &str| Some(RawValue::from_string(text.to_owned()).unwrap());
+    let init = r#"{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}"#;
+    handle.client(Message::request(number_id(1), "initialize", params(init)));
+    within("initialize", rx.recv()).await.unwrap();
+    handle.client(Message::notification("notifications/initialized", None));
+    handle.client(Message::request(number_id(2), "tools/list", None));
+    within("tools/list", rx.recv()).await.unwrap();
+    let bad = r#"{"name":"transfer","arguments":{"to":"mallory","pad":1e400}}"#;
+    handle.client(Message::request(number_id(3), "tools/call", params(bad)));
+    let reply: Value = serde_json::from_str(&within("tools/call", rx.recv()).await.unwrap()).unwrap();
+    assert_eq!(reply["id"], 3);
+    assert_eq!(reply["error"]["code"], -32602, "{reply}");
+    assert!(gate.checked.lock().unwrap().is_empty(), "nothing was judged");
+    assert_eq!(gate.refused.lock().unwrap().len(), 1);
+}
