@@ -87,8 +87,8 @@ impl Envelope {
     }
 }
 
-/// Reads what it can of a message's envelope without the strict rules (duplicates, numbers,
-/// surrogates and depth are tolerated; syntax errors end the look).
+/// Reads what it can of a message's envelope without the strict rules (duplicates, numbers and
+/// surrogates are tolerated; syntax errors and nesting past [`MAX_DEPTH`] end the look).
 pub fn lenient_envelope(input: &[u8]) -> Envelope {
     let mut scanner = Scanner::new(input, true);
     let _ = scanner.run();
@@ -204,7 +204,9 @@ impl<'a> Scanner<'a> {
                     match self.input.get(self.pos) {
                         Some(&open @ (b'{' | b'[')) => {
                             if self.stack.len() >= MAX_DEPTH {
-                                self.refuse(StrictError::TooDeep)?;
+                                // Fatal even to the lenient look, which must not grow its stack
+                                // with a hostile line either.
+                                return Err(StrictError::TooDeep);
                             }
                             let watch = if self.stack.len() == 1 && self.watch == Watch::Params {
                                 Watch::Params

@@ -110,6 +110,9 @@ fn the_lenient_look_reads_the_envelope_of_refused_messages() {
     let env = lenient_envelope(br#"{"jsonrpc":"2.0","id":3,"method":"x","params":[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}"#);
     assert_eq!(env.id.as_ref().map(|r| r.get()), Some("3"));
     assert!(lenient_envelope(b"{not json").id.is_none());
+    // The look stops at the depth limit: a line of brackets cannot make it grow.
+    let deep = format!(r#"{{"jsonrpc":"2.0","id":4,"method":"x","params":{}}}"#, "[".repeat(1_000_000));
+    assert_eq!(lenient_envelope(deep.as_bytes()).id.as_ref().map(|r| r.get()), Some("4"));
 }
 
 // === properties ===
