@@ -11,9 +11,20 @@
 #   GATE_PROFILE         cargo profile for mcp-gate (default release)
 #   FIXTURE_PROFILE      cargo profile for conformance-upstream (default dev)
 #   MCP_GATE_BIN         use this mcp-gate binary instead of building one
+# Stress (a bench, not part of CI; the defaults leave the run as above):
+#   CONFORMANCE_ROUNDS    run the through-mcp-gate tier this many times in a
+#                         row, each with a fresh mcp-gate and upstream (default
+#                         1); each round is compared with the direct run
+#   CONFORMANCE_LOAD      1: keep every core busy (one `yes >/dev/null` per
+#                         core) while the through-mcp-gate rounds run; the
+#                         direct run, the baseline, runs without load
+#   CONFORMANCE_UPSTREAM  how mcp-gate reaches the fixture: stdio (default,
+#                         `serve -- conformance-upstream stdio`) or http (the
+#                         fixture serves Streamable HTTP and mcp-gate is its
+#                         HTTP client, configured with `servers.NAME.url`)
 # Outputs go to artifacts/conformance/ (direct.log, via-mcp-gate.log, the
 # servers' stderr, per-scenario checks.json under direct/ and via-mcp-gate/,
-# and summary.txt).
+# and summary.txt; with several rounds, round N's files are via-mcp-gate-rN*).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -22,6 +33,17 @@ SUITE="${CONFORMANCE_SUITE:-all}"
 SUITE_TIMEOUT="${CONFORMANCE_TIMEOUT:-600}"
 GATE_PROFILE="${GATE_PROFILE:-release}"
 FIXTURE_PROFILE="${FIXTURE_PROFILE:-dev}"
+ROUNDS="${CONFORMANCE_ROUNDS:-1}"
+LOAD="${CONFORMANCE_LOAD:-0}"
+UPSTREAM_MODE="${CONFORMANCE_UPSTREAM:-stdio}"
+if ! [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]]; then
+  printf '[conformance] CONFORMANCE_ROUNDS must be a positive integer, not %s\n' "$ROUNDS" >&2
+  exit 2
+fi
+if [[ "$UPSTREAM_MODE" != stdio && "$UPSTREAM_MODE" != http ]]; then
+  printf '[conformance] CONFORMANCE_UPSTREAM must be stdio or http, not %s\n' "$UPSTREAM_MODE" >&2
+  exit 2
+fi
 
 log() { printf '[conformance] %s\n' "$*" >&2; }
 
@@ -130,23 +152,70 @@ run_suite "$direct_url" direct
 stop "$upstream_pid"
 
 # ---- 2. via mcp-gate -------------------------------------------------------
-: >"$OUT/via-mcp-gate.txt"
-: >"$OUT/mcp-gate.stderr"
-if [[ "$gate_built" == 1 ]]; then
+# The stem of round $1's files: via-mcp-gate when there is one round.
+round_stem() { if [[ "$ROUNDS" == 1 ]]; then echo via-mcp-gate; else echo "via-mcp-gate-r$1"; fi; }
+
+via_round() { # $1 = round number
+  local stem gate_suffix gate_port gate_pid upstream_url upstream_pid="" config
+  stem="$(round_stem "$1")"
+  gate_suffix="${stem#via-mcp-gate}"
+  : >"$OUT/$stem.txt"
+  : >"$OUT/mcp-gate$gate_suffix.stderr"
+  config=("--config" "$ROOT/tests/interop/relay-only.toml" "--" "$FIXTURE" stdio)
+  if [[ "$UPSTREAM_MODE" == http ]]; then
+    "$FIXTURE" http 127.0.0.1:0 2>"$OUT/upstream$gate_suffix.stderr" &
+    upstream_pid=$!
+    PIDS+=("$upstream_pid")
+    if ! upstream_url="$(wait_for_listen_line "$upstream_pid" "$OUT/upstream$gate_suffix.stderr")"; then
+      log "conformance-upstream (http, round $1) did not start; its stderr:"
+      cat "$OUT/upstream$gate_suffix.stderr" >&2
+      stop "$upstream_pid"
+      return 0
+    fi
+    {
+      cat "$ROOT/tests/interop/relay-only.toml"
+      printf '\n[servers.conformance]\nurl = "%s"\n' "$upstream_url"
+    } >"$OUT/relay-http$gate_suffix.toml"
+    config=("--config" "$OUT/relay-http$gate_suffix.toml")
+  fi
   gate_port="$(free_port)"
-  MCP_GATE_DATA_DIR="$OUT/gate-data" "$GATE" serve --listen "127.0.0.1:$gate_port" \
-    --config "$ROOT/tests/interop/relay-only.toml" -- "$FIXTURE" stdio \
-    2>"$OUT/mcp-gate.stderr" </dev/null &
+  MCP_GATE_DATA_DIR="$OUT/gate-data$gate_suffix" "$GATE" serve --listen "127.0.0.1:$gate_port" "${config[@]}" \
+    2>"$OUT/mcp-gate$gate_suffix.stderr" </dev/null &
   gate_pid=$!
   PIDS+=("$gate_pid")
   if wait_for_port "$gate_pid" "$gate_port"; then
-    run_suite "http://127.0.0.1:$gate_port/mcp" via-mcp-gate
+    run_suite "http://127.0.0.1:$gate_port/mcp" "$stem"
   else
     log "mcp-gate did not start listening on 127.0.0.1:$gate_port; its stderr:"
-    tail -n 50 "$OUT/mcp-gate.stderr" >&2
+    tail -n 50 "$OUT/mcp-gate$gate_suffix.stderr" >&2
   fi
   stop "$gate_pid"
+  if [[ -n "$upstream_pid" ]]; then stop "$upstream_pid"; fi
+}
+
+BURNERS=()
+if [[ "$LOAD" == 1 ]]; then
+  cores="$(nproc 2>/dev/null || echo 2)"
+  log "CPU load: $cores busy loops while mcp-gate is tested"
+  for _ in $(seq "$cores"); do
+    yes >/dev/null &
+    BURNERS+=("$!")
+    PIDS+=("$!")
+  done
 fi
+for round in $(seq "$ROUNDS"); do
+  if [[ "$ROUNDS" != 1 ]]; then log "round $round of $ROUNDS"; fi
+  if [[ "$gate_built" == 1 ]]; then
+    via_round "$round"
+  else
+    stem="$(round_stem "$round")"
+    : >"$OUT/$stem.txt"
+    : >"$OUT/mcp-gate${stem#via-mcp-gate}.stderr"
+  fi
+done
+for pid in "${BURNERS[@]}"; do
+  stop "$pid"
+done
 
 # ---- compare ---------------------------------------------------------------
 # Per-scenario lines of a run's `=== SUMMARY ===`, as
@@ -162,58 +231,95 @@ total_line() { # $1 = parsed log
 }
 
 scenarios "$OUT/direct.txt" >"$OUT/direct.scenarios"
-scenarios "$OUT/via-mcp-gate.txt" >"$OUT/via-mcp-gate.scenarios"
 
 if [[ ! -s "$OUT/direct.scenarios" ]]; then
   log "the direct run produced no scenario summary; see $OUT/direct.log"
   exit 1
 fi
 
-regressions=()
-fixed=()
-fewer=()
-table=()
-while read -r mark name passed failed; do
-  read -r via via_passed via_failed < <(
-    awk -v n="$name" '$2 == n { print $1, $3, $4; exit }' "$OUT/via-mcp-gate.scenarios"
-  ) || true
-  via="${via:-✗}"
-  table+=("$(printf '  %-30s direct %s %2s/%-2s  via mcp-gate %s %2s/%-2s' \
-    "$name" "$mark" "$passed" "$failed" "$via" "${via_passed:--}" "${via_failed:--}")")
-  if [[ "$mark" == "✓" && "$via" != "✓" ]]; then
-    regressions+=("$name")
-  elif [[ "$mark" != "✓" && "$via" == "✓" ]]; then
-    fixed+=("$name")
-  elif [[ -n "${via_passed:-}" && "$via_passed" -lt "$passed" ]]; then
-    fewer+=("$name")
-  fi
-  via="" via_passed="" via_failed=""
-done <"$OUT/direct.scenarios"
+# Compares round stem $1 with the direct run: fills regressions, fixed, fewer
+# and table.
+compare_round() {
+  local stem="$1" mark name passed failed via via_passed via_failed
+  scenarios "$OUT/$stem.txt" >"$OUT/$stem.scenarios"
+  regressions=()
+  fixed=()
+  fewer=()
+  table=()
+  while read -r mark name passed failed; do
+    read -r via via_passed via_failed < <(
+      awk -v n="$name" '$2 == n { print $1, $3, $4; exit }' "$OUT/$stem.scenarios"
+    ) || true
+    via="${via:-✗}"
+    table+=("$(printf '  %-30s direct %s %2s/%-2s  via mcp-gate %s %2s/%-2s' \
+      "$name" "$mark" "$passed" "$failed" "$via" "${via_passed:--}" "${via_failed:--}")")
+    if [[ "$mark" == "✓" && "$via" != "✓" ]]; then
+      regressions+=("$name")
+    elif [[ "$mark" != "✓" && "$via" == "✓" ]]; then
+      fixed+=("$name")
+    elif [[ -n "${via_passed:-}" && "$via_passed" -lt "$passed" ]]; then
+      fewer+=("$name")
+    fi
+    via="" via_passed="" via_failed=""
+  done <"$OUT/direct.scenarios"
+}
 
-{
-  echo "suite: $SUITE"
-  echo "direct: $(total_line "$OUT/direct.txt")"
+via_total() { # $1 = stem
   if [[ "$gate_built" == 1 ]]; then
-    echo "via mcp-gate: $(total_line "$OUT/via-mcp-gate.txt")"
+    total_line "$OUT/$1.txt"
   else
-    echo "via mcp-gate: Total: not run (mcp-gate did not build)"
+    echo "Total: not run (mcp-gate did not build)"
   fi
-  echo "per scenario: mark, checks passed/failed"
-  printf '%s\n' "${table[@]}"
-  if ((${#fewer[@]})); then
-    echo "fewer checks pass via mcp-gate (others became INFO/WARNING; not a failure): ${fewer[*]}"
-  fi
-  if ((${#fixed[@]})); then
-    echo "pass only via mcp-gate: ${fixed[*]}"
-  fi
-  if ((${#regressions[@]})); then
-    echo "REGRESSIONS (pass directly, fail via mcp-gate): ${regressions[*]}"
-  else
-    echo "no regressions: every scenario that passes directly passes via mcp-gate"
-  fi
-} | tee "$OUT/summary.txt"
+}
 
-if ((${#regressions[@]})); then
+failed_rounds=0
+if [[ "$ROUNDS" == 1 ]]; then
+  compare_round via-mcp-gate
+  {
+    echo "suite: $SUITE"
+    echo "direct: $(total_line "$OUT/direct.txt")"
+    echo "via mcp-gate: $(via_total via-mcp-gate)"
+    echo "per scenario: mark, checks passed/failed"
+    printf '%s\n' "${table[@]}"
+    if ((${#fewer[@]})); then
+      echo "fewer checks pass via mcp-gate (others became INFO/WARNING; not a failure): ${fewer[*]}"
+    fi
+    if ((${#fixed[@]})); then
+      echo "pass only via mcp-gate: ${fixed[*]}"
+    fi
+    if ((${#regressions[@]})); then
+      echo "REGRESSIONS (pass directly, fail via mcp-gate): ${regressions[*]}"
+    else
+      echo "no regressions: every scenario that passes directly passes via mcp-gate"
+    fi
+  } | tee "$OUT/summary.txt"
+  if ((${#regressions[@]})); then failed_rounds=1; fi
+else
+  {
+    echo "suite: $SUITE"
+    echo "direct: $(total_line "$OUT/direct.txt")"
+    echo "via mcp-gate: $ROUNDS rounds, upstream over $UPSTREAM_MODE, CPU load $([[ "$LOAD" == 1 ]] && echo on || echo off)"
+  } >"$OUT/summary.txt"
+  for round in $(seq "$ROUNDS"); do
+    stem="$(round_stem "$round")"
+    compare_round "$stem"
+    printf '%s\n' "${table[@]}" >"$OUT/$stem.table"
+    {
+      echo "== round $round: $(via_total "$stem")"
+      if ((${#regressions[@]})); then
+        echo "   FAIL: regressions (pass directly, fail via mcp-gate): ${regressions[*]}"
+      else
+        echo "   pass: every scenario that passes directly passes via mcp-gate"
+      fi
+      if ((${#fewer[@]})); then echo "   fewer checks pass via mcp-gate: ${fewer[*]}"; fi
+    } >>"$OUT/summary.txt"
+    if ((${#regressions[@]})); then failed_rounds=$((failed_rounds + 1)); fi
+  done
+  echo "rounds failed: $failed_rounds of $ROUNDS" >>"$OUT/summary.txt"
+  cat "$OUT/summary.txt"
+fi
+
+if ((failed_rounds)); then
   exit 1
 fi
 exit 0

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Interop suite: the official MCP Python SDK (mcp==2.3.0) against server-everything, directly
 # and through mcp-gate, over three transport pairs (stdio->stdio, stdio->HTTP, HTTP->stdio) and
-# both client modes (legacy, auto). See tests/interop/interop.py.
+# both client modes (legacy, auto). See tests/interop/interop.py. Then approval gating seen by the
+# SDK client: tests/interop/gating.py (server-everything, 2025-11-25) and
+# tests/interop/gating_2026.py (the SDK's own MCPServer, 2026-07-28, over stdio and serve).
 #
 # Environment:
 #   MCP_GATE_BIN   mcp-gate binary to test (default: target/release/mcp-gate, built here)
@@ -37,4 +39,6 @@ status=0
 "$PEERS_PY" "$ROOT/tests/interop/interop.py" || status=1
 log "running tests/interop/gating.py (approval gating seen by the Python SDK)"
 "$PEERS_PY" "$ROOT/tests/interop/gating.py" || status=1
+log "running tests/interop/gating_2026.py (gating in front of a 2026-07-28 MCPServer, client in auto mode)"
+"$PEERS_PY" "$ROOT/tests/interop/gating_2026.py" || status=1
 exit "$status"

@@ -50,10 +50,14 @@ pub enum Event {
     /// A `tools/call` the proxy could not read strictly (duplicate keys, invalid escapes, inexact
     /// numbers, too deep): nothing of it was evaluated or forwarded.
     Refused,
+    /// An approved call was claimed for a caller and is about to run.
+    Claimed,
+    /// A claim was given back unused: its caller left before the call was sent.
+    Released,
 }
 
 impl Event {
-    pub const ALL: [Event; 10] = [
+    pub const ALL: [Event; 12] = [
         Event::Allowed,
         Event::DeniedByPolicy,
         Event::Requested,
@@ -64,6 +68,8 @@ impl Event {
         Event::Failed,
         Event::AiDecision,
         Event::Refused,
+        Event::Claimed,
+        Event::Released,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -78,6 +84,8 @@ impl Event {
             Event::Failed => "failed",
             Event::AiDecision => "ai_decision",
             Event::Refused => "refused",
+            Event::Claimed => "claimed",
+            Event::Released => "released",
         }
     }
 }

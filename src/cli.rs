@@ -179,22 +179,24 @@ pub enum ApprovalsAction {
 }
 
 /// Runs the command line; the binary's `main` only sets up the runtime and logging.
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
+/// Runs a command. `Some(signal)` when a signal ended it: the process then exits with
+/// [`Signal::exit_code`], as shells expect of a program stopped by that signal.
+pub async fn run(cli: Cli) -> anyhow::Result<Option<Signal>> {
     match cli.command {
         None => run_stdio(cli.run).await,
         Some(Command::Serve { listen, run }) => run_serve(listen, run).await,
         Some(Command::CheckConfig { run }) => {
             let config = load(&run)?;
             eprint!("{}", config.explain());
-            Ok(())
+            Ok(None)
         }
-        Some(Command::Audit { action, run }) => audit(action, run).await,
+        Some(Command::Audit { action, run }) => audit(action, run).await.map(|()| None),
         Some(Command::Approvals { action, url, config }) => {
             let run = RunArgs { config: config.config, name: None, upstream: Vec::new() };
-            approvals(action, url, run).await
+            approvals(action, url, run).await.map(|()| None)
         }
-        Some(Command::Demo { approvals }) => crate::demo::run(&approvals).await,
-        Some(Command::DemoServer) => crate::demo::serve_stdio().await,
+        Some(Command::Demo { approvals }) => crate::demo::run(&approvals).await.map(|()| None),
+        Some(Command::DemoServer) => crate::demo::serve_stdio().await.map(|()| None),
     }
 }
 
@@ -304,6 +306,11 @@ pub async fn start_gate_with(config: &Config) -> anyhow::Result<Started> {
         Store::open(location.clone()).await.with_context(|| format!("opening the approval store {location:?}"))?;
     let (token, token_file) = crate::web::load_or_create_token(a.token.as_deref(), &a.data_dir)
         .with_context(|| format!("storing the approver token in {}", a.data_dir.display()))?;
+    if let Some(file) = &token_file {
+        let key = format!("approver token file {}", file.display());
+        crate::config::credentials_apart(&config.listen, a, Some((&token, &key)))
+            .map_err(|(key, message)| anyhow::anyhow!("`{key}`: {message}"))?;
+    }
     let start = hub::discover(&a.listen, &token, store.path())
         .await
         .with_context(|| format!("cannot listen on {} for approvals", a.listen))?;
@@ -356,7 +363,7 @@ fn start_hub_services(approvals: &Arc<Approvals>, config: &Config) {
     crate::notify::spawn(&config.webhooks, approvals);
 }
 
-async fn run_stdio(run: RunArgs) -> anyhow::Result<()> {
+async fn run_stdio(run: RunArgs) -> anyhow::Result<Option<Signal>> {
     let config = load(&run)?;
     if config.servers.is_empty() {
         bail!("no upstream: give one after `--` (a command or a URL) or configure [servers.NAME] in a --config file");
@@ -365,11 +372,18 @@ async fn run_stdio(run: RunArgs) -> anyhow::Result<()> {
     let gate = start_gate(&config).await?;
     let opts = session_options(&config, servers, &gate, "stdio");
     let (input, output) = stdio::std_streams();
-    stdio::serve(opts, input, output, shutdown_signal()).await?;
-    Ok(())
+    let stopped_by = Arc::new(std::sync::OnceLock::new());
+    let signal = {
+        let stopped_by = stopped_by.clone();
+        async move {
+            let _ = stopped_by.set(shutdown_signal().await);
+        }
+    };
+    stdio::serve(opts, input, output, signal).await?;
+    Ok(stopped_by.get().copied())
 }
 
-async fn run_serve(listen: Option<String>, run: RunArgs) -> anyhow::Result<()> {
+async fn run_serve(listen: Option<String>, run: RunArgs) -> anyhow::Result<Option<Signal>> {
     let config = load(&run)?;
     if config.servers.is_empty() {
         bail!("no upstream: give one after `--` (a command or a URL) or configure [servers.NAME] in a --config file");
@@ -389,7 +403,8 @@ async fn run_serve(listen: Option<String>, run: RunArgs) -> anyhow::Result<()> {
         tracing::warn!(%local, "listening on a non-loopback address: set a bearer token ([listen] token_env)");
     }
     let servers: Vec<Arc<_>> = config.servers.iter().cloned().map(Arc::new).collect();
-    let gate = start_gate(&config).await?;
+    let started = start_gate_with(&config).await?;
+    let gate = started.gate;
     let single =
         servers.iter().map(|s| (s.name.clone(), session_options(&config, vec![s.clone()], &gate, ""))).collect();
     let mut allowed_hosts = config.listen.allowed_hosts.clone();
@@ -405,8 +420,19 @@ async fn run_serve(listen: Option<String>, run: RunArgs) -> anyhow::Result<()> {
         allowed_origins: config.listen.allowed_origins.clone(),
     });
     eprintln!("mcp-gate: listening on http://{local}/mcp");
-    http::serve(listener, state, shutdown_signal()).await?;
-    Ok(())
+    let stopped_by = Arc::new(std::sync::OnceLock::new());
+    let signal = {
+        let (stopped_by, approvals) = (stopped_by.clone(), started.approvals.clone());
+        async move {
+            let signal = shutdown_signal().await;
+            tracing::info!(?signal, "stopping: held calls get their approval URL, then sessions close");
+            let _ = stopped_by.set(signal);
+            // Held calls answer now with the pending reply (the approval stays open for a retry).
+            approvals.stop_waiting();
+        }
+    };
+    http::serve(listener, state, signal).await?;
+    Ok(stopped_by.get().copied())
 }
 
 /// Checks that a command can be found, so `serve` fails at start-up rather than per session.
@@ -424,8 +450,27 @@ fn check_command(command: &str) -> anyhow::Result<()> {
     if found { Ok(()) } else { bail!("not found in PATH") }
 }
 
-/// Completes on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
+/// A signal that asks the process to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGINT (Ctrl-C).
+    Interrupt,
+    /// SIGTERM.
+    Terminate,
+}
+
+impl Signal {
+    /// The exit status of a process stopped by this signal: 128 + its number.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Signal::Interrupt => 130,
+            Signal::Terminate => 143,
+        }
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM, saying which.
+pub async fn shutdown_signal() -> Signal {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -441,7 +486,7 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
+        _ = ctrl_c => Signal::Interrupt,
+        _ = term => Signal::Terminate,
     }
 }

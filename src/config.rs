@@ -196,6 +196,8 @@ pub struct Approvals {
     pub wait: Duration,
     /// The approver token, when given by the config or `MCP_GATE_TOKEN`.
     pub token: Option<String>,
+    /// Where `token` came from (`MCP_GATE_TOKEN` or `approvals.token`), for messages.
+    pub token_key: &'static str,
     pub data_dir: PathBuf,
     /// `None` is `:memory:`.
     pub database: Option<PathBuf>,
@@ -220,6 +222,8 @@ pub struct Listen {
     pub addr: Option<SocketAddr>,
     /// Bearer token required from downstream HTTP clients, if set.
     pub token: Option<String>,
+    /// Where `token` came from (`listen.token_env (VAR)` or `MCP_GATE_HTTP_TOKEN`), for messages.
+    pub token_key: String,
     /// Extra Host header values accepted besides loopback names.
     pub allowed_hosts: Vec<String>,
     /// Extra Origin values accepted besides loopback origins.
@@ -342,12 +346,15 @@ impl Config {
             Some(a) => Some(a.parse().map_err(|e| invalid("listen.addr", format!("{a:?}: {e}")))?),
             None => None,
         };
-        let token = match raw.listen.token_env {
-            Some(var) => Some(
-                std::env::var(&var)
-                    .map_err(|_| invalid("listen.token_env", format!("environment variable {var} is not set")))?,
+        let (token, token_key) = match raw.listen.token_env {
+            Some(var) => (
+                Some(
+                    std::env::var(&var)
+                        .map_err(|_| invalid("listen.token_env", format!("environment variable {var} is not set")))?,
+                ),
+                format!("listen.token_env ({var})"),
             ),
-            None => std::env::var("MCP_GATE_HTTP_TOKEN").ok().filter(|t| !t.is_empty()),
+            None => (std::env::var("MCP_GATE_HTTP_TOKEN").ok().filter(|t| !t.is_empty()), "MCP_GATE_HTTP_TOKEN".into()),
         };
 
         let default_policy = raw.rules.is_empty() && raw.policy.default.is_none();
@@ -356,17 +363,18 @@ impl Config {
         let approvers =
             crate::identity::Credentials::from_raw("approvers", &raw.approvers).map_err(|(k, m)| invalid(&k, m))?;
         let agents = crate::identity::Credentials::from_raw("agents", &raw.agents).map_err(|(k, m)| invalid(&k, m))?;
-        if let Some((agent, approver)) = agents.shares_a_token_with(&approvers) {
-            return Err(invalid(
-                "agents",
-                format!(
-                    "agent {agent:?} has the same token as approver {approver:?}; an agent must not hold an approver's token"
-                ),
-            ));
-        }
         let approvals = validate_approvals(raw.approvals, raw.workflows, raw.providers, &policy, approvers, agents)
             .map_err(|(k, m)| invalid(&k, m))?;
         let webhooks = validate_webhooks(raw.webhooks).map_err(|(k, m)| invalid(&k, m))?;
+        let listen = Listen {
+            addr,
+            token,
+            token_key,
+            allowed_hosts: raw.listen.allowed_hosts,
+            allowed_origins: raw.listen.allowed_origins,
+        };
+        let shared = approvals.token.as_deref().map(|t| (t, approvals.token_key));
+        credentials_apart(&listen, &approvals, shared).map_err(|(k, m)| invalid(&k, m))?;
 
         Ok(Config {
             source: file.map(Path::to_path_buf),
@@ -375,12 +383,7 @@ impl Config {
             approvals,
             webhooks,
             separator,
-            listen: Listen {
-                addr,
-                token,
-                allowed_hosts: raw.listen.allowed_hosts,
-                allowed_origins: raw.listen.allowed_origins,
-            },
+            listen,
             servers,
         })
     }
@@ -435,14 +438,16 @@ impl Config {
             if !w.approvers.is_empty() {
                 out.push_str(&format!("  approvers: {}\n", w.approvers.join(", ")));
             }
-            // The shared token (operator) counts when the workflow admits it.
+            // Each vote needs a credential of its own: the shared token (operator) counts once,
+            // whatever approver name it decides under, and only when the workflow admits it.
             let operator =
                 usize::from(crate::identity::Principal::named(crate::identity::OPERATOR).admitted_by(&w.approvers));
             let eligible =
                 self.approvals.approvers.principals().filter(|p| p.admitted_by(&w.approvers)).count() + operator;
-            if !self.approvals.approvers.is_empty() && eligible < w.required_approvals as usize {
+            if eligible < w.required_approvals as usize {
                 out.push_str(&format!(
-                    "warning: workflow {} needs {} approvers but only {eligible} may vote\n",
+                    "warning: workflow {} needs {} approvers but only {eligible} may vote: it can never reach its \
+                     quorum (the shared approver token counts once; add [[approvers]] with tokens of their own)\n",
                     w.name, w.required_approvals
                 ));
             }
@@ -644,7 +649,10 @@ fn validate_approvals(
     {
         return Err(("approvals.public_url".into(), format!("{url:?} is not an http(s) URL")));
     }
-    let token = std::env::var("MCP_GATE_TOKEN").ok().filter(|t| !t.is_empty()).or(raw.token);
+    let (token, token_key) = match std::env::var("MCP_GATE_TOKEN").ok().filter(|t| !t.is_empty()) {
+        Some(t) => (Some(t), "MCP_GATE_TOKEN"),
+        None => (raw.token, "approvals.token"),
+    };
     if let Some(t) = &token
         && t.len() < 16
     {
@@ -661,6 +669,7 @@ fn validate_approvals(
         public_url: raw.public_url,
         wait: Duration::from_secs(wait_secs),
         token,
+        token_key,
         data_dir,
         database,
         redact: raw.redact,
@@ -672,6 +681,45 @@ fn validate_approvals(
         ai_workflows,
         providers,
     })
+}
+
+/// Refuses any configuration in which an agent credential (the HTTP token, `[[agents]]`) is also
+/// an approver credential (the shared approver token, `[[approvers]]`): whoever holds it could
+/// approve the calls it makes. `shared` is the shared approver token and the key it came from;
+/// the error names both keys.
+pub fn credentials_apart(
+    listen: &Listen,
+    approvals: &Approvals,
+    shared: Option<(&str, &str)>,
+) -> Result<(), (String, String)> {
+    let clash = |agent: &str, approver: &str| {
+        (
+            agent.to_owned(),
+            format!(
+                "the agent credential `{agent}` is the same as the approver credential `{approver}`; an agent must \
+                 never hold an approver's token: give each its own"
+            ),
+        )
+    };
+    if let Some((agent, approver)) = approvals.agents.shares_a_token_with(&approvals.approvers) {
+        return Err(clash(agent, approver));
+    }
+    if let Some(http) = listen.token.as_deref() {
+        if let Some((shared, shared_key)) = shared
+            && crate::web::guard::constant_time_eq(http.as_bytes(), shared.as_bytes())
+        {
+            return Err(clash(&listen.token_key, shared_key));
+        }
+        if let Some(approver) = approvals.approvers.key_of(http) {
+            return Err(clash(&listen.token_key, approver));
+        }
+    }
+    if let Some((shared, shared_key)) = shared
+        && let Some(agent) = approvals.agents.key_of(shared)
+    {
+        return Err(clash(agent, shared_key));
+    }
+    Ok(())
 }
 
 /// The `ai_*` keys and `escalation_workflow` belong to `ai_driven` workflows.
@@ -1226,6 +1274,11 @@ mod example_tests {
         assert_eq!(config.policy.rule_labels().len(), 4);
         assert_eq!(config.approvals.workflows["two-person"].required_approvals, 2);
         assert!(config.policy.lint().is_empty(), "{:?}", config.policy.lint());
+        // Denies and approvals come before the rules that match on annotations, and every
+        // workflow can reach its quorum: check-config has nothing to warn about.
+        let labels = config.policy.rule_labels();
+        assert!(labels[0].contains("no environment dumps") && labels[3].contains("read-only tools"), "{labels:?}");
+        assert!(!config.explain().contains("warning:"), "{}", config.explain());
         let ai = &config.approvals.ai_workflows["ai-triage"];
         assert_eq!(ai.escalation_workflow.as_deref(), Some("default"));
         assert_eq!(config.approvals.providers["local"].endpoint(), "http://127.0.0.1:11434/v1/chat/completions");

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use serde_json::Value;
 use serde_json::value::RawValue;
+pub use tokio_util::sync::CancellationToken;
 
 use crate::tools::ToolInfo;
 
@@ -25,6 +26,9 @@ pub struct ToolCall<'a> {
     pub agent: Option<&'a str>,
     /// Sends `notifications/progress` to the caller, when the request carried a progress token.
     pub progress: Option<ProgressSink>,
+    /// Cancelled when the caller is gone (it cancelled the call, its stream or session closed):
+    /// a held call then stops waiting and must not be claimed for it.
+    pub gone: CancellationToken,
 }
 
 type SendProgress = dyn Fn(f64, &str) + Send + Sync;
@@ -57,6 +61,8 @@ impl std::fmt::Debug for ProgressSink {
 pub enum Outcome<'a> {
     Result(&'a RawValue),
     Error(&'a str),
+    /// The call was never sent: its caller left between the gate's answer and the send.
+    NotRun,
 }
 
 /// Called once with the upstream's answer to a call the gate let through.

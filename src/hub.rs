@@ -104,6 +104,8 @@ enum Probe {
     Unauthorized,
     /// Something that is not an mcp-gate, or not one we can talk to.
     Other(String),
+    /// A listener that did not prove it knows the approver token: it was sent nothing.
+    Unproven(String),
 }
 
 /// Binds the approval address, or finds the hub holding it, or falls back to a free port.
@@ -158,6 +160,10 @@ fn why_not(probe: &Probe, database: Option<&Path>) -> String {
             .to_owned(),
         Probe::Other(what) => format!("the approval address is held by something that is not mcp-gate ({what})"),
         Probe::Refused => "nothing answers at the approval address".to_owned(),
+        Probe::Unproven(why) => format!(
+            "the listener at the approval address is not mcp-gate or not one we trust: {why} (another program \
+             may be squatting the port)"
+        ),
     }
 }
 
@@ -191,6 +197,16 @@ fn base_url(listen: &str) -> String {
 }
 
 async fn probe(client: &reqwest::Client, base: &str, token: &str) -> Probe {
+    use crate::handshake::HandshakeError;
+    // The listener proves it knows the token before the token is sent.
+    match tokio::time::timeout(PROBE_TIMEOUT, crate::handshake::verify_listener(client, base, token)).await {
+        Err(_) => return Probe::Other(format!("no answer within {} s", PROBE_TIMEOUT.as_secs())),
+        Ok(Ok(())) => {}
+        Ok(Err(HandshakeError::Refused(_))) => return Probe::Refused,
+        Ok(Err(HandshakeError::UnknownKey)) => return Probe::Unauthorized,
+        Ok(Err(HandshakeError::Unreachable(e))) => return Probe::Other(format!("no HTTP answer: {e}")),
+        Ok(Err(e)) => return Probe::Unproven(e.to_string()),
+    }
     let sent = client.get(format!("{base}/api/v1/hub")).bearer_auth(token).timeout(PROBE_TIMEOUT).send().await;
     let resp = match sent {
         Ok(r) => r,
@@ -372,6 +388,10 @@ impl Running {
     /// Listens to the hub's change stream and wakes the local calls waiting on each changed
     /// request. Returns when the stream ends.
     async fn listen_to(&self, base: &str) -> Result<(), Lost> {
+        self.verify(base).await.map_err(|e| match e {
+            crate::handshake::HandshakeError::Refused(e) => Lost::Gone(e),
+            e => Lost::Failed(e.to_string()),
+        })?;
         let resp = self
             .client
             .get(format!("{base}/api/v1/events"))
@@ -457,7 +477,28 @@ impl Running {
         }
     }
 
+    /// Has the listener at `base` prove it knows the token before it is sent there; one that
+    /// fails is reported.
+    async fn verify(&self, base: &str) -> Result<(), crate::handshake::HandshakeError> {
+        let verified =
+            tokio::time::timeout(PROBE_TIMEOUT, crate::handshake::verify_listener(&self.client, base, &self.token))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(crate::handshake::HandshakeError::Unreachable(format!(
+                        "no answer within {} s",
+                        PROBE_TIMEOUT.as_secs()
+                    )))
+                });
+        if let Err(e) = &verified
+            && e.is_unproven()
+        {
+            warn!(listen = %self.listen, "the listener at {base} {e}");
+        }
+        verified
+    }
+
     async fn announce(&self, base: &str, note: &Announcement) -> Result<(), Refusal> {
+        self.verify(base).await.map_err(|e| Refusal::Again(e.to_string()))?;
         let resp = self
             .client
             .post(format!("{base}/api/v1/hub/announce"))

@@ -11,6 +11,27 @@ use sha2::{Digest, Sha256};
 /// directory).
 pub const OPERATOR: &str = "operator";
 
+/// The name of the system's own actions (expiry, failures) in the audit log.
+pub const SYSTEM: &str = "system";
+
+/// The prefix of the AI reviewer's names (`ai:MODEL`).
+pub const AI_PREFIX: &str = "ai:";
+
+/// Why a person may not decide under `name`: it passes for the system, the AI reviewer or the
+/// shared approver token. Compared on the normalised name (see [`crate::visible::normalise_name`]).
+pub fn impersonates(name: &str) -> Option<String> {
+    let n = crate::visible::normalise_name(name);
+    if n.starts_with(AI_PREFIX) {
+        Some(format!("{name:?} passes for the AI reviewer (names starting with {AI_PREFIX:?} are its own)"))
+    } else if n == SYSTEM {
+        Some(format!("{name:?} is the name of mcp-gate's own actions"))
+    } else if n == OPERATOR {
+        Some(format!("{name:?} is the name of the shared approver token"))
+    } else {
+        None
+    }
+}
+
 /// `[[approvers]]` or `[[agents]]` as written.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -30,11 +51,20 @@ pub struct RawPrincipal {
 pub struct Principal {
     pub name: String,
     pub teams: Vec<String>,
+    /// The credential that speaks for this principal: one vote per credential. The shared
+    /// approver token is one credential ([`OPERATOR`]) whatever name it decides under.
+    pub credential: String,
 }
 
 impl Principal {
+    /// A principal with a credential of its own.
     pub fn named(name: &str) -> Principal {
-        Principal { name: name.to_owned(), teams: Vec::new() }
+        Principal { name: name.to_owned(), teams: Vec::new(), credential: name.to_owned() }
+    }
+
+    /// The holder of the shared approver token, deciding as `name`.
+    pub fn shared_token_as(name: &str) -> Principal {
+        Principal { name: name.to_owned(), teams: Vec::new(), credential: OPERATOR.to_owned() }
     }
 
     /// Whether a workflow's `approvers` list (names and `team:NAME`) admits this principal.
@@ -51,7 +81,8 @@ impl Principal {
 /// Token hashes and whom they belong to.
 #[derive(Debug, Clone, Default)]
 pub struct Credentials {
-    entries: Vec<([u8; 32], Principal)>,
+    /// Hash, principal, and the configuration key it came from (`approvers[0]`).
+    entries: Vec<([u8; 32], Principal, String)>,
 }
 
 impl Credentials {
@@ -60,18 +91,24 @@ impl Credentials {
     }
 
     pub fn principals(&self) -> impl Iterator<Item = &Principal> {
-        self.entries.iter().map(|(_, p)| p)
+        self.entries.iter().map(|(_, p, _)| p)
+    }
+
+    /// The SHA-256 of every token.
+    pub fn hashes(&self) -> impl Iterator<Item = &[u8; 32]> {
+        self.entries.iter().map(|(h, _, _)| h)
     }
 
     pub fn add(&mut self, token: &str, principal: Principal) {
-        self.entries.push((sha256(token), principal));
+        let key = principal.name.clone();
+        self.entries.push((sha256(token), principal, key));
     }
 
     /// The principal whose token this is. Every entry is compared, in constant time each.
     pub fn authenticate(&self, token: &str) -> Option<&Principal> {
         let presented = sha256(token);
         let mut found = None;
-        for (hash, principal) in &self.entries {
+        for (hash, principal, _) in &self.entries {
             if crate::web::guard::constant_time_eq(hash, &presented) && found.is_none() {
                 found = Some(principal);
             }
@@ -87,11 +124,12 @@ impl Credentials {
             if p.name.trim().is_empty() || p.name.starts_with("team:") || p.name.contains(char::is_whitespace) {
                 return Err((format!("{key}.name"), format!("{:?} is not a usable name", p.name)));
             }
-            if out.principals().any(|q| q.name == p.name) {
+            let normalised = crate::visible::normalise_name(&p.name);
+            if out.principals().any(|q| crate::visible::normalise_name(&q.name) == normalised) {
                 return Err((format!("{key}.name"), format!("{:?} is defined twice", p.name)));
             }
-            if p.name == OPERATOR {
-                return Err((format!("{key}.name"), format!("{OPERATOR:?} is the name of the shared approver token")));
+            if let Some(why) = impersonates(&p.name) {
+                return Err((format!("{key}.name"), why));
             }
             let hash = match (&p.token_sha256, &p.token_env) {
                 (Some(hex), None) => parse_hash(hex).ok_or_else(|| {
@@ -112,19 +150,33 @@ impl Credentials {
                     return Err((key, "give exactly one of token_sha256 and token_env".to_owned()));
                 }
             };
-            if out.entries.iter().any(|(h, _)| *h == hash) {
+            if out.entries.iter().any(|(h, _, _)| *h == hash) {
                 return Err((key, format!("{:?} has the same token as another entry", p.name)));
             }
-            out.entries.push((hash, Principal { name: p.name.clone(), teams: p.teams.clone() }));
+            let principal = Principal { name: p.name.clone(), teams: p.teams.clone(), credential: p.name.clone() };
+            out.entries.push((hash, principal, key));
         }
         Ok(out)
     }
 
-    /// Whether any token appears in both sets (an agent must never hold an approver's token).
+    /// The configuration keys of a token that appears in both sets (an agent must never hold an
+    /// approver's token).
     pub fn shares_a_token_with<'a>(&'a self, other: &'a Credentials) -> Option<(&'a str, &'a str)> {
-        self.entries.iter().find_map(|(h, p)| {
-            other.entries.iter().find(|(h2, _)| h2 == h).map(|(_, q)| (p.name.as_str(), q.name.as_str()))
+        self.entries.iter().find_map(|(h, _, key)| {
+            other.entries.iter().find(|(h2, _, _)| h2 == h).map(|(_, _, key2)| (key.as_str(), key2.as_str()))
         })
+    }
+
+    /// The configuration key of the entry whose token this is (`agents[1]`).
+    pub fn key_of(&self, token: &str) -> Option<&str> {
+        let presented = sha256(token);
+        let mut found = None;
+        for (hash, _, key) in &self.entries {
+            if crate::web::guard::constant_time_eq(hash, &presented) && found.is_none() {
+                found = Some(key.as_str());
+            }
+        }
+        found
     }
 
     /// Whether `token` is one of these.
@@ -178,7 +230,7 @@ mod tests {
 
     #[test]
     fn workflow_lists_admit_names_and_teams() {
-        let alice = Principal { name: "alice".into(), teams: vec!["sre".into()] };
+        let alice = Principal { name: "alice".into(), teams: vec!["sre".into()], credential: "alice".into() };
         assert!(alice.admitted_by(&[]));
         assert!(alice.admitted_by(&["alice".into()]));
         assert!(alice.admitted_by(&["bob".into(), "team:sre".into()]));

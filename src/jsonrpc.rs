@@ -132,10 +132,12 @@ impl Message {
         Message { id: Some(id), result: Some(result), ..Message::default() }
     }
 
-    /// An error response. `id` is `None` when the request's id could not be read (parse errors).
+    /// An error response. `id` is `None` when the request's id could not be read (parse errors):
+    /// the reply then has no id, as MCP's schema wants (its ids are strings or integers, never
+    /// `null`).
     pub fn error(id: Option<Box<RawValue>>, code: i64, message: &str) -> Message {
         let error = serde_json::json!({ "code": code, "message": message });
-        Message { id: Some(id.unwrap_or_else(null)), error: Some(to_raw(&error)), ..Message::default() }
+        Message { id, error: Some(to_raw(&error)), ..Message::default() }
     }
 
     /// Serializes the message. Raw parts are written as received.
@@ -353,9 +355,9 @@ mod tests {
     }
 
     #[test]
-    fn error_reply_has_null_id_when_unknown() {
+    fn error_reply_has_no_id_when_unknown() {
         let msg = Message::error(None, code::PARSE_ERROR, "bad");
-        assert_eq!(msg.to_string(), r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"bad"}}"#);
+        assert_eq!(msg.to_string(), r#"{"jsonrpc":"2.0","error":{"code":-32700,"message":"bad"}}"#);
     }
 
     #[test]

@@ -13,6 +13,9 @@
 //! **transport** ([`transport::child`] for a stdio server, [`transport::http_client`] for
 //! Streamable HTTP, [`transport::sse_client`] for legacy HTTP+SSE), and maps the answer back.
 //!
+//! What the proxy writes itself (its own results, merged results, list changes) takes the shape
+//! of the client's protocol era, which [`era`] decides from each request.
+//!
 //! `tools/call` takes one detour: the session looks the tool up in the upstream's tool list
 //! ([`tools`], fetched by the proxy itself when the client has not listed tools) and asks the
 //! [`gate`] whether the call may go upstream.
@@ -31,6 +34,12 @@
 //! Every change of a request is published on [`approval::Approvals::changes`], which feeds the
 //! server's event stream and, in the hub, the [`notify`] webhooks.
 //!
+//! Before a bearer token travels to the approval address, [`handshake`] has the listener prove it
+//! knows the token (and the client prove it too).
+//!
+//! Untrusted text shown to a person (arguments, names, descriptions) goes through [`visible`],
+//! which marks invisible and look-alike characters.
+//!
 //! [`config`] loads `proxy.toml`; [`cli`] is the command line; [`approver`] is
 //! `mcp-gate approvals`, a client of the approval server's API; [`demo`] is `mcp-gate demo`.
 
@@ -41,7 +50,9 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod downstream;
+pub mod era;
 pub mod gate;
+pub mod handshake;
 pub mod hub;
 pub mod identity;
 pub mod jsonrpc;
@@ -54,4 +65,5 @@ pub mod session;
 pub mod store;
 pub mod tools;
 pub mod transport;
+pub mod visible;
 pub mod web;

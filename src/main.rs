@@ -30,7 +30,8 @@ fn main() -> ExitCode {
     // A blocking read of stdin may still be pending: do not wait for it.
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));
     match outcome {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(None) => ExitCode::SUCCESS,
+        Ok(Some(signal)) => ExitCode::from(signal.exit_code()),
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

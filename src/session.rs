@@ -23,7 +23,8 @@ use tokio::sync::mpsc;
 use tracing::{Instrument, debug, info, warn};
 
 use crate::config::{ServerConfig, UpstreamTransport};
-use crate::gate::{Gate, Outcome, OutcomeHook, ProgressSink, RefusedCall, ToolCall, Verdict};
+use crate::era::{self, Era};
+use crate::gate::{CancellationToken, Gate, Outcome, OutcomeHook, ProgressSink, RefusedCall, ToolCall, Verdict};
 use crate::jsonrpc::{self, Kind, Message, code};
 use crate::router::{self, ListPosition};
 use crate::tools::ToolList;
@@ -52,8 +53,10 @@ pub trait Downstream: Send + Sync + 'static {
 pub enum Input {
     /// A message from the client, with `Mcp-Param-*` headers it came with (HTTP, 2026-07-28).
     Client { msg: Message, param_headers: Vec<(String, String)> },
-    /// The HTTP stream of this request closed before its response (2026-07-28 cancellation).
-    ClientGone { id: String },
+    /// The HTTP stream of this request closed before its response. A held call is abandoned in
+    /// every era; a call in flight upstream is cancelled there only when `cancel_upstream` (a
+    /// closed stream cancels a 2026-07-28 request, not an older one).
+    ClientGone { id: String, cancel_upstream: bool },
     /// A held tool call was decided.
     Resume { msg: Box<Message>, verdict: Verdict },
     /// An upstream was restarted (or failed to).
@@ -131,6 +134,7 @@ pub async fn start(
         own_requests: std::collections::HashSet::new(),
         client_requests: HashMap::new(),
         progress: HashMap::new(),
+        held_progress: std::collections::HashSet::new(),
         next_progress: 1,
         fanouts: HashMap::new(),
         next_fanout: 1,
@@ -139,9 +143,12 @@ pub async fn start(
         client_initialized: false,
         client_name: None,
         modern_meta: None,
+        era: None,
+        listens: HashMap::new(),
         resource_routes: HashMap::new(),
         template_routes: Vec::new(),
         task_routes: HashMap::new(),
+        held: HashMap::new(),
     };
     let task = tokio::spawn(session.run(rx, up_rx).instrument(span));
     Ok((SessionHandle { tx }, task))
@@ -191,6 +198,8 @@ type PartOutcome = Result<Box<RawValue>, Box<RawValue>>;
 struct Fanout {
     client_id: Box<RawValue>,
     method: String,
+    /// The era of the client's request: what the merged result must look like.
+    era: Era,
     waiting: usize,
     /// (upstream, its result or error object).
     parts: Vec<(usize, PartOutcome)>,
@@ -219,6 +228,9 @@ struct Session {
     client_requests: HashMap<String, (usize, u64)>,
     /// Progress token as sent upstream (raw text) -> where its notifications go.
     progress: HashMap<String, ProgressEntry>,
+    /// Progress tokens (raw text) of tool calls the gate holds: not sent upstream yet, so
+    /// progress for them from an upstream is a spoof ("approved, running...") and is dropped.
+    held_progress: std::collections::HashSet<String>,
     next_progress: u64,
     fanouts: HashMap<u64, Fanout>,
     next_fanout: u64,
@@ -229,9 +241,16 @@ struct Session {
     client_name: Option<String>,
     /// The reserved `_meta` keys of the latest 2026-07-28 request, for the proxy's own requests.
     modern_meta: Option<jsonrpc::RawObject>,
+    /// The era of the client's latest request; `None` until it sent one.
+    era: Option<Era>,
+    /// Open `subscriptions/listen` requests of a 2026-07-28 client (request id as raw text) and
+    /// the notifications each asked for.
+    listens: HashMap<String, Value>,
     resource_routes: HashMap<String, usize>,
     template_routes: Vec<(String, usize)>,
     task_routes: HashMap<String, usize>,
+    /// Held tool calls by client request id (raw text); cancelling the token abandons the wait.
+    held: HashMap<String, CancellationToken>,
 }
 
 impl Session {
@@ -253,6 +272,10 @@ impl Session {
                 },
             }
         }
+        // The session ended (client gone, DELETE, reaped): nobody is left to run a held call for.
+        for (_, gone) in self.held.drain() {
+            gone.cancel();
+        }
         // Let every transport wind down (children exit, upstream sessions are deleted) before
         // the session is reported finished.
         let finished: Vec<_> =
@@ -269,7 +292,10 @@ impl Session {
                 Kind::Notification => self.on_client_notification(msg),
                 Kind::Response => self.on_client_response(msg),
             },
-            Input::ClientGone { id } => {
+            Input::ClientGone { id, cancel_upstream } => {
+                if self.abandon_held(&id) || !cancel_upstream {
+                    return;
+                }
                 if let Some((index, up_id)) = self.client_requests.remove(&id) {
                     self.upstreams[index].pending.remove(&up_id);
                     let params = serde_json::json!({"requestId": up_id, "reason": "client disconnected"});
@@ -280,7 +306,18 @@ impl Session {
                     );
                 }
             }
-            Input::Resume { msg, verdict } => self.apply_verdict(*msg, verdict),
+            Input::Resume { msg, verdict } => {
+                if let Some(token) = progress_token(&msg) {
+                    self.held_progress.remove(&token);
+                }
+                let id = msg.id_text().unwrap_or_default().to_owned();
+                if self.held.remove(&id).is_some() {
+                    self.apply_verdict(*msg, verdict);
+                } else if let Verdict::AllowTracked(hook) = verdict {
+                    // The caller left after the gate claimed the call for it: give the claim back.
+                    hook(Outcome::NotRun);
+                }
+            }
             Input::Restarted { index, generation, link } => self.on_restarted(index, generation, link),
         }
     }
@@ -293,7 +330,7 @@ impl Session {
     }
 
     fn on_client_request(&mut self, msg: Message, param_headers: Vec<(String, String)>) {
-        self.note_modern_meta(&msg);
+        self.note_request(&msg);
         let method = msg.method().to_owned();
         match method.as_str() {
             "initialize" => {
@@ -312,7 +349,10 @@ impl Session {
             "tools/call" => self.on_tools_call(msg, param_headers),
             _ if !self.multi => self.forward(0, msg, param_headers),
             "server/discover" => self.fan_out(msg, |_| true),
-            "ping" => self.reply(msg.id, jsonrpc::to_raw(&serde_json::json!({}))),
+            "ping" => {
+                let era = self.era_of(&msg);
+                self.reply(msg.id, era::own_result(jsonrpc::to_raw(&serde_json::json!({})), era))
+            }
             "logging/setLevel" => self
                 .fan_out(msg, |u| u.init_result.as_ref().is_none_or(|r| r.pointer("/capabilities/logging").is_some())),
             "tools/list" | "prompts/list" | "resources/list" | "resources/templates/list" => self.list(msg),
@@ -364,6 +404,9 @@ impl Session {
                 let Some(params) = msg.params.as_deref() else { return };
                 let Ok(mut obj) = jsonrpc::parse_object(params) else { return };
                 let Some(request_id) = jsonrpc::get(&obj, "requestId").map(|r| r.get().to_owned()) else { return };
+                if self.abandon_held(&request_id) {
+                    return;
+                }
                 let Some((index, up_id)) = self.client_requests.remove(&request_id) else {
                     debug!(request_id, "cancel for a request that is not in flight");
                     return;
@@ -500,7 +543,7 @@ impl Session {
 
     fn note_modern_meta(&mut self, msg: &Message) {
         let Some(params) = msg.params.as_deref() else { return };
-        if !params.get().contains("io.modelcontextprotocol/protocolVersion") {
+        if !params.get().contains(era::VERSION_META) {
             return;
         }
         let Some(meta) = jsonrpc::parse_object(params)
@@ -517,6 +560,42 @@ impl Session {
             self.client_name = jsonrpc::string_field(info, "name");
         }
         self.modern_meta = Some(reserved);
+    }
+
+    /// Keeps what the session needs to know of a client request: the reserved `_meta` of
+    /// 2026-07-28, the client's era, and the `subscriptions/listen` streams it opens.
+    fn note_request(&mut self, msg: &Message) {
+        self.note_modern_meta(msg);
+        let era = self.era_of(msg);
+        self.era = Some(era);
+        if era.is_modern()
+            && msg.method() == "subscriptions/listen"
+            && let Some(id) = msg.id_text()
+        {
+            let filter = msg
+                .params
+                .as_deref()
+                .and_then(|p| serde_json::from_str::<Value>(p.get()).ok())
+                .and_then(|mut v| v.get_mut("notifications").map(Value::take))
+                .unwrap_or(Value::Null);
+            // Forget the streams that ended, so the map holds only open ones.
+            self.listens.retain(|id, _| self.client_requests.contains_key(id));
+            self.listens.insert(id.to_owned(), filter);
+        }
+    }
+
+    /// The era of a client request: the version it names in `_meta` (2026-07-28), else the
+    /// version negotiated by `initialize`, else the legacy era (a client that has not
+    /// negotiated yet, or sends `initialize` itself).
+    fn era_of(&self, msg: &Message) -> Era {
+        if let Some(era) = Era::of_request(msg) {
+            return era;
+        }
+        self.upstreams
+            .iter()
+            .filter_map(|u| u.init_result.as_ref()?.get("protocolVersion")?.as_str())
+            .min()
+            .map_or(Era::Legacy, Era::of_version)
     }
 
     // ---- tools/call: routing, tool list, gate ----
@@ -561,6 +640,7 @@ impl Session {
                 return self.reply_error(msg.id, code::INVALID_PARAMS, &reason);
             }
         };
+        let gone = CancellationToken::new();
         let call = ToolCall {
             server: &self.upstreams[index].cfg.name,
             tool: &tool_name,
@@ -568,15 +648,31 @@ impl Session {
             arguments: &arguments,
             info: tool,
             agent: self.agent(),
-            progress: self.progress_sink(&msg),
+            progress: self.progress_sink(&msg, &gone),
+            gone: gone.clone(),
         };
         match self.opts.gate.check(&call) {
             Verdict::Hold(wait) => {
-                let Some(tx) = self.self_tx.upgrade() else { return };
+                let Some(id) = msg.id_text().map(str::to_owned) else { return };
+                self.held.insert(id, gone);
+                // A weak handle: a held call does not keep its session alive.
+                let tx = self.self_tx.clone();
+                if let Some(token) = progress_token(&msg) {
+                    self.held_progress.insert(token);
+                }
                 let msg = Box::new(msg);
                 tokio::spawn(async move {
                     let verdict = wait.await;
-                    let _ = tx.send(Input::Resume { msg, verdict });
+                    match tx.upgrade() {
+                        Some(tx) => {
+                            let _ = tx.send(Input::Resume { msg, verdict });
+                        }
+                        None => {
+                            if let Verdict::AllowTracked(hook) = verdict {
+                                hook(Outcome::NotRun);
+                            }
+                        }
+                    }
                 });
             }
             verdict => self.apply_verdict_routed(msg, verdict, index, &tool_name, &name, param_headers),
@@ -614,8 +710,12 @@ impl Session {
                 self.forward_tracked(index, msg, param_headers, Some(hook));
             }
             Verdict::Respond(result) => {
-                self.offer_approval_url(&result);
-                self.reply(msg.id, result)
+                let era = self.era_of(&msg);
+                if era == Era::Legacy {
+                    // 2026-07-28 has no server-to-client requests: the URL is in the result.
+                    self.offer_approval_url(&result);
+                }
+                self.reply(msg.id, era::own_result(result, era))
             }
             Verdict::Hold(_) => self.reply_error(msg.id, code::INTERNAL_ERROR, "gate held a call twice"),
         }
@@ -640,11 +740,25 @@ impl Session {
             })
             .collect();
         jsonrpc::set(&mut obj, "tools", jsonrpc::to_raw(&kept));
+        if jsonrpc::get(&obj, "cacheScope").is_some() {
+            // The list now depends on who asked: no shared cache may serve it to another agent.
+            jsonrpc::set(&mut obj, "cacheScope", jsonrpc::to_raw("private"));
+        }
         jsonrpc::object_to_raw(&obj)
     }
 
-    /// A way for the gate to send progress to the caller, when the call carried a token.
-    fn progress_sink(&self, msg: &Message) -> Option<ProgressSink> {
+    /// The caller of a held call is gone (cancelled, stream closed): its wait ends without
+    /// claiming, and no answer is sent for it. False when `id` is not a held call.
+    fn abandon_held(&mut self, id: &str) -> bool {
+        let Some(gone) = self.held.remove(id) else { return false };
+        info!(id, "held call abandoned by its caller");
+        gone.cancel();
+        true
+    }
+
+    /// A way for the gate to send progress to the caller, when the call carried a token. It
+    /// falls silent once the caller is gone.
+    fn progress_sink(&self, msg: &Message, gone: &CancellationToken) -> Option<ProgressSink> {
         let params = msg.params.as_deref()?;
         if !params.get().contains("progressToken") {
             return None;
@@ -654,7 +768,11 @@ impl Session {
         let token = jsonrpc::get(&meta, "progressToken")?.to_owned();
         let client_id = msg.id_text()?.to_owned();
         let downstream = self.downstream.clone();
+        let gone = gone.clone();
         Some(ProgressSink::new(move |progress, message| {
+            if gone.is_cancelled() {
+                return;
+            }
             let params = serde_json::json!({ "progressToken": &*token, "progress": progress, "message": message });
             let note = Message::notification("notifications/progress", Some(jsonrpc::to_raw(&params)));
             downstream.send(&note, Route::Related(&client_id));
@@ -688,14 +806,13 @@ impl Session {
         self.downstream.send(&request, Route::Unrelated);
     }
 
+    /// Whether the client declared URL-mode elicitation in `initialize` (only clients of the
+    /// legacy era are offered the URL this way).
     fn client_takes_url_elicitation(&self) -> bool {
-        let caps = match (&self.initialize_params, &self.modern_meta) {
-            (Some(p), _) => serde_json::from_str::<Value>(p.get()).ok().and_then(|v| v.get("capabilities").cloned()),
-            (None, Some(meta)) => jsonrpc::get(meta, "io.modelcontextprotocol/clientCapabilities")
-                .and_then(|c| serde_json::from_str::<Value>(c.get()).ok()),
-            (None, None) => None,
-        };
-        caps.is_some_and(|c| c.pointer("/elicitation/url").is_some())
+        self.initialize_params
+            .as_deref()
+            .and_then(|p| serde_json::from_str::<Value>(p.get()).ok())
+            .is_some_and(|v| v.pointer("/capabilities/elicitation/url").is_some())
     }
 
     /// Finds the upstream of an exposed tool name. `Ok(None)`: not known until tool lists arrive.
@@ -803,9 +920,10 @@ impl Session {
         let Some(client_id) = msg.id.clone() else { return };
         let fanout_id = self.next_fanout;
         self.next_fanout += 1;
+        let era = self.era_of(&msg);
         self.fanouts.insert(
             fanout_id,
-            Fanout { client_id, method: msg.method().to_owned(), waiting: targets.len(), parts: Vec::new() },
+            Fanout { client_id, method: msg.method().to_owned(), era, waiting: targets.len(), parts: Vec::new() },
         );
         if targets.is_empty() {
             self.finish_fanout(fanout_id);
@@ -861,6 +979,7 @@ impl Session {
                 .map(|(i, r)| (ups[*i].cfg.name.clone(), serde_json::from_str(r.get()).unwrap_or(Value::Null)))
                 .collect()
         };
+        let ttl = era::min_ttl(ok.iter().map(|(_, r)| &**r));
         let result = match f.method.as_str() {
             "initialize" => {
                 for (i, r) in &ok {
@@ -878,11 +997,12 @@ impl Session {
                 jsonrpc::to_raw(&router::merge_discover(&parts))
             }
             "tools/list" | "prompts/list" | "resources/list" | "resources/templates/list" => {
-                self.merge_list(&f.method, ok)
+                let merged = self.merge_list(&f.method, ok);
+                if f.era.is_modern() { era::cacheable(merged, ttl) } else { merged }
             }
             _ => jsonrpc::to_raw(&serde_json::json!({})),
         };
-        self.reply(Some(f.client_id), result);
+        self.reply(Some(f.client_id), era::own_result(result, f.era));
     }
 
     fn list(&mut self, msg: Message) {
@@ -1212,6 +1332,10 @@ impl Session {
                 let Some(params) = msg.params.as_deref() else { return };
                 let Ok(mut obj) = jsonrpc::parse_object(params) else { return };
                 let Some(token) = jsonrpc::get(&obj, "progressToken").map(|t| t.get().to_owned()) else { return };
+                if self.held_progress.contains(&token) && !self.progress.contains_key(&token) {
+                    warn!(server = %self.upstreams[index].cfg.name, "dropped progress for a held call");
+                    return;
+                }
                 let Some(entry) = self.progress.get(&token) else {
                     return self.downstream.send(&msg, Route::Unrelated);
                 };
@@ -1255,6 +1379,7 @@ impl Session {
             }
             _ => {}
         }
+        let listen = self.map_subscription_id(index, &mut msg);
         let related = match msg.method() {
             "notifications/message" => self.related_client_request(index, related),
             _ => related.and_then(|r| match self.upstreams[index].pending.get(&r) {
@@ -1262,10 +1387,28 @@ impl Session {
                 _ => None,
             }),
         };
+        let related = related.or(listen);
         match related {
             Some(id) => self.downstream.send(&msg, Route::Related(&id)),
             None => self.downstream.send(&msg, Route::Unrelated),
         }
+    }
+
+    /// A notification of a `subscriptions/listen` stream (2026-07-28) names the stream by the id
+    /// the upstream got; the client knows it by its own. Returns that id: the stream it goes on.
+    fn map_subscription_id(&self, index: usize, msg: &mut Message) -> Option<String> {
+        let params = msg.params.as_deref()?;
+        if !params.get().contains(era::SUBSCRIPTION_META) {
+            return None;
+        }
+        let mut obj = jsonrpc::parse_object(params).ok()?;
+        let mut meta = jsonrpc::parse_object(jsonrpc::get(&obj, "_meta")?).ok()?;
+        let up_id = jsonrpc::get(&meta, era::SUBSCRIPTION_META)?.get().parse::<u64>().ok()?;
+        let Some(Pending::Client { client_id, .. }) = self.upstreams[index].pending.get(&up_id) else { return None };
+        jsonrpc::set(&mut meta, era::SUBSCRIPTION_META, client_id.clone());
+        jsonrpc::set(&mut obj, "_meta", jsonrpc::object_to_raw(&meta));
+        msg.params = Some(jsonrpc::object_to_raw(&obj));
+        Some(client_id.get().to_owned())
     }
 
     fn on_upstream_closed(&mut self, index: usize, reason: String) {
@@ -1346,8 +1489,12 @@ impl Session {
 
     /// After a restart the upstream's lists may differ: tell the client to list again.
     fn announce_list_changes(&mut self, index: usize) {
-        if self.initialize_params.is_some() && !self.client_initialized {
-            return;
+        match self.era {
+            // A client that has said nothing yet has listed nothing that could be stale.
+            None => return,
+            Some(Era::Modern) => return self.announce_on_listens(),
+            Some(Era::Legacy) if self.initialize_params.is_some() && !self.client_initialized => return,
+            Some(Era::Legacy) => {}
         }
         let caps = self.upstreams[index].init_result.as_ref().and_then(|r| r.get("capabilities")).cloned();
         for (cap, method) in [
@@ -1357,6 +1504,29 @@ impl Session {
         ] {
             if caps.as_ref().is_none_or(|c| c.get(cap).is_some()) {
                 self.downstream.send(&Message::notification(method, None), Route::Unrelated);
+            }
+        }
+    }
+
+    /// 2026-07-28 delivers list changes only on the `subscriptions/listen` streams that asked
+    /// for them, tagged with the stream's id: unsolicited ones are not part of that version. The
+    /// proxy announces a restart on every listen stream still open (one that went to the
+    /// restarted upstream has already ended with an error, and the client listens again).
+    fn announce_on_listens(&mut self) {
+        self.listens.retain(|id, _| self.client_requests.contains_key(id));
+        for (id, filter) in &self.listens {
+            for (wanted, method) in [
+                ("toolsListChanged", "notifications/tools/list_changed"),
+                ("promptsListChanged", "notifications/prompts/list_changed"),
+                ("resourcesListChanged", "notifications/resources/list_changed"),
+            ] {
+                if filter.get(wanted).and_then(Value::as_bool) != Some(true) {
+                    continue;
+                }
+                let Ok(subscription) = RawValue::from_string(id.clone()) else { continue };
+                let params = serde_json::json!({ "_meta": { era::SUBSCRIPTION_META: subscription } });
+                let note = Message::notification(method, Some(jsonrpc::to_raw(&params)));
+                self.downstream.send(&note, Route::Related(id));
             }
         }
     }
@@ -1426,12 +1596,7 @@ fn outgoing(msg: &Message, http: bool) -> Outgoing {
     }
     out.method = msg.method.clone();
     if let Some(params) = msg.params.as_deref() {
-        if params.get().contains("io.modelcontextprotocol/protocolVersion") {
-            out.protocol_version = jsonrpc::parse_object(params).ok().and_then(|o| {
-                jsonrpc::get(&o, "_meta")
-                    .and_then(|m| jsonrpc::string_field(m, "io.modelcontextprotocol/protocolVersion"))
-            });
-        }
+        out.protocol_version = era::request_version(msg);
         out.name = match msg.method() {
             "tools/call" | "prompts/get" => jsonrpc::string_field(params, "name"),
             "resources/read" | "resources/subscribe" | "resources/unsubscribe" => jsonrpc::string_field(params, "uri"),
@@ -1440,4 +1605,15 @@ fn outgoing(msg: &Message, http: bool) -> Outgoing {
         };
     }
     out
+}
+
+/// The progress token of a request (raw text), if it carries one.
+fn progress_token(msg: &Message) -> Option<String> {
+    let params = msg.params.as_deref()?;
+    if !params.get().contains("progressToken") {
+        return None;
+    }
+    let obj = jsonrpc::parse_object(params).ok()?;
+    let meta = jsonrpc::parse_object(jsonrpc::get(&obj, "_meta")?).ok()?;
+    jsonrpc::get(&meta, "progressToken").map(|t| t.get().to_owned())
 }

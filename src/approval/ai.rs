@@ -21,9 +21,9 @@ use std::sync::Arc;
 use serde_json::json;
 use tracing::{info, warn};
 
-use super::{Approvals, OwnedCall, call_key, now_ms, replies};
+use super::{Approvals, Caller, OwnedCall, call_key, now_ms, replies};
 use crate::audit::{AuditRecord, Event};
-use crate::gate::{ProgressSink, Verdict};
+use crate::gate::Verdict;
 use crate::identity::Principal;
 use crate::policy::Decision;
 use crate::review::{
@@ -53,10 +53,10 @@ impl Approvals {
         call: OwnedCall,
         tool: Option<ToolInfo>,
         decision: Decision,
-        progress: Option<ProgressSink>,
+        caller: Caller,
     ) -> Verdict {
         let Some(reviewer) = self.reviewer.get().cloned() else {
-            return self.hold(call, decision, progress).await;
+            return self.hold(call, decision, caller).await;
         };
         let key = call_key(&call.server, &call.tool, &call.arguments);
         let now = now_ms();
@@ -71,7 +71,7 @@ impl Approvals {
             Err(e) => return self.fail_closed(&call, &e.to_string()),
         };
         if let Some(a) = existing {
-            return self.wait_for(a, progress).await;
+            return self.wait_for(a, caller).await;
         }
 
         let subject = Subject {
@@ -98,7 +98,7 @@ impl Approvals {
                     _ => format!("fallback approve: {}", explain(&ai, &review)),
                 };
                 match self.decide(&a.id, &reviewer_identity, true, Some(notes), None).await {
-                    Ok(approved) => self.claim(&approved).await,
+                    Ok(approved) => self.claim(&approved, &caller.gone).await,
                     Err(e) => self.fail_closed(&call, &e.to_string()),
                 }
             }
@@ -139,7 +139,7 @@ impl Approvals {
                 };
                 self.audit_review(&ai, &call, Some(&a), &review, applied, outcome).await;
                 info!(id = %a.id, workflow = %to, "escalated by the reviewer to people");
-                self.wait_for(a, progress).await
+                self.wait_for(a, caller).await
             }
         }
     }

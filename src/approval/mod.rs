@@ -24,9 +24,9 @@ use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use crate::audit::{AuditRecord, Event, Redactor};
-use crate::gate::{Gate, Outcome, ProgressSink, RefusedCall, ToolCall, Verdict};
+use crate::gate::{CancellationToken, Gate, Outcome, ProgressSink, RefusedCall, ToolCall, Verdict};
 use crate::policy::{Action, CallFacts, Decision, Policy, Risk};
-use crate::store::{Approval, Claim, NewApproval, Status, Store, TransitionError, Vote, VoteDecision};
+use crate::store::{Approval, Claim, NewApproval, SYSTEM_ACTOR, Status, Store, TransitionError, Vote, VoteDecision};
 pub use changes::{Change, ChangeKind, Changes};
 
 /// How often a waiting caller hears progress (clients reset their timeouts on it).
@@ -130,6 +130,8 @@ pub struct Approvals {
     warned: DashSet<String>,
     /// Decides the calls of `ai_driven` workflows (see [`ai`]).
     reviewer: std::sync::OnceLock<Arc<crate::review::Reviewer>>,
+    /// Cancelled when the process stops: held calls stop waiting (see [`Approvals::stop_waiting`]).
+    stopping: tokio_util::sync::CancellationToken,
 }
 
 /// Drains the audit queue: one transaction per batch of whatever has accumulated.
@@ -166,7 +168,15 @@ impl Approvals {
             changes: Changes::default(),
             warned: DashSet::new(),
             reviewer: std::sync::OnceLock::new(),
+            stopping: tokio_util::sync::CancellationToken::new(),
         })
+    }
+
+    /// Ends every wait, now and to come: held calls are answered with the approval URL as if
+    /// their wait had run out, and their requests stay open for a retry. Called when the
+    /// process stops, so that callers get an answer rather than a closed stream.
+    pub fn stop_waiting(&self) {
+        self.stopping.cancel();
     }
 
     pub fn url_for(&self, id: &str) -> String {
@@ -197,7 +207,8 @@ impl Approvals {
         if !who.admitted_by(&workflow.approvers) {
             return Err(DecideError::NotAnApprover(actor.to_owned(), workflow.name));
         }
-        if approve && current.agent.as_deref() == Some(actor) {
+        let own = current.agent.as_deref().map(crate::visible::normalise_name);
+        if approve && own.is_some_and(|agent| agent == crate::visible::normalise_name(actor)) {
             return Err(DecideError::OwnRequest(actor.to_owned()));
         }
         let reason = reason.filter(|r| !r.trim().is_empty());
@@ -209,6 +220,7 @@ impl Approvals {
         }
         let vote = Vote {
             actor: actor.to_owned(),
+            credential: who.credential.clone(),
             decision: if approve { VoteDecision::Approve } else { VoteDecision::Deny },
             notes,
             reason,
@@ -221,6 +233,12 @@ impl Approvals {
                 return Err(DecideError::Expired);
             }
             Err(TransitionError::NotPending { status }) => return Err(DecideError::NotPending(status.to_string())),
+            Err(TransitionError::AlreadyVoted { .. }) if who.credential != actor => {
+                return Err(DecideError::AlreadyVoted(format!(
+                    "the {} credential (deciding as {actor})",
+                    who.credential
+                )));
+            }
             Err(TransitionError::AlreadyVoted { .. }) => return Err(DecideError::AlreadyVoted(actor.to_owned())),
             Err(TransitionError::NotFound(_)) => return Err(DecideError::NotFound(id.to_owned())),
             Err(e) => return Err(DecideError::Store(e.to_string())),
@@ -424,7 +442,7 @@ impl Approvals {
     }
 
     /// The held path of a call the policy sends to approval.
-    async fn hold(self: Arc<Self>, call: OwnedCall, decision: Decision, progress: Option<ProgressSink>) -> Verdict {
+    async fn hold(self: Arc<Self>, call: OwnedCall, decision: Decision, caller: Caller) -> Verdict {
         let Action::Approve { workflow } = &decision.action else {
             return Verdict::Respond(replies::internal("a held call without an approve decision"));
         };
@@ -450,7 +468,7 @@ impl Approvals {
                 Err(e) => return self.fail_closed(&call, &e),
             },
         };
-        self.wait_for(approval, progress).await
+        self.wait_for(approval, caller).await
     }
 
     /// Stores a pending request for the call in `workflow` (audited as `requested`).
@@ -510,7 +528,11 @@ impl Approvals {
         }
     }
 
-    async fn wait_for(self: Arc<Self>, approval: Approval, progress: Option<ProgressSink>) -> Verdict {
+    /// Waits for a decision on `approval` on behalf of `caller`, and claims it for the caller
+    /// when it is approved. A caller that leaves ends the wait without a claim (the answer is
+    /// then dropped by the session); an approval stays usable by the identical retry.
+    async fn wait_for(self: Arc<Self>, approval: Approval, caller: Caller) -> Verdict {
+        let Caller { progress, gone } = caller;
         let id = approval.id.clone();
         let url = self.url_for(&id);
         let mut changes = self.subscribe(&id);
@@ -523,7 +545,8 @@ impl Approvals {
                 Err(e) => break Verdict::Respond(replies::internal(&format!("storage: {e}"))),
             };
             match current.status {
-                Status::Approved => break self.claim(&current).await,
+                Status::Approved if gone.is_cancelled() => break Verdict::Respond(replies::pending(&current, &url)),
+                Status::Approved => break self.claim(&current, &gone).await,
                 Status::Denied => break Verdict::Respond(replies::denied(&current, &url)),
                 Status::Expired => break Verdict::Respond(replies::expired(&current, &url)),
                 Status::Executed | Status::Failed => {
@@ -533,7 +556,7 @@ impl Approvals {
                 Status::Pending => {}
             }
             let now = tokio::time::Instant::now();
-            if now >= deadline {
+            if now >= deadline || self.stopping.is_cancelled() || gone.is_cancelled() {
                 break Verdict::Respond(replies::pending(&current, &url));
             }
             let next_tick = (deadline - now).min(PROGRESS_EVERY);
@@ -543,6 +566,8 @@ impl Approvals {
                         break Verdict::Respond(replies::pending(&current, &url));
                     }
                 }
+                _ = self.stopping.cancelled() => break Verdict::Respond(replies::pending(&current, &url)),
+                _ = gone.cancelled() => break Verdict::Respond(replies::pending(&current, &url)),
                 _ = tokio::time::sleep(next_tick) => {
                     if let Some(p) = progress.as_ref().filter(|_| tokio::time::Instant::now() < deadline) {
                         ticks += 1;
@@ -556,11 +581,19 @@ impl Approvals {
         verdict
     }
 
-    /// Claims an approved request for this call; the outcome is recorded when it returns.
-    async fn claim(self: &Arc<Self>, approval: &Approval) -> Verdict {
+    /// Claims an approved request for this call; the outcome is recorded when it returns. The
+    /// claim is audited when it is made. If the caller left meanwhile, or leaves before the call
+    /// is sent ([`Outcome::NotRun`]), the claim is given back: the approval stays usable by the
+    /// identical retry, exactly once.
+    async fn claim(self: &Arc<Self>, approval: &Approval, gone: &CancellationToken) -> Verdict {
         let url = self.url_for(&approval.id);
         match self.store.claim_execution(&approval.id, now_ms()).await {
             Ok(Claim::Run) => {
+                self.audit(Event::Claimed, approval, Some(SYSTEM_ACTOR), serde_json::json!({}), false).await;
+                if gone.is_cancelled() {
+                    self.release(&approval.id).await;
+                    return Verdict::Respond(replies::pending(approval, &url));
+                }
                 let me = self.clone();
                 let id = approval.id.clone();
                 Verdict::AllowTracked(Box::new(move |outcome: Outcome<'_>| {
@@ -571,6 +604,10 @@ impl Approvals {
                             (!is_error, serde_json::json!({ "is_error": is_error }))
                         }
                         Outcome::Error(e) => (false, serde_json::json!({ "error": e })),
+                        Outcome::NotRun => {
+                            tokio::spawn(async move { me.release(&id).await });
+                            return;
+                        }
                     };
                     tokio::spawn(async move {
                         match me.store.finish_execution(&id, ok, detail.clone(), now_ms()).await {
@@ -593,6 +630,17 @@ impl Approvals {
         }
     }
 
+    /// Gives back a claim whose call was never sent (its caller left), audited as `released`.
+    async fn release(&self, id: &str) {
+        match self.store.release_claim(id, now_ms()).await {
+            Ok(a) => {
+                info!(id, "claim released: the caller left before the call was sent");
+                self.audit(Event::Released, &a, Some(SYSTEM_ACTOR), serde_json::json!({}), false).await;
+            }
+            Err(e) => warn!(id, "releasing a claim failed: {e}"),
+        }
+    }
+
     fn fail_closed(&self, call: &OwnedCall, why: &str) -> Verdict {
         warn!(server = %call.server, tool = %call.tool, "approval store failed; call refused: {why}");
         Verdict::Respond(replies::internal(why))
@@ -602,6 +650,12 @@ impl Approvals {
 /// The gate: evaluates the policy and holds what needs approval.
 pub struct ApprovalGate {
     pub approvals: Arc<Approvals>,
+}
+
+/// Who a held call waits for: where its progress goes, and whether it is still there.
+struct Caller {
+    progress: Option<ProgressSink>,
+    gone: CancellationToken,
 }
 
 /// A tool call's facts, owned so a held call can outlive the session's borrow.
@@ -650,12 +704,12 @@ impl Gate for ApprovalGate {
                 let mut owned = owned;
                 owned.tool_info = call.info.map(describe_tool);
                 let approvals = self.approvals.clone();
-                let progress = call.progress.clone();
+                let caller = Caller { progress: call.progress.clone(), gone: call.gone.clone() };
                 if let Some(ai) = approvals.ai_workflow(workflow) {
                     let tool = call.info.cloned();
-                    return Verdict::Hold(Box::pin(approvals.review_and_hold(ai, owned, tool, decision, progress)));
+                    return Verdict::Hold(Box::pin(approvals.review_and_hold(ai, owned, tool, decision, caller)));
                 }
-                Verdict::Hold(Box::pin(approvals.hold(owned, decision, progress)))
+                Verdict::Hold(Box::pin(approvals.hold(owned, decision, caller)))
             }
         }
     }

@@ -29,6 +29,9 @@ pub enum ClientError {
     Unreachable { base: String, why: String },
     #[error("the approval server at {base} answered something that is not the API's JSON: {why}")]
     Protocol { base: String, why: String },
+    /// The listener did not prove that it knows the token (see [`crate::handshake`]).
+    #[error("the listener at {base} {why}: it may not be the approval server (another program on its port?)")]
+    Unverified { base: String, why: String },
 }
 
 impl ClientError {
@@ -77,6 +80,8 @@ pub fn token_from_file(data_dir: &Path) -> Result<String, String> {
 pub struct ApiClient {
     pub target: Target,
     http: reqwest::Client,
+    /// Whether the listener proved it knows the token (see [`crate::handshake`]).
+    verified: std::sync::atomic::AtomicBool,
 }
 
 impl ApiClient {
@@ -86,7 +91,37 @@ impl ApiClient {
             .user_agent(concat!("mcp-gate/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| ClientError::Unreachable { base: target.base.clone(), why: e.to_string() })?;
-        Ok(ApiClient { target, http })
+        Ok(ApiClient { target, http, verified: std::sync::atomic::AtomicBool::new(false) })
+    }
+
+    /// Has the listener prove it knows the token before the token is sent to it. A listener that
+    /// fails is reported on stderr and sent nothing.
+    pub async fn verify(&self) -> Result<(), ClientError> {
+        use crate::handshake::HandshakeError;
+        let base = self.target.base.clone();
+        match crate::handshake::verify_listener(&self.http, &base, &self.target.token).await {
+            Ok(()) => {
+                self.verified.store(true, std::sync::atomic::Ordering::Relaxed);
+                Ok(())
+            }
+            Err(HandshakeError::UnknownKey) => Err(ClientError::Api {
+                status: 401,
+                code: "unauthorized".into(),
+                message: "missing or wrong bearer token (the approval server does not know this token)".into(),
+            }),
+            Err(HandshakeError::Refused(why) | HandshakeError::Unreachable(why)) => {
+                Err(ClientError::Unreachable { base, why })
+            }
+            Err(e) => {
+                let e = ClientError::Unverified { base, why: e.to_string() };
+                tracing::warn!("{e}");
+                Err(e)
+            }
+        }
+    }
+
+    async fn verified(&self) -> Result<(), ClientError> {
+        if self.verified.load(std::sync::atomic::Ordering::Relaxed) { Ok(()) } else { self.verify().await }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -134,6 +169,8 @@ impl ApiClient {
             .user_agent(concat!("mcp-gate/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| self.unreachable(e))?;
+        // A reconnection may find another listener on the port: it proves itself again.
+        self.verify().await?;
         let response = http
             .get(self.url("/api/v1/events"))
             .bearer_auth(&self.target.token)
@@ -145,6 +182,7 @@ impl ApiClient {
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value, ClientError> {
+        self.verified().await?;
         let response = request.bearer_auth(&self.target.token).send().await.map_err(|e| self.unreachable(e))?;
         if !response.status().is_success() {
             return Err(self.api_error(response).await);

@@ -8,12 +8,15 @@ use serde_json::Value;
 
 use crate::approval::replies::iso8601;
 
-/// Text from the API, safe for a terminal: control characters are escaped (`\u{1b}`, `\n`).
+/// Text from the API, safe for a terminal: control characters are escaped (`\u{1b}`, `\n`),
+/// and invisible or look-alike characters shown as marks (`⟨U+202E⟩`, see [`crate::visible`]).
 pub fn clean(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         if c.is_control() {
             out.extend(c.escape_default());
+        } else if crate::visible::is_hidden(c) {
+            out.push_str(&crate::visible::mark_of(c));
         } else {
             out.push(c);
         }
@@ -66,7 +69,11 @@ pub fn table(approvals: &[Value], now: i64) -> String {
             clip(&clean(agent), 24),
             clip(&call(a), 48),
             clip(&clean(rule), 32),
-            clean(field(a, "status")),
+            if crate::visible::in_request(a) {
+                format!("{} (hidden characters!)", clean(field(a, "status")))
+            } else {
+                clean(field(a, "status"))
+            },
         ]);
     }
     let mut widths = [0usize; 6];
@@ -95,6 +102,9 @@ pub fn table(approvals: &[Value], now: i64) -> String {
 pub fn block(a: &Value, now: i64) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "{}  {}", clean(field(a, "id")), clean(field(a, "status")));
+    if crate::visible::in_request(a) {
+        let _ = writeln!(out, "  WARNING: {}", crate::visible::WARNING);
+    }
     let mut line = |label: &str, value: String| {
         let _ = writeln!(out, "  {label:<10} {value}");
     };
@@ -137,11 +147,12 @@ pub fn block(a: &Value, now: i64) -> String {
         line("notes", clean(notes));
     }
     line("url", clean(field(a, "url")));
-    // Pretty JSON escapes control characters inside strings.
+    // Pretty JSON escapes control characters inside strings; the rest of what does not show is
+    // marked. Shown in full.
     let arguments = serde_json::to_string_pretty(a.get("arguments").unwrap_or(&Value::Null)).unwrap_or_default();
     let _ = writeln!(out, "  arguments:");
     for l in arguments.lines() {
-        let _ = writeln!(out, "    {l}");
+        let _ = writeln!(out, "    {}", crate::visible::mark(l));
     }
     if let Some(history) = a.get("history").and_then(Value::as_array) {
         let _ = writeln!(out, "  history:");
@@ -243,6 +254,23 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn hidden_characters_are_marked_and_arguments_shown_in_full() {
+        let long = "x".repeat(5000);
+        let a = json!({"id": "apr_1", "status": "pending", "server": "files", "tool": "delete_file",
+            "agent": "Agent\u{200b}X", "arguments": {"path": "/home/user/\u{202e}cod.tropeR", "blob": long}});
+        let text = block(&a, 0);
+        assert!(text.contains("/home/user/⟨U+202E⟩cod.tropeR"), "{text}");
+        assert!(text.contains("Agent⟨U+200B⟩X"), "{text}");
+        assert!(text.contains("WARNING: this request contains invisible"), "{text}");
+        assert!(text.contains(&long), "arguments are never cut");
+        assert!(!text.contains('\u{202e}') && !text.contains('\u{200b}'));
+        let listed = table(&[a], 0);
+        assert!(listed.contains("hidden characters!") && !listed.contains('\u{200b}'), "{listed}");
+        let plain = json!({"id": "apr_2", "status": "pending", "server": "files", "tool": "t", "arguments": {}});
+        assert!(!block(&plain, 0).contains("WARNING"));
+    }
 
     #[test]
     fn control_characters_are_escaped() {

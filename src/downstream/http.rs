@@ -24,7 +24,7 @@ use dashmap::DashMap;
 use serde_json::value::RawValue;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::identity::Credentials;
 use crate::jsonrpc::{self, Kind, Message, code};
@@ -34,6 +34,11 @@ use crate::web::guard::{bearer_matches, bearer_token, check_host_origin};
 
 /// Sessions idle longer than this are closed (their child processes stop).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// On shutdown, how long requests in flight may take to finish before their streams end
+/// with an error.
+const DRAIN_WAIT: Duration = Duration::from_secs(3);
+/// On shutdown, how long connections may stay open after every session closed.
+const CLOSE_WAIT: Duration = Duration::from_secs(3);
 
 const SESSION_HEADER: &str = "mcp-session-id";
 const VERSION_HEADER: &str = "mcp-protocol-version";
@@ -126,7 +131,10 @@ impl Downstream for Streams {
                 let _ = tx.send(Frame { bytes: Bytes::from(bytes), last: true });
             }
             Route::Related(id) => {
-                let bytes = Bytes::from(msg.to_bytes());
+                let bytes = match inner.original_ids.get(id) {
+                    Some(original) => Bytes::from(with_subscription_id(msg, id, original)),
+                    None => Bytes::from(msg.to_bytes()),
+                };
                 if let Some(tx) = inner.by_request.get(id)
                     && tx.send(Frame { bytes: bytes.clone(), last: false }).is_ok()
                 {
@@ -136,6 +144,44 @@ impl Downstream for Streams {
             }
             Route::Unrelated => inner.send_unrelated(Bytes::from(msg.to_bytes())),
         }
+    }
+}
+
+/// A notification of a `subscriptions/listen` stream names the stream by the request's id: in a
+/// shared session that is the client's own id, not the one the session knew the request by.
+fn with_subscription_id(msg: &Message, ours: &str, original: &RawValue) -> Vec<u8> {
+    let tagged = msg.params.as_deref().and_then(|p| {
+        let mut params = jsonrpc::parse_object(p).ok()?;
+        let mut meta = jsonrpc::parse_object(jsonrpc::get(&params, "_meta")?).ok()?;
+        (jsonrpc::get(&meta, crate::era::SUBSCRIPTION_META)?.get() == ours).then_some(())?;
+        jsonrpc::set(&mut meta, crate::era::SUBSCRIPTION_META, original.to_owned());
+        jsonrpc::set(&mut params, "_meta", jsonrpc::object_to_raw(&meta));
+        Some(jsonrpc::object_to_raw(&params))
+    });
+    match tagged {
+        Some(params) => {
+            Message { method: msg.method.clone(), params: Some(params), id: msg.id.clone(), ..Message::default() }
+                .to_bytes()
+        }
+        None => msg.to_bytes(),
+    }
+}
+
+impl Streams {
+    fn in_flight(&self) -> usize {
+        self.inner.lock().map(|i| i.by_request.len()).unwrap_or(0)
+    }
+
+    /// Ends every stream: requests still in flight are answered with an error.
+    fn close(&self, why: &str) {
+        let Ok(mut inner) = self.inner.lock() else { return };
+        let open: Vec<_> = inner.by_request.drain().collect();
+        for (key, tx) in open {
+            let id = inner.original_ids.remove(&key).or_else(|| RawValue::from_string(key).ok());
+            let reply = Message::error(id, code::INTERNAL_ERROR, why);
+            let _ = tx.send(Frame { bytes: Bytes::from(reply.to_bytes()), last: true });
+        }
+        inner.get_streams.clear();
     }
 }
 
@@ -226,6 +272,37 @@ impl HttpState {
         }
     }
 
+    fn all_sessions(&self) -> Vec<Arc<HttpSession>> {
+        let mut all: Vec<_> = self.sessions.iter().map(|s| s.value().clone()).collect();
+        if let Ok(shared) = self.shared.try_lock() {
+            all.extend(shared.values().cloned());
+        }
+        all
+    }
+
+    /// Shutdown: waits up to [`DRAIN_WAIT`] for requests in flight (held calls answer at once
+    /// when the approvals stop waiting), then ends every stream and session, which stops the
+    /// upstreams.
+    async fn drain_and_close(&self) {
+        let deadline = tokio::time::Instant::now() + DRAIN_WAIT;
+        loop {
+            let in_flight: usize = self.all_sessions().iter().map(|s| s.streams.in_flight()).sum();
+            if in_flight == 0 {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                warn!(in_flight, "stopping with requests still in flight; they are answered with an error");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for session in self.all_sessions() {
+            session.streams.close("mcp-gate is shutting down");
+        }
+        self.sessions.clear();
+        self.shared.lock().await.clear();
+    }
+
     fn reap_idle(&self) {
         self.sessions.retain(|id, s| {
             let idle = s.last_used.lock().map(|t| t.elapsed()).unwrap_or_default();
@@ -244,12 +321,14 @@ pub fn router(state: Arc<HttpState>) -> Router {
     Router::new().route("/mcp", any(all_endpoint)).route("/mcp/{name}", any(named_endpoint)).with_state(state)
 }
 
-/// Serves until `shutdown` completes.
+/// Serves until `shutdown` completes, then closes every session (see
+/// [`HttpState::drain_and_close`]) and waits at most [`CLOSE_WAIT`] for connections to end.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<HttpState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use std::future::IntoFuture;
     let reaper_state = Arc::downgrade(&state);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
@@ -261,9 +340,29 @@ pub async fn serve(
             }
         }
     });
-    axum::serve(listener, router(state).into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
+    let closing = state.clone();
+    let signal = async move {
+        shutdown.await;
+        closing.drain_and_close().await;
+        let _ = closed_tx.send(());
+    };
+    let server = axum::serve(listener, router(state).into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(signal)
+        .into_future();
+    let deadline = async {
+        match closed_rx.await {
+            Ok(()) => tokio::time::sleep(CLOSE_WAIT).await,
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        result = server => result,
+        () = deadline => {
+            warn!("connections still open {CLOSE_WAIT:?} after shutdown; closing them");
+            Ok(())
+        }
+    }
 }
 
 async fn all_endpoint(State(state): State<Arc<HttpState>>, method: Method, headers: HeaderMap, body: Body) -> Response {
@@ -307,7 +406,7 @@ async fn handle(state: Arc<HttpState>, endpoint: String, method: Method, headers
 }
 
 fn is_modern(headers: &HeaderMap) -> bool {
-    header_str(headers, VERSION_HEADER).is_some_and(|v| v >= "2026-07-28")
+    header_str(headers, VERSION_HEADER).is_some_and(|v| crate::era::Era::of_version(v).is_modern())
 }
 
 async fn post(
@@ -417,10 +516,11 @@ async fn post(
     if !session.handle.send(Input::Client { msg, param_headers }) {
         return json_error(StatusCode::NOT_FOUND, None, -32001, "Session not found");
     }
-    let gone = modern.then(|| CancelOnDrop {
+    let gone = Some(CancelOnDrop {
         handle: session.handle.clone(),
         streams: session.streams.clone(),
         key: key.clone(),
+        cancel_upstream: modern,
     });
     let wants_sse = header_str(&headers, "accept").is_none_or(|a| a.contains("text/event-stream"));
     let mut resp = if wants_sse { sse_response(rx, gone) } else { json_response(rx, gone).await };
@@ -432,11 +532,13 @@ async fn post(
     resp
 }
 
-/// Closing the response stream of a 2026-07-28 request cancels it.
+/// Closing the response stream of a request before its answer abandons it if it is held, and
+/// cancels it upstream if it is a 2026-07-28 request.
 struct CancelOnDrop {
     handle: SessionHandle,
     streams: Arc<Streams>,
     key: String,
+    cancel_upstream: bool,
 }
 
 impl Drop for CancelOnDrop {
@@ -446,7 +548,7 @@ impl Drop for CancelOnDrop {
             i.by_request.remove(&self.key).is_some()
         });
         if open.unwrap_or(false) {
-            self.handle.send(Input::ClientGone { id: self.key.clone() });
+            self.handle.send(Input::ClientGone { id: self.key.clone(), cancel_upstream: self.cancel_upstream });
         }
     }
 }

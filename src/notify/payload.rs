@@ -105,6 +105,9 @@ fn facts(change: &Change) -> Vec<(&'static str, String)> {
         out.push(("Reason", reason.clone()));
     }
     out.push(("Request", a.id.clone()));
+    if serde_json::to_value(a).is_ok_and(|v| crate::visible::in_request(&v)) {
+        out.insert(0, ("Warning", crate::visible::WARNING.to_owned()));
+    }
     out.into_iter().map(|(title, value)| (title, clip(&one_line(&value), FIELD_CHARS))).collect()
 }
 
@@ -211,9 +214,11 @@ pub fn teams_escape(text: &str) -> String {
     out
 }
 
-/// Control characters (newlines among them) become spaces.
+/// Control characters (newlines among them) become spaces; invisible and look-alike characters
+/// are shown as marks (`⟨U+202E⟩`, see [`crate::visible`]).
 fn one_line(text: &str) -> String {
-    text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
+    let spaced: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    crate::visible::mark(&spaced).into_owned()
 }
 
 fn clip(text: &str, max: usize) -> String {
@@ -329,5 +334,21 @@ mod tests {
         assert_eq!(teams_escape("[x](http://evil)"), r"\[x\](http://evil)");
         assert_eq!(teams_escape("_a_ **b** a_b c\\"), r"\_a\_ \*\*b\*\* a_b c\\");
         assert_eq!(clip("abcdef", 4), "abc…");
+    }
+
+    #[test]
+    fn chat_payloads_show_hidden_characters_and_warn() {
+        let mut a = approval();
+        a.agent = Some("clau\u{200b}de\u{a0}\u{a0}x".into());
+        a.tool = "delete\u{202e}elif".into();
+        let c = change(ChangeKind::Requested, a, "claude");
+        for text in [slack(&c, URL).to_string(), teams(&c, URL).to_string()] {
+            assert!(text.contains("clau⟨U+200B⟩de⟨U+00A0⟩⟨U+00A0⟩x"), "{text}");
+            assert!(text.contains("delete⟨U+202E⟩elif"), "{text}");
+            assert!(!text.contains('\u{202e}') && !text.contains('\u{200b}'), "{text}");
+            assert!(text.contains("invisible or look-alike characters"), "{text}");
+        }
+        let plain = slack(&change(ChangeKind::Requested, approval(), "claude"), URL).to_string();
+        assert!(!plain.contains("look-alike"), "{plain}");
     }
 }

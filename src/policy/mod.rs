@@ -366,6 +366,17 @@ impl Hints {
         self.as_array().iter().all(Option::is_none)
     }
 
+    /// `readOnlyHint = true, destructiveHint = false`.
+    fn describe(&self) -> String {
+        const NAMES: [&str; 4] = ["readOnlyHint", "destructiveHint", "idempotentHint", "openWorldHint"];
+        NAMES
+            .iter()
+            .zip(self.as_array())
+            .filter_map(|(name, v)| v.map(|v| format!("{name} = {v}")))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// Whether every required hint holds for a tool with these annotations; Ok lists why,
     /// Err says which hint failed.
     fn check(&self, annotations: Option<&rmcp::model::ToolAnnotations>) -> Result<Vec<String>, String> {
@@ -490,6 +501,27 @@ impl Rule {
             .zip(later.annotations.as_array())
             .all(|(mine, theirs)| mine.is_none() || mine == theirs);
         server && tool && agent && hints
+    }
+
+    /// Whether `self` is an allow rule matching on annotations alone (any tool with those hints,
+    /// which the server itself declares) that comes into play for the calls of `later`, a deny or
+    /// approve rule naming specific tools. Static: whether the server annotates those tools that
+    /// way is not known here, so a rule it covers entirely (unreachable) is left to that lint.
+    fn shadows_by_annotations(&self, later: &Rule) -> bool {
+        let server = match (&self.server, &later.server) {
+            (None, _) => true,
+            (Some(g), None) => g.matches_everything(),
+            (Some(g), Some(h)) => g.covers(h),
+        };
+        self.action == Action::Allow
+            && !matches!(later.action, Action::Allow)
+            && later.tool.is_some()
+            && self.tool.is_none()
+            && self.agent.is_none()
+            && self.when.is_empty()
+            && !self.annotations.is_empty()
+            && server
+            && !self.covers(later)
     }
 
     /// How lints name the rule.
@@ -662,6 +694,17 @@ impl Policy {
                     format!("matches every call {} would", rule.display())
                 };
                 warnings.push(format!("{} is unreachable: {} before it {what}", rule.display(), earlier.display()));
+            }
+            if let Some(earlier) = rules.iter().take(i).find(|e| e.shadows_by_annotations(rule)) {
+                warnings.push(format!(
+                    "{} may never fire: {} before it allows every tool annotated {}, and servers declare their \
+                     own annotations (a server that annotates a tool {} names that way gets it allowed); put \
+                     deny and approve rules before rules that match on annotations",
+                    rule.display(),
+                    earlier.display(),
+                    earlier.annotations.describe(),
+                    rule.display(),
+                ));
             }
             if let Action::Deny { reason } = &rule.action
                 && !rule.reason_given

@@ -1049,3 +1049,44 @@ fn module_doc_example() {
     let d = call("fs", "write_file").args(json!({"path": "/usr/bin/x"})).decide(&p);
     assert_eq!(d.action, Action::Deny { reason: "system files are off limits".into() });
 }
+
+#[test]
+fn lint_finds_deny_and_approve_rules_shadowed_by_annotations() {
+    let shadowed =
+        |toml: &str| -> Vec<String> { lint(toml).into_iter().filter(|w| w.contains("may never fire")).collect() };
+    // The shipped example's old order: the server annotates get-env read-only, so it is allowed.
+    let warnings = shadowed(
+        "[[rules]]\nname = \"read-only tools\"\nannotations = { readOnlyHint = true }\naction = \"allow\"\n\
+         [[rules]]\nname = \"no environment dumps\"\ntool = \"get-env\"\naction = \"deny\"\nreason = \"r\"\n",
+    );
+    assert_eq!(
+        warnings,
+        vec![
+            "rule \"no environment dumps\" may never fire: rule \"read-only tools\" before it allows every tool \
+             annotated readOnlyHint = true, and servers declare their own annotations (a server that annotates a \
+             tool rule \"no environment dumps\" names that way gets it allowed); put deny and approve rules before \
+             rules that match on annotations"
+        ]
+    );
+    let approve = "[[rules]]\nserver = \"fs\"\nannotations = { destructiveHint = false }\naction = \"allow\"\n\
+                   [[rules]]\nserver = \"fs\"\ntool = [\"write_*\"]\naction = \"approve\"\n";
+    assert_eq!(shadowed(approve).len(), 1, "approve rules too");
+    let fine = [
+        // Denies first.
+        "[[rules]]\ntool = \"get-env\"\naction = \"deny\"\nreason = \"r\"\n\
+         [[rules]]\nannotations = { readOnlyHint = true }\naction = \"allow\"\n",
+        // The earlier rule names tools, or has conditions, or is for another server or agent.
+        "[[rules]]\ntool = \"read_*\"\nannotations = { readOnlyHint = true }\naction = \"allow\"\n\
+         [[rules]]\ntool = \"get-env\"\naction = \"deny\"\nreason = \"r\"\n",
+        "[[rules]]\nannotations = { readOnlyHint = true }\nwhen = [{ pointer = \"/a\", exists = true }]\naction = \"allow\"\n\
+         [[rules]]\ntool = \"get-env\"\naction = \"deny\"\nreason = \"r\"\n",
+        "[[rules]]\nserver = \"fs\"\nannotations = { readOnlyHint = true }\naction = \"allow\"\n\
+         [[rules]]\nserver = \"git\"\ntool = \"x\"\naction = \"deny\"\nreason = \"r\"\n",
+        // An earlier annotation deny only makes things stricter.
+        "[[rules]]\nannotations = { destructiveHint = true }\naction = \"deny\"\nreason = \"r\"\n\
+         [[rules]]\ntool = \"x\"\naction = \"approve\"\n",
+    ];
+    for toml in fine {
+        assert_eq!(shadowed(toml), Vec::<String>::new(), "{toml}");
+    }
+}

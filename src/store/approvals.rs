@@ -128,6 +128,8 @@ impl FromSql for VoteDecision {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Vote {
     pub actor: String,
+    /// The credential that cast it: one vote per credential (see [`crate::identity::Principal`]).
+    pub credential: String,
     pub decision: VoteDecision,
     pub notes: Option<String>,
     pub reason: Option<String>,
@@ -508,6 +510,35 @@ impl Store {
         .await
     }
 
+    /// Gives back one claim of an approval whose call was never sent (`uses` goes down by one,
+    /// with a transition that says so): a single-use approval becomes usable again until its
+    /// deadline.
+    pub async fn release_claim(&self, id: &str, now: i64) -> Result<Approval, StoreError> {
+        let id = id.to_owned();
+        self.call(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let a = load(&tx, &id)?.ok_or_else(|| StoreError::NotFound(id.clone()))?;
+            if a.status != Status::Approved || a.uses == 0 {
+                return Err(StoreError::InvalidState(format!("approval {id} is {} with {} uses", a.status, a.uses)));
+            }
+            tx.execute("UPDATE approvals SET uses = uses - 1 WHERE id = ?1", [&id])?;
+            insert_transition(
+                &tx,
+                &id,
+                now,
+                Some(a.status),
+                a.status,
+                SYSTEM_ACTOR,
+                None,
+                Some("claim released: the caller left before the call was sent"),
+            )?;
+            let stored = load(&tx, &id)?.ok_or_else(|| StoreError::NotFound(id.clone()))?;
+            tx.commit()?;
+            Ok(stored)
+        })
+        .await
+    }
+
     /// Closes every approval whose deadline has passed, each with a transition by actor `"system"`, and
     /// returns the ones that became `Expired`:
     /// - pending with `expires_at <= now` → `Expired`;
@@ -738,13 +769,17 @@ fn vote_tx(conn: &mut Connection, id: &str, vote: Vote, required: u32, now: i64)
         tx.commit()?;
         return Err(TransitionError::Expired);
     }
-    if a.votes.iter().any(|v| v.actor == vote.actor) {
+    let same_credential: bool = tx
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM approval_votes WHERE approval_id = ?1 AND credential = ?2)")?
+        .query_row(params![id, vote.credential], |r| r.get(0))?;
+    if same_credential || a.votes.iter().any(|v| v.actor == vote.actor) {
         return Err(TransitionError::AlreadyVoted { actor: vote.actor });
     }
     tx.prepare_cached(
-        "INSERT INTO approval_votes (approval_id, actor, decision, notes, reason, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO approval_votes (approval_id, actor, decision, notes, reason, at, credential)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
-    .execute(params![id, vote.actor, vote.decision.as_str(), vote.notes, vote.reason, now])?;
+    .execute(params![id, vote.actor, vote.decision.as_str(), vote.notes, vote.reason, now, vote.credential])?;
 
     let decided = match vote.decision {
         VoteDecision::Deny => Some(Status::Denied),
@@ -835,6 +870,7 @@ mod tests {
     fn approve(actor: &str) -> Vote {
         Vote {
             actor: actor.into(),
+            credential: actor.into(),
             decision: VoteDecision::Approve,
             notes: Some(format!("ok from {actor}")),
             reason: None,
@@ -844,6 +880,7 @@ mod tests {
     fn deny(actor: &str, reason: &str) -> Vote {
         Vote {
             actor: actor.into(),
+            credential: actor.into(),
             decision: VoteDecision::Deny,
             notes: Some("code freeze".into()),
             reason: Some(reason.into()),

@@ -17,10 +17,11 @@ const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, name: "init", sql: include_str!("migrations/0001_init.sql") },
     Migration { version: 2, name: "audit", sql: include_str!("migrations/0002_audit.sql") },
     Migration { version: 3, name: "dashboard", sql: include_str!("migrations/0003_dashboard.sql") },
+    Migration { version: 4, name: "vote_credential", sql: include_str!("migrations/0004_vote_credential.sql") },
 ];
 
 /// The schema version this build creates and understands.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// Applies every migration newer than the database's version, all in one `BEGIN IMMEDIATE` transaction so
 /// that two processes opening a fresh file at once do not both apply them.

@@ -187,7 +187,7 @@ fn open_connection(loc: &Location) -> Result<Connection, StoreError> {
         Location::Memory => Connection::open_in_memory()?,
         Location::File(path) => {
             if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent)?;
+                create_private_dir(parent)?;
             }
             create_private_file(path)?;
             Connection::open(path)?
@@ -204,6 +204,19 @@ fn open_connection(loc: &Location) -> Result<Connection, StoreError> {
     conn.pragma_update(None, "cache_size", -16_384)?;
     migrate::run(&mut conn)?;
     Ok(conn)
+}
+
+/// Creates a directory (and its missing parents) with mode 0700: the data directory holds the
+/// approver token and the database, which no other user may read.
+pub fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(path)
 }
 
 /// Creates the database file with mode 0600 if it does not exist, and tightens an existing one.

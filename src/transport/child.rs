@@ -3,6 +3,10 @@
 //! stdin carries our messages, stdout the server's (one JSON-RPC message per line), stderr is
 //! copied into the log under the server's name. When the process exits the transport reports
 //! `Closed`; restarting is the session's decision.
+//!
+//! The child leads a process group of its own, and stopping it stops the whole group: a server
+//! started through `sh -c`, `npx` or `uv run` leaves no grandchild behind, even one that ignores
+//! the end of its input.
 
 use std::process::Stdio;
 
@@ -26,6 +30,7 @@ pub fn spawn(server: &ServerConfig, reporter: Reporter) -> Result<UpstreamLink, 
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .kill_on_drop(true);
     if let Some(cwd) = cwd {
         cmd.current_dir(cwd);
@@ -36,6 +41,9 @@ pub fn spawn(server: &ServerConfig, reporter: Reporter) -> Result<UpstreamLink, 
         error,
     })?;
     let pid = child.id().unwrap_or(0);
+    // Whatever ends the task below (the child's exit, the session letting go, the runtime
+    // shutting down) ends the group.
+    let group = ProcessGroup(pid);
     let span = tracing::info_span!("upstream", server = %server.name, pid);
     span.in_scope(|| info!(command = %server.transport.describe(), "started"));
 
@@ -86,6 +94,7 @@ pub fn spawn(server: &ServerConfig, reporter: Reporter) -> Result<UpstreamLink, 
     tokio::spawn(
         async move {
             let _running = running;
+            let group = group;
             let mut reader = LineReader::new(stdout);
             loop {
                 let next = tokio::select! {
@@ -120,6 +129,8 @@ pub fn spawn(server: &ServerConfig, reporter: Reporter) -> Result<UpstreamLink, 
                     "closed its stdout and was killed".to_owned()
                 }
             };
+            // Its group may outlive it (a grandchild that ignores its closed stdin).
+            drop(group);
             info!(%status, "exited");
             reporter.closed(format!("process exited ({status})"));
         }
@@ -127,4 +138,18 @@ pub fn spawn(server: &ServerConfig, reporter: Reporter) -> Result<UpstreamLink, 
     );
 
     Ok(link)
+}
+
+/// The process group a child leads; dropping it kills every process left in the group.
+struct ProcessGroup(u32);
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        let Ok(pgid) = i32::try_from(self.0) else { return };
+        if pgid <= 1 {
+            return;
+        }
+        // ESRCH (the group is already empty) is the normal case.
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), nix::sys::signal::Signal::SIGKILL);
+    }
 }

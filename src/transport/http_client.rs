@@ -5,7 +5,12 @@
 //! be in flight at once. The only ordering kept is the handshake: after an `initialize` POST
 //! nothing else is sent until its response arrived (its `Mcp-Session-Id` header and the result's
 //! `protocolVersion` are needed by what follows), and after `notifications/initialized` nothing
-//! else is sent until that POST returned (servers reject requests that overtake it).
+//! else is sent until that POST returned (servers reject requests that overtake it) and then, in a
+//! session with an `Mcp-Session-Id`, until the standalone GET stream opened or was refused (at
+//! most `GET_OPEN_WAIT`, 2 s): a server sends its requests unrelated to a client request there, and
+//! one sent before that stream is open is lost. The same holds when an expired session is
+//! re-initialized: requests wait until the replayed handshake and its GET stream are done.
+//! 2026-07-28 requests are stateless and wait for nothing.
 //!
 //! Messages arriving on a POST's response (JSON or SSE) are reported with `related` set to the
 //! request's proxy id; messages on the standalone GET stream with `related = None`. A failed POST
@@ -38,6 +43,12 @@ pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const DELETE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest wait for a handshake POST before later messages are sent anyway.
 const HANDSHAKE_WAIT: Duration = Duration::from_secs(30);
+/// Longest wait, once the handshake is done, for the standalone GET stream to open (or be
+/// refused) before later messages are sent anyway. A server may send a request unrelated to any
+/// client request (e.g. `elicitation/create`) as soon as it gets a `tools/call`; it puts that on
+/// the GET stream, and while that stream is not open it drops the message or only stores it for
+/// a resumption that a fresh GET never asks for.
+const GET_OPEN_WAIT: Duration = Duration::from_secs(2);
 /// First delay before reconnecting the GET stream, doubled on each failure.
 const BACKOFF_START: Duration = Duration::from_millis(250);
 /// Longest delay between GET stream reconnections.
@@ -85,6 +96,17 @@ pub async fn connect(
     headers: &[(String, String)],
     reporter: Reporter,
 ) -> Result<UpstreamLink, ConnectError> {
+    connect_with(server, url, headers, reporter, GET_OPEN_WAIT).await
+}
+
+/// [`connect`] with the longest wait for the GET stream to open given.
+async fn connect_with(
+    server: &str,
+    url: &str,
+    headers: &[(String, String)],
+    reporter: Reporter,
+    get_open_wait: Duration,
+) -> Result<UpstreamLink, ConnectError> {
     let (parsed, headers, client) = prepare(server, url, headers)?;
 
     let shared = Arc::new(Shared {
@@ -97,6 +119,7 @@ pub async fn connect(
         state: Mutex::new(State::default()),
         reinit_lock: tokio::sync::Mutex::new(()),
         replays: AtomicU64::new(0),
+        get_open_wait,
     });
     let (tx, rx) = mpsc::unbounded_channel();
     tracing::info!(server = %shared.server, url = %shared.url, "streamable HTTP upstream ready");
@@ -267,10 +290,13 @@ struct Shared {
     /// Cancelled when the transport stops; every task ends with it.
     shutdown: CancellationToken,
     state: Mutex<State>,
-    /// Held while the upstream session is re-initialized, so it happens once.
+    /// Held while the upstream session is re-initialized, so it happens once and later requests
+    /// wait for it.
     reinit_lock: tokio::sync::Mutex<()>,
     /// Counts replayed initializes; their ids are `u64::MAX - n`.
     replays: AtomicU64,
+    /// Longest wait for the GET stream to open after a handshake ([`GET_OPEN_WAIT`]).
+    get_open_wait: Duration,
 }
 
 #[derive(Default)]
@@ -645,6 +671,10 @@ fn cancel_modern_request(shared: &Arc<Shared>, out: &Outgoing) -> bool {
 /// POSTs one message and handles its response; re-initializes once on an expired session.
 async fn post_task(shared: Arc<Shared>, out: Outgoing, step: Step, ready: Option<oneshot::Sender<()>>) {
     let mut ctx = Ctx::new(&out, step, true, ready);
+    if step == Step::Other && out.protocol_version.is_none() {
+        // A re-initialization under way: wait until the new session and its GET stream are set.
+        drop(shared.reinit_lock.lock().await);
+    }
     let mut may_reinit = true;
     loop {
         let (session, version) = shared.session_for(&out, step);
@@ -709,7 +739,7 @@ async fn handle_response(shared: &Arc<Shared>, ctx: &mut Ctx, mut resp: Response
     }
     if ctx.step == Step::Initialized {
         // The handshake is complete: open the standalone stream, then let later messages go.
-        start_get_stream(shared);
+        open_get_stream(shared).await;
         ctx.signal_ready();
     }
     if status == StatusCode::ACCEPTED || status == StatusCode::NO_CONTENT {
@@ -878,25 +908,45 @@ async fn reinitialize(shared: &Arc<Shared>, expired: &str) -> Result<(), String>
         if !resp.status().is_success() {
             return Err(format!("notifications/initialized: HTTP {}", resp.status()));
         }
-        start_get_stream(shared);
+        open_get_stream(shared).await;
     }
     Ok(())
 }
 
-/// Opens the standalone GET stream of the current session (replacing any older one).
-fn start_get_stream(shared: &Arc<Shared>) {
-    let Some(session) = shared.session_id() else {
+/// Opens the standalone GET stream of the current session (replacing any older one) and waits
+/// until its first response arrived, whether the stream opened or was refused, or the connection
+/// failed; at most `get_open_wait`, then goes on with a warning.
+async fn open_get_stream(shared: &Arc<Shared>) {
+    let Some(answered) = start_get_stream(shared) else {
         return;
     };
-    let task = shared.spawn(get_stream(Arc::clone(shared), session));
+    if tokio::time::timeout(shared.get_open_wait, answered).await.is_err() {
+        tracing::warn!(
+            server = %shared.server,
+            "the GET stream has not answered after {:?}, sending on; server messages sent before it opens may be lost",
+            shared.get_open_wait
+        );
+    }
+}
+
+/// Starts the standalone GET stream task of the current session (replacing any older one);
+/// returns a receiver that completes once the first GET got its response (or failed), or `None`
+/// when there is no session to open a stream for.
+fn start_get_stream(shared: &Arc<Shared>) -> Option<oneshot::Receiver<()>> {
+    let session = shared.session_id()?;
+    let (answered_tx, answered_rx) = oneshot::channel();
+    let task = shared.spawn(get_stream(Arc::clone(shared), session, answered_tx));
     if let Some(old) = shared.state().get_stream.replace(task) {
         old.abort();
     }
+    Some(answered_rx)
 }
 
 /// The standalone GET stream: server messages unrelated to a request, reported with
 /// `related = None`. Reconnects with backoff and `Last-Event-ID` while the session lasts.
-async fn get_stream(shared: Arc<Shared>, session: String) {
+/// `answered` is signalled once the first GET has its response headers (or failed).
+async fn get_stream(shared: Arc<Shared>, session: String, answered: oneshot::Sender<()>) {
+    let mut answered = Some(answered);
     let mut backoff = BACKOFF_START;
     let mut last_id: Option<String> = None;
     loop {
@@ -904,7 +954,11 @@ async fn get_stream(shared: Arc<Shared>, session: String) {
             return;
         }
         let mut retry = None;
-        match shared.get_request(&session, last_id.as_deref()).send().await {
+        let result = shared.get_request(&session, last_id.as_deref()).send().await;
+        if let Some(answered) = answered.take() {
+            let _ = answered.send(());
+        }
+        match result {
             Err(e) => tracing::debug!(server = %shared.server, "GET stream: {}", describe(&e)),
             Ok(mut resp) => {
                 let status = resp.status();
@@ -912,9 +966,11 @@ async fn get_stream(shared: Arc<Shared>, session: String) {
                     tracing::debug!(server = %shared.server, "the server offers no GET stream");
                     return;
                 }
+                // 409: the server still holds the stream that broke (it has not noticed yet).
                 if status == StatusCode::NOT_FOUND
                     || (status.is_client_error()
                         && status != StatusCode::REQUEST_TIMEOUT
+                        && status != StatusCode::CONFLICT
                         && status != StatusCode::TOO_MANY_REQUESTS)
                 {
                     tracing::info!(server = %shared.server, status = %status, "GET stream refused, not retried");
@@ -1017,6 +1073,18 @@ mod tests {
         /// Serve a standalone GET stream (else 405).
         get_stream: AtomicBool,
         get_tx: Mutex<Option<mpsc::UnboundedSender<String>>>,
+        /// Answer GET with this status instead (200: a JSON body, not an event stream).
+        get_status: Mutex<Option<u16>>,
+        /// How long the GET handler takes before it answers (and registers its stream).
+        get_delay: Mutex<Duration>,
+        /// Standalone GET streams by session, registered when the GET is answered. A stream
+        /// closes when this and `get_tx` (the latest one) let it go.
+        streams: Mutex<HashMap<String, mpsc::UnboundedSender<String>>>,
+        /// `elicit` calls whose `elicitation/create` found the session's GET stream open / did not.
+        delivered: AtomicU64,
+        lost: AtomicU64,
+        /// Events replayed first on a GET whose `Last-Event-ID` is the key.
+        replay: Mutex<HashMap<String, Vec<String>>>,
     }
 
     impl Upstream {
@@ -1028,6 +1096,11 @@ mod tests {
         }
         fn posts(&self, rpc_method: &str) -> Vec<Seen> {
             self.seen().into_iter().filter(|s| s.method == "POST" && s.rpc_method() == rpc_method).collect()
+        }
+        /// Where the first request of `method` (HTTP method, or JSON-RPC method of a POST) is in
+        /// the order the upstream saw them.
+        fn position(&self, method: &str) -> Option<usize> {
+            self.seen().iter().position(|s| s.method == method || (s.method == "POST" && s.rpc_method() == method))
         }
     }
 
@@ -1098,6 +1171,21 @@ mod tests {
                     "params":{"progressToken":"t","progress":1}}),
                 ),
             ]),
+            ("tools/call", "elicit") => {
+                // Like a server SDK: a request unrelated to the call goes to the standalone GET
+                // stream, and is lost when that stream is not open at this moment.
+                let session = headers.get("mcp-session-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+                let stream = up.streams.lock().unwrap().get(&session).cloned();
+                let request = json!({"jsonrpc":"2.0","id":format!("elicit-{session}"),"method":"elicitation/create",
+                    "params":{"message":"Name?","requestedSchema":{"type":"object","properties":{}}}});
+                match stream {
+                    Some(tx) if tx.send(sse_data(None, &request)).is_ok() => {
+                        up.delivered.fetch_add(1, Ordering::SeqCst)
+                    }
+                    _ => up.lost.fetch_add(1, Ordering::SeqCst),
+                };
+                json_reply(json!({"jsonrpc":"2.0","id":id,"result":{"content":[]}}))
+            }
             ("tools/call", "slow") => {
                 tokio::time::sleep(Duration::from_millis(400)).await;
                 json_reply(json!({"jsonrpc":"2.0","id":id,"result":{"slow":true}}))
@@ -1112,10 +1200,30 @@ mod tests {
             // Resumes the "cut" stream: the response to request 40.
             return sse_reply(vec![sse_data(Some("e3"), &json!({"jsonrpc":"2.0","id":40,"result":{"resumed":true}}))]);
         }
+        let delay = *up.get_delay.lock().unwrap();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        up.record("GET answered", &headers, Value::Null);
+        let status = *up.get_status.lock().unwrap();
+        match status {
+            Some(200) => return json_reply(json!({"jsonrpc":"2.0","method":"notifications/message"})),
+            Some(status) => return (AxStatus::from_u16(status).unwrap(), "no").into_response(),
+            None => {}
+        }
         if !up.get_stream.load(Ordering::SeqCst) {
             return AxStatus::METHOD_NOT_ALLOWED.into_response();
         }
         let (tx, rx) = mpsc::unbounded_channel::<String>();
+        let resumed_after = headers.get("last-event-id").and_then(|v| v.to_str().ok());
+        if let Some(events) = resumed_after.and_then(|id| up.replay.lock().unwrap().remove(id)) {
+            for event in events {
+                tx.send(event).unwrap();
+            }
+        }
+        if let Some(session) = headers.get("mcp-session-id").and_then(|v| v.to_str().ok()) {
+            up.streams.lock().unwrap().insert(session.to_owned(), tx.clone());
+        }
         *up.get_tx.lock().unwrap() = Some(tx);
         let stream = futures::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|event| (Ok::<_, Infallible>(Bytes::from(event)), rx))
@@ -1146,6 +1254,52 @@ mod tests {
         let link =
             connect("up", &url, &[("X-Api-Key".to_owned(), "k1".to_owned())], Reporter::new(0, 1, sink)).await.unwrap();
         (link, events)
+    }
+
+    /// A wait for the GET stream longer than any test: requests go only once it answered.
+    const NO_CAP: Duration = Duration::from_secs(3600);
+
+    /// A transport to `url` that waits at most `get_open_wait` for its GET stream.
+    async fn start_at(url: &str, get_open_wait: Duration) -> (UpstreamLink, Events) {
+        let (sink, events) = mpsc::unbounded_channel();
+        let link = connect_with("up", url, &[], Reporter::new(0, 1, sink), get_open_wait).await.unwrap();
+        (link, events)
+    }
+
+    fn slow_get_upstream(delay: Duration) -> Arc<Upstream> {
+        let up = Arc::new(Upstream::default());
+        up.get_stream.store(true, Ordering::SeqCst);
+        *up.get_delay.lock().unwrap() = delay;
+        up
+    }
+
+    /// Waits until the upstream has seen a request matching `pred`.
+    async fn until_seen(up: &Upstream, what: &str, pred: impl Fn(&Seen) -> bool) {
+        for _ in 0..250 {
+            if up.seen().iter().any(&pred) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the upstream never saw {what}");
+    }
+
+    /// Sends `call(id, "elicit")` and reads messages until its result; returns whether the
+    /// `elicitation/create` from the GET stream came before it.
+    async fn elicit(link: &UpstreamLink, events: &mut Events, id: u64) -> bool {
+        assert!(link.send(call(id, "elicit")));
+        let mut elicited = false;
+        loop {
+            let (msg, related) = next_message(events).await;
+            if msg["method"] == "elicitation/create" {
+                assert_eq!(related, None, "it came on the standalone stream");
+                elicited = true;
+            } else {
+                assert_eq!((msg["id"].as_u64(), related), (Some(id), Some(id)));
+                assert_eq!(msg["result"], json!({"content":[]}));
+                return elicited;
+            }
+        }
     }
 
     async fn next_message(events: &mut Events) -> (Value, Option<u64>) {
@@ -1469,6 +1623,7 @@ mod tests {
         assert_eq!(related, None);
         // Dropping it makes the client reconnect with Last-Event-ID.
         *up.get_tx.lock().unwrap() = None;
+        up.streams.lock().unwrap().clear();
         drop(tx);
         for _ in 0..100 {
             if up.seen().iter().any(|s| s.method == "GET" && s.header("last-event-id") == Some("g1")) {
@@ -1545,5 +1700,178 @@ mod tests {
         assert_eq!(deletes[0].header("x-api-key"), Some("k1"));
         // The transport does not report a close of its own.
         no_more_events(&mut events).await;
+    }
+
+    /// A server that sends `elicitation/create` on its standalone GET stream as soon as it gets
+    /// a `tools/call`, and whose GET is slow to answer: requests wait for that stream, so over
+    /// many sessions not one such request is lost.
+    #[tokio::test]
+    async fn requests_wait_for_a_slow_get_stream_so_no_server_request_is_lost() {
+        const SESSIONS: u64 = 50;
+        let up = slow_get_upstream(Duration::from_millis(300));
+        let url = serve(Arc::clone(&up)).await;
+        let sessions = (0..SESSIONS).map(|_| {
+            let url = url.clone();
+            async move {
+                let (link, mut events) = start_at(&url, NO_CAP).await;
+                handshake(&link, &mut events).await;
+                let elicited = elicit(&link, &mut events, 2).await;
+                (link, events, elicited)
+            }
+        });
+        let sessions = futures::future::join_all(sessions).await;
+        let lost = up.lost.load(Ordering::SeqCst);
+        assert_eq!(lost, 0, "{lost} of {SESSIONS} server requests found no GET stream open");
+        assert_eq!(up.delivered.load(Ordering::SeqCst), SESSIONS);
+        for (_link, mut events, elicited) in sessions {
+            if !elicited {
+                let (msg, related) = next_message(&mut events).await;
+                assert_eq!((msg["method"].as_str(), related), (Some("elicitation/create"), None));
+            }
+        }
+    }
+
+    /// After an expired session is re-initialized, the retried request and any request sent
+    /// meanwhile wait for the new session's GET stream.
+    #[tokio::test]
+    async fn after_reinitializing_requests_wait_for_the_new_get_stream() {
+        let up = slow_get_upstream(Duration::ZERO);
+        let url = serve(Arc::clone(&up)).await;
+        let (link, mut events) = start_at(&url, NO_CAP).await;
+        handshake(&link, &mut events).await;
+        if !elicit(&link, &mut events, 2).await {
+            assert_eq!(next_message(&mut events).await.0["method"], "elicitation/create");
+        }
+
+        *up.get_delay.lock().unwrap() = Duration::from_millis(300);
+        up.live.lock().unwrap().clear();
+        assert!(link.send(call(3, "elicit")));
+        // The replayed handshake is done and the new GET stream is on its way: a request sent now
+        // must wait for it too.
+        until_seen(&up, "the new session's GET", |s| s.method == "GET" && s.header("mcp-session-id") == Some("s2"))
+            .await;
+        assert!(link.send(call(4, "elicit")));
+        let mut results = Vec::new();
+        let mut elicitations = 0;
+        while results.len() < 2 || elicitations < 2 {
+            let (msg, related) = next_message(&mut events).await;
+            if msg["method"] == "elicitation/create" {
+                assert_eq!(related, None);
+                elicitations += 1;
+            } else {
+                assert_eq!(msg["id"].as_u64(), related);
+                results.push(related);
+                if results.len() == 2 {
+                    let lost = up.lost.load(Ordering::SeqCst);
+                    assert_eq!(lost, 0, "{lost} server requests found no GET stream open");
+                }
+            }
+        }
+        assert_eq!(up.delivered.load(Ordering::SeqCst), 3);
+        let elicits: Vec<Seen> = up.posts("tools/call");
+        assert_eq!(elicits.last().unwrap().header("mcp-session-id"), Some("s2"));
+    }
+
+    /// A GET refused slowly (405, other 4xx, 5xx, or not an event stream) releases the requests
+    /// as soon as its answer arrives, with no cap to fall back on.
+    #[tokio::test]
+    async fn a_refused_get_stream_releases_requests_at_its_answer() {
+        for status in [None, Some(404), Some(403), Some(500), Some(200)] {
+            let up = slow_get_upstream(Duration::from_millis(100));
+            up.get_stream.store(false, Ordering::SeqCst);
+            *up.get_status.lock().unwrap() = status;
+            let url = serve(Arc::clone(&up)).await;
+            let (link, mut events) = start_at(&url, NO_CAP).await;
+            handshake(&link, &mut events).await;
+            assert!(link.send(outgoing(json!({"jsonrpc":"2.0","id":2,"method":"tools/list"}))));
+            let (msg, related) = next_message(&mut events).await;
+            assert_eq!((msg["id"].as_u64(), related), (Some(2), Some(2)), "GET answered {status:?}");
+            let answered = up.position("GET answered").expect("the GET was answered");
+            assert!(answered < up.position("tools/list").unwrap(), "GET answered {status:?}");
+        }
+    }
+
+    /// A GET that never answers holds requests back only for the cap.
+    #[tokio::test]
+    async fn a_get_stream_that_never_answers_holds_requests_for_the_cap_only() {
+        let cap = Duration::from_millis(300);
+        let up = slow_get_upstream(NO_CAP);
+        let url = serve(Arc::clone(&up)).await;
+        let (link, mut events) = start_at(&url, cap).await;
+        let started = tokio::time::Instant::now();
+        handshake(&link, &mut events).await;
+        assert!(link.send(outgoing(json!({"jsonrpc":"2.0","id":2,"method":"tools/list"}))));
+        let (msg, related) = next_message(&mut events).await;
+        assert_eq!((msg["id"].as_u64(), related), (Some(2), Some(2)));
+        assert!(started.elapsed() >= cap, "released before the cap");
+        assert!(up.position("GET").unwrap() < up.position("tools/list").unwrap());
+        assert_eq!(up.position("GET answered"), None);
+    }
+
+    /// 2026-07-28 requests are stateless: no handshake, no GET stream, nothing to wait for.
+    #[tokio::test]
+    async fn stateless_requests_wait_for_no_get_stream() {
+        let up = slow_get_upstream(NO_CAP);
+        let url = serve(Arc::clone(&up)).await;
+        let (link, mut events) = start_at(&url, NO_CAP).await;
+        let mut out = call(20, "x");
+        out.protocol_version = Some("2026-07-28".to_owned());
+        assert!(link.send(out));
+        let (msg, related) = next_message(&mut events).await;
+        assert_eq!((msg["id"].as_u64(), related), (Some(20), Some(20)));
+        assert_eq!(up.position("GET"), None);
+    }
+
+    /// A GET stream that breaks is reopened with the id of the last event it carried, and what
+    /// the server sent meanwhile arrives.
+    #[tokio::test]
+    async fn a_broken_get_stream_is_resumed_with_last_event_id() {
+        let up = slow_get_upstream(Duration::ZERO);
+        let missed = json!({"jsonrpc":"2.0","method":"notifications/resources/list_changed"});
+        up.replay.lock().unwrap().insert("g1".to_owned(), vec![sse_data(Some("g2"), &missed)]);
+        let url = serve(Arc::clone(&up)).await;
+        let (link, mut events) = start_at(&url, NO_CAP).await;
+        handshake(&link, &mut events).await;
+        // Released only once the GET stream is open, so it is there when this is answered.
+        assert!(link.send(outgoing(json!({"jsonrpc":"2.0","id":2,"method":"tools/list"}))));
+        assert_eq!(next_message(&mut events).await.1, Some(2));
+        let tx = up.get_tx.lock().unwrap().take().expect("the GET stream is open");
+        up.streams.lock().unwrap().clear();
+        tx.send(sse_data(Some("g1"), &json!({"jsonrpc":"2.0","method":"notifications/tools/list_changed"}))).unwrap();
+        let (msg, related) = next_message(&mut events).await;
+        assert_eq!((msg["method"].as_str(), related), (Some("notifications/tools/list_changed"), None));
+        drop(tx);
+        let (msg, related) = next_message(&mut events).await;
+        assert_eq!((msg, related), (missed, None));
+        let gets: Vec<Seen> = up.seen().into_iter().filter(|s| s.method == "GET").collect();
+        assert_eq!(gets.len(), 2);
+        assert_eq!(gets[0].header("last-event-id"), None);
+        assert_eq!(gets[1].header("last-event-id"), Some("g1"));
+        assert_eq!(gets[1].header("mcp-session-id"), Some("s1"));
+    }
+
+    /// A server that has not noticed yet that the broken stream is gone answers the reconnection
+    /// 409 (only one GET stream per session): it is tried again, still resuming.
+    #[tokio::test]
+    async fn a_get_stream_reconnection_refused_as_a_conflict_is_retried() {
+        let up = slow_get_upstream(Duration::ZERO);
+        let missed = json!({"jsonrpc":"2.0","method":"notifications/resources/list_changed"});
+        up.replay.lock().unwrap().insert("g1".to_owned(), vec![sse_data(Some("g2"), &missed)]);
+        let url = serve(Arc::clone(&up)).await;
+        let (link, mut events) = start_at(&url, NO_CAP).await;
+        handshake(&link, &mut events).await;
+        assert!(link.send(outgoing(json!({"jsonrpc":"2.0","id":2,"method":"tools/list"}))));
+        assert_eq!(next_message(&mut events).await.1, Some(2));
+        let tx = up.get_tx.lock().unwrap().take().expect("the GET stream is open");
+        up.streams.lock().unwrap().clear();
+        tx.send(sse_data(Some("g1"), &json!({"jsonrpc":"2.0","method":"notifications/tools/list_changed"}))).unwrap();
+        assert_eq!(next_message(&mut events).await.1, None);
+        *up.get_status.lock().unwrap() = Some(409);
+        drop(tx);
+        until_seen(&up, "the reconnection", |s| s.method == "GET answered" && s.header("last-event-id") == Some("g1"))
+            .await;
+        *up.get_status.lock().unwrap() = None;
+        let (msg, related) = next_message(&mut events).await;
+        assert_eq!((msg, related), (missed, None));
     }
 }

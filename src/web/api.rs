@@ -21,6 +21,7 @@ use crate::hub::{Announcement, HubInfo};
 use crate::identity::{OPERATOR, Principal};
 use crate::store::approvals::{DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT};
 use crate::store::{ApprovalFilter, Status};
+use crate::visible::normalise_name;
 
 /// The OpenAPI 3.1 description of this API.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -41,6 +42,8 @@ pub fn routes() -> Router<Arc<WebState>> {
         .route("/api/v1/audit", get(audit))
         .route("/api/v1/hub", get(hub))
         .route("/api/v1/hub/announce", post(announce))
+        .route(crate::handshake::HELLO, post(handshake_hello))
+        .route(crate::handshake::CONFIRM, post(handshake_confirm))
 }
 
 async fn openapi() -> impl IntoResponse {
@@ -61,6 +64,11 @@ impl ApiError {
 
     pub fn message(&self) -> &str {
         &self.2
+    }
+
+    /// The stable code (`not_pending`).
+    pub fn code(&self) -> &'static str {
+        self.1
     }
 }
 
@@ -256,10 +264,11 @@ async fn decide(
 }
 
 /// Applies the `approver` field: only the shared token may name who decides, and only while no
-/// named approvers exist (then each approver has a token of their own).
+/// named approvers exist (then each approver has a token of their own). Whatever name it gives,
+/// the shared token stays one credential: it casts one vote per request.
 fn acting_as(state: &WebState, who: Principal, approver: Option<&str>) -> Result<Principal, ApiError> {
     let Some(name) = approver.map(str::trim).filter(|a| !a.is_empty()) else { return Ok(who) };
-    if name == who.name {
+    if normalise_name(name) == normalise_name(&who.name) {
         return Ok(who);
     }
     if who.name != OPERATOR || !state.approvers.is_empty() {
@@ -269,7 +278,10 @@ fn acting_as(state: &WebState, who: Principal, approver: Option<&str>) -> Result
             format!("this token belongs to {}; it cannot decide as {name:?}", who.name),
         ));
     }
-    Ok(Principal::named(name))
+    if let Some(why) = crate::identity::impersonates(name) {
+        return Err(ApiError(StatusCode::FORBIDDEN, "reserved_name", why));
+    }
+    Ok(Principal::shared_token_as(name))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -412,5 +424,56 @@ async fn announce(
         Ok(true) => Ok(StatusCode::NO_CONTENT),
         Ok(false) => Err(ApiError(StatusCode::NOT_FOUND, "not_found", format!("no approval request {}", note.id))),
         Err(e) => Err(internal(e)),
+    }
+}
+
+/// Step 2 of [`crate::handshake`]: prove that this server knows the key the client names. Needs
+/// no token: it is how a client decides whether to send one.
+async fn handshake_hello(
+    State(state): State<Arc<WebState>>,
+    body: axum::body::Bytes,
+) -> Result<Json<crate::handshake::HelloReply>, ApiError> {
+    use crate::handshake::{Hello, HelloReply, is_nonce, nonce, server_proof};
+    let hello: Hello = serde_json::from_slice(&body).map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("expected a JSON body with key_id and client_nonce: {e}"),
+        )
+    })?;
+    if !is_nonce(&hello.client_nonce) {
+        return Err(ApiError(StatusCode::BAD_REQUEST, "bad_request", "client_nonce must be 64 hex digits".into()));
+    }
+    let key = state
+        .handshake_key(&hello.key_id)
+        .ok_or_else(|| ApiError(StatusCode::UNAUTHORIZED, "unknown_key", "no token with this key id".into()))?;
+    let server_nonce = nonce().map_err(internal)?;
+    let server_proof = server_proof(&key, &hello.client_nonce, &server_nonce);
+    if !state.start_handshake(server_nonce.clone(), key, hello.client_nonce) {
+        return Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, "busy", "too many handshakes under way".into()));
+    }
+    Ok(Json(HelloReply { server_nonce, server_proof }))
+}
+
+/// Step 3 of [`crate::handshake`]: the client proves it knows the key too.
+async fn handshake_confirm(
+    State(state): State<Arc<WebState>>,
+    body: axum::body::Bytes,
+) -> Result<StatusCode, ApiError> {
+    use crate::handshake::{Confirm, client_proof};
+    let confirm: Confirm = serde_json::from_slice(&body).map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("expected a JSON body with server_nonce and client_proof: {e}"),
+        )
+    })?;
+    let refused = || ApiError(StatusCode::UNAUTHORIZED, "unauthorized", "wrong or expired handshake".into());
+    let (key, client_nonce) = state.finish_handshake(&confirm.server_nonce).ok_or_else(refused)?;
+    let expected = client_proof(&key, &client_nonce, &confirm.server_nonce);
+    if super::guard::constant_time_eq(expected.as_bytes(), confirm.client_proof.as_bytes()) {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(refused())
     }
 }

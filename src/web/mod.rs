@@ -41,7 +41,15 @@ pub struct WebState {
     pub allowed_hosts: Vec<String>,
     pub allowed_origins: Vec<String>,
     sessions: DashMap<String, BrowserSession>,
+    /// Handshakes under way: server nonce -> (key, client nonce, when).
+    handshakes: DashMap<String, ([u8; 32], String, Instant)>,
 }
+
+/// How long a handshake's server nonce stays valid.
+const HANDSHAKE_TTL: Duration = Duration::from_secs(30);
+
+/// Most handshakes under way at once.
+const MAX_HANDSHAKES: usize = 1024;
 
 #[derive(Clone)]
 pub struct BrowserSession {
@@ -65,7 +73,38 @@ impl WebState {
             allowed_hosts,
             allowed_origins: Vec::new(),
             sessions: DashMap::new(),
+            handshakes: DashMap::new(),
         })
+    }
+
+    /// The handshake key whose id is `key_id`: the shared token's or a named approver's.
+    pub fn handshake_key(&self, key_id: &str) -> Option<[u8; 32]> {
+        let shared = crate::handshake::key_of(&self.token);
+        let mut found = None;
+        for key in std::iter::once(&shared).chain(self.approvers.hashes()) {
+            if guard::constant_time_eq(crate::handshake::key_id(key).as_bytes(), key_id.as_bytes()) && found.is_none() {
+                found = Some(*key);
+            }
+        }
+        found
+    }
+
+    /// Remembers a handshake's server nonce; `false` when too many are under way.
+    pub fn start_handshake(&self, server_nonce: String, key: [u8; 32], client_nonce: String) -> bool {
+        if self.handshakes.len() >= MAX_HANDSHAKES {
+            self.handshakes.retain(|_, (_, _, at)| at.elapsed() < HANDSHAKE_TTL);
+            if self.handshakes.len() >= MAX_HANDSHAKES {
+                return false;
+            }
+        }
+        self.handshakes.insert(server_nonce, (key, client_nonce, Instant::now()));
+        true
+    }
+
+    /// Takes a handshake's state (each server nonce is used once).
+    pub fn finish_handshake(&self, server_nonce: &str) -> Option<([u8; 32], String)> {
+        let (_, (key, client_nonce, at)) = self.handshakes.remove(server_nonce)?;
+        (at.elapsed() < HANDSHAKE_TTL).then_some((key, client_nonce))
     }
 
     /// Whose token this is: the shared token is [`OPERATOR`], the others are named approvers.
@@ -170,7 +209,7 @@ pub fn load_or_create_token(
     if let Some(t) = read_token(&path) {
         return Ok((t, Some(path)));
     }
-    std::fs::create_dir_all(data_dir)?;
+    crate::store::create_private_dir(data_dir)?;
     let token = crate::random::hex(24);
     let temporary = data_dir.join(format!(".approver-token.{}.{}", std::process::id(), crate::random::hex(4)));
     write_private(&temporary, &token)?;
@@ -222,6 +261,13 @@ mod tests {
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
         assert!(tokens.iter().all(|t| t == &tokens[0] && t.len() == 48), "{tokens:?}");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&dir), 0o700, "the data directory is private");
+            assert_eq!(mode(&dir.join("approver-token")), 0o600, "the token file is private");
+        }
         assert_eq!(load_or_create_token(None, &dir).unwrap().0, tokens[0]);
         let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(left, vec![std::ffi::OsString::from("approver-token")], "no temporary files left behind");

@@ -97,12 +97,46 @@ fn session_of(state: &WebState, headers: &HeaderMap) -> Option<(String, BrowserS
     state.browser_session(headers)
 }
 
-/// Only same-site paths may be redirected to after sign-in.
+/// Only same-origin paths may be redirected to after sign-in: one leading `/`, then no `/` or
+/// `\` right after it, no backslash anywhere, no control character or space (browsers drop tabs
+/// and newlines, so `/\t/evil.example` would become `//evil.example`). Anything else goes to `/`.
 fn safe_next(next: Option<&str>) -> String {
+    let same_origin = |n: &str| {
+        n.starts_with('/')
+            && !n.starts_with("//")
+            && !n.contains('\\')
+            && !n.chars().any(|c| c.is_control() || c.is_whitespace() || crate::visible::is_hidden(c))
+    };
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.to_owned(),
+        Some(n) if same_origin(n) => n.to_owned(),
         _ => "/".to_owned(),
     }
+}
+
+/// The texts a redirect may ask a page to show, by code: a notice or an error is never text from
+/// the query, which anyone can put in a link.
+fn flash_text(code: &str) -> Option<&'static str> {
+    Some(match code {
+        "approved" => "Recorded: approved.",
+        "denied" => "Recorded: denied.",
+        "voted" => "Recorded: your vote. More approvals are needed.",
+        "bulk-approved" => "The selected requests were approved.",
+        "bulk-denied" => "The selected requests were denied.",
+        "bulk-partial" => "Some of the selected requests were not decided: open them to see their status.",
+        "choose-action" => "Choose approve or deny.",
+        "select-some" => "Select at least one request.",
+        "too-many" => "Too many requests at a time.",
+        "reason-required" | "reason_required" => "A reason is required to deny (and, in this workflow, to approve).",
+        "not_found" => "There is no such request.",
+        "not_pending" => "The request is no longer pending.",
+        "already_decided" => "You have already decided on this request.",
+        "expired" => "The request expired before the decision.",
+        "not_an_approver" => "You are not among the approvers of this request's workflow.",
+        "own_request" => "You made this request: you cannot approve it.",
+        "reserved_name" => "This approver name is reserved.",
+        "internal" => "The decision could not be recorded: see the server's log.",
+        _ => return None,
+    })
 }
 
 fn to_login(next: &str) -> Response {
@@ -284,8 +318,9 @@ async fn queue(
     };
     let body = html! {
         h1 { (title) " " span.count { "(" (total) ")" } }
-        @if let Some(done) = &q.done { p.notice role="status" { (done) } }
-        @if let Some(error) = q.error.as_ref().or(problem.as_ref()) { p.error role="alert" { (error) } }
+        @if let Some(done) = q.done.as_deref().and_then(flash_text) { p.notice role="status" { (done) } }
+        @if let Some(error) = q.error.as_deref().and_then(flash_text) { p.error role="alert" { (error) } }
+        @if let Some(error) = &problem { p.error role="alert" { (error) } }
         form.filters method="get" action="/" {
             @if all { input type="hidden" name="view" value="all"; }
             @if all {
@@ -323,9 +358,12 @@ async fn queue(
                                 td { @if a.status == Status::Pending {
                                     input type="checkbox" name="id" value=(a.id) aria-label={ "Select " (a.id) };
                                 } }
-                                td data-label="Request" { a href={ "/approvals/" (a.id) } { (a.id) } }
-                                td data-label="Agent" { (a.agent.as_deref().unwrap_or("-")) }
-                                td data-label="Call" { code { (a.server) ":" (a.tool) } }
+                                td data-label="Request" {
+                                    a href={ "/approvals/" (a.id) } { (a.id) }
+                                    @if has_hidden(a) { " " span.hidden-warning title=(crate::visible::WARNING) { "⚠ hidden characters" } }
+                                }
+                                td data-label="Agent" { (shown(a.agent.as_deref().unwrap_or("-"))) }
+                                td data-label="Call" { code { (shown(&a.server)) ":" (shown(&a.tool)) } }
                                 td data-label="Rule" { (rule_label(a)) }
                                 td data-label="Status" { span class={ "status " (a.status.as_str()) } { (a.status.as_str()) } }
                                 td data-label="Age" { (age(now - a.created_at)) }
@@ -351,6 +389,25 @@ async fn queue(
         }
     };
     page(title, tab, Some(&session), body).into_response()
+}
+
+/// Untrusted text with every invisible or look-alike character shown as a highlighted mark
+/// (`⟨U+202E⟩`, see [`crate::visible`]), so that what the approver reads is what runs.
+fn shown(text: &str) -> Markup {
+    use crate::visible::{Segment, mark_of, segments};
+    html! {
+        @for segment in segments(text) {
+            @match segment {
+                Segment::Text(t) => (t),
+                Segment::Hidden(c) => span.hidden-char title="an invisible or look-alike character" { (mark_of(c)) },
+            }
+        }
+    }
+}
+
+/// Whether an approver reading this request could be misled by characters that do not show.
+fn has_hidden(a: &Approval) -> bool {
+    serde_json::to_value(a).is_ok_and(|v| crate::visible::in_request(&v))
 }
 
 /// The rule that held a request, or `default` when the default policy did.
@@ -404,16 +461,19 @@ async fn detail(
     let body = html! {
         p.crumbs { a href="/" { "← Queue" } }
         h1 { "Request " code { (approval.id) } }
-        @if let Some(done) = &flash.done { p.notice role="status" { (done) } }
-        @if let Some(error) = &flash.error { p.error role="alert" { (error) } }
+        @if let Some(done) = flash.done.as_deref().and_then(flash_text) { p.notice role="status" { (done) } }
+        @if let Some(error) = flash.error.as_deref().and_then(flash_text) { p.error role="alert" { (error) } }
+        @if has_hidden(&approval) {
+            p.hidden-warning role="alert" { "Warning: " (crate::visible::WARNING) "." }
+        }
         dl.facts data-id=(approval.id) {
             dt { "Status" } dd { span class={ "status " (approval.status.as_str()) } { (approval.status.as_str()) } }
-            dt { "Agent" } dd { (approval.agent.as_deref().unwrap_or("-")) }
-            dt { "Server" } dd { code { (approval.server) } }
+            dt { "Agent" } dd { (shown(approval.agent.as_deref().unwrap_or("-"))) }
+            dt { "Server" } dd { code { (shown(&approval.server)) } }
             dt { "Tool" } dd {
-                code { (approval.tool) }
-                @if let Some(d) = description { p.tool-description { (d) } }
-                @if let Some(a) = annotations { p.annotations { "Annotations: " code { (a.to_string()) } } }
+                code { (shown(&approval.tool)) }
+                @if let Some(d) = description { p.tool-description { (shown(d)) } }
+                @if let Some(a) = annotations { p.annotations { "Annotations: " code { (shown(&a.to_string())) } } }
             }
             dt { "Created" } dd { (iso8601(approval.created_at)) " (" (age(now - approval.created_at)) " ago)" }
             dt { "Expires" } dd {
@@ -425,12 +485,12 @@ async fn detail(
         }
         section.reason {
             h2 { "Reason" }
-            p { strong { (rule_label(&approval)) } ": " (approval.rule_reason.as_deref().unwrap_or("the default policy holds calls that are not read-only")) }
+            p { strong { (rule_label(&approval)) } ": " (shown(approval.rule_reason.as_deref().unwrap_or("the default policy holds calls that are not read-only"))) }
         }
         @if let Some(r) = ai_review { (ai_review_section(r)) }
         section {
             h2 { "Arguments" }
-            pre.arguments { (arguments) }
+            pre.arguments { (shown(&arguments)) }
         }
         section {
             h2 { "Policy trace" }
@@ -447,7 +507,7 @@ async fn detail(
         }
         section.risk {
             h2 { "Risk snapshot" }
-            p { "Agent " strong { (risk.agent.as_deref().unwrap_or("-")) } ", with " (risk.pending_now) " request(s) pending now." }
+            p { "Agent " strong { (shown(risk.agent.as_deref().unwrap_or("-"))) } ", with " (risk.pending_now) " request(s) pending now." }
             table.snapshot {
                 thead { tr { th { "" } th { "Calls" } th { "Approved" } th { "Denied" } } }
                 tbody {
@@ -482,13 +542,13 @@ async fn detail(
                     li {
                         time datetime=(iso8601(t.at)) { (iso8601(t.at)) }
                         " · " (t.from.map(|s| s.as_str()).unwrap_or("new")) " → " strong { (t.to.as_str()) }
-                        " · " (t.actor)
-                        @if let Some(n) = &t.notes { " · notes: " (n) }
-                        @if let Some(r) = &t.reason { " · reason: " (r) }
+                        " · " (shown(&t.actor))
+                        @if let Some(n) = &t.notes { " · notes: " (shown(n)) }
+                        @if let Some(r) = &t.reason { " · reason: " (shown(r)) }
                     }
                 }
                 @for v in approval.votes.iter().filter(|_| approval.status == Status::Pending) {
-                    li { (iso8601(v.at)) " · vote " (v.decision.as_str()) " · " (v.actor) @if let Some(n) = &v.notes { " · notes: " (n) } }
+                    li { (iso8601(v.at)) " · vote " (v.decision.as_str()) " · " (shown(&v.actor)) @if let Some(n) = &v.notes { " · notes: " (shown(n)) } }
                 }
             }
         }
@@ -545,9 +605,17 @@ async fn decide(state: Arc<WebState>, headers: HeaderMap, id: String, form: Deci
         return (StatusCode::FORBIDDEN, "invalid CSRF token").into_response();
     }
     let notes = form.notes.filter(|n| !n.trim().is_empty());
+    let page = format!("/approvals/{}", percent_encode(&id));
     let back = match state.approvals.decide(&id, &session.who, approve, notes, form.reason).await {
-        Ok(a) => format!("/approvals/{id}?done={}", percent_encode(&format!("Recorded: {}", a.status.as_str()))),
-        Err(e) => format!("/approvals/{id}?error={}", percent_encode(&e.to_string())),
+        Ok(a) => {
+            let code = match a.status {
+                Status::Pending => "voted",
+                _ if approve => "approved",
+                _ => "denied",
+            };
+            format!("{page}?done={code}")
+        }
+        Err(e) => format!("{page}?error={}", super::api::ApiError::from(e).code()),
     };
     Redirect::to(&back).into_response()
 }
@@ -574,33 +642,28 @@ async fn bulk(State(state): State<Arc<WebState>>, headers: HeaderMap, body: Byte
     }
     let back = safe_next(back.as_deref());
     let sep = if back.contains('?') { '&' } else { '?' };
-    let flash =
-        |key: &str, text: &str| Redirect::to(&format!("{back}{sep}{key}={}", percent_encode(text))).into_response();
+    let flash = |key: &str, code: &'static str| Redirect::to(&format!("{back}{sep}{key}={code}")).into_response();
     let approve = match action.as_deref() {
         Some("approve") => true,
         Some("deny") => false,
-        _ => return flash("error", "choose approve or deny"),
+        _ => return flash("error", "choose-action"),
     };
     if ids.is_empty() {
-        return flash("error", "select at least one request");
+        return flash("error", "select-some");
     }
     if ids.len() > super::api::MAX_BULK {
-        return flash("error", &format!("at most {} requests at a time", super::api::MAX_BULK));
+        return flash("error", "too-many");
     }
     if !approve && reason.is_none() {
-        return flash("error", "a reason is required to deny");
+        return flash("error", "reason-required");
     }
-    let (results, decided) = decide_many(&state, &session.who, &ids, approve, notes, reason).await;
-    let failures: Vec<String> = results
-        .iter()
-        .filter(|r| r["ok"] != true)
-        .map(|r| format!("{}: {}", r["id"].as_str().unwrap_or("?"), r["error"]["message"].as_str().unwrap_or("?")))
-        .collect();
-    let verb = if approve { "approved" } else { "denied" };
-    if failures.is_empty() {
-        flash("done", &format!("{decided} request(s) {verb}"))
+    let (_, decided) = decide_many(&state, &session.who, &ids, approve, notes, reason).await;
+    if decided < ids.len() {
+        flash("error", "bulk-partial")
+    } else if approve {
+        flash("done", "bulk-approved")
     } else {
-        flash("error", &format!("{decided} request(s) {verb}; not decided: {}", failures.join("; ")))
+        flash("done", "bulk-denied")
     }
 }
 

@@ -281,6 +281,13 @@ async function main() {
   await page.waitForURL((u) => u.pathname === `/approvals/${id}`);
   const text = await bodyText();
   for (const want of [id, TOOL, FILE]) check(text.includes(want), `the request page does not show ${want}`);
+  // The right-to-left override in the arguments is shown as a highlighted mark, never applied,
+  // and the request carries a warning (both visible in detail.png).
+  check(!text.includes('\u202e'), 'the request page shows a raw U+202E');
+  const marks = await page.locator('pre.arguments .hidden-char').allInnerTexts();
+  check(marks.includes('⟨U+202E⟩'), `the arguments do not mark U+202E: ${JSON.stringify(marks)}`);
+  check(text.includes('/home/user/⟨U+202E⟩cod.tropeR'), 'the marked argument is not shown in reading order');
+  check(/invisible or look-alike characters/.test(text), 'the request page does not warn about hidden characters');
   const before = await statusText();
   check(before === 'pending', `the request page says status ${before}, not pending`);
 

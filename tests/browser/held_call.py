@@ -3,7 +3,8 @@
 Starts `mcp-gate --config CONFIG --name files -- MCP_GATE_BIN demo-server` over stdio with the
 Python SDK (mcp 2.3.0); mcp-gate's stderr passes through to ours, so the caller can read the
 approvals URL from it. Calls the demo server's `delete_file` on notes/todo.txt, which waits while
-the call is held, and prints the tool result as one line of JSON on stdout. Then keeps mcp-gate
+the call is held (its `note` argument holds a right-to-left override, U+202E, which the dashboard
+must show as a visible mark), and prints the tool result as one line of JSON on stdout. Then keeps mcp-gate
 (and its dashboard) running until our stdin closes. Exits 0 only when the result was the
 upstream's real output, 1 when it was an error (denied, expired, still pending...).
 
@@ -26,7 +27,8 @@ async def main(gate, config):
         command=gate, args=["--config", config, "--name", "files", "--", gate, "demo-server"], env=dict(os.environ)
     )
     async with Client(params, mode="legacy", read_timeout_seconds=120) as client:
-        result = await client.call_tool("delete_file", {"path": "notes/todo.txt"})
+        arguments = {"path": "notes/todo.txt", "note": "keep /home/user/\u202ecod.tropeR"}
+        result = await client.call_tool("delete_file", arguments)
         print(json.dumps(result.model_dump(mode="json", by_alias=True, exclude_none=True)), flush=True)
         await asyncio.to_thread(sys.stdin.read)
     text = " ".join(getattr(c, "text", "") for c in result.content)

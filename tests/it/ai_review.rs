@@ -360,13 +360,13 @@ async fn confident_approve_runs_the_call_once_through_an_ai_approval() {
     let started = Instant::now();
     let rows = loop {
         let rows = audit(&s.approvals).await;
-        if rows.len() >= 4 || started.elapsed() > Duration::from_secs(10) {
+        if rows.len() >= 5 || started.elapsed() > Duration::from_secs(10) {
             break rows;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let events: Vec<&str> = rows.iter().map(|r| r.event.as_str()).collect();
-    assert_eq!(events, ["requested", "ai_decision", "approved", "executed"]);
+    assert_eq!(events, ["requested", "ai_decision", "approved", "claimed", "executed"]);
     let d = &ai_rows(&rows)[0].detail;
     assert_eq!(d["decision"], "approve");
     assert_eq!(d["confidence"], 0.95);
@@ -711,4 +711,27 @@ async fn identical_calls_reuse_a_decision_within_the_window() {
         assert!(!is_error(&c.call("echo", json!({"message": "same"})).await));
     }
     assert_eq!(s.fake.seen().len(), 2);
+}
+
+/// The reviewer's outcomes (approve, deny, fallback deny) reach clients of both protocol versions
+/// as messages valid in that version's schema.
+#[tokio::test]
+async fn review_outcomes_are_schema_valid_in_both_versions() {
+    use super::schema_validity::{LEGACY, MODERN, Peer};
+    for version in [LEGACY, MODERN] {
+        let opts = Opts { key: Some(KEY), workflow: "ai_fallback_behavior = \"deny\"", ..Opts::new(Kind::Anthropic) };
+        let s = setup(opts).await;
+        s.fake.say(Say::Answer("approve", 0.99, "It only echoes."));
+        s.fake.say(Say::Answer("deny", 0.97, "Removing the root directory is destructive."));
+        s.fake.say(Say::Status(500));
+        let gate = Arc::new(ApprovalGate { approvals: s.approvals.clone() });
+        let mut c = Peer::start(version, vec![stdio_server("fx")], gate).await;
+        let r = c.call("echo", json!({"message": "hi"})).await;
+        assert!(!is_error(&r), "{version}: {r}");
+        let r = c.call("echo", json!({"message": "rm -rf /"})).await;
+        assert!(is_error(&r) && text_of(&r).contains("denied by ai:test-model"), "{version}: {r}");
+        let r = c.call("echo", json!({"message": "again"})).await;
+        assert!(is_error(&r) && text_of(&r).contains("was not run: the AI reviewer"), "{version}: {r}");
+        c.validate();
+    }
 }

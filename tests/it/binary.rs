@@ -242,7 +242,7 @@ async fn http_requires_the_bearer_token_when_set() {
 pub(super) struct Running {
     pub(super) child: tokio::process::Child,
     pub(super) stdin: tokio::process::ChildStdin,
-    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    pub(super) lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
     pub(super) approvals: String,
 }
 
@@ -363,4 +363,50 @@ async fn pending_approvals_survive_a_crash_and_run_once() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("record 2"), "{stderr}");
+}
+
+/// An agent credential that is also an approver credential is refused at start-up, and the
+/// error names both keys: the HTTP token and the shared token, an `[[agents]]` token and the
+/// shared token, and the HTTP token and the approver-token file of the data directory.
+#[tokio::test]
+async fn agents_and_approvers_never_share_a_token() {
+    let token = "same-token-0123456789abcdef";
+    let serve = |dir: &std::path::Path| {
+        let mut cmd = gate_in(dir);
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--"]).arg(fixture_bin()).arg("stdio");
+        cmd
+    };
+    let refused = |out: std::process::Output, keys: &[&str]| {
+        assert!(!out.status.success(), "started with a shared credential");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for key in keys {
+            assert!(stderr.contains(key), "{key} not named: {stderr}");
+        }
+    };
+
+    let out = within(
+        "serve",
+        serve(&data_dir("clash")).env("MCP_GATE_TOKEN", token).env("MCP_GATE_HTTP_TOKEN", token).output(),
+    )
+    .await
+    .unwrap();
+    refused(out, &["MCP_GATE_HTTP_TOKEN", "MCP_GATE_TOKEN"]);
+
+    let dir = data_dir("clash");
+    let config = dir.join("agents.toml");
+    let hash: String = mcp_gate::identity::sha256(token).iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(&config, format!("[[agents]]\nname = \"bot\"\ntoken_sha256 = \"{hash}\"\n")).unwrap();
+    let out = within(
+        "check-config",
+        gate_in(&dir).args(["check-config", "--config"]).arg(&config).env("MCP_GATE_TOKEN", token).output(),
+    )
+    .await
+    .unwrap();
+    refused(out, &["agents[0]", "MCP_GATE_TOKEN"]);
+
+    // The shared token of the data directory, found only at start-up.
+    let dir = data_dir("clash");
+    std::fs::write(dir.join("approver-token"), format!("{token}\n")).unwrap();
+    let out = within("serve", serve(&dir).env("MCP_GATE_HTTP_TOKEN", token).output()).await.unwrap();
+    refused(out, &["MCP_GATE_HTTP_TOKEN", "approver-token"]);
 }

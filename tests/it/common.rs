@@ -251,6 +251,7 @@ pub async fn hold_call(
         info: None,
         agent: Some(agent),
         progress: None,
+        gone: Default::default(),
     };
     let Verdict::Hold(wait) = gate.check(&call) else { panic!("{tool} is not held") };
     let Verdict::Respond(result) = wait.await else { panic!("fail fast answers") };

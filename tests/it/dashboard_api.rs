@@ -96,8 +96,23 @@ async fn the_openapi_document_covers_every_route_and_every_route_needs_a_token()
         assert_eq!(resp.status(), 401, "{method} {path} refuses a wrong token");
         assert_eq!(resp.json::<Value>().await.unwrap()["error"]["code"], "unauthorized");
     }
+    // The handshake needs no token: it is how a client decides whether to send one. A wrong
+    // key id is refused, and a malformed body too.
+    let open_routes = [("post", "/api/v1/handshake"), ("post", "/api/v1/handshake/confirm")];
+    for (method, path) in open_routes {
+        let op = paths.get(path).and_then(|p| p.get(method));
+        assert!(op.is_some_and(|op| op["security"] == json!([])), "{method} {path} is documented as open");
+        let resp = api.http.post(format!("{}{path}", api.base)).json(&json!({})).send().await.unwrap();
+        assert_eq!(resp.status(), 400, "{method} {path} refuses a malformed body");
+    }
+    let hello = json!({"key_id": "00", "client_nonce": "ab".repeat(32)});
+    let resp = api.http.post(format!("{}/api/v1/handshake", api.base)).json(&hello).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    assert_eq!(resp.json::<Value>().await.unwrap()["error"]["code"], "unknown_key");
+    mcp_gate::handshake::verify_listener(&api.http, &api.base, TOKEN).await.expect("the server proves itself");
     // Every documented path is served (nothing documented that does not exist).
-    assert_eq!(paths.len(), routes.iter().map(|r| r.1).collect::<std::collections::HashSet<_>>().len() + 1);
+    let served: std::collections::HashSet<_> = routes.iter().chain(&open_routes).map(|r| r.1).collect();
+    assert_eq!(paths.len(), served.len() + 1);
     // Every schema reference resolves.
     let text = doc.to_string();
     for r in text.split("\"$ref\":\"").skip(1) {
@@ -602,6 +617,7 @@ async fn the_request_page_shows_the_tool_reason_risk_and_history() {
         info: Some(&info),
         agent: Some("claude"),
         progress: None,
+        gone: Default::default(),
     };
     let Verdict::Hold(wait) = gate.check(&call) else { panic!("held") };
     let Verdict::Respond(reply) = wait.await else { panic!("answered") };
@@ -666,4 +682,154 @@ async fn a_request_near_its_deadline_is_announced_once_as_expiring() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     approvals.sweep().await;
     assert_eq!(changes.try_recv().unwrap().kind, mcp_gate::approval::ChangeKind::Expired);
+}
+
+/// The shared token is one credential: whatever approver name it sends, it casts one vote, so a
+/// two-person workflow is never completed with it alone. Names that pass for the system, the AI
+/// reviewer or the requester (in case, width or invisible variants) are refused.
+#[tokio::test]
+async fn one_token_is_one_approver_whatever_name_it_sends() {
+    let api = Api::start(
+        "[[rules]]\nname = \"deletes\"\ntool = \"delete_*\"\naction = \"approve\"\nworkflow = \"two\"\n\
+         [[workflows]]\nname = \"two\"\nrequired_approvals = 2\n",
+    )
+    .await;
+    let id = api.hold("delete_file", "Agent-X", json!({"path": "/srv"})).await;
+    let approve = format!("/api/v1/approvals/{id}/approve");
+    let (status, voted) = api.post(&approve, TOKEN, json!({})).await;
+    assert_eq!((status, voted["status"].as_str()), (200, Some("pending")), "{voted}");
+    let (status, err) = api.post(&approve, TOKEN, json!({"approver": "second-person"})).await;
+    assert_eq!((status, err["error"]["code"].as_str()), (409, Some("already_decided")), "{err}");
+    let a = api.approvals.store.get_approval(&id).await.unwrap().unwrap();
+    assert_eq!(a.status.as_str(), "pending", "one token never reaches a quorum of two");
+
+    let other = api.hold("write_file", "Agent-X", json!({"x": 1})).await;
+    let approve = format!("/api/v1/approvals/{other}/approve");
+    for name in ["agent-x", " AGENT-X ", "ａｇｅｎｔ-ｘ", "agent\u{200b}-x"] {
+        let (status, err) = api.post(&approve, TOKEN, json!({"approver": name})).await;
+        assert_eq!((status, err["error"]["code"].as_str()), (403, Some("own_request")), "{name:?}: {err}");
+    }
+    for name in ["ai:claude-sonnet", "AI:x", "system", " System", "ｓｙｓｔｅｍ"] {
+        let (status, err) = api.post(&approve, TOKEN, json!({"approver": name})).await;
+        assert_eq!((status, err["error"]["code"].as_str()), (403, Some("reserved_name")), "{name:?}: {err}");
+    }
+    let (status, done) = api.post(&approve, TOKEN, json!({"approver": "Operator"})).await;
+    assert_eq!((status, done["status"].as_str()), (200, Some("approved")), "{done}");
+}
+
+/// check-config warns when a workflow needs more approvers than there are credentials to vote.
+#[test]
+fn check_config_warns_when_a_quorum_cannot_be_reached() {
+    let two = "[[workflows]]\nname = \"two\"\nrequired_approvals = 2\n";
+    let text = Config::from_toml(two, "test.toml").unwrap().explain();
+    assert!(text.contains("warning: workflow two needs 2 approvers but only 1 may vote"), "{text}");
+    let named = format!("{two}[[approvers]]\nname = \"alice\"\ntoken_sha256 = \"{}\"\n", sha(ALICE));
+    let text = Config::from_toml(&named, "test.toml").unwrap().explain();
+    assert!(!text.contains("warning: workflow two"), "{text}");
+    for bad in ["ai:reviewer", "System", "OPERATOR"] {
+        let toml = format!("[[approvers]]\nname = \"{bad}\"\ntoken_sha256 = \"{}\"\n", sha(ALICE));
+        let err = Config::from_toml(&toml, "test.toml").unwrap_err().to_string();
+        assert!(err.contains("approvers[0].name"), "{bad}: {err}");
+    }
+}
+
+/// Invisible, bidi and look-alike characters reach the page as highlighted marks, never raw, in
+/// the arguments, the agent's name, the tool's name and description, with a warning; long
+/// arguments are shown in full.
+#[tokio::test]
+async fn the_dashboard_shows_hidden_characters_visibly() {
+    let api = Api::start("").await;
+    let gate = ApprovalGate { approvals: api.approvals.clone() };
+    let tool: rmcp::model::Tool = serde_json::from_value(json!({
+        "name": "delete_file",
+        "description": "Reads\u{2066} a file\u{feff}",
+        "inputSchema": {"type": "object"},
+    }))
+    .unwrap();
+    let info = mcp_gate::tools::ToolInfo { name: "delete_file".into(), tool: Some(tool) };
+    let long = "y".repeat(20_000);
+    let arguments = json!({"path": "/home/user/\u{202e}cod.tropeR", "note": "a\u{200b}b\u{a0}\u{a0}c", "blob": long});
+    let call = ToolCall {
+        server: "files",
+        tool: "delete_file",
+        exposed_name: "delete_file",
+        arguments: &arguments,
+        info: Some(&info),
+        agent: Some("clau\u{200b}de"),
+        progress: None,
+        gone: Default::default(),
+    };
+    let Verdict::Hold(wait) = gate.check(&call) else { panic!("held") };
+    let Verdict::Respond(reply) = wait.await else { panic!("answered") };
+    let reply: Value = serde_json::from_str(reply.get()).unwrap();
+    let id = reply["_meta"]["mcp-gate/approval"]["id"].as_str().unwrap().to_owned();
+    let (cookie, _) = sign_in(&api, TOKEN).await;
+
+    let (status, html) = page_text(&api, &cookie, &format!("/approvals/{id}")).await;
+    assert_eq!(status, 200);
+    for raw in ['\u{202e}', '\u{200b}', '\u{a0}', '\u{2066}', '\u{feff}'] {
+        assert!(!html.contains(raw), "U+{:04X} reaches the page raw", raw as u32);
+    }
+    let mark =
+        |c: &str| format!(r#"<span class="hidden-char" title="an invisible or look-alike character">⟨U+{c}⟩</span>"#);
+    assert!(html.contains(&format!("/home/user/{}cod.tropeR", mark("202E"))), "{html}");
+    assert!(html.contains(&format!("a{}b{}{}c", mark("200B"), mark("00A0"), mark("00A0"))));
+    assert!(html.contains(&format!("clau{}de", mark("200B"))), "the agent's name");
+    assert!(html.contains(&format!("Reads{} a file{}", mark("2066"), mark("FEFF"))), "the description");
+    assert!(html.contains("invisible or look-alike characters"), "a warning on the request");
+    assert!(html.contains(&long), "arguments are shown in full");
+
+    let (_, queue) = page_text(&api, &cookie, "/").await;
+    assert!(queue.contains(&format!("clau{}de", mark("200B"))) && !queue.contains('\u{200b}'), "{queue}");
+    assert!(queue.contains("hidden characters"), "{queue}");
+}
+
+/// After sign-in only same-origin paths are followed; notices and errors come from fixed codes,
+/// never from the query.
+#[tokio::test]
+async fn sign_in_redirects_stay_here_and_notices_are_fixed_texts() {
+    let api = Api::start("").await;
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let login =
+        |next: &'static str| http.post(format!("{}/login", api.base)).form(&[("token", TOKEN), ("next", next)]).send();
+    for next in [
+        "/\t/evil.example",
+        "/\n/evil.example",
+        "//evil.example",
+        "/\\evil.example",
+        "/a\\b",
+        "https://evil.example",
+        "evil",
+        "/\r\nx",
+        "/ /evil.example",
+        "/\u{200b}/evil.example",
+    ] {
+        let resp = login(next).await.unwrap();
+        assert_eq!(resp.status(), 303, "{next:?}");
+        assert_eq!(resp.headers()["location"], "/", "{next:?} is not followed");
+    }
+    let resp = login("/approvals/apr_1?view=all").await.unwrap();
+    assert_eq!(resp.headers()["location"], "/approvals/apr_1?view=all", "a same-origin path is followed");
+
+    let id = api.hold("delete_file", "claude", json!({"path": "/srv"})).await;
+    let (cookie, csrf) = sign_in(&api, TOKEN).await;
+    let forged = "Approved+by+security+team%2C+running";
+    let (_, html) = page_text(&api, &cookie, &format!("/approvals/{id}?done={forged}&error={forged}")).await;
+    assert!(!html.contains("Approved by security team"), "query text is never shown as a notice");
+    let (_, html) = page_text(&api, &cookie, &format!("/?done={forged}&error={forged}")).await;
+    assert!(!html.contains("Approved by security team"));
+
+    let resp = http
+        .post(format!("{}/approvals/{id}/approve", api.base))
+        .header("cookie", &cookie)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    let location = resp.headers()["location"].to_str().unwrap().to_owned();
+    assert_eq!(location, format!("/approvals/{id}?done=approved"));
+    let (_, html) = page_text(&api, &cookie, &location).await;
+    assert!(html.contains("role=\"status\">Recorded: approved."), "{html}");
+    let (_, html) = page_text(&api, &cookie, &format!("/approvals/{id}?error=own_request")).await;
+    assert!(html.contains("You made this request: you cannot approve it."));
 }

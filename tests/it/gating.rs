@@ -295,6 +295,7 @@ async fn waiting_sends_progress_with_the_url() {
         info: None,
         agent: Some("agent"),
         progress: Some(sink),
+        gone: Default::default(),
     };
     let Verdict::Hold(wait) = gate.check(&call) else { panic!("held") };
     let Verdict::Respond(result) = wait.await else { panic!("answered") };

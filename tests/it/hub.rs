@@ -332,3 +332,69 @@ async fn processes_that_cannot_share_serve_alone() {
         g.kill().await;
     }
 }
+
+/// A plain TCP listener that answers every request with a JSON body and records every byte it
+/// receives.
+async fn squatter() -> (String, Arc<Mutex<Vec<u8>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let log = received.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 8192];
+                // One request per connection: read what comes within the headers and a body.
+                while let Ok(n) = tokio::io::AsyncReadExt::read(&mut socket, &mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    log.lock().unwrap().extend_from_slice(&buf[..n]);
+                    if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                        let body = r#"{"server_nonce":"00","server_proof":"00","service":"mcp-gate","version":"0","pid":1,"database":null}"#;
+                        let reply = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                        let _ = socket.write_all(reply.as_bytes()).await;
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (addr, received)
+}
+
+/// A program squatting the approval address is never sent the approver token, by hub discovery
+/// or by `mcp-gate approvals`: it cannot prove it knows the token, and mcp-gate says so.
+#[tokio::test]
+async fn a_squatter_on_the_approval_address_never_receives_the_token() {
+    let (addr, received) = squatter().await;
+    let mut gate = start(&data_dir("hub-squat"), &addr, TOKEN).await;
+    assert_ne!(gate.approvals, format!("http://{addr}"), "serves on a free port instead");
+    let warning = gate.logged("did not prove that it knows the token").await;
+    assert!(warning.contains(&addr) && warning.contains("WARN"), "{warning}");
+    gate.logged("(this process only)").await;
+
+    let out = within(
+        "approvals list",
+        gate_in(&data_dir("hub-squat-cli"))
+            .args(["approvals", "list"])
+            .env("MCP_GATE_URL", format!("http://{addr}"))
+            .env("MCP_GATE_TOKEN", TOKEN)
+            .output(),
+    )
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&addr) && stderr.contains("did not prove that it knows the token"), "{stderr}");
+
+    let seen = String::from_utf8_lossy(&received.lock().unwrap()).into_owned();
+    assert!(seen.contains("POST /api/v1/handshake"), "the squatter was asked to prove itself: {seen}");
+    assert!(!seen.contains(TOKEN), "the token reached the squatter: {seen}");
+    assert!(!seen.to_ascii_lowercase().contains("authorization"), "{seen}");
+    gate.kill().await;
+}

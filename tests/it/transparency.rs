@@ -185,3 +185,36 @@ struct Discard;
 impl mcp_gate::session::Downstream for Discard {
     fn send(&self, _msg: &mcp_gate::jsonrpc::Message, _route: mcp_gate::session::Route<'_>) {}
 }
+
+/// Holds every tool call until the test ends.
+struct HoldForever;
+
+impl mcp_gate::gate::Gate for HoldForever {
+    fn check(&self, _call: &mcp_gate::gate::ToolCall<'_>) -> mcp_gate::gate::Verdict {
+        mcp_gate::gate::Verdict::Hold(Box::pin(std::future::pending()))
+    }
+}
+
+/// An upstream's progress carrying the token of a call the gate holds is a spoof (the call was
+/// never sent upstream): it is dropped; progress for other tokens still reaches the client.
+#[tokio::test]
+async fn upstream_progress_for_a_held_call_is_dropped() {
+    let stream = stdio_proxy(options_with_gate(vec![raw_server(&raw_bin())], Arc::new(HoldForever))).await;
+    let (read, write) = tokio::io::split(stream);
+    let mut c = RawClient { lines: BufReader::new(read).lines(), write };
+    c.initialize().await;
+    c.send(r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#).await;
+    c.recv().await;
+    c.send(r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"raw_tool","arguments":{},"_meta":{"progressToken":"held-1"}}}"#).await;
+    c.send(r#"{"jsonrpc":"2.0","id":4,"method":"raw/progress","params":{"token":"held-1"}}"#).await;
+    let line = c.recv().await;
+    let v: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["id"], 4, "the spoofed progress is not relayed before the reply: {line}");
+
+    c.send(r#"{"jsonrpc":"2.0","id":5,"method":"raw/progress","params":{"token":"other-7"}}"#).await;
+    let line = c.recv().await;
+    let v: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["method"], "notifications/progress", "progress for other tokens still flows: {line}");
+    assert_eq!(v["params"]["progressToken"], "other-7");
+    assert_eq!(serde_json::from_str::<Value>(&c.recv().await).unwrap()["id"], 5);
+}

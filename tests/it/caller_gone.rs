@@ -1,0 +1,169 @@
+//! A held call belongs to its caller: cancelled or disconnected before the decision, it is not
+//! run for anybody, and the approval waits for the identical retry, which runs it once.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use super::binary::{APPROVER_TOKEN, Running, data_dir, gate_in, start_gated_with};
+use super::common::*;
+
+async fn pending_id(approvals: &str) -> String {
+    let http = reqwest::Client::new();
+    within("a pending request", async {
+        loop {
+            let listed: serde_json::Value = http
+                .get(format!("{approvals}/api/v1/approvals?status=pending"))
+                .bearer_auth(APPROVER_TOKEN)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if let Some(id) = listed["approvals"][0]["id"].as_str() {
+                return id.to_owned();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+}
+
+async fn approve(approvals: &str, id: &str) {
+    let resp = reqwest::Client::new()
+        .post(format!("{approvals}/api/v1/approvals/{id}/approve"))
+        .bearer_auth(APPROVER_TOKEN)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+async fn status_of(approvals: &str, id: &str) -> serde_json::Value {
+    reqwest::Client::new()
+        .get(format!("{approvals}/api/v1/approvals/{id}"))
+        .bearer_auth(APPROVER_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// stdio, wait mode: the client cancels the held call, then a person approves. No answer goes
+/// to the cancelled id, the approval stays unused, and the identical retry runs once.
+#[tokio::test]
+async fn cancel_then_approve_runs_only_the_retry_once() {
+    let mut cmd = gate_in(&data_dir("cancel"));
+    cmd.env("MCP_GATE_TOKEN", APPROVER_TOKEN).env("MCP_GATE_WAIT_SECS", "60");
+    let mut gate: Running = start_gated_with(cmd).await;
+    let call = serde_json::json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+        "params": {"name": "test_image_content", "arguments": {"why": "cancel test"}}});
+    gate.stdin.write_all(format!("{call}\n").as_bytes()).await.unwrap();
+    let id = pending_id(&gate.approvals).await;
+    let cancel = r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":2,"reason":"user"}}"#;
+    gate.stdin.write_all(format!("{cancel}\n").as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    approve(&gate.approvals, &id).await;
+    // Time for a wrongly resumed call to run and answer.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let approved = status_of(&gate.approvals, &id).await;
+    assert_eq!(approved["status"], "approved", "not consumed for the cancelled call: {approved}");
+    assert_eq!(approved["uses"], 0, "{approved}");
+
+    let retry = serde_json::json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+        "params": {"name": "test_image_content", "arguments": {"why": "cancel test"}}});
+    gate.stdin.write_all(format!("{retry}\n").as_bytes()).await.unwrap();
+    let reply = within("retry reply", async {
+        loop {
+            let line = gate.lines.next_line().await.unwrap().expect("a line");
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            assert_ne!(v["id"], 2, "an answer went to the cancelled request: {v}");
+            if v["id"] == 3 {
+                return v;
+            }
+        }
+    })
+    .await;
+    assert_eq!(reply["result"]["content"][0]["type"], "image", "the retry ran: {reply}");
+    let ran = status_of(&gate.approvals, &id).await;
+    assert_eq!((ran["status"].as_str(), ran["uses"].as_u64()), (Some("executed"), Some(1)), "ran once: {ran}");
+}
+
+/// `serve`: the client's connection closes while its call is held, then a person approves. The
+/// call does not run for nobody, and the client's identical retry runs it (no new request).
+#[tokio::test]
+async fn disconnect_then_approve_runs_the_retry_once() {
+    let mut child = gate_in(&data_dir("disconnect"))
+        .env("MCP_GATE_TOKEN", APPROVER_TOKEN)
+        .env("MCP_GATE_WAIT_SECS", "60")
+        .args(["serve", "--listen", "127.0.0.1:0", "--"])
+        .arg(fixture_bin())
+        .arg("stdio")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let (mut url, mut approvals) = (None, None);
+    within("start-up lines", async {
+        while url.is_none() || approvals.is_none() {
+            let line = lines.next_line().await.unwrap().expect("stderr line");
+            if let Some(u) = line.strip_prefix("mcp-gate: listening on ") {
+                url = Some(u.trim().to_owned());
+            }
+            if let Some(a) = line.strip_prefix("mcp-gate: approvals at ") {
+                approvals = Some(a.trim().trim_end_matches('/').to_owned());
+            }
+        }
+    })
+    .await;
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let (url, approvals) = (url.unwrap(), approvals.unwrap());
+
+    let http = reqwest::Client::new();
+    let post = |session: Option<&str>, body: serde_json::Value| {
+        let mut req = http
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(body.to_string());
+        if let Some(s) = session {
+            req = req.header("mcp-session-id", s).header("mcp-protocol-version", "2025-11-25");
+        }
+        req.send()
+    };
+    let init = post(
+        None,
+        serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "leaver", "version": "1"}}}),
+    )
+    .await
+    .unwrap();
+    let session = init.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+    init.bytes().await.unwrap();
+    post(Some(&session), serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"})).await.unwrap();
+    let call = |id: u64| {
+        serde_json::json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {
+            "name": "test_image_content", "arguments": {"why": "disconnect test"}}})
+    };
+    // The first call's connection is dropped while the call is held.
+    let held = tokio::spawn(post(Some(&session), call(2)));
+    let id = pending_id(&approvals).await;
+    held.abort();
+    let _ = held.await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    approve(&approvals, &id).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let approved = status_of(&approvals, &id).await;
+    assert_eq!((approved["status"].as_str(), approved["uses"].as_u64()), (Some("approved"), Some(0)), "{approved}");
+
+    let retry = post(Some(&session), call(3)).await.unwrap().text().await.unwrap();
+    assert!(retry.contains("\"image\""), "the retry ran: {retry}");
+    assert_eq!(status_of(&approvals, &id).await["status"], "executed");
+    let _ = child.start_kill();
+}

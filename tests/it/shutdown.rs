@@ -1,0 +1,150 @@
+//! Stopping the real binary: exit statuses, held calls and open streams on SIGTERM, and child
+//! process groups.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use super::binary::{APPROVER_TOKEN, data_dir, gate_in, start_gated};
+use super::common::*;
+
+fn signal(child: &tokio::process::Child, sig: Signal) {
+    let pid = i32::try_from(child.id().expect("running")).unwrap();
+    kill(Pid::from_raw(pid), sig).unwrap();
+}
+
+/// stdio mode exits with 128 + the signal's number, as shells expect.
+#[tokio::test]
+async fn stdio_exits_143_on_sigterm_and_130_on_sigint() {
+    for (sig, code) in [(Signal::SIGTERM, 143), (Signal::SIGINT, 130)] {
+        let mut running = start_gated(&data_dir("sig")).await;
+        signal(&running.child, sig);
+        let status = within("exit", running.child.wait()).await.unwrap();
+        assert_eq!(status.code(), Some(code), "{sig}");
+    }
+}
+
+/// `serve` with a held call waiting and a standalone GET stream open: SIGTERM answers the held
+/// call with its approval URL, ends the stream and exits 143 well within ten seconds.
+#[tokio::test]
+async fn serve_stops_on_sigterm_with_a_held_call_and_an_open_stream() {
+    let mut child = gate_in(&data_dir("serve-stop"))
+        .env("MCP_GATE_TOKEN", APPROVER_TOKEN)
+        .env("MCP_GATE_WAIT_SECS", "120")
+        .args(["serve", "--listen", "127.0.0.1:0", "--"])
+        .arg(fixture_bin())
+        .arg("stdio")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let url = within("listening line", async {
+        loop {
+            let line = lines.next_line().await.unwrap().expect("stderr line");
+            if let Some(url) = line.strip_prefix("mcp-gate: listening on ") {
+                return url.trim().to_owned();
+            }
+        }
+    })
+    .await;
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+
+    let http = reqwest::Client::new();
+    let post = |session: Option<&str>, body: serde_json::Value| {
+        let mut req = http
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(body.to_string());
+        if let Some(s) = session {
+            req = req.header("mcp-session-id", s).header("mcp-protocol-version", "2025-11-25");
+        }
+        req.send()
+    };
+    let init = post(
+        None,
+        serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "stopper", "version": "1"}}}),
+    )
+    .await
+    .unwrap();
+    let session = init.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+    init.bytes().await.unwrap();
+    post(Some(&session), serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"})).await.unwrap();
+    let mut get = http
+        .get(&url)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &session)
+        .header("mcp-protocol-version", "2025-11-25")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get.status(), 200);
+    let held = tokio::spawn(
+        post(
+            Some(&session),
+            serde_json::json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+                "name": "test_image_content", "arguments": {"why": "stop test"}, "_meta": {"progressToken": "p"}}}),
+        )
+        .await
+        .unwrap()
+        .text(),
+    );
+    // The call is held (its wait sends progress every few seconds); give it time to get there.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let stopped_at = std::time::Instant::now();
+    signal(&child, Signal::SIGTERM);
+    let body = within("held call answered", held).await.unwrap().unwrap();
+    assert!(body.contains("\"pending\"") && body.contains("/approvals/"), "the approval URL: {body}");
+    assert!(!body.contains(APPROVER_TOKEN));
+    // The GET stream ends.
+    within("GET stream ends", async { while let Ok(Some(_)) = get.chunk().await {} }).await;
+    let status = within("exit", child.wait()).await.unwrap();
+    assert_eq!(status.code(), Some(143));
+    assert!(stopped_at.elapsed() < Duration::from_secs(10), "stopped in {:?}", stopped_at.elapsed());
+}
+
+/// An upstream behind `sh` whose own child ignores the end of its input is stopped with it.
+#[tokio::test]
+async fn a_grandchild_of_an_upstream_is_stopped_with_it() {
+    let dir = data_dir("pgroup");
+    let pid_file = dir.join("grandchild.pid");
+    let script = format!(
+        "sleep 300 </dev/null >/dev/null 2>&1 & echo $! > '{}'; exec '{}' stdio",
+        pid_file.display(),
+        fixture_bin().display()
+    );
+    let mut child = gate_in(&dir)
+        .args(["--", "sh", "-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (mut stdin, mut lines) = handshake(&mut child, "pgroup").await;
+    stdin.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"tools/list\"}\n").await.unwrap();
+    within("tools/list", lines.next_line()).await.unwrap().expect("reply");
+    let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    assert!(alive(pid), "the grandchild runs");
+    drop(stdin);
+    within("exit", child.wait()).await.unwrap();
+    within("grandchild stopped", async {
+        while alive(pid) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+}
+
+/// Whether a process exists and is not a zombie.
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
