@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use crate::audit::{AuditRecord, Event, Redactor};
-use crate::gate::{CancellationToken, Gate, Outcome, ProgressSink, ToolCall, Verdict};
+use crate::gate::{CancellationToken, Gate, Outcome, ProgressSink, RefusedCall, ToolCall, Verdict};
 use crate::policy::{Action, CallFacts, Decision, Policy, Risk};
 use crate::store::{Approval, Claim, NewApproval, SYSTEM_ACTOR, Status, Store, TransitionError, Vote, VoteDecision};
 pub use changes::{Change, ChangeKind, Changes};
@@ -444,6 +444,20 @@ impl Approvals {
         let _ = self.audit_queue.send((record, now_ms()));
     }
 
+    /// Queues the record of a call refused before evaluation.
+    fn audit_refused(&self, call: &RefusedCall<'_>) {
+        let record = AuditRecord {
+            event: Event::Refused,
+            approval_id: None,
+            server: call.server.to_owned(),
+            tool: call.tool_names.first().cloned().unwrap_or_default(),
+            agent: call.agent.map(str::to_owned),
+            actor: Some("proxy".into()),
+            detail: serde_json::json!({ "reason": call.reason, "tool_names": call.tool_names }),
+        };
+        let _ = self.audit_queue.send((record, now_ms()));
+    }
+
     /// The held path of a call the policy sends to approval.
     async fn hold(self: Arc<Self>, call: OwnedCall, decision: Decision, caller: Caller) -> Verdict {
         let Action::Approve { workflow } = &decision.action else {
@@ -761,6 +775,10 @@ impl Gate for ApprovalGate {
                 Verdict::Hold(Box::pin(approvals.hold(owned, decision, caller)))
             }
         }
+    }
+
+    fn refused(&self, call: &RefusedCall<'_>) {
+        self.approvals.audit_refused(call);
     }
 
     fn hides(&self, server: &str, tool: &crate::tools::ToolInfo, agent: Option<&str>) -> bool {

@@ -92,6 +92,8 @@ where
     let downstream =
         Arc::new(StdioDownstream { out: out_tx.clone(), fatal: Mutex::new(None), stop: tokio::sync::Notify::new() });
     let writer = tokio::spawn(write_lines(output, out_rx));
+    // What the border needs to answer and audit messages it refuses.
+    let border = opts.clone();
     let (session, task) = session::start(opts, downstream.clone()).await?;
 
     let mut reader = LineReader::new(input);
@@ -109,9 +111,9 @@ where
                             }
                         }
                         Err(e) => {
-                            warn!("malformed message from the client: {e}");
-                            let reply = Message::error(None, e.code(), &e.to_string());
-                            let _ = out_tx.send(Bytes::from(reply.to_bytes()));
+                            if let Some(reply) = super::refuse(&line, &e, &border, border.agent.as_deref()) {
+                                let _ = out_tx.send(Bytes::from(reply.to_bytes()));
+                            }
                         }
                     }
                 }

@@ -12,6 +12,7 @@ mod common;
 mod dashboard_api;
 mod gating;
 mod hub;
+mod integrity;
 mod relay;
 mod schema_validity;
 mod shutdown;
