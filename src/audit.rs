@@ -47,6 +47,9 @@ pub enum Event {
     Executed,
     Failed,
     AiDecision,
+    /// A `tools/call` the proxy could not read strictly (duplicate keys, invalid escapes, inexact
+    /// numbers, too deep): nothing of it was evaluated or forwarded.
+    Refused,
     /// An approved call was claimed for a caller and is about to run.
     Claimed,
     /// A claim was given back unused: its caller left before the call was sent.
@@ -54,7 +57,7 @@ pub enum Event {
 }
 
 impl Event {
-    pub const ALL: [Event; 11] = [
+    pub const ALL: [Event; 12] = [
         Event::Allowed,
         Event::DeniedByPolicy,
         Event::Requested,
@@ -64,6 +67,7 @@ impl Event {
         Event::Executed,
         Event::Failed,
         Event::AiDecision,
+        Event::Refused,
         Event::Claimed,
         Event::Released,
     ];
@@ -79,6 +83,7 @@ impl Event {
             Event::Executed => "executed",
             Event::Failed => "failed",
             Event::AiDecision => "ai_decision",
+            Event::Refused => "refused",
             Event::Claimed => "claimed",
             Event::Released => "released",
         }

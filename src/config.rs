@@ -426,6 +426,8 @@ impl Config {
             servers.push(ServerConfig { name, transport, prefix: true, request_timeout, initialize_timeout });
         }
 
+        check_prefixes_unambiguous(&servers, &separator).map_err(|(k, m)| invalid(&k, m))?;
+
         let addr = match raw.listen.addr {
             Some(a) => Some(a.parse().map_err(|e| invalid("listen.addr", format!("{a:?}: {e}")))?),
             None => None,
@@ -1173,6 +1175,29 @@ fn check_server_name(name: &str, separator: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Refuses two prefixed servers whose exposed names could meet: with separator `__`, `a` and `a_`
+/// both could own `a___x` (`a` + `__` + `_x`, or `a_` + `__` + `x`). That happens exactly when one
+/// name extends the other by a tail that, followed by the separator, starts with the separator.
+fn check_prefixes_unambiguous(servers: &[ServerConfig], separator: &str) -> Result<(), (String, String)> {
+    let prefixed: Vec<&str> = servers.iter().filter(|s| s.prefix).map(|s| s.name.as_str()).collect();
+    for short in &prefixed {
+        for long in &prefixed {
+            let Some(tail) = long.strip_prefix(short) else { continue };
+            if !tail.is_empty() && format!("{tail}{separator}").starts_with(separator) {
+                let example = format!("{long}{separator}x");
+                return Err((
+                    format!("servers.{long}"),
+                    format!(
+                        "server names {short:?} and {long:?} are ambiguous with the separator {separator:?}: \
+                         {example:?} could be a tool of either; rename one or change `proxy.separator`"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A server name derived from a command (`/usr/bin/mcp-server-x` -> `mcp-server-x`) or a URL host.
 fn default_name(first: &str, is_url: bool) -> String {
     let base = if is_url {
@@ -1286,6 +1311,26 @@ mod tests {
                 other => panic!("{toml}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn server_names_that_make_exposed_names_ambiguous_are_refused() {
+        let servers =
+            |names: &str| names.split(' ').map(|n| format!("[servers.{n}]\ncommand = \"c\"\n")).collect::<String>();
+        let err = Config::from_toml(&servers("a a_"), "p.toml").unwrap_err().to_string();
+        assert!(err.starts_with("p.toml: `servers.a_`: "), "{err}");
+        assert!(err.contains("\"a\" and \"a_\""), "{err}");
+        let err = Config::from_toml(&servers("fs fs__x"), "p.toml");
+        assert!(err.is_err(), "a name with the separator is refused on its own");
+        let err = Config::from_toml(&format!("[proxy]\nseparator = \"--\"\n{}", servers("a a-")), "p.toml");
+        assert!(err.unwrap_err().to_string().contains("servers.a-"));
+        // With `_.` no tail of letters, digits, '-' or '_' followed by `_.` starts with `_.`.
+        Config::from_toml(&format!("[proxy]\nseparator = \"_.\"\n{}", servers("a a_")), "p.toml").unwrap();
+        // A name that merely starts with another is fine when no separator can follow.
+        Config::from_toml(&servers("a ab a-b"), "p.toml").unwrap();
+        // Unprefixed servers expose bare names and cannot meet this way.
+        Config::from_toml("[servers.a]\ncommand = \"c\"\n[servers.a_]\ncommand = \"c\"\nprefix = false\n", "p.toml")
+            .unwrap();
     }
 
     #[test]

@@ -91,8 +91,24 @@ impl std::fmt::Debug for Verdict {
     }
 }
 
+/// A `tools/call` refused before it could be judged: its bytes could not be read strictly, so
+/// nothing of it was evaluated or forwarded.
+#[derive(Debug)]
+pub struct RefusedCall<'a> {
+    /// The upstream the name routes to, when that can be told.
+    pub server: &'a str,
+    /// Every tool name the message carried (several when the key was duplicated).
+    pub tool_names: &'a [String],
+    pub agent: Option<&'a str>,
+    /// Why it was refused.
+    pub reason: &'a str,
+}
+
 pub trait Gate: Send + Sync + 'static {
     fn check(&self, call: &ToolCall<'_>) -> Verdict;
+
+    /// Records a call refused before evaluation.
+    fn refused(&self, _call: &RefusedCall<'_>) {}
 
     /// Whether a tool is removed from `tools/list` for this agent.
     fn hides(&self, _server: &str, _tool: &ToolInfo, _agent: Option<&str>) -> bool {

@@ -30,7 +30,7 @@ use tokio::sync::{broadcast, watch};
 use tracing::{debug, info, warn};
 
 use crate::approval::{Approvals, Change, ChangeKind};
-use crate::store::now_ms;
+use crate::store::{FileId, now_ms};
 use crate::transport::sse::EventReader;
 use crate::web::WebState;
 
@@ -57,18 +57,58 @@ pub struct HubInfo {
     pub pid: u32,
     /// The canonical path of the database file; `None` for `:memory:`.
     pub database: Option<PathBuf>,
+    /// The identity (`device:inode`) of the file this process opened at that path. A process whose
+    /// file at the same path has another identity does not share its data (the file was deleted or
+    /// replaced under one of them) and must not follow it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_id: Option<String>,
 }
 
 impl HubInfo {
-    /// This process, serving a store at `database`.
-    pub fn here(database: Option<&Path>) -> HubInfo {
+    /// This process, serving `store`.
+    pub fn here(store: &crate::store::Store) -> HubInfo {
         HubInfo {
             service: SERVICE.to_owned(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             pid: std::process::id(),
-            database: database.map(Path::to_path_buf),
+            database: store.path().map(Path::to_path_buf),
+            database_id: store.file_id().map(|id| id.to_string()),
         }
     }
+
+    /// Whether this hub uses our database: the same path and, when both are known, the same file.
+    fn shares(&self, database: Option<&Path>, file_id: Option<FileId>) -> Sharing {
+        if self.database.as_deref() != database {
+            return Sharing::OtherPath;
+        }
+        match (&self.database_id, file_id) {
+            (Some(theirs), Some(ours)) if *theirs != ours.to_string() => Sharing::OtherFile,
+            _ => Sharing::Same,
+        }
+    }
+}
+
+/// What [`HubInfo::shares`] found.
+#[derive(Debug, PartialEq, Eq)]
+enum Sharing {
+    Same,
+    OtherPath,
+    /// The same path, but another file: deleted or replaced under one of the two processes.
+    OtherFile,
+}
+
+/// The error logged when the hub's database file is not ours although the path is.
+fn split_file(listen: &str, info: &HubInfo, ours: Option<FileId>) {
+    tracing::error!(
+        %listen,
+        "refusing to follow the hub (pid {}): it uses {} but not the same file (its file {}, ours {}); the \
+         database was deleted or replaced under one of the two processes, and following would split the \
+         approval queue. Serving approvals on a free port instead; restart the hub.",
+        info.pid,
+        info.database.as_deref().map_or_else(|| ":memory:".into(), |p| p.display().to_string()),
+        info.database_id.as_deref().unwrap_or("?"),
+        ours.map_or_else(|| "?".to_owned(), |id| id.to_string()),
+    );
 }
 
 /// `POST /api/v1/hub/announce`: a change a follower made to the shared store.
@@ -124,6 +164,8 @@ pub async fn discover(listen: &str, token: &str, database: Option<&Path>) -> std
     }
     let client = client();
     let base = base_url(listen);
+    // The file just opened at `database`: its identity now is the store's.
+    let file_id = database.and_then(|p| FileId::of(p).ok().flatten());
     // A hub that is exiting refuses connections before it releases the port: try again.
     for _ in 0..20 {
         match TcpListener::bind(listen).await {
@@ -132,8 +174,12 @@ pub async fn discover(listen: &str, token: &str, database: Option<&Path>) -> std
             Err(e) => return Err(e),
         }
         match probe(&client, &base, token).await {
-            Probe::Gate(info) if info.database.as_deref() == database => {
+            Probe::Gate(info) if info.shares(database, file_id) == Sharing::Same => {
                 return Ok(Start::Follow(Hub { base, info }));
+            }
+            Probe::Gate(info) if info.shares(database, file_id) == Sharing::OtherFile => {
+                split_file(listen, &info, file_id);
+                return fallback(listen).await;
             }
             Probe::Refused => tokio::time::sleep(jitter()).await,
             other => {
@@ -370,8 +416,18 @@ impl Running {
                     continue;
                 }
             }
+            let file_id = self.approvals.store.file_id();
             match probe(&self.client, &base, &self.token).await {
-                Probe::Gate(info) if info.database.as_deref() == database => return Some(Hub { base, info }),
+                Probe::Gate(info) if info.shares(database, file_id) == Sharing::Same => {
+                    return Some(Hub { base, info });
+                }
+                Probe::Gate(info) if info.shares(database, file_id) == Sharing::OtherFile => {
+                    if !std::mem::replace(&mut warned, true) {
+                        split_file(&self.listen, &info, file_id);
+                    }
+                    self.approvals.wake_all();
+                    tokio::time::sleep(RETRY).await;
+                }
                 Probe::Refused => {}
                 other => {
                     if !std::mem::replace(&mut warned, true) {
@@ -565,6 +621,25 @@ mod tests {
         assert_eq!(base_url("127.0.0.1:8377"), "http://127.0.0.1:8377");
         assert_eq!(base_url("0.0.0.0:8377"), "http://127.0.0.1:8377");
         assert_eq!(base_url("[::]:8377"), "http://[::1]:8377");
+    }
+
+    #[test]
+    fn a_hub_with_another_file_at_the_same_path_is_not_shared() {
+        let hub = |database_id: Option<&str>| HubInfo {
+            service: SERVICE.into(),
+            version: "0".into(),
+            pid: 1,
+            database: Some("/data/mcp-gate.db".into()),
+            database_id: database_id.map(str::to_owned),
+        };
+        let path = Some(Path::new("/data/mcp-gate.db"));
+        let ours = Some(FileId { dev: 1, ino: 2 });
+        assert_eq!(hub(Some("1:2")).shares(path, ours), Sharing::Same);
+        assert_eq!(hub(Some("1:3")).shares(path, ours), Sharing::OtherFile);
+        assert_eq!(hub(None).shares(path, ours), Sharing::Same, "an older hub that does not say");
+        assert_eq!(hub(Some("1:2")).shares(Some(Path::new("/other.db")), ours), Sharing::OtherPath);
+        let v = serde_json::to_value(hub(Some("1:2"))).unwrap();
+        assert_eq!(v["database_id"], "1:2");
     }
 
     #[tokio::test]

@@ -4,6 +4,12 @@
 //! exact bytes the peer sent ([`RawValue`]), plus every other top-level key it carried. Relaying a
 //! message therefore never re-encodes what the proxy did not change: unknown fields, `_meta`,
 //! number formatting and key order inside params and results survive byte for byte.
+//!
+//! Every message is first read by [`strict::canonicalize`], which refuses what two parsers could
+//! read differently and removes the whitespace between tokens; the envelope is parsed from, and
+//! the raw parts are slices of, those canonical bytes. What the proxy judges is what it forwards.
+
+pub mod strict;
 
 use std::fmt;
 
@@ -28,15 +34,28 @@ pub enum ParseError {
     Json(#[from] serde_json::Error),
     #[error("invalid JSON-RPC message: {0}")]
     Invalid(&'static str),
+    #[error("message refused: {0}")]
+    Strict(#[from] strict::StrictError),
 }
 
 impl ParseError {
+    /// The rule broken, without quoting the message (for the audit log).
+    pub fn rule(&self) -> &'static str {
+        match self {
+            ParseError::Json(_) => "invalid JSON-RPC message",
+            ParseError::Invalid(why) => why,
+            ParseError::Strict(e) => e.rule(),
+        }
+    }
+
     pub fn code(&self) -> i64 {
         match self {
             // Valid JSON of the wrong shape is an invalid request, not a parse error.
             ParseError::Json(e) if e.classify() == serde_json::error::Category::Data => code::INVALID_REQUEST,
             ParseError::Json(_) => code::PARSE_ERROR,
             ParseError::Invalid(_) => code::INVALID_REQUEST,
+            ParseError::Strict(e) if e.is_syntax() => code::PARSE_ERROR,
+            ParseError::Strict(_) => code::INVALID_REQUEST,
         }
     }
 }
@@ -62,14 +81,15 @@ pub enum Kind {
 }
 
 impl Message {
-    /// Parses one message. Batches (top-level arrays) are rejected: they were removed from MCP
-    /// in 2025-06-18 and no current client sends them.
+    /// Parses one message through the strict reading ([`strict`]); its raw parts are canonical.
+    /// Batches (top-level arrays) are rejected: they were removed from MCP in 2025-06-18 and no
+    /// current client sends them.
     pub fn parse(bytes: &[u8]) -> Result<Message, ParseError> {
-        let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
-        if first == Some(&b'[') {
+        let canonical = strict::canonicalize(bytes)?;
+        if canonical.first() == Some(&b'[') {
             return Err(ParseError::Invalid("JSON-RPC batches are not supported"));
         }
-        let msg: Message = serde_json::from_slice(bytes)?;
+        let msg: Message = serde_json::from_slice(&canonical)?;
         msg.validate()?;
         Ok(msg)
     }
@@ -317,7 +337,7 @@ mod tests {
 
     #[test]
     fn round_trip_keeps_bytes_of_payload_and_unknown_keys() {
-        let line = br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"x","arguments":{"n":1.50,"big":123456789012345678901234567890},"_meta":{"progressToken":"t"}},"vendor":{"a":[1, 2]}}"#;
+        let line = br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"x","arguments":{"n":1.50,"big":18446744073709551615,"s":"\u00e9\/"},"_meta":{"progressToken":"t"}},"vendor":{"a":[1,2]}}"#;
         let msg = Message::parse(line).unwrap();
         assert_eq!(msg.kind(), Kind::Request);
         assert_eq!(msg.id_text(), Some("7"));

@@ -4,9 +4,10 @@
 //! # Layout
 //!
 //! A message from the client enters through a **downstream** ([`downstream::stdio`] when the
-//! client started us, [`downstream::http`] for `mcp-gate serve`), is parsed into the raw
-//! envelope of [`jsonrpc`] (params and results stay the exact bytes received) and handed to its
-//! [`session`]. The session is an actor that owns the id maps and routes: it gives the request
+//! client started us, [`downstream::http`] for `mcp-gate serve`), is read strictly and made
+//! canonical by [`jsonrpc::strict`] (what two parsers could read differently is refused), parsed
+//! into the raw envelope of [`jsonrpc`] (params and results stay those canonical bytes) and handed
+//! to its [`session`]. Messages from upstreams go through the same strict reading. The session is an actor that owns the id maps and routes: it gives the request
 //! a fresh id for the upstream it belongs to ([`router`] holds the pure helpers for several
 //! upstreams: exposed names, merged capabilities, cursors), sends it through that upstream's
 //! **transport** ([`transport::child`] for a stdio server, [`transport::http_client`] for

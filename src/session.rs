@@ -24,7 +24,7 @@ use tracing::{Instrument, debug, info, warn};
 
 use crate::config::{ServerConfig, UpstreamTransport};
 use crate::era::{self, Era};
-use crate::gate::{CancellationToken, Gate, Outcome, OutcomeHook, ProgressSink, ToolCall, Verdict};
+use crate::gate::{CancellationToken, Gate, Outcome, OutcomeHook, ProgressSink, RefusedCall, ToolCall, Verdict};
 use crate::jsonrpc::{self, Kind, Message, code};
 use crate::router::{self, ListPosition};
 use crate::tools::ToolList;
@@ -433,6 +433,12 @@ impl Session {
     }
 
     fn on_client_notification(&mut self, msg: Message) {
+        if is_request_method(msg.method()) {
+            // A request without an id would reach the upstream unanswered and, for `tools/call`,
+            // ungated: it is nobody's notification to relay.
+            warn!(method = msg.method(), "client sent a request method as a notification; dropped");
+            return;
+        }
         match msg.method() {
             "notifications/initialized" => {
                 self.client_initialized = true;
@@ -682,10 +688,20 @@ impl Session {
             return self.forward(index, msg, param_headers);
         }
         let tool = self.upstreams[index].tools.as_ref().and_then(|t| t.get(&tool_name));
-        let arguments = serde_json::from_str::<Value>(params.get())
-            .ok()
-            .and_then(|mut v| v.get_mut("arguments").map(Value::take))
-            .unwrap_or(Value::Null);
+        // The message passed the strict reading, so this parse sees exactly what the upstream
+        // will; should it fail anyway, the call is refused rather than judged on a default.
+        let arguments = match serde_json::from_str::<Value>(params.get()) {
+            Ok(Value::Object(mut p)) => p.remove("arguments").unwrap_or(Value::Null),
+            Ok(_) => return self.reply_error(msg.id, code::INVALID_PARAMS, "tools/call params must be an object"),
+            Err(e) => {
+                let reason = format!("tools/call params could not be read: {e}");
+                let names = [name.clone()];
+                let server = self.upstreams[index].cfg.name.clone();
+                let refused = RefusedCall { server: &server, tool_names: &names, agent: self.agent(), reason: &reason };
+                self.opts.gate.refused(&refused);
+                return self.reply_error(msg.id, code::INVALID_PARAMS, &reason);
+            }
+        };
         let gone = CancellationToken::new();
         let call = ToolCall {
             server: &self.upstreams[index].cfg.name,
@@ -1664,6 +1680,36 @@ fn has_cursor(msg: &Message) -> bool {
 }
 
 /// Replaces `params.name` of a request.
+/// Whether a method is a request in some MCP version (a client must never send it as a
+/// notification).
+fn is_request_method(method: &str) -> bool {
+    const REQUESTS: [&str; 22] = [
+        "initialize",
+        "ping",
+        "tools/call",
+        "tools/list",
+        "resources/list",
+        "resources/read",
+        "resources/subscribe",
+        "resources/unsubscribe",
+        "resources/templates/list",
+        "prompts/get",
+        "prompts/list",
+        "completion/complete",
+        "logging/setLevel",
+        "roots/list",
+        "sampling/createMessage",
+        "elicitation/create",
+        "server/discover",
+        "subscriptions/listen",
+        "tasks/get",
+        "tasks/result",
+        "tasks/list",
+        "tasks/cancel",
+    ];
+    REQUESTS.contains(&method) || method.starts_with("tasks/")
+}
+
 fn rename_param(msg: &mut Message, name: &str) {
     let Some(params) = msg.params.as_deref() else { return };
     let Ok(mut obj) = jsonrpc::parse_object(params) else { return };

@@ -2,7 +2,8 @@
 //! decision goes through the same store records as a person's.
 //!
 //! ```text
-//! identical call already has a request? ── yes ──▶ join it (wait_for)
+//! identical call already has a request? ── yes ──▶ join it (wait_for; checked again when the
+//!        │                                         request is opened, in the same transaction)
 //!        │ no
 //!        ▼
 //! review (cached answer, or ask the model; bounded by the provider's timeout)
@@ -29,7 +30,7 @@ use crate::policy::Decision;
 use crate::review::{
     AiWorkflow, Applied, Outcome, RECENT_DECISIONS, RecentDecision, Review, ReviewDecision, Reviewer, Subject,
 };
-use crate::store::{Approval, ApprovalFilter};
+use crate::store::{Approval, ApprovalFilter, Status, Vote, VoteDecision};
 use crate::tools::ToolInfo;
 
 impl Approvals {
@@ -62,12 +63,8 @@ impl Approvals {
         let now = now_ms();
         // An identical call already has a request (escalated and pending, approved, or denied
         // recently): it stands, as for any held call.
-        let existing = match self.store.find_reusable(&key, now).await {
-            Ok(Some(a)) => Some(a),
-            Ok(None) => match self.recent_denial(&key, now).await {
-                Ok(a) => a,
-                Err(e) => return self.fail_closed(&call, &e.to_string()),
-            },
+        let existing = match self.store.find_standing(&key, now).await {
+            Ok(a) => a,
             Err(e) => return self.fail_closed(&call, &e.to_string()),
         };
         if let Some(a) = existing {
@@ -88,34 +85,41 @@ impl Approvals {
         let reviewer_identity = Principal::named(&actor);
         match (applied, outcome) {
             (Applied::Approve, _) => {
-                let a = match self.insert_request(&self.workflow(&ai.name), &call, &key, &decision).await {
-                    Ok(a) => a,
-                    Err(e) => return self.fail_closed(&call, &e),
-                };
-                self.audit_review(&ai, &call, Some(&a), &review, applied, outcome).await;
                 let notes = match outcome {
                     Outcome::Final => format!("AI review: {}", explain(&ai, &review)),
                     _ => format!("fallback approve: {}", explain(&ai, &review)),
                 };
-                match self.decide(&a.id, &reviewer_identity, true, Some(notes), None).await {
-                    Ok(approved) => self.claim(&approved, &caller.gone).await,
-                    Err(e) => self.fail_closed(&call, &e.to_string()),
-                }
-            }
-            (Applied::Deny, Outcome::Final) => {
-                let a = match self.insert_request(&self.workflow(&ai.name), &call, &key, &decision).await {
-                    Ok(a) => a,
+                let vote = reviewer_vote(&actor, VoteDecision::Approve, Some(notes), None);
+                let workflow = self.workflow(&ai.name);
+                let a = match self.open_decided(&workflow, &call, &key, &decision, &vote, &reviewer_identity).await {
+                    // A request waiting for a person stood for this call: it stands.
+                    Ok((a, true)) => return self.wait_for(a, caller).await,
+                    Ok((a, false)) => a,
                     Err(e) => return self.fail_closed(&call, &e),
                 };
                 self.audit_review(&ai, &call, Some(&a), &review, applied, outcome).await;
+                self.recorded(&a, &vote, workflow.required_approvals).await;
+                match a.status {
+                    Status::Approved => self.claim(&a, &caller.gone).await,
+                    // More approvals than the reviewer's are required: it waits for people.
+                    _ => self.wait_for(a, caller).await,
+                }
+            }
+            (Applied::Deny, Outcome::Final) => {
                 let reason = match &review.answer {
                     Ok(answer) if !answer.reasoning.trim().is_empty() => answer.reasoning.clone(),
                     _ => "no reasoning given".to_owned(),
                 };
-                match self.decide(&a.id, &reviewer_identity, false, None, Some(reason)).await {
-                    Ok(denied) => Verdict::Respond(replies::denied(&denied, &self.url_for(&denied.id))),
-                    Err(e) => self.fail_closed(&call, &e.to_string()),
-                }
+                let vote = reviewer_vote(&actor, VoteDecision::Deny, None, Some(reason));
+                let workflow = self.workflow(&ai.name);
+                let a = match self.open_decided(&workflow, &call, &key, &decision, &vote, &reviewer_identity).await {
+                    Ok((a, true)) => return self.wait_for(a, caller).await,
+                    Ok((a, false)) => a,
+                    Err(e) => return self.fail_closed(&call, &e),
+                };
+                self.audit_review(&ai, &call, Some(&a), &review, applied, outcome).await;
+                self.recorded(&a, &vote, workflow.required_approvals).await;
+                Verdict::Respond(replies::denied(&a, &self.url_for(&a.id)))
             }
             (Applied::Deny, _) => {
                 self.audit_review(&ai, &call, None, &review, applied, outcome).await;
@@ -134,7 +138,8 @@ impl Approvals {
                     return self.fail_closed(&call, "an escalating AI workflow without an escalation workflow");
                 };
                 let a = match self.insert_request(&self.workflow(to), &call, &key, &decision).await {
-                    Ok(a) => a,
+                    Ok((a, true)) => return self.wait_for(a, caller).await,
+                    Ok((a, false)) => a,
                     Err(e) => return self.fail_closed(&call, &e),
                 };
                 self.audit_review(&ai, &call, Some(&a), &review, applied, outcome).await;
@@ -216,6 +221,12 @@ impl Approvals {
             }
         }
     }
+}
+
+/// The vote a reviewer casts, under its own name and credential.
+fn reviewer_vote(actor: &str, decision: VoteDecision, notes: Option<String>, reason: Option<String>) -> Vote {
+    let who = Principal::named(actor);
+    Vote { actor: who.name, credential: who.credential, decision, notes, reason }
 }
 
 /// The review in a few words: `confidence 0.93: reasoning`, `confidence 0.42, below 0.80: ...`,

@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use crate::audit::{AuditRecord, Event, Redactor};
-use crate::gate::{CancellationToken, Gate, Outcome, ProgressSink, ToolCall, Verdict};
+use crate::gate::{CancellationToken, Gate, Outcome, ProgressSink, RefusedCall, ToolCall, Verdict};
 use crate::policy::{Action, CallFacts, Decision, Policy, Risk};
 use crate::store::{Approval, Claim, NewApproval, SYSTEM_ACTOR, Status, Store, TransitionError, Vote, VoteDecision};
 pub use changes::{Change, ChangeKind, Changes};
@@ -158,7 +158,7 @@ impl Approvals {
         let redactor = Redactor::new(settings.redact.clone());
         let (audit_queue, queued) = mpsc::unbounded_channel();
         tokio::spawn(write_audit_batches(store.clone(), queued));
-        Arc::new(Approvals {
+        let approvals = Arc::new(Approvals {
             store,
             policy,
             settings,
@@ -169,7 +169,16 @@ impl Approvals {
             warned: DashSet::new(),
             reviewer: std::sync::OnceLock::new(),
             stopping: tokio_util::sync::CancellationToken::new(),
-        })
+        });
+        // At start-up: the claims of a previous run that crashed are settled at once, without waiting
+        // for the hub's sweeper.
+        let weak = Arc::downgrade(&approvals);
+        tokio::spawn(async move {
+            if let Some(a) = weak.upgrade() {
+                a.settle_orphaned_claims().await;
+            }
+        });
+        approvals
     }
 
     /// Ends every wait, now and to come: held calls are answered with the approval URL as if
@@ -243,20 +252,28 @@ impl Approvals {
             Err(TransitionError::NotFound(_)) => return Err(DecideError::NotFound(id.to_owned())),
             Err(e) => return Err(DecideError::Store(e.to_string())),
         };
+        self.recorded(&approval, &vote, workflow.required_approvals).await;
+        Ok(approval)
+    }
+
+    /// Audits and announces a vote recorded on `approval` (as stored after it).
+    pub(crate) async fn recorded(&self, approval: &Approval, vote: &Vote, required: u32) {
+        let id = approval.id.as_str();
+        let actor = vote.actor.as_str();
         let event = match approval.status {
             Status::Approved => Some(Event::Approved),
             Status::Denied => Some(Event::Denied),
             _ => None,
         };
         let detail = serde_json::json!({
-            "vote": if approve { "approve" } else { "deny" },
+            "vote": vote.decision.as_str(),
             "notes": vote.notes,
             "reason": vote.reason,
             "status": approval.status.as_str(),
             "votes": approval.votes.len(),
-            "required": workflow.required_approvals,
+            "required": required,
         });
-        self.audit(event.unwrap_or(Event::Approved), &approval, Some(actor), detail, event.is_none()).await;
+        self.audit(event.unwrap_or(Event::Approved), approval, Some(actor), detail, event.is_none()).await;
         info!(id, actor, status = approval.status.as_str(), "decision recorded");
         self.notify(id);
         let kind = match approval.status {
@@ -264,23 +281,23 @@ impl Approvals {
             Status::Denied => ChangeKind::Denied,
             _ => ChangeKind::Voted,
         };
-        self.publish(kind, &approval, Some(actor));
-        Ok(approval)
+        self.publish(kind, approval, Some(actor));
     }
 
-    /// Expires overdue requests (called by the sweeper every second).
+    /// Expires overdue requests and settles the claims of stopped processes (called by the
+    /// sweeper every second).
     pub async fn sweep(&self) {
         match self.store.expire_due(now_ms()).await {
             Ok(expired) => {
                 for a in expired {
-                    self.audit(Event::Expired, &a, Some("system"), serde_json::json!({}), false).await;
-                    self.notify(&a.id);
-                    self.warned.remove(&a.id);
-                    self.publish(ChangeKind::Expired, &a, Some("system"));
+                    self.expired(&a).await;
                 }
             }
+            // Already logged as an error by the store, once.
+            Err(crate::store::StoreError::Replaced { .. }) => return,
             Err(e) => warn!("expiry sweep failed: {e}"),
         }
+        self.settle_orphaned_claims().await;
         self.warn_expiring().await;
     }
 
@@ -427,6 +444,20 @@ impl Approvals {
         let _ = self.audit_queue.send((record, now_ms()));
     }
 
+    /// Queues the record of a call refused before evaluation.
+    fn audit_refused(&self, call: &RefusedCall<'_>) {
+        let record = AuditRecord {
+            event: Event::Refused,
+            approval_id: None,
+            server: call.server.to_owned(),
+            tool: call.tool_names.first().cloned().unwrap_or_default(),
+            agent: call.agent.map(str::to_owned),
+            actor: Some("proxy".into()),
+            detail: serde_json::json!({ "reason": call.reason, "tool_names": call.tool_names }),
+        };
+        let _ = self.audit_queue.send((record, now_ms()));
+    }
+
     /// The held path of a call the policy sends to approval.
     async fn hold(self: Arc<Self>, call: OwnedCall, decision: Decision, caller: Caller) -> Verdict {
         let Action::Approve { workflow } = &decision.action else {
@@ -434,40 +465,88 @@ impl Approvals {
         };
         let workflow = self.workflow(workflow);
         let key = call_key(&call.server, &call.tool, &call.arguments);
-        let now = now_ms();
-        let existing = match self.store.find_reusable(&key, now).await {
-            Ok(a) => a,
-            Err(e) => return self.fail_closed(&call, &e.to_string()),
-        };
-        let existing = match existing {
-            Some(a) => Some(a),
-            // A denial stands for identical retries until the request would have expired.
-            None => match self.recent_denial(&key, now).await {
-                Ok(a) => a,
-                Err(e) => return self.fail_closed(&call, &e.to_string()),
-            },
-        };
-        let approval = match existing {
-            Some(a) => a,
-            None => match self.insert_request(&workflow, &call, &key, &decision).await {
-                Ok(a) => a,
-                Err(e) => return self.fail_closed(&call, &e),
-            },
+        let approval = match self.insert_request(&workflow, &call, &key, &decision).await {
+            Ok((a, _joined)) => a,
+            Err(e) => return self.fail_closed(&call, &e),
         };
         self.wait_for(approval, caller).await
     }
 
-    /// Stores a pending request for the call in `workflow` (audited as `requested`).
+    /// Opens a pending request for the call in `workflow`, or joins the request that stands for
+    /// the same key (reusable, or a denial that stands until the request would have expired): one
+    /// store transaction, so identical calls from any number of tasks or processes share one
+    /// request. Only the call that created it audits `requested` and announces it. `true`: joined.
     async fn insert_request(
         &self,
         workflow: &Workflow,
         call: &OwnedCall,
         key: &str,
         decision: &Decision,
-    ) -> Result<Approval, String> {
+    ) -> Result<(Approval, bool), String> {
         let now = now_ms();
+        let new = self.new_request(workflow, call, key, decision, now);
+        let opened = self.store.open_request(new, now).await.map_err(|e| e.to_string())?;
+        for a in &opened.expired {
+            self.expired(a).await;
+        }
+        let a = opened.approval;
+        if opened.joined {
+            return Ok((a, true));
+        }
+        self.requested(&a).await;
+        Ok((a, false))
+    }
+
+    /// Opens the request of a call that `who` (a reviewer) has already decided, with the vote, in
+    /// one store transaction (see [`Store::open_decided`]); audits `requested`. The caller audits the
+    /// decision with [`Approvals::recorded`] once it has recorded why. `true`: a pending request for
+    /// the key stood and was joined instead, undecided.
+    async fn open_decided(
+        &self,
+        workflow: &Workflow,
+        call: &OwnedCall,
+        key: &str,
+        decision: &Decision,
+        vote: &Vote,
+        who: &crate::identity::Principal,
+    ) -> Result<(Approval, bool), String> {
+        if !who.admitted_by(&workflow.approvers) {
+            return Err(DecideError::NotAnApprover(who.name.clone(), workflow.name.clone()).to_string());
+        }
+        let now = now_ms();
+        let new = self.new_request(workflow, call, key, decision, now);
+        let opened = self
+            .store
+            .open_decided(new, vote.clone(), workflow.required_approvals, now)
+            .await
+            .map_err(|e| e.to_string())?;
+        for a in &opened.expired {
+            self.expired(a).await;
+        }
+        if !opened.joined {
+            self.requested(&opened.approval).await;
+        }
+        Ok((opened.approval, opened.joined))
+    }
+
+    /// Audits and announces a request just created.
+    async fn requested(&self, a: &Approval) {
+        info!(id = %a.id, server = %a.server, tool = %a.tool, workflow = %a.workflow, "approval requested");
+        self.audit(Event::Requested, a, a.agent.as_deref(), serde_json::json!({}), false).await;
+        self.publish(ChangeKind::Requested, a, a.agent.as_deref());
+    }
+
+    /// The request to store for a held call in `workflow`.
+    fn new_request(
+        &self,
+        workflow: &Workflow,
+        call: &OwnedCall,
+        key: &str,
+        decision: &Decision,
+        now: i64,
+    ) -> NewApproval {
         let expiry = self.settings.expiry_for(decision.risk, workflow);
-        let new = NewApproval {
+        NewApproval {
             id: new_id(),
             key: key.to_owned(),
             server: call.server.clone(),
@@ -484,33 +563,31 @@ impl Approvals {
             created_at: now,
             expires_at: now + i64::try_from(expiry.as_millis()).unwrap_or(i64::MAX / 2),
             tool_info: call.tool_info.clone(),
-        };
-        let a = self.store.insert_approval(new).await.map_err(|e| e.to_string())?;
-        info!(id = %a.id, server = %a.server, tool = %a.tool, workflow = %a.workflow, "approval requested");
-        self.audit(Event::Requested, &a, a.agent.as_deref(), serde_json::json!({}), false).await;
-        self.publish(ChangeKind::Requested, &a, a.agent.as_deref());
-        Ok(a)
+        }
     }
 
-    async fn recent_denial(&self, key: &str, now: i64) -> Result<Option<Approval>, crate::store::StoreError> {
-        let key = key.to_owned();
-        let id: Option<String> = self
-            .store
-            .call(move |conn| {
-                let mut stmt = conn.prepare_cached(
-                    "SELECT id FROM approvals WHERE key = ?1 AND status = 'denied' AND expires_at > ?2
-                     ORDER BY created_at DESC LIMIT 1",
-                )?;
-                let mut rows = stmt.query(rusqlite::params![key, now])?;
-                Ok(match rows.next()? {
-                    Some(row) => Some(row.get(0)?),
-                    None => None,
-                })
-            })
-            .await?;
-        match id {
-            Some(id) => self.store.get_approval(&id).await,
-            None => Ok(None),
+    /// Audits and announces a request that has just expired.
+    async fn expired(&self, a: &Approval) {
+        self.audit(Event::Expired, a, Some("system"), serde_json::json!({}), false).await;
+        self.notify(&a.id);
+        self.warned.remove(&a.id);
+        self.publish(ChangeKind::Expired, a, Some("system"));
+    }
+
+    /// Settles the claims of processes that stopped between a claim and its finish (see
+    /// [`Store::settle_orphaned_claims`]): each is audited as `failed` with the reason.
+    pub async fn settle_orphaned_claims(&self) {
+        match self.store.settle_orphaned_claims(now_ms()).await {
+            Ok(settled) => {
+                for a in settled {
+                    warn!(id = %a.id, "{}", crate::store::ORPHANED);
+                    let detail = serde_json::json!({ "error": crate::store::ORPHANED });
+                    self.audit(Event::Failed, &a, Some(SYSTEM_ACTOR), detail, false).await;
+                    self.notify(&a.id);
+                    self.publish(ChangeKind::Failed, &a, Some(SYSTEM_ACTOR));
+                }
+            }
+            Err(e) => warn!("settling the claims of stopped processes failed: {e}"),
         }
     }
 
@@ -698,6 +775,10 @@ impl Gate for ApprovalGate {
                 Verdict::Hold(Box::pin(approvals.hold(owned, decision, caller)))
             }
         }
+    }
+
+    fn refused(&self, call: &RefusedCall<'_>) {
+        self.approvals.audit_refused(call);
     }
 
     fn hides(&self, server: &str, tool: &crate::tools::ToolInfo, agent: Option<&str>) -> bool {

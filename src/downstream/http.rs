@@ -630,7 +630,16 @@ async fn post(
     };
     let mut msg = match Message::parse(&bytes) {
         Ok(m) => m,
-        Err(e) => return json_error(StatusCode::BAD_REQUEST, None, e.code(), &e.to_string()),
+        Err(e) => {
+            // A refused notification or response gets the error without an id.
+            let reply = match state.session_options(&endpoint) {
+                Some(opts) => super::refuse(&bytes, &e, opts, agent.or(opts.agent.as_deref())),
+                None => None,
+            };
+            let reply = reply.unwrap_or_else(|| Message::error(None, e.code(), &e.to_string()));
+            let body = reply.to_bytes();
+            return (StatusCode::BAD_REQUEST, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+        }
     };
     let modern = is_modern(&headers);
     let mut param_headers = Vec::new();
@@ -792,7 +801,7 @@ fn sse_response(rx: FrameRx, guard: Option<CancelOnDrop>) -> Response {
         let frame = rx.recv().await?;
         let mut event = Vec::with_capacity(frame.bytes.len() + 24);
         event.extend_from_slice(b"event: message\ndata: ");
-        event.extend_from_slice(&frame.bytes);
+        crate::transport::framing::push_unsplittable(&mut event, &frame.bytes);
         event.extend_from_slice(b"\n\n");
         Some((Ok::<_, std::convert::Infallible>(Bytes::from(event)), (rx, guard, frame.last)))
     });

@@ -2,3 +2,45 @@
 
 pub mod http;
 pub mod stdio;
+
+use tracing::warn;
+
+use crate::gate::RefusedCall;
+use crate::jsonrpc::{Message, ParseError, strict};
+use crate::router;
+use crate::session::SessionOptions;
+
+/// Handles a client message that could not be read: a refused `tools/call` is audited, a request
+/// gets the error to answer with (under its own id when a lenient look can read it), and a
+/// notification or response is dropped with a warning (`None`). Nothing of it goes upstream.
+pub(crate) fn refuse(bytes: &[u8], err: &ParseError, opts: &SessionOptions, agent: Option<&str>) -> Option<Message> {
+    let env = strict::lenient_envelope(bytes);
+    if env.is_tools_call() {
+        let server = refused_route(&env.tool_names, opts);
+        opts.gate.refused(&RefusedCall { server, tool_names: &env.tool_names, agent, reason: err.rule() });
+    }
+    let method = env.methods.first().map_or("", String::as_str);
+    match (env.methods.is_empty(), env.id_count) {
+        (false, 0) => {
+            warn!(method, "notification from the client refused and dropped: {err}");
+            None
+        }
+        (true, 1..) if env.response => {
+            warn!("response from the client refused and dropped: {err}");
+            None
+        }
+        _ => {
+            warn!(method, "message from the client refused: {err}");
+            Some(Message::error(env.id, err.code(), &err.to_string()))
+        }
+    }
+}
+
+/// The upstream a refused call names, for the audit record ("" when it cannot be told).
+fn refused_route<'a>(names: &[String], opts: &'a SessionOptions) -> &'a str {
+    if let [only] = opts.servers.as_slice() {
+        return &only.name;
+    }
+    let Some((prefix, _)) = names.first().and_then(|n| router::split_prefixed(n, &opts.separator)) else { return "" };
+    opts.servers.iter().find(|s| s.prefix && s.name == prefix).map_or("", |s| s.name.as_str())
+}

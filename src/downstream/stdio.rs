@@ -195,6 +195,8 @@ where
         stop: tokio::sync::Notify::new(),
     });
     let writer = tokio::spawn(write_lines(Counted { inner: output, backlog: backlog.clone() }, out_rx));
+    // What the border needs to answer and audit messages it refuses.
+    let border = opts.clone();
     let (session, task) = session::start(opts, downstream.clone()).await?;
 
     let mut reader = LineReader::new(input);
@@ -213,9 +215,9 @@ where
                             }
                         }
                         Err(e) => {
-                            warn!("malformed message from the client: {e}");
-                            let reply = Message::error(None, e.code(), &e.to_string());
-                            let _ = out_tx.send(Bytes::from(reply.to_bytes()));
+                            if let Some(reply) = super::refuse(&line, &e, &border, border.agent.as_deref()) {
+                                let _ = out_tx.send(Bytes::from(reply.to_bytes()));
+                            }
                         }
                     }
                 }

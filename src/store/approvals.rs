@@ -16,6 +16,11 @@
 //!   has ended the row is closed (by [`Store::expire_due`] or the next claim): `Executed` if it was used,
 //!   `Expired` if not.
 //!
+//! - **One pending request per call key**: [`Store::open_request`] joins or opens in one transaction,
+//!   and a unique index on the key of pending rows backs it up.
+//! - **Claims in flight** are rows of `claims` naming the instance (process) that runs them; the claims
+//!   of an instance that stopped are settled as `Failed` by [`Store::settle_orphaned_claims`].
+//!
 //! Every status change writes a row of `approval_transitions` in the same transaction; votes are rows of
 //! `approval_votes` (one per distinct actor). All times are unix milliseconds.
 
@@ -320,6 +325,17 @@ pub enum Claim {
     },
 }
 
+/// The answer of [`Store::open_request`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Opened {
+    /// The request the call now belongs to.
+    pub approval: Approval,
+    /// `true`: an identical call's request stood and was joined; `false`: the request was created now.
+    pub joined: bool,
+    /// Requests of the same key whose deadline had passed, closed as `Expired` on the way.
+    pub expired: Vec<Approval>,
+}
+
 /// Why a vote was not recorded.
 #[derive(Debug, thiserror::Error)]
 pub enum TransitionError {
@@ -347,44 +363,75 @@ impl Store {
     pub async fn insert_approval(&self, a: NewApproval) -> Result<Approval, StoreError> {
         self.call(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let inserted = tx.execute(
-                "INSERT INTO approvals (id, key, server, tool, arguments, agent, risk, rule, rule_reason, workflow,
-                     required_approvals, grant_secs, trace, created_at, expires_at, status, tool_info)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, 'pending', ?16)",
-                params![
-                    a.id,
-                    a.key,
-                    a.server,
-                    a.tool,
-                    serde_json::to_string(&a.arguments)?,
-                    a.agent,
-                    a.risk,
-                    a.rule,
-                    a.rule_reason,
-                    a.workflow,
-                    a.required_approvals,
-                    i64::try_from(a.grant_secs.min(MAX_GRANT_SECS)).unwrap_or(i64::MAX),
-                    serde_json::to_string(&a.trace)?,
-                    a.created_at,
-                    a.expires_at,
-                    a.tool_info.as_ref().map(serde_json::to_string).transpose()?,
-                ],
-            );
-            match inserted {
-                Err(rusqlite::Error::SqliteFailure(e, _))
-                    if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY =>
-                {
-                    return Err(StoreError::AlreadyExists(a.id));
-                }
-                other => other?,
-            };
-            let actor = a.agent.as_deref().unwrap_or("agent");
-            insert_transition(&tx, &a.id, a.created_at, None, Status::Pending, actor, None, a.rule_reason.as_deref())?;
+            insert_tx(&tx, &a)?;
             let stored = load(&tx, &a.id)?.ok_or_else(|| StoreError::NotFound(a.id.clone()))?;
             tx.commit()?;
             Ok(stored)
         })
         .await
+    }
+
+    /// Opens the request of a held call, or joins the one that already stands for its key, in one
+    /// `BEGIN IMMEDIATE` transaction: the requests of that key whose deadline has passed are closed
+    /// first, then the newest reusable one (see [`Store::find_reusable`]) or a denial that still
+    /// stands is joined, and only if there is none is `new` stored as pending. Any number of
+    /// identical calls, from any number of tasks or processes, get one pending request (a unique
+    /// index on the key of pending rows backs this up).
+    pub async fn open_request(&self, new: NewApproval, now: i64) -> Result<Opened, StoreError> {
+        self.call(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let expired = close_lapsed_of_key(&tx, &new.key, now)?;
+            if let Some(standing) = standing_tx(&tx, &new.key, now)? {
+                tx.commit()?;
+                return Ok(Opened { approval: standing, joined: true, expired });
+            }
+            insert_tx(&tx, &new)?;
+            let stored = load(&tx, &new.id)?.ok_or_else(|| StoreError::NotFound(new.id.clone()))?;
+            tx.commit()?;
+            Ok(Opened { approval: stored, joined: false, expired })
+        })
+        .await
+    }
+
+    /// Opens the request of a call that a reviewer has already decided, and records the reviewer's
+    /// vote, in one transaction: the request is never seen pending, so identical calls decided each
+    /// on its own review each get their own request. If a pending request for the key stands (one
+    /// waiting for a person), it is joined instead and no vote is recorded.
+    pub async fn open_decided(
+        &self,
+        new: NewApproval,
+        vote: Vote,
+        required: u32,
+        now: i64,
+    ) -> Result<Opened, TransitionError> {
+        self.call(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let expired = close_lapsed_of_key(&tx, &new.key, now)?;
+            let pending: Option<String> = tx
+                .prepare_cached("SELECT id FROM approvals WHERE key = ?1 AND status = 'pending'")?
+                .query_row([&new.key], |r| r.get(0))
+                .optional()?;
+            if let Some(id) = pending {
+                let standing = load(&tx, &id)?.ok_or_else(|| StoreError::NotFound(id.clone()))?;
+                tx.commit()?;
+                return Ok(Ok(Opened { approval: standing, joined: true, expired }));
+            }
+            insert_tx(&tx, &new)?;
+            let decided = match vote_in(&tx, &new.id, vote, required, now) {
+                Ok(a) => a,
+                Err(e) => return Ok(Err(e)),
+            };
+            tx.commit()?;
+            Ok(Ok(Opened { approval: decided, joined: false, expired }))
+        })
+        .await?
+    }
+
+    /// The request an identical call would join now, without opening one: reusable (see
+    /// [`Store::find_reusable`]) or denied with its deadline not yet passed.
+    pub async fn find_standing(&self, key: &str, now: i64) -> Result<Option<Approval>, StoreError> {
+        let key = key.to_owned();
+        self.call(move |conn| standing_tx(conn, &key, now)).await
     }
 
     pub async fn get_approval(&self, id: &str) -> Result<Option<Approval>, StoreError> {
@@ -397,21 +444,7 @@ impl Store {
     /// grant whose window is still open).
     pub async fn find_reusable(&self, key: &str, now: i64) -> Result<Option<Approval>, StoreError> {
         let key = key.to_owned();
-        self.call(move |conn| {
-            let sql = format!(
-                "SELECT {COLS} FROM approvals
-                 WHERE key = ?1 AND (
-                     (status = 'pending' AND expires_at > ?2)
-                     OR (status = 'approved' AND grant_secs = 0 AND uses = 0 AND expires_at > ?2)
-                     OR (status = 'approved' AND grant_secs > 0
-                         AND coalesce(decided_at, created_at) + grant_secs * 1000 > ?2))
-                 ORDER BY created_at DESC, rowid DESC
-                 LIMIT 1"
-            );
-            let found = conn.prepare_cached(&sql)?.query_row(params![key, now], row_to_approval).optional()?;
-            with_votes(conn, found.into_iter().collect()).map(|mut v| v.pop())
-        })
-        .await
+        self.call(move |conn| reusable_tx(conn, &key, now)).await
     }
 
     /// Approvals matching `filter`, newest first.
@@ -464,16 +497,19 @@ impl Store {
     /// Committed with `synchronous = FULL`: the claim is on disk before the tool runs.
     pub async fn claim_execution(&self, id: &str, now: i64) -> Result<Claim, StoreError> {
         let id = id.to_owned();
-        self.call(move |conn| with_full_sync(conn, |conn| claim_tx(conn, &id, now))).await
+        let instance = self.instance().to_owned();
+        self.call(move |conn| with_full_sync(conn, |conn| claim_tx(conn, &id, now, &instance))).await
     }
 
     /// Records the end of a claimed execution: a single-use approval becomes `Executed` or `Failed`; for a
     /// grant the run is recorded as a transition and the status stays `Approved` until the window ends.
     pub async fn finish_execution(&self, id: &str, ok: bool, outcome: Value, now: i64) -> Result<Approval, StoreError> {
         let id = id.to_owned();
+        let instance = self.instance().to_owned();
         self.call(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let a = load(&tx, &id)?.ok_or_else(|| StoreError::NotFound(id.clone()))?;
+            drop_claim(&tx, &id, &instance)?;
             let to = if ok { Status::Executed } else { Status::Failed };
             let outcome = serde_json::to_string(&outcome)?;
             if a.grant_secs == 0 {
@@ -515,9 +551,11 @@ impl Store {
     /// deadline.
     pub async fn release_claim(&self, id: &str, now: i64) -> Result<Approval, StoreError> {
         let id = id.to_owned();
+        let instance = self.instance().to_owned();
         self.call(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let a = load(&tx, &id)?.ok_or_else(|| StoreError::NotFound(id.clone()))?;
+            drop_claim(&tx, &id, &instance)?;
             if a.status != Status::Approved || a.uses == 0 {
                 return Err(StoreError::InvalidState(format!("approval {id} is {} with {} uses", a.status, a.uses)));
             }
@@ -546,19 +584,20 @@ impl Store {
     /// - approved grant whose window has ended unused → `Expired`;
     /// - approved grant whose window has ended after at least one run → `Executed`. Not returned: nothing
     ///   expired, and each run was already reported by [`Store::finish_execution`].
+    ///
+    /// Only rows that can lapse are read, by indexed deadlines, outside any write transaction; a short
+    /// `BEGIN IMMEDIATE` transaction is opened only when something is due, so an idle sweep costs a few
+    /// index lookups however many approvals wait to be used.
     pub async fn expire_due(&self, now: i64) -> Result<Vec<Approval>, StoreError> {
         self.call(move |conn| {
+            let due = due_ids(conn, now)?;
+            if due.is_empty() {
+                return Ok(Vec::new());
+            }
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let ids: Vec<String> = tx
-                .prepare_cached(
-                    "SELECT id FROM approvals WHERE status = 'pending' AND expires_at <= ?1
-                     UNION ALL
-                     SELECT id FROM approvals WHERE status = 'approved'",
-                )?
-                .query_map([now], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
             let mut closed = Vec::new();
-            for id in ids {
+            for id in due {
+                // Read again under the write lock: another process may have closed or used it.
                 let Some(a) = load(&tx, &id)? else { continue };
                 if close_if_lapsed(&tx, &a, now)? == Some(Status::Expired) {
                     closed.push(load(&tx, &id)?.ok_or_else(|| StoreError::NotFound(id.clone()))?);
@@ -566,6 +605,78 @@ impl Store {
             }
             tx.commit()?;
             Ok(closed)
+        })
+        .await
+    }
+
+    /// Settles the claims of processes that stopped without finishing them, so that no request stays
+    /// `approved` and used forever: a process is taken as stopped when its heartbeat is older than
+    /// [`STALE_AFTER`], or when it ran on this host and its pid is no longer alive (a crash, `kill -9`).
+    /// A single-use request becomes `Failed` with the outcome `{"error": ORPHANED}`; a grant records the
+    /// run as failed and stays approved. Returns the settled requests (as stored after), for the audit.
+    ///
+    /// Costs one read of the (small) instance table when nothing has stopped.
+    pub async fn settle_orphaned_claims(&self, now: i64) -> Result<Vec<Approval>, StoreError> {
+        let me = self.instance().to_owned();
+        self.call(move |conn| {
+            let stopped = stopped_instances(conn, &me, now)?;
+            if stopped.is_empty() {
+                return Ok(Vec::new());
+            }
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut settled = Vec::new();
+            let outcome = serde_json::to_string(&serde_json::json!({ "error": ORPHANED }))?;
+            for instance in stopped {
+                let claims: Vec<(i64, String)> = tx
+                    .prepare_cached("SELECT id, approval_id FROM claims WHERE instance = ?1 ORDER BY id")?
+                    .query_map([&instance], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<_, _>>()?;
+                for (claim, id) in claims {
+                    tx.execute("DELETE FROM claims WHERE id = ?1", [claim])?;
+                    let Some(a) = load(&tx, &id)? else { continue };
+                    if a.uses == 0 {
+                        continue;
+                    }
+                    if a.grant_secs == 0 {
+                        if a.status != Status::Approved {
+                            continue;
+                        }
+                        tx.execute(
+                            "UPDATE approvals SET status = 'failed', executed_at = ?2, outcome = ?3 WHERE id = ?1",
+                            params![id, now, outcome],
+                        )?;
+                        insert_transition(
+                            &tx,
+                            &id,
+                            now,
+                            Some(a.status),
+                            Status::Failed,
+                            SYSTEM_ACTOR,
+                            None,
+                            Some(ORPHANED),
+                        )?;
+                    } else {
+                        tx.execute(
+                            "UPDATE approvals SET executed_at = ?2, outcome = ?3 WHERE id = ?1",
+                            params![id, now, outcome],
+                        )?;
+                        insert_transition(
+                            &tx,
+                            &id,
+                            now,
+                            Some(a.status),
+                            Status::Failed,
+                            SYSTEM_ACTOR,
+                            Some("grant use"),
+                            Some(ORPHANED),
+                        )?;
+                    }
+                    settled.push(load(&tx, &id)?.ok_or_else(|| StoreError::NotFound(id.clone()))?);
+                }
+                tx.execute("DELETE FROM instances WHERE id = ?1", [&instance])?;
+            }
+            tx.commit()?;
+            Ok(settled)
         })
         .await
     }
@@ -702,6 +813,162 @@ fn with_votes(conn: &Connection, mut approvals: Vec<Approval>) -> Result<Vec<App
     Ok(approvals)
 }
 
+/// The outcome recorded for a call whose process stopped between its claim and its finish.
+pub const ORPHANED: &str = "the process running it stopped; outcome unknown";
+
+/// The ids of rows whose deadline has passed, by index: pending by `expires_at`, unused single-use
+/// approvals by `expires_at`, grants by the end of their window.
+fn due_ids(conn: &Connection, now: i64) -> Result<Vec<String>, StoreError> {
+    let ids = conn.prepare_cached(DUE_SQL)?.query_map([now], |r| r.get(0))?.collect::<Result<Vec<String>, _>>()?;
+    Ok(ids)
+}
+
+/// `INDEXED BY`: without statistics the planner would rather walk every approved row by status.
+pub(crate) const DUE_SQL: &str = "SELECT id FROM approvals WHERE status = 'pending' AND expires_at <= ?1
+     UNION ALL
+     SELECT id FROM approvals INDEXED BY approvals_unused_expires
+         WHERE status = 'approved' AND grant_secs = 0 AND uses = 0 AND expires_at <= ?1
+     UNION ALL
+     SELECT id FROM approvals INDEXED BY approvals_grant_ends
+         WHERE status = 'approved' AND grant_secs > 0 AND coalesce(decided_at, created_at) + grant_secs * 1000 <= ?1";
+
+/// Instances other than `me` that have stopped: a heartbeat older than [`STALE_AFTER`], or a dead
+/// process on this host.
+fn stopped_instances(conn: &Connection, me: &str, now: i64) -> Result<Vec<String>, StoreError> {
+    let stale = now.saturating_sub(i64::try_from(super::STALE_AFTER.as_millis()).unwrap_or(i64::MAX));
+    let host = super::host_name();
+    let rows: Vec<(String, String, i64, i64)> = conn
+        .prepare_cached("SELECT id, host, pid, heartbeat_at FROM instances WHERE id != ?1")?
+        .query_map([me], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .collect::<Result<_, _>>()?;
+    Ok(rows
+        .into_iter()
+        .filter(|(_, h, pid, beat)| *beat < stale || (*h == host && !process_alive(*pid)))
+        .map(|(id, ..)| id)
+        .collect())
+}
+
+/// Whether a process with this pid exists on this host.
+fn process_alive(pid: i64) -> bool {
+    #[cfg(unix)]
+    {
+        let Ok(pid) = i32::try_from(pid) else { return false };
+        match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
+            Ok(()) => true,
+            Err(nix::errno::Errno::ESRCH) => false,
+            // EPERM: it exists, under another user.
+            Err(_) => true,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = pid;
+        true
+    }
+}
+
+/// Removes one claim of `id` made by `instance` (its run finished or was given back).
+fn drop_claim(conn: &Connection, id: &str, instance: &str) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "DELETE FROM claims WHERE id = (SELECT id FROM claims WHERE approval_id = ?1 AND instance = ?2
+         ORDER BY id LIMIT 1)",
+    )?
+    .execute(params![id, instance])?;
+    Ok(())
+}
+
+/// Closes the open requests of `key` whose deadline has passed; returns those that expired.
+fn close_lapsed_of_key(tx: &Connection, key: &str, now: i64) -> Result<Vec<Approval>, StoreError> {
+    let mut expired = Vec::new();
+    let open: Vec<String> = tx
+        .prepare_cached("SELECT id FROM approvals WHERE key = ?1 AND status IN ('pending', 'approved')")?
+        .query_map([key], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for id in open {
+        let Some(a) = load(tx, &id)? else { continue };
+        if close_if_lapsed(tx, &a, now)? == Some(Status::Expired) {
+            expired.push(load(tx, &id)?.ok_or_else(|| StoreError::NotFound(id.clone()))?);
+        }
+    }
+    Ok(expired)
+}
+
+/// Stores `a` as pending, with its creation transition.
+fn insert_tx(conn: &Connection, a: &NewApproval) -> Result<(), StoreError> {
+    let inserted = conn.execute(
+        "INSERT INTO approvals (id, key, server, tool, arguments, agent, risk, rule, rule_reason, workflow,
+             required_approvals, grant_secs, trace, created_at, expires_at, status, tool_info)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, 'pending', ?16)",
+        params![
+            a.id,
+            a.key,
+            a.server,
+            a.tool,
+            serde_json::to_string(&a.arguments)?,
+            a.agent,
+            a.risk,
+            a.rule,
+            a.rule_reason,
+            a.workflow,
+            a.required_approvals,
+            i64::try_from(a.grant_secs.min(MAX_GRANT_SECS)).unwrap_or(i64::MAX),
+            serde_json::to_string(&a.trace)?,
+            a.created_at,
+            a.expires_at,
+            a.tool_info.as_ref().map(serde_json::to_string).transpose()?,
+        ],
+    );
+    match inserted {
+        Err(rusqlite::Error::SqliteFailure(e, _)) if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY => {
+            return Err(StoreError::AlreadyExists(a.id.clone()));
+        }
+        Err(rusqlite::Error::SqliteFailure(e, _)) if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE => {
+            let exists: bool = conn
+                .prepare_cached("SELECT EXISTS (SELECT 1 FROM approvals WHERE id = ?1)")?
+                .query_row([&a.id], |r| r.get(0))?;
+            if exists {
+                return Err(StoreError::AlreadyExists(a.id.clone()));
+            }
+            return Err(StoreError::InvalidState(format!("a request for call key {} is already pending", a.key)));
+        }
+        other => other?,
+    };
+    let actor = a.agent.as_deref().unwrap_or("agent");
+    insert_transition(conn, &a.id, a.created_at, None, Status::Pending, actor, None, a.rule_reason.as_deref())
+}
+
+/// See [`Store::find_reusable`].
+fn reusable_tx(conn: &Connection, key: &str, now: i64) -> Result<Option<Approval>, StoreError> {
+    let sql = format!(
+        "SELECT {COLS} FROM approvals
+         WHERE key = ?1 AND (
+             (status = 'pending' AND expires_at > ?2)
+             OR (status = 'approved' AND grant_secs = 0 AND uses = 0 AND expires_at > ?2)
+             OR (status = 'approved' AND grant_secs > 0
+                 AND coalesce(decided_at, created_at) + grant_secs * 1000 > ?2))
+         ORDER BY created_at DESC, rowid DESC
+         LIMIT 1"
+    );
+    let found = conn.prepare_cached(&sql)?.query_row(params![key, now], row_to_approval).optional()?;
+    with_votes(conn, found.into_iter().collect()).map(|mut v| v.pop())
+}
+
+/// See [`Store::find_standing`]: reusable, or else a denial that stands until the request would have
+/// expired.
+fn standing_tx(conn: &Connection, key: &str, now: i64) -> Result<Option<Approval>, StoreError> {
+    if let Some(a) = reusable_tx(conn, key, now)? {
+        return Ok(Some(a));
+    }
+    let denied = conn
+        .prepare_cached(&format!(
+            "SELECT {COLS} FROM approvals WHERE key = ?1 AND status = 'denied' AND expires_at > ?2
+             ORDER BY created_at DESC, rowid DESC LIMIT 1"
+        ))?
+        .query_row(params![key, now], row_to_approval)
+        .optional()?;
+    with_votes(conn, denied.into_iter().collect()).map(|mut v| v.pop())
+}
+
 fn load(conn: &Connection, id: &str) -> Result<Option<Approval>, StoreError> {
     let found = conn
         .prepare_cached(&format!("SELECT {COLS} FROM approvals WHERE id = ?1"))?
@@ -761,12 +1028,27 @@ fn grant_end(a: &Approval) -> i64 {
 
 fn vote_tx(conn: &mut Connection, id: &str, vote: Vote, required: u32, now: i64) -> Result<Approval, TransitionError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let a = load(&tx, id)?.ok_or_else(|| TransitionError::NotFound(id.to_owned()))?;
+    match vote_in(&tx, id, vote, required, now) {
+        Ok(stored) => {
+            tx.commit()?;
+            Ok(stored)
+        }
+        // The expiry is committed.
+        Err(TransitionError::Expired) => {
+            tx.commit()?;
+            Err(TransitionError::Expired)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The vote of [`Store::record_vote`], inside the caller's transaction.
+fn vote_in(tx: &Connection, id: &str, vote: Vote, required: u32, now: i64) -> Result<Approval, TransitionError> {
+    let a = load(tx, id)?.ok_or_else(|| TransitionError::NotFound(id.to_owned()))?;
     if a.status != Status::Pending {
         return Err(TransitionError::NotPending { status: a.status });
     }
-    if close_if_lapsed(&tx, &a, now)?.is_some() {
-        tx.commit()?;
+    if close_if_lapsed(tx, &a, now)?.is_some() {
         return Err(TransitionError::Expired);
     }
     let same_credential: bool = tx
@@ -796,7 +1078,7 @@ fn vote_tx(conn: &mut Connection, id: &str, vote: Vote, required: u32, now: i64)
             params![id, to, now, vote.actor, deny_reason, vote.notes],
         )?;
         insert_transition(
-            &tx,
+            tx,
             id,
             now,
             Some(Status::Pending),
@@ -806,12 +1088,11 @@ fn vote_tx(conn: &mut Connection, id: &str, vote: Vote, required: u32, now: i64)
             vote.reason.as_deref(),
         )?;
     }
-    let stored = load(&tx, id)?.ok_or_else(|| TransitionError::NotFound(id.to_owned()))?;
-    tx.commit()?;
+    let stored = load(tx, id)?.ok_or_else(|| TransitionError::NotFound(id.to_owned()))?;
     Ok(stored)
 }
 
-fn claim_tx(conn: &mut Connection, id: &str, now: i64) -> Result<Claim, StoreError> {
+fn claim_tx(conn: &mut Connection, id: &str, now: i64, instance: &str) -> Result<Claim, StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let a = load(&tx, id)?.ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
     let claim = match close_if_lapsed(&tx, &a, now)?.unwrap_or(a.status) {
@@ -826,6 +1107,8 @@ fn claim_tx(conn: &mut Connection, id: &str, now: i64) -> Result<Claim, StoreErr
         Status::Approved => {
             // Not lapsed: a single use not yet claimed, or a grant inside its window.
             tx.prepare_cached("UPDATE approvals SET uses = uses + 1 WHERE id = ?1")?.execute([id])?;
+            tx.prepare_cached("INSERT INTO claims (approval_id, instance, at) VALUES (?1, ?2, ?3)")?
+                .execute(params![id, instance, now])?;
             Claim::Run
         }
     };
@@ -840,8 +1123,8 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::store::Location;
     use crate::store::testutil::TempDir;
+    use crate::store::{Location, now_ms};
 
     const T0: i64 = 1_700_000_000_000;
     const HOUR: i64 = 3_600_000;
@@ -950,7 +1233,7 @@ mod tests {
         let loc = Location::File(dir.path().join("gate.db"));
         let store = Store::open(loc.clone()).await.unwrap();
         for i in 0..3 {
-            store.insert_approval(new(&format!("p{i}"), "k")).await.unwrap();
+            store.insert_approval(new(&format!("p{i}"), &format!("k{i}"))).await.unwrap();
         }
         store.record_vote("p0", approve("alice"), 2, T0 + 1).await.unwrap();
         drop(store);
@@ -1076,8 +1359,8 @@ mod tests {
         assert!(matches!(store.claim_execution("nope", T0).await, Err(StoreError::NotFound(_))));
 
         // Approved but never claimed before the deadline: expired, by a claim or by the sweep.
-        store.insert_approval(new("b", "k")).await.unwrap();
-        store.insert_approval(new("c", "k")).await.unwrap();
+        store.insert_approval(new("b", "kb")).await.unwrap();
+        store.insert_approval(new("c", "kc")).await.unwrap();
         store.record_vote("b", approve("alice"), 1, T0 + 1).await.unwrap();
         store.record_vote("c", approve("alice"), 1, T0 + 1).await.unwrap();
         assert_eq!(store.claim_execution("b", T0 + HOUR).await.unwrap(), Claim::Expired);
@@ -1122,6 +1405,127 @@ mod tests {
         let runs = claims.iter().filter(|c| matches!(c, Ok(Claim::Run))).count();
         assert_eq!(runs, 1, "{claims:?}");
         assert_eq!(claims.iter().filter(|c| matches!(c, Ok(Claim::Spent))).count(), 15);
+    }
+
+    #[tokio::test]
+    async fn an_idle_sweep_reads_only_what_is_due_and_opens_no_write_transaction() {
+        let dir = TempDir::new("store-sweep");
+        let path = dir.path().join("gate.db");
+        let store = Store::open(Location::File(path.clone())).await.unwrap();
+        for i in 0..50 {
+            let grant = if i % 5 == 0 { 7200 } else { 0 };
+            store
+                .insert_approval(NewApproval { grant_secs: grant, ..new(&format!("a{i}"), &format!("k{i}")) })
+                .await
+                .unwrap();
+            store.record_vote(&format!("a{i}"), approve("alice"), 1, T0 + 1).await.unwrap();
+        }
+        // Another process holds the write lock: a sweep with nothing due must not wait for it.
+        let other = rusqlite::Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let swept = store.expire_due(T0 + 2).await;
+        other.execute_batch("ROLLBACK").unwrap();
+        assert!(swept.unwrap().is_empty());
+
+        let plan: Vec<String> = store
+            .call(|c| {
+                let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {DUE_SQL}"))?;
+                let rows = stmt.query_map([T0], |r| r.get::<_, String>(3))?;
+                Ok(rows.collect::<Result<_, _>>()?)
+            })
+            .await
+            .unwrap();
+        for index in ["approvals_status_expires", "approvals_unused_expires", "approvals_grant_ends"] {
+            assert!(plan.iter().any(|p| p.contains(index)), "{index} not used: {plan:?}");
+        }
+        assert!(!plan.iter().any(|p| p.starts_with("SCAN")), "no scan: {plan:?}");
+
+        // Due rows are still closed.
+        assert_eq!(store.expire_due(T0 + HOUR).await.unwrap().len(), 40);
+        assert_eq!(store.expire_due(T0 + 7_200_001).await.unwrap().len(), 10);
+    }
+
+    #[tokio::test]
+    async fn open_request_joins_what_stands_and_closes_what_lapsed() {
+        let store = mem().await;
+        let first = store.open_request(new("a", "k"), T0).await.unwrap();
+        assert!(!first.joined);
+        let again = store.open_request(new("b", "k"), T0 + 1).await.unwrap();
+        assert_eq!((again.approval.id.as_str(), again.joined), ("a", true));
+        assert!(store.get_approval("b").await.unwrap().is_none());
+        // A denial stands for the retry until the request would have expired.
+        store.record_vote("a", deny("bob", "no"), 1, T0 + 2).await.unwrap();
+        let denied = store.open_request(new("c", "k"), T0 + 3).await.unwrap();
+        assert_eq!((denied.approval.id.as_str(), denied.approval.status), ("a", Status::Denied));
+        // Past its deadline a pending request is closed on the way, and a new one opened.
+        let other = store.open_request(new("d", "k2"), T0).await.unwrap();
+        assert!(!other.joined);
+        let later = store.open_request(new("e", "k2"), T0 + HOUR).await.unwrap();
+        assert_eq!((later.approval.id.as_str(), later.joined), ("e", false));
+        assert_eq!(later.expired.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(), ["d"]);
+        // The unique index refuses a second pending row for a key, however it is written.
+        let r = store.insert_approval(new("f", "k2")).await;
+        assert!(matches!(r, Err(StoreError::InvalidState(_))), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn claims_of_a_stopped_process_are_settled_as_failed() {
+        let dir = TempDir::new("store-orphans");
+        let loc = Location::File(dir.path().join("gate.db"));
+        let crashed = Store::open(loc.clone()).await.unwrap();
+        let survivor = Store::open(loc).await.unwrap();
+        crashed.insert_approval(new("once", "k1")).await.unwrap();
+        crashed.record_vote("once", approve("alice"), 1, T0 + 1).await.unwrap();
+        crashed.insert_approval(NewApproval { grant_secs: 600, ..new("grant", "k2") }).await.unwrap();
+        crashed.record_vote("grant", approve("alice"), 1, T0 + 1).await.unwrap();
+        crashed.insert_approval(new("mine", "k3")).await.unwrap();
+        crashed.record_vote("mine", approve("alice"), 1, T0 + 1).await.unwrap();
+        assert_eq!(crashed.claim_execution("once", T0 + 2).await.unwrap(), Claim::Run);
+        assert_eq!(crashed.claim_execution("grant", T0 + 2).await.unwrap(), Claim::Run);
+        assert_eq!(survivor.claim_execution("mine", T0 + 2).await.unwrap(), Claim::Run);
+
+        // Alive: nothing to settle.
+        assert!(survivor.settle_orphaned_claims(now_ms()).await.unwrap().is_empty());
+        // Its heartbeat stops (as if the process had died on another host).
+        let me = crashed.instance().to_owned();
+        survivor
+            .call(move |c| {
+                Ok(c.execute("UPDATE instances SET heartbeat_at = 0, host = 'elsewhere' WHERE id = ?1", [me])?)
+            })
+            .await
+            .unwrap();
+        let settled = survivor.settle_orphaned_claims(now_ms()).await.unwrap();
+        let mut got: Vec<_> = settled.iter().map(|a| (a.id.as_str(), a.status)).collect();
+        got.sort_by_key(|(id, _)| *id);
+        assert_eq!(got, [("grant", Status::Approved), ("once", Status::Failed)]);
+        let once = survivor.get_approval("once").await.unwrap().unwrap();
+        assert_eq!(once.outcome, Some(json!({"error": ORPHANED})));
+        let last = survivor.transitions("once").await.unwrap().pop().unwrap();
+        assert_eq!((last.to, last.reason.as_deref()), (Status::Failed, Some(ORPHANED)));
+        let last = survivor.transitions("grant").await.unwrap().pop().unwrap();
+        assert_eq!((last.to, last.notes.as_deref()), (Status::Failed, Some("grant use")));
+        // The survivor's own claim is untouched and can be finished.
+        assert!(survivor.settle_orphaned_claims(now_ms()).await.unwrap().is_empty());
+        let mine = survivor.finish_execution("mine", true, json!({}), T0 + 3).await.unwrap();
+        assert_eq!(mine.status, Status::Executed);
+    }
+
+    #[tokio::test]
+    async fn a_deleted_or_replaced_file_fails_closed() {
+        let dir = TempDir::new("store-replaced");
+        let path = dir.path().join("gate.db");
+        let store = Store::open(Location::File(path.clone())).await.unwrap();
+        assert!(store.file_id().is_some());
+        store.insert_approval(new("a", "k")).await.unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let r = store.insert_approval(new("b", "k2")).await;
+        assert!(matches!(r, Err(StoreError::Replaced { how: "deleted", .. })), "{r:?}");
+        // A new file at the path does not bring it back.
+        let fresh = Store::open(Location::File(path.clone())).await.unwrap();
+        assert_ne!(fresh.file_id(), store.file_id());
+        let r = store.get_approval("a").await;
+        assert!(matches!(r, Err(StoreError::Replaced { .. })), "{r:?}");
+        assert!(fresh.insert_approval(new("c", "k3")).await.is_ok());
     }
 
     #[tokio::test]
@@ -1174,15 +1578,14 @@ mod tests {
     async fn find_reusable_picks_the_newest_usable() {
         let store = mem().await;
         assert!(store.find_reusable("k", T0).await.unwrap().is_none());
+        // One pending request per key: the older one is approved (not yet used) before the newer is made.
         store.insert_approval(new("old", "k")).await.unwrap();
+        store.record_vote("old", approve("alice"), 1, T0 + 1).await.unwrap();
         store.insert_approval(NewApproval { created_at: T0 + 5, ..new("new", "k") }).await.unwrap();
         store.insert_approval(NewApproval { created_at: T0 + 9, ..new("other", "k-other") }).await.unwrap();
         assert_eq!(store.find_reusable("k", T0 + 10).await.unwrap().map(|a| a.id), Some("new".into()));
 
         store.record_vote("new", deny("bob", "no"), 1, T0 + 11).await.unwrap();
-        assert_eq!(store.find_reusable("k", T0 + 12).await.unwrap().map(|a| a.id), Some("old".into()));
-
-        store.record_vote("old", approve("alice"), 1, T0 + 13).await.unwrap();
         let found = store.find_reusable("k", T0 + 14).await.unwrap().unwrap();
         assert_eq!((found.id.as_str(), found.status, found.votes.len()), ("old", Status::Approved, 1));
 

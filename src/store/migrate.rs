@@ -18,10 +18,15 @@ const MIGRATIONS: &[Migration] = &[
     Migration { version: 2, name: "audit", sql: include_str!("migrations/0002_audit.sql") },
     Migration { version: 3, name: "dashboard", sql: include_str!("migrations/0003_dashboard.sql") },
     Migration { version: 4, name: "vote_credential", sql: include_str!("migrations/0004_vote_credential.sql") },
+    Migration {
+        version: 5,
+        name: "one_pending_and_claims",
+        sql: include_str!("migrations/0005_one_pending_and_claims.sql"),
+    },
 ];
 
 /// The schema version this build creates and understands.
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
 
 /// Applies every migration newer than the database's version, all in one `BEGIN IMMEDIATE` transaction so
 /// that two processes opening a fresh file at once do not both apply them.
@@ -62,5 +67,53 @@ mod tests {
             assert_eq!(m.version as usize, i + 1, "migration {} out of order", m.name);
         }
         assert_eq!(MIGRATIONS.last().map(|m| m.version), Some(SCHEMA_VERSION));
+    }
+
+    #[test]
+    fn duplicate_pending_requests_of_old_databases_are_resolved_before_the_unique_index() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE schema_version (version INTEGER NOT NULL PRIMARY KEY, name TEXT NOT NULL,
+             applied_at INTEGER NOT NULL) STRICT;",
+        )
+        .unwrap();
+        for m in &MIGRATIONS[..4] {
+            conn.execute_batch(m.sql).unwrap();
+            conn.execute("INSERT INTO schema_version VALUES (?1, ?2, 0)", rusqlite::params![m.version, m.name])
+                .unwrap();
+        }
+        for (id, key, created) in [("old", "k", 1), ("mid", "k", 2), ("new", "k", 3), ("alone", "k2", 1)] {
+            conn.execute(
+                "INSERT INTO approvals (id, key, server, tool, arguments, workflow, required_approvals, trace,
+                     created_at, expires_at, status)
+                 VALUES (?1, ?2, 's', 't', '{}', 'default', 1, '[]', ?3, 9999999999999, 'pending')",
+                rusqlite::params![id, key, created],
+            )
+            .unwrap();
+        }
+        run(&mut conn).unwrap();
+        let statuses: Vec<(String, String)> = conn
+            .prepare("SELECT id, status FROM approvals ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let want = [("alone", "pending"), ("mid", "expired"), ("new", "pending"), ("old", "expired")];
+        assert_eq!(statuses, want.map(|(a, b)| (a.to_owned(), b.to_owned())));
+        let reasons: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM approval_transitions WHERE to_status = 'expired' AND reason LIKE 'superseded%'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(reasons, 2);
+        let dup = conn.execute(
+            "INSERT INTO approvals (id, key, server, tool, arguments, workflow, required_approvals, trace,
+                 created_at, expires_at, status) VALUES ('x', 'k', 's', 't', '{}', 'd', 1, '[]', 4, 5, 'pending')",
+            [],
+        );
+        assert!(dup.is_err(), "one pending request per key");
     }
 }

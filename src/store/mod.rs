@@ -28,6 +28,20 @@
 //!   `BEGIN IMMEDIATE` transaction, and recorded in `schema_version`.
 //! - On unix the database file is created with mode 0600 (SQLite gives the `-wal` and `-shm` files the
 //!   same mode).
+//!
+//! # Identity of the file
+//!
+//! When the database is a file, the store remembers its identity (device and inode) at open and checks
+//! the path before every request and every [`TICK`] when idle. If the file was deleted or replaced, the
+//! connection still writes to the old, unlinked file that no other process can see: the store then
+//! fails closed, refusing every request with [`StoreError::Replaced`] and logging an error that names
+//! the path, instead of splitting the queue between two files.
+//!
+//! # Instances
+//!
+//! Each open store registers an instance row (`instances`: host, pid, heartbeat every [`HEARTBEAT`]).
+//! A claim records the instance that runs the call, so the claims of a process that stopped without
+//! finishing them can be settled (see [`Store::settle_orphaned_claims`]).
 
 pub mod approvals;
 mod migrate;
@@ -41,13 +55,22 @@ use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 pub use approvals::{
-    Approval, ApprovalFilter, Claim, NewApproval, ParseStatusError, Status, Transition, TransitionError, Vote,
-    VoteDecision, VoteRecord,
+    Approval, ApprovalFilter, Claim, NewApproval, ORPHANED, Opened, ParseStatusError, Status, Transition,
+    TransitionError, Vote, VoteDecision, VoteRecord,
 };
 pub use migrate::SCHEMA_VERSION;
 
 /// How long a write waits for another connection's write lock before failing with `SQLITE_BUSY`.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often the worker checks the file's identity (and whether a heartbeat is due) when idle.
+pub const TICK: Duration = Duration::from_secs(2);
+
+/// How often an instance refreshes its heartbeat.
+pub const HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// An instance whose heartbeat is older than this has stopped: its claims are settled.
+pub const STALE_AFTER: Duration = Duration::from_secs(30);
 
 /// The actor recorded for transitions nobody decided (expiry, execution).
 pub const SYSTEM_ACTOR: &str = "system";
@@ -100,12 +123,48 @@ pub enum StoreError {
     /// The worker thread has stopped; the handle can no longer be used.
     #[error("the store worker has stopped")]
     Closed,
+    /// The database file was deleted or replaced while open: nothing is read or written any more.
+    #[error(
+        "the database file {path} was {how} while mcp-gate was using it; refusing to read or write a file \
+         that other processes no longer share (restart mcp-gate)"
+    )]
+    Replaced { path: PathBuf, how: &'static str },
     /// The request was dropped by the worker without an answer (it panicked).
     #[error("the store request was aborted")]
     Aborted,
 }
 
-type Job = Box<dyn FnOnce(&mut Connection) + Send + 'static>;
+type Job = Box<dyn FnOnce(Result<&mut Connection, StoreError>) + Send + 'static>;
+
+/// The identity of a file: its device and inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl std::fmt::Display for FileId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.dev, self.ino)
+    }
+}
+
+impl FileId {
+    /// The identity of the file at `path` now; `None` where the platform has no inodes.
+    pub fn of(path: &Path) -> std::io::Result<Option<FileId>> {
+        let meta = std::fs::metadata(path)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            Ok(Some(FileId { dev: meta.dev(), ino: meta.ino() }))
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = meta;
+            Ok(None)
+        }
+    }
+}
 
 /// Cloneable handle to the database worker thread.
 #[derive(Clone, Debug)]
@@ -113,6 +172,10 @@ pub struct Store {
     jobs: mpsc::Sender<Job>,
     /// The database file, canonicalized; `None` for an in-memory database.
     path: Option<Arc<PathBuf>>,
+    /// The file's identity when it was opened.
+    file_id: Option<FileId>,
+    /// This handle's instance row (see [`Store::settle_orphaned_claims`]).
+    instance: Arc<str>,
 }
 
 impl Store {
@@ -123,26 +186,49 @@ impl Store {
             Location::File(p) => Some(p.clone()),
         };
         let (jobs, queue) = mpsc::channel::<Job>();
-        let (ready_tx, ready_rx) = oneshot::channel::<Result<(), StoreError>>();
+        let (ready_tx, ready_rx) = oneshot::channel::<Result<Option<FileId>, StoreError>>();
+        let instance: Arc<str> = Arc::from(format!("ins_{}", crate::random::hex(8)));
+        let me = instance.clone();
         std::thread::Builder::new().name("mcp-gate-store".into()).spawn(move || {
-            let mut conn = match open_connection(&loc) {
-                Ok(conn) => {
-                    let _ = ready_tx.send(Ok(()));
-                    conn
-                }
+            let opened = open_connection(&loc).and_then(|mut conn| {
+                let file_id = match &loc {
+                    Location::File(p) => FileId::of(p)?,
+                    Location::Memory => None,
+                };
+                register_instance(&mut conn, &me)?;
+                Ok((conn, file_id))
+            });
+            let (mut conn, file_id) = match opened {
+                Ok(opened) => opened,
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
                     return;
                 }
             };
-            worker(&mut conn, queue);
+            let _ = ready_tx.send(Ok(file_id));
+            let watched = match (&loc, file_id) {
+                (Location::File(p), Some(id)) => Some((p.clone(), id)),
+                _ => None,
+            };
+            worker(&mut conn, queue, Watch { file: watched, lost: None }, &me);
         })?;
-        ready_rx.await.map_err(|_| StoreError::Aborted)??;
+        let file_id = ready_rx.await.map_err(|_| StoreError::Aborted)??;
         let path = match path {
             Some(p) => Some(Arc::new(std::fs::canonicalize(&p)?)),
             None => None,
         };
-        Ok(Store { jobs, path })
+        Ok(Store { jobs, path, file_id, instance })
+    }
+
+    /// The identity (device and inode) of the database file when it was opened; `None` for
+    /// `:memory:`. Two processes share their data only if their files have the same identity.
+    pub fn file_id(&self) -> Option<FileId> {
+        self.file_id
+    }
+
+    /// This handle's instance id, recorded with every claim it makes.
+    pub fn instance(&self) -> &str {
+        &self.instance
     }
 
     /// The database file (canonical: symbolic links resolved), or `None` for `:memory:`. Two
@@ -161,25 +247,113 @@ impl Store {
     ) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |conn| {
-            let _ = tx.send(f(conn));
+            let _ = tx.send(conn.and_then(f));
         });
         self.jobs.send(job).map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Aborted)?
     }
 }
 
-fn worker(conn: &mut Connection, queue: mpsc::Receiver<Job>) {
-    while let Ok(job) = queue.recv() {
-        // A panicking request must not take the store down with it. An open transaction is rolled back by
-        // `Transaction`'s drop during unwinding; the caller sees `StoreError::Aborted`.
-        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(conn))).is_err() {
-            tracing::error!("a store request panicked; it was rolled back");
-            if !conn.is_autocommit() {
-                let _ = conn.execute_batch("ROLLBACK");
+/// What the worker knows about the database file: where it is, its identity at open, and
+/// whether it has been found deleted or replaced.
+struct Watch {
+    file: Option<(PathBuf, FileId)>,
+    /// The path and what happened to it (`deleted`, `replaced`).
+    lost: Option<(PathBuf, &'static str)>,
+}
+
+impl Watch {
+    /// Checks the path's identity; once lost, stays lost. Logs the loss once, loudly.
+    fn check(&mut self) -> Option<StoreError> {
+        if self.lost.is_none()
+            && let Some((path, id)) = &self.file
+        {
+            let how = match FileId::of(path) {
+                Ok(Some(now)) if now == *id => None,
+                Ok(None) => None,
+                Ok(Some(_)) => Some("replaced"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some("deleted"),
+                // Unreadable for a moment (permissions, I/O): not proof of a different file.
+                Err(_) => None,
+            };
+            if let Some(how) = how {
+                tracing::error!(
+                    path = %path.display(),
+                    "the database file was {how} while in use: refusing every request from now on \
+                     (held calls are refused, nothing is approved into a file no other process sees); \
+                     restart mcp-gate"
+                );
+                self.lost = Some((path.clone(), how));
             }
         }
+        self.lost.as_ref().map(|(path, how)| StoreError::Replaced { path: path.clone(), how })
+    }
+}
+
+fn worker(conn: &mut Connection, queue: mpsc::Receiver<Job>, mut watch: Watch, instance: &str) {
+    let mut last_beat = std::time::Instant::now();
+    loop {
+        let job = match queue.recv_timeout(TICK) {
+            Ok(job) => Some(job),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        let lost = watch.check();
+        if lost.is_none() && last_beat.elapsed() >= HEARTBEAT {
+            last_beat = std::time::Instant::now();
+            if let Err(e) = heartbeat(conn, instance) {
+                tracing::warn!("store heartbeat failed: {e}");
+            }
+        }
+        let Some(job) = job else { continue };
+        let Some(lost) = lost else {
+            // A panicking request must not take the store down with it. An open transaction is rolled back
+            // by `Transaction`'s drop during unwinding; the caller sees `StoreError::Aborted`.
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(Ok(conn)))).is_err() {
+                tracing::error!("a store request panicked; it was rolled back");
+                if !conn.is_autocommit() {
+                    let _ = conn.execute_batch("ROLLBACK");
+                }
+            }
+            continue;
+        };
+        job(Err(lost));
+    }
+    if watch.lost.is_none() {
+        // A clean end: the instance goes, unless it leaves claims in flight to be settled.
+        let _ = conn.execute(
+            "DELETE FROM instances WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM claims WHERE instance = ?1)",
+            [instance],
+        );
     }
     tracing::debug!("store worker stopping: all handles dropped");
+}
+
+/// The host name and pid namespace, to tell the processes whose pid can be checked here from
+/// others (another machine, or another container sharing the data directory).
+pub(crate) fn host_name() -> String {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    match std::fs::read_link("/proc/self/ns/pid") {
+        Ok(ns) => format!("{name} {}", ns.display()),
+        Err(_) => name,
+    }
+}
+
+fn register_instance(conn: &mut Connection, instance: &str) -> Result<(), StoreError> {
+    let now = now_ms();
+    conn.execute(
+        "INSERT INTO instances (id, host, pid, started_at, heartbeat_at) VALUES (?1, ?2, ?3, ?4, ?4)",
+        rusqlite::params![instance, host_name(), std::process::id(), now],
+    )?;
+    Ok(())
+}
+
+fn heartbeat(conn: &mut Connection, instance: &str) -> Result<(), StoreError> {
+    conn.execute("UPDATE instances SET heartbeat_at = ?2 WHERE id = ?1", rusqlite::params![instance, now_ms()])?;
+    Ok(())
 }
 
 fn open_connection(loc: &Location) -> Result<Connection, StoreError> {

@@ -98,7 +98,7 @@ pub fn spawn(server: &ServerConfig, reporter: Reporter) -> Result<UpstreamLink, 
                         }
                         match Message::parse(&line) {
                             Ok(msg) => reporter.message(msg, None),
-                            Err(e) => warn!("skipping a line that is not a JSON-RPC message: {e}"),
+                            Err(e) => reporter.refused(&line, &e, None),
                         }
                     }
                     Ok(Some(Line::TooLong { head, tail })) => match answered_id(&head, &tail) {

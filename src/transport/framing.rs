@@ -93,7 +93,13 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
             }
             let n = self.inner.read_buf(&mut self.buf).await?;
             if n == 0 {
-                if self.buf.is_empty() || self.skipping {
+                if self.skipping {
+                    // The input ended inside an over-long line: it is reported all the same.
+                    self.skipping = false;
+                    let (head, tail) = (std::mem::take(&mut self.head), std::mem::take(&mut self.tail));
+                    return Ok(Some(Line::TooLong { head, tail }));
+                }
+                if self.buf.is_empty() {
                     return Ok(None);
                 }
                 let line = self.buf.split();
@@ -117,6 +123,51 @@ fn keep_tail(tail: &mut BytesMut, more: &[u8]) {
     }
 }
 
+/// Appends one JSON message so that no line reader can split it: raw CR and LF (in valid JSON
+/// only whitespace between tokens) are left out, and raw U+0085, U+2028 and U+2029 (in valid JSON
+/// only inside strings) are written as escapes. Neither changes what the message means. Messages
+/// read through the strict parse are canonical already; this holds for every message written.
+pub fn push_unsplittable(out: &mut impl ByteSink, msg: &[u8]) {
+    let mut run = 0;
+    let mut i = 0;
+    while i < msg.len() {
+        let replaced: Option<(&[u8], usize)> = match msg[i] {
+            b'\n' | b'\r' => Some((b"", 1)),
+            0xC2 if msg.get(i + 1) == Some(&0x85) => Some((br"\u0085", 2)),
+            0xE2 if msg.get(i + 1..i + 3) == Some(&[0x80, 0xA8]) => Some((br"\u2028", 3)),
+            0xE2 if msg.get(i + 1..i + 3) == Some(&[0x80, 0xA9]) => Some((br"\u2029", 3)),
+            _ => None,
+        };
+        match replaced {
+            Some((text, len)) => {
+                out.put(&msg[run..i]);
+                out.put(text);
+                i += len;
+                run = i;
+            }
+            None => i += 1,
+        }
+    }
+    out.put(&msg[run..]);
+}
+
+/// A buffer [`push_unsplittable`] appends to.
+pub trait ByteSink {
+    fn put(&mut self, bytes: &[u8]);
+}
+
+impl ByteSink for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+impl ByteSink for BytesMut {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
 fn memchr(hay: &[u8]) -> Option<usize> {
     hay.iter().position(|&b| b == b'\n')
 }
@@ -129,12 +180,12 @@ pub async fn write_lines<W: AsyncWrite + Unpin>(
 ) -> std::io::Result<()> {
     let mut buf = BytesMut::with_capacity(64 * 1024);
     while let Some(first) = rx.recv().await {
-        buf.extend_from_slice(&first);
+        push_unsplittable(&mut buf, &first);
         buf.extend_from_slice(b"\n");
         while buf.len() < 1024 * 1024 {
             match rx.try_recv() {
                 Ok(more) => {
-                    buf.extend_from_slice(&more);
+                    push_unsplittable(&mut buf, &more);
                     buf.extend_from_slice(b"\n");
                 }
                 Err(_) => break,
@@ -183,6 +234,16 @@ mod tests {
         let mut input = vec![b'y'; 200_000];
         input.extend_from_slice(b"\nfine\n");
         assert_eq!(lines(&input, 1000).await, ["<too long>", "fine"]);
+    }
+
+    #[tokio::test]
+    async fn writer_never_writes_a_line_end_inside_a_message() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tx.send(bytes::Bytes::from("{\r\n\"a\" :\r[\"x\u{2028}\u{2029}\u{85}\u{e9}\u{20ac}\"]}")).unwrap();
+        drop(tx);
+        let mut out = Vec::new();
+        write_lines(&mut out, rx).await.unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "{\"a\" :[\"x\\u2028\\u2029\\u0085\u{e9}\u{20ac}\"]}\n");
     }
 
     #[tokio::test]

@@ -142,6 +142,21 @@ impl Reporter {
         let _ = self.sink.send((self.index, self.generation, UpstreamEvent::TooLarge { id }));
     }
 
+    /// Reports a message the strict reading refused. A response whose id can still be read
+    /// becomes an error response under that id, so the request it answers fails instead of
+    /// waiting; anything else is dropped with a warning. Nothing of it reaches the client.
+    pub fn refused(&self, bytes: &[u8], err: &crate::jsonrpc::ParseError, related: Option<u64>) {
+        let env = crate::jsonrpc::strict::lenient_envelope(bytes);
+        match env.id {
+            Some(id) if env.response && env.methods.is_empty() => {
+                tracing::warn!("the upstream's response was refused: {err}");
+                let text = format!("the upstream's response was refused: {err}");
+                self.message(Message::error(Some(id), crate::jsonrpc::code::UPSTREAM_ERROR, &text), related);
+            }
+            _ => tracing::warn!("message from the upstream refused and dropped: {err}"),
+        }
+    }
+
     pub fn closed(&self, reason: impl Into<String>) {
         let _ = self.sink.send((self.index, self.generation, UpstreamEvent::Closed { reason: reason.into() }));
     }

@@ -231,9 +231,7 @@ impl Shared {
                 }
                 match Message::parse(event.data.as_bytes()) {
                     Ok(msg) => self.reporter.message(msg, None),
-                    Err(e) => {
-                        tracing::warn!(server = %self.server, "invalid message on the event stream ({e}), skipped")
-                    }
+                    Err(e) => self.reporter.refused(event.data.as_bytes(), &e, None),
                 }
             }
             "endpoint" => match resolve_endpoint(&self.base, &event.data) {

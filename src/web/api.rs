@@ -402,7 +402,7 @@ async fn audit(
 /// Who serves this approval server: how another mcp-gate process tells whether it can follow it.
 async fn hub(State(state): State<Arc<WebState>>, headers: HeaderMap) -> Result<Json<HubInfo>, ApiError> {
     authorize(&state, &headers)?;
-    Ok(Json(HubInfo::here(state.approvals.store.path())))
+    Ok(Json(HubInfo::here(&state.approvals.store)))
 }
 
 /// A follower's change to the shared store: wake the calls waiting here and tell subscribers.

@@ -410,3 +410,74 @@ async fn agents_and_approvers_never_share_a_token() {
     let out = within("serve", serve(&dir).env("MCP_GATE_HTTP_TOKEN", token).output()).await.unwrap();
     refused(out, &["MCP_GATE_HTTP_TOKEN", "approver-token"]);
 }
+
+/// `mcp-gate serve` in front of the fixture, with one 2025-11-25 session initialized.
+pub(super) struct Served {
+    pub(super) child: tokio::process::Child,
+    pub(super) url: String,
+    pub(super) approvals: String,
+    pub(super) session: String,
+    pub(super) http: reqwest::Client,
+}
+
+impl Served {
+    /// Starts `cmd` (a `gate_in` command, with any further options) as `serve` on a free port and
+    /// initializes a session as `client`.
+    pub(super) async fn start(mut cmd: Command, client: &str) -> Served {
+        let mut child = cmd
+            .args(["serve", "--listen", "127.0.0.1:0", "--"])
+            .arg(fixture_bin())
+            .arg("stdio")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let (mut url, mut approvals) = (None, None);
+        within("start-up lines", async {
+            while url.is_none() || approvals.is_none() {
+                let line = lines.next_line().await.unwrap().expect("stderr line");
+                if let Some(u) = line.strip_prefix("mcp-gate: listening on ") {
+                    url = Some(u.trim().to_owned());
+                }
+                if let Some(a) = line.strip_prefix("mcp-gate: approvals at ") {
+                    approvals = Some(a.trim().trim_end_matches('/').to_owned());
+                }
+            }
+        })
+        .await;
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let (url, approvals) = (url.unwrap(), approvals.unwrap());
+        let http = reqwest::Client::new();
+        let initialize = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": client, "version": "1"}}});
+        let init = http
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(initialize.to_string())
+            .send()
+            .await
+            .unwrap();
+        let session = init.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+        init.bytes().await.unwrap();
+        let served = Served { child, url, approvals, session, http };
+        served.post(serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"})).await.unwrap();
+        served
+    }
+
+    /// POSTs a message in the session.
+    pub(super) fn post(
+        &self,
+        body: serde_json::Value,
+    ) -> impl std::future::Future<Output = reqwest::Result<reqwest::Response>> + use<> {
+        self.http
+            .post(&self.url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-session-id", &self.session)
+            .header("mcp-protocol-version", "2025-11-25")
+            .body(body.to_string())
+            .send()
+    }
+}

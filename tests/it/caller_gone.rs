@@ -1,12 +1,11 @@
 //! A held call belongs to its caller: cancelled or disconnected before the decision, it is not
 //! run for anybody, and the approval waits for the identical retry, which runs it once.
 
-use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 
-use super::binary::{APPROVER_TOKEN, Running, data_dir, gate_in, start_gated_with};
+use super::binary::{APPROVER_TOKEN, Running, Served, data_dir, gate_in, start_gated_with};
 use super::common::*;
 
 async fn pending_id(approvals: &str) -> String {
@@ -98,61 +97,16 @@ async fn cancel_then_approve_runs_only_the_retry_once() {
 /// call does not run for nobody, and the client's identical retry runs it (no new request).
 #[tokio::test]
 async fn disconnect_then_approve_runs_the_retry_once() {
-    let mut child = gate_in(&data_dir("disconnect"))
-        .env("MCP_GATE_TOKEN", APPROVER_TOKEN)
-        .env("MCP_GATE_WAIT_SECS", "60")
-        .args(["serve", "--listen", "127.0.0.1:0", "--"])
-        .arg(fixture_bin())
-        .arg("stdio")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let (mut url, mut approvals) = (None, None);
-    within("start-up lines", async {
-        while url.is_none() || approvals.is_none() {
-            let line = lines.next_line().await.unwrap().expect("stderr line");
-            if let Some(u) = line.strip_prefix("mcp-gate: listening on ") {
-                url = Some(u.trim().to_owned());
-            }
-            if let Some(a) = line.strip_prefix("mcp-gate: approvals at ") {
-                approvals = Some(a.trim().trim_end_matches('/').to_owned());
-            }
-        }
-    })
-    .await;
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    let (url, approvals) = (url.unwrap(), approvals.unwrap());
-
-    let http = reqwest::Client::new();
-    let post = |session: Option<&str>, body: serde_json::Value| {
-        let mut req = http
-            .post(&url)
-            .header("content-type", "application/json")
-            .header("accept", "application/json, text/event-stream")
-            .body(body.to_string());
-        if let Some(s) = session {
-            req = req.header("mcp-session-id", s).header("mcp-protocol-version", "2025-11-25");
-        }
-        req.send()
-    };
-    let init = post(
-        None,
-        serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "leaver", "version": "1"}}}),
-    )
-    .await
-    .unwrap();
-    let session = init.headers()["mcp-session-id"].to_str().unwrap().to_owned();
-    init.bytes().await.unwrap();
-    post(Some(&session), serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"})).await.unwrap();
+    let mut cmd = gate_in(&data_dir("disconnect"));
+    cmd.env("MCP_GATE_TOKEN", APPROVER_TOKEN).env("MCP_GATE_WAIT_SECS", "60");
+    let mut served = Served::start(cmd, "leaver").await;
+    let approvals = served.approvals.clone();
     let call = |id: u64| {
         serde_json::json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {
             "name": "test_image_content", "arguments": {"why": "disconnect test"}}})
     };
     // The first call's connection is dropped while the call is held.
-    let held = tokio::spawn(post(Some(&session), call(2)));
+    let held = tokio::spawn(served.post(call(2)));
     let id = pending_id(&approvals).await;
     held.abort();
     let _ = held.await;
@@ -162,8 +116,8 @@ async fn disconnect_then_approve_runs_the_retry_once() {
     let approved = status_of(&approvals, &id).await;
     assert_eq!((approved["status"].as_str(), approved["uses"].as_u64()), (Some("approved"), Some(0)), "{approved}");
 
-    let retry = post(Some(&session), call(3)).await.unwrap().text().await.unwrap();
+    let retry = served.post(call(3)).await.unwrap().text().await.unwrap();
     assert!(retry.contains("\"image\""), "the retry ran: {retry}");
     assert_eq!(status_of(&approvals, &id).await["status"], "executed");
-    let _ = child.start_kill();
+    let _ = served.child.start_kill();
 }

@@ -398,3 +398,29 @@ async fn a_squatter_on_the_approval_address_never_receives_the_token() {
     assert!(!seen.to_ascii_lowercase().contains("authorization"), "{seen}");
     gate.kill().await;
 }
+
+/// The database deleted under the hub: a process that then creates a fresh file at the same path
+/// refuses to follow the hub (another file), says why, and serves on a port of its own; the hub
+/// refuses held calls rather than queueing them in the lost file.
+#[tokio::test]
+async fn a_replaced_database_is_not_followed() {
+    let dir = data_dir("hub-replaced");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut hub = start(&dir, &listen, TOKEN).await;
+    hub.logged("(hub)").await;
+    let db = dir.join("mcp-gate.db");
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    let newcomer = start(&dir, &listen, TOKEN).await;
+    let why = newcomer.logged("refusing to follow the hub").await;
+    assert!(why.contains("not the same file") && why.contains("mcp-gate.db"), "{why}");
+    assert_ne!(newcomer.approvals, format!("http://{listen}"), "serves on a port of its own");
+
+    hub.send_call(2, "into a lost file").await;
+    let refused = hub.reply(2).await;
+    assert_eq!(refused["isError"], true, "{refused}");
+    // A new file is at the path by now: the hub's file was replaced.
+    assert!(refused.to_string().contains("was replaced while mcp-gate was using it"), "{refused}");
+    hub.logged("the database file was replaced while in use").await;
+}

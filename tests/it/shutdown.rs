@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 
-use super::binary::{APPROVER_TOKEN, data_dir, gate_in, start_gated};
+use super::binary::{APPROVER_TOKEN, Served, data_dir, gate_in, start_gated};
 use super::common::*;
 
 fn signal(child: &tokio::process::Child, sig: Signal) {
@@ -31,73 +31,27 @@ async fn stdio_exits_143_on_sigterm_and_130_on_sigint() {
 /// call with its approval URL, ends the stream and exits 143 well within ten seconds.
 #[tokio::test]
 async fn serve_stops_on_sigterm_with_a_held_call_and_an_open_stream() {
-    let mut child = gate_in(&data_dir("serve-stop"))
-        .env("MCP_GATE_TOKEN", APPROVER_TOKEN)
-        .env("MCP_GATE_WAIT_SECS", "120")
-        .args(["serve", "--listen", "127.0.0.1:0", "--"])
-        .arg(fixture_bin())
-        .arg("stdio")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let url = within("listening line", async {
-        loop {
-            let line = lines.next_line().await.unwrap().expect("stderr line");
-            if let Some(url) = line.strip_prefix("mcp-gate: listening on ") {
-                return url.trim().to_owned();
-            }
-        }
-    })
-    .await;
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-
-    let http = reqwest::Client::new();
-    let post = |session: Option<&str>, body: serde_json::Value| {
-        let mut req = http
-            .post(&url)
-            .header("content-type", "application/json")
-            .header("accept", "application/json, text/event-stream")
-            .body(body.to_string());
-        if let Some(s) = session {
-            req = req.header("mcp-session-id", s).header("mcp-protocol-version", "2025-11-25");
-        }
-        req.send()
-    };
-    let init = post(
-        None,
-        serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "stopper", "version": "1"}}}),
-    )
-    .await
-    .unwrap();
-    let session = init.headers()["mcp-session-id"].to_str().unwrap().to_owned();
-    init.bytes().await.unwrap();
-    post(Some(&session), serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"})).await.unwrap();
+    let mut cmd = gate_in(&data_dir("serve-stop"));
+    cmd.env("MCP_GATE_TOKEN", APPROVER_TOKEN).env("MCP_GATE_WAIT_SECS", "120");
+    let served = Served::start(cmd, "stopper").await;
+    let (url, session, http) = (&served.url, &served.session, &served.http);
     let mut get = http
-        .get(&url)
+        .get(url)
         .header("accept", "text/event-stream")
-        .header("mcp-session-id", &session)
+        .header("mcp-session-id", session)
         .header("mcp-protocol-version", "2025-11-25")
         .send()
         .await
         .unwrap();
     assert_eq!(get.status(), 200);
-    let held = tokio::spawn(
-        post(
-            Some(&session),
-            serde_json::json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
-                "name": "test_image_content", "arguments": {"why": "stop test"}, "_meta": {"progressToken": "p"}}}),
-        )
-        .await
-        .unwrap()
-        .text(),
-    );
+    let call = served.post(serde_json::json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+        "name": "test_image_content", "arguments": {"why": "stop test"}, "_meta": {"progressToken": "p"}}}));
+    let held = tokio::spawn(async move { call.await.unwrap().text().await });
     // The call is held (its wait sends progress every few seconds); give it time to get there.
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let stopped_at = std::time::Instant::now();
+    let mut child = served.child;
     signal(&child, Signal::SIGTERM);
     let body = within("held call answered", held).await.unwrap().unwrap();
     assert!(body.contains("\"pending\"") && body.contains("/approvals/"), "the approval URL: {body}");

