@@ -13,8 +13,6 @@
 //! else is kept byte for byte: key order, escapes, number text. A canonical message therefore
 //! holds no byte that any mainstream line reader takes for the end of a line.
 
-use std::fmt::Write as _;
-
 use serde_json::value::RawValue;
 
 /// The deepest nesting accepted, counting the message's own object as level 1.
@@ -521,7 +519,10 @@ impl<'a> Scanner<'a> {
 }
 
 /// Whether a JSON number can be carried exactly: an integer within i64/u64, or a number whose
-/// double is finite and whose shortest representation has the same decimal value as the text.
+/// double is finite and whose shortest representation, as serde_json, Python and JavaScript print
+/// it, has the same decimal value as the text. (Where a double lies exactly between two shortest
+/// candidates, as `208491156540016.625` does, they print the even one, `.62`; Rust's own `{}`
+/// prints `.63`, so it is not the reference.)
 pub fn exact(text: &str, integer: bool) -> bool {
     if integer {
         return if text.starts_with('-') { text.parse::<i64>().is_ok() } else { text.parse::<u64>().is_ok() };
@@ -531,11 +532,8 @@ pub fn exact(text: &str, integer: bool) -> bool {
         return false;
     }
     let Some(written) = Decimal::of(text) else { return false };
-    let mut shortest = SmallBuf::default();
-    if write!(shortest, "{f:e}").is_err() {
-        return false;
-    }
-    let Some(repr) = std::str::from_utf8(shortest.bytes()).ok().and_then(Decimal::of) else { return false };
+    let Some(shortest) = serde_json::Number::from_f64(f).map(|n| n.to_string()) else { return false };
+    let Some(repr) = Decimal::of(&shortest) else { return false };
     written == repr
 }
 
@@ -604,31 +602,6 @@ impl Decimal {
             }
         }
         Some(out)
-    }
-}
-
-/// A stack buffer for formatting one double.
-#[derive(Default)]
-struct SmallBuf {
-    bytes: [u8; 32],
-    len: usize,
-}
-
-impl SmallBuf {
-    fn bytes(&self) -> &[u8] {
-        &self.bytes[..self.len]
-    }
-}
-
-impl std::fmt::Write for SmallBuf {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        let end = self.len + s.len();
-        if end > self.bytes.len() {
-            return Err(std::fmt::Error);
-        }
-        self.bytes[self.len..end].copy_from_slice(s.as_bytes());
-        self.len = end;
-        Ok(())
     }
 }
 

@@ -174,8 +174,28 @@ fn escaped_key(k: &str) -> String {
     }
 }
 
+/// 512 cases from a fixed seed, so that every run checks the same inputs; set
+/// `PROPTEST_RNG_SEED` to explore others.
+fn config() -> ProptestConfig {
+    let mut config = ProptestConfig { cases: 512, ..ProptestConfig::default() };
+    if config.rng_seed == proptest::test_runner::RngSeed::Random {
+        config.rng_seed = proptest::test_runner::RngSeed::Fixed(0x6d63_702d_6761_7465);
+    }
+    config
+}
+
+#[test]
+fn a_double_between_two_shortest_forms_is_written_as_the_printers_write_it() {
+    // 208491156540016.625 is a double: .62 and .63 both read back as it, and the printers of
+    // serde_json, Python and JavaScript write it as .62.
+    assert!(canonicalize(b"[208491156540016.62]").is_ok());
+    for text in ["208491156540016.63", "208491156540016.625", "9007199254740993.0"] {
+        assert!(canonicalize(format!("[{text}]").as_bytes()).is_err(), "{text}");
+    }
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+    #![proptest_config(config())]
 
     #[test]
     fn accepted_texts_keep_their_meaning_and_lose_every_line_end(text in json_text()) {
