@@ -9,7 +9,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tracing::{debug, error, warn};
 
-use crate::jsonrpc::{Message, code};
+use crate::jsonrpc::{self, Message, code};
 use crate::session::{self, Downstream, Route, SessionOptions};
 use crate::transport::framing::{Line, LineReader, write_lines};
 use crate::transport::{ConnectError, MAX_MESSAGE_BYTES};
@@ -221,10 +221,12 @@ where
                         }
                     }
                 }
-                Ok(Some(Line::TooLong { .. })) => {
+                Ok(Some(Line::TooLong { head, tail })) => {
                     warn!("message from the client over {MAX_MESSAGE_BYTES} bytes rejected");
                     let text = format!("message exceeds the {MAX_MESSAGE_BYTES}-byte limit");
-                    let reply = Message::error(None, code::INVALID_REQUEST, &text);
+                    // Answered under its own id when the line shows one at either end.
+                    let id = crate::transport::child::answered_id(&head, &tail).map(jsonrpc::number_id);
+                    let reply = Message::error(id, code::INVALID_REQUEST, &text);
                     let _ = out_tx.send(Bytes::from(reply.to_bytes()));
                 }
                 Ok(None) => {

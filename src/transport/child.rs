@@ -176,8 +176,9 @@ impl Drop for ProcessGroup {
 /// The id of the response an over-long line carried, read from what is left of it: a top-level
 /// `"id"` that is the object's first member (after `"jsonrpc"`), or its last. Only numeric ids
 /// count (the proxy sends no others). The line is not parsed otherwise: this only routes an
-/// error to the request that will not get its answer.
-fn answered_id(head: &[u8], tail: &[u8]) -> Option<u64> {
+/// error to the request that will not get its answer (or, for a client's line, answers it under
+/// its own id).
+pub(crate) fn answered_id(head: &[u8], tail: &[u8]) -> Option<u64> {
     first_member_id(head).or_else(|| last_member_id(tail))
 }
 

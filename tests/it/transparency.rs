@@ -124,6 +124,7 @@ async fn malformed_input_gets_json_rpc_errors_and_loses_nothing() {
     c.send(&huge).await;
     let v: Value = serde_json::from_str(&c.recv().await).unwrap();
     assert_eq!(v["error"]["code"], -32600);
+    assert_eq!(v["id"], 7, "answered under the id the line starts with: {v}");
     assert!(v["error"]["message"].as_str().unwrap().contains("limit"));
 
     // A garbage line from the upstream is skipped; the reply after it arrives.
