@@ -524,7 +524,7 @@ pub fn router(state: Arc<HttpState>) -> Router {
 }
 
 /// Serves until `shutdown` completes, then closes every session (see
-/// [`HttpState::drain_and_close`]) and waits at most [`CLOSE_WAIT`] for connections to end.
+/// `HttpState::drain_and_close`) and waits at most `CLOSE_WAIT` (3 s) for connections to end.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<HttpState>,

@@ -611,7 +611,7 @@ impl Store {
 
     /// Settles the claims of processes that stopped without finishing them, so that no request stays
     /// `approved` and used forever: a process is taken as stopped when its heartbeat is older than
-    /// [`STALE_AFTER`], or when it ran on this host and its pid is no longer alive (a crash, `kill -9`).
+    /// [`STALE_AFTER`](super::STALE_AFTER), or when it ran on this host and its pid is no longer alive (a crash, `kill -9`).
     /// A single-use request becomes `Failed` with the outcome `{"error": ORPHANED}`; a grant records the
     /// run as failed and stays approved. Returns the settled requests (as stored after), for the audit.
     ///
@@ -832,7 +832,7 @@ pub(crate) const DUE_SQL: &str = "SELECT id FROM approvals WHERE status = 'pendi
      SELECT id FROM approvals INDEXED BY approvals_grant_ends
          WHERE status = 'approved' AND grant_secs > 0 AND coalesce(decided_at, created_at) + grant_secs * 1000 <= ?1";
 
-/// Instances other than `me` that have stopped: a heartbeat older than [`STALE_AFTER`], or a dead
+/// Instances other than `me` that have stopped: a heartbeat older than [`STALE_AFTER`](super::STALE_AFTER), or a dead
 /// process on this host.
 fn stopped_instances(conn: &Connection, me: &str, now: i64) -> Result<Vec<String>, StoreError> {
     let stale = now.saturating_sub(i64::try_from(super::STALE_AFTER.as_millis()).unwrap_or(i64::MAX));
