@@ -257,15 +257,14 @@ pub(super) async fn start_gated(dir: &std::path::Path) -> Running {
 /// Starts `cmd` (a `gate_in` command, with any further options) as a stdio proxy in front of
 /// the fixture, and initializes it.
 pub(super) async fn start_gated_with(mut cmd: Command) -> Running {
-    let mut child = cmd
-        .arg("--")
-        .arg(fixture_bin())
-        .arg("stdio")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    cmd.arg("--").arg(fixture_bin()).arg("stdio");
+    start_upstream(cmd, "crash-test").await
+}
+
+/// Starts `cmd` (a `gate_in` command ending with `-- UPSTREAM...`) as a stdio proxy, reads its
+/// approval address and initializes it as `client`.
+pub(super) async fn start_upstream(mut cmd: Command, client: &str) -> Running {
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
     let approvals = within("approvals line", async {
         loop {
@@ -277,7 +276,7 @@ pub(super) async fn start_gated_with(mut cmd: Command) -> Running {
     })
     .await;
     tokio::spawn(async move { while let Ok(Some(_)) = stderr.next_line().await {} });
-    let (stdin, lines) = handshake(&mut child, "crash-test").await;
+    let (stdin, lines) = handshake(&mut child, client).await;
     Running { child, stdin, lines, approvals }
 }
 

@@ -10,7 +10,7 @@ use mcp_gate::store::{ApprovalFilter, Location, Status, Store};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use super::binary::{APPROVER_TOKEN, Running, data_dir, gate_in, start_gated_with};
+use super::binary::{APPROVER_TOKEN, Running, data_dir, gate_in, start_gated_with, start_upstream};
 use super::common::*;
 
 async fn approvals_on(store: Store) -> Arc<Approvals> {
@@ -65,28 +65,9 @@ async fn start_on(dir: &std::path::Path) -> Running {
 /// A stdio proxy on `dir` in front of `raw-upstream`.
 async fn start_raw(dir: &std::path::Path) -> Running {
     let raw = fixture_bin().with_file_name("raw-upstream");
-    let mut child = gate_in(dir)
-        .env("MCP_GATE_TOKEN", APPROVER_TOKEN)
-        .arg("--")
-        .arg(raw)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
-    let approvals = within("approvals line", async {
-        loop {
-            let line = stderr.next_line().await.unwrap().expect("stderr");
-            if let Some(url) = line.strip_prefix("mcp-gate: approvals at ") {
-                return url.trim().trim_end_matches('/').to_owned();
-            }
-        }
-    })
-    .await;
-    tokio::spawn(async move { while let Ok(Some(_)) = stderr.next_line().await {} });
-    let (stdin, lines) = handshake(&mut child, "orphan-test").await;
-    Running { child, stdin, lines, approvals }
+    let mut cmd = gate_in(dir);
+    cmd.env("MCP_GATE_TOKEN", APPROVER_TOKEN).arg("--").arg(raw);
+    start_upstream(cmd, "orphan-test").await
 }
 
 async fn send_call(run: &mut Running, id: u64, tool: &str, arguments: Value) {
