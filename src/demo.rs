@@ -26,7 +26,7 @@ fn say(text: &str) {
 
 pub async fn run(approvals_listen: &str) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("locating the mcp-gate executable")?;
-    let token = crate::random::hex(16);
+    let token = crate::random::hex(16)?;
     let toml = format!(
         "[servers.files]\ncommand = {exe:?}\nargs = [\"demo-server\"]\n\n\
          [approvals]\nlisten = {approvals_listen:?}\nwait_secs = {DEMO_WAIT_SECS}\ndatabase = \":memory:\"\ntoken = {token:?}\n",

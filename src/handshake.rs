@@ -90,7 +90,7 @@ pub fn client_proof(key: &[u8; 32], client_nonce: &str, server_nonce: &str) -> S
 }
 
 /// A fresh nonce, or an error when the system has no randomness (then nothing is sent).
-pub fn nonce() -> std::io::Result<String> {
+pub fn nonce() -> Result<String, crate::random::RandomError> {
     let mut bytes = [0u8; NONCE_BYTES];
     crate::random::fill(&mut bytes)?;
     Ok(hex(&bytes))

@@ -484,7 +484,7 @@ impl Approvals {
         decision: &Decision,
     ) -> Result<(Approval, bool), String> {
         let now = now_ms();
-        let new = self.new_request(workflow, call, key, decision, now);
+        let new = self.new_request(workflow, call, key, decision, now)?;
         let opened = self.store.open_request(new, now).await.map_err(|e| e.to_string())?;
         for a in &opened.expired {
             self.expired(a).await;
@@ -514,7 +514,7 @@ impl Approvals {
             return Err(DecideError::NotAnApprover(who.name.clone(), workflow.name.clone()).to_string());
         }
         let now = now_ms();
-        let new = self.new_request(workflow, call, key, decision, now);
+        let new = self.new_request(workflow, call, key, decision, now)?;
         let opened = self
             .store
             .open_decided(new, vote.clone(), workflow.required_approvals, now)
@@ -544,10 +544,10 @@ impl Approvals {
         key: &str,
         decision: &Decision,
         now: i64,
-    ) -> NewApproval {
+    ) -> Result<NewApproval, String> {
         let expiry = self.settings.expiry_for(decision.risk, workflow);
-        NewApproval {
-            id: new_id(),
+        Ok(NewApproval {
+            id: new_id().map_err(|e| e.to_string())?,
             key: key.to_owned(),
             server: call.server.clone(),
             tool: call.tool.clone(),
@@ -563,7 +563,7 @@ impl Approvals {
             created_at: now,
             expires_at: now + i64::try_from(expiry.as_millis()).unwrap_or(i64::MAX / 2),
             tool_info: call.tool_info.clone(),
-        }
+        })
     }
 
     /// Audits and announces a request that has just expired.
@@ -820,8 +820,8 @@ pub use crate::audit::canonical_json;
 pub use crate::store::now_ms;
 
 /// A short random id: `apr_` and 16 hex digits.
-pub fn new_id() -> String {
-    format!("apr_{}", crate::random::hex(8))
+pub fn new_id() -> Result<String, crate::random::RandomError> {
+    Ok(format!("apr_{}", crate::random::hex(8)?))
 }
 
 #[cfg(test)]
@@ -837,5 +837,36 @@ mod tests {
         assert_ne!(call_key("fs", "rm", &a), call_key("fs", "rm", &c));
         assert_ne!(call_key("fs", "rm", &a), call_key("fs2", "rm", &a));
         assert_eq!(canonical_json(&a), r#"{"a":{"x":"s","y":[1,2]},"b":1}"#);
+    }
+
+    /// Without randomness no request id can be made: the held call is answered with the gate's
+    /// internal error (it does not run), and the task that holds it ends instead of panicking,
+    /// which would leave its caller waiting for an answer that never comes.
+    #[tokio::test]
+    async fn a_held_call_without_randomness_is_refused_not_left_waiting() {
+        let toml = "[[rules]]\nname = \"ask\"\ntool = \"rm\"\naction = \"approve\"\n";
+        let config = crate::config::Config::from_toml(toml, "hold.toml").expect("policy");
+        let store = Store::open(crate::store::Location::Memory).await.expect("store");
+        let settings = ApprovalSettings { wait: Duration::from_secs(3600), ..ApprovalSettings::default() };
+        let gate = ApprovalGate { approvals: Approvals::new(store, config.policy.clone(), settings) };
+        let arguments = serde_json::json!({"path": "/"});
+        let call = ToolCall {
+            server: "fs",
+            tool: "rm",
+            exposed_name: "rm",
+            arguments: &arguments,
+            info: None,
+            agent: None,
+            progress: None,
+            gone: CancellationToken::new(),
+        };
+        let Verdict::Hold(held) = gate.check(&call) else { panic!("the call should be held") };
+        let _failing = crate::random::failing::on_this_thread();
+        let verdict = tokio::spawn(held).await.expect("the held call's task ends without a panic");
+        let Verdict::Respond(reply) = verdict else { panic!("the held call should be answered") };
+        let reply = reply.get();
+        assert!(reply.contains("approval gate failed") && reply.contains("randomness"), "{reply}");
+        let pending = gate.approvals.store.list_approvals(crate::store::ApprovalFilter::default()).await;
+        assert!(pending.expect("list").is_empty(), "no request was opened");
     }
 }

@@ -87,6 +87,8 @@ enum OpenError {
     Full(usize),
     #[error("{0}")]
     Upstream(String),
+    #[error("{0}")]
+    Random(#[from] crate::random::RandomError),
 }
 
 impl OpenError {
@@ -96,6 +98,9 @@ impl OpenError {
                 let mut resp = json_error(StatusCode::SERVICE_UNAVAILABLE, id, code::INTERNAL_ERROR, &self.to_string());
                 resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
                 resp
+            }
+            OpenError::Random(_) => {
+                json_error(StatusCode::INTERNAL_SERVER_ERROR, id, code::INTERNAL_ERROR, &self.to_string())
             }
             _ => json_error(StatusCode::BAD_GATEWAY, id, code::UPSTREAM_ERROR, &self.to_string()),
         }
@@ -398,7 +403,7 @@ impl HttpState {
             }
         };
         let stuck_after = opts.servers.iter().map(|s| s.request_timeout).max().unwrap_or_default();
-        let id = random_id();
+        let id = random_id()?;
         opts.shared = shared;
         opts.agent = agent.map(str::to_owned);
         opts.label = if shared { format!("http-shared/{endpoint}") } else { format!("http/{}", &id[..8]) };
@@ -948,7 +953,7 @@ fn json_error(status: StatusCode, id: Option<Box<RawValue>>, code: i64, message:
 }
 
 /// 128 random bits as hex, from the OS.
-fn random_id() -> String {
+fn random_id() -> Result<String, crate::random::RandomError> {
     crate::random::hex(16)
 }
 

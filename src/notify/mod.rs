@@ -193,8 +193,15 @@ async fn dispatch(
                 Format::Slack => payload::slack(&change, &url),
                 Format::Teams => payload::teams(&change, &url),
             };
+            let id = match crate::random::hex(16) {
+                Ok(id) => id,
+                Err(e) => {
+                    warn!(webhook = %hook.name, "delivery dropped: {e}");
+                    continue;
+                }
+            };
             let delivery = Delivery {
-                id: crate::random::hex(16),
+                id,
                 kind: change.kind,
                 approval_id: change.approval.id.clone(),
                 body: body.to_string().into_bytes(),

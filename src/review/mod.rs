@@ -197,6 +197,8 @@ pub enum ReviewError {
     Unparseable(String),
     #[error("no provider {0:?}")]
     NoProvider(String),
+    #[error("{0}")]
+    Random(#[from] crate::random::RandomError),
 }
 
 impl ReviewError {
@@ -208,6 +210,7 @@ impl ReviewError {
             ReviewError::Status { .. } => "returned an error",
             ReviewError::Refused(_) => "refused to review the call",
             ReviewError::Unparseable(_) => "gave an answer that could not be read",
+            ReviewError::Random(_) => "could not be asked safely",
         }
     }
 }
@@ -440,7 +443,7 @@ impl Reviewer {
     pub async fn ask(&self, workflow: &AiWorkflow, subject: &Subject) -> Result<Answer, ReviewError> {
         let provider =
             self.providers.get(&workflow.provider).ok_or_else(|| ReviewError::NoProvider(workflow.provider.clone()))?;
-        let prompt = prompt::build(&workflow.guidelines, subject);
+        let prompt = prompt::build(&workflow.guidelines, subject)?;
         let body = match provider.config.kind {
             ProviderKind::Anthropic => anthropic::request_body(&workflow.model, &prompt),
             ProviderKind::OpenAi => openai::request_body(&workflow.model, &prompt),

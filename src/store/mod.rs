@@ -101,6 +101,8 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
     #[error("invalid JSON in the store: {0}")]
     Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    Random(#[from] crate::random::RandomError),
     #[error("approval {0} not found")]
     NotFound(String),
     #[error("approval {0} already exists")]
@@ -187,7 +189,7 @@ impl Store {
         };
         let (jobs, queue) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = oneshot::channel::<Result<Option<FileId>, StoreError>>();
-        let instance: Arc<str> = Arc::from(format!("ins_{}", crate::random::hex(8)));
+        let instance: Arc<str> = Arc::from(format!("ins_{}", crate::random::hex(8)?));
         let me = instance.clone();
         std::thread::Builder::new().name("mcp-gate-store".into()).spawn(move || {
             let opened = open_connection(&loc).and_then(|mut conn| {

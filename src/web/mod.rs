@@ -123,12 +123,12 @@ impl WebState {
         guard::constant_time_eq(token.as_bytes(), self.token.as_bytes())
     }
 
-    pub fn open_session(&self, who: Principal) -> (String, BrowserSession) {
+    pub fn open_session(&self, who: Principal) -> Result<(String, BrowserSession), crate::random::RandomError> {
         self.sessions.retain(|_, s| s.created.elapsed() < SESSION_TTL);
-        let id = crate::random::hex(32);
-        let session = BrowserSession { csrf: crate::random::hex(32), who, created: Instant::now() };
+        let id = crate::random::hex(32)?;
+        let session = BrowserSession { csrf: crate::random::hex(32)?, who, created: Instant::now() };
         self.sessions.insert(id.clone(), session.clone());
-        (id, session)
+        Ok((id, session))
     }
 
     pub fn session(&self, id: &str) -> Option<BrowserSession> {
@@ -214,8 +214,9 @@ pub fn load_or_create_token(
         return Ok((t, Some(path)));
     }
     crate::store::create_private_dir(data_dir)?;
-    let token = crate::random::hex(24);
-    let temporary = data_dir.join(format!(".approver-token.{}.{}", std::process::id(), crate::random::hex(4)));
+    let token = crate::random::hex(24).map_err(std::io::Error::other)?;
+    let suffix = crate::random::hex(4).map_err(std::io::Error::other)?;
+    let temporary = data_dir.join(format!(".approver-token.{}.{suffix}", std::process::id()));
     write_private(&temporary, &token)?;
     let linked = std::fs::hard_link(&temporary, &path);
     let outcome = match linked {
@@ -259,7 +260,11 @@ mod tests {
 
     #[test]
     fn processes_starting_together_share_one_token() {
-        let dir = std::env::temp_dir().join(format!("mcp-gate-token-{}-{}", std::process::id(), crate::random::hex(4)));
+        let dir = std::env::temp_dir().join(format!(
+            "mcp-gate-token-{}-{}",
+            std::process::id(),
+            crate::random::hex(4).unwrap()
+        ));
         let tokens: Vec<String> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..8).map(|_| s.spawn(|| load_or_create_token(None, &dir).unwrap().0)).collect();
             handles.into_iter().map(|h| h.join().unwrap()).collect()

@@ -193,7 +193,13 @@ async fn login(State(state): State<Arc<WebState>>, Form(form): Form<LoginForm>) 
         );
         return (StatusCode::UNAUTHORIZED, body).into_response();
     };
-    let (id, _) = state.open_session(who);
+    let (id, _) = match state.open_session(who) {
+        Ok(opened) => opened,
+        Err(e) => {
+            tracing::warn!("sign-in refused: {e}");
+            return (StatusCode::INTERNAL_SERVER_ERROR, "mcp-gate could not open a session").into_response();
+        }
+    };
     let mut response = Redirect::to(&safe_next(form.next.as_deref())).into_response();
     let cookie = format!("{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age=43200");
     if let Ok(v) = HeaderValue::from_str(&cookie) {

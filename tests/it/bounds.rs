@@ -134,7 +134,7 @@ async fn until_tagged(tag: &str, n: usize) {
 }
 
 fn tag(what: &str) -> String {
-    format!("--tag={what}-{}-{}", std::process::id(), mcp_gate::random::hex(4))
+    format!("--tag={what}-{}-{}", std::process::id(), mcp_gate::random::hex(4).expect("randomness"))
 }
 
 /// An in-process `serve` of one upstream with these limits; its `/mcp` URL.
