@@ -826,7 +826,7 @@ pub fn credentials_apart(
     }
     if let Some(http) = listen.token.as_deref() {
         if let Some((shared, shared_key)) = shared
-            && crate::web::guard::constant_time_eq(http.as_bytes(), shared.as_bytes())
+            && crate::secret::constant_time_eq(http.as_bytes(), shared.as_bytes())
         {
             return Err(clash(&listen.token_key, shared_key));
         }

@@ -109,7 +109,7 @@ impl Credentials {
         let presented = sha256(token);
         let mut found = None;
         for (hash, principal, _) in &self.entries {
-            if crate::web::guard::constant_time_eq(hash, &presented) && found.is_none() {
+            if crate::secret::constant_time_eq(hash, &presented) && found.is_none() {
                 found = Some(principal);
             }
         }
@@ -172,7 +172,7 @@ impl Credentials {
         let presented = sha256(token);
         let mut found = None;
         for (hash, _, key) in &self.entries {
-            if crate::web::guard::constant_time_eq(hash, &presented) && found.is_none() {
+            if crate::secret::constant_time_eq(hash, &presented) && found.is_none() {
                 found = Some(key.as_str());
             }
         }
@@ -189,15 +189,9 @@ pub fn sha256(text: &str) -> [u8; 32] {
     Sha256::digest(text.as_bytes()).into()
 }
 
-fn parse_hash(hex: &str) -> Option<[u8; 32]> {
-    let hex = hex.trim();
-    if hex.len() != 64 {
-        return None;
-    }
+fn parse_hash(text: &str) -> Option<[u8; 32]> {
     let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
+    hex::decode_to_slice(text.trim(), &mut out).ok()?;
     Some(out)
 }
 
@@ -206,7 +200,7 @@ mod tests {
     use super::*;
 
     fn raw(name: &str, token: &str, teams: &[&str]) -> RawPrincipal {
-        let hash: String = sha256(token).iter().map(|b| format!("{b:02x}")).collect();
+        let hash = hex::encode(sha256(token));
         RawPrincipal {
             name: name.into(),
             teams: teams.iter().map(|t| (*t).to_owned()).collect(),
@@ -243,6 +237,10 @@ mod tests {
         let mut bad = raw("alice", "alice-token-0123456789", &[]);
         bad.token_sha256 = Some("abc".into());
         assert_eq!(Credentials::from_raw("approvers", &[bad]).unwrap_err().0, "approvers[0].token_sha256");
+        // 64 characters that only a lenient parser reads as hex ("+f" is 15 to `from_str_radix`).
+        let mut signed = raw("alice", "alice-token-0123456789", &[]);
+        signed.token_sha256 = Some("+f".repeat(32));
+        assert_eq!(Credentials::from_raw("approvers", &[signed]).unwrap_err().0, "approvers[0].token_sha256");
 
         let dup = [raw("alice", "t-0123456789abcdef", &[]), raw("alice", "u-0123456789abcdef", &[])];
         assert_eq!(Credentials::from_raw("approvers", &dup).unwrap_err().0, "approvers[1].name");

@@ -38,7 +38,9 @@
 //! event stream and, in the hub, the [`notify`] webhooks.
 //!
 //! Before a bearer token travels to the approval address, [`handshake`] has the listener prove it
-//! knows the token (and the client prove it too).
+//! knows the token (and the client prove it too). Tokens and keys are held as [`secret`]s (wiped
+//! when dropped, never printed) and compared in constant time; ids, tokens and nonces come from
+//! [`random`], which fails closed.
 //!
 //! Untrusted text shown to a person (arguments, names, descriptions) goes through [`visible`],
 //! which marks invisible and look-alike characters.
@@ -68,6 +70,7 @@ pub mod policy;
 pub mod random;
 pub mod review;
 pub mod router;
+pub mod secret;
 pub mod session;
 pub mod store;
 pub mod tools;

@@ -813,7 +813,7 @@ pub fn call_key(server: &str, tool: &str, arguments: &Value) -> String {
     hasher.update(tool.as_bytes());
     hasher.update([0]);
     hasher.update(canonical_json(arguments).as_bytes());
-    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(hasher.finalize())
 }
 
 pub use crate::audit::canonical_json;

@@ -280,7 +280,7 @@ impl AiWorkflow {
 
     /// The sha256 of the guidelines, in lowercase hex.
     pub fn guidelines_sha256(&self) -> String {
-        hex(&Sha256::digest(self.guidelines.as_bytes()))
+        hex::encode(Sha256::digest(self.guidelines.as_bytes()))
     }
 }
 
@@ -484,11 +484,7 @@ fn cache_key(workflow: &AiWorkflow, call_key: &str) -> String {
         hasher.update(part.as_bytes());
         hasher.update([0]);
     }
-    hex(&hasher.finalize())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(hasher.finalize())
 }
 
 /// Posts a request body and reads the JSON answer (at most 1 MiB).

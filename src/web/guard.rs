@@ -51,14 +51,7 @@ pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
 }
 
 pub fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
-    bearer_token(headers).is_some_and(|given| constant_time_eq(given.as_bytes(), token.as_bytes()))
-}
-
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    bearer_token(headers).is_some_and(|given| crate::secret::constant_time_eq(given.as_bytes(), token.as_bytes()))
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {

@@ -85,7 +85,9 @@ impl WebState {
         let shared = crate::handshake::key_of(&self.token);
         let mut found = None;
         for key in std::iter::once(&shared).chain(self.approvers.hashes()) {
-            if guard::constant_time_eq(crate::handshake::key_id(key).as_bytes(), key_id.as_bytes()) && found.is_none() {
+            if crate::secret::constant_time_eq(crate::handshake::key_id(key).as_bytes(), key_id.as_bytes())
+                && found.is_none()
+            {
                 found = Some(*key);
             }
         }
@@ -120,7 +122,7 @@ impl WebState {
 
     /// Whether `token` is the shared approver token, which the processes of one machine share.
     pub fn is_shared_token(&self, token: &str) -> bool {
-        guard::constant_time_eq(token.as_bytes(), self.token.as_bytes())
+        crate::secret::constant_time_eq(token.as_bytes(), self.token.as_bytes())
     }
 
     pub fn open_session(&self, who: Principal) -> Result<(String, BrowserSession), crate::random::RandomError> {
