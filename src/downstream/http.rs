@@ -919,28 +919,16 @@ fn decode_header_value(value: &str) -> String {
     value.to_owned()
 }
 
+/// Standard-alphabet base64 (RFC 4648 section 4), read strictly: `=` only as the final padding
+/// (which may be left out), no stray bits in the last character, nothing outside the alphabet.
+const HEADER_BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);
+
 fn base64_decode(input: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(input.len() * 3 / 4);
-    let mut acc = 0u32;
-    let mut bits = 0;
-    for c in input.bytes().filter(|&c| c != b'=') {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    Some(out)
+    base64::Engine::decode(&HEADER_BASE64, input).ok()
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -972,5 +960,21 @@ mod tests {
         assert!(validate_modern_headers(&wrong, &msg).is_err());
         let missing = headers(&[("mcp-method", "tools/call")]);
         assert!(validate_modern_headers(&missing, &msg).is_err());
+    }
+
+    #[test]
+    fn header_base64_is_read_strictly() {
+        assert_eq!(base64_decode("aMOp").as_deref(), Some("h\u{e9}".as_bytes()));
+        assert_eq!(base64_decode("SGVsbG8sIOS4lueVjA==").as_deref(), Some("Hello, \u{4e16}\u{754c}".as_bytes()));
+        assert_eq!(base64_decode("SGVsbG8sIOS4lueVjA").as_deref(), Some("Hello, \u{4e16}\u{754c}".as_bytes()));
+        // `=` anywhere but the end, stray bits, or characters outside the alphabet: not base64.
+        for bad in ["aM=Op", "=aMOp", "aMOp=", "SGVsbG8=sIOS4lueVjA=", "aR==", "aR", "aMO", "aM Op", "aM-p"] {
+            assert_eq!(base64_decode(bad), None, "{bad}");
+        }
+        // A misplaced `=` leaves the header as written, which then does not match the body.
+        let msg =
+            Message::parse(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"h\u00e9"}}"#).unwrap();
+        let misplaced = headers(&[("mcp-method", "tools/call"), ("mcp-name", "=?base64?aM=Op?=")]);
+        assert!(validate_modern_headers(&misplaced, &msg).is_err());
     }
 }
