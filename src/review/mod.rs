@@ -323,6 +323,11 @@ struct Provider {
 pub struct Reviewer {
     workflows: HashMap<String, Arc<AiWorkflow>>,
     providers: HashMap<String, Provider>,
+    /// Kept by hand rather than with `moka`'s `try_get_with`: each workflow has its own window
+    /// (`ai_cache_secs`, a per-entry expiry there), a failed review is neither kept nor handed to
+    /// the identical calls waiting on it (each then asks the model itself, where moka gives every
+    /// waiter the first one's error), and the whole is some forty lines where moka would bring its
+    /// dependencies into the binary and a clock of its own that paused tokio time does not move.
     cache: Mutex<HashMap<String, (Answer, Instant)>>,
     /// One turn per cache key: identical calls arriving together wait for the first one's
     /// review instead of each asking the model.
