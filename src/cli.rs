@@ -14,6 +14,7 @@ use std::io::Write;
 use crate::approval::{ApprovalGate, ApprovalSettings, Approvals};
 use crate::gate::Gate;
 use crate::hub;
+use crate::secret::ExposeSecret;
 use crate::session::SessionOptions;
 use crate::store::{Location, Store};
 
@@ -308,10 +309,10 @@ pub async fn start_gate_with(config: &Config) -> anyhow::Result<Started> {
         .with_context(|| format!("storing the approver token in {}", a.data_dir.display()))?;
     if let Some(file) = &token_file {
         let key = format!("approver token file {}", file.display());
-        crate::config::credentials_apart(&config.listen, a, Some((&token, &key)))
+        crate::config::credentials_apart(&config.listen, a, Some((token.expose_secret(), &key)))
             .map_err(|(key, message)| anyhow::anyhow!("`{key}`: {message}"))?;
     }
-    let start = hub::discover(&a.listen, &token, store.path())
+    let start = hub::discover(&a.listen, token.expose_secret(), store.path())
         .await
         .with_context(|| format!("cannot listen on {} for approvals", a.listen))?;
     // The address to show: this process's server, or the hub's (the machine's approval address).

@@ -1039,7 +1039,7 @@ fn validate_webhooks(raw: Vec<RawWebhook>) -> Result<Vec<crate::notify::Webhook>
         };
         let secret = match w.secret_env {
             Some(var) => match std::env::var(&var) {
-                Ok(v) if !v.is_empty() => Some(v.into_bytes()),
+                Ok(v) if !v.is_empty() => Some(crate::secret::SecretSlice::from(v.into_bytes())),
                 Ok(_) => return Err((format!("{key}.secret_env"), format!("environment variable {var} is empty"))),
                 Err(_) => {
                     return Err((format!("{key}.secret_env"), format!("environment variable {var} is not set")));

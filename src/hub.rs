@@ -30,6 +30,7 @@ use tokio::sync::{broadcast, watch};
 use tracing::{debug, info, warn};
 
 use crate::approval::{Approvals, Change, ChangeKind};
+use crate::secret::{ExposeSecret, SecretString};
 use crate::store::{FileId, now_ms};
 use crate::transport::sse::EventReader;
 use crate::web::WebState;
@@ -289,7 +290,7 @@ pub struct Node {
     /// The machine's approval address (`[approvals] listen`).
     pub listen: String,
     /// The approver token, presented to the hub.
-    pub token: String,
+    pub token: SecretString,
     /// Starts the services only the hub runs. Called once, when this process becomes the hub:
     /// at start-up, or when it takes over from a hub that exited.
     pub on_hub: Box<dyn FnOnce() + Send>,
@@ -315,7 +316,7 @@ struct Running {
     approvals: Arc<Approvals>,
     web: Arc<WebState>,
     listen: String,
-    token: String,
+    token: SecretString,
     on_hub: Mutex<Option<Box<dyn FnOnce() + Send>>>,
     client: reqwest::Client,
 }
@@ -417,7 +418,7 @@ impl Running {
                 }
             }
             let file_id = self.approvals.store.file_id();
-            match probe(&self.client, &base, &self.token).await {
+            match probe(&self.client, &base, self.token.expose_secret()).await {
                 Probe::Gate(info) if info.shares(database, file_id) == Sharing::Same => {
                     return Some(Hub { base, info });
                 }
@@ -451,7 +452,7 @@ impl Running {
         let resp = self
             .client
             .get(format!("{base}/api/v1/events"))
-            .bearer_auth(&self.token)
+            .bearer_auth(self.token.expose_secret())
             .send()
             .await
             .map_err(|e| if e.is_connect() { Lost::Gone(e.to_string()) } else { Lost::Failed(e.to_string()) })?;
@@ -536,15 +537,17 @@ impl Running {
     /// Has the listener at `base` prove it knows the token before it is sent there; one that
     /// fails is reported.
     async fn verify(&self, base: &str) -> Result<(), crate::handshake::HandshakeError> {
-        let verified =
-            tokio::time::timeout(PROBE_TIMEOUT, crate::handshake::verify_listener(&self.client, base, &self.token))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(crate::handshake::HandshakeError::Unreachable(format!(
-                        "no answer within {} s",
-                        PROBE_TIMEOUT.as_secs()
-                    )))
-                });
+        let verified = tokio::time::timeout(
+            PROBE_TIMEOUT,
+            crate::handshake::verify_listener(&self.client, base, self.token.expose_secret()),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(crate::handshake::HandshakeError::Unreachable(format!(
+                "no answer within {} s",
+                PROBE_TIMEOUT.as_secs()
+            )))
+        });
         if let Err(e) = &verified
             && e.is_unproven()
         {
@@ -558,7 +561,7 @@ impl Running {
         let resp = self
             .client
             .post(format!("{base}/api/v1/hub/announce"))
-            .bearer_auth(&self.token)
+            .bearer_auth(self.token.expose_secret())
             .json(note)
             .timeout(ANNOUNCE_TIMEOUT)
             .send()

@@ -1,7 +1,7 @@
 //! Secrets: tokens and keys held as [`SecretString`] (wiped from memory when dropped, never shown
 //! by `Debug`), and the constant-time comparison every credential check uses.
 
-pub use secrecy::{ExposeSecret, SecretString};
+pub use secrecy::{ExposeSecret, SecretSlice, SecretString};
 use subtle::ConstantTimeEq;
 
 /// Whether `a` and `b` are equal, in a time that depends on their lengths only, never on where

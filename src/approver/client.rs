@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use crate::secret::ExposeSecret;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -10,7 +11,7 @@ use serde_json::{Value, json};
 pub struct Target {
     /// `http://HOST:PORT`, without a trailing slash.
     pub base: String,
-    pub token: String,
+    pub token: crate::secret::SecretString,
 }
 
 impl std::fmt::Debug for Target {
@@ -99,7 +100,7 @@ impl ApiClient {
     pub async fn verify(&self) -> Result<(), ClientError> {
         use crate::handshake::HandshakeError;
         let base = self.target.base.clone();
-        match crate::handshake::verify_listener(&self.http, &base, &self.target.token).await {
+        match crate::handshake::verify_listener(&self.http, &base, self.target.token.expose_secret()).await {
             Ok(()) => {
                 self.verified.store(true, std::sync::atomic::Ordering::Relaxed);
                 Ok(())
@@ -173,7 +174,7 @@ impl ApiClient {
         self.verify().await?;
         let response = http
             .get(self.url("/api/v1/events"))
-            .bearer_auth(&self.target.token)
+            .bearer_auth(self.target.token.expose_secret())
             .header(reqwest::header::ACCEPT, "text/event-stream")
             .send()
             .await
@@ -183,7 +184,8 @@ impl ApiClient {
 
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value, ClientError> {
         self.verified().await?;
-        let response = request.bearer_auth(&self.target.token).send().await.map_err(|e| self.unreachable(e))?;
+        let response =
+            request.bearer_auth(self.target.token.expose_secret()).send().await.map_err(|e| self.unreachable(e))?;
         if !response.status().is_success() {
             return Err(self.api_error(response).await);
         }

@@ -54,7 +54,7 @@ pub fn resolve_target(url: Option<&str>, config: impl FnOnce() -> anyhow::Result
     if !(base.starts_with("http://") || base.starts_with("https://")) {
         anyhow::bail!("{base:?} is not an http:// or https:// URL of the approval server");
     }
-    Ok(Target { base, token })
+    Ok(Target { base, token: token.into() })
 }
 
 /// Runs one request against the server at `target`; `json` prints the API's JSON instead of

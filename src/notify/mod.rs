@@ -23,6 +23,7 @@ use tracing::{Instrument, debug, info, warn};
 
 use crate::approval::{Approvals, Change, ChangeKind};
 use crate::audit::Redactor;
+use crate::secret::ExposeSecret;
 
 /// Changes a webhook may have waiting before new ones are dropped.
 const QUEUE: usize = 256;
@@ -76,8 +77,8 @@ pub struct Webhook {
     /// Where deliveries are POSTed (after `${VAR}` expansion: may hold a secret).
     pub url: String,
     pub format: Format,
-    /// The HMAC key: deliveries carry `X-Mcp-Gate-Signature` when it is set.
-    pub secret: Option<Vec<u8>>,
+    /// The HMAC key: deliveries carry `X-Mcp-Gate-Signature` when it is set. Wiped when dropped.
+    pub secret: Option<crate::secret::SecretSlice<u8>>,
     pub events: HashSet<ChangeKind>,
     /// Time limit of one attempt.
     pub timeout: Duration,
@@ -272,7 +273,8 @@ async fn attempt_once(hook: &Webhook, client: &reqwest::Client, d: &Delivery) ->
         .header("X-Mcp-Gate-Delivery", &d.id);
     if let Some(key) = &hook.secret {
         // Signed per attempt: a retry carries a fresh timestamp and the same delivery id.
-        request = request.header("X-Mcp-Gate-Signature", sign::signature_header(key, unix_now(), &d.body));
+        request =
+            request.header("X-Mcp-Gate-Signature", sign::signature_header(key.expose_secret(), unix_now(), &d.body));
     }
     let response = match request.body(d.body.clone()).send().await {
         Ok(r) => r,

@@ -27,6 +27,7 @@ use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use crate::secret::{ExposeSecret, SecretString};
 use crate::store::{Store, StoreError};
 use crate::tools::ToolInfo;
 
@@ -48,19 +49,27 @@ pub const RECENT_DECISIONS: u32 = 10;
 const MAX_CACHED: usize = 10_000;
 
 /// An API key read from the environment at start-up. It is only ever written into a request
-/// header: its `Debug` shows nothing, and it has no `Display`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+/// header: wiped from memory when dropped, its `Debug` shows nothing, and it has no `Display`.
+#[derive(Clone)]
+pub struct Secret(SecretString);
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
+        Secret(crate::secret::secret(value))
     }
 
     fn expose(&self) -> &str {
-        &self.0
+        self.0.expose_secret()
     }
 }
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Secret) -> bool {
+        crate::secret::constant_time_eq(self.expose().as_bytes(), other.expose().as_bytes())
+    }
+}
+
+impl Eq for Secret {}
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

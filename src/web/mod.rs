@@ -24,6 +24,7 @@ use tokio::net::TcpListener;
 
 use crate::approval::Approvals;
 use crate::identity::{Credentials, OPERATOR, Principal};
+use crate::secret::{ExposeSecret, SecretString};
 
 /// The browser session cookie.
 pub const COOKIE: &str = "mcp_gate_session";
@@ -34,7 +35,7 @@ const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 pub struct WebState {
     pub approvals: Arc<Approvals>,
     /// The shared approver token (identity [`OPERATOR`]).
-    pub token: String,
+    pub token: SecretString,
     /// Named approvers (`[[approvers]]`).
     pub approvers: Credentials,
     /// Host header values accepted besides loopback names.
@@ -64,7 +65,7 @@ pub struct BrowserSession {
 impl WebState {
     pub fn new(
         approvals: Arc<Approvals>,
-        token: String,
+        token: SecretString,
         approvers: Credentials,
         allowed_hosts: Vec<String>,
     ) -> Arc<WebState> {
@@ -82,7 +83,7 @@ impl WebState {
 
     /// The handshake key whose id is `key_id`: the shared token's or a named approver's.
     pub fn handshake_key(&self, key_id: &str) -> Option<[u8; 32]> {
-        let shared = crate::handshake::key_of(&self.token);
+        let shared = crate::handshake::key_of(self.token.expose_secret());
         let mut found = None;
         for key in std::iter::once(&shared).chain(self.approvers.hashes()) {
             if crate::secret::constant_time_eq(crate::handshake::key_id(key).as_bytes(), key_id.as_bytes())
@@ -122,7 +123,7 @@ impl WebState {
 
     /// Whether `token` is the shared approver token, which the processes of one machine share.
     pub fn is_shared_token(&self, token: &str) -> bool {
-        crate::secret::constant_time_eq(token.as_bytes(), self.token.as_bytes())
+        crate::secret::constant_time_eq(token.as_bytes(), self.token.expose_secret().as_bytes())
     }
 
     pub fn open_session(&self, who: Principal) -> Result<(String, BrowserSession), crate::random::RandomError> {
@@ -207,6 +208,13 @@ async fn guard_layer(State(state): State<Arc<WebState>>, request: Request, next:
 pub fn load_or_create_token(
     configured: Option<&str>,
     data_dir: &std::path::Path,
+) -> std::io::Result<(SecretString, Option<std::path::PathBuf>)> {
+    stored_token(configured, data_dir).map(|(token, path)| (SecretString::from(token), path))
+}
+
+fn stored_token(
+    configured: Option<&str>,
+    data_dir: &std::path::Path,
 ) -> std::io::Result<(String, Option<std::path::PathBuf>)> {
     if let Some(t) = configured {
         return Ok((t.to_owned(), None));
@@ -268,7 +276,9 @@ mod tests {
             crate::random::hex(4).unwrap()
         ));
         let tokens: Vec<String> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..8).map(|_| s.spawn(|| load_or_create_token(None, &dir).unwrap().0)).collect();
+            let handles: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| load_or_create_token(None, &dir).unwrap().0.expose_secret().to_owned()))
+                .collect();
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
         assert!(tokens.iter().all(|t| t == &tokens[0] && t.len() == 48), "{tokens:?}");
@@ -279,14 +289,14 @@ mod tests {
             assert_eq!(mode(&dir), 0o700, "the data directory is private");
             assert_eq!(mode(&dir.join("approver-token")), 0o600, "the token file is private");
         }
-        assert_eq!(load_or_create_token(None, &dir).unwrap().0, tokens[0]);
+        assert_eq!(load_or_create_token(None, &dir).unwrap().0.expose_secret().to_owned(), tokens[0]);
         let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(left, vec![std::ffi::OsString::from("approver-token")], "no temporary files left behind");
 
         std::fs::write(dir.join("approver-token"), "short\n").unwrap();
-        let (replaced, _) = load_or_create_token(None, &dir).unwrap();
+        let replaced = load_or_create_token(None, &dir).unwrap().0.expose_secret().to_owned();
         assert_ne!(replaced, "short");
-        assert_eq!(load_or_create_token(None, &dir).unwrap().0, replaced);
+        assert_eq!(load_or_create_token(None, &dir).unwrap().0.expose_secret().to_owned(), replaced);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -84,7 +84,7 @@ fn hook(url: &str, format: Format, secret: Option<&[u8]>) -> Webhook {
         name: format!("test-{}", format.as_str()),
         url: url.to_owned(),
         format,
-        secret: secret.map(<[u8]>::to_vec),
+        secret: secret.map(|s| s.to_vec().into()),
         events: DEFAULT_EVENTS.into_iter().collect(),
         timeout: Duration::from_secs(10),
     }
@@ -156,7 +156,7 @@ async fn a_held_call_sends_a_signed_requested_delivery() {
 
     // The approval is what the API shows, redacted and without the policy trace.
     let stored = approvals.store.get_approval(&id).await.unwrap().unwrap();
-    let state = mcp_gate::web::WebState::new(approvals.clone(), "t".repeat(20), Default::default(), Vec::new());
+    let state = mcp_gate::web::WebState::new(approvals.clone(), "t".repeat(20).into(), Default::default(), Vec::new());
     let mut api = mcp_gate::web::api::view(&state, &stored);
     api.as_object_mut().unwrap().remove("trace");
     api["arguments"] = json!({"path": "/etc/hosts", "password": "[redacted]"});
