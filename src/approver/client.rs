@@ -2,9 +2,10 @@
 
 use std::path::Path;
 
-use crate::secret::ExposeSecret;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+
+use crate::secret::ExposeSecret;
 
 /// Where the approval server is and how to authenticate to it.
 #[derive(Clone)]
