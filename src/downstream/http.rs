@@ -25,11 +25,11 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use crate::http::guard::{bearer_matches, bearer_token, check_host_origin};
 use crate::identity::Credentials;
-use crate::jsonrpc::{self, Kind, Message, code};
 use crate::session::{self, Downstream, Input, Route, SessionHandle, SessionOptions};
-use crate::transport::MAX_MESSAGE_BYTES;
-use crate::web::guard::{bearer_matches, bearer_token, check_host_origin};
+use crate::wire::MAX_MESSAGE_BYTES;
+use crate::wire::jsonrpc::{self, Kind, Message, code};
 
 /// On shutdown, how long requests in flight may take to finish before their streams end
 /// with an error.
@@ -309,8 +309,8 @@ fn with_subscription_id(msg: &Message, ours: &str, original: &RawValue) -> Vec<u
     let tagged = msg.params.as_deref().and_then(|p| {
         let mut params = jsonrpc::parse_object(p).ok()?;
         let mut meta = jsonrpc::parse_object(jsonrpc::get(&params, "_meta")?).ok()?;
-        (jsonrpc::get(&meta, crate::era::SUBSCRIPTION_META)?.get() == ours).then_some(())?;
-        jsonrpc::set(&mut meta, crate::era::SUBSCRIPTION_META, original.to_owned());
+        (jsonrpc::get(&meta, crate::wire::era::SUBSCRIPTION_META)?.get() == ours).then_some(())?;
+        jsonrpc::set(&mut meta, crate::wire::era::SUBSCRIPTION_META, original.to_owned());
         jsonrpc::set(&mut params, "_meta", jsonrpc::object_to_raw(&meta));
         Some(jsonrpc::object_to_raw(&params))
     });
@@ -551,7 +551,7 @@ pub async fn serve(
         let _ = closed_tx.send(());
     };
     let limits = state.opts.limits.listener;
-    let server = crate::listener::serve(listener, router(state), limits, signal);
+    let server = crate::http::listener::serve(listener, router(state), limits, signal);
     let deadline = async {
         match closed_rx.await {
             Ok(()) => tokio::time::sleep(CLOSE_WAIT).await,
@@ -608,7 +608,7 @@ async fn handle(state: Arc<HttpState>, endpoint: String, method: Method, headers
 }
 
 fn is_modern(headers: &HeaderMap) -> bool {
-    header_str(headers, VERSION_HEADER).is_some_and(|v| crate::era::Era::of_version(v).is_modern())
+    header_str(headers, VERSION_HEADER).is_some_and(|v| crate::wire::era::Era::of_version(v).is_modern())
 }
 
 async fn post(
@@ -801,7 +801,7 @@ fn sse_response(rx: FrameRx, guard: Option<CancelOnDrop>) -> Response {
         let frame = rx.recv().await?;
         let mut event = Vec::with_capacity(frame.bytes.len() + 24);
         event.extend_from_slice(b"event: message\ndata: ");
-        crate::transport::framing::push_unsplittable(&mut event, &frame.bytes);
+        crate::wire::framing::push_unsplittable(&mut event, &frame.bytes);
         event.extend_from_slice(b"\n\n");
         Some((Ok::<_, std::convert::Infallible>(Bytes::from(event)), (rx, guard, frame.last)))
     });
@@ -955,7 +955,7 @@ fn random_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::web::guard::headers;
+    use crate::http::guard::headers;
 
     #[test]
     fn modern_headers_must_match_body() {

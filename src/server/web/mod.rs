@@ -8,7 +8,6 @@
 
 pub mod api;
 pub mod events;
-pub mod guard;
 pub mod pages;
 
 use std::sync::Arc;
@@ -82,10 +81,12 @@ impl WebState {
 
     /// The handshake key whose id is `key_id`: the shared token's or a named approver's.
     pub fn handshake_key(&self, key_id: &str) -> Option<[u8; 32]> {
-        let shared = crate::handshake::key_of(&self.token);
+        let shared = crate::server::handshake::key_of(&self.token);
         let mut found = None;
         for key in std::iter::once(&shared).chain(self.approvers.hashes()) {
-            if guard::constant_time_eq(crate::handshake::key_id(key).as_bytes(), key_id.as_bytes()) && found.is_none() {
+            if crate::http::guard::constant_time_eq(crate::server::handshake::key_id(key).as_bytes(), key_id.as_bytes())
+                && found.is_none()
+            {
                 found = Some(*key);
             }
         }
@@ -120,7 +121,7 @@ impl WebState {
 
     /// Whether `token` is the shared approver token, which the processes of one machine share.
     pub fn is_shared_token(&self, token: &str) -> bool {
-        guard::constant_time_eq(token.as_bytes(), self.token.as_bytes())
+        crate::http::guard::constant_time_eq(token.as_bytes(), self.token.as_bytes())
     }
 
     pub fn open_session(&self, who: Principal) -> (String, BrowserSession) {
@@ -171,12 +172,14 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let limits = state.limits;
-    crate::listener::serve(listener, router(state), limits, shutdown).await
+    crate::http::listener::serve(listener, router(state), limits, shutdown).await
 }
 
 /// Host/Origin checks on every request and security headers on every response.
 async fn guard_layer(State(state): State<Arc<WebState>>, request: Request, next: Next) -> Response {
-    if let Err(why) = guard::check_host_origin(&state.allowed_hosts, &state.allowed_origins, request.headers()) {
+    if let Err(why) =
+        crate::http::guard::check_host_origin(&state.allowed_hosts, &state.allowed_origins, request.headers())
+    {
         return (StatusCode::FORBIDDEN, why).into_response();
     }
     let mut response = next.run(request).await;

@@ -15,10 +15,10 @@ use maud::{DOCTYPE, Markup, html};
 use serde::Deserialize;
 
 use super::api::{ListQuery, decide_many, time_param};
-use super::guard::constant_time_eq;
 use super::{BrowserSession, COOKIE, WebState};
 use crate::approval::now_ms;
 use crate::approval::replies::iso8601;
+use crate::http::guard::constant_time_eq;
 use crate::store::approvals::DEFAULT_LIST_LIMIT;
 use crate::store::stats::Breakdown;
 use crate::store::{Approval, Status};

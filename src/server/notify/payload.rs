@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use crate::approval::replies::iso8601;
 use crate::approval::{Change, ChangeKind};
-use crate::audit::{REDACTED, Redactor};
+use crate::store::audit::{REDACTED, Redactor};
 use crate::store::{Approval, Status};
 
 /// Longest value (in characters) put into a chat message field.

@@ -166,7 +166,7 @@ pub async fn verify_listener(http: &reqwest::Client, base: &str, token: &str) ->
     };
     let expected = server_proof(&key, &client_nonce, &reply.server_nonce);
     if !is_nonce(&reply.server_nonce)
-        || !crate::web::guard::constant_time_eq(expected.as_bytes(), reply.server_proof.as_bytes())
+        || !crate::http::guard::constant_time_eq(expected.as_bytes(), reply.server_proof.as_bytes())
     {
         return Err(HandshakeError::NoProof("wrong proof".into()));
     }

@@ -1,6 +1,8 @@
 //! The hook on the `tools/call` path: a [`Gate`] decides, for each call, whether it goes
 //! upstream, is answered by the proxy, or waits.
 
+pub mod tools;
+
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
@@ -8,7 +10,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 pub use tokio_util::sync::CancellationToken;
 
-use crate::tools::ToolInfo;
+use crate::gate::tools::ToolInfo;
 
 /// A tool call as the gate sees it, after routing.
 #[derive(Debug)]

@@ -15,10 +15,10 @@ use tokio::process::Command;
 use tokio::sync::mpsc;
 use tracing::{Instrument, debug, info, warn};
 
-use super::framing::{Line, LineReader};
 use super::{ConnectError, Reporter, UpstreamLink};
 use crate::config::{ServerConfig, UpstreamTransport};
-use crate::jsonrpc::Message;
+use crate::wire::framing::{Line, LineReader};
+use crate::wire::jsonrpc::Message;
 
 pub fn spawn(server: &ServerConfig, reporter: Reporter) -> Result<UpstreamLink, ConnectError> {
     let UpstreamTransport::Stdio { command, args, env, cwd } = &server.transport else {
@@ -104,7 +104,7 @@ pub fn spawn(server: &ServerConfig, reporter: Reporter) -> Result<UpstreamLink, 
                     Ok(Some(Line::TooLong { head, tail })) => match answered_id(&head, &tail) {
                         // Its request gets an error instead of waiting for ever.
                         Some(id) => reporter.too_large(id),
-                        None => warn!("skipping a message over {} bytes", super::MAX_MESSAGE_BYTES),
+                        None => warn!("skipping a message over {} bytes", crate::wire::MAX_MESSAGE_BYTES),
                     },
                     Ok(None) => break,
                     Err(e) => {

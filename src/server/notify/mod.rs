@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use tracing::{Instrument, debug, info, warn};
 
 use crate::approval::{Approvals, Change, ChangeKind};
-use crate::audit::Redactor;
+use crate::store::audit::Redactor;
 
 /// Changes a webhook may have waiting before new ones are dropped.
 const QUEUE: usize = 256;

@@ -15,10 +15,10 @@ use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::http_client::{describe, http_failure, media_type, read_body_prefix, recorrelated_error};
-use super::sse::{EventReader, SseEvent};
+use super::streamable_http::{describe, http_failure, media_type, read_body_prefix, recorrelated_error};
 use super::{ConnectError, Outgoing, Reporter, UpstreamLink};
-use crate::jsonrpc::{self, Message, code};
+use crate::wire::jsonrpc::{self, Message, code};
+use crate::wire::sse::{EventReader, SseEvent};
 
 /// Time allowed for the GET to answer and send its `endpoint` event.
 const ENDPOINT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -39,7 +39,7 @@ pub async fn connect(
     reporter: Reporter,
 ) -> Result<UpstreamLink, ConnectError> {
     let http_error = |message: String| ConnectError::Http { server: server.to_owned(), message };
-    let (parsed, headers, client) = super::http_client::prepare(server, url, headers)?;
+    let (parsed, headers, client) = super::streamable_http::prepare(server, url, headers)?;
 
     let opened = tokio::time::timeout(ENDPOINT_TIMEOUT, open(&client, &parsed, &headers))
         .await
@@ -357,8 +357,8 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::transport::UpstreamEvent;
-    use crate::transport::sse::encode_event;
+    use crate::upstream::UpstreamEvent;
+    use crate::wire::sse::encode_event;
 
     #[derive(Default)]
     struct Upstream {

@@ -12,6 +12,8 @@
 //! are mapped back the same way. Progress tokens pass unchanged unless the session is shared by
 //! several clients (stateless HTTP), where they are remapped to stay unique.
 
+pub mod merge;
+
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,12 +25,12 @@ use tokio::sync::mpsc;
 use tracing::{Instrument, debug, info, warn};
 
 use crate::config::{ServerConfig, UpstreamTransport};
-use crate::era::{self, Era};
+use crate::gate::tools::ToolList;
 use crate::gate::{CancellationToken, Gate, Outcome, OutcomeHook, ProgressSink, RefusedCall, ToolCall, Verdict};
-use crate::jsonrpc::{self, Kind, Message, code};
-use crate::router::{self, ListPosition};
-use crate::tools::ToolList;
-use crate::transport::{self, ConnectError, Outgoing, Reporter, UpstreamEvent, UpstreamLink};
+use crate::upstream::{self, ConnectError, Outgoing, Reporter, UpstreamEvent, UpstreamLink};
+use crate::wire::era::{self, Era};
+use crate::wire::jsonrpc::{self, Kind, Message, code};
+use merge::ListPosition;
 
 /// Where a message to the client belongs (matters for HTTP, where each request has a stream).
 #[derive(Debug, Clone, Copy)]
@@ -110,7 +112,7 @@ pub async fn start(
     let (up_tx, up_rx) = mpsc::unbounded_channel();
     let mut upstreams = Vec::with_capacity(opts.servers.len());
     for (index, cfg) in opts.servers.iter().enumerate() {
-        let link = transport::connect(cfg, Reporter::new(index, 1, up_tx.clone())).await?;
+        let link = upstream::connect(cfg, Reporter::new(index, 1, up_tx.clone())).await?;
         upstreams.push(Upstream {
             cfg: cfg.clone(),
             link: Some(link),
@@ -787,7 +789,7 @@ impl Session {
     fn without_hidden_tools(&self, index: usize, result: &RawValue) -> Box<RawValue> {
         let Ok(mut obj) = jsonrpc::parse_object(result) else { return result.to_owned() };
         let server = &self.upstreams[index].cfg.name;
-        let kept: Vec<Box<RawValue>> = router::entries(result, "tools")
+        let kept: Vec<Box<RawValue>> = merge::entries(result, "tools")
             .into_iter()
             .filter(|entry| {
                 let Ok(list) = ToolList::from_result(&jsonrpc::to_raw(&serde_json::json!({ "tools": [entry] }))) else {
@@ -882,7 +884,7 @@ impl Session {
         if !self.multi {
             return Ok(Some((0, exposed.to_owned())));
         }
-        if let Some((server, rest)) = router::split_prefixed(exposed, &self.opts.separator)
+        if let Some((server, rest)) = merge::split_prefixed(exposed, &self.opts.separator)
             && let Some(index) = self.upstreams.iter().position(|u| u.cfg.prefix && u.cfg.name == server)
         {
             return Ok(Some((index, rest.to_owned())));
@@ -956,7 +958,7 @@ impl Session {
         for up in &self.upstreams {
             let Some(list) = &up.tools else { continue };
             for tool in list.names() {
-                let exposed = router::exposed_name(&up.cfg.name, tool, up.cfg.prefix, &self.opts.separator);
+                let exposed = merge::exposed_name(&up.cfg.name, tool, up.cfg.prefix, &self.opts.separator);
                 if let Some(other) = seen.insert(exposed.clone(), &up.cfg.name) {
                     return Err(format!(
                         "tool name collision: `{exposed}` is exposed by both `{other}` and `{}`; set `prefix = true` on one of them",
@@ -1051,12 +1053,12 @@ impl Session {
                 let parts: Vec<(&str, Value)> = parts.iter().map(|(n, v)| (n.as_str(), v.clone())).collect();
                 let requested =
                     self.initialize_params.as_deref().and_then(|p| jsonrpc::string_field(p, "protocolVersion"));
-                jsonrpc::to_raw(&router::merge_initialize(&parts, requested.as_deref()))
+                jsonrpc::to_raw(&merge::merge_initialize(&parts, requested.as_deref()))
             }
             "server/discover" => {
                 let parts = values(&ok, &self.upstreams);
                 let parts: Vec<(&str, Value)> = parts.iter().map(|(n, v)| (n.as_str(), v.clone())).collect();
-                jsonrpc::to_raw(&router::merge_discover(&parts))
+                jsonrpc::to_raw(&merge::merge_discover(&parts))
             }
             "tools/list" | "prompts/list" | "resources/list" | "resources/templates/list" => {
                 let merged = self.merge_list(&f.method, ok);
@@ -1070,7 +1072,7 @@ impl Session {
     fn list(&mut self, msg: Message) {
         let cursor = msg.params.as_deref().and_then(|p| jsonrpc::string_field(p, "cursor"));
         let position: ListPosition = match cursor {
-            Some(c) => match router::decode_cursor(&c) {
+            Some(c) => match merge::decode_cursor(&c) {
                 Some(p) => p,
                 None => return self.reply_error(msg.id, code::INVALID_PARAMS, "invalid cursor"),
             },
@@ -1124,10 +1126,10 @@ impl Session {
             };
             let entries = match key {
                 "tools" | "prompts" => {
-                    router::rename_entries(&result, key, |n| router::exposed_name(&name, n, prefix, &sep))
+                    merge::rename_entries(&result, key, |n| merge::exposed_name(&name, n, prefix, &sep))
                         .unwrap_or_default()
                 }
-                _ => router::entries(&result, key),
+                _ => merge::entries(&result, key),
             };
             match key {
                 "tools" if next_cursor.is_none() => {
@@ -1146,7 +1148,7 @@ impl Session {
                 "resourceTemplates" => {
                     for e in &entries {
                         if let Some(t) = jsonrpc::string_field(e, "uriTemplate") {
-                            let prefix = router::template_prefix(&t).to_owned();
+                            let prefix = merge::template_prefix(&t).to_owned();
                             self.template_routes.retain(|(p, _)| p != &prefix);
                             self.template_routes.push((prefix, index));
                         }
@@ -1162,7 +1164,7 @@ impl Session {
         let mut out = serde_json::Map::new();
         let list = jsonrpc::to_raw(&merged);
         out.insert(key.to_owned(), serde_json::from_str(list.get()).unwrap_or(Value::Array(Vec::new())));
-        if let Some(c) = router::encode_cursor(&next) {
+        if let Some(c) = merge::encode_cursor(&next) {
             out.insert("nextCursor".to_owned(), Value::String(c));
         }
         jsonrpc::to_raw(&out)
@@ -1188,7 +1190,7 @@ impl Session {
 
     /// Routes a prefixed name to its server; an unprefixed one to the first unprefixed server.
     fn route_named(&self, name: &str) -> Result<(usize, String), String> {
-        if let Some((server, rest)) = router::split_prefixed(name, &self.opts.separator)
+        if let Some((server, rest)) = merge::split_prefixed(name, &self.opts.separator)
             && let Some(index) = self.upstreams.iter().position(|u| u.cfg.prefix && u.cfg.name == server)
         {
             return Ok((index, rest.to_owned()));
@@ -1270,7 +1272,7 @@ impl Session {
         let text = format!(
             "upstream `{}` answered with a message over the {}-byte limit; it was dropped",
             self.upstreams[index].cfg.name,
-            transport::MAX_MESSAGE_BYTES
+            crate::wire::MAX_MESSAGE_BYTES
         );
         warn!(up_id, "{text}");
         self.fail_pending(index, pending, &text);
@@ -1587,7 +1589,7 @@ impl Session {
             if tx.is_closed() {
                 return;
             }
-            let link = transport::connect(&cfg, reporter).await.map_err(|e| e.to_string());
+            let link = upstream::connect(&cfg, reporter).await.map_err(|e| e.to_string());
             let _ = tx.send(Input::Restarted { index, generation, link });
         });
         // Reports from the old transport are ignored from now on.

@@ -242,7 +242,7 @@ proptest! {
     fn the_line_reader_gives_back_every_line(text in "[ab\n]{0,64}", max in 1usize..8) {
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let lines = rt.block_on(async {
-            let mut reader = crate::transport::framing::LineReader::with_max(text.as_bytes(), max);
+            let mut reader = crate::wire::framing::LineReader::with_max(text.as_bytes(), max);
             let mut out = Vec::new();
             while let Some(line) = reader.next_line().await.unwrap() {
                 out.push(line);
@@ -253,11 +253,11 @@ proptest! {
         let mut too_long = false;
         for line in &lines {
             match line {
-                crate::transport::framing::Line::Data(d) => {
+                crate::wire::framing::Line::Data(d) => {
                     prop_assert!(d.len() <= max && !d.contains(&b'\n'));
                     rebuilt.push(String::from_utf8(d.to_vec()).unwrap());
                 }
-                crate::transport::framing::Line::TooLong { .. } => too_long = true,
+                crate::wire::framing::Line::TooLong { .. } => too_long = true,
             }
         }
         if !too_long {

@@ -3,7 +3,8 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::jsonrpc::{self, RawObject};
+use crate::wire::era;
+use crate::wire::jsonrpc::{self, RawObject};
 use serde_json::value::RawValue;
 
 /// The name a tool or prompt of `server` is exposed as.
@@ -74,7 +75,7 @@ pub fn merge_initialize(parts: &[(&str, Value)], requested_version: Option<&str>
     let mut result = json!({
         "protocolVersion": version,
         "capabilities": caps,
-        "serverInfo": server_info(),
+        "serverInfo": era::server_info(),
     });
     if let Some(text) = instructions {
         result["instructions"] = Value::String(text);
@@ -104,7 +105,7 @@ pub fn merge_discover(parts: &[(&str, Value)]) -> Value {
         "capabilities": caps,
         "ttlMs": ttl,
         "cacheScope": "private",
-        "_meta": { "io.modelcontextprotocol/serverInfo": server_info() },
+        "_meta": { "io.modelcontextprotocol/serverInfo": era::server_info() },
     });
     if let Some(text) = merged_instructions(parts) {
         result["instructions"] = Value::String(text);
@@ -120,10 +121,6 @@ fn merged_instructions(parts: &[(&str, Value)]) -> Option<String> {
         })
         .collect();
     (!texts.is_empty()).then(|| texts.join("\n\n"))
-}
-
-pub fn server_info() -> Value {
-    json!({ "name": "mcp-gate", "version": env!("CARGO_PKG_VERSION") })
 }
 
 /// Where each upstream stands in a merged, paginated list: `(upstream index, its cursor)`.

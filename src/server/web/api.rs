@@ -13,12 +13,12 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::WebState;
-use super::guard::bearer_token;
 use crate::approval::DecideError;
 use crate::approval::now_ms;
 use crate::approval::replies::parse_time;
-use crate::hub::{Announcement, HubInfo};
+use crate::http::guard::bearer_token;
 use crate::identity::{OPERATOR, Principal};
+use crate::server::hub_api::{Announcement, HubInfo};
 use crate::store::approvals::{DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT};
 use crate::store::{ApprovalFilter, Status};
 use crate::visible::normalise_name;
@@ -42,8 +42,8 @@ pub fn routes() -> Router<Arc<WebState>> {
         .route("/api/v1/audit", get(audit))
         .route("/api/v1/hub", get(hub))
         .route("/api/v1/hub/announce", post(announce))
-        .route(crate::handshake::HELLO, post(handshake_hello))
-        .route(crate::handshake::CONFIRM, post(handshake_confirm))
+        .route(crate::server::handshake::HELLO, post(handshake_hello))
+        .route(crate::server::handshake::CONFIRM, post(handshake_confirm))
 }
 
 async fn openapi() -> impl IntoResponse {
@@ -392,10 +392,10 @@ async fn stats(
 async fn audit(
     State(state): State<Arc<WebState>>,
     headers: HeaderMap,
-    Query(q): Query<crate::audit::AuditQuery>,
+    Query(q): Query<crate::store::audit::AuditQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     authorize(&state, &headers)?;
-    let (rows, next) = crate::audit::page(&state.approvals.store, q).await.map_err(internal)?;
+    let (rows, next) = crate::store::audit::page(&state.approvals.store, q).await.map_err(internal)?;
     Ok(Json(json!({ "entries": rows, "next_before": next })))
 }
 
@@ -427,13 +427,13 @@ async fn announce(
     }
 }
 
-/// Step 2 of [`crate::handshake`]: prove that this server knows the key the client names. Needs
+/// Step 2 of [`crate::server::handshake`]: prove that this server knows the key the client names. Needs
 /// no token: it is how a client decides whether to send one.
 async fn handshake_hello(
     State(state): State<Arc<WebState>>,
     body: axum::body::Bytes,
-) -> Result<Json<crate::handshake::HelloReply>, ApiError> {
-    use crate::handshake::{Hello, HelloReply, is_nonce, nonce, server_proof};
+) -> Result<Json<crate::server::handshake::HelloReply>, ApiError> {
+    use crate::server::handshake::{Hello, HelloReply, is_nonce, nonce, server_proof};
     let hello: Hello = serde_json::from_slice(&body).map_err(|e| {
         ApiError(
             StatusCode::BAD_REQUEST,
@@ -455,12 +455,12 @@ async fn handshake_hello(
     Ok(Json(HelloReply { server_nonce, server_proof }))
 }
 
-/// Step 3 of [`crate::handshake`]: the client proves it knows the key too.
+/// Step 3 of [`crate::server::handshake`]: the client proves it knows the key too.
 async fn handshake_confirm(
     State(state): State<Arc<WebState>>,
     body: axum::body::Bytes,
 ) -> Result<StatusCode, ApiError> {
-    use crate::handshake::{Confirm, client_proof};
+    use crate::server::handshake::{Confirm, client_proof};
     let confirm: Confirm = serde_json::from_slice(&body).map_err(|e| {
         ApiError(
             StatusCode::BAD_REQUEST,
@@ -471,7 +471,7 @@ async fn handshake_confirm(
     let refused = || ApiError(StatusCode::UNAUTHORIZED, "unauthorized", "wrong or expired handshake".into());
     let (key, client_nonce) = state.finish_handshake(&confirm.server_nonce).ok_or_else(refused)?;
     let expected = client_proof(&key, &client_nonce, &confirm.server_nonce);
-    if super::guard::constant_time_eq(expected.as_bytes(), confirm.client_proof.as_bytes()) {
+    if crate::http::guard::constant_time_eq(expected.as_bytes(), confirm.client_proof.as_bytes()) {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(refused())

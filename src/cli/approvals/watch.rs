@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 
 use super::client::{ApiClient, ClientError};
 use super::{print, render};
-use crate::transport::sse::EventReader;
+use crate::wire::sse::EventReader;
 
 /// A connection that stays silent this long is lost (the server sends a comment every 15 s).
 const READ_TIMEOUT: Duration = Duration::from_secs(45);

@@ -8,7 +8,7 @@
 
 use serde_json::value::RawValue;
 
-use crate::jsonrpc::{self, Message};
+use crate::wire::jsonrpc::{self, Message};
 
 /// The first protocol version of the modern era.
 pub const MODERN_VERSION: &str = "2026-07-28";
@@ -18,6 +18,11 @@ pub const VERSION_META: &str = "io.modelcontextprotocol/protocolVersion";
 
 /// The `_meta` key that tags a notification with the `subscriptions/listen` stream it belongs to.
 pub const SUBSCRIPTION_META: &str = "io.modelcontextprotocol/subscriptionId";
+
+/// How the proxy names itself in the results it writes (`serverInfo`).
+pub fn server_info() -> serde_json::Value {
+    serde_json::json!({ "name": "mcp-gate", "version": env!("CARGO_PKG_VERSION") })
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Era {
@@ -66,7 +71,7 @@ pub fn own_result(result: Box<RawValue>, era: Era) -> Box<RawValue> {
     }
     let mut meta = jsonrpc::get(&obj, "_meta").and_then(|m| jsonrpc::parse_object(m).ok()).unwrap_or_default();
     if jsonrpc::get(&meta, "io.modelcontextprotocol/serverInfo").is_none() {
-        jsonrpc::set(&mut meta, "io.modelcontextprotocol/serverInfo", jsonrpc::to_raw(&crate::router::server_info()));
+        jsonrpc::set(&mut meta, "io.modelcontextprotocol/serverInfo", jsonrpc::to_raw(&server_info()));
         jsonrpc::set(&mut obj, "_meta", jsonrpc::object_to_raw(&meta));
     }
     jsonrpc::object_to_raw(&obj)

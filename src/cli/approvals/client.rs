@@ -29,7 +29,7 @@ pub enum ClientError {
     Unreachable { base: String, why: String },
     #[error("the approval server at {base} answered something that is not the API's JSON: {why}")]
     Protocol { base: String, why: String },
-    /// The listener did not prove that it knows the token (see [`crate::handshake`]).
+    /// The listener did not prove that it knows the token (see [`crate::server::handshake`]).
     #[error("the listener at {base} {why}: it may not be the approval server (another program on its port?)")]
     Unverified { base: String, why: String },
 }
@@ -80,7 +80,7 @@ pub fn token_from_file(data_dir: &Path) -> Result<String, String> {
 pub struct ApiClient {
     pub target: Target,
     http: reqwest::Client,
-    /// Whether the listener proved it knows the token (see [`crate::handshake`]).
+    /// Whether the listener proved it knows the token (see [`crate::server::handshake`]).
     verified: std::sync::atomic::AtomicBool,
 }
 
@@ -97,9 +97,9 @@ impl ApiClient {
     /// Has the listener prove it knows the token before the token is sent to it. A listener that
     /// fails is reported on stderr and sent nothing.
     pub async fn verify(&self) -> Result<(), ClientError> {
-        use crate::handshake::HandshakeError;
+        use crate::server::handshake::HandshakeError;
         let base = self.target.base.clone();
-        match crate::handshake::verify_listener(&self.http, &base, &self.target.token).await {
+        match crate::server::handshake::verify_listener(&self.http, &base, &self.target.token).await {
             Ok(()) => {
                 self.verified.store(true, std::sync::atomic::Ordering::Relaxed);
                 Ok(())

@@ -33,9 +33,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::sse::{SseEvent, SseParser};
-use super::{ConnectError, MAX_MESSAGE_BYTES, Outgoing, Reporter, UpstreamLink};
-use crate::jsonrpc::{self, Kind, Message, code};
+use super::{ConnectError, Outgoing, Reporter, UpstreamLink};
+use crate::wire::MAX_MESSAGE_BYTES;
+use crate::wire::jsonrpc::{self, Kind, Message, code};
+use crate::wire::sse::{SseEvent, SseParser};
 
 /// Time allowed to open a TCP (and TLS) connection.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -1051,7 +1052,7 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::transport::UpstreamEvent;
+    use crate::upstream::UpstreamEvent;
 
     /// One HTTP request the test upstream received.
     #[derive(Debug, Clone)]
@@ -1123,7 +1124,7 @@ mod tests {
     }
 
     fn sse_data(id: Option<&str>, data: &Value) -> String {
-        crate::transport::sse::encode_event(Some("message"), id, &data.to_string())
+        crate::wire::sse::encode_event(Some("message"), id, &data.to_string())
     }
 
     async fn on_post(AxState(up): AxState<Arc<Upstream>>, headers: AxHeaders, body: Bytes) -> AxResponse {

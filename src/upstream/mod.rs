@@ -10,20 +10,15 @@
 //! takes each report at once and never waits, so the queue holds only what arrived since the
 //! actor last ran.
 
-pub mod child;
-pub mod framing;
-pub mod http_client;
-pub mod sse;
-pub mod sse_client;
+pub mod legacy_sse;
+pub mod stdio;
+pub mod streamable_http;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::config::{ServerConfig, UpstreamTransport};
-use crate::jsonrpc::Message;
-
-/// Longest accepted message: one stdio line or one HTTP body.
-pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+use crate::wire::jsonrpc::Message;
 
 /// Most messages waiting to be sent to one upstream (for example a child that stopped reading
 /// its input).
@@ -113,7 +108,7 @@ pub enum UpstreamEvent {
     /// A message from the upstream. `related` is the proxy request id whose HTTP response stream
     /// carried it, when the transport knows it.
     Message { msg: Message, related: Option<u64> },
-    /// The answer to the request with this proxy id was over [`MAX_MESSAGE_BYTES`] and was
+    /// The answer to the request with this proxy id was over [`MAX_MESSAGE_BYTES`](crate::wire::MAX_MESSAGE_BYTES) and was
     /// dropped.
     TooLarge { id: u64 },
     /// The transport stopped; in-flight requests will not be answered.
@@ -145,13 +140,13 @@ impl Reporter {
     /// Reports a message the strict reading refused. A response whose id can still be read
     /// becomes an error response under that id, so the request it answers fails instead of
     /// waiting; anything else is dropped with a warning. Nothing of it reaches the client.
-    pub fn refused(&self, bytes: &[u8], err: &crate::jsonrpc::ParseError, related: Option<u64>) {
-        let env = crate::jsonrpc::strict::lenient_envelope(bytes);
+    pub fn refused(&self, bytes: &[u8], err: &crate::wire::jsonrpc::ParseError, related: Option<u64>) {
+        let env = crate::wire::jsonrpc::strict::lenient_envelope(bytes);
         match env.id {
             Some(id) if env.response && env.methods.is_empty() => {
                 tracing::warn!("the upstream's response was refused: {err}");
                 let text = format!("the upstream's response was refused: {err}");
-                self.message(Message::error(Some(id), crate::jsonrpc::code::UPSTREAM_ERROR, &text), related);
+                self.message(Message::error(Some(id), crate::wire::jsonrpc::code::UPSTREAM_ERROR, &text), related);
             }
             _ => tracing::warn!("message from the upstream refused and dropped: {err}"),
         }
@@ -179,10 +174,10 @@ pub enum ConnectError {
 /// Starts the transport for one upstream server.
 pub async fn connect(server: &ServerConfig, reporter: Reporter) -> Result<UpstreamLink, ConnectError> {
     match &server.transport {
-        UpstreamTransport::Stdio { .. } => child::spawn(server, reporter),
+        UpstreamTransport::Stdio { .. } => stdio::spawn(server, reporter),
         UpstreamTransport::StreamableHttp { url, headers } => {
-            http_client::connect(&server.name, url, headers, reporter).await
+            streamable_http::connect(&server.name, url, headers, reporter).await
         }
-        UpstreamTransport::Sse { url, headers } => sse_client::connect(&server.name, url, headers, reporter).await,
+        UpstreamTransport::Sse { url, headers } => legacy_sse::connect(&server.name, url, headers, reporter).await,
     }
 }

@@ -39,7 +39,7 @@ pub struct EventsQuery {
 }
 
 async fn events(State(state): State<Arc<WebState>>, headers: HeaderMap, Query(q): Query<EventsQuery>) -> Response {
-    let signed_in = super::guard::bearer_token(&headers).and_then(|t| state.identify(t)).is_some()
+    let signed_in = crate::http::guard::bearer_token(&headers).and_then(|t| state.identify(t)).is_some()
         || state.browser_session(&headers).is_some();
     if !signed_in {
         return ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong bearer token")

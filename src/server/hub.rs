@@ -20,22 +20,20 @@
 //! that rejects our token): it serves on a free port of its own, as before.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch};
 use tracing::{debug, info, warn};
 
-use crate::approval::{Approvals, Change, ChangeKind};
+use crate::approval::{Approvals, Change};
+use crate::server::hub_api::{Announcement, HubInfo, SERVICE};
+use crate::server::web::WebState;
 use crate::store::{FileId, now_ms};
-use crate::transport::sse::EventReader;
-use crate::web::WebState;
-
-/// The `service` named by `GET /api/v1/hub`.
-pub const SERVICE: &str = "mcp-gate";
+use crate::wire::sse::EventReader;
 
 /// How long a probe of the approval address may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -49,33 +47,7 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(40);
 /// The pause between attempts when the address is held by something we cannot follow.
 const RETRY: Duration = Duration::from_secs(1);
 
-/// `GET /api/v1/hub`: who serves this approval address.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HubInfo {
-    pub service: String,
-    pub version: String,
-    pub pid: u32,
-    /// The canonical path of the database file; `None` for `:memory:`.
-    pub database: Option<PathBuf>,
-    /// The identity (`device:inode`) of the file this process opened at that path. A process whose
-    /// file at the same path has another identity does not share its data (the file was deleted or
-    /// replaced under one of them) and must not follow it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub database_id: Option<String>,
-}
-
 impl HubInfo {
-    /// This process, serving `store`.
-    pub fn here(store: &crate::store::Store) -> HubInfo {
-        HubInfo {
-            service: SERVICE.to_owned(),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            pid: std::process::id(),
-            database: store.path().map(Path::to_path_buf),
-            database_id: store.file_id().map(|id| id.to_string()),
-        }
-    }
-
     /// Whether this hub uses our database: the same path and, when both are known, the same file.
     fn shares(&self, database: Option<&Path>, file_id: Option<FileId>) -> Sharing {
         if self.database.as_deref() != database {
@@ -109,14 +81,6 @@ fn split_file(listen: &str, info: &HubInfo, ours: Option<FileId>) {
         info.database_id.as_deref().unwrap_or("?"),
         ours.map_or_else(|| "?".to_owned(), |id| id.to_string()),
     );
-}
-
-/// `POST /api/v1/hub/announce`: a change a follower made to the shared store.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Announcement {
-    pub kind: ChangeKind,
-    pub id: String,
-    pub actor: Option<String>,
 }
 
 /// How a process starts, as found by [`discover`].
@@ -243,9 +207,9 @@ fn base_url(listen: &str) -> String {
 }
 
 async fn probe(client: &reqwest::Client, base: &str, token: &str) -> Probe {
-    use crate::handshake::HandshakeError;
+    use crate::server::handshake::HandshakeError;
     // The listener proves it knows the token before the token is sent.
-    match tokio::time::timeout(PROBE_TIMEOUT, crate::handshake::verify_listener(client, base, token)).await {
+    match tokio::time::timeout(PROBE_TIMEOUT, crate::server::handshake::verify_listener(client, base, token)).await {
         Err(_) => return Probe::Other(format!("no answer within {} s", PROBE_TIMEOUT.as_secs())),
         Ok(Ok(())) => {}
         Ok(Err(HandshakeError::Refused(_))) => return Probe::Refused,
@@ -350,7 +314,7 @@ impl Running {
         let url = listener.local_addr().map(|a| format!("http://{a}/")).unwrap_or_default();
         let web = self.web.clone();
         tokio::spawn(async move {
-            if let Err(e) = crate::web::serve(listener, web, std::future::pending()).await {
+            if let Err(e) = crate::server::web::serve(listener, web, std::future::pending()).await {
                 tracing::error!("approval server stopped: {e}");
             }
         });
@@ -445,7 +409,7 @@ impl Running {
     /// request. Returns when the stream ends.
     async fn listen_to(&self, base: &str) -> Result<(), Lost> {
         self.verify(base).await.map_err(|e| match e {
-            crate::handshake::HandshakeError::Refused(e) => Lost::Gone(e),
+            crate::server::handshake::HandshakeError::Refused(e) => Lost::Gone(e),
             e => Lost::Failed(e.to_string()),
         })?;
         let resp = self
@@ -535,16 +499,18 @@ impl Running {
 
     /// Has the listener at `base` prove it knows the token before it is sent there; one that
     /// fails is reported.
-    async fn verify(&self, base: &str) -> Result<(), crate::handshake::HandshakeError> {
-        let verified =
-            tokio::time::timeout(PROBE_TIMEOUT, crate::handshake::verify_listener(&self.client, base, &self.token))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(crate::handshake::HandshakeError::Unreachable(format!(
-                        "no answer within {} s",
-                        PROBE_TIMEOUT.as_secs()
-                    )))
-                });
+    async fn verify(&self, base: &str) -> Result<(), crate::server::handshake::HandshakeError> {
+        let verified = tokio::time::timeout(
+            PROBE_TIMEOUT,
+            crate::server::handshake::verify_listener(&self.client, base, &self.token),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(crate::server::handshake::HandshakeError::Unreachable(format!(
+                "no answer within {} s",
+                PROBE_TIMEOUT.as_secs()
+            )))
+        });
         if let Err(e) = &verified
             && e.is_unproven()
         {
