@@ -8,16 +8,17 @@ use anyhow::{Context, bail};
 use tokio::net::TcpListener;
 
 use crate::approval::{ApprovalGate, ApprovalSettings, Approvals};
-use crate::config::{Config, UpstreamTransport};
+use crate::config::Config;
 use crate::downstream::{http, stdio};
 use crate::gate::Gate;
 use crate::server::hub;
 use crate::session::SessionOptions;
 use crate::store::{Location, Store};
+use crate::upstream::settings::{ServerConfig, UpstreamTransport};
 
 pub fn session_options(
     config: &Config,
-    servers: Vec<Arc<crate::config::ServerConfig>>,
+    servers: Vec<Arc<ServerConfig>>,
     gate: &Arc<dyn Gate>,
     label: &str,
 ) -> SessionOptions {
@@ -58,8 +59,8 @@ pub async fn start_gate_with(config: &Config) -> anyhow::Result<Started> {
         .with_context(|| format!("storing the approver token in {}", a.data_dir.display()))?;
     if let Some(file) = &token_file {
         let key = format!("approver token file {}", file.display());
-        crate::config::credentials_apart(&config.listen, a, Some((&token, &key)))
-            .map_err(|(key, message)| anyhow::anyhow!("`{key}`: {message}"))?;
+        let http = config.listen.token.as_deref().map(|t| (t, config.listen.token_key.as_str()));
+        crate::identity::credentials_apart(&a.agents, &a.approvers, http, Some((&token, &key)))?;
     }
     let start = hub::discover(&a.listen, &token, store.path())
         .await
@@ -79,7 +80,9 @@ pub async fn start_gate_with(config: &Config) -> anyhow::Result<Started> {
         expiry_warning: a.expiry_warning,
     };
     let approvals = Approvals::new(store, config.policy.clone(), settings);
-    if let Some(reviewer) = crate::review::Reviewer::from_config(a).context("setting up the AI reviewer")? {
+    if let Some(reviewer) =
+        crate::review::Reviewer::from_config(&a.ai_workflows, &a.providers).context("setting up the AI reviewer")?
+    {
         approvals.set_reviewer(reviewer);
     }
     let mut hosts = Vec::new();

@@ -11,8 +11,17 @@
 //!   refused), then parsed into the raw envelope of [`wire::jsonrpc`] (params and results stay those
 //!   canonical bytes). Newline framing, the SSE codec, and [`wire::era`], which decides the protocol
 //!   era of each request so that what the proxy writes itself takes that era's shape.
-//! - [`identity`], [`visible`], [`random`]: who is asking (approver and agent tokens), how untrusted
-//!   text is shown to a person (invisible characters marked), random bytes.
+//! - [`settings`]: what the settings of every subsystem share: [`settings::Invalid`], the error
+//!   that names the wrong key. Each subsystem owns its sections of `proxy.toml`, as written and
+//!   validated, usually in a `settings` module of its own: [`upstream::settings`] (`[proxy]`,
+//!   `[upstream]`, `[servers.NAME]`), [`downstream::settings`] (`[listen]`),
+//!   [`http::listener::ListenerLimits`], [`approval::settings`] (`[approvals]`, `[[workflows]]`),
+//!   [`review::settings`] (`[providers.NAME]` and the `ai_*` keys of a workflow),
+//!   [`server::notify::settings`] (`[[webhooks]]`), [`identity`] (`[[approvers]]`, `[[agents]]`)
+//!   and [`policy`] (`[policy]`, `[[rules]]`).
+//! - [`identity`], [`visible`], [`random`]: who is asking (approver and agent tokens, compared in
+//!   constant time; no agent holds an approver's token), how untrusted text is shown to a person
+//!   (invisible characters marked), random bytes.
 //! - [`http`]: what both HTTP servers share: the bounded [`http::listener`] and the request
 //!   [`http::guard`] (Host/Origin, bearer tokens).
 //! - [`upstream`]: the transports to the servers behind the proxy ([`upstream::stdio`] for a child
@@ -43,9 +52,13 @@
 //!   [`server::hub`] (the processes of one machine that share a database share one approval server);
 //!   the [`server::handshake`] by which both ends prove they know a token before it travels; the
 //!   [`server::notify`] webhooks.
-//! - [`config`] loads `proxy.toml`; [`app`] is the composition root that wires a run from it;
-//!   [`cli`] is the command line (with [`cli::approvals`], the `mcp-gate approvals` client of the
-//!   API); [`demo`] is `mcp-gate demo`.
+//! - At the top, what nothing below imports. [`config`] loads `proxy.toml` (figment: defaults, the
+//!   file, `MCP_GATE_` variables) into a [`config::RawConfig`] made of the subsystems' raw
+//!   sections, has each subsystem validate its own into a [`config::Config`] made of their
+//!   settings (it adds the file to the key an error names, and expands `${VAR}` for them), and
+//!   explains the result for `check-config`. [`app`] is the composition root that wires a run from
+//!   it; [`cli`] is the command line (with [`cli::approvals`], the `mcp-gate approvals` client of
+//!   the API); [`demo`] is `mcp-gate demo`.
 
 pub mod app;
 pub mod approval;
@@ -61,6 +74,7 @@ pub mod random;
 pub mod review;
 pub mod server;
 pub mod session;
+pub mod settings;
 pub mod store;
 pub mod upstream;
 pub mod visible;

@@ -12,6 +12,7 @@
 mod ai;
 pub mod changes;
 pub mod replies;
+pub mod settings;
 
 use std::collections::HashMap;
 use std::sync::Arc;

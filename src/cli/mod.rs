@@ -9,8 +9,9 @@ use anyhow::bail;
 use clap::{Args, Parser, Subcommand};
 
 use crate::app::{self, Signal};
-use crate::config::{CommandLineUpstream, Config};
+use crate::config::Config;
 use crate::store::{Location, Store};
+use crate::upstream::settings::CommandLineUpstream;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -65,15 +65,15 @@ pub struct HttpLimits {
     /// A session unused this long is closed. A request in flight keeps it open until the request
     /// is older than the longest request timeout of its upstreams: then it counts as stuck.
     pub session_idle: Duration,
-    pub listener: crate::config::ListenerLimits,
+    pub listener: crate::http::listener::ListenerLimits,
 }
 
 impl Default for HttpLimits {
     fn default() -> Self {
         HttpLimits {
-            max_sessions: crate::config::DEFAULT_MAX_SESSIONS,
-            session_idle: crate::config::DEFAULT_SESSION_IDLE,
-            listener: crate::config::ListenerLimits::default(),
+            max_sessions: super::settings::DEFAULT_MAX_SESSIONS,
+            session_idle: super::settings::DEFAULT_SESSION_IDLE,
+            listener: crate::http::listener::ListenerLimits::default(),
         }
     }
 }

@@ -4,6 +4,8 @@
 use axum::http::HeaderMap;
 use tracing::warn;
 
+pub use crate::identity::constant_time_eq;
+
 /// DNS-rebinding protection: the Host must name this machine (or a configured host) and an
 /// Origin, when present, must be a loopback origin (or a configured one).
 pub fn check_host_origin(
@@ -52,13 +54,6 @@ pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
 
 pub fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
     bearer_token(headers).is_some_and(|given| constant_time_eq(given.as_bytes(), token.as_bytes()))
-}
-
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {

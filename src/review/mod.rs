@@ -15,6 +15,7 @@
 pub mod anthropic;
 pub mod openai;
 pub mod prompt;
+pub mod settings;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -359,12 +360,16 @@ impl Reviewer {
         })
     }
 
-    /// The reviewer of a configuration, or `None` when it has no `ai_driven` workflow.
-    pub fn from_config(approvals: &crate::config::Approvals) -> Result<Option<Arc<Reviewer>>, reqwest::Error> {
-        if approvals.ai_workflows.is_empty() {
+    /// The reviewer of the `ai_driven` workflows and their providers, or `None` when there is no
+    /// such workflow.
+    pub fn from_config(
+        workflows: &BTreeMap<String, AiWorkflow>,
+        providers: &BTreeMap<String, ProviderConfig>,
+    ) -> Result<Option<Arc<Reviewer>>, reqwest::Error> {
+        if workflows.is_empty() {
             return Ok(None);
         }
-        let reviewer = Reviewer::new(approvals.ai_workflows.values().cloned(), approvals.providers.values().cloned())?;
+        let reviewer = Reviewer::new(workflows.values().cloned(), providers.values().cloned())?;
         Ok(Some(Arc::new(reviewer)))
     }
 

@@ -4,8 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mcp_gate::config::{ListenerLimits, ServerConfig, UpstreamTransport};
 use mcp_gate::downstream::http;
+use mcp_gate::http::listener::ListenerLimits;
+use mcp_gate::upstream::settings::{ServerConfig, UpstreamTransport};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, DuplexStream, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};

@@ -9,6 +9,7 @@
 //! answers.
 
 pub mod payload;
+pub mod settings;
 pub mod sign;
 
 use std::collections::HashSet;

@@ -40,7 +40,7 @@ pub struct WebState {
     pub allowed_hosts: Vec<String>,
     pub allowed_origins: Vec<String>,
     /// Connection cap and header timeout of the listener (`[approvals]`).
-    pub limits: crate::config::ListenerLimits,
+    pub limits: crate::http::listener::ListenerLimits,
     sessions: DashMap<String, BrowserSession>,
     /// Handshakes under way: server nonce -> (key, client nonce, when).
     handshakes: DashMap<String, ([u8; 32], String, Instant)>,
@@ -73,7 +73,7 @@ impl WebState {
             approvers,
             allowed_hosts,
             allowed_origins: Vec::new(),
-            limits: crate::config::ListenerLimits::default(),
+            limits: crate::http::listener::ListenerLimits::default(),
             sessions: DashMap::new(),
             handshakes: DashMap::new(),
         })
