@@ -14,6 +14,7 @@ mod dashboard_api;
 mod gating;
 mod hub;
 mod integrity;
+mod layers;
 mod relay;
 mod schema_validity;
 mod shutdown;
