@@ -17,6 +17,7 @@ mod integrity;
 mod relay;
 mod schema_validity;
 mod shutdown;
+mod sign_in;
 mod sse_fixture;
 mod store_faults;
 mod transparency;
