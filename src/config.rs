@@ -57,6 +57,17 @@ pub struct RawConfig {
     /// Where changes of approval requests are POSTed.
     #[serde(default)]
     pub webhooks: Vec<RawWebhook>,
+    /// `[notify]`: notifications on this machine.
+    #[serde(default)]
+    pub notify: RawNotify,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNotify {
+    /// Desktop notifications of new held calls (default `true`; off anyway without a graphical
+    /// session).
+    pub desktop: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -66,7 +77,7 @@ pub struct RawWebhook {
     pub name: Option<String>,
     /// `http(s)://...`; `${VAR}` is read from the environment.
     pub url: Option<String>,
-    /// `"generic"` (the default), `"slack"` or `"teams"`.
+    /// `"generic"` (the default), `"slack"`, `"teams"` or `"ntfy"`.
     pub format: Option<String>,
     /// Name of the environment variable holding the signing key (required for `generic`).
     pub secret_env: Option<String>,
@@ -203,6 +214,9 @@ pub struct Config {
     pub approvals: Approvals,
     /// `[[webhooks]]`.
     pub webhooks: Vec<crate::notify::Webhook>,
+    /// `[notify] desktop`: show desktop notifications of new held calls (when a graphical
+    /// session exists).
+    pub desktop_notifications: bool,
 }
 
 /// Validated `[approvals]` and `[[workflows]]`.
@@ -477,6 +491,7 @@ impl Config {
             default_policy,
             approvals,
             webhooks,
+            desktop_notifications: raw.notify.desktop.unwrap_or(true),
             separator,
             listen,
             servers,
@@ -574,6 +589,11 @@ impl Config {
                 events.join(", ")
             ));
         }
+        out.push_str(if self.desktop_notifications {
+            "desktop notifications: on, when a graphical session exists\n"
+        } else {
+            "desktop notifications: off\n"
+        });
         for warning in self.policy.lint() {
             out.push_str(&format!("warning: {warning}\n"));
         }
@@ -1037,6 +1057,12 @@ fn validate_webhooks(raw: Vec<RawWebhook>) -> Result<Vec<crate::notify::Webhook>
             None => Format::Generic,
             Some(f) => f.parse::<Format>().map_err(|m| (format!("{key}.format"), m))?,
         };
+        if format == Format::Ntfy && !crate::notify::ntfy::is_topic_url(&url) {
+            return Err((
+                format!("{key}.url"),
+                format!("{raw_url:?} does not end with an ntfy topic, as in \"https://ntfy.sh/TOPIC\""),
+            ));
+        }
         let secret = match w.secret_env {
             Some(var) => match std::env::var(&var) {
                 Ok(v) if !v.is_empty() => Some(v.into_bytes()),

@@ -39,7 +39,7 @@ pub fn opener() -> Option<&'static str> {
 }
 
 /// Starts the opener on `url` without waiting for it; whether it could be started.
-fn launch(url: &str) -> bool {
+pub fn launch(url: &str) -> bool {
     let Some(program) = opener() else { return false };
     let started = std::process::Command::new(program)
         .arg(url)

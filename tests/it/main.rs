@@ -11,6 +11,7 @@ mod bounds;
 mod caller_gone;
 mod common;
 mod dashboard_api;
+mod desktop;
 mod gating;
 mod hub;
 mod integrity;
