@@ -347,6 +347,9 @@ async fn queue(
         pairs.append_pair("offset", &offset.to_string());
         format!("/?{}", pairs.finish())
     };
+    let set = |v: &Option<String>| v.as_deref().is_some_and(|v| !v.trim().is_empty());
+    let more_filters = [&list.server, &list.tool, &list.agent, &list.rule, &list.from, &list.to].into_iter().any(set)
+        || (all && list.status.as_deref().is_some_and(|s| s != "all"));
     let body = html! {
         h1 { (title) " " span.count { "(" (total) ")" } }
         @if let Some(done) = q.done.as_deref().and_then(flash_text) { p.notice role="status" { (done) } }
@@ -354,23 +357,28 @@ async fn queue(
         @if let Some(error) = &problem { p.error role="alert" { (error) } }
         form.filters method="get" action="/" {
             @if all { input type="hidden" name="view" value="all"; }
-            @if all {
-                label { "Status"
-                    select name="status" {
-                        @for s in ["all", "pending", "approved", "denied", "expired", "executed", "failed"] {
-                            option value=(s) selected[list.status.as_deref().unwrap_or("all") == s] { (s) }
-                        }
-                    }
-                }
-            }
-            label { "Server" input type="text" name="server" value=[list.server.as_deref()]; }
-            label { "Tool" input type="text" name="tool" value=[list.tool.as_deref()]; }
-            label { "Agent" input type="text" name="agent" value=[list.agent.as_deref()]; }
-            label { "Rule" input type="text" name="rule" value=[list.rule.as_deref()]; }
-            label { "From" input type="date" name="from" value=[list.from.as_deref()]; }
-            label { "To" input type="date" name="to" value=[list.to.as_deref()]; }
             label.search { "Search" input type="search" name="q" value=[list.q.as_deref()] placeholder="id, tool, arguments…"; }
             button type="submit" { "Filter" }
+            details.more open[more_filters] {
+                summary { "More filters" }
+                div.more-fields {
+                    @if all {
+                        label { "Status"
+                            select name="status" {
+                                @for s in ["all", "pending", "approved", "denied", "expired", "executed", "failed"] {
+                                    option value=(s) selected[list.status.as_deref().unwrap_or("all") == s] { (s) }
+                                }
+                            }
+                        }
+                    }
+                    label { "Server" input type="text" name="server" value=[list.server.as_deref()]; }
+                    label { "Tool" input type="text" name="tool" value=[list.tool.as_deref()]; }
+                    label { "Agent" input type="text" name="agent" value=[list.agent.as_deref()]; }
+                    label { "Rule" input type="text" name="rule" value=[list.rule.as_deref()]; }
+                    label { "From" input type="date" name="from" value=[list.from.as_deref()]; }
+                    label { "To" input type="date" name="to" value=[list.to.as_deref()]; }
+                }
+            }
         }
         @if rows.is_empty() {
             p.empty { @if all { "No requests match." } @else { "Nothing is waiting." } }
@@ -502,15 +510,19 @@ async fn detail(
             dt { "Status" } dd { span class={ "status " (approval.status.as_str()) } { (approval.status.as_str()) } }
             dt { "Server" } dd { code { (shown(&approval.server)) } }
             dt { "Tool" } dd { code { (shown(&approval.tool)) } }
-            dt { "Arguments" } dd { pre.arguments { (shown(&arguments)) } }
+            dt.wide { "Arguments" } dd.wide { pre.arguments { (shown(&arguments)) } }
         }
         @if approval.status == Status::Pending {
             form.decide method="post" action={ "/approvals/" (approval.id) "/approve" } {
                 input type="hidden" name="csrf" value=(session.csrf);
-                label for="notes" { "Notes" }
-                textarea id="notes" name="notes" rows="1" {}
-                label for="reason" { "Reason (required to deny)" }
-                textarea id="reason" name="reason" rows="1" {}
+                div.field {
+                    label for="notes" { "Notes" }
+                    textarea id="notes" name="notes" rows="1" {}
+                }
+                div.field {
+                    label for="reason" { "Reason (required to deny)" }
+                    textarea id="reason" name="reason" rows="1" {}
+                }
                 div.buttons {
                     button.approve type="submit" { "Approve" }
                     button.deny type="submit" formaction={ "/approvals/" (approval.id) "/deny" } { "Deny" }

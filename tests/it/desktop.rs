@@ -135,3 +135,16 @@ async fn a_terminal_gets_one_line_per_held_call() {
     let line = within("the next line", lines.recv()).await.unwrap();
     assert!(line.ends_with(&other), "nothing for the decision: {line}");
 }
+
+#[test]
+fn notify_and_ntfy_configuration() {
+    assert!(Config::from_toml("", "empty.toml").unwrap().desktop_notifications, "on by default");
+    let off = Config::from_toml("[notify]\ndesktop = false\n", "off.toml").unwrap();
+    assert!(!off.desktop_notifications);
+    assert!(off.explain().contains("desktop notifications: off"), "{}", off.explain());
+    let hook = |url: &str| format!("[[webhooks]]\nurl = \"{url}\"\nformat = \"ntfy\"\n");
+    let e = Config::from_toml(&hook("https://ntfy.sh/"), "ntfy.toml").unwrap_err().to_string();
+    assert!(e.contains("ntfy.toml") && e.contains("webhooks[0].url") && e.contains("ntfy topic"), "{e}");
+    let ok = Config::from_toml(&hook("https://ntfy.sh/mcp-gate-x1"), "ntfy.toml").unwrap();
+    assert!(ok.explain().contains("webhook webhooks[0]: ntfy to ntfy.sh"), "{}", ok.explain());
+}
