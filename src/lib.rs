@@ -35,10 +35,12 @@
 //! that share a database share one approval server: [`hub`] decides at start-up whether this
 //! process serves it or follows the process that does, and hands it over when that one exits. Every
 //! change of a request is published on [`approval::Approvals::changes`], which feeds the server's
-//! event stream and, in the hub, the [`notify`] webhooks.
+//! event stream and, in the hub, the [`notify`] webhooks and desktop notifications (and, in each
+//! process whose stderr is a terminal, one line per call it holds).
 //!
 //! Before a bearer token travels to the approval address, [`handshake`] has the listener prove it
-//! knows the token (and the client prove it too).
+//! knows the token (and the client prove it too). `mcp-gate approvals open` then asks for a
+//! one-time link that signs a browser in ([`web::signin`]), so nobody has to find the token file.
 //!
 //! Untrusted text shown to a person (arguments, names, descriptions) goes through [`visible`],
 //! which marks invisible and look-alike characters.

@@ -218,3 +218,27 @@ async fn approvals_open_prints_a_link_that_signs_in_at_the_request() {
     assert!(login.contains(&format!("mcp-gate approvals open --url {} {id}", gate.approvals)), "{login}");
     assert!(login.contains(&dir.join("approver-token").display().to_string()), "{login}");
 }
+
+/// `approvals open` has the listener prove it knows the token first: a program squatting the
+/// address gets neither the token nor a request for a link.
+#[tokio::test]
+async fn approvals_open_sends_nothing_to_an_unproven_listener() {
+    let (addr, received) = super::hub::squatter().await;
+    let out = within(
+        "approvals open",
+        gate_in(&data_dir("open-squat"))
+            .args(["approvals", "open", "--print"])
+            .env("MCP_GATE_URL", format!("http://{addr}"))
+            .env("MCP_GATE_TOKEN", TOKEN)
+            .output(),
+    )
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("did not prove that it knows the token"), "{stderr}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("/login/link/"));
+    let seen = String::from_utf8_lossy(&received.lock().unwrap()).into_owned();
+    assert!(seen.contains("POST /api/v1/handshake"), "{seen}");
+    assert!(!seen.contains(TOKEN) && !seen.contains(API_PATH), "{seen}");
+}
