@@ -247,3 +247,65 @@ async fn approvals_open_sends_nothing_to_an_unproven_listener() {
     assert!(seen.contains("POST /api/v1/handshake"), "{seen}");
     assert!(!seen.contains(TOKEN) && !seen.contains(API_PATH), "{seen}");
 }
+
+/// `mcp-gate demo` shows only its walkthrough, and its sign-in link leads a browser to the held
+/// call, signed in, to approve it there.
+#[tokio::test]
+async fn the_demo_walks_through_a_first_approval_without_log_lines() {
+    use tokio::io::AsyncBufReadExt;
+
+    let mut child = gate_in(&data_dir("demo"))
+        .arg("demo")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut shown = Vec::new();
+    let link = within("the demo's sign-in link", async {
+        loop {
+            let line = stderr.next_line().await.unwrap().expect("the demo's walkthrough");
+            shown.push(line.clone());
+            if let Some(link) = line.split_whitespace().find(|w| w.contains("/login/link/")) {
+                return link.to_owned();
+            }
+        }
+    })
+    .await;
+    let base = link.split("/login/").next().unwrap().to_owned();
+    let http = reqwest::Client::builder().redirect(Policy::none()).build().unwrap();
+    let resp = http.post(&link).header("origin", &base).send().await.unwrap();
+    assert_eq!(resp.status(), 303);
+    let page = resp.headers()["location"].to_str().unwrap().to_owned();
+    assert!(page.starts_with("/approvals/apr_"), "{page}");
+    let cookie = session_cookie(&resp).unwrap();
+    let html = http.get(format!("{base}{page}")).header("cookie", &cookie).send().await.unwrap().text().await.unwrap();
+    let csrf = html.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+    let resp = http
+        .post(format!("{base}{page}/approve"))
+        .header("cookie", &cookie)
+        .header("origin", &base)
+        .form(&[("csrf", csrf.as_str()), ("notes", "from the demo test")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["location"].to_str().unwrap(), format!("{page}?done=approved"));
+
+    let rest = within("the end of the demo", async {
+        let mut rest = Vec::new();
+        while let Some(line) = stderr.next_line().await.unwrap() {
+            rest.push(line);
+        }
+        rest
+    })
+    .await;
+    shown.extend(rest);
+    let text = shown.join("\n");
+    assert!(text.contains("-> deleted notes/todo.txt") && text.contains("Done."), "{text}");
+    for level in [" INFO ", " WARN ", " DEBUG "] {
+        assert!(!text.contains(level), "only the walkthrough: {text}");
+    }
+    assert!(!text.contains("mcp-gate: approvals at"), "{text}");
+    assert!(within("the demo's exit", child.wait()).await.unwrap().success());
+}
