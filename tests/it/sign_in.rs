@@ -309,3 +309,54 @@ async fn the_demo_walks_through_a_first_approval_without_log_lines() {
     assert!(!text.contains("mcp-gate: approvals at"), "{text}");
     assert!(within("the demo's exit", child.wait()).await.unwrap().success());
 }
+
+/// With a desktop session, `approvals open` starts the platform's opener on the link and does not
+/// wait for it (this one never exits), and still prints the link.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn approvals_open_starts_the_opener_without_waiting_for_it() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let dir = data_dir("opener");
+    let mut gate = start_gated_with(gate_in(&dir)).await;
+    let held = gate.call_with(2, "opener").await;
+    let id = held["_meta"]["mcp-gate/approval"]["id"].as_str().unwrap().to_owned();
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let opened = dir.join("opened.txt");
+    let script = format!("#!/bin/sh\necho $$ > {0}.pid\necho \"$1\" > {0}\nexec sleep 1000\n", opened.display());
+    std::fs::write(bin.join("xdg-open"), script).unwrap();
+    std::fs::set_permissions(bin.join("xdg-open"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let out = within(
+        "approvals open",
+        gate_in(&dir)
+            .env("MCP_GATE_URL", &gate.approvals)
+            .env("PATH", path)
+            .env("DISPLAY", ":99")
+            .env_remove("MCP_GATE_NO_BROWSER")
+            .args(["approvals", "open", &id])
+            .output(),
+    )
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("Opening your browser"), "{stdout}");
+    let printed = stdout.split_whitespace().find(|w| w.contains("/login/link/")).expect("the link is printed too");
+    let given = within("the opener's argument", async {
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&opened)
+                && text.ends_with('\n')
+            {
+                return text.trim().to_owned();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(given, printed);
+    if let Ok(pid) = std::fs::read_to_string(format!("{}.pid", opened.display())) {
+        let _ = std::process::Command::new("kill").arg(pid.trim()).status();
+    }
+}
