@@ -180,7 +180,7 @@ async fn guard_layer(State(state): State<Arc<WebState>>, request: Request, next:
     if let Err(why) =
         crate::http::guard::check_host_origin(&state.allowed_hosts, &state.allowed_origins, request.headers())
     {
-        return (StatusCode::FORBIDDEN, why).into_response();
+        return (StatusCode::FORBIDDEN, why.to_string()).into_response();
     }
     let mut response = next.run(request).await;
     let h = response.headers_mut();
