@@ -37,8 +37,10 @@ const DRAIN_WAIT: Duration = Duration::from_secs(3);
 /// On shutdown, how long connections may stay open after every session closed.
 const CLOSE_WAIT: Duration = Duration::from_secs(3);
 
-const SESSION_HEADER: &str = "mcp-session-id";
-const VERSION_HEADER: &str = "mcp-protocol-version";
+use crate::wire::headers::{
+    METHOD as METHOD_HEADER, NAME as NAME_HEADER, PARAM_PREFIX as PARAM_HEADER_PREFIX,
+    PROTOCOL_VERSION as VERSION_HEADER, SESSION as SESSION_HEADER,
+};
 
 /// What the HTTP downstream serves and how it guards itself.
 pub struct HttpOptions {
@@ -721,7 +723,7 @@ async fn post(
         param_headers = headers
             .iter()
             .filter_map(|(k, v)| {
-                let name = k.as_str().strip_prefix("mcp-param-")?;
+                let name = k.as_str().strip_prefix(PARAM_HEADER_PREFIX)?;
                 Some((name.to_owned(), v.to_str().ok()?.to_owned()))
             })
             .collect();
@@ -933,7 +935,7 @@ fn validate_modern_headers(headers: &HeaderMap, msg: &Message) -> Result<(), Hea
     if msg.kind() == Kind::Response {
         return Ok(());
     }
-    match header_str(headers, "mcp-method") {
+    match header_str(headers, METHOD_HEADER) {
         Some(m) if m == msg.method() => {}
         Some(m) => {
             return Err(HeaderMismatch::Method { header: m.to_owned(), body: msg.method().to_owned() });
@@ -946,7 +948,7 @@ fn validate_modern_headers(headers: &HeaderMap, msg: &Message) -> Result<(), Hea
         _ => return Ok(()),
     };
     let body_value = msg.params.as_deref().and_then(|p| jsonrpc::string_field(p, key));
-    let header_value = header_str(headers, "mcp-name").map(decode_header_value);
+    let header_value = header_str(headers, NAME_HEADER).map(decode_header_value);
     match (header_value, body_value) {
         (Some(h), Some(b)) if h == b => Ok(()),
         (None, _) => Err(HeaderMismatch::NameMissing),
