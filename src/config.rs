@@ -213,7 +213,7 @@ pub struct Config {
     pub default_policy: bool,
     pub approvals: Approvals,
     /// `[[webhooks]]`.
-    pub webhooks: Vec<crate::notify::Webhook>,
+    pub webhooks: Vec<crate::server::notify::Webhook>,
     /// `[notify] desktop`: show desktop notifications of new held calls (when a graphical
     /// session exists).
     pub desktop_notifications: bool,
@@ -584,7 +584,7 @@ impl Config {
                 "webhook {}: {} to {}{}, on {}\n",
                 hook.name,
                 hook.format.as_str(),
-                crate::notify::host_of(&hook.url),
+                crate::server::notify::host_of(&hook.url),
                 if hook.secret.is_some() { ", signed" } else { "" },
                 events.join(", ")
             ));
@@ -846,7 +846,7 @@ pub fn credentials_apart(
     }
     if let Some(http) = listen.token.as_deref() {
         if let Some((shared, shared_key)) = shared
-            && crate::web::guard::constant_time_eq(http.as_bytes(), shared.as_bytes())
+            && crate::http::guard::constant_time_eq(http.as_bytes(), shared.as_bytes())
         {
             return Err(clash(&listen.token_key, shared_key));
         }
@@ -1033,8 +1033,8 @@ fn validate_providers(
     Ok(out)
 }
 
-fn validate_webhooks(raw: Vec<RawWebhook>) -> Result<Vec<crate::notify::Webhook>, (String, String)> {
-    use crate::notify::{DEFAULT_EVENTS, DEFAULT_TIMEOUT, Format, Webhook};
+fn validate_webhooks(raw: Vec<RawWebhook>) -> Result<Vec<crate::server::notify::Webhook>, (String, String)> {
+    use crate::server::notify::{DEFAULT_EVENTS, DEFAULT_TIMEOUT, Format, Webhook};
     let mut out: Vec<Webhook> = Vec::new();
     for (i, w) in raw.into_iter().enumerate() {
         let key = format!("webhooks[{i}]");
@@ -1057,7 +1057,7 @@ fn validate_webhooks(raw: Vec<RawWebhook>) -> Result<Vec<crate::notify::Webhook>
             None => Format::Generic,
             Some(f) => f.parse::<Format>().map_err(|m| (format!("{key}.format"), m))?,
         };
-        if format == Format::Ntfy && !crate::notify::ntfy::is_topic_url(&url) {
+        if format == Format::Ntfy && !crate::server::notify::ntfy::is_topic_url(&url) {
             return Err((
                 format!("{key}.url"),
                 format!("{raw_url:?} does not end with an ntfy topic, as in \"https://ntfy.sh/TOPIC\""),
@@ -1422,10 +1422,10 @@ timeout_secs = 3
         .unwrap();
         let [slack, teams] = &cfg.webhooks[..] else { panic!("two webhooks") };
         assert_eq!(slack.name, "webhooks[0]");
-        assert_eq!(slack.format, crate::notify::Format::Slack);
+        assert_eq!(slack.format, crate::server::notify::Format::Slack);
         assert!(slack.url.ends_with(&std::env::var("PATH").unwrap()), "${{VAR}} is expanded in the url");
         assert!(slack.secret.is_none());
-        assert_eq!(slack.events, crate::notify::DEFAULT_EVENTS.into_iter().collect());
+        assert_eq!(slack.events, crate::server::notify::DEFAULT_EVENTS.into_iter().collect());
         assert_eq!(slack.timeout, Duration::from_secs(10));
         assert_eq!(teams.name, "ops");
         assert_eq!(teams.events, [crate::approval::ChangeKind::Requested].into_iter().collect());

@@ -109,7 +109,7 @@ impl Credentials {
         let presented = sha256(token);
         let mut found = None;
         for (hash, principal, _) in &self.entries {
-            if crate::web::guard::constant_time_eq(hash, &presented) && found.is_none() {
+            if crate::http::guard::constant_time_eq(hash, &presented) && found.is_none() {
                 found = Some(principal);
             }
         }
@@ -172,7 +172,7 @@ impl Credentials {
         let presented = sha256(token);
         let mut found = None;
         for (hash, _, key) in &self.entries {
-            if crate::web::guard::constant_time_eq(hash, &presented) && found.is_none() {
+            if crate::http::guard::constant_time_eq(hash, &presented) && found.is_none() {
                 found = Some(key.as_str());
             }
         }

@@ -27,8 +27,8 @@ use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use crate::gate::tools::ToolInfo;
 use crate::store::{Store, StoreError};
-use crate::tools::ToolInfo;
 
 /// Default `ai_confidence_threshold`.
 pub const DEFAULT_THRESHOLD: f64 = 0.8;
@@ -510,7 +510,7 @@ async fn post(provider: &Provider, body: &Value) -> Result<Value, ReviewError> {
         if e.is_timeout() {
             ReviewError::Timeout(timeout_secs)
         } else {
-            ReviewError::Transport(scrub(&crate::transport::http_client::describe(&e), config))
+            ReviewError::Transport(scrub(&crate::upstream::streamable_http::describe(&e), config))
         }
     };
     let mut response = request.send().await.map_err(classify)?;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use mcp_gate::approval::{ApprovalSettings, Approvals};
 use mcp_gate::config::Config;
-use mcp_gate::notify::desktop::{CommandNotifier, Notice, Notifier, spawn};
+use mcp_gate::server::notify::desktop::{CommandNotifier, Notice, Notifier, spawn};
 use mcp_gate::store::{Location, Store};
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -124,7 +124,7 @@ async fn a_notifier_program_gets_the_notice_and_a_hanging_one_delays_nothing() {
 async fn a_terminal_gets_one_line_per_held_call() {
     let approvals = approvals().await;
     let (tx, mut lines) = mpsc::unbounded_channel();
-    mcp_gate::notify::terminal::spawn_with(&approvals, move |line| {
+    mcp_gate::server::notify::terminal::spawn_with(&approvals, move |line| {
         let _ = tx.send(line);
     });
     let id = hold_call(&approvals, "delete_file", "agent-x", json!({"path": "/x"})).await;

@@ -493,7 +493,7 @@ async fn gate_paths(version: &'static str) {
     c.write.write_all(b"{not json\n").await.unwrap();
     let v = c.next_message().await;
     assert_eq!(v["error"]["code"], -32700, "{v}");
-    let mut big = vec![b'x'; mcp_gate::transport::MAX_MESSAGE_BYTES + 10];
+    let mut big = vec![b'x'; mcp_gate::wire::MAX_MESSAGE_BYTES + 10];
     big.push(b'\n');
     c.write.write_all(&big).await.unwrap();
     let v = c.next_message().await;
@@ -649,7 +649,7 @@ impl Gate for HidesRawTool {
         Verdict::Allow
     }
 
-    fn hides(&self, _server: &str, tool: &mcp_gate::tools::ToolInfo, _agent: Option<&str>) -> bool {
+    fn hides(&self, _server: &str, tool: &mcp_gate::gate::tools::ToolInfo, _agent: Option<&str>) -> bool {
         tool.name == "raw_tool"
     }
 

@@ -7,9 +7,9 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use mcp_gate::approval::{ApprovalSettings, Approvals};
 use mcp_gate::config::Config;
+use mcp_gate::server::web::WebState;
+use mcp_gate::server::web::signin::{API_PATH, LINK_TTL};
 use mcp_gate::store::{Location, Store};
-use mcp_gate::web::WebState;
-use mcp_gate::web::signin::{API_PATH, LINK_TTL};
 use reqwest::redirect::Policy;
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -43,7 +43,7 @@ async fn server() -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (state, approvals) = state(&base).await;
-    tokio::spawn(mcp_gate::web::serve(listener, state, std::future::pending()));
+    tokio::spawn(mcp_gate::server::web::serve(listener, state, std::future::pending()));
     Server { base, approvals, http: reqwest::Client::builder().redirect(Policy::none()).build().unwrap() }
 }
 
@@ -147,7 +147,7 @@ async fn a_link_is_refused_from_another_origin() {
 #[tokio::test(start_paused = true)]
 async fn a_link_expires() {
     let (state, _) = state("http://127.0.0.1:8377").await;
-    let app = mcp_gate::web::router(state);
+    let app = mcp_gate::server::web::router(state);
     let call = |method: &str, uri: &str, body: &str, bearer: bool| {
         let mut r = Request::builder()
             .method(method)

@@ -186,7 +186,7 @@ async fn a_command_that_cannot_start_names_server_and_command() {
 struct Discard;
 
 impl mcp_gate::session::Downstream for Discard {
-    fn send(&self, _msg: &mcp_gate::jsonrpc::Message, _route: mcp_gate::session::Route<'_>) {}
+    fn send(&self, _msg: &mcp_gate::wire::jsonrpc::Message, _route: mcp_gate::session::Route<'_>) {}
 }
 
 /// Holds every tool call until the test ends.
