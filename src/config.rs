@@ -22,7 +22,7 @@ use crate::policy::{Policy, RawPolicy, RawRule};
 use crate::review::settings::{RawProvider, validate_providers};
 use crate::review::{AiWorkflow, Fallback, ProviderConfig};
 use crate::server::notify::Webhook;
-use crate::server::notify::settings::{RawWebhook, validate_webhooks};
+use crate::server::notify::settings::{RawNotify, RawWebhook, validate_webhooks};
 use crate::settings::Invalid;
 use crate::upstream::settings::{
     CommandLineUpstream, RawProxy, RawServer, RawUpstream, ServerConfig, Upstreams, UpstreamsError,
@@ -68,6 +68,9 @@ pub struct RawConfig {
     /// Where changes of approval requests are POSTed.
     #[serde(default)]
     pub webhooks: Vec<RawWebhook>,
+    /// `[notify]`: notifications on this machine.
+    #[serde(default)]
+    pub notify: RawNotify,
 }
 
 /// The validated configuration.
@@ -86,6 +89,9 @@ pub struct Config {
     pub approvals: ApprovalsConfig,
     /// `[[webhooks]]`.
     pub webhooks: Vec<Webhook>,
+    /// `[notify] desktop`: show desktop notifications of new held calls (when a graphical
+    /// session exists).
+    pub desktop_notifications: bool,
 }
 
 impl Config {
@@ -148,6 +154,7 @@ impl Config {
             default_policy,
             approvals,
             webhooks,
+            desktop_notifications: raw.notify.desktop.unwrap_or(true),
             separator,
             listen,
             servers,
@@ -245,6 +252,11 @@ impl Config {
                 events.join(", ")
             ));
         }
+        out.push_str(if self.desktop_notifications {
+            "desktop notifications: on, when a graphical session exists\n"
+        } else {
+            "desktop notifications: off\n"
+        });
         for warning in self.policy.lint() {
             out.push_str(&format!("warning: {warning}\n"));
         }

@@ -61,12 +61,10 @@ const ERROR_BODY_LIMIT: usize = 64 * 1024;
 /// How often the run loop checks whether the session is gone.
 const CLOSED_POLL: Duration = Duration::from_millis(500);
 
-const SESSION_HEADER: &str = "mcp-session-id";
-const PROTOCOL_HEADER: &str = "mcp-protocol-version";
-const METHOD_HEADER: &str = "mcp-method";
-const NAME_HEADER: &str = "mcp-name";
-const PARAM_HEADER_PREFIX: &str = "mcp-param-";
-const LAST_EVENT_ID: &str = "last-event-id";
+use crate::wire::headers::{
+    LAST_EVENT_ID, METHOD as METHOD_HEADER, NAME as NAME_HEADER, PARAM_PREFIX as PARAM_HEADER_PREFIX,
+    PROTOCOL_VERSION as PROTOCOL_HEADER, SESSION as SESSION_HEADER,
+};
 const ACCEPT_BOTH: &str = "application/json, text/event-stream";
 const EVENT_STREAM: &str = "text/event-stream";
 

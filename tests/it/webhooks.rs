@@ -210,6 +210,30 @@ async fn slack_and_teams_payloads() {
 }
 
 #[tokio::test]
+async fn ntfy_payloads_open_the_request_page() {
+    let mut receiver = Receiver::start(&[]).await;
+    let approvals = approvals().await;
+    // The topic's URL; messages are published to the server's root (here `/hook`) as JSON.
+    let topic_url = format!("{}/mcp-gate-approvals", receiver.url);
+    mcp_gate::server::notify::spawn_with(&[hook(&topic_url, Format::Ntfy, None)], &approvals, quick());
+    let id =
+        hold_call(&approvals, "delete_file", "agent-x", json!({"path": "/etc/hosts", "password": "hunter2"})).await;
+
+    let got = receiver.next().await;
+    assert_eq!(got.header("content-type"), "application/json");
+    let text = String::from_utf8_lossy(&got.body).into_owned();
+    assert!(!text.contains("hunter2") && !text.contains("/etc/hosts"), "no arguments in push messages");
+    let v = got.json();
+    assert_eq!(v["topic"], "mcp-gate-approvals");
+    assert_eq!(v["actions"][0]["action"], "view");
+    assert_eq!(v["actions"][0]["url"], format!("{BASE}/approvals/{id}"));
+    insta::assert_json_snapshot!("ntfy_requested", stable(&v, &id));
+
+    approvals.decide(&id, &Principal::named("ada"), true, Some("fine".into()), None).await.unwrap();
+    insta::assert_json_snapshot!("ntfy_approved", stable(&receiver.next().await.json(), &id));
+}
+
+#[tokio::test]
 async fn server_errors_are_retried_until_delivered_once() {
     let mut receiver = Receiver::start(&[(500, None), (503, None)]).await;
     let approvals = approvals().await;

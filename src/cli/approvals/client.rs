@@ -160,6 +160,16 @@ impl ApiClient {
         self.send(self.http.post(url).json(&body)).await
     }
 
+    /// `POST /api/v1/sign-in-links`: a one-time link that signs a browser in as this token's
+    /// approver, leading to request `id` (or the queue).
+    pub async fn sign_in_link(&self, id: Option<&str>) -> Result<Value, ClientError> {
+        let body = match id {
+            Some(id) => json!({ "approval_id": id }),
+            None => json!({}),
+        };
+        self.send(self.http.post(self.url(crate::server::web::signin::API_PATH)).json(&body)).await
+    }
+
     /// Opens `GET /api/v1/events` (server-sent events).
     pub async fn events(&self, read_timeout: std::time::Duration) -> Result<reqwest::Response, ClientError> {
         // The stream stays open: no overall time limit, but a silent connection (the server sends

@@ -1,4 +1,5 @@
-//! Notifications: webhooks told about changes of approval requests.
+//! Notifications: webhooks told about changes of approval requests, and desktop notifications
+//! of new ones ([`desktop`]) and a line on a terminal's stderr ([`terminal`]).
 //!
 //! [`spawn`] subscribes to the change stream of [`Approvals`] and starts one delivery task per
 //! configured webhook. Each webhook has a bounded queue: a change is rendered ([`payload`]),
@@ -8,9 +9,12 @@
 //! exponential backoff (honouring `Retry-After` up to a limit) and giving up at once on other
 //! answers.
 
+pub mod desktop;
+pub mod ntfy;
 pub mod payload;
 pub mod settings;
 pub mod sign;
+pub mod terminal;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Weak};
@@ -44,6 +48,8 @@ pub enum Format {
     Slack,
     /// A Microsoft Teams Workflows webhook message (Adaptive Card).
     Teams,
+    /// An ntfy publish message (JSON), for push notifications on phones and desktops.
+    Ntfy,
 }
 
 impl Format {
@@ -52,6 +58,7 @@ impl Format {
             Format::Generic => "generic",
             Format::Slack => "slack",
             Format::Teams => "teams",
+            Format::Ntfy => "ntfy",
         }
     }
 }
@@ -64,7 +71,8 @@ impl std::str::FromStr for Format {
             "generic" => Ok(Format::Generic),
             "slack" => Ok(Format::Slack),
             "teams" => Ok(Format::Teams),
-            other => Err(format!("unknown format {other:?}; use \"generic\", \"slack\" or \"teams\"")),
+            "ntfy" => Ok(Format::Ntfy),
+            other => Err(format!("unknown format {other:?}; use \"generic\", \"slack\", \"teams\" or \"ntfy\"")),
         }
     }
 }
@@ -193,6 +201,7 @@ async fn dispatch(
                 Format::Generic => payload::generic(&change, &url, &redactor),
                 Format::Slack => payload::slack(&change, &url),
                 Format::Teams => payload::teams(&change, &url),
+                Format::Ntfy => ntfy::payload(&change, &url, &ntfy::topic_of(&hook.url)),
             };
             let delivery = Delivery {
                 id: crate::random::hex(16),
@@ -259,8 +268,12 @@ async fn deliver(hook: &Webhook, client: &reqwest::Client, retry: &Retry, d: &De
 }
 
 async fn attempt_once(hook: &Webhook, client: &reqwest::Client, d: &Delivery) -> Attempt {
+    let target = match hook.format {
+        Format::Ntfy => ntfy::publish_url(&hook.url),
+        _ => hook.url.clone(),
+    };
     let mut request = client
-        .post(&hook.url)
+        .post(&target)
         .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
         .header("X-Mcp-Gate-Event", d.kind.as_str())
         .header("X-Mcp-Gate-Delivery", &d.id);

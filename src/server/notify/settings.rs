@@ -15,13 +15,22 @@ pub struct RawWebhook {
     pub name: Option<String>,
     /// `http(s)://...`; `${VAR}` is read from the environment.
     pub url: Option<String>,
-    /// `"generic"` (the default), `"slack"` or `"teams"`.
+    /// `"generic"` (the default), `"slack"`, `"teams"` or `"ntfy"`.
     pub format: Option<String>,
     /// Name of the environment variable holding the signing key (required for `generic`).
     pub secret_env: Option<String>,
     /// Change kinds to send (default: requested, approved, denied, expiring, expired).
     pub events: Option<Vec<String>>,
     pub timeout_secs: Option<u64>,
+}
+
+/// `[notify]`: notifications on this machine.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNotify {
+    /// Desktop notifications of new held calls (default `true`; off anyway without a graphical
+    /// session).
+    pub desktop: Option<bool>,
 }
 
 /// Validates `[[webhooks]]`; `expand` resolves the `${VAR}` of a url.
@@ -48,6 +57,12 @@ pub fn validate_webhooks(raw: Vec<RawWebhook>, expand: Expand) -> Result<Vec<Web
             None => Format::Generic,
             Some(f) => f.parse::<Format>().map_err(|m| Invalid::new(format!("{key}.format"), m))?,
         };
+        if format == Format::Ntfy && !super::ntfy::is_topic_url(&url) {
+            return Err(Invalid::new(
+                format!("{key}.url"),
+                format!("{raw_url:?} does not end with an ntfy topic, as in \"https://ntfy.sh/TOPIC\""),
+            ));
+        }
         let secret = match w.secret_env {
             Some(var) => match std::env::var(&var) {
                 Ok(v) if !v.is_empty() => Some(v.into_bytes()),

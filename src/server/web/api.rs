@@ -95,7 +95,7 @@ impl From<DecideError> for ApiError {
 }
 
 /// The caller's identity, from `Authorization: Bearer TOKEN`.
-fn authorize(state: &WebState, headers: &HeaderMap) -> Result<Principal, ApiError> {
+pub(super) fn authorize(state: &WebState, headers: &HeaderMap) -> Result<Principal, ApiError> {
     bearer_token(headers)
         .and_then(|t| state.identify(t))
         .ok_or_else(|| ApiError(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong bearer token".into()))

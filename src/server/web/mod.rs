@@ -5,10 +5,12 @@
 //!   handed to the model leads to a page that asks for that sign-in: the URL holds no secret.
 //! - Every state change is a POST with the session's CSRF token; GET never changes anything.
 //! - Every request's Host and Origin are checked (DNS rebinding); responses carry a strict CSP.
+//! - `mcp-gate approvals open` signs a browser in with a one-time link instead ([`signin`]).
 
 pub mod api;
 pub mod events;
 pub mod pages;
+pub mod signin;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,6 +43,11 @@ pub struct WebState {
     pub allowed_origins: Vec<String>,
     /// Connection cap and header timeout of the listener (`[approvals]`).
     pub limits: crate::http::listener::ListenerLimits,
+    /// Where the shared approver token is stored, when it came from a file (the sign-in page
+    /// says so).
+    pub token_file: Option<std::path::PathBuf>,
+    /// One-time sign-in links ([`signin`]).
+    pub sign_in: signin::SignInLinks,
     sessions: DashMap<String, BrowserSession>,
     /// Handshakes under way: server nonce -> (key, client nonce, when).
     handshakes: DashMap<String, ([u8; 32], String, Instant)>,
@@ -74,6 +81,8 @@ impl WebState {
             allowed_hosts,
             allowed_origins: Vec::new(),
             limits: crate::http::listener::ListenerLimits::default(),
+            token_file: None,
+            sign_in: signin::SignInLinks::default(),
             sessions: DashMap::new(),
             handshakes: DashMap::new(),
         })
@@ -162,6 +171,7 @@ pub fn router(state: Arc<WebState>) -> Router {
         .merge(api::routes())
         .merge(events::routes())
         .merge(pages::routes())
+        .merge(signin::routes())
         .layer(middleware::from_fn_with_state(state.clone(), guard_layer))
         .with_state(state)
 }
@@ -180,7 +190,7 @@ async fn guard_layer(State(state): State<Arc<WebState>>, request: Request, next:
     if let Err(why) =
         crate::http::guard::check_host_origin(&state.allowed_hosts, &state.allowed_origins, request.headers())
     {
-        return (StatusCode::FORBIDDEN, why).into_response();
+        return (StatusCode::FORBIDDEN, why.to_string()).into_response();
     }
     let mut response = next.run(request).await;
     let h = response.headers_mut();
