@@ -21,7 +21,8 @@
 //!   and [`policy`] (`[policy]`, `[[rules]]`).
 //! - [`identity`], [`visible`], [`random`]: who is asking (approver and agent tokens, compared in
 //!   constant time; no agent holds an approver's token), how untrusted text is shown to a person
-//!   (invisible characters marked), random bytes.
+//!   (invisible characters marked), random bytes; [`browser`] opens a URL for the person at this
+//!   machine.
 //! - [`http`]: what both HTTP servers share: the bounded [`http::listener`] and the request
 //!   [`http::guard`] (Host/Origin, bearer tokens).
 //! - [`upstream`]: the transports to the servers behind the proxy ([`upstream::stdio`] for a child
@@ -64,6 +65,7 @@
 
 pub mod app;
 pub mod approval;
+pub mod browser;
 pub mod cli;
 pub mod config;
 pub mod demo;

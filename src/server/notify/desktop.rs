@@ -257,7 +257,7 @@ impl CommandNotifier {
         }
         let chosen = String::from_utf8_lossy(&out.stdout);
         if self.style == Style::NotifySend && matches!(chosen.trim(), "default" | "open") {
-            crate::cli::approvals::open::launch(&notice.url);
+            crate::browser::launch(&notice.url);
         }
         Ok(())
     }

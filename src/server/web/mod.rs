@@ -32,6 +32,9 @@ pub const COOKIE: &str = "mcp_gate_session";
 /// Signed-in browser sessions expire after this long.
 const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 
+/// How long a one-time sign-in link ([`signin`]) stays valid.
+pub const SIGN_IN_LINK_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+
 pub struct WebState {
     pub approvals: Arc<Approvals>,
     /// The shared approver token (identity [`OPERATOR`]).

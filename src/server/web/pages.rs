@@ -199,7 +199,7 @@ pub(super) fn how_to_sign_in(state: &WebState, id: Option<&str>) -> Markup {
         p { "On the machine where mcp-gate runs, as the same user, run:" }
         pre.command { code { (command) } }
         p { "It opens this page signed in, through a link that works once, for "
-            (super::signin::LINK_TTL.as_secs()) " seconds." }
+            (super::SIGN_IN_LINK_TTL.as_secs()) " seconds." }
         @match &state.token_file {
             Some(file) => p { "Or paste the approver token, stored in " code.path { (file.display()) } "." },
             None => p { "Or paste the approver token (set by " code { "MCP_GATE_TOKEN" } " or "

@@ -16,7 +16,6 @@
 //! it is never logged, and nothing the model sees ever holds it.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
@@ -36,7 +35,7 @@ use super::pages::{Tab, page, session_cookie};
 use crate::identity::Principal;
 
 /// How long a sign-in link works.
-pub const LINK_TTL: Duration = Duration::from_secs(60);
+pub use super::SIGN_IN_LINK_TTL as LINK_TTL;
 
 /// Most links outstanding at once.
 pub const MAX_LINKS: usize = 256;
@@ -203,6 +202,8 @@ fn spent(state: &WebState) -> Response {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[tokio::test(start_paused = true)]
