@@ -7,6 +7,8 @@
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use crate::settings::Invalid;
+
 /// The identity of the shared approver token (from `MCP_GATE_TOKEN`, the config or the data
 /// directory).
 pub const OPERATOR: &str = "operator";
@@ -187,6 +189,46 @@ impl Credentials {
 
 pub fn sha256(text: &str) -> [u8; 32] {
     Sha256::digest(text.as_bytes()).into()
+}
+
+/// Refuses any configuration in which an agent credential (the HTTP token `http`, `agents`) is
+/// also an approver credential (the shared approver token `shared`, `approvers`): whoever holds
+/// it could approve the calls it makes. `http` and `shared` come with the key they came from;
+/// the error names both keys.
+pub fn credentials_apart(
+    agents: &Credentials,
+    approvers: &Credentials,
+    http: Option<(&str, &str)>,
+    shared: Option<(&str, &str)>,
+) -> Result<(), Invalid> {
+    let clash = |agent: &str, approver: &str| {
+        Invalid::new(
+            agent,
+            format!(
+                "the agent credential `{agent}` is the same as the approver credential `{approver}`; an agent must \
+                 never hold an approver's token: give each its own"
+            ),
+        )
+    };
+    if let Some((agent, approver)) = agents.shares_a_token_with(approvers) {
+        return Err(clash(agent, approver));
+    }
+    if let Some((http, http_key)) = http {
+        if let Some((shared, shared_key)) = shared
+            && crate::secret::constant_time_eq(http.as_bytes(), shared.as_bytes())
+        {
+            return Err(clash(http_key, shared_key));
+        }
+        if let Some(approver) = approvers.key_of(http) {
+            return Err(clash(http_key, approver));
+        }
+    }
+    if let Some((shared, shared_key)) = shared
+        && let Some(agent) = agents.key_of(shared)
+    {
+        return Err(clash(agent, shared_key));
+    }
+    Ok(())
 }
 
 fn parse_hash(text: &str) -> Option<[u8; 32]> {

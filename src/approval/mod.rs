@@ -12,6 +12,7 @@
 mod ai;
 pub mod changes;
 pub mod replies;
+pub mod settings;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,9 +24,9 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
-use crate::audit::{AuditRecord, Event, Redactor};
 use crate::gate::{CancellationToken, Gate, Outcome, ProgressSink, RefusedCall, ToolCall, Verdict};
 use crate::policy::{Action, CallFacts, Decision, Policy, Risk};
+use crate::store::audit::{AuditRecord, Event, Redactor};
 use crate::store::{Approval, Claim, NewApproval, SYSTEM_ACTOR, Status, Store, TransitionError, Vote, VoteDecision};
 pub use changes::{Change, ChangeKind, Changes};
 
@@ -781,7 +782,7 @@ impl Gate for ApprovalGate {
         self.approvals.audit_refused(call);
     }
 
-    fn hides(&self, server: &str, tool: &crate::tools::ToolInfo, agent: Option<&str>) -> bool {
+    fn hides(&self, server: &str, tool: &crate::gate::tools::ToolInfo, agent: Option<&str>) -> bool {
         self.approvals.policy.hides_tool(server, &tool.name, agent, tool.annotations())
     }
 
@@ -791,7 +792,7 @@ impl Gate for ApprovalGate {
 }
 
 /// What an approver is shown about a tool: its title, description and annotations.
-fn describe_tool(info: &crate::tools::ToolInfo) -> Value {
+fn describe_tool(info: &crate::gate::tools::ToolInfo) -> Value {
     let mut out = serde_json::Map::new();
     if let Some(title) = info.tool.as_ref().and_then(|t| t.title.as_ref()) {
         out.insert("title".into(), Value::String(title.clone()));
@@ -816,7 +817,7 @@ pub fn call_key(server: &str, tool: &str, arguments: &Value) -> String {
     hex::encode(hasher.finalize())
 }
 
-pub use crate::audit::canonical_json;
+pub use crate::store::audit::canonical_json;
 pub use crate::store::now_ms;
 
 /// A short random id: `apr_` and 16 hex digits.

@@ -15,6 +15,7 @@
 pub mod anthropic;
 pub mod openai;
 pub mod prompt;
+pub mod settings;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -27,9 +28,9 @@ use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use crate::gate::tools::ToolInfo;
 use crate::secret::{ExposeSecret, SecretString};
 use crate::store::{Store, StoreError};
-use crate::tools::ToolInfo;
 
 /// Default `ai_confidence_threshold`.
 pub const DEFAULT_THRESHOLD: f64 = 0.8;
@@ -376,12 +377,16 @@ impl Reviewer {
         })
     }
 
-    /// The reviewer of a configuration, or `None` when it has no `ai_driven` workflow.
-    pub fn from_config(approvals: &crate::config::Approvals) -> Result<Option<Arc<Reviewer>>, reqwest::Error> {
-        if approvals.ai_workflows.is_empty() {
+    /// The reviewer of the `ai_driven` workflows and their providers, or `None` when there is no
+    /// such workflow.
+    pub fn from_config(
+        workflows: &BTreeMap<String, AiWorkflow>,
+        providers: &BTreeMap<String, ProviderConfig>,
+    ) -> Result<Option<Arc<Reviewer>>, reqwest::Error> {
+        if workflows.is_empty() {
             return Ok(None);
         }
-        let reviewer = Reviewer::new(approvals.ai_workflows.values().cloned(), approvals.providers.values().cloned())?;
+        let reviewer = Reviewer::new(workflows.values().cloned(), providers.values().cloned())?;
         Ok(Some(Arc::new(reviewer)))
     }
 
@@ -523,7 +528,7 @@ async fn post(provider: &Provider, body: &Value) -> Result<Value, ReviewError> {
         if e.is_timeout() {
             ReviewError::Timeout(timeout_secs)
         } else {
-            ReviewError::Transport(scrub(&crate::transport::http_client::describe(&e), config))
+            ReviewError::Transport(scrub(&crate::upstream::streamable_http::describe(&e), config))
         }
     };
     let mut response = request.send().await.map_err(classify)?;

@@ -1,5 +1,5 @@
 //! The durable store: one SQLite database holding the approval queue ([`approvals`]) and the audit log
-//! ([`crate::audit`]).
+//! ([`crate::store::audit`]).
 //!
 //! # Shape
 //!
@@ -20,7 +20,7 @@
 //!   holds the database write lock from its first read: two processes cannot both see "not yet used".
 //! - `synchronous = NORMAL` by default: a crash of the process never loses a commit; a power loss or OS
 //!   crash may lose the last few commits but never corrupts the file. [`Store::claim_execution`] and
-//!   [`Store::audit_append`](crate::audit) switch to `synchronous = FULL` for their transaction, so a
+//!   [`Store::audit_append`](crate::store::audit) switch to `synchronous = FULL` for their transaction, so a
 //!   claim is on disk before the tool runs (a power loss cannot make a single-use approval runnable
 //!   twice) and an audit record is on disk once appended. Because the WAL is written in order, a FULL commit
 //!   also makes every earlier commit durable.
@@ -44,6 +44,7 @@
 //! finishing them can be settled (see [`Store::settle_orphaned_claims`]).
 
 pub mod approvals;
+pub mod audit;
 mod migrate;
 pub mod stats;
 
