@@ -22,7 +22,7 @@ use std::sync::Arc;
 use serde_json::json;
 use tracing::{info, warn};
 
-use super::{Approvals, Caller, OwnedCall, call_key, now_ms, replies};
+use super::{Approvals, Caller, OwnedCall, call_key, replies};
 use crate::gate::Verdict;
 use crate::gate::tools::ToolInfo;
 use crate::identity::Principal;
@@ -60,7 +60,7 @@ impl Approvals {
             return self.hold(call, decision, caller).await;
         };
         let key = call_key(&call.server, &call.tool, &call.arguments);
-        let now = now_ms();
+        let now = self.now_ms();
         // An identical call already has a request (escalated and pending, approved, or denied
         // recently): it stands, as for any held call.
         let existing = match self.store.find_standing(&key, now).await {
@@ -215,7 +215,7 @@ impl Approvals {
                     actor: Some(actor),
                     detail,
                 };
-                if let Err(e) = self.store.audit_append(record, now_ms()).await {
+                if let Err(e) = self.store.audit_append(record, self.now_ms()).await {
                     warn!("audit write failed: {e}");
                 }
             }

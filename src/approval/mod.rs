@@ -188,6 +188,12 @@ impl Approvals {
         self.stopping.cancel();
     }
 
+    /// The current time of the store's clock (see [`crate::store::Clock`]), in unix milliseconds:
+    /// every time the approvals record or compare is read here.
+    pub fn now_ms(&self) -> i64 {
+        self.store.now_ms()
+    }
+
     pub fn url_for(&self, id: &str) -> String {
         format!("{}/approvals/{id}", self.settings.public_url.trim_end_matches('/'))
     }
@@ -234,7 +240,7 @@ impl Approvals {
             notes,
             reason,
         };
-        let result = self.store.record_vote(id, vote.clone(), workflow.required_approvals, now_ms()).await;
+        let result = self.store.record_vote(id, vote.clone(), workflow.required_approvals, self.now_ms()).await;
         let approval = match result {
             Ok(a) => a,
             Err(TransitionError::Expired) => {
@@ -287,7 +293,7 @@ impl Approvals {
     /// Expires overdue requests and settles the claims of stopped processes (called by the
     /// sweeper every second).
     pub async fn sweep(&self) {
-        match self.store.expire_due(now_ms()).await {
+        match self.store.expire_due(self.now_ms()).await {
             Ok(expired) => {
                 for a in expired {
                     self.expired(&a).await;
@@ -307,7 +313,7 @@ impl Approvals {
             return;
         }
         let warning = self.settings.expiry_warning.as_millis() as i64;
-        let now = now_ms();
+        let now = self.now_ms();
         let due = match self.store.pending_expiring(now, warning).await {
             Ok(due) => due,
             Err(e) => return warn!("expiry warning query failed: {e}"),
@@ -330,7 +336,7 @@ impl Approvals {
             kind,
             approval: Arc::new(approval.clone()),
             actor: actor.map(str::to_owned),
-            at: now_ms(),
+            at: self.now_ms(),
             relayed,
         });
     }
@@ -421,7 +427,7 @@ impl Approvals {
             actor: actor.map(str::to_owned),
             detail,
         };
-        if let Err(e) = self.store.audit_append(record, now_ms()).await {
+        if let Err(e) = self.store.audit_append(record, self.now_ms()).await {
             warn!("audit write failed: {e}");
         }
     }
@@ -441,7 +447,7 @@ impl Approvals {
                 "arguments": self.redactor.redact(&call.arguments),
             }),
         };
-        let _ = self.audit_queue.send((record, now_ms()));
+        let _ = self.audit_queue.send((record, self.now_ms()));
     }
 
     /// Queues the record of a call refused before evaluation.
@@ -455,7 +461,7 @@ impl Approvals {
             actor: Some("proxy".into()),
             detail: serde_json::json!({ "reason": call.reason, "tool_names": call.tool_names }),
         };
-        let _ = self.audit_queue.send((record, now_ms()));
+        let _ = self.audit_queue.send((record, self.now_ms()));
     }
 
     /// The held path of a call the policy sends to approval.
@@ -483,7 +489,7 @@ impl Approvals {
         key: &str,
         decision: &Decision,
     ) -> Result<(Approval, bool), String> {
-        let now = now_ms();
+        let now = self.now_ms();
         let new = self.new_request(workflow, call, key, decision, now);
         let opened = self.store.open_request(new, now).await.map_err(|e| e.to_string())?;
         for a in &opened.expired {
@@ -513,7 +519,7 @@ impl Approvals {
         if !who.admitted_by(&workflow.approvers) {
             return Err(DecideError::NotAnApprover(who.name.clone(), workflow.name.clone()).to_string());
         }
-        let now = now_ms();
+        let now = self.now_ms();
         let new = self.new_request(workflow, call, key, decision, now);
         let opened = self
             .store
@@ -577,7 +583,7 @@ impl Approvals {
     /// Settles the claims of processes that stopped between a claim and its finish (see
     /// [`Store::settle_orphaned_claims`]): each is audited as `failed` with the reason.
     pub async fn settle_orphaned_claims(&self) {
-        match self.store.settle_orphaned_claims(now_ms()).await {
+        match self.store.settle_orphaned_claims(self.now_ms()).await {
             Ok(settled) => {
                 for a in settled {
                     warn!(id = %a.id, "{}", crate::store::ORPHANED);
@@ -650,7 +656,7 @@ impl Approvals {
     /// identical retry, exactly once.
     async fn claim(self: &Arc<Self>, approval: &Approval, gone: &CancellationToken) -> Verdict {
         let url = self.url_for(&approval.id);
-        match self.store.claim_execution(&approval.id, now_ms()).await {
+        match self.store.claim_execution(&approval.id, self.now_ms()).await {
             Ok(Claim::Run) => {
                 self.audit(Event::Claimed, approval, Some(SYSTEM_ACTOR), serde_json::json!({}), false).await;
                 if gone.is_cancelled() {
@@ -673,7 +679,7 @@ impl Approvals {
                         }
                     };
                     tokio::spawn(async move {
-                        match me.store.finish_execution(&id, ok, detail.clone(), now_ms()).await {
+                        match me.store.finish_execution(&id, ok, detail.clone(), me.now_ms()).await {
                             Ok(a) => {
                                 let event = if ok { Event::Executed } else { Event::Failed };
                                 me.audit(event, &a, Some("upstream"), detail, false).await;
@@ -695,7 +701,7 @@ impl Approvals {
 
     /// Gives back a claim whose call was never sent (its caller left), audited as `released`.
     async fn release(&self, id: &str) {
-        match self.store.release_claim(id, now_ms()).await {
+        match self.store.release_claim(id, self.now_ms()).await {
             Ok(a) => {
                 info!(id, "claim released: the caller left before the call was sent");
                 self.audit(Event::Released, &a, Some(SYSTEM_ACTOR), serde_json::json!({}), false).await;
@@ -817,7 +823,6 @@ pub fn call_key(server: &str, tool: &str, arguments: &Value) -> String {
 }
 
 pub use crate::store::audit::canonical_json;
-pub use crate::store::now_ms;
 
 /// A short random id: `apr_` and 16 hex digits.
 pub fn new_id() -> String {

@@ -1123,8 +1123,8 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::store::Location;
     use crate::store::testutil::TempDir;
-    use crate::store::{Location, now_ms};
 
     const T0: i64 = 1_700_000_000_000;
     const HOUR: i64 = 3_600_000;
@@ -1485,7 +1485,7 @@ mod tests {
         assert_eq!(survivor.claim_execution("mine", T0 + 2).await.unwrap(), Claim::Run);
 
         // Alive: nothing to settle.
-        assert!(survivor.settle_orphaned_claims(now_ms()).await.unwrap().is_empty());
+        assert!(survivor.settle_orphaned_claims(survivor.now_ms()).await.unwrap().is_empty());
         // Its heartbeat stops (as if the process had died on another host).
         let me = crashed.instance().to_owned();
         survivor
@@ -1494,7 +1494,7 @@ mod tests {
             })
             .await
             .unwrap();
-        let settled = survivor.settle_orphaned_claims(now_ms()).await.unwrap();
+        let settled = survivor.settle_orphaned_claims(survivor.now_ms()).await.unwrap();
         let mut got: Vec<_> = settled.iter().map(|a| (a.id.as_str(), a.status)).collect();
         got.sort_by_key(|(id, _)| *id);
         assert_eq!(got, [("grant", Status::Approved), ("once", Status::Failed)]);
@@ -1505,7 +1505,7 @@ mod tests {
         let last = survivor.transitions("grant").await.unwrap().pop().unwrap();
         assert_eq!((last.to, last.notes.as_deref()), (Status::Failed, Some("grant use")));
         // The survivor's own claim is untouched and can be finished.
-        assert!(survivor.settle_orphaned_claims(now_ms()).await.unwrap().is_empty());
+        assert!(survivor.settle_orphaned_claims(survivor.now_ms()).await.unwrap().is_empty());
         let mine = survivor.finish_execution("mine", true, json!({}), T0 + 3).await.unwrap();
         assert_eq!(mine.status, Status::Executed);
     }

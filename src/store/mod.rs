@@ -45,6 +45,7 @@
 
 pub mod approvals;
 pub mod audit;
+pub mod clock;
 mod migrate;
 pub mod stats;
 
@@ -59,6 +60,7 @@ pub use approvals::{
     Approval, ApprovalFilter, Claim, NewApproval, ORPHANED, Opened, ParseStatusError, Status, Transition,
     TransitionError, Vote, VoteDecision, VoteRecord,
 };
+pub use clock::Clock;
 pub use migrate::SCHEMA_VERSION;
 
 /// How long a write waits for another connection's write lock before failing with `SQLITE_BUSY`.
@@ -76,12 +78,11 @@ pub const STALE_AFTER: Duration = Duration::from_secs(30);
 /// The actor recorded for transitions nobody decided (expiry, execution).
 pub const SYSTEM_ACTOR: &str = "system";
 
-/// The current time in unix milliseconds, the unit of every time in the store.
+/// The operating system's wall clock in unix milliseconds, the unit of every time in the store.
+/// What reads the time on behalf of a store or the approvals asks their [`Clock`] instead
+/// ([`Store::clock`]); this is for clients of the API, which have no store.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    Clock::system().now_ms()
 }
 
 /// Where the database lives.
@@ -177,11 +178,19 @@ pub struct Store {
     file_id: Option<FileId>,
     /// This handle's instance row (see [`Store::settle_orphaned_claims`]).
     instance: Arc<str>,
+    /// Where the store's own times (instance heartbeats, migrations) come from, and the clock of
+    /// everything that works on this store (see [`Store::clock`]).
+    clock: Clock,
 }
 
 impl Store {
     /// Opens (creating if needed) the database, applies pending migrations and starts the worker thread.
     pub async fn open(loc: Location) -> Result<Store, StoreError> {
+        Store::open_with_clock(loc, Clock::system()).await
+    }
+
+    /// [`Store::open`] with the clock that the store and everything working on it read the time from.
+    pub async fn open_with_clock(loc: Location, clock: Clock) -> Result<Store, StoreError> {
         let path = match &loc {
             Location::Memory => None,
             Location::File(p) => Some(p.clone()),
@@ -190,13 +199,15 @@ impl Store {
         let (ready_tx, ready_rx) = oneshot::channel::<Result<Option<FileId>, StoreError>>();
         let instance: Arc<str> = Arc::from(format!("ins_{}", crate::random::hex(8)));
         let me = instance.clone();
+        let worker_clock = clock.clone();
         std::thread::Builder::new().name("mcp-gate-store".into()).spawn(move || {
-            let opened = open_connection(&loc).and_then(|mut conn| {
+            let clock = worker_clock;
+            let opened = open_connection(&loc, clock.now_ms()).and_then(|mut conn| {
                 let file_id = match &loc {
                     Location::File(p) => FileId::of(p)?,
                     Location::Memory => None,
                 };
-                register_instance(&mut conn, &me)?;
+                register_instance(&mut conn, &me, clock.now_ms())?;
                 Ok((conn, file_id))
             });
             let (mut conn, file_id) = match opened {
@@ -211,14 +222,25 @@ impl Store {
                 (Location::File(p), Some(id)) => Some((p.clone(), id)),
                 _ => None,
             };
-            worker(&mut conn, queue, Watch { file: watched, lost: None }, &me);
+            worker(&mut conn, queue, Watch { file: watched, lost: None }, &me, &clock);
         })?;
         let file_id = ready_rx.await.map_err(|_| StoreError::Aborted)??;
         let path = match path {
             Some(p) => Some(Arc::new(std::fs::canonicalize(&p)?)),
             None => None,
         };
-        Ok(Store { jobs, path, file_id, instance })
+        Ok(Store { jobs, path, file_id, instance, clock })
+    }
+
+    /// The clock of this store: what reads the time for a request on it (the approvals, the
+    /// sweeper) reads it here, so that a test can hold it still or move it.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// The current time of [`Store::clock`], in unix milliseconds.
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
     }
 
     /// The identity (device and inode) of the database file when it was opened; `None` for
@@ -251,6 +273,13 @@ impl Store {
             let _ = tx.send(conn.and_then(f));
         });
         self.jobs.send(job).map_err(|_| StoreError::Closed)?;
+        if self.clock.follows_tokio() {
+            // Under a tokio clock (tests with paused time) the runtime must not take the wait for
+            // the worker as idle time and jump to the next timer: a blocking wait holds tokio's
+            // auto-advance back, so paused time moves only while every task waits on a timer.
+            let answer = tokio::task::spawn_blocking(move || rx.blocking_recv()).await;
+            return answer.map_err(|_| StoreError::Aborted)?.map_err(|_| StoreError::Aborted)?;
+        }
         rx.await.map_err(|_| StoreError::Aborted)?
     }
 }
@@ -291,7 +320,7 @@ impl Watch {
     }
 }
 
-fn worker(conn: &mut Connection, queue: mpsc::Receiver<Job>, mut watch: Watch, instance: &str) {
+fn worker(conn: &mut Connection, queue: mpsc::Receiver<Job>, mut watch: Watch, instance: &str, clock: &Clock) {
     let mut last_beat = std::time::Instant::now();
     loop {
         let job = match queue.recv_timeout(TICK) {
@@ -302,7 +331,7 @@ fn worker(conn: &mut Connection, queue: mpsc::Receiver<Job>, mut watch: Watch, i
         let lost = watch.check();
         if lost.is_none() && last_beat.elapsed() >= HEARTBEAT {
             last_beat = std::time::Instant::now();
-            if let Err(e) = heartbeat(conn, instance) {
+            if let Err(e) = heartbeat(conn, instance, clock.now_ms()) {
                 tracing::warn!("store heartbeat failed: {e}");
             }
         }
@@ -343,8 +372,7 @@ pub(crate) fn host_name() -> String {
     }
 }
 
-fn register_instance(conn: &mut Connection, instance: &str) -> Result<(), StoreError> {
-    let now = now_ms();
+fn register_instance(conn: &mut Connection, instance: &str, now: i64) -> Result<(), StoreError> {
     conn.execute(
         "INSERT INTO instances (id, host, pid, started_at, heartbeat_at) VALUES (?1, ?2, ?3, ?4, ?4)",
         rusqlite::params![instance, host_name(), std::process::id(), now],
@@ -352,12 +380,12 @@ fn register_instance(conn: &mut Connection, instance: &str) -> Result<(), StoreE
     Ok(())
 }
 
-fn heartbeat(conn: &mut Connection, instance: &str) -> Result<(), StoreError> {
-    conn.execute("UPDATE instances SET heartbeat_at = ?2 WHERE id = ?1", rusqlite::params![instance, now_ms()])?;
+fn heartbeat(conn: &mut Connection, instance: &str, now: i64) -> Result<(), StoreError> {
+    conn.execute("UPDATE instances SET heartbeat_at = ?2 WHERE id = ?1", rusqlite::params![instance, now])?;
     Ok(())
 }
 
-fn open_connection(loc: &Location) -> Result<Connection, StoreError> {
+fn open_connection(loc: &Location, now: i64) -> Result<Connection, StoreError> {
     let mut conn = match loc {
         Location::Memory => Connection::open_in_memory()?,
         Location::File(path) => {
@@ -377,7 +405,7 @@ fn open_connection(loc: &Location) -> Result<Connection, StoreError> {
     conn.pragma_update(None, "foreign_keys", "ON")?;
     // 16 MiB of page cache (the default is 2 MiB): keeps a large queue's indexes and rows in memory.
     conn.pragma_update(None, "cache_size", -16_384)?;
-    migrate::run(&mut conn)?;
+    migrate::run(&mut conn, now)?;
     Ok(conn)
 }
 
