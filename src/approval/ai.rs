@@ -159,8 +159,8 @@ impl Approvals {
                 .into_iter()
                 .map(|a| RecentDecision {
                     at: replies::iso8601(a.decided_at.unwrap_or(a.created_at)),
-                    server: a.server,
-                    tool: a.tool,
+                    server: a.request.server,
+                    tool: a.request.tool,
                     status: a.status.to_string(),
                     decided_by: a.decided_by,
                     reason: a.deny_reason,

@@ -26,7 +26,9 @@ use tracing::{info, warn};
 use crate::gate::{CancellationToken, Gate, Outcome, ProgressSink, RefusedCall, ToolCall, Verdict};
 use crate::policy::{Action, CallFacts, Decision, Policy, Risk};
 use crate::store::audit::{AuditRecord, Event, Redactor};
-use crate::store::{Approval, Claim, NewApproval, SYSTEM_ACTOR, Status, Store, TransitionError, Vote, VoteDecision};
+use crate::store::{
+    Approval, ApprovalRequest, Claim, SYSTEM_ACTOR, Status, Store, TransitionError, Vote, VoteDecision,
+};
 pub use changes::{Change, ChangeKind, Changes};
 
 /// How often a waiting caller hears progress (clients reset their timeouts on it).
@@ -550,9 +552,9 @@ impl Approvals {
         key: &str,
         decision: &Decision,
         now: i64,
-    ) -> NewApproval {
+    ) -> ApprovalRequest {
         let expiry = self.settings.expiry_for(decision.risk, workflow);
-        NewApproval {
+        ApprovalRequest {
             id: new_id(),
             key: key.to_owned(),
             server: call.server.clone(),

@@ -150,9 +150,10 @@ pub struct VoteRecord {
     pub at: i64,
 }
 
-/// A held call to store.
+/// A held call as it was requested: what a request is opened with ([`Store::open_request`]),
+/// which never changes after. [`Approval`] is this plus where the request is in its life.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct NewApproval {
+pub struct ApprovalRequest {
     pub id: String,
     /// Canonical call key (server + tool + canonical arguments hash), computed by the caller.
     pub key: String,
@@ -174,24 +175,12 @@ pub struct NewApproval {
     pub tool_info: Option<Value>,
 }
 
-/// An approval with its votes and outcome; serialized as our API's snake_case JSON.
+/// An approval request with its votes and outcome; serialized as our API's snake_case JSON, the
+/// request's fields beside the others. Its request's fields read as its own (`approval.server`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Approval {
-    pub id: String,
-    pub key: String,
-    pub server: String,
-    pub tool: String,
-    pub arguments: Value,
-    pub agent: Option<String>,
-    pub risk: Option<String>,
-    pub rule: Option<String>,
-    pub rule_reason: Option<String>,
-    pub workflow: String,
-    pub required_approvals: u32,
-    pub grant_secs: u64,
-    pub trace: Value,
-    pub created_at: i64,
-    pub expires_at: i64,
+    #[serde(flatten)]
+    pub request: ApprovalRequest,
     pub status: Status,
     pub votes: Vec<VoteRecord>,
     /// When it was approved (the start of a grant window) or denied.
@@ -207,11 +196,33 @@ pub struct Approval {
     pub executed_at: Option<i64>,
     /// The outcome of the last execution.
     pub outcome: Option<Value>,
-    /// The tool's title, description and annotations as listed by the upstream, if known.
-    pub tool_info: Option<Value>,
+}
+
+impl std::ops::Deref for Approval {
+    type Target = ApprovalRequest;
+
+    fn deref(&self) -> &ApprovalRequest {
+        &self.request
+    }
 }
 
 impl Approval {
+    /// `request` as just opened: pending, without votes.
+    pub fn pending(request: ApprovalRequest) -> Approval {
+        Approval {
+            request,
+            status: Status::Pending,
+            votes: Vec::new(),
+            decided_at: None,
+            decided_by: None,
+            deny_reason: None,
+            notes: None,
+            uses: 0,
+            executed_at: None,
+            outcome: None,
+        }
+    }
+
     /// The end of the grant window, for an approved grant.
     pub fn grant_ends_at(&self) -> Option<i64> {
         if self.grant_secs == 0 {
@@ -360,7 +371,7 @@ impl From<rusqlite::Error> for TransitionError {
 
 impl Store {
     /// Stores a new pending approval (and its creation transition).
-    pub async fn insert_approval(&self, a: NewApproval) -> Result<Approval, StoreError> {
+    pub async fn insert_approval(&self, a: ApprovalRequest) -> Result<Approval, StoreError> {
         self.call(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             insert_tx(&tx, &a)?;
@@ -377,7 +388,7 @@ impl Store {
     /// stands is joined, and only if there is none is `new` stored as pending. Any number of
     /// identical calls, from any number of tasks or processes, get one pending request (a unique
     /// index on the key of pending rows backs this up).
-    pub async fn open_request(&self, new: NewApproval, now: i64) -> Result<Opened, StoreError> {
+    pub async fn open_request(&self, new: ApprovalRequest, now: i64) -> Result<Opened, StoreError> {
         self.call(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let expired = close_lapsed_of_key(&tx, &new.key, now)?;
@@ -399,7 +410,7 @@ impl Store {
     /// waiting for a person), it is joined instead and no vote is recorded.
     pub async fn open_decided(
         &self,
-        new: NewApproval,
+        new: ApprovalRequest,
         vote: Vote,
         required: u32,
         now: i64,
@@ -744,7 +755,7 @@ fn json_col(row: &Row<'_>, idx: usize) -> rusqlite::Result<Value> {
 fn row_to_approval(row: &Row<'_>) -> rusqlite::Result<Approval> {
     let grant_secs: i64 = row.get(11)?;
     let outcome: Option<String> = row.get(22)?;
-    Ok(Approval {
+    let request = ApprovalRequest {
         id: row.get(0)?,
         key: row.get(1)?,
         server: row.get(2)?,
@@ -761,6 +772,13 @@ fn row_to_approval(row: &Row<'_>) -> rusqlite::Result<Approval> {
         trace: json_col(row, 12)?,
         created_at: row.get(13)?,
         expires_at: row.get(14)?,
+        tool_info: match row.get::<_, Option<String>>(23)? {
+            Some(text) => serde_json::from_str(&text).ok(),
+            None => None,
+        },
+    };
+    Ok(Approval {
+        request,
         status: row.get(15)?,
         votes: Vec::new(),
         decided_at: row.get(16)?,
@@ -774,10 +792,6 @@ fn row_to_approval(row: &Row<'_>) -> rusqlite::Result<Approval> {
                 serde_json::from_str(&text)
                     .map_err(|e| rusqlite::Error::FromSqlConversionFailure(22, Type::Text, Box::new(e)))?,
             ),
-            None => None,
-        },
-        tool_info: match row.get::<_, Option<String>>(23)? {
-            Some(text) => serde_json::from_str(&text).ok(),
             None => None,
         },
     })
@@ -894,7 +908,7 @@ fn close_lapsed_of_key(tx: &Connection, key: &str, now: i64) -> Result<Vec<Appro
 }
 
 /// Stores `a` as pending, with its creation transition.
-fn insert_tx(conn: &Connection, a: &NewApproval) -> Result<(), StoreError> {
+fn insert_tx(conn: &Connection, a: &ApprovalRequest) -> Result<(), StoreError> {
     let inserted = conn.execute(
         "INSERT INTO approvals (id, key, server, tool, arguments, agent, risk, rule, rule_reason, workflow,
              required_approvals, grant_secs, trace, created_at, expires_at, status, tool_info)
@@ -1129,8 +1143,8 @@ mod tests {
     const T0: i64 = 1_700_000_000_000;
     const HOUR: i64 = 3_600_000;
 
-    fn new(id: &str, key: &str) -> NewApproval {
-        NewApproval {
+    fn new(id: &str, key: &str) -> ApprovalRequest {
+        ApprovalRequest {
             id: id.into(),
             key: key.into(),
             server: "fs".into(),
@@ -1181,12 +1195,12 @@ mod tests {
         // Lives an hour (T0 .. T0 + 60 min); a 10-minute warning starts at T0 + 50 min.
         store.insert_approval(new("hour", "k1")).await.unwrap();
         // Lives 10 minutes: the warning starts half-way, at T0 + 5 min, not at once.
-        store.insert_approval(NewApproval { expires_at: T0 + 10 * MIN, ..new("short", "k2") }).await.unwrap();
+        store.insert_approval(ApprovalRequest { expires_at: T0 + 10 * MIN, ..new("short", "k2") }).await.unwrap();
         let due = |now: i64| {
             let store = store.clone();
             async move {
                 let ids: Vec<String> =
-                    store.pending_expiring(now, 10 * MIN).await.unwrap().into_iter().map(|a| a.id).collect();
+                    store.pending_expiring(now, 10 * MIN).await.unwrap().into_iter().map(|a| a.request.id).collect();
                 ids
             }
         };
@@ -1249,7 +1263,7 @@ mod tests {
     #[tokio::test]
     async fn two_distinct_approvers_are_required() {
         let store = mem().await;
-        store.insert_approval(NewApproval { required_approvals: 2, ..new("a", "k") }).await.unwrap();
+        store.insert_approval(ApprovalRequest { required_approvals: 2, ..new("a", "k") }).await.unwrap();
 
         let a = store.record_vote("a", approve("alice"), 2, T0 + 10).await.unwrap();
         assert_eq!(a.status, Status::Pending);
@@ -1285,7 +1299,7 @@ mod tests {
     #[tokio::test]
     async fn one_deny_vote_denies() {
         let store = mem().await;
-        store.insert_approval(NewApproval { required_approvals: 2, ..new("a", "k") }).await.unwrap();
+        store.insert_approval(ApprovalRequest { required_approvals: 2, ..new("a", "k") }).await.unwrap();
         store.record_vote("a", approve("alice"), 2, T0 + 1).await.unwrap();
         let a = store.record_vote("a", deny("bob", "Not approved during code freeze"), 2, T0 + 2).await.unwrap();
         assert_eq!(a.status, Status::Denied);
@@ -1310,8 +1324,8 @@ mod tests {
     async fn expiry_by_sweep_and_by_late_vote() {
         let store = mem().await;
         store.insert_approval(new("swept", "k1")).await.unwrap();
-        store.insert_approval(NewApproval { expires_at: T0 + 2 * HOUR, ..new("later", "k2") }).await.unwrap();
-        store.insert_approval(NewApproval { required_approvals: 2, ..new("half-voted", "k3") }).await.unwrap();
+        store.insert_approval(ApprovalRequest { expires_at: T0 + 2 * HOUR, ..new("later", "k2") }).await.unwrap();
+        store.insert_approval(ApprovalRequest { required_approvals: 2, ..new("half-voted", "k3") }).await.unwrap();
         store.record_vote("half-voted", approve("alice"), 2, T0 + 1).await.unwrap();
 
         assert!(store.expire_due(T0 + HOUR - 1).await.unwrap().is_empty());
@@ -1415,7 +1429,7 @@ mod tests {
         for i in 0..50 {
             let grant = if i % 5 == 0 { 7200 } else { 0 };
             store
-                .insert_approval(NewApproval { grant_secs: grant, ..new(&format!("a{i}"), &format!("k{i}")) })
+                .insert_approval(ApprovalRequest { grant_secs: grant, ..new(&format!("a{i}"), &format!("k{i}")) })
                 .await
                 .unwrap();
             store.record_vote(&format!("a{i}"), approve("alice"), 1, T0 + 1).await.unwrap();
@@ -1476,7 +1490,7 @@ mod tests {
         let survivor = Store::open(loc).await.unwrap();
         crashed.insert_approval(new("once", "k1")).await.unwrap();
         crashed.record_vote("once", approve("alice"), 1, T0 + 1).await.unwrap();
-        crashed.insert_approval(NewApproval { grant_secs: 600, ..new("grant", "k2") }).await.unwrap();
+        crashed.insert_approval(ApprovalRequest { grant_secs: 600, ..new("grant", "k2") }).await.unwrap();
         crashed.record_vote("grant", approve("alice"), 1, T0 + 1).await.unwrap();
         crashed.insert_approval(new("mine", "k3")).await.unwrap();
         crashed.record_vote("mine", approve("alice"), 1, T0 + 1).await.unwrap();
@@ -1531,7 +1545,7 @@ mod tests {
     #[tokio::test]
     async fn grant_window_runs_until_it_ends() {
         let store = mem().await;
-        store.insert_approval(NewApproval { grant_secs: 60, ..new("g", "k") }).await.unwrap();
+        store.insert_approval(ApprovalRequest { grant_secs: 60, ..new("g", "k") }).await.unwrap();
         let a = store.record_vote("g", approve("alice"), 1, T0 + 1_000).await.unwrap();
         assert_eq!(a.grant_ends_at(), Some(T0 + 61_000));
 
@@ -1543,7 +1557,7 @@ mod tests {
             assert_eq!(a.uses, u32::try_from(i + 1).unwrap());
         }
         // Still reusable inside the window, even past expires_at of the request.
-        assert_eq!(store.find_reusable("k", T0 + 60_999).await.unwrap().map(|a| a.id), Some("g".into()));
+        assert_eq!(store.find_reusable("k", T0 + 60_999).await.unwrap().map(|a| a.request.id), Some("g".into()));
         assert_eq!(store.claim_execution("g", T0 + 60_999).await.unwrap(), Claim::Run);
         assert!(store.find_reusable("k", T0 + 61_000).await.unwrap().is_none());
         assert_eq!(store.claim_execution("g", T0 + 61_000).await.unwrap(), Claim::Spent);
@@ -1558,9 +1572,9 @@ mod tests {
 
         // When the window ends the sweep closes grants: an unused one expires (and is returned), a used one
         // becomes executed (not returned: nothing expired).
-        store.insert_approval(NewApproval { grant_secs: 60, ..new("unused", "k2") }).await.unwrap();
+        store.insert_approval(ApprovalRequest { grant_secs: 60, ..new("unused", "k2") }).await.unwrap();
         store.record_vote("unused", approve("alice"), 1, T0).await.unwrap();
-        store.insert_approval(NewApproval { grant_secs: 60, ..new("used", "k3") }).await.unwrap();
+        store.insert_approval(ApprovalRequest { grant_secs: 60, ..new("used", "k3") }).await.unwrap();
         store.record_vote("used", approve("alice"), 1, T0).await.unwrap();
         assert_eq!(store.claim_execution("used", T0 + 1).await.unwrap(), Claim::Run);
         store.finish_execution("used", true, json!({}), T0 + 2).await.unwrap();
@@ -1581,9 +1595,9 @@ mod tests {
         // One pending request per key: the older one is approved (not yet used) before the newer is made.
         store.insert_approval(new("old", "k")).await.unwrap();
         store.record_vote("old", approve("alice"), 1, T0 + 1).await.unwrap();
-        store.insert_approval(NewApproval { created_at: T0 + 5, ..new("new", "k") }).await.unwrap();
-        store.insert_approval(NewApproval { created_at: T0 + 9, ..new("other", "k-other") }).await.unwrap();
-        assert_eq!(store.find_reusable("k", T0 + 10).await.unwrap().map(|a| a.id), Some("new".into()));
+        store.insert_approval(ApprovalRequest { created_at: T0 + 5, ..new("new", "k") }).await.unwrap();
+        store.insert_approval(ApprovalRequest { created_at: T0 + 9, ..new("other", "k-other") }).await.unwrap();
+        assert_eq!(store.find_reusable("k", T0 + 10).await.unwrap().map(|a| a.request.id), Some("new".into()));
 
         store.record_vote("new", deny("bob", "no"), 1, T0 + 11).await.unwrap();
         let found = store.find_reusable("k", T0 + 14).await.unwrap().unwrap();
@@ -1611,7 +1625,7 @@ mod tests {
         }
         store.record_vote("a4", approve("alice"), 1, T0 + 10).await.unwrap();
 
-        let ids = |v: Vec<Approval>| v.into_iter().map(|a| a.id).collect::<Vec<_>>();
+        let ids = |v: Vec<Approval>| v.into_iter().map(|a| a.request.id).collect::<Vec<_>>();
         let list = |f: ApprovalFilter| {
             let store = store.clone();
             async move { ids(store.list_approvals(f).await.unwrap()) }

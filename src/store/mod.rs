@@ -57,7 +57,7 @@ use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 pub use approvals::{
-    Approval, ApprovalFilter, Claim, NewApproval, ORPHANED, Opened, ParseStatusError, Status, Transition,
+    Approval, ApprovalFilter, ApprovalRequest, Claim, ORPHANED, Opened, ParseStatusError, Status, Transition,
     TransitionError, Vote, VoteDecision, VoteRecord,
 };
 pub use clock::Clock;
