@@ -514,6 +514,42 @@ pub async fn tail(store: &Store, n: usize) -> Result<Vec<AuditRow>, StoreError> 
         .await
 }
 
+/// The latest record of `event` about each of these approval requests that has one: its time
+/// and detail, by request id.
+pub async fn latest_of(
+    store: &Store,
+    event: Event,
+    approval_ids: Vec<String>,
+) -> Result<std::collections::HashMap<String, (i64, Value)>, StoreError> {
+    if approval_ids.is_empty() {
+        return Ok(std::collections::HashMap::new());
+    }
+    store
+        .call(move |conn| {
+            let mut found = std::collections::HashMap::new();
+            // One statement per page of ids (SQLite allows 32766 parameters); rows in id order, so
+            // a later record about the same request replaces an earlier one.
+            for page in approval_ids.chunks(1000) {
+                let marks = vec!["?"; page.len()].join(", ");
+                let sql = format!(
+                    "SELECT approval_id, at, detail FROM audit
+                     WHERE approval_id IN ({marks}) AND event = ? ORDER BY id"
+                );
+                let args = page.iter().map(String::as_str).chain([event.as_str()]);
+                let mut stmt = conn.prepare(&sql)?;
+                let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
+                while let Some(row) = rows.next()? {
+                    let id: String = row.get(0)?;
+                    let at: i64 = row.get(1)?;
+                    let detail: String = row.get(2)?;
+                    found.insert(id, (at, serde_json::from_str(&detail)?));
+                }
+            }
+            Ok(found)
+        })
+        .await
+}
+
 /// Which audit rows [`page`] returns.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
