@@ -95,7 +95,7 @@ impl Approvals {
                     // A request waiting for a person stood for this call: it stands.
                     Ok((a, true)) => return self.wait_for(a, caller).await,
                     Ok((a, false)) => a,
-                    Err(e) => return self.fail_closed(&call, &e),
+                    Err(e) => return self.fail_closed(&call, &e.to_string()),
                 };
                 self.audit_review(&ai, &call, Some(&a), &review, applied, outcome).await;
                 self.recorded(&a, &vote, workflow.required_approvals).await;
@@ -115,7 +115,7 @@ impl Approvals {
                 let a = match self.open_decided(&workflow, &call, &key, &decision, &vote, &reviewer_identity).await {
                     Ok((a, true)) => return self.wait_for(a, caller).await,
                     Ok((a, false)) => a,
-                    Err(e) => return self.fail_closed(&call, &e),
+                    Err(e) => return self.fail_closed(&call, &e.to_string()),
                 };
                 self.audit_review(&ai, &call, Some(&a), &review, applied, outcome).await;
                 self.recorded(&a, &vote, workflow.required_approvals).await;
@@ -140,7 +140,7 @@ impl Approvals {
                 let a = match self.insert_request(&self.workflow(to), &call, &key, &decision).await {
                     Ok((a, true)) => return self.wait_for(a, caller).await,
                     Ok((a, false)) => a,
-                    Err(e) => return self.fail_closed(&call, &e),
+                    Err(e) => return self.fail_closed(&call, &e.to_string()),
                 };
                 self.audit_review(&ai, &call, Some(&a), &review, applied, outcome).await;
                 info!(id = %a.id, workflow = %to, "escalated by the reviewer to people");

@@ -116,6 +116,18 @@ pub enum DecideError {
     Store(String),
 }
 
+/// Why a held call's request could not be opened: the call is then refused (fails closed).
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// The reviewer's vote on the request it opens was refused.
+    #[error(transparent)]
+    Vote(#[from] TransitionError),
+    #[error(transparent)]
+    Decide(#[from] DecideError),
+}
+
 /// The approval service: policy, store, waiters and the audit trail.
 pub struct Approvals {
     pub store: Store,
@@ -475,7 +487,7 @@ impl Approvals {
         let key = call_key(&call.server, &call.tool, &call.arguments);
         let approval = match self.insert_request(&workflow, &call, &key, &decision).await {
             Ok((a, _joined)) => a,
-            Err(e) => return self.fail_closed(&call, &e),
+            Err(e) => return self.fail_closed(&call, &e.to_string()),
         };
         self.wait_for(approval, caller).await
     }
@@ -490,10 +502,10 @@ impl Approvals {
         call: &OwnedCall,
         key: &str,
         decision: &Decision,
-    ) -> Result<(Approval, bool), String> {
+    ) -> Result<(Approval, bool), OpenError> {
         let now = self.now_ms();
         let new = self.new_request(workflow, call, key, decision, now);
-        let opened = self.store.open_request(new, now).await.map_err(|e| e.to_string())?;
+        let opened = self.store.open_request(new, now).await?;
         for a in &opened.expired {
             self.expired(a).await;
         }
@@ -517,17 +529,13 @@ impl Approvals {
         decision: &Decision,
         vote: &Vote,
         who: &crate::identity::Principal,
-    ) -> Result<(Approval, bool), String> {
+    ) -> Result<(Approval, bool), OpenError> {
         if !who.admitted_by(&workflow.approvers) {
-            return Err(DecideError::NotAnApprover(who.name.clone(), workflow.name.clone()).to_string());
+            return Err(DecideError::NotAnApprover(who.name.clone(), workflow.name.clone()).into());
         }
         let now = self.now_ms();
         let new = self.new_request(workflow, call, key, decision, now);
-        let opened = self
-            .store
-            .open_decided(new, vote.clone(), workflow.required_approvals, now)
-            .await
-            .map_err(|e| e.to_string())?;
+        let opened = self.store.open_decided(new, vote.clone(), workflow.required_approvals, now).await?;
         for a in &opened.expired {
             self.expired(a).await;
         }
