@@ -396,7 +396,7 @@ async fn an_expiring_request_is_announced_once() {
     assert!(expiring().is_empty(), "not yet");
     tokio::time::advance(Duration::from_secs(1)).await;
     approvals.sweep().await;
-    assert_eq!(expiring(), [id.clone()]);
+    assert_eq!(expiring(), [id]);
     tokio::time::advance(Duration::from_secs(60)).await;
     approvals.sweep().await;
     assert!(expiring().is_empty(), "announced once");
