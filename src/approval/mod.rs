@@ -113,7 +113,7 @@ pub enum DecideError {
     #[error("{0} made this request and cannot approve it")]
     OwnRequest(String),
     #[error("storage: {0}")]
-    Store(String),
+    Store(#[from] crate::store::StoreError),
 }
 
 /// Why a held call's request could not be opened: the call is then refused (fails closed).
@@ -229,7 +229,7 @@ impl Approvals {
             .store
             .get_approval(id)
             .await
-            .map_err(|e| DecideError::Store(e.to_string()))?
+            .map_err(DecideError::Store)?
             .ok_or_else(|| DecideError::NotFound(id.to_owned()))?;
         let workflow = self.workflow(&current.workflow);
         let actor = who.name.as_str();
@@ -270,7 +270,7 @@ impl Approvals {
             }
             Err(TransitionError::AlreadyVoted { .. }) => return Err(DecideError::AlreadyVoted(actor.to_owned())),
             Err(TransitionError::NotFound(_)) => return Err(DecideError::NotFound(id.to_owned())),
-            Err(e) => return Err(DecideError::Store(e.to_string())),
+            Err(TransitionError::Store(e)) => return Err(DecideError::Store(e)),
         };
         self.recorded(&approval, &vote, workflow.required_approvals).await;
         Ok(approval)
