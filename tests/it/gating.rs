@@ -426,6 +426,9 @@ async fn a_decision_made_elsewhere_releases_a_call_when_heard_or_reread() {
                 break c.approval.id.clone();
             }
         };
+        // Paused time moves only when every task waits on a timer (a store request in flight
+        // holds it back): this returns once the call has read its request and waits.
+        tokio::time::sleep(Duration::from_millis(1)).await;
         deciding.decide(&id, &Principal::named("alice"), true, None, None).await.unwrap();
         tokio::time::advance(PROGRESS_EVERY - Duration::from_millis(1) - started.elapsed()).await;
         for _ in 0..10 {
