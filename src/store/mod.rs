@@ -560,6 +560,34 @@ mod tests {
         }
     }
 
+    /// A store on a tokio clock stamps its own rows with that clock, and on paused time the clock
+    /// stands still while the store works, even with a timer pending.
+    #[tokio::test(start_paused = true)]
+    async fn a_store_on_paused_time_reads_and_keeps_its_clock() {
+        const T: i64 = 1_800_000_000_000;
+        let store = Store::open_with_clock(Location::Memory, Clock::tokio(T)).await.unwrap();
+        let (applied, started): (i64, i64) = store
+            .call(|c| {
+                let applied = c.query_row("SELECT min(applied_at) FROM schema_version", [], |r| r.get(0))?;
+                let started = c.query_row("SELECT started_at FROM instances", [], |r| r.get(0))?;
+                Ok((applied, started))
+            })
+            .await
+            .unwrap();
+        assert_eq!((applied, started), (T, T));
+        let timer = tokio::spawn(tokio::time::sleep(Duration::from_secs(1)));
+        for _ in 0..20 {
+            store
+                .call(|c| Ok(c.query_row("SELECT count(*) FROM approvals", [], |r| r.get::<_, i64>(0))?))
+                .await
+                .unwrap();
+        }
+        assert_eq!(store.now_ms(), T, "waiting for the store is not idle time");
+        assert!(!timer.is_finished());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(store.now_ms(), T + 1_000);
+    }
+
     #[tokio::test]
     async fn a_panicking_request_does_not_kill_the_worker() {
         let store = Store::open(Location::Memory).await.unwrap();
