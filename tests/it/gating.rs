@@ -169,6 +169,7 @@ async fn fail_fast_then_approve_then_retry_runs_once() {
     assert_eq!(pending.len(), 1);
 
     approvals.decide(&id, &Principal::named("alice"), true, Some("fine".into()), None).await.unwrap();
+    let mut changes = approvals.changes.subscribe();
     let ran = c.call("test_image_content", json!({"secret": "s3cret", "n": 1})).await;
     assert_eq!(ran["content"][0]["type"], "image", "the approved call ran: {ran}");
 
@@ -177,7 +178,8 @@ async fn fail_fast_then_approve_then_retry_runs_once() {
     let (id2, status2) = approval_meta(&held_again);
     assert_eq!(status2, "pending");
     assert_ne!(id2, id);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The outcome is recorded after the reply; it is announced once stored.
+    within("the outcome recorded", async { while changes.recv().await.unwrap().kind != ChangeKind::Executed {} }).await;
     let done = approvals.store.get_approval(&id).await.unwrap().unwrap();
     assert_eq!(done.status, Status::Executed);
     let history: Vec<Status> = approvals.store.transitions(&id).await.unwrap().iter().map(|t| t.to).collect();
