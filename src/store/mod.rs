@@ -12,6 +12,13 @@
 //! vote is either committed in full or not at all, never half-applied, but it may be committed without
 //! anyone reading the answer.
 //!
+//! # Time
+//!
+//! Every time in the store is unix milliseconds, read from the store's [`Clock`] ([`Store::clock`]):
+//! the system clock in a run, tokio's clock in tests (paused, it moves only with
+//! `tokio::time::advance` or when every task waits on a timer). Operations that compare or record
+//! a time take `now` from their caller, which reads it from this clock once per decision.
+//!
 //! # Durability and locking
 //!
 //! - `journal_mode = WAL`: readers never block the writer; several `mcp-gate` processes may share the file.
