@@ -20,7 +20,7 @@ use std::time::Duration;
 use dashmap::{DashMap, DashSet};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::audit::{AuditRecord, Event, Redactor};
@@ -122,8 +122,6 @@ pub struct Approvals {
     redactor: Redactor,
     /// Approval id -> a signal bumped whenever its status changes.
     waiters: DashMap<String, watch::Sender<u64>>,
-    /// Records of policy-only decisions, written in batches.
-    audit_queue: mpsc::UnboundedSender<(AuditRecord, i64)>,
     /// Every state change, for live views and notifications.
     pub changes: Changes,
     /// Pending requests already announced as expiring.
@@ -134,37 +132,15 @@ pub struct Approvals {
     stopping: tokio_util::sync::CancellationToken,
 }
 
-/// Drains the audit queue: one transaction per batch of whatever has accumulated.
-async fn write_audit_batches(store: Store, mut queue: mpsc::UnboundedReceiver<(AuditRecord, i64)>) {
-    while let Some(first) = queue.recv().await {
-        // A moment for more records to arrive, so a steady stream of calls costs one
-        // transaction per few milliseconds rather than one per call.
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        let mut batch = vec![first];
-        while batch.len() < 4096 {
-            match queue.try_recv() {
-                Ok(more) => batch.push(more),
-                Err(_) => break,
-            }
-        }
-        if let Err(e) = store.audit_append_batch(batch).await {
-            warn!("audit write failed: {e}");
-        }
-    }
-}
-
 impl Approvals {
     pub fn new(store: Store, policy: Arc<Policy>, settings: ApprovalSettings) -> Arc<Approvals> {
         let redactor = Redactor::new(settings.redact.clone());
-        let (audit_queue, queued) = mpsc::unbounded_channel();
-        tokio::spawn(write_audit_batches(store.clone(), queued));
         let approvals = Arc::new(Approvals {
             store,
             policy,
             settings,
             redactor,
             waiters: DashMap::new(),
-            audit_queue,
             changes: Changes::default(),
             warned: DashSet::new(),
             reviewer: std::sync::OnceLock::new(),
@@ -426,8 +402,9 @@ impl Approvals {
         }
     }
 
-    /// Queues the record of a call the policy decided on its own (allowed, denied); a writer
-    /// task appends queued records in batches.
+    /// Queues the record of a call the policy decided on its own (allowed, denied); the store
+    /// appends queued records in groups ([`Store::audit_append_later`]), off the call path: the
+    /// call does not wait for its record.
     fn audit_call(&self, event: Event, call: &OwnedCall, decision: &Decision) {
         let record = AuditRecord {
             event,
@@ -441,7 +418,14 @@ impl Approvals {
                 "arguments": self.redactor.redact(&call.arguments),
             }),
         };
-        let _ = self.audit_queue.send((record, now_ms()));
+        self.append_later(record);
+    }
+
+    /// Queues a record for [`Store::audit_append_later`].
+    fn append_later(&self, record: AuditRecord) {
+        if let Err(e) = self.store.audit_append_later(record, now_ms()) {
+            warn!("audit write failed: {e}");
+        }
     }
 
     /// Queues the record of a call refused before evaluation.
@@ -455,7 +439,7 @@ impl Approvals {
             actor: Some("proxy".into()),
             detail: serde_json::json!({ "reason": call.reason, "tool_names": call.tool_names }),
         };
-        let _ = self.audit_queue.send((record, now_ms()));
+        self.append_later(record);
     }
 
     /// The held path of a call the policy sends to approval.
