@@ -24,6 +24,7 @@
 #   BENCH_PY_PAIRS / BENCH_PY_LOADS / BENCH_RELAY_BIN   see scripts/bench_py.py (e.g. BENCH_PY_PAIRS=stdio
 #                           BENCH_PY_LOADS=seq for the sequential stdio figures only)
 #   BENCH_ARTIFACTS         logs of every process (default: artifacts/bench/)
+#   BENCH_ONLY_PY=1         measure only the Python SDK throughput (1.); the other rows say n/a
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -98,6 +99,9 @@ verdict() { # $1 = awk condition over x ; $2 = x
   awk -v x="$2" "BEGIN { print (($1) ? \"yes\" : \"**no**\") }"
 }
 
+audit_rows=n/a
+S_rss_before_kb=n/a; S_rss_after_kb=n/a; S_fd_before=n/a; S_fd_after=n/a; S_opened=0; S_children_kb=n/a
+if [[ "${BENCH_ONLY_PY:-0}" != 1 ]]; then
 # ---- 2. added latency (raw Rust client) --------------------------------------------------------
 log "latency: bench-client, direct raw-upstream vs mcp-gate -- raw-upstream"
 "$BENCH_CLIENT" latency \
@@ -172,6 +176,7 @@ if [[ -n "$serve_url" ]]; then
 fi
 kill "$serve_pid" 2>/dev/null || true
 wait "$serve_pid" 2>/dev/null || true
+fi
 
 # ---- 1. Python SDK throughput -------------------------------------------------------------------
 log "throughput: Python SDK -> server-everything echo (scripts/bench_py.py)"
