@@ -3,74 +3,85 @@
 //!
 //! # Layout
 //!
-//! A message from the client enters through a **downstream** ([`downstream::stdio`] when the client
-//! started us, [`downstream::http`] for `mcp-gate serve`), is read strictly and made canonical by
-//! [`jsonrpc::strict`] (what two parsers could read differently is refused), parsed into the raw
-//! envelope of [`jsonrpc`] (params and results stay those canonical bytes) and handed to its
-//! [`session`]. Messages from upstreams go through the same strict reading. The session is an actor
-//! that owns the id maps and routes: it gives the request a fresh id for the upstream it belongs to
-//! ([`router`] holds the pure helpers for several upstreams: exposed names, merged capabilities,
-//! cursors), sends it through that upstream's **transport** ([`transport::child`] for a stdio
-//! server, [`transport::http_client`] for Streamable HTTP, [`transport::sse_client`] for legacy
-//! HTTP+SSE), and maps the answer back.
+//! The folders follow a message along its path, lower layers first; a module uses only those
+//! above it in this list (a test checks that there are no cycles):
 //!
-//! What the proxy writes itself (its own results, merged results, list changes) takes the shape
-//! of the client's protocol era, which [`era`] decides from each request.
-//!
-//! `tools/call` takes one detour: the session looks the tool up in the upstream's tool list
-//! ([`tools`], fetched by the proxy itself when the client has not listed tools) and asks the
-//! [`gate`] whether the call may go upstream.
-//!
-//! The gate of a real run is [`approval::ApprovalGate`]: it evaluates the compiled [`policy`]
-//! (pure, first match wins, fails closed) and either lets the call through, answers with a denial,
-//! or holds it. Held calls live in the SQLite [`store`] as approval requests; callers wait on them
-//! or get the approval URL at once. The approval server in [`web`] (JSON API and pages) records
-//! decisions through the same [`approval::Approvals`] core, which wakes the waiting calls. A held
-//! call belongs to its caller: cancelled or disconnected, it is never run for anybody, and the
-//! identical retry runs the approval once. Approvers, and agents connecting over HTTP, are known by
-//! their own tokens ([`identity`]); workflows say who may vote, and nobody approves their own
-//! request. A workflow with `approval_type = "ai_driven"` is decided first by the [`review`]
-//! module's reviewer, a model asked inline against written guidelines; what it is unsure of goes to
-//! people. Every decision lands in the hash-chained [`audit`] log. The processes of one machine
-//! that share a database share one approval server: [`hub`] decides at start-up whether this
-//! process serves it or follows the process that does, and hands it over when that one exits. Every
-//! change of a request is published on [`approval::Approvals::changes`], which feeds the server's
-//! event stream and, in the hub, the [`notify`] webhooks.
-//!
-//! Before a bearer token travels to the approval address, [`handshake`] has the listener prove it
-//! knows the token (and the client prove it too).
-//!
-//! Untrusted text shown to a person (arguments, names, descriptions) goes through [`visible`],
-//! which marks invisible and look-alike characters.
-//!
-//! Both HTTP servers (the MCP endpoint and the approval server) accept connections through
-//! [`listener`], which caps them and times out clients that send nothing.
-//!
-//! [`config`] loads `proxy.toml`; [`cli`] is the command line; [`approver`] is
-//! `mcp-gate approvals`, a client of the approval server's API; [`demo`] is `mcp-gate demo`.
+//! - [`wire`]: what travels, before anything is decided about it. Every message is read strictly
+//!   and made canonical by [`wire::jsonrpc::strict`] (what two parsers could read differently is
+//!   refused), then parsed into the raw envelope of [`wire::jsonrpc`] (params and results stay those
+//!   canonical bytes). Newline framing, the SSE codec, and [`wire::era`], which decides the protocol
+//!   era of each request so that what the proxy writes itself takes that era's shape.
+//! - [`settings`]: what the settings of every subsystem share: [`settings::Invalid`], the error
+//!   that names the wrong key. Each subsystem owns its sections of `proxy.toml`, as written and
+//!   validated, usually in a `settings` module of its own: [`upstream::settings`] (`[proxy]`,
+//!   `[upstream]`, `[servers.NAME]`), [`downstream::settings`] (`[listen]`),
+//!   [`http::listener::ListenerLimits`], [`approval::settings`] (`[approvals]`, `[[workflows]]`),
+//!   [`review::settings`] (`[providers.NAME]` and the `ai_*` keys of a workflow),
+//!   [`server::notify::settings`] (`[[webhooks]]`), [`identity`] (`[[approvers]]`, `[[agents]]`)
+//!   and [`policy`] (`[policy]`, `[[rules]]`).
+//! - [`identity`], [`visible`], [`random`], [`secret`]: who is asking (approver and agent tokens,
+//!   compared in constant time; no agent holds an approver's token), how untrusted text is shown to a
+//!   person (invisible characters marked), random bytes (failing closed: no randomness refuses the
+//!   work), tokens and keys held as secrets (wiped when dropped, never printed); [`browser`] opens a URL for the person at this
+//!   machine.
+//! - [`http`]: what both HTTP servers share: the bounded [`http::listener`] and the request
+//!   [`http::guard`] (Host/Origin, bearer tokens).
+//! - [`upstream`]: the transports to the servers behind the proxy ([`upstream::stdio`] for a child
+//!   process, [`upstream::streamable_http`], [`upstream::legacy_sse`]). They move messages and know
+//!   nothing of policy or routing.
+//! - [`gate`]: the seam on the `tools/call` path. The session asks a [`gate::Gate`] whether a call
+//!   goes upstream, is answered by the proxy, or waits; [`gate::tools`] is each upstream's tool list
+//!   as the policy needs it.
+//! - [`session`]: one client's session, an actor that owns the id maps and routes. It gives each
+//!   request a fresh id for the upstream it belongs to ([`session::merge`] holds the pure helpers for
+//!   several upstreams: exposed names, merged capabilities, cursors), sends it through that
+//!   upstream's transport and maps the answer back.
+//! - [`downstream`]: where clients come in: [`downstream::stdio`] when the client started us,
+//!   [`downstream::http`] for `mcp-gate serve`.
+//! - [`policy`]: the compiled rules (pure, first match wins, fails closed).
+//! - [`store`]: the SQLite database: approval requests, votes, claims, and the hash-chained
+//!   [`store::audit`] log where every decision lands.
+//! - [`review`]: the AI reviewer, a model asked inline against written guidelines.
+//! - [`approval`]: the gate of a real run, [`approval::ApprovalGate`]. It evaluates the policy and
+//!   lets the call through, answers with a denial, or holds it: held calls are approval requests in
+//!   the store; callers wait on them or get the approval URL at once. A held call belongs to its
+//!   caller: cancelled or disconnected, it is never run for anybody, and the identical retry runs
+//!   the approval once. A workflow with `approval_type = "ai_driven"` is decided first by the
+//!   reviewer; what it is unsure of goes to people. Every change of a request is published on
+//!   [`approval::Approvals::changes`].
+//! - [`server`]: the approval server ([`server::web`]: JSON API, pages and event stream, over the
+//!   same [`approval::Approvals`] core, which wakes the waiting calls; [`server::web::signin`] turns
+//!   `mcp-gate approvals open` into a one-time link that signs a browser in); the per-machine
+//!   [`server::hub`] (the processes of one machine that share a database share one approval server);
+//!   the [`server::handshake`] by which both ends prove they know a token before it travels; the
+//!   [`server::notify`] webhooks and desktop notifications (and, in each process whose stderr is a
+//!   terminal, one line per call it holds).
+//! - At the top, what nothing below imports. [`config`] loads `proxy.toml` (figment: defaults, the
+//!   file, `MCP_GATE_` variables) into a [`config::RawConfig`] made of the subsystems' raw
+//!   sections, has each subsystem validate its own into a [`config::Config`] made of their
+//!   settings (it adds the file to the key an error names, and expands `${VAR}` for them), and
+//!   explains the result for `check-config`. [`app`] is the composition root that wires a run from
+//!   it; [`cli`] is the command line (with [`cli::approvals`], the `mcp-gate approvals` client of
+//!   the API); [`demo`] is `mcp-gate demo`.
 
+pub mod app;
 pub mod approval;
-pub mod approver;
-pub mod audit;
+pub mod browser;
 pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod downstream;
-pub mod era;
 pub mod gate;
-pub mod handshake;
-pub mod hub;
+pub mod http;
 pub mod identity;
-pub mod jsonrpc;
-pub mod listener;
-pub mod notify;
 pub mod policy;
 pub mod random;
 pub mod review;
-pub mod router;
+pub mod secret;
+pub mod server;
 pub mod session;
+pub mod settings;
 pub mod store;
-pub mod tools;
-pub mod transport;
+pub mod upstream;
 pub mod visible;
-pub mod web;
+pub mod wire;

@@ -23,15 +23,15 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use super::{Approvals, Caller, OwnedCall, call_key, now_ms, replies};
-use crate::audit::{AuditRecord, Event};
 use crate::gate::Verdict;
+use crate::gate::tools::ToolInfo;
 use crate::identity::Principal;
 use crate::policy::Decision;
 use crate::review::{
     AiWorkflow, Applied, Outcome, RECENT_DECISIONS, RecentDecision, Review, ReviewDecision, Reviewer, Subject,
 };
+use crate::store::audit::{AuditRecord, Event};
 use crate::store::{Approval, ApprovalFilter, Status, Vote, VoteDecision};
-use crate::tools::ToolInfo;
 
 impl Approvals {
     /// Hands the `ai_driven` workflows to `reviewer`; set once, at start-up. Without a reviewer

@@ -80,7 +80,7 @@ pub struct Change {
     pub actor: Option<String>,
     /// Unix milliseconds.
     pub at: i64,
-    /// Announced by another process sharing the store (see [`crate::hub`]), not made here.
+    /// Announced by another process sharing the store (see [`crate::server::hub`]), not made here.
     pub relayed: bool,
 }
 

@@ -12,6 +12,7 @@
 mod ai;
 pub mod changes;
 pub mod replies;
+pub mod settings;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,9 +24,9 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::audit::{AuditRecord, Event, Redactor};
 use crate::gate::{CancellationToken, Gate, Outcome, ProgressSink, RefusedCall, ToolCall, Verdict};
 use crate::policy::{Action, CallFacts, Decision, Policy, Risk};
+use crate::store::audit::{AuditRecord, Event, Redactor};
 use crate::store::{Approval, Claim, NewApproval, SYSTEM_ACTOR, Status, Store, TransitionError, Vote, VoteDecision};
 pub use changes::{Change, ChangeKind, Changes};
 
@@ -468,7 +469,7 @@ impl Approvals {
         decision: &Decision,
     ) -> Result<(Approval, bool), String> {
         let now = now_ms();
-        let new = self.new_request(workflow, call, key, decision, now);
+        let new = self.new_request(workflow, call, key, decision, now)?;
         let opened = self.store.open_request(new, now).await.map_err(|e| e.to_string())?;
         for a in &opened.expired {
             self.expired(a).await;
@@ -498,7 +499,7 @@ impl Approvals {
             return Err(DecideError::NotAnApprover(who.name.clone(), workflow.name.clone()).to_string());
         }
         let now = now_ms();
-        let new = self.new_request(workflow, call, key, decision, now);
+        let new = self.new_request(workflow, call, key, decision, now)?;
         let opened = self
             .store
             .open_decided(new, vote.clone(), workflow.required_approvals, now)
@@ -528,10 +529,10 @@ impl Approvals {
         key: &str,
         decision: &Decision,
         now: i64,
-    ) -> NewApproval {
+    ) -> Result<NewApproval, String> {
         let expiry = self.settings.expiry_for(decision.risk, workflow);
-        NewApproval {
-            id: new_id(),
+        Ok(NewApproval {
+            id: new_id().map_err(|e| e.to_string())?,
             key: key.to_owned(),
             server: call.server.clone(),
             tool: call.tool.clone(),
@@ -547,7 +548,7 @@ impl Approvals {
             created_at: now,
             expires_at: now + i64::try_from(expiry.as_millis()).unwrap_or(i64::MAX / 2),
             tool_info: call.tool_info.clone(),
-        }
+        })
     }
 
     /// Audits and announces a request that has just expired.
@@ -765,7 +766,7 @@ impl Gate for ApprovalGate {
         self.approvals.audit_refused(call);
     }
 
-    fn hides(&self, server: &str, tool: &crate::tools::ToolInfo, agent: Option<&str>) -> bool {
+    fn hides(&self, server: &str, tool: &crate::gate::tools::ToolInfo, agent: Option<&str>) -> bool {
         self.approvals.policy.hides_tool(server, &tool.name, agent, tool.annotations())
     }
 
@@ -775,7 +776,7 @@ impl Gate for ApprovalGate {
 }
 
 /// What an approver is shown about a tool: its title, description and annotations.
-fn describe_tool(info: &crate::tools::ToolInfo) -> Value {
+fn describe_tool(info: &crate::gate::tools::ToolInfo) -> Value {
     let mut out = serde_json::Map::new();
     if let Some(title) = info.tool.as_ref().and_then(|t| t.title.as_ref()) {
         out.insert("title".into(), Value::String(title.clone()));
@@ -797,15 +798,15 @@ pub fn call_key(server: &str, tool: &str, arguments: &Value) -> String {
     hasher.update(tool.as_bytes());
     hasher.update([0]);
     hasher.update(canonical_json(arguments).as_bytes());
-    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(hasher.finalize())
 }
 
-pub use crate::audit::canonical_json;
+pub use crate::store::audit::canonical_json;
 pub use crate::store::now_ms;
 
 /// A short random id: `apr_` and 16 hex digits.
-pub fn new_id() -> String {
-    format!("apr_{}", crate::random::hex(8))
+pub fn new_id() -> Result<String, crate::random::RandomError> {
+    Ok(format!("apr_{}", crate::random::hex(8)?))
 }
 
 #[cfg(test)]
@@ -821,5 +822,36 @@ mod tests {
         assert_ne!(call_key("fs", "rm", &a), call_key("fs", "rm", &c));
         assert_ne!(call_key("fs", "rm", &a), call_key("fs2", "rm", &a));
         assert_eq!(canonical_json(&a), r#"{"a":{"x":"s","y":[1,2]},"b":1}"#);
+    }
+
+    /// Without randomness no request id can be made: the held call is answered with the gate's
+    /// internal error (it does not run), and the task that holds it ends instead of panicking,
+    /// which would leave its caller waiting for an answer that never comes.
+    #[tokio::test]
+    async fn a_held_call_without_randomness_is_refused_not_left_waiting() {
+        let toml = "[[rules]]\nname = \"ask\"\ntool = \"rm\"\naction = \"approve\"\n";
+        let config = crate::config::Config::from_toml(toml, "hold.toml").expect("policy");
+        let store = Store::open(crate::store::Location::Memory).await.expect("store");
+        let settings = ApprovalSettings { wait: Duration::from_secs(3600), ..ApprovalSettings::default() };
+        let gate = ApprovalGate { approvals: Approvals::new(store, config.policy.clone(), settings) };
+        let arguments = serde_json::json!({"path": "/"});
+        let call = ToolCall {
+            server: "fs",
+            tool: "rm",
+            exposed_name: "rm",
+            arguments: &arguments,
+            info: None,
+            agent: None,
+            progress: None,
+            gone: CancellationToken::new(),
+        };
+        let Verdict::Hold(held) = gate.check(&call) else { panic!("the call should be held") };
+        let _failing = crate::random::failing::on_this_thread();
+        let verdict = tokio::spawn(held).await.expect("the held call's task ends without a panic");
+        let Verdict::Respond(reply) = verdict else { panic!("the held call should be answered") };
+        let reply = reply.get();
+        assert!(reply.contains("approval gate failed") && reply.contains("randomness"), "{reply}");
+        let pending = gate.approvals.store.list_approvals(crate::store::ApprovalFilter::default()).await;
+        assert!(pending.expect("list").is_empty(), "no request was opened");
     }
 }

@@ -5,8 +5,8 @@
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
-use crate::jsonrpc;
 use crate::store::Approval;
+use crate::wire::jsonrpc;
 
 fn result(text: String, approval: Value) -> Box<RawValue> {
     jsonrpc::to_raw(&json!({

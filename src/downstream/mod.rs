@@ -1,14 +1,15 @@
 //! The client-facing side: stdio (the client started us) and Streamable HTTP (`serve`).
 
 pub mod http;
+pub mod settings;
 pub mod stdio;
 
 use tracing::warn;
 
 use crate::gate::RefusedCall;
-use crate::jsonrpc::{Message, ParseError, strict};
-use crate::router;
 use crate::session::SessionOptions;
+use crate::session::merge;
+use crate::wire::jsonrpc::{Message, ParseError, strict};
 
 /// Handles a client message that could not be read: a refused `tools/call` is audited, a request
 /// gets the error to answer with (under its own id when a lenient look can read it), and a
@@ -41,6 +42,6 @@ fn refused_route<'a>(names: &[String], opts: &'a SessionOptions) -> &'a str {
     if let [only] = opts.servers.as_slice() {
         return &only.name;
     }
-    let Some((prefix, _)) = names.first().and_then(|n| router::split_prefixed(n, &opts.separator)) else { return "" };
+    let Some((prefix, _)) = names.first().and_then(|n| merge::split_prefixed(n, &opts.separator)) else { return "" };
     opts.servers.iter().find(|s| s.prefix && s.name == prefix).map_or("", |s| s.name.as_str())
 }

@@ -9,10 +9,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tracing::{debug, error, warn};
 
-use crate::jsonrpc::{self, Message, code};
 use crate::session::{self, Downstream, Route, SessionOptions};
-use crate::transport::framing::{Line, LineReader, write_lines};
-use crate::transport::{ConnectError, MAX_MESSAGE_BYTES};
+use crate::upstream::ConnectError;
+use crate::wire::MAX_MESSAGE_BYTES;
+use crate::wire::framing::{Line, LineReader, write_lines};
+use crate::wire::jsonrpc::{self, Message, code};
 
 /// How many bytes may wait for the client to read its stdout before mcp-gate stops reading its
 /// stdin: a client that does not read its answers is slowed down instead of making the proxy
@@ -225,7 +226,7 @@ where
                     warn!("message from the client over {MAX_MESSAGE_BYTES} bytes rejected");
                     let text = format!("message exceeds the {MAX_MESSAGE_BYTES}-byte limit");
                     // Answered under its own id when the line shows one at either end.
-                    let id = crate::transport::child::answered_id(&head, &tail).map(jsonrpc::number_id);
+                    let id = crate::upstream::stdio::answered_id(&head, &tail).map(jsonrpc::number_id);
                     let reply = Message::error(id, code::INVALID_REQUEST, &text);
                     let _ = out_tx.send(Bytes::from(reply.to_bytes()));
                 }

@@ -1,5 +1,5 @@
 //! The durable store: one SQLite database holding the approval queue ([`approvals`]) and the audit log
-//! ([`crate::audit`]).
+//! ([`crate::store::audit`]).
 //!
 //! # Shape
 //!
@@ -20,7 +20,7 @@
 //!   holds the database write lock from its first read: two processes cannot both see "not yet used".
 //! - `synchronous = NORMAL` by default: a crash of the process never loses a commit; a power loss or OS
 //!   crash may lose the last few commits but never corrupts the file. [`Store::claim_execution`] and
-//!   [`Store::audit_append`](crate::audit) switch to `synchronous = FULL` for their transaction, so a
+//!   [`Store::audit_append`](crate::store::audit) switch to `synchronous = FULL` for their transaction, so a
 //!   claim is on disk before the tool runs (a power loss cannot make a single-use approval runnable
 //!   twice) and an audit record is on disk once appended. Because the WAL is written in order, a FULL commit
 //!   also makes every earlier commit durable.
@@ -49,6 +49,7 @@
 //! finishing them can be settled (see [`Store::settle_orphaned_claims`]).
 
 pub mod approvals;
+pub mod audit;
 mod migrate;
 pub mod stats;
 
@@ -114,6 +115,8 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
     #[error("invalid JSON in the store: {0}")]
     Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    Random(#[from] crate::random::RandomError),
     #[error("approval {0} not found")]
     NotFound(String),
     #[error("approval {0} already exists")]
@@ -226,7 +229,7 @@ impl Store {
         let deferred: Arc<DeferredQueue> = Arc::default();
         let pending = deferred.clone();
         let (ready_tx, ready_rx) = oneshot::channel::<Result<Option<FileId>, StoreError>>();
-        let instance: Arc<str> = Arc::from(format!("ins_{}", crate::random::hex(8)));
+        let instance: Arc<str> = Arc::from(format!("ins_{}", crate::random::hex(8)?));
         let me = instance.clone();
         std::thread::Builder::new().name("mcp-gate-store".into()).spawn(move || {
             let opened = open_connection(&loc).and_then(|mut conn| {

@@ -10,13 +10,13 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use mcp_gate::approval::{ApprovalGate, ApprovalSettings, Approvals};
-use mcp_gate::audit::AuditRow;
 use mcp_gate::config::Config;
 use mcp_gate::gate::Gate;
 use mcp_gate::identity::Principal;
 use mcp_gate::review::{Reviewer, Secret};
+use mcp_gate::server::web::WebState;
+use mcp_gate::store::audit::AuditRow;
 use mcp_gate::store::{Approval, ApprovalFilter, Location, Status, Store};
-use mcp_gate::web::WebState;
 use serde_json::{Value, json};
 use sha2::Digest;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -221,9 +221,13 @@ redact = ["/secret"]
         ..ApprovalSettings::default()
     };
     let approvals = Approvals::new(store, config.policy.clone(), settings);
-    approvals.set_reviewer(Reviewer::from_config(&config.approvals).unwrap().expect("an ai_driven workflow"));
+    approvals.set_reviewer(
+        Reviewer::from_config(&config.approvals.ai_workflows, &config.approvals.providers)
+            .unwrap()
+            .expect("an ai_driven workflow"),
+    );
     let state = WebState::new(approvals.clone(), TOKEN.into(), Default::default(), Vec::new());
-    tokio::spawn(mcp_gate::web::serve(web_listener, state, std::future::pending()));
+    tokio::spawn(mcp_gate::server::web::serve(web_listener, state, std::future::pending()));
     Setup { approvals, fake, web }
 }
 
@@ -310,7 +314,7 @@ async fn all_approvals(approvals: &Approvals) -> Vec<Approval> {
 }
 
 async fn audit(approvals: &Approvals) -> Vec<AuditRow> {
-    mcp_gate::audit::tail(&approvals.store, 100).await.unwrap()
+    mcp_gate::store::audit::tail(&approvals.store, 100).await.unwrap()
 }
 
 fn ai_rows(rows: &[AuditRow]) -> Vec<&AuditRow> {
@@ -389,7 +393,7 @@ async fn confident_approve_runs_the_call_once_through_an_ai_approval() {
         format!("{} {} {}", serde_json::to_string(&rows).unwrap(), serde_json::to_string(&all).unwrap(), seen[0].body);
     assert!(!dump.contains(KEY));
     assert!(!seen[0].body.to_string().contains("hunter2"));
-    assert!(mcp_gate::audit::verify(&s.approvals.store).await.unwrap().is_ok());
+    assert!(mcp_gate::store::audit::verify(&s.approvals.store).await.unwrap().is_ok());
 }
 
 #[tokio::test]

@@ -6,8 +6,8 @@ use std::time::Duration;
 use mcp_gate::approval::{ApprovalSettings, Approvals};
 use mcp_gate::config::Config;
 use mcp_gate::identity::{Credentials, Principal};
+use mcp_gate::server::web::WebState;
 use mcp_gate::store::{Location, Status, Store};
-use mcp_gate::web::WebState;
 use reqwest::redirect::Policy;
 use serde_json::{Value, json};
 
@@ -38,7 +38,7 @@ async fn server_with(approvers: Credentials) -> Server {
     };
     let approvals = Approvals::new(store, config.policy.clone(), settings);
     let state = WebState::new(approvals.clone(), TOKEN.into(), approvers, Vec::new());
-    tokio::spawn(mcp_gate::web::serve(listener, state, std::future::pending()));
+    tokio::spawn(mcp_gate::server::web::serve(listener, state, std::future::pending()));
     let http = reqwest::Client::builder().redirect(Policy::none()).build().unwrap();
     Server { base, approvals, http }
 }

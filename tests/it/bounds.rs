@@ -4,8 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mcp_gate::config::{ListenerLimits, ServerConfig, UpstreamTransport};
 use mcp_gate::downstream::http;
+use mcp_gate::http::listener::ListenerLimits;
+use mcp_gate::upstream::settings::{ServerConfig, UpstreamTransport};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, DuplexStream, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -134,7 +135,7 @@ async fn until_tagged(tag: &str, n: usize) {
 }
 
 fn tag(what: &str) -> String {
-    format!("--tag={what}-{}-{}", std::process::id(), mcp_gate::random::hex(4))
+    format!("--tag={what}-{}-{}", std::process::id(), mcp_gate::random::hex(4).expect("randomness"))
 }
 
 /// An in-process `serve` of one upstream with these limits; its `/mcp` URL.
@@ -314,11 +315,12 @@ async fn half_open_connections_neither_lock_out_clients_nor_stay_open() {
     let config = mcp_gate::config::Config::from_toml("", "empty.toml").unwrap();
     let store = mcp_gate::store::Store::open(mcp_gate::store::Location::Memory).await.unwrap();
     let approvals = mcp_gate::approval::Approvals::new(store, config.policy.clone(), Default::default());
-    let mut web = mcp_gate::web::WebState::new(approvals, "t".repeat(24), Default::default(), Vec::new());
+    let mut web =
+        mcp_gate::server::web::WebState::new(approvals, "t".repeat(24).into(), Default::default(), Vec::new());
     Arc::get_mut(&mut web).unwrap().limits = listener;
     let web_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let web_addr = web_listener.local_addr().unwrap().to_string();
-    tokio::spawn(mcp_gate::web::serve(web_listener, web, std::future::pending()));
+    tokio::spawn(mcp_gate::server::web::serve(web_listener, web, std::future::pending()));
 
     let mcp_flood = half_open(&mcp_addr, 300).await;
     let web_flood = half_open(&web_addr, 300).await;
@@ -360,14 +362,14 @@ async fn an_upstream_that_stops_reading_refuses_requests_past_its_queue() {
     });
     let mut c = Lines::new(server).await;
     let pad = "p".repeat(4096);
-    let n = mcp_gate::transport::LINK_QUEUE + 200;
+    let n = mcp_gate::upstream::LINK_QUEUE + 200;
     for id in 0..n {
         c.send(json!({"jsonrpc": "2.0", "id": id, "method": "vendor/echo", "params": {"pad": pad}})).await;
     }
     let reply = c.recv().await;
     let message = reply["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("upstream `deaf`: the upstream is not keeping up"), "{reply}");
-    assert!(reply["id"].as_u64().unwrap() >= mcp_gate::transport::LINK_QUEUE as u64, "{reply}");
+    assert!(reply["id"].as_u64().unwrap() >= mcp_gate::upstream::LINK_QUEUE as u64, "{reply}");
 }
 
 /// A Streamable HTTP upstream whose answers to `big/json` and `big/sse` are over 16 MiB, as a

@@ -8,8 +8,8 @@ use futures::StreamExt;
 use mcp_gate::approval::{ApprovalGate, ApprovalSettings, Approvals};
 use mcp_gate::config::Config;
 use mcp_gate::gate::{Gate, ToolCall, Verdict};
+use mcp_gate::server::web::WebState;
 use mcp_gate::store::{Location, Store};
-use mcp_gate::web::WebState;
 use serde_json::{Value, json};
 
 const TOKEN: &str = "shared-approver-token-0123456789";
@@ -41,7 +41,7 @@ impl Api {
         };
         let approvals = Approvals::new(store, config.policy.clone(), settings);
         let state = WebState::new(approvals.clone(), TOKEN.into(), config.approvals.approvers.clone(), Vec::new());
-        tokio::spawn(mcp_gate::web::serve(listener, state, std::future::pending()));
+        tokio::spawn(mcp_gate::server::web::serve(listener, state, std::future::pending()));
         Api { base, approvals, http: reqwest::Client::new() }
     }
 
@@ -87,6 +87,7 @@ async fn the_openapi_document_covers_every_route_and_every_route_needs_a_token()
         ("get", "/api/v1/audit"),
         ("get", "/api/v1/hub"),
         ("post", "/api/v1/hub/announce"),
+        ("post", "/api/v1/sign-in-links"),
     ];
     for (method, path) in routes {
         assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} is documented");
@@ -109,7 +110,7 @@ async fn the_openapi_document_covers_every_route_and_every_route_needs_a_token()
     let resp = api.http.post(format!("{}/api/v1/handshake", api.base)).json(&hello).send().await.unwrap();
     assert_eq!(resp.status(), 401);
     assert_eq!(resp.json::<Value>().await.unwrap()["error"]["code"], "unknown_key");
-    mcp_gate::handshake::verify_listener(&api.http, &api.base, TOKEN).await.expect("the server proves itself");
+    mcp_gate::server::handshake::verify_listener(&api.http, &api.base, TOKEN).await.expect("the server proves itself");
     // Every documented path is served (nothing documented that does not exist).
     let served: std::collections::HashSet<_> = routes.iter().chain(&open_routes).map(|r| r.1).collect();
     assert_eq!(paths.len(), served.len() + 1);
@@ -608,7 +609,7 @@ async fn the_request_page_shows_the_tool_reason_risk_and_history() {
         "annotations": {"destructiveHint": true}
     }))
     .unwrap();
-    let info = mcp_gate::tools::ToolInfo { name: "delete_file".into(), tool: Some(tool) };
+    let info = mcp_gate::gate::tools::ToolInfo { name: "delete_file".into(), tool: Some(tool) };
     let arguments = json!({"path": "/srv/data", "nested": {"deep": [1, 2]}});
     let call = ToolCall {
         server: "files",
@@ -747,7 +748,7 @@ async fn the_dashboard_shows_hidden_characters_visibly() {
         "inputSchema": {"type": "object"},
     }))
     .unwrap();
-    let info = mcp_gate::tools::ToolInfo { name: "delete_file".into(), tool: Some(tool) };
+    let info = mcp_gate::gate::tools::ToolInfo { name: "delete_file".into(), tool: Some(tool) };
     let long = "y".repeat(20_000);
     let arguments = json!({"path": "/home/user/\u{202e}cod.tropeR", "note": "a\u{200b}b\u{a0}\u{a0}c", "blob": long});
     let call = ToolCall {

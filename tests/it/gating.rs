@@ -171,7 +171,7 @@ async fn fail_fast_then_approve_then_retry_runs_once() {
     assert_eq!(history, [Status::Pending, Status::Approved, Status::Executed]);
 
     // The audit has every decision, with the secret argument redacted and the chain intact.
-    let rows = mcp_gate::audit::tail(&approvals.store, 50).await.unwrap();
+    let rows = mcp_gate::store::audit::tail(&approvals.store, 50).await.unwrap();
     let events: Vec<String> =
         rows.iter().map(|r| serde_json::to_value(r).unwrap()["event"].as_str().unwrap().to_owned()).collect();
     for e in ["allowed", "requested", "approved", "executed"] {
@@ -179,7 +179,7 @@ async fn fail_fast_then_approve_then_retry_runs_once() {
     }
     let dump = serde_json::to_string(&rows).unwrap();
     assert!(!dump.contains("s3cret") && dump.contains("[redacted]"), "{dump}");
-    assert!(mcp_gate::audit::verify(&approvals.store).await.unwrap().first_bad.is_none());
+    assert!(mcp_gate::store::audit::verify(&approvals.store).await.unwrap().first_bad.is_none());
 }
 
 #[tokio::test]

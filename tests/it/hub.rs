@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mcp_gate::transport::sse::EventReader;
+use mcp_gate::wire::sse::EventReader;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
@@ -40,7 +40,7 @@ async fn start(dir: &std::path::Path, listen: &str, token: &str) -> Gate {
         .env("MCP_GATE_TOKEN", token)
         .env("MCP_GATE_APPROVALS_LISTEN", listen)
         .env("MCP_GATE_WAIT_SECS", "30")
-        .env("MCP_GATE_LOG", "info,mcp_gate::hub=debug")
+        .env("MCP_GATE_LOG", "info,mcp_gate::server::hub=debug")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -335,7 +335,7 @@ async fn processes_that_cannot_share_serve_alone() {
 
 /// A plain TCP listener that answers every request with a JSON body and records every byte it
 /// receives.
-async fn squatter() -> (String, Arc<Mutex<Vec<u8>>>) {
+pub(super) async fn squatter() -> (String, Arc<Mutex<Vec<u8>>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let received = Arc::new(Mutex::new(Vec::new()));

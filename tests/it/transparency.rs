@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use mcp_gate::config::{ServerConfig, UpstreamTransport};
+use mcp_gate::upstream::settings::{ServerConfig, UpstreamTransport};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, DuplexStream, ReadHalf, WriteHalf};
 
@@ -17,8 +17,8 @@ fn raw_server(command: &str) -> Arc<ServerConfig> {
         name: "raw".into(),
         transport: UpstreamTransport::Stdio { command: command.into(), args: Vec::new(), env: Vec::new(), cwd: None },
         prefix: true,
-        request_timeout: mcp_gate::config::DEFAULT_REQUEST_TIMEOUT,
-        initialize_timeout: mcp_gate::config::DEFAULT_INITIALIZE_TIMEOUT,
+        request_timeout: mcp_gate::upstream::settings::DEFAULT_REQUEST_TIMEOUT,
+        initialize_timeout: mcp_gate::upstream::settings::DEFAULT_INITIALIZE_TIMEOUT,
     })
 }
 
@@ -186,7 +186,7 @@ async fn a_command_that_cannot_start_names_server_and_command() {
 struct Discard;
 
 impl mcp_gate::session::Downstream for Discard {
-    fn send(&self, _msg: &mcp_gate::jsonrpc::Message, _route: mcp_gate::session::Route<'_>) {}
+    fn send(&self, _msg: &mcp_gate::wire::jsonrpc::Message, _route: mcp_gate::session::Route<'_>) {}
 }
 
 /// Holds every tool call until the test ends.

@@ -12,8 +12,8 @@ use axum::response::IntoResponse;
 use mcp_gate::approval::{ApprovalSettings, Approvals, ChangeKind};
 use mcp_gate::config::Config;
 use mcp_gate::identity::Principal;
-use mcp_gate::notify::sign::{REPLAY_WINDOW_SECS, VerifyError, verify};
-use mcp_gate::notify::{DEFAULT_EVENTS, Format, Retry, Webhook};
+use mcp_gate::server::notify::sign::{REPLAY_WINDOW_SECS, VerifyError, verify};
+use mcp_gate::server::notify::{DEFAULT_EVENTS, Format, Retry, Webhook};
 use mcp_gate::store::{Location, Store};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -84,7 +84,7 @@ fn hook(url: &str, format: Format, secret: Option<&[u8]>) -> Webhook {
         name: format!("test-{}", format.as_str()),
         url: url.to_owned(),
         format,
-        secret: secret.map(<[u8]>::to_vec),
+        secret: secret.map(|s| s.to_vec().into()),
         events: DEFAULT_EVENTS.into_iter().collect(),
         timeout: Duration::from_secs(10),
     }
@@ -119,7 +119,7 @@ fn unix_now() -> u64 {
 async fn a_held_call_sends_a_signed_requested_delivery() {
     let mut receiver = Receiver::start(&[]).await;
     let approvals = approvals().await;
-    mcp_gate::notify::spawn_with(&[hook(&receiver.url, Format::Generic, Some(SECRET))], &approvals, quick());
+    mcp_gate::server::notify::spawn_with(&[hook(&receiver.url, Format::Generic, Some(SECRET))], &approvals, quick());
     let id =
         hold_call(&approvals, "delete_file", "agent-x", json!({"path": "/etc/hosts", "password": "hunter2"})).await;
 
@@ -156,8 +156,9 @@ async fn a_held_call_sends_a_signed_requested_delivery() {
 
     // The approval is what the API shows, redacted and without the policy trace.
     let stored = approvals.store.get_approval(&id).await.unwrap().unwrap();
-    let state = mcp_gate::web::WebState::new(approvals.clone(), "t".repeat(20), Default::default(), Vec::new());
-    let mut api = mcp_gate::web::api::view(&state, &stored);
+    let state =
+        mcp_gate::server::web::WebState::new(approvals.clone(), "t".repeat(20).into(), Default::default(), Vec::new());
+    let mut api = mcp_gate::server::web::api::view(&state, &stored);
     api.as_object_mut().unwrap().remove("trace");
     api["arguments"] = json!({"path": "/etc/hosts", "password": "[redacted]"});
     api["rule_reason"] = json!("[redacted]");
@@ -189,7 +190,7 @@ async fn slack_and_teams_payloads() {
     let mut teams = Receiver::start(&[]).await;
     let approvals = approvals().await;
     let hooks = [hook(&slack.url, Format::Slack, None), hook(&teams.url, Format::Teams, None)];
-    mcp_gate::notify::spawn_with(&hooks, &approvals, quick());
+    mcp_gate::server::notify::spawn_with(&hooks, &approvals, quick());
     let id =
         hold_call(&approvals, "delete_file", "agent-x", json!({"path": "/etc/hosts", "password": "hunter2"})).await;
 
@@ -210,10 +211,34 @@ async fn slack_and_teams_payloads() {
 }
 
 #[tokio::test]
+async fn ntfy_payloads_open_the_request_page() {
+    let mut receiver = Receiver::start(&[]).await;
+    let approvals = approvals().await;
+    // The topic's URL; messages are published to the server's root (here `/hook`) as JSON.
+    let topic_url = format!("{}/mcp-gate-approvals", receiver.url);
+    mcp_gate::server::notify::spawn_with(&[hook(&topic_url, Format::Ntfy, None)], &approvals, quick());
+    let id =
+        hold_call(&approvals, "delete_file", "agent-x", json!({"path": "/etc/hosts", "password": "hunter2"})).await;
+
+    let got = receiver.next().await;
+    assert_eq!(got.header("content-type"), "application/json");
+    let text = String::from_utf8_lossy(&got.body).into_owned();
+    assert!(!text.contains("hunter2") && !text.contains("/etc/hosts"), "no arguments in push messages");
+    let v = got.json();
+    assert_eq!(v["topic"], "mcp-gate-approvals");
+    assert_eq!(v["actions"][0]["action"], "view");
+    assert_eq!(v["actions"][0]["url"], format!("{BASE}/approvals/{id}"));
+    insta::assert_json_snapshot!("ntfy_requested", stable(&v, &id));
+
+    approvals.decide(&id, &Principal::named("ada"), true, Some("fine".into()), None).await.unwrap();
+    insta::assert_json_snapshot!("ntfy_approved", stable(&receiver.next().await.json(), &id));
+}
+
+#[tokio::test]
 async fn server_errors_are_retried_until_delivered_once() {
     let mut receiver = Receiver::start(&[(500, None), (503, None)]).await;
     let approvals = approvals().await;
-    mcp_gate::notify::spawn_with(&[hook(&receiver.url, Format::Generic, Some(SECRET))], &approvals, quick());
+    mcp_gate::server::notify::spawn_with(&[hook(&receiver.url, Format::Generic, Some(SECRET))], &approvals, quick());
     let id = hold_call(&approvals, "delete_file", "agent-x", json!({"path": "/x"})).await;
 
     let first = receiver.next().await;
@@ -239,7 +264,7 @@ async fn server_errors_are_retried_until_delivered_once() {
 async fn client_errors_are_not_retried() {
     let mut receiver = Receiver::start(&[(400, None)]).await;
     let approvals = approvals().await;
-    mcp_gate::notify::spawn_with(&[hook(&receiver.url, Format::Generic, Some(SECRET))], &approvals, quick());
+    mcp_gate::server::notify::spawn_with(&[hook(&receiver.url, Format::Generic, Some(SECRET))], &approvals, quick());
     let id = hold_call(&approvals, "delete_file", "agent-x", json!({"path": "/x"})).await;
     assert_eq!(receiver.next().await.header("x-mcp-gate-event"), "requested");
     approvals.decide(&id, &Principal::named("operator"), true, None, None).await.unwrap();
@@ -252,7 +277,7 @@ async fn client_errors_are_not_retried() {
 async fn retry_after_is_honoured() {
     let mut receiver = Receiver::start(&[(429, Some("1"))]).await;
     let approvals = approvals().await;
-    mcp_gate::notify::spawn_with(&[hook(&receiver.url, Format::Generic, Some(SECRET))], &approvals, quick());
+    mcp_gate::server::notify::spawn_with(&[hook(&receiver.url, Format::Generic, Some(SECRET))], &approvals, quick());
     hold_call(&approvals, "delete_file", "agent-x", json!({"path": "/x"})).await;
     let first = receiver.next().await;
     let second = receiver.next().await;
@@ -267,7 +292,7 @@ async fn events_filter_what_is_sent() {
     let approvals = approvals().await;
     let mut only_denied = hook(&receiver.url, Format::Generic, Some(SECRET));
     only_denied.events = [ChangeKind::Denied].into_iter().collect();
-    mcp_gate::notify::spawn_with(&[only_denied], &approvals, quick());
+    mcp_gate::server::notify::spawn_with(&[only_denied], &approvals, quick());
     let first = hold_call(&approvals, "delete_file", "agent-x", json!({"path": "/a"})).await;
     let second = hold_call(&approvals, "delete_file", "agent-x", json!({"path": "/b"})).await;
     approvals.decide(&first, &Principal::named("operator"), true, None, None).await.unwrap();
@@ -295,7 +320,7 @@ async fn a_dead_receiver_does_not_delay_held_calls() {
 
     let approvals = approvals().await;
     let hooks = [hook(&silent_url, Format::Generic, Some(SECRET)), hook(&closed_url, Format::Slack, None)];
-    mcp_gate::notify::spawn(&hooks, &approvals);
+    mcp_gate::server::notify::spawn(&hooks, &approvals);
     let started = Instant::now();
     for i in 0..20 {
         let one = Instant::now();
@@ -432,7 +457,7 @@ async fn the_readme_verification_recipe_works() {
         return;
     }
     let body = br#"{"kind":"requested","summary":"x"}"#;
-    let signature = mcp_gate::notify::sign::signature_header(SECRET, unix_now(), body);
+    let signature = mcp_gate::server::notify::sign::signature_header(SECRET, unix_now(), body);
     let run = |body: &'static [u8], secret: &'static [u8]| {
         let signature = signature.clone();
         async move {

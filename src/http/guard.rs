@@ -1,0 +1,106 @@
+//! Request guards shared by the MCP endpoint and the approval server: Host and Origin checks
+//! against DNS rebinding, and bearer tokens compared in constant time.
+
+use axum::http::HeaderMap;
+use tracing::warn;
+
+/// A request refused by [`check_host_origin`]: its Host or Origin is not one this server answers.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("Forbidden: {0}")]
+pub struct Forbidden(pub String);
+
+/// DNS-rebinding protection: the Host must name this machine (or a configured host) and an
+/// Origin, when present, must be a loopback origin (or a configured one).
+pub fn check_host_origin(
+    allowed_hosts: &[String],
+    allowed_origins: &[String],
+    headers: &HeaderMap,
+) -> Result<(), Forbidden> {
+    let forbidden = |what: String| {
+        warn!("rejected request: {what}");
+        Err(Forbidden(what))
+    };
+    let Some(host) = header_str(headers, "host") else { return forbidden("no Host header".to_owned()) };
+    if !host_allowed(strip_port(host), allowed_hosts) {
+        return forbidden(format!("Host {host:?} is not allowed"));
+    }
+    if let Some(origin) = header_str(headers, "origin") {
+        if allowed_origins.iter().any(|o| o == origin) {
+            return Ok(());
+        }
+        let authority = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://"));
+        match authority {
+            Some(a) if host_allowed(strip_port(a), &[]) => {}
+            _ => return forbidden(format!("Origin {origin:?} is not allowed")),
+        }
+    }
+    Ok(())
+}
+
+fn strip_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    host.rsplit_once(':').map_or(host, |(h, p)| if p.chars().all(|c| c.is_ascii_digit()) { h } else { host })
+}
+
+fn host_allowed(host: &str, extra: &[String]) -> bool {
+    let host = host.to_ascii_lowercase();
+    matches!(host.as_str(), "localhost" | "127.0.0.1" | "::1") || extra.iter().any(|h| h.eq_ignore_ascii_case(&host))
+}
+
+/// The token of an `Authorization: Bearer TOKEN` header.
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = header_str(headers, "authorization")?;
+    value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")).map(str::trim)
+}
+
+pub fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
+    bearer_token(headers).is_some_and(|given| crate::secret::constant_time_eq(given.as_bytes(), token.as_bytes()))
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// A header map from name/value pairs (tests here and in the HTTP downstream).
+#[cfg(test)]
+pub(crate) fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in pairs {
+        h.insert(*k, axum::http::HeaderValue::from_str(v).unwrap());
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_and_origin_checks() {
+        let (h, o) = (vec!["gate.internal".to_owned()], vec!["https://app.example".to_owned()]);
+        assert!(check_host_origin(&h, &o, &headers(&[("host", "127.0.0.1:8080")])).is_ok());
+        assert!(check_host_origin(&h, &o, &headers(&[("host", "[::1]:8080")])).is_ok());
+        assert!(check_host_origin(&h, &o, &headers(&[("host", "gate.internal")])).is_ok());
+        assert!(check_host_origin(&h, &o, &headers(&[("host", "evil.example:8080")])).is_err());
+        assert!(
+            check_host_origin(&h, &o, &headers(&[("host", "localhost:1"), ("origin", "http://localhost:3000")]))
+                .is_ok()
+        );
+        assert!(
+            check_host_origin(&h, &o, &headers(&[("host", "localhost:1"), ("origin", "https://app.example")])).is_ok()
+        );
+        assert!(
+            check_host_origin(&h, &o, &headers(&[("host", "localhost:1"), ("origin", "http://evil.example")])).is_err()
+        );
+        assert!(check_host_origin(&h, &o, &headers(&[("origin", "http://localhost")])).is_err());
+    }
+
+    #[test]
+    fn bearer_token_comparison() {
+        assert!(bearer_matches(&headers(&[("authorization", "Bearer s3cret")]), "s3cret"));
+        assert!(!bearer_matches(&headers(&[("authorization", "Bearer s3cre")]), "s3cret"));
+        assert!(!bearer_matches(&headers(&[]), "s3cret"));
+    }
+}

@@ -1,0 +1,588 @@
+//! Legacy HTTP+SSE client transport (MCP 2024-11-05).
+//!
+//! `connect` opens `GET url` and waits for the server's `endpoint` event, whose data is the URL
+//! (usually relative) that messages are POSTed to. Every `message` event on the stream is one
+//! server message, reported with `related = None` (responses never travel on the POST here).
+//! Messages are POSTed one after another in the order queued. When the GET stream ends the
+//! transport reports `closed` once and stops; the session restarts it.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::Stream;
+use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::streamable_http::{describe, http_failure, media_type, read_body_prefix, recorrelated_error};
+use super::{ConnectError, Outgoing, Reporter, UpstreamLink};
+use crate::wire::jsonrpc::{self, Message, code};
+use crate::wire::sse::{EventReader, SseEvent};
+
+/// Time allowed for the GET to answer and send its `endpoint` event.
+const ENDPOINT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time allowed for one POST (servers answer `202 Accepted` at once).
+const POST_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often the writer checks whether the session is gone.
+const CLOSED_POLL: Duration = Duration::from_millis(500);
+/// How much of a POST's answer body is read.
+const BODY_LIMIT: usize = 64 * 1024;
+
+type ByteStream = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, reqwest::Error>> + Send>>;
+
+/// Connects to a legacy HTTP+SSE server: opens the event stream and waits for its endpoint.
+pub async fn connect(
+    server: &str,
+    url: &str,
+    headers: &[(String, String)],
+    reporter: Reporter,
+) -> Result<UpstreamLink, ConnectError> {
+    let http_error = |message: String| ConnectError::Http { server: server.to_owned(), message };
+    let (parsed, headers, client) = super::streamable_http::prepare(server, url, headers)?;
+
+    let opened = tokio::time::timeout(ENDPOINT_TIMEOUT, open(&client, &parsed, &headers))
+        .await
+        .map_err(|_| http_error(format!("no `endpoint` event from {url} within {} s", ENDPOINT_TIMEOUT.as_secs())))?
+        .map_err(http_error)?;
+    let Opened { events, endpoint, early } = opened;
+    tracing::info!(server, url, endpoint = %endpoint, "HTTP+SSE upstream connected");
+
+    let shared = Arc::new(Shared {
+        server: server.to_owned(),
+        base: parsed.to_string(),
+        endpoint: Mutex::new(endpoint),
+        client,
+        headers,
+        reporter,
+        shutdown: CancellationToken::new(),
+    });
+    for event in early {
+        shared.on_event(event);
+    }
+    let (tx, rx) = UpstreamLink::channel();
+    let (link, running) = UpstreamLink::new(tx);
+    tokio::spawn(read_stream(Arc::clone(&shared), events));
+    tokio::spawn(async move {
+        write_messages(shared, rx).await;
+        drop(running);
+    });
+    Ok(link)
+}
+
+/// The open event stream after its `endpoint` event.
+struct Opened {
+    events: EventReader<ByteStream>,
+    endpoint: reqwest::Url,
+    /// Events that came before the endpoint (reported once connected).
+    early: Vec<SseEvent>,
+}
+
+async fn open(client: &reqwest::Client, url: &reqwest::Url, headers: &HeaderMap) -> Result<Opened, String> {
+    let mut headers = headers.clone();
+    headers.insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
+    let mut resp = client
+        .get(url.clone())
+        .headers(headers)
+        .send()
+        .await
+        .map_err(|e| format!("cannot reach {url}: {}", describe(&e)))?;
+    let status = resp.status();
+    if !status.is_success() {
+        let body = read_body_prefix(&mut resp, BODY_LIMIT).await;
+        return Err(format!("GET {url}: {}", http_failure(status, &body)));
+    }
+    let media = media_type(&resp);
+    if media != "text/event-stream" {
+        return Err(format!("GET {url} answered `{media}`, not an event stream (is this an HTTP+SSE server?)"));
+    }
+    let stream: ByteStream = Box::pin(resp.bytes_stream());
+    let mut events = EventReader::new(stream);
+    let mut early = Vec::new();
+    loop {
+        match events.next_event().await {
+            Some(Ok(event)) if event.event_type() == "endpoint" => {
+                let endpoint = resolve_endpoint(url.as_str(), &event.data)?;
+                return Ok(Opened { events, endpoint, early });
+            }
+            Some(Ok(event)) => early.push(event),
+            Some(Err(e)) => {
+                return Err(format!("event stream from {url} failed before the `endpoint` event: {}", describe(&e)));
+            }
+            None => return Err(format!("event stream from {url} ended before the `endpoint` event")),
+        }
+    }
+}
+
+fn resolve_endpoint(base: &str, data: &str) -> Result<reqwest::Url, String> {
+    let data = data.trim();
+    if data.is_empty() {
+        return Err("the `endpoint` event is empty".to_owned());
+    }
+    let resolved =
+        resolve_url(base, data).ok_or_else(|| format!("cannot resolve endpoint `{data}` against `{base}`"))?;
+    reqwest::Url::parse(&resolved).map_err(|e| format!("invalid endpoint `{data}` (resolved to `{resolved}`): {e}"))
+}
+
+/// Resolves a URL reference against an absolute `scheme://authority/path?query` base (RFC 3986
+/// section 5.2, for the forms servers send: an absolute URL, a scheme-relative `//host/path`,
+/// an absolute path, a relative path, `?query` or `#fragment`). Returns `None` when `base` is
+/// not absolute.
+pub fn resolve_url(base: &str, reference: &str) -> Option<String> {
+    if has_scheme(reference) {
+        return Some(reference.to_owned());
+    }
+    let (scheme, rest) = base.split_once("://")?;
+    if !has_scheme(&format!("{scheme}:")) {
+        return None;
+    }
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let tail = &rest[authority_end..];
+    let tail = tail.split('#').next().unwrap_or("");
+    let (base_path, base_query) = match tail.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (tail, None),
+    };
+    let base_path = if base_path.is_empty() { "/" } else { base_path };
+
+    if let Some(rest) = reference.strip_prefix("//") {
+        return Some(format!("{scheme}://{rest}"));
+    }
+    let origin = format!("{scheme}://{authority}");
+    if reference.is_empty() {
+        return Some(format!("{origin}{tail}"));
+    }
+    if reference.starts_with('?') {
+        return Some(format!("{origin}{base_path}{reference}"));
+    }
+    if reference.starts_with('#') {
+        let query = base_query.map(|q| format!("?{q}")).unwrap_or_default();
+        return Some(format!("{origin}{base_path}{query}{reference}"));
+    }
+    let split = reference.find(['?', '#']).unwrap_or(reference.len());
+    let (ref_path, ref_rest) = reference.split_at(split);
+    let merged = if ref_path.starts_with('/') {
+        ref_path.to_owned()
+    } else {
+        let dir_end = base_path.rfind('/').map_or(0, |i| i + 1);
+        format!("{}{ref_path}", &base_path[..dir_end])
+    };
+    Some(format!("{origin}{}{ref_rest}", remove_dot_segments(&merged)))
+}
+
+/// True when `s` starts with `scheme:` (a letter, then letters, digits, `+`, `-` or `.`).
+fn has_scheme(s: &str) -> bool {
+    let Some(colon) = s.find(':') else {
+        return false;
+    };
+    let scheme = &s[..colon];
+    let mut chars = scheme.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+}
+
+/// Removes `.` and `..` segments from an absolute path.
+fn remove_dot_segments(path: &str) -> String {
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let last = segments.len().saturating_sub(1);
+    let mut out: Vec<&str> = Vec::with_capacity(segments.len());
+    for (i, segment) in segments.iter().enumerate() {
+        match *segment {
+            "." => {
+                if i == last {
+                    out.push("");
+                }
+            }
+            ".." => {
+                out.pop();
+                if i == last {
+                    out.push("");
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    format!("/{}", out.join("/"))
+}
+
+struct Shared {
+    server: String,
+    /// The SSE URL (endpoints are resolved against it).
+    base: String,
+    /// Where messages are POSTed; a later `endpoint` event replaces it.
+    endpoint: Mutex<reqwest::Url>,
+    client: reqwest::Client,
+    headers: HeaderMap,
+    reporter: Reporter,
+    shutdown: CancellationToken,
+}
+
+impl Shared {
+    fn endpoint(&self) -> MutexGuard<'_, reqwest::Url> {
+        self.endpoint.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn on_event(&self, event: SseEvent) {
+        match event.event_type() {
+            "message" => {
+                if event.data.trim().is_empty() {
+                    return;
+                }
+                match Message::parse(event.data.as_bytes()) {
+                    Ok(msg) => self.reporter.message(msg, None),
+                    Err(e) => self.reporter.refused(event.data.as_bytes(), &e, None),
+                }
+            }
+            "endpoint" => match resolve_endpoint(&self.base, &event.data) {
+                Ok(endpoint) => {
+                    tracing::info!(server = %self.server, endpoint = %endpoint, "new endpoint");
+                    *self.endpoint() = endpoint;
+                }
+                Err(e) => tracing::warn!(server = %self.server, "ignored endpoint event: {e}"),
+            },
+            other => tracing::debug!(server = %self.server, event = other, "event ignored"),
+        }
+    }
+
+    /// Reports a JSON-RPC error for a request that cannot be delivered, or logs for the rest.
+    fn fail(&self, out: &Outgoing, what: &str) {
+        match out.request_id {
+            Some(id) => {
+                tracing::warn!(server = %self.server, request = id, "{what}");
+                let text = format!("upstream {}: {what}", self.server);
+                self.reporter
+                    .message(Message::error(Some(jsonrpc::number_id(id)), code::UPSTREAM_ERROR, &text), Some(id));
+            }
+            None => tracing::warn!(server = %self.server, method = ?out.method, "{what}"),
+        }
+    }
+
+    async fn post(&self, out: &Outgoing) {
+        let endpoint = self.endpoint().clone();
+        let mut headers = self.headers.clone();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let sent = self
+            .client
+            .post(endpoint.clone())
+            .headers(headers)
+            .timeout(POST_TIMEOUT)
+            .body(out.bytes.clone())
+            .send()
+            .await;
+        let mut resp = match sent {
+            Ok(resp) => resp,
+            Err(e) => {
+                self.fail(out, &format!("cannot reach {endpoint}: {}", describe(&e)));
+                return;
+            }
+        };
+        let status = resp.status();
+        let body = read_body_prefix(&mut resp, BODY_LIMIT).await;
+        if status.is_success() {
+            tracing::trace!(server = %self.server, status = %status, "posted");
+            return;
+        }
+        if let Some(id) = out.request_id {
+            if let Some(msg) = recorrelated_error(&body, id) {
+                self.reporter.message(msg, Some(id));
+                return;
+            }
+        }
+        self.fail(out, &http_failure(status, &body));
+    }
+}
+
+/// Reads the event stream until it ends; then reports `closed` (unless the transport was
+/// stopped from this side) and stops the writer.
+async fn read_stream(shared: Arc<Shared>, mut events: EventReader<ByteStream>) {
+    let reason = loop {
+        let next = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            next = events.next_event() => next,
+        };
+        match next {
+            Some(Ok(event)) => shared.on_event(event),
+            Some(Err(e)) => break format!("SSE stream ended: {}", describe(&e)),
+            None => break "SSE stream ended".to_owned(),
+        }
+    };
+    if shared.shutdown.is_cancelled() {
+        return;
+    }
+    tracing::info!(server = %shared.server, "{reason}");
+    shared.shutdown.cancel();
+    shared.reporter.closed(reason);
+}
+
+/// POSTs queued messages one at a time, in order, until the link is dropped or the transport
+/// stops.
+async fn write_messages(shared: Arc<Shared>, mut rx: mpsc::Receiver<Outgoing>) {
+    let mut poll = tokio::time::interval(CLOSED_POLL);
+    loop {
+        let out = tokio::select! {
+            _ = shared.shutdown.cancelled() => break,
+            _ = poll.tick() => {
+                if shared.reporter.is_closed() {
+                    break;
+                }
+                continue;
+            }
+            out = rx.recv() => match out {
+                Some(out) => out,
+                None => break,
+            },
+        };
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => break,
+            _ = shared.post(&out) => {}
+        }
+    }
+    shared.shutdown.cancel();
+    tracing::debug!(server = %shared.server, "HTTP+SSE transport stopped");
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use axum::Router;
+    use axum::body::Body;
+    use axum::extract::{RawQuery, State};
+    use axum::http::{HeaderMap as AxHeaders, StatusCode};
+    use axum::response::{IntoResponse, Response};
+    use axum::routing::{get, post};
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::upstream::UpstreamEvent;
+    use crate::wire::sse::encode_event;
+
+    #[derive(Default)]
+    struct Upstream {
+        /// (query, headers, body) of each POST.
+        posts: Mutex<Vec<(Option<String>, AxHeaders, Value)>>,
+        gets: Mutex<Vec<AxHeaders>>,
+        stream: Mutex<Option<mpsc::UnboundedSender<String>>>,
+        /// Send no endpoint event and end the stream at once.
+        no_endpoint: AtomicBool,
+    }
+
+    async fn on_get(State(up): State<Arc<Upstream>>, headers: AxHeaders) -> Response {
+        up.gets.lock().unwrap().push(headers);
+        let (tx, rx) = mpsc::unbounded_channel::<String>();
+        if up.no_endpoint.load(Ordering::SeqCst) {
+            tx.send(": hello\n\n".to_owned()).unwrap();
+            tx.send(encode_event(Some("message"), None, r#"{"jsonrpc":"2.0","method":"x"}"#)).unwrap();
+        } else {
+            tx.send(encode_event(Some("endpoint"), None, "messages?session_id=abc")).unwrap();
+            *up.stream.lock().unwrap() = Some(tx);
+        }
+        let stream = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|event| (Ok::<_, Infallible>(Bytes::from(event)), rx))
+        });
+        Response::builder().header("content-type", "text/event-stream").body(Body::from_stream(stream)).unwrap()
+    }
+
+    async fn on_post(
+        State(up): State<Arc<Upstream>>,
+        RawQuery(query): RawQuery,
+        headers: AxHeaders,
+        body: Bytes,
+    ) -> Response {
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        up.posts.lock().unwrap().push((query, headers, body.clone()));
+        match body["method"].as_str() {
+            Some("fail") => return (StatusCode::INTERNAL_SERVER_ERROR, "nope").into_response(),
+            Some("bad") => {
+                let error = r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32602,"message":"bad params"}}"#;
+                return (StatusCode::BAD_REQUEST, [("content-type", "application/json")], error).into_response();
+            }
+            _ => {}
+        }
+        if let Some(id) = body.get("id") {
+            let reply = json!({"jsonrpc":"2.0","id":id,"result":{"method":body["method"]}});
+            if let Some(tx) = up.stream.lock().unwrap().as_ref() {
+                let _ = tx.send(encode_event(Some("message"), None, &reply.to_string()));
+            }
+        }
+        (StatusCode::ACCEPTED, "Accepted").into_response()
+    }
+
+    async fn serve(up: Arc<Upstream>) -> String {
+        let app = Router::new().route("/sse", get(on_get)).route("/messages", post(on_post)).with_state(up);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        format!("http://{addr}/sse")
+    }
+
+    type Events = mpsc::UnboundedReceiver<(usize, u64, UpstreamEvent)>;
+
+    async fn next_event(events: &mut Events) -> UpstreamEvent {
+        let event = tokio::time::timeout(Duration::from_secs(5), events.recv()).await.expect("no event in time");
+        event.expect("reporter channel closed").2
+    }
+
+    async fn next_message(events: &mut Events) -> (Value, Option<u64>) {
+        match next_event(events).await {
+            UpstreamEvent::Message { msg, related } => (serde_json::from_slice(&msg.to_bytes()).unwrap(), related),
+            UpstreamEvent::Closed { reason } => panic!("unexpected close: {reason}"),
+            other => panic!("unexpected event: {other:?}"),
+        }
+    }
+
+    fn request(id: u64, method: &str) -> Outgoing {
+        let mut out = Outgoing::plain(Bytes::from(json!({"jsonrpc":"2.0","id":id,"method":method}).to_string()));
+        out.method = Some(method.to_owned());
+        out.request_id = Some(id);
+        out
+    }
+
+    async fn start(up: &Arc<Upstream>) -> (UpstreamLink, Events) {
+        let url = serve(Arc::clone(up)).await;
+        let (sink, events) = mpsc::unbounded_channel();
+        let headers = [("Authorization".to_owned(), "Bearer t".to_owned())];
+        let link = connect("legacy", &url, &headers, Reporter::new(0, 1, sink)).await.unwrap();
+        (link, events)
+    }
+
+    #[test]
+    fn resolves_endpoint_references() {
+        let base = "http://h:8080/mcp/sse?x=1#f";
+        assert_eq!(resolve_url(base, "messages?session_id=a").unwrap(), "http://h:8080/mcp/messages?session_id=a");
+        assert_eq!(resolve_url(base, "/messages/?session_id=a").unwrap(), "http://h:8080/messages/?session_id=a");
+        assert_eq!(resolve_url(base, "../m").unwrap(), "http://h:8080/m");
+        assert_eq!(resolve_url(base, "./a/./b/../c").unwrap(), "http://h:8080/mcp/a/c");
+        assert_eq!(resolve_url(base, "../../../x").unwrap(), "http://h:8080/x");
+        assert_eq!(resolve_url(base, "?sessionId=b").unwrap(), "http://h:8080/mcp/sse?sessionId=b");
+        assert_eq!(resolve_url(base, "#g").unwrap(), "http://h:8080/mcp/sse?x=1#g");
+        assert_eq!(resolve_url(base, "").unwrap(), "http://h:8080/mcp/sse?x=1");
+        assert_eq!(resolve_url(base, "https://other/m?s=1").unwrap(), "https://other/m?s=1");
+        assert_eq!(resolve_url(base, "//other:1/m").unwrap(), "http://other:1/m");
+        assert_eq!(resolve_url("http://h", "messages").unwrap(), "http://h/messages");
+        assert_eq!(resolve_url("http://h?q", "m/").unwrap(), "http://h/m/");
+        assert_eq!(resolve_url("http://h/a/b/", "..").unwrap(), "http://h/a/");
+        assert_eq!(resolve_url("not absolute", "m"), None);
+    }
+
+    #[tokio::test]
+    async fn posts_to_the_endpoint_and_reports_message_events() {
+        let up = Arc::new(Upstream::default());
+        let (link, mut events) = start(&up).await;
+        assert!(link.send(request(1, "initialize")).is_ok());
+        let mut note =
+            Outgoing::plain(Bytes::from_static(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#));
+        note.method = Some("notifications/initialized".to_owned());
+        assert!(link.send(note).is_ok());
+        assert!(link.send(request(2, "tools/list")).is_ok());
+        let (msg, related) = next_message(&mut events).await;
+        assert_eq!(msg, json!({"jsonrpc":"2.0","id":1,"result":{"method":"initialize"}}));
+        assert_eq!(related, None);
+        let (msg, _) = next_message(&mut events).await;
+        assert_eq!(msg["id"], 2);
+
+        let gets = up.gets.lock().unwrap().clone();
+        assert_eq!(gets[0].get("accept").unwrap(), "text/event-stream");
+        assert_eq!(gets[0].get("authorization").unwrap(), "Bearer t");
+        let posts = up.posts.lock().unwrap().clone();
+        let methods: Vec<&str> = posts.iter().map(|(_, _, body)| body["method"].as_str().unwrap()).collect();
+        assert_eq!(methods, ["initialize", "notifications/initialized", "tools/list"], "POSTed in order");
+        for (query, headers, _) in &posts {
+            assert_eq!(query.as_deref(), Some("session_id=abc"));
+            assert_eq!(headers.get("content-type").unwrap(), "application/json");
+            assert_eq!(headers.get("authorization").unwrap(), "Bearer t");
+        }
+    }
+
+    #[tokio::test]
+    async fn failed_posts_become_errors_for_requests() {
+        let up = Arc::new(Upstream::default());
+        let (link, mut events) = start(&up).await;
+        assert!(link.send(request(3, "fail")).is_ok());
+        let (msg, related) = next_message(&mut events).await;
+        assert_eq!(related, Some(3));
+        assert_eq!(
+            msg,
+            json!({"jsonrpc":"2.0","id":3,"error":{"code":-32000,"message":"upstream legacy: HTTP 500 Internal Server Error: nope"}})
+        );
+        assert!(link.send(request(4, "bad")).is_ok());
+        let (msg, _) = next_message(&mut events).await;
+        assert_eq!(msg, json!({"jsonrpc":"2.0","id":4,"error":{"code":-32602,"message":"bad params"}}));
+        assert!(link.send(request(5, "ping")).is_ok());
+        assert_eq!(next_message(&mut events).await.0["id"], 5);
+    }
+
+    #[tokio::test]
+    async fn stream_end_reports_closed_once() {
+        let up = Arc::new(Upstream::default());
+        let (link, mut events) = start(&up).await;
+        up.stream.lock().unwrap().take();
+        match next_event(&mut events).await {
+            UpstreamEvent::Closed { reason } => assert_eq!(reason, "SSE stream ended"),
+            other => panic!("expected a close, got {other:?}"),
+        }
+        assert!(!matches!(tokio::time::timeout(Duration::from_millis(300), events.recv()).await, Ok(Some(_))));
+        // The writer stopped too: the link refuses messages soon after.
+        let mut refused = false;
+        for _ in 0..50 {
+            if link.send(request(9, "ping")).is_err() {
+                refused = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(refused);
+    }
+
+    #[tokio::test]
+    async fn dropping_the_link_closes_the_stream_without_a_report() {
+        let up = Arc::new(Upstream::default());
+        let (link, mut events) = start(&up).await;
+        drop(link);
+        let mut gone = false;
+        for _ in 0..50 {
+            if up.stream.lock().unwrap().as_ref().is_some_and(|tx| tx.is_closed()) {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(gone, "the GET stream is dropped");
+        assert!(!matches!(tokio::time::timeout(Duration::from_millis(300), events.recv()).await, Ok(Some(_))));
+    }
+
+    #[tokio::test]
+    async fn missing_endpoint_event_is_a_connect_error() {
+        let up = Arc::new(Upstream::default());
+        up.no_endpoint.store(true, Ordering::SeqCst);
+        let url = serve(Arc::clone(&up)).await;
+        let (sink, _events) = mpsc::unbounded_channel();
+        let err = connect("legacy", &url, &[], Reporter::new(0, 1, sink)).await.unwrap_err();
+        assert!(matches!(err, ConnectError::Http { .. }));
+        assert!(err.to_string().contains("ended before the `endpoint` event"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn unreachable_or_wrong_servers_are_connect_errors() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/sse", listener.local_addr().unwrap());
+        drop(listener);
+        let (sink, _events) = mpsc::unbounded_channel();
+        let err = connect("legacy", &url, &[], Reporter::new(0, 1, sink.clone())).await.unwrap_err();
+        assert!(err.to_string().contains("cannot reach"), "{err}");
+
+        let up = Arc::new(Upstream::default());
+        let base = serve(up).await;
+        let err = connect("legacy", &base.replace("/sse", "/nothing"), &[], Reporter::new(0, 1, sink.clone()))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("HTTP 404"), "{err}");
+        let err = connect("legacy", "nope", &[], Reporter::new(0, 1, sink)).await.unwrap_err();
+        assert!(err.to_string().contains("invalid URL"), "{err}");
+    }
+}
