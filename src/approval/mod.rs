@@ -12,6 +12,7 @@
 mod ai;
 pub mod changes;
 pub mod replies;
+pub mod settings;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use std::time::Duration;
 use dashmap::{DashMap, DashSet};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::gate::{CancellationToken, Gate, Outcome, ProgressSink, RefusedCall, ToolCall, Verdict};
@@ -126,6 +127,9 @@ pub enum OpenError {
     Vote(#[from] TransitionError),
     #[error(transparent)]
     Decide(#[from] DecideError),
+    /// No random bytes for the request's id.
+    #[error(transparent)]
+    Random(#[from] crate::random::RandomError),
 }
 
 /// The approval service: policy, store, waiters and the audit trail.
@@ -136,8 +140,6 @@ pub struct Approvals {
     redactor: Redactor,
     /// Approval id -> a signal bumped whenever its status changes.
     waiters: DashMap<String, watch::Sender<u64>>,
-    /// Records of policy-only decisions, written in batches.
-    audit_queue: mpsc::UnboundedSender<(AuditRecord, i64)>,
     /// Every state change, for live views and notifications.
     pub changes: Changes,
     /// Pending requests already announced as expiring.
@@ -148,37 +150,15 @@ pub struct Approvals {
     stopping: tokio_util::sync::CancellationToken,
 }
 
-/// Drains the audit queue: one transaction per batch of whatever has accumulated.
-async fn write_audit_batches(store: Store, mut queue: mpsc::UnboundedReceiver<(AuditRecord, i64)>) {
-    while let Some(first) = queue.recv().await {
-        // A moment for more records to arrive, so a steady stream of calls costs one
-        // transaction per few milliseconds rather than one per call.
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        let mut batch = vec![first];
-        while batch.len() < 4096 {
-            match queue.try_recv() {
-                Ok(more) => batch.push(more),
-                Err(_) => break,
-            }
-        }
-        if let Err(e) = store.audit_append_batch(batch).await {
-            warn!("audit write failed: {e}");
-        }
-    }
-}
-
 impl Approvals {
     pub fn new(store: Store, policy: Arc<Policy>, settings: ApprovalSettings) -> Arc<Approvals> {
         let redactor = Redactor::new(settings.redact.clone());
-        let (audit_queue, queued) = mpsc::unbounded_channel();
-        tokio::spawn(write_audit_batches(store.clone(), queued));
         let approvals = Arc::new(Approvals {
             store,
             policy,
             settings,
             redactor,
             waiters: DashMap::new(),
-            audit_queue,
             changes: Changes::default(),
             warned: DashSet::new(),
             reviewer: std::sync::OnceLock::new(),
@@ -446,8 +426,9 @@ impl Approvals {
         }
     }
 
-    /// Queues the record of a call the policy decided on its own (allowed, denied); a writer
-    /// task appends queued records in batches.
+    /// Queues the record of a call the policy decided on its own (allowed, denied); the store
+    /// appends queued records in groups ([`Store::audit_append_later`]), off the call path: the
+    /// call does not wait for its record.
     fn audit_call(&self, event: Event, call: &OwnedCall, decision: &Decision) {
         let record = AuditRecord {
             event,
@@ -461,7 +442,14 @@ impl Approvals {
                 "arguments": self.redactor.redact(&call.arguments),
             }),
         };
-        let _ = self.audit_queue.send((record, self.now_ms()));
+        self.append_later(record);
+    }
+
+    /// Queues a record for [`Store::audit_append_later`].
+    fn append_later(&self, record: AuditRecord) {
+        if let Err(e) = self.store.audit_append_later(record, self.now_ms()) {
+            warn!("audit write failed: {e}");
+        }
     }
 
     /// Queues the record of a call refused before evaluation.
@@ -475,7 +463,7 @@ impl Approvals {
             actor: Some("proxy".into()),
             detail: serde_json::json!({ "reason": call.reason, "tool_names": call.tool_names }),
         };
-        let _ = self.audit_queue.send((record, self.now_ms()));
+        self.append_later(record);
     }
 
     /// The held path of a call the policy sends to approval.
@@ -504,7 +492,7 @@ impl Approvals {
         decision: &Decision,
     ) -> Result<(Approval, bool), OpenError> {
         let now = self.now_ms();
-        let new = self.new_request(workflow, call, key, decision, now);
+        let new = self.new_request(workflow, call, key, decision, now)?;
         let opened = self.store.open_request(new, now).await?;
         for a in &opened.expired {
             self.expired(a).await;
@@ -534,7 +522,7 @@ impl Approvals {
             return Err(DecideError::NotAnApprover(who.name.clone(), workflow.name.clone()).into());
         }
         let now = self.now_ms();
-        let new = self.new_request(workflow, call, key, decision, now);
+        let new = self.new_request(workflow, call, key, decision, now)?;
         let opened = self.store.open_decided(new, vote.clone(), workflow.required_approvals, now).await?;
         for a in &opened.expired {
             self.expired(a).await;
@@ -560,10 +548,10 @@ impl Approvals {
         key: &str,
         decision: &Decision,
         now: i64,
-    ) -> ApprovalRequest {
+    ) -> Result<ApprovalRequest, crate::random::RandomError> {
         let expiry = self.settings.expiry_for(decision.risk, workflow);
-        ApprovalRequest {
-            id: new_id(),
+        Ok(ApprovalRequest {
+            id: new_id()?,
             key: key.to_owned(),
             server: call.server.clone(),
             tool: call.tool.clone(),
@@ -579,7 +567,7 @@ impl Approvals {
             created_at: now,
             expires_at: now + i64::try_from(expiry.as_millis()).unwrap_or(i64::MAX / 2),
             tool_info: call.tool_info.clone(),
-        }
+        })
     }
 
     /// Audits and announces a request that has just expired.
@@ -829,14 +817,14 @@ pub fn call_key(server: &str, tool: &str, arguments: &Value) -> String {
     hasher.update(tool.as_bytes());
     hasher.update([0]);
     hasher.update(canonical_json(arguments).as_bytes());
-    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(hasher.finalize())
 }
 
 pub use crate::store::audit::canonical_json;
 
 /// A short random id: `apr_` and 16 hex digits.
-pub fn new_id() -> String {
-    format!("apr_{}", crate::random::hex(8))
+pub fn new_id() -> Result<String, crate::random::RandomError> {
+    Ok(format!("apr_{}", crate::random::hex(8)?))
 }
 
 #[cfg(test)]
@@ -852,5 +840,36 @@ mod tests {
         assert_ne!(call_key("fs", "rm", &a), call_key("fs", "rm", &c));
         assert_ne!(call_key("fs", "rm", &a), call_key("fs2", "rm", &a));
         assert_eq!(canonical_json(&a), r#"{"a":{"x":"s","y":[1,2]},"b":1}"#);
+    }
+
+    /// Without randomness no request id can be made: the held call is answered with the gate's
+    /// internal error (it does not run), and the task that holds it ends instead of panicking,
+    /// which would leave its caller waiting for an answer that never comes.
+    #[tokio::test]
+    async fn a_held_call_without_randomness_is_refused_not_left_waiting() {
+        let toml = "[[rules]]\nname = \"ask\"\ntool = \"rm\"\naction = \"approve\"\n";
+        let config = crate::config::Config::from_toml(toml, "hold.toml").expect("policy");
+        let store = Store::open(crate::store::Location::Memory).await.expect("store");
+        let settings = ApprovalSettings { wait: Duration::from_secs(3600), ..ApprovalSettings::default() };
+        let gate = ApprovalGate { approvals: Approvals::new(store, config.policy.clone(), settings) };
+        let arguments = serde_json::json!({"path": "/"});
+        let call = ToolCall {
+            server: "fs",
+            tool: "rm",
+            exposed_name: "rm",
+            arguments: &arguments,
+            info: None,
+            agent: None,
+            progress: None,
+            gone: CancellationToken::new(),
+        };
+        let Verdict::Hold(held) = gate.check(&call) else { panic!("the call should be held") };
+        let _failing = crate::random::failing::on_this_thread();
+        let verdict = tokio::spawn(held).await.expect("the held call's task ends without a panic");
+        let Verdict::Respond(reply) = verdict else { panic!("the held call should be answered") };
+        let reply = reply.get();
+        assert!(reply.contains("approval gate failed") && reply.contains("randomness"), "{reply}");
+        let pending = gate.approvals.store.list_approvals(crate::store::ApprovalFilter::default()).await;
+        assert!(pending.expect("list").is_empty(), "no request was opened");
     }
 }

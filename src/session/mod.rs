@@ -24,9 +24,9 @@ use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 use tracing::{Instrument, debug, info, warn};
 
-use crate::config::{ServerConfig, UpstreamTransport};
 use crate::gate::tools::ToolList;
 use crate::gate::{CancellationToken, Gate, Outcome, OutcomeHook, ProgressSink, RefusedCall, ToolCall, Verdict};
+use crate::upstream::settings::{ServerConfig, UpstreamTransport};
 use crate::upstream::{self, ConnectError, Outgoing, Reporter, UpstreamEvent, UpstreamLink};
 use crate::wire::era::{self, Era};
 use crate::wire::jsonrpc::{self, Kind, Message, code};

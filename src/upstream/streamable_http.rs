@@ -61,12 +61,10 @@ const ERROR_BODY_LIMIT: usize = 64 * 1024;
 /// How often the run loop checks whether the session is gone.
 const CLOSED_POLL: Duration = Duration::from_millis(500);
 
-const SESSION_HEADER: &str = "mcp-session-id";
-const PROTOCOL_HEADER: &str = "mcp-protocol-version";
-const METHOD_HEADER: &str = "mcp-method";
-const NAME_HEADER: &str = "mcp-name";
-const PARAM_HEADER_PREFIX: &str = "mcp-param-";
-const LAST_EVENT_ID: &str = "last-event-id";
+use crate::wire::headers::{
+    LAST_EVENT_ID, METHOD as METHOD_HEADER, NAME as NAME_HEADER, PARAM_PREFIX as PARAM_HEADER_PREFIX,
+    PROTOCOL_VERSION as PROTOCOL_HEADER, SESSION as SESSION_HEADER,
+};
 const ACCEPT_BOTH: &str = "application/json, text/event-stream";
 const EVENT_STREAM: &str = "text/event-stream";
 
@@ -264,20 +262,7 @@ fn needs_base64(value: &str) -> bool {
 
 /// Standard-alphabet base64 with padding (RFC 4648 section 4).
 pub fn base64_standard(input: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-    for group in input.chunks(3) {
-        let b0 = group[0];
-        let b1 = group.get(1).copied().unwrap_or(0);
-        let b2 = group.get(2).copied().unwrap_or(0);
-        let n = (u32::from(b0) << 16) | (u32::from(b1) << 8) | u32::from(b2);
-        let sextet = |shift: u32| char::from(ALPHABET[((n >> shift) & 0x3F) as usize]);
-        out.push(sextet(18));
-        out.push(sextet(12));
-        out.push(if group.len() > 1 { sextet(6) } else { '=' });
-        out.push(if group.len() > 2 { sextet(0) } else { '=' });
-    }
-    out
+    base64::Engine::encode(&base64::engine::general_purpose::STANDARD, input)
 }
 
 /// What the transport shares between its tasks.

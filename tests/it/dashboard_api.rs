@@ -87,6 +87,7 @@ async fn the_openapi_document_covers_every_route_and_every_route_needs_a_token()
         ("get", "/api/v1/audit"),
         ("get", "/api/v1/hub"),
         ("post", "/api/v1/hub/announce"),
+        ("post", "/api/v1/sign-in-links"),
     ];
     for (method, path) in routes {
         assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} is documented");

@@ -332,7 +332,7 @@ async fn processes_that_cannot_share_serve_alone() {
 
 /// A plain TCP listener that answers every request with a JSON body and records every byte it
 /// receives.
-async fn squatter() -> (String, Arc<Mutex<Vec<u8>>>) {
+pub(super) async fn squatter() -> (String, Arc<Mutex<Vec<u8>>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let received = Arc::new(Mutex::new(Vec::new()));

@@ -75,7 +75,7 @@ fn approvals_given(a: &Approval) -> usize {
 }
 
 /// The facts shown in chat messages, as (title, plain text) pairs.
-fn facts(change: &Change) -> Vec<(&'static str, String)> {
+pub(super) fn facts(change: &Change) -> Vec<(&'static str, String)> {
     let a = &change.approval;
     let mut out = vec![
         ("Agent", a.agent.clone().unwrap_or_else(|| "unnamed".into())),
@@ -175,7 +175,7 @@ pub fn teams(change: &Change, url: &str) -> Value {
     })
 }
 
-fn button_label(kind: ChangeKind) -> &'static str {
+pub(super) fn button_label(kind: ChangeKind) -> &'static str {
     match kind {
         ChangeKind::Requested | ChangeKind::Voted | ChangeKind::Expiring => "Approve or deny",
         _ => "Open the request",

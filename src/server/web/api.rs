@@ -94,7 +94,7 @@ impl From<DecideError> for ApiError {
 }
 
 /// The caller's identity, from `Authorization: Bearer TOKEN`.
-fn authorize(state: &WebState, headers: &HeaderMap) -> Result<Principal, ApiError> {
+pub(super) fn authorize(state: &WebState, headers: &HeaderMap) -> Result<Principal, ApiError> {
     bearer_token(headers)
         .and_then(|t| state.identify(t))
         .ok_or_else(|| ApiError(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong bearer token".into()))
@@ -471,7 +471,7 @@ async fn handshake_confirm(
     let refused = || ApiError(StatusCode::UNAUTHORIZED, "unauthorized", "wrong or expired handshake".into());
     let (key, client_nonce) = state.finish_handshake(&confirm.server_nonce).ok_or_else(refused)?;
     let expected = client_proof(&key, &client_nonce, &confirm.server_nonce);
-    if crate::http::guard::constant_time_eq(expected.as_bytes(), confirm.client_proof.as_bytes()) {
+    if crate::secret::constant_time_eq(expected.as_bytes(), confirm.client_proof.as_bytes()) {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(refused())
