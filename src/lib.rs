@@ -39,8 +39,10 @@
 //! - [`downstream`]: where clients come in: [`downstream::stdio`] when the client started us,
 //!   [`downstream::http`] for `mcp-gate serve`.
 //! - [`policy`]: the compiled rules (pure, first match wins, fails closed).
-//! - [`store`]: the SQLite database: approval requests, votes, claims, and the hash-chained
-//!   [`store::audit`] log where every decision lands.
+//! - [`store`]: the SQLite database, the only module that speaks SQL: approval requests, votes,
+//!   claims, and the hash-chained [`store::audit`] log where every decision lands. Its
+//!   [`store::Clock`] is where the store, the approvals and the sweeper read the time (a test
+//!   holds it still with tokio's paused time).
 //! - [`review`]: the AI reviewer, a model asked inline against written guidelines.
 //! - [`approval`]: the gate of a real run, [`approval::ApprovalGate`]. It evaluates the policy and
 //!   lets the call through, answers with a denial, or holds it: held calls are approval requests in

@@ -564,33 +564,8 @@ fn scrub(text: &str, config: &ProviderConfig) -> String {
 /// The reviewer's opinion on each of these approval requests that has one: the latest
 /// `ai_decision` record of the audit log, without the guidelines and arguments.
 pub async fn opinions(store: &Store, ids: Vec<String>) -> Result<HashMap<String, Value>, StoreError> {
-    if ids.is_empty() {
-        return Ok(HashMap::new());
-    }
-    store
-        .call(move |conn| {
-            let mut found = HashMap::new();
-            // One statement per page of ids (SQLite allows 32766 parameters); rows in id order, so
-            // a later review of the same request replaces an earlier one.
-            for page in ids.chunks(1000) {
-                let marks = vec!["?"; page.len()].join(", ");
-                let sql = format!(
-                    "SELECT approval_id, at, detail FROM audit
-                     WHERE approval_id IN ({marks}) AND event = 'ai_decision' ORDER BY id"
-                );
-                let mut stmt = conn.prepare(&sql)?;
-                let mut rows = stmt.query(rusqlite::params_from_iter(page))?;
-                while let Some(row) = rows.next()? {
-                    let id: String = row.get(0)?;
-                    let at: i64 = row.get(1)?;
-                    let detail: String = row.get(2)?;
-                    let detail: Value = serde_json::from_str(&detail)?;
-                    found.insert(id, opinion_view(at, &detail));
-                }
-            }
-            Ok(found)
-        })
-        .await
+    let latest = crate::store::audit::latest_of(store, crate::store::audit::Event::AiDecision, ids).await?;
+    Ok(latest.into_iter().map(|(id, (at, detail))| (id, opinion_view(at, &detail))).collect())
 }
 
 /// The fields of an `ai_decision` record shown with an approval request.

@@ -229,7 +229,6 @@ async fn a_follower_takes_over_when_the_hub_dies() {
     c.logged("(via the hub").await;
     b.send_call(2, "from b").await;
     c.send_call(2, "from c").await;
-    let c_sent = Instant::now();
     let b_id = pending_id(&hub, "from b").await;
     let c_id = pending_id(&hub, "from c").await;
 
@@ -238,11 +237,9 @@ async fn a_follower_takes_over_when_the_hub_dies() {
     assert_ne!(d.approvals, hub);
     assert_eq!(approve(&d.approvals, &c_id).await.status(), 200);
     d.kill().await;
-    let early = tokio::time::timeout(Duration::from_millis(500), c.reply(2)).await;
-    // (A waiting call also re-reads its request every 10 s, when it would send progress.)
-    if c_sent.elapsed() < Duration::from_secs(9) {
-        assert!(early.is_err(), "c's call is not released before it hears of the decision");
-    }
+    // That c's call is not released before it hears of the decision (or re-reads its request
+    // every 10 s) depends on time, which real processes cannot hold still: it is checked on
+    // paused time in `gating::a_decision_made_elsewhere_releases_a_call_when_heard_or_reread`.
 
     a.kill().await;
     let killed = Instant::now();

@@ -290,10 +290,10 @@ fn in_path(program: &str) -> Option<std::path::PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Approval, Status};
+    use crate::store::{Approval, ApprovalRequest};
 
     fn change() -> Change {
-        let approval = Approval {
+        let approval = Approval::pending(ApprovalRequest {
             id: "apr_0123456789abcdef".into(),
             key: "k".into(),
             server: "files".into(),
@@ -309,17 +309,8 @@ mod tests {
             trace: serde_json::json!([]),
             created_at: 0,
             expires_at: 1,
-            status: Status::Pending,
-            votes: Vec::new(),
-            decided_at: None,
-            decided_by: None,
-            deny_reason: None,
-            notes: None,
-            uses: 0,
-            executed_at: None,
-            outcome: None,
             tool_info: None,
-        };
+        });
         Change { kind: ChangeKind::Requested, approval: Arc::new(approval), actor: None, at: 0, relayed: false }
     }
 

@@ -14,7 +14,6 @@ use serde_json::json;
 
 use super::WebState;
 use crate::approval::DecideError;
-use crate::approval::now_ms;
 use crate::approval::replies::parse_time;
 use crate::http::guard::bearer_token;
 use crate::identity::{OPERATOR, Principal};
@@ -205,7 +204,8 @@ async fn show(
         .map_err(internal)?
         .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, "not_found", format!("no approval request {id}")))?;
     let (transitions, risk) =
-        tokio::try_join!(store.transitions(&id), store.risk_snapshot(a.agent.clone(), now_ms())).map_err(internal)?;
+        tokio::try_join!(store.transitions(&id), store.risk_snapshot(a.agent.clone(), store.now_ms()))
+            .map_err(internal)?;
     let mut v = view(&state, &a);
     v["history"] = serde_json::to_value(transitions).unwrap_or_default();
     v["risk_snapshot"] = serde_json::to_value(risk).unwrap_or_default();

@@ -16,7 +16,6 @@ use serde::Deserialize;
 
 use super::api::{ListQuery, decide_many, time_param};
 use super::{BrowserSession, COOKIE, WebState};
-use crate::approval::now_ms;
 use crate::approval::replies::iso8601;
 use crate::secret::constant_time_eq;
 use crate::store::approvals::DEFAULT_LIST_LIMIT;
@@ -329,7 +328,7 @@ async fn queue(
     };
     let limit = u64::from(list.limit.unwrap_or(DEFAULT_LIST_LIMIT).clamp(1, 1000));
     let offset = u64::from(list.offset.unwrap_or(0));
-    let now = now_ms();
+    let now = state.approvals.store.now_ms();
     let tab = if all { Tab::All } else { Tab::Pending };
     let title = if all { "All requests" } else { "Pending requests" };
     let page_link = |offset: u64| -> String {
@@ -497,7 +496,7 @@ async fn detail(
     };
     let ai_review = crate::review::opinions(store, vec![id.clone()]).await.unwrap_or_default();
     let ai_review = ai_review.get(&id);
-    let now = now_ms();
+    let now = state.approvals.store.now_ms();
     let (history, risk) = tokio::join!(store.transitions(&id), store.risk_snapshot(approval.agent.clone(), now));
     let history = history.unwrap_or_default();
     let risk = risk.unwrap_or_default();
