@@ -28,7 +28,7 @@ use crate::gate::tools::ToolInfo;
 use crate::identity::Principal;
 use crate::policy::Decision;
 use crate::review::{
-    AiWorkflow, Applied, Outcome, RECENT_DECISIONS, RecentDecision, Review, ReviewDecision, Reviewer, Subject,
+    AiWorkflow, Applied, DecidedBy, RECENT_DECISIONS, RecentDecision, Review, ReviewDecision, Reviewer, Subject,
 };
 use crate::store::audit::{AuditRecord, Event};
 use crate::store::{Approval, ApprovalFilter, Status, Vote, VoteDecision};
@@ -86,7 +86,7 @@ impl Approvals {
         match (applied, outcome) {
             (Applied::Approve, _) => {
                 let notes = match outcome {
-                    Outcome::Final => format!("AI review: {}", explain(&ai, &review)),
+                    DecidedBy::Final => format!("AI review: {}", explain(&ai, &review)),
                     _ => format!("fallback approve: {}", explain(&ai, &review)),
                 };
                 let vote = reviewer_vote(&actor, VoteDecision::Approve, Some(notes), None);
@@ -105,7 +105,7 @@ impl Approvals {
                     _ => self.wait_for(a, caller).await,
                 }
             }
-            (Applied::Deny, Outcome::Final) => {
+            (Applied::Deny, DecidedBy::Final) => {
                 let reason = match &review.answer {
                     Ok(answer) if !answer.reasoning.trim().is_empty() => answer.reasoning.clone(),
                     _ => "no reasoning given".to_owned(),
@@ -181,7 +181,7 @@ impl Approvals {
         approval: Option<&Approval>,
         review: &Review,
         applied: Applied,
-        outcome: Outcome,
+        outcome: DecidedBy,
     ) {
         let answer = review.answer.as_ref().ok();
         let detail = json!({

@@ -243,9 +243,9 @@ impl Applied {
     }
 }
 
-/// Whether the reviewer's answer decided, or the fallback did.
+/// What decided the call: the reviewer's answer, or the fallback (see [`AiWorkflow::apply`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub enum DecidedBy {
     /// A confident approve or deny, applied as is.
     Final,
     /// Unsure, `escalate`, or no usable answer: the fallback approved or denied.
@@ -254,12 +254,12 @@ pub enum Outcome {
     Escalated,
 }
 
-impl Outcome {
+impl DecidedBy {
     pub fn as_str(self) -> &'static str {
         match self {
-            Outcome::Final => "final",
-            Outcome::Fallback => "fallback",
-            Outcome::Escalated => "escalated",
+            DecidedBy::Final => "final",
+            DecidedBy::Fallback => "fallback",
+            DecidedBy::Escalated => "escalated",
         }
     }
 }
@@ -271,20 +271,20 @@ impl AiWorkflow {
     }
 
     /// What happens to the call given the review.
-    pub fn apply(&self, answer: &Result<Answer, ReviewError>) -> (Applied, Outcome) {
+    pub fn apply(&self, answer: &Result<Answer, ReviewError>) -> (Applied, DecidedBy) {
         if let Ok(a) = answer
             && a.confidence >= self.threshold
         {
             match a.decision {
-                ReviewDecision::Approve => return (Applied::Approve, Outcome::Final),
-                ReviewDecision::Deny => return (Applied::Deny, Outcome::Final),
+                ReviewDecision::Approve => return (Applied::Approve, DecidedBy::Final),
+                ReviewDecision::Deny => return (Applied::Deny, DecidedBy::Final),
                 ReviewDecision::Escalate => {}
             }
         }
         match self.fallback {
-            Fallback::Approve => (Applied::Approve, Outcome::Fallback),
-            Fallback::Deny => (Applied::Deny, Outcome::Fallback),
-            Fallback::Escalate => (Applied::Escalate, Outcome::Escalated),
+            Fallback::Approve => (Applied::Approve, DecidedBy::Fallback),
+            Fallback::Deny => (Applied::Deny, DecidedBy::Fallback),
+            Fallback::Escalate => (Applied::Escalate, DecidedBy::Escalated),
         }
     }
 
@@ -663,18 +663,18 @@ mod tests {
     #[test]
     fn confident_answers_are_final_and_the_rest_falls_back() {
         let w = workflow(0.8, Fallback::Escalate);
-        assert_eq!(w.apply(&answer(ReviewDecision::Approve, 0.8)), (Applied::Approve, Outcome::Final));
-        assert_eq!(w.apply(&answer(ReviewDecision::Deny, 0.99)), (Applied::Deny, Outcome::Final));
-        assert_eq!(w.apply(&answer(ReviewDecision::Approve, 0.79)), (Applied::Escalate, Outcome::Escalated));
-        assert_eq!(w.apply(&answer(ReviewDecision::Escalate, 1.0)), (Applied::Escalate, Outcome::Escalated));
-        assert_eq!(w.apply(&Err(ReviewError::Timeout(1))), (Applied::Escalate, Outcome::Escalated));
+        assert_eq!(w.apply(&answer(ReviewDecision::Approve, 0.8)), (Applied::Approve, DecidedBy::Final));
+        assert_eq!(w.apply(&answer(ReviewDecision::Deny, 0.99)), (Applied::Deny, DecidedBy::Final));
+        assert_eq!(w.apply(&answer(ReviewDecision::Approve, 0.79)), (Applied::Escalate, DecidedBy::Escalated));
+        assert_eq!(w.apply(&answer(ReviewDecision::Escalate, 1.0)), (Applied::Escalate, DecidedBy::Escalated));
+        assert_eq!(w.apply(&Err(ReviewError::Timeout(1))), (Applied::Escalate, DecidedBy::Escalated));
 
         let deny = workflow(0.8, Fallback::Deny);
-        assert_eq!(deny.apply(&answer(ReviewDecision::Approve, 0.5)), (Applied::Deny, Outcome::Fallback));
-        assert_eq!(deny.apply(&Err(ReviewError::Refused("no".into()))), (Applied::Deny, Outcome::Fallback));
+        assert_eq!(deny.apply(&answer(ReviewDecision::Approve, 0.5)), (Applied::Deny, DecidedBy::Fallback));
+        assert_eq!(deny.apply(&Err(ReviewError::Refused("no".into()))), (Applied::Deny, DecidedBy::Fallback));
         let approve = workflow(0.8, Fallback::Approve);
-        assert_eq!(approve.apply(&answer(ReviewDecision::Deny, 0.5)), (Applied::Approve, Outcome::Fallback));
-        assert_eq!(approve.apply(&answer(ReviewDecision::Deny, 0.9)), (Applied::Deny, Outcome::Final));
+        assert_eq!(approve.apply(&answer(ReviewDecision::Deny, 0.5)), (Applied::Approve, DecidedBy::Fallback));
+        assert_eq!(approve.apply(&answer(ReviewDecision::Deny, 0.9)), (Applied::Deny, DecidedBy::Final));
     }
 
     #[test]
