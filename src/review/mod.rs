@@ -528,7 +528,7 @@ async fn post(provider: &Provider, body: &Value) -> Result<Value, ReviewError> {
         if e.is_timeout() {
             ReviewError::Timeout(timeout_secs)
         } else {
-            ReviewError::Transport(scrub(&crate::upstream::streamable_http::describe(&e), config))
+            ReviewError::Transport(scrub(&crate::upstream::http::describe(&e), config))
         }
     };
     let mut response = request.send().await.map_err(classify)?;

@@ -15,7 +15,7 @@ use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::streamable_http::{describe, http_failure, media_type, read_body_prefix, recorrelated_error};
+use super::http::{describe, http_failure, media_type, read_body_prefix, recorrelated_error};
 use super::{ConnectError, Outgoing, Reporter, UpstreamLink};
 use crate::wire::jsonrpc::{self, Message, code};
 use crate::wire::sse::{EventReader, SseEvent};
@@ -39,7 +39,7 @@ pub async fn connect(
     reporter: Reporter,
 ) -> Result<UpstreamLink, ConnectError> {
     let http_error = |message: String| ConnectError::Http { server: server.to_owned(), message };
-    let (parsed, headers, client) = super::streamable_http::prepare(server, url, headers)?;
+    let (parsed, headers, client) = super::http::prepare(server, url, headers)?;
 
     let opened = tokio::time::timeout(ENDPOINT_TIMEOUT, open(&client, &parsed, &headers))
         .await

@@ -10,6 +10,7 @@
 //! takes each report at once and never waits, so the queue holds only what arrived since the
 //! actor last ran.
 
+pub mod http;
 pub mod legacy_sse;
 pub mod settings;
 pub mod stdio;

@@ -19,7 +19,6 @@
 //! ends the upstream session with `DELETE`, best effort), so it never reports `closed` itself.
 
 use std::collections::HashMap;
-use std::error::Error as _;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -33,13 +32,14 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::http::{
+    describe, excerpt, http_failure, media_type, prepare, read_body, read_body_prefix, recorrelated_error,
+};
 use super::{ConnectError, Outgoing, Reporter, UpstreamLink};
 use crate::wire::MAX_MESSAGE_BYTES;
 use crate::wire::jsonrpc::{self, Kind, Message, code};
 use crate::wire::sse::{SseEvent, SseParser};
 
-/// Time allowed to open a TCP (and TLS) connection.
-pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time allowed for the closing `DELETE`.
 const DELETE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest wait for a handshake POST before later messages are sent anyway.
@@ -67,22 +67,6 @@ use crate::wire::headers::{
 };
 const ACCEPT_BOTH: &str = "application/json, text/event-stream";
 const EVENT_STREAM: &str = "text/event-stream";
-
-/// Checks an upstream URL and builds the headers and client both HTTP transports use.
-pub(crate) fn prepare(
-    server: &str,
-    url: &str,
-    headers: &[(String, String)],
-) -> Result<(reqwest::Url, reqwest::header::HeaderMap, reqwest::Client), ConnectError> {
-    let http_error = |message: String| ConnectError::Http { server: server.to_owned(), message };
-    let parsed = reqwest::Url::parse(url).map_err(|e| http_error(format!("invalid URL `{url}`: {e}")))?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(http_error(format!("invalid URL `{url}`: the scheme must be http or https")));
-    }
-    let headers = header_map(headers).map_err(http_error)?;
-    let client = build_client().map_err(|e| http_error(format!("cannot create the HTTP client: {}", describe(&e))))?;
-    Ok((parsed, headers, client))
-}
 
 /// Starts a Streamable HTTP transport for `url`. Does not touch the network: the first message
 /// sent opens the first connection, so a server that is down does not stop start-up.
@@ -125,100 +109,6 @@ async fn connect_with(
         drop(running);
     });
     Ok(link)
-}
-
-/// The HTTP client used by the HTTP transports: a connect timeout, no overall timeout (response
-/// streams may stay open for as long as a tool runs).
-pub(crate) fn build_client() -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT).build()
-}
-
-/// Validates the configured headers into a map.
-pub(crate) fn header_map(headers: &[(String, String)]) -> Result<HeaderMap, String> {
-    let mut map = HeaderMap::new();
-    for (name, value) in headers {
-        let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("invalid header name `{name}`"))?;
-        let value = HeaderValue::from_str(value).map_err(|_| format!("invalid value for header `{name}`"))?;
-        map.append(header, value);
-    }
-    Ok(map)
-}
-
-/// A reqwest error with its causes, e.g. `error sending request: ...: connection refused`.
-pub(crate) fn describe(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
-
-/// The first `max` characters of a body, for error messages.
-pub(crate) fn excerpt(body: &[u8], max: usize) -> String {
-    let text = String::from_utf8_lossy(body);
-    let text = text.trim();
-    let mut out: String = text.chars().take(max).collect();
-    if text.chars().nth(max).is_some() {
-        out.push_str("...");
-    }
-    out
-}
-
-/// `HTTP 500 Internal Server Error: <start of the body>`.
-pub(crate) fn http_failure(status: StatusCode, body: &[u8]) -> String {
-    let text = excerpt(body, 200);
-    if text.is_empty() { format!("HTTP {status}") } else { format!("HTTP {status}: {text}") }
-}
-
-/// The media type of a response, lowercased, without parameters.
-pub(crate) fn media_type(resp: &Response) -> String {
-    resp.headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .map(|v| v.trim().to_ascii_lowercase())
-        .unwrap_or_default()
-}
-
-/// Reads a body of at most `limit` bytes; a longer one is an error.
-pub(crate) async fn read_body(resp: &mut Response, limit: usize) -> Result<Vec<u8>, String> {
-    let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| describe(&e))? {
-        if body.len() + chunk.len() > limit {
-            return Err(format!("response body larger than {limit} bytes"));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
-}
-
-/// Reads at most `limit` bytes of a body (for error messages); the rest is dropped.
-pub(crate) async fn read_body_prefix(resp: &mut Response, limit: usize) -> Vec<u8> {
-    let mut body = Vec::new();
-    while let Ok(Some(chunk)) = resp.chunk().await {
-        let room = limit.saturating_sub(body.len());
-        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if body.len() >= limit {
-            break;
-        }
-    }
-    body
-}
-
-/// A JSON-RPC error body re-addressed to the proxy id `id`, when `body` is one.
-pub(crate) fn recorrelated_error(body: &[u8], id: u64) -> Option<Message> {
-    let mut msg = Message::parse(body).ok()?;
-    if msg.error.is_none() || msg.method.is_some() {
-        return None;
-    }
-    msg.id = Some(jsonrpc::number_id(id));
-    Some(msg)
 }
 
 /// Parses a JSON body: one message, or an array of them (2025-03-26 batches).
@@ -1301,17 +1191,6 @@ mod tests {
         assert_eq!(msg["id"], 1);
         assert_eq!(msg["result"]["protocolVersion"], "2025-06-18");
         assert_eq!(related, Some(1));
-    }
-
-    #[test]
-    fn error_bodies_are_recorrelated_and_excerpted() {
-        let msg =
-            recorrelated_error(br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32001,"message":"x"}}"#, 9).unwrap();
-        assert_eq!(msg.id_text(), Some("9"));
-        assert!(recorrelated_error(br#"{"jsonrpc":"2.0","id":1,"result":{}}"#, 9).is_none());
-        assert!(recorrelated_error(b"Not Found", 9).is_none());
-        assert_eq!(excerpt(&[b'a'; 300], 200).len(), 203);
-        assert_eq!(excerpt(" short \n".as_bytes(), 200), "short");
     }
 
     #[tokio::test]

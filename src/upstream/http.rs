@@ -1,0 +1,158 @@
+//! What both HTTP transports share (and the reviewer's model client borrows): the HTTP client and
+//! its timeouts, the configured headers, and reading bodies and errors of responses.
+
+use std::error::Error as _;
+use std::time::Duration;
+
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use reqwest::{Response, StatusCode};
+
+use super::ConnectError;
+use crate::wire::jsonrpc::{self, Message};
+
+/// Time allowed to open a TCP (and TLS) connection.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Checks an upstream URL and builds the headers and client both HTTP transports use.
+pub(crate) fn prepare(
+    server: &str,
+    url: &str,
+    headers: &[(String, String)],
+) -> Result<(reqwest::Url, reqwest::header::HeaderMap, reqwest::Client), ConnectError> {
+    let http_error = |message: String| ConnectError::Http { server: server.to_owned(), message };
+    let parsed = reqwest::Url::parse(url).map_err(|e| http_error(format!("invalid URL `{url}`: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(http_error(format!("invalid URL `{url}`: the scheme must be http or https")));
+    }
+    let headers = header_map(headers).map_err(|e| http_error(e.to_string()))?;
+    let client = build_client().map_err(|e| http_error(format!("cannot create the HTTP client: {}", describe(&e))))?;
+    Ok((parsed, headers, client))
+}
+
+/// The HTTP client used by the HTTP transports: a connect timeout, no overall timeout (response
+/// streams may stay open for as long as a tool runs).
+pub(crate) fn build_client() -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT).build()
+}
+
+/// A configured header that HTTP cannot carry.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HeaderError {
+    #[error("invalid header name `{0}`")]
+    Name(String),
+    #[error("invalid value for header `{0}`")]
+    Value(String),
+}
+
+/// Validates the configured headers into a map.
+pub(crate) fn header_map(headers: &[(String, String)]) -> Result<HeaderMap, HeaderError> {
+    let mut map = HeaderMap::new();
+    for (name, value) in headers {
+        let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| HeaderError::Name(name.clone()))?;
+        let value = HeaderValue::from_str(value).map_err(|_| HeaderError::Value(name.clone()))?;
+        map.append(header, value);
+    }
+    Ok(map)
+}
+
+/// A reqwest error with its causes, e.g. `error sending request: ...: connection refused`.
+pub(crate) fn describe(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// The first `max` characters of a body, for error messages.
+pub(crate) fn excerpt(body: &[u8], max: usize) -> String {
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    let mut out: String = text.chars().take(max).collect();
+    if text.chars().nth(max).is_some() {
+        out.push_str("...");
+    }
+    out
+}
+
+/// `HTTP 500 Internal Server Error: <start of the body>`.
+pub(crate) fn http_failure(status: StatusCode, body: &[u8]) -> String {
+    let text = excerpt(body, 200);
+    if text.is_empty() { format!("HTTP {status}") } else { format!("HTTP {status}: {text}") }
+}
+
+/// The media type of a response, lowercased, without parameters.
+pub(crate) fn media_type(resp: &Response) -> String {
+    resp.headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+/// Why a response body could not be read whole.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BodyError {
+    #[error("{}", describe(.0))]
+    Read(reqwest::Error),
+    #[error("response body larger than {0} bytes")]
+    TooLarge(usize),
+}
+
+/// Reads a body of at most `limit` bytes; a longer one is an error.
+pub(crate) async fn read_body(resp: &mut Response, limit: usize) -> Result<Vec<u8>, BodyError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(BodyError::Read)? {
+        if body.len() + chunk.len() > limit {
+            return Err(BodyError::TooLarge(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Reads at most `limit` bytes of a body (for error messages); the rest is dropped.
+pub(crate) async fn read_body_prefix(resp: &mut Response, limit: usize) -> Vec<u8> {
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        let room = limit.saturating_sub(body.len());
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() >= limit {
+            break;
+        }
+    }
+    body
+}
+
+/// A JSON-RPC error body re-addressed to the proxy id `id`, when `body` is one.
+pub(crate) fn recorrelated_error(body: &[u8], id: u64) -> Option<Message> {
+    let mut msg = Message::parse(body).ok()?;
+    if msg.error.is_none() || msg.method.is_some() {
+        return None;
+    }
+    msg.id = Some(jsonrpc::number_id(id));
+    Some(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_bodies_are_recorrelated_and_excerpted() {
+        let msg =
+            recorrelated_error(br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32001,"message":"x"}}"#, 9).unwrap();
+        assert_eq!(msg.id_text(), Some("9"));
+        assert!(recorrelated_error(br#"{"jsonrpc":"2.0","id":1,"result":{}}"#, 9).is_none());
+        assert!(recorrelated_error(b"Not Found", 9).is_none());
+        assert_eq!(excerpt(&[b'a'; 300], 200).len(), 203);
+        assert_eq!(excerpt(" short \n".as_bytes(), 200), "short");
+    }
+}
