@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use tokio::net::TcpListener;
 
-use crate::approval::{ApprovalGate, ApprovalSettings, Approvals};
+use crate::approval::{ApprovalGate, ApprovalService, ApprovalSettings};
 use crate::config::Config;
 use crate::downstream::{http, stdio};
 use crate::gate::Gate;
@@ -36,7 +36,7 @@ pub fn session_options(
 /// What [`start_gate_with`] started.
 pub struct Started {
     pub gate: Arc<dyn Gate>,
-    pub approvals: Arc<Approvals>,
+    pub approvals: Arc<ApprovalService>,
     /// Base URL of the approval server.
     pub public_url: String,
     /// The approval server's state (served by this process when it is the hub).
@@ -88,7 +88,7 @@ pub async fn start_gate_announcing(config: &Config, announce: bool) -> anyhow::R
         redact: a.redact.clone(),
         expiry_warning: a.expiry_warning,
     };
-    let approvals = Approvals::new(store, config.policy.clone(), settings);
+    let approvals = ApprovalService::new(store, config.policy.clone(), settings);
     if let Some(reviewer) =
         crate::review::Reviewer::from_config(&a.ai_workflows, &a.providers).context("setting up the AI reviewer")?
     {
@@ -124,7 +124,7 @@ pub async fn start_gate_announcing(config: &Config, announce: bool) -> anyhow::R
 
 /// The services only one process of the machine runs: the hub. Called once, when this process
 /// becomes the hub (at start-up, or when it takes over from a hub that exited).
-fn start_hub_services(approvals: &Arc<Approvals>, config: &Config) {
+fn start_hub_services(approvals: &Arc<ApprovalService>, config: &Config) {
     // Expiry of overdue requests and the expiry warnings on the change stream.
     approvals.spawn_sweeper();
     // Notifications: only the hub sends them, for every process's requests.

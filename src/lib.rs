@@ -50,9 +50,9 @@
 //!   caller: cancelled or disconnected, it is never run for anybody, and the identical retry runs
 //!   the approval once. A workflow with `approval_type = "ai_driven"` is decided first by the
 //!   reviewer; what it is unsure of goes to people. Every change of a request is published on
-//!   [`approval::Approvals::changes`].
+//!   [`approval::ApprovalService::changes`].
 //! - [`server`]: the approval server ([`server::web`]: JSON API, pages and event stream, over the
-//!   same [`approval::Approvals`] core, which wakes the waiting calls; [`server::web::signin`] turns
+//!   same [`approval::ApprovalService`] core, which wakes the waiting calls; [`server::web::signin`] turns
 //!   `mcp-gate approvals open` into a one-time link that signs a browser in); the per-machine
 //!   [`server::hub`] (the processes of one machine that share a database share one approval server);
 //!   the [`server::handshake`] by which both ends prove they know a token before it travels; the

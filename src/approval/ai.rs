@@ -22,7 +22,7 @@ use std::sync::Arc;
 use serde_json::json;
 use tracing::{info, warn};
 
-use super::{Approvals, Caller, OwnedCall, call_key, replies};
+use super::{ApprovalService, Caller, OwnedCall, call_key, replies};
 use crate::gate::Verdict;
 use crate::gate::tools::ToolInfo;
 use crate::identity::Principal;
@@ -33,7 +33,7 @@ use crate::review::{
 use crate::store::audit::{AuditRecord, Event};
 use crate::store::{Approval, ApprovalFilter, Status, Vote, VoteDecision};
 
-impl Approvals {
+impl ApprovalService {
     /// Hands the `ai_driven` workflows to `reviewer`; set once, at start-up. Without a reviewer
     /// such workflows are decided by people like any other.
     pub fn set_reviewer(&self, reviewer: Arc<Reviewer>) {

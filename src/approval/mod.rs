@@ -133,7 +133,7 @@ pub enum OpenError {
 }
 
 /// The approval service: policy, store, waiters and the audit trail.
-pub struct Approvals {
+pub struct ApprovalService {
     pub store: Store,
     pub policy: Arc<Policy>,
     pub settings: ApprovalSettings,
@@ -146,14 +146,14 @@ pub struct Approvals {
     warned: DashSet<String>,
     /// Decides the calls of `ai_driven` workflows (see [`ai`]).
     reviewer: std::sync::OnceLock<Arc<crate::review::Reviewer>>,
-    /// Cancelled when the process stops: held calls stop waiting (see [`Approvals::stop_waiting`]).
+    /// Cancelled when the process stops: held calls stop waiting (see [`ApprovalService::stop_waiting`]).
     stopping: tokio_util::sync::CancellationToken,
 }
 
-impl Approvals {
-    pub fn new(store: Store, policy: Arc<Policy>, settings: ApprovalSettings) -> Arc<Approvals> {
+impl ApprovalService {
+    pub fn new(store: Store, policy: Arc<Policy>, settings: ApprovalSettings) -> Arc<ApprovalService> {
         let redactor = Redactor::new(settings.redact.clone());
-        let approvals = Arc::new(Approvals {
+        let approvals = Arc::new(ApprovalService {
             store,
             policy,
             settings,
@@ -507,7 +507,7 @@ impl Approvals {
 
     /// Opens the request of a call that `who` (a reviewer) has already decided, with the vote, in
     /// one store transaction (see [`Store::open_decided`]); audits `requested`. The caller audits the
-    /// decision with [`Approvals::recorded`] once it has recorded why. `true`: a pending request for
+    /// decision with [`ApprovalService::recorded`] once it has recorded why. `true`: a pending request for
     /// the key stood and was joined instead, undecided.
     async fn open_decided(
         &self,
@@ -716,7 +716,7 @@ impl Approvals {
 
 /// The gate: evaluates the policy and holds what needs approval.
 pub struct ApprovalGate {
-    pub approvals: Arc<Approvals>,
+    pub approvals: Arc<ApprovalService>,
 }
 
 /// Who a held call waits for: where its progress goes, and whether it is still there.
@@ -851,7 +851,7 @@ mod tests {
         let config = crate::config::Config::from_toml(toml, "hold.toml").expect("policy");
         let store = Store::open(crate::store::Location::Memory).await.expect("store");
         let settings = ApprovalSettings { wait: Duration::from_secs(3600), ..ApprovalSettings::default() };
-        let gate = ApprovalGate { approvals: Approvals::new(store, config.policy.clone(), settings) };
+        let gate = ApprovalGate { approvals: ApprovalService::new(store, config.policy.clone(), settings) };
         let arguments = serde_json::json!({"path": "/"});
         let call = ToolCall {
             server: "fs",

@@ -29,7 +29,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch};
 use tracing::{debug, info, warn};
 
-use crate::approval::{Approvals, Change};
+use crate::approval::{ApprovalService, Change};
 use crate::secret::{ExposeSecret, SecretString};
 use crate::server::hub_api::{Announcement, HubInfo, SERVICE};
 use crate::server::web::WebState;
@@ -248,7 +248,7 @@ fn jitter() -> Duration {
 
 /// This process's part: what it serves as the hub, or how it follows one.
 pub struct Node {
-    pub approvals: Arc<Approvals>,
+    pub approvals: Arc<ApprovalService>,
     /// The approval server, served when this process is (or becomes) the hub.
     pub web: Arc<WebState>,
     /// The machine's approval address (`[approvals] listen`).
@@ -277,7 +277,7 @@ enum Role {
 
 /// A running [`Node`].
 struct Running {
-    approvals: Arc<Approvals>,
+    approvals: Arc<ApprovalService>,
     web: Arc<WebState>,
     listen: String,
     token: SecretString,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use mcp_gate::approval::{ApprovalGate, ApprovalSettings, Approvals};
+use mcp_gate::approval::{ApprovalGate, ApprovalService, ApprovalSettings};
 use mcp_gate::config::Config;
 use mcp_gate::gate::Gate;
 use mcp_gate::identity::Principal;
@@ -157,7 +157,7 @@ impl Opts {
 }
 
 struct Setup {
-    approvals: Arc<Approvals>,
+    approvals: Arc<ApprovalService>,
     fake: Fake,
     /// The approval server.
     web: String,
@@ -220,7 +220,7 @@ redact = ["/secret"]
         redact: config.approvals.redact.clone(),
         ..ApprovalSettings::default()
     };
-    let approvals = Approvals::new(store, config.policy.clone(), settings);
+    let approvals = ApprovalService::new(store, config.policy.clone(), settings);
     approvals.set_reviewer(
         Reviewer::from_config(&config.approvals.ai_workflows, &config.approvals.providers)
             .unwrap()
@@ -239,7 +239,7 @@ struct Line {
 }
 
 impl Line {
-    async fn new(approvals: &Arc<Approvals>) -> Line {
+    async fn new(approvals: &Arc<ApprovalService>) -> Line {
         let gate: Arc<dyn Gate> = Arc::new(ApprovalGate { approvals: approvals.clone() });
         let stream = stdio_proxy(options_with_gate(vec![stdio_server("fx")], gate)).await;
         let (read, write) = tokio::io::split(stream);
@@ -309,11 +309,11 @@ fn prompts(seen: &Seen) -> (String, String) {
     }
 }
 
-async fn all_approvals(approvals: &Approvals) -> Vec<Approval> {
+async fn all_approvals(approvals: &ApprovalService) -> Vec<Approval> {
     approvals.store.list_approvals(ApprovalFilter::default()).await.unwrap()
 }
 
-async fn audit(approvals: &Approvals) -> Vec<AuditRow> {
+async fn audit(approvals: &ApprovalService) -> Vec<AuditRow> {
     mcp_gate::store::audit::tail(&approvals.store, 100).await.unwrap()
 }
 
@@ -322,7 +322,7 @@ fn ai_rows(rows: &[AuditRow]) -> Vec<&AuditRow> {
 }
 
 /// Waits for an approval to reach `status` (an execution's outcome is recorded off the reply path).
-async fn wait_status(approvals: &Approvals, id: &str, status: Status) -> Approval {
+async fn wait_status(approvals: &ApprovalService, id: &str, status: Status) -> Approval {
     let started = Instant::now();
     loop {
         let a = approvals.store.get_approval(id).await.unwrap().unwrap();

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mcp_gate::approval::{ApprovalSettings, Approvals};
+use mcp_gate::approval::{ApprovalService, ApprovalSettings};
 use mcp_gate::config::Config;
 use mcp_gate::identity::{Credentials, Principal};
 use mcp_gate::server::web::WebState;
@@ -15,7 +15,7 @@ const TOKEN: &str = "test-approver-token-0123456789";
 
 struct Server {
     base: String,
-    approvals: Arc<Approvals>,
+    approvals: Arc<ApprovalService>,
     http: reqwest::Client,
 }
 
@@ -36,7 +36,7 @@ async fn server_with(approvers: Credentials) -> Server {
         redact: Vec::new(),
         ..ApprovalSettings::default()
     };
-    let approvals = Approvals::new(store, config.policy.clone(), settings);
+    let approvals = ApprovalService::new(store, config.policy.clone(), settings);
     let state = WebState::new(approvals.clone(), TOKEN.into(), approvers, Vec::new());
     tokio::spawn(mcp_gate::server::web::serve(listener, state, std::future::pending()));
     let http = reqwest::Client::builder().redirect(Policy::none()).build().unwrap();

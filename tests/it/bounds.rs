@@ -314,7 +314,7 @@ async fn half_open_connections_neither_lock_out_clients_nor_stay_open() {
 
     let config = mcp_gate::config::Config::from_toml("", "empty.toml").unwrap();
     let store = mcp_gate::store::Store::open(mcp_gate::store::Location::Memory).await.unwrap();
-    let approvals = mcp_gate::approval::Approvals::new(store, config.policy.clone(), Default::default());
+    let approvals = mcp_gate::approval::ApprovalService::new(store, config.policy.clone(), Default::default());
     let mut web =
         mcp_gate::server::web::WebState::new(approvals, "t".repeat(24).into(), Default::default(), Vec::new());
     Arc::get_mut(&mut web).unwrap().limits = listener;

@@ -243,7 +243,7 @@ pub async fn handshake(child: &mut tokio::process::Child, client: &str) -> (toki
 /// Holds one call to `files`/`tool` through the approval gate (the policy must hold it and
 /// fail fast) and returns its approval id.
 pub async fn hold_call(
-    approvals: &Arc<mcp_gate::approval::Approvals>,
+    approvals: &Arc<mcp_gate::approval::ApprovalService>,
     tool: &str,
     agent: &str,
     arguments: serde_json::Value,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use mcp_gate::approval::{ApprovalGate, ApprovalSettings, Approvals};
+use mcp_gate::approval::{ApprovalGate, ApprovalService, ApprovalSettings};
 use mcp_gate::config::Config;
 use mcp_gate::gate::{Gate, ToolCall, Verdict};
 use mcp_gate::server::web::WebState;
@@ -23,7 +23,7 @@ fn sha(token: &str) -> String {
 
 struct Api {
     base: String,
-    approvals: Arc<Approvals>,
+    approvals: Arc<ApprovalService>,
     http: reqwest::Client,
 }
 
@@ -39,7 +39,7 @@ impl Api {
             workflows: config.approvals.workflows.clone(),
             ..ApprovalSettings::default()
         };
-        let approvals = Approvals::new(store, config.policy.clone(), settings);
+        let approvals = ApprovalService::new(store, config.policy.clone(), settings);
         let state = WebState::new(approvals.clone(), TOKEN.into(), config.approvals.approvers.clone(), Vec::new());
         tokio::spawn(mcp_gate::server::web::serve(listener, state, std::future::pending()));
         Api { base, approvals, http: reqwest::Client::new() }
@@ -466,7 +466,7 @@ async fn http_agents_are_known_by_their_tokens_and_keep_their_sessions() {
         workflows: config.approvals.workflows.clone(),
         ..ApprovalSettings::default()
     };
-    let approvals = Approvals::new(store, config.policy.clone(), settings);
+    let approvals = ApprovalService::new(store, config.policy.clone(), settings);
     let gate: Arc<dyn Gate> = Arc::new(ApprovalGate { approvals: approvals.clone() });
     let opts = super::common::options_with_gate(vec![super::common::stdio_server("fx")], gate);
     let state = http::HttpState::new(http::HttpOptions {
@@ -667,7 +667,7 @@ async fn a_request_near_its_deadline_is_announced_once_as_expiring() {
         workflows: config.approvals.workflows.clone(),
         ..ApprovalSettings::default()
     };
-    let approvals = Approvals::new(store, config.policy.clone(), settings);
+    let approvals = ApprovalService::new(store, config.policy.clone(), settings);
     let mut changes = approvals.changes.subscribe();
     let id = super::common::hold_call(&approvals, "delete_file", "claude", json!({})).await;
     assert_eq!(changes.recv().await.unwrap().kind, mcp_gate::approval::ChangeKind::Requested);

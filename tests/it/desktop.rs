@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use mcp_gate::approval::{ApprovalSettings, Approvals};
+use mcp_gate::approval::{ApprovalService, ApprovalSettings};
 use mcp_gate::config::Config;
 use mcp_gate::server::notify::desktop::{CommandNotifier, Notice, Notifier, spawn};
 use mcp_gate::store::{Location, Store};
@@ -16,7 +16,7 @@ use super::common::{hold_call, within};
 
 const BASE: &str = "http://127.0.0.1:8377";
 
-async fn approvals() -> Arc<Approvals> {
+async fn approvals() -> Arc<ApprovalService> {
     let config = Config::from_toml("", "empty.toml").unwrap();
     let store = Store::open(Location::Memory).await.unwrap();
     let settings = ApprovalSettings {
@@ -27,7 +27,7 @@ async fn approvals() -> Arc<Approvals> {
         redact: vec!["/password".into()],
         ..ApprovalSettings::default()
     };
-    Approvals::new(store, config.policy.clone(), settings)
+    ApprovalService::new(store, config.policy.clone(), settings)
 }
 
 /// Reports each notice it is asked to show; then shows it at once, or never (`hang`).

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mcp_gate::approval::{ApprovalGate, ApprovalSettings, Approvals, ChangeKind, PROGRESS_EVERY};
+use mcp_gate::approval::{ApprovalGate, ApprovalService, ApprovalSettings, ChangeKind, PROGRESS_EVERY};
 use mcp_gate::config::Config;
 use mcp_gate::gate::{Gate, Outcome, ProgressSink, ToolCall, Verdict};
 use mcp_gate::identity::Principal;
@@ -44,7 +44,7 @@ name = "grant"
 grant_secs = 60
 "#;
 
-async fn approvals(wait: Duration, extra: &str) -> Arc<Approvals> {
+async fn approvals(wait: Duration, extra: &str) -> Arc<ApprovalService> {
     approvals_on(Store::open(Location::Memory).await.expect("store"), wait, extra)
 }
 
@@ -52,13 +52,13 @@ async fn approvals(wait: Duration, extra: &str) -> Arc<Approvals> {
 const T0: i64 = 1_800_000_000_000;
 
 /// [`approvals`] on a clock that follows tokio's (paused) time from [`T0`].
-async fn paused_approvals(wait: Duration, extra: &str) -> Arc<Approvals> {
+async fn paused_approvals(wait: Duration, extra: &str) -> Arc<ApprovalService> {
     let store = Store::open_with_clock(Location::Memory, Clock::tokio(T0)).await.expect("store");
     approvals_on(store, wait, extra)
 }
 
-/// Approvals with the test policy (and `extra`) on `store`, whose clock they read.
-fn approvals_on(store: Store, wait: Duration, extra: &str) -> Arc<Approvals> {
+/// The approval service with the test policy (and `extra`) on `store`, whose clock they read.
+fn approvals_on(store: Store, wait: Duration, extra: &str) -> Arc<ApprovalService> {
     let config = Config::from_toml(&format!("{POLICY}{extra}"), "gating.toml").expect("policy");
     let settings = ApprovalSettings {
         wait,
@@ -68,7 +68,7 @@ fn approvals_on(store: Store, wait: Duration, extra: &str) -> Arc<Approvals> {
         redact: vec!["/secret".into()],
         ..ApprovalSettings::default()
     };
-    Approvals::new(store, config.policy.clone(), settings)
+    ApprovalService::new(store, config.policy.clone(), settings)
 }
 
 /// A raw-line client of an in-process stdio proxy in front of the fixture.
@@ -79,11 +79,11 @@ struct Line {
 }
 
 impl Line {
-    async fn new(approvals: &Arc<Approvals>) -> Line {
+    async fn new(approvals: &Arc<ApprovalService>) -> Line {
         Line::with_capabilities(approvals, json!({})).await
     }
 
-    async fn with_capabilities(approvals: &Arc<Approvals>, capabilities: Value) -> Line {
+    async fn with_capabilities(approvals: &Arc<ApprovalService>, capabilities: Value) -> Line {
         let gate: Arc<dyn Gate> = Arc::new(ApprovalGate { approvals: approvals.clone() });
         let stream = stdio_proxy(options_with_gate(vec![stdio_server("fx")], gate)).await;
         let (read, write) = tokio::io::split(stream);
@@ -215,7 +215,7 @@ async fn waiting_call_runs_when_approved_mid_wait() {
 }
 
 /// The gate's answer to a call of `tool`, after any wait.
-async fn hold(approvals: &Arc<Approvals>, tool: &str, arguments: Value) -> Verdict {
+async fn hold(approvals: &Arc<ApprovalService>, tool: &str, arguments: Value) -> Verdict {
     let gate = ApprovalGate { approvals: approvals.clone() };
     let call = ToolCall {
         server: "fs",
@@ -381,7 +381,7 @@ async fn an_expiring_request_is_announced_once() {
         expiry_warning: Duration::from_secs(600),
         ..ApprovalSettings::default()
     };
-    let approvals = Approvals::new(store, config.policy.clone(), settings);
+    let approvals = ApprovalService::new(store, config.policy.clone(), settings);
     let (id, _) = answered(hold(&approvals, "test_audio_content", json!({})).await);
     let mut changes = approvals.changes.subscribe();
     let mut expiring = || {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use mcp_gate::approval::{ApprovalGate, ApprovalSettings, Approvals, replies};
+use mcp_gate::approval::{ApprovalGate, ApprovalService, ApprovalSettings, replies};
 use mcp_gate::config::Config;
 use mcp_gate::gate::{Gate, ToolCall, Verdict};
 use mcp_gate::identity::Principal;
@@ -244,7 +244,7 @@ action = "deny"
 reason = "this tool only fails"
 "#;
 
-async fn approvals(wait: Duration) -> Arc<Approvals> {
+async fn approvals(wait: Duration) -> Arc<ApprovalService> {
     let config = Config::from_toml(POLICY, "schema.toml").expect("policy");
     let store = Store::open(Location::Memory).await.expect("store");
     let settings = ApprovalSettings {
@@ -254,7 +254,7 @@ async fn approvals(wait: Duration) -> Arc<Approvals> {
         workflows: config.approvals.workflows.clone(),
         ..ApprovalSettings::default()
     };
-    Approvals::new(store, config.policy.clone(), settings)
+    ApprovalService::new(store, config.policy.clone(), settings)
 }
 
 /// The real approval gate (fail fast), a waiting one for calls with `"wait": true`, and, for
@@ -283,7 +283,7 @@ impl Gate for Gates {
     }
 }
 
-async fn gates(fast: &Arc<Approvals>, wait: &Arc<Approvals>) -> Arc<Gates> {
+async fn gates(fast: &Arc<ApprovalService>, wait: &Arc<ApprovalService>) -> Arc<Gates> {
     let id = hold_call(fast, "write_file", "schema-test", json!({"path": "/tmp/x"})).await;
     let a = fast.store.get_approval(&id).await.unwrap().unwrap();
     let url = fast.url_for(&id);

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use mcp_gate::approval::{ApprovalSettings, Approvals};
+use mcp_gate::approval::{ApprovalService, ApprovalSettings};
 use mcp_gate::config::Config;
 use mcp_gate::server::web::WebState;
 use mcp_gate::server::web::signin::{API_PATH, LINK_TTL};
@@ -19,7 +19,7 @@ use super::common::within;
 
 const TOKEN: &str = "sign-in-test-approver-token-0123456789";
 
-async fn state(public_url: &str) -> (Arc<WebState>, Arc<Approvals>) {
+async fn state(public_url: &str) -> (Arc<WebState>, Arc<ApprovalService>) {
     let config = Config::from_toml("", "empty.toml").unwrap();
     let store = Store::open(Location::Memory).await.unwrap();
     let settings = ApprovalSettings {
@@ -29,13 +29,13 @@ async fn state(public_url: &str) -> (Arc<WebState>, Arc<Approvals>) {
         workflows: config.approvals.workflows.clone(),
         ..ApprovalSettings::default()
     };
-    let approvals = Approvals::new(store, config.policy.clone(), settings);
+    let approvals = ApprovalService::new(store, config.policy.clone(), settings);
     (WebState::new(approvals.clone(), TOKEN.into(), Default::default(), Vec::new()), approvals)
 }
 
 struct Server {
     base: String,
-    approvals: Arc<Approvals>,
+    approvals: Arc<ApprovalService>,
     http: reqwest::Client,
 }
 

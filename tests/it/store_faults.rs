@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mcp_gate::approval::{ApprovalSettings, Approvals};
+use mcp_gate::approval::{ApprovalService, ApprovalSettings};
 use mcp_gate::config::Config;
 use mcp_gate::store::{ApprovalFilter, Location, Status, Store};
 use serde_json::{Value, json};
@@ -13,7 +13,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use super::binary::{APPROVER_TOKEN, Running, data_dir, gate_in, start_gated_with, start_upstream};
 use super::common::*;
 
-async fn approvals_on(store: Store) -> Arc<Approvals> {
+async fn approvals_on(store: Store) -> Arc<ApprovalService> {
     let config = Config::from_toml("", "empty.toml").unwrap();
     let settings = ApprovalSettings {
         wait: Duration::ZERO,
@@ -22,7 +22,7 @@ async fn approvals_on(store: Store) -> Arc<Approvals> {
         workflows: config.approvals.workflows.clone(),
         ..ApprovalSettings::default()
     };
-    Approvals::new(store, config.policy.clone(), settings)
+    ApprovalService::new(store, config.policy.clone(), settings)
 }
 
 async fn count_events(store: &Store, event: &'static str) -> i64 {

@@ -9,7 +9,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
-use mcp_gate::approval::{ApprovalSettings, Approvals, ChangeKind};
+use mcp_gate::approval::{ApprovalService, ApprovalSettings, ChangeKind};
 use mcp_gate::config::Config;
 use mcp_gate::identity::Principal;
 use mcp_gate::server::notify::sign::{REPLAY_WINDOW_SECS, VerifyError, verify};
@@ -97,7 +97,7 @@ fn quick() -> Retry {
     }
 }
 
-async fn approvals() -> Arc<Approvals> {
+async fn approvals() -> Arc<ApprovalService> {
     let config = Config::from_toml("", "empty.toml").unwrap();
     let store = Store::open(Location::Memory).await.unwrap();
     let settings = ApprovalSettings {
@@ -108,7 +108,7 @@ async fn approvals() -> Arc<Approvals> {
         redact: vec!["/password".into()],
         ..ApprovalSettings::default()
     };
-    Approvals::new(store, config.policy.clone(), settings)
+    ApprovalService::new(store, config.policy.clone(), settings)
 }
 
 fn unix_now() -> u64 {

@@ -26,7 +26,7 @@ use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 use tracing::{debug, info, warn};
 
-use crate::approval::{Approvals, Change, ChangeKind};
+use crate::approval::{ApprovalService, Change, ChangeKind};
 use crate::store::audit::Redactor;
 
 /// The longest a notice may take to show (waiting for a click included); then it is abandoned
@@ -88,7 +88,7 @@ pub fn desktop_session() -> bool {
 
 /// Starts showing a notice for each new request (nothing when `notifier` is `None`). Stops when
 /// `approvals` is dropped.
-pub fn spawn(approvals: &Arc<Approvals>, notifier: Option<Arc<dyn Notifier>>) {
+pub fn spawn(approvals: &Arc<ApprovalService>, notifier: Option<Arc<dyn Notifier>>) {
     let Some(notifier) = notifier else { return };
     // Subscribe before returning, so no request made after this call is missed.
     let changes = approvals.changes.subscribe();

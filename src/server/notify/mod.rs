@@ -1,7 +1,7 @@
 //! Notifications: webhooks told about changes of approval requests, and desktop notifications
 //! of new ones ([`desktop`]) and a line on a terminal's stderr ([`terminal`]).
 //!
-//! [`spawn`] subscribes to the change stream of [`Approvals`] and starts one delivery task per
+//! [`spawn`] subscribes to the change stream of [`ApprovalService`] and starts one delivery task per
 //! configured webhook. Each webhook has a bounded queue: a change is rendered ([`payload`]),
 //! signed ([`sign`]) and queued without waiting, so a slow or dead receiver never holds up a
 //! tool call; when the queue is full the change is dropped for that webhook and logged. A task
@@ -26,7 +26,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 use tracing::{Instrument, debug, info, warn};
 
-use crate::approval::{Approvals, Change, ChangeKind};
+use crate::approval::{ApprovalService, Change, ChangeKind};
 use crate::secret::ExposeSecret;
 use crate::store::audit::Redactor;
 
@@ -133,12 +133,12 @@ impl Default for Retry {
 
 /// Starts delivering changes to `webhooks` (nothing when there are none). Deliveries stop when
 /// `approvals` is dropped.
-pub fn spawn(webhooks: &[Webhook], approvals: &Arc<Approvals>) {
+pub fn spawn(webhooks: &[Webhook], approvals: &Arc<ApprovalService>) {
     spawn_with(webhooks, approvals, Retry::default());
 }
 
 /// [`spawn`] with its own retry schedule (tests use short ones).
-pub fn spawn_with(webhooks: &[Webhook], approvals: &Arc<Approvals>, retry: Retry) {
+pub fn spawn_with(webhooks: &[Webhook], approvals: &Arc<ApprovalService>, retry: Retry) {
     if webhooks.is_empty() {
         return;
     }
@@ -178,7 +178,7 @@ struct Delivery {
 /// Renders each change for the webhooks that want it and queues it, never waiting.
 async fn dispatch(
     mut changes: tokio::sync::broadcast::Receiver<Change>,
-    approvals: Weak<Approvals>,
+    approvals: Weak<ApprovalService>,
     redactor: Redactor,
     outlets: Vec<(Webhook, mpsc::Sender<Delivery>)>,
 ) {

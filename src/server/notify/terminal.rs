@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::approval::{Approvals, Change, ChangeKind};
+use crate::approval::{ApprovalService, Change, ChangeKind};
 
 /// Prints a line for each call this process holds, if stderr is a terminal.
-pub fn spawn(approvals: &Arc<Approvals>) {
+pub fn spawn(approvals: &Arc<ApprovalService>) {
     if std::io::stderr().is_terminal() {
         spawn_with(approvals, |line| eprintln!("{line}"));
     }
@@ -18,7 +18,7 @@ pub fn spawn(approvals: &Arc<Approvals>) {
 
 /// Calls `out` with the line of each call this process holds (changes relayed from other
 /// processes are theirs to show).
-pub fn spawn_with(approvals: &Arc<Approvals>, out: impl Fn(String) + Send + 'static) {
+pub fn spawn_with(approvals: &Arc<ApprovalService>, out: impl Fn(String) + Send + 'static) {
     let mut changes = approvals.changes.subscribe();
     let approvals = Arc::downgrade(approvals);
     tokio::spawn(async move {

@@ -1,4 +1,4 @@
-//! The approval server: a JSON API and server-rendered pages over the same [`Approvals`] core.
+//! The approval server: a JSON API and server-rendered pages over the same [`ApprovalService`] core.
 //!
 //! - The API (`/api/v1/...`) needs `Authorization: Bearer TOKEN`.
 //! - The pages need a cookie session, opened by signing in with the token. The approval URL
@@ -23,7 +23,7 @@ use axum::response::{IntoResponse, Response};
 use dashmap::DashMap;
 use tokio::net::TcpListener;
 
-use crate::approval::Approvals;
+use crate::approval::ApprovalService;
 use crate::identity::{Credentials, OPERATOR, Principal};
 use crate::secret::{ExposeSecret, SecretString};
 
@@ -37,7 +37,7 @@ const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 pub const SIGN_IN_LINK_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub struct WebState {
-    pub approvals: Arc<Approvals>,
+    pub approvals: Arc<ApprovalService>,
     /// The shared approver token (identity [`OPERATOR`]).
     pub token: SecretString,
     /// Named approvers (`[[approvers]]`).
@@ -73,7 +73,7 @@ pub struct BrowserSession {
 
 impl WebState {
     pub fn new(
-        approvals: Arc<Approvals>,
+        approvals: Arc<ApprovalService>,
         token: SecretString,
         approvers: Credentials,
         allowed_hosts: Vec<String>,

@@ -92,7 +92,7 @@ impl Store {
         self.call(move |conn| reusable_tx(conn, &key, now)).await
     }
 
-    /// Approvals matching `filter`, newest first.
+    /// Approval requests matching `filter`, newest first.
     pub async fn list_approvals(&self, filter: ApprovalFilter) -> Result<Vec<Approval>, StoreError> {
         self.call(move |conn| {
             let (conds, mut args) = filter_sql(&filter);
