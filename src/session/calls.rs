@@ -9,19 +9,20 @@ use serde_json::value::RawValue;
 use tracing::{info, warn};
 
 use super::relay::{Pending, progress_token};
-use super::{Input, Route, Session, merge};
+use super::upstreams::Tools;
+use super::{Input, Route, Session, SessionError, merge};
 use crate::gate::tools::ToolList;
 use crate::gate::{CancellationToken, Outcome, ProgressSink, RefusedCall, ToolCall, Verdict};
 use crate::wire::era::{self, Era};
-use crate::wire::jsonrpc::{self, Message, code};
+use crate::wire::jsonrpc::{self, Message};
 
 impl Session {
     pub(super) fn on_tools_call(&mut self, msg: Message, param_headers: Vec<(String, String)>) {
         let Some(params) = msg.params.as_deref() else {
-            return self.reply_error(msg.id, code::INVALID_PARAMS, "tools/call needs params");
+            return self.reply_error(msg.id, &SessionError::BadParams("tools/call needs params"));
         };
         let Some(name) = jsonrpc::string_field(params, "name") else {
-            return self.reply_error(msg.id, code::INVALID_PARAMS, "tools/call needs a tool name");
+            return self.reply_error(msg.id, &SessionError::BadParams("tools/call needs a tool name"));
         };
         let (index, tool_name) = match self.route_tool(&name) {
             Ok(Some(route)) => route,
@@ -30,30 +31,32 @@ impl Session {
                 self.park(msg);
                 return;
             }
-            Err(e) => return self.reply_error(msg.id, code::INVALID_PARAMS, &e),
+            Err(e) => return self.reply_error(msg.id, &e),
         };
-        if self.upstreams[index].tools.is_none() {
-            if self.upstreams[index].link.is_some() {
+        let up = &self.upstreams[index];
+        let tool = match up.tools.known() {
+            Some(list) => list.get(&tool_name),
+            None if up.link.is_up() => {
                 self.park(msg);
                 self.fetch_tools(index);
                 return;
             }
             // The upstream is down: forward() answers with the error.
-            return self.forward(index, msg, param_headers);
-        }
-        let tool = self.upstreams[index].tools.as_ref().and_then(|t| t.get(&tool_name));
+            None => return self.forward(index, msg, param_headers),
+        };
         // The message passed the strict reading, so this parse sees exactly what the upstream
         // will; should it fail anyway, the call is refused rather than judged on a default.
         let arguments = match serde_json::from_str::<Value>(params.get()) {
             Ok(Value::Object(mut p)) => p.remove("arguments").unwrap_or(Value::Null),
-            Ok(_) => return self.reply_error(msg.id, code::INVALID_PARAMS, "tools/call params must be an object"),
+            Ok(_) => return self.reply_error(msg.id, &SessionError::BadParams("tools/call params must be an object")),
             Err(e) => {
-                let reason = format!("tools/call params could not be read: {e}");
+                let error = SessionError::UnreadableParams(e.to_string());
+                let reason = error.to_string();
                 let names = [name.clone()];
                 let server = self.upstreams[index].cfg.name.clone();
                 let refused = RefusedCall { server: &server, tool_names: &names, agent: self.agent(), reason: &reason };
                 self.opts.gate.refused(&refused);
-                return self.reply_error(msg.id, code::INVALID_PARAMS, &reason);
+                return self.reply_error(msg.id, &error);
             }
         };
         let gone = CancellationToken::new();
@@ -99,7 +102,7 @@ impl Session {
         let Some(name) = msg.params.as_deref().and_then(|p| jsonrpc::string_field(p, "name")) else { return };
         match self.route_tool(&name) {
             Ok(Some((index, tool))) => self.apply_verdict_routed(msg, verdict, index, &tool, &name, Vec::new()),
-            _ => self.reply_error(msg.id, code::INVALID_PARAMS, &format!("unknown tool {name:?}")),
+            _ => self.reply_error(msg.id, &SessionError::UnknownTool(name)),
         }
     }
 
@@ -133,7 +136,7 @@ impl Session {
                 }
                 self.reply(msg.id, era::own_result(result, era))
             }
-            Verdict::Hold(_) => self.reply_error(msg.id, code::INTERNAL_ERROR, "gate held a call twice"),
+            Verdict::Hold(_) => self.reply_error(msg.id, &SessionError::HeldTwice),
         }
     }
 
@@ -232,7 +235,7 @@ impl Session {
     }
 
     /// Finds the upstream of an exposed tool name. `Ok(None)`: not known until tool lists arrive.
-    pub(super) fn route_tool(&self, exposed: &str) -> Result<Option<(usize, String)>, String> {
+    pub(super) fn route_tool(&self, exposed: &str) -> Result<Option<(usize, String)>, SessionError> {
         if !self.multi {
             return Ok(Some((0, exposed.to_owned())));
         }
@@ -243,47 +246,48 @@ impl Session {
         }
         let mut unknown = false;
         for (index, up) in self.upstreams.iter().enumerate().filter(|(_, u)| !u.cfg.prefix) {
-            match &up.tools {
+            match up.tools.known() {
                 Some(list) if list.get(exposed).is_some() => return Ok(Some((index, exposed.to_owned()))),
                 Some(_) => {}
                 None => unknown = true,
             }
         }
-        if unknown { Ok(None) } else { Err(format!("unknown tool {exposed:?}")) }
+        if unknown { Ok(None) } else { Err(SessionError::UnknownTool(exposed.to_owned())) }
     }
 
     pub(super) fn park(&mut self, msg: Message) {
         self.parked.push_back(msg);
         for index in 0..self.upstreams.len() {
-            if self.upstreams[index].tools.is_none() && !self.upstreams[index].cfg.prefix {
+            if !self.upstreams[index].cfg.prefix {
                 self.fetch_tools(index);
             }
         }
     }
 
+    /// Asks a running upstream for its tool list, unless it is known or already asked for.
     pub(super) fn fetch_tools(&mut self, index: usize) {
         let up = &mut self.upstreams[index];
-        if up.fetching_tools || up.tools.is_some() || up.link.is_none() {
-            return;
+        match up.tools {
+            Tools::Unknown if up.link.is_up() => {
+                up.tools = Tools::Fetching;
+                self.internal_request(index, "tools/list", None, Pending::ToolsFetch(Vec::new()));
+            }
+            Tools::Unknown | Tools::Fetching | Tools::Known(_) => {}
         }
-        up.fetching_tools = true;
-        self.internal_request(index, "tools/list", None, Pending::ToolsFetch(Vec::new()));
     }
 
     pub(super) fn tools_fetched(&mut self, index: usize, list: Option<ToolList>) {
         let up = &mut self.upstreams[index];
-        up.fetching_tools = false;
-        match list {
-            Some(list) => up.tools = Some(list),
-            None => {
+        match (list, &up.tools) {
+            (Some(list), _) => up.tools = Tools::Known(list),
+            (None, state) => {
+                if matches!(state, Tools::Fetching) {
+                    up.tools = Tools::Unknown;
+                }
                 // Could not get the list: the calls waiting for it fail closed.
-                let name = up.cfg.name.clone();
+                let error = SessionError::NoToolList { server: up.cfg.name.clone() };
                 for msg in std::mem::take(&mut self.parked) {
-                    self.reply_error(
-                        msg.id,
-                        code::UPSTREAM_ERROR,
-                        &format!("upstream `{name}` did not list its tools"),
-                    );
+                    self.reply_error(msg.id, &error);
                 }
                 return;
             }
@@ -292,9 +296,9 @@ impl Session {
             && let Err(e) = self.check_collisions()
         {
             warn!("{e}");
-            self.downstream.fatal(&e);
+            self.downstream.fatal(&e.to_string());
             for msg in std::mem::take(&mut self.parked) {
-                self.reply_error(msg.id, code::INTERNAL_ERROR, &e);
+                self.reply_error(msg.id, &e);
             }
             return;
         }
@@ -305,17 +309,18 @@ impl Session {
     }
 
     /// Two upstreams exposing the same tool name is a configuration error.
-    pub(super) fn check_collisions(&self) -> Result<(), String> {
+    pub(super) fn check_collisions(&self) -> Result<(), SessionError> {
         let mut seen: HashMap<String, &str> = HashMap::new();
         for up in &self.upstreams {
-            let Some(list) = &up.tools else { continue };
+            let Some(list) = up.tools.known() else { continue };
             for tool in list.names() {
                 let exposed = merge::exposed_name(&up.cfg.name, tool, up.cfg.prefix, &self.opts.separator);
                 if let Some(other) = seen.insert(exposed.clone(), &up.cfg.name) {
-                    return Err(format!(
-                        "tool name collision: `{exposed}` is exposed by both `{other}` and `{}`; set `prefix = true` on one of them",
-                        up.cfg.name
-                    ));
+                    return Err(SessionError::ToolCollision {
+                        exposed,
+                        first: other.to_owned(),
+                        second: up.cfg.name.clone(),
+                    });
                 }
             }
         }

@@ -7,11 +7,11 @@ use tracing::warn;
 
 use super::merge::{self, ListPosition};
 use super::relay::Pending;
-use super::upstreams::Upstream;
-use super::{Route, Session};
+use super::upstreams::{Tools, Upstream};
+use super::{Route, Session, SessionError};
 use crate::gate::tools::ToolList;
 use crate::wire::era::{self, Era};
-use crate::wire::jsonrpc::{self, Message, code};
+use crate::wire::jsonrpc::{self, Message};
 
 /// An upstream's answer to one part of a fan-out: its result, or its error object.
 pub(super) type PartOutcome = Result<Box<RawValue>, Box<RawValue>>;
@@ -29,7 +29,7 @@ pub(super) struct Fanout {
 impl Session {
     pub(super) fn fan_out(&mut self, msg: Message, include: impl Fn(&Upstream) -> bool) {
         let targets: Vec<usize> = (0..self.upstreams.len())
-            .filter(|&i| self.upstreams[i].link.is_some() && include(&self.upstreams[i]))
+            .filter(|&i| self.upstreams[i].link.is_up() && include(&self.upstreams[i]))
             .collect();
         self.fan_out_to(msg, targets.into_iter().map(|i| (i, None)).collect());
     }
@@ -129,7 +129,7 @@ impl Session {
         let position: ListPosition = match cursor {
             Some(c) => match merge::decode_cursor(&c) {
                 Some(p) => p,
-                None => return self.reply_error(msg.id, code::INVALID_PARAMS, "invalid cursor"),
+                None => return self.reply_error(msg.id, &SessionError::InvalidCursor),
             },
             None => (0..self.upstreams.len()).map(|i| (i, None)).collect(),
         };
@@ -141,7 +141,7 @@ impl Session {
         let mut targets = Vec::new();
         for (index, cursor) in position {
             let Some(up) = self.upstreams.get(index) else { continue };
-            if up.link.is_none() {
+            if !up.link.is_up() {
                 continue;
             }
             // Skip upstreams whose initialize result says they lack the capability.
@@ -190,7 +190,7 @@ impl Session {
                 "tools" if next_cursor.is_none() => {
                     // A first page without continuation is the whole list: keep it for policy.
                     if let Ok(list) = ToolList::from_result(&result) {
-                        self.upstreams[index].tools = Some(list);
+                        self.upstreams[index].tools = Tools::Known(list);
                     }
                 }
                 "resources" => {

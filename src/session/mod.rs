@@ -21,15 +21,21 @@
 //! its restarts.
 
 mod calls;
+mod error;
 mod fanout;
 pub mod merge;
 mod relay;
 mod routes;
+#[cfg(test)]
+mod tests;
 mod upstreams;
+
+pub use error::SessionError;
+pub use upstreams::{Connector, Transports};
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -38,9 +44,9 @@ use tracing::{Instrument, debug, warn};
 
 use crate::config::ServerConfig;
 use crate::gate::{CancellationToken, Gate, Outcome, Verdict};
-use crate::upstream::{self, ConnectError, Reporter, UpstreamEvent, UpstreamLink};
+use crate::upstream::{ConnectError, Reporter, UpstreamEvent, UpstreamLink};
 use crate::wire::era::{self, Era};
-use crate::wire::jsonrpc::{self, Kind, Message, code};
+use crate::wire::jsonrpc::{self, Kind, Message};
 use fanout::Fanout;
 use relay::{ProgressEntry, progress_token};
 use upstreams::Upstream;
@@ -75,7 +81,7 @@ pub enum Input {
     /// A held tool call was decided.
     Resume { msg: Box<Message>, verdict: Verdict },
     /// An upstream was restarted (or failed to).
-    Restarted { index: usize, generation: u64, link: Result<UpstreamLink, String> },
+    Restarted { index: usize, generation: u64, link: Result<UpstreamLink, ConnectError> },
 }
 
 #[derive(Clone)]
@@ -122,29 +128,28 @@ pub async fn start(
     opts: SessionOptions,
     downstream: Arc<dyn Downstream>,
 ) -> Result<(SessionHandle, tokio::task::JoinHandle<()>), ConnectError> {
+    start_with(opts, downstream, Arc::new(Transports)).await
+}
+
+/// [`start`], with the upstreams' transports started by `connector` (at the start and at each
+/// restart).
+pub async fn start_with(
+    opts: SessionOptions,
+    downstream: Arc<dyn Downstream>,
+    connector: Arc<dyn Connector>,
+) -> Result<(SessionHandle, tokio::task::JoinHandle<()>), ConnectError> {
     let (up_tx, up_rx) = mpsc::unbounded_channel();
     let mut upstreams = Vec::with_capacity(opts.servers.len());
     for (index, cfg) in opts.servers.iter().enumerate() {
-        let link = upstream::connect(cfg, Reporter::new(index, 1, up_tx.clone())).await?;
-        upstreams.push(Upstream {
-            cfg: cfg.clone(),
-            link: Some(link),
-            generation: 1,
-            next_id: 1,
-            pending: HashMap::new(),
-            deadlines: HashMap::new(),
-            tools: None,
-            fetching_tools: false,
-            started: Instant::now(),
-            failures: 0,
-            init_result: None,
-        });
+        let link = connector.connect(cfg.clone(), Reporter::new(index, 1, up_tx.clone())).await?;
+        upstreams.push(Upstream::new(cfg.clone(), link));
     }
     let (tx, rx) = mpsc::unbounded_channel();
     let multi = upstreams.len() > 1;
     let span = tracing::info_span!("session", id = %opts.label);
     let session = Session {
         opts,
+        connector,
         downstream,
         upstreams,
         up_tx,
@@ -180,6 +185,8 @@ const DEADLINE_TICK: Duration = Duration::from_millis(500);
 
 struct Session {
     opts: SessionOptions,
+    /// Starts an upstream's next transport when it restarts.
+    connector: Arc<dyn Connector>,
     downstream: Arc<dyn Downstream>,
     upstreams: Vec<Upstream>,
     up_tx: mpsc::UnboundedSender<(usize, u64, UpstreamEvent)>,
@@ -250,7 +257,7 @@ impl Session {
         // Let every transport wind down (children exit, upstream sessions are deleted) before
         // the session is reported finished.
         let finished: Vec<_> =
-            self.upstreams.iter().filter_map(|u| u.link.as_ref().map(UpstreamLink::finished)).collect();
+            self.upstreams.iter().filter_map(|u| u.link.link().map(UpstreamLink::finished)).collect();
         drop(self);
         let _ = tokio::time::timeout(Duration::from_secs(3), futures::future::join_all(finished)).await;
         debug!("session ended");
@@ -329,20 +336,18 @@ impl Session {
             "tools/list" | "prompts/list" | "resources/list" | "resources/templates/list" => self.list(msg),
             "prompts/get" => match self.route_prompt(&msg) {
                 Ok((index, msg)) => self.forward(index, msg, param_headers),
-                Err(e) => self.reply_error(msg.id, code::INVALID_PARAMS, &e),
+                Err(e) => self.reply_error(msg.id, &e),
             },
             "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
                 let uri = msg.params.as_deref().and_then(|p| jsonrpc::string_field(p, "uri"));
                 match uri.and_then(|u| self.route_uri(&u)) {
                     Some(index) => self.forward(index, msg, param_headers),
-                    None => {
-                        self.reply_error(msg.id, code::INVALID_PARAMS, "unknown resource URI: list resources first")
-                    }
+                    None => self.reply_error(msg.id, &SessionError::UnknownResource),
                 }
             }
             "completion/complete" => match self.route_completion(&msg) {
                 Ok((index, msg)) => self.forward(index, msg, param_headers),
-                Err(e) => self.reply_error(msg.id, code::INVALID_PARAMS, &e),
+                Err(e) => self.reply_error(msg.id, &e),
             },
             m if m.starts_with("tasks/") => {
                 let task = msg.params.as_deref().and_then(|p| jsonrpc::string_field(p, "taskId"));
@@ -470,7 +475,7 @@ impl Session {
     // ---- upstream -> client ----
 
     fn on_upstream(&mut self, index: usize, generation: u64, event: UpstreamEvent) {
-        if self.upstreams[index].generation != generation {
+        if self.upstreams[index].link.generation() != generation {
             return;
         }
         match event {
@@ -491,9 +496,9 @@ impl Session {
         self.downstream.send(&Message::response(id, result), Route::Reply);
     }
 
-    fn reply_error(&self, id: Option<Box<RawValue>>, code: i64, message: &str) {
+    fn reply_error(&self, id: Option<Box<RawValue>>, error: &SessionError) {
         let Some(id) = id else { return };
-        self.downstream.send(&Message::error(Some(id), code, message), Route::Reply);
+        self.downstream.send(&Message::error(Some(id), error.code(), &error.to_string()), Route::Reply);
     }
 }
 

@@ -7,12 +7,13 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 use tracing::{debug, warn};
 
-use super::{Route, Session};
+use super::upstreams::Tools;
+use super::{Route, Session, SessionError};
 use crate::gate::tools::ToolList;
 use crate::gate::{Outcome, OutcomeHook};
 use crate::upstream::Outgoing;
 use crate::wire::era;
-use crate::wire::jsonrpc::{self, Message, code};
+use crate::wire::jsonrpc::{self, Message};
 
 /// What a request sent upstream is waiting to do with its response.
 pub(super) enum Pending {
@@ -70,12 +71,12 @@ impl Session {
         hook: Option<OutcomeHook>,
     ) {
         let Some(client_id) = msg.id.take() else { return };
-        if self.upstreams[index].link.is_none() {
-            let text = format!("upstream `{}` is not running; it is being restarted", self.upstreams[index].cfg.name);
+        if !self.upstreams[index].link.is_up() {
+            let error = SessionError::Restarting { server: self.upstreams[index].cfg.name.clone() };
             if let Some(hook) = hook {
-                hook(Outcome::Error(&text));
+                hook(Outcome::Error(&error.to_string()));
             }
-            self.reply_error(Some(client_id), code::UPSTREAM_ERROR, &text);
+            self.reply_error(Some(client_id), &error);
             return;
         }
         let method = msg.method().to_owned();
@@ -92,12 +93,12 @@ impl Session {
         let mut out = outgoing(&msg, up.is_http());
         out.request_id = Some(up_id);
         out.param_headers = param_headers;
-        let Some(Err(e)) = up.link.as_ref().map(|link| link.send(out)) else { return };
+        let Some(Err(e)) = up.link.link().map(|link| link.send(out)) else { return };
         // Refused: the request gets its error now.
-        let text = format!("upstream `{}`: {e}", up.cfg.name);
-        warn!("{text}");
+        let error = SessionError::Refused { server: up.cfg.name.clone(), error: e };
+        warn!("{error}");
         if let Some(pending) = up.answered(up_id) {
-            self.fail_pending(index, pending, &text);
+            self.fail_pending(index, pending, &error);
         }
     }
 
@@ -130,7 +131,7 @@ impl Session {
 
     pub(super) fn send_upstream(&mut self, index: usize, msg: &Message, request_id: Option<u64>) {
         let up = &self.upstreams[index];
-        let Some(link) = &up.link else {
+        let Some(link) = up.link.link() else {
             debug!(server = %up.cfg.name, method = msg.method(), "upstream down; message dropped");
             return;
         };
@@ -142,8 +143,8 @@ impl Session {
             if let Some(id) = request_id
                 && let Some(pending) = self.upstreams[index].answered(id)
             {
-                let text = format!("upstream `{}`: {e}", self.upstreams[index].cfg.name);
-                self.fail_pending(index, pending, &text);
+                let error = SessionError::Refused { server: self.upstreams[index].cfg.name.clone(), error: e };
+                self.fail_pending(index, pending, &error);
             }
         }
     }
@@ -168,32 +169,28 @@ impl Session {
     /// The upstream's answer to `up_id` was over the size limit: the request gets an error.
     pub(super) fn on_too_large(&mut self, index: usize, up_id: u64) {
         let Some(pending) = self.upstreams[index].answered(up_id) else { return };
-        let text = format!(
-            "upstream `{}` answered with a message over the {}-byte limit; it was dropped",
-            self.upstreams[index].cfg.name,
-            crate::wire::MAX_MESSAGE_BYTES
-        );
-        warn!(up_id, "{text}");
-        self.fail_pending(index, pending, &text);
+        let error = SessionError::TooLarge {
+            server: self.upstreams[index].cfg.name.clone(),
+            limit: crate::wire::MAX_MESSAGE_BYTES,
+        };
+        warn!(up_id, "{error}");
+        self.fail_pending(index, pending, &error);
     }
 
     /// Answers a request that will get no answer from its upstream with an error.
-    pub(super) fn fail_pending(&mut self, index: usize, pending: Pending, text: &str) {
+    pub(super) fn fail_pending(&mut self, index: usize, pending: Pending, error: &SessionError) {
         match pending {
             Pending::Client { client_id, hook, .. } => {
                 if let Some(hook) = hook {
-                    hook(Outcome::Error(text));
+                    hook(Outcome::Error(&error.to_string()));
                 }
                 self.client_requests.remove(client_id.get());
                 if !self.progress.is_empty() {
                     self.progress.retain(|_, e| e.client_id != client_id.get());
                 }
-                self.reply_error(Some(client_id), code::UPSTREAM_ERROR, text);
+                self.reply_error(Some(client_id), error);
             }
-            Pending::Fanout(f) => {
-                let error = jsonrpc::to_raw(&serde_json::json!({"code": code::UPSTREAM_ERROR, "message": text}));
-                self.fanout_part(f, index, Err(error));
-            }
+            Pending::Fanout(f) => self.fanout_part(f, index, Err(error.to_error_object())),
             Pending::ToolsFetch(_) => self.tools_fetched(index, None),
             Pending::Reinit => {}
         }
@@ -237,9 +234,7 @@ impl Session {
                 let outcome = match (msg.result, msg.error) {
                     (Some(r), _) => Ok(r),
                     (None, Some(e)) => Err(e),
-                    (None, None) => Err(jsonrpc::to_raw(
-                        &serde_json::json!({"code": code::UPSTREAM_ERROR, "message": "empty response"}),
-                    )),
+                    (None, None) => Err(SessionError::EmptyResponse.to_error_object()),
                 };
                 self.fanout_part(fanout_id, index, outcome);
             }
@@ -281,7 +276,7 @@ impl Session {
                 if jsonrpc::string_field(result, "nextCursor").is_none()
                     && let Ok(list) = ToolList::from_result(result)
                 {
-                    self.upstreams[index].tools = Some(list);
+                    self.upstreams[index].tools = Tools::Known(list);
                 }
             }
             "initialize" => self.upstreams[index].init_result = serde_json::from_str(result.get()).ok(),
@@ -373,7 +368,7 @@ impl Session {
                 msg.params = Some(jsonrpc::object_to_raw(&obj));
             }
             "notifications/tools/list_changed" => {
-                self.upstreams[index].tools = None;
+                self.upstreams[index].tools.changed();
             }
             _ => {}
         }

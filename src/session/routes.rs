@@ -4,13 +4,16 @@
 use serde_json::Value;
 
 use super::calls::rename_param;
-use super::{Session, merge};
+use super::{Session, SessionError, merge};
 use crate::wire::jsonrpc::{self, Message};
 
 impl Session {
-    pub(super) fn route_prompt(&self, msg: &Message) -> Result<(usize, Message), String> {
-        let name =
-            msg.params.as_deref().and_then(|p| jsonrpc::string_field(p, "name")).ok_or("prompts/get needs a name")?;
+    pub(super) fn route_prompt(&self, msg: &Message) -> Result<(usize, Message), SessionError> {
+        let name = msg
+            .params
+            .as_deref()
+            .and_then(|p| jsonrpc::string_field(p, "name"))
+            .ok_or(SessionError::BadParams("prompts/get needs a name"))?;
         let (index, original) = self.route_named(&name)?;
         let mut out = Message {
             id: msg.id.clone(),
@@ -27,7 +30,7 @@ impl Session {
     }
 
     /// Routes a prefixed name to its server; an unprefixed one to the first unprefixed server.
-    pub(super) fn route_named(&self, name: &str) -> Result<(usize, String), String> {
+    pub(super) fn route_named(&self, name: &str) -> Result<(usize, String), SessionError> {
         if let Some((server, rest)) = merge::split_prefixed(name, &self.opts.separator)
             && let Some(index) = self.upstreams.iter().position(|u| u.cfg.prefix && u.cfg.name == server)
         {
@@ -37,7 +40,7 @@ impl Session {
             .iter()
             .position(|u| !u.cfg.prefix)
             .map(|i| (i, name.to_owned()))
-            .ok_or_else(|| format!("unknown name {name:?}: expected SERVER{}NAME", self.opts.separator))
+            .ok_or_else(|| SessionError::UnknownName { name: name.to_owned(), separator: self.opts.separator.clone() })
     }
 
     pub(super) fn route_uri(&self, uri: &str) -> Option<usize> {
@@ -51,16 +54,19 @@ impl Session {
             .map(|(_, index)| *index)
     }
 
-    pub(super) fn route_completion(&self, msg: &Message) -> Result<(usize, Message), String> {
+    pub(super) fn route_completion(&self, msg: &Message) -> Result<(usize, Message), SessionError> {
         let params: Value = msg
             .params
             .as_deref()
             .and_then(|p| serde_json::from_str(p.get()).ok())
-            .ok_or("completion/complete needs params")?;
-        let reference = params.get("ref").ok_or("completion/complete needs a ref")?;
+            .ok_or(SessionError::BadParams("completion/complete needs params"))?;
+        let reference = params.get("ref").ok_or(SessionError::BadParams("completion/complete needs a ref"))?;
         match reference.get("type").and_then(Value::as_str) {
             Some("ref/prompt") => {
-                let name = reference.get("name").and_then(Value::as_str).ok_or("ref/prompt needs a name")?;
+                let name = reference
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .ok_or(SessionError::BadParams("ref/prompt needs a name"))?;
                 let (index, original) = self.route_named(name)?;
                 let mut params = params.clone();
                 params["ref"]["name"] = Value::String(original);
@@ -73,8 +79,11 @@ impl Session {
                 Ok((index, out))
             }
             Some("ref/resource") => {
-                let uri = reference.get("uri").and_then(Value::as_str).ok_or("ref/resource needs a uri")?;
-                let index = self.route_uri(uri).ok_or("unknown resource URI: list resources first")?;
+                let uri = reference
+                    .get("uri")
+                    .and_then(Value::as_str)
+                    .ok_or(SessionError::BadParams("ref/resource needs a uri"))?;
+                let index = self.route_uri(uri).ok_or(SessionError::UnknownResource)?;
                 let out = Message {
                     id: msg.id.clone(),
                     method: msg.method.clone(),
@@ -83,7 +92,7 @@ impl Session {
                 };
                 Ok((index, out))
             }
-            _ => Err("unknown completion ref type".into()),
+            _ => Err(SessionError::BadParams("unknown completion ref type")),
         }
     }
 }

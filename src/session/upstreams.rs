@@ -4,39 +4,138 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use futures::future::BoxFuture;
 use serde_json::Value;
 use serde_json::value::RawValue;
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::relay::Pending;
-use super::{Input, Route, Session};
+use super::{Input, Route, Session, SessionError};
 use crate::config::{ServerConfig, UpstreamTransport};
-use crate::gate::Outcome;
 use crate::gate::tools::ToolList;
-use crate::upstream::{self, Reporter, UpstreamLink};
+use crate::upstream::{self, ConnectError, Reporter, UpstreamLink};
 use crate::wire::era::{self, Era};
-use crate::wire::jsonrpc::{self, Message, code};
+use crate::wire::jsonrpc::{self, Message};
+
+/// Starts the transport of one upstream. The session calls it for each upstream when it starts
+/// and again for each restart; [`Transports`] starts the real ones, and a test can hand the
+/// session the other end of an in-memory link instead.
+pub trait Connector: Send + Sync + 'static {
+    fn connect(
+        &self,
+        server: Arc<ServerConfig>,
+        reporter: Reporter,
+    ) -> BoxFuture<'static, Result<UpstreamLink, ConnectError>>;
+}
+
+/// The real transports: [`crate::upstream::connect`].
+pub struct Transports;
+
+impl Connector for Transports {
+    fn connect(
+        &self,
+        server: Arc<ServerConfig>,
+        reporter: Reporter,
+    ) -> BoxFuture<'static, Result<UpstreamLink, ConnectError>> {
+        Box::pin(async move { upstream::connect(&server, reporter).await })
+    }
+}
+
+/// A run that lasted this long was not a crash loop: the next restart starts the backoff over.
+const STABLE_RUN: Duration = Duration::from_secs(60);
+
+/// The wait before the restart that follows `attempt` earlier failures in a row: 250 ms,
+/// doubling, at most 30 s.
+pub(super) fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(250u64.saturating_mul(1 << attempt.min(7))).min(Duration::from_secs(30))
+}
+
+/// Whether an upstream's transport runs. Reports carry the generation of the transport that
+/// sent them; those of an older one are ignored.
+pub(super) enum Link {
+    /// Running since `since`; `failures` restarts in a row failed or crashed before it.
+    Up { link: UpstreamLink, generation: u64, since: Instant, failures: u32 },
+    /// Stopped: transport `generation` is being started after its backoff (this is restart
+    /// number `attempt` in a row).
+    Restarting { generation: u64, attempt: u32 },
+}
+
+impl Link {
+    pub(super) fn link(&self) -> Option<&UpstreamLink> {
+        match self {
+            Link::Up { link, .. } => Some(link),
+            Link::Restarting { .. } => None,
+        }
+    }
+
+    pub(super) fn is_up(&self) -> bool {
+        matches!(self, Link::Up { .. })
+    }
+
+    pub(super) fn generation(&self) -> u64 {
+        match self {
+            Link::Up { generation, .. } | Link::Restarting { generation, .. } => *generation,
+        }
+    }
+}
+
+/// What the session knows of an upstream's tools, which the gate needs to judge a call.
+pub(super) enum Tools {
+    /// Not listed yet, or the list changed, or the upstream restarted.
+    Unknown,
+    /// The proxy asked for the list; calls that need it are parked until it comes.
+    Fetching,
+    Known(ToolList),
+}
+
+impl Tools {
+    pub(super) fn known(&self) -> Option<&ToolList> {
+        match self {
+            Tools::Known(list) => Some(list),
+            Tools::Unknown | Tools::Fetching => None,
+        }
+    }
+
+    /// The upstream said its list changed. A fetch under way is answered with the list as it is
+    /// now, so it stays under way.
+    pub(super) fn changed(&mut self) {
+        match self {
+            Tools::Known(_) => *self = Tools::Unknown,
+            Tools::Unknown | Tools::Fetching => {}
+        }
+    }
+}
 
 pub(super) struct Upstream {
     pub(super) cfg: Arc<ServerConfig>,
-    pub(super) link: Option<UpstreamLink>,
-    pub(super) generation: u64,
+    pub(super) link: Link,
     pub(super) next_id: u64,
     /// Requests sent to it and not answered yet, by our id. Entered and left only through
     /// [`Upstream::wait_for`] and [`Upstream::answered`], which keep `deadlines` alongside.
     pub(super) pending: HashMap<u64, Pending>,
     /// When each pending request times out.
-    pub(super) deadlines: HashMap<u64, tokio::time::Instant>,
-    pub(super) tools: Option<ToolList>,
-    pub(super) fetching_tools: bool,
-    pub(super) started: Instant,
-    pub(super) failures: u32,
+    pub(super) deadlines: HashMap<u64, Instant>,
+    pub(super) tools: Tools,
     pub(super) init_result: Option<Value>,
 }
 
 impl Upstream {
+    /// An upstream whose first transport is running.
+    pub(super) fn new(cfg: Arc<ServerConfig>, link: UpstreamLink) -> Upstream {
+        Upstream {
+            cfg,
+            link: Link::Up { link, generation: 1, since: Instant::now(), failures: 0 },
+            next_id: 1,
+            pending: HashMap::new(),
+            deadlines: HashMap::new(),
+            tools: Tools::Unknown,
+            init_result: None,
+        }
+    }
+
     pub(super) fn is_http(&self) -> bool {
         !matches!(self.cfg.transport, UpstreamTransport::Stdio { .. })
     }
@@ -51,7 +150,7 @@ impl Upstream {
             _ => Some(self.cfg.request_timeout),
         };
         if let Some(timeout) = timeout {
-            self.deadlines.insert(id, tokio::time::Instant::now() + timeout);
+            self.deadlines.insert(id, Instant::now() + timeout);
         }
         self.pending.insert(id, pending);
     }
@@ -69,7 +168,7 @@ impl Upstream {
     }
 
     /// The pending requests whose deadline has passed.
-    pub(super) fn overdue(&self, now: tokio::time::Instant) -> Vec<u64> {
+    pub(super) fn overdue(&self, now: Instant) -> Vec<u64> {
         self.deadlines.iter().filter(|(_, d)| **d <= now).map(|(id, _)| *id).collect()
     }
 }
@@ -79,36 +178,26 @@ impl Session {
         let up = &mut self.upstreams[index];
         let name = up.cfg.name.clone();
         warn!(server = %name, %reason, "upstream stopped");
-        up.link = None;
-        up.tools = None;
-        up.fetching_tools = false;
+        let attempt = match up.link {
+            Link::Up { since, .. } if since.elapsed() > STABLE_RUN => 0,
+            Link::Up { failures, .. } => failures,
+            // The new transport ended before the session saw it start: that restart failed.
+            Link::Restarting { attempt, .. } => attempt,
+        };
+        up.tools = Tools::Unknown;
         let pending = up.take_pending();
-        let text = format!("upstream `{name}` stopped before answering: {reason}");
+        let error = SessionError::Stopped { server: name, reason };
         for (_, p) in pending {
-            match p {
-                Pending::Client { client_id, hook, .. } => {
-                    if let Some(hook) = hook {
-                        hook(Outcome::Error(&text));
-                    }
-                    self.client_requests.remove(client_id.get());
-                    self.reply_error(Some(client_id), code::UPSTREAM_ERROR, &text);
-                }
-                Pending::Fanout(f) => {
-                    let error = jsonrpc::to_raw(&serde_json::json!({"code": code::UPSTREAM_ERROR, "message": text}));
-                    self.fanout_part(f, index, Err(error));
-                }
-                Pending::ToolsFetch(_) => self.tools_fetched(index, None),
-                Pending::Reinit => {}
-            }
+            self.fail_pending(index, p, &error);
         }
         self.server_requests.retain(|_, (i, _)| *i != index);
-        self.schedule_restart(index);
+        self.schedule_restart(index, attempt);
     }
 
     /// Answers every request its upstream has not answered within its timeout with an error
     /// naming the server and the timeout, and cancels it upstream.
     pub(super) fn time_out_overdue(&mut self) {
-        let now = tokio::time::Instant::now();
+        let now = Instant::now();
         for index in 0..self.upstreams.len() {
             for up_id in self.upstreams[index].overdue(now) {
                 let up = &mut self.upstreams[index];
@@ -125,51 +214,50 @@ impl Session {
                 } else {
                     (cfg.request_timeout.as_secs(), "request_timeout_secs")
                 };
-                let text = format!("upstream `{name}` did not answer `{method}` within {secs} s (`{key}`)");
-                warn!(server = %name, up_id, "{text}");
+                let error = SessionError::TimedOut { server: name.clone(), method: method.to_owned(), secs, key };
+                warn!(server = %name, up_id, "{error}");
                 if method != "initialize" {
                     let params = serde_json::json!({"requestId": up_id, "reason": "timed out"});
                     let cancel = Message::notification("notifications/cancelled", Some(jsonrpc::to_raw(&params)));
                     self.send_upstream(index, &cancel, None);
                 }
-                self.fail_pending(index, pending, &text);
+                self.fail_pending(index, pending, &error);
             }
         }
     }
 
-    pub(super) fn schedule_restart(&mut self, index: usize) {
+    /// Starts the next transport of an upstream after the backoff for `attempt` failures in a
+    /// row. From now on, reports of the old transport are ignored.
+    fn schedule_restart(&mut self, index: usize, attempt: u32) {
         let up = &mut self.upstreams[index];
-        if up.started.elapsed() > Duration::from_secs(60) {
-            up.failures = 0;
-        }
-        let delay = Duration::from_millis(250u64.saturating_mul(1 << up.failures.min(7))).min(Duration::from_secs(30));
-        up.failures += 1;
-        let generation = up.generation + 1;
+        let delay = backoff(attempt);
+        let generation = up.link.generation() + 1;
+        up.link = Link::Restarting { generation, attempt: attempt + 1 };
         let cfg = up.cfg.clone();
         let reporter = Reporter::new(index, generation, self.up_tx.clone());
         let Some(tx) = self.self_tx.upgrade() else { return };
+        let connector = self.connector.clone();
         info!(server = %cfg.name, delay_ms = delay.as_millis() as u64, "restarting upstream");
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             if tx.is_closed() {
                 return;
             }
-            let link = upstream::connect(&cfg, reporter).await.map_err(|e| e.to_string());
+            let link = connector.connect(cfg, reporter).await;
             let _ = tx.send(Input::Restarted { index, generation, link });
         });
-        // Reports from the old transport are ignored from now on.
-        up.generation = generation;
     }
 
-    pub(super) fn on_restarted(&mut self, index: usize, generation: u64, link: Result<UpstreamLink, String>) {
-        if self.upstreams[index].generation != generation {
-            return;
-        }
+    pub(super) fn on_restarted(&mut self, index: usize, generation: u64, link: Result<UpstreamLink, ConnectError>) {
+        let up = &mut self.upstreams[index];
+        let attempt = match up.link {
+            Link::Restarting { generation: g, attempt } if g == generation => attempt,
+            // A restart that was superseded, or an upstream already up.
+            Link::Restarting { .. } | Link::Up { .. } => return,
+        };
         match link {
             Ok(link) => {
-                let up = &mut self.upstreams[index];
-                up.link = Some(link);
-                up.started = Instant::now();
+                up.link = Link::Up { link, generation, since: Instant::now(), failures: attempt };
                 info!(server = %up.cfg.name, "upstream restarted");
                 match self.initialize_params.clone() {
                     Some(params) => self.internal_request(index, "initialize", Some(params), Pending::Reinit),
@@ -177,8 +265,8 @@ impl Session {
                 }
             }
             Err(e) => {
-                warn!(server = %self.upstreams[index].cfg.name, "restart failed: {e}");
-                self.schedule_restart(index);
+                warn!(server = %up.cfg.name, "restart failed: {e}");
+                self.schedule_restart(index, attempt);
             }
         }
     }

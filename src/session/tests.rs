@@ -1,0 +1,1 @@
+//! Unit tests of the session actor, driven through fake upstream links.
