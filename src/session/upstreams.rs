@@ -185,13 +185,14 @@ impl Session {
             Link::Restarting { attempt, .. } => attempt,
         };
         up.tools = Tools::Unknown;
-        let pending = up.take_pending();
+        // Down from here on: nothing of what follows is sent to the stopped transport.
+        self.schedule_restart(index, attempt);
+        let pending = self.upstreams[index].take_pending();
         let error = SessionError::Stopped { server: name, reason };
         for (_, p) in pending {
             self.fail_pending(index, p, &error);
         }
         self.server_requests.retain(|_, (i, _)| *i != index);
-        self.schedule_restart(index, attempt);
     }
 
     /// Answers every request its upstream has not answered within its timeout with an error
