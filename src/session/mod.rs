@@ -18,7 +18,8 @@
 //! `fanout` requests to several upstreams and the merge of their answers
 //! ([`merge`] the pure helpers); `routes` which upstream a prompt, resource or
 //! completion belongs to; `upstreams` each upstream's state, its deadlines and
-//! its restarts.
+//! its restarts, and the [`Connector`] that starts its transports; [`SessionError`] the errors
+//! the session answers with and their JSON-RPC codes. `tests` drives the actor over fake links.
 
 mod calls;
 mod error;

@@ -462,6 +462,22 @@ async fn prompts_route_by_prefix_and_resources_by_the_uris_listed() {
     ups[1].nothing().await;
 }
 
+#[tokio::test]
+async fn a_call_to_an_unprefixed_tool_waits_for_the_lists_that_could_hold_it() {
+    let (h, mut ups) = Harness::start(&[("a", false), ("b", false)], Arc::new(AllowAll), false).await;
+    h.request(json!(1), "tools/call", json!({"name": "y", "arguments": {}}));
+    let fetch_a = ups[0].recv().await;
+    let fetch_b = ups[1].recv().await;
+    assert_eq!((fetch_a.method(), fetch_b.method()), ("tools/list", "tools/list"));
+    ups[0].reply(&fetch_a, tool_list(&["x"]));
+    ups[0].nothing().await;
+    ups[1].nothing().await;
+    ups[1].reply(&fetch_b, tool_list(&["y"]));
+    let call = ups[1].recv().await;
+    assert_eq!((call.method(), value(&call.params)["name"].clone()), ("tools/call", json!("y")));
+    ups[0].nothing().await;
+}
+
 // === restarts ===
 
 #[tokio::test(start_paused = true)]
