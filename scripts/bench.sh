@@ -5,7 +5,8 @@
 #
 #   1. Python SDK (mcp==2.3.0) calls/s of server-everything's `echo` tool, sequential and
 #      16-way concurrent, stdio->stdio and HTTP->stdio, direct vs through mcp-gate
-#      (scripts/bench_py.py).
+#      (scripts/bench_py.py). The stdio pair also runs a bare line-copying relay (bare-relay
+#      example) as a third side: the baseline for what any process in the path costs.
 #   2. Added per-call latency (p50/p90/p99) with a raw Rust stdio client (bench-client example)
 #      against raw-upstream, direct vs `mcp-gate -- raw-upstream`, in alternating blocks.
 #   3. Idle RSS of mcp-gate alone with three raw-upstream servers after initialize + tools/list.
@@ -20,8 +21,10 @@
 #   BENCH_GATE_LOG          MCP_GATE_LOG for every mcp-gate started (default: info, its default)
 #   BENCH_RS_BLOCKS / BENCH_RS_BLOCK_SIZE / BENCH_RS_WARMUP   latency run (default 10 / 2000 / 2000)
 #   BENCH_PY_CALLS / BENCH_PY_WARMUP / BENCH_PY_ROUNDS / BENCH_PY_CONC / BENCH_PY_MODE /
-#   BENCH_PY_PAIRS          see scripts/bench_py.py
+#   BENCH_PY_PAIRS / BENCH_PY_LOADS / BENCH_RELAY_BIN   see scripts/bench_py.py (e.g. BENCH_PY_PAIRS=stdio
+#                           BENCH_PY_LOADS=seq for the sequential stdio figures only)
 #   BENCH_ARTIFACTS         logs of every process (default: artifacts/bench/)
+#   BENCH_ONLY_PY=1         measure only the Python SDK throughput (1.); the other rows say n/a
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -42,7 +45,8 @@ REL="$ROOT/target/release"
 export MCP_GATE_BIN="${MCP_GATE_BIN:-$REL/mcp-gate}"
 BENCH_CLIENT="$REL/examples/bench-client"
 RAW="$REL/examples/raw-upstream"
-for b in "$MCP_GATE_BIN" "$BENCH_CLIENT" "$RAW"; do
+export BENCH_RELAY_BIN="${BENCH_RELAY_BIN:-$REL/examples/bare-relay}"
+for b in "$MCP_GATE_BIN" "$BENCH_CLIENT" "$RAW" "$BENCH_RELAY_BIN"; do
   [[ -x "$b" ]] || { log "missing binary $b"; exit 1; }
 done
 export EVERYTHING
@@ -95,6 +99,9 @@ verdict() { # $1 = awk condition over x ; $2 = x
   awk -v x="$2" "BEGIN { print (($1) ? \"yes\" : \"**no**\") }"
 }
 
+audit_rows=n/a
+S_rss_before_kb=n/a; S_rss_after_kb=n/a; S_fd_before=n/a; S_fd_after=n/a; S_opened=0; S_children_kb=n/a
+if [[ "${BENCH_ONLY_PY:-0}" != 1 ]]; then
 # ---- 2. added latency (raw Rust client) --------------------------------------------------------
 log "latency: bench-client, direct raw-upstream vs mcp-gate -- raw-upstream"
 "$BENCH_CLIENT" latency \
@@ -169,6 +176,7 @@ if [[ -n "$serve_url" ]]; then
 fi
 kill "$serve_pid" 2>/dev/null || true
 wait "$serve_pid" 2>/dev/null || true
+fi
 
 # ---- 1. Python SDK throughput -------------------------------------------------------------------
 log "throughput: Python SDK -> server-everything echo (scripts/bench_py.py)"
@@ -189,6 +197,17 @@ py_row() { # $1 pair, $2 load key, $3 label
   printf '| %s | %s calls/s | %s calls/s | **%sx** (per round: median %s, %s–%s) | ≥ 0.9x | %s |\n' \
     "$3" "$d" "$v" "$r" "$rm" "$rmin" "$rmax" "$(verdict 'x >= 0.9' "$r")"
 }
+relay_row() { # $1 pair, $2 load key, $3 label
+  local d v r rm rmin rmax
+  d="$(get "P_${1}_${2}_direct_cps")"
+  v="$(get "P_${1}_${2}_relay_cps")"
+  r="$(get "P_${1}_${2}_relay_ratio")"
+  rm="$(get "P_${1}_${2}_relay_ratio_median_round")"
+  rmin="$(get "P_${1}_${2}_relay_ratio_min_round")"
+  rmax="$(get "P_${1}_${2}_relay_ratio_max_round")"
+  printf '| %s | %s calls/s | %s calls/s | %sx (per round: median %s, %s–%s) | baseline | – |\n' \
+    "$3" "$d" "$v" "$r" "$rm" "$rmin" "$rmax"
+}
 rss_mb="$(calc 'a/1024' "$(get M_rss_kb)" 1)"
 rss_mb="$(calc 'sprintf("%.1f", a)' "$rss_mb" 1)"
 hwm_mb="$(calc 'sprintf("%.1f", a/1024)' "$(get M_hwm_kb)" 1)"
@@ -203,7 +222,9 @@ kids_mb="$(calc 'sprintf("%.1f", a/1024)' "$(get M_children_rss_kb)" 1)"
   echo "| Measurement | Direct | Through mcp-gate | Ratio / added | Target | Within target |"
   echo "|---|---|---|---|---|---|"
   py_row stdio seq "Python SDK, stdio→stdio, sequential echo"
+  relay_row stdio seq "Python SDK, stdio→stdio, sequential echo, bare line-copying relay instead of mcp-gate"
   py_row stdio "$conc" "Python SDK, stdio→stdio, ${conc#c}-way concurrent echo"
+  relay_row stdio "$conc" "Python SDK, stdio→stdio, ${conc#c}-way concurrent echo, bare line-copying relay instead of mcp-gate"
   py_row http seq "Python SDK, HTTP→stdio, sequential echo"
   py_row http "$conc" "Python SDK, HTTP→stdio, ${conc#c}-way concurrent echo"
   printf '| Raw Rust client, tools/call latency p50 | %s µs | %s µs | **+%s µs** (per block pair: median %s, %s–%s) | ≤ 30 µs | %s |\n' \
@@ -237,7 +258,9 @@ kids_mb="$(calc 'sprintf("%.1f", a/1024)' "$(get M_children_rss_kb)" 1)"
   echo
   echo "Python: $(get P_calls) measured calls per side and load after $(get P_warmup) warm-up calls, in $(get P_rounds)" \
     "alternating rounds; client mode \`$(get P_mode)\`, negotiated protocol stdio $(get P_stdio_protocol_direct)/$(get P_stdio_protocol_via)," \
-    "HTTP $(get P_http_protocol_direct)/$(get P_http_protocol_via) (direct/via). Ratio = via calls/s ÷ direct calls/s."
+    "HTTP $(get P_http_protocol_direct)/$(get P_http_protocol_via) (direct/via). Ratio = via calls/s ÷ direct calls/s." \
+    "The bare relay (stdio only) copies each line as soon as it is complete, one thread per direction:" \
+    "what any extra process costs the client and server on this machine."
   echo "HTTP direct baseline: server-everything's own \`streamableHttp\` mode; via: \`mcp-gate serve\` → server-everything stdio."
   echo "Latency: $(get L_samples_per_side) sequential \`tools/call\` round trips per side over newline-delimited JSON-RPC," \
     "$(get L_block_pairs) alternating block pairs; direct = raw-upstream, via = \`mcp-gate -- raw-upstream\` ($(get L_via_threads) threads)." \

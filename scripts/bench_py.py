@@ -28,6 +28,10 @@ Environment:
   BENCH_PY_PAIRS    subset of pairs, e.g. "stdio" (default stdio,http)
   BENCH_GATE_LOG    MCP_GATE_LOG for the proxy (default info, the proxy's default)
   BENCH_GATE_ARGS   mcp-gate options placed before `--` (e.g. "--config allow.toml")
+  BENCH_RELAY_BIN   a bare line-copying relay (the bare-relay example); when set, the stdio pair
+                    runs it as a third side, `relay` (client -> relay -> server-everything), the
+                    baseline for what any extra process in the path costs
+  BENCH_PY_LOADS    subset of loads, e.g. "seq" (default seq,cN)
 """
 
 from __future__ import annotations
@@ -62,6 +66,8 @@ PAIRS = [p.strip() for p in os.environ.get("BENCH_PY_PAIRS", "stdio,http").split
 GATE_LOG = os.environ.get("BENCH_GATE_LOG", "info")
 # mcp-gate options before `--` (bench.sh: a config allowing every call when the build has a policy).
 GATE_ARGS = shlex.split(os.environ.get("BENCH_GATE_ARGS", ""))
+RELAY = os.environ.get("BENCH_RELAY_BIN", "")
+LOADS = [x.strip() for x in os.environ.get("BENCH_PY_LOADS", f"seq,c{CONC}").split(",") if x.strip()]
 START_TIMEOUT = 20.0
 CALL_TIMEOUT = 30.0
 
@@ -165,6 +171,7 @@ async def open_client(stack: AsyncExitStack, target: Any) -> Client:
 
 async def run_pair(pair: str, procs: Procs, out: dict[str, str]) -> None:
     async with AsyncExitStack() as stack:
+        relay: Client | None = None
         if pair == "stdio":
             d_err = open(ART / "py-stdio-direct-everything.log", "w")
             v_err = open(ART / "py-stdio-via-mcp-gate.log", "w")
@@ -174,6 +181,11 @@ async def run_pair(pair: str, procs: Procs, out: dict[str, str]) -> None:
             v_params = StdioServerParameters(command=GATE, args=[*GATE_ARGS, "--", *EV, "stdio"], env=child_env())
             direct = await open_client(stack, stdio_client(d_params, errlog=d_err))
             via = await open_client(stack, stdio_client(v_params, errlog=v_err))
+            if RELAY:
+                r_err = open(ART / "py-stdio-relay.log", "w")
+                stack.callback(r_err.close)
+                r_params = StdioServerParameters(command=RELAY, args=[*EV, "stdio"], env=child_env())
+                relay = await open_client(stack, stdio_client(r_params, errlog=r_err))
         elif pair == "http":
             port = free_port()
             p, _ = procs.start([*EV, "streamableHttp"], "py-http-direct-everything", child_env({"PORT": str(port)}))
@@ -190,35 +202,51 @@ async def run_pair(pair: str, procs: Procs, out: dict[str, str]) -> None:
             raise ValueError(pair)
         out[f"{pair}_protocol_direct"] = direct.protocol_version
         out[f"{pair}_protocol_via"] = via.protocol_version
+        sides = [("direct", direct), ("via", via)]
+        if relay is not None:
+            sides.append(("relay", relay))
 
         for load, conc in (("seq", 1), (f"c{CONC}", CONC)):
-            for side in (direct, via):
+            if load not in LOADS:
+                continue
+            for _, side in sides:
                 await call_n(side, WARMUP, conc)
             per_round = [CALLS // ROUNDS + (1 if i < CALLS % ROUNDS else 0) for i in range(ROUNDS)]
-            t = {"direct": 0.0, "via": 0.0}
-            ratios = []
+            t = {name: 0.0 for name, _ in sides}
+            ratios: dict[str, list[float]] = {name: [] for name, _ in sides[1:]}
             for r, n in enumerate(per_round):
-                order = [("direct", direct), ("via", via)]
-                if r % 2:
-                    order.reverse()
+                # Each side goes first in turn, so that machine drift hits every side alike.
+                order = sides[r % len(sides) :] + sides[: r % len(sides)]
                 dt = {}
                 for name, client in order:
                     dt[name] = await call_n(client, n, conc)
                     t[name] += dt[name]
-                ratios.append(dt["direct"] / dt["via"])
+                for name in ratios:
+                    ratios[name].append(dt["direct"] / dt[name])
                 log(
-                    f"{pair} {load} round {r + 1}/{ROUNDS}: direct {n / dt['direct']:.0f}/s, "
-                    f"via {n / dt['via']:.0f}/s, ratio {dt['direct'] / dt['via']:.3f}"
+                    f"{pair} {load} round {r + 1}/{ROUNDS}: "
+                    + ", ".join(f"{name} {n / dt[name]:.0f}/s" for name, _ in sides)
+                    + ", ratio "
+                    + ", ".join(f"{name} {dt['direct'] / dt[name]:.3f}" for name in ratios)
                 )
-            d_cps, v_cps = CALLS / t["direct"], CALLS / t["via"]
             key = f"{pair}_{load}"
+            d_cps = CALLS / t["direct"]
             out[f"{key}_direct_cps"] = f"{d_cps:.0f}"
-            out[f"{key}_via_cps"] = f"{v_cps:.0f}"
-            out[f"{key}_ratio"] = f"{v_cps / d_cps:.3f}"
-            out[f"{key}_ratio_median_round"] = f"{statistics.median(ratios):.3f}"
-            out[f"{key}_ratio_min_round"] = f"{min(ratios):.3f}"
-            out[f"{key}_ratio_max_round"] = f"{max(ratios):.3f}"
-            log(f"{pair} {load}: direct {d_cps:.0f}/s, via {v_cps:.0f}/s, ratio {v_cps / d_cps:.3f}")
+            for name in ratios:
+                cps = CALLS / t[name]
+                # The gate's figures keep their historical names (via_cps, ratio, ...).
+                prefix = "" if name == "via" else f"{name}_"
+                out[f"{key}_{name}_cps"] = f"{cps:.0f}"
+                out[f"{key}_{prefix}ratio"] = f"{cps / d_cps:.3f}"
+                out[f"{key}_{prefix}ratio_median_round"] = f"{statistics.median(ratios[name]):.3f}"
+                out[f"{key}_{prefix}ratio_min_round"] = f"{min(ratios[name]):.3f}"
+                out[f"{key}_{prefix}ratio_max_round"] = f"{max(ratios[name]):.3f}"
+            log(
+                f"{pair} {load}: "
+                + ", ".join(f"{name} {CALLS / t[name]:.0f}/s" for name, _ in sides)
+                + ", ratio "
+                + ", ".join(f"{name} {t['direct'] / t[name]:.3f}" for name in ratios)
+            )
 
 
 async def main() -> int:

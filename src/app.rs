@@ -8,16 +8,18 @@ use anyhow::{Context, bail};
 use tokio::net::TcpListener;
 
 use crate::approval::{ApprovalGate, ApprovalSettings, Approvals};
-use crate::config::{Config, UpstreamTransport};
+use crate::config::Config;
 use crate::downstream::{http, stdio};
 use crate::gate::Gate;
+use crate::secret::ExposeSecret;
 use crate::server::hub;
 use crate::session::SessionOptions;
 use crate::store::{Location, Store};
+use crate::upstream::settings::{ServerConfig, UpstreamTransport};
 
 pub fn session_options(
     config: &Config,
-    servers: Vec<Arc<crate::config::ServerConfig>>,
+    servers: Vec<Arc<ServerConfig>>,
     gate: &Arc<dyn Gate>,
     label: &str,
 ) -> SessionOptions {
@@ -37,6 +39,8 @@ pub struct Started {
     pub approvals: Arc<Approvals>,
     /// Base URL of the approval server.
     pub public_url: String,
+    /// The approval server's state (served by this process when it is the hub).
+    pub web: Arc<crate::server::web::WebState>,
 }
 
 /// Opens the store, starts (or joins) the approval server and returns the gate.
@@ -47,6 +51,12 @@ pub async fn start_gate(config: &Config) -> anyhow::Result<Arc<dyn Gate>> {
 /// Opens the store and takes this process's place on the machine (see [`crate::server::hub`]): the hub,
 /// serving approvals on `[approvals] listen`, or a follower of the hub already there.
 pub async fn start_gate_with(config: &Config) -> anyhow::Result<Started> {
+    start_gate_announcing(config, true).await
+}
+
+/// [`start_gate_with`]; `announce: false` keeps the approval address and token file lines off
+/// stderr (the demo prints its own).
+pub async fn start_gate_announcing(config: &Config, announce: bool) -> anyhow::Result<Started> {
     let a = &config.approvals;
     let location = match &a.database {
         Some(path) => Location::File(path.clone()),
@@ -58,10 +68,10 @@ pub async fn start_gate_with(config: &Config) -> anyhow::Result<Started> {
         .with_context(|| format!("storing the approver token in {}", a.data_dir.display()))?;
     if let Some(file) = &token_file {
         let key = format!("approver token file {}", file.display());
-        crate::config::credentials_apart(&config.listen, a, Some((&token, &key)))
-            .map_err(|(key, message)| anyhow::anyhow!("`{key}`: {message}"))?;
+        let http = config.listen.token.as_deref().map(|t| (t, config.listen.token_key.as_str()));
+        crate::identity::credentials_apart(&a.agents, &a.approvers, http, Some((token.expose_secret(), &key)))?;
     }
-    let start = hub::discover(&a.listen, &token, store.path())
+    let start = hub::discover(&a.listen, token.expose_secret(), store.path())
         .await
         .with_context(|| format!("cannot listen on {} for approvals", a.listen))?;
     // The address to show: this process's server, or the hub's (the machine's approval address).
@@ -79,7 +89,9 @@ pub async fn start_gate_with(config: &Config) -> anyhow::Result<Started> {
         expiry_warning: a.expiry_warning,
     };
     let approvals = Approvals::new(store, config.policy.clone(), settings);
-    if let Some(reviewer) = crate::review::Reviewer::from_config(a).context("setting up the AI reviewer")? {
+    if let Some(reviewer) =
+        crate::review::Reviewer::from_config(&a.ai_workflows, &a.providers).context("setting up the AI reviewer")?
+    {
         approvals.set_reviewer(reviewer);
     }
     let mut hosts = Vec::new();
@@ -89,6 +101,7 @@ pub async fn start_gate_with(config: &Config) -> anyhow::Result<Started> {
     let mut web = crate::server::web::WebState::new(approvals.clone(), token.clone(), a.approvers.clone(), hosts);
     if let Some(w) = Arc::get_mut(&mut web) {
         w.limits = a.limits;
+        w.token_file = token_file.clone();
     }
     let gate: Arc<dyn Gate> = Arc::new(ApprovalGate { approvals: approvals.clone() });
     let on_hub = {
@@ -96,15 +109,17 @@ pub async fn start_gate_with(config: &Config) -> anyhow::Result<Started> {
         let config = config.clone();
         Box::new(move || start_hub_services(&approvals, &config))
     };
-    eprintln!("mcp-gate: approvals at http://{shown}/");
-    hub::Node { approvals: approvals.clone(), web, listen: a.listen.clone(), token, on_hub }.start(start);
-    if let Some(file) = token_file {
+    if announce {
+        eprintln!("mcp-gate: approvals at http://{shown}/");
+    }
+    hub::Node { approvals: approvals.clone(), web: web.clone(), listen: a.listen.clone(), token, on_hub }.start(start);
+    if let Some(file) = token_file.filter(|_| announce) {
         eprintln!("mcp-gate: approver token in {}", file.display());
     }
     if config.default_policy {
         tracing::info!("no [[rules]]: tools annotated readOnlyHint are allowed, every other call needs approval");
     }
-    Ok(Started { gate, approvals, public_url })
+    Ok(Started { gate, approvals, public_url, web })
 }
 
 /// The services only one process of the machine runs: the hub. Called once, when this process
@@ -114,6 +129,10 @@ fn start_hub_services(approvals: &Arc<Approvals>, config: &Config) {
     approvals.spawn_sweeper();
     // Notifications: only the hub sends them, for every process's requests.
     crate::server::notify::spawn(&config.webhooks, approvals);
+    crate::server::notify::desktop::spawn(
+        approvals,
+        crate::server::notify::desktop::from_config(config.desktop_notifications),
+    );
 }
 
 /// `mcp-gate [--config FILE] [-- COMMAND...]`: serves one client on this process's stdin and stdout.
@@ -122,7 +141,9 @@ pub async fn run_stdio(config: Config) -> anyhow::Result<Option<Signal>> {
         bail!("no upstream: give one after `--` (a command or a URL) or configure [servers.NAME] in a --config file");
     }
     let servers = config.servers.iter().cloned().map(Arc::new).collect();
-    let gate = start_gate(&config).await?;
+    let started = start_gate_with(&config).await?;
+    crate::server::notify::terminal::spawn(&started.approvals);
+    let gate = started.gate;
     let opts = session_options(&config, servers, &gate, "stdio");
     let (input, output) = stdio::std_streams();
     let stopped_by = Arc::new(std::sync::OnceLock::new());
@@ -157,6 +178,7 @@ pub async fn run_serve(config: Config, listen: Option<String>) -> anyhow::Result
     }
     let servers: Vec<Arc<_>> = config.servers.iter().cloned().map(Arc::new).collect();
     let started = start_gate_with(&config).await?;
+    crate::server::notify::terminal::spawn(&started.approvals);
     let gate = started.gate;
     let single =
         servers.iter().map(|s| (s.name.clone(), session_options(&config, vec![s.clone()], &gate, ""))).collect();

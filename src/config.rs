@@ -1,21 +1,32 @@
 //! Configuration: `proxy.toml`, `MCP_GATE_*` environment variables and the command line.
 //!
 //! Loading happens in two steps. [`RawConfig`] is what figment deserializes (defaults, then the
-//! file, then `MCP_GATE_SECTION__KEY` environment variables) with unknown keys rejected. It is
-//! then validated into a [`Config`], whose errors name the key and the file.
+//! file, then `MCP_GATE_SECTION__KEY` environment variables) with unknown keys rejected; it is
+//! made of the raw sections each subsystem defines. It is then validated into a [`Config`], made
+//! of each subsystem's validated settings: every subsystem checks its own sections and names the
+//! key that is wrong ([`crate::settings::Invalid`]); this module adds the file, expands `${VAR}`
+//! references for them ([`expand_env`]), and explains the result for `check-config`
+//! ([`Config::explain`]).
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-
-use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
 
-/// Default separator between a server's name and its tool or prompt names.
-pub const DEFAULT_SEPARATOR: &str = "__";
+use crate::approval::settings::{ApprovalsConfig, RawApprovals, RawWorkflow};
+use crate::downstream::settings::{Listen, RawListen};
+use crate::identity::{Credentials, RawPrincipal, credentials_apart};
+use crate::policy::{Policy, RawPolicy, RawRule};
+use crate::review::settings::{RawProvider, validate_providers};
+use crate::review::{AiWorkflow, Fallback, ProviderConfig};
+use crate::server::notify::Webhook;
+use crate::server::notify::settings::{RawNotify, RawWebhook, validate_webhooks};
+use crate::settings::Invalid;
+use crate::upstream::settings::{
+    CommandLineUpstream, RawProxy, RawServer, RawUpstream, ServerConfig, Upstreams, UpstreamsError,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -38,15 +49,15 @@ pub struct RawConfig {
     #[serde(default)]
     pub servers: BTreeMap<String, RawServer>,
     #[serde(default)]
-    pub policy: crate::policy::RawPolicy,
+    pub policy: RawPolicy,
     #[serde(default)]
-    pub rules: Vec<crate::policy::RawRule>,
+    pub rules: Vec<RawRule>,
     /// Named approvers, each with its own token.
     #[serde(default)]
-    pub approvers: Vec<crate::identity::RawPrincipal>,
+    pub approvers: Vec<RawPrincipal>,
     /// Named agents (downstream HTTP clients), each with its own token.
     #[serde(default)]
-    pub agents: Vec<crate::identity::RawPrincipal>,
+    pub agents: Vec<RawPrincipal>,
     #[serde(default)]
     pub workflows: Vec<RawWorkflow>,
     #[serde(default)]
@@ -57,134 +68,9 @@ pub struct RawConfig {
     /// Where changes of approval requests are POSTed.
     #[serde(default)]
     pub webhooks: Vec<RawWebhook>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawWebhook {
-    /// Names the webhook in logs (default `webhooks[N]`).
-    pub name: Option<String>,
-    /// `http(s)://...`; `${VAR}` is read from the environment.
-    pub url: Option<String>,
-    /// `"generic"` (the default), `"slack"` or `"teams"`.
-    pub format: Option<String>,
-    /// Name of the environment variable holding the signing key (required for `generic`).
-    pub secret_env: Option<String>,
-    /// Change kinds to send (default: requested, approved, denied, expiring, expired).
-    pub events: Option<Vec<String>>,
-    pub timeout_secs: Option<u64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawWorkflow {
-    pub name: String,
-    pub required_approvals: Option<u32>,
-    /// Who may approve: approver names and `team:NAME` (default: every approver).
+    /// `[notify]`: notifications on this machine.
     #[serde(default)]
-    pub approvers: Vec<String>,
-    pub expiry: Option<String>,
-    /// `false` (a deny needs a reason, the default), or `true` (approvals need one too).
-    pub require_justification: Option<bool>,
-    pub grant_secs: Option<u64>,
-    /// `"human"` (the default) or `"ai_driven"`.
-    pub approval_type: Option<String>,
-    /// The rest apply to `ai_driven` workflows only.
-    pub ai_model: Option<String>,
-    pub ai_guidelines: Option<String>,
-    pub ai_confidence_threshold: Option<f64>,
-    /// `"escalate"` (the default), `"approve"` or `"deny"`.
-    pub ai_fallback_behavior: Option<String>,
-    pub escalation_workflow: Option<String>,
-    pub ai_provider: Option<String>,
-    pub ai_cache_secs: Option<u64>,
-}
-
-/// `[providers.NAME]`: where `ai_driven` workflows send their reviews.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawProvider {
-    /// `"anthropic"` or `"openai"`.
-    #[serde(rename = "type")]
-    pub kind: Option<String>,
-    pub base_url: Option<String>,
-    pub api_key_env: Option<String>,
-    pub timeout_secs: Option<u64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawApprovals {
-    pub listen: Option<String>,
-    pub public_url: Option<String>,
-    pub wait_secs: Option<u64>,
-    pub token: Option<String>,
-    pub data_dir: Option<PathBuf>,
-    pub database: Option<String>,
-    #[serde(default)]
-    pub redact: Vec<String>,
-    #[serde(default)]
-    pub expiry: RawExpiry,
-    /// How long before its deadline a pending request is announced as expiring.
-    pub expiry_warning: Option<String>,
-    pub max_connections: Option<usize>,
-    pub header_timeout_secs: Option<u64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawExpiry {
-    pub low: Option<String>,
-    pub medium: Option<String>,
-    pub high: Option<String>,
-    pub critical: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawProxy {
-    pub separator: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawListen {
-    pub addr: Option<String>,
-    pub token_env: Option<String>,
-    #[serde(default)]
-    pub allowed_hosts: Vec<String>,
-    #[serde(default)]
-    pub allowed_origins: Vec<String>,
-    pub max_sessions: Option<usize>,
-    pub session_idle_secs: Option<u64>,
-    pub max_connections: Option<usize>,
-    pub header_timeout_secs: Option<u64>,
-}
-
-/// `[upstream]`: defaults for every `[servers.NAME]`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawUpstream {
-    pub request_timeout_secs: Option<u64>,
-    pub initialize_timeout_secs: Option<u64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawServer {
-    pub command: Option<String>,
-    #[serde(default)]
-    pub args: Vec<String>,
-    #[serde(default)]
-    pub env: BTreeMap<String, String>,
-    pub cwd: Option<PathBuf>,
-    pub url: Option<String>,
-    pub transport: Option<String>,
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-    pub prefix: Option<bool>,
-    pub request_timeout_secs: Option<u64>,
-    pub initialize_timeout_secs: Option<u64>,
+    pub notify: RawNotify,
 }
 
 /// The validated configuration.
@@ -197,140 +83,15 @@ pub struct Config {
     /// Upstream servers in name order.
     pub servers: Vec<ServerConfig>,
     /// The compiled policy.
-    pub policy: std::sync::Arc<crate::policy::Policy>,
+    pub policy: std::sync::Arc<Policy>,
     /// Whether the policy is the zero-config default (no rules, no `[policy] default`).
     pub default_policy: bool,
-    pub approvals: Approvals,
+    pub approvals: ApprovalsConfig,
     /// `[[webhooks]]`.
-    pub webhooks: Vec<crate::server::notify::Webhook>,
-}
-
-/// Validated `[approvals]` and `[[workflows]]`.
-#[derive(Debug, Clone)]
-pub struct Approvals {
-    /// Where the approval server listens.
-    pub listen: String,
-    pub public_url: Option<String>,
-    pub wait: Duration,
-    /// The approver token, when given by the config or `MCP_GATE_TOKEN`.
-    pub token: Option<String>,
-    /// Where `token` came from (`MCP_GATE_TOKEN` or `approvals.token`), for messages.
-    pub token_key: &'static str,
-    pub data_dir: PathBuf,
-    /// `None` is `:memory:`.
-    pub database: Option<PathBuf>,
-    pub redact: Vec<String>,
-    pub expiry_by_risk: [Duration; 4],
-    pub expiry_warning: Duration,
-    pub workflows: std::collections::HashMap<String, crate::approval::Workflow>,
-    /// `[[approvers]]`; empty when only the shared approver token is used.
-    pub approvers: crate::identity::Credentials,
-    /// `[[agents]]`: downstream HTTP clients known by their own tokens.
-    pub agents: crate::identity::Credentials,
-    /// The `ai_driven` workflows among `workflows`, with their reviewer settings.
-    pub ai_workflows: BTreeMap<String, crate::review::AiWorkflow>,
-    pub providers: BTreeMap<String, crate::review::ProviderConfig>,
-    /// Connection limits of the approval server.
-    pub limits: ListenerLimits,
-}
-
-/// Default address of the approval server.
-pub const DEFAULT_APPROVALS_LISTEN: &str = "127.0.0.1:8377";
-
-#[derive(Debug, Clone)]
-pub struct Listen {
-    pub addr: Option<SocketAddr>,
-    /// Bearer token required from downstream HTTP clients, if set.
-    pub token: Option<String>,
-    /// Where `token` came from (`listen.token_env (VAR)` or `MCP_GATE_HTTP_TOKEN`), for messages.
-    pub token_key: String,
-    /// Extra Host header values accepted besides loopback names.
-    pub allowed_hosts: Vec<String>,
-    /// Extra Origin values accepted besides loopback origins.
-    pub allowed_origins: Vec<String>,
-    /// Most client sessions of `serve` open at once (each has its own upstream children).
-    pub max_sessions: usize,
-    /// A session unused this long is closed, with its upstreams.
-    pub session_idle: Duration,
-    /// Connection limits of the MCP endpoint.
-    pub limits: ListenerLimits,
-}
-
-/// Default `[listen] max_sessions`.
-pub const DEFAULT_MAX_SESSIONS: usize = 64;
-/// Default `[listen] session_idle_secs`.
-pub const DEFAULT_SESSION_IDLE: Duration = Duration::from_secs(600);
-/// Default `[upstream] request_timeout_secs`.
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
-/// Default `[upstream] initialize_timeout_secs`.
-pub const DEFAULT_INITIALIZE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// What one HTTP listener accepts: `max_connections` and `header_timeout_secs` of `[listen]`
-/// (the MCP endpoint) and of `[approvals]` (the approval server).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ListenerLimits {
-    /// Most connections open at once; further ones wait in the kernel's queue.
-    pub max_connections: usize,
-    /// Time a client has to send a request's headers, and the longest an idle keep-alive
-    /// connection stays open between requests.
-    pub header_timeout: Duration,
-}
-
-impl Default for ListenerLimits {
-    fn default() -> Self {
-        ListenerLimits { max_connections: 256, header_timeout: Duration::from_secs(10) }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct ServerConfig {
-    pub name: String,
-    pub transport: UpstreamTransport,
-    /// Whether tools and prompts are exposed as `NAME<sep>tool` when several servers are configured.
-    pub prefix: bool,
-    /// A request the upstream has not answered in this time is answered with an error.
-    pub request_timeout: Duration,
-    /// The same for `initialize`.
-    pub initialize_timeout: Duration,
-}
-
-impl ServerConfig {
-    /// A server with the default timeouts.
-    pub fn new(name: impl Into<String>, transport: UpstreamTransport, prefix: bool) -> ServerConfig {
-        ServerConfig {
-            name: name.into(),
-            transport,
-            prefix,
-            request_timeout: DEFAULT_REQUEST_TIMEOUT,
-            initialize_timeout: DEFAULT_INITIALIZE_TIMEOUT,
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub enum UpstreamTransport {
-    Stdio { command: String, args: Vec<String>, env: Vec<(String, String)>, cwd: Option<PathBuf> },
-    StreamableHttp { url: String, headers: Vec<(String, String)> },
-    Sse { url: String, headers: Vec<(String, String)> },
-}
-
-impl UpstreamTransport {
-    pub fn describe(&self) -> String {
-        match self {
-            UpstreamTransport::Stdio { command, args, .. } => {
-                std::iter::once(command.as_str()).chain(args.iter().map(String::as_str)).collect::<Vec<_>>().join(" ")
-            }
-            UpstreamTransport::StreamableHttp { url, .. } => format!("streamable-http {url}"),
-            UpstreamTransport::Sse { url, .. } => format!("sse {url}"),
-        }
-    }
-}
-
-/// An upstream given on the command line after `--`.
-#[derive(Debug, Clone)]
-pub struct CommandLineUpstream {
-    pub name: Option<String>,
-    pub argv: Vec<String>,
+    pub webhooks: Vec<Webhook>,
+    /// `[notify] desktop`: show desktop notifications of new held calls (when a graphical
+    /// session exists).
+    pub desktop_notifications: bool,
 }
 
 impl Config {
@@ -358,118 +119,34 @@ impl Config {
         Config::validate(raw, Some(Path::new(name)), None)
     }
 
+    /// Each subsystem validates its sections; the first error is reported with the file.
     fn validate(
         raw: RawConfig,
         file: Option<&Path>,
         extra: Option<&CommandLineUpstream>,
     ) -> Result<Config, ConfigError> {
         let file_name = file.map_or_else(|| "command line".to_owned(), |f| f.display().to_string());
-        let invalid =
-            |key: &str, message: String| ConfigError::Invalid { file: file_name.clone(), key: key.to_owned(), message };
+        let invalid = |e: Invalid| ConfigError::Invalid { file: file_name.clone(), key: e.key, message: e.message };
 
-        let separator = raw.proxy.separator.unwrap_or_else(|| DEFAULT_SEPARATOR.to_owned());
-        if separator.is_empty() || separator.chars().any(|c| c.is_whitespace() || c == '/') {
-            return Err(invalid("proxy.separator", format!("{separator:?} is not a usable separator")));
-        }
-
-        let request_timeout =
-            secs("upstream.request_timeout_secs", raw.upstream.request_timeout_secs, DEFAULT_REQUEST_TIMEOUT)
-                .map_err(|(k, m)| invalid(&k, m))?;
-        let initialize_timeout =
-            secs("upstream.initialize_timeout_secs", raw.upstream.initialize_timeout_secs, DEFAULT_INITIALIZE_TIMEOUT)
-                .map_err(|(k, m)| invalid(&k, m))?;
-        let mut servers = Vec::new();
-        for (name, s) in raw.servers {
-            let key = format!("servers.{name}");
-            check_server_name(&name, &separator).map_err(|m| invalid(&key, m))?;
-            let request_timeout = secs(&format!("{key}.request_timeout_secs"), s.request_timeout_secs, request_timeout)
-                .map_err(|(k, m)| invalid(&k, m))?;
-            let initialize_timeout =
-                secs(&format!("{key}.initialize_timeout_secs"), s.initialize_timeout_secs, initialize_timeout)
-                    .map_err(|(k, m)| invalid(&k, m))?;
-            let transport = server_transport(&key, s.command, s.args, s.env, s.cwd, s.url, s.transport, s.headers)
-                .map_err(|(k, m)| invalid(&k, m))?;
-            servers.push(ServerConfig {
-                name,
-                transport,
-                prefix: s.prefix.unwrap_or(true),
-                request_timeout,
-                initialize_timeout,
-            });
-        }
-
-        if let Some(cli) = extra {
-            let (first, rest) = cli
-                .argv
-                .split_first()
-                .ok_or_else(|| ConfigError::Load("nothing after `--`: give a command or a URL".into()))?;
-            let is_url = first.starts_with("http://") || first.starts_with("https://");
-            let name = match &cli.name {
-                Some(n) => n.clone(),
-                None => default_name(first, is_url),
-            };
-            check_server_name(&name, &separator).map_err(|m| invalid("--name", m))?;
-            if servers.iter().any(|s| s.name == name) {
-                return Err(invalid(
-                    &format!("servers.{name}"),
-                    "is also the name of the upstream given after `--`; pick another with --name".into(),
-                ));
-            }
-            let transport = if is_url {
-                if !rest.is_empty() {
-                    return Err(ConfigError::Load(format!("unexpected arguments after the URL {first}")));
-                }
-                UpstreamTransport::StreamableHttp { url: first.clone(), headers: Vec::new() }
-            } else {
-                UpstreamTransport::Stdio { command: first.clone(), args: rest.to_vec(), env: Vec::new(), cwd: None }
-            };
-            servers.push(ServerConfig { name, transport, prefix: true, request_timeout, initialize_timeout });
-        }
-
-        check_prefixes_unambiguous(&servers, &separator).map_err(|(k, m)| invalid(&k, m))?;
-
-        let addr = match raw.listen.addr {
-            Some(a) => Some(a.parse().map_err(|e| invalid("listen.addr", format!("{a:?}: {e}")))?),
-            None => None,
-        };
-        let (token, token_key) = match raw.listen.token_env {
-            Some(var) => (
-                Some(
-                    std::env::var(&var)
-                        .map_err(|_| invalid("listen.token_env", format!("environment variable {var} is not set")))?,
-                ),
-                format!("listen.token_env ({var})"),
-            ),
-            None => (std::env::var("MCP_GATE_HTTP_TOKEN").ok().filter(|t| !t.is_empty()), "MCP_GATE_HTTP_TOKEN".into()),
-        };
+        let Upstreams { separator, servers } =
+            Upstreams::validate(raw.proxy, raw.upstream, raw.servers, extra, &expand_env).map_err(|e| match e {
+                UpstreamsError::Invalid(e) => invalid(e),
+                UpstreamsError::CommandLine(message) => ConfigError::Load(message),
+            })?;
+        let listen = Listen::validate(raw.listen).map_err(invalid)?;
 
         let default_policy = raw.rules.is_empty() && raw.policy.default.is_none();
-        let policy =
-            crate::policy::Policy::compile(&raw.policy, &raw.rules).map_err(|e| invalid(&e.key, e.message.clone()))?;
+        let policy = Policy::compile(&raw.policy, &raw.rules).map_err(|e| invalid(Invalid::new(e.key, e.message)))?;
         let approvers =
-            crate::identity::Credentials::from_raw("approvers", &raw.approvers).map_err(|(k, m)| invalid(&k, m))?;
-        let agents = crate::identity::Credentials::from_raw("agents", &raw.agents).map_err(|(k, m)| invalid(&k, m))?;
-        let approvals = validate_approvals(raw.approvals, raw.workflows, raw.providers, &policy, approvers, agents)
-            .map_err(|(k, m)| invalid(&k, m))?;
-        let webhooks = validate_webhooks(raw.webhooks).map_err(|(k, m)| invalid(&k, m))?;
-        let max_sessions = raw.listen.max_sessions.unwrap_or(DEFAULT_MAX_SESSIONS);
-        if max_sessions == 0 {
-            return Err(invalid("listen.max_sessions", "must be at least 1".into()));
-        }
-        let listen = Listen {
-            addr,
-            token,
-            token_key,
-            allowed_hosts: raw.listen.allowed_hosts,
-            allowed_origins: raw.listen.allowed_origins,
-            max_sessions,
-            session_idle: secs("listen.session_idle_secs", raw.listen.session_idle_secs, DEFAULT_SESSION_IDLE)
-                .map_err(|(k, m)| invalid(&k, m))?,
-            limits: listener_limits("listen", raw.listen.max_connections, raw.listen.header_timeout_secs)
-                .map_err(|(k, m)| invalid(&k, m))?,
-        };
+            Credentials::from_raw("approvers", &raw.approvers).map_err(|(k, m)| invalid(Invalid::new(k, m)))?;
+        let agents = Credentials::from_raw("agents", &raw.agents).map_err(|(k, m)| invalid(Invalid::new(k, m)))?;
+        let providers = validate_providers(raw.providers).map_err(invalid)?;
+        let approvals = ApprovalsConfig::validate(raw.approvals, raw.workflows, providers, &policy, approvers, agents)
+            .map_err(invalid)?;
+        let webhooks = validate_webhooks(raw.webhooks, &expand_env).map_err(invalid)?;
+        let http = listen.token.as_deref().map(|t| (t, listen.token_key.as_str()));
         let shared = approvals.token.as_deref().map(|t| (t, approvals.token_key));
-        credentials_apart(&listen, &approvals, shared).map_err(|(k, m)| invalid(&k, m))?;
+        credentials_apart(&approvals.agents, &approvals.approvers, http, shared).map_err(invalid)?;
 
         Ok(Config {
             source: file.map(Path::to_path_buf),
@@ -477,6 +154,7 @@ impl Config {
             default_policy,
             approvals,
             webhooks,
+            desktop_notifications: raw.notify.desktop.unwrap_or(true),
             separator,
             listen,
             servers,
@@ -574,6 +252,11 @@ impl Config {
                 events.join(", ")
             ));
         }
+        out.push_str(if self.desktop_notifications {
+            "desktop notifications: on, when a graphical session exists\n"
+        } else {
+            "desktop notifications: off\n"
+        });
         for warning in self.policy.lint() {
             out.push_str(&format!("warning: {warning}\n"));
         }
@@ -584,10 +267,7 @@ impl Config {
     }
 }
 
-fn explain_ai_workflow(
-    ai: &crate::review::AiWorkflow,
-    providers: &BTreeMap<String, crate::review::ProviderConfig>,
-) -> String {
+fn explain_ai_workflow(ai: &AiWorkflow, providers: &BTreeMap<String, ProviderConfig>) -> String {
     let provider = providers.get(&ai.provider).map_or_else(String::new, |p| {
         let key = match &p.api_key_env {
             Some(var) => format!("key from ${var}"),
@@ -596,10 +276,10 @@ fn explain_ai_workflow(
         format!(" ({} {}, {key}, timeout {} s)", p.kind.as_str(), p.endpoint(), p.timeout.as_secs())
     });
     let otherwise = match (ai.fallback, &ai.escalation_workflow) {
-        (crate::review::Fallback::Escalate, Some(to)) => format!("go to people in workflow {to}"),
-        (crate::review::Fallback::Escalate, None) => "go to people".to_owned(),
-        (crate::review::Fallback::Approve, _) => "are approved".to_owned(),
-        (crate::review::Fallback::Deny, _) => "are denied".to_owned(),
+        (Fallback::Escalate, Some(to)) => format!("go to people in workflow {to}"),
+        (Fallback::Escalate, None) => "go to people".to_owned(),
+        (Fallback::Approve, _) => "are approved".to_owned(),
+        (Fallback::Deny, _) => "are denied".to_owned(),
     };
     let cache = if ai.cache.is_zero() {
         "every call is reviewed afresh".to_owned()
@@ -611,606 +291,6 @@ fn explain_ai_workflow(
          unsure answers, \"escalate\" answers and failed reviews {otherwise}; {cache}\n",
         ai.name, ai.model, ai.provider, ai.threshold
     )
-}
-
-fn validate_approvals(
-    raw: RawApprovals,
-    workflows: Vec<RawWorkflow>,
-    providers: BTreeMap<String, RawProvider>,
-    policy: &crate::policy::Policy,
-    approvers: crate::identity::Credentials,
-    agents: crate::identity::Credentials,
-) -> Result<Approvals, (String, String)> {
-    let providers = validate_providers(providers)?;
-    let duration = |key: &str, v: &Option<String>, default: u64| -> Result<Duration, (String, String)> {
-        match v {
-            None => Ok(Duration::from_secs(default)),
-            Some(text) => parse_duration(text).ok_or_else(|| {
-                (key.to_owned(), format!("{text:?} is not a duration (like \"90s\", \"15m\", \"4h\", \"1d\")"))
-            }),
-        }
-    };
-    let expiry_by_risk = [
-        duration("approvals.expiry.low", &raw.expiry.low, 24 * 3600)?,
-        duration("approvals.expiry.medium", &raw.expiry.medium, 12 * 3600)?,
-        duration("approvals.expiry.high", &raw.expiry.high, 4 * 3600)?,
-        duration("approvals.expiry.critical", &raw.expiry.critical, 3600)?,
-    ];
-    let mut map = std::collections::HashMap::new();
-    let mut ai_workflows = BTreeMap::new();
-    // (index, workflow, escalation target) of each ai_driven workflow, checked once all are known.
-    let mut escalations = Vec::new();
-    for (i, w) in workflows.into_iter().enumerate() {
-        let key = format!("workflows[{i}]");
-        if w.name.is_empty() {
-            return Err((format!("{key}.name"), "a workflow needs a name".into()));
-        }
-        match w.approval_type.as_deref() {
-            None | Some("human") => check_human_workflow(&key, &w)?,
-            Some("ai_driven") => {
-                let ai = ai_workflow(&key, &w, &providers)?;
-                if let Some(to) = &ai.escalation_workflow {
-                    escalations.push((i, w.name.clone(), to.clone()));
-                }
-                ai_workflows.insert(w.name.clone(), ai);
-            }
-            Some(other) => {
-                return Err((
-                    format!("{key}.approval_type"),
-                    format!("unknown approval type {other:?}; use \"human\" or \"ai_driven\""),
-                ));
-            }
-        }
-        let required = w.required_approvals.unwrap_or(1);
-        if required == 0 {
-            return Err((format!("{key}.required_approvals"), "must be at least 1".into()));
-        }
-        let expiry = match &w.expiry {
-            Some(_) => Some(duration(&format!("{key}.expiry"), &w.expiry, 0)?),
-            None => None,
-        };
-        for (j, entry) in w.approvers.iter().enumerate() {
-            let known = match entry.strip_prefix("team:") {
-                Some(team) => approvers.principals().any(|p| p.teams.iter().any(|t| t == team)),
-                None => entry == crate::identity::OPERATOR || approvers.principals().any(|p| &p.name == entry),
-            };
-            if !known {
-                return Err((
-                    format!("{key}.approvers[{j}]"),
-                    format!("{entry:?} is not an approver name or a team of one in [[approvers]]"),
-                ));
-            }
-        }
-        let workflow = crate::approval::Workflow {
-            name: w.name.clone(),
-            required_approvals: required,
-            approvers: w.approvers.clone(),
-            expiry,
-            justify_approve: w.require_justification.unwrap_or(false),
-            grant_secs: w.grant_secs.unwrap_or(0),
-        };
-        if map.insert(w.name.clone(), workflow).is_some() {
-            return Err((format!("{key}.name"), format!("workflow {:?} is defined twice", w.name)));
-        }
-    }
-    for name in policy.workflows_used() {
-        if name != "default" && !map.contains_key(&name) {
-            return Err((
-                "rules".into(),
-                format!("workflow {name:?} is used by a rule but not defined in [[workflows]]"),
-            ));
-        }
-    }
-    map.entry("default".to_owned()).or_insert_with(|| crate::approval::Workflow::default_named("default"));
-    for (i, from, to) in escalations {
-        let key = format!("workflows[{i}].escalation_workflow");
-        if !map.contains_key(&to) {
-            return Err((key, format!("workflow {to:?} is not defined in [[workflows]]")));
-        }
-        if ai_workflows.contains_key(&to) {
-            return Err((
-                key,
-                format!(
-                    "workflow {to:?} is ai_driven; {from:?} must escalate to a human workflow, where people decide"
-                ),
-            ));
-        }
-    }
-
-    for (i, p) in raw.redact.iter().enumerate() {
-        if !p.is_empty() && !p.starts_with('/') {
-            return Err((
-                format!("approvals.redact[{i}]"),
-                format!("{p:?} is not a JSON pointer (it must start with '/')"),
-            ));
-        }
-    }
-    let wait_secs = match std::env::var("MCP_GATE_WAIT_SECS") {
-        Ok(v) => v
-            .trim()
-            .parse::<u64>()
-            .map_err(|_| ("MCP_GATE_WAIT_SECS".to_owned(), format!("{v:?} is not a number of seconds")))?,
-        Err(_) => raw.wait_secs.unwrap_or(0),
-    };
-    let listen = std::env::var("MCP_GATE_APPROVALS_LISTEN")
-        .ok()
-        .or(raw.listen)
-        .unwrap_or_else(|| DEFAULT_APPROVALS_LISTEN.to_owned());
-    if listen.parse::<std::net::SocketAddr>().is_err() {
-        return Err(("approvals.listen".into(), format!("{listen:?} is not an address like 127.0.0.1:8377")));
-    }
-    if let Some(url) = &raw.public_url
-        && !(url.starts_with("http://") || url.starts_with("https://"))
-    {
-        return Err(("approvals.public_url".into(), format!("{url:?} is not an http(s) URL")));
-    }
-    let (token, token_key) = match std::env::var("MCP_GATE_TOKEN").ok().filter(|t| !t.is_empty()) {
-        Some(t) => (Some(t), "MCP_GATE_TOKEN"),
-        None => (raw.token, "approvals.token"),
-    };
-    if let Some(t) = &token
-        && t.len() < 16
-    {
-        return Err(("approvals.token".into(), "use at least 16 characters".into()));
-    }
-    let data_dir = raw.data_dir.unwrap_or_else(default_data_dir);
-    let database = match raw.database.as_deref() {
-        Some(":memory:") => None,
-        Some(path) => Some(PathBuf::from(path)),
-        None => Some(data_dir.join("mcp-gate.db")),
-    };
-    Ok(Approvals {
-        listen,
-        public_url: raw.public_url,
-        wait: Duration::from_secs(wait_secs),
-        token,
-        token_key,
-        data_dir,
-        database,
-        redact: raw.redact,
-        expiry_by_risk,
-        expiry_warning: duration("approvals.expiry_warning", &raw.expiry_warning, 600)?,
-        workflows: map,
-        approvers,
-        agents,
-        ai_workflows,
-        providers,
-        limits: listener_limits("approvals", raw.max_connections, raw.header_timeout_secs)?,
-    })
-}
-
-/// A number of seconds, at least one; `default` when not given.
-fn secs(key: &str, value: Option<u64>, default: Duration) -> Result<Duration, (String, String)> {
-    match value {
-        None => Ok(default),
-        Some(0) => Err((key.to_owned(), "must be at least 1 second".into())),
-        Some(n) => Ok(Duration::from_secs(n)),
-    }
-}
-
-/// `max_connections` and `header_timeout_secs` of a listener's section.
-fn listener_limits(
-    section: &str,
-    max_connections: Option<usize>,
-    header_timeout_secs: Option<u64>,
-) -> Result<ListenerLimits, (String, String)> {
-    let default = ListenerLimits::default();
-    let max_connections = max_connections.unwrap_or(default.max_connections);
-    if max_connections == 0 {
-        return Err((format!("{section}.max_connections"), "must be at least 1".into()));
-    }
-    let header_timeout = secs(&format!("{section}.header_timeout_secs"), header_timeout_secs, default.header_timeout)?;
-    Ok(ListenerLimits { max_connections, header_timeout })
-}
-
-/// Refuses any configuration in which an agent credential (the HTTP token, `[[agents]]`) is also
-/// an approver credential (the shared approver token, `[[approvers]]`): whoever holds it could
-/// approve the calls it makes. `shared` is the shared approver token and the key it came from;
-/// the error names both keys.
-pub fn credentials_apart(
-    listen: &Listen,
-    approvals: &Approvals,
-    shared: Option<(&str, &str)>,
-) -> Result<(), (String, String)> {
-    let clash = |agent: &str, approver: &str| {
-        (
-            agent.to_owned(),
-            format!(
-                "the agent credential `{agent}` is the same as the approver credential `{approver}`; an agent must \
-                 never hold an approver's token: give each its own"
-            ),
-        )
-    };
-    if let Some((agent, approver)) = approvals.agents.shares_a_token_with(&approvals.approvers) {
-        return Err(clash(agent, approver));
-    }
-    if let Some(http) = listen.token.as_deref() {
-        if let Some((shared, shared_key)) = shared
-            && crate::http::guard::constant_time_eq(http.as_bytes(), shared.as_bytes())
-        {
-            return Err(clash(&listen.token_key, shared_key));
-        }
-        if let Some(approver) = approvals.approvers.key_of(http) {
-            return Err(clash(&listen.token_key, approver));
-        }
-    }
-    if let Some((shared, shared_key)) = shared
-        && let Some(agent) = approvals.agents.key_of(shared)
-    {
-        return Err(clash(agent, shared_key));
-    }
-    Ok(())
-}
-
-/// The `ai_*` keys and `escalation_workflow` belong to `ai_driven` workflows.
-fn check_human_workflow(key: &str, w: &RawWorkflow) -> Result<(), (String, String)> {
-    let ai_keys = [
-        ("ai_model", w.ai_model.is_some()),
-        ("ai_guidelines", w.ai_guidelines.is_some()),
-        ("ai_confidence_threshold", w.ai_confidence_threshold.is_some()),
-        ("ai_fallback_behavior", w.ai_fallback_behavior.is_some()),
-        ("escalation_workflow", w.escalation_workflow.is_some()),
-        ("ai_provider", w.ai_provider.is_some()),
-        ("ai_cache_secs", w.ai_cache_secs.is_some()),
-    ];
-    match ai_keys.iter().find(|(_, set)| *set) {
-        Some((name, _)) => {
-            Err((format!("{key}.{name}"), "applies only to a workflow with approval_type = \"ai_driven\"".into()))
-        }
-        None => Ok(()),
-    }
-}
-
-/// The reviewer settings of an `ai_driven` workflow.
-fn ai_workflow(
-    key: &str,
-    w: &RawWorkflow,
-    providers: &BTreeMap<String, crate::review::ProviderConfig>,
-) -> Result<crate::review::AiWorkflow, (String, String)> {
-    use crate::review::{AiWorkflow, DEFAULT_CACHE_SECS, DEFAULT_THRESHOLD, Fallback};
-    let human_keys = [
-        ("required_approvals", w.required_approvals.is_some()),
-        ("approvers", !w.approvers.is_empty()),
-        ("require_justification", w.require_justification.is_some()),
-        ("grant_secs", w.grant_secs.is_some()),
-    ];
-    if let Some((name, _)) = human_keys.iter().find(|(_, set)| *set) {
-        return Err((
-            format!("{key}.{name}"),
-            "applies only to human workflows; an ai_driven workflow's reviewer decides alone (see ai_cache_secs \
-             for reusing decisions)"
-                .into(),
-        ));
-    }
-    let required = |name: &str, value: &Option<String>, what: &str| -> Result<String, (String, String)> {
-        match value.as_deref().map(str::trim) {
-            Some(v) if !v.is_empty() => Ok(v.to_owned()),
-            _ => Err((format!("{key}.{name}"), format!("an ai_driven workflow needs {what}"))),
-        }
-    };
-    let model = required("ai_model", &w.ai_model, "the model to ask (e.g. \"claude-sonnet-4-5\", \"llama3.1:8b\")")?;
-    let guidelines = required("ai_guidelines", &w.ai_guidelines, "the guidelines the reviewer decides by")?;
-    let provider = required("ai_provider", &w.ai_provider, "a provider: the name of a [providers.NAME] table")?;
-    if !providers.contains_key(&provider) {
-        let known: Vec<&str> = providers.keys().map(String::as_str).collect();
-        return Err((
-            format!("{key}.ai_provider"),
-            if known.is_empty() {
-                format!("provider {provider:?} is not defined: add a [providers.{provider}] table")
-            } else {
-                format!("provider {provider:?} is not defined; defined: {}", known.join(", "))
-            },
-        ));
-    }
-    let threshold = w.ai_confidence_threshold.unwrap_or(DEFAULT_THRESHOLD);
-    if !(threshold.is_finite() && (0.0..=1.0).contains(&threshold)) {
-        return Err((format!("{key}.ai_confidence_threshold"), format!("{threshold} is not within 0..=1")));
-    }
-    let fallback = match w.ai_fallback_behavior.as_deref() {
-        None | Some("escalate") => Fallback::Escalate,
-        Some("approve") => Fallback::Approve,
-        Some("deny") => Fallback::Deny,
-        Some(other) => {
-            return Err((
-                format!("{key}.ai_fallback_behavior"),
-                format!("unknown fallback {other:?}; use \"escalate\", \"approve\" or \"deny\""),
-            ));
-        }
-    };
-    let escalation_workflow = w.escalation_workflow.clone().filter(|e| !e.trim().is_empty());
-    match (fallback, &escalation_workflow) {
-        (Fallback::Escalate, None) => {
-            return Err((
-                format!("{key}.escalation_workflow"),
-                "required when ai_fallback_behavior is \"escalate\" (the default): name the human workflow that \
-                 decides the calls the reviewer is unsure of"
-                    .into(),
-            ));
-        }
-        (Fallback::Approve | Fallback::Deny, Some(_)) => {
-            return Err((
-                format!("{key}.escalation_workflow"),
-                format!("is only used when ai_fallback_behavior is \"escalate\", not {:?}", fallback.as_str()),
-            ));
-        }
-        _ => {}
-    }
-    Ok(AiWorkflow {
-        name: w.name.clone(),
-        model,
-        guidelines,
-        threshold,
-        fallback,
-        escalation_workflow,
-        provider,
-        cache: Duration::from_secs(w.ai_cache_secs.unwrap_or(DEFAULT_CACHE_SECS)),
-    })
-}
-
-fn validate_providers(
-    raw: BTreeMap<String, RawProvider>,
-) -> Result<BTreeMap<String, crate::review::ProviderConfig>, (String, String)> {
-    use crate::review::{
-        ANTHROPIC_BASE_URL, DEFAULT_TIMEOUT_SECS, OPENAI_BASE_URL, ProviderConfig, ProviderKind, Secret,
-    };
-    let mut out = BTreeMap::new();
-    for (name, p) in raw {
-        let key = format!("providers.{name}");
-        let kind = match p.kind.as_deref() {
-            Some("anthropic") => ProviderKind::Anthropic,
-            Some("openai") => ProviderKind::OpenAi,
-            Some(other) => {
-                return Err((
-                    format!("{key}.type"),
-                    format!(
-                        "unknown provider type {other:?}; use \"anthropic\" or \"openai\" (any OpenAI-compatible \
-                         server: Ollama, vLLM, LM Studio, llama.cpp)"
-                    ),
-                ));
-            }
-            None => return Err((format!("{key}.type"), "required: \"anthropic\" or \"openai\"".into())),
-        };
-        let base_url = p.base_url.unwrap_or_else(|| {
-            match kind {
-                ProviderKind::Anthropic => ANTHROPIC_BASE_URL,
-                ProviderKind::OpenAi => OPENAI_BASE_URL,
-            }
-            .to_owned()
-        });
-        if !(base_url.starts_with("http://") || base_url.starts_with("https://"))
-            || reqwest::Url::parse(&base_url).is_err()
-        {
-            return Err((format!("{key}.base_url"), format!("{base_url:?} is not an http(s) URL")));
-        }
-        let api_key = match &p.api_key_env {
-            Some(var) => match std::env::var(var) {
-                Ok(v) if !v.trim().is_empty() => Some(Secret::new(v.trim())),
-                _ => {
-                    return Err((
-                        format!("{key}.api_key_env"),
-                        format!("environment variable {var} is not set (it should hold the provider's API key)"),
-                    ));
-                }
-            },
-            None => None,
-        };
-        let timeout_secs = p.timeout_secs.unwrap_or(DEFAULT_TIMEOUT_SECS);
-        if timeout_secs == 0 {
-            return Err((format!("{key}.timeout_secs"), "must be at least 1".into()));
-        }
-        out.insert(
-            name.clone(),
-            ProviderConfig {
-                name,
-                kind,
-                base_url,
-                api_key_env: p.api_key_env,
-                api_key,
-                timeout: Duration::from_secs(timeout_secs),
-            },
-        );
-    }
-    Ok(out)
-}
-
-fn validate_webhooks(raw: Vec<RawWebhook>) -> Result<Vec<crate::server::notify::Webhook>, (String, String)> {
-    use crate::server::notify::{DEFAULT_EVENTS, DEFAULT_TIMEOUT, Format, Webhook};
-    let mut out: Vec<Webhook> = Vec::new();
-    for (i, w) in raw.into_iter().enumerate() {
-        let key = format!("webhooks[{i}]");
-        let name = match w.name {
-            Some(n) if n.trim().is_empty() => return Err((format!("{key}.name"), "must not be empty".into())),
-            Some(n) => n,
-            None => key.clone(),
-        };
-        if out.iter().any(|o| o.name == name) {
-            return Err((format!("{key}.name"), format!("webhook {name:?} is defined twice")));
-        }
-        let Some(raw_url) = w.url else { return Err((format!("{key}.url"), "a webhook needs a url".into())) };
-        let url = expand_env(&raw_url).map_err(|m| (format!("{key}.url"), m))?;
-        // The expanded URL may hold a secret: messages quote what the file says.
-        let parsed = reqwest::Url::parse(&url).ok().filter(|u| matches!(u.scheme(), "http" | "https"));
-        if parsed.as_ref().and_then(|u| u.host_str()).is_none_or(str::is_empty) {
-            return Err((format!("{key}.url"), format!("{raw_url:?} is not an http:// or https:// URL")));
-        }
-        let format = match w.format.as_deref() {
-            None => Format::Generic,
-            Some(f) => f.parse::<Format>().map_err(|m| (format!("{key}.format"), m))?,
-        };
-        let secret = match w.secret_env {
-            Some(var) => match std::env::var(&var) {
-                Ok(v) if !v.is_empty() => Some(v.into_bytes()),
-                Ok(_) => return Err((format!("{key}.secret_env"), format!("environment variable {var} is empty"))),
-                Err(_) => {
-                    return Err((format!("{key}.secret_env"), format!("environment variable {var} is not set")));
-                }
-            },
-            None if format == Format::Generic => {
-                return Err((
-                    format!("{key}.secret_env"),
-                    "a generic webhook needs the name of the environment variable holding its signing key".into(),
-                ));
-            }
-            None => None,
-        };
-        let events = match w.events {
-            None => DEFAULT_EVENTS.into_iter().collect(),
-            Some(list) if list.is_empty() => {
-                return Err((
-                    format!("{key}.events"),
-                    "an empty list sends nothing; remove the webhook instead".into(),
-                ));
-            }
-            Some(list) => list
-                .iter()
-                .enumerate()
-                .map(|(j, k)| {
-                    k.parse::<crate::approval::ChangeKind>().map_err(|m| {
-                        let known = crate::approval::ChangeKind::ALL.map(|k| k.as_str()).join(", ");
-                        (format!("{key}.events[{j}]"), format!("{m}; use one of {known}"))
-                    })
-                })
-                .collect::<Result<_, _>>()?,
-        };
-        let timeout = match w.timeout_secs {
-            None => DEFAULT_TIMEOUT,
-            Some(s @ 1..=300) => Duration::from_secs(s),
-            Some(s) => return Err((format!("{key}.timeout_secs"), format!("{s} is not between 1 and 300"))),
-        };
-        out.push(Webhook { name, url, format, secret, events, timeout });
-    }
-    Ok(out)
-}
-
-/// `$MCP_GATE_DATA_DIR`, else `$XDG_DATA_HOME/mcp-gate`, else `~/.local/share/mcp-gate`.
-pub fn default_data_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("MCP_GATE_DATA_DIR") {
-        return PathBuf::from(dir);
-    }
-    if let Some(dir) = std::env::var_os("XDG_DATA_HOME") {
-        return PathBuf::from(dir).join("mcp-gate");
-    }
-    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
-    home.join(".local").join("share").join("mcp-gate")
-}
-
-/// Parses `90s`, `15m`, `4h`, `1d` or a plain number of seconds.
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
-    let n: u64 = number.parse().ok()?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
-        _ => return None,
-    };
-    (secs > 0).then(|| Duration::from_secs(secs))
-}
-
-#[allow(clippy::too_many_arguments)]
-fn server_transport(
-    key: &str,
-    command: Option<String>,
-    args: Vec<String>,
-    env: BTreeMap<String, String>,
-    cwd: Option<PathBuf>,
-    url: Option<String>,
-    transport: Option<String>,
-    headers: BTreeMap<String, String>,
-) -> Result<UpstreamTransport, (String, String)> {
-    let expand_all = |what: &str, map: BTreeMap<String, String>| -> Result<Vec<(String, String)>, (String, String)> {
-        map.into_iter()
-            .map(|(k, v)| {
-                let v = expand_env(&v).map_err(|m| (format!("{key}.{what}.{k}"), m))?;
-                Ok((k, v))
-            })
-            .collect()
-    };
-    match (command, url) {
-        (Some(_), Some(_)) => Err((key.to_owned(), "set either `command` or `url`, not both".into())),
-        (None, None) => Err((key.to_owned(), "needs a `command` (stdio server) or a `url` (HTTP server)".into())),
-        (Some(command), None) => {
-            if let Some(t) = transport.filter(|t| t != "stdio") {
-                return Err((format!("{key}.transport"), format!("{t:?} needs a `url`; a `command` is always stdio")));
-            }
-            if !headers.is_empty() {
-                return Err((format!("{key}.headers"), "only HTTP servers take headers".into()));
-            }
-            let args = args
-                .iter()
-                .enumerate()
-                .map(|(i, a)| expand_env(a).map_err(|m| (format!("{key}.args[{i}]"), m)))
-                .collect::<Result<_, _>>()?;
-            Ok(UpstreamTransport::Stdio { command, args, env: expand_all("env", env)?, cwd })
-        }
-        (None, Some(url)) => {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err((format!("{key}.url"), format!("{url:?} is not an http:// or https:// URL")));
-            }
-            if !args.is_empty() || !env.is_empty() || cwd.is_some() {
-                return Err((key.to_owned(), "`args`, `env` and `cwd` apply only to a `command`".into()));
-            }
-            let headers = expand_all("headers", headers)?;
-            match transport.as_deref() {
-                None | Some("streamable-http") | Some("http") => Ok(UpstreamTransport::StreamableHttp { url, headers }),
-                Some("sse") => Ok(UpstreamTransport::Sse { url, headers }),
-                Some(other) => Err((
-                    format!("{key}.transport"),
-                    format!("unknown transport {other:?}; use \"streamable-http\" or \"sse\""),
-                )),
-            }
-        }
-    }
-}
-
-fn check_server_name(name: &str, separator: &str) -> Result<(), String> {
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-        return Err(format!("server name {name:?} may only use letters, digits, '-' and '_'"));
-    }
-    if name.contains(separator) {
-        return Err(format!("server name {name:?} contains the separator {separator:?}"));
-    }
-    Ok(())
-}
-
-/// Refuses two prefixed servers whose exposed names could meet: with separator `__`, `a` and `a_`
-/// both could own `a___x` (`a` + `__` + `_x`, or `a_` + `__` + `x`). That happens exactly when one
-/// name extends the other by a tail that, followed by the separator, starts with the separator.
-fn check_prefixes_unambiguous(servers: &[ServerConfig], separator: &str) -> Result<(), (String, String)> {
-    let prefixed: Vec<&str> = servers.iter().filter(|s| s.prefix).map(|s| s.name.as_str()).collect();
-    for short in &prefixed {
-        for long in &prefixed {
-            let Some(tail) = long.strip_prefix(short) else { continue };
-            if !tail.is_empty() && format!("{tail}{separator}").starts_with(separator) {
-                let example = format!("{long}{separator}x");
-                return Err((
-                    format!("servers.{long}"),
-                    format!(
-                        "server names {short:?} and {long:?} are ambiguous with the separator {separator:?}: \
-                         {example:?} could be a tool of either; rename one or change `proxy.separator`"
-                    ),
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// A server name derived from a command (`/usr/bin/mcp-server-x` -> `mcp-server-x`) or a URL host.
-fn default_name(first: &str, is_url: bool) -> String {
-    let base = if is_url {
-        first.split("://").nth(1).unwrap_or(first).split(['/', ':']).next().unwrap_or("upstream")
-    } else {
-        Path::new(first).file_stem().and_then(|s| s.to_str()).unwrap_or("upstream")
-    };
-    let name: String = base
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' })
-        .collect::<String>()
-        .replace("__", "-");
-    if name.is_empty() { "upstream".to_owned() } else { name }
 }
 
 /// Expands `${VAR}` references from the environment; a missing variable is an error.
@@ -1248,7 +328,12 @@ fn describe_figment_error(e: figment::Error, file: Option<&Path>) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::downstream::settings::{DEFAULT_MAX_SESSIONS, DEFAULT_SESSION_IDLE};
+    use crate::http::listener::ListenerLimits;
+    use crate::upstream::settings::{DEFAULT_INITIALIZE_TIMEOUT, UpstreamTransport, check_server_name, default_name};
 
     #[test]
     fn unknown_key_names_key_and_file() {
@@ -1463,6 +548,8 @@ mod example_tests {
 
 #[cfg(test)]
 mod ai_config_tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::review::{Fallback, ProviderKind};
 

@@ -26,7 +26,7 @@ fn say(text: &str) {
 
 pub async fn run(approvals_listen: &str) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("locating the mcp-gate executable")?;
-    let token = crate::random::hex(16);
+    let token = crate::random::hex(16)?;
     let toml = format!(
         "[servers.files]\ncommand = {exe:?}\nargs = [\"demo-server\"]\n\n\
          [approvals]\nlisten = {approvals_listen:?}\nwait_secs = {DEMO_WAIT_SECS}\ndatabase = \":memory:\"\ntoken = {token:?}\n",
@@ -35,7 +35,7 @@ pub async fn run(approvals_listen: &str) -> anyhow::Result<()> {
     // The demo's own settings win over the environment's.
     // SAFETY of intent: these variables are read once, by the config loader below.
     let config = Config::from_toml(&toml, "demo configuration")?;
-    let started = crate::app::start_gate_with(&config).await?;
+    let started = crate::app::start_gate_announcing(&config, false).await?;
     say("");
     say("mcp-gate demo");
     say("=============");
@@ -80,9 +80,18 @@ pub async fn run(approvals_listen: &str) -> anyhow::Result<()> {
             .await
             .unwrap_or_default();
         if let Some(a) = pending.first() {
+            let who = crate::identity::Principal::named(crate::identity::OPERATOR);
+            if let Ok(Some(secret)) = started.web.sign_in.issue(who, format!("/approvals/{}", a.id)) {
+                say(
+                    "   Open this link: it signs you in (once, within a minute) at the request; approve or deny there.",
+                );
+                say(&format!("     {}{}/{secret}", started.public_url, crate::server::web::signin::LINK_PATH));
+            }
             say(&format!(
-                "   Open {} , sign in with the token, and approve or deny.",
-                started.approvals.url_for(&a.id)
+                "   Later, open {} and sign in with the token (a new link: MCP_GATE_TOKEN={token} mcp-gate approvals open --url {} {}).",
+                started.approvals.url_for(&a.id),
+                started.public_url,
+                a.id
             ));
             say(&format!("   (Waiting up to {DEMO_WAIT_SECS} s. The same works with the API:"));
             say(&format!(

@@ -7,6 +7,8 @@
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use crate::settings::Invalid;
+
 /// The identity of the shared approver token (from `MCP_GATE_TOKEN`, the config or the data
 /// directory).
 pub const OPERATOR: &str = "operator";
@@ -109,7 +111,7 @@ impl Credentials {
         let presented = sha256(token);
         let mut found = None;
         for (hash, principal, _) in &self.entries {
-            if crate::http::guard::constant_time_eq(hash, &presented) && found.is_none() {
+            if crate::secret::constant_time_eq(hash, &presented) && found.is_none() {
                 found = Some(principal);
             }
         }
@@ -172,7 +174,7 @@ impl Credentials {
         let presented = sha256(token);
         let mut found = None;
         for (hash, _, key) in &self.entries {
-            if crate::http::guard::constant_time_eq(hash, &presented) && found.is_none() {
+            if crate::secret::constant_time_eq(hash, &presented) && found.is_none() {
                 found = Some(key.as_str());
             }
         }
@@ -189,15 +191,49 @@ pub fn sha256(text: &str) -> [u8; 32] {
     Sha256::digest(text.as_bytes()).into()
 }
 
-fn parse_hash(hex: &str) -> Option<[u8; 32]> {
-    let hex = hex.trim();
-    if hex.len() != 64 {
-        return None;
+/// Refuses any configuration in which an agent credential (the HTTP token `http`, `agents`) is
+/// also an approver credential (the shared approver token `shared`, `approvers`): whoever holds
+/// it could approve the calls it makes. `http` and `shared` come with the key they came from;
+/// the error names both keys.
+pub fn credentials_apart(
+    agents: &Credentials,
+    approvers: &Credentials,
+    http: Option<(&str, &str)>,
+    shared: Option<(&str, &str)>,
+) -> Result<(), Invalid> {
+    let clash = |agent: &str, approver: &str| {
+        Invalid::new(
+            agent,
+            format!(
+                "the agent credential `{agent}` is the same as the approver credential `{approver}`; an agent must \
+                 never hold an approver's token: give each its own"
+            ),
+        )
+    };
+    if let Some((agent, approver)) = agents.shares_a_token_with(approvers) {
+        return Err(clash(agent, approver));
     }
+    if let Some((http, http_key)) = http {
+        if let Some((shared, shared_key)) = shared
+            && crate::secret::constant_time_eq(http.as_bytes(), shared.as_bytes())
+        {
+            return Err(clash(http_key, shared_key));
+        }
+        if let Some(approver) = approvers.key_of(http) {
+            return Err(clash(http_key, approver));
+        }
+    }
+    if let Some((shared, shared_key)) = shared
+        && let Some(agent) = agents.key_of(shared)
+    {
+        return Err(clash(agent, shared_key));
+    }
+    Ok(())
+}
+
+fn parse_hash(text: &str) -> Option<[u8; 32]> {
     let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
+    hex::decode_to_slice(text.trim(), &mut out).ok()?;
     Some(out)
 }
 
@@ -206,7 +242,7 @@ mod tests {
     use super::*;
 
     fn raw(name: &str, token: &str, teams: &[&str]) -> RawPrincipal {
-        let hash: String = sha256(token).iter().map(|b| format!("{b:02x}")).collect();
+        let hash = hex::encode(sha256(token));
         RawPrincipal {
             name: name.into(),
             teams: teams.iter().map(|t| (*t).to_owned()).collect(),
@@ -243,6 +279,10 @@ mod tests {
         let mut bad = raw("alice", "alice-token-0123456789", &[]);
         bad.token_sha256 = Some("abc".into());
         assert_eq!(Credentials::from_raw("approvers", &[bad]).unwrap_err().0, "approvers[0].token_sha256");
+        // 64 characters that only a lenient parser reads as hex ("+f" is 15 to `from_str_radix`).
+        let mut signed = raw("alice", "alice-token-0123456789", &[]);
+        signed.token_sha256 = Some("+f".repeat(32));
+        assert_eq!(Credentials::from_raw("approvers", &[signed]).unwrap_err().0, "approvers[0].token_sha256");
 
         let dup = [raw("alice", "t-0123456789abcdef", &[]), raw("alice", "u-0123456789abcdef", &[])];
         assert_eq!(Credentials::from_raw("approvers", &dup).unwrap_err().0, "approvers[1].name");

@@ -11,8 +11,19 @@
 //!   refused), then parsed into the raw envelope of [`wire::jsonrpc`] (params and results stay those
 //!   canonical bytes). Newline framing, the SSE codec, and [`wire::era`], which decides the protocol
 //!   era of each request so that what the proxy writes itself takes that era's shape.
-//! - [`identity`], [`visible`], [`random`]: who is asking (approver and agent tokens), how untrusted
-//!   text is shown to a person (invisible characters marked), random bytes.
+//! - [`settings`]: what the settings of every subsystem share: [`settings::Invalid`], the error
+//!   that names the wrong key. Each subsystem owns its sections of `proxy.toml`, as written and
+//!   validated, usually in a `settings` module of its own: [`upstream::settings`] (`[proxy]`,
+//!   `[upstream]`, `[servers.NAME]`), [`downstream::settings`] (`[listen]`),
+//!   [`http::listener::ListenerLimits`], [`approval::settings`] (`[approvals]`, `[[workflows]]`),
+//!   [`review::settings`] (`[providers.NAME]` and the `ai_*` keys of a workflow),
+//!   [`server::notify::settings`] (`[[webhooks]]`), [`identity`] (`[[approvers]]`, `[[agents]]`)
+//!   and [`policy`] (`[policy]`, `[[rules]]`).
+//! - [`identity`], [`visible`], [`random`], [`secret`]: who is asking (approver and agent tokens,
+//!   compared in constant time; no agent holds an approver's token), how untrusted text is shown to a
+//!   person (invisible characters marked), random bytes (failing closed: no randomness refuses the
+//!   work), tokens and keys held as secrets (wiped when dropped, never printed); [`browser`] opens a URL for the person at this
+//!   machine.
 //! - [`http`]: what both HTTP servers share: the bounded [`http::listener`] and the request
 //!   [`http::guard`] (Host/Origin, bearer tokens).
 //! - [`upstream`]: the transports to the servers behind the proxy ([`upstream::stdio`] for a child
@@ -28,8 +39,10 @@
 //! - [`downstream`]: where clients come in: [`downstream::stdio`] when the client started us,
 //!   [`downstream::http`] for `mcp-gate serve`.
 //! - [`policy`]: the compiled rules (pure, first match wins, fails closed).
-//! - [`store`]: the SQLite database: approval requests, votes, claims, and the hash-chained
-//!   [`store::audit`] log where every decision lands.
+//! - [`store`]: the SQLite database, the only module that speaks SQL: approval requests, votes,
+//!   claims, and the hash-chained [`store::audit`] log where every decision lands. Its
+//!   [`store::Clock`] is where the store, the approvals and the sweeper read the time (a test
+//!   holds it still with tokio's paused time).
 //! - [`review`]: the AI reviewer, a model asked inline against written guidelines.
 //! - [`approval`]: the gate of a real run, [`approval::ApprovalGate`]. It evaluates the policy and
 //!   lets the call through, answers with a denial, or holds it: held calls are approval requests in
@@ -39,16 +52,23 @@
 //!   reviewer; what it is unsure of goes to people. Every change of a request is published on
 //!   [`approval::Approvals::changes`].
 //! - [`server`]: the approval server ([`server::web`]: JSON API, pages and event stream, over the
-//!   same [`approval::Approvals`] core, which wakes the waiting calls); the per-machine
+//!   same [`approval::Approvals`] core, which wakes the waiting calls; [`server::web::signin`] turns
+//!   `mcp-gate approvals open` into a one-time link that signs a browser in); the per-machine
 //!   [`server::hub`] (the processes of one machine that share a database share one approval server);
 //!   the [`server::handshake`] by which both ends prove they know a token before it travels; the
-//!   [`server::notify`] webhooks.
-//! - [`config`] loads `proxy.toml`; [`app`] is the composition root that wires a run from it;
-//!   [`cli`] is the command line (with [`cli::approvals`], the `mcp-gate approvals` client of the
-//!   API); [`demo`] is `mcp-gate demo`.
+//!   [`server::notify`] webhooks and desktop notifications (and, in each process whose stderr is a
+//!   terminal, one line per call it holds).
+//! - At the top, what nothing below imports. [`config`] loads `proxy.toml` (figment: defaults, the
+//!   file, `MCP_GATE_` variables) into a [`config::RawConfig`] made of the subsystems' raw
+//!   sections, has each subsystem validate its own into a [`config::Config`] made of their
+//!   settings (it adds the file to the key an error names, and expands `${VAR}` for them), and
+//!   explains the result for `check-config`. [`app`] is the composition root that wires a run from
+//!   it; [`cli`] is the command line (with [`cli::approvals`], the `mcp-gate approvals` client of
+//!   the API); [`demo`] is `mcp-gate demo`.
 
 pub mod app;
 pub mod approval;
+pub mod browser;
 pub mod cli;
 pub mod config;
 pub mod demo;
@@ -59,8 +79,10 @@ pub mod identity;
 pub mod policy;
 pub mod random;
 pub mod review;
+pub mod secret;
 pub mod server;
 pub mod session;
+pub mod settings;
 pub mod store;
 pub mod upstream;
 pub mod visible;

@@ -6,7 +6,10 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = mcp_gate::cli::Cli::parse();
-    let filter = EnvFilter::try_from_env("MCP_GATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // The demo shows only its walkthrough (and errors) unless MCP_GATE_LOG asks for more.
+    let quiet = matches!(cli.command, Some(mcp_gate::cli::Command::Demo { .. }));
+    let filter = EnvFilter::try_from_env("MCP_GATE_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(if quiet { "error" } else { "info" }));
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())

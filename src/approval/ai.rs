@@ -22,7 +22,7 @@ use std::sync::Arc;
 use serde_json::json;
 use tracing::{info, warn};
 
-use super::{Approvals, Caller, OwnedCall, call_key, now_ms, replies};
+use super::{Approvals, Caller, OwnedCall, call_key, replies};
 use crate::gate::Verdict;
 use crate::gate::tools::ToolInfo;
 use crate::identity::Principal;
@@ -60,7 +60,7 @@ impl Approvals {
             return self.hold(call, decision, caller).await;
         };
         let key = call_key(&call.server, &call.tool, &call.arguments);
-        let now = now_ms();
+        let now = self.now_ms();
         // An identical call already has a request (escalated and pending, approved, or denied
         // recently): it stands, as for any held call.
         let existing = match self.store.find_standing(&key, now).await {
@@ -95,7 +95,7 @@ impl Approvals {
                     // A request waiting for a person stood for this call: it stands.
                     Ok((a, true)) => return self.wait_for(a, caller).await,
                     Ok((a, false)) => a,
-                    Err(e) => return self.fail_closed(&call, &e),
+                    Err(e) => return self.fail_closed(&call, &e.to_string()),
                 };
                 self.audit_review(&ai, &call, Some(&a), &review, applied, outcome).await;
                 self.recorded(&a, &vote, workflow.required_approvals).await;
@@ -115,7 +115,7 @@ impl Approvals {
                 let a = match self.open_decided(&workflow, &call, &key, &decision, &vote, &reviewer_identity).await {
                     Ok((a, true)) => return self.wait_for(a, caller).await,
                     Ok((a, false)) => a,
-                    Err(e) => return self.fail_closed(&call, &e),
+                    Err(e) => return self.fail_closed(&call, &e.to_string()),
                 };
                 self.audit_review(&ai, &call, Some(&a), &review, applied, outcome).await;
                 self.recorded(&a, &vote, workflow.required_approvals).await;
@@ -140,7 +140,7 @@ impl Approvals {
                 let a = match self.insert_request(&self.workflow(to), &call, &key, &decision).await {
                     Ok((a, true)) => return self.wait_for(a, caller).await,
                     Ok((a, false)) => a,
-                    Err(e) => return self.fail_closed(&call, &e),
+                    Err(e) => return self.fail_closed(&call, &e.to_string()),
                 };
                 self.audit_review(&ai, &call, Some(&a), &review, applied, outcome).await;
                 info!(id = %a.id, workflow = %to, "escalated by the reviewer to people");
@@ -159,8 +159,8 @@ impl Approvals {
                 .into_iter()
                 .map(|a| RecentDecision {
                     at: replies::iso8601(a.decided_at.unwrap_or(a.created_at)),
-                    server: a.server,
-                    tool: a.tool,
+                    server: a.request.server,
+                    tool: a.request.tool,
                     status: a.status.to_string(),
                     decided_by: a.decided_by,
                     reason: a.deny_reason,
@@ -215,7 +215,7 @@ impl Approvals {
                     actor: Some(actor),
                     detail,
                 };
-                if let Err(e) = self.store.audit_append(record, now_ms()).await {
+                if let Err(e) = self.store.audit_append(record, self.now_ms()).await {
                     warn!("audit write failed: {e}");
                 }
             }

@@ -12,6 +12,7 @@
 mod ai;
 pub mod changes;
 pub mod replies;
+pub mod settings;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,13 +21,15 @@ use std::time::Duration;
 use dashmap::{DashMap, DashSet};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::gate::{CancellationToken, Gate, Outcome, ProgressSink, RefusedCall, ToolCall, Verdict};
 use crate::policy::{Action, CallFacts, Decision, Policy, Risk};
 use crate::store::audit::{AuditRecord, Event, Redactor};
-use crate::store::{Approval, Claim, NewApproval, SYSTEM_ACTOR, Status, Store, TransitionError, Vote, VoteDecision};
+use crate::store::{
+    Approval, ApprovalRequest, Claim, SYSTEM_ACTOR, Status, Store, TransitionError, Vote, VoteDecision,
+};
 pub use changes::{Change, ChangeKind, Changes};
 
 /// How often a waiting caller hears progress (clients reset their timeouts on it).
@@ -111,7 +114,22 @@ pub enum DecideError {
     #[error("{0} made this request and cannot approve it")]
     OwnRequest(String),
     #[error("storage: {0}")]
-    Store(String),
+    Store(#[from] crate::store::StoreError),
+}
+
+/// Why a held call's request could not be opened: the call is then refused (fails closed).
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// The reviewer's vote on the request it opens was refused.
+    #[error(transparent)]
+    Vote(#[from] TransitionError),
+    #[error(transparent)]
+    Decide(#[from] DecideError),
+    /// No random bytes for the request's id.
+    #[error(transparent)]
+    Random(#[from] crate::random::RandomError),
 }
 
 /// The approval service: policy, store, waiters and the audit trail.
@@ -122,8 +140,6 @@ pub struct Approvals {
     redactor: Redactor,
     /// Approval id -> a signal bumped whenever its status changes.
     waiters: DashMap<String, watch::Sender<u64>>,
-    /// Records of policy-only decisions, written in batches.
-    audit_queue: mpsc::UnboundedSender<(AuditRecord, i64)>,
     /// Every state change, for live views and notifications.
     pub changes: Changes,
     /// Pending requests already announced as expiring.
@@ -134,37 +150,15 @@ pub struct Approvals {
     stopping: tokio_util::sync::CancellationToken,
 }
 
-/// Drains the audit queue: one transaction per batch of whatever has accumulated.
-async fn write_audit_batches(store: Store, mut queue: mpsc::UnboundedReceiver<(AuditRecord, i64)>) {
-    while let Some(first) = queue.recv().await {
-        // A moment for more records to arrive, so a steady stream of calls costs one
-        // transaction per few milliseconds rather than one per call.
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        let mut batch = vec![first];
-        while batch.len() < 4096 {
-            match queue.try_recv() {
-                Ok(more) => batch.push(more),
-                Err(_) => break,
-            }
-        }
-        if let Err(e) = store.audit_append_batch(batch).await {
-            warn!("audit write failed: {e}");
-        }
-    }
-}
-
 impl Approvals {
     pub fn new(store: Store, policy: Arc<Policy>, settings: ApprovalSettings) -> Arc<Approvals> {
         let redactor = Redactor::new(settings.redact.clone());
-        let (audit_queue, queued) = mpsc::unbounded_channel();
-        tokio::spawn(write_audit_batches(store.clone(), queued));
         let approvals = Arc::new(Approvals {
             store,
             policy,
             settings,
             redactor,
             waiters: DashMap::new(),
-            audit_queue,
             changes: Changes::default(),
             warned: DashSet::new(),
             reviewer: std::sync::OnceLock::new(),
@@ -188,6 +182,12 @@ impl Approvals {
         self.stopping.cancel();
     }
 
+    /// The current time of the store's clock (see [`crate::store::Clock`]), in unix milliseconds:
+    /// every time the approvals record or compare is read here.
+    pub fn now_ms(&self) -> i64 {
+        self.store.now_ms()
+    }
+
     pub fn url_for(&self, id: &str) -> String {
         format!("{}/approvals/{id}", self.settings.public_url.trim_end_matches('/'))
     }
@@ -209,7 +209,7 @@ impl Approvals {
             .store
             .get_approval(id)
             .await
-            .map_err(|e| DecideError::Store(e.to_string()))?
+            .map_err(DecideError::Store)?
             .ok_or_else(|| DecideError::NotFound(id.to_owned()))?;
         let workflow = self.workflow(&current.workflow);
         let actor = who.name.as_str();
@@ -234,7 +234,7 @@ impl Approvals {
             notes,
             reason,
         };
-        let result = self.store.record_vote(id, vote.clone(), workflow.required_approvals, now_ms()).await;
+        let result = self.store.record_vote(id, vote.clone(), workflow.required_approvals, self.now_ms()).await;
         let approval = match result {
             Ok(a) => a,
             Err(TransitionError::Expired) => {
@@ -250,7 +250,7 @@ impl Approvals {
             }
             Err(TransitionError::AlreadyVoted { .. }) => return Err(DecideError::AlreadyVoted(actor.to_owned())),
             Err(TransitionError::NotFound(_)) => return Err(DecideError::NotFound(id.to_owned())),
-            Err(e) => return Err(DecideError::Store(e.to_string())),
+            Err(TransitionError::Store(e)) => return Err(DecideError::Store(e)),
         };
         self.recorded(&approval, &vote, workflow.required_approvals).await;
         Ok(approval)
@@ -287,7 +287,7 @@ impl Approvals {
     /// Expires overdue requests and settles the claims of stopped processes (called by the
     /// sweeper every second).
     pub async fn sweep(&self) {
-        match self.store.expire_due(now_ms()).await {
+        match self.store.expire_due(self.now_ms()).await {
             Ok(expired) => {
                 for a in expired {
                     self.expired(&a).await;
@@ -307,7 +307,7 @@ impl Approvals {
             return;
         }
         let warning = self.settings.expiry_warning.as_millis() as i64;
-        let now = now_ms();
+        let now = self.now_ms();
         let due = match self.store.pending_expiring(now, warning).await {
             Ok(due) => due,
             Err(e) => return warn!("expiry warning query failed: {e}"),
@@ -330,7 +330,7 @@ impl Approvals {
             kind,
             approval: Arc::new(approval.clone()),
             actor: actor.map(str::to_owned),
-            at: now_ms(),
+            at: self.now_ms(),
             relayed,
         });
     }
@@ -421,13 +421,14 @@ impl Approvals {
             actor: actor.map(str::to_owned),
             detail,
         };
-        if let Err(e) = self.store.audit_append(record, now_ms()).await {
+        if let Err(e) = self.store.audit_append(record, self.now_ms()).await {
             warn!("audit write failed: {e}");
         }
     }
 
-    /// Queues the record of a call the policy decided on its own (allowed, denied); a writer
-    /// task appends queued records in batches.
+    /// Queues the record of a call the policy decided on its own (allowed, denied); the store
+    /// appends queued records in groups ([`Store::audit_append_later`]), off the call path: the
+    /// call does not wait for its record.
     fn audit_call(&self, event: Event, call: &OwnedCall, decision: &Decision) {
         let record = AuditRecord {
             event,
@@ -441,7 +442,14 @@ impl Approvals {
                 "arguments": self.redactor.redact(&call.arguments),
             }),
         };
-        let _ = self.audit_queue.send((record, now_ms()));
+        self.append_later(record);
+    }
+
+    /// Queues a record for [`Store::audit_append_later`].
+    fn append_later(&self, record: AuditRecord) {
+        if let Err(e) = self.store.audit_append_later(record, self.now_ms()) {
+            warn!("audit write failed: {e}");
+        }
     }
 
     /// Queues the record of a call refused before evaluation.
@@ -455,7 +463,7 @@ impl Approvals {
             actor: Some("proxy".into()),
             detail: serde_json::json!({ "reason": call.reason, "tool_names": call.tool_names }),
         };
-        let _ = self.audit_queue.send((record, now_ms()));
+        self.append_later(record);
     }
 
     /// The held path of a call the policy sends to approval.
@@ -467,7 +475,7 @@ impl Approvals {
         let key = call_key(&call.server, &call.tool, &call.arguments);
         let approval = match self.insert_request(&workflow, &call, &key, &decision).await {
             Ok((a, _joined)) => a,
-            Err(e) => return self.fail_closed(&call, &e),
+            Err(e) => return self.fail_closed(&call, &e.to_string()),
         };
         self.wait_for(approval, caller).await
     }
@@ -482,10 +490,10 @@ impl Approvals {
         call: &OwnedCall,
         key: &str,
         decision: &Decision,
-    ) -> Result<(Approval, bool), String> {
-        let now = now_ms();
-        let new = self.new_request(workflow, call, key, decision, now);
-        let opened = self.store.open_request(new, now).await.map_err(|e| e.to_string())?;
+    ) -> Result<(Approval, bool), OpenError> {
+        let now = self.now_ms();
+        let new = self.new_request(workflow, call, key, decision, now)?;
+        let opened = self.store.open_request(new, now).await?;
         for a in &opened.expired {
             self.expired(a).await;
         }
@@ -509,17 +517,13 @@ impl Approvals {
         decision: &Decision,
         vote: &Vote,
         who: &crate::identity::Principal,
-    ) -> Result<(Approval, bool), String> {
+    ) -> Result<(Approval, bool), OpenError> {
         if !who.admitted_by(&workflow.approvers) {
-            return Err(DecideError::NotAnApprover(who.name.clone(), workflow.name.clone()).to_string());
+            return Err(DecideError::NotAnApprover(who.name.clone(), workflow.name.clone()).into());
         }
-        let now = now_ms();
-        let new = self.new_request(workflow, call, key, decision, now);
-        let opened = self
-            .store
-            .open_decided(new, vote.clone(), workflow.required_approvals, now)
-            .await
-            .map_err(|e| e.to_string())?;
+        let now = self.now_ms();
+        let new = self.new_request(workflow, call, key, decision, now)?;
+        let opened = self.store.open_decided(new, vote.clone(), workflow.required_approvals, now).await?;
         for a in &opened.expired {
             self.expired(a).await;
         }
@@ -544,10 +548,10 @@ impl Approvals {
         key: &str,
         decision: &Decision,
         now: i64,
-    ) -> NewApproval {
+    ) -> Result<ApprovalRequest, crate::random::RandomError> {
         let expiry = self.settings.expiry_for(decision.risk, workflow);
-        NewApproval {
-            id: new_id(),
+        Ok(ApprovalRequest {
+            id: new_id()?,
             key: key.to_owned(),
             server: call.server.clone(),
             tool: call.tool.clone(),
@@ -563,7 +567,7 @@ impl Approvals {
             created_at: now,
             expires_at: now + i64::try_from(expiry.as_millis()).unwrap_or(i64::MAX / 2),
             tool_info: call.tool_info.clone(),
-        }
+        })
     }
 
     /// Audits and announces a request that has just expired.
@@ -577,7 +581,7 @@ impl Approvals {
     /// Settles the claims of processes that stopped between a claim and its finish (see
     /// [`Store::settle_orphaned_claims`]): each is audited as `failed` with the reason.
     pub async fn settle_orphaned_claims(&self) {
-        match self.store.settle_orphaned_claims(now_ms()).await {
+        match self.store.settle_orphaned_claims(self.now_ms()).await {
             Ok(settled) => {
                 for a in settled {
                     warn!(id = %a.id, "{}", crate::store::ORPHANED);
@@ -650,7 +654,7 @@ impl Approvals {
     /// identical retry, exactly once.
     async fn claim(self: &Arc<Self>, approval: &Approval, gone: &CancellationToken) -> Verdict {
         let url = self.url_for(&approval.id);
-        match self.store.claim_execution(&approval.id, now_ms()).await {
+        match self.store.claim_execution(&approval.id, self.now_ms()).await {
             Ok(Claim::Run) => {
                 self.audit(Event::Claimed, approval, Some(SYSTEM_ACTOR), serde_json::json!({}), false).await;
                 if gone.is_cancelled() {
@@ -673,7 +677,7 @@ impl Approvals {
                         }
                     };
                     tokio::spawn(async move {
-                        match me.store.finish_execution(&id, ok, detail.clone(), now_ms()).await {
+                        match me.store.finish_execution(&id, ok, detail.clone(), me.now_ms()).await {
                             Ok(a) => {
                                 let event = if ok { Event::Executed } else { Event::Failed };
                                 me.audit(event, &a, Some("upstream"), detail, false).await;
@@ -695,7 +699,7 @@ impl Approvals {
 
     /// Gives back a claim whose call was never sent (its caller left), audited as `released`.
     async fn release(&self, id: &str) {
-        match self.store.release_claim(id, now_ms()).await {
+        match self.store.release_claim(id, self.now_ms()).await {
             Ok(a) => {
                 info!(id, "claim released: the caller left before the call was sent");
                 self.audit(Event::Released, &a, Some(SYSTEM_ACTOR), serde_json::json!({}), false).await;
@@ -813,15 +817,14 @@ pub fn call_key(server: &str, tool: &str, arguments: &Value) -> String {
     hasher.update(tool.as_bytes());
     hasher.update([0]);
     hasher.update(canonical_json(arguments).as_bytes());
-    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(hasher.finalize())
 }
 
 pub use crate::store::audit::canonical_json;
-pub use crate::store::now_ms;
 
 /// A short random id: `apr_` and 16 hex digits.
-pub fn new_id() -> String {
-    format!("apr_{}", crate::random::hex(8))
+pub fn new_id() -> Result<String, crate::random::RandomError> {
+    Ok(format!("apr_{}", crate::random::hex(8)?))
 }
 
 #[cfg(test)]
@@ -837,5 +840,36 @@ mod tests {
         assert_ne!(call_key("fs", "rm", &a), call_key("fs", "rm", &c));
         assert_ne!(call_key("fs", "rm", &a), call_key("fs2", "rm", &a));
         assert_eq!(canonical_json(&a), r#"{"a":{"x":"s","y":[1,2]},"b":1}"#);
+    }
+
+    /// Without randomness no request id can be made: the held call is answered with the gate's
+    /// internal error (it does not run), and the task that holds it ends instead of panicking,
+    /// which would leave its caller waiting for an answer that never comes.
+    #[tokio::test]
+    async fn a_held_call_without_randomness_is_refused_not_left_waiting() {
+        let toml = "[[rules]]\nname = \"ask\"\ntool = \"rm\"\naction = \"approve\"\n";
+        let config = crate::config::Config::from_toml(toml, "hold.toml").expect("policy");
+        let store = Store::open(crate::store::Location::Memory).await.expect("store");
+        let settings = ApprovalSettings { wait: Duration::from_secs(3600), ..ApprovalSettings::default() };
+        let gate = ApprovalGate { approvals: Approvals::new(store, config.policy.clone(), settings) };
+        let arguments = serde_json::json!({"path": "/"});
+        let call = ToolCall {
+            server: "fs",
+            tool: "rm",
+            exposed_name: "rm",
+            arguments: &arguments,
+            info: None,
+            agent: None,
+            progress: None,
+            gone: CancellationToken::new(),
+        };
+        let Verdict::Hold(held) = gate.check(&call) else { panic!("the call should be held") };
+        let _failing = crate::random::failing::on_this_thread();
+        let verdict = tokio::spawn(held).await.expect("the held call's task ends without a panic");
+        let Verdict::Respond(reply) = verdict else { panic!("the held call should be answered") };
+        let reply = reply.get();
+        assert!(reply.contains("approval gate failed") && reply.contains("randomness"), "{reply}");
+        let pending = gate.approvals.store.list_approvals(crate::store::ApprovalFilter::default()).await;
+        assert!(pending.expect("list").is_empty(), "no request was opened");
     }
 }

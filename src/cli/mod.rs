@@ -9,8 +9,9 @@ use anyhow::bail;
 use clap::{Args, Parser, Subcommand};
 
 use crate::app::{self, Signal};
-use crate::config::{CommandLineUpstream, Config};
+use crate::config::Config;
 use crate::store::{Location, Store};
+use crate::upstream::settings::CommandLineUpstream;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -171,6 +172,19 @@ pub enum ApprovalsAction {
         #[arg(long)]
         no_interactive: bool,
     },
+    /// Sign your browser in to the dashboard (at request ID, or the queue) through a one-time link.
+    #[command(after_help = "The link works once, for 60 seconds. It is opened with the desktop's opener \
+(xdg-open, open) when there is one, and printed either way. MCP_GATE_NO_BROWSER=1 does what --print does.")]
+    Open {
+        /// The request to open (default: the queue).
+        id: Option<String>,
+        /// Only print the link; do not start a browser.
+        #[arg(long)]
+        print: bool,
+        /// Print the API's JSON (holds the link).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Runs the command line; the binary's `main` only sets up the runtime and logging.
@@ -249,6 +263,10 @@ async fn approvals(action: ApprovalsAction, url: Option<String>, run: RunArgs) -
             use std::io::IsTerminal;
             let interactive = interactive || (!no_interactive && std::io::stdin().is_terminal());
             (Request::Watch { interactive }, false)
+        }
+        ApprovalsAction::Open { id, print, json } => {
+            let no_browser = std::env::var_os("MCP_GATE_NO_BROWSER").is_some_and(|v| !v.is_empty() && v != "0");
+            (Request::Open { id, browser: !(print || json || no_browser) }, json)
         }
     };
     crate::cli::approvals::run(target, request, json).await

@@ -37,8 +37,10 @@ const DRAIN_WAIT: Duration = Duration::from_secs(3);
 /// On shutdown, how long connections may stay open after every session closed.
 const CLOSE_WAIT: Duration = Duration::from_secs(3);
 
-const SESSION_HEADER: &str = "mcp-session-id";
-const VERSION_HEADER: &str = "mcp-protocol-version";
+use crate::wire::headers::{
+    METHOD as METHOD_HEADER, NAME as NAME_HEADER, PARAM_PREFIX as PARAM_HEADER_PREFIX,
+    PROTOCOL_VERSION as VERSION_HEADER, SESSION as SESSION_HEADER,
+};
 
 /// What the HTTP downstream serves and how it guards itself.
 pub struct HttpOptions {
@@ -65,41 +67,124 @@ pub struct HttpLimits {
     /// A session unused this long is closed. A request in flight keeps it open until the request
     /// is older than the longest request timeout of its upstreams: then it counts as stuck.
     pub session_idle: Duration,
-    pub listener: crate::config::ListenerLimits,
+    pub listener: crate::http::listener::ListenerLimits,
 }
 
 impl Default for HttpLimits {
     fn default() -> Self {
         HttpLimits {
-            max_sessions: crate::config::DEFAULT_MAX_SESSIONS,
-            session_idle: crate::config::DEFAULT_SESSION_IDLE,
-            listener: crate::config::ListenerLimits::default(),
+            max_sessions: super::settings::DEFAULT_MAX_SESSIONS,
+            session_idle: super::settings::DEFAULT_SESSION_IDLE,
+            listener: crate::http::listener::ListenerLimits::default(),
         }
     }
 }
 
-/// Why a session could not be opened.
+/// Why a request to the MCP endpoint is answered by the proxy with an HTTP error: the boundary's
+/// one error type. [`Refusal::status`] and [`Refusal::code`] are its only mappings to an HTTP
+/// status and a JSON-RPC code.
 #[derive(Debug, thiserror::Error)]
-enum OpenError {
+enum Refusal {
+    #[error("no upstream named {0:?}")]
+    UnknownUpstream(String),
     #[error("unknown endpoint")]
     UnknownEndpoint,
+    #[error(transparent)]
+    Forbidden(#[from] crate::http::guard::Forbidden),
+    #[error("missing or wrong bearer token")]
+    Unauthorized,
+    #[error("body exceeds the {MAX_MESSAGE_BYTES}-byte limit")]
+    TooLarge,
+    #[error(transparent)]
+    HeaderMismatch(#[from] HeaderMismatch),
+    #[error("Bad Request: Mcp-Session-Id header is required")]
+    SessionRequired,
+    #[error("Session not found")]
+    SessionNotFound,
+    #[error("Accept must include text/event-stream")]
+    NotAcceptable,
     #[error("too many sessions: the limit is {0} (`[listen] max_sessions`); close one or retry later")]
     Full(usize),
-    #[error("{0}")]
-    Upstream(String),
+    #[error(transparent)]
+    Upstream(#[from] crate::upstream::ConnectError),
+    #[error("the session ended before answering")]
+    Ended,
+    #[error("internal error: a lock was poisoned")]
+    Poisoned,
+    #[error(transparent)]
+    Random(#[from] crate::random::RandomError),
 }
 
-impl OpenError {
-    fn response(&self, id: Option<Box<RawValue>>) -> Response {
+impl Refusal {
+    fn status(&self) -> StatusCode {
         match self {
-            OpenError::Full(_) => {
-                let mut resp = json_error(StatusCode::SERVICE_UNAVAILABLE, id, code::INTERNAL_ERROR, &self.to_string());
-                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-                resp
-            }
-            _ => json_error(StatusCode::BAD_GATEWAY, id, code::UPSTREAM_ERROR, &self.to_string()),
+            Refusal::UnknownUpstream(_) | Refusal::UnknownEndpoint | Refusal::SessionNotFound => StatusCode::NOT_FOUND,
+            Refusal::Forbidden(_) => StatusCode::FORBIDDEN,
+            Refusal::Unauthorized => StatusCode::UNAUTHORIZED,
+            Refusal::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::HeaderMismatch(_) | Refusal::SessionRequired => StatusCode::BAD_REQUEST,
+            Refusal::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
+            Refusal::Full(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::Upstream(_) | Refusal::Ended => StatusCode::BAD_GATEWAY,
+            Refusal::Poisoned | Refusal::Random(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
+
+    fn code(&self) -> i64 {
+        match self {
+            Refusal::UnknownUpstream(_)
+            | Refusal::UnknownEndpoint
+            | Refusal::Forbidden(_)
+            | Refusal::Unauthorized
+            | Refusal::TooLarge
+            | Refusal::SessionRequired
+            | Refusal::NotAcceptable => code::INVALID_REQUEST,
+            Refusal::HeaderMismatch(_) => code::HEADER_MISMATCH,
+            Refusal::SessionNotFound => code::SESSION_NOT_FOUND,
+            Refusal::Full(_) | Refusal::Poisoned | Refusal::Random(_) => code::INTERNAL_ERROR,
+            Refusal::Upstream(_) | Refusal::Ended => code::UPSTREAM_ERROR,
+        }
+    }
+
+    /// The answer, under the request's id when it has one.
+    fn response(&self, id: Option<Box<RawValue>>) -> Response {
+        let body = Message::error(id, self.code(), &self.to_string()).to_bytes();
+        let mut resp = (self.status(), [(header::CONTENT_TYPE, "application/json")], body).into_response();
+        let headers = resp.headers_mut();
+        match self {
+            Refusal::Full(_) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            Refusal::Unauthorized => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            // The rest of the body is unread: the connection cannot carry another request.
+            Refusal::TooLarge => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
+        }
+        resp
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        self.response(None)
+    }
+}
+
+/// `Mcp-Method` or `Mcp-Name` (2026-07-28) disagrees with the body, or is missing.
+#[derive(Debug, thiserror::Error)]
+enum HeaderMismatch {
+    #[error("Header mismatch: Mcp-Method is required")]
+    MethodMissing,
+    #[error("Header mismatch: Mcp-Method {header:?} but the body's method is {body:?}")]
+    Method { header: String, body: String },
+    #[error("Header mismatch: Mcp-Name is required")]
+    NameMissing,
+    #[error("Header mismatch: Mcp-Name {header:?} but the body says {body:?}")]
+    Name { header: String, body: Option<String> },
 }
 
 /// An endpoint and the authenticated agent, if any.
@@ -384,8 +469,8 @@ impl HttpState {
         endpoint: &str,
         agent: Option<&str>,
         shared: bool,
-    ) -> Result<(String, Arc<HttpSession>), OpenError> {
-        let mut opts = self.session_options(endpoint).ok_or(OpenError::UnknownEndpoint)?.clone();
+    ) -> Result<(String, Arc<HttpSession>), Refusal> {
+        let mut opts = self.session_options(endpoint).ok_or(Refusal::UnknownEndpoint)?.clone();
         let slot = match self.slots.clone().try_acquire_owned() {
             Ok(slot) => slot,
             Err(_) => {
@@ -393,18 +478,17 @@ impl HttpState {
                 self.reap().await;
                 self.slots.clone().try_acquire_owned().map_err(|_| {
                     warn!(limit = self.opts.limits.max_sessions, "session refused: too many sessions");
-                    OpenError::Full(self.opts.limits.max_sessions)
+                    Refusal::Full(self.opts.limits.max_sessions)
                 })?
             }
         };
         let stuck_after = opts.servers.iter().map(|s| s.request_timeout).max().unwrap_or_default();
-        let id = random_id();
+        let id = random_id()?;
         opts.shared = shared;
         opts.agent = agent.map(str::to_owned);
         opts.label = if shared { format!("http-shared/{endpoint}") } else { format!("http/{}", &id[..8]) };
         let streams = Arc::new(Streams::default());
-        let (handle, _task) =
-            session::start(opts, streams.clone()).await.map_err(|e| OpenError::Upstream(e.to_string()))?;
+        let (handle, _task) = session::start(opts, streams.clone()).await?;
         let session = Arc::new(HttpSession {
             endpoint: endpoint.to_owned(),
             agent: agent.map(str::to_owned),
@@ -421,7 +505,7 @@ impl HttpState {
         Ok((id, session))
     }
 
-    async fn shared_session(&self, endpoint: &str, agent: Option<&str>) -> Result<Arc<HttpSession>, OpenError> {
+    async fn shared_session(&self, endpoint: &str, agent: Option<&str>) -> Result<Arc<HttpSession>, Refusal> {
         let mut shared = self.shared.lock().await;
         let key = (endpoint.to_owned(), agent.map(str::to_owned));
         if let Some(s) = shared.get(&key)
@@ -579,20 +663,17 @@ async fn named_endpoint(
     body: Body,
 ) -> Response {
     if !state.opts.single.contains_key(&name) {
-        return json_error(StatusCode::NOT_FOUND, None, code::INVALID_REQUEST, &format!("no upstream named {name:?}"));
+        return Refusal::UnknownUpstream(name).into_response();
     }
     handle(state, name, method, headers, body).await
 }
 
 async fn handle(state: Arc<HttpState>, endpoint: String, method: Method, headers: HeaderMap, body: Body) -> Response {
     if let Err(why) = check_host_origin(&state.opts.allowed_hosts, &state.opts.allowed_origins, &headers) {
-        return json_error(StatusCode::FORBIDDEN, None, code::INVALID_REQUEST, &why);
+        return Refusal::from(why).into_response();
     }
     let Ok(agent) = state.caller(&headers) else {
-        let mut resp =
-            json_error(StatusCode::UNAUTHORIZED, None, code::INVALID_REQUEST, "missing or wrong bearer token");
-        resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return resp;
+        return Refusal::Unauthorized.into_response();
     };
     let agent = agent.as_deref();
     match method {
@@ -620,13 +701,7 @@ async fn post(
 ) -> Response {
     let bytes = match axum::body::to_bytes(body, MAX_MESSAGE_BYTES).await {
         Ok(b) => b,
-        Err(_) => {
-            let text = format!("body exceeds the {MAX_MESSAGE_BYTES}-byte limit");
-            let mut resp = json_error(StatusCode::PAYLOAD_TOO_LARGE, None, code::INVALID_REQUEST, &text);
-            // The rest of the body is unread: the connection cannot carry another request.
-            resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return resp;
-        }
+        Err(_) => return Refusal::TooLarge.into_response(),
     };
     let mut msg = match Message::parse(&bytes) {
         Ok(m) => m,
@@ -645,12 +720,12 @@ async fn post(
     let mut param_headers = Vec::new();
     if modern {
         if let Err(e) = validate_modern_headers(&headers, &msg) {
-            return json_error(StatusCode::BAD_REQUEST, msg.id.take(), -32020, &e);
+            return Refusal::from(e).response(msg.id.take());
         }
         param_headers = headers
             .iter()
             .filter_map(|(k, v)| {
-                let name = k.as_str().strip_prefix("mcp-param-")?;
+                let name = k.as_str().strip_prefix(PARAM_HEADER_PREFIX)?;
                 Some((name.to_owned(), v.to_str().ok()?.to_owned()))
             })
             .collect();
@@ -665,7 +740,7 @@ async fn post(
     } else if let Some(id) = session_id {
         match state.sessions.get(&id).map(|s| s.clone()) {
             Some(s) if s.endpoint == endpoint && s.agent.as_deref() == agent && !s.handle.is_closed() => (s, None),
-            _ => return json_error(StatusCode::NOT_FOUND, None, -32001, "Session not found"),
+            _ => return Refusal::SessionNotFound.into_response(),
         }
     } else if msg.method() == "initialize" || msg.method() == "server/discover" {
         // `server/discover` from a client that has not negotiated yet is answered sessionless.
@@ -681,18 +756,13 @@ async fn post(
             }
         }
     } else {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            None,
-            code::INVALID_REQUEST,
-            "Bad Request: Mcp-Session-Id header is required",
-        );
+        return Refusal::SessionRequired.into_response();
     };
     session.touch();
 
     if msg.kind() != Kind::Request {
         if !session.handle.send(Input::Client { msg, param_headers }) {
-            return json_error(StatusCode::NOT_FOUND, None, -32001, "Session not found");
+            return Refusal::SessionNotFound.into_response();
         }
         return StatusCode::ACCEPTED.into_response();
     }
@@ -702,7 +772,7 @@ async fn post(
     let shared = new_id.is_none() && header_str(&headers, SESSION_HEADER).is_none();
     let key = {
         let Ok(mut inner) = session.streams.inner.lock() else {
-            return json_error(StatusCode::INTERNAL_SERVER_ERROR, None, code::INTERNAL_ERROR, "poisoned");
+            return Refusal::Poisoned.into_response();
         };
         let key = if shared {
             // Clients of a shared session pick ids independently: give each request our own.
@@ -719,7 +789,7 @@ async fn post(
         key
     };
     if !session.handle.send(Input::Client { msg, param_headers }) {
-        return json_error(StatusCode::NOT_FOUND, None, -32001, "Session not found");
+        return Refusal::SessionNotFound.into_response();
     }
     let gone = Some(CancelOnDrop {
         handle: session.handle.clone(),
@@ -821,7 +891,7 @@ async fn json_response(mut rx: FrameRx, guard: Option<CancelOnDrop>) -> Response
             return ([(header::CONTENT_TYPE, "application/json")], frame.bytes).into_response();
         }
     }
-    json_error(StatusCode::BAD_GATEWAY, None, code::UPSTREAM_ERROR, "the session ended before answering")
+    Refusal::Ended.into_response()
 }
 
 async fn get(state: Arc<HttpState>, endpoint: String, agent: Option<&str>, headers: HeaderMap) -> Response {
@@ -831,25 +901,15 @@ async fn get(state: Arc<HttpState>, endpoint: String, agent: Option<&str>, heade
         return resp;
     }
     if !header_str(&headers, "accept").is_some_and(|a| a.contains("text/event-stream")) {
-        return json_error(
-            StatusCode::NOT_ACCEPTABLE,
-            None,
-            code::INVALID_REQUEST,
-            "Accept must include text/event-stream",
-        );
+        return Refusal::NotAcceptable.into_response();
     }
     let Some(id) = header_str(&headers, SESSION_HEADER) else {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            None,
-            code::INVALID_REQUEST,
-            "Bad Request: Mcp-Session-Id header is required",
-        );
+        return Refusal::SessionRequired.into_response();
     };
     let Some(session) =
         state.sessions.get(id).map(|s| s.clone()).filter(|s| s.endpoint == endpoint && s.agent.as_deref() == agent)
     else {
-        return json_error(StatusCode::NOT_FOUND, None, -32001, "Session not found");
+        return Refusal::SessionNotFound.into_response();
     };
     session.touch();
     let (tx, rx) = frame_channel(STREAM_QUEUE);
@@ -861,33 +921,28 @@ async fn get(state: Arc<HttpState>, endpoint: String, agent: Option<&str>, heade
 
 fn delete(state: Arc<HttpState>, agent: Option<&str>, headers: HeaderMap) -> Response {
     let Some(id) = header_str(&headers, SESSION_HEADER) else {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            None,
-            code::INVALID_REQUEST,
-            "Bad Request: Mcp-Session-Id header is required",
-        );
+        return Refusal::SessionRequired.into_response();
     };
     match state.sessions.remove_if(id, |_, s| s.agent.as_deref() == agent) {
         Some(_) => {
             info!(session = &id[..id.len().min(8)], "session closed by the client");
             StatusCode::OK.into_response()
         }
-        None => json_error(StatusCode::NOT_FOUND, None, -32001, "Session not found"),
+        None => Refusal::SessionNotFound.into_response(),
     }
 }
 
 /// Checks `Mcp-Method` and `Mcp-Name` against the body (2026-07-28).
-fn validate_modern_headers(headers: &HeaderMap, msg: &Message) -> Result<(), String> {
+fn validate_modern_headers(headers: &HeaderMap, msg: &Message) -> Result<(), HeaderMismatch> {
     if msg.kind() == Kind::Response {
         return Ok(());
     }
-    match header_str(headers, "mcp-method") {
+    match header_str(headers, METHOD_HEADER) {
         Some(m) if m == msg.method() => {}
         Some(m) => {
-            return Err(format!("Header mismatch: Mcp-Method {m:?} but the body's method is {:?}", msg.method()));
+            return Err(HeaderMismatch::Method { header: m.to_owned(), body: msg.method().to_owned() });
         }
-        None => return Err("Header mismatch: Mcp-Method is required".into()),
+        None => return Err(HeaderMismatch::MethodMissing),
     }
     let key = match msg.method() {
         "tools/call" | "prompts/get" => "name",
@@ -895,60 +950,20 @@ fn validate_modern_headers(headers: &HeaderMap, msg: &Message) -> Result<(), Str
         _ => return Ok(()),
     };
     let body_value = msg.params.as_deref().and_then(|p| jsonrpc::string_field(p, key));
-    let header_value = header_str(headers, "mcp-name").map(decode_header_value);
+    let header_value = header_str(headers, NAME_HEADER).map(crate::wire::headers::decode_value);
     match (header_value, body_value) {
         (Some(h), Some(b)) if h == b => Ok(()),
-        (None, _) => Err("Header mismatch: Mcp-Name is required".into()),
-        (Some(h), b) => Err(format!("Header mismatch: Mcp-Name {h:?} but the body says {b:?}")),
+        (None, _) => Err(HeaderMismatch::NameMissing),
+        (Some(h), b) => Err(HeaderMismatch::Name { header: h.to_owned(), body: b.map(|b| b.to_owned()) }),
     }
-}
-
-/// Decodes the `=?base64?...?=` form of a header value.
-fn decode_header_value(value: &str) -> String {
-    if let Some(inner) = value.strip_prefix("=?base64?").and_then(|v| v.strip_suffix("?="))
-        && let Some(bytes) = base64_decode(inner)
-        && let Ok(text) = String::from_utf8(bytes)
-    {
-        return text;
-    }
-    value.to_owned()
-}
-
-fn base64_decode(input: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(input.len() * 3 / 4);
-    let mut acc = 0u32;
-    let mut bits = 0;
-    for c in input.bytes().filter(|&c| c != b'=') {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    Some(out)
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-fn json_error(status: StatusCode, id: Option<Box<RawValue>>, code: i64, message: &str) -> Response {
-    let body = Message::error(id, code, message).to_bytes();
-    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
-}
-
 /// 128 random bits as hex, from the OS.
-fn random_id() -> String {
+fn random_id() -> Result<String, crate::random::RandomError> {
     crate::random::hex(16)
 }
 
@@ -967,5 +982,14 @@ mod tests {
         assert!(validate_modern_headers(&wrong, &msg).is_err());
         let missing = headers(&[("mcp-method", "tools/call")]);
         assert!(validate_modern_headers(&missing, &msg).is_err());
+    }
+
+    #[test]
+    fn a_misplaced_padding_leaves_the_header_as_written() {
+        // A misplaced `=` leaves the header as written, which then does not match the body.
+        let msg =
+            Message::parse(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"h\u00e9"}}"#).unwrap();
+        let misplaced = headers(&[("mcp-method", "tools/call"), ("mcp-name", "=?base64?aM=Op?=")]);
+        assert!(validate_modern_headers(&misplaced, &msg).is_err());
     }
 }

@@ -1,6 +1,7 @@
 //! The client-facing side: stdio (the client started us) and Streamable HTTP (`serve`).
 
 pub mod http;
+pub mod settings;
 pub mod stdio;
 
 use tracing::warn;

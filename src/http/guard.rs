@@ -4,20 +4,25 @@
 use axum::http::HeaderMap;
 use tracing::warn;
 
+/// A request refused by [`check_host_origin`]: its Host or Origin is not one this server answers.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("Forbidden: {0}")]
+pub struct Forbidden(pub String);
+
 /// DNS-rebinding protection: the Host must name this machine (or a configured host) and an
 /// Origin, when present, must be a loopback origin (or a configured one).
 pub fn check_host_origin(
     allowed_hosts: &[String],
     allowed_origins: &[String],
     headers: &HeaderMap,
-) -> Result<(), String> {
-    let forbidden = |what: &str| {
+) -> Result<(), Forbidden> {
+    let forbidden = |what: String| {
         warn!("rejected request: {what}");
-        Err(format!("Forbidden: {what}"))
+        Err(Forbidden(what))
     };
-    let Some(host) = header_str(headers, "host") else { return forbidden("no Host header") };
+    let Some(host) = header_str(headers, "host") else { return forbidden("no Host header".to_owned()) };
     if !host_allowed(strip_port(host), allowed_hosts) {
-        return forbidden(&format!("Host {host:?} is not allowed"));
+        return forbidden(format!("Host {host:?} is not allowed"));
     }
     if let Some(origin) = header_str(headers, "origin") {
         if allowed_origins.iter().any(|o| o == origin) {
@@ -26,7 +31,7 @@ pub fn check_host_origin(
         let authority = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://"));
         match authority {
             Some(a) if host_allowed(strip_port(a), &[]) => {}
-            _ => return forbidden(&format!("Origin {origin:?} is not allowed")),
+            _ => return forbidden(format!("Origin {origin:?} is not allowed")),
         }
     }
     Ok(())
@@ -51,14 +56,7 @@ pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
 }
 
 pub fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
-    bearer_token(headers).is_some_and(|given| constant_time_eq(given.as_bytes(), token.as_bytes()))
-}
-
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    bearer_token(headers).is_some_and(|given| crate::secret::constant_time_eq(given.as_bytes(), token.as_bytes()))
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {

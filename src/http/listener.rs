@@ -18,6 +18,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes, HttpBody};
@@ -30,7 +31,42 @@ use tokio::sync::{Notify, watch};
 use tower::ServiceExt;
 use tracing::{debug, info, warn};
 
-use crate::config::ListenerLimits;
+use crate::settings::{Invalid, secs};
+
+/// What one HTTP listener accepts: `max_connections` and `header_timeout_secs` of `[listen]`
+/// (the MCP endpoint) and of `[approvals]` (the approval server).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenerLimits {
+    /// Most connections open at once; further ones wait in the kernel's queue.
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers, and the longest an idle keep-alive
+    /// connection stays open between requests.
+    pub header_timeout: Duration,
+}
+
+impl Default for ListenerLimits {
+    fn default() -> Self {
+        ListenerLimits { max_connections: 256, header_timeout: Duration::from_secs(10) }
+    }
+}
+
+impl ListenerLimits {
+    /// `max_connections` and `header_timeout_secs` of a listener's section.
+    pub fn validate(
+        section: &str,
+        max_connections: Option<usize>,
+        header_timeout_secs: Option<u64>,
+    ) -> Result<ListenerLimits, Invalid> {
+        let default = ListenerLimits::default();
+        let max_connections = max_connections.unwrap_or(default.max_connections);
+        if max_connections == 0 {
+            return Err(Invalid::new(format!("{section}.max_connections"), "must be at least 1"));
+        }
+        let header_timeout =
+            secs(&format!("{section}.header_timeout_secs"), header_timeout_secs, default.header_timeout)?;
+        Ok(ListenerLimits { max_connections, header_timeout })
+    }
+}
 
 /// The connections of one listener, by accept order.
 #[derive(Default)]

@@ -15,6 +15,7 @@
 pub mod anthropic;
 pub mod openai;
 pub mod prompt;
+pub mod settings;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -28,6 +29,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::gate::tools::ToolInfo;
+use crate::secret::{ExposeSecret, SecretString};
 use crate::store::{Store, StoreError};
 
 /// Default `ai_confidence_threshold`.
@@ -48,19 +50,27 @@ pub const RECENT_DECISIONS: u32 = 10;
 const MAX_CACHED: usize = 10_000;
 
 /// An API key read from the environment at start-up. It is only ever written into a request
-/// header: its `Debug` shows nothing, and it has no `Display`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+/// header: wiped from memory when dropped, its `Debug` shows nothing, and it has no `Display`.
+#[derive(Clone)]
+pub struct Secret(SecretString);
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
+        Secret(crate::secret::secret(value))
     }
 
     fn expose(&self) -> &str {
-        &self.0
+        self.0.expose_secret()
     }
 }
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Secret) -> bool {
+        crate::secret::constant_time_eq(self.expose().as_bytes(), other.expose().as_bytes())
+    }
+}
+
+impl Eq for Secret {}
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -197,6 +207,8 @@ pub enum ReviewError {
     Unparseable(String),
     #[error("no provider {0:?}")]
     NoProvider(String),
+    #[error("{0}")]
+    Random(#[from] crate::random::RandomError),
 }
 
 impl ReviewError {
@@ -208,6 +220,7 @@ impl ReviewError {
             ReviewError::Status { .. } => "returned an error",
             ReviewError::Refused(_) => "refused to review the call",
             ReviewError::Unparseable(_) => "gave an answer that could not be read",
+            ReviewError::Random(_) => "could not be asked safely",
         }
     }
 }
@@ -277,7 +290,7 @@ impl AiWorkflow {
 
     /// The sha256 of the guidelines, in lowercase hex.
     pub fn guidelines_sha256(&self) -> String {
-        hex(&Sha256::digest(self.guidelines.as_bytes()))
+        hex::encode(Sha256::digest(self.guidelines.as_bytes()))
     }
 }
 
@@ -320,6 +333,11 @@ struct Provider {
 pub struct Reviewer {
     workflows: HashMap<String, Arc<AiWorkflow>>,
     providers: HashMap<String, Provider>,
+    /// Kept by hand rather than with `moka`'s `try_get_with`: each workflow has its own window
+    /// (`ai_cache_secs`, a per-entry expiry there), a failed review is neither kept nor handed to
+    /// the identical calls waiting on it (each then asks the model itself, where moka gives every
+    /// waiter the first one's error), and the whole is some forty lines where moka would bring its
+    /// dependencies into the binary and a clock of its own that paused tokio time does not move.
     cache: Mutex<HashMap<String, (Answer, Instant)>>,
     /// One turn per cache key: identical calls arriving together wait for the first one's
     /// review instead of each asking the model.
@@ -359,12 +377,16 @@ impl Reviewer {
         })
     }
 
-    /// The reviewer of a configuration, or `None` when it has no `ai_driven` workflow.
-    pub fn from_config(approvals: &crate::config::Approvals) -> Result<Option<Arc<Reviewer>>, reqwest::Error> {
-        if approvals.ai_workflows.is_empty() {
+    /// The reviewer of the `ai_driven` workflows and their providers, or `None` when there is no
+    /// such workflow.
+    pub fn from_config(
+        workflows: &BTreeMap<String, AiWorkflow>,
+        providers: &BTreeMap<String, ProviderConfig>,
+    ) -> Result<Option<Arc<Reviewer>>, reqwest::Error> {
+        if workflows.is_empty() {
             return Ok(None);
         }
-        let reviewer = Reviewer::new(approvals.ai_workflows.values().cloned(), approvals.providers.values().cloned())?;
+        let reviewer = Reviewer::new(workflows.values().cloned(), providers.values().cloned())?;
         Ok(Some(Arc::new(reviewer)))
     }
 
@@ -440,7 +462,7 @@ impl Reviewer {
     pub async fn ask(&self, workflow: &AiWorkflow, subject: &Subject) -> Result<Answer, ReviewError> {
         let provider =
             self.providers.get(&workflow.provider).ok_or_else(|| ReviewError::NoProvider(workflow.provider.clone()))?;
-        let prompt = prompt::build(&workflow.guidelines, subject);
+        let prompt = prompt::build(&workflow.guidelines, subject)?;
         let body = match provider.config.kind {
             ProviderKind::Anthropic => anthropic::request_body(&workflow.model, &prompt),
             ProviderKind::OpenAi => openai::request_body(&workflow.model, &prompt),
@@ -481,11 +503,7 @@ fn cache_key(workflow: &AiWorkflow, call_key: &str) -> String {
         hasher.update(part.as_bytes());
         hasher.update([0]);
     }
-    hex(&hasher.finalize())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(hasher.finalize())
 }
 
 /// Posts a request body and reads the JSON answer (at most 1 MiB).
@@ -546,33 +564,8 @@ fn scrub(text: &str, config: &ProviderConfig) -> String {
 /// The reviewer's opinion on each of these approval requests that has one: the latest
 /// `ai_decision` record of the audit log, without the guidelines and arguments.
 pub async fn opinions(store: &Store, ids: Vec<String>) -> Result<HashMap<String, Value>, StoreError> {
-    if ids.is_empty() {
-        return Ok(HashMap::new());
-    }
-    store
-        .call(move |conn| {
-            let mut found = HashMap::new();
-            // One statement per page of ids (SQLite allows 32766 parameters); rows in id order, so
-            // a later review of the same request replaces an earlier one.
-            for page in ids.chunks(1000) {
-                let marks = vec!["?"; page.len()].join(", ");
-                let sql = format!(
-                    "SELECT approval_id, at, detail FROM audit
-                     WHERE approval_id IN ({marks}) AND event = 'ai_decision' ORDER BY id"
-                );
-                let mut stmt = conn.prepare(&sql)?;
-                let mut rows = stmt.query(rusqlite::params_from_iter(page))?;
-                while let Some(row) = rows.next()? {
-                    let id: String = row.get(0)?;
-                    let at: i64 = row.get(1)?;
-                    let detail: String = row.get(2)?;
-                    let detail: Value = serde_json::from_str(&detail)?;
-                    found.insert(id, opinion_view(at, &detail));
-                }
-            }
-            Ok(found)
-        })
-        .await
+    let latest = crate::store::audit::latest_of(store, crate::store::audit::Event::AiDecision, ids).await?;
+    Ok(latest.into_iter().map(|(id, (at, detail))| (id, opinion_view(at, &detail))).collect())
 }
 
 /// The fields of an `ai_decision` record shown with an approval request.

@@ -64,7 +64,7 @@ pub fn key_id(key: &[u8; 32]) -> String {
     let mut h = Sha256::new();
     h.update(KEY_ID_LABEL);
     h.update(key);
-    hex(&h.finalize()[..16])
+    hex::encode(&h.finalize()[..16])
 }
 
 fn proof(key: &[u8; 32], label: &[u8], first: &str, second: &str) -> String {
@@ -76,7 +76,7 @@ fn proof(key: &[u8; 32], label: &[u8], first: &str, second: &str) -> String {
     m.update(first.as_bytes());
     m.update(b"\0");
     m.update(second.as_bytes());
-    hex(&m.finalize().into_bytes())
+    hex::encode(m.finalize().into_bytes())
 }
 
 /// What the server shows: it knows `key`.
@@ -90,19 +90,15 @@ pub fn client_proof(key: &[u8; 32], client_nonce: &str, server_nonce: &str) -> S
 }
 
 /// A fresh nonce, or an error when the system has no randomness (then nothing is sent).
-pub fn nonce() -> std::io::Result<String> {
+pub fn nonce() -> Result<String, crate::random::RandomError> {
     let mut bytes = [0u8; NONCE_BYTES];
     crate::random::fill(&mut bytes)?;
-    Ok(hex(&bytes))
+    Ok(hex::encode(bytes))
 }
 
 /// Whether `text` looks like a nonce (hex of [`NONCE_BYTES`] bytes).
 pub fn is_nonce(text: &str) -> bool {
     text.len() == 2 * NONCE_BYTES && text.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Why the listener was not trusted with the token.
@@ -166,7 +162,7 @@ pub async fn verify_listener(http: &reqwest::Client, base: &str, token: &str) ->
     };
     let expected = server_proof(&key, &client_nonce, &reply.server_nonce);
     if !is_nonce(&reply.server_nonce)
-        || !crate::http::guard::constant_time_eq(expected.as_bytes(), reply.server_proof.as_bytes())
+        || !crate::secret::constant_time_eq(expected.as_bytes(), reply.server_proof.as_bytes())
     {
         return Err(HandshakeError::NoProof("wrong proof".into()));
     }
@@ -204,6 +200,6 @@ mod tests {
         assert_ne!(p, server_proof(&key, &s, &c));
         assert_ne!(p, server_proof(&key, &c, &nonce().unwrap()));
         assert_ne!(key_id(&key), key_id(&other));
-        assert!(!key_id(&key).contains(&hex(&key)[..8]));
+        assert!(!key_id(&key).contains(&hex::encode(key)[..8]));
     }
 }

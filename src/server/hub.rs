@@ -30,6 +30,7 @@ use tokio::sync::{broadcast, watch};
 use tracing::{debug, info, warn};
 
 use crate::approval::{Approvals, Change};
+use crate::secret::{ExposeSecret, SecretString};
 use crate::server::hub_api::{Announcement, HubInfo, SERVICE};
 use crate::server::web::WebState;
 use crate::store::{FileId, now_ms};
@@ -253,7 +254,7 @@ pub struct Node {
     /// The machine's approval address (`[approvals] listen`).
     pub listen: String,
     /// The approver token, presented to the hub.
-    pub token: String,
+    pub token: SecretString,
     /// Starts the services only the hub runs. Called once, when this process becomes the hub:
     /// at start-up, or when it takes over from a hub that exited.
     pub on_hub: Box<dyn FnOnce() + Send>,
@@ -279,7 +280,7 @@ struct Running {
     approvals: Arc<Approvals>,
     web: Arc<WebState>,
     listen: String,
-    token: String,
+    token: SecretString,
     on_hub: Mutex<Option<Box<dyn FnOnce() + Send>>>,
     client: reqwest::Client,
 }
@@ -381,7 +382,7 @@ impl Running {
                 }
             }
             let file_id = self.approvals.store.file_id();
-            match probe(&self.client, &base, &self.token).await {
+            match probe(&self.client, &base, self.token.expose_secret()).await {
                 Probe::Gate(info) if info.shares(database, file_id) == Sharing::Same => {
                     return Some(Hub { base, info });
                 }
@@ -415,7 +416,7 @@ impl Running {
         let resp = self
             .client
             .get(format!("{base}/api/v1/events"))
-            .bearer_auth(&self.token)
+            .bearer_auth(self.token.expose_secret())
             .send()
             .await
             .map_err(|e| if e.is_connect() { Lost::Gone(e.to_string()) } else { Lost::Failed(e.to_string()) })?;
@@ -502,7 +503,7 @@ impl Running {
     async fn verify(&self, base: &str) -> Result<(), crate::server::handshake::HandshakeError> {
         let verified = tokio::time::timeout(
             PROBE_TIMEOUT,
-            crate::server::handshake::verify_listener(&self.client, base, &self.token),
+            crate::server::handshake::verify_listener(&self.client, base, self.token.expose_secret()),
         )
         .await
         .unwrap_or_else(|_| {
@@ -524,7 +525,7 @@ impl Running {
         let resp = self
             .client
             .post(format!("{base}/api/v1/hub/announce"))
-            .bearer_auth(&self.token)
+            .bearer_auth(self.token.expose_secret())
             .json(note)
             .timeout(ANNOUNCE_TIMEOUT)
             .send()

@@ -43,8 +43,8 @@ use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 use tracing::{Instrument, debug, warn};
 
-use crate::config::ServerConfig;
 use crate::gate::{CancellationToken, Gate, Outcome, Verdict};
+use crate::upstream::settings::ServerConfig;
 use crate::upstream::{ConnectError, Reporter, UpstreamEvent, UpstreamLink};
 use crate::wire::era::{self, Era};
 use crate::wire::jsonrpc::{self, Kind, Message};

@@ -13,8 +13,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::{Connector, Downstream, Input, Route, SessionHandle, SessionOptions, start_with};
-use crate::config::{ServerConfig, UpstreamTransport};
 use crate::gate::{AllowAll, CancellationToken, Gate, ToolCall, Verdict};
+use crate::upstream::settings::{ServerConfig, UpstreamTransport};
 use crate::upstream::{ConnectError, Outgoing, Reporter, Running, UpstreamLink};
 use crate::wire::jsonrpc::{self, Message, code};
 

@@ -14,8 +14,8 @@ use tracing::{info, warn};
 
 use super::relay::Pending;
 use super::{Input, Route, Session, SessionError};
-use crate::config::{ServerConfig, UpstreamTransport};
 use crate::gate::tools::ToolList;
+use crate::upstream::settings::{ServerConfig, UpstreamTransport};
 use crate::upstream::{self, ConnectError, Reporter, UpstreamLink};
 use crate::wire::era::{self, Era};
 use crate::wire::jsonrpc::{self, Message};

@@ -186,20 +186,13 @@ impl Store {
         self.call(move |conn| with_full_sync(conn, |conn| append_tx(conn, &rec, at))).await
     }
 
-    /// Appends several records in one transaction, without forcing them to disk (WAL,
-    /// `synchronous = NORMAL`): for the high-volume records of calls the policy let through,
-    /// written in batches off the call path. A power loss can lose the latest batch; the chain
-    /// stays consistent.
-    pub async fn audit_append_batch(&self, records: Vec<(AuditRecord, i64)>) -> Result<(), StoreError> {
-        self.call(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            for (rec, at) in &records {
-                append_in(&tx, rec, *at)?;
-            }
-            tx.commit()?;
-            Ok(())
-        })
-        .await
+    /// Queues a record to be appended within [`LINGER`](crate::store::LINGER), together with the
+    /// others queued meanwhile, in one transaction, without forcing them to disk (WAL,
+    /// `synchronous = NORMAL`; see [`Store::defer`]): for the high-volume records of calls the policy
+    /// decided on its own, written off the call path. A power loss can lose the latest group; the
+    /// chain stays consistent. Fails only if the store has stopped.
+    pub fn audit_append_later(&self, rec: AuditRecord, at: i64) -> Result<(), StoreError> {
+        self.defer(move |tx| append_in(tx, &rec, at).map(drop))
     }
 }
 
@@ -213,7 +206,8 @@ fn append_tx(conn: &mut Connection, rec: &AuditRecord, at: i64) -> Result<i64, S
 /// Appends one record inside an open transaction: chains it onto the head and moves the head.
 fn append_in(tx: &rusqlite::Transaction<'_>, rec: &AuditRecord, at: i64) -> Result<i64, StoreError> {
     let head: Option<(i64, String)> = tx
-        .query_row("SELECT id, hash FROM audit_head WHERE singleton = 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .prepare_cached("SELECT id, hash FROM audit_head WHERE singleton = 1")?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
     let (last_id, prev_hash) = match head {
         Some(head) => head,
@@ -514,6 +508,42 @@ pub async fn tail(store: &Store, n: usize) -> Result<Vec<AuditRow>, StoreError> 
         .await
 }
 
+/// The latest record of `event` about each of these approval requests that has one: its time
+/// and detail, by request id.
+pub async fn latest_of(
+    store: &Store,
+    event: Event,
+    approval_ids: Vec<String>,
+) -> Result<std::collections::HashMap<String, (i64, Value)>, StoreError> {
+    if approval_ids.is_empty() {
+        return Ok(std::collections::HashMap::new());
+    }
+    store
+        .call(move |conn| {
+            let mut found = std::collections::HashMap::new();
+            // One statement per page of ids (SQLite allows 32766 parameters); rows in id order, so
+            // a later record about the same request replaces an earlier one.
+            for page in approval_ids.chunks(1000) {
+                let marks = vec!["?"; page.len()].join(", ");
+                let sql = format!(
+                    "SELECT approval_id, at, detail FROM audit
+                     WHERE approval_id IN ({marks}) AND event = ? ORDER BY id"
+                );
+                let args = page.iter().map(String::as_str).chain([event.as_str()]);
+                let mut stmt = conn.prepare(&sql)?;
+                let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
+                while let Some(row) = rows.next()? {
+                    let id: String = row.get(0)?;
+                    let at: i64 = row.get(1)?;
+                    let detail: String = row.get(2)?;
+                    found.insert(id, (at, serde_json::from_str(&detail)?));
+                }
+            }
+            Ok(found)
+        })
+        .await
+}
+
 /// Which audit rows [`page`] returns.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
@@ -678,6 +708,27 @@ mod tests {
             String::from_utf8(out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines.iter().map(|r| r.id).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
         assert_eq!(lines[3..], rows[..]);
+    }
+
+    #[tokio::test]
+    async fn records_appended_later_chain_in_order_with_immediate_ones() {
+        let store = store_with(1).await;
+        store.audit_append_later(rec(Event::Allowed, 2), T0 + 2).unwrap();
+        store.audit_append_later(rec(Event::DeniedByPolicy, 3), T0 + 3).unwrap();
+        // Appended at once, within the linger: the queued records are written first.
+        assert_eq!(store.audit_append(rec(Event::Requested, 4), T0 + 4).await.unwrap(), 4);
+        let rows = tail(&store, 10).await.unwrap();
+        let got: Vec<(i64, &str, i64)> = rows.iter().map(|r| (r.id, r.event.as_str(), r.at)).collect();
+        assert_eq!(
+            got,
+            [
+                (1, "denied_by_policy", T0 + 1),
+                (2, "allowed", T0 + 2),
+                (3, "denied_by_policy", T0 + 3),
+                (4, "requested", T0 + 4)
+            ]
+        );
+        assert_eq!(verify(&store).await.unwrap(), VerifyReport { rows: 4, first_bad: None });
     }
 
     #[tokio::test]

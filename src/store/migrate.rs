@@ -30,7 +30,7 @@ pub const SCHEMA_VERSION: u32 = 5;
 
 /// Applies every migration newer than the database's version, all in one `BEGIN IMMEDIATE` transaction so
 /// that two processes opening a fresh file at once do not both apply them.
-pub(super) fn run(conn: &mut Connection) -> Result<(), StoreError> {
+pub(super) fn run(conn: &mut Connection, now: i64) -> Result<(), StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     tx.execute_batch(
         "CREATE TABLE IF NOT EXISTS schema_version (
@@ -44,7 +44,6 @@ pub(super) fn run(conn: &mut Connection) -> Result<(), StoreError> {
     if current > SCHEMA_VERSION {
         return Err(StoreError::SchemaTooNew { found: current, supported: SCHEMA_VERSION });
     }
-    let now = super::now_ms();
     for m in MIGRATIONS.iter().filter(|m| m.version > current) {
         tx.execute_batch(m.sql).map_err(|source| StoreError::Migration { version: m.version, name: m.name, source })?;
         tx.execute(
@@ -91,7 +90,7 @@ mod tests {
             )
             .unwrap();
         }
-        run(&mut conn).unwrap();
+        run(&mut conn, 0).unwrap();
         let statuses: Vec<(String, String)> = conn
             .prepare("SELECT id, status FROM approvals ORDER BY id")
             .unwrap()

@@ -11,13 +11,14 @@
 //! actor last ran.
 
 pub mod legacy_sse;
+pub mod settings;
 pub mod stdio;
 pub mod streamable_http;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use crate::config::{ServerConfig, UpstreamTransport};
+use crate::upstream::settings::{ServerConfig, UpstreamTransport};
 use crate::wire::jsonrpc::Message;
 
 /// Most messages waiting to be sent to one upstream (for example a child that stopped reading

@@ -15,8 +15,8 @@ use tokio::process::Command;
 use tokio::sync::mpsc;
 use tracing::{Instrument, debug, info, warn};
 
+use super::settings::{ServerConfig, UpstreamTransport};
 use super::{ConnectError, Reporter, UpstreamLink};
-use crate::config::{ServerConfig, UpstreamTransport};
 use crate::wire::framing::{Line, LineReader};
 use crate::wire::jsonrpc::Message;
 

@@ -61,17 +61,12 @@ const ERROR_BODY_LIMIT: usize = 64 * 1024;
 /// How often the run loop checks whether the session is gone.
 const CLOSED_POLL: Duration = Duration::from_millis(500);
 
-const SESSION_HEADER: &str = "mcp-session-id";
-const PROTOCOL_HEADER: &str = "mcp-protocol-version";
-const METHOD_HEADER: &str = "mcp-method";
-const NAME_HEADER: &str = "mcp-name";
-const PARAM_HEADER_PREFIX: &str = "mcp-param-";
-const LAST_EVENT_ID: &str = "last-event-id";
+use crate::wire::headers::{
+    LAST_EVENT_ID, METHOD as METHOD_HEADER, NAME as NAME_HEADER, PARAM_PREFIX as PARAM_HEADER_PREFIX,
+    PROTOCOL_VERSION as PROTOCOL_HEADER, SESSION as SESSION_HEADER,
+};
 const ACCEPT_BOTH: &str = "application/json, text/event-stream";
 const EVENT_STREAM: &str = "text/event-stream";
-
-const BASE64_PREFIX: &str = "=?base64?";
-const BASE64_SUFFIX: &str = "?=";
 
 /// Checks an upstream URL and builds the headers and client both HTTP transports use.
 pub(crate) fn prepare(
@@ -237,49 +232,6 @@ fn parse_body(body: &[u8]) -> Result<Vec<Message>, String> {
     }
 }
 
-/// Encodes a value for `Mcp-Name` / `Mcp-Param-*`: as it is when it is plain printable ASCII,
-/// else (non-ASCII, control characters, leading or trailing space or tab, or a value that looks
-/// like the sentinel) as `=?base64?<standard base64 of the UTF-8>?=`.
-pub fn encode_header_value(value: &str) -> String {
-    if needs_base64(value) {
-        format!("{BASE64_PREFIX}{}{BASE64_SUFFIX}", base64_standard(value.as_bytes()))
-    } else {
-        value.to_owned()
-    }
-}
-
-fn needs_base64(value: &str) -> bool {
-    if value.is_empty() {
-        return false;
-    }
-    let bytes = value.as_bytes();
-    if matches!(bytes.first(), Some(b' ' | b'\t')) || matches!(bytes.last(), Some(b' ' | b'\t')) {
-        return true;
-    }
-    if bytes.iter().any(|&b| !(0x20..=0x7E).contains(&b)) {
-        return true;
-    }
-    value.starts_with(BASE64_PREFIX) && value.ends_with(BASE64_SUFFIX)
-}
-
-/// Standard-alphabet base64 with padding (RFC 4648 section 4).
-pub fn base64_standard(input: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-    for group in input.chunks(3) {
-        let b0 = group[0];
-        let b1 = group.get(1).copied().unwrap_or(0);
-        let b2 = group.get(2).copied().unwrap_or(0);
-        let n = (u32::from(b0) << 16) | (u32::from(b1) << 8) | u32::from(b2);
-        let sextet = |shift: u32| char::from(ALPHABET[((n >> shift) & 0x3F) as usize]);
-        out.push(sextet(18));
-        out.push(sextet(12));
-        out.push(if group.len() > 1 { sextet(6) } else { '=' });
-        out.push(if group.len() > 2 { sextet(0) } else { '=' });
-    }
-    out
-}
-
 /// What the transport shares between its tasks.
 struct Shared {
     server: String,
@@ -397,7 +349,7 @@ impl Shared {
                 self.put(&mut headers, METHOD_HEADER, method);
             }
             if let Some(name) = &out.name {
-                self.put(&mut headers, NAME_HEADER, &encode_header_value(name));
+                self.put(&mut headers, NAME_HEADER, &crate::wire::headers::encode_value(name));
             }
             for (name, value) in &out.param_headers {
                 self.put(&mut headers, &format!("{PARAM_HEADER_PREFIX}{name}"), value);
@@ -1349,38 +1301,6 @@ mod tests {
         assert_eq!(msg["id"], 1);
         assert_eq!(msg["result"]["protocolVersion"], "2025-06-18");
         assert_eq!(related, Some(1));
-    }
-
-    #[test]
-    fn base64_standard_matches_rfc4648_vectors() {
-        let cases = [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("fooba", "Zm9vYmE="),
-            ("foobar", "Zm9vYmFy"),
-        ];
-        for (input, expected) in cases {
-            assert_eq!(base64_standard(input.as_bytes()), expected);
-        }
-        assert_eq!(base64_standard(&[0xFB, 0xFF, 0xBF]), "+/+/");
-    }
-
-    #[test]
-    fn header_values_are_base64_wrapped_when_needed() {
-        assert_eq!(encode_header_value("get_weather"), "get_weather");
-        assert_eq!(encode_header_value("a b"), "a b");
-        assert_eq!(encode_header_value("file:///tmp/x.json"), "file:///tmp/x.json");
-        assert_eq!(encode_header_value(""), "");
-        assert_eq!(encode_header_value("Hello, 世界"), "=?base64?SGVsbG8sIOS4lueVjA==?=");
-        assert_eq!(encode_header_value(" lead"), format!("=?base64?{}?=", base64_standard(b" lead")));
-        assert_eq!(encode_header_value("trail\t"), format!("=?base64?{}?=", base64_standard(b"trail\t")));
-        assert_eq!(encode_header_value("a\r\nb"), format!("=?base64?{}?=", base64_standard(b"a\r\nb")));
-        assert_eq!(encode_header_value("x\u{7f}"), format!("=?base64?{}?=", base64_standard(b"x\x7f")));
-        assert_eq!(encode_header_value("=?base64?abc?="), format!("=?base64?{}?=", base64_standard(b"=?base64?abc?=")));
-        assert_eq!(encode_header_value("=?base64?abc"), "=?base64?abc");
     }
 
     #[test]

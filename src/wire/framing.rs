@@ -21,6 +21,12 @@ pub enum Line {
 pub const EDGE_BYTES: usize = 1024;
 
 /// Reads newline-terminated lines, never buffering more than the cap for one line.
+///
+/// Written by hand rather than with tokio-util's `LinesCodec` or `AnyDelimiterCodec`: past their
+/// `max_length` those discard the line's bytes and report only that it was too long, while the
+/// proxy answers an over-long request under its own id, which it reads from the line's first and
+/// last bytes ([`Line::TooLong`]). `AnyDelimiterCodec` would also keep a CR before the LF, and
+/// `LinesCodec` would refuse a line that is not UTF-8 instead of passing it to the JSON parser.
 pub struct LineReader<R> {
     inner: R,
     buf: BytesMut,

@@ -25,6 +25,10 @@ pub mod code {
     pub const INTERNAL_ERROR: i64 = -32603;
     /// The upstream server failed (crashed, unreachable, protocol violation).
     pub const UPSTREAM_ERROR: i64 = -32000;
+    /// Streamable HTTP: the `Mcp-Session-Id` names no open session (the client must initialize again).
+    pub const SESSION_NOT_FOUND: i64 = -32001;
+    /// 2026-07-28 Streamable HTTP: an `Mcp-*` header disagrees with the body.
+    pub const HEADER_MISMATCH: i64 = -32020;
 }
 
 /// Why a line or body is not a JSON-RPC message we can relay.

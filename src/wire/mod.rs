@@ -1,9 +1,10 @@
 //! What travels between peers, before anything is decided about it: the JSON-RPC envelope and its
 //! strict reading ([`jsonrpc`]), newline framing for stdio ([`framing`]), the Server-Sent Events
-//! codec ([`sse`]) and which protocol era a request speaks ([`era`]).
+//! codec ([`sse`]), the Streamable HTTP [`headers`], and which protocol era a request speaks ([`era`]).
 
 pub mod era;
 pub mod framing;
+pub mod headers;
 pub mod jsonrpc;
 pub mod sse;
 

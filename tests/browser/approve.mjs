@@ -3,10 +3,15 @@
 // A Python SDK client (held_call.py) starts the real mcp-gate binary over stdio in front of the
 // built-in demo file server and calls `delete_file`, which tests/browser/gate.toml holds for
 // approval; the call waits (MCP_GATE_WAIT_SECS). Chromium then signs in to the dashboard with
-// the approver token, finds the request in the queue, opens it, checks the tool and arguments,
-// approves it with notes, and the client must get the tool's real output within seconds. Every
-// page must load without failed requests or console errors (styles, scripts, CSP). The pages
-// reload themselves on events (live.js), so every read of a page after a change is retried.
+// the approver token (read from the token file mcp-gate created, whose path the sign-in page
+// names with the `mcp-gate approvals open` command), finds the request in the queue, opens it,
+// checks the tool and arguments, approves it with notes, and the client must get the tool's real
+// output within seconds. Then the client makes a second held call, and a phone-sized browser
+// (390x844, touch) signs in through the one-time link `mcp-gate approvals open ID` prints, finds
+// the call and both decision buttons above the fold, shows the queue, and approves; the link
+// works only once. Every page must load without failed requests or console errors (styles,
+// scripts, CSP). The pages reload themselves on events (live.js), so every read of a page after a
+// change is retried.
 //
 // Run through scripts/browser.sh, or:
 //   source scripts/peers.env && "$PEERS_NODE22" tests/browser/approve.mjs
@@ -14,7 +19,7 @@
 // BROWSER_ARTIFACTS (artifacts/browser: screenshots, and mcp-gate's stderr in gate.log).
 // Exit status: 0 when every check passes, 1 otherwise.
 
-import { spawn } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import { createRequire } from 'node:module';
 import os from 'node:os';
@@ -31,12 +36,13 @@ const CHROMIUM = env.CHROMIUM_BIN || '/usr/bin/chromium';
 const OUT = path.resolve(env.BROWSER_ARTIFACTS || path.join(ROOT, 'artifacts', 'browser'));
 const GATE_LOG = path.join(OUT, 'gate.log');
 
-const TOKEN = 'browser-test-approver-token-0123456789';
 const NOTES = 'Checked in the browser test';
 const TOOL = 'delete_file';
 const FILE = 'notes/todo.txt';
 const OUTPUT = `deleted ${FILE}`;
-const TOTAL_MS = 90_000; // the whole run
+const PHONE_FILE = 'notes/ideas.md'; // the second held call, approved on the phone
+const PHONE = { width: 390, height: 844 };
+const TOTAL_MS = 150_000; // the whole run
 const STEP_MS = 15_000; // one browser action or wait
 const RELEASE_MS = 10_000; // from the click on Approve to the client's result; from EOF to its exit
 
@@ -141,12 +147,15 @@ function startClient() {
   fs.mkdirSync(OUT, { recursive: true });
   dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'mcp-gate-browser-'));
   const gateLog = fs.openSync(GATE_LOG, 'w'); // written synchronously: fail() may exit any time
+  const clientEnv = { ...env };
+  // No MCP_GATE_TOKEN: mcp-gate creates the token file in the data directory, as on a first run.
+  delete clientEnv.MCP_GATE_TOKEN;
   client = spawn(PYTHON, [path.join(HERE, 'held_call.py'), GATE, path.join(HERE, 'gate.toml')], {
     cwd: ROOT,
     stdio: ['pipe', 'pipe', 'pipe'], // closing its stdin lets it stop
     env: {
-      ...env,
-      MCP_GATE_TOKEN: TOKEN,
+      ...clientEnv,
+      HELD_CALL_PATHS: `${FILE},${PHONE_FILE}`,
       MCP_GATE_DATA_DIR: dataDir,
       MCP_GATE_APPROVALS_LISTEN: '127.0.0.1:0',
       MCP_GATE_WAIT_SECS: '60',
@@ -156,11 +165,15 @@ function startClient() {
   client.stdout.setEncoding('utf8');
   client.stderr.setEncoding('utf8');
   client.stdoutText = '';
-  client.result = new Promise((resolve) => {
-    client.stdout.on('data', (s) => {
-      client.stdoutText += s;
-      if (client.stdoutText.includes('\n')) resolve(Date.now());
-    });
+  const waiting = []; // [lines, resolve]: resolved with the time the client printed that many results
+  const printedAt = []; // when each result line arrived
+  client.lines = () => client.stdoutText.split('\n').filter(Boolean);
+  client.results = (n) =>
+    new Promise((resolve) => (printedAt.length >= n ? resolve(printedAt[n - 1]) : waiting.push([n, resolve])));
+  client.stdout.on('data', (s) => {
+    client.stdoutText += s;
+    while (printedAt.length < client.stdoutText.split('\n').length - 1) printedAt.push(Date.now());
+    for (const [n, resolve] of waiting) if (printedAt.length >= n) resolve(printedAt[n - 1]);
   });
   client.exited = new Promise((resolve) => {
     client.on('exit', (code, signal) => resolve({ code, signal }));
@@ -181,10 +194,44 @@ function startClient() {
   });
 }
 
-/** The client is still waiting for its call: no result, no exit. */
-function stillHeld(when) {
+/** The client is still waiting for its call: `done` results so far, no exit. */
+function stillHeld(when, done = 0) {
   check(client.exitCode === null && client.signalCode === null, `the client exited ${when}`);
-  check(client.stdoutText === '', `the client had a result ${when}: ${client.stdoutText.trim()}`);
+  check(client.lines().length === done, `the client had a result ${when}: ${client.stdoutText.trim()}`);
+}
+
+/** Runs `mcp-gate approvals ARGS` against the running proxy; resolves with its stdout. */
+function approvalsCommand(base, args) {
+  const cmdEnv = { ...env, MCP_GATE_DATA_DIR: dataDir, MCP_GATE_URL: base, MCP_GATE_NO_BROWSER: '1' };
+  delete cmdEnv.MCP_GATE_TOKEN; // the token file, as a person at this machine would use it
+  return new Promise((resolve, reject) => {
+    execFile(GATE, ['approvals', ...args], { env: cmdEnv, timeout: STEP_MS }, (e, stdout, stderr) => {
+      if (e) reject(new Failure(`mcp-gate approvals ${args.join(' ')}: ${e.message} ${stderr}`));
+      else resolve(stdout);
+    });
+  });
+}
+
+/** Records failed requests and console errors of `p` in pageErrors. */
+function watchPage(p) {
+  p.setDefaultTimeout(STEP_MS);
+  p.on('requestfailed', (r) => {
+    // Leaving a page cancels what it still had open, such as the event stream.
+    const why = r.failure()?.errorText;
+    if (why !== 'net::ERR_ABORTED') pageErrors.push(`${r.url()}: ${why}`);
+  });
+  p.on('response', (r) => r.status() >= 400 && pageErrors.push(`${r.url()}: HTTP ${r.status()}`));
+  p.on('console', (m) => {
+    // No favicon is served; Chromium asks for one anyway.
+    if (m.type() === 'error' && !m.location().url.endsWith('/favicon.ico')) pageErrors.push(m.text());
+  });
+}
+
+/** The element's box lies within the first screen of a `height`-tall viewport, scrolled to the top. */
+async function aboveTheFold(locator, what, height) {
+  const box = await locator.boundingBox();
+  check(box, `${what} is not shown`);
+  check(box.y >= 0 && box.y + box.height <= height, `${what} is below the fold: ${JSON.stringify(box)}`);
 }
 
 /** Resolves with `promise`'s value, or with null after `ms`. */
@@ -244,23 +291,19 @@ async function main() {
   });
   const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
   page = await context.newPage();
-  page.setDefaultTimeout(STEP_MS);
-  page.on('requestfailed', (r) => {
-    // Leaving a page cancels what it still had open, such as the event stream.
-    const why = r.failure()?.errorText;
-    if (why !== 'net::ERR_ABORTED') pageErrors.push(`${r.url()}: ${why}`);
-  });
-  page.on('response', (r) => r.status() >= 400 && pageErrors.push(`${r.url()}: HTTP ${r.status()}`));
-  page.on('console', (m) => {
-    // No favicon is served; Chromium asks for one anyway.
-    if (m.type() === 'error' && !m.location().url.endsWith('/favicon.ico')) pageErrors.push(m.text());
-  });
+  watchPage(page);
   log(`Chromium ${browser.version()}`);
 
-  // Signed out, the dashboard sends us to sign in.
+  // Signed out, the dashboard sends us to sign in; the page names the command that signs in
+  // and the token file mcp-gate created.
   await page.goto(`${base}/`);
   check(new URL(page.url()).pathname === '/login', `signed out, / did not redirect to /login: ${page.url()}`);
-  await page.locator('input[name="token"]').fill(TOKEN);
+  const tokenFile = path.join(dataDir, 'approver-token');
+  const signIn = await bodyText();
+  check(signIn.includes(`mcp-gate approvals open --url ${base}`), `the sign-in page names no command: ${signIn}`);
+  check(signIn.includes(tokenFile), `the sign-in page does not say where the token is (${tokenFile}): ${signIn}`);
+  const token = fs.readFileSync(tokenFile, 'utf8').trim();
+  await page.locator('input[name="token"]').fill(token);
   await page.getByRole('button', { name: 'Sign in', exact: true }).click();
   await page.waitForURL((u) => u.pathname === '/');
   log('signed in');
@@ -311,11 +354,11 @@ async function main() {
   log(`approved ${id}`);
 
   // The waiting client gets the tool's real output.
-  const resultAt = await within(RELEASE_MS, client.result);
+  const resultAt = await within(RELEASE_MS, client.results(1));
   check(resultAt, `the client had no result ${RELEASE_MS / 1000} s after the approval`);
   let result;
   try {
-    result = JSON.parse(client.stdoutText);
+    result = JSON.parse(client.lines()[0]);
   } catch {
     throw new Failure(`the client printed no JSON result: ${client.stdoutText.trim()}`);
   }
@@ -328,8 +371,11 @@ async function main() {
   });
   log('the request page says executed');
   const approvedShot = await screenshot('approved.png');
+  await context.close();
 
-  // The client stops (and mcp-gate with it) once its stdin closes, and agrees with the result.
+  const phoneShots = await onThePhone(base);
+
+  // The client stops (and mcp-gate with it) once its stdin closes, and agrees with the results.
   await browser.close();
   browser = undefined;
   client.stdin.end();
@@ -337,9 +383,79 @@ async function main() {
   check(exit, `the client did not exit ${RELEASE_MS / 1000} s after its stdin closed`);
   check(exit.code === 0, `the client exited with ${exit.code ?? exit.signal}`);
 
-  console.log(`screenshots:\n  ${queueShot}\n  ${detailShot}\n  ${approvedShot}`);
+  console.log(`screenshots:\n  ${[queueShot, detailShot, approvedShot, ...phoneShots].join('\n  ')}`);
   const ms = Date.now() - started;
-  console.log(`PASS browser: approved in Chromium, the held call returned its real output (${ms} ms)`);
+  console.log(`PASS browser: approved in Chromium, on a desktop and on a phone; both held calls returned their real output (${ms} ms)`);
+}
+
+/** The second held call, on a phone-sized screen, signed in with `mcp-gate approvals open`. */
+async function onThePhone(base) {
+  // The second call is held once the first returned.
+  const id = await poll('the second held call', async () => {
+    const listed = JSON.parse(await approvalsCommand(base, ['list', '--json']));
+    const found = listed.approvals.find((a) => a.arguments?.path === PHONE_FILE);
+    return found?.id;
+  });
+  stillHeld('before the phone approved', 1);
+  const printed = await approvalsCommand(base, ['open', id]);
+  const link = printed.match(/(http:\/\/\S+\/login\/link\/[0-9a-f]+)/)?.[1];
+  check(link && link.startsWith(base), `mcp-gate approvals open printed no sign-in link: ${printed}`);
+  log(`mcp-gate approvals open ${id} printed a sign-in link`);
+
+  const phone = await browser.newContext({ viewport: PHONE, isMobile: true, hasTouch: true, deviceScaleFactor: 2 });
+  page = await phone.newPage();
+  watchPage(page);
+  await page.goto(link);
+  const confirm = page.getByRole('button', { name: /^Sign in as / });
+  await confirm.waitFor();
+  const signInShot = await screenshot('phone-signin.png');
+  await confirm.tap();
+  await page.waitForURL((u) => u.pathname === `/approvals/${id}`);
+  log('signed in on the phone through the one-time link, at the request');
+
+  // Above the fold: the call (server, tool, arguments) and both decision buttons.
+  const approve = page.getByRole('button', { name: 'Approve', exact: true });
+  const deny = page.getByRole('button', { name: 'Deny', exact: true });
+  const call = page.locator('dl.call');
+  await aboveTheFold(call.locator('dd').filter({ hasText: /^\s*files\s*$/ }), 'the server', PHONE.height);
+  await aboveTheFold(call.locator('dd').filter({ hasText: TOOL }), 'the tool', PHONE.height);
+  await aboveTheFold(page.locator('pre.arguments'), 'the arguments', PHONE.height);
+  check((await page.locator('pre.arguments').innerText()).includes(PHONE_FILE), 'the arguments do not show the file');
+  await aboveTheFold(approve, 'the Approve button', PHONE.height);
+  await aboveTheFold(deny, 'the Deny button', PHONE.height);
+  const wide = await page.evaluate(() => document.documentElement.scrollWidth);
+  check(wide <= PHONE.width, `the request page scrolls sideways on a phone (${wide} px wide)`);
+  const detailShot = await screenshot('phone-detail.png');
+  // The first screen as the phone shows it, without scrolling.
+  const foldShot = path.join(OUT, 'phone-fold.png');
+  await page.screenshot({ path: foldShot });
+
+  // The queue on the phone: the request, readable without sideways scrolling.
+  await page.goto(`${base}/`);
+  const row = page.locator(`a[href="/approvals/${id}"]`);
+  await row.waitFor();
+  const queueWide = await page.evaluate(() => document.documentElement.scrollWidth);
+  check(queueWide <= PHONE.width, `the queue scrolls sideways on a phone (${queueWide} px wide)`);
+  const queueShot = await screenshot('phone-queue.png');
+  await row.tap();
+  await page.waitForURL((u) => u.pathname === `/approvals/${id}`);
+
+  const tapped = Date.now();
+  await approve.tap();
+  await approve.waitFor({ state: 'detached' });
+  await poll('the approval on the phone', async () => /\bapproved\b/i.test(await page.getByRole('status').innerText({ timeout: 2_000 })));
+  const resultAt = await within(RELEASE_MS, client.results(2));
+  check(resultAt, `the client had no second result ${RELEASE_MS / 1000} s after the approval on the phone`);
+  const second = JSON.parse(client.lines()[1]);
+  check(!second.isError && second.content?.[0]?.text === `deleted ${PHONE_FILE}`, `unexpected result ${JSON.stringify(second)}`);
+  log(`approved on the phone; the client got its output ${((resultAt - tapped) / 1000).toFixed(1)} s after the tap`);
+  const approvedShot = await screenshot('phone-approved.png');
+
+  // The link worked once: a second use (from its own page's origin) is refused.
+  const again = await fetch(link, { method: 'POST', headers: { Origin: base }, redirect: 'manual' });
+  check(again.status === 410, `a used sign-in link answered ${again.status}, not 410`);
+  await phone.close();
+  return [signInShot, detailShot, foldShot, queueShot, approvedShot];
 }
 
 try {

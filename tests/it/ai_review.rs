@@ -221,7 +221,11 @@ redact = ["/secret"]
         ..ApprovalSettings::default()
     };
     let approvals = Approvals::new(store, config.policy.clone(), settings);
-    approvals.set_reviewer(Reviewer::from_config(&config.approvals).unwrap().expect("an ai_driven workflow"));
+    approvals.set_reviewer(
+        Reviewer::from_config(&config.approvals.ai_workflows, &config.approvals.providers)
+            .unwrap()
+            .expect("an ai_driven workflow"),
+    );
     let state = WebState::new(approvals.clone(), TOKEN.into(), Default::default(), Vec::new());
     tokio::spawn(mcp_gate::server::web::serve(web_listener, state, std::future::pending()));
     Setup { approvals, fake, web }

@@ -4,8 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mcp_gate::config::{ListenerLimits, ServerConfig, UpstreamTransport};
 use mcp_gate::downstream::http;
+use mcp_gate::http::listener::ListenerLimits;
+use mcp_gate::upstream::settings::{ServerConfig, UpstreamTransport};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, DuplexStream, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -134,7 +135,7 @@ async fn until_tagged(tag: &str, n: usize) {
 }
 
 fn tag(what: &str) -> String {
-    format!("--tag={what}-{}-{}", std::process::id(), mcp_gate::random::hex(4))
+    format!("--tag={what}-{}-{}", std::process::id(), mcp_gate::random::hex(4).expect("randomness"))
 }
 
 /// An in-process `serve` of one upstream with these limits; its `/mcp` URL.
@@ -314,7 +315,8 @@ async fn half_open_connections_neither_lock_out_clients_nor_stay_open() {
     let config = mcp_gate::config::Config::from_toml("", "empty.toml").unwrap();
     let store = mcp_gate::store::Store::open(mcp_gate::store::Location::Memory).await.unwrap();
     let approvals = mcp_gate::approval::Approvals::new(store, config.policy.clone(), Default::default());
-    let mut web = mcp_gate::server::web::WebState::new(approvals, "t".repeat(24), Default::default(), Vec::new());
+    let mut web =
+        mcp_gate::server::web::WebState::new(approvals, "t".repeat(24).into(), Default::default(), Vec::new());
     Arc::get_mut(&mut web).unwrap().limits = listener;
     let web_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let web_addr = web_listener.local_addr().unwrap().to_string();

@@ -7,10 +7,10 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mcp_gate::config::{ServerConfig, UpstreamTransport};
 use mcp_gate::downstream::{http, stdio};
 use mcp_gate::gate::{AllowAll, Gate};
 use mcp_gate::session::SessionOptions;
+use mcp_gate::upstream::settings::{ServerConfig, UpstreamTransport};
 use rmcp::model::{
     ClientCapabilities, ClientConfig, CreateMessageRequestParams, CreateMessageResult, ElicitRequestParams,
     ElicitResult, ElicitationAction, LoggingMessageNotificationParam, ProgressNotificationParam, SamplingMessage,
@@ -46,8 +46,8 @@ pub fn stdio_server(name: &str) -> Arc<ServerConfig> {
             cwd: None,
         },
         prefix: true,
-        request_timeout: mcp_gate::config::DEFAULT_REQUEST_TIMEOUT,
-        initialize_timeout: mcp_gate::config::DEFAULT_INITIALIZE_TIMEOUT,
+        request_timeout: mcp_gate::upstream::settings::DEFAULT_REQUEST_TIMEOUT,
+        initialize_timeout: mcp_gate::upstream::settings::DEFAULT_INITIALIZE_TIMEOUT,
     })
 }
 
@@ -56,8 +56,8 @@ pub fn http_server(name: &str, url: &str) -> Arc<ServerConfig> {
         name: name.to_owned(),
         transport: UpstreamTransport::StreamableHttp { url: url.to_owned(), headers: Vec::new() },
         prefix: true,
-        request_timeout: mcp_gate::config::DEFAULT_REQUEST_TIMEOUT,
-        initialize_timeout: mcp_gate::config::DEFAULT_INITIALIZE_TIMEOUT,
+        request_timeout: mcp_gate::upstream::settings::DEFAULT_REQUEST_TIMEOUT,
+        initialize_timeout: mcp_gate::upstream::settings::DEFAULT_INITIALIZE_TIMEOUT,
     })
 }
 
@@ -66,8 +66,8 @@ pub fn sse_server(name: &str, url: &str) -> Arc<ServerConfig> {
         name: name.to_owned(),
         transport: UpstreamTransport::Sse { url: url.to_owned(), headers: Vec::new() },
         prefix: true,
-        request_timeout: mcp_gate::config::DEFAULT_REQUEST_TIMEOUT,
-        initialize_timeout: mcp_gate::config::DEFAULT_INITIALIZE_TIMEOUT,
+        request_timeout: mcp_gate::upstream::settings::DEFAULT_REQUEST_TIMEOUT,
+        initialize_timeout: mcp_gate::upstream::settings::DEFAULT_INITIALIZE_TIMEOUT,
     })
 }
 

@@ -9,7 +9,7 @@ use mcp_gate::approval::{ApprovalGate, ApprovalSettings, Approvals};
 use mcp_gate::config::Config;
 use mcp_gate::gate::{Gate, ToolCall, Verdict};
 use mcp_gate::server::web::WebState;
-use mcp_gate::store::{Location, Store};
+use mcp_gate::store::{Clock, Location, Store};
 use serde_json::{Value, json};
 
 const TOKEN: &str = "shared-approver-token-0123456789";
@@ -87,6 +87,7 @@ async fn the_openapi_document_covers_every_route_and_every_route_needs_a_token()
         ("get", "/api/v1/audit"),
         ("get", "/api/v1/hub"),
         ("post", "/api/v1/hub/announce"),
+        ("post", "/api/v1/sign-in-links"),
     ];
     for (method, path) in routes {
         assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} is documented");
@@ -654,10 +655,10 @@ async fn the_request_page_shows_the_tool_reason_risk_and_history() {
     assert!(stats.contains("aria-current=\"page\">Stats"));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_request_near_its_deadline_is_announced_once_as_expiring() {
     let config = Config::from_toml("", "empty.toml").unwrap();
-    let store = Store::open(Location::Memory).await.unwrap();
+    let store = Store::open_with_clock(Location::Memory, Clock::tokio(1_800_000_000_000)).await.unwrap();
     let settings = ApprovalSettings {
         public_url: "http://127.0.0.1:1".into(),
         // Requests live 400 ms; the 10-minute warning therefore starts half-way, at 200 ms.
@@ -673,14 +674,20 @@ async fn a_request_near_its_deadline_is_announced_once_as_expiring() {
 
     approvals.sweep().await;
     assert!(changes.try_recv().is_err(), "not expiring when just made");
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    tokio::time::advance(Duration::from_millis(199)).await;
+    approvals.sweep().await;
+    assert!(changes.try_recv().is_err(), "not expiring before half its life");
+    tokio::time::advance(Duration::from_millis(1)).await;
     approvals.sweep().await;
     approvals.sweep().await;
     let change = changes.try_recv().unwrap();
     assert_eq!((change.kind, change.approval.id.as_str()), (mcp_gate::approval::ChangeKind::Expiring, id.as_str()));
     assert!(changes.try_recv().is_err(), "announced once, not on every sweep");
 
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::advance(Duration::from_millis(199)).await;
+    approvals.sweep().await;
+    assert!(changes.try_recv().is_err(), "not expired before its deadline");
+    tokio::time::advance(Duration::from_millis(1)).await;
     approvals.sweep().await;
     assert_eq!(changes.try_recv().unwrap().kind, mcp_gate::approval::ChangeKind::Expired);
 }

@@ -4,11 +4,11 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mcp_gate::approval::{ApprovalGate, ApprovalSettings, Approvals};
+use mcp_gate::approval::{ApprovalGate, ApprovalSettings, Approvals, ChangeKind, PROGRESS_EVERY};
 use mcp_gate::config::Config;
-use mcp_gate::gate::{Gate, ProgressSink, ToolCall, Verdict};
+use mcp_gate::gate::{Gate, Outcome, ProgressSink, ToolCall, Verdict};
 use mcp_gate::identity::Principal;
-use mcp_gate::store::{ApprovalFilter, Location, Status, Store};
+use mcp_gate::store::{ApprovalFilter, Clock, Location, Status, Store};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -45,8 +45,21 @@ grant_secs = 60
 "#;
 
 async fn approvals(wait: Duration, extra: &str) -> Arc<Approvals> {
+    approvals_on(Store::open(Location::Memory).await.expect("store"), wait, extra)
+}
+
+/// The wall time at which the tests on paused time start.
+const T0: i64 = 1_800_000_000_000;
+
+/// [`approvals`] on a clock that follows tokio's (paused) time from [`T0`].
+async fn paused_approvals(wait: Duration, extra: &str) -> Arc<Approvals> {
+    let store = Store::open_with_clock(Location::Memory, Clock::tokio(T0)).await.expect("store");
+    approvals_on(store, wait, extra)
+}
+
+/// Approvals with the test policy (and `extra`) on `store`, whose clock they read.
+fn approvals_on(store: Store, wait: Duration, extra: &str) -> Arc<Approvals> {
     let config = Config::from_toml(&format!("{POLICY}{extra}"), "gating.toml").expect("policy");
-    let store = Store::open(Location::Memory).await.expect("store");
     let settings = ApprovalSettings {
         wait,
         public_url: "http://127.0.0.1:8377".into(),
@@ -156,6 +169,7 @@ async fn fail_fast_then_approve_then_retry_runs_once() {
     assert_eq!(pending.len(), 1);
 
     approvals.decide(&id, &Principal::named("alice"), true, Some("fine".into()), None).await.unwrap();
+    let mut changes = approvals.changes.subscribe();
     let ran = c.call("test_image_content", json!({"secret": "s3cret", "n": 1})).await;
     assert_eq!(ran["content"][0]["type"], "image", "the approved call ran: {ran}");
 
@@ -164,7 +178,8 @@ async fn fail_fast_then_approve_then_retry_runs_once() {
     let (id2, status2) = approval_meta(&held_again);
     assert_eq!(status2, "pending");
     assert_ne!(id2, id);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The outcome is recorded after the reply; it is announced once stored.
+    within("the outcome recorded", async { while changes.recv().await.unwrap().kind != ChangeKind::Executed {} }).await;
     let done = approvals.store.get_approval(&id).await.unwrap().unwrap();
     assert_eq!(done.status, Status::Executed);
     let history: Vec<Status> = approvals.store.transitions(&id).await.unwrap().iter().map(|t| t.to).collect();
@@ -182,29 +197,53 @@ async fn fail_fast_then_approve_then_retry_runs_once() {
     assert!(mcp_gate::store::audit::verify(&approvals.store).await.unwrap().first_bad.is_none());
 }
 
-#[tokio::test]
+/// A waiting call is released by the decision itself, not by its periodic re-read.
+#[tokio::test(start_paused = true)]
 async fn waiting_call_runs_when_approved_mid_wait() {
-    let approvals = approvals(Duration::from_secs(30), "").await;
-    let mut c = Line::new(&approvals).await;
+    let approvals = paused_approvals(Duration::from_secs(30), "").await;
+    let mut changes = approvals.changes.subscribe();
     let a = approvals.clone();
     tokio::spawn(async move {
-        for _ in 0..100 {
-            let pending = a
-                .store
-                .list_approvals(ApprovalFilter { status: Some(Status::Pending), ..Default::default() })
-                .await
-                .unwrap();
-            if let Some(p) = pending.first() {
-                a.decide(&p.id, &Principal::named("bob"), true, None, None).await.unwrap();
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let requested = changes.recv().await.unwrap();
+        assert_eq!(requested.kind, ChangeKind::Requested);
+        a.decide(&requested.approval.id, &Principal::named("bob"), true, None, None).await.unwrap();
     });
-    let started = std::time::Instant::now();
-    let r = c.call("test_audio_content", json!({})).await;
-    assert_eq!(r["content"][0]["type"], "audio", "{r}");
-    assert!(started.elapsed() < Duration::from_secs(10));
+    let started = tokio::time::Instant::now();
+    let verdict = hold(&approvals, "test_audio_content", json!({})).await;
+    assert!(matches!(verdict, Verdict::AllowTracked(_)), "released to run: {verdict:?}");
+    assert!(started.elapsed() < PROGRESS_EVERY, "released by the decision after {:?}", started.elapsed());
+}
+
+/// The gate's answer to a call of `tool`, after any wait.
+async fn hold(approvals: &Arc<Approvals>, tool: &str, arguments: Value) -> Verdict {
+    let gate = ApprovalGate { approvals: approvals.clone() };
+    let call = ToolCall {
+        server: "fs",
+        tool,
+        exposed_name: tool,
+        arguments: &arguments,
+        info: None,
+        agent: Some("agent"),
+        progress: None,
+        gone: Default::default(),
+    };
+    match gate.check(&call) {
+        Verdict::Hold(wait) => wait.await,
+        other => other,
+    }
+}
+
+/// The id and status of a gate's answer that is an approval URL.
+fn answered(verdict: Verdict) -> (String, String) {
+    let Verdict::Respond(result) = verdict else { panic!("an answer, not {verdict:?}") };
+    approval_meta(&serde_json::from_str(result.get()).unwrap())
+}
+
+/// Runs a call the gate let through, reporting a successful result.
+fn run(verdict: Verdict) {
+    let Verdict::AllowTracked(done) = verdict else { panic!("a call to run, not {verdict:?}") };
+    let result = serde_json::value::RawValue::from_string(r#"{"content":[]}"#.into()).unwrap();
+    done(Outcome::Result(&result));
 }
 
 #[tokio::test]
@@ -260,20 +299,156 @@ async fn grant_window_lets_identical_calls_run_without_asking_again() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn expired_requests_are_not_run() {
     let extra = "\n[approvals.expiry]\nmedium = \"1s\"\n";
-    let approvals = approvals(Duration::ZERO, extra).await;
-    let mut c = Line::new(&approvals).await;
-    let held = c.call("test_audio_content", json!({"x": 1})).await;
-    let (id, _) = approval_meta(&held);
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let approvals = paused_approvals(Duration::ZERO, extra).await;
+    let (id, _) = answered(hold(&approvals, "test_audio_content", json!({"x": 1})).await);
+    tokio::time::advance(Duration::from_millis(999)).await;
+    approvals.sweep().await;
+    assert_eq!(approvals.store.get_approval(&id).await.unwrap().unwrap().status, Status::Pending);
+    tokio::time::advance(Duration::from_millis(1)).await;
     approvals.sweep().await;
     assert_eq!(approvals.store.get_approval(&id).await.unwrap().unwrap().status, Status::Expired);
     assert!(approvals.decide(&id, &Principal::named("alice"), true, None, None).await.is_err(), "too late to approve");
     // A retry asks again.
-    let again = c.call("test_audio_content", json!({"x": 1})).await;
-    assert_ne!(approval_meta(&again).0, id);
+    let (again, status) = answered(hold(&approvals, "test_audio_content", json!({"x": 1})).await);
+    assert_ne!(again, id);
+    assert_eq!(status, "pending");
+}
+
+/// The sweeper, every second of (paused) time, expires a request once its deadline has passed
+/// and announces it.
+#[tokio::test(start_paused = true)]
+async fn the_sweeper_expires_requests_at_their_deadline() {
+    let extra = "\n[approvals.expiry]\nmedium = \"60s\"\n";
+    let approvals = paused_approvals(Duration::ZERO, extra).await;
+    approvals.spawn_sweeper();
+    let (id, _) = answered(hold(&approvals, "test_audio_content", json!({})).await);
+    let created = approvals.store.get_approval(&id).await.unwrap().unwrap().created_at;
+    assert_eq!(created, T0);
+    let mut changes = approvals.changes.subscribe();
+    let expired = tokio::time::timeout(Duration::from_secs(600), async {
+        loop {
+            let change = changes.recv().await.unwrap();
+            if change.kind == ChangeKind::Expired {
+                return change;
+            }
+        }
+    })
+    .await
+    .expect("expired by the sweeper");
+    assert_eq!(expired.approval.id, id);
+    assert_eq!(expired.actor.as_deref(), Some("system"));
+    let late = expired.at - (T0 + 60_000);
+    assert!((0..1_000).contains(&late), "expired {late} ms after its deadline");
+    let t = approvals.store.transitions(&id).await.unwrap();
+    assert_eq!(t.last().map(|t| (t.to, t.at, t.actor.as_str())), Some((Status::Expired, expired.at, "system")));
+}
+
+/// A grant lets identical calls run until its window ends, by the clock; then the next one is
+/// held again as a new request.
+#[tokio::test(start_paused = true)]
+async fn a_grant_ends_with_its_window() {
+    let extra = "\n[[rules]]\nname = \"granted\"\ntool = \"test_multiple_content_types\"\naction = \"approve\"\nworkflow = \"grant\"\n";
+    let approvals = paused_approvals(Duration::ZERO, extra).await;
+    let tool = "test_multiple_content_types";
+    let (id, _) = answered(hold(&approvals, tool, json!({})).await);
+    tokio::time::advance(Duration::from_secs(5)).await;
+    approvals.decide(&id, &Principal::named("alice"), true, None, None).await.unwrap();
+    let decided = approvals.store.get_approval(&id).await.unwrap().unwrap();
+    assert_eq!(decided.grant_ends_at(), Some(T0 + 65_000));
+    run(hold(&approvals, tool, json!({})).await);
+    tokio::time::advance(Duration::from_millis(59_999)).await;
+    run(hold(&approvals, tool, json!({})).await);
+    tokio::time::advance(Duration::from_millis(1)).await;
+    let (next, status) = answered(hold(&approvals, tool, json!({})).await);
+    assert_ne!(next, id, "the window has ended: a new request");
+    assert_eq!(status, "pending");
+    let closed = approvals.store.get_approval(&id).await.unwrap().unwrap();
+    assert_eq!((closed.status, closed.uses), (Status::Executed, 2));
+}
+
+/// A pending request is announced as expiring once, when the warning starts (here 10 minutes
+/// before a one-hour deadline).
+#[tokio::test(start_paused = true)]
+async fn an_expiring_request_is_announced_once() {
+    let config = Config::from_toml(&format!("{POLICY}\n[approvals.expiry]\nmedium = \"1h\"\n"), "gating.toml").unwrap();
+    let store = Store::open_with_clock(Location::Memory, Clock::tokio(T0)).await.unwrap();
+    let settings = ApprovalSettings {
+        expiry_by_risk: config.approvals.expiry_by_risk,
+        workflows: config.approvals.workflows.clone(),
+        expiry_warning: Duration::from_secs(600),
+        ..ApprovalSettings::default()
+    };
+    let approvals = Approvals::new(store, config.policy.clone(), settings);
+    let (id, _) = answered(hold(&approvals, "test_audio_content", json!({})).await);
+    let mut changes = approvals.changes.subscribe();
+    let mut expiring = || {
+        let mut seen = Vec::new();
+        while let Ok(c) = changes.try_recv() {
+            if c.kind == ChangeKind::Expiring {
+                seen.push(c.approval.id.clone());
+            }
+        }
+        seen
+    };
+    tokio::time::advance(Duration::from_secs(50 * 60 - 1)).await;
+    approvals.sweep().await;
+    assert!(expiring().is_empty(), "not yet");
+    tokio::time::advance(Duration::from_secs(1)).await;
+    approvals.sweep().await;
+    assert_eq!(expiring(), [id]);
+    tokio::time::advance(Duration::from_secs(60)).await;
+    approvals.sweep().await;
+    assert!(expiring().is_empty(), "announced once");
+}
+
+/// A decision made by another process sharing the database (here another store handle on the
+/// file) reaches a waiting call when it hears of it, or else at its re-read every
+/// [`PROGRESS_EVERY`], and never before: on paused time, the same on every machine.
+#[tokio::test(start_paused = true)]
+async fn a_decision_made_elsewhere_releases_a_call_when_heard_or_reread() {
+    let dir = super::binary::data_dir("gating-elsewhere");
+    let path = dir.join("gate.db");
+    let clock = Clock::tokio(T0);
+    let here = Store::open_with_clock(Location::File(path.clone()), clock.clone()).await.unwrap();
+    let there = Store::open_with_clock(Location::File(path), clock).await.unwrap();
+    let waiting = approvals_on(here, Duration::from_secs(30), "");
+    let deciding = approvals_on(there, Duration::ZERO, "");
+    let mut changes = waiting.changes.subscribe();
+
+    for (why, heard) in [("heard", true), ("reread", false)] {
+        let started = tokio::time::Instant::now();
+        let w = waiting.clone();
+        let call = tokio::spawn(async move { hold(&w, "test_audio_content", json!({ "why": why })).await });
+        let id = loop {
+            let c = changes.recv().await.unwrap();
+            if c.kind == ChangeKind::Requested {
+                break c.approval.id.clone();
+            }
+        };
+        // Paused time moves only when every task waits on a timer (a store request in flight
+        // holds it back): this returns once the call has read its request and waits.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        deciding.decide(&id, &Principal::named("alice"), true, None, None).await.unwrap();
+        tokio::time::advance(PROGRESS_EVERY - Duration::from_millis(1) - started.elapsed()).await;
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!call.is_finished(), "{why}: not released before it hears of the decision or re-reads");
+        if heard {
+            waiting.wake(&id);
+        }
+        let verdict = tokio::time::timeout(Duration::from_secs(60), call).await.unwrap().unwrap();
+        run(verdict);
+        let released = started.elapsed();
+        if heard {
+            assert!(released < PROGRESS_EVERY, "{why}: released when told, after {released:?}");
+        } else {
+            assert!(released >= PROGRESS_EVERY, "{why}: released by the re-read, after {released:?}");
+        }
+    }
 }
 
 /// While a call waits, the caller hears progress with the URL at least every 10 s.

@@ -229,7 +229,6 @@ async fn a_follower_takes_over_when_the_hub_dies() {
     c.logged("(via the hub").await;
     b.send_call(2, "from b").await;
     c.send_call(2, "from c").await;
-    let c_sent = Instant::now();
     let b_id = pending_id(&hub, "from b").await;
     let c_id = pending_id(&hub, "from c").await;
 
@@ -238,11 +237,9 @@ async fn a_follower_takes_over_when_the_hub_dies() {
     assert_ne!(d.approvals, hub);
     assert_eq!(approve(&d.approvals, &c_id).await.status(), 200);
     d.kill().await;
-    let early = tokio::time::timeout(Duration::from_millis(500), c.reply(2)).await;
-    // (A waiting call also re-reads its request every 10 s, when it would send progress.)
-    if c_sent.elapsed() < Duration::from_secs(9) {
-        assert!(early.is_err(), "c's call is not released before it hears of the decision");
-    }
+    // That c's call is not released before it hears of the decision (or re-reads its request
+    // every 10 s) depends on time, which real processes cannot hold still: it is checked on
+    // paused time in `gating::a_decision_made_elsewhere_releases_a_call_when_heard_or_reread`.
 
     a.kill().await;
     let killed = Instant::now();
@@ -335,7 +332,7 @@ async fn processes_that_cannot_share_serve_alone() {
 
 /// A plain TCP listener that answers every request with a JSON body and records every byte it
 /// receives.
-async fn squatter() -> (String, Arc<Mutex<Vec<u8>>>) {
+pub(super) async fn squatter() -> (String, Arc<Mutex<Vec<u8>>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let received = Arc::new(Mutex::new(Vec::new()));

@@ -246,13 +246,13 @@ async fn a_request_method_sent_as_a_notification_is_dropped() {
 
 #[tokio::test]
 async fn duplicate_names_are_refused_over_http_whatever_mcp_name_says() {
-    use mcp_gate::config::{ServerConfig, UpstreamTransport};
+    use mcp_gate::upstream::settings::{ServerConfig, UpstreamTransport};
     let raw = std::sync::Arc::new(ServerConfig {
         name: "raw".into(),
         transport: UpstreamTransport::Stdio { command: raw_bin(), args: Vec::new(), env: Vec::new(), cwd: None },
         prefix: true,
-        request_timeout: mcp_gate::config::DEFAULT_REQUEST_TIMEOUT,
-        initialize_timeout: mcp_gate::config::DEFAULT_INITIALIZE_TIMEOUT,
+        request_timeout: mcp_gate::upstream::settings::DEFAULT_REQUEST_TIMEOUT,
+        initialize_timeout: mcp_gate::upstream::settings::DEFAULT_INITIALIZE_TIMEOUT,
     });
     let base = http_proxy(options(vec![raw]), None).await;
     let client = reqwest::Client::new();
@@ -946,15 +946,15 @@ impl mcp_gate::session::Downstream for Captured {
 /// refused there, never judged as `null`.
 #[tokio::test]
 async fn the_session_refuses_params_it_cannot_read_instead_of_judging_null() {
-    use mcp_gate::config::{ServerConfig, UpstreamTransport};
+    use mcp_gate::upstream::settings::{ServerConfig, UpstreamTransport};
     use mcp_gate::wire::jsonrpc::{Message, number_id};
     use serde_json::value::RawValue;
     let raw = std::sync::Arc::new(ServerConfig {
         name: "raw".into(),
         transport: UpstreamTransport::Stdio { command: raw_bin(), args: Vec::new(), env: Vec::new(), cwd: None },
         prefix: true,
-        request_timeout: mcp_gate::config::DEFAULT_REQUEST_TIMEOUT,
-        initialize_timeout: mcp_gate::config::DEFAULT_INITIALIZE_TIMEOUT,
+        request_timeout: mcp_gate::upstream::settings::DEFAULT_REQUEST_TIMEOUT,
+        initialize_timeout: mcp_gate::upstream::settings::DEFAULT_INITIALIZE_TIMEOUT,
     });
     let gate = std::sync::Arc::new(RecordingGate::default());
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();

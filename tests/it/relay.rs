@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use mcp_gate::config::ServerConfig;
+use mcp_gate::upstream::settings::ServerConfig;
 use rmcp::model::ProtocolVersion;
 use rmcp::model::{
     CallToolRequestParams, CallToolResult, GetPromptRequestParams, ProgressToken, ReadResourceRequestParams,
@@ -268,10 +268,15 @@ async fn auto_client_falls_back_against_a_legacy_upstream() {
     let raw = fixture_bin().with_file_name("raw-upstream").display().to_string();
     let server = Arc::new(ServerConfig {
         name: "raw".into(),
-        transport: mcp_gate::config::UpstreamTransport::Stdio { command: raw, args: vec![], env: vec![], cwd: None },
+        transport: mcp_gate::upstream::settings::UpstreamTransport::Stdio {
+            command: raw,
+            args: vec![],
+            env: vec![],
+            cwd: None,
+        },
         prefix: true,
-        request_timeout: mcp_gate::config::DEFAULT_REQUEST_TIMEOUT,
-        initialize_timeout: mcp_gate::config::DEFAULT_INITIALIZE_TIMEOUT,
+        request_timeout: mcp_gate::upstream::settings::DEFAULT_REQUEST_TIMEOUT,
+        initialize_timeout: mcp_gate::upstream::settings::DEFAULT_INITIALIZE_TIMEOUT,
     });
     let stream = stdio_proxy(options(vec![server])).await;
     let (read, write) = tokio::io::split(stream);

@@ -9,10 +9,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use mcp_gate::approval::{ApprovalGate, ApprovalSettings, Approvals, replies};
-use mcp_gate::config::{Config, ServerConfig, UpstreamTransport};
+use mcp_gate::config::Config;
 use mcp_gate::gate::{Gate, ToolCall, Verdict};
 use mcp_gate::identity::Principal;
 use mcp_gate::store::{ApprovalFilter, Location, Store};
+use mcp_gate::upstream::settings::{ServerConfig, UpstreamTransport};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -199,8 +200,8 @@ fn recorded(name: &str, command: &str, args: &[&str], dir: &Path) -> Arc<ServerC
         name: name.to_owned(),
         transport: UpstreamTransport::Stdio { command: "bash".into(), args: all, env: Vec::new(), cwd: None },
         prefix: true,
-        request_timeout: mcp_gate::config::DEFAULT_REQUEST_TIMEOUT,
-        initialize_timeout: mcp_gate::config::DEFAULT_INITIALIZE_TIMEOUT,
+        request_timeout: mcp_gate::upstream::settings::DEFAULT_REQUEST_TIMEOUT,
+        initialize_timeout: mcp_gate::upstream::settings::DEFAULT_INITIALIZE_TIMEOUT,
     })
 }
 
@@ -522,8 +523,8 @@ async fn upstream_down(version: &'static str) {
         name: "down".into(),
         transport: UpstreamTransport::Stdio { command: "false".into(), args: Vec::new(), env: Vec::new(), cwd: None },
         prefix: false,
-        request_timeout: mcp_gate::config::DEFAULT_REQUEST_TIMEOUT,
-        initialize_timeout: mcp_gate::config::DEFAULT_INITIALIZE_TIMEOUT,
+        request_timeout: mcp_gate::upstream::settings::DEFAULT_REQUEST_TIMEOUT,
+        initialize_timeout: mcp_gate::upstream::settings::DEFAULT_INITIALIZE_TIMEOUT,
     });
     let fast = approvals(Duration::ZERO).await;
     let gate = Arc::new(ApprovalGate { approvals: fast });
@@ -666,8 +667,8 @@ async fn a_filtered_tool_list_is_private_2026_07_28() {
         name: "raw".into(),
         transport: UpstreamTransport::Stdio { command: raw_bin(), args: Vec::new(), env: Vec::new(), cwd: None },
         prefix: false,
-        request_timeout: mcp_gate::config::DEFAULT_REQUEST_TIMEOUT,
-        initialize_timeout: mcp_gate::config::DEFAULT_INITIALIZE_TIMEOUT,
+        request_timeout: mcp_gate::upstream::settings::DEFAULT_REQUEST_TIMEOUT,
+        initialize_timeout: mcp_gate::upstream::settings::DEFAULT_INITIALIZE_TIMEOUT,
     });
     let stream = stdio_proxy(options_with_gate(vec![raw], Arc::new(HidesRawTool))).await;
     let (read, write) = tokio::io::split(stream);
@@ -695,8 +696,8 @@ async fn listen_streams_are_named_by_the_clients_id_over_http_2026_07_28() {
         name: "raw".into(),
         transport: UpstreamTransport::Stdio { command: raw_bin(), args: Vec::new(), env: Vec::new(), cwd: None },
         prefix: false,
-        request_timeout: mcp_gate::config::DEFAULT_REQUEST_TIMEOUT,
-        initialize_timeout: mcp_gate::config::DEFAULT_INITIALIZE_TIMEOUT,
+        request_timeout: mcp_gate::upstream::settings::DEFAULT_REQUEST_TIMEOUT,
+        initialize_timeout: mcp_gate::upstream::settings::DEFAULT_INITIALIZE_TIMEOUT,
     });
     let base = http_proxy(options(vec![raw]), None).await;
     let meta = json!({

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use mcp_gate::config::{ServerConfig, UpstreamTransport};
+use mcp_gate::upstream::settings::{ServerConfig, UpstreamTransport};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, DuplexStream, ReadHalf, WriteHalf};
 
@@ -17,8 +17,8 @@ fn raw_server(command: &str) -> Arc<ServerConfig> {
         name: "raw".into(),
         transport: UpstreamTransport::Stdio { command: command.into(), args: Vec::new(), env: Vec::new(), cwd: None },
         prefix: true,
-        request_timeout: mcp_gate::config::DEFAULT_REQUEST_TIMEOUT,
-        initialize_timeout: mcp_gate::config::DEFAULT_INITIALIZE_TIMEOUT,
+        request_timeout: mcp_gate::upstream::settings::DEFAULT_REQUEST_TIMEOUT,
+        initialize_timeout: mcp_gate::upstream::settings::DEFAULT_INITIALIZE_TIMEOUT,
     })
 }
 

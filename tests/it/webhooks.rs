@@ -84,7 +84,7 @@ fn hook(url: &str, format: Format, secret: Option<&[u8]>) -> Webhook {
         name: format!("test-{}", format.as_str()),
         url: url.to_owned(),
         format,
-        secret: secret.map(<[u8]>::to_vec),
+        secret: secret.map(|s| s.to_vec().into()),
         events: DEFAULT_EVENTS.into_iter().collect(),
         timeout: Duration::from_secs(10),
     }
@@ -156,7 +156,8 @@ async fn a_held_call_sends_a_signed_requested_delivery() {
 
     // The approval is what the API shows, redacted and without the policy trace.
     let stored = approvals.store.get_approval(&id).await.unwrap().unwrap();
-    let state = mcp_gate::server::web::WebState::new(approvals.clone(), "t".repeat(20), Default::default(), Vec::new());
+    let state =
+        mcp_gate::server::web::WebState::new(approvals.clone(), "t".repeat(20).into(), Default::default(), Vec::new());
     let mut api = mcp_gate::server::web::api::view(&state, &stored);
     api.as_object_mut().unwrap().remove("trace");
     api["arguments"] = json!({"path": "/etc/hosts", "password": "[redacted]"});
@@ -207,6 +208,30 @@ async fn slack_and_teams_payloads() {
     approvals.decide(&id, &Principal::named("ada"), true, Some("fine".into()), None).await.unwrap();
     insta::assert_json_snapshot!("slack_approved", stable(&slack.next().await.json(), &id));
     insta::assert_json_snapshot!("teams_approved", stable(&teams.next().await.json(), &id));
+}
+
+#[tokio::test]
+async fn ntfy_payloads_open_the_request_page() {
+    let mut receiver = Receiver::start(&[]).await;
+    let approvals = approvals().await;
+    // The topic's URL; messages are published to the server's root (here `/hook`) as JSON.
+    let topic_url = format!("{}/mcp-gate-approvals", receiver.url);
+    mcp_gate::server::notify::spawn_with(&[hook(&topic_url, Format::Ntfy, None)], &approvals, quick());
+    let id =
+        hold_call(&approvals, "delete_file", "agent-x", json!({"path": "/etc/hosts", "password": "hunter2"})).await;
+
+    let got = receiver.next().await;
+    assert_eq!(got.header("content-type"), "application/json");
+    let text = String::from_utf8_lossy(&got.body).into_owned();
+    assert!(!text.contains("hunter2") && !text.contains("/etc/hosts"), "no arguments in push messages");
+    let v = got.json();
+    assert_eq!(v["topic"], "mcp-gate-approvals");
+    assert_eq!(v["actions"][0]["action"], "view");
+    assert_eq!(v["actions"][0]["url"], format!("{BASE}/approvals/{id}"));
+    insta::assert_json_snapshot!("ntfy_requested", stable(&v, &id));
+
+    approvals.decide(&id, &Principal::named("ada"), true, Some("fine".into()), None).await.unwrap();
+    insta::assert_json_snapshot!("ntfy_approved", stable(&receiver.next().await.json(), &id));
 }
 
 #[tokio::test]

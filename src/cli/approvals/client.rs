@@ -5,12 +5,14 @@ use std::path::Path;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+use crate::secret::ExposeSecret;
+
 /// Where the approval server is and how to authenticate to it.
 #[derive(Clone)]
 pub struct Target {
     /// `http://HOST:PORT`, without a trailing slash.
     pub base: String,
-    pub token: String,
+    pub token: crate::secret::SecretString,
 }
 
 impl std::fmt::Debug for Target {
@@ -99,7 +101,7 @@ impl ApiClient {
     pub async fn verify(&self) -> Result<(), ClientError> {
         use crate::server::handshake::HandshakeError;
         let base = self.target.base.clone();
-        match crate::server::handshake::verify_listener(&self.http, &base, &self.target.token).await {
+        match crate::server::handshake::verify_listener(&self.http, &base, self.target.token.expose_secret()).await {
             Ok(()) => {
                 self.verified.store(true, std::sync::atomic::Ordering::Relaxed);
                 Ok(())
@@ -160,6 +162,16 @@ impl ApiClient {
         self.send(self.http.post(url).json(&body)).await
     }
 
+    /// `POST /api/v1/sign-in-links`: a one-time link that signs a browser in as this token's
+    /// approver, leading to request `id` (or the queue).
+    pub async fn sign_in_link(&self, id: Option<&str>) -> Result<Value, ClientError> {
+        let body = match id {
+            Some(id) => json!({ "approval_id": id }),
+            None => json!({}),
+        };
+        self.send(self.http.post(self.url(crate::server::web::signin::API_PATH)).json(&body)).await
+    }
+
     /// Opens `GET /api/v1/events` (server-sent events).
     pub async fn events(&self, read_timeout: std::time::Duration) -> Result<reqwest::Response, ClientError> {
         // The stream stays open: no overall time limit, but a silent connection (the server sends
@@ -173,7 +185,7 @@ impl ApiClient {
         self.verify().await?;
         let response = http
             .get(self.url("/api/v1/events"))
-            .bearer_auth(&self.target.token)
+            .bearer_auth(self.target.token.expose_secret())
             .header(reqwest::header::ACCEPT, "text/event-stream")
             .send()
             .await
@@ -183,7 +195,8 @@ impl ApiClient {
 
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value, ClientError> {
         self.verified().await?;
-        let response = request.bearer_auth(&self.target.token).send().await.map_err(|e| self.unreachable(e))?;
+        let response =
+            request.bearer_auth(self.target.token.expose_secret()).send().await.map_err(|e| self.unreachable(e))?;
         if !response.status().is_success() {
             return Err(self.api_error(response).await);
         }

@@ -1,14 +1,16 @@
-//! The command-line approver: `mcp-gate approvals list|show|approve|deny|watch`.
+//! The command-line approver: `mcp-gate approvals list|show|approve|deny|watch|open`.
 //!
 //! It talks to a running approval server over the JSON API ([`client`]) with an approver's
 //! token, prints tables and blocks for people or the API's JSON for scripts ([`render`]), and
 //! follows the change stream, asking about each new request when interactive ([`watch`]).
+//! `open` signs a browser in through a one-time link and opens it ([`open`]).
 //!
 //! Where the server is: `--url`, else `MCP_GATE_URL`, else `http://` + `[approvals] listen` (or
 //! `MCP_GATE_APPROVALS_LISTEN`). The token: `MCP_GATE_TOKEN`, else `[approvals] token`, else the
 //! `approver-token` file in the data directory, as the server resolves it.
 
 pub mod client;
+pub mod open;
 pub mod render;
 pub mod watch;
 
@@ -23,10 +25,31 @@ use client::{ApiClient, Target};
 /// What `mcp-gate approvals` was asked to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
-    List { status: String, server: Option<String>, tool: Option<String>, agent: Option<String>, limit: Option<u32> },
-    Show { id: String },
-    Decide { id: String, approve: bool, notes: Option<String>, reason: Option<String>, approver: Option<String> },
-    Watch { interactive: bool },
+    List {
+        status: String,
+        server: Option<String>,
+        tool: Option<String>,
+        agent: Option<String>,
+        limit: Option<u32>,
+    },
+    Show {
+        id: String,
+    },
+    Decide {
+        id: String,
+        approve: bool,
+        notes: Option<String>,
+        reason: Option<String>,
+        approver: Option<String>,
+    },
+    Watch {
+        interactive: bool,
+    },
+    /// Sign a browser in, at request `id` or the queue; `browser: false` only prints the link.
+    Open {
+        id: Option<String>,
+        browser: bool,
+    },
 }
 
 /// Finds the server and the token. `config` is loaded only when the environment and `--url` do
@@ -54,7 +77,7 @@ pub fn resolve_target(url: Option<&str>, config: impl FnOnce() -> anyhow::Result
     if !(base.starts_with("http://") || base.starts_with("https://")) {
         anyhow::bail!("{base:?} is not an http:// or https:// URL of the approval server");
     }
-    Ok(Target { base, token })
+    Ok(Target { base, token: token.into() })
 }
 
 /// Runs one request against the server at `target`; `json` prints the API's JSON instead of
@@ -96,6 +119,7 @@ pub async fn run(target: Target, request: Request, json: bool) -> anyhow::Result
             if json { print_json(&a) } else { print(&format!("{}\n", render::decision_line(&a))) }
         }
         Request::Watch { interactive } => watch::watch(&client, interactive).await,
+        Request::Open { id, browser } => open::open(&client, id.as_deref(), browser, json).await,
     }
 }
 
@@ -107,6 +131,6 @@ pub fn print(text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_json(v: &Value) -> anyhow::Result<()> {
+pub fn print_json(v: &Value) -> anyhow::Result<()> {
     print(&format!("{}\n", serde_json::to_string_pretty(v)?))
 }

@@ -1,4 +1,5 @@
-//! Notifications: webhooks told about changes of approval requests.
+//! Notifications: webhooks told about changes of approval requests, and desktop notifications
+//! of new ones ([`desktop`]) and a line on a terminal's stderr ([`terminal`]).
 //!
 //! [`spawn`] subscribes to the change stream of [`Approvals`] and starts one delivery task per
 //! configured webhook. Each webhook has a bounded queue: a change is rendered ([`payload`]),
@@ -8,8 +9,12 @@
 //! exponential backoff (honouring `Retry-After` up to a limit) and giving up at once on other
 //! answers.
 
+pub mod desktop;
+pub mod ntfy;
 pub mod payload;
+pub mod settings;
 pub mod sign;
+pub mod terminal;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Weak};
@@ -22,6 +27,7 @@ use tokio::sync::mpsc;
 use tracing::{Instrument, debug, info, warn};
 
 use crate::approval::{Approvals, Change, ChangeKind};
+use crate::secret::ExposeSecret;
 use crate::store::audit::Redactor;
 
 /// Changes a webhook may have waiting before new ones are dropped.
@@ -43,6 +49,8 @@ pub enum Format {
     Slack,
     /// A Microsoft Teams Workflows webhook message (Adaptive Card).
     Teams,
+    /// An ntfy publish message (JSON), for push notifications on phones and desktops.
+    Ntfy,
 }
 
 impl Format {
@@ -51,6 +59,7 @@ impl Format {
             Format::Generic => "generic",
             Format::Slack => "slack",
             Format::Teams => "teams",
+            Format::Ntfy => "ntfy",
         }
     }
 }
@@ -63,7 +72,8 @@ impl std::str::FromStr for Format {
             "generic" => Ok(Format::Generic),
             "slack" => Ok(Format::Slack),
             "teams" => Ok(Format::Teams),
-            other => Err(format!("unknown format {other:?}; use \"generic\", \"slack\" or \"teams\"")),
+            "ntfy" => Ok(Format::Ntfy),
+            other => Err(format!("unknown format {other:?}; use \"generic\", \"slack\", \"teams\" or \"ntfy\"")),
         }
     }
 }
@@ -76,8 +86,8 @@ pub struct Webhook {
     /// Where deliveries are POSTed (after `${VAR}` expansion: may hold a secret).
     pub url: String,
     pub format: Format,
-    /// The HMAC key: deliveries carry `X-Mcp-Gate-Signature` when it is set.
-    pub secret: Option<Vec<u8>>,
+    /// The HMAC key: deliveries carry `X-Mcp-Gate-Signature` when it is set. Wiped when dropped.
+    pub secret: Option<crate::secret::SecretSlice<u8>>,
     pub events: HashSet<ChangeKind>,
     /// Time limit of one attempt.
     pub timeout: Duration,
@@ -192,9 +202,17 @@ async fn dispatch(
                 Format::Generic => payload::generic(&change, &url, &redactor),
                 Format::Slack => payload::slack(&change, &url),
                 Format::Teams => payload::teams(&change, &url),
+                Format::Ntfy => ntfy::payload(&change, &url, &ntfy::topic_of(&hook.url)),
+            };
+            let id = match crate::random::hex(16) {
+                Ok(id) => id,
+                Err(e) => {
+                    warn!(webhook = %hook.name, "delivery dropped: {e}");
+                    continue;
+                }
             };
             let delivery = Delivery {
-                id: crate::random::hex(16),
+                id,
                 kind: change.kind,
                 approval_id: change.approval.id.clone(),
                 body: body.to_string().into_bytes(),
@@ -258,14 +276,19 @@ async fn deliver(hook: &Webhook, client: &reqwest::Client, retry: &Retry, d: &De
 }
 
 async fn attempt_once(hook: &Webhook, client: &reqwest::Client, d: &Delivery) -> Attempt {
+    let target = match hook.format {
+        Format::Ntfy => ntfy::publish_url(&hook.url),
+        _ => hook.url.clone(),
+    };
     let mut request = client
-        .post(&hook.url)
+        .post(&target)
         .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
         .header("X-Mcp-Gate-Event", d.kind.as_str())
         .header("X-Mcp-Gate-Delivery", &d.id);
     if let Some(key) = &hook.secret {
         // Signed per attempt: a retry carries a fresh timestamp and the same delivery id.
-        request = request.header("X-Mcp-Gate-Signature", sign::signature_header(key, unix_now(), &d.body));
+        request =
+            request.header("X-Mcp-Gate-Signature", sign::signature_header(key.expose_secret(), unix_now(), &d.body));
     }
     let response = match request.body(d.body.clone()).send().await {
         Ok(r) => r,

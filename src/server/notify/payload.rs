@@ -75,7 +75,7 @@ fn approvals_given(a: &Approval) -> usize {
 }
 
 /// The facts shown in chat messages, as (title, plain text) pairs.
-fn facts(change: &Change) -> Vec<(&'static str, String)> {
+pub(super) fn facts(change: &Change) -> Vec<(&'static str, String)> {
     let a = &change.approval;
     let mut out = vec![
         ("Agent", a.agent.clone().unwrap_or_else(|| "unnamed".into())),
@@ -175,7 +175,7 @@ pub fn teams(change: &Change, url: &str) -> Value {
     })
 }
 
-fn button_label(kind: ChangeKind) -> &'static str {
+pub(super) fn button_label(kind: ChangeKind) -> &'static str {
     match kind {
         ChangeKind::Requested | ChangeKind::Voted | ChangeKind::Expiring => "Approve or deny",
         _ => "Open the request",
@@ -235,10 +235,10 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::store::{VoteDecision, VoteRecord};
+    use crate::store::{ApprovalRequest, VoteDecision, VoteRecord};
 
     fn approval() -> Approval {
-        Approval {
+        Approval::pending(ApprovalRequest {
             id: "apr_0123456789abcdef".into(),
             key: "k".into(),
             server: "files".into(),
@@ -254,17 +254,8 @@ mod tests {
             trace: json!([{"rule": "writes outside /tmp", "matched": true, "why": "hunter2"}]),
             created_at: 1_795_237_200_000,
             expires_at: 1_795_251_600_000,
-            status: Status::Pending,
-            votes: Vec::new(),
-            decided_at: None,
-            decided_by: None,
-            deny_reason: None,
-            notes: None,
-            uses: 0,
-            executed_at: None,
-            outcome: None,
             tool_info: None,
-        }
+        })
     }
 
     fn change(kind: ChangeKind, approval: Approval, actor: &str) -> Change {
@@ -339,8 +330,8 @@ mod tests {
     #[test]
     fn chat_payloads_show_hidden_characters_and_warn() {
         let mut a = approval();
-        a.agent = Some("clau\u{200b}de\u{a0}\u{a0}x".into());
-        a.tool = "delete\u{202e}elif".into();
+        a.request.agent = Some("clau\u{200b}de\u{a0}\u{a0}x".into());
+        a.request.tool = "delete\u{202e}elif".into();
         let c = change(ChangeKind::Requested, a, "claude");
         for text in [slack(&c, URL).to_string(), teams(&c, URL).to_string()] {
             assert!(text.contains("clau⟨U+200B⟩de⟨U+00A0⟩⟨U+00A0⟩x"), "{text}");

@@ -14,7 +14,6 @@ use serde_json::json;
 
 use super::WebState;
 use crate::approval::DecideError;
-use crate::approval::now_ms;
 use crate::approval::replies::parse_time;
 use crate::http::guard::bearer_token;
 use crate::identity::{OPERATOR, Principal};
@@ -95,7 +94,7 @@ impl From<DecideError> for ApiError {
 }
 
 /// The caller's identity, from `Authorization: Bearer TOKEN`.
-fn authorize(state: &WebState, headers: &HeaderMap) -> Result<Principal, ApiError> {
+pub(super) fn authorize(state: &WebState, headers: &HeaderMap) -> Result<Principal, ApiError> {
     bearer_token(headers)
         .and_then(|t| state.identify(t))
         .ok_or_else(|| ApiError(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong bearer token".into()))
@@ -205,7 +204,8 @@ async fn show(
         .map_err(internal)?
         .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, "not_found", format!("no approval request {id}")))?;
     let (transitions, risk) =
-        tokio::try_join!(store.transitions(&id), store.risk_snapshot(a.agent.clone(), now_ms())).map_err(internal)?;
+        tokio::try_join!(store.transitions(&id), store.risk_snapshot(a.agent.clone(), store.now_ms()))
+            .map_err(internal)?;
     let mut v = view(&state, &a);
     v["history"] = serde_json::to_value(transitions).unwrap_or_default();
     v["risk_snapshot"] = serde_json::to_value(risk).unwrap_or_default();
@@ -471,7 +471,7 @@ async fn handshake_confirm(
     let refused = || ApiError(StatusCode::UNAUTHORIZED, "unauthorized", "wrong or expired handshake".into());
     let (key, client_nonce) = state.finish_handshake(&confirm.server_nonce).ok_or_else(refused)?;
     let expected = client_proof(&key, &client_nonce, &confirm.server_nonce);
-    if crate::http::guard::constant_time_eq(expected.as_bytes(), confirm.client_proof.as_bytes()) {
+    if crate::secret::constant_time_eq(expected.as_bytes(), confirm.client_proof.as_bytes()) {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(refused())

@@ -5,10 +5,12 @@
 //!   handed to the model leads to a page that asks for that sign-in: the URL holds no secret.
 //! - Every state change is a POST with the session's CSRF token; GET never changes anything.
 //! - Every request's Host and Origin are checked (DNS rebinding); responses carry a strict CSP.
+//! - `mcp-gate approvals open` signs a browser in with a one-time link instead ([`signin`]).
 
 pub mod api;
 pub mod events;
 pub mod pages;
+pub mod signin;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,6 +25,7 @@ use tokio::net::TcpListener;
 
 use crate::approval::Approvals;
 use crate::identity::{Credentials, OPERATOR, Principal};
+use crate::secret::{ExposeSecret, SecretString};
 
 /// The browser session cookie.
 pub const COOKIE: &str = "mcp_gate_session";
@@ -30,17 +33,25 @@ pub const COOKIE: &str = "mcp_gate_session";
 /// Signed-in browser sessions expire after this long.
 const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 
+/// How long a one-time sign-in link ([`signin`]) stays valid.
+pub const SIGN_IN_LINK_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+
 pub struct WebState {
     pub approvals: Arc<Approvals>,
     /// The shared approver token (identity [`OPERATOR`]).
-    pub token: String,
+    pub token: SecretString,
     /// Named approvers (`[[approvers]]`).
     pub approvers: Credentials,
     /// Host header values accepted besides loopback names.
     pub allowed_hosts: Vec<String>,
     pub allowed_origins: Vec<String>,
     /// Connection cap and header timeout of the listener (`[approvals]`).
-    pub limits: crate::config::ListenerLimits,
+    pub limits: crate::http::listener::ListenerLimits,
+    /// Where the shared approver token is stored, when it came from a file (the sign-in page
+    /// says so).
+    pub token_file: Option<std::path::PathBuf>,
+    /// One-time sign-in links ([`signin`]).
+    pub sign_in: signin::SignInLinks,
     sessions: DashMap<String, BrowserSession>,
     /// Handshakes under way: server nonce -> (key, client nonce, when).
     handshakes: DashMap<String, ([u8; 32], String, Instant)>,
@@ -63,7 +74,7 @@ pub struct BrowserSession {
 impl WebState {
     pub fn new(
         approvals: Arc<Approvals>,
-        token: String,
+        token: SecretString,
         approvers: Credentials,
         allowed_hosts: Vec<String>,
     ) -> Arc<WebState> {
@@ -73,7 +84,9 @@ impl WebState {
             approvers,
             allowed_hosts,
             allowed_origins: Vec::new(),
-            limits: crate::config::ListenerLimits::default(),
+            limits: crate::http::listener::ListenerLimits::default(),
+            token_file: None,
+            sign_in: signin::SignInLinks::default(),
             sessions: DashMap::new(),
             handshakes: DashMap::new(),
         })
@@ -81,10 +94,10 @@ impl WebState {
 
     /// The handshake key whose id is `key_id`: the shared token's or a named approver's.
     pub fn handshake_key(&self, key_id: &str) -> Option<[u8; 32]> {
-        let shared = crate::server::handshake::key_of(&self.token);
+        let shared = crate::server::handshake::key_of(self.token.expose_secret());
         let mut found = None;
         for key in std::iter::once(&shared).chain(self.approvers.hashes()) {
-            if crate::http::guard::constant_time_eq(crate::server::handshake::key_id(key).as_bytes(), key_id.as_bytes())
+            if crate::secret::constant_time_eq(crate::server::handshake::key_id(key).as_bytes(), key_id.as_bytes())
                 && found.is_none()
             {
                 found = Some(*key);
@@ -121,15 +134,15 @@ impl WebState {
 
     /// Whether `token` is the shared approver token, which the processes of one machine share.
     pub fn is_shared_token(&self, token: &str) -> bool {
-        crate::http::guard::constant_time_eq(token.as_bytes(), self.token.as_bytes())
+        crate::secret::constant_time_eq(token.as_bytes(), self.token.expose_secret().as_bytes())
     }
 
-    pub fn open_session(&self, who: Principal) -> (String, BrowserSession) {
+    pub fn open_session(&self, who: Principal) -> Result<(String, BrowserSession), crate::random::RandomError> {
         self.sessions.retain(|_, s| s.created.elapsed() < SESSION_TTL);
-        let id = crate::random::hex(32);
-        let session = BrowserSession { csrf: crate::random::hex(32), who, created: Instant::now() };
+        let id = crate::random::hex(32)?;
+        let session = BrowserSession { csrf: crate::random::hex(32)?, who, created: Instant::now() };
         self.sessions.insert(id.clone(), session.clone());
-        (id, session)
+        Ok((id, session))
     }
 
     pub fn session(&self, id: &str) -> Option<BrowserSession> {
@@ -162,6 +175,7 @@ pub fn router(state: Arc<WebState>) -> Router {
         .merge(api::routes())
         .merge(events::routes())
         .merge(pages::routes())
+        .merge(signin::routes())
         .layer(middleware::from_fn_with_state(state.clone(), guard_layer))
         .with_state(state)
 }
@@ -180,7 +194,7 @@ async fn guard_layer(State(state): State<Arc<WebState>>, request: Request, next:
     if let Err(why) =
         crate::http::guard::check_host_origin(&state.allowed_hosts, &state.allowed_origins, request.headers())
     {
-        return (StatusCode::FORBIDDEN, why).into_response();
+        return (StatusCode::FORBIDDEN, why.to_string()).into_response();
     }
     let mut response = next.run(request).await;
     let h = response.headers_mut();
@@ -208,6 +222,13 @@ async fn guard_layer(State(state): State<Arc<WebState>>, request: Request, next:
 pub fn load_or_create_token(
     configured: Option<&str>,
     data_dir: &std::path::Path,
+) -> std::io::Result<(SecretString, Option<std::path::PathBuf>)> {
+    stored_token(configured, data_dir).map(|(token, path)| (SecretString::from(token), path))
+}
+
+fn stored_token(
+    configured: Option<&str>,
+    data_dir: &std::path::Path,
 ) -> std::io::Result<(String, Option<std::path::PathBuf>)> {
     if let Some(t) = configured {
         return Ok((t.to_owned(), None));
@@ -217,8 +238,9 @@ pub fn load_or_create_token(
         return Ok((t, Some(path)));
     }
     crate::store::create_private_dir(data_dir)?;
-    let token = crate::random::hex(24);
-    let temporary = data_dir.join(format!(".approver-token.{}.{}", std::process::id(), crate::random::hex(4)));
+    let token = crate::random::hex(24).map_err(std::io::Error::other)?;
+    let suffix = crate::random::hex(4).map_err(std::io::Error::other)?;
+    let temporary = data_dir.join(format!(".approver-token.{}.{suffix}", std::process::id()));
     write_private(&temporary, &token)?;
     let linked = std::fs::hard_link(&temporary, &path);
     let outcome = match linked {
@@ -262,9 +284,15 @@ mod tests {
 
     #[test]
     fn processes_starting_together_share_one_token() {
-        let dir = std::env::temp_dir().join(format!("mcp-gate-token-{}-{}", std::process::id(), crate::random::hex(4)));
+        let dir = std::env::temp_dir().join(format!(
+            "mcp-gate-token-{}-{}",
+            std::process::id(),
+            crate::random::hex(4).unwrap()
+        ));
         let tokens: Vec<String> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..8).map(|_| s.spawn(|| load_or_create_token(None, &dir).unwrap().0)).collect();
+            let handles: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| load_or_create_token(None, &dir).unwrap().0.expose_secret().to_owned()))
+                .collect();
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
         assert!(tokens.iter().all(|t| t == &tokens[0] && t.len() == 48), "{tokens:?}");
@@ -275,14 +303,14 @@ mod tests {
             assert_eq!(mode(&dir), 0o700, "the data directory is private");
             assert_eq!(mode(&dir.join("approver-token")), 0o600, "the token file is private");
         }
-        assert_eq!(load_or_create_token(None, &dir).unwrap().0, tokens[0]);
+        assert_eq!(load_or_create_token(None, &dir).unwrap().0.expose_secret().to_owned(), tokens[0]);
         let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(left, vec![std::ffi::OsString::from("approver-token")], "no temporary files left behind");
 
         std::fs::write(dir.join("approver-token"), "short\n").unwrap();
-        let (replaced, _) = load_or_create_token(None, &dir).unwrap();
+        let replaced = load_or_create_token(None, &dir).unwrap().0.expose_secret().to_owned();
         assert_ne!(replaced, "short");
-        assert_eq!(load_or_create_token(None, &dir).unwrap().0, replaced);
+        assert_eq!(load_or_create_token(None, &dir).unwrap().0.expose_secret().to_owned(), replaced);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -16,9 +16,8 @@ use serde::Deserialize;
 
 use super::api::{ListQuery, decide_many, time_param};
 use super::{BrowserSession, COOKIE, WebState};
-use crate::approval::now_ms;
 use crate::approval::replies::iso8601;
-use crate::http::guard::constant_time_eq;
+use crate::secret::constant_time_eq;
 use crate::store::approvals::DEFAULT_LIST_LIMIT;
 use crate::store::stats::Breakdown;
 use crate::store::{Approval, Status};
@@ -42,14 +41,14 @@ pub fn routes() -> Router<Arc<WebState>> {
 
 /// Which top-level view a page belongs to (the highlighted tab).
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Tab {
+pub(super) enum Tab {
     Pending,
     All,
     Stats,
     None,
 }
 
-fn page(title: &str, tab: Tab, session: Option<&BrowserSession>, body: Markup) -> Markup {
+pub(super) fn page(title: &str, tab: Tab, session: Option<&BrowserSession>, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -158,15 +157,20 @@ struct NextQuery {
     next: Option<String>,
 }
 
-async fn login_form(Query(q): Query<NextQuery>) -> Markup {
+async fn login_form(State(state): State<Arc<WebState>>, Query(q): Query<NextQuery>) -> Markup {
     let next = safe_next(q.next.as_deref());
+    // Shown inside a command the person is told to run: only an id's characters, never text
+    // from a link that could make the command do something else.
+    let id = next.strip_prefix("/approvals/").filter(|id| {
+        (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    });
     page(
         "Sign in",
         Tab::None,
         None,
         html! {
             h1 { "Sign in" }
-            p { "Paste the approver token. mcp-gate printed where it is stored when it started." }
+            (how_to_sign_in(&state, id))
             form method="post" action="/login" {
                 input type="hidden" name="next" value=(next);
                 label for="token" { "Approver token" }
@@ -175,6 +179,37 @@ async fn login_form(Query(q): Query<NextQuery>) -> Markup {
             }
         },
     )
+}
+
+/// The command that signs a browser in on this machine, and where the token is: the sign-in
+/// page's instructions. `id` is the request the person was going to.
+pub(super) fn how_to_sign_in(state: &WebState, id: Option<&str>) -> Markup {
+    let base = state.approvals.settings.public_url.trim_end_matches('/');
+    let default_base = format!("http://{}", crate::approval::settings::DEFAULT_APPROVALS_LISTEN);
+    let mut command = "mcp-gate approvals open".to_owned();
+    if base != default_base {
+        command.push_str(&format!(" --url {base}"));
+    }
+    if let Some(id) = id {
+        command.push(' ');
+        command.push_str(id);
+    }
+    html! {
+        p { "On the machine where mcp-gate runs, as the same user, run:" }
+        pre.command { code { (command) } }
+        p { "It opens this page signed in, through a link that works once, for "
+            (super::SIGN_IN_LINK_TTL.as_secs()) " seconds." }
+        @match &state.token_file {
+            Some(file) => p { "Or paste the approver token, stored in " code.path { (file.display()) } "." },
+            None => p { "Or paste the approver token (set by " code { "MCP_GATE_TOKEN" } " or "
+                code { "[approvals] token" } " in the configuration)." },
+        }
+    }
+}
+
+/// The `Set-Cookie` value of a new signed-in session.
+pub(super) fn session_cookie(id: &str) -> String {
+    format!("{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age=43200")
 }
 
 #[derive(Deserialize)]
@@ -193,10 +228,15 @@ async fn login(State(state): State<Arc<WebState>>, Form(form): Form<LoginForm>) 
         );
         return (StatusCode::UNAUTHORIZED, body).into_response();
     };
-    let (id, _) = state.open_session(who);
+    let (id, _) = match state.open_session(who) {
+        Ok(opened) => opened,
+        Err(e) => {
+            tracing::warn!("sign-in refused: {e}");
+            return (StatusCode::INTERNAL_SERVER_ERROR, "mcp-gate could not open a session").into_response();
+        }
+    };
     let mut response = Redirect::to(&safe_next(form.next.as_deref())).into_response();
-    let cookie = format!("{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age=43200");
-    if let Ok(v) = HeaderValue::from_str(&cookie) {
+    if let Ok(v) = HeaderValue::from_str(&session_cookie(&id)) {
         response.headers_mut().insert(header::SET_COOKIE, v);
     }
     response
@@ -288,7 +328,7 @@ async fn queue(
     };
     let limit = u64::from(list.limit.unwrap_or(DEFAULT_LIST_LIMIT).clamp(1, 1000));
     let offset = u64::from(list.offset.unwrap_or(0));
-    let now = now_ms();
+    let now = state.approvals.store.now_ms();
     let tab = if all { Tab::All } else { Tab::Pending };
     let title = if all { "All requests" } else { "Pending requests" };
     let page_link = |offset: u64| -> String {
@@ -316,6 +356,9 @@ async fn queue(
         pairs.append_pair("offset", &offset.to_string());
         format!("/?{}", pairs.finish())
     };
+    let set = |v: &Option<String>| v.as_deref().is_some_and(|v| !v.trim().is_empty());
+    let more_filters = [&list.server, &list.tool, &list.agent, &list.rule, &list.from, &list.to].into_iter().any(set)
+        || (all && list.status.as_deref().is_some_and(|s| s != "all"));
     let body = html! {
         h1 { (title) " " span.count { "(" (total) ")" } }
         @if let Some(done) = q.done.as_deref().and_then(flash_text) { p.notice role="status" { (done) } }
@@ -323,23 +366,28 @@ async fn queue(
         @if let Some(error) = &problem { p.error role="alert" { (error) } }
         form.filters method="get" action="/" {
             @if all { input type="hidden" name="view" value="all"; }
-            @if all {
-                label { "Status"
-                    select name="status" {
-                        @for s in ["all", "pending", "approved", "denied", "expired", "executed", "failed"] {
-                            option value=(s) selected[list.status.as_deref().unwrap_or("all") == s] { (s) }
-                        }
-                    }
-                }
-            }
-            label { "Server" input type="text" name="server" value=[list.server.as_deref()]; }
-            label { "Tool" input type="text" name="tool" value=[list.tool.as_deref()]; }
-            label { "Agent" input type="text" name="agent" value=[list.agent.as_deref()]; }
-            label { "Rule" input type="text" name="rule" value=[list.rule.as_deref()]; }
-            label { "From" input type="date" name="from" value=[list.from.as_deref()]; }
-            label { "To" input type="date" name="to" value=[list.to.as_deref()]; }
             label.search { "Search" input type="search" name="q" value=[list.q.as_deref()] placeholder="id, tool, arguments…"; }
             button type="submit" { "Filter" }
+            details.more open[more_filters] {
+                summary { "More filters" }
+                div.more-fields {
+                    @if all {
+                        label { "Status"
+                            select name="status" {
+                                @for s in ["all", "pending", "approved", "denied", "expired", "executed", "failed"] {
+                                    option value=(s) selected[list.status.as_deref().unwrap_or("all") == s] { (s) }
+                                }
+                            }
+                        }
+                    }
+                    label { "Server" input type="text" name="server" value=[list.server.as_deref()]; }
+                    label { "Tool" input type="text" name="tool" value=[list.tool.as_deref()]; }
+                    label { "Agent" input type="text" name="agent" value=[list.agent.as_deref()]; }
+                    label { "Rule" input type="text" name="rule" value=[list.rule.as_deref()]; }
+                    label { "From" input type="date" name="from" value=[list.from.as_deref()]; }
+                    label { "To" input type="date" name="to" value=[list.to.as_deref()]; }
+                }
+            }
         }
         @if rows.is_empty() {
             p.empty { @if all { "No requests match." } @else { "Nothing is waiting." } }
@@ -448,7 +496,7 @@ async fn detail(
     };
     let ai_review = crate::review::opinions(store, vec![id.clone()]).await.unwrap_or_default();
     let ai_review = ai_review.get(&id);
-    let now = now_ms();
+    let now = state.approvals.store.now_ms();
     let (history, risk) = tokio::join!(store.transitions(&id), store.risk_snapshot(approval.agent.clone(), now));
     let history = history.unwrap_or_default();
     let risk = risk.unwrap_or_default();
@@ -466,14 +514,37 @@ async fn detail(
         @if has_hidden(&approval) {
             p.hidden-warning role="alert" { "Warning: " (crate::visible::WARNING) "." }
         }
-        dl.facts data-id=(approval.id) {
+        // What will run and the decision first: on a phone both fit above the fold.
+        dl.facts.call data-id=(approval.id) {
             dt { "Status" } dd { span class={ "status " (approval.status.as_str()) } { (approval.status.as_str()) } }
-            dt { "Agent" } dd { (shown(approval.agent.as_deref().unwrap_or("-"))) }
             dt { "Server" } dd { code { (shown(&approval.server)) } }
-            dt { "Tool" } dd {
-                code { (shown(&approval.tool)) }
-                @if let Some(d) = description { p.tool-description { (shown(d)) } }
-                @if let Some(a) = annotations { p.annotations { "Annotations: " code { (shown(&a.to_string())) } } }
+            dt { "Tool" } dd { code { (shown(&approval.tool)) } }
+            dt.wide { "Arguments" } dd.wide { pre.arguments { (shown(&arguments)) } }
+        }
+        @if approval.status == Status::Pending {
+            form.decide method="post" action={ "/approvals/" (approval.id) "/approve" } {
+                input type="hidden" name="csrf" value=(session.csrf);
+                div.field {
+                    label for="notes" { "Notes" }
+                    textarea id="notes" name="notes" rows="1" {}
+                }
+                div.field {
+                    label for="reason" { "Reason (required to deny)" }
+                    textarea id="reason" name="reason" rows="1" {}
+                }
+                div.buttons {
+                    button.approve type="submit" { "Approve" }
+                    button.deny type="submit" formaction={ "/approvals/" (approval.id) "/deny" } { "Deny" }
+                }
+            }
+        }
+        dl.facts {
+            dt { "Agent" } dd { (shown(approval.agent.as_deref().unwrap_or("-"))) }
+            @if description.is_some() || annotations.is_some() {
+                dt { "About the tool" } dd {
+                    @if let Some(d) = description { p.tool-description { (shown(d)) } }
+                    @if let Some(a) = annotations { p.annotations { "Annotations: " code { (shown(&a.to_string())) } } }
+                }
             }
             dt { "Created" } dd { (iso8601(approval.created_at)) " (" (age(now - approval.created_at)) " ago)" }
             dt { "Expires" } dd {
@@ -488,10 +559,6 @@ async fn detail(
             p { strong { (rule_label(&approval)) } ": " (shown(approval.rule_reason.as_deref().unwrap_or("the default policy holds calls that are not read-only"))) }
         }
         @if let Some(r) = ai_review { (ai_review_section(r)) }
-        section {
-            h2 { "Arguments" }
-            pre.arguments { (shown(&arguments)) }
-        }
         section {
             h2 { "Policy trace" }
             ol.trace {
@@ -513,25 +580,6 @@ async fn detail(
                 tbody {
                     tr { th { "Last hour" } td { (risk.last_hour.calls) } td { (risk.last_hour.approved) } td { (risk.last_hour.denied) } }
                     tr { th { "Last day" } td { (risk.last_day.calls) } td { (risk.last_day.approved) } td { (risk.last_day.denied) } }
-                }
-            }
-        }
-        @if approval.status == Status::Pending {
-            section.decide {
-                h2 { "Decision" }
-                form method="post" action={ "/approvals/" (approval.id) "/approve" } {
-                    input type="hidden" name="csrf" value=(session.csrf);
-                    label for="notes" { "Notes" }
-                    textarea id="notes" name="notes" rows="2" {}
-                    button.approve type="submit" { "Approve" }
-                }
-                form method="post" action={ "/approvals/" (approval.id) "/deny" } {
-                    input type="hidden" name="csrf" value=(session.csrf);
-                    label for="reason" { "Reason (required to deny)" }
-                    textarea id="reason" name="reason" rows="2" required {}
-                    label for="deny-notes" { "Notes" }
-                    textarea id="deny-notes" name="notes" rows="1" {}
-                    button.deny type="submit" { "Deny" }
                 }
             }
         }
