@@ -8,7 +8,8 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 use tracing::{info, warn};
 
-use super::relay::{Pending, progress_token};
+use super::Pending;
+use super::relay::progress_token;
 use super::upstreams::Tools;
 use super::{Input, Route, Session, SessionError, merge};
 use crate::gate::tools::ToolList;

@@ -5,8 +5,8 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 use tracing::warn;
 
+use super::Pending;
 use super::merge::{self, ListPosition};
-use super::relay::Pending;
 use super::upstreams::{Tools, Upstream};
 use super::{Route, Session, SessionError};
 use crate::gate::tools::ToolList;

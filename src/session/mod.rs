@@ -184,6 +184,25 @@ pub async fn start_with(
 /// How often the session looks for requests past their deadline.
 const DEADLINE_TICK: Duration = Duration::from_millis(500);
 
+/// What a request sent upstream is waiting to do with its response.
+pub(super) enum Pending {
+    /// Relay to the client under its id.
+    Client {
+        client_id: Box<RawValue>,
+        method: String,
+        /// The request asked for its full tool list (no cursor): cache it.
+        tools_first_page: bool,
+        /// The gate wants to know how this call ended.
+        hook: Option<crate::gate::OutcomeHook>,
+    },
+    /// One part of a request fanned out to several upstreams.
+    Fanout(u64),
+    /// The proxy's own tool list fetch; accumulates pages.
+    ToolsFetch(Vec<Box<RawValue>>),
+    /// Replaying `initialize` after a restart.
+    Reinit,
+}
+
 struct Session {
     opts: SessionOptions,
     /// Starts an upstream's next transport when it restarts.

@@ -8,31 +8,12 @@ use serde_json::value::RawValue;
 use tracing::{debug, warn};
 
 use super::upstreams::Tools;
-use super::{Route, Session, SessionError};
+use super::{Pending, Route, Session, SessionError};
 use crate::gate::tools::ToolList;
 use crate::gate::{Outcome, OutcomeHook};
 use crate::upstream::Outgoing;
 use crate::wire::era;
 use crate::wire::jsonrpc::{self, Message};
-
-/// What a request sent upstream is waiting to do with its response.
-pub(super) enum Pending {
-    /// Relay to the client under its id.
-    Client {
-        client_id: Box<RawValue>,
-        method: String,
-        /// The request asked for its full tool list (no cursor): cache it.
-        tools_first_page: bool,
-        /// The gate wants to know how this call ended.
-        hook: Option<OutcomeHook>,
-    },
-    /// One part of a request fanned out to several upstreams.
-    Fanout(u64),
-    /// The proxy's own tool list fetch; accumulates pages.
-    ToolsFetch(Vec<Box<RawValue>>),
-    /// Replaying `initialize` after a restart.
-    Reinit,
-}
 
 pub(super) struct ProgressEntry {
     pub(super) client_id: String,

@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::relay::Pending;
+use super::Pending;
 use super::{Input, Route, Session, SessionError};
 use crate::gate::tools::ToolList;
 use crate::upstream::settings::{ServerConfig, UpstreamTransport};
