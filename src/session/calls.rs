@@ -1,0 +1,337 @@
+//! `tools/call`: routed to its upstream, judged by the [`Gate`](crate::gate::Gate) (allowed,
+//! answered by the proxy, or held until decided), parked while the upstream's tool list is being
+//! fetched, and the approval URL offered to a client that takes URL elicitation.
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+use serde_json::value::RawValue;
+use tracing::{info, warn};
+
+use super::Pending;
+use super::relay::progress_token;
+use super::upstreams::Tools;
+use super::{Input, Route, Session, SessionError, merge};
+use crate::gate::tools::ToolList;
+use crate::gate::{CancellationToken, Outcome, ProgressSink, RefusedCall, ToolCall, Verdict};
+use crate::wire::era::{self, Era};
+use crate::wire::jsonrpc::{self, Message};
+
+impl Session {
+    pub(super) fn on_tools_call(&mut self, msg: Message, param_headers: Vec<(String, String)>) {
+        let Some(params) = msg.params.as_deref() else {
+            return self.reply_error(msg.id, &SessionError::BadParams("tools/call needs params"));
+        };
+        let Some(name) = jsonrpc::string_field(params, "name") else {
+            return self.reply_error(msg.id, &SessionError::BadParams("tools/call needs a tool name"));
+        };
+        let (index, tool_name) = match self.route_tool(&name) {
+            Ok(Some(route)) => route,
+            Ok(None) => {
+                // An unprefixed tool of a server whose list we do not have yet.
+                self.park(msg);
+                return;
+            }
+            Err(e) => return self.reply_error(msg.id, &e),
+        };
+        let up = &self.upstreams[index];
+        let tool = match up.tools.known() {
+            Some(list) => list.get(&tool_name),
+            None if up.link.is_up() => {
+                self.park(msg);
+                self.fetch_tools(index);
+                return;
+            }
+            // The upstream is down: forward() answers with the error.
+            None => return self.forward(index, msg, param_headers),
+        };
+        // The message passed the strict reading, so this parse sees exactly what the upstream
+        // will; should it fail anyway, the call is refused rather than judged on a default.
+        let arguments = match serde_json::from_str::<Value>(params.get()) {
+            Ok(Value::Object(mut p)) => p.remove("arguments").unwrap_or(Value::Null),
+            Ok(_) => return self.reply_error(msg.id, &SessionError::BadParams("tools/call params must be an object")),
+            Err(e) => {
+                let error = SessionError::UnreadableParams(e.to_string());
+                let reason = error.to_string();
+                let names = [name.clone()];
+                let server = self.upstreams[index].cfg.name.clone();
+                let refused = RefusedCall { server: &server, tool_names: &names, agent: self.agent(), reason: &reason };
+                self.opts.gate.refused(&refused);
+                return self.reply_error(msg.id, &error);
+            }
+        };
+        let gone = CancellationToken::new();
+        let call = ToolCall {
+            server: &self.upstreams[index].cfg.name,
+            tool: &tool_name,
+            exposed_name: &name,
+            arguments: &arguments,
+            info: tool,
+            agent: self.agent(),
+            progress: self.progress_sink(&msg, &gone),
+            gone: gone.clone(),
+        };
+        match self.opts.gate.check(&call) {
+            Verdict::Hold(wait) => {
+                let Some(id) = msg.id_text().map(str::to_owned) else { return };
+                self.held.insert(id, gone);
+                // A weak handle: a held call does not keep its session alive.
+                let tx = self.self_tx.clone();
+                if let Some(token) = progress_token(&msg) {
+                    self.held_progress.insert(token);
+                }
+                let msg = Box::new(msg);
+                tokio::spawn(async move {
+                    let verdict = wait.await;
+                    match tx.upgrade() {
+                        Some(tx) => {
+                            let _ = tx.send(Input::Resume { msg, verdict });
+                        }
+                        None => {
+                            if let Verdict::AllowTracked(hook) = verdict {
+                                hook(Outcome::NotRun);
+                            }
+                        }
+                    }
+                });
+            }
+            verdict => self.apply_verdict_routed(msg, verdict, index, &tool_name, &name, param_headers),
+        }
+    }
+
+    pub(super) fn apply_verdict(&mut self, msg: Message, verdict: Verdict) {
+        let Some(name) = msg.params.as_deref().and_then(|p| jsonrpc::string_field(p, "name")) else { return };
+        match self.route_tool(&name) {
+            Ok(Some((index, tool))) => self.apply_verdict_routed(msg, verdict, index, &tool, &name, Vec::new()),
+            _ => self.reply_error(msg.id, &SessionError::UnknownTool(name)),
+        }
+    }
+
+    pub(super) fn apply_verdict_routed(
+        &mut self,
+        mut msg: Message,
+        verdict: Verdict,
+        index: usize,
+        tool: &str,
+        exposed: &str,
+        param_headers: Vec<(String, String)>,
+    ) {
+        match verdict {
+            Verdict::Allow => {
+                if tool != exposed {
+                    rename_param(&mut msg, tool);
+                }
+                self.forward(index, msg, param_headers);
+            }
+            Verdict::AllowTracked(hook) => {
+                if tool != exposed {
+                    rename_param(&mut msg, tool);
+                }
+                self.forward_tracked(index, msg, param_headers, Some(hook));
+            }
+            Verdict::Respond(result) => {
+                let era = self.era_of(&msg);
+                if era == Era::Legacy {
+                    // 2026-07-28 has no server-to-client requests: the URL is in the result.
+                    self.offer_approval_url(&result);
+                }
+                self.reply(msg.id, era::own_result(result, era))
+            }
+            Verdict::Hold(_) => self.reply_error(msg.id, &SessionError::HeldTwice),
+        }
+    }
+
+    /// A `tools/list` result without the tools the policy hides from this agent.
+    pub(super) fn without_hidden_tools(&self, index: usize, result: &RawValue) -> Box<RawValue> {
+        let Ok(mut obj) = jsonrpc::parse_object(result) else { return result.to_owned() };
+        let server = &self.upstreams[index].cfg.name;
+        let kept: Vec<Box<RawValue>> = merge::entries(result, "tools")
+            .into_iter()
+            .filter(|entry| {
+                let Ok(list) = ToolList::from_result(&jsonrpc::to_raw(&serde_json::json!({ "tools": [entry] }))) else {
+                    return true;
+                };
+                let hidden = list
+                    .names()
+                    .next()
+                    .and_then(|n| list.get(n))
+                    .is_some_and(|tool| self.opts.gate.hides(server, tool, self.agent()));
+                !hidden
+            })
+            .collect();
+        jsonrpc::set(&mut obj, "tools", jsonrpc::to_raw(&kept));
+        if jsonrpc::get(&obj, "cacheScope").is_some() {
+            // The list now depends on who asked: no shared cache may serve it to another agent.
+            jsonrpc::set(&mut obj, "cacheScope", jsonrpc::to_raw("private"));
+        }
+        jsonrpc::object_to_raw(&obj)
+    }
+
+    /// The caller of a held call is gone (cancelled, stream closed): its wait ends without
+    /// claiming, and no answer is sent for it. False when `id` is not a held call.
+    pub(super) fn abandon_held(&mut self, id: &str) -> bool {
+        let Some(gone) = self.held.remove(id) else { return false };
+        info!(id, "held call abandoned by its caller");
+        gone.cancel();
+        true
+    }
+
+    /// A way for the gate to send progress to the caller, when the call carried a token. It
+    /// falls silent once the caller is gone.
+    pub(super) fn progress_sink(&self, msg: &Message, gone: &CancellationToken) -> Option<ProgressSink> {
+        let params = msg.params.as_deref()?;
+        if !params.get().contains("progressToken") {
+            return None;
+        }
+        let obj = jsonrpc::parse_object(params).ok()?;
+        let meta = jsonrpc::parse_object(jsonrpc::get(&obj, "_meta")?).ok()?;
+        let token = jsonrpc::get(&meta, "progressToken")?.to_owned();
+        let client_id = msg.id_text()?.to_owned();
+        let downstream = self.downstream.clone();
+        let gone = gone.clone();
+        Some(ProgressSink::new(move |progress, message| {
+            if gone.is_cancelled() {
+                return;
+            }
+            let params = serde_json::json!({ "progressToken": &*token, "progress": progress, "message": message });
+            let note = Message::notification("notifications/progress", Some(jsonrpc::to_raw(&params)));
+            downstream.send(&note, Route::Related(&client_id));
+        }))
+    }
+
+    /// A client that declared URL-mode elicitation is also asked to open the approval page of a
+    /// pending call, so a person sees it even when the model does not relay the link.
+    pub(super) fn offer_approval_url(&mut self, result: &RawValue) {
+        if !result.get().contains("\"pending\"") || !self.client_takes_url_elicitation() {
+            return;
+        }
+        let Ok(v) = serde_json::from_str::<Value>(result.get()) else { return };
+        let meta = &v["_meta"]["mcp-gate/approval"];
+        let (Some("pending"), Some(url), Some(id)) =
+            (meta["status"].as_str(), meta["url"].as_str(), meta["id"].as_str())
+        else {
+            return;
+        };
+        let our_id = self.next_client_id;
+        self.next_client_id += 1;
+        self.own_requests.insert(our_id);
+        let params = serde_json::json!({
+            "mode": "url",
+            "elicitationId": id,
+            "url": url,
+            "message": "A tool call is waiting for your approval. Open the page to approve or deny it.",
+        });
+        let request =
+            Message::request(jsonrpc::number_id(our_id), "elicitation/create", Some(jsonrpc::to_raw(&params)));
+        self.downstream.send(&request, Route::Unrelated);
+    }
+
+    /// Whether the client declared URL-mode elicitation in `initialize` (only clients of the
+    /// legacy era are offered the URL this way).
+    pub(super) fn client_takes_url_elicitation(&self) -> bool {
+        self.initialize_params
+            .as_deref()
+            .and_then(|p| serde_json::from_str::<Value>(p.get()).ok())
+            .is_some_and(|v| v.pointer("/capabilities/elicitation/url").is_some())
+    }
+
+    /// Finds the upstream of an exposed tool name. `Ok(None)`: not known until tool lists arrive.
+    pub(super) fn route_tool(&self, exposed: &str) -> Result<Option<(usize, String)>, SessionError> {
+        if !self.multi {
+            return Ok(Some((0, exposed.to_owned())));
+        }
+        if let Some((server, rest)) = merge::split_prefixed(exposed, &self.opts.separator)
+            && let Some(index) = self.upstreams.iter().position(|u| u.cfg.prefix && u.cfg.name == server)
+        {
+            return Ok(Some((index, rest.to_owned())));
+        }
+        let mut unknown = false;
+        for (index, up) in self.upstreams.iter().enumerate().filter(|(_, u)| !u.cfg.prefix) {
+            match up.tools.known() {
+                Some(list) if list.get(exposed).is_some() => return Ok(Some((index, exposed.to_owned()))),
+                Some(_) => {}
+                None => unknown = true,
+            }
+        }
+        if unknown { Ok(None) } else { Err(SessionError::UnknownTool(exposed.to_owned())) }
+    }
+
+    pub(super) fn park(&mut self, msg: Message) {
+        self.parked.push_back(msg);
+        for index in 0..self.upstreams.len() {
+            if !self.upstreams[index].cfg.prefix {
+                self.fetch_tools(index);
+            }
+        }
+    }
+
+    /// Asks a running upstream for its tool list, unless it is known or already asked for.
+    pub(super) fn fetch_tools(&mut self, index: usize) {
+        let up = &mut self.upstreams[index];
+        match up.tools {
+            Tools::Unknown if up.link.is_up() => {
+                up.tools = Tools::Fetching;
+                self.internal_request(index, "tools/list", None, Pending::ToolsFetch(Vec::new()));
+            }
+            Tools::Unknown | Tools::Fetching | Tools::Known(_) => {}
+        }
+    }
+
+    pub(super) fn tools_fetched(&mut self, index: usize, list: Option<ToolList>) {
+        let up = &mut self.upstreams[index];
+        match (list, &up.tools) {
+            (Some(list), _) => up.tools = Tools::Known(list),
+            (None, state) => {
+                if matches!(state, Tools::Fetching) {
+                    up.tools = Tools::Unknown;
+                }
+                // Could not get the list: the calls waiting for it fail closed.
+                let error = SessionError::NoToolList { server: up.cfg.name.clone() };
+                for msg in std::mem::take(&mut self.parked) {
+                    self.reply_error(msg.id, &error);
+                }
+                return;
+            }
+        }
+        if self.multi
+            && let Err(e) = self.check_collisions()
+        {
+            warn!("{e}");
+            self.downstream.fatal(&e.to_string());
+            for msg in std::mem::take(&mut self.parked) {
+                self.reply_error(msg.id, &e);
+            }
+            return;
+        }
+        let parked = std::mem::take(&mut self.parked);
+        for msg in parked {
+            self.on_tools_call(msg, Vec::new());
+        }
+    }
+
+    /// Two upstreams exposing the same tool name is a configuration error.
+    pub(super) fn check_collisions(&self) -> Result<(), SessionError> {
+        let mut seen: HashMap<String, &str> = HashMap::new();
+        for up in &self.upstreams {
+            let Some(list) = up.tools.known() else { continue };
+            for tool in list.names() {
+                let exposed = merge::exposed_name(&up.cfg.name, tool, up.cfg.prefix, &self.opts.separator);
+                if let Some(other) = seen.insert(exposed.clone(), &up.cfg.name) {
+                    return Err(SessionError::ToolCollision {
+                        exposed,
+                        first: other.to_owned(),
+                        second: up.cfg.name.clone(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+pub(super) fn rename_param(msg: &mut Message, name: &str) {
+    let Some(params) = msg.params.as_deref() else { return };
+    let Ok(mut obj) = jsonrpc::parse_object(params) else { return };
+    jsonrpc::set(&mut obj, "name", jsonrpc::to_raw(name));
+    msg.params = Some(jsonrpc::object_to_raw(&obj));
+}

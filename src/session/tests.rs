@@ -1,0 +1,551 @@
+//! Unit tests of the session actor, driven through fake upstream links: a [`Connector`] that
+//! hands each transport's other end to the test, which reads what the session sends upstream and
+//! reports what the upstream answers.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::{Connector, Downstream, Input, Route, SessionHandle, SessionOptions, start_with};
+use crate::gate::{AllowAll, CancellationToken, Gate, ToolCall, Verdict};
+use crate::upstream::settings::{ServerConfig, UpstreamTransport};
+use crate::upstream::{ConnectError, Outgoing, Reporter, Running, UpstreamLink};
+use crate::wire::jsonrpc::{self, Message, code};
+
+// === fakes ===
+
+/// Where the session sent a message to the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Sent {
+    Reply,
+    Related(String),
+    Unrelated,
+}
+
+struct Client(mpsc::UnboundedSender<(Message, Sent)>);
+
+impl Downstream for Client {
+    fn send(&self, msg: &Message, route: Route<'_>) {
+        let sent = match route {
+            Route::Reply => Sent::Reply,
+            Route::Related(id) => Sent::Related(id.to_owned()),
+            Route::Unrelated => Sent::Unrelated,
+        };
+        let copy = Message::parse(&msg.to_bytes()).expect("the session sends valid messages");
+        let _ = self.0.send((copy, sent));
+    }
+}
+
+/// The far end of one upstream transport.
+struct FakeUpstream {
+    generation: u64,
+    reporter: Reporter,
+    rx: mpsc::Receiver<Outgoing>,
+    _running: Running,
+}
+
+impl FakeUpstream {
+    /// The next message the session sent to this upstream.
+    async fn recv(&mut self) -> Message {
+        let out = tokio::time::timeout(Duration::from_secs(5), self.rx.recv())
+            .await
+            .expect("the upstream got nothing")
+            .expect("the link was dropped");
+        Message::parse(&out.bytes).expect("the session sends valid messages")
+    }
+
+    /// Asserts that the session sent nothing more to this upstream.
+    async fn nothing(&mut self) {
+        settle().await;
+        if let Ok(out) = self.rx.try_recv() {
+            panic!("unexpected message upstream: {}", String::from_utf8_lossy(&out.bytes));
+        }
+    }
+
+    fn reply(&self, request: &Message, result: Value) {
+        let id = request.id.clone().expect("a request");
+        self.reporter.message(Message::response(id, jsonrpc::to_raw(&result)), None);
+    }
+
+    fn send(&self, msg: Message) {
+        self.reporter.message(msg, None);
+    }
+
+    /// Answers the proxy's own `tools/list` with these tools.
+    async fn answer_tool_fetch(&mut self, tools: &[&str]) {
+        let fetch = self.recv().await;
+        assert_eq!(fetch.method(), "tools/list", "the proxy fetches the tool list first");
+        self.reply(&fetch, tool_list(tools));
+    }
+}
+
+/// Starts in-memory links; `fail` makes that many next connections fail.
+struct FakeConnector {
+    started: mpsc::UnboundedSender<FakeUpstream>,
+    fail: Arc<AtomicU32>,
+}
+
+impl Connector for FakeConnector {
+    fn connect(
+        &self,
+        server: Arc<ServerConfig>,
+        reporter: Reporter,
+    ) -> BoxFuture<'static, Result<UpstreamLink, ConnectError>> {
+        if self.fail.load(Ordering::SeqCst) > 0 {
+            self.fail.fetch_sub(1, Ordering::SeqCst);
+            let error = ConnectError::Http { server: server.name.clone(), message: "refused".into() };
+            return Box::pin(async move { Err(error) });
+        }
+        let (tx, rx) = UpstreamLink::channel();
+        let (link, running) = UpstreamLink::new(tx);
+        let fake = FakeUpstream { generation: reporter.generation, reporter, rx, _running: running };
+        let _ = self.started.send(fake);
+        Box::pin(async move { Ok(link) })
+    }
+}
+
+/// What the gate saw of a call.
+struct Seen {
+    server: String,
+    tool: String,
+    listed: bool,
+    gone: CancellationToken,
+}
+
+/// A gate that answers with the verdicts queued, then allows.
+#[derive(Default)]
+struct FakeGate {
+    verdicts: Mutex<VecDeque<Verdict>>,
+    seen: Mutex<Vec<Seen>>,
+}
+
+impl FakeGate {
+    fn then(&self, verdict: Verdict) {
+        self.verdicts.lock().unwrap().push_back(verdict);
+    }
+}
+
+impl Gate for FakeGate {
+    fn check(&self, call: &ToolCall<'_>) -> Verdict {
+        self.seen.lock().unwrap().push(Seen {
+            server: call.server.to_owned(),
+            tool: call.tool.to_owned(),
+            listed: call.info.is_some(),
+            gone: call.gone.clone(),
+        });
+        self.verdicts.lock().unwrap().pop_front().unwrap_or(Verdict::Allow)
+    }
+}
+
+/// A session over fake upstreams, as its client sees it.
+struct Harness {
+    handle: SessionHandle,
+    client: mpsc::UnboundedReceiver<(Message, Sent)>,
+    started: mpsc::UnboundedReceiver<FakeUpstream>,
+    fail: Arc<AtomicU32>,
+}
+
+impl Harness {
+    /// A session in front of `servers` (name, prefix), with the upstreams it started.
+    async fn start(servers: &[(&str, bool)], gate: Arc<dyn Gate>, shared: bool) -> (Harness, Vec<FakeUpstream>) {
+        let servers = servers
+            .iter()
+            .map(|(name, prefix)| {
+                let transport =
+                    UpstreamTransport::Stdio { command: "unused".into(), args: Vec::new(), env: Vec::new(), cwd: None };
+                Arc::new(ServerConfig::new(*name, transport, *prefix))
+            })
+            .collect::<Vec<_>>();
+        let count = servers.len();
+        let opts = SessionOptions { servers, separator: "__".into(), shared, gate, label: "test".into(), agent: None };
+        let (client_tx, client) = mpsc::unbounded_channel();
+        let (started_tx, mut started) = mpsc::unbounded_channel();
+        let fail = Arc::new(AtomicU32::new(0));
+        let connector = Arc::new(FakeConnector { started: started_tx, fail: fail.clone() });
+        let (handle, _task) = start_with(opts, Arc::new(Client(client_tx)), connector).await.expect("session starts");
+        let mut ups = Vec::new();
+        for _ in 0..count {
+            ups.push(started.recv().await.expect("an upstream"));
+        }
+        (Harness { handle, client, started, fail }, ups)
+    }
+
+    fn request(&self, id: Value, method: &str, params: Value) {
+        assert!(self.handle.client(Message::request(jsonrpc::to_raw(&id), method, Some(jsonrpc::to_raw(&params)))));
+    }
+
+    fn notify(&self, method: &str, params: Value) {
+        assert!(self.handle.client(Message::notification(method, Some(jsonrpc::to_raw(&params)))));
+    }
+
+    /// The next message the client got.
+    async fn recv(&mut self) -> (Message, Sent) {
+        tokio::time::timeout(Duration::from_secs(5), self.client.recv())
+            .await
+            .expect("the client got nothing")
+            .expect("the session ended")
+    }
+
+    async fn nothing(&mut self) {
+        settle().await;
+        if let Ok((msg, _)) = self.client.try_recv() {
+            panic!("unexpected message to the client: {msg}");
+        }
+    }
+
+    /// The next transport the session started (a restart).
+    async fn next_upstream(&mut self) -> FakeUpstream {
+        tokio::time::timeout(Duration::from_secs(600), self.started.recv())
+            .await
+            .expect("no restart")
+            .expect("the session ended")
+    }
+}
+
+/// Lets the actor and the tasks it spawned run until they wait.
+async fn settle() {
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+}
+
+fn value(raw: &Option<Box<serde_json::value::RawValue>>) -> Value {
+    raw.as_deref().map_or(Value::Null, |r| serde_json::from_str(r.get()).expect("JSON"))
+}
+
+fn id_of(msg: &Message) -> Value {
+    value(&msg.id)
+}
+
+fn tool_list(tools: &[&str]) -> Value {
+    let tools: Vec<Value> = tools.iter().map(|name| json!({"name": name, "inputSchema": {"type": "object"}})).collect();
+    json!({ "tools": tools })
+}
+
+// === ids ===
+
+#[tokio::test]
+async fn request_ids_are_fresh_upstream_and_mapped_back() {
+    let (mut h, mut ups) = Harness::start(&[("a", false)], Arc::new(AllowAll), false).await;
+    let up = &mut ups[0];
+    h.request(json!("first"), "resources/list", json!({}));
+    h.request(json!(7), "prompts/list", json!({}));
+    let one = up.recv().await;
+    let two = up.recv().await;
+    assert_eq!((one.method(), id_of(&one)), ("resources/list", json!(1)));
+    assert_eq!((two.method(), id_of(&two)), ("prompts/list", json!(2)));
+
+    // Answered out of order, each answer goes back under its client's id.
+    up.reply(&two, json!({"prompts": []}));
+    up.reply(&one, json!({"resources": []}));
+    let (a, route) = h.recv().await;
+    assert_eq!((id_of(&a), value(&a.result), route), (json!(7), json!({"prompts": []}), Sent::Reply));
+    let (b, _) = h.recv().await;
+    assert_eq!((id_of(&b), value(&b.result)), (json!("first"), json!({"resources": []})));
+
+    // An answer to an id the proxy never sent (or already answered) reaches nobody.
+    up.reply(&one, json!({"resources": ["again"]}));
+    h.nothing().await;
+}
+
+#[tokio::test]
+async fn requests_from_an_upstream_get_a_fresh_id_and_their_answers_go_back() {
+    let (mut h, mut ups) = Harness::start(&[("a", false)], Arc::new(AllowAll), false).await;
+    let up = &mut ups[0];
+    up.send(Message::request(jsonrpc::to_raw("srv-9"), "roots/list", None));
+    let (request, _) = h.recv().await;
+    assert_eq!((request.method(), id_of(&request)), ("roots/list", json!(1)));
+    assert!(h.handle.client(Message::response(jsonrpc::number_id(1), jsonrpc::to_raw(&json!({"roots": []})))));
+    let answer = up.recv().await;
+    assert_eq!((id_of(&answer), value(&answer.result)), (json!("srv-9"), json!({"roots": []})));
+}
+
+#[tokio::test]
+async fn progress_tokens_pass_unchanged_in_a_session_of_one_client() {
+    let (mut h, mut ups) = Harness::start(&[("a", false)], Arc::new(AllowAll), false).await;
+    let up = &mut ups[0];
+    h.request(json!(7), "resources/read", json!({"uri": "mem://x", "_meta": {"progressToken": "tok"}}));
+    let sent = up.recv().await;
+    assert_eq!(value(&sent.params)["_meta"]["progressToken"], json!("tok"));
+    let progress = json!({"progressToken": "tok", "progress": 1});
+    up.send(Message::notification("notifications/progress", Some(jsonrpc::to_raw(&progress))));
+    let (note, route) = h.recv().await;
+    assert_eq!((value(&note.params), route), (progress, Sent::Related("7".into())));
+}
+
+#[tokio::test]
+async fn progress_tokens_are_remapped_in_a_shared_session() {
+    let (mut h, mut ups) = Harness::start(&[("a", false)], Arc::new(AllowAll), true).await;
+    let up = &mut ups[0];
+    h.request(json!(7), "resources/read", json!({"uri": "mem://x", "_meta": {"progressToken": "tok"}}));
+    h.request(json!(8), "resources/read", json!({"uri": "mem://y", "_meta": {"progressToken": "tok"}}));
+    let first = value(&up.recv().await.params)["_meta"]["progressToken"].clone();
+    let second = value(&up.recv().await.params)["_meta"]["progressToken"].clone();
+    assert_ne!(first, json!("tok"), "two clients may use the same token: the upstream sees the proxy's");
+    assert_ne!(first, second);
+
+    // The upstream's progress for the second request reaches its client under the client's token.
+    let progress = json!({"progressToken": second, "progress": 1});
+    up.send(Message::notification("notifications/progress", Some(jsonrpc::to_raw(&progress))));
+    let (note, route) = h.recv().await;
+    assert_eq!(value(&note.params), json!({"progressToken": "tok", "progress": 1}));
+    assert_eq!(route, Sent::Related("8".into()));
+}
+
+#[tokio::test]
+async fn a_cancellation_names_the_upstream_id() {
+    let (mut h, mut ups) = Harness::start(&[("a", false)], Arc::new(AllowAll), false).await;
+    let up = &mut ups[0];
+    h.request(json!("warm-up"), "ping", json!({}));
+    let warm_up = up.recv().await;
+    up.reply(&warm_up, json!({}));
+    h.recv().await;
+
+    h.request(json!(5), "resources/read", json!({"uri": "mem://slow"}));
+    let read = up.recv().await;
+    assert_eq!(id_of(&read), json!(2));
+    h.notify("notifications/cancelled", json!({"requestId": 5, "reason": "changed my mind"}));
+    let cancel = up.recv().await;
+    assert_eq!(cancel.method(), "notifications/cancelled");
+    assert_eq!(value(&cancel.params), json!({"requestId": 2, "reason": "changed my mind"}));
+
+    // A late answer to the cancelled request is not relayed.
+    up.reply(&read, json!({"contents": []}));
+    h.nothing().await;
+}
+
+// === tools/call through the gate ===
+
+#[tokio::test]
+async fn an_allowed_call_goes_upstream_after_the_tool_list_is_fetched() {
+    let gate = Arc::new(FakeGate::default());
+    let (mut h, mut ups) = Harness::start(&[("a", false)], gate.clone(), false).await;
+    let up = &mut ups[0];
+    h.request(json!(1), "tools/call", json!({"name": "echo", "arguments": {"text": "hi"}}));
+    up.answer_tool_fetch(&["echo"]).await;
+    let call = up.recv().await;
+    assert_eq!(call.method(), "tools/call");
+    assert_eq!(value(&call.params), json!({"name": "echo", "arguments": {"text": "hi"}}));
+    {
+        let seen = gate.seen.lock().unwrap();
+        assert_eq!(seen.len(), 1);
+        assert_eq!((seen[0].server.as_str(), seen[0].tool.as_str(), seen[0].listed), ("a", "echo", true));
+    }
+    up.reply(&call, json!({"content": []}));
+    let (answer, _) = h.recv().await;
+    assert_eq!((id_of(&answer), value(&answer.result)), (json!(1), json!({"content": []})));
+}
+
+#[tokio::test]
+async fn a_client_that_listed_tools_is_not_made_to_wait_for_a_fetch() {
+    let gate = Arc::new(FakeGate::default());
+    let (mut h, mut ups) = Harness::start(&[("a", false)], gate.clone(), false).await;
+    let up = &mut ups[0];
+    h.request(json!(1), "tools/list", json!({}));
+    let list = up.recv().await;
+    up.reply(&list, tool_list(&["echo"]));
+    h.recv().await;
+    h.request(json!(2), "tools/call", json!({"name": "echo", "arguments": {}}));
+    let call = up.recv().await;
+    assert_eq!(call.method(), "tools/call", "the list the client got is the one the gate uses");
+    assert!(gate.seen.lock().unwrap()[0].listed);
+}
+
+#[tokio::test]
+async fn a_denied_call_is_answered_by_the_proxy_and_never_sent() {
+    let gate = Arc::new(FakeGate::default());
+    let denial = json!({"content": [{"type": "text", "text": "denied"}], "isError": true});
+    gate.then(Verdict::Respond(jsonrpc::to_raw(&denial)));
+    let (mut h, mut ups) = Harness::start(&[("a", false)], gate.clone(), false).await;
+    let up = &mut ups[0];
+    h.request(json!(1), "tools/call", json!({"name": "rm", "arguments": {}}));
+    up.answer_tool_fetch(&["rm"]).await;
+    let (answer, _) = h.recv().await;
+    assert_eq!((id_of(&answer), value(&answer.result)), (json!(1), denial));
+    up.nothing().await;
+}
+
+#[tokio::test]
+async fn a_held_call_waits_and_goes_upstream_once_allowed() {
+    let gate = Arc::new(FakeGate::default());
+    let (release, decided) = oneshot::channel();
+    gate.then(Verdict::Hold(Box::pin(async move { decided.await.expect("released") })));
+    let (mut h, mut ups) = Harness::start(&[("a", false)], gate.clone(), false).await;
+    let up = &mut ups[0];
+    h.request(json!(1), "tools/call", json!({"name": "deploy", "arguments": {}}));
+    up.answer_tool_fetch(&["deploy"]).await;
+    up.nothing().await;
+    h.nothing().await;
+
+    assert!(release.send(Verdict::Allow).is_ok());
+    let call = up.recv().await;
+    assert_eq!(value(&call.params)["name"], json!("deploy"));
+    up.reply(&call, json!({"content": []}));
+    let (answer, _) = h.recv().await;
+    assert_eq!(id_of(&answer), json!(1));
+}
+
+#[tokio::test]
+async fn a_held_call_cancelled_by_its_caller_is_never_sent() {
+    let gate = Arc::new(FakeGate::default());
+    let (release, decided) = oneshot::channel();
+    gate.then(Verdict::Hold(Box::pin(async move { decided.await.expect("released") })));
+    let (mut h, mut ups) = Harness::start(&[("a", false)], gate.clone(), false).await;
+    let up = &mut ups[0];
+    h.request(json!(1), "tools/call", json!({"name": "deploy", "arguments": {}}));
+    up.answer_tool_fetch(&["deploy"]).await;
+    h.notify("notifications/cancelled", json!({"requestId": 1}));
+    settle().await;
+    assert!(gate.seen.lock().unwrap()[0].gone.is_cancelled(), "the gate is told the caller is gone");
+
+    let _ = release.send(Verdict::Allow);
+    up.nothing().await;
+    h.nothing().await;
+}
+
+// === several upstreams ===
+
+#[tokio::test]
+async fn tools_list_fans_out_and_merges_under_prefixes() {
+    let gate = Arc::new(FakeGate::default());
+    let (mut h, mut ups) = Harness::start(&[("a", true), ("b", true)], gate.clone(), false).await;
+    h.request(json!(1), "tools/list", json!({}));
+    let to_a = ups[0].recv().await;
+    let to_b = ups[1].recv().await;
+    assert_eq!((to_a.method(), to_b.method()), ("tools/list", "tools/list"));
+    // b answers first; the merged list keeps the configured order.
+    ups[1].reply(&to_b, tool_list(&["y"]));
+    h.nothing().await;
+    ups[0].reply(&to_a, tool_list(&["x"]));
+    let (merged, _) = h.recv().await;
+    let names: Vec<Value> =
+        value(&merged.result)["tools"].as_array().expect("tools").iter().map(|t| t["name"].clone()).collect();
+    assert_eq!((id_of(&merged), names), (json!(1), vec![json!("a__x"), json!("b__y")]));
+
+    // A prefixed name goes to its server under the server's own name.
+    h.request(json!(2), "tools/call", json!({"name": "b__y", "arguments": {}}));
+    let call = ups[1].recv().await;
+    assert_eq!(value(&call.params)["name"], json!("y"));
+    assert_eq!(gate.seen.lock().unwrap()[0].server, "b");
+    ups[0].nothing().await;
+}
+
+#[tokio::test]
+async fn prompts_route_by_prefix_and_resources_by_the_uris_listed() {
+    let (mut h, mut ups) = Harness::start(&[("a", true), ("b", true)], Arc::new(AllowAll), false).await;
+    h.request(json!(1), "prompts/get", json!({"name": "b__greet"}));
+    let get = ups[1].recv().await;
+    assert_eq!((get.method(), value(&get.params)), ("prompts/get", json!({"name": "greet"})));
+    ups[0].nothing().await;
+
+    h.request(json!(2), "resources/list", json!({}));
+    let to_a = ups[0].recv().await;
+    let to_b = ups[1].recv().await;
+    ups[0].reply(&to_a, json!({"resources": [{"uri": "file:///x", "name": "x"}]}));
+    ups[1].reply(&to_b, json!({"resources": [{"uri": "mem://y", "name": "y"}]}));
+    h.recv().await;
+
+    h.request(json!(3), "resources/read", json!({"uri": "mem://y"}));
+    assert_eq!(value(&ups[1].recv().await.params), json!({"uri": "mem://y"}));
+    h.request(json!(4), "resources/read", json!({"uri": "file:///x"}));
+    assert_eq!(value(&ups[0].recv().await.params), json!({"uri": "file:///x"}));
+    h.request(json!(5), "resources/read", json!({"uri": "other://z"}));
+    let (refused, _) = h.recv().await;
+    assert_eq!((id_of(&refused), refused.error_code()), (json!(5), Some(code::INVALID_PARAMS)));
+    ups[0].nothing().await;
+    ups[1].nothing().await;
+}
+
+#[tokio::test]
+async fn a_call_to_an_unprefixed_tool_waits_for_the_lists_that_could_hold_it() {
+    let (h, mut ups) = Harness::start(&[("a", false), ("b", false)], Arc::new(AllowAll), false).await;
+    h.request(json!(1), "tools/call", json!({"name": "y", "arguments": {}}));
+    let fetch_a = ups[0].recv().await;
+    let fetch_b = ups[1].recv().await;
+    assert_eq!((fetch_a.method(), fetch_b.method()), ("tools/list", "tools/list"));
+    ups[0].reply(&fetch_a, tool_list(&["x"]));
+    ups[0].nothing().await;
+    ups[1].nothing().await;
+    ups[1].reply(&fetch_b, tool_list(&["y"]));
+    let call = ups[1].recv().await;
+    assert_eq!((call.method(), value(&call.params)["name"].clone()), ("tools/call", json!("y")));
+    ups[0].nothing().await;
+}
+
+// === restarts ===
+
+#[tokio::test(start_paused = true)]
+async fn a_crashed_upstream_restarts_with_backoff() {
+    let (mut h, mut ups) = Harness::start(&[("a", false)], Arc::new(AllowAll), false).await;
+    let mut up = ups.remove(0);
+    h.request(json!(1), "resources/list", json!({}));
+    up.recv().await;
+    up.reporter.closed("crashed");
+    let (failed, _) = h.recv().await;
+    assert_eq!((id_of(&failed), failed.error_code()), (json!(1), Some(code::UPSTREAM_ERROR)));
+
+    let crashed = Instant::now();
+    let second = h.next_upstream().await;
+    assert_eq!((crashed.elapsed(), second.generation), (Duration::from_millis(250), 2));
+
+    // A crash soon after doubles the wait; a restart that fails doubles it again.
+    let crashed = Instant::now();
+    h.fail.store(1, Ordering::SeqCst);
+    second.reporter.closed("crashed again");
+    let fourth = h.next_upstream().await;
+    assert_eq!((crashed.elapsed(), fourth.generation), (Duration::from_millis(500 + 1000), 4));
+
+    // After a run of over a minute, the backoff starts over.
+    tokio::time::advance(Duration::from_secs(61)).await;
+    let crashed = Instant::now();
+    fourth.reporter.closed("crashed much later");
+    let fifth = h.next_upstream().await;
+    assert_eq!((crashed.elapsed(), fifth.generation), (Duration::from_millis(250), 5));
+}
+
+#[tokio::test(start_paused = true)]
+async fn requests_during_a_restart_fail_at_once_and_later_ones_reach_the_new_upstream() {
+    let (mut h, mut ups) = Harness::start(&[("a", false)], Arc::new(AllowAll), false).await;
+    let old = ups.remove(0);
+    old.reporter.closed("crashed");
+    h.request(json!(1), "resources/list", json!({"cursor": "during"}));
+    let (failed, _) = h.recv().await;
+    assert_eq!((id_of(&failed), failed.error_code()), (json!(1), Some(code::UPSTREAM_ERROR)));
+    assert!(value(&failed.error)["message"].as_str().is_some_and(|m| m.contains("being restarted")));
+
+    let mut new = h.next_upstream().await;
+    // The client is told that the restarted upstream's lists may have changed.
+    for list in ["tools", "prompts", "resources"] {
+        let (note, route) = h.recv().await;
+        assert_eq!((note.method(), route), (format!("notifications/{list}/list_changed").as_str(), Sent::Unrelated));
+    }
+    // What the old transport still reports is ignored.
+    old.send(Message::notification("notifications/message", Some(jsonrpc::to_raw(&json!({"data": "stale"})))));
+    h.nothing().await;
+
+    h.request(json!(2), "resources/list", json!({"cursor": "after"}));
+    let sent = new.recv().await;
+    assert_eq!(value(&sent.params), json!({"cursor": "after"}), "the request made during the restart is not replayed");
+    new.reply(&sent, json!({"resources": []}));
+    let (answer, _) = h.recv().await;
+    assert_eq!((id_of(&answer), value(&answer.result)), (json!(2), json!({"resources": []})));
+}
+
+#[tokio::test]
+async fn client_gone_cancels_its_request_upstream() {
+    let (mut h, mut ups) = Harness::start(&[("a", false)], Arc::new(AllowAll), false).await;
+    let up = &mut ups[0];
+    h.request(json!(3), "resources/read", json!({"uri": "mem://slow"}));
+    let read = up.recv().await;
+    assert!(h.handle.send(Input::ClientGone { id: "3".into(), cancel_upstream: true }));
+    let cancel = up.recv().await;
+    assert_eq!(cancel.method(), "notifications/cancelled");
+    assert_eq!(value(&cancel.params)["requestId"], id_of(&read));
+    h.nothing().await;
+}
