@@ -21,7 +21,7 @@ PY_PINS=(
 # Debian package version of chromium (bookworm-security). The security archive keeps only its
 # latest build, so this pin must follow Debian's updates (`apt-cache policy chromium`); when the
 # pinned build is gone, the current one is installed with a warning rather than failing the run.
-CHROMIUM_DEB="156.0.8078.79-1~deb12u1"
+CHROMIUM_DEB="156.0.8078.114-1~deb12u1"
 CHROMIUM_BIN=/usr/bin/chromium
 
 log() { printf '[install-peers] %s\n' "$*" >&2; }
