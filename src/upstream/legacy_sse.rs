@@ -44,7 +44,7 @@ pub async fn connect(
     let opened = tokio::time::timeout(ENDPOINT_TIMEOUT, open(&client, &parsed, &headers))
         .await
         .map_err(|_| http_error(format!("no `endpoint` event from {url} within {} s", ENDPOINT_TIMEOUT.as_secs())))?
-        .map_err(http_error)?;
+        .map_err(|e| http_error(e.to_string()))?;
     let Opened { events, endpoint, early } = opened;
     tracing::info!(server, url, endpoint = %endpoint, "HTTP+SSE upstream connected");
 
@@ -78,7 +78,35 @@ struct Opened {
     early: Vec<SseEvent>,
 }
 
-async fn open(client: &reqwest::Client, url: &reqwest::Url, headers: &HeaderMap) -> Result<Opened, String> {
+/// Why the event stream of an HTTP+SSE server could not be opened.
+#[derive(Debug, thiserror::Error)]
+enum OpenError {
+    #[error("cannot reach {url}: {}", describe(.cause))]
+    Unreachable { url: reqwest::Url, cause: reqwest::Error },
+    #[error("GET {url}: {failure}")]
+    Refused { url: reqwest::Url, failure: String },
+    #[error("GET {url} answered `{media}`, not an event stream (is this an HTTP+SSE server?)")]
+    NotEventStream { url: reqwest::Url, media: String },
+    #[error("event stream from {url} failed before the `endpoint` event: {}", describe(.cause))]
+    Broken { url: reqwest::Url, cause: reqwest::Error },
+    #[error("event stream from {url} ended before the `endpoint` event")]
+    Ended { url: reqwest::Url },
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
+}
+
+/// An `endpoint` event that names no usable URL.
+#[derive(Debug, thiserror::Error)]
+enum EndpointError {
+    #[error("the `endpoint` event is empty")]
+    Empty,
+    #[error("cannot resolve endpoint `{data}` against `{base}`")]
+    Unresolvable { data: String, base: String },
+    #[error("invalid endpoint `{data}` (resolved to `{resolved}`): {cause}")]
+    Invalid { data: String, resolved: String, cause: <reqwest::Url as std::str::FromStr>::Err },
+}
+
+async fn open(client: &reqwest::Client, url: &reqwest::Url, headers: &HeaderMap) -> Result<Opened, OpenError> {
     let mut headers = headers.clone();
     headers.insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
     let mut resp = client
@@ -86,15 +114,15 @@ async fn open(client: &reqwest::Client, url: &reqwest::Url, headers: &HeaderMap)
         .headers(headers)
         .send()
         .await
-        .map_err(|e| format!("cannot reach {url}: {}", describe(&e)))?;
+        .map_err(|cause| OpenError::Unreachable { url: url.clone(), cause })?;
     let status = resp.status();
     if !status.is_success() {
         let body = read_body_prefix(&mut resp, BODY_LIMIT).await;
-        return Err(format!("GET {url}: {}", http_failure(status, &body)));
+        return Err(OpenError::Refused { url: url.clone(), failure: http_failure(status, &body) });
     }
     let media = media_type(&resp);
     if media != "text/event-stream" {
-        return Err(format!("GET {url} answered `{media}`, not an event stream (is this an HTTP+SSE server?)"));
+        return Err(OpenError::NotEventStream { url: url.clone(), media });
     }
     let stream: ByteStream = Box::pin(resp.bytes_stream());
     let mut events = EventReader::new(stream);
@@ -106,22 +134,20 @@ async fn open(client: &reqwest::Client, url: &reqwest::Url, headers: &HeaderMap)
                 return Ok(Opened { events, endpoint, early });
             }
             Some(Ok(event)) => early.push(event),
-            Some(Err(e)) => {
-                return Err(format!("event stream from {url} failed before the `endpoint` event: {}", describe(&e)));
-            }
-            None => return Err(format!("event stream from {url} ended before the `endpoint` event")),
+            Some(Err(cause)) => return Err(OpenError::Broken { url: url.clone(), cause }),
+            None => return Err(OpenError::Ended { url: url.clone() }),
         }
     }
 }
 
-fn resolve_endpoint(base: &str, data: &str) -> Result<reqwest::Url, String> {
+fn resolve_endpoint(base: &str, data: &str) -> Result<reqwest::Url, EndpointError> {
     let data = data.trim();
     if data.is_empty() {
-        return Err("the `endpoint` event is empty".to_owned());
+        return Err(EndpointError::Empty);
     }
-    let resolved =
-        resolve_url(base, data).ok_or_else(|| format!("cannot resolve endpoint `{data}` against `{base}`"))?;
-    reqwest::Url::parse(&resolved).map_err(|e| format!("invalid endpoint `{data}` (resolved to `{resolved}`): {e}"))
+    let resolved = resolve_url(base, data)
+        .ok_or_else(|| EndpointError::Unresolvable { data: data.to_owned(), base: base.to_owned() })?;
+    reqwest::Url::parse(&resolved).map_err(|cause| EndpointError::Invalid { data: data.to_owned(), resolved, cause })
 }
 
 /// Resolves a URL reference against an absolute `scheme://authority/path?query` base (RFC 3986

@@ -709,7 +709,25 @@ async fn resume(shared: &Arc<Shared>, ctx: &mut Ctx, session: &str, mut last_id:
 
 /// Replays the saved handshake after the upstream session expired: the initialize request (with
 /// an id of the transport's own; its response is swallowed) and `notifications/initialized`.
-async fn reinitialize(shared: &Arc<Shared>, expired: &str) -> Result<(), String> {
+/// Why an expired upstream session could not be started again.
+#[derive(Debug, thiserror::Error)]
+enum ReinitError {
+    #[error("no initialize request to replay")]
+    NothingToReplay,
+    #[error("saved initialize is invalid: {0}")]
+    Saved(#[from] jsonrpc::ParseError),
+    #[error("cannot reach {url}: {}", super::http::describe(.cause))]
+    Unreachable { url: reqwest::Url, cause: reqwest::Error },
+    /// What the replayed initialize got back, as reported to its callers.
+    #[error("{0}")]
+    Failed(String),
+    #[error("no response to the replayed initialize")]
+    NoResponse,
+    #[error("notifications/initialized: HTTP {0}")]
+    Initialized(StatusCode),
+}
+
+async fn reinitialize(shared: &Arc<Shared>, expired: &str) -> Result<(), ReinitError> {
     let _lock = shared.reinit_lock.lock().await;
     let (initialize, initialized) = {
         let state = shared.state();
@@ -719,10 +737,10 @@ async fn reinitialize(shared: &Arc<Shared>, expired: &str) -> Result<(), String>
         }
         (state.initialize.clone(), state.initialized.clone())
     };
-    let initialize = initialize.ok_or("no initialize request to replay")?;
+    let initialize = initialize.ok_or(ReinitError::NothingToReplay)?;
     let n = shared.replays.fetch_add(1, Ordering::Relaxed);
     let id = u64::MAX - n;
-    let mut msg = Message::parse(&initialize).map_err(|e| format!("saved initialize is invalid: {e}"))?;
+    let mut msg = Message::parse(&initialize)?;
     msg.id = Some(jsonrpc::number_id(id));
     let mut out = Outgoing::plain(Bytes::from(msg.to_bytes()));
     out.method = Some("initialize".to_owned());
@@ -733,13 +751,13 @@ async fn reinitialize(shared: &Arc<Shared>, expired: &str) -> Result<(), String>
         .post_request(&out, None, None)
         .send()
         .await
-        .map_err(|e| format!("cannot reach {}: {}", shared.url, describe(&e)))?;
+        .map_err(|cause| ReinitError::Unreachable { url: shared.url.clone(), cause })?;
     handle_response(shared, &mut ctx, resp, None).await;
     if let Some(failure) = ctx.failure {
-        return Err(failure);
+        return Err(ReinitError::Failed(failure));
     }
     if !ctx.got_response {
-        return Err("no response to the replayed initialize".to_owned());
+        return Err(ReinitError::NoResponse);
     }
     let (session, version) = {
         let state = shared.state();
@@ -753,9 +771,9 @@ async fn reinitialize(shared: &Arc<Shared>, expired: &str) -> Result<(), String>
             .post_request(&out, session.as_deref(), version.as_deref())
             .send()
             .await
-            .map_err(|e| format!("cannot reach {}: {}", shared.url, describe(&e)))?;
+            .map_err(|cause| ReinitError::Unreachable { url: shared.url.clone(), cause })?;
         if !resp.status().is_success() {
-            return Err(format!("notifications/initialized: HTTP {}", resp.status()));
+            return Err(ReinitError::Initialized(resp.status()));
         }
         open_get_stream(shared).await;
     }
