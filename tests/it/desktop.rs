@@ -5,30 +5,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use mcp_gate::approval::{ApprovalService, ApprovalSettings};
 use mcp_gate::config::Config;
 use mcp_gate::server::notify::desktop::{CommandNotifier, Notice, Notifier, spawn};
-use mcp_gate::store::{Location, Store};
 use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::common::{hold_call, within};
+use super::webhooks::approvals;
 
 const BASE: &str = "http://127.0.0.1:8377";
-
-async fn approvals() -> Arc<ApprovalService> {
-    let config = Config::from_toml("", "empty.toml").unwrap();
-    let store = Store::open(Location::Memory).await.unwrap();
-    let settings = ApprovalSettings {
-        wait: Duration::ZERO,
-        public_url: BASE.into(),
-        expiry_by_risk: config.approvals.expiry_by_risk,
-        workflows: config.approvals.workflows.clone(),
-        redact: vec!["/password".into()],
-        ..ApprovalSettings::default()
-    };
-    ApprovalService::new(store, config.policy.clone(), settings)
-}
 
 /// Reports each notice it is asked to show; then shows it at once, or never (`hang`).
 struct StandIn {

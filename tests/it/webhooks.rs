@@ -97,7 +97,8 @@ fn quick() -> Retry {
     }
 }
 
-async fn approvals() -> Arc<ApprovalService> {
+/// An approval service on an in-memory store that redacts `/password` (shared with the desktop tests).
+pub(super) async fn approvals() -> Arc<ApprovalService> {
     let config = Config::from_toml("", "empty.toml").unwrap();
     let store = Store::open(Location::Memory).await.unwrap();
     let settings = ApprovalSettings {
