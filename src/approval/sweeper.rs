@@ -70,7 +70,7 @@ impl ApprovalService {
     }
 
     /// Settles the claims of processes that stopped between a claim and its finish (see
-    /// [`Store::settle_orphaned_claims`]): each is audited as `failed` with the reason.
+    /// [`Store::settle_orphaned_claims`](crate::store::Store::settle_orphaned_claims)): each is audited as `failed` with the reason.
     pub async fn settle_orphaned_claims(&self) {
         match self.store.settle_orphaned_claims(self.now_ms()).await {
             Ok(settled) => {
