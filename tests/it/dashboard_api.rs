@@ -598,33 +598,39 @@ async fn the_dashboard_filters_pages_and_decides_in_bulk() {
     assert!(html.contains("aria-current=\"page\">All"));
 }
 
-#[tokio::test]
-async fn the_request_page_shows_the_tool_reason_risk_and_history() {
-    let api = Api::start("").await;
+/// Holds a fail-fast call of `delete_file` on `files` (described upstream by `tool`) from `agent`
+/// through the gate; the id of its approval request.
+async fn hold_delete_file(api: &Api, tool: Value, arguments: &Value, agent: &str) -> String {
     let gate = ApprovalGate { approvals: api.approvals.clone() };
-    let tool: rmcp::model::Tool = serde_json::from_value(json!({
-        "name": "delete_file",
-        "description": "Deletes a file <b>forever</b>",
-        "inputSchema": {"type": "object"},
-        "annotations": {"destructiveHint": true}
-    }))
-    .unwrap();
+    let tool: rmcp::model::Tool = serde_json::from_value(tool).unwrap();
     let info = mcp_gate::gate::tools::ToolInfo { name: "delete_file".into(), tool: Some(tool) };
-    let arguments = json!({"path": "/srv/data", "nested": {"deep": [1, 2]}});
     let call = ToolCall {
         server: "files",
         tool: "delete_file",
         exposed_name: "delete_file",
-        arguments: &arguments,
+        arguments,
         info: Some(&info),
-        agent: Some("claude"),
+        agent: Some(agent),
         progress: None,
         gone: Default::default(),
     };
     let Verdict::Hold(wait) = gate.check(&call) else { panic!("held") };
     let Verdict::Respond(reply) = wait.await else { panic!("answered") };
     let reply: Value = serde_json::from_str(reply.get()).unwrap();
-    let id = reply["_meta"]["mcp-gate/approval"]["id"].as_str().unwrap().to_owned();
+    reply["_meta"]["mcp-gate/approval"]["id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn the_request_page_shows_the_tool_reason_risk_and_history() {
+    let api = Api::start("").await;
+    let tool = json!({
+        "name": "delete_file",
+        "description": "Deletes a file <b>forever</b>",
+        "inputSchema": {"type": "object"},
+        "annotations": {"destructiveHint": true}
+    });
+    let arguments = json!({"path": "/srv/data", "nested": {"deep": [1, 2]}});
+    let id = hold_delete_file(&api, tool, &arguments, "claude").await;
     let (cookie, csrf) = sign_in(&api, TOKEN).await;
 
     let (status, html) = page_text(&api, &cookie, &format!("/approvals/{id}")).await;
@@ -747,30 +753,14 @@ fn check_config_warns_when_a_quorum_cannot_be_reached() {
 #[tokio::test]
 async fn the_dashboard_shows_hidden_characters_visibly() {
     let api = Api::start("").await;
-    let gate = ApprovalGate { approvals: api.approvals.clone() };
-    let tool: rmcp::model::Tool = serde_json::from_value(json!({
+    let tool = json!({
         "name": "delete_file",
         "description": "Reads\u{2066} a file\u{feff}",
         "inputSchema": {"type": "object"},
-    }))
-    .unwrap();
-    let info = mcp_gate::gate::tools::ToolInfo { name: "delete_file".into(), tool: Some(tool) };
+    });
     let long = "y".repeat(20_000);
     let arguments = json!({"path": "/home/user/\u{202e}cod.tropeR", "note": "a\u{200b}b\u{a0}\u{a0}c", "blob": long});
-    let call = ToolCall {
-        server: "files",
-        tool: "delete_file",
-        exposed_name: "delete_file",
-        arguments: &arguments,
-        info: Some(&info),
-        agent: Some("clau\u{200b}de"),
-        progress: None,
-        gone: Default::default(),
-    };
-    let Verdict::Hold(wait) = gate.check(&call) else { panic!("held") };
-    let Verdict::Respond(reply) = wait.await else { panic!("answered") };
-    let reply: Value = serde_json::from_str(reply.get()).unwrap();
-    let id = reply["_meta"]["mcp-gate/approval"]["id"].as_str().unwrap().to_owned();
+    let id = hold_delete_file(&api, tool, &arguments, "clau\u{200b}de").await;
     let (cookie, _) = sign_in(&api, TOKEN).await;
 
     let (status, html) = page_text(&api, &cookie, &format!("/approvals/{id}")).await;
