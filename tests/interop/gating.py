@@ -19,10 +19,12 @@ from pathlib import Path
 
 from mcp import Client, StdioServerParameters
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gate_client import TOKEN, api, api_base, approval, check, summary, text  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[2]
 GATE = os.environ.get("MCP_GATE_BIN") or str(ROOT / "target" / "release" / "mcp-gate")
 EVERYTHING = os.environ["EVERYTHING"].split()
-TOKEN = "interop-approver-token-0123456789"
 CONFIG = """
 [[rules]]
 name = "echo needs a person"
@@ -41,15 +43,6 @@ default = "allow"
 listen = "127.0.0.1:0"    # MCP_GATE_APPROVALS_LISTEN overrides it in wait mode
 """
 
-results = []
-
-
-def check(name, ok, detail=""):
-    ok = bool(ok)
-    results.append(ok)
-    print(("PASS " if ok else "FAIL ") + name + ("" if ok else f": {detail}"), flush=True)
-
-
 def params(data_dir, wait_secs):
     cfg = Path(data_dir) / "gating.toml"
     cfg.write_text(CONFIG)
@@ -61,30 +54,6 @@ def params(data_dir, wait_secs):
         MCP_GATE_LOG="info",
     )
     return StdioServerParameters(command=GATE, args=["--config", str(cfg), "--", *EVERYTHING, "stdio"], env=env)
-
-
-def approval(result):
-    meta = (result.meta or {}).get("mcp-gate/approval") or {}
-    return meta.get("id"), meta.get("status"), meta.get("url")
-
-
-def api(url, body):
-    req = urllib.request.Request(
-        url,
-        data=json.dumps(body).encode(),
-        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
-        method="POST",
-    )
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        return resp.status, json.loads(resp.read())
-
-
-def api_base(page_url):
-    return page_url.split("/approvals/")[0] + "/api/v1/approvals/"
-
-
-def text(result):
-    return " ".join(getattr(c, "text", "") for c in result.content)
 
 
 async def fail_fast(data_dir):
@@ -156,8 +125,7 @@ async def main():
         await asyncio.wait_for(fail_fast(d1), 120)
     with tempfile.TemporaryDirectory() as d2:
         await asyncio.wait_for(wait_mode(d2), 120)
-    print(f"gating: {sum(results)} passed, {len(results) - sum(results)} failed", flush=True)
-    sys.exit(0 if all(results) else 1)
+    sys.exit(0 if summary("gating") else 1)
 
 
 if __name__ == "__main__":

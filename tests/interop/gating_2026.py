@@ -12,21 +12,21 @@ Run: MCP_GATE_BIN=target/release/mcp-gate .peers/venv/bin/python tests/interop/g
 """
 
 import asyncio
-import json
 import os
 import re
 import subprocess
 import sys
 import tempfile
-import urllib.request
 from pathlib import Path
 
 from mcp import Client, StdioServerParameters
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gate_client import TOKEN, api, api_base, approval, check, summary, text  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[2]
 GATE = os.environ.get("MCP_GATE_BIN") or str(ROOT / "target" / "release" / "mcp-gate")
 UPSTREAM = [sys.executable, str(ROOT / "tests" / "interop" / "mcpserver_upstream.py")]
-TOKEN = "interop-approver-token-0123456789"
 CONFIG = """
 [[rules]]
 name = "system files"
@@ -47,15 +47,6 @@ default = "allow"
 listen = "127.0.0.1:0"
 """
 
-results = []
-
-
-def check(name, ok, detail=""):
-    ok = bool(ok)
-    results.append(ok)
-    print(("PASS " if ok else "FAIL ") + name + ("" if ok else f": {detail}"), flush=True)
-
-
 def gate_env(data_dir, runs):
     env = dict(os.environ)
     env.update(
@@ -72,30 +63,6 @@ def config(data_dir):
     cfg = Path(data_dir) / "gating-2026.toml"
     cfg.write_text(CONFIG)
     return str(cfg)
-
-
-def approval(result):
-    meta = (result.meta or {}).get("mcp-gate/approval") or {}
-    return meta.get("id"), meta.get("status"), meta.get("url")
-
-
-def api(url, body):
-    req = urllib.request.Request(
-        url,
-        data=json.dumps(body).encode(),
-        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
-        method="POST",
-    )
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        return resp.status, json.loads(resp.read())
-
-
-def api_base(page_url):
-    return page_url.split("/approvals/")[0] + "/api/v1/approvals/"
-
-
-def text(result):
-    return " ".join(getattr(c, "text", "") for c in result.content)
 
 
 def runs_of(runs):
@@ -184,8 +151,7 @@ async def main():
         await asyncio.wait_for(over_stdio(d1), 120)
     with tempfile.TemporaryDirectory() as d2:
         await asyncio.wait_for(over_serve(d2), 120)
-    print(f"gating-2026: {sum(results)} passed, {len(results) - sum(results)} failed", flush=True)
-    sys.exit(0 if all(results) else 1)
+    sys.exit(0 if summary("gating-2026") else 1)
 
 
 if __name__ == "__main__":
