@@ -30,6 +30,7 @@ pub fn session_options(
         gate: gate.clone(),
         label: label.to_owned(),
         agent: None,
+        stdio: false,
     }
 }
 
@@ -144,7 +145,8 @@ pub async fn run_stdio(config: Config) -> anyhow::Result<Option<Signal>> {
     let started = start_gate_with(&config).await?;
     crate::server::notify::terminal::spawn(&started.approvals);
     let gate = started.gate;
-    let opts = session_options(&config, servers, &gate, "stdio");
+    let mut opts = session_options(&config, servers, &gate, "stdio");
+    opts.stdio = true;
     let (input, output) = stdio::std_streams();
     let stopped_by = Arc::new(std::sync::OnceLock::new());
     let signal = {

@@ -406,6 +406,9 @@ mod tests {
             arguments: &arguments,
             info: None,
             agent: None,
+            owner: &crate::gate::Owner::Anonymous,
+            offered: &crate::gate::Offered::plain(crate::wire::era::Era::Legacy),
+            params: &serde_json::value::to_raw_value(&serde_json::json!({})).expect("params"),
             progress: None,
             gone: CancellationToken::new(),
         };

@@ -11,6 +11,7 @@ use serde_json::value::RawValue;
 pub use tokio_util::sync::CancellationToken;
 
 use crate::gate::tools::ToolInfo;
+use crate::wire::era::Era;
 
 /// A tool call as the gate sees it, after routing.
 #[derive(Debug)]
@@ -26,11 +27,76 @@ pub struct ToolCall<'a> {
     pub info: Option<&'a ToolInfo>,
     /// The calling agent: the client's name from initialize, or the HTTP principal.
     pub agent: Option<&'a str>,
+    /// Who the call's tasks and request states belong to.
+    pub owner: &'a Owner,
+    /// The channels the client declared for this request, through which a hold can be offered.
+    pub offered: &'a Offered,
+    /// The call's `params` exactly as the client sent them (the tool under its exposed name).
+    pub params: &'a RawValue,
     /// Sends `notifications/progress` to the caller, when the request carried a progress token.
     pub progress: Option<ProgressSink>,
     /// Cancelled when the caller is gone (it cancelled the call, its stream or session closed):
     /// a held call then stops waiting and must not be claimed for it.
     pub gone: CancellationToken,
+}
+
+/// Who a held call's task or request state belongs to: only the same owner can read, cancel or
+/// continue it. Stable across restarts of the proxy.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Owner {
+    /// An HTTP client authenticated by an `[[agents]]` token.
+    Agent(String),
+    /// The client that started the proxy over stdio, by the name it gave in `initialize`.
+    StdioClient(String),
+    /// Any other HTTP client (the shared listen token, or none): its name is only a claim.
+    Anonymous,
+}
+
+impl Owner {
+    /// The owner as stored: `agent:NAME`, `stdio:NAME` or `anonymous`.
+    pub fn key(&self) -> String {
+        match self {
+            Owner::Agent(name) => format!("agent:{name}"),
+            Owner::StdioClient(name) => format!("stdio:{name}"),
+            Owner::Anonymous => "anonymous".to_owned(),
+        }
+    }
+}
+
+/// What the client declared, for this request, that a held call could be answered through.
+/// Capabilities are read per request: a 2026-07-28 client declares them in each request's
+/// `_meta`, an older one in `initialize` (and asks for a task with `params.task`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offered {
+    /// The era of the request: it decides the shapes of every answer.
+    pub era: Era,
+    /// The client asked for (2025-11-25 `params.task`) or accepts (2026-07-28 tasks extension) a
+    /// task in place of the result.
+    pub task: bool,
+    /// The task lifetime the client asked for, in milliseconds (2025-11-25 `params.task.ttl`).
+    pub requested_ttl_ms: Option<u64>,
+    /// A 2026-07-28 client that declared URL-mode elicitation: it takes an `input_required`
+    /// result asking it to open a URL.
+    pub input_required: bool,
+    /// A 2025-11-25 client that declared URL-mode elicitation in `initialize`: it takes an
+    /// `elicitation/create` request in URL mode.
+    pub url_elicitation: bool,
+    /// The request carried a progress token.
+    pub progress: bool,
+}
+
+impl Offered {
+    /// A client that declared nothing beyond the base protocol of its era.
+    pub fn plain(era: Era) -> Offered {
+        Offered {
+            era,
+            task: false,
+            requested_ttl_ms: None,
+            input_required: false,
+            url_elicitation: false,
+            progress: false,
+        }
+    }
 }
 
 type SendProgress = dyn Fn(f64, &str) + Send + Sync;

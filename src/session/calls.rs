@@ -13,7 +13,7 @@ use super::relay::progress_token;
 use super::upstreams::Tools;
 use super::{Input, Route, Session, SessionError, merge};
 use crate::gate::tools::ToolList;
-use crate::gate::{CancellationToken, Outcome, ProgressSink, RefusedCall, ToolCall, Verdict};
+use crate::gate::{CancellationToken, Offered, Outcome, ProgressSink, RefusedCall, ToolCall, Verdict};
 use crate::wire::era::{self, Era};
 use crate::wire::jsonrpc::{self, Message};
 
@@ -47,8 +47,11 @@ impl Session {
         };
         // The message passed the strict reading, so this parse sees exactly what the upstream
         // will; should it fail anyway, the call is refused rather than judged on a default.
-        let arguments = match serde_json::from_str::<Value>(params.get()) {
-            Ok(Value::Object(mut p)) => p.remove("arguments").unwrap_or(Value::Null),
+        let (arguments, offered) = match serde_json::from_str::<Value>(params.get()) {
+            Ok(Value::Object(mut p)) => {
+                let offered = self.offered(&msg, &p);
+                (p.remove("arguments").unwrap_or(Value::Null), offered)
+            }
             Ok(_) => return self.reply_error(msg.id, &SessionError::BadParams("tools/call params must be an object")),
             Err(e) => {
                 let error = SessionError::UnreadableParams(e.to_string());
@@ -61,6 +64,7 @@ impl Session {
             }
         };
         let gone = CancellationToken::new();
+        let owner = self.owner();
         let call = ToolCall {
             server: &self.upstreams[index].cfg.name,
             tool: &tool_name,
@@ -68,6 +72,9 @@ impl Session {
             arguments: &arguments,
             info: tool,
             agent: self.agent(),
+            owner: &owner,
+            offered: &offered,
+            params,
             progress: self.progress_sink(&msg, &gone),
             gone: gone.clone(),
         };
@@ -224,6 +231,30 @@ impl Session {
         let request =
             Message::request(jsonrpc::number_id(our_id), "elicitation/create", Some(jsonrpc::to_raw(&params)));
         self.downstream.send(&request, Route::Unrelated);
+    }
+
+    /// The channels this request's client declared (see [`Offered`]), read from the request
+    /// itself in 2026-07-28 and from `initialize` before.
+    pub(super) fn offered(&self, msg: &Message, params: &serde_json::Map<String, Value>) -> Offered {
+        let era = self.era_of(msg);
+        let mut offered = Offered::plain(era);
+        offered.progress = params.get("_meta").and_then(|m| m.get("progressToken")).is_some();
+        match era {
+            Era::Legacy => {
+                if let Some(task) = params.get("task").filter(|t| t.is_object()) {
+                    offered.task = true;
+                    offered.requested_ttl_ms = task.get("ttl").and_then(Value::as_u64);
+                }
+                offered.url_elicitation = self.client_takes_url_elicitation();
+            }
+            Era::Modern => {
+                let caps = params.get("_meta").and_then(|m| m.get(era::CLIENT_CAPABILITIES_META));
+                offered.task =
+                    caps.and_then(|c| c.get("extensions")).and_then(|e| e.get(era::TASKS_EXTENSION)).is_some();
+                offered.input_required = caps.and_then(|c| c.get("elicitation")).and_then(|e| e.get("url")).is_some();
+            }
+        }
+        offered
     }
 
     /// Whether the client declared URL-mode elicitation in `initialize` (only clients of the

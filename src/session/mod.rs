@@ -43,7 +43,7 @@ use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 use tracing::{Instrument, debug, warn};
 
-use crate::gate::{CancellationToken, Gate, Outcome, Verdict};
+use crate::gate::{CancellationToken, Gate, Outcome, Owner, Verdict};
 use crate::upstream::settings::ServerConfig;
 use crate::upstream::{ConnectError, Reporter, UpstreamEvent, UpstreamLink};
 use crate::wire::era::{self, Era};
@@ -97,6 +97,9 @@ pub struct SessionOptions {
     /// The agent this session speaks for, when the transport authenticated it (an HTTP client with
     /// an `[[agents]]` token). Otherwise the agent is the client's name from `initialize`.
     pub agent: Option<String>,
+    /// The client started the proxy over stdio: the name it gives in `initialize` identifies it
+    /// as the owner of its tasks. Over HTTP only an `[[agents]]` token does.
+    pub stdio: bool,
 }
 
 /// The handle clients use to feed a session. Dropping every handle ends the session.
@@ -325,6 +328,16 @@ impl Session {
     /// Who is calling: the authenticated agent, else the client's own name.
     fn agent(&self) -> Option<&str> {
         self.opts.agent.as_deref().or(self.client_name.as_deref())
+    }
+
+    /// Who owns this session's tasks and request states.
+    fn owner(&self) -> Owner {
+        match (&self.opts.agent, &self.client_name) {
+            (Some(agent), _) => Owner::Agent(agent.clone()),
+            (None, Some(name)) if self.opts.stdio => Owner::StdioClient(name.clone()),
+            (None, None) if self.opts.stdio => Owner::StdioClient(String::new()),
+            (None, _) => Owner::Anonymous,
+        }
     }
 
     fn on_client_request(&mut self, msg: Message, param_headers: Vec<(String, String)>) {

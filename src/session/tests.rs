@@ -13,9 +13,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::{Connector, Downstream, Input, Route, SessionHandle, SessionOptions, start_with};
-use crate::gate::{AllowAll, CancellationToken, Gate, ToolCall, Verdict};
+use crate::gate::{AllowAll, CancellationToken, Gate, Offered, Owner, ToolCall, Verdict};
 use crate::upstream::settings::{ServerConfig, UpstreamTransport};
 use crate::upstream::{ConnectError, Outgoing, Reporter, Running, UpstreamLink};
+use crate::wire::era::Era;
 use crate::wire::jsonrpc::{self, Message, code};
 
 // === fakes ===
@@ -116,6 +117,8 @@ struct Seen {
     tool: String,
     listed: bool,
     gone: CancellationToken,
+    owner: Owner,
+    offered: Offered,
 }
 
 /// A gate that answers with the verdicts queued, then allows.
@@ -138,6 +141,8 @@ impl Gate for FakeGate {
             tool: call.tool.to_owned(),
             listed: call.info.is_some(),
             gone: call.gone.clone(),
+            owner: call.owner.clone(),
+            offered: *call.offered,
         });
         self.verdicts.lock().unwrap().pop_front().unwrap_or(Verdict::Allow)
     }
@@ -163,7 +168,15 @@ impl Harness {
             })
             .collect::<Vec<_>>();
         let count = servers.len();
-        let opts = SessionOptions { servers, separator: "__".into(), shared, gate, label: "test".into(), agent: None };
+        let opts = SessionOptions {
+            servers,
+            separator: "__".into(),
+            shared,
+            gate,
+            label: "test".into(),
+            agent: None,
+            stdio: true,
+        };
         let (client_tx, client) = mpsc::unbounded_channel();
         let (started_tx, mut started) = mpsc::unbounded_channel();
         let fail = Arc::new(AtomicU32::new(0));
@@ -355,6 +368,68 @@ async fn a_client_that_listed_tools_is_not_made_to_wait_for_a_fetch() {
     let call = up.recv().await;
     assert_eq!(call.method(), "tools/call", "the list the client got is the one the gate uses");
     assert!(gate.seen.lock().unwrap()[0].listed);
+}
+
+/// The gate learns, per request, what the client declared: a 2025-11-25 client in
+/// `initialize` and `params.task`, a 2026-07-28 client in each request's `_meta`; and who owns
+/// the call (over stdio: the client's name).
+#[tokio::test]
+async fn the_gate_sees_what_each_request_offers_and_who_owns_it() {
+    let gate = Arc::new(FakeGate::default());
+    let (mut h, mut ups) = Harness::start(&[("a", false)], gate.clone(), false).await;
+    let up = &mut ups[0];
+    let caps = json!({"elicitation": {"url": {}}});
+    let init = json!({"protocolVersion": "2025-11-25", "capabilities": caps, "clientInfo": {"name": "tester", "version": "1"}});
+    h.request(json!(0), "initialize", init);
+    let sent = up.recv().await;
+    up.reply(
+        &sent,
+        json!({"protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": {"name": "a", "version": "1"}}),
+    );
+    h.recv().await;
+
+    let legacy = json!({"name": "rm", "arguments": {}, "task": {"ttl": 60000}, "_meta": {"progressToken": 5}});
+    h.request(json!(1), "tools/call", legacy);
+    up.answer_tool_fetch(&["rm"]).await;
+    let call = up.recv().await;
+    up.reply(&call, json!({"content": []}));
+    h.recv().await;
+    h.request(json!(2), "tools/call", json!({"name": "rm", "arguments": {}}));
+    let call = up.recv().await;
+    up.reply(&call, json!({"content": []}));
+    h.recv().await;
+    let modern_meta = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {
+            "elicitation": {"url": {}},
+            "extensions": {"io.modelcontextprotocol/tasks": {}},
+        },
+    });
+    h.request(json!(3), "tools/call", json!({"name": "rm", "arguments": {}, "_meta": modern_meta}));
+    let call = up.recv().await;
+    up.reply(&call, json!({"content": []}));
+    h.recv().await;
+    let bare_modern = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28"});
+    h.request(json!(4), "tools/call", json!({"name": "rm", "arguments": {}, "task": {}, "_meta": bare_modern}));
+    let call = up.recv().await;
+    up.reply(&call, json!({"content": []}));
+    h.recv().await;
+
+    let seen = gate.seen.lock().unwrap();
+    let offered: Vec<Offered> = seen.iter().map(|s| s.offered).collect();
+    let legacy = Offered {
+        task: true,
+        requested_ttl_ms: Some(60000),
+        url_elicitation: true,
+        progress: true,
+        ..Offered::plain(Era::Legacy)
+    };
+    let plain_legacy = Offered { url_elicitation: true, ..Offered::plain(Era::Legacy) };
+    let modern = Offered { task: true, input_required: true, ..Offered::plain(Era::Modern) };
+    // A 2026-07-28 request declares nothing it does not carry: no inference from `initialize`,
+    // and the legacy `task` parameter means nothing there.
+    assert_eq!(offered, vec![legacy, plain_legacy, modern, Offered::plain(Era::Modern)]);
+    assert!(seen.iter().all(|s| s.owner == Owner::StdioClient("tester".into())));
 }
 
 #[tokio::test]

@@ -19,6 +19,12 @@ pub const VERSION_META: &str = "io.modelcontextprotocol/protocolVersion";
 /// The `_meta` key that tags a notification with the `subscriptions/listen` stream it belongs to.
 pub const SUBSCRIPTION_META: &str = "io.modelcontextprotocol/subscriptionId";
 
+/// The `_meta` key under which a 2026-07-28 request declares the client's capabilities.
+pub const CLIENT_CAPABILITIES_META: &str = "io.modelcontextprotocol/clientCapabilities";
+
+/// The 2026-07-28 tasks extension's identifier (under `capabilities.extensions`).
+pub const TASKS_EXTENSION: &str = "io.modelcontextprotocol/tasks";
+
 /// How the proxy names itself in the results it writes (`serverInfo`).
 pub fn server_info() -> serde_json::Value {
     serde_json::json!({ "name": "mcp-gate", "version": env!("CARGO_PKG_VERSION") })

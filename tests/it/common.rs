@@ -76,7 +76,15 @@ pub fn options(servers: Vec<Arc<ServerConfig>>) -> SessionOptions {
 }
 
 pub fn options_with_gate(servers: Vec<Arc<ServerConfig>>, gate: Arc<dyn Gate>) -> SessionOptions {
-    SessionOptions { servers, separator: "__".into(), shared: false, gate, label: "test".into(), agent: None }
+    SessionOptions {
+        servers,
+        separator: "__".into(),
+        shared: false,
+        gate,
+        label: "test".into(),
+        agent: None,
+        stdio: true,
+    }
 }
 
 /// A running fixture server over Streamable HTTP.
@@ -257,6 +265,9 @@ pub async fn hold_call(
         arguments: &arguments,
         info: None,
         agent: Some(agent),
+        owner: &mcp_gate::gate::Owner::Anonymous,
+        offered: &mcp_gate::gate::Offered::plain(mcp_gate::wire::era::Era::Legacy),
+        params: &serde_json::value::to_raw_value(&serde_json::json!({})).expect("params"),
         progress: None,
         gone: Default::default(),
     };

@@ -611,6 +611,9 @@ async fn hold_delete_file(api: &Api, tool: Value, arguments: &Value, agent: &str
         arguments,
         info: Some(&info),
         agent: Some(agent),
+        owner: &mcp_gate::gate::Owner::Anonymous,
+        offered: &mcp_gate::gate::Offered::plain(mcp_gate::wire::era::Era::Legacy),
+        params: &serde_json::value::to_raw_value(&serde_json::json!({})).expect("params"),
         progress: None,
         gone: Default::default(),
     };

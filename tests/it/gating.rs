@@ -224,6 +224,9 @@ async fn hold(approvals: &Arc<ApprovalService>, tool: &str, arguments: Value) ->
         arguments: &arguments,
         info: None,
         agent: Some("agent"),
+        owner: &mcp_gate::gate::Owner::Anonymous,
+        offered: &mcp_gate::gate::Offered::plain(mcp_gate::wire::era::Era::Legacy),
+        params: &serde_json::value::to_raw_value(&serde_json::json!({})).expect("params"),
         progress: None,
         gone: Default::default(),
     };
@@ -469,6 +472,9 @@ async fn waiting_sends_progress_with_the_url() {
         arguments: &args,
         info: None,
         agent: Some("agent"),
+        owner: &mcp_gate::gate::Owner::Anonymous,
+        offered: &mcp_gate::gate::Offered::plain(mcp_gate::wire::era::Era::Legacy),
+        params: &serde_json::value::to_raw_value(&serde_json::json!({})).expect("params"),
         progress: Some(sink),
         gone: Default::default(),
     };
