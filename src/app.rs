@@ -88,6 +88,8 @@ pub async fn start_gate_announcing(config: &Config, announce: bool) -> anyhow::R
         workflows: a.workflows.clone(),
         redact: a.redact.clone(),
         expiry_warning: a.expiry_warning,
+        channels: a.channels.clone(),
+        tasks: a.tasks,
     };
     let approvals = ApprovalService::new(store, config.policy.clone(), settings);
     if let Some(reviewer) =

@@ -15,7 +15,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
 
-use crate::approval::settings::{ApprovalsConfig, RawApprovals, RawWorkflow};
+use crate::approval::settings::{ApprovalsConfig, RawApprovals, RawChannel, RawWorkflow};
 use crate::downstream::settings::{Listen, RawListen};
 use crate::identity::{Credentials, RawPrincipal, credentials_apart};
 use crate::policy::{Policy, RawPolicy, RawRule};
@@ -62,6 +62,9 @@ pub struct RawConfig {
     pub workflows: Vec<RawWorkflow>,
     #[serde(default)]
     pub approvals: RawApprovals,
+    /// How held calls reach each agent, and when they must be answered.
+    #[serde(default)]
+    pub channels: Vec<RawChannel>,
     /// Model providers of `ai_driven` workflows, by name.
     #[serde(default)]
     pub providers: BTreeMap<String, RawProvider>,
@@ -141,8 +144,16 @@ impl Config {
             Credentials::from_raw("approvers", &raw.approvers).map_err(|(k, m)| invalid(Invalid::new(k, m)))?;
         let agents = Credentials::from_raw("agents", &raw.agents).map_err(|(k, m)| invalid(Invalid::new(k, m)))?;
         let providers = validate_providers(raw.providers).map_err(invalid)?;
-        let approvals = ApprovalsConfig::validate(raw.approvals, raw.workflows, providers, &policy, approvers, agents)
-            .map_err(invalid)?;
+        let approvals = ApprovalsConfig::validate(
+            raw.approvals,
+            raw.workflows,
+            raw.channels,
+            providers,
+            &policy,
+            approvers,
+            agents,
+        )
+        .map_err(invalid)?;
         let webhooks = validate_webhooks(raw.webhooks, &expand_env).map_err(invalid)?;
         let http = listen.token.as_deref().map(|t| (t, listen.token_key.as_str()));
         let shared = approvals.token.as_deref().map(|t| (t, approvals.token_key));
@@ -237,8 +248,12 @@ impl Config {
         if wait == 0 {
             out.push_str("held calls fail fast with the approval URL (MCP_GATE_WAIT_SECS=0)\n");
         } else {
-            out.push_str(&format!("held calls wait up to {wait} s for a decision\n"));
+            out.push_str(&format!(
+                "held calls wait up to {wait} s for a decision, and are answered pending before their client's \
+                 answer_within\n"
+            ));
         }
+        out.push_str(&explain_channels(&self.approvals.channels, self.approvals.tasks));
         out.push_str(&format!("approval server: http://{}/\n", self.approvals.listen));
         for hook in &self.webhooks {
             let mut events: Vec<_> = hook.events.iter().map(|k| k.as_str()).collect();
@@ -265,6 +280,35 @@ impl Config {
         }
         out
     }
+}
+
+/// The channel order and each `[[channels]]` entry, the built-in ones last.
+fn explain_channels(channels: &crate::approval::channel::ChannelRules, tasks: bool) -> String {
+    let order = if tasks {
+        "task > input_required > elicitation > wait > fail_fast"
+    } else {
+        "input_required > elicitation > wait > fail_fast (tasks are off: [approvals] tasks = false)"
+    };
+    let mut out = format!(
+        "held calls reach each client through the best channel it declares: {order}; [[channels]], first match \
+         per key:\n"
+    );
+    for rule in channels.rules() {
+        let mut parts = Vec::new();
+        if let Some(c) = rule.ceiling {
+            parts.push(if c == crate::approval::channel::Channel::Task {
+                "use auto".to_owned()
+            } else {
+                format!("use {c} at best")
+            });
+        }
+        if let Some(w) = rule.answer_within {
+            parts.push(format!("answer within {} s", w.as_secs()));
+        }
+        let note = rule.note.map(|n| format!(" ({n})")).unwrap_or_default();
+        out.push_str(&format!("  {} agent {}: {}{note}\n", rule.origin, rule.agents_text(), parts.join(", ")));
+    }
+    out
 }
 
 fn explain_ai_workflow(ai: &AiWorkflow, providers: &BTreeMap<String, ProviderConfig>) -> String {

@@ -85,8 +85,13 @@ impl ApprovalService {
 
     /// Audits and announces a request just created.
     pub(super) async fn requested(&self, a: &Approval) {
-        info!(id = %a.id, server = %a.server, tool = %a.tool, workflow = %a.workflow, "approval requested");
-        self.audit(Event::Requested, a, a.agent.as_deref(), serde_json::json!({}), false).await;
+        let channel = a.channel.as_deref().unwrap_or("-");
+        info!(id = %a.id, server = %a.server, tool = %a.tool, workflow = %a.workflow, channel, "approval requested");
+        let detail = match &a.channel {
+            Some(channel) => serde_json::json!({ "channel": channel }),
+            None => serde_json::json!({}),
+        };
+        self.audit(Event::Requested, a, a.agent.as_deref(), detail, false).await;
         self.publish(ChangeKind::Requested, a, a.agent.as_deref());
     }
 
@@ -117,6 +122,7 @@ impl ApprovalService {
             created_at: now,
             expires_at: now + i64::try_from(expiry.as_millis()).unwrap_or(i64::MAX / 2),
             tool_info: call.tool_info.clone(),
+            channel: call.channel.map(|c| c.as_str().to_owned()),
         })
     }
 
@@ -124,11 +130,11 @@ impl ApprovalService {
     /// when it is approved. A caller that leaves ends the wait without a claim (the answer is
     /// then dropped by the session); an approval stays usable by the identical retry.
     pub(super) async fn wait_for(self: Arc<Self>, approval: Approval, caller: Caller) -> Verdict {
-        let Caller { progress, gone } = caller;
+        let Caller { progress, gone, wait } = caller;
         let id = approval.id.clone();
         let url = self.url_for(&id);
         let mut changes = self.subscribe(&id);
-        let deadline = tokio::time::Instant::now() + self.settings.wait;
+        let deadline = tokio::time::Instant::now() + wait;
         let mut ticks = 0u32;
         let verdict = loop {
             let current = match self.store.get_approval(&id).await {

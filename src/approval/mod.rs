@@ -11,6 +11,7 @@
 
 mod ai;
 pub mod changes;
+pub mod channel;
 mod decide;
 mod hold;
 pub mod replies;
@@ -28,11 +29,12 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tracing::warn;
 
-use crate::gate::{CancellationToken, Gate, ProgressSink, RefusedCall, ToolCall, Verdict};
+use crate::gate::{CancellationToken, Channel, Gate, Offered, ProgressSink, RefusedCall, ToolCall, Verdict};
 use crate::policy::{Action, CallFacts, Decision, Policy, Risk};
 use crate::store::audit::{AuditRecord, Event, Redactor};
 use crate::store::{Approval, Store, TransitionError};
 pub use changes::{Change, ChangeKind, Changes};
+use channel::{ChannelPrefs, ChannelRules};
 
 /// How often a waiting caller hears progress (clients reset their timeouts on it).
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(10);
@@ -67,9 +69,10 @@ impl Workflow {
 }
 
 /// Validated `[approvals]` settings.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ApprovalSettings {
-    /// How long a held call waits for a decision; zero fails fast.
+    /// How long a held call waits for a decision at most (each agent's `answer_within` may
+    /// shorten it); zero fails fast.
     pub wait: Duration,
     /// Base of the URLs handed out (`http://127.0.0.1:PORT` unless `public_url` is set).
     pub public_url: String,
@@ -81,9 +84,43 @@ pub struct ApprovalSettings {
     /// A pending request is announced as [`ChangeKind::Expiring`] this long before its deadline
     /// (or half-way through its life, if that is later). Zero turns the warning off.
     pub expiry_warning: Duration,
+    /// `[[channels]]` and the built-in entries: the channel and the answer time of each agent.
+    /// Empty (the default here): every channel allowed, waits bounded by `wait` alone.
+    pub channels: ChannelRules,
+    /// `[approvals] tasks`: whether held calls may be offered as tasks.
+    pub tasks: bool,
+}
+
+impl Default for ApprovalSettings {
+    fn default() -> ApprovalSettings {
+        ApprovalSettings {
+            wait: Duration::ZERO,
+            public_url: String::new(),
+            expiry_by_risk: [Duration::ZERO; 4],
+            workflows: HashMap::new(),
+            redact: Vec::new(),
+            expiry_warning: Duration::ZERO,
+            channels: ChannelRules::default(),
+            tasks: true,
+        }
+    }
 }
 
 impl ApprovalSettings {
+    /// The channel through which a held call of `agent` that offered `offered` is answered, and
+    /// how long it waits for a decision: `min(wait_secs, answer_within)` of the agent, so that
+    /// the client hears the pending result before it gives up on the call by itself.
+    pub fn channel_for(&self, agent: Option<&str>, offered: &Offered) -> (Channel, Duration) {
+        let entry = self.channels.for_agent(agent);
+        let wait = entry.answer_within.map_or(self.wait, |within| within.min(self.wait));
+        let prefs = ChannelPrefs { ceiling: entry.ceiling, tasks: self.tasks, wait: !wait.is_zero() };
+        let chosen = channel::choose(offered, &prefs);
+        match channel::served_until_built(chosen, offered, &prefs) {
+            Channel::FailFast => (Channel::FailFast, Duration::ZERO),
+            served => (served, wait),
+        }
+    }
+
     pub fn expiry_for(&self, risk: Option<Risk>, workflow: &Workflow) -> Duration {
         if let Some(e) = workflow.expiry {
             return e;
@@ -265,10 +302,12 @@ pub struct ApprovalGate {
     pub approvals: Arc<ApprovalService>,
 }
 
-/// Who a held call waits for: where its progress goes, and whether it is still there.
+/// Who a held call waits for: where its progress goes, whether it is still there, and how long
+/// it can wait.
 struct Caller {
     progress: Option<ProgressSink>,
     gone: CancellationToken,
+    wait: Duration,
 }
 
 /// A tool call's facts, owned so a held call can outlive the session's borrow.
@@ -280,6 +319,8 @@ struct OwnedCall {
     arguments: Value,
     /// Title, description and annotations from the upstream's tool list.
     tool_info: Option<Value>,
+    /// The channel a held call is answered through.
+    channel: Option<Channel>,
 }
 
 impl Gate for ApprovalGate {
@@ -298,6 +339,7 @@ impl Gate for ApprovalGate {
             agent: call.agent.map(str::to_owned),
             arguments: call.arguments.clone(),
             tool_info: None,
+            channel: None,
         };
         match &decision.action {
             Action::Allow => {
@@ -317,7 +359,9 @@ impl Gate for ApprovalGate {
                 let mut owned = owned;
                 owned.tool_info = call.info.map(describe_tool);
                 let approvals = self.approvals.clone();
-                let caller = Caller { progress: call.progress.clone(), gone: call.gone.clone() };
+                let (channel, wait) = approvals.settings.channel_for(call.agent, call.offered);
+                owned.channel = Some(channel);
+                let caller = Caller { progress: call.progress.clone(), gone: call.gone.clone(), wait };
                 if let Some(ai) = approvals.ai_workflow(workflow) {
                     let tool = call.info.cloned();
                     return Verdict::Hold(Box::pin(approvals.review_and_hold(ai, owned, tool, decision, caller)));
@@ -337,6 +381,10 @@ impl Gate for ApprovalGate {
 
     fn hides_any(&self) -> bool {
         self.approvals.policy.hides_any()
+    }
+
+    fn channel(&self, agent: Option<&str>, offered: &Offered) -> Option<Channel> {
+        Some(self.approvals.settings.channel_for(agent, offered).0)
     }
 }
 

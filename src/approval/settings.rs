@@ -1,5 +1,5 @@
 //! The approval settings: `[approvals]` (the approval server, the store, waiting, expiry,
-//! redaction) and `[[workflows]]`, validated together with who may decide (`[[approvers]]`,
+//! redaction), `[[workflows]]` and `[[channels]]` (see [`super::channel`]), validated together with who may decide (`[[approvers]]`,
 //! `[[agents]]`, see [`crate::identity`]) and the reviewer's settings of `ai_driven` workflows
 //! (see [`crate::review::settings`]).
 
@@ -10,9 +10,10 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::Workflow;
+use super::channel::{Channel, ChannelRule, ChannelRules};
 use crate::http::listener::ListenerLimits;
 use crate::identity::{Credentials, OPERATOR};
-use crate::policy::Policy;
+use crate::policy::{Glob, OneOrMany, Policy};
 use crate::review::settings::RawAiWorkflow;
 use crate::review::{AiWorkflow, ProviderConfig};
 use crate::settings::{Invalid, parse_duration};
@@ -37,6 +38,22 @@ pub struct RawApprovals {
     pub expiry_warning: Option<String>,
     pub max_connections: Option<usize>,
     pub header_timeout_secs: Option<u64>,
+    /// Whether held calls may be offered as tasks (default `true`).
+    pub tasks: Option<bool>,
+}
+
+/// One `[[channels]]` entry as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawChannel {
+    /// Glob(s) on the agent's name, as rules match agents.
+    pub agent: OneOrMany,
+    /// `auto`, or the best channel allowed: `task`, `input_required`, `elicitation`, `wait`,
+    /// `fail_fast`.
+    #[serde(rename = "use")]
+    pub use_: Option<String>,
+    /// Answer a call that waits before this many seconds.
+    pub answer_within_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -116,15 +133,21 @@ pub struct ApprovalsConfig {
     pub providers: BTreeMap<String, ProviderConfig>,
     /// Connection limits of the approval server.
     pub limits: ListenerLimits,
+    /// `[[channels]]`, then the built-in entries.
+    pub channels: ChannelRules,
+    /// `[approvals] tasks`.
+    pub tasks: bool,
 }
 
 impl ApprovalsConfig {
     /// Validates `[approvals]` and `[[workflows]]` against the policy (every workflow a rule
     /// names is defined), the approvers (every name a workflow lists is one) and the providers
     /// (validated by the reviewer's settings).
+    #[allow(clippy::too_many_arguments)]
     pub fn validate(
         raw: RawApprovals,
         workflows: Vec<RawWorkflow>,
+        channels: Vec<RawChannel>,
         providers: BTreeMap<String, ProviderConfig>,
         policy: &Policy,
         approvers: Credentials,
@@ -285,8 +308,59 @@ impl ApprovalsConfig {
             ai_workflows,
             providers,
             limits: ListenerLimits::validate("approvals", raw.max_connections, raw.header_timeout_secs)?,
+            channels: validate_channels(channels)?,
+            tasks: raw.tasks.unwrap_or(true),
         })
     }
+}
+
+/// Validates `[[channels]]` and appends the built-in entries.
+pub fn validate_channels(raw: Vec<RawChannel>) -> Result<ChannelRules, Invalid> {
+    let mut rules = Vec::with_capacity(raw.len());
+    for (i, c) in raw.into_iter().enumerate() {
+        let key = format!("channels[{i}]");
+        let patterns = c.agent.as_slice();
+        if patterns.is_empty() {
+            return Err(Invalid::new(
+                format!("{key}.agent"),
+                "an empty list matches no agent; use \"*\" for every agent",
+            ));
+        }
+        let mut agents = Vec::with_capacity(patterns.len());
+        for (j, p) in patterns.iter().enumerate() {
+            if p.is_empty() {
+                let at = if matches!(c.agent, OneOrMany::Many(_)) {
+                    format!("{key}.agent[{j}]")
+                } else {
+                    format!("{key}.agent")
+                };
+                return Err(Invalid::new(at, "an empty pattern matches no agent"));
+            }
+            agents.push(Glob::new(p));
+        }
+        let ceiling = match c.use_.as_deref() {
+            None => None,
+            Some("auto") => Some(Channel::Task),
+            Some(name) => Some(Channel::parse(name).ok_or_else(|| {
+                Invalid::new(
+                    format!("{key}.use"),
+                    format!("unknown channel {name:?}; use auto, task, input_required, elicitation, wait or fail_fast"),
+                )
+            })?),
+        };
+        let answer_within = match c.answer_within_secs {
+            None => None,
+            Some(0) => {
+                return Err(Invalid::new(
+                    format!("{key}.answer_within_secs"),
+                    "must be at least 1; use = \"fail_fast\" answers held calls at once",
+                ));
+            }
+            Some(secs) => Some(Duration::from_secs(secs)),
+        };
+        rules.push(ChannelRule { origin: key, agents, ceiling, answer_within, note: None });
+    }
+    Ok(ChannelRules::with_built_ins(rules))
 }
 
 /// `$MCP_GATE_DATA_DIR`, else `$XDG_DATA_HOME/mcp-gate`, else `~/.local/share/mcp-gate`.
@@ -335,5 +409,88 @@ fn check_ai_workflow(key: &str, w: &RawWorkflow) -> Result<(), Invalid> {
              for reusing decisions)",
         )),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::config::{Config, ConfigError};
+    use crate::gate::Channel;
+
+    fn error(text: &str) -> (String, String) {
+        match Config::from_toml(text, "channels.toml") {
+            Err(ConfigError::Invalid { file, key, message }) => {
+                assert_eq!(file, "channels.toml");
+                (key, message)
+            }
+            Err(ConfigError::Load(message)) => ("TOML".into(), message),
+            Ok(_) => panic!("accepted: {text}"),
+        }
+    }
+
+    /// `[[channels]]` entries come first, the built-in ones after; `use = "auto"` allows every channel.
+    #[test]
+    fn channels_are_read_and_the_built_in_entries_follow() {
+        let config = Config::from_toml(
+            "[approvals]\ntasks = false\n\n[[channels]]\nagent = [\"bot-*\", \"helper\"]\nuse = \"wait\"\n\
+             answer_within_secs = 20\n\n[[channels]]\nagent = \"claude-ai\"\nuse = \"auto\"\n",
+            "channels.toml",
+        )
+        .unwrap();
+        let a = &config.approvals;
+        assert!(!a.tasks);
+        let origins: Vec<&str> = a.channels.rules().iter().map(|r| r.origin.as_str()).take(3).collect();
+        assert_eq!(origins, ["channels[0]", "channels[1]", "built-in"]);
+        let bot = a.channels.for_agent(Some("bot-7"));
+        assert_eq!((bot.ceiling, bot.answer_within), (Channel::Wait, Some(Duration::from_secs(20))));
+        let claude = a.channels.for_agent(Some("claude-ai"));
+        assert_eq!((claude.ceiling, claude.answer_within), (Channel::Task, Some(Duration::from_secs(50))));
+        assert!(Config::from_toml("", "empty.toml").unwrap().approvals.tasks, "tasks are on by default");
+    }
+
+    #[test]
+    fn invalid_channels_name_their_key_and_file() {
+        let cases = [
+            ("[[channels]]\nagent = \"x\"\nuse = \"carrier-pigeon\"\n", "channels[0].use", "carrier-pigeon"),
+            ("[[channels]]\nagent = \"x\"\nanswer_within_secs = 0\n", "channels[0].answer_within_secs", "at least 1"),
+            ("[[channels]]\nagent = \"\"\n", "channels[0].agent", "empty pattern"),
+            ("[[channels]]\nagent = []\n", "channels[0].agent", "empty list"),
+            ("[[channels]]\nagent = \"ok\"\n[[channels]]\nagent = [\"a\", \"\"]\n", "channels[1].agent[1]", "empty"),
+        ];
+        for (text, want_key, want_message) in cases {
+            let (key, message) = error(text);
+            assert_eq!(key, want_key, "{text}");
+            assert!(message.contains(want_message), "{message}");
+        }
+        let (key, message) = error("[[channels]]\nagent = \"x\"\nanswer_within = 3\n");
+        assert_eq!(key, "TOML");
+        assert!(message.contains("channels.toml") && message.contains("answer_within"), "{message}");
+    }
+
+    /// `check-config` lists the channel order and every entry, the built-in ones with the
+    /// client limit they answer before.
+    #[test]
+    fn check_config_explains_the_channels() {
+        let config = Config::from_toml(
+            "[approvals]\nwait_secs = 120\n[[channels]]\nagent = \"bot\"\nuse = \"fail_fast\"\n",
+            "channels.toml",
+        )
+        .unwrap();
+        let text = config.explain();
+        assert!(
+            text.contains("best channel it declares: task > input_required > elicitation > wait > fail_fast"),
+            "{text}"
+        );
+        assert!(text.contains("  channels[0] agent \"bot\": use fail_fast at best\n"), "{text}");
+        assert!(
+            text.contains(
+                "  built-in agent \"claude-ai\": answer within 50 s (Claude Desktop gives up after about 60 s)"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("  built-in agent \"*\": answer within 50 s"), "{text}");
+        assert!(text.contains("wait up to 120 s") && text.contains("answer_within"), "{text}");
     }
 }

@@ -99,6 +99,47 @@ impl Offered {
     }
 }
 
+/// How a held call reaches the person and its answer reaches the client, best first: a task the
+/// client polls, an `input_required` result asking it to open the approval page (2026-07-28), a
+/// URL-mode `elicitation/create` beside the wait (2025-11-25), a wait with progress, or the
+/// pending result at once ("fail fast"). The approval gate chooses one per call from what the
+/// client declared ([`Offered`]) and the agent's settings (see `approval::channel`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Channel {
+    Task,
+    InputRequired,
+    Elicitation,
+    Wait,
+    FailFast,
+}
+
+impl Channel {
+    /// Every channel, best first.
+    pub const ALL: [Channel; 5] =
+        [Channel::Task, Channel::InputRequired, Channel::Elicitation, Channel::Wait, Channel::FailFast];
+
+    /// The name used in settings, the audit log, the API and the logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Task => "task",
+            Channel::InputRequired => "input_required",
+            Channel::Elicitation => "elicitation",
+            Channel::Wait => "wait",
+            Channel::FailFast => "fail_fast",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Channel> {
+        Channel::ALL.into_iter().find(|c| c.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 type SendProgress = dyn Fn(f64, &str) + Send + Sync;
 
 /// Reports progress to the client that made a held call.
@@ -186,6 +227,13 @@ pub trait Gate: Send + Sync + 'static {
     /// Whether any tool can be hidden at all (lets the relay skip the check).
     fn hides_any(&self) -> bool {
         false
+    }
+
+    /// The channel through which a held call of `agent`, offering `offered`, is answered; `None`
+    /// when the gate does not choose (the session then offers the approval URL by elicitation
+    /// to every client that declared it).
+    fn channel(&self, _agent: Option<&str>, _offered: &Offered) -> Option<Channel> {
+        None
     }
 }
 

@@ -53,6 +53,9 @@ mod matcher;
 #[cfg(test)]
 mod tests;
 
+/// The globs of rules, also used by the settings that match agents as rules do.
+pub(crate) use matcher::Glob;
+
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -61,7 +64,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use matcher::{Condition, Glob};
+use matcher::Condition;
 
 /// The name of the built-in rule of the zero-config policy.
 pub const READ_ONLY_RULE: &str = "read-only tools";

@@ -13,7 +13,7 @@ use super::relay::progress_token;
 use super::upstreams::Tools;
 use super::{Input, Route, Session, SessionError, merge};
 use crate::gate::tools::ToolList;
-use crate::gate::{CancellationToken, Offered, Outcome, ProgressSink, RefusedCall, ToolCall, Verdict};
+use crate::gate::{CancellationToken, Channel, Offered, Outcome, ProgressSink, RefusedCall, ToolCall, Verdict};
 use crate::wire::era::{self, Era};
 use crate::wire::jsonrpc::{self, Message};
 
@@ -104,6 +104,7 @@ impl Session {
             }
             verdict => self.apply_verdict_routed(msg, verdict, index, &tool_name, &name, param_headers),
         }
+        self.note_channel(&offered);
     }
 
     pub(super) fn apply_verdict(&mut self, msg: Message, verdict: Verdict) {
@@ -138,7 +139,7 @@ impl Session {
             }
             Verdict::Respond(result) => {
                 let era = self.era_of(&msg);
-                if era == Era::Legacy {
+                if era == Era::Legacy && self.elicits_approval(&msg) {
                     // 2026-07-28 has no server-to-client requests: the URL is in the result.
                     self.offer_approval_url(&result);
                 }
@@ -209,7 +210,7 @@ impl Session {
     /// A client that declared URL-mode elicitation is also asked to open the approval page of a
     /// pending call, so a person sees it even when the model does not relay the link.
     pub(super) fn offer_approval_url(&mut self, result: &RawValue) {
-        if !result.get().contains("\"pending\"") || !self.client_takes_url_elicitation() {
+        if !result.get().contains("\"pending\"") {
             return;
         }
         let Ok(v) = serde_json::from_str::<Value>(result.get()) else { return };
@@ -231,6 +232,41 @@ impl Session {
         let request =
             Message::request(jsonrpc::number_id(our_id), "elicitation/create", Some(jsonrpc::to_raw(&params)));
         self.downstream.send(&request, Route::Unrelated);
+    }
+
+    /// Whether the approval URL of a pending answer to `msg` is also offered by elicitation: the
+    /// client declared URL elicitation, and elicitation is the channel the gate chose for this
+    /// call (not a lower one the agent's `use` asks for), or the gate does not choose.
+    fn elicits_approval(&self, msg: &Message) -> bool {
+        if !self.client_takes_url_elicitation() {
+            return false;
+        }
+        let params = msg.params.as_deref().and_then(|p| serde_json::from_str::<Value>(p.get()).ok());
+        let Some(Value::Object(params)) = params else { return false };
+        let offered = self.offered(msg, &params);
+        self.opts.gate.channel(self.agent(), &offered).is_none_or(|c| c == Channel::Elicitation)
+    }
+
+    /// Logs, once per client and set of declared channels, what the client declared and the
+    /// channel through which its held calls are answered: how a client is served is visible
+    /// without holding a call.
+    fn note_channel(&mut self, offered: &Offered) {
+        let declared = Offered { requested_ttl_ms: None, ..*offered };
+        if self.channels_logged.contains(&declared) {
+            return;
+        }
+        self.channels_logged.push(declared);
+        let Some(channel) = self.opts.gate.channel(self.agent(), offered) else { return };
+        info!(
+            client = self.agent().unwrap_or("(no name)"),
+            modern = offered.era.is_modern(),
+            task = offered.task,
+            input_required = offered.input_required,
+            url_elicitation = offered.url_elicitation,
+            progress = offered.progress,
+            channel = channel.as_str(),
+            "held calls of this client are answered through its best declared channel"
+        );
     }
 
     /// The channels this request's client declared (see [`Offered`]), read from the request

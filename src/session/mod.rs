@@ -179,6 +179,7 @@ pub async fn start_with(
         template_routes: Vec::new(),
         task_routes: HashMap::new(),
         held: HashMap::new(),
+        channels_logged: Vec::new(),
     };
     let task = tokio::spawn(session.run(rx, up_rx).instrument(span));
     Ok((SessionHandle { tx }, task))
@@ -248,6 +249,9 @@ struct Session {
     task_routes: HashMap<String, usize>,
     /// Held tool calls by client request id (raw text); cancelling the token abandons the wait.
     held: HashMap<String, CancellationToken>,
+    /// The sets of channels the client declared that were logged with the channel they get
+    /// (a handful at most: each flag of [`crate::gate::Offered`] on or off).
+    channels_logged: Vec<crate::gate::Offered>,
 }
 
 impl Session {

@@ -23,10 +23,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "one_pending_and_claims",
         sql: include_str!("migrations/0005_one_pending_and_claims.sql"),
     },
+    Migration { version: 6, name: "channel", sql: include_str!("migrations/0006_channel.sql") },
 ];
 
 /// The schema version this build creates and understands.
-pub const SCHEMA_VERSION: u32 = 5;
+pub const SCHEMA_VERSION: u32 = 6;
 
 /// Applies every migration newer than the database's version, all in one `BEGIN IMMEDIATE` transaction so
 /// that two processes opening a fresh file at once do not both apply them.
@@ -114,5 +115,32 @@ mod tests {
             [],
         );
         assert!(dup.is_err(), "one pending request per key");
+    }
+
+    /// Requests stored before the channel was recorded keep every field; their channel is NULL.
+    #[test]
+    fn the_channel_column_keeps_older_rows() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE schema_version (version INTEGER NOT NULL PRIMARY KEY, name TEXT NOT NULL,
+             applied_at INTEGER NOT NULL) STRICT;",
+        )
+        .unwrap();
+        for m in &MIGRATIONS[..5] {
+            conn.execute_batch(m.sql).unwrap();
+            conn.execute("INSERT INTO schema_version VALUES (?1, ?2, 0)", rusqlite::params![m.version, m.name])
+                .unwrap();
+        }
+        conn.execute(
+            "INSERT INTO approvals (id, key, server, tool, arguments, workflow, required_approvals, trace,
+                 created_at, expires_at, status) VALUES ('old', 'k', 's', 't', '{}', 'd', 1, '[]', 4, 5, 'pending')",
+            [],
+        )
+        .unwrap();
+        run(&mut conn, 0).unwrap();
+        let (tool, channel): (String, Option<String>) = conn
+            .query_row("SELECT tool, channel FROM approvals WHERE id = 'old'", [], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap();
+        assert_eq!((tool.as_str(), channel), ("t", None));
     }
 }

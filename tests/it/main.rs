@@ -9,6 +9,7 @@ mod approver_cli;
 mod binary;
 mod bounds;
 mod caller_gone;
+mod channels;
 mod common;
 mod dashboard_api;
 mod desktop;

@@ -310,6 +310,7 @@ mod tests {
             created_at: 0,
             expires_at: 1,
             tool_info: None,
+            channel: None,
         });
         Change { kind: ChangeKind::Requested, approval: Arc::new(approval), actor: None, at: 0, relayed: false }
     }

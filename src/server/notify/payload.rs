@@ -255,6 +255,7 @@ mod tests {
             created_at: 1_795_237_200_000,
             expires_at: 1_795_251_600_000,
             tool_info: None,
+            channel: None,
         })
     }
 

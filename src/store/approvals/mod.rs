@@ -183,6 +183,10 @@ pub struct ApprovalRequest {
     pub expires_at: i64,
     /// The tool's title, description and annotations as listed by the upstream, if known.
     pub tool_info: Option<Value>,
+    /// The channel through which the call that opened the request was answered (`task`,
+    /// `input_required`, `elicitation`, `wait`, `fail_fast`); `None` for older requests.
+    #[serde(default)]
+    pub channel: Option<String>,
 }
 
 /// An approval request with its votes and outcome; serialized as our API's snake_case JSON, the
@@ -334,7 +338,7 @@ fn grant_ms(grant_secs: u64) -> i64 {
 
 const COLS: &str = "id, key, server, tool, arguments, agent, risk, rule, rule_reason, workflow, required_approvals, \
                     grant_secs, trace, created_at, expires_at, status, decided_at, decided_by, deny_reason, notes, \
-                    uses, executed_at, outcome, tool_info";
+                    uses, executed_at, outcome, tool_info, channel";
 
 fn json_col(row: &Row<'_>, idx: usize) -> rusqlite::Result<Value> {
     let text: String = row.get(idx)?;
@@ -365,6 +369,7 @@ fn row_to_approval(row: &Row<'_>) -> rusqlite::Result<Approval> {
             Some(text) => serde_json::from_str(&text).ok(),
             None => None,
         },
+        channel: row.get(24)?,
     };
     Ok(Approval {
         request,

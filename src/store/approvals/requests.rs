@@ -286,8 +286,8 @@ fn close_lapsed_of_key(tx: &Connection, key: &str, now: i64) -> Result<Vec<Appro
 fn insert_tx(conn: &Connection, a: &ApprovalRequest) -> Result<(), StoreError> {
     let inserted = conn.execute(
         "INSERT INTO approvals (id, key, server, tool, arguments, agent, risk, rule, rule_reason, workflow,
-             required_approvals, grant_secs, trace, created_at, expires_at, status, tool_info)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, 'pending', ?16)",
+             required_approvals, grant_secs, trace, created_at, expires_at, status, tool_info, channel)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, 'pending', ?16, ?17)",
         params![
             a.id,
             a.key,
@@ -305,6 +305,7 @@ fn insert_tx(conn: &Connection, a: &ApprovalRequest) -> Result<(), StoreError> {
             a.created_at,
             a.expires_at,
             a.tool_info.as_ref().map(serde_json::to_string).transpose()?,
+            a.channel,
         ],
     );
     match inserted {

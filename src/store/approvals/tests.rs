@@ -28,6 +28,7 @@ fn new(id: &str, key: &str) -> ApprovalRequest {
         created_at: T0,
         expires_at: T0 + HOUR,
         tool_info: Some(json!({"description": "Deletes a file", "annotations": {"destructiveHint": true}})),
+        channel: Some("wait".into()),
     }
 }
 
