@@ -535,6 +535,22 @@ async fn page_text(api: &Api, cookie: &str, path: &str) -> (u16, String) {
     (resp.status().as_u16(), resp.text().await.unwrap())
 }
 
+/// The channel through which the opening call was answered is in the API's JSON of a request
+/// and on its page.
+#[tokio::test]
+async fn a_request_shows_its_channel() {
+    let api = Api::start("").await;
+    let id = api.hold("delete_file", "claude", json!({"path": "/srv/a"})).await;
+    let (status, v) = api.get(&format!("/api/v1/approvals/{id}"), TOKEN).await;
+    assert_eq!((status, &v["channel"]), (200, &json!("fail_fast")), "{v}");
+    let (cookie, _) = sign_in(&api, TOKEN).await;
+    let (_, html) = page_text(&api, &cookie, &format!("/approvals/{id}")).await;
+    assert!(
+        html.contains("<dt>Channel</dt><dd><code>fail_fast</code> · the call was answered pending at once"),
+        "{html}"
+    );
+}
+
 #[tokio::test]
 async fn the_dashboard_filters_pages_and_decides_in_bulk() {
     let api = Api::start("").await;

@@ -459,6 +459,18 @@ fn has_hidden(a: &Approval) -> bool {
 }
 
 /// The rule that held a request, or `default` when the default policy did.
+/// What the channel of the call that opened a request means for the person deciding it.
+fn channel_meaning(channel: &str) -> &'static str {
+    match channel {
+        "task" => "the client holds a task and gets the result when this is decided",
+        "input_required" => "the client was asked to open this page; its retry runs the call once decided",
+        "elicitation" => "the client was asked to open this page, and waited for a while",
+        "wait" => "the call waited for a decision, then was answered pending; its retry runs once approved",
+        "fail_fast" => "the call was answered pending at once; its retry runs once approved",
+        _ => "",
+    }
+}
+
 fn rule_label(a: &Approval) -> &str {
     a.rule.as_deref().unwrap_or("default")
 }
@@ -540,6 +552,9 @@ async fn detail(
         }
         dl.facts {
             dt { "Agent" } dd { (shown(approval.agent.as_deref().unwrap_or("-"))) }
+            @if let Some(channel) = &approval.channel {
+                dt { "Channel" } dd { code { (channel) } " · " (channel_meaning(channel)) }
+            }
             @if description.is_some() || annotations.is_some() {
                 dt { "About the tool" } dd {
                     @if let Some(d) = description { p.tool-description { (shown(d)) } }
