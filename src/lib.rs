@@ -48,7 +48,9 @@
 //!   lets the call through, answers with a denial, or holds it: held calls are approval requests in
 //!   the store; callers wait on them or get the approval URL at once. A held call belongs to its
 //!   caller: cancelled or disconnected, it is never run for anybody, and the identical retry runs
-//!   the approval once. A workflow with `approval_type = "ai_driven"` is decided first by the
+//!   the approval once. [`approval::channel`] chooses how each held call reaches its client (task,
+//!   input_required, elicitation, wait or fail fast) and when a client that waits must be answered.
+//!   A workflow with `approval_type = "ai_driven"` is decided first by the
 //!   reviewer; what it is unsure of goes to people. Every change of a request is published on
 //!   [`approval::ApprovalService::changes`].
 //! - [`server`]: the approval server ([`server::web`]: JSON API, pages and event stream, over the
