@@ -220,3 +220,61 @@ async fn elicitation_is_sent_only_where_it_is_the_channel() {
         assert_eq!(elicitations, want, "{name}");
     }
 }
+
+/// Log lines written while a test's subscriber is the default on its thread.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The session logs at info, once per client and set of declared channels, what the client
+/// declared and the channel it gets: repeated calls add no line, a call that declares more does.
+#[tokio::test]
+async fn the_session_logs_what_a_client_declared_and_its_channel_once() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    let _default = tracing::subscriber::set_default(subscriber);
+
+    let approvals = approvals(Duration::ZERO).await;
+    let (mut lines, mut write) = line_client(&approvals, "claude-code").await;
+    let calls = [
+        json!({"name": "test_audio_content", "arguments": {"n": 1}}),
+        json!({"name": "test_audio_content", "arguments": {"n": 2}}),
+        json!({"name": "test_audio_content", "arguments": {"n": 3}, "_meta": {"progressToken": "p"}}),
+    ];
+    for (i, params) in calls.into_iter().enumerate() {
+        let id = 10 + i;
+        let call = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params});
+        write.write_all(format!("{call}\n").as_bytes()).await.unwrap();
+        loop {
+            let line = within("reply", lines.next_line()).await.unwrap().expect("open");
+            let v: Value = serde_json::from_str(&line).unwrap();
+            if v["id"] == id && v.get("method").is_none() {
+                break;
+            }
+        }
+    }
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logged: Vec<&str> =
+        text.lines().filter(|l| l.contains("held calls of this client are answered through")).collect();
+    assert_eq!(logged.len(), 2, "{text}");
+    for line in &logged {
+        assert!(line.contains("INFO") && line.contains("claude-code") && line.contains("elicitation"), "{line}");
+        assert!(line.contains("url_elicitation=true"), "{line}");
+    }
+    assert!(logged[0].contains("progress=false") && logged[1].contains("progress=true"), "{logged:?}");
+}
