@@ -130,11 +130,10 @@ impl ApprovalService {
     /// when it is approved. A caller that leaves ends the wait without a claim (the answer is
     /// then dropped by the session); an approval stays usable by the identical retry.
     pub(super) async fn wait_for(self: Arc<Self>, approval: Approval, caller: Caller) -> Verdict {
-        let Caller { progress, gone, wait } = caller;
+        let Caller { progress, gone, deadline } = caller;
         let id = approval.id.clone();
         let url = self.url_for(&id);
         let mut changes = self.subscribe(&id);
-        let deadline = tokio::time::Instant::now() + wait;
         let mut ticks = 0u32;
         let verdict = loop {
             let current = match self.store.get_approval(&id).await {

@@ -302,12 +302,14 @@ pub struct ApprovalGate {
     pub approvals: Arc<ApprovalService>,
 }
 
-/// Who a held call waits for: where its progress goes, whether it is still there, and how long
+/// Who a held call waits for: where its progress goes, whether it is still there, and until when
 /// it can wait.
 struct Caller {
     progress: Option<ProgressSink>,
     gone: CancellationToken,
-    wait: Duration,
+    /// The end of its wait, counted from the call's arrival: what happens before the wait (an AI
+    /// review) does not push the answer past the client's `answer_within`.
+    deadline: tokio::time::Instant,
 }
 
 /// A tool call's facts, owned so a held call can outlive the session's borrow.
@@ -361,7 +363,10 @@ impl Gate for ApprovalGate {
                 let approvals = self.approvals.clone();
                 let (channel, wait) = approvals.settings.channel_for(call.agent, call.offered);
                 owned.channel = Some(channel);
-                let caller = Caller { progress: call.progress.clone(), gone: call.gone.clone(), wait };
+                let now = tokio::time::Instant::now();
+                // A wait too long for the clock is as good as a year.
+                let deadline = now.checked_add(wait).unwrap_or(now + Duration::from_secs(365 * 86_400));
+                let caller = Caller { progress: call.progress.clone(), gone: call.gone.clone(), deadline };
                 if let Some(ai) = approvals.ai_workflow(workflow) {
                     let tool = call.info.cloned();
                     return Verdict::Hold(Box::pin(approvals.review_and_hold(ai, owned, tool, decision, caller)));

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use mcp_gate::approval::{ApprovalGate, ApprovalService, ApprovalSettings};
 use mcp_gate::config::Config;
-use mcp_gate::gate::{Gate, Offered, Owner, ToolCall, Verdict};
+use mcp_gate::gate::{Channel, Gate, Offered, Owner, ToolCall, Verdict};
 use mcp_gate::identity::Principal;
 use mcp_gate::store::{ApprovalFilter, Clock, Location, Store};
 use mcp_gate::wire::era::Era;
@@ -168,19 +168,19 @@ async fn the_opening_channel_is_recorded() {
     }
 }
 
-/// A raw-line stdio client of an in-process proxy in front of the fixture, named `name`.
+/// A raw-line stdio client of an in-process proxy (with `gate`) in front of the fixture, named
+/// `name`, declaring `caps`.
 async fn line_client(
-    approvals: &Arc<ApprovalService>,
+    gate: Arc<dyn Gate>,
     name: &str,
+    caps: Value,
 ) -> (
     tokio::io::Lines<BufReader<tokio::io::ReadHalf<tokio::io::DuplexStream>>>,
     tokio::io::WriteHalf<tokio::io::DuplexStream>,
 ) {
-    let gate: Arc<dyn Gate> = Arc::new(ApprovalGate { approvals: approvals.clone() });
     let stream = stdio_proxy(options_with_gate(vec![stdio_server("fx")], gate)).await;
     let (read, mut write) = tokio::io::split(stream);
     let mut lines = BufReader::new(read).lines();
-    let caps = json!({"elicitation": {"form": {}, "url": {}}});
     let init = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":caps,"clientInfo":{"name":name,"version":"1"}}});
     write.write_all(format!("{init}\n").as_bytes()).await.unwrap();
     loop {
@@ -201,7 +201,8 @@ async fn line_client(
 async fn elicitation_is_sent_only_where_it_is_the_channel() {
     let approvals = approvals(Duration::ZERO).await;
     for (name, want) in [("claude-code", 1), ("plain-waiter", 0)] {
-        let (mut lines, mut write) = line_client(&approvals, name).await;
+        let gate: Arc<dyn Gate> = Arc::new(ApprovalGate { approvals: approvals.clone() });
+        let (mut lines, mut write) = line_client(gate, name, json!({"elicitation": {"form": {}, "url": {}}})).await;
         let call = json!({"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"test_audio_content","arguments":{"n":name}}});
         write.write_all(format!("{call}\n").as_bytes()).await.unwrap();
         let mut elicitations = 0;
@@ -221,40 +222,35 @@ async fn elicitation_is_sent_only_where_it_is_the_channel() {
     }
 }
 
-/// Log lines written while a test's subscriber is the default on its thread.
-#[derive(Clone, Default)]
-struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+/// A gate that answers every call itself and counts how often the session asks it for a
+/// client's channel.
+#[derive(Default)]
+struct CountingGate {
+    asked: std::sync::atomic::AtomicUsize,
+}
 
-impl std::io::Write for Captured {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
+impl Gate for CountingGate {
+    fn check(&self, _call: &ToolCall<'_>) -> Verdict {
+        Verdict::Respond(serde_json::value::to_raw_value(&json!({"content": [], "isError": true})).unwrap())
     }
 
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
+    fn channel(&self, _agent: Option<&str>, _offered: &Offered) -> Option<Channel> {
+        self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Some(Channel::Wait)
     }
 }
 
-/// The session logs at info, once per client and set of declared channels, what the client
-/// declared and the channel it gets: repeated calls add no line, a call that declares more does.
+/// The session logs (at info) what a client declared and the channel it gets once per client and
+/// set of declared channels: repeated calls add no line, a call that declares more does.
 #[tokio::test]
 async fn the_session_logs_what_a_client_declared_and_its_channel_once() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .finish();
-    let _default = tracing::subscriber::set_default(subscriber);
-
-    let approvals = approvals(Duration::ZERO).await;
-    let (mut lines, mut write) = line_client(&approvals, "claude-code").await;
+    let gate = Arc::new(CountingGate::default());
+    let (mut lines, mut write) = line_client(gate.clone(), "claude-code", json!({})).await;
     let calls = [
-        json!({"name": "test_audio_content", "arguments": {"n": 1}}),
-        json!({"name": "test_audio_content", "arguments": {"n": 2}}),
-        json!({"name": "test_audio_content", "arguments": {"n": 3}, "_meta": {"progressToken": "p"}}),
+        json!({"name": "echo", "arguments": {"n": 1}}),
+        json!({"name": "echo", "arguments": {"n": 2}}),
+        json!({"name": "echo", "arguments": {"n": 3}, "_meta": {"progressToken": "p"}}),
+        json!({"name": "echo", "arguments": {"n": 4}, "_meta": {"progressToken": "q"}}),
     ];
     for (i, params) in calls.into_iter().enumerate() {
         let id = 10 + i;
@@ -268,13 +264,35 @@ async fn the_session_logs_what_a_client_declared_and_its_channel_once() {
             }
         }
     }
-    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-    let logged: Vec<&str> =
-        text.lines().filter(|l| l.contains("held calls of this client are answered through")).collect();
-    assert_eq!(logged.len(), 2, "{text}");
-    for line in &logged {
-        assert!(line.contains("INFO") && line.contains("claude-code") && line.contains("elicitation"), "{line}");
-        assert!(line.contains("url_elicitation=true"), "{line}");
-    }
-    assert!(logged[0].contains("progress=false") && logged[1].contains("progress=true"), "{logged:?}");
+    assert_eq!(gate.asked.load(std::sync::atomic::Ordering::SeqCst), 2, "one line per declared set");
+}
+
+/// The wait is counted from the call's arrival: time spent before the wait starts (an AI
+/// review, a slow store) does not push the answer past the client's limit.
+#[tokio::test(start_paused = true)]
+async fn the_wait_counts_from_the_calls_arrival() {
+    let approvals = approvals(Duration::from_secs(600)).await;
+    let gate = ApprovalGate { approvals: approvals.clone() };
+    let arguments = json!({"path": "/tmp/late"});
+    let params = serde_json::value::to_raw_value(&json!({})).expect("params");
+    let offered = Offered::plain(Era::Legacy);
+    let call = ToolCall {
+        server: "fs",
+        tool: "delete_file",
+        exposed_name: "delete_file",
+        arguments: &arguments,
+        info: None,
+        agent: Some("claude-ai"),
+        owner: &Owner::StdioClient("claude-ai".into()),
+        offered: &offered,
+        params: &params,
+        progress: None,
+        gone: Default::default(),
+    };
+    let Verdict::Hold(held) = gate.check(&call) else { panic!("held") };
+    tokio::time::advance(Duration::from_secs(30)).await;
+    let started = Instant::now();
+    let verdict = held.await;
+    assert_eq!(status(&verdict), "pending");
+    assert_eq!(started.elapsed(), Duration::from_secs(20), "50 s after the call arrived");
 }
