@@ -29,7 +29,8 @@ pub async fn run(approvals_listen: &str) -> anyhow::Result<()> {
     let token = crate::random::hex(16)?;
     let toml = format!(
         "[servers.files]\ncommand = {exe:?}\nargs = [\"demo-server\"]\n\n\
-         [approvals]\nlisten = {approvals_listen:?}\nwait_secs = {DEMO_WAIT_SECS}\ndatabase = \":memory:\"\ntoken = {token:?}\n",
+         [approvals]\nlisten = {approvals_listen:?}\nwait_secs = {DEMO_WAIT_SECS}\ndatabase = \":memory:\"\ntoken = {token:?}\n\n\
+         [[channels]]\nagent = \"demo-agent\"\nanswer_within_secs = {DEMO_WAIT_SECS}\n",
         exe = exe.display().to_string(),
     );
     // The demo's own settings win over the environment's.
