@@ -103,7 +103,8 @@ impl Offered {
 /// client polls, an `input_required` result asking it to open the approval page (2026-07-28), a
 /// URL-mode `elicitation/create` beside the wait (2025-11-25), a wait with progress, or the
 /// pending result at once ("fail fast"). The approval gate chooses one per call from what the
-/// client declared ([`Offered`]) and the agent's settings (see `approval::channel`).
+/// client declared ([`Offered`]) and the agent's settings (see `approval::channel`). The variants
+/// are declared best first, and compare in that order (`Task < FailFast`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Channel {
     Task,
