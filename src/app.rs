@@ -88,6 +88,7 @@ pub async fn start_gate_announcing(config: &Config, announce: bool) -> anyhow::R
         workflows: a.workflows.clone(),
         redact: a.redact.clone(),
         expiry_warning: a.expiry_warning,
+        mrtr_rounds: Some(a.mrtr_rounds),
     };
     let approvals = ApprovalService::new(store, config.policy.clone(), settings);
     if let Some(reviewer) =

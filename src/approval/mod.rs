@@ -13,8 +13,10 @@ mod ai;
 pub mod changes;
 mod decide;
 mod hold;
+mod input_required;
 pub mod replies;
 pub mod settings;
+pub mod state;
 mod sweeper;
 mod waiters;
 
@@ -81,9 +83,20 @@ pub struct ApprovalSettings {
     /// A pending request is announced as [`ChangeKind::Expiring`] this long before its deadline
     /// (or half-way through its life, if that is later). Zero turns the warning off.
     pub expiry_warning: Duration,
+    /// How many times a call answered with `input_required` is answered so again while it stays
+    /// pending, before the readable pending result ([`DEFAULT_MRTR_ROUNDS`] when unset).
+    pub mrtr_rounds: Option<u32>,
 }
 
+/// Rounds of `input_required` for one pending call: under the SDKs' own limit of 10 rounds, so
+/// the client reads the pending result rather than failing.
+pub const DEFAULT_MRTR_ROUNDS: u32 = 9;
+
 impl ApprovalSettings {
+    pub fn mrtr_rounds(&self) -> u32 {
+        self.mrtr_rounds.unwrap_or(DEFAULT_MRTR_ROUNDS)
+    }
+
     pub fn expiry_for(&self, risk: Option<Risk>, workflow: &Workflow) -> Duration {
         if let Some(e) = workflow.expiry {
             return e;
@@ -150,6 +163,8 @@ pub struct ApprovalService {
     reviewer: std::sync::OnceLock<Arc<crate::review::Reviewer>>,
     /// Cancelled when the process stops: held calls stop waiting (see [`ApprovalService::stop_waiting`]).
     stopping: tokio_util::sync::CancellationToken,
+    /// The key of signed request states, read from the store at first use.
+    state_key: tokio::sync::OnceCell<Arc<state::StateKey>>,
 }
 
 impl ApprovalService {
@@ -165,6 +180,7 @@ impl ApprovalService {
             warned: DashSet::new(),
             reviewer: std::sync::OnceLock::new(),
             stopping: tokio_util::sync::CancellationToken::new(),
+            state_key: tokio::sync::OnceCell::new(),
         });
         // At start-up: the claims of a previous run that crashed are settled at once, without waiting
         // for the hub's sweeper.
@@ -321,6 +337,13 @@ impl Gate for ApprovalGate {
                 if let Some(ai) = approvals.ai_workflow(workflow) {
                     let tool = call.info.cloned();
                     return Verdict::Hold(Box::pin(approvals.review_and_hold(ai, owned, tool, decision, caller)));
+                }
+                if call.offered.input_required {
+                    let retry = input_required::Retry::of(call.params);
+                    let owner = call.owner.key();
+                    return Verdict::Hold(Box::pin(
+                        approvals.hold_input_required(owned, decision, caller, owner, retry),
+                    ));
                 }
                 Verdict::Hold(Box::pin(approvals.hold(owned, decision, caller)))
             }

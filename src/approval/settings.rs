@@ -37,6 +37,8 @@ pub struct RawApprovals {
     pub expiry_warning: Option<String>,
     pub max_connections: Option<usize>,
     pub header_timeout_secs: Option<u64>,
+    /// Rounds of `input_required` for a pending call before the pending result.
+    pub mrtr_rounds: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -116,6 +118,8 @@ pub struct ApprovalsConfig {
     pub providers: BTreeMap<String, ProviderConfig>,
     /// Connection limits of the approval server.
     pub limits: ListenerLimits,
+    /// Rounds of `input_required` for a pending call (see [`super::ApprovalSettings::mrtr_rounds`]).
+    pub mrtr_rounds: u32,
 }
 
 impl ApprovalsConfig {
@@ -241,6 +245,13 @@ impl ApprovalsConfig {
                 .map_err(|_| Invalid::new("MCP_GATE_WAIT_SECS", format!("{v:?} is not a number of seconds")))?,
             Err(_) => raw.wait_secs.unwrap_or(0),
         };
+        let mrtr_rounds = raw.mrtr_rounds.unwrap_or(super::DEFAULT_MRTR_ROUNDS);
+        if mrtr_rounds > super::DEFAULT_MRTR_ROUNDS {
+            return Err(Invalid::new(
+                "approvals.mrtr_rounds",
+                format!("{mrtr_rounds} is over {}: clients give up after 10 rounds", super::DEFAULT_MRTR_ROUNDS),
+            ));
+        }
         let listen = std::env::var("MCP_GATE_APPROVALS_LISTEN")
             .ok()
             .or(raw.listen)
@@ -285,6 +296,7 @@ impl ApprovalsConfig {
             ai_workflows,
             providers,
             limits: ListenerLimits::validate("approvals", raw.max_connections, raw.header_timeout_secs)?,
+            mrtr_rounds,
         })
     }
 }

@@ -13,7 +13,9 @@ use super::relay::progress_token;
 use super::upstreams::Tools;
 use super::{Input, Route, Session, SessionError, merge};
 use crate::gate::tools::ToolList;
-use crate::gate::{CancellationToken, Offered, Outcome, ProgressSink, RefusedCall, ToolCall, Verdict};
+use crate::gate::{
+    APPROVAL_INPUT, CancellationToken, OWN_STATE_PREFIX, Offered, Outcome, ProgressSink, RefusedCall, ToolCall, Verdict,
+};
 use crate::wire::era::{self, Era};
 use crate::wire::jsonrpc::{self, Message};
 
@@ -128,12 +130,14 @@ impl Session {
                 if tool != exposed {
                     rename_param(&mut msg, tool);
                 }
+                strip_own_input(&mut msg);
                 self.forward(index, msg, param_headers);
             }
             Verdict::AllowTracked(hook) => {
                 if tool != exposed {
                     rename_param(&mut msg, tool);
                 }
+                strip_own_input(&mut msg);
                 self.forward_tracked(index, msg, param_headers, Some(hook));
             }
             Verdict::Respond(result) => {
@@ -145,6 +149,7 @@ impl Session {
                 self.reply(msg.id, era::own_result(result, era))
             }
             Verdict::Hold(_) => self.reply_error(msg.id, &SessionError::HeldTwice),
+            Verdict::Refuse(e) => self.reply_error(msg.id, &SessionError::Gate(e)),
         }
     }
 
@@ -365,4 +370,36 @@ pub(super) fn rename_param(msg: &mut Message, name: &str) {
     let Ok(mut obj) = jsonrpc::parse_object(params) else { return };
     jsonrpc::set(&mut obj, "name", jsonrpc::to_raw(name));
     msg.params = Some(jsonrpc::object_to_raw(&obj));
+}
+
+/// Removes from a call's params what belongs to the proxy's own `input_required` rounds: its
+/// signed `requestState` and the client's answer to its input request. A `requestState` of the
+/// upstream's own, and the answers to the upstream's input requests, pass unchanged.
+pub(super) fn strip_own_input(msg: &mut Message) {
+    let Some(params) = msg.params.as_deref() else { return };
+    let text = params.get();
+    if !text.contains(OWN_STATE_PREFIX) && !text.contains(APPROVAL_INPUT) {
+        return;
+    }
+    let Ok(mut obj) = jsonrpc::parse_object(params) else { return };
+    let before = obj.len();
+    obj.retain(|(k, v)| {
+        k != "requestState" || serde_json::from_str::<String>(v.get()).map_or(true, |s| !crate::gate::is_own_state(&s))
+    });
+    let mut changed = obj.len() != before;
+    if let Some(i) = obj.iter().position(|(k, _)| k == "inputResponses")
+        && let Ok(mut responses) = jsonrpc::parse_object(&obj[i].1)
+        && let Some(j) = responses.iter().position(|(k, _)| k == APPROVAL_INPUT)
+    {
+        responses.remove(j);
+        if responses.is_empty() {
+            obj.remove(i);
+        } else {
+            obj[i].1 = jsonrpc::object_to_raw(&responses);
+        }
+        changed = true;
+    }
+    if changed {
+        msg.params = Some(jsonrpc::object_to_raw(&obj));
+    }
 }
