@@ -352,6 +352,17 @@ mod tests {
         assert!(err.to_string().contains("servers.a.transport"), "{err}");
     }
 
+    /// Rounds of `input_required` stay under the clients' limit of 10; unset is the default.
+    #[test]
+    fn mrtr_rounds_default_and_limit() {
+        let cfg = Config::from_toml("", "p.toml").unwrap();
+        assert_eq!(cfg.approvals.mrtr_rounds, crate::approval::DEFAULT_MRTR_ROUNDS);
+        let cfg = Config::from_toml("[approvals]\nmrtr_rounds = 2\n", "p.toml").unwrap();
+        assert_eq!(cfg.approvals.mrtr_rounds, 2);
+        let err = Config::from_toml("[approvals]\nmrtr_rounds = 10\n", "p.toml").unwrap_err();
+        assert!(err.to_string().contains("approvals.mrtr_rounds"), "{err}");
+    }
+
     #[test]
     fn names_and_defaults() {
         assert_eq!(default_name("/usr/bin/mcp-server-x", false), "mcp-server-x");

@@ -7,7 +7,8 @@
 //! decision lands, waiting callers wake within milliseconds -> an approved call is claimed in
 //! the store (exactly once, or within the grant window) and sent upstream unchanged; its
 //! outcome is recorded. A caller that goes away does not cancel the approval: an identical
-//! retry joins it.
+//! retry joins it. A 2026-07-28 client that declared URL elicitation is not kept waiting on its
+//! first call: see the `input_required` module.
 
 mod ai;
 pub mod changes;

@@ -92,14 +92,12 @@ impl Store {
         })
         .await
     }
-
-    /// Forgets the uses of states that lapsed before `now` (they are refused as expired anyway).
-    pub async fn purge_request_state_uses(&self, now: i64) -> Result<usize, StoreError> {
-        self.call(move |conn| Ok(conn.execute("DELETE FROM request_state_uses WHERE expires_at < ?1", [now])?)).await
-    }
 }
 
+/// Records a use, and forgets the uses of states that lapsed (so the table holds only the states
+/// that could still be presented).
 fn insert_use(tx: &rusqlite::Transaction<'_>, used: &StateUse, now: i64) -> Result<bool, StoreError> {
+    tx.prepare_cached("DELETE FROM request_state_uses WHERE expires_at < ?1")?.execute([now])?;
     let inserted = tx
         .prepare_cached(
             "INSERT OR IGNORE INTO request_state_uses (nonce, approval_id, owner, at, expires_at)
@@ -137,14 +135,30 @@ mod tests {
     #[tokio::test]
     async fn a_nonce_is_used_once() {
         let store = Store::open(Location::Memory).await.unwrap();
-        let used =
-            StateUse { nonce: "n1".into(), approval_id: "apr_1".into(), owner: "anonymous".into(), expires_at: 10 };
+        let used = StateUse {
+            nonce: "n1".into(),
+            approval_id: "apr_1".into(),
+            owner: "anonymous".into(),
+            expires_at: i64::MAX,
+        };
         assert!(!store.request_state_used("n1").await.unwrap());
         assert!(store.use_request_state(used.clone()).await.unwrap());
         assert!(store.request_state_used("n1").await.unwrap());
         assert!(!store.use_request_state(used.clone()).await.unwrap(), "a replay");
         assert_eq!(store.claim_with_state(used).await.unwrap().map(|_| ()), None, "nothing claimed on a replay");
-        assert_eq!(store.purge_request_state_uses(11).await.unwrap(), 1);
-        assert!(!store.request_state_used("n1").await.unwrap());
+    }
+
+    /// The uses of lapsed states are forgotten by the next use (such a state is refused as
+    /// expired, used or not).
+    #[tokio::test(start_paused = true)]
+    async fn lapsed_uses_are_forgotten() {
+        let store = Store::open_with_clock(Location::Memory, crate::store::Clock::tokio(1_000)).await.unwrap();
+        let old = StateUse { nonce: "old".into(), approval_id: "a".into(), owner: "o".into(), expires_at: 1_500 };
+        assert!(store.use_request_state(old).await.unwrap());
+        tokio::time::advance(std::time::Duration::from_secs(1)).await;
+        let new = StateUse { nonce: "new".into(), approval_id: "a".into(), owner: "o".into(), expires_at: 9_000 };
+        assert!(store.use_request_state(new).await.unwrap());
+        assert!(!store.request_state_used("old").await.unwrap());
+        assert!(store.request_state_used("new").await.unwrap());
     }
 }

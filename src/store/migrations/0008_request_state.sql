@@ -12,7 +12,7 @@ CREATE TABLE request_state_uses (
     approval_id TEXT    NOT NULL,
     owner       TEXT    NOT NULL,
     at          INTEGER NOT NULL,
-    -- After this the state is refused as expired whether used or not: the row may go.
+    -- After this the state is ignored (the call is held afresh), used or not: the row may go.
     expires_at  INTEGER NOT NULL
 ) STRICT;
 CREATE INDEX request_state_uses_expires ON request_state_uses (expires_at);
