@@ -3,14 +3,16 @@
 //! what a retry gets. Every message the client and the upstream were sent is checked against the
 //! 2026-07-28 schema.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mcp_gate::approval::state::{Payload, StateKey};
 use mcp_gate::approval::{ApprovalGate, ApprovalService, ApprovalSettings};
 use mcp_gate::config::Config;
+use mcp_gate::gate::{Gate, Offered, Owner, ProgressSink, ToolCall, Verdict};
 use mcp_gate::identity::Principal;
 use mcp_gate::store::{Location, Store};
+use mcp_gate::wire::era::Era;
 use serde_json::{Value, json};
 
 use super::common::*;
@@ -309,4 +311,90 @@ async fn states_that_are_not_ours_to_use_are_refused() {
     let theirs = echoes.iter().find(|m| m["params"]["arguments"]["text"] == "theirs").expect("ran");
     assert_eq!(theirs["params"]["requestState"], "upstream-state-1", "{theirs}");
     assert_eq!(theirs["params"]["inputResponses"], json!({"theirs": {"action": "accept"}}), "{theirs}");
+}
+
+// === in process, on paused time ===
+
+/// Asks the gate directly, as a 2026-07-28 client that declared URL elicitation.
+async fn ask_gate(
+    gate: &ApprovalGate,
+    args: &Value,
+    extra: Value,
+    progress: Option<ProgressSink>,
+) -> mcp_gate::gate::Verdict {
+    let mut params = json!({"name": "test_simple_text", "arguments": args});
+    for (k, v) in extra.as_object().into_iter().flatten() {
+        params[k] = v.clone();
+    }
+    let params = serde_json::value::to_raw_value(&params).unwrap();
+    let owner = Owner::StdioClient("schema-test".into());
+    let offered = Offered { input_required: true, progress: progress.is_some(), ..Offered::plain(Era::Modern) };
+    let call = ToolCall {
+        server: "fx",
+        tool: "test_simple_text",
+        exposed_name: "test_simple_text",
+        arguments: args,
+        info: None,
+        agent: Some("schema-test"),
+        owner: &owner,
+        offered: &offered,
+        params: &params,
+        progress,
+        gone: Default::default(),
+    };
+    match gate.check(&call) {
+        Verdict::Hold(wait) => wait.await,
+        other => other,
+    }
+}
+
+fn responded(v: Verdict) -> Value {
+    let Verdict::Respond(r) = v else { panic!("an answer, not {v:?}") };
+    json!({ "result": serde_json::from_str::<Value>(r.get()).unwrap() })
+}
+
+/// Accepted and still pending: the retry waits the whole limit, telling the caller where the
+/// page is, before the state-only answer.
+#[tokio::test(start_paused = true)]
+async fn an_accepted_round_waits_with_progress_then_answers_state_only() {
+    let approvals = service(Duration::from_secs(25), 9).await;
+    let gate = ApprovalGate { approvals: approvals.clone() };
+    let args = json!({"path": "/srv/p"});
+    let first = responded(ask_gate(&gate, &args, json!({}), None).await);
+    assert_first_answer(&first, &approvals);
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let sink = {
+        let seen = seen.clone();
+        ProgressSink::new(move |_, m| seen.lock().unwrap().push(m.to_owned()))
+    };
+    let started = tokio::time::Instant::now();
+    let retry = json!({"requestState": state_of(&first), "inputResponses": accept()});
+    let r = responded(ask_gate(&gate, &args, retry, Some(sink)).await);
+    assert_state_only(&r);
+    assert!(started.elapsed() >= Duration::from_secs(25), "waited {:?}", started.elapsed());
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 2, "progress at 10 s and 20 s: {seen:?}");
+    assert!(seen.iter().all(|m| m.contains(&approvals.url_for(&approval_id(&first)))), "{seen:?}");
+}
+
+/// Decided while the retry waits: that retry is released to run, before its limit.
+#[tokio::test(start_paused = true)]
+async fn a_waiting_round_is_released_by_the_decision() {
+    let approvals = service(Duration::from_secs(3600), 9).await;
+    let gate = Arc::new(ApprovalGate { approvals: approvals.clone() });
+    let args = json!({"path": "/srv/q"});
+    let first = responded(ask_gate(&gate, &args, json!({}), None).await);
+    let id = approval_id(&first);
+    let started = tokio::time::Instant::now();
+    let retry = json!({"requestState": state_of(&first), "inputResponses": accept()});
+    let waiting = {
+        let (gate, args) = (gate.clone(), args.clone());
+        tokio::spawn(async move { ask_gate(&gate, &args, retry, None).await })
+    };
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(!waiting.is_finished(), "the round waits for the decision");
+    approvals.decide(&id, &Principal::named("alice"), true, None, None).await.unwrap();
+    let verdict = waiting.await.unwrap();
+    assert!(matches!(verdict, Verdict::AllowTracked(_)), "released to run: {verdict:?}");
+    assert!(started.elapsed() < Duration::from_secs(3600), "before the limit: {:?}", started.elapsed());
 }
