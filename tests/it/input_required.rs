@@ -195,7 +195,7 @@ async fn pending_rounds_end_in_a_readable_result() {
 }
 
 /// Approved: the retry runs once, without the proxy's state and answer; the same state again
-/// is refused. Denied: the denial.
+/// is refused. Spent by another call: said so. Denied: the denial.
 #[tokio::test]
 async fn an_approved_retry_runs_once_and_its_state_is_spent() {
     let mut rig = rig("approved", Duration::ZERO, 9).await;
@@ -212,6 +212,17 @@ async fn an_approved_retry_runs_once_and_its_state_is_spent() {
     assert_refused(&replay, "already used");
     assert_eq!(refusals(&rig.approvals).await, 1, "the replay is audited");
 
+    // Spent by the identical call without the state: the state's retry is told so.
+    let args_s = json!({"path": "/srv/spent"});
+    let first = rig.call("test_simple_text", args_s.clone(), json!({})).await;
+    rig.approvals.decide(&approval_id(&first), &Principal::named("alice"), true, None, None).await.unwrap();
+    let plain = rig.call("test_simple_text", args_s.clone(), json!({})).await;
+    assert!(plain["result"]["_meta"].get("mcp-gate/approval").is_none(), "ran: {plain}");
+    let spent = rig
+        .call("test_simple_text", args_s, json!({"requestState": state_of(&first), "inputResponses": accept()}))
+        .await;
+    assert!(spent["result"]["isError"] == true && text(&spent).contains("already used"), "{spent}");
+
     // Denied by a person.
     let args_b = json!({"path": "/srv/b"});
     let first = rig.call("test_simple_text", args_b.clone(), json!({})).await;
@@ -224,7 +235,7 @@ async fn an_approved_retry_runs_once_and_its_state_is_spent() {
 
     let log = rig.finish("approved-end").await;
     let ran = runs(&log, "test_simple_text");
-    assert_eq!(ran.len(), 1, "ran once: {ran:?}");
+    assert_eq!(ran.len(), 2, "each approval ran once: {ran:?}");
     assert!(ran[0]["params"].get("requestState").is_none(), "{}", ran[0]);
     assert!(ran[0]["params"].get("inputResponses").is_none(), "{}", ran[0]);
 }
