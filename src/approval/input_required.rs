@@ -67,6 +67,19 @@ impl ApprovalService {
             .cloned()
     }
 
+    /// Reads the signing key of request states, so that [`ApprovalService::issued_state`] can
+    /// answer without waiting.
+    pub(super) async fn load_state_key(&self) {
+        if let Err(e) = self.state_key().await {
+            warn!("reading the request-state key failed: {e}");
+        }
+    }
+
+    /// Whether this service's key signed `state` (false until the key is read, at start-up).
+    pub fn issued_state(&self, state: &str) -> bool {
+        self.state_key.get().is_some_and(|k| k.signed(state))
+    }
+
     /// The held path of a call whose client takes `input_required`.
     pub(super) async fn hold_input_required(
         self: Arc<Self>,

@@ -189,6 +189,8 @@ impl ApprovalService {
         tokio::spawn(async move {
             if let Some(a) = weak.upgrade() {
                 a.settle_orphaned_claims().await;
+                // Ready before any retry brings back a state (see `ApprovalGate::issued_state`).
+                a.load_state_key().await;
             }
         });
         approvals
@@ -361,6 +363,10 @@ impl Gate for ApprovalGate {
 
     fn hides_any(&self) -> bool {
         self.approvals.policy.hides_any()
+    }
+
+    fn issued_state(&self, state: &str) -> bool {
+        self.approvals.issued_state(state)
     }
 }
 

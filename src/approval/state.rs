@@ -120,6 +120,11 @@ impl StateKey {
         Ok(p)
     }
 
+    /// Whether this key signed `state` (whoever it was for, expired or not).
+    pub fn signed(&self, state: &str) -> bool {
+        self.open(state).is_ok()
+    }
+
     /// The payload of a state whose MAC this key made.
     fn open(&self, state: &str) -> Result<Payload, StateError> {
         let rest = state.strip_prefix(PREFIX).ok_or(StateError::Forged)?;
@@ -160,6 +165,7 @@ mod tests {
         let state = k.sign(&payload());
         assert!(is_ours(&state), "{state}");
         assert_eq!(k.verify(&state, "stdio:mcp", "k1", NOW), Ok(payload()));
+        assert!(k.signed(&state) && !key(0x0c).signed(&state));
         assert!(!is_ours("upstream-state"));
     }
 

@@ -21,7 +21,8 @@ pub const OWN_STATE_PREFIX: &str = "mcpg1.";
 /// the client's answer to it in a retry's `inputResponses`.
 pub const APPROVAL_INPUT: &str = "mcp-gate/approval";
 
-/// Whether a `requestState` is one the gate issued, by its form (the gate verifies it).
+/// Whether a `requestState` has the form of one the gate issues ([`Gate::issued_state`] says
+/// whether it really did).
 pub fn is_own_state(state: &str) -> bool {
     state.starts_with(OWN_STATE_PREFIX)
 }
@@ -210,6 +211,14 @@ pub trait Gate: Send + Sync + 'static {
 
     /// Whether any tool can be hidden at all (lets the relay skip the check).
     fn hides_any(&self) -> bool {
+        false
+    }
+
+    /// Whether a `requestState` is one this gate issued (its signature holds). Such a state, and
+    /// the client's answer to the gate's own input request ([`APPROVAL_INPUT`]), are removed from
+    /// a call before it goes upstream; any other state (an upstream's own, another gate's) passes
+    /// untouched.
+    fn issued_state(&self, _state: &str) -> bool {
         false
     }
 }

@@ -14,7 +14,8 @@ use super::upstreams::Tools;
 use super::{Input, Route, Session, SessionError, merge};
 use crate::gate::tools::ToolList;
 use crate::gate::{
-    APPROVAL_INPUT, CancellationToken, OWN_STATE_PREFIX, Offered, Outcome, ProgressSink, RefusedCall, ToolCall, Verdict,
+    APPROVAL_INPUT, CancellationToken, Gate, OWN_STATE_PREFIX, Offered, Outcome, ProgressSink, RefusedCall, ToolCall,
+    Verdict, is_own_state,
 };
 use crate::wire::era::{self, Era};
 use crate::wire::jsonrpc::{self, Message};
@@ -130,14 +131,14 @@ impl Session {
                 if tool != exposed {
                     rename_param(&mut msg, tool);
                 }
-                strip_own_input(&mut msg);
+                strip_own_input(&mut msg, &*self.opts.gate);
                 self.forward(index, msg, param_headers);
             }
             Verdict::AllowTracked(hook) => {
                 if tool != exposed {
                     rename_param(&mut msg, tool);
                 }
-                strip_own_input(&mut msg);
+                strip_own_input(&mut msg, &*self.opts.gate);
                 self.forward_tracked(index, msg, param_headers, Some(hook));
             }
             Verdict::Respond(result) => {
@@ -372,21 +373,22 @@ pub(super) fn rename_param(msg: &mut Message, name: &str) {
     msg.params = Some(jsonrpc::object_to_raw(&obj));
 }
 
-/// Removes from a call's params what belongs to the proxy's own `input_required` rounds: its
-/// signed `requestState` and the client's answer to its input request. A `requestState` of the
-/// upstream's own, and the answers to the upstream's input requests, pass unchanged.
-pub(super) fn strip_own_input(msg: &mut Message) {
+/// Removes from a call's params what belongs to the gate's own `input_required` rounds: a
+/// `requestState` the gate issued and the client's answer to its input request. Anything else (an
+/// upstream's own state and the answers to its requests, or another gate's) passes unchanged.
+pub(super) fn strip_own_input(msg: &mut Message, gate: &dyn Gate) {
     let Some(params) = msg.params.as_deref() else { return };
-    let text = params.get();
-    if !text.contains(OWN_STATE_PREFIX) && !text.contains(APPROVAL_INPUT) {
+    if !params.get().contains(OWN_STATE_PREFIX) {
         return;
     }
     let Ok(mut obj) = jsonrpc::parse_object(params) else { return };
-    let before = obj.len();
-    obj.retain(|(k, v)| {
-        k != "requestState" || serde_json::from_str::<String>(v.get()).map_or(true, |s| !crate::gate::is_own_state(&s))
-    });
-    let mut changed = obj.len() != before;
+    let Some(at) = obj.iter().position(|(k, v)| {
+        k == "requestState"
+            && serde_json::from_str::<String>(v.get()).is_ok_and(|s| is_own_state(&s) && gate.issued_state(&s))
+    }) else {
+        return;
+    };
+    obj.remove(at);
     if let Some(i) = obj.iter().position(|(k, _)| k == "inputResponses")
         && let Ok(mut responses) = jsonrpc::parse_object(&obj[i].1)
         && let Some(j) = responses.iter().position(|(k, _)| k == APPROVAL_INPUT)
@@ -397,9 +399,6 @@ pub(super) fn strip_own_input(msg: &mut Message) {
         } else {
             obj[i].1 = jsonrpc::object_to_raw(&responses);
         }
-        changed = true;
     }
-    if changed {
-        msg.params = Some(jsonrpc::object_to_raw(&obj));
-    }
+    msg.params = Some(jsonrpc::object_to_raw(&obj));
 }

@@ -292,7 +292,7 @@ async fn states_that_are_not_ours_to_use_are_refused() {
     p.owner = "agent:mallory".into();
     let r = rig.call("test_simple_text", args.clone(), json!({"requestState": signer.sign(&p)})).await;
     assert_refused(&r, "another client");
-    let r = rig.call("test_simple_text", json!({"path": "/srv/other"}), json!({"requestState": good})).await;
+    let r = rig.call("test_simple_text", json!({"path": "/srv/other"}), json!({"requestState": good.clone()})).await;
     assert_refused(&r, "another call");
     assert_eq!(refusals(&rig.approvals).await, 4, "every refusal is audited");
 
@@ -304,11 +304,15 @@ async fn states_that_are_not_ours_to_use_are_refused() {
     // The policy first.
     let r = rig.call("test_error_handling", json!({}), json!({"requestState": "mcpg1.e30.AAAA"})).await;
     assert!(text(&r).contains("not allowed by policy"), "{r}");
-    let r = rig
-        .call("echo", json!({"text": "mine"}), json!({"requestState": "mcpg1.e30.AAAA", "inputResponses": accept()}))
-        .await;
+    // An allowed call: the proxy's own state and answer are removed; a state of the same form
+    // that the proxy did not sign (another gate's, upstream) passes untouched, with the answers.
+    let r = rig.call("echo", json!({"text": "mine"}), json!({"requestState": good, "inputResponses": accept()})).await;
     assert_ne!(r["result"]["isError"], true, "{r}");
-    // An upstream's own state and its answers pass untouched; ours is removed.
+    let other_gate = json!({"requestState": "mcpg1.e30.AAAA", "inputResponses": accept()});
+    let r = rig.call("echo", json!({"text": "other-gate"}), other_gate).await;
+    assert_ne!(r["result"]["isError"], true, "{r}");
+    // An upstream's own state and every answer that comes with it pass untouched (the key
+    // `mcp-gate/approval` may be an inner gate's).
     let theirs = json!({"requestState": "upstream-state-1",
                         "inputResponses": {"theirs": {"action": "accept"}, "mcp-gate/approval": {"action": "accept"}}});
     let r = rig.call("echo", json!({"text": "theirs"}), theirs).await;
@@ -319,9 +323,13 @@ async fn states_that_are_not_ours_to_use_are_refused() {
     let echoes = runs(&log, "echo");
     let mine = echoes.iter().find(|m| m["params"]["arguments"]["text"] == "mine").expect("ran");
     assert!(mine["params"].get("requestState").is_none() && mine["params"].get("inputResponses").is_none(), "{mine}");
+    let other = echoes.iter().find(|m| m["params"]["arguments"]["text"] == "other-gate").expect("ran");
+    assert_eq!(other["params"]["requestState"], "mcpg1.e30.AAAA", "{other}");
+    assert_eq!(other["params"]["inputResponses"], accept(), "{other}");
     let theirs = echoes.iter().find(|m| m["params"]["arguments"]["text"] == "theirs").expect("ran");
     assert_eq!(theirs["params"]["requestState"], "upstream-state-1", "{theirs}");
-    assert_eq!(theirs["params"]["inputResponses"], json!({"theirs": {"action": "accept"}}), "{theirs}");
+    let answers = json!({"theirs": {"action": "accept"}, "mcp-gate/approval": {"action": "accept"}});
+    assert_eq!(theirs["params"]["inputResponses"], answers, "{theirs}");
 }
 
 // === in process, on paused time ===
