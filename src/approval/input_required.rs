@@ -9,7 +9,7 @@
 //! | not issued by the proxy, altered, another owner's or call's, already used | JSON-RPC `-32602`, audited `state_refused` |
 //! | expired | ignored: the call is held afresh |
 //! | pending, the client accepted (or a state-only round) | wait up to `wait_secs`; still pending: `input_required` with a new state only, or after [`ApprovalSettings::mrtr_rounds`] rounds the readable pending result |
-//! | pending, no answer to the page | the first answer again |
+//! | pending, no answer to the page it asked to open | the first answer again (a new state), or after the rounds the pending result |
 //! | pending, declined or cancelled | a result saying so (the request stays open) |
 //! | approved | claimed together with the state's use (one transaction): runs once |
 //! | denied, expired, spent | the same results as any held call |
@@ -114,7 +114,7 @@ impl ApprovalService {
             // Decided already (a reusable approval, a standing denial): answered as any held call.
             return self.wait_for(approval, caller).await;
         }
-        self.ask(&approval, &owner, &key, &signer, 0)
+        self.ask(&approval, &owner, &key, &signer, 0, true)
     }
 
     /// A retry that brought back a valid state of this owner and call.
@@ -142,20 +142,25 @@ impl ApprovalService {
             Ok(None) => return Verdict::Respond(replies::internal("the approval request vanished")),
             Err(e) => return self.fail_closed(call, &format!("storage: {e}")),
         };
-        // A state-only round carries no answer: the client accepted in an earlier one.
+        // The retry of a state-only answer carries no answer: the client accepted before it.
         let accepted = match action.as_deref() {
             Some("accept") => true,
             Some(_) => false,
-            None => p.round > 0,
+            None => !p.asked,
         };
         let approval = if approval.status == Status::Pending {
             if !accepted {
                 if let Err(v) = self.use_state(call, used).await {
                     return v;
                 }
+                let url = self.url_for(&approval.id);
                 return match action {
-                    Some(_) => Verdict::Respond(declined(&approval, &self.url_for(&approval.id))),
-                    None => self.ask(&approval, &p.owner, &p.call_key, signer, 0),
+                    Some(_) => Verdict::Respond(declined(&approval, &url)),
+                    // Asked and not answered: asked again, as long as rounds remain.
+                    None if p.round >= self.settings.mrtr_rounds() => {
+                        Verdict::Respond(replies::pending(&approval, &url))
+                    }
+                    None => self.ask(&approval, &p.owner, &p.call_key, signer, p.round + 1, true),
                 };
             }
             match self.wait_decided(approval, &caller).await {
@@ -184,7 +189,8 @@ impl ApprovalService {
             Status::Pending if p.round >= self.settings.mrtr_rounds() => {
                 Verdict::Respond(replies::pending(&approval, &url))
             }
-            Status::Pending => self.ask_again(&approval, &p, signer),
+            // Still pending: a new state only, so the client retries without asking again.
+            Status::Pending => self.ask(&approval, &p.owner, &p.call_key, signer, p.round + 1, false),
             Status::Denied => Verdict::Respond(replies::denied(&approval, &url)),
             Status::Expired => Verdict::Respond(replies::expired(&approval, &url)),
             Status::Executed | Status::Failed | Status::Approved => Verdict::Respond(replies::spent(&approval, &url)),
@@ -241,8 +247,9 @@ impl ApprovalService {
         outcome.map(|()| current)
     }
 
-    /// The first answer: open the approval page (round 0, with the input request).
-    fn ask(&self, a: &Approval, owner: &str, key: &str, signer: &StateKey, round: u32) -> Verdict {
+    /// An `input_required` answer with a new state for `round`: with the request to open the
+    /// approval page (`page`), or the state only.
+    fn ask(&self, a: &Approval, owner: &str, key: &str, signer: &StateKey, round: u32, page: bool) -> Verdict {
         let nonce = match Payload::new_nonce() {
             Ok(n) => n,
             Err(e) => return Verdict::Respond(replies::internal(&e.to_string())),
@@ -253,16 +260,12 @@ impl ApprovalService {
             owner: owner.to_owned(),
             nonce,
             round,
+            asked: page,
             expires_at: a.expires_at,
         };
         let url = self.url_for(&a.id);
         let state = signer.sign(&payload);
-        Verdict::Respond(if round == 0 { open_page(a, &url, &state) } else { retry_later(a, &url, &state) })
-    }
-
-    /// Still pending after a round: the client retries with a new state, without asking again.
-    fn ask_again(&self, a: &Approval, p: &Payload, signer: &StateKey) -> Verdict {
-        self.ask(a, &p.owner, &p.call_key, signer, p.round + 1)
+        Verdict::Respond(if page { open_page(a, &url, &state) } else { retry_later(a, &url, &state) })
     }
 
     /// Refuses a retry whose state cannot be used, with an audit record of it.

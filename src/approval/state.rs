@@ -42,10 +42,13 @@ pub struct Payload {
     /// 16 hex digits; a state is used once.
     #[serde(rename = "n")]
     pub nonce: String,
-    /// 0 for the answer that asked the client to open the page, then one more for each answer
-    /// that only asked it to retry.
+    /// 0 for the first answer, then one more for each answer to a retry.
     #[serde(rename = "r")]
     pub round: u32,
+    /// The answer that carried this state asked the client to open the page (a state-only
+    /// answer did not: its retry carries no answer to the page).
+    #[serde(rename = "q")]
+    pub asked: bool,
     /// When it lapses (the approval's deadline), unix milliseconds.
     #[serde(rename = "e")]
     pub expires_at: i64,
@@ -155,6 +158,7 @@ mod tests {
             owner: "stdio:mcp".into(),
             nonce: "00112233445566ff".into(),
             round: 2,
+            asked: false,
             expires_at: NOW + 60_000,
         }
     }
@@ -174,14 +178,13 @@ mod tests {
     #[test]
     fn the_mac_covers_the_label_and_the_payload_bytes() {
         let state = key(0x0b).sign(&payload());
-        let json =
-            r#"{"a":"apr_0123456789abcdef","k":"k1","o":"stdio:mcp","n":"00112233445566ff","r":2,"e":1800000060000}"#;
+        let json = r#"{"a":"apr_0123456789abcdef","k":"k1","o":"stdio:mcp","n":"00112233445566ff","r":2,"q":false,"e":1800000060000}"#;
         let (body, mac) = state.strip_prefix(PREFIX).unwrap().split_once('.').unwrap();
         assert_eq!(URL_SAFE_NO_PAD.decode(body).unwrap(), json.as_bytes());
         assert_eq!(hex::encode(URL_SAFE_NO_PAD.decode(mac).unwrap()), FIXED_MAC);
     }
 
-    const FIXED_MAC: &str = "22010b0cf8fa68d74e7ee2490a3abe41801d39c9862cbb1dd636f66b5ec59925";
+    const FIXED_MAC: &str = "904ec701f1cfd3bcc9ac9da2647714b75f131c021ba116da0cae55d0063e1e88";
 
     #[test]
     fn every_altered_byte_is_refused() {
@@ -226,7 +229,7 @@ mod tests {
     #[test]
     fn unknown_payload_fields_are_refused() {
         let k = key(3);
-        let json = br#"{"a":"x","k":"k1","o":"stdio:mcp","n":"00","r":0,"e":1900000000000,"x":1}"#;
+        let json = br#"{"a":"x","k":"k1","o":"stdio:mcp","n":"00","r":0,"q":true,"e":1900000000000,"x":1}"#;
         let state = format!("{PREFIX}{}.{}", URL_SAFE_NO_PAD.encode(json), URL_SAFE_NO_PAD.encode(k.mac(json)));
         assert_eq!(k.verify(&state, "stdio:mcp", "k1", NOW), Err(StateError::Forged));
     }

@@ -171,6 +171,13 @@ async fn pending_rounds_end_in_a_readable_result() {
     let asked = rig.call("test_simple_text", args.clone(), json!({"requestState": state_of(&again)})).await;
     assert_first_answer(&asked, &rig.approvals);
     assert_eq!(approval_id(&asked), id);
+    // ... as long as rounds remain; then the pending result.
+    let asked = rig.call("test_simple_text", args.clone(), json!({"requestState": state_of(&asked)})).await;
+    assert_first_answer(&asked, &rig.approvals);
+    let capped = rig.call("test_simple_text", args.clone(), json!({"requestState": state_of(&asked)})).await;
+    assert!(capped["result"]["resultType"] == "complete" && capped["result"]["isError"] == true, "{capped}");
+    let asked = rig.call("test_simple_text", args.clone(), json!({})).await;
+    assert_first_answer(&asked, &rig.approvals);
 
     // Declined: said so, the request stays open.
     let declined = rig
