@@ -239,6 +239,11 @@ impl Config {
         } else {
             out.push_str(&format!("held calls wait up to {wait} s for a decision\n"));
         }
+        out.push_str(&format!(
+            "2026-07-28 clients that declare URL elicitation are answered with input_required \
+             (the approval page), for up to {} rounds\n",
+            self.approvals.mrtr_rounds
+        ));
         out.push_str(&format!("approval server: http://{}/\n", self.approvals.listen));
         for hook in &self.webhooks {
             let mut events: Vec<_> = hook.events.iter().map(|k| k.as_str()).collect();
@@ -359,6 +364,7 @@ mod tests {
         assert_eq!(cfg.approvals.mrtr_rounds, crate::approval::DEFAULT_MRTR_ROUNDS);
         let cfg = Config::from_toml("[approvals]\nmrtr_rounds = 2\n", "p.toml").unwrap();
         assert_eq!(cfg.approvals.mrtr_rounds, 2);
+        assert!(cfg.explain().contains("input_required (the approval page), for up to 2 rounds"), "{}", cfg.explain());
         let err = Config::from_toml("[approvals]\nmrtr_rounds = 10\n", "p.toml").unwrap_err();
         assert!(err.to_string().contains("approvals.mrtr_rounds"), "{err}");
     }
