@@ -3,7 +3,8 @@
 # and through mcp-gate, over three transport pairs (stdio->stdio, stdio->HTTP, HTTP->stdio) and
 # both client modes (legacy, auto). See tests/interop/interop.py. Then approval gating seen by the
 # SDK client: tests/interop/gating.py (server-everything, 2025-11-25) and
-# tests/interop/gating_2026.py (the SDK's own MCPServer, 2026-07-28, over stdio and serve).
+# tests/interop/gating_2026.py (the SDK's own MCPServer, 2026-07-28, over stdio and serve, with the
+# input_required rounds the SDK drives itself).
 #
 # Environment:
 #   MCP_GATE_BIN   mcp-gate binary to test (default: target/release/mcp-gate, built here)

@@ -90,6 +90,7 @@ pub async fn start_gate_announcing(config: &Config, announce: bool) -> anyhow::R
         expiry_warning: a.expiry_warning,
         channels: a.channels.clone(),
         tasks: a.tasks,
+        mrtr_rounds: Some(a.mrtr_rounds),
     };
     let approvals = ApprovalService::new(store, config.policy.clone(), settings);
     if let Some(reviewer) =

@@ -254,6 +254,11 @@ impl Config {
             ));
         }
         out.push_str(&explain_channels(&self.approvals.channels, self.approvals.tasks));
+        out.push_str(&format!(
+            "2026-07-28 clients that declare URL elicitation are answered with input_required \
+             (the approval page), for up to {} rounds\n",
+            self.approvals.mrtr_rounds
+        ));
         out.push_str(&format!("approval server: http://{}/\n", self.approvals.listen));
         for hook in &self.webhooks {
             let mut events: Vec<_> = hook.events.iter().map(|k| k.as_str()).collect();
@@ -394,6 +399,18 @@ mod tests {
         assert_eq!(err.to_string(), "p.toml: `servers.a`: needs a `command` (stdio server) or a `url` (HTTP server)");
         let err = Config::from_toml("[servers.a]\nurl = \"http://x\"\ntransport = \"ws\"\n", "p.toml").unwrap_err();
         assert!(err.to_string().contains("servers.a.transport"), "{err}");
+    }
+
+    /// Rounds of `input_required` stay under the clients' limit of 10; unset is the default.
+    #[test]
+    fn mrtr_rounds_default_and_limit() {
+        let cfg = Config::from_toml("", "p.toml").unwrap();
+        assert_eq!(cfg.approvals.mrtr_rounds, crate::approval::DEFAULT_MRTR_ROUNDS);
+        let cfg = Config::from_toml("[approvals]\nmrtr_rounds = 2\n", "p.toml").unwrap();
+        assert_eq!(cfg.approvals.mrtr_rounds, 2);
+        assert!(cfg.explain().contains("input_required (the approval page), for up to 2 rounds"), "{}", cfg.explain());
+        let err = Config::from_toml("[approvals]\nmrtr_rounds = 10\n", "p.toml").unwrap_err();
+        assert!(err.to_string().contains("approvals.mrtr_rounds"), "{err}");
     }
 
     #[test]

@@ -50,7 +50,10 @@
 //!   caller: cancelled or disconnected, it is never run for anybody, and the identical retry runs
 //!   the approval once. [`approval::channel`] chooses how each held call reaches its client (task,
 //!   input_required, elicitation, wait or fail fast) and when a client that waits must be answered.
-//!   A workflow with `approval_type = "ai_driven"` is decided first by the
+//!   A 2026-07-28 client that takes URL elicitation is answered at once with
+//!   `input_required` (open the approval page) and continues on its retry, which brings back a
+//!   signed `requestState` ([`approval::state`]) that is used once. A workflow with
+//!   `approval_type = "ai_driven"` is decided first by the
 //!   reviewer; what it is unsure of goes to people. Every change of a request is published on
 //!   [`approval::ApprovalService::changes`].
 //! - [`server`]: the approval server ([`server::web`]: JSON API, pages and event stream, over the

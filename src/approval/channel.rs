@@ -57,14 +57,12 @@ pub fn choose(offered: &Offered, prefs: &ChannelPrefs) -> Channel {
 }
 
 /// The channel that actually serves a call for which `chosen` was chosen. This gate does not
-/// serve tasks and `input_required` yet: such a call gets what the next usable channel below
-/// does. Where they are served, this is `chosen` itself.
+/// serve tasks yet: such a call gets what the next usable channel below does. Where a channel is
+/// served, this is `chosen` itself.
 pub fn served_until_built(chosen: Channel, offered: &Offered, prefs: &ChannelPrefs) -> Channel {
     match chosen {
-        Channel::Task | Channel::InputRequired => {
-            choose(offered, &ChannelPrefs { ceiling: Channel::Elicitation, ..*prefs })
-        }
-        Channel::Elicitation | Channel::Wait | Channel::FailFast => chosen,
+        Channel::Task => choose(offered, &ChannelPrefs { ceiling: Channel::InputRequired, ..*prefs }),
+        Channel::InputRequired | Channel::Elicitation | Channel::Wait | Channel::FailFast => chosen,
     }
 }
 
@@ -232,18 +230,19 @@ mod tests {
         assert_eq!(choose(&offered(Era::Legacy, true, false, true), &fail_fast), Channel::FailFast);
     }
 
-    /// Until tasks and input_required are served, a call that chose them gets the next usable
-    /// channel below them.
+    /// Until tasks are served, a call that chose them gets the next usable channel below them;
+    /// every other channel is served as chosen.
     #[test]
-    fn tasks_and_input_required_fall_back_to_the_next_channel_until_built() {
+    fn tasks_fall_back_to_the_next_channel_until_built() {
         let auto = ChannelPrefs::AUTO;
         let no_wait = ChannelPrefs { wait: false, ..auto };
         let legacy = offered(Era::Legacy, true, false, true);
         assert_eq!(served_until_built(Channel::Task, &legacy, &auto), Channel::Elicitation);
         let modern = offered(Era::Modern, true, true, false);
-        assert_eq!(served_until_built(Channel::Task, &modern, &auto), Channel::Wait);
-        assert_eq!(served_until_built(Channel::InputRequired, &modern, &no_wait), Channel::FailFast);
-        for c in [Channel::Elicitation, Channel::Wait, Channel::FailFast] {
+        assert_eq!(served_until_built(Channel::Task, &modern, &auto), Channel::InputRequired);
+        let modern_plain = offered(Era::Modern, true, false, false);
+        assert_eq!(served_until_built(Channel::Task, &modern_plain, &no_wait), Channel::FailFast);
+        for c in [Channel::InputRequired, Channel::Elicitation, Channel::Wait, Channel::FailFast] {
             assert_eq!(served_until_built(c, &legacy, &auto), c);
         }
     }

@@ -183,8 +183,19 @@ impl ApprovalService {
     /// is sent ([`Outcome::NotRun`]), the claim is given back: the approval stays usable by the
     /// identical retry, exactly once.
     pub(super) async fn claim(self: &Arc<Self>, approval: &Approval, gone: &CancellationToken) -> Verdict {
+        let claim = self.store.claim_execution(&approval.id, self.now_ms()).await;
+        self.claimed(approval, gone, claim).await
+    }
+
+    /// The verdict of a claim the store made (or refused) for this call; see [`Self::claim`].
+    pub(super) async fn claimed(
+        self: &Arc<Self>,
+        approval: &Approval,
+        gone: &CancellationToken,
+        claim: Result<Claim, crate::store::StoreError>,
+    ) -> Verdict {
         let url = self.url_for(&approval.id);
-        match self.store.claim_execution(&approval.id, self.now_ms()).await {
+        match claim {
             Ok(Claim::Run) => {
                 self.audit(Event::Claimed, approval, Some(SYSTEM_ACTOR), serde_json::json!({}), false).await;
                 if gone.is_cancelled() {

@@ -7,15 +7,18 @@
 //! decision lands, waiting callers wake within milliseconds -> an approved call is claimed in
 //! the store (exactly once, or within the grant window) and sent upstream unchanged; its
 //! outcome is recorded. A caller that goes away does not cancel the approval: an identical
-//! retry joins it.
+//! retry joins it. A 2026-07-28 client that declared URL elicitation is not kept waiting on its
+//! first call: see the `input_required` module.
 
 mod ai;
 pub mod changes;
 pub mod channel;
 mod decide;
 mod hold;
+mod input_required;
 pub mod replies;
 pub mod settings;
+pub mod state;
 mod sweeper;
 mod waiters;
 
@@ -89,6 +92,9 @@ pub struct ApprovalSettings {
     pub channels: ChannelRules,
     /// `[approvals] tasks`: whether held calls may be offered as tasks.
     pub tasks: bool,
+    /// How many times a call answered with `input_required` is answered so again while it stays
+    /// pending, before the readable pending result ([`DEFAULT_MRTR_ROUNDS`] when unset).
+    pub mrtr_rounds: Option<u32>,
 }
 
 impl Default for ApprovalSettings {
@@ -102,9 +108,14 @@ impl Default for ApprovalSettings {
             expiry_warning: Duration::ZERO,
             channels: ChannelRules::default(),
             tasks: true,
+            mrtr_rounds: None,
         }
     }
 }
+
+/// Rounds of `input_required` for one pending call: under the SDKs' own limit of 10 rounds, so
+/// the client reads the pending result rather than failing.
+pub const DEFAULT_MRTR_ROUNDS: u32 = 9;
 
 impl ApprovalSettings {
     /// The channel through which a held call of `agent` that offered `offered` is answered, and
@@ -119,6 +130,10 @@ impl ApprovalSettings {
             Channel::FailFast => (Channel::FailFast, Duration::ZERO),
             served => (served, wait),
         }
+    }
+
+    pub fn mrtr_rounds(&self) -> u32 {
+        self.mrtr_rounds.unwrap_or(DEFAULT_MRTR_ROUNDS)
     }
 
     pub fn expiry_for(&self, risk: Option<Risk>, workflow: &Workflow) -> Duration {
@@ -187,6 +202,8 @@ pub struct ApprovalService {
     reviewer: std::sync::OnceLock<Arc<crate::review::Reviewer>>,
     /// Cancelled when the process stops: held calls stop waiting (see [`ApprovalService::stop_waiting`]).
     stopping: tokio_util::sync::CancellationToken,
+    /// The key of signed request states, read from the store at first use.
+    state_key: tokio::sync::OnceCell<Arc<state::StateKey>>,
 }
 
 impl ApprovalService {
@@ -202,6 +219,7 @@ impl ApprovalService {
             warned: DashSet::new(),
             reviewer: std::sync::OnceLock::new(),
             stopping: tokio_util::sync::CancellationToken::new(),
+            state_key: tokio::sync::OnceCell::new(),
         });
         // At start-up: the claims of a previous run that crashed are settled at once, without waiting
         // for the hub's sweeper.
@@ -209,6 +227,8 @@ impl ApprovalService {
         tokio::spawn(async move {
             if let Some(a) = weak.upgrade() {
                 a.settle_orphaned_claims().await;
+                // Ready before any retry brings back a state (see `ApprovalGate::issued_state`).
+                a.load_state_key().await;
             }
         });
         approvals
@@ -371,6 +391,13 @@ impl Gate for ApprovalGate {
                     let tool = call.info.cloned();
                     return Verdict::Hold(Box::pin(approvals.review_and_hold(ai, owned, tool, decision, caller)));
                 }
+                if channel == Channel::InputRequired {
+                    let retry = input_required::Retry::of(call.params);
+                    let owner = call.owner.key();
+                    return Verdict::Hold(Box::pin(
+                        approvals.hold_input_required(owned, decision, caller, owner, retry),
+                    ));
+                }
                 Verdict::Hold(Box::pin(approvals.hold(owned, decision, caller)))
             }
         }
@@ -390,6 +417,10 @@ impl Gate for ApprovalGate {
 
     fn channel(&self, agent: Option<&str>, offered: &Offered) -> Option<Channel> {
         Some(self.approvals.settings.channel_for(agent, offered).0)
+    }
+
+    fn issued_state(&self, state: &str) -> bool {
+        self.approvals.issued_state(state)
     }
 }
 

@@ -40,6 +40,8 @@ pub struct RawApprovals {
     pub header_timeout_secs: Option<u64>,
     /// Whether held calls may be offered as tasks (default `true`).
     pub tasks: Option<bool>,
+    /// Rounds of `input_required` for a pending call before the pending result.
+    pub mrtr_rounds: Option<u32>,
 }
 
 /// One `[[channels]]` entry as written.
@@ -137,6 +139,8 @@ pub struct ApprovalsConfig {
     pub channels: ChannelRules,
     /// `[approvals] tasks`.
     pub tasks: bool,
+    /// Rounds of `input_required` for a pending call (see [`super::ApprovalSettings::mrtr_rounds`]).
+    pub mrtr_rounds: u32,
 }
 
 impl ApprovalsConfig {
@@ -264,6 +268,13 @@ impl ApprovalsConfig {
                 .map_err(|_| Invalid::new("MCP_GATE_WAIT_SECS", format!("{v:?} is not a number of seconds")))?,
             Err(_) => raw.wait_secs.unwrap_or(0),
         };
+        let mrtr_rounds = raw.mrtr_rounds.unwrap_or(super::DEFAULT_MRTR_ROUNDS);
+        if mrtr_rounds > super::DEFAULT_MRTR_ROUNDS {
+            return Err(Invalid::new(
+                "approvals.mrtr_rounds",
+                format!("{mrtr_rounds} is over {}: clients give up after 10 rounds", super::DEFAULT_MRTR_ROUNDS),
+            ));
+        }
         let listen = std::env::var("MCP_GATE_APPROVALS_LISTEN")
             .ok()
             .or(raw.listen)
@@ -310,6 +321,7 @@ impl ApprovalsConfig {
             limits: ListenerLimits::validate("approvals", raw.max_connections, raw.header_timeout_secs)?,
             channels: validate_channels(channels)?,
             tasks: raw.tasks.unwrap_or(true),
+            mrtr_rounds,
         })
     }
 }

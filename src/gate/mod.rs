@@ -13,6 +13,20 @@ pub use tokio_util::sync::CancellationToken;
 use crate::gate::tools::ToolInfo;
 use crate::wire::era::Era;
 
+/// What every `requestState` the gate issues starts with (see `approval::state`); any other is
+/// the upstream's own.
+pub const OWN_STATE_PREFIX: &str = "mcpg1.";
+
+/// The key of the gate's own request in an `input_required` result's `inputRequests`, and of
+/// the client's answer to it in a retry's `inputResponses`.
+pub const APPROVAL_INPUT: &str = "mcp-gate/approval";
+
+/// Whether a `requestState` has the form of one the gate issues ([`Gate::issued_state`] says
+/// whether it really did).
+pub fn is_own_state(state: &str) -> bool {
+    state.starts_with(OWN_STATE_PREFIX)
+}
+
 /// A tool call as the gate sees it, after routing.
 #[derive(Debug)]
 pub struct ToolCall<'a> {
@@ -188,6 +202,17 @@ pub enum Verdict {
     Respond(Box<RawValue>),
     /// Decide later.
     Hold(BoxFuture<'static, Verdict>),
+    /// Answer the client with a JSON-RPC error: the request itself is wrong (a `requestState`
+    /// the proxy did not issue, or not to this caller).
+    Refuse(GateError),
+}
+
+/// A request the gate refuses as a protocol error, not as a tool result.
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    /// The params are invalid (JSON-RPC `-32602`).
+    #[error("{0}")]
+    InvalidParams(String),
 }
 
 impl std::fmt::Debug for Verdict {
@@ -197,6 +222,7 @@ impl std::fmt::Debug for Verdict {
             Verdict::AllowTracked(_) => f.write_str("AllowTracked"),
             Verdict::Respond(r) => write!(f, "Respond({})", r.get()),
             Verdict::Hold(_) => f.write_str("Hold"),
+            Verdict::Refuse(e) => write!(f, "Refuse({e})"),
         }
     }
 }
@@ -235,6 +261,14 @@ pub trait Gate: Send + Sync + 'static {
     /// to every client that declared it).
     fn channel(&self, _agent: Option<&str>, _offered: &Offered) -> Option<Channel> {
         None
+    }
+
+    /// Whether a `requestState` is one this gate issued (its signature holds). Such a state, and
+    /// the client's answer to the gate's own input request ([`APPROVAL_INPUT`]), are removed from
+    /// a call before it goes upstream; any other state (an upstream's own, another gate's) passes
+    /// untouched.
+    fn issued_state(&self, _state: &str) -> bool {
+        false
     }
 }
 

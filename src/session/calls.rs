@@ -13,7 +13,10 @@ use super::relay::progress_token;
 use super::upstreams::Tools;
 use super::{Input, Route, Session, SessionError, merge};
 use crate::gate::tools::ToolList;
-use crate::gate::{CancellationToken, Channel, Offered, Outcome, ProgressSink, RefusedCall, ToolCall, Verdict};
+use crate::gate::{
+    APPROVAL_INPUT, CancellationToken, Channel, Gate, OWN_STATE_PREFIX, Offered, Outcome, ProgressSink, RefusedCall,
+    ToolCall, Verdict, is_own_state,
+};
 use crate::wire::era::{self, Era};
 use crate::wire::jsonrpc::{self, Message};
 
@@ -129,12 +132,14 @@ impl Session {
                 if tool != exposed {
                     rename_param(&mut msg, tool);
                 }
+                strip_own_input(&mut msg, &*self.opts.gate);
                 self.forward(index, msg, param_headers);
             }
             Verdict::AllowTracked(hook) => {
                 if tool != exposed {
                     rename_param(&mut msg, tool);
                 }
+                strip_own_input(&mut msg, &*self.opts.gate);
                 self.forward_tracked(index, msg, param_headers, Some(hook));
             }
             Verdict::Respond(result) => {
@@ -146,6 +151,7 @@ impl Session {
                 self.reply(msg.id, era::own_result(result, era))
             }
             Verdict::Hold(_) => self.reply_error(msg.id, &SessionError::HeldTwice),
+            Verdict::Refuse(e) => self.reply_error(msg.id, &SessionError::Gate(e)),
         }
     }
 
@@ -400,5 +406,35 @@ pub(super) fn rename_param(msg: &mut Message, name: &str) {
     let Some(params) = msg.params.as_deref() else { return };
     let Ok(mut obj) = jsonrpc::parse_object(params) else { return };
     jsonrpc::set(&mut obj, "name", jsonrpc::to_raw(name));
+    msg.params = Some(jsonrpc::object_to_raw(&obj));
+}
+
+/// Removes from a call's params what belongs to the gate's own `input_required` rounds: a
+/// `requestState` the gate issued and the client's answer to its input request. Anything else (an
+/// upstream's own state and the answers to its requests, or another gate's) passes unchanged.
+pub(super) fn strip_own_input(msg: &mut Message, gate: &dyn Gate) {
+    let Some(params) = msg.params.as_deref() else { return };
+    if !params.get().contains(OWN_STATE_PREFIX) {
+        return;
+    }
+    let Ok(mut obj) = jsonrpc::parse_object(params) else { return };
+    let Some(at) = obj.iter().position(|(k, v)| {
+        k == "requestState"
+            && serde_json::from_str::<String>(v.get()).is_ok_and(|s| is_own_state(&s) && gate.issued_state(&s))
+    }) else {
+        return;
+    };
+    obj.remove(at);
+    if let Some(i) = obj.iter().position(|(k, _)| k == "inputResponses")
+        && let Ok(mut responses) = jsonrpc::parse_object(&obj[i].1)
+        && let Some(j) = responses.iter().position(|(k, _)| k == APPROVAL_INPUT)
+    {
+        responses.remove(j);
+        if responses.is_empty() {
+            obj.remove(i);
+        } else {
+            obj[i].1 = jsonrpc::object_to_raw(&responses);
+        }
+    }
     msg.params = Some(jsonrpc::object_to_raw(&obj));
 }

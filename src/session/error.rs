@@ -42,6 +42,9 @@ pub enum SessionError {
     NoToolList { server: String },
     #[error("empty response")]
     EmptyResponse,
+    /// The gate refused the request itself.
+    #[error(transparent)]
+    Gate(#[from] crate::gate::GateError),
 }
 
 impl SessionError {
@@ -55,6 +58,7 @@ impl SessionError {
             | SessionError::UnknownResource
             | SessionError::InvalidCursor => code::INVALID_PARAMS,
             SessionError::ToolCollision { .. } | SessionError::HeldTwice => code::INTERNAL_ERROR,
+            SessionError::Gate(crate::gate::GateError::InvalidParams(_)) => code::INVALID_PARAMS,
             SessionError::Restarting { .. }
             | SessionError::Stopped { .. }
             | SessionError::TimedOut { .. }

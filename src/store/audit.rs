@@ -54,10 +54,13 @@ pub enum Event {
     Claimed,
     /// A claim was given back unused: its caller left before the call was sent.
     Released,
+    /// A `requestState` was refused: not issued by the proxy, altered, another caller's or
+    /// another call's, or already used.
+    StateRefused,
 }
 
 impl Event {
-    pub const ALL: [Event; 12] = [
+    pub const ALL: [Event; 13] = [
         Event::Allowed,
         Event::DeniedByPolicy,
         Event::Requested,
@@ -70,6 +73,7 @@ impl Event {
         Event::Refused,
         Event::Claimed,
         Event::Released,
+        Event::StateRefused,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -86,6 +90,7 @@ impl Event {
             Event::Refused => "refused",
             Event::Claimed => "claimed",
             Event::Released => "released",
+            Event::StateRefused => "state_refused",
         }
     }
 }

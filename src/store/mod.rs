@@ -59,6 +59,7 @@ pub mod approvals;
 pub mod audit;
 pub mod clock;
 mod migrate;
+pub mod request_state;
 pub mod stats;
 
 use std::path::{Path, PathBuf};
@@ -634,7 +635,7 @@ mod tests {
         let store = Store::open(Location::Memory).await.unwrap();
         assert_eq!(store.path(), None);
         let (v, t) = store.call(|c| Ok((versions(c), tables(c)))).await.unwrap();
-        assert_eq!(v, (1..=SCHEMA_VERSION).collect::<Vec<_>>());
+        assert_eq!(v, migrate::versions());
         for want in ["approvals", "approval_votes", "approval_transitions", "audit", "audit_head", "schema_version"] {
             assert!(t.iter().any(|n| n == want), "missing table {want}: {t:?}");
         }
@@ -655,7 +656,7 @@ mod tests {
             })
             .await
             .unwrap();
-        assert_eq!(v, (1..=SCHEMA_VERSION).collect::<Vec<_>>());
+        assert_eq!(v, migrate::versions());
         assert_eq!(mode, "wal");
         drop(store);
 
@@ -669,7 +670,7 @@ mod tests {
         // Reopening applies nothing twice.
         let store = Store::open(loc.clone()).await.unwrap();
         let v = store.call(|c| Ok(versions(c))).await.unwrap();
-        assert_eq!(v, (1..=SCHEMA_VERSION).collect::<Vec<_>>());
+        assert_eq!(v, migrate::versions());
 
         // A database migrated by a newer mcp-gate is refused rather than misread.
         store

@@ -5,8 +5,18 @@ real binary, in front of a 2026-07-28 upstream: the SDK's own `MCPServer`
 Checks, for each transport: the negotiated version is 2026-07-28; a held call fails fast with a
 result the SDK parses (the caller sees the approval URL); after an approval through the API the
 identical retry runs once (the upstream counts its runs); a call denied by policy and one denied by
-a person reach the caller with the denial. Prints PASS/FAIL lines and
-`gating-2026: N passed, M failed`; exits 1 on failure.
+a person reach the caller with the denial.
+
+Then, with a client that has an elicitation callback (so it declares URL elicitation and takes
+`input_required`), against a proxy that waits up to 2 s per round and answers 2 rounds: the SDK
+drives the rounds itself. The callback sees the approval page's URL (mode url), approves or denies
+through the API and accepts; `call_tool` returns the real result or the denial. Approved from the
+side after 3 s, the call needs one state-only round and the callback runs once. Nobody deciding,
+`call_tool` returns the readable pending result (not the SDK's rounds-exceeded error). Forged and
+replayed `requestState`s sent through the low-level session raise MCPError -32602. The upstream
+runs each approved call once.
+
+Prints PASS/FAIL lines and `gating-2026: N passed, M failed`; exits 1 on failure.
 
 Run: MCP_GATE_BIN=target/release/mcp-gate .peers/venv/bin/python tests/interop/gating_2026.py
 """
@@ -19,7 +29,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from mcp import Client, StdioServerParameters
+from mcp import Client, MCPError, StdioServerParameters
+from mcp import types
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gate_client import TOKEN, api, api_base, approval, check, summary, text  # noqa: E402
@@ -47,21 +58,25 @@ default = "allow"
 listen = "127.0.0.1:0"
 """
 
-def gate_env(data_dir, runs):
+# The input_required tier: each round waits up to 2 s (MCP_GATE_WAIT_SECS), 2 rounds at most.
+MRTR_CONFIG = CONFIG + "mrtr_rounds = 2\n"
+MRTR_WAIT_SECS = 2
+
+def gate_env(data_dir, runs, wait_secs=0):
     env = dict(os.environ)
     env.update(
         MCP_GATE_TOKEN=TOKEN,
         MCP_GATE_DATA_DIR=str(data_dir),
-        MCP_GATE_WAIT_SECS="0",
+        MCP_GATE_WAIT_SECS=str(wait_secs),
         MCP_GATE_LOG=os.environ.get("MCP_GATE_LOG", "info"),
         MCP_GATE_INTEROP_RUNS=str(runs),
     )
     return env
 
 
-def config(data_dir):
+def config(data_dir, text=CONFIG):
     cfg = Path(data_dir) / "gating-2026.toml"
-    cfg.write_text(CONFIG)
+    cfg.write_text(text)
     return str(cfg)
 
 
@@ -105,20 +120,133 @@ async def scenario(name, client, runs):
         check(f"{name}/allowed-runs", not ok.is_error and "Echo: hi" in text(ok), f"{ok}")
 
 
-async def over_stdio(data_dir):
+class Page:
+    """An elicitation callback that plays the person at the approval page: it checks the URL
+    request, decides through the API (`decide`: "approve", "deny" or None), and accepts."""
+
+    def __init__(self, name, decide):
+        self.name = name
+        self.decide = decide
+        self.urls = []
+
+    async def __call__(self, context, params):
+        mode, url = getattr(params, "mode", None), getattr(params, "url", None)
+        self.urls.append(url)
+        check(f"{self.name}/callback-url-mode", mode == "url" and url and "/approvals/apr_" in url, f"{params}")
+        if url and self.decide:
+            aid = url.rsplit("/", 1)[-1]
+            body = {"notes": "ok from python"} if self.decide == "approve" else {"reason": "not b", "approver": "bob"}
+            code, got = await asyncio.to_thread(api, api_base(url) + aid + "/" + self.decide, body)
+            check(f"{self.name}/api-{self.decide}", code == 200, f"{code} {got}")
+        return types.ElicitResult(action="accept")
+
+
+async def approve_later(page, delay):
+    """Approves the request whose page the callback saw, `delay` seconds from now."""
+    await asyncio.sleep(delay)
+    url = page.urls[0] if page.urls else None
+    if url:
+        await asyncio.to_thread(api, api_base(url) + url.rsplit("/", 1)[-1] + "/approve", {"notes": "later"})
+
+
+async def input_required_scenario(name, client, runs):
+    approve = Page(f"{name}/mrtr-approve", "approve")
+    async with client(approve) as c:
+        ran = await c.call_tool("delete_file", {"path": "/srv/c.txt"})
+        check(f"{name}/mrtr-approved-runs", not ran.is_error and "deleted /srv/c.txt" in text(ran), f"{ran}")
+        check(f"{name}/mrtr-asked-once", len(approve.urls) == 1, approve.urls)
+        check(f"{name}/mrtr-runs-once", runs_of(runs) == ["/srv/c.txt"], runs_of(runs))
+
+    deny = Page(f"{name}/mrtr-deny", "deny")
+    async with client(deny) as c:
+        denied = await c.call_tool("delete_file", {"path": "/srv/d.txt"})
+        t = text(denied)
+        check(f"{name}/mrtr-denial-shown", denied.is_error and "bob" in t and "not b" in t, f"{denied}")
+        check(f"{name}/mrtr-denied-not-run", runs_of(runs) == ["/srv/c.txt"], runs_of(runs))
+
+    # Approved from the side after 3 s: one round waits 2 s and ends state-only; the SDK retries
+    # without asking again, and the next round sees the approval.
+    later = Page(f"{name}/mrtr-later", None)
+    async with client(later) as c:
+        side = asyncio.create_task(approve_later_when_asked(later, 3))
+        ran = await c.call_tool("delete_file", {"path": "/srv/e.txt"})
+        await side
+        check(f"{name}/mrtr-state-only-runs", not ran.is_error and "deleted /srv/e.txt" in text(ran), f"{ran}")
+        check(f"{name}/mrtr-state-only-asked-once", len(later.urls) == 1, later.urls)
+        check(f"{name}/mrtr-state-only-runs-once", runs_of(runs) == ["/srv/c.txt", "/srv/e.txt"], runs_of(runs))
+
+    # Nobody decides: after the rounds, the readable pending result.
+    nobody = Page(f"{name}/mrtr-nobody", None)
+    async with client(nobody) as c:
+        try:
+            pending = await c.call_tool("delete_file", {"path": "/srv/f.txt"})
+            aid, status, url = approval(pending)
+            ok = pending.is_error and status == "pending" and url and url in text(pending)
+            check(f"{name}/mrtr-rounds-end-pending", ok, f"{pending}")
+        except Exception as e:
+            check(f"{name}/mrtr-rounds-end-pending", False, repr(e))
+
+        # Forged and replayed states, through the low-level session.
+        try:
+            await c.session.call_tool(
+                "delete_file", {"path": "/srv/g.txt"}, request_state="mcpg1.e30.AAAA", allow_input_required=True
+            )
+            check(f"{name}/mrtr-forged-refused", False, "accepted")
+        except MCPError as e:
+            check(f"{name}/mrtr-forged-refused", e.code == -32602, repr(e))
+        first = await c.session.call_tool("delete_file", {"path": "/srv/g.txt"}, allow_input_required=True)
+        state = getattr(first, "request_state", None)
+        asks = getattr(first, "input_requests", None) or {}
+        check(f"{name}/mrtr-low-level-asks", state and "mcp-gate/approval" in asks, f"{first}")
+        if state:
+            url = asks["mcp-gate/approval"].params.url
+            await asyncio.to_thread(api, api_base(url) + url.rsplit("/", 1)[-1] + "/approve", {})
+            responses = {"mcp-gate/approval": types.ElicitResult(action="accept")}
+            ran = await c.session.call_tool(
+                "delete_file", {"path": "/srv/g.txt"}, input_responses=responses, request_state=state,
+                allow_input_required=True,
+            )
+            check(f"{name}/mrtr-low-level-runs", "deleted /srv/g.txt" in text(ran), f"{ran}")
+            try:
+                await c.session.call_tool(
+                    "delete_file", {"path": "/srv/g.txt"}, input_responses=responses, request_state=state,
+                    allow_input_required=True,
+                )
+                check(f"{name}/mrtr-replay-refused", False, "accepted")
+            except MCPError as e:
+                check(f"{name}/mrtr-replay-refused", e.code == -32602 and "already used" in str(e), repr(e))
+        want = ["/srv/c.txt", "/srv/e.txt", "/srv/g.txt"]
+        check(f"{name}/mrtr-each-ran-once", runs_of(runs) == want, runs_of(runs))
+
+
+async def approve_later_when_asked(page, delay):
+    """Waits until the callback saw the page, then approves `delay` seconds later."""
+    for _ in range(400):
+        if page.urls:
+            break
+        await asyncio.sleep(0.05)
+    await approve_later(page, delay)
+
+
+async def over_stdio(data_dir, text_=CONFIG, wait_secs=0, run=scenario):
     runs = Path(data_dir) / "runs"
     params = StdioServerParameters(
-        command=GATE, args=["--config", config(data_dir), "--", *UPSTREAM], env=gate_env(data_dir, runs)
+        command=GATE, args=["--config", config(data_dir, text_), "--", *UPSTREAM], env=gate_env(data_dir, runs, wait_secs)
     )
-    await scenario("stdio", lambda: Client(params, mode="auto", read_timeout_seconds=60), runs)
+    if run is scenario:
+        await run("stdio", lambda: Client(params, mode="auto", read_timeout_seconds=60), runs)
+    else:
+        await run(
+            "stdio", lambda cb: Client(params, mode="auto", read_timeout_seconds=60, elicitation_callback=cb), runs
+        )
 
 
-async def over_serve(data_dir):
+async def over_serve(data_dir, text_=CONFIG, wait_secs=0, run=scenario):
     runs = Path(data_dir) / "runs"
     log = open(Path(data_dir) / "serve.log", "w+b")
     proc = subprocess.Popen(
-        [GATE, "serve", "--listen", "127.0.0.1:0", "--config", config(data_dir), "--", *UPSTREAM],
-        env=gate_env(data_dir, runs),
+        [GATE, "serve", "--listen", "127.0.0.1:0", "--config", config(data_dir, text_), "--", *UPSTREAM],
+        env=gate_env(data_dir, runs, wait_secs),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=log,
@@ -135,8 +263,12 @@ async def over_serve(data_dir):
             if proc.poll() is not None:
                 break
         check("serve/started", url is not None, "no listening line in the log")
-        if url:
-            await scenario("serve", lambda: Client(url, mode="auto", read_timeout_seconds=60), runs)
+        if url and run is scenario:
+            await run("serve", lambda: Client(url, mode="auto", read_timeout_seconds=60), runs)
+        elif url:
+            await run(
+                "serve", lambda cb: Client(url, mode="auto", read_timeout_seconds=60, elicitation_callback=cb), runs
+            )
     finally:
         proc.terminate()
         try:
@@ -151,6 +283,10 @@ async def main():
         await asyncio.wait_for(over_stdio(d1), 120)
     with tempfile.TemporaryDirectory() as d2:
         await asyncio.wait_for(over_serve(d2), 120)
+    with tempfile.TemporaryDirectory() as d3:
+        await asyncio.wait_for(over_stdio(d3, MRTR_CONFIG, MRTR_WAIT_SECS, input_required_scenario), 180)
+    with tempfile.TemporaryDirectory() as d4:
+        await asyncio.wait_for(over_serve(d4, MRTR_CONFIG, MRTR_WAIT_SECS, input_required_scenario), 180)
     sys.exit(0 if summary("gating-2026") else 1)
 
 

@@ -210,8 +210,21 @@ fn drop_claim(conn: &Connection, id: &str, instance: &str) -> Result<(), StoreEr
 
 fn claim_tx(conn: &mut Connection, id: &str, now: i64, instance: &str) -> Result<Claim, StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let a = load(&tx, id)?.ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
-    let claim = match close_if_lapsed(&tx, &a, now)?.unwrap_or(a.status) {
+    let claim = claim_in(&tx, id, now, instance)?;
+    tx.commit()?;
+    Ok(claim)
+}
+
+/// The claim of [`Store::claim_execution`], inside a write transaction the caller commits (so
+/// that other writes can share its fate).
+pub(crate) fn claim_in(
+    tx: &rusqlite::Transaction<'_>,
+    id: &str,
+    now: i64,
+    instance: &str,
+) -> Result<Claim, StoreError> {
+    let a = load(tx, id)?.ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
+    let claim = match close_if_lapsed(tx, &a, now)?.unwrap_or(a.status) {
         Status::Pending => Claim::Pending,
         Status::Denied => Claim::Denied {
             by: a.decided_by.clone().unwrap_or_else(|| SYSTEM_ACTOR.to_owned()),
@@ -228,6 +241,5 @@ fn claim_tx(conn: &mut Connection, id: &str, now: i64, instance: &str) -> Result
             Claim::Run
         }
     };
-    tx.commit()?;
     Ok(claim)
 }

@@ -40,6 +40,7 @@ use serde_json::Value;
 use super::{SYSTEM_ACTOR, Store, StoreError, with_full_sync};
 
 mod claims;
+pub(crate) use claims::claim_in;
 mod requests;
 #[cfg(test)]
 mod tests;
