@@ -60,6 +60,7 @@ pub mod audit;
 pub mod clock;
 mod migrate;
 pub mod stats;
+pub mod tasks;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
