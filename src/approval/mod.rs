@@ -16,6 +16,7 @@ mod hold;
 pub mod replies;
 pub mod settings;
 mod sweeper;
+pub mod tasks;
 mod waiters;
 
 use std::collections::HashMap;
@@ -299,24 +300,44 @@ impl Gate for ApprovalGate {
             arguments: call.arguments.clone(),
             tool_info: None,
         };
+        // A 2025-11-25 call made with `params.task`, which the gate answers with its own task
+        // unless the upstream takes tasks for this tool itself.
+        let upstream_tasks = call.info.and_then(|i| i.task_support.as_deref());
+        let task =
+            (call.offered.task && !call.offered.era.is_modern() && self.offers_tasks()).then(|| tasks::TaskCall {
+                owner: call.owner.clone(),
+                offered: *call.offered,
+                params: tasks::upstream_params(call.params, call.tool),
+            });
         match &decision.action {
             Action::Allow => {
                 self.approvals.audit_call(Event::Allowed, &owned, &decision);
-                Verdict::Allow
+                match task {
+                    Some(task) if !matches!(upstream_tasks, Some("optional" | "required")) => {
+                        Verdict::Hold(Box::pin(self.approvals.clone().decided_as_task(owned, task, None)))
+                    }
+                    _ => Verdict::Allow,
+                }
             }
             Action::Deny { reason } => {
                 self.approvals.audit_call(Event::DeniedByPolicy, &owned, &decision);
-                Verdict::Respond(replies::denied_by_policy(
-                    &owned.server,
-                    &owned.tool,
-                    decision.rule.as_deref(),
-                    reason,
-                ))
+                let denial = replies::denied_by_policy(&owned.server, &owned.tool, decision.rule.as_deref(), reason);
+                match task {
+                    Some(task) => {
+                        Verdict::Hold(Box::pin(self.approvals.clone().decided_as_task(owned, task, Some(denial))))
+                    }
+                    None => Verdict::Respond(denial),
+                }
             }
             Action::Approve { workflow } => {
                 let mut owned = owned;
                 owned.tool_info = call.info.map(describe_tool);
                 let approvals = self.approvals.clone();
+                if let Some(task) = task.filter(|_| upstream_tasks != Some("required"))
+                    && approvals.ai_workflow(workflow).is_none()
+                {
+                    return Verdict::Hold(Box::pin(approvals.hold_as_task(owned, decision, task)));
+                }
                 let caller = Caller { progress: call.progress.clone(), gone: call.gone.clone() };
                 if let Some(ai) = approvals.ai_workflow(workflow) {
                     let tool = call.info.cloned();
@@ -337,6 +358,18 @@ impl Gate for ApprovalGate {
 
     fn hides_any(&self) -> bool {
         self.approvals.policy.hides_any()
+    }
+
+    fn offers_tasks(&self) -> bool {
+        self.approvals.policy.holds_any()
+    }
+
+    fn could_hold(&self, server: &str, tool: &crate::gate::tools::ToolInfo, agent: Option<&str>) -> bool {
+        self.approvals.policy.could_hold(server, &tool.name, agent, tool.annotations())
+    }
+
+    fn task(&self, op: crate::gate::TaskOp) -> crate::gate::TaskReply {
+        self.approvals.task_op(op)
     }
 }
 

@@ -146,7 +146,73 @@ pub enum Verdict {
     Respond(Box<RawValue>),
     /// Decide later.
     Hold(BoxFuture<'static, Verdict>),
+    /// Answer the client with `created` (a task in place of the result; the task is stored) and
+    /// drive the task's run in this session.
+    Task { created: Box<RawValue>, start: TaskStart },
 }
+
+impl std::fmt::Debug for TaskRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TaskRun::Run { server, .. } => write!(f, "Run({server})"),
+            TaskRun::Settled => f.write_str("Settled"),
+        }
+    }
+}
+
+/// A gate task's run, attached to a session of its owner: at most one per task and session.
+pub struct TaskStart {
+    /// The task's id (`mcpg-...`).
+    pub id: String,
+    /// Resolves when the task may run (its approval was claimed for it) or ended without running.
+    pub run: BoxFuture<'static, TaskRun>,
+}
+
+/// How a gate task's run resolves.
+pub enum TaskRun {
+    /// Send `params` as a `tools/call` to the upstream `server` now; report how it ended to
+    /// `hook` (never to the client, which reads the task).
+    Run { server: String, params: Box<RawValue>, hook: OutcomeHook },
+    /// Nothing to run here (ended, cancelled, another owner's, or run elsewhere).
+    Settled,
+}
+
+/// A `tasks/*` request for a gate task.
+#[derive(Debug, Clone)]
+pub struct TaskOp {
+    pub method: TaskMethod,
+    /// The `taskId` (absent for a list).
+    pub id: Option<String>,
+    /// The list cursor.
+    pub cursor: Option<String>,
+    pub owner: Owner,
+    pub era: Era,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskMethod {
+    Get,
+    Result,
+    Cancel,
+    List,
+}
+
+/// The answer to a `tasks/*` request: a result or a JSON-RPC error.
+#[derive(Debug)]
+pub enum TaskAnswer {
+    Result(Box<RawValue>),
+    Error { code: i64, message: String },
+}
+
+/// What the gate does with a `tasks/*` request: the answer, and the task's run to attach to the
+/// session when its owner is back (after a restart, or in another session).
+pub struct TaskReply {
+    pub answer: BoxFuture<'static, TaskAnswer>,
+    pub resume: Option<TaskStart>,
+}
+
+/// The prefix of the ids of gate tasks (any other id is an upstream's task).
+pub const TASK_ID_PREFIX: &str = "mcpg-";
 
 impl std::fmt::Debug for Verdict {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -155,6 +221,7 @@ impl std::fmt::Debug for Verdict {
             Verdict::AllowTracked(_) => f.write_str("AllowTracked"),
             Verdict::Respond(r) => write!(f, "Respond({})", r.get()),
             Verdict::Hold(_) => f.write_str("Hold"),
+            Verdict::Task { start, .. } => write!(f, "Task({})", start.id),
         }
     }
 }
@@ -186,6 +253,25 @@ pub trait Gate: Send + Sync + 'static {
     /// Whether any tool can be hidden at all (lets the relay skip the check).
     fn hides_any(&self) -> bool {
         false
+    }
+
+    /// Whether the gate answers held calls with tasks: the proxy then advertises tasks to
+    /// 2025-11-25 clients. False keeps the proxy's answers exactly the upstream's.
+    fn offers_tasks(&self) -> bool {
+        false
+    }
+
+    /// Whether a call of this tool could be held for this agent (its listing then offers tasks).
+    fn could_hold(&self, _server: &str, _tool: &ToolInfo, _agent: Option<&str>) -> bool {
+        false
+    }
+
+    /// Answers a `tasks/*` request for a gate task (an id with [`TASK_ID_PREFIX`], or the list).
+    fn task(&self, _op: TaskOp) -> TaskReply {
+        TaskReply {
+            answer: Box::pin(async { TaskAnswer::Error { code: -32602, message: "unknown task".to_owned() } }),
+            resume: None,
+        }
     }
 }
 

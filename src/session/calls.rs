@@ -145,6 +145,10 @@ impl Session {
                 self.reply(msg.id, era::own_result(result, era))
             }
             Verdict::Hold(_) => self.reply_error(msg.id, &SessionError::HeldTwice),
+            Verdict::Task { created, start } => {
+                self.reply(msg.id, created);
+                self.attach_task(start);
+            }
         }
     }
 

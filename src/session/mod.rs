@@ -27,6 +27,7 @@ mod fanout;
 pub mod merge;
 mod relay;
 mod routes;
+mod tasks;
 #[cfg(test)]
 mod tests;
 mod upstreams;
@@ -81,6 +82,10 @@ pub enum Input {
     ClientGone { id: String, cancel_upstream: bool },
     /// A held tool call was decided.
     Resume { msg: Box<Message>, verdict: Verdict },
+    /// A gate task's runner resolved (see [`crate::gate::TaskStart`]).
+    TaskRun { id: String, run: crate::gate::TaskRun },
+    /// The gate's answer to a `tasks/*` request for one of its tasks.
+    TaskAnswer { id: Box<RawValue>, answer: crate::gate::TaskAnswer },
     /// An upstream was restarted (or failed to).
     Restarted { index: usize, generation: u64, link: Result<UpstreamLink, ConnectError> },
 }
@@ -179,6 +184,7 @@ pub async fn start_with(
         template_routes: Vec::new(),
         task_routes: HashMap::new(),
         held: HashMap::new(),
+        tasks: HashMap::new(),
     };
     let task = tokio::spawn(session.run(rx, up_rx).instrument(span));
     Ok((SessionHandle { tx }, task))
@@ -204,6 +210,8 @@ pub(super) enum Pending {
     ToolsFetch(Vec<Box<RawValue>>),
     /// Replaying `initialize` after a restart.
     Reinit,
+    /// An approved gate task's call: its answer goes to the gate, not to the client.
+    Task(crate::gate::OutcomeHook),
 }
 
 struct Session {
@@ -248,6 +256,8 @@ struct Session {
     task_routes: HashMap<String, usize>,
     /// Held tool calls by client request id (raw text); cancelling the token abandons the wait.
     held: HashMap<String, CancellationToken>,
+    /// The runners of gate tasks attached to this session, by task id; cancelled when it ends.
+    tasks: HashMap<String, CancellationToken>,
 }
 
 impl Session {
@@ -276,6 +286,9 @@ impl Session {
         // The session ended (client gone, DELETE, reaped): nobody is left to run a held call for.
         for (_, gone) in self.held.drain() {
             gone.cancel();
+        }
+        for (_, stop) in self.tasks.drain() {
+            stop.cancel();
         }
         // Let every transport wind down (children exit, upstream sessions are deleted) before
         // the session is reported finished.
@@ -319,6 +332,8 @@ impl Session {
                     hook(Outcome::NotRun);
                 }
             }
+            Input::TaskRun { id, run } => self.on_task_run(id, run),
+            Input::TaskAnswer { id, answer } => self.on_task_answer(id, answer),
             Input::Restarted { index, generation, link } => self.on_restarted(index, generation, link),
         }
     }
@@ -358,6 +373,7 @@ impl Session {
                 }
             }
             "tools/call" => self.on_tools_call(msg, param_headers),
+            m if m.starts_with("tasks/") && self.is_gate_task_request(&msg) => self.on_gate_task_request(msg),
             _ if !self.multi => self.forward(0, msg, param_headers),
             "server/discover" => self.fan_out(msg, |_| true),
             "ping" => {

@@ -23,7 +23,7 @@ use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRe
 use rusqlite::{Connection, OptionalExtension, Row, ToSql, TransactionBehavior, params};
 use serde_json::Value;
 
-use super::approvals::{Claim, ORPHANED, claim_in, finish_in, release_in};
+use super::approvals::{Claim, claim_in, finish_in, release_in};
 use super::{Approval, Store, StoreError, with_full_sync};
 
 /// Largest page of [`Store::tasks_of_owner`].
@@ -183,13 +183,6 @@ fn transition(
         )?
         .execute(params![id, to, message, result, error, now, serde_json::to_string(&from)?])?;
     Ok(changed == 1)
-}
-
-/// Fails the running task of an orphaned claim (see [`Store::settle_orphaned_claims`]).
-pub(in crate::store) fn fail_orphaned(conn: &Connection, id: &str, now: i64) -> Result<(), StoreError> {
-    let error = serde_json::to_string(&serde_json::json!({ "code": -32603, "message": ORPHANED }))?;
-    transition(conn, id, &[TaskState::Running], TaskState::Failed, Some(ORPHANED), None, Some(&error), now)?;
-    Ok(())
 }
 
 impl Store {
@@ -446,14 +439,19 @@ impl Store {
     }
 
     /// Deletes the terminal tasks whose lifetime (from creation) has passed; returns how many.
+    /// Writes only when there is one (an idle sweep reads).
     pub async fn purge_tasks(&self, now: i64) -> Result<usize, StoreError> {
+        const DUE: &str =
+            "ttl_ms IS NOT NULL AND created_at + ttl_ms <= ?1 AND state IN ('completed', 'failed', 'cancelled')";
         self.call(move |conn| {
-            Ok(conn
-                .prepare_cached(
-                    "DELETE FROM gate_tasks WHERE ttl_ms IS NOT NULL AND created_at + ttl_ms <= ?1
-                     AND state IN ('completed', 'failed', 'cancelled')",
-                )?
-                .execute([now])?)
+            let due = conn
+                .prepare_cached(&format!("SELECT 1 FROM gate_tasks WHERE {DUE} LIMIT 1"))?
+                .query_row([now], |_| Ok(()))
+                .optional()?;
+            if due.is_none() {
+                return Ok(0);
+            }
+            Ok(conn.prepare_cached(&format!("DELETE FROM gate_tasks WHERE {DUE}"))?.execute([now])?)
         })
         .await
     }

@@ -22,5 +22,6 @@ mod shutdown;
 mod sign_in;
 mod sse_fixture;
 mod store_faults;
+mod tasks;
 mod transparency;
 mod webhooks;

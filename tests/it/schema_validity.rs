@@ -90,6 +90,19 @@ fn result_def(method: &str) -> &'static str {
     }
 }
 
+/// The definition of a result about tasks (2025-11-25): a `tools/call` answered with a task, and
+/// the `tasks/*` results (`tasks/result` of a tool call is a `CallToolResult`).
+fn task_result_def(method: &str, result: &Value) -> Option<&'static str> {
+    match method {
+        "tools/call" if result.get("task").is_some() => Some("CreateTaskResult"),
+        "tasks/get" => Some("GetTaskResult"),
+        "tasks/cancel" => Some("CancelTaskResult"),
+        "tasks/list" => Some("ListTasksResult"),
+        "tasks/result" => Some("CallToolResult"),
+        _ => None,
+    }
+}
+
 /// How many messages were validated, per version.
 fn counted(version: &str, n: usize) {
     static COUNTS: OnceLock<Mutex<HashMap<String, usize>>> = OnceLock::new();
@@ -125,7 +138,7 @@ fn check_to_client(version: &str, msg: &Value, methods: &HashMap<String, String>
             check(version, "JSONRPCResultResponse", msg)?;
             let id = id.map(Value::to_string).unwrap_or_default();
             let m = methods.get(&id).ok_or_else(|| format!("a response to no request: {msg}"))?;
-            let def = result_def(m);
+            let def = task_result_def(m, &msg["result"]).unwrap_or_else(|| result_def(m));
             check(version, def, &msg["result"])?;
             let whole = format!("{def}Response");
             if defs(version).contains_key(&whole) { check(version, &whole, msg) } else { Ok(()) }
@@ -180,7 +193,7 @@ fn check_to_upstream(version: &str, msg: &Value) -> Result<(), String> {
 
 // === fixtures ===
 
-fn scratch(name: &str) -> PathBuf {
+pub(super) fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("mcp-gate-schema-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -189,7 +202,7 @@ fn scratch(name: &str) -> PathBuf {
 
 /// An upstream started through a wrapper that appends every line the proxy sends it to `log`
 /// and writes the server's process id to `pid` (to stop it from the test).
-fn recorded(name: &str, command: &str, args: &[&str], dir: &Path) -> Arc<ServerConfig> {
+pub(super) fn recorded(name: &str, command: &str, args: &[&str], dir: &Path) -> Arc<ServerConfig> {
     let script = r#"echo $$ > "$2"; exec "$3" "${@:4}" < <(tee -a "$1")"#;
     let mut all = vec!["-c".to_owned(), script.to_owned(), "recorder".to_owned()];
     all.push(dir.join(format!("{name}.log")).display().to_string());
@@ -210,7 +223,7 @@ fn raw_bin() -> String {
 }
 
 /// Every line an upstream was sent, once the line containing `last` is there.
-async fn upstream_log(dir: &Path, name: &str, last: &str) -> Vec<Value> {
+pub(super) async fn upstream_log(dir: &Path, name: &str, last: &str) -> Vec<Value> {
     let path = dir.join(format!("{name}.log"));
     within("the upstream log", async {
         loop {
@@ -315,11 +328,21 @@ pub(super) struct Peer {
     /// Request id (raw JSON) -> method, to know what each response answers.
     methods: HashMap<String, String>,
     /// Every message the proxy wrote to this client.
-    seen: Vec<Value>,
+    pub(super) seen: Vec<Value>,
 }
 
 impl Peer {
     pub(super) async fn start(version: &'static str, servers: Vec<Arc<ServerConfig>>, gate: Arc<dyn Gate>) -> Peer {
+        Peer::start_named(version, servers, gate, "schema-test").await
+    }
+
+    /// [`Peer::start`] with the client's name (over stdio, the owner of its tasks).
+    pub(super) async fn start_named(
+        version: &'static str,
+        servers: Vec<Arc<ServerConfig>>,
+        gate: Arc<dyn Gate>,
+        name: &str,
+    ) -> Peer {
         let capabilities = json!({"elicitation": {"form": {}, "url": {}}});
         let stream = stdio_proxy(options_with_gate(servers, gate)).await;
         let (read, write) = tokio::io::split(stream);
@@ -334,7 +357,7 @@ impl Peer {
         };
         if version == LEGACY {
             let params = json!({"protocolVersion": LEGACY, "capabilities": p.capabilities,
-                                "clientInfo": {"name": "schema-test", "version": "1"}});
+                                "clientInfo": {"name": name, "version": "1"}});
             p.request("initialize", params).await;
             p.send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"})).await;
         } else {
@@ -344,7 +367,7 @@ impl Peer {
         p
     }
 
-    async fn send(&mut self, v: Value) {
+    pub(super) async fn send(&mut self, v: Value) {
         self.write.write_all(format!("{v}\n").as_bytes()).await.unwrap();
     }
 
@@ -360,12 +383,12 @@ impl Peer {
     }
 
     /// Sends a request and returns the whole response.
-    async fn request(&mut self, method: &str, params: Value) -> Value {
+    pub(super) async fn request(&mut self, method: &str, params: Value) -> Value {
         let id = self.send_request(method, params).await;
         self.response(id).await
     }
 
-    async fn send_request(&mut self, method: &str, params: Value) -> u64 {
+    pub(super) async fn send_request(&mut self, method: &str, params: Value) -> u64 {
         self.next += 1;
         let id = self.next;
         self.methods.insert(id.to_string(), method.to_owned());
@@ -381,7 +404,7 @@ impl Peer {
         v
     }
 
-    async fn response(&mut self, id: u64) -> Value {
+    pub(super) async fn response(&mut self, id: u64) -> Value {
         loop {
             let v = self.next_message().await;
             if v["id"] == id && v.get("method").is_none() {

@@ -68,8 +68,13 @@ impl Store {
                 for (claim, id, task) in claims {
                     tx.execute("DELETE FROM claims WHERE id = ?1", [claim])?;
                     if let Some(task) = task {
-                        // Its outcome is unknown: the task fails, and is never run again.
-                        crate::store::tasks::fail_orphaned(&tx, &task, now)?;
+                        // Its outcome is unknown: the gate task fails, and is never run again.
+                        let error = serde_json::json!({ "code": -32603, "message": ORPHANED }).to_string();
+                        tx.execute(
+                            "UPDATE gate_tasks SET state = 'failed', status_message = ?2, error = ?3, updated_at = ?4
+                             WHERE id = ?1 AND state = 'running'",
+                            params![task, ORPHANED, error, now],
+                        )?;
                     }
                     let Some(a) = load(&tx, &id)? else { continue };
                     if a.uses == 0 {

@@ -3,7 +3,7 @@ use serde_json::json;
 use super::*;
 use crate::store::approvals::{ApprovalRequest, Vote, VoteDecision};
 use crate::store::testutil::TempDir;
-use crate::store::{Location, Status};
+use crate::store::{Location, ORPHANED, Status};
 
 const T0: i64 = 1_700_000_000_000;
 const HOUR: i64 = 3_600_000;
