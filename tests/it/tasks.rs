@@ -230,3 +230,64 @@ async fn an_allowed_call_made_with_a_task_runs_at_once_as_a_task() {
     assert!(result["result"]["content"][0]["text"].as_str().unwrap().contains("hello"), "{result}");
     c.validate();
 }
+
+// === restart ===
+
+/// The JSON-RPC response in an HTTP reply body (plain JSON, or the `data:` of an SSE event).
+async fn reply_of(response: reqwest::Response) -> Value {
+    let body = response.text().await.unwrap();
+    body.lines()
+        .map(|l| l.strip_prefix("data:").unwrap_or(l).trim())
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v.get("id").is_some())
+        .unwrap_or_else(|| panic!("a response in {body}"))
+}
+
+/// `serve` with a file database and an `[[agents]]` token is killed (SIGKILL) while a task is
+/// working; started again on the same database, the agent's new session finds the task
+/// working, and once approved it completes with the real output, run once.
+#[tokio::test]
+async fn a_working_task_survives_a_restart_and_runs_once_when_approved() {
+    use super::binary::{APPROVER_TOKEN, Served, data_dir, gate_in};
+    const AGENT_TOKEN: &str = "task-restart-agent-token-0123456789";
+    let dir = data_dir("task-restart");
+    let config = dir.join("agents.toml");
+    let hash: String = mcp_gate::identity::sha256(AGENT_TOKEN).iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(&config, format!("[[agents]]\nname = \"bot\"\ntoken_sha256 = \"{hash}\"\n")).unwrap();
+    let start = || {
+        let mut cmd = gate_in(&dir);
+        cmd.env("MCP_GATE_TOKEN", APPROVER_TOKEN);
+        Served::start_as(cmd, "tasker", Some(AGENT_TOKEN), Some(&config))
+    };
+    let request =
+        |id: u64, method: &str, params: Value| json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+
+    let mut first = start().await;
+    let call = json!({"name": "test_image_content", "arguments": {"why": "restart"}, "task": {}});
+    let created = reply_of(first.post(request(2, "tools/call", call)).await.unwrap()).await;
+    assert_eq!(created["result"]["task"]["status"], "working", "{created}");
+    let id = created["result"]["task"]["taskId"].as_str().unwrap().to_owned();
+    let approval = created["result"]["_meta"]["mcp-gate/approval"]["id"].as_str().unwrap().to_owned();
+    first.child.start_kill().unwrap(); // SIGKILL
+    first.child.wait().await.unwrap();
+
+    let mut second = start().await;
+    let got = reply_of(second.post(request(3, "tasks/get", json!({"taskId": id}))).await.unwrap()).await;
+    assert_eq!(got["result"]["status"], "working", "{got}");
+    let api = format!("{}/api/v1/approvals/{approval}", second.approvals);
+    let http = reqwest::Client::new();
+    let approved = http
+        .post(format!("{api}/approve"))
+        .bearer_auth(APPROVER_TOKEN)
+        .json(&json!({"notes": "after the restart"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(approved.status(), 200);
+    let result = reply_of(second.post(request(4, "tasks/result", json!({"taskId": id}))).await.unwrap()).await;
+    assert_eq!(result["result"]["content"][0]["type"], "image", "the real output: {result}");
+    assert_eq!(result["result"]["_meta"]["io.modelcontextprotocol/related-task"]["taskId"], id.as_str());
+    let status: Value = http.get(&api).bearer_auth(APPROVER_TOKEN).send().await.unwrap().json().await.unwrap();
+    assert_eq!((status["status"].as_str(), status["uses"].as_u64()), (Some("executed"), Some(1)), "{status}");
+    let _ = second.child.start_kill();
+}
