@@ -300,19 +300,20 @@ impl Gate for ApprovalGate {
             arguments: call.arguments.clone(),
             tool_info: None,
         };
-        // A 2025-11-25 call made with `params.task`, which the gate answers with its own task
-        // unless the upstream takes tasks for this tool itself.
+        // A call made with `params.task` (2025-11-25) or the tasks extension (2026-07-28), which
+        // the gate answers with its own task unless the upstream takes tasks for this tool itself.
         let upstream_tasks = call.info.and_then(|i| i.task_support.as_deref());
-        let task =
-            (call.offered.task && !call.offered.era.is_modern() && self.offers_tasks()).then(|| tasks::TaskCall {
-                owner: call.owner.clone(),
-                offered: *call.offered,
-                params: tasks::upstream_params(call.params, call.tool),
-            });
+        let legacy = !call.offered.era.is_modern();
+        let task = (call.offered.task && self.offers_tasks()).then(|| tasks::TaskCall {
+            owner: call.owner.clone(),
+            offered: *call.offered,
+            params: tasks::upstream_params(call.params, call.tool),
+        });
         match &decision.action {
             Action::Allow => {
                 self.approvals.audit_call(Event::Allowed, &owned, &decision);
-                match task {
+                // A 2026-07-28 client takes a plain result: only a 2025-11-25 one insists on a task.
+                match task.filter(|_| legacy) {
                     Some(task) if !matches!(upstream_tasks, Some("optional" | "required")) => {
                         Verdict::Hold(Box::pin(self.approvals.clone().decided_as_task(owned, task, None)))
                     }
@@ -322,7 +323,7 @@ impl Gate for ApprovalGate {
             Action::Deny { reason } => {
                 self.approvals.audit_call(Event::DeniedByPolicy, &owned, &decision);
                 let denial = replies::denied_by_policy(&owned.server, &owned.tool, decision.rule.as_deref(), reason);
-                match task {
+                match task.filter(|_| legacy) {
                     Some(task) => {
                         Verdict::Hold(Box::pin(self.approvals.clone().decided_as_task(owned, task, Some(denial))))
                     }

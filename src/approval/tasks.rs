@@ -25,6 +25,7 @@ use crate::policy::{Action, CallFacts, Decision};
 use crate::store::audit::Event;
 use crate::store::tasks::{Cancelled, GateTask, TaskClaim, TaskEnd, TaskState};
 use crate::store::{Approval, Claim, SYSTEM_ACTOR, Status};
+use crate::wire::era::{self, Era};
 use crate::wire::jsonrpc;
 
 /// How often a client is asked to poll a task (milliseconds).
@@ -39,6 +40,9 @@ const RELATED_TASK: &str = "io.modelcontextprotocol/related-task";
 /// JSON-RPC invalid params: an unknown task, or one that cannot be cancelled.
 const INVALID_PARAMS: i64 = -32602;
 
+/// JSON-RPC method not found: a method of the other era.
+const METHOD_NOT_FOUND: i64 = -32601;
+
 /// What a task call carries besides the call's facts.
 pub(super) struct TaskCall {
     pub owner: Owner,
@@ -47,12 +51,31 @@ pub(super) struct TaskCall {
     pub params: Box<RawValue>,
 }
 
-/// The params as they go upstream: the tool under its name there, without `task`.
-pub(super) fn upstream_params(params: &RawValue, tool: &str) -> Box<RawValue> {
+/// The params as they go upstream: the tool under its name there, without `task` and without
+/// the tasks extension among the client's capabilities, so that the upstream answers with a plain
+/// result (the gate task is the client's task).
+pub fn upstream_params(params: &RawValue, tool: &str) -> Box<RawValue> {
     let Ok(mut obj) = jsonrpc::parse_object(params) else { return params.to_owned() };
     obj.retain(|(k, _)| k != "task");
     jsonrpc::set(&mut obj, "name", jsonrpc::to_raw(tool));
+    if let Some(meta) = jsonrpc::get(&obj, "_meta").map(|m| m.to_owned()) {
+        jsonrpc::set(&mut obj, "_meta", without_tasks_extension(&meta));
+    }
     jsonrpc::object_to_raw(&obj)
+}
+
+/// A request's `_meta` without the tasks extension among its client capabilities.
+pub fn without_tasks_extension(meta: &RawValue) -> Box<RawValue> {
+    if !meta.get().contains(era::TASKS_EXTENSION) {
+        return meta.to_owned();
+    }
+    let Ok(mut v) = serde_json::from_str::<Value>(meta.get()) else { return meta.to_owned() };
+    if let Some(ext) =
+        v.get_mut(era::CLIENT_CAPABILITIES_META).and_then(|c| c.get_mut("extensions")).and_then(Value::as_object_mut)
+    {
+        ext.remove(era::TASKS_EXTENSION);
+    }
+    jsonrpc::to_raw(&v)
 }
 
 fn new_task_id() -> Result<String, crate::random::RandomError> {
@@ -142,13 +165,14 @@ impl ApprovalService {
             }
         }
         info!(task = %stored.id, server = %call.server, tool = %call.tool, "answered with a task");
-        let created = self.task_created(&stored, approval);
+        let created = self.task_created(&stored, approval, task.offered.era);
         let start = TaskStart { id: stored.id.clone(), run: Box::pin(self.clone().run_task(task.owner, stored.id)) };
         Verdict::Task { created, start }
     }
 
-    /// The 2025-11-25 `CreateTaskResult` for `task`.
-    fn task_created(&self, task: &GateTask, approval: Option<&Approval>) -> Box<RawValue> {
+    /// The `CreateTaskResult` for `task`: the task under `task` (2025-11-25), or its fields
+    /// with `resultType: "task"` (2026-07-28 tasks extension).
+    fn task_created(&self, task: &GateTask, approval: Option<&Approval>, era: Era) -> Box<RawValue> {
         let mut meta = serde_json::Map::new();
         if let Some(a) = approval {
             let url = self.url_for(&a.id);
@@ -160,6 +184,12 @@ impl ApprovalService {
                 meta.insert("io.modelcontextprotocol/model-immediate-response".into(), Value::String(text));
             }
             meta.insert("mcp-gate/approval".into(), json!({ "id": a.id, "status": a.status.as_str(), "url": url }));
+        }
+        if era.is_modern() {
+            let mut created = modern_task_view(task);
+            created["resultType"] = json!("task");
+            created["_meta"] = Value::Object(meta);
+            return jsonrpc::to_raw(&created);
         }
         jsonrpc::to_raw(&json!({ "task": task_view(task), "_meta": meta }))
     }
@@ -367,6 +397,9 @@ impl ApprovalService {
     }
 
     async fn answer_task_op(self: Arc<Self>, op: TaskOp) -> TaskAnswer {
+        if op.era.is_modern() {
+            return self.answer_modern_task_op(op).await;
+        }
         let owner = op.owner.key();
         let unknown = |id: &str| TaskAnswer::Error { code: INVALID_PARAMS, message: format!("unknown task {id}") };
         let storage =
@@ -464,7 +497,59 @@ impl ApprovalService {
                     return TaskAnswer::Error { code: -32603, message: "the proxy is stopping".into() };
                 }
             },
-            TaskMethod::List => unknown(&id),
+            TaskMethod::List | TaskMethod::Update => {
+                TaskAnswer::Error { code: METHOD_NOT_FOUND, message: "tasks/update is not a 2025-11-25 method".into() }
+            }
+        }
+    }
+
+    /// The 2026-07-28 tasks extension: `tasks/get` answers the detailed task, `tasks/cancel` and
+    /// `tasks/update` an empty acknowledgement; `tasks/result` and `tasks/list` are gone.
+    async fn answer_modern_task_op(self: Arc<Self>, op: TaskOp) -> TaskAnswer {
+        let owner = op.owner.key();
+        let unknown = |id: &str| TaskAnswer::Error { code: INVALID_PARAMS, message: format!("unknown task {id}") };
+        let storage =
+            |e: crate::store::StoreError| TaskAnswer::Error { code: -32603, message: format!("storage: {e}") };
+        let ack = || TaskAnswer::Result(jsonrpc::to_raw(&json!({ "resultType": "complete" })));
+        let Some(id) =
+            op.id.clone().filter(|_| matches!(op.method, TaskMethod::Get | TaskMethod::Cancel | TaskMethod::Update))
+        else {
+            return TaskAnswer::Error {
+                code: METHOD_NOT_FOUND,
+                message: "tasks/result and tasks/list are not part of the 2026-07-28 tasks extension".into(),
+            };
+        };
+        match op.method {
+            TaskMethod::Get => match self.current(&owner, &id).await {
+                Ok(Some(t)) => TaskAnswer::Result(jsonrpc::to_raw(&detailed_task(&t))),
+                Ok(None) => unknown(&id),
+                Err(e) => storage(e),
+            },
+            TaskMethod::Cancel => {
+                let result = replies::cancelled_task();
+                let value: Value = serde_json::from_str(result.get()).unwrap_or(Value::Null);
+                let message = "Cancelled by the client; not run";
+                match self.store.cancel_task(&owner, &id, message, value, self.now_ms()).await {
+                    Ok(Some(cancelled)) => {
+                        if let Cancelled::Now(t) = cancelled {
+                            info!(task = %id, "task cancelled by its client");
+                            self.notify(&id);
+                            if let Some(a) = &t.approval_id {
+                                self.notify(a);
+                            }
+                        }
+                        ack()
+                    }
+                    Ok(None) => unknown(&id),
+                    Err(e) => storage(e),
+                }
+            }
+            // A gate task never asks for input: the responses are acknowledged and ignored.
+            _ => match self.store.task(&owner, &id).await {
+                Ok(Some(_)) => ack(),
+                Ok(None) => unknown(&id),
+                Err(e) => storage(e),
+            },
         }
     }
 
@@ -483,6 +568,38 @@ impl ApprovalService {
         }
         Ok(Some(task))
     }
+}
+
+/// The 2026-07-28 `Task` fields of a gate task.
+pub fn modern_task_view(task: &GateTask) -> Value {
+    let legacy = task_view(task);
+    let mut view = json!({
+        "taskId": legacy["taskId"],
+        "status": legacy["status"],
+        "createdAt": legacy["createdAt"],
+        "lastUpdatedAt": legacy["lastUpdatedAt"],
+        "ttlMs": legacy["ttl"],
+        "pollIntervalMs": POLL_INTERVAL_MS,
+    });
+    if let Some(m) = legacy.get("statusMessage") {
+        view["statusMessage"] = m.clone();
+    }
+    view
+}
+
+/// The 2026-07-28 `DetailedTask` of `tasks/get`: the task with its result or error when ended.
+fn detailed_task(task: &GateTask) -> Value {
+    let mut view = modern_task_view(task);
+    match task.state {
+        TaskState::Completed => {
+            view["result"] = task.result.as_deref().and_then(|r| serde_json::from_str(r).ok()).unwrap_or(json!({}));
+        }
+        TaskState::Failed => {
+            view["error"] = task.error.as_deref().and_then(|e| serde_json::from_str(e).ok()).unwrap_or(json!({}));
+        }
+        _ => {}
+    }
+    view
 }
 
 /// The 2025-11-25 `Task` object of a gate task.

@@ -195,6 +195,8 @@ pub enum TaskMethod {
     Result,
     Cancel,
     List,
+    /// 2026-07-28 only: input for a task (a gate task never asks for any).
+    Update,
 }
 
 /// The answer to a `tasks/*` request: a result or a JSON-RPC error.

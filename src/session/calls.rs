@@ -146,7 +146,8 @@ impl Session {
             }
             Verdict::Hold(_) => self.reply_error(msg.id, &SessionError::HeldTwice),
             Verdict::Task { created, start } => {
-                self.reply(msg.id, created);
+                let era = self.era_of(&msg);
+                self.reply(msg.id, era::own_result(created, era));
                 self.attach_task(start);
             }
         }

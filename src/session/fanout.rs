@@ -114,7 +114,8 @@ impl Session {
             "server/discover" => {
                 let parts = values(&ok, &self.upstreams);
                 let parts: Vec<(&str, Value)> = parts.iter().map(|(n, v)| (n.as_str(), v.clone())).collect();
-                jsonrpc::to_raw(&merge::merge_discover(&parts))
+                let merged = jsonrpc::to_raw(&merge::merge_discover(&parts));
+                if self.opts.gate.offers_tasks() { self.with_tasks_extension(&merged) } else { merged }
             }
             "tools/list" | "prompts/list" | "resources/list" | "resources/templates/list" => {
                 let merged = self.merge_list(&f.method, ok);

@@ -85,7 +85,7 @@ pub enum Input {
     /// A gate task's runner resolved (see [`crate::gate::TaskStart`]).
     TaskRun { id: String, run: crate::gate::TaskRun },
     /// The gate's answer to a `tasks/*` request for one of its tasks.
-    TaskAnswer { id: Box<RawValue>, answer: crate::gate::TaskAnswer },
+    TaskAnswer { id: Box<RawValue>, era: Era, answer: crate::gate::TaskAnswer },
     /// An upstream was restarted (or failed to).
     Restarted { index: usize, generation: u64, link: Result<UpstreamLink, ConnectError> },
 }
@@ -333,7 +333,7 @@ impl Session {
                 }
             }
             Input::TaskRun { id, run } => self.on_task_run(id, run),
-            Input::TaskAnswer { id, answer } => self.on_task_answer(id, answer),
+            Input::TaskAnswer { id, era, answer } => self.on_task_answer(id, era, answer),
             Input::Restarted { index, generation, link } => self.on_restarted(index, generation, link),
         }
     }

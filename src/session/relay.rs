@@ -209,6 +209,12 @@ impl Session {
                 {
                     msg.result = Some(self.without_hidden_tools(index, result));
                 }
+                if method == "server/discover"
+                    && self.opts.gate.offers_tasks()
+                    && let Some(result) = msg.result.as_deref()
+                {
+                    msg.result = Some(self.with_tasks_extension(result));
+                }
                 if self.offers_tasks()
                     && let Some(result) = msg.result.as_deref()
                 {

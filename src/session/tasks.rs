@@ -9,7 +9,7 @@ use tracing::{debug, warn};
 
 use super::{Input, Pending, Session, merge};
 use crate::gate::{CancellationToken, Outcome, TASK_ID_PREFIX, TaskAnswer, TaskMethod, TaskOp, TaskRun, TaskStart};
-use crate::wire::era::Era;
+use crate::wire::era::{self, Era};
 use crate::wire::jsonrpc::{self, Message};
 
 impl Session {
@@ -88,12 +88,12 @@ impl Session {
             return false;
         }
         match msg.method() {
-            "tasks/get" | "tasks/result" | "tasks/cancel" => msg
+            "tasks/get" | "tasks/result" | "tasks/cancel" | "tasks/update" => msg
                 .params
                 .as_deref()
                 .and_then(|p| jsonrpc::string_field(p, "taskId"))
                 .is_some_and(|id| id.starts_with(TASK_ID_PREFIX)),
-            "tasks/list" => !self
+            "tasks/list" if !self.era_of(msg).is_modern() => !self
                 .upstreams
                 .iter()
                 .any(|u| u.init_result.as_ref().and_then(|r| r.pointer("/capabilities/tasks/list")).is_some()),
@@ -107,15 +107,28 @@ impl Session {
             "tasks/get" => TaskMethod::Get,
             "tasks/result" => TaskMethod::Result,
             "tasks/cancel" => TaskMethod::Cancel,
+            "tasks/update" => TaskMethod::Update,
             _ => TaskMethod::List,
         };
+        let era = self.era_of(&msg);
         let params = msg.params.as_deref();
+        if era.is_modern() && !declares_tasks_extension(params) && method != TaskMethod::Result {
+            // Only a client that declares the extension on the request may use its methods.
+            let error = serde_json::json!({
+                "code": MISSING_CAPABILITY,
+                "message": "Missing required client capability",
+                "data": { "requiredCapabilities": { "extensions": { (era::TASKS_EXTENSION): {} } } },
+            });
+            let reply = Message { id: msg.id, error: Some(jsonrpc::to_raw(&error)), ..Message::default() };
+            self.downstream.send(&reply, super::Route::Reply);
+            return;
+        }
         let op = TaskOp {
             method,
             id: params.and_then(|p| jsonrpc::string_field(p, "taskId")),
             cursor: params.and_then(|p| jsonrpc::string_field(p, "cursor")),
             owner: self.owner(),
-            era: self.era_of(&msg),
+            era,
         };
         let reply = self.opts.gate.task(op);
         if let Some(start) = reply.resume {
@@ -126,14 +139,14 @@ impl Session {
         tokio::spawn(async move {
             let answer = reply.answer.await;
             if let Some(tx) = tx.upgrade() {
-                let _ = tx.send(Input::TaskAnswer { id, answer });
+                let _ = tx.send(Input::TaskAnswer { id, era, answer });
             }
         });
     }
 
-    pub(super) fn on_task_answer(&mut self, id: Box<RawValue>, answer: TaskAnswer) {
+    pub(super) fn on_task_answer(&mut self, id: Box<RawValue>, era: Era, answer: TaskAnswer) {
         match answer {
-            TaskAnswer::Result(result) => self.reply(Some(id), result),
+            TaskAnswer::Result(result) => self.reply(Some(id), era::own_result(result, era)),
             TaskAnswer::Error { code, message } => {
                 self.downstream.send(&Message::error(Some(id), code, &message), super::Route::Reply)
             }
@@ -187,6 +200,42 @@ impl Session {
             return;
         }
         debug!(task = %id, server, "running an approved task");
-        self.internal_request(index, "tools/call", Some(params), Pending::Task(hook));
+        // Sent with the client's latest 2026-07-28 `_meta` (as the proxy's own requests are), less
+        // the tasks extension: the upstream answers the gate task with a plain result.
+        let params =
+            self.with_modern_meta(Some(params)).map(|p| crate::approval::tasks::upstream_params(&p, &tool_name(&p)));
+        let up = &mut self.upstreams[index];
+        let up_id = up.next_id;
+        up.next_id += 1;
+        up.wait_for(up_id, "tools/call", Pending::Task(hook));
+        let msg = Message::request(jsonrpc::number_id(up_id), "tools/call", params);
+        self.send_upstream(index, &msg, Some(up_id));
     }
+
+    /// A `server/discover` result that names the tasks extension among the proxy's capabilities.
+    pub(super) fn with_tasks_extension(&self, result: &RawValue) -> Box<RawValue> {
+        let Ok(mut v) = serde_json::from_str::<Value>(result.get()) else { return result.to_owned() };
+        let Some(caps) = v.get_mut("capabilities").and_then(Value::as_object_mut) else { return result.to_owned() };
+        let extensions = caps.entry("extensions").or_insert_with(|| serde_json::json!({}));
+        let Some(extensions) = extensions.as_object_mut() else { return result.to_owned() };
+        extensions.entry(era::TASKS_EXTENSION).or_insert_with(|| serde_json::json!({}));
+        jsonrpc::to_raw(&v)
+    }
+}
+
+/// JSON-RPC error of a request that needs a capability the client did not declare.
+const MISSING_CAPABILITY: i64 = -32021;
+
+/// Whether a 2026-07-28 request declares the tasks extension among its client capabilities.
+fn declares_tasks_extension(params: Option<&RawValue>) -> bool {
+    params
+        .filter(|p| p.get().contains(era::TASKS_EXTENSION))
+        .and_then(|p| serde_json::from_str::<Value>(p.get()).ok())
+        .and_then(|v| v.pointer("/_meta").and_then(|m| m.get(era::CLIENT_CAPABILITIES_META)).cloned())
+        .and_then(|c| c.get("extensions").and_then(|e| e.get(era::TASKS_EXTENSION)).cloned())
+        .is_some()
+}
+
+fn tool_name(params: &RawValue) -> String {
+    jsonrpc::string_field(params, "name").unwrap_or_default()
 }

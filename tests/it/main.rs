@@ -23,5 +23,6 @@ mod sign_in;
 mod sse_fixture;
 mod store_faults;
 mod tasks;
+mod tasks_2026;
 mod transparency;
 mod webhooks;

@@ -103,6 +103,50 @@ fn task_result_def(method: &str, result: &Value) -> Option<&'static str> {
     }
 }
 
+/// A result of the 2026-07-28 tasks extension (SEP-2663), which `schema.json` does not define:
+/// `CreateTaskResult` (`Result & Task`, `resultType: "task"`), `tasks/get` (`Result &
+/// DetailedTask`), and the empty acknowledgements of `tasks/cancel` and `tasks/update`.
+fn check_modern_task(method: &str, result: &Value) -> Result<(), String> {
+    let fail = |why: &str| Err(format!("{method} result: {why}: {result}"));
+    let Some(obj) = result.as_object() else { return fail("not an object") };
+    if let Some(meta) = obj.get("_meta").filter(|m| !m.is_object()) {
+        return fail(&format!("_meta {meta} is not an object"));
+    }
+    let expected = if method == "tools/call" { "task" } else { "complete" };
+    if obj.get("resultType").and_then(Value::as_str) != Some(expected) {
+        return fail(&format!("resultType is not {expected:?}"));
+    }
+    if matches!(method, "tasks/cancel" | "tasks/update") {
+        return match obj.keys().all(|k| k == "resultType" || k == "_meta") {
+            true => Ok(()),
+            false => fail("an acknowledgement carries nothing"),
+        };
+    }
+    let string = |k: &str| obj.get(k).is_some_and(Value::is_string);
+    if !string("taskId") || !string("createdAt") || !string("lastUpdatedAt") {
+        return fail("taskId, createdAt and lastUpdatedAt are strings");
+    }
+    if !obj.get("ttlMs").is_some_and(|t| t.is_null() || t.is_number()) {
+        return fail("ttlMs is a number or null");
+    }
+    if obj.get("pollIntervalMs").is_some_and(|p| !p.is_number())
+        || obj.get("statusMessage").is_some_and(|s| !s.is_string())
+    {
+        return fail("pollIntervalMs is a number, statusMessage a string");
+    }
+    let status = obj.get("status").and_then(Value::as_str).unwrap_or_default();
+    match status {
+        "completed" if method == "tasks/get" && !obj.get("result").is_some_and(Value::is_object) => {
+            fail("a completed task carries its result")
+        }
+        "failed" if method == "tasks/get" && !obj.get("error").is_some_and(Value::is_object) => {
+            fail("a failed task carries its error")
+        }
+        "working" | "input_required" | "completed" | "failed" | "cancelled" => Ok(()),
+        other => fail(&format!("unknown status {other:?}")),
+    }
+}
+
 /// How many messages were validated, per version.
 fn counted(version: &str, n: usize) {
     static COUNTS: OnceLock<Mutex<HashMap<String, usize>>> = OnceLock::new();
@@ -138,6 +182,10 @@ fn check_to_client(version: &str, msg: &Value, methods: &HashMap<String, String>
             check(version, "JSONRPCResultResponse", msg)?;
             let id = id.map(Value::to_string).unwrap_or_default();
             let m = methods.get(&id).ok_or_else(|| format!("a response to no request: {msg}"))?;
+            if version == MODERN && (m.starts_with("tasks/") || msg["result"]["resultType"] == "task") {
+                // The tasks extension is not in the core schema: checked by hand against SEP-2663.
+                return check_modern_task(m, &msg["result"]);
+            }
             let def = task_result_def(m, &msg["result"]).unwrap_or_else(|| result_def(m));
             check(version, def, &msg["result"])?;
             let whole = format!("{def}Response");
@@ -156,6 +204,19 @@ fn check_error(version: &str, error: &Value) -> Result<(), String> {
         .iter()
         .find(|(n, d)| n.ends_with("Error") && d["properties"]["code"]["const"].as_i64() == Some(code))
         .map(|(n, _)| n.clone());
+    // Errors defined as a whole response (`MissingRequiredClientCapabilityError`).
+    let response = defs(version)
+        .iter()
+        .find(|(n, d)| {
+            n.ends_with("Error")
+                && d["properties"]["error"]["allOf"]
+                    .as_array()
+                    .is_some_and(|all| all.iter().any(|p| p["properties"]["code"]["const"].as_i64() == Some(code)))
+        })
+        .map(|(n, _)| n.clone());
+    if let Some(def) = response {
+        return check(version, &def, &json!({"jsonrpc": "2.0", "id": 0, "error": error}));
+    }
     match named {
         Some(def) => check(version, &def, error),
         None if version == MODERN && !(-32019..=-32000).contains(&code) && !(-32768..=-32600).contains(&code) => {
@@ -321,7 +382,8 @@ async fn gates(fast: &Arc<ApprovalService>, wait: &Arc<ApprovalService>) -> Arc<
 
 pub(super) struct Peer {
     version: &'static str,
-    capabilities: Value,
+    /// The client capabilities it declares (in each request's `_meta` in 2026-07-28).
+    pub(super) capabilities: Value,
     lines: tokio::io::Lines<BufReader<tokio::io::ReadHalf<tokio::io::DuplexStream>>>,
     write: tokio::io::WriteHalf<tokio::io::DuplexStream>,
     next: u64,
