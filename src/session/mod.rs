@@ -14,7 +14,8 @@
 //!
 //! The rooms: this file holds the public API and the actor's loop, which dispatches each input;
 //! `relay` the id maps (requests out, answers back, progress, cancellation);
-//! `calls` `tools/call` through the gate and the tool-list fetch it may wait for;
+//! `calls` `tools/call` through the gate and the tool-list fetch it may wait for; `tasks` the
+//! gate's tasks (advertising them, their runners, the `tasks/*` requests for them);
 //! `fanout` requests to several upstreams and the merge of their answers
 //! ([`merge`] the pure helpers); `routes` which upstream a prompt, resource or
 //! completion belongs to; `upstreams` each upstream's state, its deadlines and

@@ -259,6 +259,7 @@ impl Store {
                     tx.execute("UPDATE claims SET task_id = ?2 WHERE id = ?1", params![row, id])?;
                 }
                 transition(&tx, &id, &[TaskState::Working], TaskState::Running, None, None, None, now)?;
+                tx.execute("UPDATE gate_tasks SET instance = ?2 WHERE id = ?1", params![id, instance])?;
                 let task = must_load(&tx, &id)?;
                 tx.commit()?;
                 Ok(TaskClaim::Run(task))

@@ -116,6 +116,13 @@ impl Store {
                     }
                     settled.push(load(&tx, &id)?.ok_or_else(|| StoreError::NotFound(id.clone()))?);
                 }
+                // Tasks that ran without an approval have no claim: they fail by their instance.
+                let error = serde_json::json!({ "code": -32603, "message": ORPHANED }).to_string();
+                tx.execute(
+                    "UPDATE gate_tasks SET state = 'failed', status_message = ?2, error = ?3, updated_at = ?4
+                     WHERE instance = ?1 AND state = 'running'",
+                    params![instance, ORPHANED, error, now],
+                )?;
                 tx.execute("DELETE FROM instances WHERE id = ?1", [&instance])?;
             }
             tx.commit()?;

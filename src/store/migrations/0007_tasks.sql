@@ -16,7 +16,8 @@ CREATE TABLE gate_tasks (
     error          TEXT,                          -- JSON of the JSON-RPC error (failed)
     created_at     INTEGER NOT NULL,
     updated_at     INTEGER NOT NULL,
-    ttl_ms         INTEGER                        -- kept this long after creation; NULL: until purged by hand
+    ttl_ms         INTEGER,                       -- kept this long after creation; NULL: until purged by hand
+    instance       TEXT                           -- the process that claimed it (instances.id)
 ) STRICT;
 
 -- The same caller retrying the same call gets its open task back.

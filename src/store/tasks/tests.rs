@@ -221,6 +221,14 @@ async fn an_orphaned_claim_fails_its_task_which_never_runs_again() {
     approved(&crashed, "a", "k").await;
     crashed.open_task(task("mcpg-1", "agent:x", "a", "k"), T0).await.unwrap();
     assert!(matches!(crashed.claim_task("mcpg-1", T0 + 2).await.unwrap(), TaskClaim::Run(_)));
+    // A call that needed no approval, run as a task: it has no claim row.
+    let free = GateTask { approval_id: None, ..task("mcpg-2", "agent:x", "-", "k2") };
+    crashed.open_task(free, T0).await.unwrap();
+    assert!(matches!(crashed.claim_task("mcpg-2", T0 + 2).await.unwrap(), TaskClaim::Run(_)));
+    // A task of the survivor, running: untouched.
+    let own = GateTask { approval_id: None, ..task("mcpg-3", "agent:x", "-", "k3") };
+    survivor.open_task(own, T0).await.unwrap();
+    assert!(matches!(survivor.claim_task("mcpg-3", T0 + 2).await.unwrap(), TaskClaim::Run(_)));
     let me = crashed.instance().to_owned();
     survivor
         .call(move |c| Ok(c.execute("UPDATE instances SET heartbeat_at = 0, host = 'elsewhere' WHERE id = ?1", [me])?))
@@ -233,6 +241,10 @@ async fn an_orphaned_claim_fails_its_task_which_never_runs_again() {
     assert_eq!(error["message"], ORPHANED);
     assert!(matches!(survivor.claim_task("mcpg-1", T0 + 3).await.unwrap(), TaskClaim::NotWorking(_)));
     assert_eq!(survivor.get_approval("a").await.unwrap().unwrap().status, Status::Failed);
+    let free = survivor.task("agent:x", "mcpg-2").await.unwrap().unwrap();
+    assert_eq!(free.state, TaskState::Failed, "a task without approval fails with its process too");
+    let own = survivor.task("agent:x", "mcpg-3").await.unwrap().unwrap();
+    assert_eq!(own.state, TaskState::Running, "the live process's task is untouched");
 }
 
 #[tokio::test]
