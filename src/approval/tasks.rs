@@ -562,9 +562,15 @@ impl ApprovalService {
         }
         let Some(approval) = task.approval_id.as_deref() else { return Ok(Some(task)) };
         let Some(a) = self.store.get_approval(approval).await? else { return Ok(Some(task)) };
-        if matches!(a.status, Status::Denied | Status::Expired) {
-            self.settle(&task, &a, None).await;
-            return self.store.task(owner, id).await;
+        match a.status {
+            Status::Denied | Status::Expired => {
+                self.settle(&task, &a, None).await;
+                return self.store.task(owner, id).await;
+            }
+            // Approved where this process did not hear of it (another process sharing the
+            // database, without a hub to relay it): the runner waiting here re-reads it.
+            Status::Approved => self.notify(approval),
+            _ => {}
         }
         Ok(Some(task))
     }

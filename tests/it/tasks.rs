@@ -291,3 +291,47 @@ async fn a_working_task_survives_a_restart_and_runs_once_when_approved() {
     assert_eq!((status["status"].as_str(), status["uses"].as_u64()), (Some("executed"), Some(1)), "{status}");
     let _ = second.child.start_kill();
 }
+
+/// Approved by another process sharing the database, which this one does not hear of: the
+/// owner's next poll finds the approval and the task runs, once.
+#[tokio::test]
+async fn a_task_approved_by_another_process_runs_at_the_next_poll() {
+    let dir = scratch("tasks-elsewhere");
+    let db = dir.join("gate.db");
+    let open = |policy: &'static str| {
+        let db = db.clone();
+        async move {
+            let config = Config::from_toml(policy, "tasks.toml").expect("policy");
+            let store = Store::open(Location::File(db)).await.expect("store");
+            let settings = ApprovalSettings {
+                wait: Duration::ZERO,
+                public_url: "http://127.0.0.1:8377".into(),
+                expiry_by_risk: config.approvals.expiry_by_risk,
+                ..ApprovalSettings::default()
+            };
+            ApprovalService::new(store, config.policy.clone(), settings)
+        }
+    };
+    let here = open(POLICY).await;
+    let elsewhere = open(POLICY).await;
+    let mut c = peer(&here, &dir, "claude").await;
+    let created = call_task(&mut c, "test_simple_text", json!({"path": "/srv/e"})).await;
+    let id = task_id(&created);
+    elsewhere.decide(&approval_of(&created), &Principal::named("alice"), true, None, None).await.unwrap();
+    let done = within("the task completes", async {
+        loop {
+            let got = c.request("tasks/get", json!({"taskId": id})).await;
+            if got["result"]["status"] != "working" {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(done["result"]["status"], "completed", "{done}");
+    let result = c.request("tasks/result", json!({"taskId": id})).await;
+    assert_eq!(result["result"]["content"][0]["text"], "This is a simple text response for testing.", "{result}");
+    flush(&mut c, "after-elsewhere").await;
+    assert_eq!(upstream_calls(&dir, "test_simple_text", "after-elsewhere").await, 1);
+    c.validate();
+}
