@@ -335,3 +335,44 @@ async fn a_task_approved_by_another_process_runs_at_the_next_poll() {
     assert_eq!(upstream_calls(&dir, "test_simple_text", "after-elsewhere").await, 1);
     c.validate();
 }
+
+/// The same over stdio: the owner is the client by the name it gives in `initialize`, so the
+/// client started again after the proxy was killed finds its task and gets the real output.
+#[tokio::test]
+async fn a_working_task_of_a_stdio_client_survives_a_restart() {
+    use super::binary::{APPROVER_TOKEN, Running, data_dir, start_gated};
+    use tokio::io::AsyncWriteExt;
+    async fn ask(r: &mut Running, id: u64, method: &str, params: Value) -> Value {
+        let line = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+        r.stdin.write_all(format!("{line}\n").as_bytes()).await.unwrap();
+        loop {
+            let line = within("a reply", r.lines.next_line()).await.unwrap().expect("a line");
+            let v: Value = serde_json::from_str(&line).unwrap();
+            if v["id"] == id {
+                return v;
+            }
+        }
+    }
+    let dir = data_dir("task-restart-stdio");
+    let mut first = start_gated(&dir).await;
+    let call = json!({"name": "test_image_content", "arguments": {"why": "stdio restart"}, "task": {}});
+    let created = ask(&mut first, 2, "tools/call", call).await;
+    assert_eq!(created["result"]["task"]["status"], "working", "{created}");
+    let id = task_id(&created);
+    let approval = approval_of(&created);
+    first.child.start_kill().unwrap(); // SIGKILL
+    first.child.wait().await.unwrap();
+
+    let mut second = start_gated(&dir).await;
+    let got = ask(&mut second, 3, "tasks/get", json!({"taskId": id})).await;
+    assert_eq!(got["result"]["status"], "working", "{got}");
+    let http = reqwest::Client::new();
+    let api = format!("{}/api/v1/approvals/{approval}", second.approvals);
+    let approved = http.post(format!("{api}/approve")).bearer_auth(APPROVER_TOKEN).json(&json!({})).send().await;
+    assert_eq!(approved.unwrap().status(), 200);
+    let result = ask(&mut second, 4, "tasks/result", json!({"taskId": id})).await;
+    assert_eq!(result["result"]["content"][0]["type"], "image", "the real output: {result}");
+    let status: Value = http.get(&api).bearer_auth(APPROVER_TOKEN).send().await.unwrap().json().await.unwrap();
+    assert_eq!((status["status"].as_str(), status["uses"].as_u64()), (Some("executed"), Some(1)), "{status}");
+    let _ = second.child.start_kill();
+}
