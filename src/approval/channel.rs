@@ -56,16 +56,6 @@ pub fn choose(offered: &Offered, prefs: &ChannelPrefs) -> Channel {
         .unwrap_or(Channel::FailFast)
 }
 
-/// The channel that actually serves a call for which `chosen` was chosen. This gate does not
-/// serve tasks yet: such a call gets what the next usable channel below does. Where a channel is
-/// served, this is `chosen` itself.
-pub fn served_until_built(chosen: Channel, offered: &Offered, prefs: &ChannelPrefs) -> Channel {
-    match chosen {
-        Channel::Task => choose(offered, &ChannelPrefs { ceiling: Channel::InputRequired, ..*prefs }),
-        Channel::InputRequired | Channel::Elicitation | Channel::Wait | Channel::FailFast => chosen,
-    }
-}
-
 /// The clients we know, by the name they send as `clientInfo.name`: when each must be answered
 /// (a little before its own limit), and what that limit is. Matched after the user's entries.
 pub const BUILT_IN: &[(&str, u64, &str)] = &[
@@ -230,21 +220,15 @@ mod tests {
         assert_eq!(choose(&offered(Era::Legacy, true, false, true), &fail_fast), Channel::FailFast);
     }
 
-    /// Until tasks are served, a call that chose them gets the next usable channel below them;
-    /// every other channel is served as chosen.
+    /// A call that cannot be a task (tasks off, or not possible for this call) gets the next
+    /// channel its client declared.
     #[test]
-    fn tasks_fall_back_to_the_next_channel_until_built() {
-        let auto = ChannelPrefs::AUTO;
-        let no_wait = ChannelPrefs { wait: false, ..auto };
-        let legacy = offered(Era::Legacy, true, false, true);
-        assert_eq!(served_until_built(Channel::Task, &legacy, &auto), Channel::Elicitation);
-        let modern = offered(Era::Modern, true, true, false);
-        assert_eq!(served_until_built(Channel::Task, &modern, &auto), Channel::InputRequired);
-        let modern_plain = offered(Era::Modern, true, false, false);
-        assert_eq!(served_until_built(Channel::Task, &modern_plain, &no_wait), Channel::FailFast);
-        for c in [Channel::InputRequired, Channel::Elicitation, Channel::Wait, Channel::FailFast] {
-            assert_eq!(served_until_built(c, &legacy, &auto), c);
-        }
+    fn without_tasks_a_call_gets_the_next_declared_channel() {
+        let no_tasks = ChannelPrefs { tasks: false, ..ChannelPrefs::AUTO };
+        assert_eq!(choose(&offered(Era::Legacy, true, false, true), &no_tasks), Channel::Elicitation);
+        assert_eq!(choose(&offered(Era::Modern, true, true, false), &no_tasks), Channel::InputRequired);
+        let no_wait = ChannelPrefs { wait: false, ..no_tasks };
+        assert_eq!(choose(&offered(Era::Modern, true, false, false), &no_wait), Channel::FailFast);
     }
 
     fn rule(agent: &str, ceiling: Option<Channel>, secs: Option<u64>) -> ChannelRule {

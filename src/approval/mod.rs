@@ -20,6 +20,7 @@ pub mod replies;
 pub mod settings;
 pub mod state;
 mod sweeper;
+pub mod tasks;
 mod waiters;
 
 use std::collections::HashMap;
@@ -121,14 +122,17 @@ impl ApprovalSettings {
     /// The channel through which a held call of `agent` that offered `offered` is answered, and
     /// how long it waits for a decision: `min(wait_secs, answer_within)` of the agent, so that
     /// the client hears the pending result before it gives up on the call by itself.
-    pub fn channel_for(&self, agent: Option<&str>, offered: &Offered) -> (Channel, Duration) {
+    ///
+    /// `task_here` is false where this call cannot be a task whatever its client declared (an
+    /// upstream that insists on its own task for the tool, a workflow an AI reviewer decides
+    /// first): the call then gets the next channel its client declared.
+    pub fn channel_for(&self, agent: Option<&str>, offered: &Offered, task_here: bool) -> (Channel, Duration) {
         let entry = self.channels.for_agent(agent);
         let wait = entry.answer_within.map_or(self.wait, |within| within.min(self.wait));
-        let prefs = ChannelPrefs { ceiling: entry.ceiling, tasks: self.tasks, wait: !wait.is_zero() };
-        let chosen = channel::choose(offered, &prefs);
-        match channel::served_until_built(chosen, offered, &prefs) {
+        let prefs = ChannelPrefs { ceiling: entry.ceiling, tasks: self.tasks && task_here, wait: !wait.is_zero() };
+        match channel::choose(offered, &prefs) {
             Channel::FailFast => (Channel::FailFast, Duration::ZERO),
-            served => (served, wait),
+            chosen => (chosen, wait),
         }
     }
 
@@ -363,26 +367,51 @@ impl Gate for ApprovalGate {
             tool_info: None,
             channel: None,
         };
+        // A call made with `params.task` (2025-11-25) or the tasks extension (2026-07-28), which
+        // the gate answers with its own task unless the upstream takes tasks for this tool itself.
+        let upstream_tasks = call.info.and_then(|i| i.task_support.as_deref());
+        let legacy = !call.offered.era.is_modern();
+        let task = (call.offered.task && self.offers_tasks()).then(|| tasks::TaskCall {
+            owner: call.owner.clone(),
+            offered: *call.offered,
+            params: tasks::upstream_params(call.params, call.tool),
+        });
         match &decision.action {
             Action::Allow => {
                 self.approvals.audit_call(Event::Allowed, &owned, &decision);
-                Verdict::Allow
+                // A 2026-07-28 client takes a plain result: only a 2025-11-25 one insists on a task.
+                match task.filter(|_| legacy) {
+                    Some(task) if !matches!(upstream_tasks, Some("optional" | "required")) => {
+                        Verdict::Hold(Box::pin(self.approvals.clone().decided_as_task(owned, task, None)))
+                    }
+                    _ => Verdict::Allow,
+                }
             }
             Action::Deny { reason } => {
                 self.approvals.audit_call(Event::DeniedByPolicy, &owned, &decision);
-                Verdict::Respond(replies::denied_by_policy(
-                    &owned.server,
-                    &owned.tool,
-                    decision.rule.as_deref(),
-                    reason,
-                ))
+                let denial = replies::denied_by_policy(&owned.server, &owned.tool, decision.rule.as_deref(), reason);
+                match task.filter(|_| legacy) {
+                    Some(task) => {
+                        Verdict::Hold(Box::pin(self.approvals.clone().decided_as_task(owned, task, Some(denial))))
+                    }
+                    None => Verdict::Respond(denial),
+                }
             }
             Action::Approve { workflow } => {
                 let mut owned = owned;
                 owned.tool_info = call.info.map(describe_tool);
                 let approvals = self.approvals.clone();
-                let (channel, wait) = approvals.settings.channel_for(call.agent, call.offered);
+                // A task is possible unless the upstream insists on its own task for this tool, or
+                // an AI reviewer decides first.
+                let task =
+                    task.filter(|_| upstream_tasks != Some("required") && approvals.ai_workflow(workflow).is_none());
+                let (channel, wait) = approvals.settings.channel_for(call.agent, call.offered, task.is_some());
                 owned.channel = Some(channel);
+                if channel == Channel::Task
+                    && let Some(task) = task
+                {
+                    return Verdict::Hold(Box::pin(approvals.hold_as_task(owned, decision, task)));
+                }
                 let now = tokio::time::Instant::now();
                 // A wait too long for the clock is as good as a year.
                 let deadline = now.checked_add(wait).unwrap_or(now + Duration::from_secs(365 * 86_400));
@@ -416,11 +445,23 @@ impl Gate for ApprovalGate {
     }
 
     fn channel(&self, agent: Option<&str>, offered: &Offered) -> Option<Channel> {
-        Some(self.approvals.settings.channel_for(agent, offered).0)
+        Some(self.approvals.settings.channel_for(agent, offered, true).0)
     }
 
     fn issued_state(&self, state: &str) -> bool {
         self.approvals.issued_state(state)
+    }
+
+    fn offers_tasks(&self) -> bool {
+        self.approvals.settings.tasks && self.approvals.policy.holds_any()
+    }
+
+    fn could_hold(&self, server: &str, tool: &crate::gate::tools::ToolInfo, agent: Option<&str>) -> bool {
+        self.approvals.policy.could_hold(server, &tool.name, agent, tool.annotations())
+    }
+
+    fn task(&self, op: crate::gate::TaskOp) -> crate::gate::TaskReply {
+        self.approvals.task_op(op)
     }
 }
 

@@ -72,6 +72,12 @@ pub fn denied_by_policy(server: &str, tool: &str, rule: Option<&str>, reason: &s
     result(text, json!({ "status": "denied", "rule": rule }))
 }
 
+/// A gate task cancelled by its client before it ran.
+pub fn cancelled_task() -> Box<RawValue> {
+    let text = "mcp-gate: this call was cancelled by the client before it ran; it was not run.".to_owned();
+    result(text, json!({ "status": "cancelled" }))
+}
+
 /// The gate could not evaluate or record the call: it is not run (fail closed).
 pub fn internal(why: &str) -> Box<RawValue> {
     let text = format!("mcp-gate: this call was not run because the approval gate failed: {why}");

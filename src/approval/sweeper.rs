@@ -11,8 +11,8 @@ use crate::store::audit::Event;
 use crate::store::{Approval, SYSTEM_ACTOR};
 
 impl ApprovalService {
-    /// Expires overdue requests and settles the claims of stopped processes (called by the
-    /// sweeper every second).
+    /// Expires overdue requests, settles the claims of stopped processes and purges ended tasks
+    /// past their lifetime (called by the sweeper every second).
     pub async fn sweep(&self) {
         match self.store.expire_due(self.now_ms()).await {
             Ok(expired) => {
@@ -25,6 +25,9 @@ impl ApprovalService {
             Err(e) => warn!("expiry sweep failed: {e}"),
         }
         self.settle_orphaned_claims().await;
+        if let Err(e) = self.store.purge_tasks(self.now_ms()).await {
+            warn!("purging ended tasks failed: {e}");
+        }
         self.warn_expiring().await;
     }
 

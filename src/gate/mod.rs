@@ -205,6 +205,9 @@ pub enum Verdict {
     /// Answer the client with a JSON-RPC error: the request itself is wrong (a `requestState`
     /// the proxy did not issue, or not to this caller).
     Refuse(GateError),
+    /// Answer the client with `created` (a task in place of the result; the task is stored) and
+    /// drive the task's run in this session.
+    Task { created: Box<RawValue>, start: TaskStart },
 }
 
 /// A request the gate refuses as a protocol error, not as a tool result.
@@ -215,6 +218,71 @@ pub enum GateError {
     InvalidParams(String),
 }
 
+impl std::fmt::Debug for TaskRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TaskRun::Run { server, .. } => write!(f, "Run({server})"),
+            TaskRun::Settled => f.write_str("Settled"),
+        }
+    }
+}
+
+/// A gate task's run, attached to a session of its owner: at most one per task and session.
+pub struct TaskStart {
+    /// The task's id (`mcpg-...`).
+    pub id: String,
+    /// Resolves when the task may run (its approval was claimed for it) or ended without running.
+    pub run: BoxFuture<'static, TaskRun>,
+}
+
+/// How a gate task's run resolves.
+pub enum TaskRun {
+    /// Send `params` as a `tools/call` to the upstream `server` now; report how it ended to
+    /// `hook` (never to the client, which reads the task).
+    Run { server: String, params: Box<RawValue>, hook: OutcomeHook },
+    /// Nothing to run here (ended, cancelled, another owner's, or run elsewhere).
+    Settled,
+}
+
+/// A `tasks/*` request for a gate task.
+#[derive(Debug, Clone)]
+pub struct TaskOp {
+    pub method: TaskMethod,
+    /// The `taskId` (absent for a list).
+    pub id: Option<String>,
+    /// The list cursor.
+    pub cursor: Option<String>,
+    pub owner: Owner,
+    pub era: Era,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskMethod {
+    Get,
+    Result,
+    Cancel,
+    List,
+    /// 2026-07-28 only: input for a task (a gate task never asks for any).
+    Update,
+}
+
+/// The answer to a `tasks/*` request: a result or a JSON-RPC error.
+#[derive(Debug)]
+pub enum TaskAnswer {
+    Result(Box<RawValue>),
+    Error { code: i64, message: String },
+}
+
+/// What the gate does with a `tasks/*` request: the answer, and the task's run to attach to the
+/// session when its owner is back (after a restart, or in another session).
+pub struct TaskReply {
+    pub answer: BoxFuture<'static, TaskAnswer>,
+    pub resume: Option<TaskStart>,
+}
+
+/// The prefix of the ids of gate tasks (any other id is an upstream's task).
+pub const TASK_ID_PREFIX: &str = "mcpg-";
+
 impl std::fmt::Debug for Verdict {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -223,6 +291,7 @@ impl std::fmt::Debug for Verdict {
             Verdict::Respond(r) => write!(f, "Respond({})", r.get()),
             Verdict::Hold(_) => f.write_str("Hold"),
             Verdict::Refuse(e) => write!(f, "Refuse({e})"),
+            Verdict::Task { start, .. } => write!(f, "Task({})", start.id),
         }
     }
 }
@@ -269,6 +338,24 @@ pub trait Gate: Send + Sync + 'static {
     /// untouched.
     fn issued_state(&self, _state: &str) -> bool {
         false
+    }
+    /// Whether the gate answers held calls with tasks: the proxy then advertises tasks to
+    /// 2025-11-25 clients. False keeps the proxy's answers exactly the upstream's.
+    fn offers_tasks(&self) -> bool {
+        false
+    }
+
+    /// Whether a call of this tool could be held for this agent (its listing then offers tasks).
+    fn could_hold(&self, _server: &str, _tool: &ToolInfo, _agent: Option<&str>) -> bool {
+        false
+    }
+
+    /// Answers a `tasks/*` request for a gate task (an id with [`TASK_ID_PREFIX`], or the list).
+    fn task(&self, _op: TaskOp) -> TaskReply {
+        TaskReply {
+            answer: Box::pin(async { TaskAnswer::Error { code: -32602, message: "unknown task".to_owned() } }),
+            resume: None,
+        }
     }
 }
 

@@ -11,6 +11,8 @@ use serde_json::value::RawValue;
 pub struct ToolInfo {
     pub name: String,
     pub tool: Option<rmcp::model::Tool>,
+    /// `execution.taskSupport` as the upstream listed it (`forbidden`, `optional`, `required`).
+    pub task_support: Option<String>,
 }
 
 impl ToolInfo {
@@ -57,13 +59,21 @@ impl ToolList {
         #[derive(serde::Deserialize)]
         struct Named {
             name: String,
+            #[serde(default)]
+            execution: Option<Execution>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Execution {
+            #[serde(default, rename = "taskSupport")]
+            task_support: Option<String>,
         }
         let page: Page = serde_json::from_str(result.get())?;
         for raw in page.tools {
-            let Ok(Named { name }) = serde_json::from_str::<Named>(raw.get()) else { continue };
+            let Ok(Named { name, execution }) = serde_json::from_str::<Named>(raw.get()) else { continue };
+            let task_support = execution.and_then(|e| e.task_support);
             let tool = serde_json::from_str::<rmcp::model::Tool>(raw.get()).ok();
             self.by_name.insert(name.clone(), self.tools.len());
-            self.tools.push(ToolInfo { name, tool });
+            self.tools.push(ToolInfo { name, tool, task_support });
         }
         Ok(())
     }

@@ -467,6 +467,16 @@ impl Rule {
     }
 
     /// The rule matches every call (no restriction at all).
+    /// Matches every call: no condition, or only `*` for the server and the tool.
+    fn matches_every_call(&self) -> bool {
+        let any = |g: &Glob| g.as_str() == "*";
+        self.server.as_ref().is_none_or(any)
+            && self.tool.as_ref().is_none_or(|globs| globs.iter().any(any))
+            && self.agent.is_none()
+            && self.annotations.is_empty()
+            && self.when.is_empty()
+    }
+
     fn is_catch_all(&self) -> bool {
         self.server.is_none()
             && self.tool.is_none()
@@ -678,6 +688,41 @@ impl Policy {
             .iter()
             .find(|r| r.check_static(server, tool, agent, annotations).is_ok())
             .is_some_and(|r| r.hide && r.when.is_empty())
+    }
+
+    /// Whether a call of this tool could be held for approval for this agent: a rule that
+    /// matches it statically asks for approval before a rule that surely decides it otherwise
+    /// (one without `when` conditions), or the default does.
+    pub fn could_hold(
+        &self,
+        server: &str,
+        tool: &str,
+        agent: Option<&str>,
+        annotations: Option<&rmcp::model::ToolAnnotations>,
+    ) -> bool {
+        for rule in self.inner.rules.iter().filter(|r| r.check_static(server, tool, agent, annotations).is_ok()) {
+            if matches!(rule.action, Action::Approve { .. }) {
+                return true;
+            }
+            if rule.when.is_empty() {
+                return false;
+            }
+        }
+        matches!(self.inner.default, Action::Approve { .. })
+    }
+
+    /// Whether any call at all could be held: a rule asks for approval, or the default does and
+    /// no rule before it decides every call.
+    pub fn holds_any(&self) -> bool {
+        for rule in &self.inner.rules {
+            if matches!(rule.action, Action::Approve { .. }) {
+                return true;
+            }
+            if rule.matches_every_call() {
+                return false;
+            }
+        }
+        matches!(self.inner.default, Action::Approve { .. })
     }
 
     /// Whether any rule hides tools (so listing can skip the check when none does).

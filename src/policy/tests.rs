@@ -1090,3 +1090,42 @@ fn lint_finds_deny_and_approve_rules_shadowed_by_annotations() {
         assert_eq!(shadowed(toml), Vec::<String>::new(), "{toml}");
     }
 }
+
+#[test]
+fn could_hold_follows_the_first_sure_rule_and_the_default() {
+    let p = policy(
+        r#"
+[policy]
+default = "allow"
+
+[[rules]]
+tool = "read_*"
+action = "allow"
+
+[[rules]]
+tool = "rm"
+action = "deny"
+when = [{ pointer = "/path", equals = "/tmp/x" }]
+
+[[rules]]
+tool = "rm"
+action = "approve"
+
+[[rules]]
+tool = "rm*"
+agent = "ops"
+action = "approve"
+"#,
+    );
+    assert!(p.holds_any());
+    assert!(!p.could_hold("fs", "read_file", None, None), "allowed before any approve rule");
+    assert!(p.could_hold("fs", "rm", None, None), "a conditional deny does not decide it surely");
+    assert!(!p.could_hold("fs", "rmdir", None, None), "only ops is asked");
+    assert!(p.could_hold("fs", "rmdir", Some("ops"), None));
+    assert!(!p.could_hold("fs", "ls", None, None), "the default allows");
+    let relay = policy("[policy]\ndefault = \"allow\"\n[[rules]]\ntool = \"rm\"\naction = \"deny\"\n");
+    assert!(!relay.holds_any());
+    let all_allowed = policy("[[rules]]\ntool = \"*\"\naction = \"allow\"\n");
+    assert!(!all_allowed.holds_any(), "the default (approve) is never reached");
+    assert!(policy("[[rules]]\ntool = \"rm\"\naction = \"allow\"\n").holds_any(), "the default approves");
+}

@@ -152,6 +152,11 @@ impl Session {
             }
             Verdict::Hold(_) => self.reply_error(msg.id, &SessionError::HeldTwice),
             Verdict::Refuse(e) => self.reply_error(msg.id, &SessionError::Gate(e)),
+            Verdict::Task { created, start } => {
+                let era = self.era_of(&msg);
+                self.reply(msg.id, era::own_result(created, era));
+                self.attach_task(start);
+            }
         }
     }
 

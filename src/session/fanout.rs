@@ -108,12 +108,14 @@ impl Session {
                 let parts: Vec<(&str, Value)> = parts.iter().map(|(n, v)| (n.as_str(), v.clone())).collect();
                 let requested =
                     self.initialize_params.as_deref().and_then(|p| jsonrpc::string_field(p, "protocolVersion"));
-                jsonrpc::to_raw(&merge::merge_initialize(&parts, requested.as_deref()))
+                let merged = jsonrpc::to_raw(&merge::merge_initialize(&parts, requested.as_deref()));
+                if self.offers_tasks() { self.with_task_capabilities(&merged) } else { merged }
             }
             "server/discover" => {
                 let parts = values(&ok, &self.upstreams);
                 let parts: Vec<(&str, Value)> = parts.iter().map(|(n, v)| (n.as_str(), v.clone())).collect();
-                jsonrpc::to_raw(&merge::merge_discover(&parts))
+                let merged = jsonrpc::to_raw(&merge::merge_discover(&parts));
+                if self.opts.gate.offers_tasks() { self.with_tasks_extension(&merged) } else { merged }
             }
             "tools/list" | "prompts/list" | "resources/list" | "resources/templates/list" => {
                 let merged = self.merge_list(&f.method, ok);
@@ -179,6 +181,8 @@ impl Session {
             } else {
                 result
             };
+            let result =
+                if key == "tools" && self.offers_tasks() { self.with_task_support(index, &result) } else { result };
             let entries = match key {
                 "tools" | "prompts" => {
                     merge::rename_entries(&result, key, |n| merge::exposed_name(&name, n, prefix, &sep))

@@ -14,7 +14,8 @@
 //!
 //! The rooms: this file holds the public API and the actor's loop, which dispatches each input;
 //! `relay` the id maps (requests out, answers back, progress, cancellation);
-//! `calls` `tools/call` through the gate and the tool-list fetch it may wait for;
+//! `calls` `tools/call` through the gate and the tool-list fetch it may wait for; `tasks` the
+//! gate's tasks (advertising them, their runners, the `tasks/*` requests for them);
 //! `fanout` requests to several upstreams and the merge of their answers
 //! ([`merge`] the pure helpers); `routes` which upstream a prompt, resource or
 //! completion belongs to; `upstreams` each upstream's state, its deadlines and
@@ -27,6 +28,7 @@ mod fanout;
 pub mod merge;
 mod relay;
 mod routes;
+mod tasks;
 #[cfg(test)]
 mod tests;
 mod upstreams;
@@ -81,6 +83,10 @@ pub enum Input {
     ClientGone { id: String, cancel_upstream: bool },
     /// A held tool call was decided.
     Resume { msg: Box<Message>, verdict: Verdict },
+    /// A gate task's runner resolved (see [`crate::gate::TaskStart`]).
+    TaskRun { id: String, run: crate::gate::TaskRun },
+    /// The gate's answer to a `tasks/*` request for one of its tasks.
+    TaskAnswer { id: Box<RawValue>, era: Era, answer: crate::gate::TaskAnswer },
     /// An upstream was restarted (or failed to).
     Restarted { index: usize, generation: u64, link: Result<UpstreamLink, ConnectError> },
 }
@@ -180,6 +186,7 @@ pub async fn start_with(
         task_routes: HashMap::new(),
         held: HashMap::new(),
         channels_logged: Vec::new(),
+        tasks: HashMap::new(),
     };
     let task = tokio::spawn(session.run(rx, up_rx).instrument(span));
     Ok((SessionHandle { tx }, task))
@@ -205,6 +212,8 @@ pub(super) enum Pending {
     ToolsFetch(Vec<Box<RawValue>>),
     /// Replaying `initialize` after a restart.
     Reinit,
+    /// An approved gate task's call: its answer goes to the gate, not to the client.
+    Task(crate::gate::OutcomeHook),
 }
 
 struct Session {
@@ -252,6 +261,8 @@ struct Session {
     /// The sets of channels the client declared that were logged with the channel they get
     /// (a handful at most: each flag of [`crate::gate::Offered`] on or off).
     channels_logged: Vec<crate::gate::Offered>,
+    /// The runners of gate tasks attached to this session, by task id; cancelled when it ends.
+    tasks: HashMap<String, CancellationToken>,
 }
 
 impl Session {
@@ -280,6 +291,9 @@ impl Session {
         // The session ended (client gone, DELETE, reaped): nobody is left to run a held call for.
         for (_, gone) in self.held.drain() {
             gone.cancel();
+        }
+        for (_, stop) in self.tasks.drain() {
+            stop.cancel();
         }
         // Let every transport wind down (children exit, upstream sessions are deleted) before
         // the session is reported finished.
@@ -323,6 +337,8 @@ impl Session {
                     hook(Outcome::NotRun);
                 }
             }
+            Input::TaskRun { id, run } => self.on_task_run(id, run),
+            Input::TaskAnswer { id, era, answer } => self.on_task_answer(id, era, answer),
             Input::Restarted { index, generation, link } => self.on_restarted(index, generation, link),
         }
     }
@@ -362,6 +378,7 @@ impl Session {
                 }
             }
             "tools/call" => self.on_tools_call(msg, param_headers),
+            m if m.starts_with("tasks/") && self.is_gate_task_request(&msg) => self.on_gate_task_request(msg),
             _ if !self.multi => self.forward(0, msg, param_headers),
             "server/discover" => self.fan_out(msg, |_| true),
             "ping" => {

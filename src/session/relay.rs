@@ -174,6 +174,7 @@ impl Session {
             Pending::Fanout(f) => self.fanout_part(f, index, Err(error.to_error_object())),
             Pending::ToolsFetch(_) => self.tools_fetched(index, None),
             Pending::Reinit => {}
+            Pending::Task(hook) => hook(Outcome::Error(error.to_error_object().get())),
         }
     }
 
@@ -208,6 +209,21 @@ impl Session {
                 {
                     msg.result = Some(self.without_hidden_tools(index, result));
                 }
+                if method == "server/discover"
+                    && self.opts.gate.offers_tasks()
+                    && let Some(result) = msg.result.as_deref()
+                {
+                    msg.result = Some(self.with_tasks_extension(result));
+                }
+                if self.offers_tasks()
+                    && let Some(result) = msg.result.as_deref()
+                {
+                    match method.as_str() {
+                        "initialize" => msg.result = Some(self.with_task_capabilities(result)),
+                        "tools/list" => msg.result = Some(self.with_task_support(index, result)),
+                        _ => {}
+                    }
+                }
                 msg.id = Some(client_id);
                 self.downstream.send(&msg, Route::Reply);
             }
@@ -237,6 +253,11 @@ impl Session {
                     }
                 }
             }
+            Pending::Task(hook) => match (&msg.result, &msg.error) {
+                (Some(result), _) => hook(Outcome::Result(result)),
+                (None, Some(error)) => hook(Outcome::Error(error.get())),
+                (None, None) => hook(Outcome::Error("empty response")),
+            },
             Pending::Reinit => {
                 if msg.result.is_some() {
                     self.upstreams[index].init_result =

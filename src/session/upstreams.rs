@@ -209,6 +209,7 @@ impl Session {
                     Pending::Fanout(f) => self.fanouts.get(f).map_or("", |f| f.method.as_str()),
                     Pending::ToolsFetch(_) => "tools/list",
                     Pending::Reinit => "initialize",
+                    Pending::Task(_) => "tools/call",
                 };
                 let (secs, key) = if method == "initialize" {
                     (cfg.initialize_timeout.as_secs(), "initialize_timeout_secs")

@@ -24,6 +24,7 @@ const MIGRATIONS: &[Migration] = &[
         sql: include_str!("migrations/0005_one_pending_and_claims.sql"),
     },
     Migration { version: 6, name: "channel", sql: include_str!("migrations/0006_channel.sql") },
+    Migration { version: 7, name: "tasks", sql: include_str!("migrations/0007_tasks.sql") },
     Migration { version: 8, name: "request_state", sql: include_str!("migrations/0008_request_state.sql") },
 ];
 

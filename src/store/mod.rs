@@ -61,6 +61,7 @@ pub mod clock;
 mod migrate;
 pub mod request_state;
 pub mod stats;
+pub mod tasks;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};

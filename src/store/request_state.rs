@@ -85,7 +85,7 @@ impl Store {
                 if !insert_use(&tx, &used, now)? {
                     return Ok(None);
                 }
-                let claim = claim_in(&tx, &used.approval_id, now, &instance)?;
+                let (claim, _) = claim_in(&tx, &used.approval_id, now, &instance)?;
                 tx.commit()?;
                 Ok(Some(claim))
             })

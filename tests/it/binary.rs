@@ -417,20 +417,31 @@ pub(super) struct Served {
     pub(super) approvals: String,
     pub(super) session: String,
     pub(super) http: reqwest::Client,
+    /// The bearer token the client sends (an `[[agents]]` token), if any.
+    pub(super) token: Option<String>,
 }
 
 impl Served {
     /// Starts `cmd` (a `gate_in` command, with any further options) as `serve` on a free port and
     /// initializes a session as `client`.
-    pub(super) async fn start(mut cmd: Command, client: &str) -> Served {
-        let mut child = cmd
-            .args(["serve", "--listen", "127.0.0.1:0", "--"])
-            .arg(fixture_bin())
-            .arg("stdio")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+    pub(super) async fn start(cmd: Command, client: &str) -> Served {
+        Served::start_as(cmd, client, None, None).await
+    }
+
+    /// [`Served::start`] with a configuration file, for a client that sends `token` as its
+    /// bearer token.
+    pub(super) async fn start_as(
+        mut cmd: Command,
+        client: &str,
+        token: Option<&str>,
+        config: Option<&std::path::Path>,
+    ) -> Served {
+        cmd.args(["serve", "--listen", "127.0.0.1:0"]);
+        if let Some(config) = config {
+            cmd.arg("--config").arg(config);
+        }
+        let mut child =
+            cmd.arg("--").arg(fixture_bin()).arg("stdio").stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let (mut url, mut approvals) = (None, None);
         within("start-up lines", async {
@@ -450,8 +461,11 @@ impl Served {
         let http = reqwest::Client::new();
         let initialize = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
             "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": client, "version": "1"}}});
-        let init = http
-            .post(&url)
+        let mut init = http.post(&url);
+        if let Some(token) = token {
+            init = init.bearer_auth(token);
+        }
+        let init = init
             .header("content-type", "application/json")
             .header("accept", "application/json, text/event-stream")
             .body(initialize.to_string())
@@ -460,7 +474,7 @@ impl Served {
             .unwrap();
         let session = init.headers()["mcp-session-id"].to_str().unwrap().to_owned();
         init.bytes().await.unwrap();
-        let served = Served { child, url, approvals, session, http };
+        let served = Served { child, url, approvals, session, http, token: token.map(str::to_owned) };
         served.post(serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"})).await.unwrap();
         served
     }
@@ -470,8 +484,11 @@ impl Served {
         &self,
         body: serde_json::Value,
     ) -> impl std::future::Future<Output = reqwest::Result<reqwest::Response>> + use<> {
-        self.http
-            .post(&self.url)
+        let mut request = self.http.post(&self.url);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        request
             .header("content-type", "application/json")
             .header("accept", "application/json, text/event-stream")
             .header("mcp-session-id", &self.session)

@@ -139,12 +139,16 @@ async fn the_opening_channel_is_recorded() {
         ("claude-code", elicits, "elicitation"),
         // Declared, but this agent's `use` says wait at best.
         ("plain-waiter", elicits, "wait"),
-        // Tasks are not served by this gate yet: the next declared channel serves the call.
-        ("codex-mcp-client", asks_task, "wait"),
+        // Asked for a task: answered with one at once.
+        ("codex-mcp-client", asks_task, "task"),
     ];
-    for (agent, offered, _) in cases {
+    for (agent, offered, want) in cases {
         let (verdict, _) = held_call(&approvals, agent, offered).await;
-        assert_eq!(status(&verdict), "pending", "{agent}");
+        if want == "task" {
+            assert!(matches!(verdict, Verdict::Task { .. }), "{agent}: {verdict:?}");
+        } else {
+            assert_eq!(status(&verdict), "pending", "{agent}");
+        }
     }
     let fail_fast = self::approvals(Duration::ZERO).await;
     let (verdict, took) = held_call(&fail_fast, "claude-ai", Offered::plain(Era::Legacy)).await;

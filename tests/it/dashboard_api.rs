@@ -619,7 +619,7 @@ async fn the_dashboard_filters_pages_and_decides_in_bulk() {
 async fn hold_delete_file(api: &Api, tool: Value, arguments: &Value, agent: &str) -> String {
     let gate = ApprovalGate { approvals: api.approvals.clone() };
     let tool: rmcp::model::Tool = serde_json::from_value(tool).unwrap();
-    let info = mcp_gate::gate::tools::ToolInfo { name: "delete_file".into(), tool: Some(tool) };
+    let info = mcp_gate::gate::tools::ToolInfo { name: "delete_file".into(), tool: Some(tool), task_support: None };
     let call = ToolCall {
         server: "files",
         tool: "delete_file",

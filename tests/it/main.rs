@@ -24,5 +24,7 @@ mod shutdown;
 mod sign_in;
 mod sse_fixture;
 mod store_faults;
+mod tasks;
+mod tasks_2026;
 mod transparency;
 mod webhooks;

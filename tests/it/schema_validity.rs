@@ -90,6 +90,63 @@ fn result_def(method: &str) -> &'static str {
     }
 }
 
+/// The definition of a result about tasks (2025-11-25): a `tools/call` answered with a task, and
+/// the `tasks/*` results (`tasks/result` of a tool call is a `CallToolResult`).
+fn task_result_def(method: &str, result: &Value) -> Option<&'static str> {
+    match method {
+        "tools/call" if result.get("task").is_some() => Some("CreateTaskResult"),
+        "tasks/get" => Some("GetTaskResult"),
+        "tasks/cancel" => Some("CancelTaskResult"),
+        "tasks/list" => Some("ListTasksResult"),
+        "tasks/result" => Some("CallToolResult"),
+        _ => None,
+    }
+}
+
+/// A result of the 2026-07-28 tasks extension (SEP-2663), which `schema.json` does not define:
+/// `CreateTaskResult` (`Result & Task`, `resultType: "task"`), `tasks/get` (`Result &
+/// DetailedTask`), and the empty acknowledgements of `tasks/cancel` and `tasks/update`.
+fn check_modern_task(method: &str, result: &Value) -> Result<(), String> {
+    let fail = |why: &str| Err(format!("{method} result: {why}: {result}"));
+    let Some(obj) = result.as_object() else { return fail("not an object") };
+    if let Some(meta) = obj.get("_meta").filter(|m| !m.is_object()) {
+        return fail(&format!("_meta {meta} is not an object"));
+    }
+    let expected = if method == "tools/call" { "task" } else { "complete" };
+    if obj.get("resultType").and_then(Value::as_str) != Some(expected) {
+        return fail(&format!("resultType is not {expected:?}"));
+    }
+    if matches!(method, "tasks/cancel" | "tasks/update") {
+        return match obj.keys().all(|k| k == "resultType" || k == "_meta") {
+            true => Ok(()),
+            false => fail("an acknowledgement carries nothing"),
+        };
+    }
+    let string = |k: &str| obj.get(k).is_some_and(Value::is_string);
+    if !string("taskId") || !string("createdAt") || !string("lastUpdatedAt") {
+        return fail("taskId, createdAt and lastUpdatedAt are strings");
+    }
+    if !obj.get("ttlMs").is_some_and(|t| t.is_null() || t.is_number()) {
+        return fail("ttlMs is a number or null");
+    }
+    if obj.get("pollIntervalMs").is_some_and(|p| !p.is_number())
+        || obj.get("statusMessage").is_some_and(|s| !s.is_string())
+    {
+        return fail("pollIntervalMs is a number, statusMessage a string");
+    }
+    let status = obj.get("status").and_then(Value::as_str).unwrap_or_default();
+    match status {
+        "completed" if method == "tasks/get" && !obj.get("result").is_some_and(Value::is_object) => {
+            fail("a completed task carries its result")
+        }
+        "failed" if method == "tasks/get" && !obj.get("error").is_some_and(Value::is_object) => {
+            fail("a failed task carries its error")
+        }
+        "working" | "input_required" | "completed" | "failed" | "cancelled" => Ok(()),
+        other => fail(&format!("unknown status {other:?}")),
+    }
+}
+
 /// How many messages were validated, per version.
 fn counted(version: &str, n: usize) {
     static COUNTS: OnceLock<Mutex<HashMap<String, usize>>> = OnceLock::new();
@@ -125,10 +182,14 @@ fn check_to_client(version: &str, msg: &Value, methods: &HashMap<String, String>
             check(version, "JSONRPCResultResponse", msg)?;
             let id = id.map(Value::to_string).unwrap_or_default();
             let m = methods.get(&id).ok_or_else(|| format!("a response to no request: {msg}"))?;
+            if version == MODERN && (m.starts_with("tasks/") || msg["result"]["resultType"] == "task") {
+                // The tasks extension is not in the core schema: checked by hand against SEP-2663.
+                return check_modern_task(m, &msg["result"]);
+            }
             // A 2026-07-28 call may be answered with `input_required` instead of its result.
             let def = match msg["result"]["resultType"].as_str() {
                 Some("input_required") if version == MODERN => "InputRequiredResult",
-                _ => result_def(m),
+                _ => task_result_def(m, &msg["result"]).unwrap_or_else(|| result_def(m)),
             };
             check(version, def, &msg["result"])?;
             let whole = format!("{def}Response");
@@ -147,6 +208,19 @@ fn check_error(version: &str, error: &Value) -> Result<(), String> {
         .iter()
         .find(|(n, d)| n.ends_with("Error") && d["properties"]["code"]["const"].as_i64() == Some(code))
         .map(|(n, _)| n.clone());
+    // Errors defined as a whole response (`MissingRequiredClientCapabilityError`).
+    let response = defs(version)
+        .iter()
+        .find(|(n, d)| {
+            n.ends_with("Error")
+                && d["properties"]["error"]["allOf"]
+                    .as_array()
+                    .is_some_and(|all| all.iter().any(|p| p["properties"]["code"]["const"].as_i64() == Some(code)))
+        })
+        .map(|(n, _)| n.clone());
+    if let Some(def) = response {
+        return check(version, &def, &json!({"jsonrpc": "2.0", "id": 0, "error": error}));
+    }
     match named {
         Some(def) => check(version, &def, error),
         None if version == MODERN && !(-32019..=-32000).contains(&code) && !(-32768..=-32600).contains(&code) => {
@@ -312,7 +386,8 @@ async fn gates(fast: &Arc<ApprovalService>, wait: &Arc<ApprovalService>) -> Arc<
 
 pub(super) struct Peer {
     version: &'static str,
-    capabilities: Value,
+    /// The client capabilities it declares (in each request's `_meta` in 2026-07-28).
+    pub(super) capabilities: Value,
     lines: tokio::io::Lines<BufReader<tokio::io::ReadHalf<tokio::io::DuplexStream>>>,
     write: tokio::io::WriteHalf<tokio::io::DuplexStream>,
     next: u64,
@@ -325,8 +400,18 @@ pub(super) struct Peer {
 impl Peer {
     /// A client that declares both modes of elicitation.
     pub(super) async fn start(version: &'static str, servers: Vec<Arc<ServerConfig>>, gate: Arc<dyn Gate>) -> Peer {
+        Peer::start_named(version, servers, gate, "schema-test").await
+    }
+
+    /// [`Peer::start`] with the client's name (over stdio, the owner of its tasks).
+    pub(super) async fn start_named(
+        version: &'static str,
+        servers: Vec<Arc<ServerConfig>>,
+        gate: Arc<dyn Gate>,
+        name: &str,
+    ) -> Peer {
         let capabilities = json!({"elicitation": {"form": {}, "url": {}}});
-        Peer::start_declaring(version, capabilities, servers, gate).await
+        Peer::start_declaring_named(version, capabilities, servers, gate, name).await
     }
 
     pub(super) async fn start_declaring(
@@ -334,6 +419,17 @@ impl Peer {
         capabilities: Value,
         servers: Vec<Arc<ServerConfig>>,
         gate: Arc<dyn Gate>,
+    ) -> Peer {
+        Peer::start_declaring_named(version, capabilities, servers, gate, "schema-test").await
+    }
+
+    /// A client named `name` (over stdio, the owner of its tasks) that declares `capabilities`.
+    pub(super) async fn start_declaring_named(
+        version: &'static str,
+        capabilities: Value,
+        servers: Vec<Arc<ServerConfig>>,
+        gate: Arc<dyn Gate>,
+        name: &str,
     ) -> Peer {
         let stream = stdio_proxy(options_with_gate(servers, gate)).await;
         let (read, write) = tokio::io::split(stream);
@@ -348,7 +444,7 @@ impl Peer {
         };
         if version == LEGACY {
             let params = json!({"protocolVersion": LEGACY, "capabilities": p.capabilities,
-                                "clientInfo": {"name": "schema-test", "version": "1"}});
+                                "clientInfo": {"name": name, "version": "1"}});
             p.request("initialize", params).await;
             p.send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"})).await;
         } else {
@@ -358,7 +454,7 @@ impl Peer {
         p
     }
 
-    async fn send(&mut self, v: Value) {
+    pub(super) async fn send(&mut self, v: Value) {
         self.write.write_all(format!("{v}\n").as_bytes()).await.unwrap();
     }
 

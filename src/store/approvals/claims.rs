@@ -21,38 +21,7 @@ impl Store {
         let instance = self.instance().to_owned();
         self.call(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let a = load(&tx, &id)?.ok_or_else(|| StoreError::NotFound(id.clone()))?;
-            drop_claim(&tx, &id, &instance)?;
-            let to = if ok { Status::Executed } else { Status::Failed };
-            let outcome = serde_json::to_string(&outcome)?;
-            if a.grant_secs == 0 {
-                if a.status != Status::Approved || a.uses == 0 {
-                    return Err(StoreError::InvalidState(format!(
-                        "approval {id} is {} and {}claimed; cannot finish it",
-                        a.status,
-                        if a.uses == 0 { "not " } else { "" }
-                    )));
-                }
-                tx.execute(
-                    "UPDATE approvals SET status = ?2, executed_at = ?3, outcome = ?4 WHERE id = ?1",
-                    params![id, to, now, outcome],
-                )?;
-                insert_transition(&tx, &id, now, Some(a.status), to, SYSTEM_ACTOR, None, None)?;
-            } else {
-                // A grant closed by `expire_due` while this run was in flight still records the run.
-                if !matches!(a.status, Status::Approved | Status::Executed) || a.uses == 0 {
-                    return Err(StoreError::InvalidState(format!(
-                        "grant {id} is {} with {} uses; cannot finish a run",
-                        a.status, a.uses
-                    )));
-                }
-                tx.execute(
-                    "UPDATE approvals SET executed_at = ?2, outcome = ?3 WHERE id = ?1",
-                    params![id, now, outcome],
-                )?;
-                insert_transition(&tx, &id, now, Some(a.status), to, SYSTEM_ACTOR, Some("grant use"), None)?;
-            }
-            let stored = load(&tx, &id)?.ok_or_else(|| StoreError::NotFound(id.clone()))?;
+            let stored = finish_in(&tx, &id, ok, &outcome, now, &instance)?;
             tx.commit()?;
             Ok(stored)
         })
@@ -67,23 +36,7 @@ impl Store {
         let instance = self.instance().to_owned();
         self.call(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let a = load(&tx, &id)?.ok_or_else(|| StoreError::NotFound(id.clone()))?;
-            drop_claim(&tx, &id, &instance)?;
-            if a.status != Status::Approved || a.uses == 0 {
-                return Err(StoreError::InvalidState(format!("approval {id} is {} with {} uses", a.status, a.uses)));
-            }
-            tx.execute("UPDATE approvals SET uses = uses - 1 WHERE id = ?1", [&id])?;
-            insert_transition(
-                &tx,
-                &id,
-                now,
-                Some(a.status),
-                a.status,
-                SYSTEM_ACTOR,
-                None,
-                Some("claim released: the caller left before the call was sent"),
-            )?;
-            let stored = load(&tx, &id)?.ok_or_else(|| StoreError::NotFound(id.clone()))?;
+            let stored = release_in(&tx, &id, now, &instance)?;
             tx.commit()?;
             Ok(stored)
         })
@@ -94,7 +47,7 @@ impl Store {
     /// `approved` and used forever: a process is taken as stopped when its heartbeat is older than
     /// [`STALE_AFTER`](crate::store::STALE_AFTER), or when it ran on this host and its pid is no longer alive (a crash, `kill -9`).
     /// A single-use request becomes `Failed` with the outcome `{"error": ORPHANED}`; a grant records the
-    /// run as failed and stays approved. Returns the settled requests (as stored after), for the audit.
+    /// run as failed and stays approved. The gate task a claim ran for fails with the same error. Returns the settled requests (as stored after), for the audit.
     ///
     /// Costs one read of the (small) instance table when nothing has stopped.
     pub async fn settle_orphaned_claims(&self, now: i64) -> Result<Vec<Approval>, StoreError> {
@@ -108,12 +61,21 @@ impl Store {
             let mut settled = Vec::new();
             let outcome = serde_json::to_string(&serde_json::json!({ "error": ORPHANED }))?;
             for instance in stopped {
-                let claims: Vec<(i64, String)> = tx
-                    .prepare_cached("SELECT id, approval_id FROM claims WHERE instance = ?1 ORDER BY id")?
-                    .query_map([&instance], |r| Ok((r.get(0)?, r.get(1)?)))?
+                let claims: Vec<(i64, String, Option<String>)> = tx
+                    .prepare_cached("SELECT id, approval_id, task_id FROM claims WHERE instance = ?1 ORDER BY id")?
+                    .query_map([&instance], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
                     .collect::<Result<_, _>>()?;
-                for (claim, id) in claims {
+                for (claim, id, task) in claims {
                     tx.execute("DELETE FROM claims WHERE id = ?1", [claim])?;
+                    if let Some(task) = task {
+                        // Its outcome is unknown: the gate task fails, and is never run again.
+                        let error = serde_json::json!({ "code": -32603, "message": ORPHANED }).to_string();
+                        tx.execute(
+                            "UPDATE gate_tasks SET state = 'failed', status_message = ?2, error = ?3, updated_at = ?4
+                             WHERE id = ?1 AND state = 'running'",
+                            params![task, ORPHANED, error, now],
+                        )?;
+                    }
                     let Some(a) = load(&tx, &id)? else { continue };
                     if a.uses == 0 {
                         continue;
@@ -154,6 +116,13 @@ impl Store {
                     }
                     settled.push(load(&tx, &id)?.ok_or_else(|| StoreError::NotFound(id.clone()))?);
                 }
+                // Tasks that ran without an approval have no claim: they fail by their instance.
+                let error = serde_json::json!({ "code": -32603, "message": ORPHANED }).to_string();
+                tx.execute(
+                    "UPDATE gate_tasks SET state = 'failed', status_message = ?2, error = ?3, updated_at = ?4
+                     WHERE instance = ?1 AND state = 'running'",
+                    params![instance, ORPHANED, error, now],
+                )?;
                 tx.execute("DELETE FROM instances WHERE id = ?1", [&instance])?;
             }
             tx.commit()?;
@@ -210,19 +179,19 @@ fn drop_claim(conn: &Connection, id: &str, instance: &str) -> Result<(), StoreEr
 
 fn claim_tx(conn: &mut Connection, id: &str, now: i64, instance: &str) -> Result<Claim, StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let claim = claim_in(&tx, id, now, instance)?;
+    let (claim, _) = claim_in(&tx, id, now, instance)?;
     tx.commit()?;
     Ok(claim)
 }
 
-/// The claim of [`Store::claim_execution`], inside a write transaction the caller commits (so
-/// that other writes can share its fate).
-pub(crate) fn claim_in(
-    tx: &rusqlite::Transaction<'_>,
+/// The claim of [`Store::claim_execution`] inside the caller's write transaction; with
+/// [`Claim::Run`], the rowid of the `claims` row it wrote.
+pub(in crate::store) fn claim_in(
+    tx: &Connection,
     id: &str,
     now: i64,
     instance: &str,
-) -> Result<Claim, StoreError> {
+) -> Result<(Claim, Option<i64>), StoreError> {
     let a = load(tx, id)?.ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
     let claim = match close_if_lapsed(tx, &a, now)?.unwrap_or(a.status) {
         Status::Pending => Claim::Pending,
@@ -238,8 +207,74 @@ pub(crate) fn claim_in(
             tx.prepare_cached("UPDATE approvals SET uses = uses + 1 WHERE id = ?1")?.execute([id])?;
             tx.prepare_cached("INSERT INTO claims (approval_id, instance, at) VALUES (?1, ?2, ?3)")?
                 .execute(params![id, instance, now])?;
-            Claim::Run
+            return Ok((Claim::Run, Some(tx.last_insert_rowid())));
         }
     };
-    Ok(claim)
+    Ok((claim, None))
+}
+
+/// The finish of [`Store::finish_execution`] inside the caller's write transaction.
+pub(in crate::store) fn finish_in(
+    tx: &Connection,
+    id: &str,
+    ok: bool,
+    outcome: &Value,
+    now: i64,
+    instance: &str,
+) -> Result<Approval, StoreError> {
+    let a = load(tx, id)?.ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
+    drop_claim(tx, id, instance)?;
+    let to = if ok { Status::Executed } else { Status::Failed };
+    let outcome = serde_json::to_string(outcome)?;
+    if a.grant_secs == 0 {
+        if a.status != Status::Approved || a.uses == 0 {
+            return Err(StoreError::InvalidState(format!(
+                "approval {id} is {} and {}claimed; cannot finish it",
+                a.status,
+                if a.uses == 0 { "not " } else { "" }
+            )));
+        }
+        tx.execute(
+            "UPDATE approvals SET status = ?2, executed_at = ?3, outcome = ?4 WHERE id = ?1",
+            params![id, to, now, outcome],
+        )?;
+        insert_transition(tx, id, now, Some(a.status), to, SYSTEM_ACTOR, None, None)?;
+    } else {
+        // A grant closed by `expire_due` while this run was in flight still records the run.
+        if !matches!(a.status, Status::Approved | Status::Executed) || a.uses == 0 {
+            return Err(StoreError::InvalidState(format!(
+                "grant {id} is {} with {} uses; cannot finish a run",
+                a.status, a.uses
+            )));
+        }
+        tx.execute("UPDATE approvals SET executed_at = ?2, outcome = ?3 WHERE id = ?1", params![id, now, outcome])?;
+        insert_transition(tx, id, now, Some(a.status), to, SYSTEM_ACTOR, Some("grant use"), None)?;
+    }
+    load(tx, id)?.ok_or_else(|| StoreError::NotFound(id.to_owned()))
+}
+
+/// The release of [`Store::release_claim`] inside the caller's write transaction.
+pub(in crate::store) fn release_in(
+    tx: &Connection,
+    id: &str,
+    now: i64,
+    instance: &str,
+) -> Result<Approval, StoreError> {
+    let a = load(tx, id)?.ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
+    drop_claim(tx, id, instance)?;
+    if a.status != Status::Approved || a.uses == 0 {
+        return Err(StoreError::InvalidState(format!("approval {id} is {} with {} uses", a.status, a.uses)));
+    }
+    tx.execute("UPDATE approvals SET uses = uses - 1 WHERE id = ?1", [id])?;
+    insert_transition(
+        tx,
+        id,
+        now,
+        Some(a.status),
+        a.status,
+        SYSTEM_ACTOR,
+        None,
+        Some("claim released: the caller left before the call was sent"),
+    )?;
+    load(tx, id)?.ok_or_else(|| StoreError::NotFound(id.to_owned()))
 }

@@ -40,7 +40,7 @@ use serde_json::Value;
 use super::{SYSTEM_ACTOR, Store, StoreError, with_full_sync};
 
 mod claims;
-pub(crate) use claims::claim_in;
+pub(in crate::store) use claims::{claim_in, finish_in, release_in};
 mod requests;
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,482 @@
+//! Gate tasks: a held call answered with a task that the client polls, instead of a result.
+//!
+//! ```text
+//! working ──claim (approved)──▶ running ──finish──▶ completed | failed
+//!    │  ▲                          │
+//!    │  └──── release (not sent) ──┘
+//!    ├── settle (denied, expired, spent) ──▶ completed (with the gate's isError result)
+//!    └── cancel ──▶ cancelled (never run)
+//! ```
+//!
+//! - **One open task per owner and call key**: [`Store::open_task`] returns the open task of the
+//!   same owner for the same call, so a retry gets the same task back (a unique index backs it).
+//! - **Exactly once**: [`Store::claim_task`] claims the approval and moves the task to `running`
+//!   in one write transaction, and only from `working`: a cancelled task is never claimed, a
+//!   claimed one can no longer be cancelled, and of any number of concurrent claims one runs.
+//! - **Orphans**: the `claims` row of a task's run names the task; when the process that made it
+//!   stops, [`Store::settle_orphaned_claims`] fails the task (its outcome is unknown, it is never
+//!   run again).
+//! - A task belongs to its owner: every read and change names the owner, and another owner's
+//!   task reads as absent.
+
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRef};
+use rusqlite::{Connection, OptionalExtension, Row, ToSql, TransactionBehavior, params};
+use serde_json::Value;
+
+use super::approvals::{Claim, claim_in, finish_in, release_in};
+use super::{Approval, Store, StoreError, with_full_sync};
+
+/// Largest page of [`Store::tasks_of_owner`].
+pub const TASK_PAGE: u32 = 100;
+
+/// Where a gate task is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TaskState {
+    /// Waiting for its approval (or approved and not yet sent).
+    Working,
+    /// Claimed and sent upstream; its outcome is not in yet.
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl TaskState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Working => "working",
+            TaskState::Running => "running",
+            TaskState::Completed => "completed",
+            TaskState::Failed => "failed",
+            TaskState::Cancelled => "cancelled",
+        }
+    }
+
+    /// No transition leaves this state.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, TaskState::Completed | TaskState::Failed | TaskState::Cancelled)
+    }
+}
+
+impl ToSql for TaskState {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.as_str()))
+    }
+}
+
+impl FromSql for TaskState {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        match value.as_str()? {
+            "working" => Ok(TaskState::Working),
+            "running" => Ok(TaskState::Running),
+            "completed" => Ok(TaskState::Completed),
+            "failed" => Ok(TaskState::Failed),
+            "cancelled" => Ok(TaskState::Cancelled),
+            other => Err(FromSqlError::Other(format!("unknown task state {other:?}").into())),
+        }
+    }
+}
+
+/// A gate task as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GateTask {
+    pub id: String,
+    /// `agent:NAME`, `stdio:NAME` or `anonymous` (see [`crate::gate::Owner::key`]).
+    pub owner: String,
+    /// `legacy` (2025-11-25 tasks) or `modern` (the 2026-07-28 tasks extension): the shapes of
+    /// its answers.
+    pub era: String,
+    /// The approval it waits for; `None` for a call that needed none.
+    pub approval_id: Option<String>,
+    /// The call key of what it runs.
+    pub key: String,
+    pub server: String,
+    pub tool: String,
+    /// The params sent upstream when it runs (JSON text).
+    pub params: String,
+    pub state: TaskState,
+    pub status_message: Option<String>,
+    /// The final result (JSON text), when completed or cancelled.
+    pub result: Option<String>,
+    /// The JSON-RPC error object (JSON text), when failed.
+    pub error: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub ttl_ms: Option<i64>,
+}
+
+/// The answer of [`Store::open_task`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpenedTask {
+    pub task: GateTask,
+    /// `true`: the owner's open task for the same call was returned; `false`: created now.
+    pub joined: bool,
+}
+
+/// The answer of [`Store::claim_task`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum TaskClaim {
+    /// Claimed: the task is `running` and its params go upstream now, once.
+    Run(GateTask),
+    /// The task is not `working` (cancelled, already running or finished): nothing was claimed.
+    NotWorking(GateTask),
+    /// The approval could not be claimed (pending, denied, expired, spent): the task is unchanged.
+    Approval(Claim),
+}
+
+/// The answer of [`Store::cancel_task`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cancelled {
+    /// Cancelled now: it will never run.
+    Now(GateTask),
+    /// Already sent upstream: it can no longer be stopped.
+    Running(GateTask),
+    /// Already in a terminal state.
+    Terminal(GateTask),
+}
+
+/// How a task that ran ended (see [`Store::finish_task`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum TaskEnd {
+    /// The upstream's result (also an `isError` one): `completed`.
+    Result(Value),
+    /// A JSON-RPC or transport error: `failed`.
+    Error(Value),
+}
+
+const COLS: &str = "id, owner, era, approval_id, key, server, tool, params, state, status_message, result, error, \
+                    created_at, updated_at, ttl_ms";
+
+fn row_to_task(row: &Row<'_>) -> rusqlite::Result<GateTask> {
+    row_to_task_at(row, 0)
+}
+
+fn load(conn: &Connection, id: &str) -> Result<Option<GateTask>, StoreError> {
+    Ok(conn
+        .prepare_cached(&format!("SELECT {COLS} FROM gate_tasks WHERE id = ?1"))?
+        .query_row([id], row_to_task)
+        .optional()?)
+}
+
+fn must_load(conn: &Connection, id: &str) -> Result<GateTask, StoreError> {
+    load(conn, id)?.ok_or_else(|| StoreError::InvalidState(format!("task {id} vanished")))
+}
+
+/// Moves task `id` from one of `from` to `to`; `false` when it was in none of them.
+#[allow(clippy::too_many_arguments)]
+fn transition(
+    conn: &Connection,
+    id: &str,
+    from: &[TaskState],
+    to: TaskState,
+    message: Option<&str>,
+    result: Option<&str>,
+    error: Option<&str>,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
+    let changed = conn
+        .prepare_cached(
+            "UPDATE gate_tasks SET state = ?2, status_message = coalesce(?3, status_message), result = ?4,
+             error = ?5, updated_at = ?6
+             WHERE id = ?1 AND state IN (SELECT value FROM json_each(?7))",
+        )?
+        .execute(params![id, to, message, result, error, now, serde_json::to_string(&from)?])?;
+    Ok(changed == 1)
+}
+
+impl Store {
+    /// Stores `new` as `working`, or returns the open task (`working` or `running`) of the same
+    /// owner for the same call key. Committed with `synchronous = FULL`: the task is on disk
+    /// before anyone is told its id.
+    pub async fn open_task(&self, new: GateTask, now: i64) -> Result<OpenedTask, StoreError> {
+        self.call(move |conn| {
+            with_full_sync(conn, |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let open = tx
+                    .prepare_cached(&format!(
+                        "SELECT {COLS} FROM gate_tasks WHERE owner = ?1 AND key = ?2 AND state IN ('working', 'running')"
+                    ))?
+                    .query_row(params![new.owner, new.key], row_to_task)
+                    .optional()?;
+                if let Some(task) = open {
+                    tx.commit()?;
+                    return Ok(OpenedTask { task, joined: true });
+                }
+                tx.prepare_cached(
+                    "INSERT INTO gate_tasks (id, owner, era, approval_id, key, server, tool, params, state,
+                     status_message, result, error, created_at, updated_at, ttl_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'working', ?9, NULL, NULL, ?10, ?10, ?11)",
+                )?
+                .execute(params![
+                    new.id,
+                    new.owner,
+                    new.era,
+                    new.approval_id,
+                    new.key,
+                    new.server,
+                    new.tool,
+                    new.params,
+                    new.status_message,
+                    now,
+                    new.ttl_ms
+                ])?;
+                let task = must_load(&tx, &new.id)?;
+                tx.commit()?;
+                Ok(OpenedTask { task, joined: false })
+            })
+        })
+        .await
+    }
+
+    /// The task `id` of `owner`; `None` when it does not exist or belongs to another owner.
+    pub async fn task(&self, owner: &str, id: &str) -> Result<Option<GateTask>, StoreError> {
+        let (owner, id) = (owner.to_owned(), id.to_owned());
+        self.call(move |conn| Ok(load(conn, &id)?.filter(|t| t.owner == owner))).await
+    }
+
+    /// Claims the task's approval and moves the task to `running`, in one write transaction
+    /// committed with `synchronous = FULL` (see [`Store::claim_execution`]); only a `working` task
+    /// is claimed. The `claims` row names the task.
+    pub async fn claim_task(&self, id: &str, now: i64) -> Result<TaskClaim, StoreError> {
+        let id = id.to_owned();
+        let instance = self.instance().to_owned();
+        self.call(move |conn| {
+            with_full_sync(conn, |conn| {
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let task = must_load(&tx, &id)?;
+                if task.state != TaskState::Working {
+                    tx.commit()?;
+                    return Ok(TaskClaim::NotWorking(task));
+                }
+                if let Some(approval) = &task.approval_id {
+                    let (claim, row) = claim_in(&tx, approval, now, &instance)?;
+                    if claim != Claim::Run {
+                        // Closing a lapsed approval is committed; the task is settled by the caller.
+                        tx.commit()?;
+                        return Ok(TaskClaim::Approval(claim));
+                    }
+                    tx.execute("UPDATE claims SET task_id = ?2 WHERE id = ?1", params![row, id])?;
+                }
+                transition(&tx, &id, &[TaskState::Working], TaskState::Running, None, None, None, now)?;
+                tx.execute("UPDATE gate_tasks SET instance = ?2 WHERE id = ?1", params![id, instance])?;
+                let task = must_load(&tx, &id)?;
+                tx.commit()?;
+                Ok(TaskClaim::Run(task))
+            })
+        })
+        .await
+    }
+
+    /// Records how a `running` task ended, and finishes its approval's execution in the same
+    /// transaction. Returns the task and the approval as stored after.
+    pub async fn finish_task(
+        &self,
+        id: &str,
+        end: TaskEnd,
+        message: &str,
+        now: i64,
+    ) -> Result<(GateTask, Option<Approval>), StoreError> {
+        let (id, message) = (id.to_owned(), message.to_owned());
+        let instance = self.instance().to_owned();
+        self.call(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let task = must_load(&tx, &id)?;
+            if task.state != TaskState::Running {
+                return Err(StoreError::InvalidState(format!("task {id} is {}, not running", task.state.as_str())));
+            }
+            let (to, result, error, ok, outcome) = match &end {
+                TaskEnd::Result(r) => {
+                    let is_error = r.get("isError").and_then(Value::as_bool).unwrap_or(false);
+                    let outcome = serde_json::json!({ "is_error": is_error });
+                    (TaskState::Completed, Some(serde_json::to_string(r)?), None, !is_error, outcome)
+                }
+                TaskEnd::Error(e) => {
+                    (TaskState::Failed, None, Some(serde_json::to_string(e)?), false, serde_json::json!({ "error": e }))
+                }
+            };
+            transition(&tx, &id, &[TaskState::Running], to, Some(&message), result.as_deref(), error.as_deref(), now)?;
+            let approval = match &task.approval_id {
+                Some(a) => Some(finish_in(&tx, a, ok, &outcome, now, &instance)?),
+                None => None,
+            };
+            let task = must_load(&tx, &id)?;
+            tx.commit()?;
+            Ok((task, approval))
+        })
+        .await
+    }
+
+    /// Gives back the claim of a `running` task whose call was never sent: the task is `working`
+    /// again and its approval usable again, in one transaction.
+    pub async fn release_task(&self, id: &str, now: i64) -> Result<GateTask, StoreError> {
+        let id = id.to_owned();
+        let instance = self.instance().to_owned();
+        self.call(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let task = must_load(&tx, &id)?;
+            if !transition(&tx, &id, &[TaskState::Running], TaskState::Working, None, None, None, now)? {
+                return Err(StoreError::InvalidState(format!("task {id} is {}, not running", task.state.as_str())));
+            }
+            if let Some(a) = &task.approval_id {
+                release_in(&tx, a, now, &instance)?;
+            }
+            let task = must_load(&tx, &id)?;
+            tx.commit()?;
+            Ok(task)
+        })
+        .await
+    }
+
+    /// Ends a `working` task without running it (its approval was denied, expired or spent, or
+    /// the policy now denies the call): `completed` with the gate's `result`, or `failed` with an
+    /// `error`. `None` when the task was no longer `working`.
+    pub async fn settle_task(
+        &self,
+        id: &str,
+        end: TaskEnd,
+        message: &str,
+        now: i64,
+    ) -> Result<Option<GateTask>, StoreError> {
+        let (id, message) = (id.to_owned(), message.to_owned());
+        self.call(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let (to, result, error) = match &end {
+                TaskEnd::Result(r) => (TaskState::Completed, Some(serde_json::to_string(r)?), None),
+                TaskEnd::Error(e) => (TaskState::Failed, None, Some(serde_json::to_string(e)?)),
+            };
+            let moved = transition(
+                &tx,
+                &id,
+                &[TaskState::Working],
+                to,
+                Some(&message),
+                result.as_deref(),
+                error.as_deref(),
+                now,
+            )?;
+            let task = if moved { Some(must_load(&tx, &id)?) } else { None };
+            tx.commit()?;
+            Ok(task)
+        })
+        .await
+    }
+
+    /// Cancels the task `id` of `owner` if it is still `working`: it will never run. `result` is
+    /// what its result reads afterwards. `None` when the owner has no such task.
+    pub async fn cancel_task(
+        &self,
+        owner: &str,
+        id: &str,
+        message: &str,
+        result: Value,
+        now: i64,
+    ) -> Result<Option<Cancelled>, StoreError> {
+        let (owner, id, message) = (owner.to_owned(), id.to_owned(), message.to_owned());
+        self.call(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let Some(task) = load(&tx, &id)?.filter(|t| t.owner == owner) else { return Ok(None) };
+            let answer = match task.state {
+                TaskState::Working => {
+                    let result = serde_json::to_string(&result)?;
+                    transition(
+                        &tx,
+                        &id,
+                        &[TaskState::Working],
+                        TaskState::Cancelled,
+                        Some(&message),
+                        Some(&result),
+                        None,
+                        now,
+                    )?;
+                    Cancelled::Now(must_load(&tx, &id)?)
+                }
+                TaskState::Running => Cancelled::Running(task),
+                _ => Cancelled::Terminal(task),
+            };
+            tx.commit()?;
+            Ok(Some(answer))
+        })
+        .await
+    }
+
+    /// The tasks of `owner`, oldest first, [`TASK_PAGE`] at a time after `cursor` (the
+    /// `next` of the previous page). Returns the page and the cursor of the next one.
+    pub async fn tasks_of_owner(
+        &self,
+        owner: &str,
+        cursor: Option<i64>,
+    ) -> Result<(Vec<GateTask>, Option<i64>), StoreError> {
+        let owner = owner.to_owned();
+        self.call(move |conn| {
+            let rows: Vec<(i64, GateTask)> = conn
+                .prepare_cached(&format!(
+                    "SELECT rowid, {COLS} FROM gate_tasks WHERE owner = ?1 AND rowid > ?2 ORDER BY rowid LIMIT ?3"
+                ))?
+                .query_map(params![owner, cursor.unwrap_or(0), TASK_PAGE + 1], |r| {
+                    Ok((r.get(0)?, row_to_task_at(r, 1)?))
+                })?
+                .collect::<Result<_, _>>()?;
+            let more = rows.len() > TASK_PAGE as usize;
+            let page: Vec<(i64, GateTask)> = rows.into_iter().take(TASK_PAGE as usize).collect();
+            let next = if more { page.last().map(|(rowid, _)| *rowid) } else { None };
+            Ok((page.into_iter().map(|(_, t)| t).collect(), next))
+        })
+        .await
+    }
+
+    /// The `working` tasks waiting for approval `approval_id` (of any owner).
+    pub async fn tasks_of_approval(&self, approval_id: &str) -> Result<Vec<GateTask>, StoreError> {
+        let approval_id = approval_id.to_owned();
+        self.call(move |conn| {
+            Ok(conn
+                .prepare_cached(&format!(
+                    "SELECT {COLS} FROM gate_tasks WHERE approval_id = ?1 AND state = 'working' ORDER BY rowid"
+                ))?
+                .query_map([approval_id], row_to_task)?
+                .collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    /// Deletes the terminal tasks whose lifetime (from creation) has passed; returns how many.
+    /// Writes only when there is one (an idle sweep reads).
+    pub async fn purge_tasks(&self, now: i64) -> Result<usize, StoreError> {
+        const DUE: &str =
+            "ttl_ms IS NOT NULL AND created_at + ttl_ms <= ?1 AND state IN ('completed', 'failed', 'cancelled')";
+        self.call(move |conn| {
+            let due = conn
+                .prepare_cached(&format!("SELECT 1 FROM gate_tasks WHERE {DUE} LIMIT 1"))?
+                .query_row([now], |_| Ok(()))
+                .optional()?;
+            if due.is_none() {
+                return Ok(0);
+            }
+            Ok(conn.prepare_cached(&format!("DELETE FROM gate_tasks WHERE {DUE}"))?.execute([now])?)
+        })
+        .await
+    }
+}
+
+fn row_to_task_at(row: &Row<'_>, at: usize) -> rusqlite::Result<GateTask> {
+    Ok(GateTask {
+        id: row.get(at)?,
+        owner: row.get(at + 1)?,
+        era: row.get(at + 2)?,
+        approval_id: row.get(at + 3)?,
+        key: row.get(at + 4)?,
+        server: row.get(at + 5)?,
+        tool: row.get(at + 6)?,
+        params: row.get(at + 7)?,
+        state: row.get(at + 8)?,
+        status_message: row.get(at + 9)?,
+        result: row.get(at + 10)?,
+        error: row.get(at + 11)?,
+        created_at: row.get(at + 12)?,
+        updated_at: row.get(at + 13)?,
+        ttl_ms: row.get(at + 14)?,
+    })
+}
+
+#[cfg(test)]
+mod tests;
