@@ -16,6 +16,7 @@ mod gating;
 mod hub;
 mod integrity;
 mod layers;
+mod ops;
 mod relay;
 mod schema_validity;
 mod shutdown;
