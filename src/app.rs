@@ -109,8 +109,10 @@ pub async fn start_gate_announcing(config: &Config, announce: bool) -> anyhow::R
         w.limits = a.limits;
         w.token_file = token_file.clone();
         w.any_host_operations = any_host_operations;
+        w.metrics = config.metrics.clone();
     }
     let gate: Arc<dyn Gate> = Arc::new(ApprovalGate { approvals: approvals.clone() });
+    crate::server::web::ops::spawn_decision_metrics(&approvals);
     let on_hub = {
         let approvals = approvals.clone();
         let config = config.clone();

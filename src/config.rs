@@ -18,6 +18,7 @@ use serde::Deserialize;
 use crate::approval::settings::{ApprovalsConfig, RawApprovals, RawWorkflow};
 use crate::downstream::settings::{Listen, RawListen};
 use crate::identity::{Credentials, RawPrincipal, credentials_apart};
+use crate::metrics::settings::{MetricsSettings, RawMetrics};
 use crate::policy::{Policy, RawPolicy, RawRule};
 use crate::review::settings::{RawProvider, validate_providers};
 use crate::review::{AiWorkflow, Fallback, ProviderConfig};
@@ -71,6 +72,9 @@ pub struct RawConfig {
     /// `[notify]`: notifications on this machine.
     #[serde(default)]
     pub notify: RawNotify,
+    /// `[metrics]`: Prometheus metrics on the approval server.
+    #[serde(default)]
+    pub metrics: RawMetrics,
 }
 
 /// The validated configuration.
@@ -92,6 +96,8 @@ pub struct Config {
     /// `[notify] desktop`: show desktop notifications of new held calls (when a graphical
     /// session exists).
     pub desktop_notifications: bool,
+    /// `[metrics]`.
+    pub metrics: MetricsSettings,
 }
 
 impl Config {
@@ -144,6 +150,7 @@ impl Config {
         let approvals = ApprovalsConfig::validate(raw.approvals, raw.workflows, providers, &policy, approvers, agents)
             .map_err(invalid)?;
         let webhooks = validate_webhooks(raw.webhooks, &expand_env).map_err(invalid)?;
+        let metrics = MetricsSettings::validate(raw.metrics).map_err(invalid)?;
         let http = listen.token.as_deref().map(|t| (t, listen.token_key.as_str()));
         let shared = approvals.token.as_deref().map(|t| (t, approvals.token_key));
         credentials_apart(&approvals.agents, &approvals.approvers, http, shared).map_err(invalid)?;
@@ -155,6 +162,7 @@ impl Config {
             approvals,
             webhooks,
             desktop_notifications: raw.notify.desktop.unwrap_or(true),
+            metrics,
             separator,
             listen,
             servers,
@@ -240,6 +248,13 @@ impl Config {
             out.push_str(&format!("held calls wait up to {wait} s for a decision\n"));
         }
         out.push_str(&format!("approval server: http://{}/\n", self.approvals.listen));
+        match (&self.metrics.enabled, &self.metrics.token_key) {
+            (false, _) => out.push_str("metrics: off\n"),
+            (true, None) => out.push_str(&format!("metrics: http://{}/metrics, no token\n", self.approvals.listen)),
+            (true, Some(key)) => {
+                out.push_str(&format!("metrics: http://{}/metrics, bearer token from {key}\n", self.approvals.listen))
+            }
+        }
         for hook in &self.webhooks {
             let mut events: Vec<_> = hook.events.iter().map(|k| k.as_str()).collect();
             events.sort_unstable();

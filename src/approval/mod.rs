@@ -301,10 +301,12 @@ impl Gate for ApprovalGate {
         };
         match &decision.action {
             Action::Allow => {
+                crate::metrics::call(crate::metrics::CallDecision::Allowed);
                 self.approvals.audit_call(Event::Allowed, &owned, &decision);
                 Verdict::Allow
             }
             Action::Deny { reason } => {
+                crate::metrics::call(crate::metrics::CallDecision::Denied);
                 self.approvals.audit_call(Event::DeniedByPolicy, &owned, &decision);
                 Verdict::Respond(replies::denied_by_policy(
                     &owned.server,
@@ -314,6 +316,7 @@ impl Gate for ApprovalGate {
                 ))
             }
             Action::Approve { workflow } => {
+                crate::metrics::call(crate::metrics::CallDecision::Held);
                 let mut owned = owned;
                 owned.tool_info = call.info.map(describe_tool);
                 let approvals = self.approvals.clone();
@@ -328,6 +331,7 @@ impl Gate for ApprovalGate {
     }
 
     fn refused(&self, call: &RefusedCall<'_>) {
+        crate::metrics::call(crate::metrics::CallDecision::Refused);
         self.approvals.audit_refused(call);
     }
 

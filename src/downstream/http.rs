@@ -222,6 +222,8 @@ struct HttpSession {
     stuck_after: Duration,
     /// Its place under `max_sessions`, given back when the session is dropped.
     _slot: tokio::sync::OwnedSemaphorePermit,
+    /// Counted in `mcp_gate_sessions_open` while it exists.
+    _counted: crate::metrics::SessionOpen,
 }
 
 impl HttpSession {
@@ -514,6 +516,7 @@ impl HttpState {
             last_used: Mutex::new(Instant::now()),
             stuck_after,
             _slot: slot,
+            _counted: crate::metrics::session_open(shared),
         });
         if !shared {
             self.sessions.insert(id.clone(), session.clone());

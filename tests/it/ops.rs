@@ -1,4 +1,5 @@
-//! Operations: the probes of both servers (`/healthz`, `/readyz`), run on the real binary.
+//! Operations: the probes of both servers (`/healthz`, `/readyz`) and the metrics of the
+//! approval server (`/metrics`), run on the real binary.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -82,6 +83,7 @@ async fn both_servers_answer_the_probes() {
     }
     let (_, body) = get(&format!("{}/readyz", gate.mcp), None, None).await;
     assert_eq!(body["checks"]["upstream files"], "ok", "{body}");
+    assert_eq!(get(&format!("{}/metrics", gate.approvals), None, None).await.0, 404, "metrics are off by default");
     // The endpoint itself still wants the token.
     let resp = reqwest::Client::new().post(format!("{}/mcp", gate.mcp)).body("{}").send().await.unwrap();
     assert_eq!(resp.status(), 401);
@@ -142,4 +144,124 @@ async fn on_a_non_loopback_listener_the_probes_answer_any_host() {
     assert_eq!(get(&format!("{}/mcp", gate.mcp), pod, None).await.0, 403);
     assert_eq!(get(&format!("{}/api/v1/approvals", gate.approvals), pod, None).await.0, 403);
     gate.child.start_kill().unwrap();
+}
+
+const METRICS_TOKEN: &str = "metrics-scraper-token-0123";
+const APPROVER: &str = "approver-token-for-metrics-0123";
+
+/// The value of one series (its name and labels as rendered) in a scrape.
+fn series(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// `[metrics] enabled = true` with a token: a scrape after a few calls counts them by decision,
+/// the pending requests, the approval latency and the open session; without the token, 401.
+#[tokio::test]
+async fn metrics_count_the_calls_by_decision() {
+    let dir = data_dir("metrics");
+    let config = dir.join("metrics.toml");
+    std::fs::write(
+        &config,
+        "[metrics]\nenabled = true\ntoken_env = \"OPS_METRICS_TOKEN\"\n\n\
+         [[rules]]\nname = \"fine\"\ntool = \"test_simple_text\"\naction = \"allow\"\n\n\
+         [[rules]]\nname = \"no\"\ntool = \"test_image_content\"\naction = \"deny\"\nreason = \"no images\"\n\n\
+         [[rules]]\nname = \"ask\"\ntool = \"echo\"\naction = \"approve\"\n",
+    )
+    .unwrap();
+    let mut cmd = gate_in(&dir);
+    cmd.env("OPS_METRICS_TOKEN", METRICS_TOKEN).env("MCP_GATE_TOKEN", APPROVER).env("MCP_GATE_WAIT_SECS", "0");
+    cmd.args(["serve", "--config"])
+        .arg(&config)
+        .args(["--listen", "127.0.0.1:0", "--"])
+        .arg(fixture_bin())
+        .arg("stdio");
+    let mut served = start(cmd).await;
+    let http = reqwest::Client::new();
+    let post = |session: Option<&str>, body: Value| {
+        let mut req = http
+            .post(format!("{}/mcp", served.mcp))
+            .header("content-type", "application/json")
+            .header("accept", "application/json")
+            .header("mcp-protocol-version", "2025-11-25")
+            .body(body.to_string());
+        if let Some(s) = session {
+            req = req.header("mcp-session-id", s);
+        }
+        async move { within("POST /mcp", req.send()).await.unwrap() }
+    };
+    let initialize = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "metrics-test", "version": "1"}}});
+    let init = post(None, initialize).await;
+    let session = init.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+    init.bytes().await.unwrap();
+    post(Some(&session), serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"})).await;
+    let call = |id: u64, tool: &str, arguments: Value| {
+        let body = serde_json::json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+            "params": {"name": tool, "arguments": arguments}});
+        let sent = post(Some(&session), body);
+        async move { sent.await.text().await.unwrap() }
+    };
+    call(2, "test_simple_text", serde_json::json!({})).await;
+    call(3, "test_simple_text", serde_json::json!({})).await;
+    call(4, "test_image_content", serde_json::json!({})).await;
+    let held = call(5, "echo", serde_json::json!({"message": "hi"})).await;
+    assert!(held.contains("pending"), "{held}");
+
+    let scrape = |token: Option<&str>| {
+        let mut req = reqwest::Client::new().get(format!("{}/metrics", served.approvals));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        async move { within("scrape", req.send()).await.unwrap() }
+    };
+    let refused = scrape(None).await;
+    assert_eq!(refused.status(), 401);
+    assert_eq!(scrape(Some("wrong-token-wrong-token")).await.status(), 401);
+    let resp = scrape(Some(METRICS_TOKEN)).await;
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("application/openmetrics-text"));
+    let text = resp.text().await.unwrap();
+    let calls = |d: &str| series(&text, &format!("mcp_gate_calls_total{{decision=\"{d}\"}}"));
+    assert_eq!(
+        (calls("allowed"), calls("denied"), calls("held"), calls("refused")),
+        (Some(2.0), Some(1.0), Some(1.0), Some(0.0)),
+        "{text}"
+    );
+    assert_eq!(series(&text, "mcp_gate_approvals_pending"), Some(1.0), "{text}");
+    assert_eq!(series(&text, "mcp_gate_sessions_open{kind=\"session\"}"), Some(1.0), "{text}");
+    let decided = "mcp_gate_approval_decision_seconds_count{decision=\"approved\"}";
+    assert_eq!(series(&text, decided), Some(0.0), "{text}");
+    assert!(!text.contains(METRICS_TOKEN) && !text.contains(APPROVER), "no secret in the metrics");
+
+    let api = format!("{}/api/v1/approvals", served.approvals);
+    let listed: Value =
+        http.get(format!("{api}?status=pending")).bearer_auth(APPROVER).send().await.unwrap().json().await.unwrap();
+    let id = listed["approvals"][0]["id"].as_str().unwrap().to_owned();
+    let resp = http
+        .post(format!("{api}/{id}/approve"))
+        .bearer_auth(APPROVER)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
+    // The decision is observed from the change stream, a moment after the API answered.
+    let text = within("the decision is observed", async {
+        loop {
+            let text = scrape(Some(METRICS_TOKEN)).await.text().await.unwrap();
+            if series(&text, decided) == Some(1.0) {
+                return text;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(series(&text, "mcp_gate_approvals_pending"), Some(0.0), "{text}");
+    let le = |bound: &str| {
+        series(&text, &format!("mcp_gate_approval_decision_seconds_bucket{{le=\"{bound}\",decision=\"approved\"}}"))
+    };
+    assert_eq!(le("+Inf"), Some(1.0), "{text}");
+    assert_eq!(le("86400.0"), Some(1.0), "{text}");
+    served.child.start_kill().unwrap();
 }

@@ -58,6 +58,8 @@ pub struct WebState {
     /// The server listens on a non-loopback address: `/healthz`, `/readyz` and `/metrics` answer
     /// whatever the Host (see [`crate::http::health`]).
     pub any_host_operations: bool,
+    /// `[metrics]`: whether `/metrics` is served, and with what token.
+    pub metrics: crate::metrics::settings::MetricsSettings,
     sessions: DashMap<String, BrowserSession>,
     /// Handshakes under way: server nonce -> (key, client nonce, when).
     handshakes: DashMap<String, ([u8; 32], String, Instant)>,
@@ -96,6 +98,7 @@ impl WebState {
             sign_in: signin::SignInLinks::default(),
             readiness,
             any_host_operations: false,
+            metrics: Default::default(),
             sessions: DashMap::new(),
             handshakes: DashMap::new(),
         })
