@@ -119,11 +119,11 @@ pub async fn start_gate_announcing(config: &Config, announce: bool) -> anyhow::R
         Box::new(move || start_hub_services(&approvals, &config))
     };
     if announce {
-        eprintln!("mcp-gate: approvals at http://{shown}/");
+        crate::logging::announce(&format!("mcp-gate: approvals at http://{shown}/"));
     }
     hub::Node { approvals: approvals.clone(), web: web.clone(), listen: a.listen.clone(), token, on_hub }.start(start);
     if let Some(file) = token_file.filter(|_| announce) {
-        eprintln!("mcp-gate: approver token in {}", file.display());
+        crate::logging::announce(&format!("mcp-gate: approver token in {}", file.display()));
     }
     if config.default_policy {
         tracing::info!("no [[rules]]: tools annotated readOnlyHint are allowed, every other call needs approval");
@@ -218,7 +218,7 @@ pub async fn run_serve(config: Config, listen: Option<String>) -> anyhow::Result
         },
         operations,
     );
-    eprintln!("mcp-gate: listening on http://{local}/mcp");
+    crate::logging::announce(&format!("mcp-gate: listening on http://{local}/mcp"));
     let stopped_by = Arc::new(std::sync::OnceLock::new());
     let signal = {
         let (stopped_by, approvals) = (stopped_by.clone(), started.approvals.clone());

@@ -24,6 +24,7 @@
 //!   person (invisible characters marked), random bytes (failing closed: no randomness refuses the
 //!   work), tokens and keys held as secrets (wiped when dropped, never printed); [`browser`] opens a URL for the person at this
 //!   machine.
+//! - [`logging`]: `tracing` to stderr as text or JSON lines (`MCP_GATE_LOG_FORMAT`).
 //! - [`metrics`]: the process's Prometheus registry; what happens elsewhere updates it through
 //!   small named functions, and the approval server renders it at `/metrics`.
 //! - [`http`]: what both HTTP servers share: the bounded [`http::listener`], the request
@@ -78,6 +79,7 @@ pub mod downstream;
 pub mod gate;
 pub mod http;
 pub mod identity;
+pub mod logging;
 pub mod metrics;
 pub mod policy;
 pub mod random;

@@ -265,3 +265,64 @@ async fn metrics_count_the_calls_by_decision() {
     assert_eq!(le("86400.0"), Some(1.0), "{text}");
     served.child.start_kill().unwrap();
 }
+
+/// With `MCP_GATE_LOG_FORMAT=json`, stdout still carries only MCP messages and every line of
+/// stderr is a JSON object, the start-up lines and the final error included.
+#[tokio::test]
+async fn json_logs_keep_stdout_clean_and_every_stderr_line_is_json() {
+    let mut child = gate_in(&data_dir("json-logs"))
+        .arg("--")
+        .arg(fixture_bin())
+        .arg("stdio")
+        .env("MCP_GATE_LOG_FORMAT", "json")
+        .env("MCP_GATE_LOG", "debug")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (mut stdin, mut lines) = handshake(&mut child, "json-logs").await;
+    let call =
+        r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo","arguments":{"message":"hi"}}}"#;
+    tokio::io::AsyncWriteExt::write_all(&mut stdin, format!("{call}\n").as_bytes()).await.unwrap();
+    let reply = within("the reply", lines.next_line()).await.unwrap().expect("a reply");
+    let reply: Value = serde_json::from_str(&reply).expect("stdout holds only JSON-RPC");
+    assert_eq!(reply["id"], 2);
+    drop(stdin);
+    assert!(within("exit", child.wait()).await.unwrap().success());
+    while let Some(line) = lines.next_line().await.unwrap() {
+        let v: Value = serde_json::from_str(&line).expect("stdout holds only JSON-RPC");
+        assert_eq!(v["jsonrpc"], "2.0", "{line}");
+    }
+    let mut stderr = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).await.unwrap();
+    let events: Vec<Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l:?}")))
+        .collect();
+    assert!(events.len() > 3, "{stderr}");
+    assert!(events.iter().all(|e| e["timestamp"].is_string() && e["level"].is_string()), "{stderr}");
+    let said = |start: &str| events.iter().any(|e| e["message"].as_str().is_some_and(|m| m.starts_with(start)));
+    assert!(said("mcp-gate: approvals at http://127.0.0.1:"), "the start-up line is an event: {stderr}");
+    assert!(events.iter().any(|e| e["level"] == "DEBUG"), "MCP_GATE_LOG applies: {stderr}");
+
+    // The error that stops the process is an event too.
+    let out = gate_in(&data_dir("json-fatal"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--", "no-such-command-anywhere"])
+        .env("MCP_GATE_LOG_FORMAT", "json")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last: Value = serde_json::from_str(stderr.lines().last().unwrap()).expect("a JSON line");
+    assert_eq!(last["level"], "ERROR");
+    assert!(last["message"].as_str().unwrap().contains("no-such-command-anywhere"), "{stderr}");
+
+    // A format it does not know stops it at once, naming the variable.
+    let out = gate_in(&data_dir("json-bad")).arg("check-config").env("MCP_GATE_LOG_FORMAT", "xml").output().await;
+    let out = out.unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("MCP_GATE_LOG_FORMAT=\"xml\""));
+}
