@@ -3,7 +3,8 @@
 //! the change stream of the approvals), and rendered for `GET /metrics` of the approval server
 //! when `[metrics] enabled = true` ([`settings`]).
 //!
-//! Names and labels (every series of a label set that can occur is present from the start, at 0):
+//! Names and labels (the series of the fixed labels are present from the start, at 0; those of an
+//! upstream appear with its first error or restart):
 //!
 //! | metric | type | labels |
 //! |---|---|---|
@@ -281,6 +282,35 @@ mod tests {
             "{text}"
         );
         assert_eq!(value(&text, "mcp_gate_upstream_restarts_total{server=\"files\"}"), Some(1.0), "{text}");
+    }
+
+    /// The README's table names every metric the registry renders, with its labels.
+    #[test]
+    fn the_readme_lists_every_metric() {
+        let readme = include_str!("../../README.md");
+        let start = readme.find("\n### Metrics\n").expect("the Metrics section");
+        let section = &readme[start..];
+        let section = &section[..section[5..].find("\n### ").map_or(section.len(), |i| i + 5)];
+        let m = Metrics::new();
+        // The upstream families show a series only once an upstream has one.
+        m.upstream_error("files", UpstreamError::TimedOut);
+        m.upstream_restarted("files");
+        let text = m.render();
+        let mut names = Vec::new();
+        for line in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+            let (name, kind) = line.split_once(' ').expect("name and type");
+            let shown = if kind == "counter" { format!("{name}_total") } else { name.to_owned() };
+            assert!(section.contains(&format!("| `{shown}` | {kind} |")), "{shown} ({kind}) is not in the README");
+            names.push(shown);
+        }
+        assert_eq!(names.len(), 6, "{names:?}");
+        for label in ["decision=\"allowed\"", "decision=\"approved\"", "kind=\"shared\""] {
+            let (key, value) = label.split_once('=').expect("key=value");
+            assert!(text.contains(label), "{text}");
+            assert!(
+                section.contains(&format!("`{key}`")) && section.contains(&format!("`{}`", value.trim_matches('"')))
+            );
+        }
     }
 
     #[test]
