@@ -206,6 +206,21 @@ async fn metrics_count_the_calls_by_decision() {
     call(4, "test_image_content", serde_json::json!({})).await;
     let held = call(5, "echo", serde_json::json!({"message": "hi"})).await;
     assert!(held.contains("pending"), "{held}");
+    // Two readings of one call (a duplicate key): refused before the policy judges it.
+    let twice = r#"{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"name":"echo","name":"test_simple_text"}}"#;
+    let resp = within(
+        "POST /mcp",
+        http.post(format!("{}/mcp", served.mcp))
+            .header("content-type", "application/json")
+            .header("accept", "application/json")
+            .header("mcp-protocol-version", "2025-11-25")
+            .header("mcp-session-id", &session)
+            .body(twice)
+            .send(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), 400);
 
     let scrape = |token: Option<&str>| {
         let mut req = reqwest::Client::new().get(format!("{}/metrics", served.approvals));
@@ -224,7 +239,7 @@ async fn metrics_count_the_calls_by_decision() {
     let calls = |d: &str| series(&text, &format!("mcp_gate_calls_total{{decision=\"{d}\"}}"));
     assert_eq!(
         (calls("allowed"), calls("denied"), calls("held"), calls("refused")),
-        (Some(2.0), Some(1.0), Some(1.0), Some(0.0)),
+        (Some(2.0), Some(1.0), Some(1.0), Some(1.0)),
         "{text}"
     );
     assert_eq!(series(&text, "mcp_gate_approvals_pending"), Some(1.0), "{text}");
