@@ -18,6 +18,7 @@ use serde::Deserialize;
 use crate::approval::settings::{ApprovalsConfig, RawApprovals, RawWorkflow};
 use crate::downstream::settings::{Listen, RawListen};
 use crate::identity::{Credentials, RawPrincipal, credentials_apart};
+use crate::logging::RawLog;
 use crate::metrics::settings::{MetricsSettings, RawMetrics};
 use crate::policy::{Policy, RawPolicy, RawRule};
 use crate::review::settings::{RawProvider, validate_providers};
@@ -75,6 +76,9 @@ pub struct RawConfig {
     /// `[metrics]`: Prometheus metrics on the approval server.
     #[serde(default)]
     pub metrics: RawMetrics,
+    /// `[log]`: the format of the log lines.
+    #[serde(default)]
+    pub log: RawLog,
 }
 
 /// The validated configuration.
@@ -116,6 +120,22 @@ impl Config {
         Config::validate(raw, file, extra)
     }
 
+    /// `[log] format` as the file (and `MCP_GATE_LOG__FORMAT`) give it, read before logging starts
+    /// and without validating the rest; `None` when absent or unreadable (the load then says why).
+    pub fn peek_log_format(file: Option<&Path>) -> Option<String> {
+        #[derive(Deserialize)]
+        struct Peek {
+            #[serde(default)]
+            log: Option<RawLog>,
+        }
+        let mut figment = Figment::new();
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment = figment.merge(Env::prefixed("MCP_GATE_").split("__").filter(|k| k.as_str().contains('.')));
+        figment.extract::<Peek>().ok()?.log?.format
+    }
+
     /// Parses a TOML string (used by tests and `check-config` on examples).
     pub fn from_toml(text: &str, name: &str) -> Result<Config, ConfigError> {
         let raw: RawConfig = Figment::new()
@@ -151,6 +171,7 @@ impl Config {
             .map_err(invalid)?;
         let webhooks = validate_webhooks(raw.webhooks, &expand_env).map_err(invalid)?;
         let metrics = MetricsSettings::validate(raw.metrics).map_err(invalid)?;
+        raw.log.validate().map_err(invalid)?;
         let http = listen.token.as_deref().map(|t| (t, listen.token_key.as_str()));
         let shared = approvals.token.as_deref().map(|t| (t, approvals.token_key));
         credentials_apart(&approvals.agents, &approvals.approvers, http, shared).map_err(invalid)?;

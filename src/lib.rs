@@ -18,7 +18,8 @@
 //!   [`http::listener::ListenerLimits`], [`approval::settings`] (`[approvals]`, `[[workflows]]`),
 //!   [`review::settings`] (`[providers.NAME]` and the `ai_*` keys of a workflow),
 //!   [`server::notify::settings`] (`[[webhooks]]`), [`identity`] (`[[approvers]]`, `[[agents]]`),
-//!   [`metrics::settings`] (`[metrics]`) and [`policy`] (`[policy]`, `[[rules]]`).
+//!   [`metrics::settings`] (`[metrics]`), [`logging`] (`[log]`) and [`policy`] (`[policy]`,
+//!   `[[rules]]`).
 //! - [`identity`], [`visible`], [`random`], [`secret`]: who is asking (approver and agent tokens,
 //!   compared in constant time; no agent holds an approver's token), how untrusted text is shown to a
 //!   person (invisible characters marked), random bytes (failing closed: no randomness refuses the

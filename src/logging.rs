@@ -1,6 +1,7 @@
 //! Logs: `tracing` to stderr only (stdout is the MCP channel of stdio mode), as text for a
-//! person or, with `MCP_GATE_LOG_FORMAT=json`, as one JSON object per line for a log pipeline.
-//! `MCP_GATE_LOG` sets the filter (`info` by default).
+//! person or, with `MCP_GATE_LOG_FORMAT=json` or `[log] format = "json"`, as one JSON object per
+//! line for a log pipeline (the variable wins over the file). `MCP_GATE_LOG` sets the filter
+//! (`info` by default).
 //!
 //! The few lines mcp-gate writes for the person who started it (the addresses it listens on)
 //! go through [`announce`], so that in JSON mode they are JSON too (`INFO` events).
@@ -8,7 +9,10 @@
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use serde::Deserialize;
 use tracing_subscriber::EnvFilter;
+
+use crate::settings::Invalid;
 
 /// The variable that chooses the format: `text` (the default) or `json`.
 pub const FORMAT_VAR: &str = "MCP_GATE_LOG_FORMAT";
@@ -29,10 +33,31 @@ pub enum Format {
 #[error("{FORMAT_VAR}={0:?}: use `text` or `json`")]
 pub struct UnknownFormat(pub String);
 
+/// `[log]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    /// `text` (default) or `json`.
+    pub format: Option<String>,
+}
+
+impl RawLog {
+    /// Validates `[log]` (the format is applied before the configuration is loaded, by `main`
+    /// through [`Format::choose`]; this is where a wrong value is reported with its key).
+    pub fn validate(&self) -> Result<Format, Invalid> {
+        Format::parse(self.format.as_deref())
+            .map_err(|e| Invalid::new("log.format", format!("{:?}: use `text` or `json`", e.0)))
+    }
+}
+
 impl Format {
-    /// The format `MCP_GATE_LOG_FORMAT` asks for (text when unset or empty).
-    pub fn from_env() -> Result<Format, UnknownFormat> {
-        Format::parse(std::env::var(FORMAT_VAR).ok().as_deref())
+    /// `MCP_GATE_LOG_FORMAT` when set, else `[log] format` of the configuration (`from_file`,
+    /// read before the rest is validated: a wrong value there is reported by the load).
+    pub fn choose(from_file: Option<&str>) -> Result<Format, UnknownFormat> {
+        match std::env::var(FORMAT_VAR).ok().filter(|v| !v.trim().is_empty()) {
+            Some(v) => Format::parse(Some(&v)),
+            None => Ok(Format::parse(from_file).unwrap_or_default()),
+        }
     }
 
     fn parse(value: Option<&str>) -> Result<Format, UnknownFormat> {
@@ -102,5 +127,8 @@ mod tests {
         assert_eq!(Format::parse(Some("JSON")), Ok(Format::Json));
         let err = Format::parse(Some("xml")).unwrap_err();
         assert_eq!(err.to_string(), "MCP_GATE_LOG_FORMAT=\"xml\": use `text` or `json`");
+        let err = RawLog { format: Some("xml".into()) }.validate().unwrap_err();
+        assert_eq!((err.key.as_str(), err.message.as_str()), ("log.format", "\"xml\": use `text` or `json`"));
+        assert_eq!(RawLog { format: Some("json".into()) }.validate(), Ok(Format::Json));
     }
 }

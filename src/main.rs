@@ -7,7 +7,8 @@ fn main() -> ExitCode {
     let cli = mcp_gate::cli::Cli::parse();
     // The demo shows only its walkthrough (and errors) unless MCP_GATE_LOG asks for more.
     let quiet = matches!(cli.command, Some(mcp_gate::cli::Command::Demo { .. }));
-    let format = match Format::from_env() {
+    let from_file = mcp_gate::config::Config::peek_log_format(cli.config_file());
+    let format = match Format::choose(from_file.as_deref()) {
         Ok(format) => format,
         Err(e) => {
             eprintln!("error: {e}");

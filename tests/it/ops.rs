@@ -341,3 +341,42 @@ async fn json_logs_keep_stdout_clean_and_every_stderr_line_is_json() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("MCP_GATE_LOG_FORMAT=\"xml\""));
 }
+
+/// `[log] format = "json"` in the configuration file does what the variable does; the variable
+/// wins over it; a wrong value is an error naming the key.
+#[tokio::test]
+async fn the_log_format_can_come_from_the_file() {
+    let dir = data_dir("log-file");
+    let config = dir.join("log.toml");
+    std::fs::write(&config, "[log]\nformat = \"json\"\n").unwrap();
+    // A stdio run whose client closes its stdin at once: it starts, logs, and exits.
+    let run = |format: Option<&str>| {
+        let mut cmd = gate_in(&dir);
+        cmd.arg("--config").arg(&config).arg("--").arg(fixture_bin()).arg("stdio").stdin(Stdio::null());
+        if let Some(f) = format {
+            cmd.env("MCP_GATE_LOG_FORMAT", f);
+        }
+        async move { within("a stdio run", cmd.output()).await.unwrap() }
+    };
+    let out = run(None).await;
+    assert!(out.status.success() && out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.lines().count() > 2, "{stderr}");
+    for line in stderr.lines() {
+        let event: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"));
+        assert!(event["level"].is_string(), "{line}");
+    }
+    let out = run(Some("text")).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.lines().all(|l| serde_json::from_str::<Value>(l).is_err()), "the variable wins: {stderr}");
+
+    let check = || {
+        let mut cmd = gate_in(&dir);
+        cmd.args(["check-config", "--config"]).arg(&config);
+        async move { within("check-config", cmd.output()).await.unwrap() }
+    };
+    std::fs::write(&config, "[log]\nformat = \"xml\"\n").unwrap();
+    let out = check().await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`log.format`"), "{}", String::from_utf8_lossy(&out.stderr));
+}
