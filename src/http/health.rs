@@ -98,7 +98,7 @@ pub async fn readyz(readiness: &Readiness) -> Response {
         json_response(StatusCode::OK, json!({ "status": "ready", "checks": checks }))
     } else {
         let failed: Vec<&str> = checks.iter().filter(|(_, v)| *v != "ok").map(|(k, _)| k.as_str()).collect();
-        tracing::warn!(failed = failed.join(", "), "not ready");
+        tracing::debug!(failed = failed.join(", "), "not ready");
         json_response(StatusCode::SERVICE_UNAVAILABLE, json!({ "status": "not_ready", "checks": checks }))
     }
 }

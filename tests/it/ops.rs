@@ -380,3 +380,39 @@ async fn the_log_format_can_come_from_the_file() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("`log.format`"), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// The commented `[log]` and `[metrics]` examples of `proxy.toml`, uncommented, are valid and do
+/// what they say.
+#[tokio::test]
+async fn the_operations_examples_of_proxy_toml_validate() {
+    let proxy = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/proxy.toml")).unwrap();
+    let start = proxy.find("# Operations.").expect("the operations section of proxy.toml");
+    let section = &proxy[start..];
+    let section = &section[..section.find("# -----").expect("the next section")];
+    let uncommented: String = section
+        .lines()
+        .filter_map(|l| l.strip_prefix("# "))
+        .filter(|l| l.starts_with('[') || l.contains(" = "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(uncommented.contains("[log]") && uncommented.contains("[metrics]"), "{uncommented}");
+    let dir = data_dir("ops-example");
+    let file = dir.join("ops.toml");
+    std::fs::write(&file, &uncommented).unwrap();
+    let out = gate_in(&dir)
+        .args(["check-config", "--config"])
+        .arg(&file)
+        .env("MCP_GATE_METRICS_TOKEN", METRICS_TOKEN)
+        .env("MCP_GATE_LOG_FORMAT", "text")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{uncommented}\n{stderr}");
+    assert!(
+        stderr.contains(
+            "metrics: http://127.0.0.1:0/metrics, bearer token from metrics.token_env (MCP_GATE_METRICS_TOKEN)"
+        ),
+        "{stderr}"
+    );
+}
