@@ -81,9 +81,11 @@ pub async fn start_gate_announcing(config: &Config, announce: bool) -> anyhow::R
         hub::Start::Serve { listener, .. } => listener.local_addr()?.to_string(),
         hub::Start::Follow(_) => a.listen.clone(),
     };
+    // Whether the approval server, here or after taking over from the hub, listens beyond
+    // loopback: the interface of `[approvals] listen` (a fallback port keeps it).
     let any_host_operations = match &start {
         hub::Start::Serve { listener, .. } => !listener.local_addr()?.ip().is_loopback(),
-        hub::Start::Follow(_) => false,
+        hub::Start::Follow(_) => a.listen.parse::<std::net::SocketAddr>().is_ok_and(|l| !l.ip().is_loopback()),
     };
     let public_url = a.public_url.clone().unwrap_or_else(|| format!("http://{shown}"));
     let settings = ApprovalSettings {
