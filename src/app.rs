@@ -11,6 +11,7 @@ use crate::approval::{ApprovalGate, ApprovalService, ApprovalSettings};
 use crate::config::Config;
 use crate::downstream::{http, stdio};
 use crate::gate::Gate;
+use crate::http::health::{Check, Readiness};
 use crate::secret::ExposeSecret;
 use crate::server::hub;
 use crate::session::SessionOptions;
@@ -80,6 +81,12 @@ pub async fn start_gate_announcing(config: &Config, announce: bool) -> anyhow::R
         hub::Start::Serve { listener, .. } => listener.local_addr()?.to_string(),
         hub::Start::Follow(_) => a.listen.clone(),
     };
+    // Whether the approval server, here or after taking over from the hub, listens beyond
+    // loopback: the interface of `[approvals] listen` (a fallback port keeps it).
+    let any_host_operations = match &start {
+        hub::Start::Serve { listener, .. } => !listener.local_addr()?.ip().is_loopback(),
+        hub::Start::Follow(_) => a.listen.parse::<std::net::SocketAddr>().is_ok_and(|l| !l.ip().is_loopback()),
+    };
     let public_url = a.public_url.clone().unwrap_or_else(|| format!("http://{shown}"));
     let settings = ApprovalSettings {
         wait: a.wait,
@@ -106,19 +113,22 @@ pub async fn start_gate_announcing(config: &Config, announce: bool) -> anyhow::R
     if let Some(w) = Arc::get_mut(&mut web) {
         w.limits = a.limits;
         w.token_file = token_file.clone();
+        w.any_host_operations = any_host_operations;
+        w.metrics = config.metrics.clone();
     }
     let gate: Arc<dyn Gate> = Arc::new(ApprovalGate { approvals: approvals.clone() });
+    crate::server::web::ops::spawn_decision_metrics(&approvals);
     let on_hub = {
         let approvals = approvals.clone();
         let config = config.clone();
         Box::new(move || start_hub_services(&approvals, &config))
     };
     if announce {
-        eprintln!("mcp-gate: approvals at http://{shown}/");
+        crate::logging::announce(&format!("mcp-gate: approvals at http://{shown}/"));
     }
     hub::Node { approvals: approvals.clone(), web: web.clone(), listen: a.listen.clone(), token, on_hub }.start(start);
     if let Some(file) = token_file.filter(|_| announce) {
-        eprintln!("mcp-gate: approver token in {}", file.display());
+        crate::logging::announce(&format!("mcp-gate: approver token in {}", file.display()));
     }
     if config.default_policy {
         tracing::info!("no [[rules]]: tools annotated readOnlyHint are allowed, every other call needs approval");
@@ -191,20 +201,29 @@ pub async fn run_serve(config: Config, listen: Option<String>) -> anyhow::Result
     if !local.ip().is_unspecified() {
         allowed_hosts.push(local.ip().to_string());
     }
-    let state = http::HttpState::new(http::HttpOptions {
-        all: session_options(&config, servers, &gate, ""),
-        single,
-        token: config.listen.token.clone(),
-        agents: config.approvals.agents.clone(),
-        allowed_hosts,
-        allowed_origins: config.listen.allowed_origins.clone(),
-        limits: http::HttpLimits {
-            max_sessions: config.listen.max_sessions,
-            session_idle: config.listen.session_idle,
-            listener: config.listen.limits,
+    let mut readiness =
+        Readiness::default().with(crate::server::web::ops::store_check(started.approvals.store.clone()));
+    for server in &config.servers {
+        readiness = readiness.with(upstream_check(server));
+    }
+    let operations = http::Operations { readiness, any_host: !local.ip().is_loopback() };
+    let state = http::HttpState::with_operations(
+        http::HttpOptions {
+            all: session_options(&config, servers, &gate, ""),
+            single,
+            token: config.listen.token.clone(),
+            agents: config.approvals.agents.clone(),
+            allowed_hosts,
+            allowed_origins: config.listen.allowed_origins.clone(),
+            limits: http::HttpLimits {
+                max_sessions: config.listen.max_sessions,
+                session_idle: config.listen.session_idle,
+                listener: config.listen.limits,
+            },
         },
-    });
-    eprintln!("mcp-gate: listening on http://{local}/mcp");
+        operations,
+    );
+    crate::logging::announce(&format!("mcp-gate: listening on http://{local}/mcp"));
     let stopped_by = Arc::new(std::sync::OnceLock::new());
     let signal = {
         let (stopped_by, approvals) = (stopped_by.clone(), started.approvals.clone());
@@ -218,6 +237,38 @@ pub async fn run_serve(config: Config, listen: Option<String>) -> anyhow::Result
     };
     http::serve(listener, state, signal).await?;
     Ok(stopped_by.get().copied())
+}
+
+/// The readiness check `upstream NAME` of `serve`: the command of a stdio upstream can be
+/// found (each session starts its own), the host of an HTTP upstream accepts TCP connections.
+/// Reasons name neither the command nor the URL (which may hold a secret); the log does.
+fn upstream_check(server: &ServerConfig) -> Check {
+    let name = server.name.clone();
+    let transport = server.transport.clone();
+    Check::new(format!("upstream {name}"), move || {
+        let (name, transport) = (name.clone(), transport.clone());
+        Box::pin(async move {
+            match transport {
+                UpstreamTransport::Stdio { command, .. } => check_command(&command).map_err(|e| {
+                    tracing::warn!(server = %name, "readiness: cannot start `{command}`: {e}");
+                    "command not found".to_owned()
+                }),
+                UpstreamTransport::StreamableHttp { url, .. } | UpstreamTransport::Sse { url, .. } => {
+                    let address = reqwest::Url::parse(&url).ok().and_then(|u| {
+                        Some((u.host_str()?.trim_matches(['[', ']']).to_owned(), u.port_or_known_default()?))
+                    });
+                    let Some(address) = address else { return Err("invalid URL".to_owned()) };
+                    match tokio::net::TcpStream::connect(address).await {
+                        Ok(_) => Ok(()),
+                        Err(e) => {
+                            tracing::warn!(server = %name, "readiness: cannot connect to the upstream: {e}");
+                            Err(format!("unreachable: {}", e.kind()))
+                        }
+                    }
+                }
+            }
+        })
+    })
 }
 
 /// Checks that a command can be found, so `serve` fails at start-up rather than per session.

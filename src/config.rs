@@ -18,6 +18,8 @@ use serde::Deserialize;
 use crate::approval::settings::{ApprovalsConfig, RawApprovals, RawChannel, RawWorkflow};
 use crate::downstream::settings::{Listen, RawListen};
 use crate::identity::{Credentials, RawPrincipal, credentials_apart};
+use crate::logging::RawLog;
+use crate::metrics::settings::{MetricsSettings, RawMetrics};
 use crate::policy::{Policy, RawPolicy, RawRule};
 use crate::review::settings::{RawProvider, validate_providers};
 use crate::review::{AiWorkflow, Fallback, ProviderConfig};
@@ -74,6 +76,12 @@ pub struct RawConfig {
     /// `[notify]`: notifications on this machine.
     #[serde(default)]
     pub notify: RawNotify,
+    /// `[metrics]`: Prometheus metrics on the approval server.
+    #[serde(default)]
+    pub metrics: RawMetrics,
+    /// `[log]`: the format of the log lines.
+    #[serde(default)]
+    pub log: RawLog,
 }
 
 /// The validated configuration.
@@ -95,6 +103,8 @@ pub struct Config {
     /// `[notify] desktop`: show desktop notifications of new held calls (when a graphical
     /// session exists).
     pub desktop_notifications: bool,
+    /// `[metrics]`.
+    pub metrics: MetricsSettings,
 }
 
 impl Config {
@@ -111,6 +121,22 @@ impl Config {
         figment = figment.merge(Env::prefixed("MCP_GATE_").split("__").filter(|k| k.as_str().contains('.')));
         let raw: RawConfig = figment.extract().map_err(|e| ConfigError::Load(describe_figment_error(e, file)))?;
         Config::validate(raw, file, extra)
+    }
+
+    /// `[log] format` as the file (and `MCP_GATE_LOG__FORMAT`) give it, read before logging starts
+    /// and without validating the rest; `None` when absent or unreadable (the load then says why).
+    pub fn peek_log_format(file: Option<&Path>) -> Option<String> {
+        #[derive(Deserialize)]
+        struct Peek {
+            #[serde(default)]
+            log: Option<RawLog>,
+        }
+        let mut figment = Figment::new();
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment = figment.merge(Env::prefixed("MCP_GATE_").split("__").filter(|k| k.as_str().contains('.')));
+        figment.extract::<Peek>().ok()?.log?.format
     }
 
     /// Parses a TOML string (used by tests and `check-config` on examples).
@@ -155,6 +181,8 @@ impl Config {
         )
         .map_err(invalid)?;
         let webhooks = validate_webhooks(raw.webhooks, &expand_env).map_err(invalid)?;
+        let metrics = MetricsSettings::validate(raw.metrics).map_err(invalid)?;
+        raw.log.validate().map_err(invalid)?;
         let http = listen.token.as_deref().map(|t| (t, listen.token_key.as_str()));
         let shared = approvals.token.as_deref().map(|t| (t, approvals.token_key));
         credentials_apart(&approvals.agents, &approvals.approvers, http, shared).map_err(invalid)?;
@@ -166,6 +194,7 @@ impl Config {
             approvals,
             webhooks,
             desktop_notifications: raw.notify.desktop.unwrap_or(true),
+            metrics,
             separator,
             listen,
             servers,
@@ -260,6 +289,13 @@ impl Config {
             self.approvals.mrtr_rounds
         ));
         out.push_str(&format!("approval server: http://{}/\n", self.approvals.listen));
+        match (&self.metrics.enabled, &self.metrics.token_key) {
+            (false, _) => out.push_str("metrics: off\n"),
+            (true, None) => out.push_str(&format!("metrics: http://{}/metrics, no token\n", self.approvals.listen)),
+            (true, Some(key)) => {
+                out.push_str(&format!("metrics: http://{}/metrics, bearer token from {key}\n", self.approvals.listen))
+            }
+        }
         for hook in &self.webhooks {
             let mut events: Vec<_> = hook.events.iter().map(|k| k.as_str()).collect();
             events.sort_unstable();

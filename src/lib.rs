@@ -17,15 +17,19 @@
 //!   `[upstream]`, `[servers.NAME]`), [`downstream::settings`] (`[listen]`),
 //!   [`http::listener::ListenerLimits`], [`approval::settings`] (`[approvals]`, `[[workflows]]`),
 //!   [`review::settings`] (`[providers.NAME]` and the `ai_*` keys of a workflow),
-//!   [`server::notify::settings`] (`[[webhooks]]`), [`identity`] (`[[approvers]]`, `[[agents]]`)
-//!   and [`policy`] (`[policy]`, `[[rules]]`).
+//!   [`server::notify::settings`] (`[[webhooks]]`), [`identity`] (`[[approvers]]`, `[[agents]]`),
+//!   [`metrics::settings`] (`[metrics]`), [`logging`] (`[log]`) and [`policy`] (`[policy]`,
+//!   `[[rules]]`).
 //! - [`identity`], [`visible`], [`random`], [`secret`]: who is asking (approver and agent tokens,
 //!   compared in constant time; no agent holds an approver's token), how untrusted text is shown to a
 //!   person (invisible characters marked), random bytes (failing closed: no randomness refuses the
 //!   work), tokens and keys held as secrets (wiped when dropped, never printed); [`browser`] opens a URL for the person at this
 //!   machine.
-//! - [`http`]: what both HTTP servers share: the bounded [`http::listener`] and the request
-//!   [`http::guard`] (Host/Origin, bearer tokens).
+//! - [`logging`]: `tracing` to stderr as text or JSON lines (`MCP_GATE_LOG_FORMAT`).
+//! - [`metrics`]: the process's Prometheus registry; what happens elsewhere updates it through
+//!   small named functions, and the approval server renders it at `/metrics`.
+//! - [`http`]: what both HTTP servers share: the bounded [`http::listener`], the request
+//!   [`http::guard`] (Host/Origin, bearer tokens) and the [`http::health`] probes.
 //! - [`upstream`]: the transports to the servers behind the proxy ([`upstream::stdio`] for a child
 //!   process, [`upstream::streamable_http`], [`upstream::legacy_sse`]). They move messages and know
 //!   nothing of policy or routing.
@@ -82,6 +86,8 @@ pub mod downstream;
 pub mod gate;
 pub mod http;
 pub mod identity;
+pub mod logging;
+pub mod metrics;
 pub mod policy;
 pub mod random;
 pub mod review;

@@ -1,20 +1,21 @@
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
+use mcp_gate::logging::{self, Format};
 
 fn main() -> ExitCode {
     let cli = mcp_gate::cli::Cli::parse();
     // The demo shows only its walkthrough (and errors) unless MCP_GATE_LOG asks for more.
     let quiet = matches!(cli.command, Some(mcp_gate::cli::Command::Demo { .. }));
-    let filter = EnvFilter::try_from_env("MCP_GATE_LOG")
-        .unwrap_or_else(|_| EnvFilter::new(if quiet { "error" } else { "info" }));
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(filter)
-        .init();
+    let from_file = mcp_gate::config::Config::peek_log_format(cli.config_file());
+    let format = match Format::choose(from_file.as_deref()) {
+        Ok(format) => format,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    logging::init(format, if quiet { "error" } else { "info" });
     // stdio mode serves one client: one thread keeps every message hop on the same core with no
     // cross-thread wakeups. `serve` and the other commands use the multi-thread runtime.
     let runtime = if cli.command.is_none() {
@@ -36,7 +37,7 @@ fn main() -> ExitCode {
         Ok(None) => ExitCode::SUCCESS,
         Ok(Some(signal)) => ExitCode::from(signal.exit_code()),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            logging::fatal(&format!("{e:#}"));
             ExitCode::FAILURE
         }
     }

@@ -378,6 +378,7 @@ impl Gate for ApprovalGate {
         });
         match &decision.action {
             Action::Allow => {
+                crate::metrics::call(crate::metrics::CallDecision::Allowed);
                 self.approvals.audit_call(Event::Allowed, &owned, &decision);
                 // A 2026-07-28 client takes a plain result: only a 2025-11-25 one insists on a task.
                 match task.filter(|_| legacy) {
@@ -388,6 +389,7 @@ impl Gate for ApprovalGate {
                 }
             }
             Action::Deny { reason } => {
+                crate::metrics::call(crate::metrics::CallDecision::Denied);
                 self.approvals.audit_call(Event::DeniedByPolicy, &owned, &decision);
                 let denial = replies::denied_by_policy(&owned.server, &owned.tool, decision.rule.as_deref(), reason);
                 match task.filter(|_| legacy) {
@@ -398,6 +400,7 @@ impl Gate for ApprovalGate {
                 }
             }
             Action::Approve { workflow } => {
+                crate::metrics::call(crate::metrics::CallDecision::Held);
                 let mut owned = owned;
                 owned.tool_info = call.info.map(describe_tool);
                 let approvals = self.approvals.clone();
@@ -433,6 +436,7 @@ impl Gate for ApprovalGate {
     }
 
     fn refused(&self, call: &RefusedCall<'_>) {
+        crate::metrics::call(crate::metrics::CallDecision::Refused);
         self.approvals.audit_refused(call);
     }
 

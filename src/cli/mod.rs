@@ -272,6 +272,20 @@ async fn approvals(action: ApprovalsAction, url: Option<String>, run: RunArgs) -
     crate::cli::approvals::run(target, request, json).await
 }
 
+impl Cli {
+    /// The `--config` file of the command, if it takes one.
+    pub fn config_file(&self) -> Option<&std::path::Path> {
+        match &self.command {
+            None => self.run.config.as_deref(),
+            Some(Command::Serve { run, .. } | Command::CheckConfig { run } | Command::Audit { run, .. }) => {
+                run.config.as_deref()
+            }
+            Some(Command::Approvals { config, .. }) => config.config.as_deref(),
+            Some(Command::Demo { .. } | Command::DemoServer) => None,
+        }
+    }
+}
+
 fn load(run: &RunArgs) -> anyhow::Result<Config> {
     let extra =
         (!run.upstream.is_empty()).then(|| CommandLineUpstream { name: run.name.clone(), argv: run.upstream.clone() });

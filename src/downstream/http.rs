@@ -18,7 +18,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::any;
+use axum::routing::{self, any};
 use dashmap::DashMap;
 use serde_json::value::RawValue;
 use tokio::net::TcpListener;
@@ -26,6 +26,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::http::guard::{bearer_matches, bearer_token, check_host_origin};
+use crate::http::health::{self, Readiness};
 use crate::identity::Credentials;
 use crate::session::{self, Downstream, Input, Route, SessionHandle, SessionOptions};
 use crate::wire::MAX_MESSAGE_BYTES;
@@ -78,6 +79,15 @@ impl Default for HttpLimits {
             listener: crate::http::listener::ListenerLimits::default(),
         }
     }
+}
+
+/// The operations routes of the MCP endpoint, `/healthz` and `/readyz` (see [`crate::http::health`]).
+#[derive(Clone, Default)]
+pub struct Operations {
+    /// What `/readyz` checks.
+    pub readiness: Readiness,
+    /// The endpoint listens on a non-loopback address: the probes answer whatever the Host.
+    pub any_host: bool,
 }
 
 /// Why a request to the MCP endpoint is answered by the proxy with an HTTP error: the boundary's
@@ -198,6 +208,7 @@ pub struct HttpState {
     next_id: AtomicU64,
     /// One permit per open session, shared sessions included.
     slots: Arc<tokio::sync::Semaphore>,
+    ops: Operations,
 }
 
 struct HttpSession {
@@ -211,6 +222,8 @@ struct HttpSession {
     stuck_after: Duration,
     /// Its place under `max_sessions`, given back when the session is dropped.
     _slot: tokio::sync::OwnedSemaphorePermit,
+    /// Counted in `mcp_gate_sessions_open` while it exists.
+    _counted: crate::metrics::SessionOpen,
 }
 
 impl HttpSession {
@@ -450,13 +463,19 @@ impl StreamsInner {
 }
 
 impl HttpState {
+    /// The state of an endpoint whose `/readyz` checks nothing.
     pub fn new(opts: HttpOptions) -> Arc<HttpState> {
+        HttpState::with_operations(opts, Operations::default())
+    }
+
+    pub fn with_operations(opts: HttpOptions, ops: Operations) -> Arc<HttpState> {
         Arc::new(HttpState {
             sessions: DashMap::new(),
             shared: tokio::sync::Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             slots: Arc::new(tokio::sync::Semaphore::new(opts.limits.max_sessions)),
             opts,
+            ops,
         })
     }
 
@@ -497,6 +516,7 @@ impl HttpState {
             last_used: Mutex::new(Instant::now()),
             stuck_after,
             _slot: slot,
+            _counted: crate::metrics::session_open(shared),
         });
         if !shared {
             self.sessions.insert(id.clone(), session.clone());
@@ -604,7 +624,34 @@ impl HttpState {
 
 /// Builds the router (tests call this directly).
 pub fn router(state: Arc<HttpState>) -> Router {
-    Router::new().route("/mcp", any(all_endpoint)).route("/mcp/{name}", any(named_endpoint)).with_state(state)
+    Router::new()
+        .route("/mcp", any(all_endpoint))
+        .route("/mcp/{name}", any(named_endpoint))
+        .route(health::HEALTHZ, routing::get(healthz))
+        .route(health::READYZ, routing::get(readyz))
+        .with_state(state)
+}
+
+async fn healthz(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Response {
+    match state.probe_guard(&headers) {
+        Ok(()) => health::healthz(),
+        Err(refusal) => refusal.into_response(),
+    }
+}
+
+async fn readyz(State(state): State<Arc<HttpState>>, headers: HeaderMap) -> Response {
+    match state.probe_guard(&headers) {
+        Ok(()) => health::readyz(&state.ops.readiness).await,
+        Err(refusal) => refusal.into_response(),
+    }
+}
+
+impl HttpState {
+    /// The Host/Origin rule of the probes (see [`crate::http::health`]).
+    fn probe_guard(&self, headers: &HeaderMap) -> Result<(), Refusal> {
+        let (hosts, origins) = (&self.opts.allowed_hosts, &self.opts.allowed_origins);
+        Ok(health::probe_guard(hosts, origins, self.ops.any_host, headers)?)
+    }
 }
 
 /// Serves until `shutdown` completes, then closes every session (see

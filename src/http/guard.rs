@@ -24,6 +24,12 @@ pub fn check_host_origin(
     if !host_allowed(strip_port(host), allowed_hosts) {
         return forbidden(format!("Host {host:?} is not allowed"));
     }
+    check_origin(allowed_origins, headers)
+}
+
+/// The Origin half of [`check_host_origin`]: an Origin, when present, must be a loopback origin
+/// (or a configured one).
+pub fn check_origin(allowed_origins: &[String], headers: &HeaderMap) -> Result<(), Forbidden> {
     if let Some(origin) = header_str(headers, "origin") {
         if allowed_origins.iter().any(|o| o == origin) {
             return Ok(());
@@ -31,7 +37,11 @@ pub fn check_host_origin(
         let authority = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://"));
         match authority {
             Some(a) if host_allowed(strip_port(a), &[]) => {}
-            _ => return forbidden(format!("Origin {origin:?} is not allowed")),
+            _ => {
+                let what = format!("Origin {origin:?} is not allowed");
+                warn!("rejected request: {what}");
+                return Err(Forbidden(what));
+            }
         }
     }
     Ok(())

@@ -178,6 +178,7 @@ impl Session {
         let up = &mut self.upstreams[index];
         let name = up.cfg.name.clone();
         warn!(server = %name, %reason, "upstream stopped");
+        crate::metrics::upstream_error(&name, crate::metrics::UpstreamError::Stopped);
         let attempt = match up.link {
             Link::Up { since, .. } if since.elapsed() > STABLE_RUN => 0,
             Link::Up { failures, .. } => failures,
@@ -218,6 +219,7 @@ impl Session {
                 };
                 let error = SessionError::TimedOut { server: name.clone(), method: method.to_owned(), secs, key };
                 warn!(server = %name, up_id, "{error}");
+                crate::metrics::upstream_error(&name, crate::metrics::UpstreamError::TimedOut);
                 if method != "initialize" {
                     let params = serde_json::json!({"requestId": up_id, "reason": "timed out"});
                     let cancel = Message::notification("notifications/cancelled", Some(jsonrpc::to_raw(&params)));
@@ -261,6 +263,7 @@ impl Session {
             Ok(link) => {
                 up.link = Link::Up { link, generation, since: Instant::now(), failures: attempt };
                 info!(server = %up.cfg.name, "upstream restarted");
+                crate::metrics::upstream_restarted(&up.cfg.name);
                 match self.initialize_params.clone() {
                     Some(params) => self.internal_request(index, "initialize", Some(params), Pending::Reinit),
                     None => self.announce_list_changes(index),
@@ -268,6 +271,7 @@ impl Session {
             }
             Err(e) => {
                 warn!(server = %up.cfg.name, "restart failed: {e}");
+                crate::metrics::upstream_error(&up.cfg.name, crate::metrics::UpstreamError::RestartFailed);
                 self.schedule_restart(index, attempt);
             }
         }

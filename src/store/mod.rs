@@ -333,6 +333,12 @@ impl Store {
         rx.await.map_err(|_| StoreError::Aborted)?
     }
 
+    /// Whether the store answers: the worker runs a request and the database can be read (for
+    /// `/readyz`). Fails like any request when the file was replaced ([`StoreError::Replaced`]).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.call(|conn| Ok(conn.query_row("SELECT count(*) FROM schema_version", [], |_| Ok(()))?)).await
+    }
+
     /// Queues a write that nobody waits for. The worker commits it within [`LINGER`], together with
     /// the other deferred writes queued meanwhile, in one `BEGIN IMMEDIATE` transaction with
     /// `synchronous = NORMAL`; a failure is logged and loses the whole group. Requests sent after

@@ -18,6 +18,7 @@ mod hub;
 mod input_required;
 mod integrity;
 mod layers;
+mod ops;
 mod relay;
 mod schema_validity;
 mod shutdown;

@@ -12,7 +12,7 @@ use crate::approval::{ApprovalService, Change, ChangeKind};
 /// Prints a line for each call this process holds, if stderr is a terminal.
 pub fn spawn(approvals: &Arc<ApprovalService>) {
     if std::io::stderr().is_terminal() {
-        spawn_with(approvals, |line| eprintln!("{line}"));
+        spawn_with(approvals, |line| crate::logging::announce(&line));
     }
 }
 

@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod events;
+pub mod ops;
 pub mod pages;
 pub mod signin;
 
@@ -52,6 +53,13 @@ pub struct WebState {
     pub token_file: Option<std::path::PathBuf>,
     /// One-time sign-in links ([`signin`]).
     pub sign_in: signin::SignInLinks,
+    /// What `/readyz` checks: the approval store.
+    pub readiness: crate::http::health::Readiness,
+    /// The server listens on a non-loopback address: `/healthz`, `/readyz` and `/metrics` answer
+    /// whatever the Host (see [`crate::http::health`]).
+    pub any_host_operations: bool,
+    /// `[metrics]`: whether `/metrics` is served, and with what token.
+    pub metrics: crate::metrics::settings::MetricsSettings,
     sessions: DashMap<String, BrowserSession>,
     /// Handshakes under way: server nonce -> (key, client nonce, when).
     handshakes: DashMap<String, ([u8; 32], String, Instant)>,
@@ -78,6 +86,7 @@ impl WebState {
         approvers: Credentials,
         allowed_hosts: Vec<String>,
     ) -> Arc<WebState> {
+        let readiness = crate::http::health::Readiness::default().with(ops::store_check(approvals.store.clone()));
         Arc::new(WebState {
             approvals,
             token,
@@ -87,6 +96,9 @@ impl WebState {
             limits: crate::http::listener::ListenerLimits::default(),
             token_file: None,
             sign_in: signin::SignInLinks::default(),
+            readiness,
+            any_host_operations: false,
+            metrics: Default::default(),
             sessions: DashMap::new(),
             handshakes: DashMap::new(),
         })
@@ -176,6 +188,7 @@ pub fn router(state: Arc<WebState>) -> Router {
         .merge(events::routes())
         .merge(pages::routes())
         .merge(signin::routes())
+        .merge(ops::routes())
         .layer(middleware::from_fn_with_state(state.clone(), guard_layer))
         .with_state(state)
 }
@@ -189,11 +202,16 @@ pub async fn serve(
     crate::http::listener::serve(listener, router(state), limits, shutdown).await
 }
 
-/// Host/Origin checks on every request and security headers on every response.
+/// Host/Origin checks on every request (the operations routes follow
+/// [`crate::http::health::probe_guard`]) and security headers on every response.
 async fn guard_layer(State(state): State<Arc<WebState>>, request: Request, next: Next) -> Response {
-    if let Err(why) =
-        crate::http::guard::check_host_origin(&state.allowed_hosts, &state.allowed_origins, request.headers())
-    {
+    let (hosts, origins, headers) = (&state.allowed_hosts, &state.allowed_origins, request.headers());
+    let checked = if crate::http::health::is_operations_path(request.uri().path()) {
+        crate::http::health::probe_guard(hosts, origins, state.any_host_operations, headers)
+    } else {
+        crate::http::guard::check_host_origin(hosts, origins, headers)
+    };
+    if let Err(why) = checked {
         return (StatusCode::FORBIDDEN, why.to_string()).into_response();
     }
     let mut response = next.run(request).await;
