@@ -200,7 +200,7 @@ pub async fn serve_stdio() -> anyhow::Result<()> {
                 };
                 Ok(json!({"content": [{"type": "text", "text": text}], "isError": error}))
             }
-            _ => Err(json!({"code": -32601, "message": "Method not found"})),
+            _ => Err(json!({"code": crate::wire::jsonrpc::code::METHOD_NOT_FOUND, "message": "Method not found"})),
         };
         let reply = match result {
             Ok(r) => json!({"jsonrpc": "2.0", "id": id, "result": r}),

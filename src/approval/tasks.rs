@@ -26,7 +26,7 @@ use crate::store::audit::Event;
 use crate::store::tasks::{Cancelled, GateTask, TaskClaim, TaskEnd, TaskState};
 use crate::store::{Approval, Claim, SYSTEM_ACTOR, Status};
 use crate::wire::era::{self, Era};
-use crate::wire::jsonrpc;
+use crate::wire::jsonrpc::{self, code};
 
 /// How often a client is asked to poll a task (milliseconds).
 pub const POLL_INTERVAL_MS: i64 = 2000;
@@ -36,12 +36,6 @@ const KEPT_AFTER_MS: i64 = 3_600_000;
 
 /// The `_meta` key that ties a result to its task.
 const RELATED_TASK: &str = "io.modelcontextprotocol/related-task";
-
-/// JSON-RPC invalid params: an unknown task, or one that cannot be cancelled.
-const INVALID_PARAMS: i64 = -32602;
-
-/// JSON-RPC method not found: a method of the other era.
-const METHOD_NOT_FOUND: i64 = -32601;
 
 /// What a task call carries besides the call's facts.
 pub(super) struct TaskCall {
@@ -248,7 +242,7 @@ impl ApprovalService {
         if let Some(a) = &approval {
             if call_key(&task.server, &task.tool, &arguments) != a.key {
                 warn!(task = %task.id, "the stored call is not the approved one; not run");
-                let error = json!({ "code": -32603, "message": "the stored call is not the one that was approved" });
+                let error = json!({ "code": code::INTERNAL_ERROR, "message": "the stored call is not the one that was approved" });
                 let _ = self.store.settle_task(&task.id, TaskEnd::Error(error), "Not run", self.now_ms()).await;
                 self.notify(&task.id);
                 return TaskRun::Settled;
@@ -340,7 +334,7 @@ impl ApprovalService {
                     serde_json::from_str::<Value>(e)
                         .ok()
                         .filter(|v| v.get("code").is_some())
-                        .unwrap_or_else(|| json!({ "code": -32603, "message": e })),
+                        .unwrap_or_else(|| json!({ "code": code::INTERNAL_ERROR, "message": e })),
                 ),
                 Outcome::NotRun => {
                     tokio::spawn(async move {
@@ -401,15 +395,18 @@ impl ApprovalService {
             return self.answer_modern_task_op(op).await;
         }
         let owner = op.owner.key();
-        let unknown = |id: &str| TaskAnswer::Error { code: INVALID_PARAMS, message: format!("unknown task {id}") };
-        let storage =
-            |e: crate::store::StoreError| TaskAnswer::Error { code: -32603, message: format!("storage: {e}") };
+        let unknown =
+            |id: &str| TaskAnswer::Error { code: code::INVALID_PARAMS, message: format!("unknown task {id}") };
+        let storage = |e: crate::store::StoreError| TaskAnswer::Error {
+            code: code::INTERNAL_ERROR,
+            message: format!("storage: {e}"),
+        };
         if op.method == TaskMethod::List {
             let cursor = match op.cursor.as_deref() {
                 None => None,
                 Some(c) => match c.strip_prefix("mcpg:").and_then(|n| n.parse::<i64>().ok()) {
                     Some(n) => Some(n),
-                    None => return TaskAnswer::Error { code: INVALID_PARAMS, message: "invalid cursor".into() },
+                    None => return TaskAnswer::Error { code: code::INVALID_PARAMS, message: "invalid cursor".into() },
                 },
             };
             return match self.store.tasks_of_owner(&owner, cursor).await {
@@ -424,7 +421,7 @@ impl ApprovalService {
             };
         }
         let Some(id) = op.id.clone() else {
-            return TaskAnswer::Error { code: INVALID_PARAMS, message: "taskId is required".into() };
+            return TaskAnswer::Error { code: code::INVALID_PARAMS, message: "taskId is required".into() };
         };
         match op.method {
             TaskMethod::Get => match self.current(&owner, &id).await {
@@ -446,11 +443,11 @@ impl ApprovalService {
                         TaskAnswer::Result(jsonrpc::to_raw(&task_view(&t)))
                     }
                     Ok(Some(Cancelled::Running(_))) => TaskAnswer::Error {
-                        code: INVALID_PARAMS,
+                        code: code::INVALID_PARAMS,
                         message: format!("task {id} is already running and can no longer be cancelled"),
                     },
                     Ok(Some(Cancelled::Terminal(t))) => TaskAnswer::Error {
-                        code: INVALID_PARAMS,
+                        code: code::INVALID_PARAMS,
                         message: format!("task {id} is already {}", t.state.as_str()),
                     },
                     Ok(None) => unknown(&id),
@@ -494,12 +491,13 @@ impl ApprovalService {
                     self.unsubscribe(a);
                 }
                 if stop {
-                    return TaskAnswer::Error { code: -32603, message: "the proxy is stopping".into() };
+                    return TaskAnswer::Error { code: code::INTERNAL_ERROR, message: "the proxy is stopping".into() };
                 }
             },
-            TaskMethod::List | TaskMethod::Update => {
-                TaskAnswer::Error { code: METHOD_NOT_FOUND, message: "tasks/update is not a 2025-11-25 method".into() }
-            }
+            TaskMethod::List | TaskMethod::Update => TaskAnswer::Error {
+                code: code::METHOD_NOT_FOUND,
+                message: "tasks/update is not a 2025-11-25 method".into(),
+            },
         }
     }
 
@@ -507,15 +505,18 @@ impl ApprovalService {
     /// `tasks/update` an empty acknowledgement; `tasks/result` and `tasks/list` are gone.
     async fn answer_modern_task_op(self: Arc<Self>, op: TaskOp) -> TaskAnswer {
         let owner = op.owner.key();
-        let unknown = |id: &str| TaskAnswer::Error { code: INVALID_PARAMS, message: format!("unknown task {id}") };
-        let storage =
-            |e: crate::store::StoreError| TaskAnswer::Error { code: -32603, message: format!("storage: {e}") };
+        let unknown =
+            |id: &str| TaskAnswer::Error { code: code::INVALID_PARAMS, message: format!("unknown task {id}") };
+        let storage = |e: crate::store::StoreError| TaskAnswer::Error {
+            code: code::INTERNAL_ERROR,
+            message: format!("storage: {e}"),
+        };
         let ack = || TaskAnswer::Result(jsonrpc::to_raw(&json!({ "resultType": "complete" })));
         let Some(id) =
             op.id.clone().filter(|_| matches!(op.method, TaskMethod::Get | TaskMethod::Cancel | TaskMethod::Update))
         else {
             return TaskAnswer::Error {
-                code: METHOD_NOT_FOUND,
+                code: code::METHOD_NOT_FOUND,
                 message: "tasks/result and tasks/list are not part of the 2026-07-28 tasks extension".into(),
             };
         };
@@ -639,7 +640,7 @@ fn final_answer(task: &GateTask) -> TaskAnswer {
     if let Some(error) = task.error.as_deref() {
         let e: Value = serde_json::from_str(error).unwrap_or(Value::Null);
         return TaskAnswer::Error {
-            code: e.get("code").and_then(Value::as_i64).unwrap_or(-32603),
+            code: e.get("code").and_then(Value::as_i64).unwrap_or(code::INTERNAL_ERROR),
             message: e.get("message").and_then(Value::as_str).unwrap_or("the task failed").to_owned(),
         };
     }

@@ -353,7 +353,12 @@ pub trait Gate: Send + Sync + 'static {
     /// Answers a `tasks/*` request for a gate task (an id with [`TASK_ID_PREFIX`], or the list).
     fn task(&self, _op: TaskOp) -> TaskReply {
         TaskReply {
-            answer: Box::pin(async { TaskAnswer::Error { code: -32602, message: "unknown task".to_owned() } }),
+            answer: Box::pin(async {
+                TaskAnswer::Error {
+                    code: crate::wire::jsonrpc::code::INVALID_PARAMS,
+                    message: "unknown task".to_owned(),
+                }
+            }),
             resume: None,
         }
     }

@@ -10,7 +10,7 @@ use tracing::{debug, warn};
 use super::{Input, Pending, Session, merge};
 use crate::gate::{CancellationToken, Outcome, TASK_ID_PREFIX, TaskAnswer, TaskMethod, TaskOp, TaskRun, TaskStart};
 use crate::wire::era::{self, Era};
-use crate::wire::jsonrpc::{self, Message};
+use crate::wire::jsonrpc::{self, Message, code};
 
 impl Session {
     /// Whether the gate offers tasks to this client (2025-11-25 only: the 2026-07-28 extension is
@@ -115,7 +115,7 @@ impl Session {
         if era.is_modern() && !declares_tasks_extension(params) && method != TaskMethod::Result {
             // Only a client that declares the extension on the request may use its methods.
             let error = serde_json::json!({
-                "code": MISSING_CAPABILITY,
+                "code": code::MISSING_CAPABILITY,
                 "message": "Missing required client capability",
                 "data": { "requiredCapabilities": { "extensions": { (era::TASKS_EXTENSION): {} } } },
             });
@@ -222,9 +222,6 @@ impl Session {
         jsonrpc::to_raw(&v)
     }
 }
-
-/// JSON-RPC error of a request that needs a capability the client did not declare.
-const MISSING_CAPABILITY: i64 = -32021;
 
 /// Whether a 2026-07-28 request declares the tasks extension among its client capabilities.
 fn declares_tasks_extension(params: Option<&RawValue>) -> bool {

@@ -29,6 +29,8 @@ pub mod code {
     pub const SESSION_NOT_FOUND: i64 = -32001;
     /// 2026-07-28 Streamable HTTP: an `Mcp-*` header disagrees with the body.
     pub const HEADER_MISMATCH: i64 = -32020;
+    /// 2026-07-28: the request needs a client capability it did not declare (the tasks extension).
+    pub const MISSING_CAPABILITY: i64 = -32021;
 }
 
 /// Why a line or body is not a JSON-RPC message we can relay.

@@ -69,7 +69,7 @@ impl Store {
                     tx.execute("DELETE FROM claims WHERE id = ?1", [claim])?;
                     if let Some(task) = task {
                         // Its outcome is unknown: the gate task fails, and is never run again.
-                        let error = serde_json::json!({ "code": -32603, "message": ORPHANED }).to_string();
+                        let error = serde_json::json!({ "code": crate::wire::jsonrpc::code::INTERNAL_ERROR, "message": ORPHANED }).to_string();
                         tx.execute(
                             "UPDATE gate_tasks SET state = 'failed', status_message = ?2, error = ?3, updated_at = ?4
                              WHERE id = ?1 AND state = 'running'",
@@ -117,7 +117,7 @@ impl Store {
                     settled.push(load(&tx, &id)?.ok_or_else(|| StoreError::NotFound(id.clone()))?);
                 }
                 // Tasks that ran without an approval have no claim: they fail by their instance.
-                let error = serde_json::json!({ "code": -32603, "message": ORPHANED }).to_string();
+                let error = serde_json::json!({ "code": crate::wire::jsonrpc::code::INTERNAL_ERROR, "message": ORPHANED }).to_string();
                 tx.execute(
                     "UPDATE gate_tasks SET state = 'failed', status_message = ?2, error = ?3, updated_at = ?4
                      WHERE instance = ?1 AND state = 'running'",
