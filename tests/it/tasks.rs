@@ -198,6 +198,45 @@ async fn a_cancelled_task_never_runs_and_cannot_be_cancelled_twice() {
     c.validate();
 }
 
+/// The audit records of task events, oldest first.
+async fn task_events(a: &ApprovalService) -> Vec<mcp_gate::store::audit::AuditRow> {
+    let mut rows = mcp_gate::store::audit::tail(&a.store, 10_000).await.unwrap();
+    rows.retain(|r| r.event.starts_with("task_"));
+    rows.sort_by_key(|r| r.id);
+    rows
+}
+
+#[tokio::test]
+async fn creating_and_cancelling_a_task_are_audited_once() {
+    let dir = scratch("tasks-audit");
+    let a = approvals(POLICY).await;
+    let mut c = peer(&a, &dir, "claude").await;
+    let created = call_task(&mut c, "test_simple_text", json!({"path": "/srv/audit"})).await;
+    let id = task_id(&created);
+    let approval = approval_of(&created);
+    let retried = call_task(&mut c, "test_simple_text", json!({"path": "/srv/audit"})).await;
+    assert_eq!(task_id(&retried), id, "a retry joins the task: {retried}");
+    let rows = task_events(&a).await;
+    assert_eq!(rows.len(), 1, "one creation, the retry joined it: {rows:?}");
+    assert_eq!(rows[0].event, "task_created");
+    assert_eq!(rows[0].approval_id.as_deref(), Some(approval.as_str()));
+    assert_eq!(rows[0].detail["task"], id.as_str());
+    assert_eq!(rows[0].detail["era"], "legacy");
+    assert_eq!(rows[0].tool, "test_simple_text");
+
+    let cancelled = c.request("tasks/cancel", json!({"taskId": id})).await;
+    assert_eq!(cancelled["result"]["status"], "cancelled", "{cancelled}");
+    let again = c.request("tasks/cancel", json!({"taskId": id})).await;
+    assert_eq!(again["error"]["code"], -32602, "{again}");
+    let rows = task_events(&a).await;
+    assert_eq!(rows.len(), 2, "one cancellation, the refused second one is not recorded: {rows:?}");
+    assert_eq!(rows[1].event, "task_cancelled");
+    assert_eq!(rows[1].approval_id.as_deref(), Some(approval.as_str()));
+    assert_eq!(rows[1].detail["task"], id.as_str());
+    assert_eq!(rows[1].actor.as_deref(), Some("client"));
+    c.validate();
+}
+
 #[tokio::test]
 async fn another_owner_cannot_see_or_cancel_a_task() {
     let dir = scratch("tasks-owner");
