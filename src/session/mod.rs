@@ -360,7 +360,12 @@ impl Session {
         }
     }
 
-    fn on_client_request(&mut self, msg: Message, param_headers: Vec<(String, String)>) {
+    fn on_client_request(&mut self, mut msg: Message, param_headers: Vec<(String, String)>) {
+        if msg.method() == "subscriptions/listen"
+            && let Some(params) = msg.params.as_deref().and_then(tasks::without_gate_task_ids)
+        {
+            msg.params = Some(params);
+        }
         self.note_request(&msg);
         let method = msg.method().to_owned();
         match method.as_str() {

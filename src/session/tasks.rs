@@ -223,6 +223,27 @@ impl Session {
     }
 }
 
+/// The params of a `subscriptions/listen` request without the gate's own task ids in
+/// `notifications.taskIds` (they are not the upstream's to know); `None` when it names none.
+/// The list goes when nothing of it is left.
+pub(super) fn without_gate_task_ids(params: &RawValue) -> Option<Box<RawValue>> {
+    if !params.get().contains(TASK_ID_PREFIX) {
+        return None;
+    }
+    let mut v = serde_json::from_str::<Value>(params.get()).ok()?;
+    let filter = v.get_mut("notifications").and_then(Value::as_object_mut)?;
+    let ids = filter.get_mut("taskIds").and_then(Value::as_array_mut)?;
+    let before = ids.len();
+    ids.retain(|id| !id.as_str().is_some_and(|id| id.starts_with(TASK_ID_PREFIX)));
+    if ids.len() == before {
+        return None;
+    }
+    if ids.is_empty() {
+        filter.remove("taskIds");
+    }
+    Some(jsonrpc::to_raw(&v))
+}
+
 /// JSON-RPC error of a request that needs a capability the client did not declare.
 const MISSING_CAPABILITY: i64 = -32021;
 
