@@ -130,9 +130,12 @@ impl ApprovalService {
     /// when it is approved. A caller that leaves ends the wait without a claim (the answer is
     /// then dropped by the session); an approval stays usable by the identical retry.
     pub(super) async fn wait_for(self: Arc<Self>, approval: Approval, caller: Caller) -> Verdict {
-        let Caller { progress, gone, deadline } = caller;
+        let Caller { progress, held, gone, deadline } = caller;
         let id = approval.id.clone();
         let url = self.url_for(&id);
+        if let Some(held) = held.filter(|_| approval.status == Status::Pending) {
+            held.notify(&id, &url);
+        }
         let mut changes = self.subscribe(&id);
         let mut ticks = 0u32;
         let verdict = loop {

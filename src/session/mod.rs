@@ -83,6 +83,8 @@ pub enum Input {
     ClientGone { id: String, cancel_upstream: bool },
     /// A held tool call was decided.
     Resume { msg: Box<Message>, verdict: Verdict },
+    /// A held call (client request id) started waiting for `approval`, decided at `url`.
+    Held { call: String, approval: String, url: String },
     /// A gate task's runner resolved (see [`crate::gate::TaskStart`]).
     TaskRun { id: String, run: crate::gate::TaskRun },
     /// The gate's answer to a `tasks/*` request for one of its tasks.
@@ -185,6 +187,7 @@ pub async fn start_with(
         template_routes: Vec::new(),
         task_routes: HashMap::new(),
         held: HashMap::new(),
+        elicited: HashMap::new(),
         channels_logged: Vec::new(),
         tasks: HashMap::new(),
     };
@@ -258,6 +261,9 @@ struct Session {
     task_routes: HashMap<String, usize>,
     /// Held tool calls by client request id (raw text); cancelling the token abandons the wait.
     held: HashMap<String, CancellationToken>,
+    /// Held calls (client request id) whose approval page the client was asked to open when
+    /// the wait started, with the approval id (the `elicitationId`).
+    elicited: HashMap<String, String>,
     /// The sets of channels the client declared that were logged with the channel they get
     /// (a handful at most: each flag of [`crate::gate::Offered`] on or off).
     channels_logged: Vec<crate::gate::Offered>,
@@ -330,13 +336,19 @@ impl Session {
                     self.held_progress.remove(&token);
                 }
                 let id = msg.id_text().unwrap_or_default().to_owned();
+                let elicited = self.elicited.get(&id).cloned();
                 if self.held.remove(&id).is_some() {
+                    if let Some(approval) = elicited.filter(|_| calls::decided(&verdict)) {
+                        self.complete_elicitation(&approval);
+                    }
                     self.apply_verdict(*msg, verdict);
+                    self.elicited.remove(&id);
                 } else if let Verdict::AllowTracked(hook) = verdict {
                     // The caller left after the gate claimed the call for it: give the claim back.
                     hook(Outcome::NotRun);
                 }
             }
+            Input::Held { call, approval, url } => self.on_held(call, approval, url),
             Input::TaskRun { id, run } => self.on_task_run(id, run),
             Input::TaskAnswer { id, era, answer } => self.on_task_answer(id, era, answer),
             Input::Restarted { index, generation, link } => self.on_restarted(index, generation, link),
