@@ -473,6 +473,10 @@ impl Gate for ApprovalGate {
     fn task(&self, op: crate::gate::TaskOp) -> crate::gate::TaskReply {
         self.approvals.task_op(op)
     }
+
+    fn decided(&self, approval: &str) -> futures::future::BoxFuture<'static, ()> {
+        Box::pin(self.approvals.clone().until_decided(approval.to_owned()))
+    }
 }
 
 /// What an approver is shown about a tool: its title, description and annotations.

@@ -378,6 +378,12 @@ pub trait Gate: Send + Sync + 'static {
         false
     }
 
+    /// Resolves once approval `approval` is no longer pending (decided, expired, spent); never
+    /// when the gate does not know it. A URL elicitation of it is then complete.
+    fn decided(&self, _approval: &str) -> BoxFuture<'static, ()> {
+        Box::pin(std::future::pending())
+    }
+
     /// Answers a `tasks/*` request for a gate task (an id with [`TASK_ID_PREFIX`], or the list).
     fn task(&self, _op: TaskOp) -> TaskReply {
         TaskReply {

@@ -278,6 +278,19 @@ impl Session {
         self.elicited.insert(call, approval);
     }
 
+    /// After a pending answer: tells the client the elicitation of `approval` is complete once
+    /// it is decided, if this session is still there then.
+    pub(super) fn complete_elicitation_when_decided(&self, approval: String) {
+        let decided = self.opts.gate.decided(&approval);
+        let tx = self.self_tx.clone();
+        tokio::spawn(async move {
+            decided.await;
+            if let Some(tx) = tx.upgrade() {
+                let _ = tx.send(Input::Decided { approval });
+            }
+        });
+    }
+
     /// Tells the client the URL elicitation of `approval` is over: the request was decided.
     pub(super) fn complete_elicitation(&mut self, approval: &str) {
         let params = serde_json::json!({ "elicitationId": approval });

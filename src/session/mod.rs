@@ -85,6 +85,8 @@ pub enum Input {
     Resume { msg: Box<Message>, verdict: Verdict },
     /// A held call (client request id) started waiting for `approval`, decided at `url`.
     Held { call: String, approval: String, url: String },
+    /// An approval whose page the client was asked to open, after a pending answer, was decided.
+    Decided { approval: String },
     /// A gate task's runner resolved (see [`crate::gate::TaskStart`]).
     TaskRun { id: String, run: crate::gate::TaskRun },
     /// The gate's answer to a `tasks/*` request for one of its tasks.
@@ -338,8 +340,11 @@ impl Session {
                 let id = msg.id_text().unwrap_or_default().to_owned();
                 let elicited = self.elicited.get(&id).cloned();
                 if self.held.remove(&id).is_some() {
-                    if let Some(approval) = elicited.filter(|_| calls::decided(&verdict)) {
-                        self.complete_elicitation(&approval);
+                    match elicited {
+                        Some(approval) if calls::decided(&verdict) => self.complete_elicitation(&approval),
+                        // Answered pending: the elicitation completes when the decision lands.
+                        Some(approval) => self.complete_elicitation_when_decided(approval),
+                        None => {}
                     }
                     self.apply_verdict(*msg, verdict);
                     self.elicited.remove(&id);
@@ -349,6 +354,7 @@ impl Session {
                 }
             }
             Input::Held { call, approval, url } => self.on_held(call, approval, url),
+            Input::Decided { approval } => self.complete_elicitation(&approval),
             Input::TaskRun { id, run } => self.on_task_run(id, run),
             Input::TaskAnswer { id, era, answer } => self.on_task_answer(id, era, answer),
             Input::Restarted { index, generation, link } => self.on_restarted(index, generation, link),

@@ -559,3 +559,28 @@ async fn url_elicitation_starts_with_the_wait_and_completes_with_the_decision() 
     assert_eq!(complete[0]["params"], json!({"elicitationId": id}));
     assert!(!before.iter().any(|m| m["method"] == "elicitation/create"), "asked once: {before:?}");
 }
+
+/// Answered pending at once (no wait), the client that was asked to open the page is told the
+/// elicitation is complete when the request is decided later, while its session is there.
+#[tokio::test]
+async fn url_elicitation_completes_after_a_pending_answer() {
+    let approvals = approvals(Duration::ZERO, "").await;
+    let mut c = Line::with_capabilities(&approvals, json!({"elicitation": {"form": {}, "url": {}}})).await;
+    c.send(json!({"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"test_audio_content","arguments":{}}}))
+        .await;
+    let (reply, requests) = c.reply_and_requests(9).await;
+    let (id, status) = approval_meta(&reply["result"]);
+    assert_eq!(status, "pending");
+    assert_eq!(requests.len(), 1, "asked once: {requests:?}");
+    assert_eq!(requests[0]["params"]["elicitationId"], id.as_str());
+    c.send(json!({"jsonrpc":"2.0","id":requests[0]["id"],"result":{"action":"accept"}})).await;
+    approvals.decide(&id, &Principal::named("alice"), false, None, Some("no".into())).await.unwrap();
+    let complete = loop {
+        let line = within("the completion", c.lines.next_line()).await.unwrap().expect("open");
+        let v: Value = serde_json::from_str(&line).unwrap();
+        if v["method"] == "notifications/elicitation/complete" {
+            break v;
+        }
+    };
+    assert_eq!(complete["params"], json!({"elicitationId": id}));
+}
