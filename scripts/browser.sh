@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Browser test: the approval dashboard driven end to end in headless Chromium (Debian's chromium
-# with playwright-core), with a Python SDK client whose tool call waits for the approval. See
-# tests/browser/approve.mjs. Screenshots and mcp-gate's stderr go to artifacts/browser/.
+# with playwright-core), with a Python SDK client whose tool call waits for the approval, and a
+# TypeScript SDK client whose held call is a task (callToolStream). See tests/browser/approve.mjs. Screenshots and mcp-gate's stderr go to artifacts/browser/.
 #
 # Environment:
 #   MCP_GATE_BIN        mcp-gate binary to test (default: target/debug/mcp-gate, built here)

@@ -126,13 +126,47 @@ impl ApprovalService {
         })
     }
 
+    /// Resolves once approval `id` is no longer pending, heard at once from this process and
+    /// re-read every [`PROGRESS_EVERY`] for a decision made elsewhere; never while the proxy
+    /// stops with it still pending.
+    pub(super) async fn until_decided(self: Arc<Self>, id: String) {
+        let mut changes = self.subscribe(&id);
+        loop {
+            match self.store.get_approval(&id).await {
+                Ok(Some(a)) if a.status == Status::Pending => {}
+                Ok(_) => break,
+                Err(e) => {
+                    warn!(approval = %id, "cannot read the approval: {e}");
+                }
+            }
+            tokio::select! {
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                }
+                _ = tokio::time::sleep(PROGRESS_EVERY) => {}
+                _ = self.stopping.cancelled() => {
+                    drop(changes);
+                    self.unsubscribe(&id);
+                    return std::future::pending().await;
+                }
+            }
+        }
+        drop(changes);
+        self.unsubscribe(&id);
+    }
+
     /// Waits for a decision on `approval` on behalf of `caller`, and claims it for the caller
     /// when it is approved. A caller that leaves ends the wait without a claim (the answer is
     /// then dropped by the session); an approval stays usable by the identical retry.
     pub(super) async fn wait_for(self: Arc<Self>, approval: Approval, caller: Caller) -> Verdict {
-        let Caller { progress, gone, deadline } = caller;
+        let Caller { progress, held, gone, deadline } = caller;
         let id = approval.id.clone();
         let url = self.url_for(&id);
+        if let Some(held) = held.filter(|_| approval.status == Status::Pending) {
+            held.notify(&id, &url);
+        }
         let mut changes = self.subscribe(&id);
         let mut ticks = 0u32;
         let verdict = loop {

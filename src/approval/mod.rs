@@ -330,6 +330,7 @@ pub struct ApprovalGate {
 /// it can wait.
 struct Caller {
     progress: Option<ProgressSink>,
+    held: Option<crate::gate::HeldSink>,
     gone: CancellationToken,
     /// The end of its wait, counted from the call's arrival: what happens before the wait (an AI
     /// review) does not push the answer past the client's `answer_within`.
@@ -418,7 +419,12 @@ impl Gate for ApprovalGate {
                 let now = tokio::time::Instant::now();
                 // A wait too long for the clock is as good as a year.
                 let deadline = now.checked_add(wait).unwrap_or(now + Duration::from_secs(365 * 86_400));
-                let caller = Caller { progress: call.progress.clone(), gone: call.gone.clone(), deadline };
+                let caller = Caller {
+                    progress: call.progress.clone(),
+                    held: call.held.clone(),
+                    gone: call.gone.clone(),
+                    deadline,
+                };
                 if let Some(ai) = approvals.ai_workflow(workflow) {
                     let tool = call.info.cloned();
                     return Verdict::Hold(Box::pin(approvals.review_and_hold(ai, owned, tool, decision, caller)));
@@ -466,6 +472,10 @@ impl Gate for ApprovalGate {
 
     fn task(&self, op: crate::gate::TaskOp) -> crate::gate::TaskReply {
         self.approvals.task_op(op)
+    }
+
+    fn decided(&self, approval: &str) -> futures::future::BoxFuture<'static, ()> {
+        Box::pin(self.approvals.clone().until_decided(approval.to_owned()))
     }
 }
 
@@ -539,6 +549,7 @@ mod tests {
             offered: &crate::gate::Offered::plain(crate::wire::era::Era::Legacy),
             params: &serde_json::value::to_raw_value(&serde_json::json!({})).expect("params"),
             progress: None,
+            held: None,
             gone: CancellationToken::new(),
         };
         let Verdict::Hold(held) = gate.check(&call) else { panic!("the call should be held") };

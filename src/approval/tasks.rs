@@ -147,7 +147,11 @@ impl ApprovalService {
             ttl_ms: Some(ttl_ms.max(requested)),
         };
         let mut stored = match self.store.open_task(new, now).await {
-            Ok(opened) => opened.task,
+            Ok(opened) if opened.joined => opened.task,
+            Ok(opened) => {
+                self.audit_task(Event::TaskCreated, &opened.task, call.agent.clone(), Some("proxy")).await;
+                opened.task
+            }
             Err(e) => return self.fail_closed(call, &format!("storage: {e}")),
         };
         if let Some(result) = settled {
@@ -162,6 +166,23 @@ impl ApprovalService {
         let created = self.task_created(&stored, approval, task.offered.era);
         let start = TaskStart { id: stored.id.clone(), run: Box::pin(self.clone().run_task(task.owner, stored.id)) };
         Verdict::Task { created, start }
+    }
+
+    /// Appends the audit record of a task's creation or cancellation (written before the client
+    /// is answered).
+    async fn audit_task(&self, event: Event, task: &GateTask, agent: Option<String>, actor: Option<&str>) {
+        let record = crate::store::audit::AuditRecord {
+            event,
+            approval_id: task.approval_id.clone(),
+            server: task.server.clone(),
+            tool: task.tool.clone(),
+            agent,
+            actor: actor.map(str::to_owned),
+            detail: json!({ "task": task.id, "owner": task.owner, "era": task.era }),
+        };
+        if let Err(e) = self.store.audit_append(record, self.now_ms()).await {
+            warn!("audit write failed: {e}");
+        }
     }
 
     /// The `CreateTaskResult` for `task`: the task under `task` (2025-11-25), or its fields
@@ -436,6 +457,7 @@ impl ApprovalService {
                 match self.store.cancel_task(&owner, &id, message, value, self.now_ms()).await {
                     Ok(Some(Cancelled::Now(t))) => {
                         info!(task = %id, "task cancelled by its client");
+                        self.audit_task(Event::TaskCancelled, &t, owner_agent(&owner), Some("client")).await;
                         self.notify(&id);
                         if let Some(a) = &t.approval_id {
                             self.notify(a);
@@ -534,6 +556,7 @@ impl ApprovalService {
                     Ok(Some(cancelled)) => {
                         if let Cancelled::Now(t) = cancelled {
                             info!(task = %id, "task cancelled by its client");
+                            self.audit_task(Event::TaskCancelled, &t, owner_agent(&owner), Some("client")).await;
                             self.notify(&id);
                             if let Some(a) = &t.approval_id {
                                 self.notify(a);
@@ -654,6 +677,11 @@ fn final_answer(task: &GateTask) -> TaskAnswer {
 }
 
 /// The status message of a task waiting for approval `a`.
+/// The agent name an owner key carries (`agent:NAME`, `stdio:NAME`); `None` for `anonymous`.
+fn owner_agent(owner: &str) -> Option<String> {
+    owner.split_once(':').map(|(_, name)| name.to_owned())
+}
+
 fn waiting_message(a: &Approval, url: &str) -> String {
     format!(
         "Waiting for a person to approve `{}` on `{}`: {url} (expires at {})",

@@ -49,6 +49,9 @@ pub struct ToolCall<'a> {
     pub params: &'a RawValue,
     /// Sends `notifications/progress` to the caller, when the request carried a progress token.
     pub progress: Option<ProgressSink>,
+    /// Told the approval's id and URL when the call starts waiting for a person, so a client
+    /// that takes URL elicitation is asked to open the page then (2025-11-25).
+    pub held: Option<HeldSink>,
     /// Cancelled when the caller is gone (it cancelled the call, its stream or session closed):
     /// a held call then stops waiting and must not be claimed for it.
     pub gone: CancellationToken,
@@ -171,6 +174,31 @@ impl ProgressSink {
     /// Sends one progress notification; `progress` must increase from call to call.
     pub fn notify(&self, progress: f64, message: &str) {
         (self.send)(progress, message)
+    }
+}
+
+/// Where a held call's approval id and URL go when its wait starts (see [`ToolCall::held`]).
+#[derive(Clone)]
+pub struct HeldSink {
+    send: Arc<SendHeld>,
+}
+
+type SendHeld = dyn Fn(&str, &str) + Send + Sync;
+
+impl HeldSink {
+    pub fn new(send: impl Fn(&str, &str) + Send + Sync + 'static) -> HeldSink {
+        HeldSink { send: Arc::new(send) }
+    }
+
+    /// The call waits for approval `id`, decided at `url`.
+    pub fn notify(&self, id: &str, url: &str) {
+        (self.send)(id, url)
+    }
+}
+
+impl std::fmt::Debug for HeldSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HeldSink")
     }
 }
 
@@ -348,6 +376,12 @@ pub trait Gate: Send + Sync + 'static {
     /// Whether a call of this tool could be held for this agent (its listing then offers tasks).
     fn could_hold(&self, _server: &str, _tool: &ToolInfo, _agent: Option<&str>) -> bool {
         false
+    }
+
+    /// Resolves once approval `approval` is no longer pending (decided, expired, spent); never
+    /// when the gate does not know it. A URL elicitation of it is then complete.
+    fn decided(&self, _approval: &str) -> BoxFuture<'static, ()> {
+        Box::pin(std::future::pending())
     }
 
     /// Answers a `tasks/*` request for a gate task (an id with [`TASK_ID_PREFIX`], or the list).

@@ -14,8 +14,8 @@ use super::upstreams::Tools;
 use super::{Input, Route, Session, SessionError, merge};
 use crate::gate::tools::ToolList;
 use crate::gate::{
-    APPROVAL_INPUT, CancellationToken, Channel, Gate, OWN_STATE_PREFIX, Offered, Outcome, ProgressSink, RefusedCall,
-    ToolCall, Verdict, is_own_state,
+    APPROVAL_INPUT, CancellationToken, Channel, Gate, HeldSink, OWN_STATE_PREFIX, Offered, Outcome, ProgressSink,
+    RefusedCall, ToolCall, Verdict, is_own_state,
 };
 use crate::wire::era::{self, Era};
 use crate::wire::jsonrpc::{self, Message};
@@ -79,6 +79,7 @@ impl Session {
             offered: &offered,
             params,
             progress: self.progress_sink(&msg, &gone),
+            held: self.held_sink(&msg),
             gone: gone.clone(),
         };
         match self.opts.gate.check(&call) {
@@ -144,7 +145,8 @@ impl Session {
             }
             Verdict::Respond(result) => {
                 let era = self.era_of(&msg);
-                if era == Era::Legacy && self.elicits_approval(&msg) {
+                let asked = msg.id_text().is_some_and(|id| self.elicited.contains_key(id));
+                if era == Era::Legacy && !asked && self.elicits_approval(&msg) {
                     // 2026-07-28 has no server-to-client requests: the URL is in the result.
                     self.offer_approval_url(&result);
                 }
@@ -231,6 +233,12 @@ impl Session {
         else {
             return;
         };
+        self.send_url_elicitation(id, url);
+    }
+
+    /// Asks the client to open the approval page `url` of approval `id` (`elicitation/create`,
+    /// URL mode; the approval id is the `elicitationId`).
+    fn send_url_elicitation(&mut self, id: &str, url: &str) {
         let our_id = self.next_client_id;
         self.next_client_id += 1;
         self.own_requests.insert(our_id);
@@ -243,6 +251,51 @@ impl Session {
         let request =
             Message::request(jsonrpc::number_id(our_id), "elicitation/create", Some(jsonrpc::to_raw(&params)));
         self.downstream.send(&request, Route::Unrelated);
+    }
+
+    /// For a 2025-11-25 client whose held calls are offered by URL elicitation: the sink that
+    /// asks it to open the approval page as soon as the wait starts.
+    fn held_sink(&self, msg: &Message) -> Option<HeldSink> {
+        if self.era_of(msg) != Era::Legacy || !self.elicits_approval(msg) {
+            return None;
+        }
+        let call = msg.id_text()?.to_owned();
+        let tx = self.self_tx.clone();
+        Some(HeldSink::new(move |approval, url| {
+            if let Some(tx) = tx.upgrade() {
+                let _ = tx.send(Input::Held { call: call.clone(), approval: approval.to_owned(), url: url.to_owned() });
+            }
+        }))
+    }
+
+    /// A held call started waiting: a client that takes URL elicitation is asked to open the
+    /// page now (not only with the pending answer at the end of the wait).
+    pub(super) fn on_held(&mut self, call: String, approval: String, url: String) {
+        if !self.held.contains_key(&call) || self.elicited.contains_key(&call) {
+            return;
+        }
+        self.send_url_elicitation(&approval, &url);
+        self.elicited.insert(call, approval);
+    }
+
+    /// After a pending answer: tells the client the elicitation of `approval` is complete once
+    /// it is decided, if this session is still there then.
+    pub(super) fn complete_elicitation_when_decided(&self, approval: String) {
+        let decided = self.opts.gate.decided(&approval);
+        let tx = self.self_tx.clone();
+        tokio::spawn(async move {
+            decided.await;
+            if let Some(tx) = tx.upgrade() {
+                let _ = tx.send(Input::Decided { approval });
+            }
+        });
+    }
+
+    /// Tells the client the URL elicitation of `approval` is over: the request was decided.
+    pub(super) fn complete_elicitation(&mut self, approval: &str) {
+        let params = serde_json::json!({ "elicitationId": approval });
+        let note = Message::notification("notifications/elicitation/complete", Some(jsonrpc::to_raw(&params)));
+        self.downstream.send(&note, Route::Unrelated);
     }
 
     /// Whether the approval URL of a pending answer to `msg` is also offered by elicitation: the
@@ -442,4 +495,19 @@ pub(super) fn strip_own_input(msg: &mut Message, gate: &dyn Gate) {
         }
     }
     msg.params = Some(jsonrpc::object_to_raw(&obj));
+}
+
+/// Whether the end of a held call's wait is a decision (approved and claimed, denied, expired,
+/// spent), not the pending answer of a wait that ran out.
+pub(super) fn decided(verdict: &Verdict) -> bool {
+    match verdict {
+        Verdict::Respond(result) => {
+            !result.get().contains("\"pending\"") || {
+                serde_json::from_str::<Value>(result.get()).ok().is_none_or(|v| {
+                    v.pointer("/_meta/mcp-gate~1approval/status").and_then(Value::as_str) != Some("pending")
+                })
+            }
+        }
+        _ => true,
+    }
 }

@@ -117,6 +117,7 @@ impl Session {
                 let merged = jsonrpc::to_raw(&merge::merge_discover(&parts));
                 if self.opts.gate.offers_tasks() { self.with_tasks_extension(&merged) } else { merged }
             }
+            "tasks/list" => self.merge_list(&f.method, ok),
             "tools/list" | "prompts/list" | "resources/list" | "resources/templates/list" => {
                 let merged = self.merge_list(&f.method, ok);
                 if f.era.is_modern() { era::cacheable(merged, ttl) } else { merged }
@@ -168,6 +169,7 @@ impl Session {
             "tools/list" => "tools",
             "prompts/list" => "prompts",
             "resources/list" => "resources",
+            "tasks/list" => "tasks",
             _ => "resourceTemplates",
         };
         let mut merged: Vec<Box<RawValue>> = Vec::new();
@@ -201,6 +203,13 @@ impl Session {
                     for e in &entries {
                         if let Some(uri) = jsonrpc::string_field(e, "uri") {
                             self.resource_routes.insert(uri, index);
+                        }
+                    }
+                }
+                "tasks" => {
+                    for e in &entries {
+                        if let Some(id) = jsonrpc::string_field(e, "taskId") {
+                            self.task_routes.insert(id, index);
                         }
                     }
                 }

@@ -83,6 +83,10 @@ pub enum Input {
     ClientGone { id: String, cancel_upstream: bool },
     /// A held tool call was decided.
     Resume { msg: Box<Message>, verdict: Verdict },
+    /// A held call (client request id) started waiting for `approval`, decided at `url`.
+    Held { call: String, approval: String, url: String },
+    /// An approval whose page the client was asked to open, after a pending answer, was decided.
+    Decided { approval: String },
     /// A gate task's runner resolved (see [`crate::gate::TaskStart`]).
     TaskRun { id: String, run: crate::gate::TaskRun },
     /// The gate's answer to a `tasks/*` request for one of its tasks.
@@ -185,6 +189,7 @@ pub async fn start_with(
         template_routes: Vec::new(),
         task_routes: HashMap::new(),
         held: HashMap::new(),
+        elicited: HashMap::new(),
         channels_logged: Vec::new(),
         tasks: HashMap::new(),
     };
@@ -258,6 +263,9 @@ struct Session {
     task_routes: HashMap<String, usize>,
     /// Held tool calls by client request id (raw text); cancelling the token abandons the wait.
     held: HashMap<String, CancellationToken>,
+    /// Held calls (client request id) whose approval page the client was asked to open when
+    /// the wait started, with the approval id (the `elicitationId`).
+    elicited: HashMap<String, String>,
     /// The sets of channels the client declared that were logged with the channel they get
     /// (a handful at most: each flag of [`crate::gate::Offered`] on or off).
     channels_logged: Vec<crate::gate::Offered>,
@@ -330,13 +338,23 @@ impl Session {
                     self.held_progress.remove(&token);
                 }
                 let id = msg.id_text().unwrap_or_default().to_owned();
+                let elicited = self.elicited.get(&id).cloned();
                 if self.held.remove(&id).is_some() {
+                    match elicited {
+                        Some(approval) if calls::decided(&verdict) => self.complete_elicitation(&approval),
+                        // Answered pending: the elicitation completes when the decision lands.
+                        Some(approval) => self.complete_elicitation_when_decided(approval),
+                        None => {}
+                    }
                     self.apply_verdict(*msg, verdict);
+                    self.elicited.remove(&id);
                 } else if let Verdict::AllowTracked(hook) = verdict {
                     // The caller left after the gate claimed the call for it: give the claim back.
                     hook(Outcome::NotRun);
                 }
             }
+            Input::Held { call, approval, url } => self.on_held(call, approval, url),
+            Input::Decided { approval } => self.complete_elicitation(&approval),
             Input::TaskRun { id, run } => self.on_task_run(id, run),
             Input::TaskAnswer { id, era, answer } => self.on_task_answer(id, era, answer),
             Input::Restarted { index, generation, link } => self.on_restarted(index, generation, link),
@@ -360,7 +378,12 @@ impl Session {
         }
     }
 
-    fn on_client_request(&mut self, msg: Message, param_headers: Vec<(String, String)>) {
+    fn on_client_request(&mut self, mut msg: Message, param_headers: Vec<(String, String)>) {
+        if msg.method() == "subscriptions/listen"
+            && let Some(params) = msg.params.as_deref().and_then(tasks::without_gate_task_ids)
+        {
+            msg.params = Some(params);
+        }
         self.note_request(&msg);
         let method = msg.method().to_owned();
         match method.as_str() {

@@ -93,16 +93,59 @@ impl Session {
                 .as_deref()
                 .and_then(|p| jsonrpc::string_field(p, "taskId"))
                 .is_some_and(|id| id.starts_with(TASK_ID_PREFIX)),
-            "tasks/list" if !self.era_of(msg).is_modern() => !self
-                .upstreams
-                .iter()
-                .any(|u| u.init_result.as_ref().and_then(|r| r.pointer("/capabilities/tasks/list")).is_some()),
+            "tasks/list" => !self.era_of(msg).is_modern(),
             _ => false,
         }
     }
 
+    /// The upstreams that list tasks of their own (2025-11-25 `tasks.list`).
+    fn task_listing_upstreams(&self) -> Vec<usize> {
+        (0..self.upstreams.len())
+            .filter(|&i| {
+                let up = &self.upstreams[i];
+                up.link.is_up() && up.init_result.as_ref().and_then(|r| r.pointer("/capabilities/tasks/list")).is_some()
+            })
+            .collect()
+    }
+
+    /// A 2025-11-25 `tasks/list`: the owner's gate tasks come first (cursors `mcpg:N`); their last
+    /// page continues with a merged cursor over the upstreams that list tasks, whose pages follow
+    /// (see [`merge::encode_cursor`]).
+    fn on_task_list(&mut self, msg: Message) -> Option<Message> {
+        let listing = self.task_listing_upstreams();
+        let cursor = msg.params.as_deref().and_then(|p| jsonrpc::string_field(p, "cursor"));
+        let Some(cursor) = cursor.filter(|c| !c.starts_with("mcpg:")) else { return Some(msg) };
+        let Some(position) = merge::decode_cursor(&cursor) else {
+            self.reply_error(msg.id, &super::SessionError::InvalidCursor);
+            return None;
+        };
+        let mut targets = Vec::new();
+        for (index, cursor) in position {
+            if !listing.contains(&index) {
+                continue;
+            }
+            let mut obj = msg.params.as_deref().and_then(|p| jsonrpc::parse_object(p).ok()).unwrap_or_default();
+            obj.retain(|(k, _)| k != "cursor");
+            if let Some(c) = cursor {
+                obj.push(("cursor".to_owned(), jsonrpc::to_raw(&c)));
+            }
+            // Always params of its own: the request's carry the merged cursor, not the upstream's.
+            targets.push((index, Some(jsonrpc::object_to_raw(&obj))));
+        }
+        self.fan_out_to(msg, targets);
+        None
+    }
+
     /// Asks the gate about one of its tasks; the answer comes back as [`Input::TaskAnswer`].
     pub(super) fn on_gate_task_request(&mut self, msg: Message) {
+        let msg = if msg.method() == "tasks/list" {
+            match self.on_task_list(msg) {
+                Some(msg) => msg,
+                None => return,
+            }
+        } else {
+            msg
+        };
         let method = match msg.method() {
             "tasks/get" => TaskMethod::Get,
             "tasks/result" => TaskMethod::Result,
@@ -135,9 +178,20 @@ impl Session {
             self.attach_task(start);
         }
         let Some(id) = msg.id else { return };
+        // The last page of the gate's tasks continues with the upstreams' own.
+        let upstream_pages = (method == TaskMethod::List)
+            .then(|| merge::encode_cursor(&self.task_listing_upstreams().into_iter().map(|i| (i, None)).collect()))
+            .flatten();
         let tx = self.self_tx.clone();
         tokio::spawn(async move {
-            let answer = reply.answer.await;
+            let mut answer = reply.answer.await;
+            if let (Some(next), TaskAnswer::Result(page)) = (upstream_pages, &answer)
+                && jsonrpc::string_field(page, "nextCursor").is_none()
+                && let Ok(mut obj) = jsonrpc::parse_object(page)
+            {
+                obj.push(("nextCursor".to_owned(), jsonrpc::to_raw(&next)));
+                answer = TaskAnswer::Result(jsonrpc::object_to_raw(&obj));
+            }
             if let Some(tx) = tx.upgrade() {
                 let _ = tx.send(Input::TaskAnswer { id, era, answer });
             }
@@ -221,6 +275,27 @@ impl Session {
         extensions.entry(era::TASKS_EXTENSION).or_insert_with(|| serde_json::json!({}));
         jsonrpc::to_raw(&v)
     }
+}
+
+/// The params of a `subscriptions/listen` request without the gate's own task ids in
+/// `notifications.taskIds` (they are not the upstream's to know); `None` when it names none.
+/// The list goes when nothing of it is left.
+pub(super) fn without_gate_task_ids(params: &RawValue) -> Option<Box<RawValue>> {
+    if !params.get().contains(TASK_ID_PREFIX) {
+        return None;
+    }
+    let mut v = serde_json::from_str::<Value>(params.get()).ok()?;
+    let filter = v.get_mut("notifications").and_then(Value::as_object_mut)?;
+    let ids = filter.get_mut("taskIds").and_then(Value::as_array_mut)?;
+    let before = ids.len();
+    ids.retain(|id| !id.as_str().is_some_and(|id| id.starts_with(TASK_ID_PREFIX)));
+    if ids.len() == before {
+        return None;
+    }
+    if ids.is_empty() {
+        filter.remove("taskIds");
+    }
+    Some(jsonrpc::to_raw(&v))
 }
 
 /// Whether a 2026-07-28 request declares the tasks extension among its client capabilities.

@@ -57,10 +57,15 @@ pub enum Event {
     /// A `requestState` was refused: not issued by the proxy, altered, another caller's or
     /// another call's, or already used.
     StateRefused,
+    /// A call was answered with a gate task (its id, owner and era in the detail; the approval
+    /// it waits for, if any).
+    TaskCreated,
+    /// A client cancelled its gate task before it ran.
+    TaskCancelled,
 }
 
 impl Event {
-    pub const ALL: [Event; 13] = [
+    pub const ALL: [Event; 15] = [
         Event::Allowed,
         Event::DeniedByPolicy,
         Event::Requested,
@@ -74,6 +79,8 @@ impl Event {
         Event::Claimed,
         Event::Released,
         Event::StateRefused,
+        Event::TaskCreated,
+        Event::TaskCancelled,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -91,6 +98,8 @@ impl Event {
             Event::Claimed => "claimed",
             Event::Released => "released",
             Event::StateRefused => "state_refused",
+            Event::TaskCreated => "task_created",
+            Event::TaskCancelled => "task_cancelled",
         }
     }
 }

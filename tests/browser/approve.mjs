@@ -9,7 +9,10 @@
 // output within seconds. Then the client makes a second held call, and a phone-sized browser
 // (390x844, touch) signs in through the one-time link `mcp-gate approvals open ID` prints, finds
 // the call and both decision buttons above the fold, shows the queue, and approves; the link
-// works only once. Every page must load without failed requests or console errors (styles,
+// works only once. Last, the official TypeScript SDK client (`client.experimental.tasks.callToolStream`,
+// 2025-11-25) makes the same held call through a second mcp-gate: it is given a gate task at once,
+// the request page shows the channel `task`, Chromium approves it, and the stream yields the
+// tool's real output. Every page must load without failed requests or console errors (styles,
 // scripts, CSP). The pages reload themselves on events (live.js), so every read of a page after a
 // change is retried.
 //
@@ -24,6 +27,7 @@ import fs from 'node:fs';
 import { createRequire } from 'node:module';
 import os from 'node:os';
 import path from 'node:path';
+import { pathToFileURL } from 'node:url';
 
 const HERE = import.meta.dirname;
 const ROOT = path.resolve(HERE, '..', '..');
@@ -47,6 +51,9 @@ const STEP_MS = 15_000; // one browser action or wait
 const RELEASE_MS = 10_000; // from the click on Approve to the client's result; from EOF to its exit
 
 const { chromium } = createRequire(path.join(NODE_MODULES, path.sep))('playwright-core');
+const sdk = async (file) =>
+  import(pathToFileURL(path.join(NODE_MODULES, '@modelcontextprotocol', 'sdk', 'dist', 'esm', file)).href);
+const TASK_LOG = path.join(OUT, 'task-gate.log');
 
 const started = Date.now();
 const log = (msg) => console.log(`[browser ${((Date.now() - started) / 1000).toFixed(1)}s] ${msg}`);
@@ -62,6 +69,9 @@ const pageErrors = []; // failed requests and console errors, checked at each sc
 let browser;
 let page;
 let dataDir;
+let taskClient; // the TypeScript SDK client of the task-held call, and the mcp-gate it started
+let taskGate; // that mcp-gate's process
+let taskDir;
 
 /** Every process below `pid`, from /proc (Linux). */
 function descendants(pid) {
@@ -102,7 +112,18 @@ async function cleanup() {
       }
     }
   }
+  if (taskGate && taskGate.exitCode === null && taskGate.signalCode === null) {
+    for (const pid of [...descendants(taskGate.pid), taskGate.pid]) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // already gone
+      }
+    }
+  }
+  if (taskClient) await taskClient.close().catch(() => {});
   if (dataDir) fs.rmSync(dataDir, { recursive: true, force: true });
+  if (taskDir) fs.rmSync(taskDir, { recursive: true, force: true });
 }
 
 let failing = false;
@@ -374,6 +395,7 @@ async function main() {
   await context.close();
 
   const phoneShots = await onThePhone(base);
+  const taskShots = await asATask();
 
   // The client stops (and mcp-gate with it) once its stdin closes, and agrees with the results.
   await browser.close();
@@ -383,9 +405,9 @@ async function main() {
   check(exit, `the client did not exit ${RELEASE_MS / 1000} s after its stdin closed`);
   check(exit.code === 0, `the client exited with ${exit.code ?? exit.signal}`);
 
-  console.log(`screenshots:\n  ${[queueShot, detailShot, approvedShot, ...phoneShots].join('\n  ')}`);
+  console.log(`screenshots:\n  ${[queueShot, detailShot, approvedShot, ...phoneShots, ...taskShots].join('\n  ')}`);
   const ms = Date.now() - started;
-  console.log(`PASS browser: approved in Chromium, on a desktop and on a phone; both held calls returned their real output (${ms} ms)`);
+  console.log(`PASS browser: approved in Chromium, on a desktop and on a phone, and a TypeScript SDK task; every held call returned its real output (${ms} ms)`);
 }
 
 /** The second held call, on a phone-sized screen, signed in with `mcp-gate approvals open`. */
@@ -456,6 +478,98 @@ async function onThePhone(base) {
   check(again.status === 410, `a used sign-in link answered ${again.status}, not 410`);
   await phone.close();
   return [signInShot, detailShot, foldShot, queueShot, approvedShot];
+}
+
+/**
+ * A held call made as a task by the TypeScript SDK client, through a second mcp-gate over stdio
+ * (its own data directory and dashboard), approved in a desktop browser.
+ */
+async function asATask() {
+  const { Client } = await sdk('client/index.js');
+  const { StdioClientTransport } = await sdk('client/stdio.js');
+  taskDir = fs.mkdtempSync(path.join(os.tmpdir(), 'mcp-gate-browser-task-'));
+  const taskEnv = { ...env, MCP_GATE_DATA_DIR: taskDir, MCP_GATE_APPROVALS_LISTEN: '127.0.0.1:0' };
+  taskEnv.MCP_GATE_LOG = env.MCP_GATE_LOG || 'info';
+  delete taskEnv.MCP_GATE_TOKEN;
+  delete taskEnv.MCP_GATE_WAIT_SECS;
+  const transport = new StdioClientTransport({
+    command: GATE,
+    args: ['--config', path.join(HERE, 'gate.toml'), '--name', 'files', '--', GATE, 'demo-server'],
+    env: taskEnv,
+    stderr: 'pipe',
+  });
+  const gateLog = fs.openSync(TASK_LOG, 'w');
+  let stderr = '';
+  const printed = new Promise((resolve) => {
+    transport.stderr.on('data', (s) => {
+      fs.writeSync(gateLog, s);
+      stderr += s;
+      const m = stderr.match(/^mcp-gate: approvals at (http:\/\/\S+?)\/?\n/m);
+      if (m) resolve(m[1]);
+    });
+  });
+  taskClient = new Client({ name: 'browser-task', version: '1.0.0' }, { capabilities: {} });
+  await taskClient.connect(transport);
+  taskGate = transport._process;
+  const base = await within(STEP_MS, printed);
+  check(base, `the task client's mcp-gate printed no approvals URL (${TASK_LOG})`);
+  log(`TypeScript SDK client connected; its mcp-gate's approvals at ${base}/`);
+
+  // The SDK makes a task of the call only when the tool is listed as taking tasks.
+  const { tools } = await taskClient.listTools();
+  const listed = tools.find((t) => t.name === TOOL);
+  check(listed?.execution?.taskSupport === 'optional', `${TOOL} is not listed as taking tasks: ${JSON.stringify(listed)}`);
+
+  let created;
+  const seen = [];
+  const streamed = (async () => {
+    for await (const message of taskClient.experimental.tasks.callToolStream({ name: TOOL, arguments: { path: FILE } })) {
+      seen.push(message);
+      if (message.type === 'taskCreated') created?.(message.task);
+    }
+  })();
+  const task = await within(STEP_MS, new Promise((resolve) => (created = resolve)));
+  check(task, `the stream yielded no task: ${JSON.stringify(seen)}`);
+  check(task.status === 'working' && task.taskId.startsWith('mcpg-'), `unexpected task ${JSON.stringify(task)}`);
+  const url = task.statusMessage?.match(/(http:\/\/\S+\/approvals\/(apr_[0-9a-f]+))/);
+  check(url && url[1].startsWith(base), `the task's status message has no approval URL: ${task.statusMessage}`);
+  const id = url[2];
+  log(`the stream yielded task ${task.taskId} (working) for ${id}`);
+
+  // Sign in with the token file this mcp-gate created, then open the URL the task carries.
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  page = await context.newPage();
+  watchPage(page);
+  await page.goto(`${base}/`);
+  await page.locator('input[name="token"]').fill(fs.readFileSync(path.join(taskDir, 'approver-token'), 'utf8').trim());
+  await page.getByRole('button', { name: 'Sign in', exact: true }).click();
+  await page.waitForURL((u) => u.pathname === '/');
+  await page.goto(url[1]);
+  const channel = page.locator('dt', { hasText: /^\s*Channel\s*$/ }).locator('xpath=following-sibling::dd[1]');
+  const shown = (await channel.innerText()).trim();
+  check(/^task\b/.test(shown), `the request page shows channel ${JSON.stringify(shown)}, not task`);
+  check((await statusText()) === 'pending', 'the task-held request is not pending');
+  check(seen.every((m) => m.type !== 'result'), `the stream had a result before the approval: ${JSON.stringify(seen)}`);
+  const detailShot = await screenshot('task-detail.png');
+
+  const approve = page.getByRole('button', { name: 'Approve', exact: true });
+  const clicked = Date.now();
+  await approve.click();
+  await approve.waitFor({ state: 'detached' });
+  await poll('the approval of the task', async () => /\bapproved\b/i.test(await page.getByRole('status').innerText({ timeout: 2_000 })));
+  check(await within(RELEASE_MS, streamed.then(() => true)), `the stream did not end ${RELEASE_MS / 1000} s after the approval`);
+  const last = seen.at(-1);
+  check(
+    last?.type === 'result' && !last.result.isError && last.result.content?.[0]?.text === OUTPUT,
+    `the stream ended with ${JSON.stringify(last)}`,
+  );
+  log(`the stream yielded ${JSON.stringify(OUTPUT)} ${((Date.now() - clicked) / 1000).toFixed(1)} s after the click`);
+  await poll('status executed on the task-held request', async () => (await statusText()) === 'executed', { reload: true });
+  const approvedShot = await screenshot('task-approved.png');
+  await context.close();
+  await taskClient.close();
+  taskClient = undefined;
+  return [detailShot, approvedShot];
 }
 
 try {

@@ -64,6 +64,7 @@ async fn held_call(approvals: &Arc<ApprovalService>, agent: &str, offered: Offer
         offered: &offered,
         params: &params,
         progress: None,
+        held: None,
         gone: Default::default(),
     };
     let started = Instant::now();
@@ -291,6 +292,7 @@ async fn the_wait_counts_from_the_calls_arrival() {
         offered: &offered,
         params: &params,
         progress: None,
+        held: None,
         gone: Default::default(),
     };
     let Verdict::Hold(held) = gate.check(&call) else { panic!("held") };

@@ -269,6 +269,7 @@ pub async fn hold_call(
         offered: &mcp_gate::gate::Offered::plain(mcp_gate::wire::era::Era::Legacy),
         params: &serde_json::value::to_raw_value(&serde_json::json!({})).expect("params"),
         progress: None,
+        held: None,
         gone: Default::default(),
     };
     let Verdict::Hold(wait) = gate.check(&call) else { panic!("{tool} is not held") };

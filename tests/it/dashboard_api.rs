@@ -631,6 +631,7 @@ async fn hold_delete_file(api: &Api, tool: Value, arguments: &Value, agent: &str
         offered: &mcp_gate::gate::Offered::plain(mcp_gate::wire::era::Era::Legacy),
         params: &serde_json::value::to_raw_value(&serde_json::json!({})).expect("params"),
         progress: None,
+        held: None,
         gone: Default::default(),
     };
     let Verdict::Hold(wait) = gate.check(&call) else { panic!("held") };

@@ -228,6 +228,7 @@ async fn hold(approvals: &Arc<ApprovalService>, tool: &str, arguments: Value) ->
         offered: &mcp_gate::gate::Offered::plain(mcp_gate::wire::era::Era::Legacy),
         params: &serde_json::value::to_raw_value(&serde_json::json!({})).expect("params"),
         progress: None,
+        held: None,
         gone: Default::default(),
     };
     match gate.check(&call) {
@@ -476,6 +477,7 @@ async fn waiting_sends_progress_with_the_url() {
         offered: &mcp_gate::gate::Offered::plain(mcp_gate::wire::era::Era::Legacy),
         params: &serde_json::value::to_raw_value(&serde_json::json!({})).expect("params"),
         progress: Some(sink),
+        held: None,
         gone: Default::default(),
     };
     let Verdict::Hold(wait) = gate.check(&call) else { panic!("held") };
@@ -518,4 +520,67 @@ async fn url_elicitation_offers_the_approval_page() {
         .await;
     let (_, requests) = plain.reply_and_requests(8).await;
     assert!(requests.is_empty());
+}
+
+/// A client that takes URL elicitation is asked to open the approval page as soon as its call
+/// is held (not only with the pending answer), and is told the elicitation is complete when the
+/// decision lands while the call waits; it is not asked twice.
+#[tokio::test]
+async fn url_elicitation_starts_with_the_wait_and_completes_with_the_decision() {
+    let approvals = approvals(Duration::from_secs(600), "").await;
+    let mut c = Line::with_capabilities(&approvals, json!({"elicitation": {"form": {}, "url": {}}})).await;
+    c.send(json!({"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"test_audio_content","arguments":{}}}))
+        .await;
+    let asked = loop {
+        let line = within("the elicitation", c.lines.next_line()).await.unwrap().expect("open");
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert!(v["id"] != 9 || v.get("method").is_some(), "answered before the decision: {v}");
+        if v["method"] == "elicitation/create" {
+            break v;
+        }
+    };
+    let id = asked["params"]["elicitationId"].as_str().unwrap().to_owned();
+    assert_eq!(asked["params"]["mode"], "url");
+    assert_eq!(asked["params"]["url"], approvals.url_for(&id));
+    c.send(json!({"jsonrpc":"2.0","id":asked["id"],"result":{"action":"accept"}})).await;
+    approvals.decide(&id, &Principal::named("alice"), true, None, None).await.unwrap();
+    let mut before = Vec::new();
+    let reply = loop {
+        let line = within("the reply", c.lines.next_line()).await.unwrap().expect("open");
+        let v: Value = serde_json::from_str(&line).unwrap();
+        if v["id"] == 9 && v.get("method").is_none() {
+            break v;
+        }
+        before.push(v);
+    };
+    assert_ne!(reply["result"]["isError"], true, "the approved call ran: {reply}");
+    let complete: Vec<&Value> = before.iter().filter(|m| m["method"] == "notifications/elicitation/complete").collect();
+    assert_eq!(complete.len(), 1, "{before:?}");
+    assert_eq!(complete[0]["params"], json!({"elicitationId": id}));
+    assert!(!before.iter().any(|m| m["method"] == "elicitation/create"), "asked once: {before:?}");
+}
+
+/// Answered pending at once (no wait), the client that was asked to open the page is told the
+/// elicitation is complete when the request is decided later, while its session is there.
+#[tokio::test]
+async fn url_elicitation_completes_after_a_pending_answer() {
+    let approvals = approvals(Duration::ZERO, "").await;
+    let mut c = Line::with_capabilities(&approvals, json!({"elicitation": {"form": {}, "url": {}}})).await;
+    c.send(json!({"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"test_audio_content","arguments":{}}}))
+        .await;
+    let (reply, requests) = c.reply_and_requests(9).await;
+    let (id, status) = approval_meta(&reply["result"]);
+    assert_eq!(status, "pending");
+    assert_eq!(requests.len(), 1, "asked once: {requests:?}");
+    assert_eq!(requests[0]["params"]["elicitationId"], id.as_str());
+    c.send(json!({"jsonrpc":"2.0","id":requests[0]["id"],"result":{"action":"accept"}})).await;
+    approvals.decide(&id, &Principal::named("alice"), false, None, Some("no".into())).await.unwrap();
+    let complete = loop {
+        let line = within("the completion", c.lines.next_line()).await.unwrap().expect("open");
+        let v: Value = serde_json::from_str(&line).unwrap();
+        if v["method"] == "notifications/elicitation/complete" {
+            break v;
+        }
+    };
+    assert_eq!(complete["params"], json!({"elicitationId": id}));
 }

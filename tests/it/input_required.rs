@@ -366,6 +366,7 @@ async fn ask_gate(
         offered: &offered,
         params: &params,
         progress,
+        held: None,
         gone: Default::default(),
     };
     match gate.check(&call) {

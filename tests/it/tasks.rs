@@ -198,6 +198,45 @@ async fn a_cancelled_task_never_runs_and_cannot_be_cancelled_twice() {
     c.validate();
 }
 
+/// The audit records of task events, oldest first.
+async fn task_events(a: &ApprovalService) -> Vec<mcp_gate::store::audit::AuditRow> {
+    let mut rows = mcp_gate::store::audit::tail(&a.store, 10_000).await.unwrap();
+    rows.retain(|r| r.event.starts_with("task_"));
+    rows.sort_by_key(|r| r.id);
+    rows
+}
+
+#[tokio::test]
+async fn creating_and_cancelling_a_task_are_audited_once() {
+    let dir = scratch("tasks-audit");
+    let a = approvals(POLICY).await;
+    let mut c = peer(&a, &dir, "claude").await;
+    let created = call_task(&mut c, "test_simple_text", json!({"path": "/srv/audit"})).await;
+    let id = task_id(&created);
+    let approval = approval_of(&created);
+    let retried = call_task(&mut c, "test_simple_text", json!({"path": "/srv/audit"})).await;
+    assert_eq!(task_id(&retried), id, "a retry joins the task: {retried}");
+    let rows = task_events(&a).await;
+    assert_eq!(rows.len(), 1, "one creation, the retry joined it: {rows:?}");
+    assert_eq!(rows[0].event, "task_created");
+    assert_eq!(rows[0].approval_id.as_deref(), Some(approval.as_str()));
+    assert_eq!(rows[0].detail["task"], id.as_str());
+    assert_eq!(rows[0].detail["era"], "legacy");
+    assert_eq!(rows[0].tool, "test_simple_text");
+
+    let cancelled = c.request("tasks/cancel", json!({"taskId": id})).await;
+    assert_eq!(cancelled["result"]["status"], "cancelled", "{cancelled}");
+    let again = c.request("tasks/cancel", json!({"taskId": id})).await;
+    assert_eq!(again["error"]["code"], -32602, "{again}");
+    let rows = task_events(&a).await;
+    assert_eq!(rows.len(), 2, "one cancellation, the refused second one is not recorded: {rows:?}");
+    assert_eq!(rows[1].event, "task_cancelled");
+    assert_eq!(rows[1].approval_id.as_deref(), Some(approval.as_str()));
+    assert_eq!(rows[1].detail["task"], id.as_str());
+    assert_eq!(rows[1].actor.as_deref(), Some("client"));
+    c.validate();
+}
+
 #[tokio::test]
 async fn another_owner_cannot_see_or_cancel_a_task() {
     let dir = scratch("tasks-owner");
@@ -375,4 +414,41 @@ async fn a_working_task_of_a_stdio_client_survives_a_restart() {
     let status: Value = http.get(&api).bearer_auth(APPROVER_TOKEN).send().await.unwrap().json().await.unwrap();
     assert_eq!((status["status"].as_str(), status["uses"].as_u64()), (Some("executed"), Some(1)), "{status}");
     let _ = second.child.start_kill();
+}
+
+/// With an upstream that lists tasks of its own, `tasks/list` gives the owner's gate tasks first,
+/// then the upstream's pages through a merged cursor; an upstream task listed this way is still
+/// the upstream's to answer.
+#[tokio::test]
+async fn tasks_list_gives_the_gate_tasks_then_the_upstream_pages() {
+    let dir = scratch("tasks-list-merged");
+    let policy = "[policy]\ndefault = \"allow\"\n\n[[rules]]\ntool = \"raw_tool\"\naction = \"approve\"\n";
+    let a = approvals(policy).await;
+    let raw = fixture_bin().with_file_name("raw-upstream").display().to_string();
+    let up = recorded("raw", &raw, &["--tasks"], &dir);
+    let mut c = Peer::start_named(LEGACY, vec![up], Arc::new(ApprovalGate { approvals: a.clone() }), "claude").await;
+    let created = call_task(&mut c, "raw_tool", json!({"n": 1})).await;
+    let ours = task_id(&created);
+
+    let first = c.request("tasks/list", json!({})).await;
+    let ids = |r: &Value| -> Vec<String> {
+        r["result"]["tasks"].as_array().unwrap().iter().map(|t| t["taskId"].as_str().unwrap().to_owned()).collect()
+    };
+    assert_eq!(ids(&first), vec![ours.clone()], "the gate's tasks first: {first}");
+    let next = first["result"]["nextCursor"].as_str().expect("the upstream's pages follow").to_owned();
+    let second = c.request("tasks/list", json!({"cursor": next})).await;
+    assert_eq!(ids(&second), vec!["up-1"], "{second}");
+    let next = second["result"]["nextCursor"].as_str().expect("the upstream's second page").to_owned();
+    let third = c.request("tasks/list", json!({"cursor": next})).await;
+    assert_eq!(ids(&third), vec!["up-2"], "{third}");
+    assert!(third["result"].get("nextCursor").is_none(), "the end: {third}");
+
+    let log = upstream_log(&dir, "raw", "page-2").await;
+    let lists: Vec<&Value> = log.iter().filter(|m| m["method"] == "tasks/list").collect();
+    assert_eq!(lists.len(), 2, "the first page is the gate's own: {log:?}");
+    assert!(lists[0]["params"].get("cursor").is_none_or(Value::is_null), "{}", lists[0]);
+    assert_eq!(lists[1]["params"]["cursor"], "page-2", "the upstream gets its own cursor back");
+    let bad = c.request("tasks/list", json!({"cursor": "not-a-cursor"})).await;
+    assert_eq!(bad["error"]["code"], -32602, "{bad}");
+    c.validate();
 }

@@ -117,6 +117,12 @@ async fn cancel_and_update_are_acknowledged_and_a_denial_is_a_completed_task() {
     assert!(ack(&cancel), "{cancel}");
     let got = c.request("tasks/get", json!({"taskId": id})).await;
     assert_eq!(got["result"]["status"], "cancelled", "{got}");
+    let again = c.request("tasks/cancel", json!({"taskId": id})).await;
+    assert!(ack(&again), "{again}");
+    let rows = mcp_gate::store::audit::tail(&a.store, 10_000).await.unwrap();
+    let of = |event: &str| rows.iter().filter(|r| r.event == event && r.detail["task"] == id.as_str()).count();
+    assert_eq!((of("task_created"), of("task_cancelled")), (1, 1), "{rows:?}");
+    assert!(rows.iter().any(|r| r.event == "task_created" && r.detail["era"] == "modern"), "{rows:?}");
     let unknown = c.request("tasks/get", json!({"taskId": "mcpg-00000000000000000000000000000000"})).await;
     assert_eq!(unknown["error"]["code"], -32602, "{unknown}");
 
@@ -149,4 +155,32 @@ async fn without_the_extension_there_is_no_task_and_its_methods_are_refused() {
     assert!(plain["result"].get("taskId").is_none(), "{plain}");
     assert_eq!(plain["result"]["_meta"]["mcp-gate/approval"]["status"], "pending", "{plain}");
     c.validate();
+}
+
+/// A `subscriptions/listen` filter reaches the upstream without the gate's own task ids (they
+/// are not the upstream's); the upstream's ids and the rest of the filter pass unchanged, and a
+/// list left empty goes.
+#[tokio::test]
+async fn gate_task_ids_never_reach_the_upstream_in_a_listen_filter() {
+    let dir = scratch("tasks-2026-listen");
+    let a = approvals().await;
+    let mut c = peer(&a, &dir).await;
+    let created = c.request("tools/call", json!({"name": "test_simple_text", "arguments": {"n": 7}})).await;
+    let ours = created["result"]["taskId"].as_str().unwrap().to_owned();
+    assert!(ours.starts_with("mcpg-"), "{created}");
+    let filter = json!({"toolsListChanged": true, "taskIds": [ours, "upstream-task-1"]});
+    c.send_request("subscriptions/listen", json!({"notifications": filter})).await;
+    let only_ours = json!({"toolsListChanged": true, "taskIds": [ours]});
+    c.send_request("subscriptions/listen", json!({"notifications": only_ours})).await;
+    let r = c.request("tools/call", json!({"name": "echo", "arguments": {"message": "after-listen"}})).await;
+    assert!(r["result"]["content"].is_array(), "{r}");
+    let log = upstream_log(&dir, "fx", "after-listen").await;
+    let listens: Vec<&Value> = log.iter().filter(|m| m["method"] == "subscriptions/listen").collect();
+    assert_eq!(listens.len(), 2, "{log:?}");
+    assert_eq!(
+        listens[0]["params"]["notifications"],
+        json!({"toolsListChanged": true, "taskIds": ["upstream-task-1"]})
+    );
+    assert_eq!(listens[1]["params"]["notifications"], json!({"toolsListChanged": true}));
+    assert!(!listens.iter().any(|m| m.to_string().contains("mcpg-")), "{listens:?}");
 }

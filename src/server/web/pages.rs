@@ -458,7 +458,6 @@ fn has_hidden(a: &Approval) -> bool {
     serde_json::to_value(a).is_ok_and(|v| crate::visible::in_request(&v))
 }
 
-/// The rule that held a request, or `default` when the default policy did.
 /// What the channel of the call that opened a request means for the person deciding it.
 fn channel_meaning(channel: &str) -> &'static str {
     match channel {
@@ -471,6 +470,7 @@ fn channel_meaning(channel: &str) -> &'static str {
     }
 }
 
+/// The rule that held a request, or `default` when the default policy did.
 fn rule_label(a: &Approval) -> &str {
     a.rule.as_deref().unwrap_or("default")
 }
