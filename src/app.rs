@@ -149,6 +149,14 @@ fn start_hub_services(approvals: &Arc<ApprovalService>, config: &Config) {
     );
 }
 
+/// The gate, with a span for each call when traces are on.
+fn traced(traces: &Option<crate::traces::Traces>, gate: Arc<dyn Gate>) -> Arc<dyn Gate> {
+    match traces {
+        Some(traces) => traces.gate(gate),
+        None => gate,
+    }
+}
+
 /// `mcp-gate [--config FILE] [-- COMMAND...]`: serves one client on this process's stdin and stdout.
 pub async fn run_stdio(config: Config) -> anyhow::Result<Option<Signal>> {
     if config.servers.is_empty() {
@@ -157,7 +165,8 @@ pub async fn run_stdio(config: Config) -> anyhow::Result<Option<Signal>> {
     let servers = config.servers.iter().cloned().map(Arc::new).collect();
     let started = start_gate_with(&config).await?;
     crate::server::notify::terminal::spawn(&started.approvals);
-    let gate = started.gate;
+    let traces = crate::traces::Traces::start(&config.tracing)?;
+    let gate = traced(&traces, started.gate);
     let mut opts = session_options(&config, servers, &gate, "stdio");
     opts.stdio = true;
     let (input, output) = stdio::std_streams();
@@ -168,7 +177,11 @@ pub async fn run_stdio(config: Config) -> anyhow::Result<Option<Signal>> {
             let _ = stopped_by.set(shutdown_signal().await);
         }
     };
-    stdio::serve(opts, input, output, signal).await?;
+    let served = stdio::serve(opts, input, output, signal).await;
+    if let Some(traces) = traces {
+        traces.shutdown().await;
+    }
+    served?;
     Ok(stopped_by.get().copied())
 }
 
@@ -194,7 +207,8 @@ pub async fn run_serve(config: Config, listen: Option<String>) -> anyhow::Result
     let servers: Vec<Arc<_>> = config.servers.iter().cloned().map(Arc::new).collect();
     let started = start_gate_with(&config).await?;
     crate::server::notify::terminal::spawn(&started.approvals);
-    let gate = started.gate;
+    let traces = crate::traces::Traces::start(&config.tracing)?;
+    let gate = traced(&traces, started.gate);
     let single =
         servers.iter().map(|s| (s.name.clone(), session_options(&config, vec![s.clone()], &gate, ""))).collect();
     let mut allowed_hosts = config.listen.allowed_hosts.clone();
@@ -235,7 +249,11 @@ pub async fn run_serve(config: Config, listen: Option<String>) -> anyhow::Result
             approvals.stop_waiting();
         }
     };
-    http::serve(listener, state, signal).await?;
+    let served = http::serve(listener, state, signal).await;
+    if let Some(traces) = traces {
+        traces.shutdown().await;
+    }
+    served?;
     Ok(stopped_by.get().copied())
 }
 

@@ -26,6 +26,7 @@ use crate::review::{AiWorkflow, Fallback, ProviderConfig};
 use crate::server::notify::Webhook;
 use crate::server::notify::settings::{RawNotify, RawWebhook, validate_webhooks};
 use crate::settings::Invalid;
+use crate::traces::settings::{RawTracing, TracingSettings};
 use crate::upstream::settings::{
     CommandLineUpstream, RawProxy, RawServer, RawUpstream, ServerConfig, Upstreams, UpstreamsError,
 };
@@ -82,6 +83,9 @@ pub struct RawConfig {
     /// `[log]`: the format of the log lines.
     #[serde(default)]
     pub log: RawLog,
+    /// `[tracing]`: OpenTelemetry traces over OTLP.
+    #[serde(default)]
+    pub tracing: RawTracing,
 }
 
 /// The validated configuration.
@@ -105,6 +109,8 @@ pub struct Config {
     pub desktop_notifications: bool,
     /// `[metrics]`.
     pub metrics: MetricsSettings,
+    /// `[tracing]` (and the standard `OTEL_EXPORTER_OTLP_*` variables).
+    pub tracing: TracingSettings,
 }
 
 impl Config {
@@ -183,6 +189,7 @@ impl Config {
         let webhooks = validate_webhooks(raw.webhooks, &expand_env).map_err(invalid)?;
         let metrics = MetricsSettings::validate(raw.metrics).map_err(invalid)?;
         raw.log.validate().map_err(invalid)?;
+        let tracing = TracingSettings::validate(raw.tracing).map_err(invalid)?;
         let http = listen.token.as_deref().map(|t| (t, listen.token_key.as_str()));
         let shared = approvals.token.as_deref().map(|t| (t, approvals.token_key));
         credentials_apart(&approvals.agents, &approvals.approvers, http, shared).map_err(invalid)?;
@@ -195,6 +202,7 @@ impl Config {
             webhooks,
             desktop_notifications: raw.notify.desktop.unwrap_or(true),
             metrics,
+            tracing,
             separator,
             listen,
             servers,
@@ -296,6 +304,8 @@ impl Config {
                 out.push_str(&format!("metrics: http://{}/metrics, bearer token from {key}\n", self.approvals.listen))
             }
         }
+        out.push_str(&self.tracing.explain());
+        out.push('\n');
         for hook in &self.webhooks {
             let mut events: Vec<_> = hook.events.iter().map(|k| k.as_str()).collect();
             events.sort_unstable();

@@ -18,8 +18,8 @@
 //!   [`http::listener::ListenerLimits`], [`approval::settings`] (`[approvals]`, `[[workflows]]`),
 //!   [`review::settings`] (`[providers.NAME]` and the `ai_*` keys of a workflow),
 //!   [`server::notify::settings`] (`[[webhooks]]`), [`identity`] (`[[approvers]]`, `[[agents]]`),
-//!   [`metrics::settings`] (`[metrics]`), [`logging`] (`[log]`) and [`policy`] (`[policy]`,
-//!   `[[rules]]`).
+//!   [`metrics::settings`] (`[metrics]`), [`traces::settings`] (`[tracing]`), [`logging`] (`[log]`)
+//!   and [`policy`] (`[policy]`, `[[rules]]`).
 //! - [`identity`], [`visible`], [`random`], [`secret`]: who is asking (approver and agent tokens,
 //!   compared in constant time; no agent holds an approver's token), how untrusted text is shown to a
 //!   person (invisible characters marked), random bytes (failing closed: no randomness refuses the
@@ -36,6 +36,10 @@
 //! - [`gate`]: the seam on the `tools/call` path. The session asks a [`gate::Gate`] whether a call
 //!   goes upstream, is answered by the proxy, or waits; [`gate::tools`] is each upstream's tool list
 //!   as the policy needs it.
+//! - [`traces`]: OpenTelemetry traces over OTLP ([`traces::settings`]: `[tracing]`), off by
+//!   default: a wrapper around the [`gate::Gate`] gives each `tools/call` a span (its parent the
+//!   `traceparent` of the request's `_meta`), which the approval gate fills in through small
+//!   named functions ([`traces::decision`], [`traces::approval`]).
 //! - [`session`]: one client's session, an actor that owns the id maps and routes. It gives each
 //!   request a fresh id for the upstream it belongs to ([`session::merge`] holds the pure helpers for
 //!   several upstreams: exposed names, merged capabilities, cursors), sends it through that
@@ -96,6 +100,7 @@ pub mod server;
 pub mod session;
 pub mod settings;
 pub mod store;
+pub mod traces;
 pub mod upstream;
 pub mod visible;
 pub mod wire;

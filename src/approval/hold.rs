@@ -48,6 +48,7 @@ impl ApprovalService {
             self.expired(a).await;
         }
         let a = opened.approval;
+        crate::traces::approval(&a.id);
         if opened.joined {
             return Ok((a, true));
         }
@@ -77,6 +78,7 @@ impl ApprovalService {
         for a in &opened.expired {
             self.expired(a).await;
         }
+        crate::traces::approval(&opened.approval.id);
         if !opened.joined {
             self.requested(&opened.approval).await;
         }

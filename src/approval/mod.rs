@@ -380,6 +380,7 @@ impl Gate for ApprovalGate {
         match &decision.action {
             Action::Allow => {
                 crate::metrics::call(crate::metrics::CallDecision::Allowed);
+                crate::traces::decision(crate::metrics::CallDecision::Allowed);
                 self.approvals.audit_call(Event::Allowed, &owned, &decision);
                 // A 2026-07-28 client takes a plain result: only a 2025-11-25 one insists on a task.
                 match task.filter(|_| legacy) {
@@ -391,6 +392,7 @@ impl Gate for ApprovalGate {
             }
             Action::Deny { reason } => {
                 crate::metrics::call(crate::metrics::CallDecision::Denied);
+                crate::traces::decision(crate::metrics::CallDecision::Denied);
                 self.approvals.audit_call(Event::DeniedByPolicy, &owned, &decision);
                 let denial = replies::denied_by_policy(&owned.server, &owned.tool, decision.rule.as_deref(), reason);
                 match task.filter(|_| legacy) {
@@ -402,6 +404,7 @@ impl Gate for ApprovalGate {
             }
             Action::Approve { workflow } => {
                 crate::metrics::call(crate::metrics::CallDecision::Held);
+                crate::traces::decision(crate::metrics::CallDecision::Held);
                 let mut owned = owned;
                 owned.tool_info = call.info.map(describe_tool);
                 let approvals = self.approvals.clone();

@@ -55,7 +55,8 @@ impl CallDecision {
     const ALL: [CallDecision; 4] =
         [CallDecision::Allowed, CallDecision::Denied, CallDecision::Held, CallDecision::Refused];
 
-    fn label(self) -> &'static str {
+    /// The decision's name in the metrics' labels and the traces' attributes.
+    pub fn label(self) -> &'static str {
         match self {
             CallDecision::Allowed => "allowed",
             CallDecision::Denied => "denied",

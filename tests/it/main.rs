@@ -27,5 +27,6 @@ mod sse_fixture;
 mod store_faults;
 mod tasks;
 mod tasks_2026;
+mod traces;
 mod transparency;
 mod webhooks;
