@@ -283,17 +283,18 @@ impl ApprovalService {
     /// Queues the record of a call the policy decided on its own (allowed, denied); the store
     /// appends queued records in groups ([`Store::audit_append_later`]), off the call path: the
     /// call does not wait for its record.
-    fn audit_call(&self, event: Event, call: &OwnedCall, decision: &Decision) {
+    /// Reads the call's facts where they are: the arguments are copied once, by the redaction.
+    fn audit_call(&self, event: Event, call: &CallFacts<'_>, decision: &Decision) {
         let record = AuditRecord {
             event,
             approval_id: None,
-            server: call.server.clone(),
-            tool: call.tool.clone(),
-            agent: call.agent.clone(),
+            server: call.server.to_owned(),
+            tool: call.tool.to_owned(),
+            agent: call.agent.map(str::to_owned),
             actor: Some("policy".into()),
             detail: serde_json::json!({
                 "rule": decision.rule,
-                "arguments": self.redactor.redact(&call.arguments),
+                "arguments": self.redactor.redact(call.arguments),
             }),
         };
         self.append_later(record);
@@ -359,7 +360,9 @@ impl Gate for ApprovalGate {
             arguments: call.arguments,
         };
         let decision = self.approvals.policy.evaluate(&facts);
-        let owned = OwnedCall {
+        // Built only where the call outlives this borrow (a denial, a hold, a task): an allowed
+        // call is audited from the borrowed facts and its arguments are not copied twice.
+        let owned = || OwnedCall {
             server: call.server.to_owned(),
             tool: call.tool.to_owned(),
             agent: call.agent.map(str::to_owned),
@@ -379,18 +382,19 @@ impl Gate for ApprovalGate {
         match &decision.action {
             Action::Allow => {
                 crate::metrics::call(crate::metrics::CallDecision::Allowed);
-                self.approvals.audit_call(Event::Allowed, &owned, &decision);
+                self.approvals.audit_call(Event::Allowed, &facts, &decision);
                 // A 2026-07-28 client takes a plain result: only a 2025-11-25 one insists on a task.
                 match task.filter(|_| legacy) {
                     Some(task) if !matches!(upstream_tasks, Some("optional" | "required")) => {
-                        Verdict::Hold(Box::pin(self.approvals.clone().decided_as_task(owned, task, None)))
+                        Verdict::Hold(Box::pin(self.approvals.clone().decided_as_task(owned(), task, None)))
                     }
                     _ => Verdict::Allow,
                 }
             }
             Action::Deny { reason } => {
                 crate::metrics::call(crate::metrics::CallDecision::Denied);
-                self.approvals.audit_call(Event::DeniedByPolicy, &owned, &decision);
+                self.approvals.audit_call(Event::DeniedByPolicy, &facts, &decision);
+                let owned = owned();
                 let denial = replies::denied_by_policy(&owned.server, &owned.tool, decision.rule.as_deref(), reason);
                 match task.filter(|_| legacy) {
                     Some(task) => {
@@ -401,7 +405,7 @@ impl Gate for ApprovalGate {
             }
             Action::Approve { workflow } => {
                 crate::metrics::call(crate::metrics::CallDecision::Held);
-                let mut owned = owned;
+                let mut owned = owned();
                 owned.tool_info = call.info.map(describe_tool);
                 let approvals = self.approvals.clone();
                 // A task is possible unless the upstream insists on its own task for this tool, or
