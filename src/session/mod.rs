@@ -471,7 +471,7 @@ impl Session {
 
     fn note_modern_meta(&mut self, msg: &Message) {
         let Some(params) = msg.params.as_deref() else { return };
-        if !params.get().contains(era::VERSION_META) {
+        if !era::mentions_version(params.get()) {
             return;
         }
         let Some(meta) = jsonrpc::parse_object(params)
