@@ -16,6 +16,11 @@
 # varies with the number of groups, which is printed, with the cost of appending one row
 # (`audit::append_in`, inclusive), which does not.
 #
+# The figures in README were taken from a release build without LTO, with line tables so that
+# callgrind names the functions (and much quicker to build than the release profile):
+#   CARGO_PROFILE_RELEASE_LTO=off CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_PROFILE_RELEASE_STRIP=false \
+#   CARGO_PROFILE_RELEASE_DEBUG=line-tables-only scripts/bench_instructions.sh
+#
 # Environment:
 #   BENCH_NO_BUILD=1                  skip `cargo build` (use existing target/release binaries)
 #   MCP_GATE_BIN / BENCH_RELAY_BIN    the binaries measured (default: target/release/...)
