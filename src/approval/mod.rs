@@ -283,20 +283,28 @@ impl ApprovalService {
     /// Queues the record of a call the policy decided on its own (allowed, denied); the store
     /// appends queued records in groups ([`Store::audit_append_later`]), off the call path: the
     /// call does not wait for its record.
-    fn audit_call(&self, event: Event, call: &OwnedCall, decision: &Decision) {
+    /// Reads the call's facts where they are: the arguments are copied once, by the redaction.
+    /// Queues the record of a call the policy decided on its own. An error means the decision
+    /// cannot be recorded: an allowed call then does not run.
+    fn audit_call(
+        &self,
+        event: Event,
+        call: &CallFacts<'_>,
+        decision: &Decision,
+    ) -> Result<(), crate::store::StoreError> {
         let record = AuditRecord {
             event,
             approval_id: None,
-            server: call.server.clone(),
-            tool: call.tool.clone(),
-            agent: call.agent.clone(),
+            server: call.server.to_owned(),
+            tool: call.tool.to_owned(),
+            agent: call.agent.map(str::to_owned),
             actor: Some("policy".into()),
             detail: serde_json::json!({
                 "rule": decision.rule,
-                "arguments": self.redactor.redact(&call.arguments),
+                "arguments": self.redactor.redact(call.arguments),
             }),
         };
-        self.append_later(record);
+        self.store.audit_append_later(record, self.now_ms()).inspect_err(|e| warn!("audit write failed: {e}"))
     }
 
     /// Queues a record for [`Store::audit_append_later`].
@@ -360,7 +368,9 @@ impl Gate for ApprovalGate {
             arguments: call.arguments,
         };
         let decision = self.approvals.policy.evaluate(&facts);
-        let owned = OwnedCall {
+        // Built only where the call outlives this borrow (a denial, a hold, a task): an allowed
+        // call is audited from the borrowed facts and its arguments are not copied twice.
+        let owned = || OwnedCall {
             server: call.server.to_owned(),
             tool: call.tool.to_owned(),
             agent: call.agent.map(str::to_owned),
@@ -381,11 +391,14 @@ impl Gate for ApprovalGate {
             Action::Allow => {
                 crate::metrics::call(crate::metrics::CallDecision::Allowed);
                 crate::traces::decision(crate::metrics::CallDecision::Allowed);
-                self.approvals.audit_call(Event::Allowed, &owned, &decision);
+                if let Err(e) = self.approvals.audit_call(Event::Allowed, &facts, &decision) {
+                    // A call whose decision cannot be recorded does not run.
+                    return Verdict::Respond(replies::internal(&format!("its decision cannot be audited: {e}")));
+                }
                 // A 2026-07-28 client takes a plain result: only a 2025-11-25 one insists on a task.
                 match task.filter(|_| legacy) {
                     Some(task) if !matches!(upstream_tasks, Some("optional" | "required")) => {
-                        Verdict::Hold(Box::pin(self.approvals.clone().decided_as_task(owned, task, None)))
+                        Verdict::Hold(Box::pin(self.approvals.clone().decided_as_task(owned(), task, None)))
                     }
                     _ => Verdict::Allow,
                 }
@@ -393,7 +406,9 @@ impl Gate for ApprovalGate {
             Action::Deny { reason } => {
                 crate::metrics::call(crate::metrics::CallDecision::Denied);
                 crate::traces::decision(crate::metrics::CallDecision::Denied);
-                self.approvals.audit_call(Event::DeniedByPolicy, &owned, &decision);
+                // Denied either way; a failed record is logged.
+                let _ = self.approvals.audit_call(Event::DeniedByPolicy, &facts, &decision);
+                let owned = owned();
                 let denial = replies::denied_by_policy(&owned.server, &owned.tool, decision.rule.as_deref(), reason);
                 match task.filter(|_| legacy) {
                     Some(task) => {
@@ -405,7 +420,7 @@ impl Gate for ApprovalGate {
             Action::Approve { workflow } => {
                 crate::metrics::call(crate::metrics::CallDecision::Held);
                 crate::traces::decision(crate::metrics::CallDecision::Held);
-                let mut owned = owned;
+                let mut owned = owned();
                 owned.tool_info = call.info.map(describe_tool);
                 let approvals = self.approvals.clone();
                 // A task is possible unless the upstream insists on its own task for this tool, or

@@ -360,10 +360,7 @@ impl Session {
     /// Whether the client declared URL-mode elicitation in `initialize` (only clients of the
     /// legacy era are offered the URL this way).
     pub(super) fn client_takes_url_elicitation(&self) -> bool {
-        self.initialize_params
-            .as_deref()
-            .and_then(|p| serde_json::from_str::<Value>(p.get()).ok())
-            .is_some_and(|v| v.pointer("/capabilities/elicitation/url").is_some())
+        self.url_elicitation
     }
 
     /// Finds the upstream of an exposed tool name. `Ok(None)`: not known until tool lists arrive.

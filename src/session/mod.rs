@@ -180,6 +180,7 @@ pub async fn start_with(
         next_fanout: 1,
         parked: VecDeque::new(),
         initialize_params: None,
+        url_elicitation: false,
         client_initialized: false,
         client_name: None,
         modern_meta: None,
@@ -249,6 +250,8 @@ struct Session {
     /// Tool calls waiting for a tool list.
     parked: VecDeque<Message>,
     initialize_params: Option<Box<RawValue>>,
+    /// Whether `initialize_params` declare URL-mode elicitation, read once when they arrive.
+    url_elicitation: bool,
     client_initialized: bool,
     client_name: Option<String>,
     /// The reserved `_meta` keys of the latest 2026-07-28 request, for the proxy's own requests.
@@ -389,10 +392,11 @@ impl Session {
         match method.as_str() {
             "initialize" => {
                 self.initialize_params = msg.params.as_ref().map(|p| p.to_owned());
-                self.client_name = msg
-                    .params
-                    .as_deref()
-                    .and_then(|p| serde_json::from_str::<Value>(p.get()).ok())
+                let params = msg.params.as_deref().and_then(|p| serde_json::from_str::<Value>(p.get()).ok());
+                self.url_elicitation =
+                    params.as_ref().is_some_and(|v| v.pointer("/capabilities/elicitation/url").is_some());
+                self.client_name = params
+                    .as_ref()
                     .and_then(|v| v.pointer("/clientInfo/name").and_then(Value::as_str).map(str::to_owned));
                 if self.multi {
                     self.fan_out(msg, |_| true);
@@ -490,7 +494,7 @@ impl Session {
 
     fn note_modern_meta(&mut self, msg: &Message) {
         let Some(params) = msg.params.as_deref() else { return };
-        if !params.get().contains(era::VERSION_META) {
+        if !era::mentions_version(params.get()) {
             return;
         }
         let Some(meta) = jsonrpc::parse_object(params)

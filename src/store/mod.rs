@@ -370,6 +370,11 @@ struct Watch {
 }
 
 impl Watch {
+    /// What the last [`Watch::check`] found.
+    fn known(&self) -> Option<StoreError> {
+        self.lost.as_ref().map(|(path, how)| StoreError::Replaced { path: path.clone(), how })
+    }
+
     /// Checks the path's identity; once lost, stays lost. Logs the loss once, loudly.
     fn check(&mut self) -> Option<StoreError> {
         if self.lost.is_none()
@@ -393,7 +398,7 @@ impl Watch {
                 self.lost = Some((path.clone(), how));
             }
         }
-        self.lost.as_ref().map(|(path, how)| StoreError::Replaced { path: path.clone(), how })
+        self.known()
     }
 }
 
@@ -410,23 +415,28 @@ fn worker(
     let mut due: Option<Instant> = None;
     loop {
         let wait = due.map_or(TICK, |d| d.saturating_duration_since(Instant::now()).min(TICK));
-        let job = match queue.recv_timeout(wait) {
-            Ok(Msg::Job(job)) => Some(job),
+        let (job, woken) = match queue.recv_timeout(wait) {
+            Ok(Msg::Job(job)) => (Some(job), false),
             Ok(Msg::Deferred) => {
                 due.get_or_insert_with(|| Instant::now() + LINGER);
-                None
+                (None, true)
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Timeout) => (None, false),
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         };
-        let lost = watch.check();
         // The group is written when due, and before any request, so that a request sees every
         // write queued before it.
-        if due.is_some_and(|d| job.is_some() || Instant::now() >= d) {
+        let write_group = due.is_some_and(|d| job.is_some() || Instant::now() >= d);
+        let beat = last_beat.elapsed() >= HEARTBEAT;
+        // The file is checked before anything is read or written, and at every idle tick; not
+        // when the first deferred write of a group merely wakes the worker to start lingering
+        // (one check per group instead of two).
+        let lost = if woken && !write_group && !beat { watch.known() } else { watch.check() };
+        if write_group {
             due = None;
             write_deferred(conn, deferred, lost.as_ref());
         }
-        if lost.is_none() && last_beat.elapsed() >= HEARTBEAT {
+        if lost.is_none() && beat {
             last_beat = std::time::Instant::now();
             if let Err(e) = heartbeat(conn, instance, clock.now_ms()) {
                 tracing::warn!("store heartbeat failed: {e}");

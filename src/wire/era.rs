@@ -55,10 +55,19 @@ impl Era {
     }
 }
 
+/// Whether `text` contains [`VERSION_META`]: the quick test of every request before its params
+/// are parsed for it. The searcher is prepared once: `str::contains` prepares one per call for a
+/// needle this long, which costs more than the search itself.
+pub fn mentions_version(text: &str) -> bool {
+    static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(VERSION_META));
+    FINDER.find(text.as_bytes()).is_some()
+}
+
 /// The protocol version a message names in `params._meta`.
 pub fn request_version(msg: &Message) -> Option<String> {
     let params = msg.params.as_deref()?;
-    if !params.get().contains(VERSION_META) {
+    if !mentions_version(params.get()) {
         return None;
     }
     let obj = jsonrpc::parse_object(params).ok()?;
@@ -109,6 +118,21 @@ pub fn min_ttl<'a>(results: impl IntoIterator<Item = &'a RawValue>) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn mentions_version_finds_the_key_where_contains_does() {
+        for text in [
+            "",
+            "io.modelcontextprotocol/protocolVersio",
+            r#"{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}"#,
+            r#"{"a":"io.modelcontextprotocol/protocolVersion"}"#,
+            r#"{"_meta":{"io.modelcontextprotocol\/protocolVersion":"2026-07-28"}}"#,
+            "io.modelcontextprotocol/protocolVersion",
+            "xio.modelcontextprotocol/protocolVersionx",
+        ] {
+            assert_eq!(super::mentions_version(text), text.contains(super::VERSION_META), "{text}");
+        }
+    }
+
     use super::*;
 
     fn raw(v: serde_json::Value) -> Box<RawValue> {
