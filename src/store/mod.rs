@@ -165,9 +165,11 @@ type Job = Box<dyn FnOnce(Result<&mut Connection, StoreError>) + Send + 'static>
 /// A write nobody waits for, run inside the transaction of its group (see [`Store::defer`]).
 pub type Deferred = Box<dyn FnOnce(&rusqlite::Transaction<'_>) -> Result<(), StoreError> + Send + 'static>;
 
-/// Deferred writes not yet taken by the worker, shared by every handle and the worker.
+/// Deferred writes not yet taken by the worker, shared by every handle and the worker; and the
+/// loss of the database file once the worker found it, so that a write queued after that is
+/// refused at once instead of being dropped later.
 #[derive(Default)]
-struct DeferredQueue(Mutex<Vec<Deferred>>);
+struct DeferredQueue(Mutex<Vec<Deferred>>, std::sync::OnceLock<(PathBuf, &'static str)>);
 
 impl std::fmt::Debug for DeferredQueue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -342,11 +344,15 @@ impl Store {
     /// Queues a write that nobody waits for. The worker commits it within [`LINGER`], together with
     /// the other deferred writes queued meanwhile, in one `BEGIN IMMEDIATE` transaction with
     /// `synchronous = NORMAL`; a failure is logged and loses the whole group. Requests sent after
-    /// this one see it committed. Never blocks on SQLite.
+    /// this one see it committed. Never blocks on SQLite. Refused once the worker found the
+    /// database file deleted or replaced (its writes could only be lost).
     pub fn defer(
         &self,
         f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<(), StoreError> + Send + 'static,
     ) -> Result<(), StoreError> {
+        if let Some((path, how)) = self.deferred.1.get() {
+            return Err(StoreError::Replaced { path: path.clone(), how });
+        }
         let first = {
             let mut pending = self.deferred.0.lock().map_err(|_| StoreError::Aborted)?;
             pending.push(Box::new(f));
@@ -432,6 +438,9 @@ fn worker(
         // when the first deferred write of a group merely wakes the worker to start lingering
         // (one check per group instead of two).
         let lost = if woken && !write_group && !beat { watch.known() } else { watch.check() };
+        if let Some(StoreError::Replaced { path, how }) = &lost {
+            let _ = deferred.1.set((path.clone(), how));
+        }
         if write_group {
             due = None;
             write_deferred(conn, deferred, lost.as_ref());

@@ -240,3 +240,51 @@ async fn a_deleted_database_fails_closed() {
     .await;
     assert!(logged.contains(&db.display().to_string()) || logged.contains("mcp-gate.db"), "{logged}");
 }
+
+/// A call the policy allows does not run when its decision cannot go into the audit log: once
+/// the store has found its file deleted, the call is answered with the gate's error instead of
+/// being let through.
+#[tokio::test]
+async fn an_allowed_call_does_not_run_when_its_decision_cannot_be_audited() {
+    use mcp_gate::approval::ApprovalGate;
+    use mcp_gate::gate::{Gate, Offered, Owner, ToolCall, Verdict};
+    use mcp_gate::wire::era::Era;
+
+    let dir = data_dir("lost-audit");
+    let db = dir.join("audit.db");
+    let store = Store::open(Location::File(db.clone())).await.unwrap();
+    let config = Config::from_toml("[policy]\ndefault = \"allow\"\n", "allow.toml").unwrap();
+    let gate =
+        ApprovalGate { approvals: ApprovalService::new(store.clone(), config.policy.clone(), Default::default()) };
+    let arguments = json!({"path": "/tmp/x"});
+    let params = serde_json::value::to_raw_value(&json!({"name": "read_file", "arguments": arguments})).unwrap();
+    let offered = Offered::plain(Era::Legacy);
+    let call = ToolCall {
+        server: "fs",
+        tool: "read_file",
+        exposed_name: "read_file",
+        arguments: &arguments,
+        info: None,
+        agent: Some("agent"),
+        owner: &Owner::Anonymous,
+        offered: &offered,
+        params: &params,
+        progress: None,
+        held: None,
+        gone: Default::default(),
+    };
+    assert!(matches!(gate.check(&call), Verdict::Allow), "allowed while its decision can be recorded");
+
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    // The store finds the loss at its next request.
+    assert!(store.list_approvals(ApprovalFilter::default()).await.is_err(), "the store refuses a lost file");
+    match gate.check(&call) {
+        Verdict::Respond(reply) => {
+            let text = reply.get();
+            assert!(text.contains("cannot be audited") && text.contains("deleted"), "{text}");
+        }
+        other => panic!("an allowed call ran without its audit record: {other:?}"),
+    }
+}
