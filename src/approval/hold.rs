@@ -18,16 +18,24 @@ use crate::store::{Approval, ApprovalRequest, Claim, SYSTEM_ACTOR, Status, Vote}
 impl ApprovalService {
     /// The held path of a call the policy sends to approval.
     pub(super) async fn hold(self: Arc<Self>, call: OwnedCall, decision: Decision, caller: Caller) -> Verdict {
+        match self.open_request(&call, &decision).await {
+            Ok(approval) => self.wait_for(approval, caller).await,
+            Err(refused) => refused,
+        }
+    }
+
+    /// Opens the approval request of a held call, or joins the pending one of the same call.
+    /// `Err` is the answer when it cannot be opened (the call does not run).
+    pub(super) async fn open_request(&self, call: &OwnedCall, decision: &Decision) -> Result<Approval, Verdict> {
         let Action::Approve { workflow } = &decision.action else {
-            return Verdict::Respond(replies::internal("a held call without an approve decision"));
+            return Err(Verdict::Respond(replies::internal("a held call without an approve decision")));
         };
         let workflow = self.workflow(workflow);
         let key = call_key(&call.server, &call.tool, &call.arguments);
-        let approval = match self.insert_request(&workflow, &call, &key, &decision).await {
-            Ok((a, _joined)) => a,
-            Err(e) => return self.fail_closed(&call, &e.to_string()),
-        };
-        self.wait_for(approval, caller).await
+        match self.insert_request(&workflow, call, &key, decision).await {
+            Ok((approval, _joined)) => Ok(approval),
+            Err(e) => Err(self.fail_closed(call, &e.to_string())),
+        }
     }
 
     /// Opens a pending request for the call in `workflow`, or joins the request that stands for

@@ -80,15 +80,11 @@ impl ApprovalService {
     /// A held call made with a task: its request is opened (or joined), the task stored, and the
     /// client answered with it at once.
     pub(super) async fn hold_as_task(self: Arc<Self>, call: OwnedCall, decision: Decision, task: TaskCall) -> Verdict {
-        let Action::Approve { workflow } = &decision.action else {
-            return Verdict::Respond(replies::internal("a held call without an approve decision"));
+        let approval = match self.open_request(&call, &decision).await {
+            Ok(approval) => approval,
+            Err(refused) => return refused,
         };
-        let workflow = self.workflow(workflow);
-        let key = call_key(&call.server, &call.tool, &call.arguments);
-        let approval = match self.insert_request(&workflow, &call, &key, &decision).await {
-            Ok((a, _joined)) => a,
-            Err(e) => return self.fail_closed(&call, &e.to_string()),
-        };
+        let key = approval.key.clone();
         let message = waiting_message(&approval, &self.url_for(&approval.id));
         let ttl = (approval.expires_at - self.now_ms()).max(0) + KEPT_AFTER_MS;
         self.create_task(&call, task, Some(&approval), key, message, ttl, None).await
