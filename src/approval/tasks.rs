@@ -446,32 +446,19 @@ impl ApprovalService {
                 Ok(None) => unknown(&id),
                 Err(e) => storage(e),
             },
-            TaskMethod::Cancel => {
-                let result = replies::cancelled_task();
-                let value: Value = serde_json::from_str(result.get()).unwrap_or(Value::Null);
-                let message = "Cancelled by the client; not run";
-                match self.store.cancel_task(&owner, &id, message, value, self.now_ms()).await {
-                    Ok(Some(Cancelled::Now(t))) => {
-                        info!(task = %id, "task cancelled by its client");
-                        self.audit_task(Event::TaskCancelled, &t, owner_agent(&owner), Some("client")).await;
-                        self.notify(&id);
-                        if let Some(a) = &t.approval_id {
-                            self.notify(a);
-                        }
-                        TaskAnswer::Result(jsonrpc::to_raw(&task_view(&t)))
-                    }
-                    Ok(Some(Cancelled::Running(_))) => TaskAnswer::Error {
-                        code: code::INVALID_PARAMS,
-                        message: format!("task {id} is already running and can no longer be cancelled"),
-                    },
-                    Ok(Some(Cancelled::Terminal(t))) => TaskAnswer::Error {
-                        code: code::INVALID_PARAMS,
-                        message: format!("task {id} is already {}", t.state.as_str()),
-                    },
-                    Ok(None) => unknown(&id),
-                    Err(e) => storage(e),
-                }
-            }
+            TaskMethod::Cancel => match self.cancel(&owner, &id).await {
+                Ok(Some(Cancelled::Now(t))) => TaskAnswer::Result(jsonrpc::to_raw(&task_view(&t))),
+                Ok(Some(Cancelled::Running(_))) => TaskAnswer::Error {
+                    code: code::INVALID_PARAMS,
+                    message: format!("task {id} is already running and can no longer be cancelled"),
+                },
+                Ok(Some(Cancelled::Terminal(t))) => TaskAnswer::Error {
+                    code: code::INVALID_PARAMS,
+                    message: format!("task {id} is already {}", t.state.as_str()),
+                },
+                Ok(None) => unknown(&id),
+                Err(e) => storage(e),
+            },
             TaskMethod::Result => loop {
                 let mut on_task = self.subscribe(&id);
                 let task = match self.current(&owner, &id).await {
@@ -544,26 +531,11 @@ impl ApprovalService {
                 Ok(None) => unknown(&id),
                 Err(e) => storage(e),
             },
-            TaskMethod::Cancel => {
-                let result = replies::cancelled_task();
-                let value: Value = serde_json::from_str(result.get()).unwrap_or(Value::Null);
-                let message = "Cancelled by the client; not run";
-                match self.store.cancel_task(&owner, &id, message, value, self.now_ms()).await {
-                    Ok(Some(cancelled)) => {
-                        if let Cancelled::Now(t) = cancelled {
-                            info!(task = %id, "task cancelled by its client");
-                            self.audit_task(Event::TaskCancelled, &t, owner_agent(&owner), Some("client")).await;
-                            self.notify(&id);
-                            if let Some(a) = &t.approval_id {
-                                self.notify(a);
-                            }
-                        }
-                        ack()
-                    }
-                    Ok(None) => unknown(&id),
-                    Err(e) => storage(e),
-                }
-            }
+            TaskMethod::Cancel => match self.cancel(&owner, &id).await {
+                Ok(Some(_)) => ack(),
+                Ok(None) => unknown(&id),
+                Err(e) => storage(e),
+            },
             // A gate task never asks for input: the responses are acknowledged and ignored.
             _ => match self.store.task(&owner, &id).await {
                 Ok(Some(_)) => ack(),
@@ -571,6 +543,24 @@ impl ApprovalService {
                 Err(e) => storage(e),
             },
         }
+    }
+
+    /// Cancels the owner's task `id` for its client: when it was still `working`, the cancellation
+    /// is audited and whoever waits on the task or its approval hears of it.
+    async fn cancel(&self, owner: &str, id: &str) -> Result<Option<Cancelled>, crate::store::StoreError> {
+        let result = replies::cancelled_task();
+        let value: Value = serde_json::from_str(result.get()).unwrap_or(Value::Null);
+        let message = "Cancelled by the client; not run";
+        let cancelled = self.store.cancel_task(owner, id, message, value, self.now_ms()).await?;
+        if let Some(Cancelled::Now(t)) = &cancelled {
+            info!(task = %id, "task cancelled by its client");
+            self.audit_task(Event::TaskCancelled, t, owner_agent(owner), Some("client")).await;
+            self.notify(id);
+            if let Some(a) = &t.approval_id {
+                self.notify(a);
+            }
+        }
+        Ok(cancelled)
     }
 
     /// The owner's task as it stands, a working task first settled when its approval was
