@@ -448,10 +448,6 @@ impl ApprovalService {
             },
             TaskMethod::Cancel => match self.cancel(&owner, &id).await {
                 Ok(Some(Cancelled::Now(t))) => TaskAnswer::Result(jsonrpc::to_raw(&task_view(&t))),
-                Ok(Some(Cancelled::Running(_))) => TaskAnswer::Error {
-                    code: code::INVALID_PARAMS,
-                    message: format!("task {id} is already running and can no longer be cancelled"),
-                },
                 Ok(Some(Cancelled::Terminal(t))) => TaskAnswer::Error {
                     code: code::INVALID_PARAMS,
                     message: format!("task {id} is already {}", t.state.as_str()),

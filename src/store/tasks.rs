@@ -5,14 +5,15 @@
 //!    │  ▲                          │
 //!    │  └──── release (not sent) ──┘
 //!    ├── settle (denied, expired, spent) ──▶ completed (with the gate's isError result)
-//!    └── cancel ──▶ cancelled (never run)
+//!    └── cancel ──▶ cancelled (never run; from running: the client never gets the result)
 //! ```
 //!
 //! - **One open task per owner and call key**: [`Store::open_task`] returns the open task of the
 //!   same owner for the same call, so a retry gets the same task back (a unique index backs it).
 //! - **Exactly once**: [`Store::claim_task`] claims the approval and moves the task to `running`
-//!   in one write transaction, and only from `working`: a cancelled task is never claimed, a
-//!   claimed one can no longer be cancelled, and of any number of concurrent claims one runs.
+//!   in one write transaction, and only from `working`: a cancelled task is never claimed, and of
+//!   any number of concurrent claims one runs. A task cancelled while `running` stays
+//!   `cancelled` for its client; the run's end is still recorded on its approval.
 //! - **Orphans**: the `claims` row of a task's run names the task; when the process that made it
 //!   stops, [`Store::settle_orphaned_claims`] fails the task (its outcome is unknown, it is never
 //!   run again).
@@ -129,8 +130,6 @@ pub enum TaskClaim {
 pub enum Cancelled {
     /// Cancelled now: it will never run.
     Now(GateTask),
-    /// Already sent upstream: it can no longer be stopped.
-    Running(GateTask),
     /// Already in a terminal state.
     Terminal(GateTask),
 }
@@ -160,6 +159,11 @@ fn load(conn: &Connection, id: &str) -> Result<Option<GateTask>, StoreError> {
 
 fn must_load(conn: &Connection, id: &str) -> Result<GateTask, StoreError> {
     load(conn, id)?.ok_or_else(|| StoreError::InvalidState(format!("task {id} vanished")))
+}
+
+/// Whether the task's run holds a claim on its approval (it was claimed and not finished).
+fn has_claim(conn: &Connection, id: &str) -> Result<bool, StoreError> {
+    Ok(conn.prepare_cached("SELECT 1 FROM claims WHERE task_id = ?1")?.exists([id])?)
 }
 
 /// Moves task `id` from one of `from` to `to`; `false` when it was in none of them.
@@ -282,7 +286,8 @@ impl Store {
         self.call(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let task = must_load(&tx, &id)?;
-            if task.state != TaskState::Running {
+            let cancelled_running = task.state == TaskState::Cancelled && has_claim(&tx, &id)?;
+            if task.state != TaskState::Running && !cancelled_running {
                 return Err(StoreError::InvalidState(format!("task {id} is {}, not running", task.state.as_str())));
             }
             let (to, result, error, ok, outcome) = match &end {
@@ -295,6 +300,7 @@ impl Store {
                     (TaskState::Failed, None, Some(serde_json::to_string(e)?), false, serde_json::json!({ "error": e }))
                 }
             };
+            // A task cancelled while running keeps its cancellation: only the approval learns the end.
             transition(&tx, &id, &[TaskState::Running], to, Some(&message), result.as_deref(), error.as_deref(), now)?;
             let approval = match &task.approval_id {
                 Some(a) => Some(finish_in(&tx, a, ok, &outcome, now, &instance)?),
@@ -315,7 +321,11 @@ impl Store {
         self.call(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let task = must_load(&tx, &id)?;
-            if !transition(&tx, &id, &[TaskState::Running], TaskState::Working, None, None, None, now)? {
+            // Cancelled while its call was about to be sent: it stays cancelled, the claim goes back.
+            let cancelled_running = task.state == TaskState::Cancelled && has_claim(&tx, &id)?;
+            if !cancelled_running
+                && !transition(&tx, &id, &[TaskState::Running], TaskState::Working, None, None, None, now)?
+            {
                 return Err(StoreError::InvalidState(format!("task {id} is {}, not running", task.state.as_str())));
             }
             if let Some(a) = &task.approval_id {
@@ -377,12 +387,14 @@ impl Store {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let Some(task) = load(&tx, &id)?.filter(|t| t.owner == owner) else { return Ok(None) };
             let answer = match task.state {
-                TaskState::Working => {
+                // A running task's call may already be upstream: it is cancelled for its client
+                // (who never gets its result), and its end is recorded on the approval.
+                TaskState::Working | TaskState::Running => {
                     let result = serde_json::to_string(&result)?;
                     transition(
                         &tx,
                         &id,
-                        &[TaskState::Working],
+                        &[TaskState::Working, TaskState::Running],
                         TaskState::Cancelled,
                         Some(&message),
                         Some(&result),
@@ -391,7 +403,6 @@ impl Store {
                     )?;
                     Cancelled::Now(must_load(&tx, &id)?)
                 }
-                TaskState::Running => Cancelled::Running(task),
                 _ => Cancelled::Terminal(task),
             };
             tx.commit()?;

@@ -129,7 +129,7 @@ async fn a_released_task_is_working_again_and_its_approval_usable() {
 }
 
 #[tokio::test]
-async fn settle_ends_only_a_working_task_and_cancel_refuses_what_ran() {
+async fn settle_ends_only_a_working_task_and_a_cancelled_run_stays_cancelled() {
     let store = Store::open(Location::Memory).await.unwrap();
     store.insert_approval(request("a", "k")).await.unwrap();
     store.open_task(task("mcpg-1", "agent:x", "a", "k"), T0).await.unwrap();
@@ -146,10 +146,29 @@ async fn settle_ends_only_a_working_task_and_cancel_refuses_what_ran() {
     approved(&store, "b", "kb").await;
     store.open_task(task("mcpg-2", "agent:x", "b", "kb"), T0).await.unwrap();
     assert!(matches!(store.claim_task("mcpg-2", T0 + 2).await.unwrap(), TaskClaim::Run(_)));
-    assert!(matches!(
-        store.cancel_task("agent:x", "mcpg-2", "c", json!({}), T0 + 3).await.unwrap(),
-        Some(Cancelled::Running(_))
-    ));
+    let Some(Cancelled::Now(t)) = store.cancel_task("agent:x", "mcpg-2", "c", json!({}), T0 + 3).await.unwrap() else {
+        panic!("a running task is cancelled for its client")
+    };
+    assert_eq!(t.state, TaskState::Cancelled);
+    // The call that was already upstream ends: the task stays cancelled, the approval records the run.
+    let result = json!({"content": [{"type": "text", "text": "done"}]});
+    let (after, approval) = store.finish_task("mcpg-2", TaskEnd::Result(result), "Completed", T0 + 4).await.unwrap();
+    assert_eq!((after.state, after.status_message.as_deref()), (TaskState::Cancelled, Some("c")));
+    assert_eq!(approval.unwrap().status, Status::Executed);
+    assert!(store.finish_task("mcpg-2", TaskEnd::Result(json!({})), "again", T0 + 5).await.is_err(), "finished once");
+
+    // Cancelled between its claim and the send: the claim goes back, the task stays cancelled.
+    approved(&store, "c", "kc").await;
+    store.open_task(task("mcpg-3", "agent:x", "c", "kc"), T0).await.unwrap();
+    assert!(matches!(store.claim_task("mcpg-3", T0 + 2).await.unwrap(), TaskClaim::Run(_)));
+    store.cancel_task("agent:x", "mcpg-3", "c", json!({}), T0 + 3).await.unwrap();
+    let back = store.release_task("mcpg-3", T0 + 4).await.unwrap();
+    assert_eq!(back.state, TaskState::Cancelled);
+    assert_eq!(store.get_approval("c").await.unwrap().unwrap().uses, 0, "the approval is usable again");
+    // A task cancelled while working never held a claim: finishing it finishes nobody's run.
+    store.open_task(task("mcpg-4", "agent:x", "c", "kc"), T0 + 5).await.unwrap();
+    store.cancel_task("agent:x", "mcpg-4", "c", json!({}), T0 + 6).await.unwrap();
+    assert!(store.finish_task("mcpg-4", TaskEnd::Result(json!({})), "x", T0 + 7).await.is_err());
 }
 
 /// Twenty claims of one task from twenty handles on one file (as if twenty processes): one runs.
@@ -178,8 +197,9 @@ async fn twenty_concurrent_claims_make_one_run() {
     assert_eq!(claims.iter().filter(|c| matches!(c, Ok(TaskClaim::NotWorking(_)))).count(), 19);
 }
 
-/// A cancel and a claim racing from two processes: the task is either cancelled and never run,
-/// or run and not cancelled; never both, never neither.
+/// A cancel and a claim racing from two processes: a cancel that comes first means the call never
+/// runs; a claim that comes first runs it once (and a cancel after it still cancels the task for
+/// its client). Never neither, and the approval is claimed only by a run.
 #[tokio::test]
 async fn cancel_and_claim_race_has_one_winner() {
     let dir = TempDir::new("task-race");
@@ -207,7 +227,9 @@ async fn cancel_and_claim_race_has_one_winner() {
         };
         let ran = matches!(claim.unwrap(), TaskClaim::Run(_));
         let cancelled = matches!(cancel.unwrap(), Some(Cancelled::Now(_)));
-        assert!(ran != cancelled, "round {round}: ran {ran}, cancelled {cancelled}");
+        assert!(cancelled, "round {round}: a working or running task is cancelled for its client");
+        let state = a.task("agent:x", &id).await.unwrap().unwrap().state;
+        assert_eq!(state, TaskState::Cancelled, "round {round}");
         let uses = a.get_approval(&approval).await.unwrap().unwrap().uses;
         assert_eq!(uses, u32::from(ran), "the approval is claimed only by the run");
     }
