@@ -277,3 +277,18 @@ pub async fn hold_call(
     let v: serde_json::Value = serde_json::from_str(result.get()).expect("a JSON result");
     v["_meta"]["mcp-gate/approval"]["id"].as_str().expect("an approval id").to_owned()
 }
+
+/// An approval service on an in-memory store with `policy` (named `file` in errors), failing
+/// fast, its URLs under `http://127.0.0.1:8377`.
+pub async fn fail_fast_service(policy: &str, file: &str) -> Arc<mcp_gate::approval::ApprovalService> {
+    let config = mcp_gate::config::Config::from_toml(policy, file).expect("policy");
+    let store = mcp_gate::store::Store::open(mcp_gate::store::Location::Memory).await.expect("store");
+    let settings = mcp_gate::approval::ApprovalSettings {
+        wait: Duration::ZERO,
+        public_url: "http://127.0.0.1:8377".into(),
+        expiry_by_risk: config.approvals.expiry_by_risk,
+        workflows: config.approvals.workflows.clone(),
+        ..mcp_gate::approval::ApprovalSettings::default()
+    };
+    mcp_gate::approval::ApprovalService::new(store, config.policy.clone(), settings)
+}

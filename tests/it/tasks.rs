@@ -34,16 +34,7 @@ action = "approve"
 "#;
 
 async fn approvals(policy: &str) -> Arc<ApprovalService> {
-    let config = Config::from_toml(policy, "tasks.toml").expect("policy");
-    let store = Store::open(Location::Memory).await.expect("store");
-    let settings = ApprovalSettings {
-        wait: Duration::ZERO,
-        public_url: "http://127.0.0.1:8377".into(),
-        expiry_by_risk: config.approvals.expiry_by_risk,
-        workflows: config.approvals.workflows.clone(),
-        ..ApprovalSettings::default()
-    };
-    ApprovalService::new(store, config.policy.clone(), settings)
+    fail_fast_service(policy, "tasks.toml").await
 }
 
 async fn peer(approvals: &Arc<ApprovalService>, dir: &Path, name: &str) -> Peer {

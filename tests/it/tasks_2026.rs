@@ -7,10 +7,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mcp_gate::approval::{ApprovalGate, ApprovalService, ApprovalSettings};
-use mcp_gate::config::Config;
+use mcp_gate::approval::{ApprovalGate, ApprovalService};
 use mcp_gate::identity::Principal;
-use mcp_gate::store::{Location, Store};
+
 use serde_json::{Value, json};
 
 use super::common::*;
@@ -28,16 +27,7 @@ action = "approve"
 const EXTENSION: &str = "io.modelcontextprotocol/tasks";
 
 async fn approvals() -> Arc<ApprovalService> {
-    let config = Config::from_toml(POLICY, "tasks-2026.toml").expect("policy");
-    let store = Store::open(Location::Memory).await.expect("store");
-    let settings = ApprovalSettings {
-        wait: Duration::ZERO,
-        public_url: "http://127.0.0.1:8377".into(),
-        expiry_by_risk: config.approvals.expiry_by_risk,
-        workflows: config.approvals.workflows.clone(),
-        ..ApprovalSettings::default()
-    };
-    ApprovalService::new(store, config.policy.clone(), settings)
+    fail_fast_service(POLICY, "tasks-2026.toml").await
 }
 
 /// A 2026-07-28 client that declares the tasks extension on every request.

@@ -69,12 +69,7 @@ impl Store {
                     tx.execute("DELETE FROM claims WHERE id = ?1", [claim])?;
                     if let Some(task) = task {
                         // Its outcome is unknown: the gate task fails, and is never run again.
-                        let error = serde_json::json!({ "code": crate::wire::jsonrpc::code::INTERNAL_ERROR, "message": ORPHANED }).to_string();
-                        tx.execute(
-                            "UPDATE gate_tasks SET state = 'failed', status_message = ?2, error = ?3, updated_at = ?4
-                             WHERE id = ?1 AND state = 'running'",
-                            params![task, ORPHANED, error, now],
-                        )?;
+                        fail_orphaned_tasks(&tx, "id", &task, now)?;
                     }
                     let Some(a) = load(&tx, &id)? else { continue };
                     if a.uses == 0 {
@@ -117,12 +112,7 @@ impl Store {
                     settled.push(load(&tx, &id)?.ok_or_else(|| StoreError::NotFound(id.clone()))?);
                 }
                 // Tasks that ran without an approval have no claim: they fail by their instance.
-                let error = serde_json::json!({ "code": crate::wire::jsonrpc::code::INTERNAL_ERROR, "message": ORPHANED }).to_string();
-                tx.execute(
-                    "UPDATE gate_tasks SET state = 'failed', status_message = ?2, error = ?3, updated_at = ?4
-                     WHERE instance = ?1 AND state = 'running'",
-                    params![instance, ORPHANED, error, now],
-                )?;
+                fail_orphaned_tasks(&tx, "instance", &instance, now)?;
                 tx.execute("DELETE FROM instances WHERE id = ?1", [&instance])?;
             }
             tx.commit()?;
@@ -165,6 +155,18 @@ fn process_alive(pid: i64) -> bool {
         let _ = pid;
         true
     }
+}
+
+/// Fails the `running` gate tasks whose `column` (`id` or `instance`) is `value`: their run's
+/// process stopped, so their outcome is unknown and they are never run again.
+fn fail_orphaned_tasks(tx: &Connection, column: &'static str, value: &str, now: i64) -> Result<(), StoreError> {
+    let error = serde_json::json!({ "code": crate::wire::jsonrpc::code::INTERNAL_ERROR, "message": ORPHANED });
+    tx.prepare_cached(&format!(
+        "UPDATE gate_tasks SET state = 'failed', status_message = ?2, error = ?3, updated_at = ?4
+         WHERE {column} = ?1 AND state = 'running'"
+    ))?
+    .execute(params![value, ORPHANED, error.to_string(), now])?;
+    Ok(())
 }
 
 /// Removes one claim of `id` made by `instance` (its run finished or was given back).
