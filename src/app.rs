@@ -15,7 +15,7 @@ use crate::http::health::{Check, Readiness};
 use crate::secret::ExposeSecret;
 use crate::server::hub;
 use crate::session::SessionOptions;
-use crate::store::{Location, Store};
+use crate::store::Store;
 use crate::upstream::settings::{ServerConfig, UpstreamTransport};
 
 pub fn session_options(
@@ -60,10 +60,7 @@ pub async fn start_gate_with(config: &Config) -> anyhow::Result<Started> {
 /// stderr (the demo prints its own).
 pub async fn start_gate_announcing(config: &Config, announce: bool) -> anyhow::Result<Started> {
     let a = &config.approvals;
-    let location = match &a.database {
-        Some(path) => Location::File(path.clone()),
-        None => Location::Memory,
-    };
+    let location = a.database.clone();
     let store =
         Store::open(location.clone()).await.with_context(|| format!("opening the approval store {location:?}"))?;
     let (token, token_file) = crate::server::web::load_or_create_token(a.token.as_deref(), &a.data_dir)
@@ -99,7 +96,11 @@ pub async fn start_gate_announcing(config: &Config, announce: bool) -> anyhow::R
         tasks: a.tasks,
         mrtr_rounds: Some(a.mrtr_rounds),
     };
+    let heard = store.heard();
     let approvals = ApprovalService::new(store, config.policy.clone(), settings);
+    if let Some(heard) = heard {
+        tokio::spawn(hear_other_replicas(heard, Arc::downgrade(&approvals)));
+    }
     if let Some(reviewer) =
         crate::review::Reviewer::from_config(&a.ai_workflows, &a.providers).context("setting up the AI reviewer")?
     {
@@ -134,6 +135,38 @@ pub async fn start_gate_announcing(config: &Config, announce: bool) -> anyhow::R
         tracing::info!("no [[rules]]: tools annotated readOnlyHint are allowed, every other call needs approval");
     }
     Ok(Started { gate, approvals, public_url, web })
+}
+
+/// Wakes the calls held here when another replica sharing the PostgreSQL store changes their
+/// request, and shows its changes on this replica's dashboard and event stream.
+async fn hear_other_replicas(
+    mut heard: tokio::sync::broadcast::Receiver<crate::store::listen::Heard>,
+    approvals: std::sync::Weak<ApprovalService>,
+) {
+    use crate::store::listen::Heard;
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let note = match heard.recv().await {
+            Ok(Heard::Change(note)) => Some(note),
+            // Missed notifications: every waiting call re-reads its request.
+            Ok(Heard::Resync) | Err(RecvError::Lagged(_)) => None,
+            Err(RecvError::Closed) => return,
+        };
+        let Some(approvals) = approvals.upgrade() else { return };
+        let Some(note) = note else {
+            approvals.wake_all();
+            continue;
+        };
+        match note.kind.parse::<crate::approval::ChangeKind>() {
+            Ok(kind) => {
+                if let Err(e) = approvals.changed_elsewhere(kind, &note.id, note.actor.as_deref()).await {
+                    tracing::warn!(id = %note.id, "cannot read a request another replica changed: {e}");
+                    approvals.wake(&note.id);
+                }
+            }
+            Err(_) => approvals.wake(&note.id),
+        }
+    }
 }
 
 /// The services only one process of the machine runs: the hub. Called once, when this process

@@ -5,7 +5,7 @@
 //! made of the raw sections each subsystem defines. It is then validated into a [`Config`], made
 //! of each subsystem's validated settings: every subsystem checks its own sections and names the
 //! key that is wrong ([`crate::settings::Invalid`]); this module adds the file, expands `${VAR}`
-//! references for them ([`expand_env`]), and explains the result for `check-config`
+//! references for them ([`crate::settings::expand_env`]), and explains the result for `check-config`
 //! ([`Config::explain`]).
 
 use std::collections::BTreeMap;
@@ -26,6 +26,7 @@ use crate::review::{AiWorkflow, Fallback, ProviderConfig};
 use crate::server::notify::Webhook;
 use crate::server::notify::settings::{RawNotify, RawWebhook, validate_webhooks};
 use crate::settings::Invalid;
+pub use crate::settings::expand_env;
 use crate::traces::settings::{RawTracing, TracingSettings};
 use crate::upstream::settings::{
     CommandLineUpstream, RawProxy, RawServer, RawUpstream, ServerConfig, Upstreams, UpstreamsError,
@@ -386,23 +387,6 @@ fn explain_ai_workflow(ai: &AiWorkflow, providers: &BTreeMap<String, ProviderCon
          unsure answers, \"escalate\" answers and failed reviews {otherwise}; {cache}\n",
         ai.name, ai.model, ai.provider, ai.threshold
     )
-}
-
-/// Expands `${VAR}` references from the environment; a missing variable is an error.
-pub fn expand_env(value: &str) -> Result<String, String> {
-    let mut out = String::with_capacity(value.len());
-    let mut rest = value;
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let end = after.find('}').ok_or_else(|| format!("unterminated ${{ in {value:?}"))?;
-        let var = &after[..end];
-        let val = std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))?;
-        out.push_str(&val);
-        rest = &after[end + 1..];
-    }
-    out.push_str(rest);
-    Ok(out)
 }
 
 fn describe_figment_error(e: figment::Error, file: Option<&Path>) -> String {

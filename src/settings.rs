@@ -47,3 +47,20 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
     };
     (secs > 0).then(|| Duration::from_secs(secs))
 }
+
+/// Expands `${VAR}` references from the environment; a missing variable is an error.
+pub fn expand_env(value: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after.find('}').ok_or_else(|| format!("unterminated ${{ in {value:?}"))?;
+        let var = &after[..end];
+        let val = std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))?;
+        out.push_str(&val);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}

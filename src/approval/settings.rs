@@ -17,6 +17,7 @@ use crate::policy::{Glob, OneOrMany, Policy};
 use crate::review::settings::RawAiWorkflow;
 use crate::review::{AiWorkflow, ProviderConfig};
 use crate::settings::{Invalid, parse_duration};
+use crate::store::{DatabaseUrl, Location};
 
 /// Default address of the approval server.
 pub const DEFAULT_APPROVALS_LISTEN: &str = "127.0.0.1:8377";
@@ -120,8 +121,8 @@ pub struct ApprovalsConfig {
     /// Where `token` came from (`MCP_GATE_TOKEN` or `approvals.token`), for messages.
     pub token_key: &'static str,
     pub data_dir: PathBuf,
-    /// `None` is `:memory:`.
-    pub database: Option<PathBuf>,
+    /// The SQLite file, `:memory:`, or a PostgreSQL database shared by replicas.
+    pub database: crate::store::Location,
     pub redact: Vec<String>,
     pub expiry_by_risk: [Duration; 4],
     pub expiry_warning: Duration,
@@ -298,9 +299,14 @@ impl ApprovalsConfig {
         }
         let data_dir = raw.data_dir.unwrap_or_else(default_data_dir);
         let database = match raw.database.as_deref() {
-            Some(":memory:") => None,
-            Some(path) => Some(PathBuf::from(path)),
-            None => Some(data_dir.join("mcp-gate.db")),
+            Some(":memory:") => Location::Memory,
+            Some(url) if DatabaseUrl::is_postgres(url) => {
+                // `${VAR}` keeps the password out of the file.
+                let url = crate::settings::expand_env(url).map_err(|e| Invalid::new("approvals.database", e))?;
+                Location::Postgres(DatabaseUrl::parse(&url).map_err(|e| Invalid::new("approvals.database", e))?)
+            }
+            Some(path) => Location::File(PathBuf::from(path)),
+            None => Location::File(data_dir.join("mcp-gate.db")),
         };
         Ok(ApprovalsConfig {
             listen,

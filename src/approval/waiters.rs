@@ -16,6 +16,10 @@ impl ApprovalService {
     }
 
     pub(super) fn publish_change(&self, kind: ChangeKind, approval: &Approval, actor: Option<&str>, relayed: bool) {
+        if !relayed {
+            // Other replicas sharing a PostgreSQL store wake their calls held on it.
+            self.store.announce(kind.as_str(), &approval.id, actor);
+        }
         self.changes.publish(Change {
             kind,
             approval: Arc::new(approval.clone()),

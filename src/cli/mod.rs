@@ -212,8 +212,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<Option<Signal>> {
 async fn audit(action: AuditAction, run: RunArgs) -> anyhow::Result<()> {
     let config = load(&run)?;
     let location = match &config.approvals.database {
-        Some(path) => Location::File(path.clone()),
-        None => bail!("the database is `:memory:`: there is no audit log to read"),
+        Location::Memory => bail!("the database is `:memory:`: there is no audit log to read"),
+        other => other.clone(),
     };
     let store = Store::open(location).await?;
     match action {

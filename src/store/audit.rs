@@ -21,12 +21,12 @@
 use std::fmt;
 use std::str::FromStr;
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::store::{Store, StoreError, with_full_sync};
+use crate::store::db::{Engine, Param, Row, Sql, Val, params};
+use crate::store::{Conn, Store, StoreError};
 
 /// `prev_hash` of the first row.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -193,11 +193,12 @@ impl Redactor {
 impl Store {
     /// Appends one record to the chain and returns its id.
     ///
-    /// The head is read and the row and head written in one `BEGIN IMMEDIATE` transaction, so concurrent
-    /// writers (other handles, other processes) serialize on the database lock and the chain stays linear.
-    /// Committed with `synchronous = FULL`.
+    /// The head is read and the row and head written in one write transaction (`BEGIN IMMEDIATE`, or
+    /// PostgreSQL's write lock), so concurrent writers (other handles, other processes or replicas)
+    /// serialize on the database lock and the chain stays linear. Committed durably
+    /// (`synchronous = FULL` on SQLite).
     pub async fn audit_append(&self, rec: AuditRecord, at: i64) -> Result<i64, StoreError> {
-        self.call(move |conn| with_full_sync(conn, |conn| append_tx(conn, &rec, at))).await
+        self.call(move |conn| conn.write_durable(|tx| append_in(tx, &rec, at))).await
     }
 
     /// Queues a record to be appended within [`LINGER`](crate::store::LINGER), together with the
@@ -210,25 +211,20 @@ impl Store {
     }
 }
 
-fn append_tx(conn: &mut Connection, rec: &AuditRecord, at: i64) -> Result<i64, StoreError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let id = append_in(&tx, rec, at)?;
-    tx.commit()?;
-    Ok(id)
-}
-
-/// Appends one record inside an open transaction: chains it onto the head and moves the head.
-fn append_in(tx: &rusqlite::Transaction<'_>, rec: &AuditRecord, at: i64) -> Result<i64, StoreError> {
+/// Appends one record inside an open write transaction (which holds the database's write lock,
+/// serialising appends across processes and replicas): chains it onto the head and moves the head.
+fn append_in(tx: &mut dyn Sql, rec: &AuditRecord, at: i64) -> Result<i64, StoreError> {
     let head: Option<(i64, String)> = tx
-        .prepare_cached("SELECT id, hash FROM audit_head WHERE singleton = 1")?
-        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
+        .query_opt("SELECT id, hash FROM audit_head WHERE singleton = 1", params![])?
+        .map(|r| Ok::<_, StoreError>((r.get(0)?, r.get(1)?)))
+        .transpose()?;
     let (last_id, prev_hash) = match head {
         Some(head) => head,
         None => {
             let last: Option<(i64, String)> = tx
-                .query_row("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()?;
+                .query_opt("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1", params![])?
+                .map(|r| Ok::<_, StoreError>((r.get(0)?, r.get(1)?)))
+                .transpose()?;
             if last.is_some() {
                 tracing::warn!("audit_head is missing although the audit log has rows; chaining onto the last row");
             }
@@ -249,28 +245,28 @@ fn append_in(tx: &rusqlite::Transaction<'_>, rec: &AuditRecord, at: i64) -> Resu
         detail: &detail,
     };
     let hash = fields.hash(&prev_hash);
-    tx.prepare_cached(
+    tx.execute(
         "INSERT INTO audit (id, at, event, approval_id, server, tool, agent, actor, detail, prev_hash, hash)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-    )?
-    .execute(params![
-        id,
-        at,
-        fields.event,
-        fields.approval_id,
-        fields.server,
-        fields.tool,
-        fields.agent,
-        fields.actor,
-        detail,
-        prev_hash,
-        hash
-    ])?;
-    tx.prepare_cached(
+        params![
+            id,
+            at,
+            fields.event,
+            fields.approval_id,
+            fields.server,
+            fields.tool,
+            fields.agent,
+            fields.actor,
+            detail,
+            prev_hash,
+            hash
+        ],
+    )?;
+    tx.execute(
         "INSERT INTO audit_head (singleton, id, hash) VALUES (1, ?1, ?2)
          ON CONFLICT (singleton) DO UPDATE SET id = excluded.id, hash = excluded.hash",
-    )?
-    .execute(params![id, hash])?;
+        params![id, hash],
+    )?;
     Ok(id)
 }
 
@@ -386,7 +382,7 @@ struct RawRow {
 }
 
 impl RawRow {
-    fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
+    fn read(r: &Row) -> Result<RawRow, StoreError> {
         Ok(RawRow {
             id: r.get(0)?,
             at: r.get(1)?,
@@ -437,29 +433,57 @@ impl RawRow {
 
 /// Walks the whole chain (in one read transaction, a consistent snapshot) and reports the first problem.
 pub async fn verify(store: &Store) -> Result<VerifyReport, StoreError> {
-    store
-        .call(|conn| {
-            let tx = conn.transaction()?;
-            let report = verify_snapshot(&tx)?;
-            tx.commit()?;
-            Ok(report)
-        })
-        .await
+    store.call(|conn| read_snapshot(conn, verify_snapshot)).await
 }
 
-fn verify_snapshot(conn: &Connection) -> Result<VerifyReport, StoreError> {
-    let mut stmt = conn.prepare(&format!("SELECT {AUDIT_COLS} FROM audit ORDER BY id"))?;
-    let mut rows = stmt.query([])?;
+/// Runs `f` in a read-only transaction that sees one snapshot of the database (no write lock:
+/// appends go on meanwhile, unseen). SQLite: a deferred transaction in WAL mode; PostgreSQL:
+/// `REPEATABLE READ`, since each statement of a `READ COMMITTED` transaction has its own snapshot.
+fn read_snapshot<T>(conn: &mut Conn, f: impl FnOnce(&mut dyn Sql) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    conn.batch(match conn.engine() {
+        Engine::Sqlite => "BEGIN DEFERRED",
+        Engine::Postgres => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+    })?;
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn.sql())));
+    match result {
+        Ok(Ok(value)) => {
+            conn.batch("COMMIT")?;
+            Ok(value)
+        }
+        Ok(Err(e)) => {
+            let _ = conn.batch("ROLLBACK");
+            Err(e)
+        }
+        Err(panic) => {
+            let _ = conn.batch("ROLLBACK");
+            std::panic::resume_unwind(panic)
+        }
+    }
+}
+
+fn verify_snapshot(conn: &mut dyn Sql) -> Result<VerifyReport, StoreError> {
+    // In pages, so that a long log is not held in memory at once; the snapshot keeps them consistent.
+    const PAGE: i64 = 1000;
+    let sql = format!("SELECT {AUDIT_COLS} FROM audit WHERE id > ?1 ORDER BY id LIMIT ?2");
     let mut count = 0u64;
     let mut first_bad: Option<(i64, String)> = None;
     let mut prev: Option<(i64, String)> = None; // (id, stored hash) of the previous row
-    while let Some(r) = rows.next()? {
-        let row = RawRow::read(r)?;
-        count += 1;
-        if first_bad.is_none() {
-            first_bad = check_row(&row, prev.as_ref()).map(|why| (row.id, why));
+    let mut after = i64::MIN;
+    loop {
+        let rows = conn.query_map(&sql, params![after, PAGE], RawRow::read)?;
+        let Some(last) = rows.last() else { break };
+        after = last.id;
+        let full = rows.len() as i64 == PAGE;
+        for row in rows {
+            count += 1;
+            if first_bad.is_none() {
+                first_bad = check_row(&row, prev.as_ref()).map(|why| (row.id, why));
+            }
+            prev = Some((row.id, row.hash));
         }
-        prev = Some((row.id, row.hash));
+        if !full {
+            break;
+        }
     }
     if first_bad.is_none() {
         first_bad = check_head(conn, prev.as_ref())?;
@@ -484,10 +508,11 @@ fn check_row(row: &RawRow, prev: Option<&(i64, String)>) -> Option<String> {
     None
 }
 
-fn check_head(conn: &Connection, last: Option<&(i64, String)>) -> Result<Option<(i64, String)>, StoreError> {
+fn check_head(conn: &mut dyn Sql, last: Option<&(i64, String)>) -> Result<Option<(i64, String)>, StoreError> {
     let head: Option<(i64, String)> = conn
-        .query_row("SELECT id, hash FROM audit_head WHERE singleton = 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
+        .query_opt("SELECT id, hash FROM audit_head WHERE singleton = 1", params![])?
+        .map(|r| Ok::<_, StoreError>((r.get(0)?, r.get(1)?)))
+        .transpose()?;
     Ok(match (head, last) {
         (None, None) => None,
         (None, Some((id, _))) => Some((*id, "audit_head is missing".into())),
@@ -511,11 +536,11 @@ pub async fn tail(store: &Store, n: usize) -> Result<Vec<AuditRow>, StoreError> 
     let n = i64::try_from(n).unwrap_or(i64::MAX);
     store
         .call(move |conn| {
-            let mut rows = conn
-                .prepare_cached(&format!("SELECT {AUDIT_COLS} FROM audit ORDER BY id DESC LIMIT ?1"))?
-                .query_map([n], RawRow::read)?
-                .map(|r| r.map(RawRow::into_row))
-                .collect::<Result<Vec<_>, _>>()?;
+            let mut rows: Vec<AuditRow> = conn.sql().query_map(
+                &format!("SELECT {AUDIT_COLS} FROM audit ORDER BY id DESC LIMIT ?1"),
+                params![n],
+                |r| RawRow::read(r).map(RawRow::into_row),
+            )?;
             rows.reverse();
             Ok(rows)
         })
@@ -535,18 +560,22 @@ pub async fn latest_of(
     store
         .call(move |conn| {
             let mut found = std::collections::HashMap::new();
-            // One statement per page of ids (SQLite allows 32766 parameters); rows in id order, so
-            // a later record about the same request replaces an earlier one.
-            for page in approval_ids.chunks(1000) {
-                let marks = vec!["?"; page.len()].join(", ");
-                let sql = format!(
+            // The ids go in as one JSON array, a page at a time; rows in id order, so a later
+            // record about the same request replaces an earlier one.
+            let sql = match conn.engine() {
+                Engine::Sqlite => {
                     "SELECT approval_id, at, detail FROM audit
-                     WHERE approval_id IN ({marks}) AND event = ? ORDER BY id"
-                );
-                let args = page.iter().map(String::as_str).chain([event.as_str()]);
-                let mut stmt = conn.prepare(&sql)?;
-                let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
-                while let Some(row) = rows.next()? {
+                     WHERE approval_id IN (SELECT value FROM json_each(?1)) AND event = ?2 ORDER BY id"
+                }
+                Engine::Postgres => {
+                    "SELECT approval_id, at, detail FROM audit
+                     WHERE approval_id IN (SELECT json_array_elements_text(CAST(?1 AS json))) AND event = ?2
+                     ORDER BY id"
+                }
+            };
+            for page in approval_ids.chunks(1000) {
+                let ids = serde_json::to_string(page)?;
+                for row in conn.query(sql, params![ids, event.as_str()])? {
                     let id: String = row.get(0)?;
                     let at: i64 = row.get(1)?;
                     let detail: String = row.get(2)?;
@@ -575,21 +604,22 @@ pub async fn page(store: &Store, q: AuditQuery) -> Result<(Vec<AuditRow>, Option
     let limit = i64::from(q.limit.unwrap_or(100).clamp(1, 1000));
     store
         .call(move |conn| {
-            let mut conds = vec!["id < ?"];
-            let mut args: Vec<rusqlite::types::Value> = vec![q.before.unwrap_or(i64::MAX).into()];
-            for (cond, value) in [("approval_id = ?", q.approval_id), ("agent = ?", q.agent), ("event = ?", q.event)] {
+            let mut conds = vec!["id < ?1".to_owned()];
+            let mut args: Vec<Val> = vec![Val::Int(q.before.unwrap_or(i64::MAX))];
+            for (column, value) in [("approval_id", q.approval_id), ("agent", q.agent), ("event", q.event)] {
                 if let Some(v) = value {
-                    conds.push(cond);
-                    args.push(v.into());
+                    args.push(Val::Text(v));
+                    conds.push(format!("{column} = ?{}", args.len()));
                 }
             }
-            args.push(limit.into());
-            let sql = format!("SELECT {AUDIT_COLS} FROM audit WHERE {} ORDER BY id DESC LIMIT ?", conds.join(" AND "));
-            let rows = conn
-                .prepare_cached(&sql)?
-                .query_map(rusqlite::params_from_iter(args), RawRow::read)?
-                .map(|r| r.map(RawRow::into_row))
-                .collect::<Result<Vec<_>, _>>()?;
+            args.push(Val::Int(limit));
+            let sql = format!(
+                "SELECT {AUDIT_COLS} FROM audit WHERE {} ORDER BY id DESC LIMIT ?{}",
+                conds.join(" AND "),
+                args.len()
+            );
+            let args: Vec<&dyn Param> = args.iter().map(|v| v as &dyn Param).collect();
+            let rows = conn.sql().query_map(&sql, &args, |r| RawRow::read(r).map(RawRow::into_row))?;
             let next = if rows.len() as i64 == limit { rows.last().map(|r| r.id) } else { None };
             Ok((rows, next))
         })
@@ -607,12 +637,11 @@ pub async fn export_jsonl(store: &Store, out: &mut (dyn std::io::Write + Send)) 
     loop {
         let page = store
             .call(move |conn| {
-                let rows = conn
-                    .prepare_cached(&format!("SELECT {AUDIT_COLS} FROM audit WHERE id > ?1 ORDER BY id LIMIT ?2"))?
-                    .query_map([after, PAGE], RawRow::read)?
-                    .map(|r| r.map(RawRow::into_row))
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok(rows)
+                conn.sql().query_map(
+                    &format!("SELECT {AUDIT_COLS} FROM audit WHERE id > ?1 ORDER BY id LIMIT ?2"),
+                    params![after, PAGE],
+                    |r| RawRow::read(r).map(RawRow::into_row),
+                )
             })
             .await?;
         let Some(last) = page.last() else { break };
@@ -650,7 +679,7 @@ mod tests {
     }
 
     async fn store_with(n: i64) -> Store {
-        let store = Store::open(Location::Memory).await.unwrap();
+        let store = Store::open(crate::store::testutil::location().await).await.unwrap();
         for i in 1..=n {
             let event = Event::ALL[usize::try_from(i).unwrap() % Event::ALL.len()];
             assert_eq!(store.audit_append(rec(event, i), T0 + i).await.unwrap(), i);
@@ -662,8 +691,13 @@ mod tests {
     async fn tamper(store: &Store, sql: &'static str) {
         store
             .call(move |c| {
-                c.execute_batch("DROP TRIGGER IF EXISTS audit_no_update; DROP TRIGGER IF EXISTS audit_no_delete;")?;
-                c.execute_batch(sql)?;
+                c.batch(match c.engine() {
+                    Engine::Sqlite => "DROP TRIGGER IF EXISTS audit_no_update; DROP TRIGGER IF EXISTS audit_no_delete;",
+                    Engine::Postgres => {
+                        "DROP TRIGGER IF EXISTS audit_no_update ON audit; DROP TRIGGER IF EXISTS audit_no_delete ON audit;"
+                    }
+                })?;
+                c.batch(sql)?;
                 Ok(())
             })
             .await
@@ -689,7 +723,7 @@ mod tests {
 
     #[tokio::test]
     async fn chain_verifies_and_rows_read_back() {
-        let empty = Store::open(Location::Memory).await.unwrap();
+        let empty = Store::open(crate::store::testutil::location().await).await.unwrap();
         assert_eq!(verify(&empty).await.unwrap(), VerifyReport { rows: 0, first_bad: None });
 
         let store = store_with(5).await;
@@ -748,9 +782,9 @@ mod tests {
     #[tokio::test]
     async fn the_log_is_append_only_for_the_application() {
         let store = store_with(2).await;
-        let upd = store.call(|c| Ok(c.execute("UPDATE audit SET detail = '{}' WHERE id = 1", [])?)).await;
+        let upd = store.call(|c| c.execute("UPDATE audit SET detail = '{}' WHERE id = 1", params![])).await;
         assert!(upd.is_err(), "{upd:?}");
-        let del = store.call(|c| Ok(c.execute("DELETE FROM audit WHERE id = 2", [])?)).await;
+        let del = store.call(|c| c.execute("DELETE FROM audit WHERE id = 2", params![])).await;
         assert!(del.is_err(), "{del:?}");
         assert!(verify(&store).await.unwrap().is_ok());
     }
@@ -769,7 +803,8 @@ mod tests {
         let store = store_with(5).await;
         let forged = store
             .call(|c| {
-                let row = c.query_row(&format!("SELECT {AUDIT_COLS} FROM audit WHERE id = 2"), [], RawRow::read)?;
+                let row =
+                    RawRow::read(&c.query_one(&format!("SELECT {AUDIT_COLS} FROM audit WHERE id = 2"), params![])?)?;
                 let row = RawRow { actor: Some("mallory".into()), ..row };
                 Ok((row.computed_hash(), row.actor))
             })
@@ -777,7 +812,10 @@ mod tests {
             .unwrap();
         store
             .call(move |c| {
-                c.execute_batch("DROP TRIGGER audit_no_update")?;
+                c.batch(match c.engine() {
+                    Engine::Sqlite => "DROP TRIGGER audit_no_update",
+                    Engine::Postgres => "DROP TRIGGER audit_no_update ON audit",
+                })?;
                 c.execute("UPDATE audit SET actor = ?1, hash = ?2 WHERE id = 2", params![forged.1, forged.0])?;
                 Ok(())
             })

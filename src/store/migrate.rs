@@ -1,11 +1,11 @@
-//! Numbered schema migrations, embedded in the binary.
+//! Numbered schema migrations, embedded in the binary, one list per engine.
 //!
-//! To change the schema add `migrations/NNNN_what.sql` and a line to [`MIGRATIONS`]; never edit a file that
-//! has shipped.
-
-use rusqlite::{Connection, TransactionBehavior};
+//! To change the schema add `migrations/NNNN_what.sql` and `migrations/postgres/NNNN_what.sql` (the
+//! same change in PostgreSQL's dialect) and a line to each list; never edit a file that has
+//! shipped. Both engines record the same versions in `schema_version`.
 
 use super::StoreError;
+use super::db::{Conn, Engine, Sql, params};
 
 struct Migration {
     version: u32,
@@ -13,20 +13,31 @@ struct Migration {
     sql: &'static str,
 }
 
-const MIGRATIONS: &[Migration] = &[
-    Migration { version: 1, name: "init", sql: include_str!("migrations/0001_init.sql") },
-    Migration { version: 2, name: "audit", sql: include_str!("migrations/0002_audit.sql") },
-    Migration { version: 3, name: "dashboard", sql: include_str!("migrations/0003_dashboard.sql") },
-    Migration { version: 4, name: "vote_credential", sql: include_str!("migrations/0004_vote_credential.sql") },
-    Migration {
-        version: 5,
-        name: "one_pending_and_claims",
-        sql: include_str!("migrations/0005_one_pending_and_claims.sql"),
-    },
-    Migration { version: 6, name: "channel", sql: include_str!("migrations/0006_channel.sql") },
-    Migration { version: 7, name: "tasks", sql: include_str!("migrations/0007_tasks.sql") },
-    Migration { version: 8, name: "request_state", sql: include_str!("migrations/0008_request_state.sql") },
-];
+macro_rules! migrations {
+    ($dir:literal) => {
+        &[
+            Migration { version: 1, name: "init", sql: include_str!(concat!($dir, "0001_init.sql")) },
+            Migration { version: 2, name: "audit", sql: include_str!(concat!($dir, "0002_audit.sql")) },
+            Migration { version: 3, name: "dashboard", sql: include_str!(concat!($dir, "0003_dashboard.sql")) },
+            Migration {
+                version: 4,
+                name: "vote_credential",
+                sql: include_str!(concat!($dir, "0004_vote_credential.sql")),
+            },
+            Migration {
+                version: 5,
+                name: "one_pending_and_claims",
+                sql: include_str!(concat!($dir, "0005_one_pending_and_claims.sql")),
+            },
+            Migration { version: 6, name: "channel", sql: include_str!(concat!($dir, "0006_channel.sql")) },
+            Migration { version: 7, name: "tasks", sql: include_str!(concat!($dir, "0007_tasks.sql")) },
+            Migration { version: 8, name: "request_state", sql: include_str!(concat!($dir, "0008_request_state.sql")) },
+        ]
+    };
+}
+
+const MIGRATIONS: &[Migration] = migrations!("migrations/");
+const POSTGRES_MIGRATIONS: &[Migration] = migrations!("migrations/postgres/");
 
 /// The schema version this build creates and understands.
 pub const SCHEMA_VERSION: u32 = 8;
@@ -39,36 +50,47 @@ pub(super) fn versions() -> Vec<u32> {
     MIGRATIONS.iter().map(|m| m.version).collect()
 }
 
-/// Applies every migration newer than the database's version, all in one `BEGIN IMMEDIATE` transaction so
-/// that two processes opening a fresh file at once do not both apply them.
-pub(super) fn run(conn: &mut Connection, now: i64) -> Result<(), StoreError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    tx.execute_batch(
-        "CREATE TABLE IF NOT EXISTS schema_version (
-             version    INTEGER NOT NULL PRIMARY KEY,
-             name       TEXT    NOT NULL,
-             applied_at INTEGER NOT NULL
-         ) STRICT;",
-    )?;
-    let current: u32 =
-        tx.query_row("SELECT max(version) FROM schema_version", [], |r| r.get::<_, Option<u32>>(0))?.unwrap_or(0);
-    if current > SCHEMA_VERSION {
-        return Err(StoreError::SchemaTooNew { found: current, supported: SCHEMA_VERSION });
-    }
-    for m in MIGRATIONS.iter().filter(|m| m.version > current) {
-        tx.execute_batch(m.sql).map_err(|source| StoreError::Migration { version: m.version, name: m.name, source })?;
-        tx.execute(
-            "INSERT INTO schema_version (version, name, applied_at) VALUES (?1, ?2, ?3)",
-            rusqlite::params![m.version, m.name, now],
-        )?;
-        tracing::info!(version = m.version, name = m.name, "applied database migration");
-    }
-    tx.commit()?;
-    Ok(())
+/// Applies every migration newer than the database's version, all in one write transaction
+/// (`BEGIN IMMEDIATE`, or PostgreSQL's write lock) so that two processes opening a fresh
+/// database at once do not both apply them.
+pub(super) fn run(conn: &mut Conn, now: i64) -> Result<(), StoreError> {
+    let (list, int, strict) = match conn.engine() {
+        Engine::Sqlite => (MIGRATIONS, "INTEGER", " STRICT"),
+        Engine::Postgres => (POSTGRES_MIGRATIONS, "BIGINT", ""),
+    };
+    conn.write(|tx| {
+        tx.batch(&format!(
+            "CREATE TABLE IF NOT EXISTS schema_version (
+                 version    {int} NOT NULL PRIMARY KEY,
+                 name       TEXT NOT NULL,
+                 applied_at {int} NOT NULL
+             ){strict};"
+        ))?;
+        let current: u32 =
+            tx.query_one("SELECT max(version) FROM schema_version", params![])?.get::<Option<u32>>(0)?.unwrap_or(0);
+        if current > SCHEMA_VERSION {
+            return Err(StoreError::SchemaTooNew { found: current, supported: SCHEMA_VERSION });
+        }
+        for m in list.iter().filter(|m| m.version > current) {
+            tx.batch(m.sql).map_err(|source| StoreError::Migration {
+                version: m.version,
+                name: m.name,
+                source: Box::new(source),
+            })?;
+            tx.execute(
+                "INSERT INTO schema_version (version, name, applied_at) VALUES (?1, ?2, ?3)",
+                params![m.version, m.name, now],
+            )?;
+            tracing::info!(version = m.version, name = m.name, "applied database migration");
+        }
+        Ok(())
+    })
 }
 
 #[cfg(test)]
 mod tests {
+    use rusqlite::Connection;
+
     use super::*;
 
     #[test]
@@ -82,7 +104,7 @@ mod tests {
 
     #[test]
     fn duplicate_pending_requests_of_old_databases_are_resolved_before_the_unique_index() {
-        let mut conn = Connection::open_in_memory().unwrap();
+        let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(
             "CREATE TABLE schema_version (version INTEGER NOT NULL PRIMARY KEY, name TEXT NOT NULL,
              applied_at INTEGER NOT NULL) STRICT;",
@@ -102,7 +124,9 @@ mod tests {
             )
             .unwrap();
         }
+        let mut conn = Conn::Sqlite(conn);
         run(&mut conn, 0).unwrap();
+        let Conn::Sqlite(conn) = conn else { unreachable!("opened as SQLite") };
         let statuses: Vec<(String, String)> = conn
             .prepare("SELECT id, status FROM approvals ORDER BY id")
             .unwrap()
@@ -131,7 +155,7 @@ mod tests {
     /// Requests stored before the channel was recorded keep every field; their channel is NULL.
     #[test]
     fn the_channel_column_keeps_older_rows() {
-        let mut conn = Connection::open_in_memory().unwrap();
+        let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(
             "CREATE TABLE schema_version (version INTEGER NOT NULL PRIMARY KEY, name TEXT NOT NULL,
              applied_at INTEGER NOT NULL) STRICT;",
@@ -148,7 +172,9 @@ mod tests {
             [],
         )
         .unwrap();
+        let mut conn = Conn::Sqlite(conn);
         run(&mut conn, 0).unwrap();
+        let Conn::Sqlite(conn) = conn else { unreachable!("opened as SQLite") };
         let (tool, channel): (String, Option<String>) = conn
             .query_row("SELECT tool, channel FROM approvals WHERE id = 'old'", [], |r| Ok((r.get(0)?, r.get(1)?)))
             .unwrap();

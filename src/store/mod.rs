@@ -58,6 +58,8 @@
 pub mod approvals;
 pub mod audit;
 pub mod clock;
+pub mod db;
+pub mod listen;
 mod migrate;
 pub mod request_state;
 pub mod stats;
@@ -68,6 +70,8 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
+
+pub use db::{Conn, Engine, Row, Sql, Val, params};
 use tokio::sync::oneshot;
 
 pub use approvals::{
@@ -110,10 +114,66 @@ pub fn now_ms() -> i64 {
 /// Where the database lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {
-    /// A private in-memory database (tests); each `open` gets a fresh one.
+    /// A private in-memory SQLite database (tests); each `open` gets a fresh one.
     Memory,
-    /// A file; parent directories are created.
+    /// An SQLite file; parent directories are created.
     File(PathBuf),
+    /// A PostgreSQL database shared by every replica that names it.
+    Postgres(DatabaseUrl),
+}
+
+/// A PostgreSQL connection string (`postgres://user:password@host:port/db?...` or the
+/// `key=value` form). It may hold a password: it is never logged or shown, only its host and
+/// database are.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// Checks that `url` parses as a PostgreSQL connection string.
+    pub fn parse(url: &str) -> Result<DatabaseUrl, String> {
+        url.parse::<postgres::Config>().map_err(|e| format!("not a PostgreSQL connection string: {e}"))?;
+        Ok(DatabaseUrl(url.to_owned()))
+    }
+
+    /// Whether `s` names a PostgreSQL database rather than an SQLite file.
+    pub fn is_postgres(s: &str) -> bool {
+        s.starts_with("postgres://") || s.starts_with("postgresql://")
+    }
+
+    fn config(&self) -> Result<postgres::Config, StoreError> {
+        self.0.parse::<postgres::Config>().map_err(StoreError::Postgres)
+    }
+
+    /// Opens a new connection (no TLS: use a Unix socket, loopback or a private network).
+    pub(crate) fn connect(&self) -> Result<postgres::Client, StoreError> {
+        let mut config = self.config()?;
+        if config.get_application_name().is_none() {
+            config.application_name("mcp-gate");
+        }
+        config.connect_timeout(BUSY_TIMEOUT);
+        Ok(config.connect(postgres::NoTls)?)
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+/// Where the database is, without the user or password.
+impl std::fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Ok(config) = self.0.parse::<postgres::Config>() else { return f.write_str("postgres://(invalid)") };
+        let host = match config.get_hosts().first() {
+            Some(postgres::config::Host::Tcp(h)) => h.clone(),
+            #[cfg(unix)]
+            Some(postgres::config::Host::Unix(p)) => p.display().to_string(),
+            None => "localhost".to_owned(),
+        };
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        write!(f, "postgres://{host}:{port}/{}", config.get_dbname().unwrap_or_default())
+    }
 }
 
 /// Errors of the store boundary.
@@ -121,6 +181,8 @@ pub enum Location {
 pub enum StoreError {
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("PostgreSQL error: {0}")]
+    Postgres(#[from] postgres::Error),
     #[error("store i/o error: {0}")]
     Io(#[from] std::io::Error),
     #[error("invalid JSON in the store: {0}")]
@@ -144,7 +206,7 @@ pub enum StoreError {
         version: u32,
         name: &'static str,
         #[source]
-        source: rusqlite::Error,
+        source: Box<StoreError>,
     },
     /// The worker thread has stopped; the handle can no longer be used.
     #[error("the store worker has stopped")]
@@ -160,10 +222,10 @@ pub enum StoreError {
     Aborted,
 }
 
-type Job = Box<dyn FnOnce(Result<&mut Connection, StoreError>) + Send + 'static>;
+type Job = Box<dyn FnOnce(Result<&mut Conn, StoreError>) + Send + 'static>;
 
 /// A write nobody waits for, run inside the transaction of its group (see [`Store::defer`]).
-pub type Deferred = Box<dyn FnOnce(&rusqlite::Transaction<'_>) -> Result<(), StoreError> + Send + 'static>;
+pub type Deferred = Box<dyn FnOnce(&mut dyn Sql) -> Result<(), StoreError> + Send + 'static>;
 
 /// Deferred writes not yet taken by the worker, shared by every handle and the worker; and the
 /// loss of the database file once the worker found it, so that a write queued after that is
@@ -231,6 +293,8 @@ pub struct Store {
     /// Where the store's own times (instance heartbeats, migrations) come from, and the clock of
     /// everything that works on this store (see [`Store::clock`]).
     clock: Clock,
+    /// What other replicas sharing a PostgreSQL store announce (see [`listen`]); `None` on SQLite.
+    listener: Option<tokio::sync::broadcast::Sender<listen::Heard>>,
 }
 
 impl Store {
@@ -242,8 +306,12 @@ impl Store {
     /// [`Store::open`] with the clock that the store and everything working on it read the time from.
     pub async fn open_with_clock(loc: Location, clock: Clock) -> Result<Store, StoreError> {
         let path = match &loc {
-            Location::Memory => None,
+            Location::Memory | Location::Postgres(_) => None,
             Location::File(p) => Some(p.clone()),
+        };
+        let loc_for_listener = match &loc {
+            Location::Postgres(url) => Some(url.clone()),
+            _ => None,
         };
         let (jobs, queue) = mpsc::channel::<Msg>();
         let deferred: Arc<DeferredQueue> = Arc::default();
@@ -257,7 +325,7 @@ impl Store {
             let opened = open_connection(&loc, clock.now_ms()).and_then(|mut conn| {
                 let file_id = match &loc {
                     Location::File(p) => FileId::of(p)?,
-                    Location::Memory => None,
+                    Location::Memory | Location::Postgres(_) => None,
                 };
                 register_instance(&mut conn, &me, clock.now_ms())?;
                 Ok((conn, file_id))
@@ -281,7 +349,11 @@ impl Store {
             Some(p) => Some(Arc::new(std::fs::canonicalize(&p)?)),
             None => None,
         };
-        Ok(Store { jobs, deferred, path, file_id, instance, clock })
+        let listener = match &loc_for_listener {
+            Some(url) => Some(listen::spawn(url.clone(), instance.clone(), Arc::downgrade(&deferred)).await?),
+            None => None,
+        };
+        Ok(Store { jobs, deferred, path, file_id, instance, clock, listener })
     }
 
     /// The clock of this store: what reads the time for a request on it (the approvals, the
@@ -318,7 +390,7 @@ impl Store {
     /// every other request waits for it.
     pub async fn call<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+        f: impl FnOnce(&mut Conn) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |conn| {
@@ -335,10 +407,28 @@ impl Store {
         rx.await.map_err(|_| StoreError::Aborted)?
     }
 
+    /// Sends `f` to the worker without waiting for it to run; its result is only logged.
+    pub(crate) fn send_detached(
+        &self,
+        f: impl FnOnce(&mut Conn) -> Result<(), StoreError> + Send + 'static,
+    ) -> Result<(), StoreError> {
+        let job: Job = Box::new(move |conn| {
+            if let Err(e) = conn.and_then(f) {
+                tracing::warn!("store request failed: {e}");
+            }
+        });
+        self.jobs.send(Msg::Job(job)).map_err(|_| StoreError::Closed)
+    }
+
+    /// The engine behind this store.
+    pub fn engine(&self) -> Engine {
+        if self.listener.is_some() { Engine::Postgres } else { Engine::Sqlite }
+    }
+
     /// Whether the store answers: the worker runs a request and the database can be read (for
     /// `/readyz`). Fails like any request when the file was replaced ([`StoreError::Replaced`]).
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.call(|conn| Ok(conn.query_row("SELECT count(*) FROM schema_version", [], |_| Ok(()))?)).await
+        self.call(|conn| conn.query("SELECT count(*) FROM schema_version", params![]).map(drop)).await
     }
 
     /// Queues a write that nobody waits for. The worker commits it within [`LINGER`], together with
@@ -348,7 +438,7 @@ impl Store {
     /// database file deleted or replaced (its writes could only be lost).
     pub fn defer(
         &self,
-        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<(), StoreError> + Send + 'static,
+        f: impl FnOnce(&mut dyn Sql) -> Result<(), StoreError> + Send + 'static,
     ) -> Result<(), StoreError> {
         if let Some((path, how)) = self.deferred.1.get() {
             return Err(StoreError::Replaced { path: path.clone(), how });
@@ -409,7 +499,7 @@ impl Watch {
 }
 
 fn worker(
-    conn: &mut Connection,
+    conn: &mut Conn,
     queue: mpsc::Receiver<Msg>,
     deferred: &DeferredQueue,
     mut watch: Watch,
@@ -457,9 +547,7 @@ fn worker(
             // by `Transaction`'s drop during unwinding; the caller sees `StoreError::Aborted`.
             if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(Ok(conn)))).is_err() {
                 tracing::error!("a store request panicked; it was rolled back");
-                if !conn.is_autocommit() {
-                    let _ = conn.execute_batch("ROLLBACK");
-                }
+                conn.rollback_if_open();
             }
             continue;
         };
@@ -471,14 +559,14 @@ fn worker(
         // A clean end: the instance goes, unless it leaves claims in flight to be settled.
         let _ = conn.execute(
             "DELETE FROM instances WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM claims WHERE instance = ?1)",
-            [instance],
+            params![instance],
         );
     }
     tracing::debug!("store worker stopping: all handles dropped");
 }
 
 /// Commits the pending deferred writes in one transaction (see [`Store::defer`]).
-fn write_deferred(conn: &mut Connection, deferred: &DeferredQueue, lost: Option<&StoreError>) {
+fn write_deferred(conn: &mut Conn, deferred: &DeferredQueue, lost: Option<&StoreError>) {
     let group = match deferred.0.lock() {
         Ok(mut pending) => std::mem::take(&mut *pending),
         Err(_) => return,
@@ -492,21 +580,19 @@ fn write_deferred(conn: &mut Connection, deferred: &DeferredQueue, lost: Option<
         return;
     }
     let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<(), StoreError> {
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        for write in group {
-            write(&tx)?;
-        }
-        tx.commit()?;
-        Ok(())
+        conn.write(|tx| {
+            for write in group {
+                write(tx)?;
+            }
+            Ok(())
+        })
     }));
     match written {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(count, "deferred writes failed: {e}"),
         Err(_) => {
             tracing::error!(count, "a deferred write panicked; its group was rolled back");
-            if !conn.is_autocommit() {
-                let _ = conn.execute_batch("ROLLBACK");
-            }
+            conn.rollback_if_open();
         }
     }
 }
@@ -524,21 +610,26 @@ pub(crate) fn host_name() -> String {
     }
 }
 
-fn register_instance(conn: &mut Connection, instance: &str, now: i64) -> Result<(), StoreError> {
+fn register_instance(conn: &mut dyn Sql, instance: &str, now: i64) -> Result<(), StoreError> {
     conn.execute(
         "INSERT INTO instances (id, host, pid, started_at, heartbeat_at) VALUES (?1, ?2, ?3, ?4, ?4)",
-        rusqlite::params![instance, host_name(), std::process::id(), now],
+        params![instance, host_name(), std::process::id(), now],
     )?;
     Ok(())
 }
 
-fn heartbeat(conn: &mut Connection, instance: &str, now: i64) -> Result<(), StoreError> {
-    conn.execute("UPDATE instances SET heartbeat_at = ?2 WHERE id = ?1", rusqlite::params![instance, now])?;
+fn heartbeat(conn: &mut dyn Sql, instance: &str, now: i64) -> Result<(), StoreError> {
+    conn.execute("UPDATE instances SET heartbeat_at = ?2 WHERE id = ?1", params![instance, now])?;
     Ok(())
 }
 
-fn open_connection(loc: &Location, now: i64) -> Result<Connection, StoreError> {
-    let mut conn = match loc {
+fn open_connection(loc: &Location, now: i64) -> Result<Conn, StoreError> {
+    let conn = match loc {
+        Location::Postgres(url) => {
+            let mut conn = Conn::Postgres(Box::new(db::PgConn::new(url.connect()?)));
+            migrate::run(&mut conn, now)?;
+            return Ok(conn);
+        }
         Location::Memory => Connection::open_in_memory()?,
         Location::File(path) => {
             if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -557,6 +648,7 @@ fn open_connection(loc: &Location, now: i64) -> Result<Connection, StoreError> {
     conn.pragma_update(None, "foreign_keys", "ON")?;
     // 16 MiB of page cache (the default is 2 MiB): keeps a large queue's indexes and rows in memory.
     conn.pragma_update(None, "cache_size", -16_384)?;
+    let mut conn = Conn::Sqlite(conn);
     migrate::run(&mut conn, now)?;
     Ok(conn)
 }
@@ -589,20 +681,6 @@ fn create_private_file(path: &std::path::Path) -> Result<(), StoreError> {
 #[cfg(not(unix))]
 fn create_private_file(_path: &std::path::Path) -> Result<(), StoreError> {
     Ok(())
-}
-
-/// Runs `f` with `synchronous = FULL`, restoring `NORMAL` afterwards. `f` should open and commit its own
-/// transaction; the pragma cannot change inside one.
-pub(crate) fn with_full_sync<T>(
-    conn: &mut Connection,
-    f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
-) -> Result<T, StoreError> {
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    let result = f(conn);
-    let restored = conn.pragma_update(None, "synchronous", "NORMAL");
-    let value = result?;
-    restored?;
-    Ok(value)
 }
 
 #[cfg(test)]
@@ -639,6 +717,56 @@ pub(crate) mod testutil {
             let _ = std::fs::remove_dir_all(&self.0);
         }
     }
+
+    /// A connection string of a PostgreSQL role that may create databases, on a cluster the
+    /// tests may use (the test command starts a throw-away one).
+    pub const POSTGRES_ENV: &str = "MCP_GATE_TEST_POSTGRES";
+
+    /// `postgres` runs the store's test suite on PostgreSQL instead of SQLite.
+    pub const ENGINE_ENV: &str = "MCP_GATE_TEST_ENGINE";
+
+    /// Where a store test keeps its data: a fresh in-memory SQLite database, or, with
+    /// `MCP_GATE_TEST_ENGINE=postgres`, a fresh PostgreSQL database on the cluster of
+    /// [`POSTGRES_ENV`] created for this test alone. The same tests thus run on both engines.
+    pub async fn location() -> super::Location {
+        if std::env::var(ENGINE_ENV).as_deref() != Ok("postgres") {
+            return super::Location::Memory;
+        }
+        let admin = std::env::var(POSTGRES_ENV).ok().filter(|a| !a.is_empty()).unwrap_or_else(|| {
+            panic!("{ENGINE_ENV}=postgres needs {POSTGRES_ENV} (scripts/postgres.sh starts a cluster)")
+        });
+        fresh_postgres(admin).await
+    }
+
+    /// A new, empty PostgreSQL database on the cluster `admin` connects to.
+    pub async fn fresh_postgres(admin: String) -> super::Location {
+        tokio::task::spawn_blocking(move || {
+            let name = format!("mcpg_test_{}", crate::random::hex(8).unwrap());
+            let config: postgres::Config = admin.parse().expect("MCP_GATE_TEST_POSTGRES");
+            let mut client = config.connect(postgres::NoTls).expect("connecting to the test cluster");
+            client.batch_execute(&format!("CREATE DATABASE {name}")).expect("creating a test database");
+            let url = config_string(&admin, &name);
+            super::Location::Postgres(super::DatabaseUrl::parse(&url).expect("test database url"))
+        })
+        .await
+        .unwrap()
+    }
+
+    /// `admin` with its database replaced by `name` (key=value form).
+    fn config_string(admin: &str, name: &str) -> String {
+        if admin.starts_with("postgres://") || admin.starts_with("postgresql://") {
+            let (base, query) = admin.split_once('?').map_or((admin, None), |(b, q)| (b, Some(q)));
+            let rest = base.split_once("://").map_or(base, |(_, r)| r);
+            let base = match rest.find('/') {
+                Some(i) => format!("{}/{name}", &base[..base.len() - rest.len() + i]),
+                None => format!("{base}/{name}"),
+            };
+            query.map_or(base.clone(), |q| format!("{base}?{q}"))
+        } else {
+            let kept: Vec<&str> = admin.split_whitespace().filter(|kv| !kv.starts_with("dbname=")).collect();
+            format!("{} dbname={name}", kept.join(" "))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -646,19 +774,23 @@ mod tests {
     use super::testutil::TempDir;
     use super::*;
 
-    fn versions(conn: &Connection) -> Vec<u32> {
-        let mut stmt = conn.prepare("SELECT version FROM schema_version ORDER BY version").unwrap();
-        stmt.query_map([], |r| r.get(0)).unwrap().collect::<Result<_, _>>().unwrap()
+    fn versions(conn: &mut Conn) -> Vec<u32> {
+        let sql: &mut dyn Sql = conn;
+        sql.query_map("SELECT version FROM schema_version ORDER BY version", params![], |r| r.get(0)).unwrap()
     }
 
-    fn tables(conn: &Connection) -> Vec<String> {
-        let mut stmt = conn.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").unwrap();
-        stmt.query_map([], |r| r.get(0)).unwrap().collect::<Result<_, _>>().unwrap()
+    fn tables(conn: &mut Conn) -> Vec<String> {
+        let query = match conn.engine() {
+            Engine::Sqlite => "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name",
+            Engine::Postgres => "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename",
+        };
+        let sql: &mut dyn Sql = conn;
+        sql.query_map(query, params![], |r| r.get(0)).unwrap()
     }
 
     #[tokio::test]
-    async fn migrations_in_memory() {
-        let store = Store::open(Location::Memory).await.unwrap();
+    async fn migrations_create_every_table() {
+        let store = Store::open(testutil::location().await).await.unwrap();
         assert_eq!(store.path(), None);
         let (v, t) = store.call(|c| Ok((versions(c), tables(c)))).await.unwrap();
         assert_eq!(v, migrate::versions());
@@ -677,7 +809,7 @@ mod tests {
         assert_eq!(store.path(), Some(std::fs::canonicalize(&path).unwrap().as_path()));
         let (v, mode) = store
             .call(|c| {
-                let mode: String = c.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+                let mode: String = c.query_one("PRAGMA journal_mode", params![])?.get(0)?;
                 Ok((versions(c), mode))
             })
             .await
@@ -701,7 +833,7 @@ mod tests {
         // A database migrated by a newer mcp-gate is refused rather than misread.
         store
             .call(|c| {
-                Ok(c.execute("INSERT INTO schema_version (version, name, applied_at) VALUES (999, 'future', 0)", [])?)
+                c.execute("INSERT INTO schema_version (version, name, applied_at) VALUES (999, 'future', 0)", params![])
             })
             .await
             .unwrap();
@@ -720,8 +852,8 @@ mod tests {
         let store = Store::open_with_clock(Location::Memory, Clock::tokio(T)).await.unwrap();
         let (applied, started): (i64, i64) = store
             .call(|c| {
-                let applied = c.query_row("SELECT min(applied_at) FROM schema_version", [], |r| r.get(0))?;
-                let started = c.query_row("SELECT started_at FROM instances", [], |r| r.get(0))?;
+                let applied = c.query_one("SELECT min(applied_at) FROM schema_version", params![])?.get(0)?;
+                let started = c.query_one("SELECT started_at FROM instances", params![])?.get(0)?;
                 Ok((applied, started))
             })
             .await
@@ -729,10 +861,7 @@ mod tests {
         assert_eq!((applied, started), (T, T));
         let timer = tokio::spawn(tokio::time::sleep(Duration::from_secs(1)));
         for _ in 0..20 {
-            store
-                .call(|c| Ok(c.query_row("SELECT count(*) FROM approvals", [], |r| r.get::<_, i64>(0))?))
-                .await
-                .unwrap();
+            store.call(|c| c.query_one("SELECT count(*) FROM approvals", params![])?.get::<i64>(0)).await.unwrap();
         }
         assert_eq!(store.now_ms(), T, "waiting for the store is not idle time");
         assert!(!timer.is_finished());
@@ -742,17 +871,17 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_request_does_not_kill_the_worker() {
-        let store = Store::open(Location::Memory).await.unwrap();
+        let store = Store::open(testutil::location().await).await.unwrap();
         let r = store
             .call(|c| -> Result<(), StoreError> {
-                let tx = c.transaction()?;
-                tx.execute("INSERT INTO audit_head (singleton, id, hash) VALUES (1, 1, 'x')", [])?;
-                panic!("boom");
+                c.write(|tx| {
+                    tx.execute("INSERT INTO audit_head (singleton, id, hash) VALUES (1, 1, 'x')", params![])?;
+                    panic!("boom");
+                })
             })
             .await;
         assert!(matches!(r, Err(StoreError::Aborted)), "{r:?}");
-        let n: i64 =
-            store.call(|c| Ok(c.query_row("SELECT count(*) FROM audit_head", [], |r| r.get(0))?)).await.unwrap();
+        let n: i64 = store.call(|c| c.query_one("SELECT count(*) FROM audit_head", params![])?.get(0)).await.unwrap();
         assert_eq!(n, 0, "the panicking request's transaction was rolled back");
     }
 
@@ -760,22 +889,21 @@ mod tests {
     async fn scratch(store: &Store) -> Vec<i64> {
         store
             .call(|c| {
-                let mut stmt = c.prepare("SELECT n FROM t ORDER BY rowid")?;
-                let rows = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
-                Ok(rows)
+                let sql: &mut dyn Sql = c;
+                sql.query_map("SELECT n FROM t ORDER BY seq", params![], |r| r.get(0))
             })
             .await
             .unwrap()
     }
 
     fn insert(store: &Store, n: i64) {
-        store.defer(move |tx| Ok(tx.execute("INSERT INTO t (n) VALUES (?1)", [n]).map(drop)?)).unwrap();
+        store.defer(move |tx| tx.execute("INSERT INTO t (seq, n) VALUES (?1, ?1)", params![n]).map(drop)).unwrap();
     }
 
     #[tokio::test]
     async fn deferred_writes_are_committed_before_any_later_request() {
-        let store = Store::open(Location::Memory).await.unwrap();
-        store.call(|c| Ok(c.execute_batch("CREATE TABLE t (n INTEGER)")?)).await.unwrap();
+        let store = Store::open(testutil::location().await).await.unwrap();
+        store.call(|c| c.batch("CREATE TABLE t (seq BIGINT, n BIGINT)")).await.unwrap();
         for n in 1..=3 {
             insert(&store, n);
         }
@@ -785,8 +913,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_failing_deferred_write_loses_its_group_not_the_store() {
-        let store = Store::open(Location::Memory).await.unwrap();
-        store.call(|c| Ok(c.execute_batch("CREATE TABLE t (n INTEGER)")?)).await.unwrap();
+        let store = Store::open(testutil::location().await).await.unwrap();
+        store.call(|c| c.batch("CREATE TABLE t (seq BIGINT, n BIGINT)")).await.unwrap();
         insert(&store, 1);
         store.defer(|_| Err(StoreError::Corrupt("refused".into()))).unwrap();
         assert_eq!(scratch(&store).await, Vec::<i64>::new(), "the group is one transaction");
@@ -799,11 +927,11 @@ mod tests {
         let dir = TempDir::new("store-deferred");
         let loc = Location::File(dir.path().join("gate.db"));
         let store = Store::open(loc.clone()).await.unwrap();
-        store.call(|c| Ok(c.execute_batch("CREATE TABLE t (n INTEGER)")?)).await.unwrap();
+        store.call(|c| c.batch("CREATE TABLE t (seq BIGINT, n BIGINT)")).await.unwrap();
         let (ran_tx, ran) = oneshot::channel();
         store
             .defer(move |tx| {
-                tx.execute("INSERT INTO t (n) VALUES (7)", [])?;
+                tx.execute("INSERT INTO t (seq, n) VALUES (1, 7)", params![])?;
                 let _ = ran_tx.send(());
                 Ok(())
             })
@@ -813,10 +941,7 @@ mod tests {
         // A write transaction of another connection waits for the first one's commit.
         let other = Store::open(loc).await.unwrap();
         let n: i64 = other
-            .call(|c| {
-                let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-                Ok(tx.query_row("SELECT count(*) FROM t WHERE n = 7", [], |r| r.get(0))?)
-            })
+            .call(|c| c.write(|tx| tx.query_one("SELECT count(*) FROM t WHERE n = 7", params![])?.get(0)))
             .await
             .unwrap();
         assert_eq!(n, 1);

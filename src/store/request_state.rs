@@ -1,11 +1,11 @@
 //! The store's side of signed request states (see [`crate::approval::state`]): the signing key,
 //! created once and shared by every process on the database, and the states already used.
 
-use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use secrecy::SecretSlice;
 
 use super::approvals::claim_in;
-use super::{Claim, Store, StoreError, with_full_sync};
+use super::db::{Sql, params};
+use super::{Claim, Store, StoreError};
 
 /// The name of the request-state key in `secrets`.
 const KEY_NAME: &str = "request_state_key";
@@ -25,21 +25,22 @@ pub struct StateUse {
 
 impl Store {
     /// The key request states are signed with: created with fresh random bytes the first time any
-    /// process asks (`INSERT OR IGNORE`), then read, so every process on this database signs
+    /// process asks (`INSERT ... ON CONFLICT DO NOTHING`), then read, so every process on this database signs
     /// and verifies with the same key, across restarts.
     pub async fn request_state_key(&self) -> Result<SecretSlice<u8>, StoreError> {
         let now = self.now_ms();
         self.call(move |conn| {
             let mut fresh = vec![0u8; KEY_LEN];
             crate::random::fill(&mut fresh)?;
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            tx.execute(
-                "INSERT OR IGNORE INTO secrets (name, value, created_at) VALUES (?1, ?2, ?3)",
-                params![KEY_NAME, fresh, now],
-            )?;
+            let written = conn.write(|tx| {
+                tx.execute(
+                    "INSERT INTO secrets (name, value, created_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                    params![KEY_NAME, fresh, now],
+                )?;
+                tx.query_one("SELECT value FROM secrets WHERE name = ?1", params![KEY_NAME])?.get::<Vec<u8>>(0)
+            });
             fresh.fill(0);
-            let key: Vec<u8> = tx.query_row("SELECT value FROM secrets WHERE name = ?1", [KEY_NAME], |r| r.get(0))?;
-            tx.commit()?;
+            let key = written?;
             if key.len() != KEY_LEN {
                 return Err(StoreError::Corrupt(format!("{KEY_NAME} has {} bytes, not {KEY_LEN}", key.len())));
             }
@@ -52,11 +53,7 @@ impl Store {
     pub async fn request_state_used(&self, nonce: &str) -> Result<bool, StoreError> {
         let nonce = nonce.to_owned();
         self.call(move |conn| {
-            let found = conn
-                .prepare_cached("SELECT 1 FROM request_state_uses WHERE nonce = ?1")?
-                .query_row([&nonce], |_| Ok(()))
-                .optional()?;
-            Ok(found.is_some())
+            Ok(conn.query_opt("SELECT 1 FROM request_state_uses WHERE nonce = ?1", params![nonce])?.is_some())
         })
         .await
     }
@@ -64,13 +61,7 @@ impl Store {
     /// Records the use of a request state; false when it was already used (a replay).
     pub async fn use_request_state(&self, used: StateUse) -> Result<bool, StoreError> {
         let now = self.now_ms();
-        self.call(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let fresh = insert_use(&tx, &used, now)?;
-            tx.commit()?;
-            Ok(fresh)
-        })
-        .await
+        self.call(move |conn| conn.write(|tx| insert_use(tx, &used, now))).await
     }
 
     /// Claims approval `used.approval_id` (as [`Store::claim_execution`] does) and records the use
@@ -80,13 +71,12 @@ impl Store {
         let now = self.now_ms();
         let instance = self.instance().to_owned();
         self.call(move |conn| {
-            with_full_sync(conn, |conn| {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                if !insert_use(&tx, &used, now)? {
+            conn.write_durable(|tx| {
+                if !insert_use(tx, &used, now)? {
+                    // A replay: nothing is claimed (only the lapsed uses are forgotten).
                     return Ok(None);
                 }
-                let (claim, _) = claim_in(&tx, &used.approval_id, now, &instance)?;
-                tx.commit()?;
+                let (claim, _) = claim_in(tx, &used.approval_id, now, &instance)?;
                 Ok(Some(claim))
             })
         })
@@ -96,14 +86,13 @@ impl Store {
 
 /// Records a use, and forgets the uses of states that lapsed (so the table holds only the states
 /// that could still be presented).
-fn insert_use(tx: &rusqlite::Transaction<'_>, used: &StateUse, now: i64) -> Result<bool, StoreError> {
-    tx.prepare_cached("DELETE FROM request_state_uses WHERE expires_at < ?1")?.execute([now])?;
-    let inserted = tx
-        .prepare_cached(
-            "INSERT OR IGNORE INTO request_state_uses (nonce, approval_id, owner, at, expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?
-        .execute(params![used.nonce, used.approval_id, used.owner, now, used.expires_at])?;
+fn insert_use(tx: &mut dyn Sql, used: &StateUse, now: i64) -> Result<bool, StoreError> {
+    tx.execute("DELETE FROM request_state_uses WHERE expires_at < ?1", params![now])?;
+    let inserted = tx.execute(
+        "INSERT INTO request_state_uses (nonce, approval_id, owner, at, expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+        params![used.nonce, used.approval_id, used.owner, now, used.expires_at],
+    )?;
     Ok(inserted == 1)
 }
 
@@ -128,13 +117,14 @@ mod tests {
         drop((a, b));
         let again = Store::open(loc).await.unwrap().request_state_key().await.unwrap();
         assert_eq!(again.expose_secret(), ka.expose_secret(), "the key survives a restart");
-        let other = Store::open(Location::Memory).await.unwrap().request_state_key().await.unwrap();
+        let other =
+            Store::open(crate::store::testutil::location().await).await.unwrap().request_state_key().await.unwrap();
         assert_ne!(other.expose_secret(), ka.expose_secret(), "another database has its own key");
     }
 
     #[tokio::test]
     async fn a_nonce_is_used_once() {
-        let store = Store::open(Location::Memory).await.unwrap();
+        let store = Store::open(crate::store::testutil::location().await).await.unwrap();
         let used = StateUse {
             nonce: "n1".into(),
             approval_id: "apr_1".into(),
@@ -152,7 +142,9 @@ mod tests {
     /// expired, used or not).
     #[tokio::test(start_paused = true)]
     async fn lapsed_uses_are_forgotten() {
-        let store = Store::open_with_clock(Location::Memory, crate::store::Clock::tokio(1_000)).await.unwrap();
+        let store = Store::open_with_clock(crate::store::testutil::location().await, crate::store::Clock::tokio(1_000))
+            .await
+            .unwrap();
         let old = StateUse { nonce: "old".into(), approval_id: "a".into(), owner: "o".into(), expires_at: 1_500 };
         assert!(store.use_request_state(old).await.unwrap());
         tokio::time::advance(std::time::Duration::from_secs(1)).await;

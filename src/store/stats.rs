@@ -3,9 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use rusqlite::params;
 use serde::Serialize;
 
+use super::db::{Sql, params};
 use super::{Store, StoreError};
 
 /// Totals over requests created in `[from, to)`.
@@ -73,37 +73,31 @@ impl Store {
             let hi = to.unwrap_or(i64::MAX);
             let mut by_status: BTreeMap<String, u64> = STATUSES.iter().map(|s| ((*s).to_owned(), 0)).collect();
             let mut total = 0;
-            {
-                let mut stmt = conn.prepare_cached(
-                    "SELECT status, count(*) FROM approvals WHERE created_at >= ?1 AND created_at < ?2 GROUP BY status",
-                )?;
-                let mut rows = stmt.query(params![lo, hi])?;
-                while let Some(r) = rows.next()? {
-                    let n = u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0);
-                    total += n;
-                    *by_status.entry(r.get(0)?).or_default() += n;
-                }
+            for r in conn.query(
+                "SELECT status, count(*) FROM approvals WHERE created_at >= ?1 AND created_at < ?2 GROUP BY status",
+                params![lo, hi],
+            )? {
+                let n = u64::try_from(r.get::<i64>(1)?).unwrap_or(0);
+                total += n;
+                *by_status.entry(r.get(0)?).or_default() += n;
             }
-            let mut times: Vec<i64> = conn
-                .prepare_cached(
-                    "SELECT decided_at - created_at FROM approvals
-                     WHERE created_at >= ?1 AND created_at < ?2 AND decided_at IS NOT NULL",
-                )?
-                .query_map(params![lo, hi], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
+            let mut times: Vec<i64> = conn.sql().query_map(
+                "SELECT decided_at - created_at FROM approvals
+                 WHERE created_at >= ?1 AND created_at < ?2 AND decided_at IS NOT NULL",
+                params![lo, hi],
+                |r| r.get(0),
+            )?;
             times.sort_unstable();
-            let breakdown = |column: &str, missing: &str| -> Result<Vec<Breakdown>, StoreError> {
+            let mut breakdown = |column: &str, missing: &str| -> Result<Vec<Breakdown>, StoreError> {
                 let sql = format!(
                     "SELECT coalesce({column}, '{missing}'), status, count(*) FROM approvals
                      WHERE created_at >= ?1 AND created_at < ?2 GROUP BY 1, 2"
                 );
                 let mut groups: BTreeMap<String, Breakdown> = BTreeMap::new();
-                let mut stmt = conn.prepare_cached(&sql)?;
-                let mut rows = stmt.query(params![lo, hi])?;
-                while let Some(r) = rows.next()? {
+                for r in conn.query(&sql, params![lo, hi])? {
                     let key: String = r.get(0)?;
                     let status: String = r.get(1)?;
-                    let n = u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0);
+                    let n = u64::try_from(r.get::<i64>(2)?).unwrap_or(0);
                     let g = groups.entry(key.clone()).or_insert_with(|| Breakdown { key, ..Breakdown::default() });
                     g.total += n;
                     match status.as_str() {
@@ -139,28 +133,34 @@ impl Store {
     /// The agent's calls, approvals and denials over the last hour and day before `now`.
     pub async fn risk_snapshot(&self, agent: Option<String>, now: i64) -> Result<RiskSnapshot, StoreError> {
         self.call(move |conn| {
-            let activity = |since: i64| -> Result<Activity, StoreError> {
-                let (calls, refused): (i64, i64) = conn
-                    .prepare_cached(
-                        "SELECT count(*), coalesce(sum(event = 'denied_by_policy'), 0) FROM audit
-                     WHERE agent IS ?1 AND at >= ?2 AND event IN ('allowed', 'requested', 'denied_by_policy')",
-                    )?
-                    .query_row(params![agent, since], |r| Ok((r.get(0)?, r.get(1)?)))?;
-                let (approved, denied): (i64, i64) = conn
-                    .prepare_cached(
-                        "SELECT coalesce(sum(status IN ('approved', 'executed', 'failed')), 0),
-                            coalesce(sum(status = 'denied'), 0)
-                     FROM approvals WHERE agent IS ?1 AND decided_at >= ?2",
-                    )?
-                    .query_row(params![agent, since], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            // `count(CASE WHEN … THEN 1 END)` counts the rows where the condition holds (a BIGINT on
+            // both engines; PostgreSQL cannot sum booleans); `IS NOT DISTINCT FROM` matches a NULL agent too.
+            let mut activity = |since: i64| -> Result<Activity, StoreError> {
+                let r = conn.query_one(
+                    "SELECT count(*), count(CASE WHEN event = 'denied_by_policy' THEN 1 END) FROM audit
+                     WHERE agent IS NOT DISTINCT FROM ?1 AND at >= ?2
+                       AND event IN ('allowed', 'requested', 'denied_by_policy')",
+                    params![agent, since],
+                )?;
+                let (calls, refused): (i64, i64) = (r.get(0)?, r.get(1)?);
+                let r = conn.query_one(
+                    "SELECT count(CASE WHEN status IN ('approved', 'executed', 'failed') THEN 1 END),
+                            count(CASE WHEN status = 'denied' THEN 1 END)
+                     FROM approvals WHERE agent IS NOT DISTINCT FROM ?1 AND decided_at >= ?2",
+                    params![agent, since],
+                )?;
+                let (approved, denied): (i64, i64) = (r.get(0)?, r.get(1)?);
                 let count = |n: i64| u64::try_from(n).unwrap_or(0);
                 Ok(Activity { calls: count(calls), approved: count(approved), denied: count(denied + refused) })
             };
             let last_hour = activity(now - 3_600_000)?;
             let last_day = activity(now - 86_400_000)?;
             let pending: i64 = conn
-                .prepare_cached("SELECT count(*) FROM approvals WHERE agent IS ?1 AND status = 'pending'")?
-                .query_row(params![agent], |r| r.get(0))?;
+                .query_one(
+                    "SELECT count(*) FROM approvals WHERE agent IS NOT DISTINCT FROM ?1 AND status = 'pending'",
+                    params![agent],
+                )?
+                .get(0)?;
             Ok(RiskSnapshot { agent, last_hour, last_day, pending_now: u64::try_from(pending).unwrap_or(0) })
         })
         .await

@@ -20,12 +20,11 @@
 //! - A task belongs to its owner: every read and change names the owner, and another owner's
 //!   task reads as absent.
 
-use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRef};
-use rusqlite::{Connection, OptionalExtension, Row, ToSql, TransactionBehavior, params};
 use serde_json::Value;
 
 use super::approvals::{Claim, claim_in, finish_in, release_in};
-use super::{Approval, Store, StoreError, with_full_sync};
+use super::db::{Engine, FromVal, Param, Row, Sql, Val, params};
+use super::{Approval, Store, StoreError};
 
 /// Largest page of [`Store::tasks_of_owner`].
 pub const TASK_PAGE: u32 = 100;
@@ -59,21 +58,21 @@ impl TaskState {
     }
 }
 
-impl ToSql for TaskState {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::from(self.as_str()))
+impl Param for TaskState {
+    fn to_val(&self) -> Val {
+        Val::Text(self.as_str().to_owned())
     }
 }
 
-impl FromSql for TaskState {
-    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-        match value.as_str()? {
+impl FromVal for TaskState {
+    fn from_val(v: Val) -> Result<Self, String> {
+        match String::from_val(v)?.as_str() {
             "working" => Ok(TaskState::Working),
             "running" => Ok(TaskState::Running),
             "completed" => Ok(TaskState::Completed),
             "failed" => Ok(TaskState::Failed),
             "cancelled" => Ok(TaskState::Cancelled),
-            other => Err(FromSqlError::Other(format!("unknown task state {other:?}").into())),
+            other => Err(format!("unknown task state {other:?}")),
         }
     }
 }
@@ -146,30 +145,29 @@ pub enum TaskEnd {
 const COLS: &str = "id, owner, era, approval_id, key, server, tool, params, state, status_message, result, error, \
                     created_at, updated_at, ttl_ms";
 
-fn row_to_task(row: &Row<'_>) -> rusqlite::Result<GateTask> {
+fn row_to_task(row: &Row) -> Result<GateTask, StoreError> {
     row_to_task_at(row, 0)
 }
 
-fn load(conn: &Connection, id: &str) -> Result<Option<GateTask>, StoreError> {
-    Ok(conn
-        .prepare_cached(&format!("SELECT {COLS} FROM gate_tasks WHERE id = ?1"))?
-        .query_row([id], row_to_task)
-        .optional()?)
+fn load(conn: &mut dyn Sql, id: &str) -> Result<Option<GateTask>, StoreError> {
+    conn.query_opt(&format!("SELECT {COLS} FROM gate_tasks WHERE id = ?1"), params![id])?
+        .map(|r| row_to_task(&r))
+        .transpose()
 }
 
-fn must_load(conn: &Connection, id: &str) -> Result<GateTask, StoreError> {
+fn must_load(conn: &mut dyn Sql, id: &str) -> Result<GateTask, StoreError> {
     load(conn, id)?.ok_or_else(|| StoreError::InvalidState(format!("task {id} vanished")))
 }
 
 /// Whether the task's run holds a claim on its approval (it was claimed and not finished).
-fn has_claim(conn: &Connection, id: &str) -> Result<bool, StoreError> {
-    Ok(conn.prepare_cached("SELECT 1 FROM claims WHERE task_id = ?1")?.exists([id])?)
+fn has_claim(conn: &mut dyn Sql, id: &str) -> Result<bool, StoreError> {
+    Ok(conn.query_opt("SELECT 1 FROM claims WHERE task_id = ?1", params![id])?.is_some())
 }
 
 /// Moves task `id` from one of `from` to `to`; `false` when it was in none of them.
 #[allow(clippy::too_many_arguments)]
 fn transition(
-    conn: &Connection,
+    conn: &mut dyn Sql,
     id: &str,
     from: &[TaskState],
     to: TaskState,
@@ -179,13 +177,19 @@ fn transition(
     now: i64,
 ) -> Result<bool, StoreError> {
     let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
-    let changed = conn
-        .prepare_cached(
+    let sql = match conn.engine() {
+        Engine::Sqlite => {
             "UPDATE gate_tasks SET state = ?2, status_message = coalesce(?3, status_message), result = ?4,
              error = ?5, updated_at = ?6
-             WHERE id = ?1 AND state IN (SELECT value FROM json_each(?7))",
-        )?
-        .execute(params![id, to, message, result, error, now, serde_json::to_string(&from)?])?;
+             WHERE id = ?1 AND state IN (SELECT value FROM json_each(?7))"
+        }
+        Engine::Postgres => {
+            "UPDATE gate_tasks SET state = ?2, status_message = coalesce(?3, status_message), result = ?4,
+             error = ?5, updated_at = ?6
+             WHERE id = ?1 AND state IN (SELECT json_array_elements_text(CAST(?7 AS json)))"
+        }
+    };
+    let changed = conn.execute(sql, params![id, to, message, result, error, now, serde_json::to_string(&from)?])?;
     Ok(changed == 1)
 }
 
@@ -195,38 +199,39 @@ impl Store {
     /// before anyone is told its id.
     pub async fn open_task(&self, new: GateTask, now: i64) -> Result<OpenedTask, StoreError> {
         self.call(move |conn| {
-            with_full_sync(conn, |conn| {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            conn.write_durable(|tx| {
                 let open = tx
-                    .prepare_cached(&format!(
-                        "SELECT {COLS} FROM gate_tasks WHERE owner = ?1 AND key = ?2 AND state IN ('working', 'running')"
-                    ))?
-                    .query_row(params![new.owner, new.key], row_to_task)
-                    .optional()?;
+                    .query_opt(
+                        &format!(
+                            "SELECT {COLS} FROM gate_tasks
+                             WHERE owner = ?1 AND key = ?2 AND state IN ('working', 'running')"
+                        ),
+                        params![new.owner, new.key],
+                    )?
+                    .map(|r| row_to_task(&r))
+                    .transpose()?;
                 if let Some(task) = open {
-                    tx.commit()?;
                     return Ok(OpenedTask { task, joined: true });
                 }
-                tx.prepare_cached(
+                tx.execute(
                     "INSERT INTO gate_tasks (id, owner, era, approval_id, key, server, tool, params, state,
                      status_message, result, error, created_at, updated_at, ttl_ms)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'working', ?9, NULL, NULL, ?10, ?10, ?11)",
-                )?
-                .execute(params![
-                    new.id,
-                    new.owner,
-                    new.era,
-                    new.approval_id,
-                    new.key,
-                    new.server,
-                    new.tool,
-                    new.params,
-                    new.status_message,
-                    now,
-                    new.ttl_ms
-                ])?;
-                let task = must_load(&tx, &new.id)?;
-                tx.commit()?;
+                    params![
+                        new.id,
+                        new.owner,
+                        new.era,
+                        new.approval_id,
+                        new.key,
+                        new.server,
+                        new.tool,
+                        new.params,
+                        new.status_message,
+                        now,
+                        new.ttl_ms
+                    ],
+                )?;
+                let task = must_load(tx, &new.id)?;
                 Ok(OpenedTask { task, joined: false })
             })
         })
@@ -246,26 +251,22 @@ impl Store {
         let id = id.to_owned();
         let instance = self.instance().to_owned();
         self.call(move |conn| {
-            with_full_sync(conn, |conn| {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let task = must_load(&tx, &id)?;
+            conn.write_durable(|tx| {
+                let task = must_load(tx, &id)?;
                 if task.state != TaskState::Working {
-                    tx.commit()?;
                     return Ok(TaskClaim::NotWorking(task));
                 }
                 if let Some(approval) = &task.approval_id {
-                    let (claim, row) = claim_in(&tx, approval, now, &instance)?;
+                    let (claim, row) = claim_in(tx, approval, now, &instance)?;
                     if claim != Claim::Run {
                         // Closing a lapsed approval is committed; the task is settled by the caller.
-                        tx.commit()?;
                         return Ok(TaskClaim::Approval(claim));
                     }
                     tx.execute("UPDATE claims SET task_id = ?2 WHERE id = ?1", params![row, id])?;
                 }
-                transition(&tx, &id, &[TaskState::Working], TaskState::Running, None, None, None, now)?;
+                transition(tx, &id, &[TaskState::Working], TaskState::Running, None, None, None, now)?;
                 tx.execute("UPDATE gate_tasks SET instance = ?2 WHERE id = ?1", params![id, instance])?;
-                let task = must_load(&tx, &id)?;
-                tx.commit()?;
+                let task = must_load(tx, &id)?;
                 Ok(TaskClaim::Run(task))
             })
         })
@@ -284,31 +285,44 @@ impl Store {
         let (id, message) = (id.to_owned(), message.to_owned());
         let instance = self.instance().to_owned();
         self.call(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let task = must_load(&tx, &id)?;
-            let cancelled_running = task.state == TaskState::Cancelled && has_claim(&tx, &id)?;
-            if task.state != TaskState::Running && !cancelled_running {
-                return Err(StoreError::InvalidState(format!("task {id} is {}, not running", task.state.as_str())));
-            }
-            let (to, result, error, ok, outcome) = match &end {
-                TaskEnd::Result(r) => {
-                    let is_error = r.get("isError").and_then(Value::as_bool).unwrap_or(false);
-                    let outcome = serde_json::json!({ "is_error": is_error });
-                    (TaskState::Completed, Some(serde_json::to_string(r)?), None, !is_error, outcome)
+            conn.write(|tx| {
+                let task = must_load(tx, &id)?;
+                let cancelled_running = task.state == TaskState::Cancelled && has_claim(tx, &id)?;
+                if task.state != TaskState::Running && !cancelled_running {
+                    return Err(StoreError::InvalidState(format!("task {id} is {}, not running", task.state.as_str())));
                 }
-                TaskEnd::Error(e) => {
-                    (TaskState::Failed, None, Some(serde_json::to_string(e)?), false, serde_json::json!({ "error": e }))
-                }
-            };
-            // A task cancelled while running keeps its cancellation: only the approval learns the end.
-            transition(&tx, &id, &[TaskState::Running], to, Some(&message), result.as_deref(), error.as_deref(), now)?;
-            let approval = match &task.approval_id {
-                Some(a) => Some(finish_in(&tx, a, ok, &outcome, now, &instance)?),
-                None => None,
-            };
-            let task = must_load(&tx, &id)?;
-            tx.commit()?;
-            Ok((task, approval))
+                let (to, result, error, ok, outcome) = match &end {
+                    TaskEnd::Result(r) => {
+                        let is_error = r.get("isError").and_then(Value::as_bool).unwrap_or(false);
+                        let outcome = serde_json::json!({ "is_error": is_error });
+                        (TaskState::Completed, Some(serde_json::to_string(r)?), None, !is_error, outcome)
+                    }
+                    TaskEnd::Error(e) => (
+                        TaskState::Failed,
+                        None,
+                        Some(serde_json::to_string(e)?),
+                        false,
+                        serde_json::json!({ "error": e }),
+                    ),
+                };
+                // A task cancelled while running keeps its cancellation: only the approval learns the end.
+                transition(
+                    tx,
+                    &id,
+                    &[TaskState::Running],
+                    to,
+                    Some(&message),
+                    result.as_deref(),
+                    error.as_deref(),
+                    now,
+                )?;
+                let approval = match &task.approval_id {
+                    Some(a) => Some(finish_in(tx, a, ok, &outcome, now, &instance)?),
+                    None => None,
+                };
+                let task = must_load(tx, &id)?;
+                Ok((task, approval))
+            })
         })
         .await
     }
@@ -319,21 +333,20 @@ impl Store {
         let id = id.to_owned();
         let instance = self.instance().to_owned();
         self.call(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let task = must_load(&tx, &id)?;
-            // Cancelled while its call was about to be sent: it stays cancelled, the claim goes back.
-            let cancelled_running = task.state == TaskState::Cancelled && has_claim(&tx, &id)?;
-            if !cancelled_running
-                && !transition(&tx, &id, &[TaskState::Running], TaskState::Working, None, None, None, now)?
-            {
-                return Err(StoreError::InvalidState(format!("task {id} is {}, not running", task.state.as_str())));
-            }
-            if let Some(a) = &task.approval_id {
-                release_in(&tx, a, now, &instance)?;
-            }
-            let task = must_load(&tx, &id)?;
-            tx.commit()?;
-            Ok(task)
+            conn.write(|tx| {
+                let task = must_load(tx, &id)?;
+                // Cancelled while its call was about to be sent: it stays cancelled, the claim goes back.
+                let cancelled_running = task.state == TaskState::Cancelled && has_claim(tx, &id)?;
+                if !cancelled_running
+                    && !transition(tx, &id, &[TaskState::Running], TaskState::Working, None, None, None, now)?
+                {
+                    return Err(StoreError::InvalidState(format!("task {id} is {}, not running", task.state.as_str())));
+                }
+                if let Some(a) = &task.approval_id {
+                    release_in(tx, a, now, &instance)?;
+                }
+                must_load(tx, &id)
+            })
         })
         .await
     }
@@ -350,24 +363,23 @@ impl Store {
     ) -> Result<Option<GateTask>, StoreError> {
         let (id, message) = (id.to_owned(), message.to_owned());
         self.call(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let (to, result, error) = match &end {
-                TaskEnd::Result(r) => (TaskState::Completed, Some(serde_json::to_string(r)?), None),
-                TaskEnd::Error(e) => (TaskState::Failed, None, Some(serde_json::to_string(e)?)),
-            };
-            let moved = transition(
-                &tx,
-                &id,
-                &[TaskState::Working],
-                to,
-                Some(&message),
-                result.as_deref(),
-                error.as_deref(),
-                now,
-            )?;
-            let task = if moved { Some(must_load(&tx, &id)?) } else { None };
-            tx.commit()?;
-            Ok(task)
+            conn.write(|tx| {
+                let (to, result, error) = match &end {
+                    TaskEnd::Result(r) => (TaskState::Completed, Some(serde_json::to_string(r)?), None),
+                    TaskEnd::Error(e) => (TaskState::Failed, None, Some(serde_json::to_string(e)?)),
+                };
+                let moved = transition(
+                    tx,
+                    &id,
+                    &[TaskState::Working],
+                    to,
+                    Some(&message),
+                    result.as_deref(),
+                    error.as_deref(),
+                    now,
+                )?;
+                if moved { Ok(Some(must_load(tx, &id)?)) } else { Ok(None) }
+            })
         })
         .await
     }
@@ -384,29 +396,29 @@ impl Store {
     ) -> Result<Option<Cancelled>, StoreError> {
         let (owner, id, message) = (owner.to_owned(), id.to_owned(), message.to_owned());
         self.call(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let Some(task) = load(&tx, &id)?.filter(|t| t.owner == owner) else { return Ok(None) };
-            let answer = match task.state {
-                // A running task's call may already be upstream: it is cancelled for its client
-                // (who never gets its result), and its end is recorded on the approval.
-                TaskState::Working | TaskState::Running => {
-                    let result = serde_json::to_string(&result)?;
-                    transition(
-                        &tx,
-                        &id,
-                        &[TaskState::Working, TaskState::Running],
-                        TaskState::Cancelled,
-                        Some(&message),
-                        Some(&result),
-                        None,
-                        now,
-                    )?;
-                    Cancelled::Now(must_load(&tx, &id)?)
-                }
-                _ => Cancelled::Terminal(task),
-            };
-            tx.commit()?;
-            Ok(Some(answer))
+            conn.write(|tx| {
+                let Some(task) = load(tx, &id)?.filter(|t| t.owner == owner) else { return Ok(None) };
+                let answer = match task.state {
+                    // A running task's call may already be upstream: it is cancelled for its client
+                    // (who never gets its result), and its end is recorded on the approval.
+                    TaskState::Working | TaskState::Running => {
+                        let result = serde_json::to_string(&result)?;
+                        transition(
+                            tx,
+                            &id,
+                            &[TaskState::Working, TaskState::Running],
+                            TaskState::Cancelled,
+                            Some(&message),
+                            Some(&result),
+                            None,
+                            now,
+                        )?;
+                        Cancelled::Now(must_load(tx, &id)?)
+                    }
+                    _ => Cancelled::Terminal(task),
+                };
+                Ok(Some(answer))
+            })
         })
         .await
     }
@@ -420,14 +432,17 @@ impl Store {
     ) -> Result<(Vec<GateTask>, Option<i64>), StoreError> {
         let owner = owner.to_owned();
         self.call(move |conn| {
-            let rows: Vec<(i64, GateTask)> = conn
-                .prepare_cached(&format!(
-                    "SELECT rowid, {COLS} FROM gate_tasks WHERE owner = ?1 AND rowid > ?2 ORDER BY rowid LIMIT ?3"
-                ))?
-                .query_map(params![owner, cursor.unwrap_or(0), TASK_PAGE + 1], |r| {
-                    Ok((r.get(0)?, row_to_task_at(r, 1)?))
-                })?
-                .collect::<Result<_, _>>()?;
+            let after = cursor.unwrap_or(0);
+            // The cursor is the insertion number of the last task of the page: SQLite's rowid,
+            // the identity column `seq` on PostgreSQL.
+            let seq = insertion_order(conn.engine());
+            let rows: Vec<(i64, GateTask)> = conn.sql().query_map(
+                &format!(
+                    "SELECT {seq}, {COLS} FROM gate_tasks WHERE owner = ?1 AND {seq} > ?2 ORDER BY {seq} LIMIT ?3"
+                ),
+                params![owner, after, TASK_PAGE + 1],
+                |r| Ok((r.get(0)?, row_to_task_at(r, 1)?)),
+            )?;
             let more = rows.len() > TASK_PAGE as usize;
             let page: Vec<(i64, GateTask)> = rows.into_iter().take(TASK_PAGE as usize).collect();
             let next = if more { page.last().map(|(rowid, _)| *rowid) } else { None };
@@ -440,12 +455,12 @@ impl Store {
     pub async fn tasks_of_approval(&self, approval_id: &str) -> Result<Vec<GateTask>, StoreError> {
         let approval_id = approval_id.to_owned();
         self.call(move |conn| {
-            Ok(conn
-                .prepare_cached(&format!(
-                    "SELECT {COLS} FROM gate_tasks WHERE approval_id = ?1 AND state = 'working' ORDER BY rowid"
-                ))?
-                .query_map([approval_id], row_to_task)?
-                .collect::<Result<_, _>>()?)
+            let order = insertion_order(conn.engine());
+            conn.sql().query_map(
+                &format!("SELECT {COLS} FROM gate_tasks WHERE approval_id = ?1 AND state = 'working' ORDER BY {order}"),
+                params![approval_id],
+                row_to_task,
+            )
         })
         .await
     }
@@ -456,20 +471,18 @@ impl Store {
         const DUE: &str =
             "ttl_ms IS NOT NULL AND created_at + ttl_ms <= ?1 AND state IN ('completed', 'failed', 'cancelled')";
         self.call(move |conn| {
-            let due = conn
-                .prepare_cached(&format!("SELECT 1 FROM gate_tasks WHERE {DUE} LIMIT 1"))?
-                .query_row([now], |_| Ok(()))
-                .optional()?;
+            let due = conn.query_opt(&format!("SELECT 1 FROM gate_tasks WHERE {DUE} LIMIT 1"), params![now])?;
             if due.is_none() {
                 return Ok(0);
             }
-            Ok(conn.prepare_cached(&format!("DELETE FROM gate_tasks WHERE {DUE}"))?.execute([now])?)
+            let deleted = conn.execute(&format!("DELETE FROM gate_tasks WHERE {DUE}"), params![now])?;
+            Ok(usize::try_from(deleted).unwrap_or(usize::MAX))
         })
         .await
     }
 }
 
-fn row_to_task_at(row: &Row<'_>, at: usize) -> rusqlite::Result<GateTask> {
+fn row_to_task_at(row: &Row, at: usize) -> Result<GateTask, StoreError> {
     Ok(GateTask {
         id: row.get(at)?,
         owner: row.get(at + 1)?,
@@ -491,3 +504,11 @@ fn row_to_task_at(row: &Row<'_>, at: usize) -> rusqlite::Result<GateTask> {
 
 #[cfg(test)]
 mod tests;
+
+/// The column that numbers gate tasks in insertion order.
+fn insertion_order(engine: Engine) -> &'static str {
+    match engine {
+        Engine::Sqlite => "rowid",
+        Engine::Postgres => "seq",
+    }
+}

@@ -8,7 +8,7 @@ use tokio::io::AsyncWriteExt;
 use super::binary::{APPROVER_TOKEN, Running, Served, data_dir, gate_in, start_gated_with};
 use super::common::*;
 
-async fn pending_id(approvals: &str) -> String {
+pub(super) async fn pending_id(approvals: &str) -> String {
     let http = reqwest::Client::new();
     within("a pending request", async {
         loop {
@@ -30,7 +30,7 @@ async fn pending_id(approvals: &str) -> String {
     .await
 }
 
-async fn approve(approvals: &str, id: &str) {
+pub(super) async fn approve(approvals: &str, id: &str) {
     let resp = reqwest::Client::new()
         .post(format!("{approvals}/api/v1/approvals/{id}/approve"))
         .bearer_auth(APPROVER_TOKEN)
@@ -41,7 +41,7 @@ async fn approve(approvals: &str, id: &str) {
     assert_eq!(resp.status(), 200);
 }
 
-async fn status_of(approvals: &str, id: &str) -> serde_json::Value {
+pub(super) async fn status_of(approvals: &str, id: &str) -> serde_json::Value {
     reqwest::Client::new()
         .get(format!("{approvals}/api/v1/approvals/{id}"))
         .bearer_auth(APPROVER_TOKEN)

@@ -20,6 +20,7 @@ mod integrity;
 mod layers;
 mod ops;
 mod relay;
+mod replicas;
 mod schema_validity;
 mod shutdown;
 mod sign_in;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use mcp_gate::approval::{ApprovalService, ApprovalSettings};
 use mcp_gate::config::Config;
 use mcp_gate::store::{ApprovalFilter, Location, Status, Store};
+use mcp_gate::store::{Sql, params};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -27,7 +28,7 @@ async fn approvals_on(store: Store) -> Arc<ApprovalService> {
 
 async fn count_events(store: &Store, event: &'static str) -> i64 {
     store
-        .call(move |c| Ok(c.query_row("SELECT count(*) FROM audit WHERE event = ?1", [event], |r| r.get(0))?))
+        .call(move |c| c.query_one("SELECT count(*) FROM audit WHERE event = ?1", params![event])?.get(0))
         .await
         .unwrap()
 }

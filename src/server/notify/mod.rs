@@ -192,6 +192,11 @@ async fn dispatch(
             Err(RecvError::Closed) => return,
         };
         let Some(approvals) = approvals.upgrade() else { return };
+        // Replicas sharing a PostgreSQL store each send the webhooks of the changes they made;
+        // the changes they hear of from the others were sent there.
+        if change.relayed && approvals.store.engine() == crate::store::Engine::Postgres {
+            continue;
+        }
         let url = approvals.url_for(&change.approval.id);
         drop(approvals);
         for (hook, tx) in &outlets {

@@ -11,7 +11,7 @@ impl Store {
     pub async fn claim_execution(&self, id: &str, now: i64) -> Result<Claim, StoreError> {
         let id = id.to_owned();
         let instance = self.instance().to_owned();
-        self.call(move |conn| with_full_sync(conn, |conn| claim_tx(conn, &id, now, &instance))).await
+        self.call(move |conn| conn.write_durable(|tx| Ok(claim_in(tx, &id, now, &instance)?.0))).await
     }
 
     /// Records the end of a claimed execution: a single-use approval becomes `Executed` or `Failed`; for a
@@ -19,13 +19,7 @@ impl Store {
     pub async fn finish_execution(&self, id: &str, ok: bool, outcome: Value, now: i64) -> Result<Approval, StoreError> {
         let id = id.to_owned();
         let instance = self.instance().to_owned();
-        self.call(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let stored = finish_in(&tx, &id, ok, &outcome, now, &instance)?;
-            tx.commit()?;
-            Ok(stored)
-        })
-        .await
+        self.call(move |conn| conn.write(|tx| finish_in(tx, &id, ok, &outcome, now, &instance))).await
     }
 
     /// Gives back one claim of an approval whose call was never sent (`uses` goes down by one,
@@ -34,13 +28,7 @@ impl Store {
     pub async fn release_claim(&self, id: &str, now: i64) -> Result<Approval, StoreError> {
         let id = id.to_owned();
         let instance = self.instance().to_owned();
-        self.call(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let stored = release_in(&tx, &id, now, &instance)?;
-            tx.commit()?;
-            Ok(stored)
-        })
-        .await
+        self.call(move |conn| conn.write(|tx| release_in(tx, &id, now, &instance))).await
     }
 
     /// Settles the claims of processes that stopped without finishing them, so that no request stays
@@ -57,66 +45,67 @@ impl Store {
             if stopped.is_empty() {
                 return Ok(Vec::new());
             }
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let mut settled = Vec::new();
-            let outcome = serde_json::to_string(&serde_json::json!({ "error": ORPHANED }))?;
-            for instance in stopped {
-                let claims: Vec<(i64, String, Option<String>)> = tx
-                    .prepare_cached("SELECT id, approval_id, task_id FROM claims WHERE instance = ?1 ORDER BY id")?
-                    .query_map([&instance], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                    .collect::<Result<_, _>>()?;
-                for (claim, id, task) in claims {
-                    tx.execute("DELETE FROM claims WHERE id = ?1", [claim])?;
-                    if let Some(task) = task {
-                        // Its outcome is unknown: the gate task fails, and is never run again.
-                        fail_orphaned_tasks(&tx, "id", &task, now)?;
-                    }
-                    let Some(a) = load(&tx, &id)? else { continue };
-                    if a.uses == 0 {
-                        continue;
-                    }
-                    if a.grant_secs == 0 {
-                        if a.status != Status::Approved {
+            conn.write(|tx| {
+                let mut settled = Vec::new();
+                let outcome = serde_json::to_string(&serde_json::json!({ "error": ORPHANED }))?;
+                for instance in stopped {
+                    let claims: Vec<(i64, String, Option<String>)> = tx.query_map(
+                        "SELECT id, approval_id, task_id FROM claims WHERE instance = ?1 ORDER BY id",
+                        params![instance],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    )?;
+                    for (claim, id, task) in claims {
+                        tx.execute("DELETE FROM claims WHERE id = ?1", params![claim])?;
+                        if let Some(task) = task {
+                            // Its outcome is unknown: the gate task fails, and is never run again.
+                            fail_orphaned_tasks(tx, OrphanColumn::Id, &task, now)?;
+                        }
+                        let Some(a) = load(tx, &id)? else { continue };
+                        if a.uses == 0 {
                             continue;
                         }
-                        tx.execute(
-                            "UPDATE approvals SET status = 'failed', executed_at = ?2, outcome = ?3 WHERE id = ?1",
-                            params![id, now, outcome],
-                        )?;
-                        insert_transition(
-                            &tx,
-                            &id,
-                            now,
-                            Some(a.status),
-                            Status::Failed,
-                            SYSTEM_ACTOR,
-                            None,
-                            Some(ORPHANED),
-                        )?;
-                    } else {
-                        tx.execute(
-                            "UPDATE approvals SET executed_at = ?2, outcome = ?3 WHERE id = ?1",
-                            params![id, now, outcome],
-                        )?;
-                        insert_transition(
-                            &tx,
-                            &id,
-                            now,
-                            Some(a.status),
-                            Status::Failed,
-                            SYSTEM_ACTOR,
-                            Some("grant use"),
-                            Some(ORPHANED),
-                        )?;
+                        if a.grant_secs == 0 {
+                            if a.status != Status::Approved {
+                                continue;
+                            }
+                            tx.execute(
+                                "UPDATE approvals SET status = 'failed', executed_at = ?2, outcome = ?3 WHERE id = ?1",
+                                params![id, now, outcome],
+                            )?;
+                            insert_transition(
+                                tx,
+                                &id,
+                                now,
+                                Some(a.status),
+                                Status::Failed,
+                                SYSTEM_ACTOR,
+                                None,
+                                Some(ORPHANED),
+                            )?;
+                        } else {
+                            tx.execute(
+                                "UPDATE approvals SET executed_at = ?2, outcome = ?3 WHERE id = ?1",
+                                params![id, now, outcome],
+                            )?;
+                            insert_transition(
+                                tx,
+                                &id,
+                                now,
+                                Some(a.status),
+                                Status::Failed,
+                                SYSTEM_ACTOR,
+                                Some("grant use"),
+                                Some(ORPHANED),
+                            )?;
+                        }
+                        settled.push(load(tx, &id)?.ok_or_else(|| StoreError::NotFound(id.clone()))?);
                     }
-                    settled.push(load(&tx, &id)?.ok_or_else(|| StoreError::NotFound(id.clone()))?);
+                    // Tasks that ran without an approval have no claim: they fail by their instance.
+                    fail_orphaned_tasks(tx, OrphanColumn::Instance, &instance, now)?;
+                    tx.execute("DELETE FROM instances WHERE id = ?1", params![instance])?;
                 }
-                // Tasks that ran without an approval have no claim: they fail by their instance.
-                fail_orphaned_tasks(&tx, "instance", &instance, now)?;
-                tx.execute("DELETE FROM instances WHERE id = ?1", [&instance])?;
-            }
-            tx.commit()?;
-            Ok(settled)
+                Ok(settled)
+            })
         })
         .await
     }
@@ -124,13 +113,13 @@ impl Store {
 
 /// Instances other than `me` that have stopped: a heartbeat older than [`STALE_AFTER`](crate::store::STALE_AFTER), or a dead
 /// process on this host.
-fn stopped_instances(conn: &Connection, me: &str, now: i64) -> Result<Vec<String>, StoreError> {
+fn stopped_instances(conn: &mut dyn Sql, me: &str, now: i64) -> Result<Vec<String>, StoreError> {
     let stale = now.saturating_sub(i64::try_from(crate::store::STALE_AFTER.as_millis()).unwrap_or(i64::MAX));
     let host = crate::store::host_name();
-    let rows: Vec<(String, String, i64, i64)> = conn
-        .prepare_cached("SELECT id, host, pid, heartbeat_at FROM instances WHERE id != ?1")?
-        .query_map([me], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-        .collect::<Result<_, _>>()?;
+    let rows: Vec<(String, String, i64, i64)> =
+        conn.query_map("SELECT id, host, pid, heartbeat_at FROM instances WHERE id != ?1", params![me], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?;
     Ok(rows
         .into_iter()
         .filter(|(_, h, pid, beat)| *beat < stale || (*h == host && !process_alive(*pid)))
@@ -159,37 +148,43 @@ fn process_alive(pid: i64) -> bool {
 
 /// Fails the `running` gate tasks whose `column` (`id` or `instance`) is `value`: their run's
 /// process stopped, so their outcome is unknown and they are never run again.
-fn fail_orphaned_tasks(tx: &Connection, column: &'static str, value: &str, now: i64) -> Result<(), StoreError> {
+fn fail_orphaned_tasks(tx: &mut dyn Sql, column: OrphanColumn, value: &str, now: i64) -> Result<(), StoreError> {
     let error = serde_json::json!({ "code": crate::wire::jsonrpc::code::INTERNAL_ERROR, "message": ORPHANED });
-    tx.prepare_cached(&format!(
-        "UPDATE gate_tasks SET state = 'failed', status_message = ?2, error = ?3, updated_at = ?4
-         WHERE {column} = ?1 AND state = 'running'"
-    ))?
-    .execute(params![value, ORPHANED, error.to_string(), now])?;
+    let sql = match column {
+        OrphanColumn::Id => {
+            "UPDATE gate_tasks SET state = 'failed', status_message = ?2, error = ?3, updated_at = ?4
+             WHERE id = ?1 AND state = 'running'"
+        }
+        OrphanColumn::Instance => {
+            "UPDATE gate_tasks SET state = 'failed', status_message = ?2, error = ?3, updated_at = ?4
+             WHERE instance = ?1 AND state = 'running'"
+        }
+    };
+    tx.execute(sql, params![value, ORPHANED, error.to_string(), now])?;
     Ok(())
+}
+
+/// The column [`fail_orphaned_tasks`] selects the tasks by.
+#[derive(Clone, Copy)]
+enum OrphanColumn {
+    Id,
+    Instance,
 }
 
 /// Removes one claim of `id` made by `instance` (its run finished or was given back).
-fn drop_claim(conn: &Connection, id: &str, instance: &str) -> Result<(), StoreError> {
-    conn.prepare_cached(
+fn drop_claim(conn: &mut dyn Sql, id: &str, instance: &str) -> Result<(), StoreError> {
+    conn.execute(
         "DELETE FROM claims WHERE id = (SELECT id FROM claims WHERE approval_id = ?1 AND instance = ?2
          ORDER BY id LIMIT 1)",
-    )?
-    .execute(params![id, instance])?;
+        params![id, instance],
+    )?;
     Ok(())
 }
 
-fn claim_tx(conn: &mut Connection, id: &str, now: i64, instance: &str) -> Result<Claim, StoreError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let (claim, _) = claim_in(&tx, id, now, instance)?;
-    tx.commit()?;
-    Ok(claim)
-}
-
 /// The claim of [`Store::claim_execution`] inside the caller's write transaction; with
-/// [`Claim::Run`], the rowid of the `claims` row it wrote.
+/// [`Claim::Run`], the id of the `claims` row it wrote.
 pub(in crate::store) fn claim_in(
-    tx: &Connection,
+    tx: &mut dyn Sql,
     id: &str,
     now: i64,
     instance: &str,
@@ -206,10 +201,14 @@ pub(in crate::store) fn claim_in(
         Status::Approved if a.grant_secs == 0 && a.uses > 0 => Claim::Spent,
         Status::Approved => {
             // Not lapsed: a single use not yet claimed, or a grant inside its window.
-            tx.prepare_cached("UPDATE approvals SET uses = uses + 1 WHERE id = ?1")?.execute([id])?;
-            tx.prepare_cached("INSERT INTO claims (approval_id, instance, at) VALUES (?1, ?2, ?3)")?
-                .execute(params![id, instance, now])?;
-            return Ok((Claim::Run, Some(tx.last_insert_rowid())));
+            tx.execute("UPDATE approvals SET uses = uses + 1 WHERE id = ?1", params![id])?;
+            let claim: i64 = tx
+                .query_one(
+                    "INSERT INTO claims (approval_id, instance, at) VALUES (?1, ?2, ?3) RETURNING id",
+                    params![id, instance, now],
+                )?
+                .get(0)?;
+            return Ok((Claim::Run, Some(claim)));
         }
     };
     Ok((claim, None))
@@ -217,7 +216,7 @@ pub(in crate::store) fn claim_in(
 
 /// The finish of [`Store::finish_execution`] inside the caller's write transaction.
 pub(in crate::store) fn finish_in(
-    tx: &Connection,
+    tx: &mut dyn Sql,
     id: &str,
     ok: bool,
     outcome: &Value,
@@ -257,7 +256,7 @@ pub(in crate::store) fn finish_in(
 
 /// The release of [`Store::release_claim`] inside the caller's write transaction.
 pub(in crate::store) fn release_in(
-    tx: &Connection,
+    tx: &mut dyn Sql,
     id: &str,
     now: i64,
     instance: &str,
@@ -267,7 +266,7 @@ pub(in crate::store) fn release_in(
     if a.status != Status::Approved || a.uses == 0 {
         return Err(StoreError::InvalidState(format!("approval {id} is {} with {} uses", a.status, a.uses)));
     }
-    tx.execute("UPDATE approvals SET uses = uses - 1 WHERE id = ?1", [id])?;
+    tx.execute("UPDATE approvals SET uses = uses - 1 WHERE id = ?1", params![id])?;
     insert_transition(
         tx,
         id,

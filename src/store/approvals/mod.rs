@@ -32,12 +32,11 @@ use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 
-use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, Type, ValueRef};
-use rusqlite::{Connection, OptionalExtension, Row, ToSql, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{SYSTEM_ACTOR, Store, StoreError, with_full_sync};
+use super::db::{Conn, Engine, FromVal, Param, Row, Sql, Val, params};
+use super::{SYSTEM_ACTOR, Store, StoreError};
 
 mod claims;
 pub(in crate::store) use claims::{claim_in, finish_in, release_in};
@@ -101,15 +100,18 @@ impl FromStr for Status {
     }
 }
 
-impl ToSql for Status {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::from(self.as_str()))
+impl Param for Status {
+    fn to_val(&self) -> Val {
+        Val::Text(self.as_str().to_owned())
     }
 }
 
-impl FromSql for Status {
-    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-        value.as_str()?.parse().map_err(|e| FromSqlError::Other(Box::new(e)))
+impl FromVal for Status {
+    fn from_val(v: Val) -> Result<Self, String> {
+        match v {
+            Val::Text(s) => s.parse().map_err(|e: ParseStatusError| e.to_string()),
+            other => Err(format!("expected an approval status, found {other:?}")),
+        }
     }
 }
 
@@ -130,12 +132,21 @@ impl VoteDecision {
     }
 }
 
-impl FromSql for VoteDecision {
-    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-        match value.as_str()? {
-            "approve" => Ok(VoteDecision::Approve),
-            "deny" => Ok(VoteDecision::Deny),
-            other => Err(FromSqlError::Other(format!("unknown vote decision {other:?}").into())),
+impl Param for VoteDecision {
+    fn to_val(&self) -> Val {
+        Val::Text(self.as_str().to_owned())
+    }
+}
+
+impl FromVal for VoteDecision {
+    fn from_val(v: Val) -> Result<Self, String> {
+        match v {
+            Val::Text(s) => match s.as_str() {
+                "approve" => Ok(VoteDecision::Approve),
+                "deny" => Ok(VoteDecision::Deny),
+                other => Err(format!("unknown vote decision {other:?}")),
+            },
+            other => Err(format!("expected a vote decision, found {other:?}")),
         }
     }
 }
@@ -330,6 +341,12 @@ impl From<rusqlite::Error> for TransitionError {
     }
 }
 
+impl From<postgres::Error> for TransitionError {
+    fn from(e: postgres::Error) -> Self {
+        TransitionError::Store(StoreError::Postgres(e))
+    }
+}
+
 /// Grant windows are stored in seconds and compared in milliseconds; this keeps `grant_secs * 1000` an i64.
 const MAX_GRANT_SECS: u64 = (i64::MAX / 1000) as u64;
 
@@ -337,16 +354,24 @@ fn grant_ms(grant_secs: u64) -> i64 {
     i64::try_from(grant_secs.min(MAX_GRANT_SECS)).unwrap_or(i64::MAX / 1000).saturating_mul(1000)
 }
 
-const COLS: &str = "id, key, server, tool, arguments, agent, risk, rule, rule_reason, workflow, required_approvals, \
-                    grant_secs, trace, created_at, expires_at, status, decided_at, decided_by, deny_reason, notes, \
-                    uses, executed_at, outcome, tool_info, channel";
+/// The columns [`row_to_approval`] reads, as a literal (for `concat!`: statements stay `&'static str`).
+macro_rules! cols {
+    () => {
+        "id, key, server, tool, arguments, agent, risk, rule, rule_reason, workflow, required_approvals, \
+         grant_secs, trace, created_at, expires_at, status, decided_at, decided_by, deny_reason, notes, \
+         uses, executed_at, outcome, tool_info, channel"
+    };
+}
+use cols;
 
-fn json_col(row: &Row<'_>, idx: usize) -> rusqlite::Result<Value> {
+const COLS: &str = cols!();
+
+fn json_col(row: &Row, idx: usize) -> Result<Value, StoreError> {
     let text: String = row.get(idx)?;
-    serde_json::from_str(&text).map_err(|e| rusqlite::Error::FromSqlConversionFailure(idx, Type::Text, Box::new(e)))
+    serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("column {idx}: {e}")))
 }
 
-fn row_to_approval(row: &Row<'_>) -> rusqlite::Result<Approval> {
+fn row_to_approval(row: &Row) -> Result<Approval, StoreError> {
     let grant_secs: i64 = row.get(11)?;
     let outcome: Option<String> = row.get(22)?;
     let request = ApprovalRequest {
@@ -361,12 +386,11 @@ fn row_to_approval(row: &Row<'_>) -> rusqlite::Result<Approval> {
         rule_reason: row.get(8)?,
         workflow: row.get(9)?,
         required_approvals: row.get(10)?,
-        grant_secs: u64::try_from(grant_secs)
-            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(11, Type::Integer, Box::new(e)))?,
+        grant_secs: u64::try_from(grant_secs).map_err(|e| StoreError::Corrupt(format!("column 11: {e}")))?,
         trace: json_col(row, 12)?,
         created_at: row.get(13)?,
         expires_at: row.get(14)?,
-        tool_info: match row.get::<_, Option<String>>(23)? {
+        tool_info: match row.get::<Option<String>>(23)? {
             Some(text) => serde_json::from_str(&text).ok(),
             None => None,
         },
@@ -383,35 +407,40 @@ fn row_to_approval(row: &Row<'_>) -> rusqlite::Result<Approval> {
         uses: row.get(20)?,
         executed_at: row.get(21)?,
         outcome: match outcome {
-            Some(text) => Some(
-                serde_json::from_str(&text)
-                    .map_err(|e| rusqlite::Error::FromSqlConversionFailure(22, Type::Text, Box::new(e)))?,
-            ),
+            Some(text) => {
+                Some(serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("column 22: {e}")))?)
+            }
             None => None,
         },
     })
 }
 
 /// Fills in the votes of `approvals` with one query.
-fn with_votes(conn: &Connection, mut approvals: Vec<Approval>) -> Result<Vec<Approval>, StoreError> {
+fn with_votes(conn: &mut dyn Sql, mut approvals: Vec<Approval>) -> Result<Vec<Approval>, StoreError> {
     if approvals.is_empty() {
         return Ok(approvals);
     }
     let ids = serde_json::to_string(&approvals.iter().map(|a| a.id.as_str()).collect::<Vec<_>>())?;
-    let mut stmt = conn.prepare_cached(
-        "SELECT approval_id, actor, decision, notes, reason, at FROM approval_votes
-         WHERE approval_id IN (SELECT value FROM json_each(?1))
-         ORDER BY approval_id, at, actor",
-    )?;
+    let sql = match conn.engine() {
+        Engine::Sqlite => {
+            "SELECT approval_id, actor, decision, notes, reason, at FROM approval_votes
+             WHERE approval_id IN (SELECT value FROM json_each(?1))
+             ORDER BY approval_id, at, actor"
+        }
+        Engine::Postgres => {
+            "SELECT approval_id, actor, decision, notes, reason, at FROM approval_votes
+             WHERE approval_id IN (SELECT json_array_elements_text(CAST(?1 AS json)))
+             ORDER BY approval_id, at, actor"
+        }
+    };
     let mut by_id: HashMap<String, Vec<VoteRecord>> = HashMap::new();
-    let rows = stmt.query_map([ids], |r| {
+    let rows = conn.query_map(sql, params![ids], |r| {
         Ok((
-            r.get::<_, String>(0)?,
+            r.get::<String>(0)?,
             VoteRecord { actor: r.get(1)?, decision: r.get(2)?, notes: r.get(3)?, reason: r.get(4)?, at: r.get(5)? },
         ))
     })?;
-    for row in rows {
-        let (id, vote) = row?;
+    for (id, vote) in rows {
         by_id.entry(id).or_default().push(vote);
     }
     for a in &mut approvals {
@@ -425,17 +454,18 @@ fn with_votes(conn: &Connection, mut approvals: Vec<Approval>) -> Result<Vec<App
 /// The outcome recorded for a call whose process stopped between its claim and its finish.
 pub const ORPHANED: &str = "the process running it stopped; outcome unknown";
 
-fn load(conn: &Connection, id: &str) -> Result<Option<Approval>, StoreError> {
+fn load(conn: &mut dyn Sql, id: &str) -> Result<Option<Approval>, StoreError> {
     let found = conn
-        .prepare_cached(&format!("SELECT {COLS} FROM approvals WHERE id = ?1"))?
-        .query_row([id], row_to_approval)
-        .optional()?;
+        .query_opt(concat!("SELECT ", cols!(), " FROM approvals WHERE id = ?1"), params![id])?
+        .as_ref()
+        .map(row_to_approval)
+        .transpose()?;
     with_votes(conn, found.into_iter().collect()).map(|mut v| v.pop())
 }
 
 #[allow(clippy::too_many_arguments)]
 fn insert_transition(
-    conn: &Connection,
+    conn: &mut dyn Sql,
     id: &str,
     at: i64,
     from: Option<Status>,
@@ -444,22 +474,22 @@ fn insert_transition(
     notes: Option<&str>,
     reason: Option<&str>,
 ) -> Result<(), StoreError> {
-    conn.prepare_cached(
+    conn.execute(
         "INSERT INTO approval_transitions (approval_id, at, from_status, to_status, actor, notes, reason)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?
-    .execute(params![id, at, from, to, actor, notes, reason])?;
+        params![id, at, from, to, actor, notes, reason],
+    )?;
     Ok(())
 }
 
 /// Moves `a` to `to` with its transition row.
-fn move_to(conn: &Connection, a: &Approval, to: Status, at: i64, actor: &str, reason: &str) -> Result<(), StoreError> {
-    conn.prepare_cached("UPDATE approvals SET status = ?2 WHERE id = ?1")?.execute(params![a.id, to])?;
+fn move_to(conn: &mut dyn Sql, a: &Approval, to: Status, at: i64, actor: &str, reason: &str) -> Result<(), StoreError> {
+    conn.execute("UPDATE approvals SET status = ?2 WHERE id = ?1", params![a.id, to])?;
     insert_transition(conn, &a.id, at, Some(a.status), to, actor, None, Some(reason))
 }
 
 /// If `a` is past its deadline, closes it (see [`Store::expire_due`]) and returns the new status.
-fn close_if_lapsed(conn: &Connection, a: &Approval, now: i64) -> Result<Option<Status>, StoreError> {
+fn close_if_lapsed(conn: &mut dyn Sql, a: &Approval, now: i64) -> Result<Option<Status>, StoreError> {
     let (to, reason) = match a.status {
         Status::Pending if a.expires_at <= now => (Status::Expired, "no decision before the deadline"),
         Status::Approved if a.grant_secs == 0 && a.uses == 0 && a.expires_at <= now => {

@@ -7,11 +7,10 @@ impl Store {
     /// Stores a new pending approval (and its creation transition).
     pub async fn insert_approval(&self, a: ApprovalRequest) -> Result<Approval, StoreError> {
         self.call(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            insert_tx(&tx, &a)?;
-            let stored = load(&tx, &a.id)?.ok_or_else(|| StoreError::NotFound(a.id.clone()))?;
-            tx.commit()?;
-            Ok(stored)
+            conn.write(|tx| {
+                insert_tx(tx, &a)?;
+                load(tx, &a.id)?.ok_or_else(|| StoreError::NotFound(a.id.clone()))
+            })
         })
         .await
     }
@@ -24,16 +23,15 @@ impl Store {
     /// index on the key of pending rows backs this up).
     pub async fn open_request(&self, new: ApprovalRequest, now: i64) -> Result<Opened, StoreError> {
         self.call(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let expired = close_lapsed_of_key(&tx, &new.key, now)?;
-            if let Some(standing) = standing_tx(&tx, &new.key, now)? {
-                tx.commit()?;
-                return Ok(Opened { approval: standing, joined: true, expired });
-            }
-            insert_tx(&tx, &new)?;
-            let stored = load(&tx, &new.id)?.ok_or_else(|| StoreError::NotFound(new.id.clone()))?;
-            tx.commit()?;
-            Ok(Opened { approval: stored, joined: false, expired })
+            conn.write(|tx| {
+                let expired = close_lapsed_of_key(tx, &new.key, now)?;
+                if let Some(standing) = standing_tx(tx, &new.key, now)? {
+                    return Ok(Opened { approval: standing, joined: true, expired });
+                }
+                insert_tx(tx, &new)?;
+                let stored = load(tx, &new.id)?.ok_or_else(|| StoreError::NotFound(new.id.clone()))?;
+                Ok(Opened { approval: stored, joined: false, expired })
+            })
         })
         .await
     }
@@ -50,24 +48,32 @@ impl Store {
         now: i64,
     ) -> Result<Opened, TransitionError> {
         self.call(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let expired = close_lapsed_of_key(&tx, &new.key, now)?;
-            let pending: Option<String> = tx
-                .prepare_cached("SELECT id FROM approvals WHERE key = ?1 AND status = 'pending'")?
-                .query_row([&new.key], |r| r.get(0))
-                .optional()?;
-            if let Some(id) = pending {
-                let standing = load(&tx, &id)?.ok_or_else(|| StoreError::NotFound(id.clone()))?;
-                tx.commit()?;
-                return Ok(Ok(Opened { approval: standing, joined: true, expired }));
+            // A refused vote rolls the whole transaction back (the request is not opened).
+            let mut refused = None;
+            let opened = conn.write(|tx| {
+                let expired = close_lapsed_of_key(tx, &new.key, now)?;
+                let pending = tx
+                    .query_opt("SELECT id FROM approvals WHERE key = ?1 AND status = 'pending'", params![new.key])?
+                    .map(|r| r.get::<String>(0))
+                    .transpose()?;
+                if let Some(id) = pending {
+                    let standing = load(tx, &id)?.ok_or_else(|| StoreError::NotFound(id.clone()))?;
+                    return Ok(Opened { approval: standing, joined: true, expired });
+                }
+                insert_tx(tx, &new)?;
+                match vote_in(tx, &new.id, vote, required, now) {
+                    Ok(decided) => Ok(Opened { approval: decided, joined: false, expired }),
+                    Err(e) => {
+                        refused = Some(e);
+                        Err(StoreError::Aborted)
+                    }
+                }
+            });
+            match (opened, refused) {
+                (_, Some(e)) => Ok(Err(e)),
+                (Ok(opened), None) => Ok(Ok(opened)),
+                (Err(e), None) => Err(e),
             }
-            insert_tx(&tx, &new)?;
-            let decided = match vote_in(&tx, &new.id, vote, required, now) {
-                Ok(a) => a,
-                Err(e) => return Ok(Err(e)),
-            };
-            tx.commit()?;
-            Ok(Ok(Opened { approval: decided, joined: false, expired }))
         })
         .await?
     }
@@ -95,15 +101,18 @@ impl Store {
     /// Approval requests matching `filter`, newest first.
     pub async fn list_approvals(&self, filter: ApprovalFilter) -> Result<Vec<Approval>, StoreError> {
         self.call(move |conn| {
-            let (conds, mut args) = filter_sql(&filter);
-            let sql =
-                format!("SELECT {COLS} FROM approvals{conds} ORDER BY created_at DESC, rowid DESC LIMIT ? OFFSET ?");
-            args.push(i64::from(filter.limit.unwrap_or(DEFAULT_LIST_LIMIT).min(MAX_LIST_LIMIT)).into());
-            args.push(i64::from(filter.offset).into());
-            let rows = conn
-                .prepare_cached(&sql)?
-                .query_map(rusqlite::params_from_iter(args), row_to_approval)?
-                .collect::<Result<Vec<_>, _>>()?;
+            let conn = conn.sql();
+            let (conds, mut args) = filter_sql(&filter, conn.engine());
+            let n = args.len();
+            let sql = format!(
+                "SELECT {COLS} FROM approvals{conds} ORDER BY created_at DESC, {} LIMIT ?{} OFFSET ?{}",
+                newest_last_tiebreak(conn.engine()),
+                n + 1,
+                n + 2
+            );
+            args.push(Val::Int(i64::from(filter.limit.unwrap_or(DEFAULT_LIST_LIMIT).min(MAX_LIST_LIMIT))));
+            args.push(Val::Int(i64::from(filter.offset)));
+            let rows = conn.query_map(&sql, &param_refs(&args), row_to_approval)?;
             with_votes(conn, rows)
         })
         .await
@@ -112,9 +121,9 @@ impl Store {
     /// How many approvals match `filter` (its page is ignored).
     pub async fn count_approvals(&self, filter: ApprovalFilter) -> Result<u64, StoreError> {
         self.call(move |conn| {
-            let (conds, args) = filter_sql(&filter);
+            let (conds, args) = filter_sql(&filter, conn.engine());
             let sql = format!("SELECT count(*) FROM approvals{conds}");
-            let n: i64 = conn.prepare_cached(&sql)?.query_row(rusqlite::params_from_iter(args), |r| r.get(0))?;
+            let n: i64 = conn.query_one(&sql, &param_refs(&args))?.get(0)?;
             Ok(u64::try_from(n).unwrap_or(0))
         })
         .await
@@ -137,17 +146,17 @@ impl Store {
             if due.is_empty() {
                 return Ok(Vec::new());
             }
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let mut closed = Vec::new();
-            for id in due {
-                // Read again under the write lock: another process may have closed or used it.
-                let Some(a) = load(&tx, &id)? else { continue };
-                if close_if_lapsed(&tx, &a, now)? == Some(Status::Expired) {
-                    closed.push(load(&tx, &id)?.ok_or_else(|| StoreError::NotFound(id.clone()))?);
+            conn.write(|tx| {
+                let mut closed = Vec::new();
+                for id in due {
+                    // Read again under the write lock: another process may have closed or used it.
+                    let Some(a) = load(tx, &id)? else { continue };
+                    if close_if_lapsed(tx, &a, now)? == Some(Status::Expired) {
+                        closed.push(load(tx, &id)?.ok_or_else(|| StoreError::NotFound(id.clone()))?);
+                    }
                 }
-            }
-            tx.commit()?;
-            Ok(closed)
+                Ok(closed)
+            })
         })
         .await
     }
@@ -156,15 +165,18 @@ impl Store {
     /// later (so a short-lived request is not announced as expiring the moment it is made).
     pub async fn pending_expiring(&self, now: i64, warning_ms: i64) -> Result<Vec<Approval>, StoreError> {
         self.call(move |conn| {
-            let sql = format!(
-                "SELECT {COLS} FROM approvals WHERE status = 'pending' AND expires_at > ?1 AND expires_at <= ?1 + ?2
-                 AND expires_at - min(?2, (expires_at - created_at) / 2) <= ?1
+            // `min(a, b)` written out: SQLite's scalar `min` is `least` on PostgreSQL.
+            let sql = concat!(
+                "SELECT ",
+                cols!(),
+                " FROM approvals WHERE status = 'pending' AND expires_at > ?1
+                 AND expires_at <= CAST(?1 AS BIGINT) + CAST(?2 AS BIGINT)
+                 AND expires_at - CASE WHEN CAST(?2 AS BIGINT) < (expires_at - created_at) / 2
+                     THEN CAST(?2 AS BIGINT) ELSE (expires_at - created_at) / 2 END <= ?1
                  ORDER BY expires_at"
             );
-            let rows = conn
-                .prepare_cached(&sql)?
-                .query_map(params![now, warning_ms], row_to_approval)?
-                .collect::<Result<Vec<_>, _>>()?;
+            let conn = conn.sql();
+            let rows = conn.query_map(sql, params![now, warning_ms], row_to_approval)?;
             with_votes(conn, rows)
         })
         .await
@@ -174,12 +186,11 @@ impl Store {
     pub async fn transitions(&self, id: &str) -> Result<Vec<Transition>, StoreError> {
         let id = id.to_owned();
         self.call(move |conn| {
-            let rows = conn
-                .prepare_cached(
-                    "SELECT at, from_status, to_status, actor, notes, reason FROM approval_transitions
-                     WHERE approval_id = ?1 ORDER BY id",
-                )?
-                .query_map([id], |r| {
+            conn.sql().query_map(
+                "SELECT at, from_status, to_status, actor, notes, reason FROM approval_transitions
+                 WHERE approval_id = ?1 ORDER BY id",
+                params![id],
+                |r| {
                     Ok(Transition {
                         at: r.get(0)?,
                         from: r.get(1)?,
@@ -188,47 +199,60 @@ impl Store {
                         notes: r.get(4)?,
                         reason: r.get(5)?,
                     })
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(rows)
+                },
+            )
         })
         .await
     }
 }
 
-/// The `WHERE` clause (with a leading space, or empty) and arguments of a filter.
-fn filter_sql(filter: &ApprovalFilter) -> (String, Vec<rusqlite::types::Value>) {
-    let mut conds: Vec<&str> = Vec::new();
-    let mut args: Vec<rusqlite::types::Value> = Vec::new();
-    let search: String;
+/// The tie-break of "newest first" between rows created in the same millisecond: the later
+/// insert first. SQLite has the insertion order (`rowid`); PostgreSQL has no such column, so the
+/// larger id comes first there.
+fn newest_last_tiebreak(engine: Engine) -> &'static str {
+    match engine {
+        Engine::Sqlite => "rowid DESC",
+        Engine::Postgres => "id DESC",
+    }
+}
+
+/// `args` as statement parameters.
+fn param_refs(args: &[Val]) -> Vec<&dyn Param> {
+    args.iter().map(|a| a as &dyn Param).collect()
+}
+
+/// The `WHERE` clause (with a leading space, or empty) and arguments of a filter; its
+/// placeholders are `?1`..`?n` for the `n` arguments.
+fn filter_sql(filter: &ApprovalFilter, engine: Engine) -> (String, Vec<Val>) {
+    let mut conds: Vec<String> = Vec::new();
+    let mut args: Vec<Val> = Vec::new();
+    // `cond` with its `?` replaced by the next argument's number.
+    let push = |conds: &mut Vec<String>, args: &mut Vec<Val>, cond: &str, value: Val| {
+        args.push(value);
+        conds.push(cond.replacen('?', &format!("?{}", args.len()), 1));
+    };
     if let Some(status) = filter.status {
-        conds.push("status = ?");
-        args.push(status.as_str().to_owned().into());
+        push(&mut conds, &mut args, "status = ?", status.to_val());
     }
     for (cond, value) in [("server = ?", &filter.server), ("tool = ?", &filter.tool), ("agent = ?", &filter.agent)] {
         if let Some(v) = value {
-            conds.push(cond);
-            args.push(v.clone().into());
+            push(&mut conds, &mut args, cond, Val::Text(v.clone()));
         }
     }
     match filter.rule.as_deref() {
-        Some("default") => conds.push("rule IS NULL"),
-        Some(rule) => {
-            conds.push("rule = ?");
-            args.push(rule.to_owned().into());
-        }
+        Some("default") => conds.push("rule IS NULL".to_owned()),
+        Some(rule) => push(&mut conds, &mut args, "rule = ?", Val::Text(rule.to_owned())),
         None => {}
     }
     if let Some(from) = filter.from {
-        conds.push("created_at >= ?");
-        args.push(from.into());
+        push(&mut conds, &mut args, "created_at >= ?", Val::Int(from));
     }
     if let Some(to) = filter.to {
-        conds.push("created_at < ?");
-        args.push(to.into());
+        push(&mut conds, &mut args, "created_at < ?", Val::Int(to));
     }
     if let Some(q) = filter.q.as_deref().map(str::trim).filter(|q| !q.is_empty()) {
-        // LIKE is case-insensitive for ASCII; `\` escapes the wildcards a user typed.
+        // Case-insensitive for ASCII (SQLite's LIKE; PostgreSQL's LIKE is case-sensitive, ILIKE is
+        // not); `\` escapes the wildcards a user typed.
         let escaped = q.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
         const SEARCHED: [&str; 7] = [
             "id",
@@ -239,22 +263,28 @@ fn filter_sql(filter: &ApprovalFilter) -> (String, Vec<rusqlite::types::Value>) 
             "coalesce(rule_reason, '')",
             "arguments",
         ];
-        let any = SEARCHED.iter().map(|c| format!("{c} LIKE ? ESCAPE '\\'")).collect::<Vec<_>>().join(" OR ");
-        search = format!("({any})");
-        conds.push(&search);
+        let like = match engine {
+            Engine::Sqlite => "LIKE",
+            Engine::Postgres => "ILIKE",
+        };
         let pattern = format!("%{escaped}%");
-        for _ in SEARCHED {
-            args.push(pattern.clone().into());
-        }
+        args.push(Val::Text(pattern));
+        // One argument, named by every column's test.
+        let n = args.len();
+        let any = SEARCHED.iter().map(|c| format!("{c} {like} ?{n} ESCAPE '\\'")).collect::<Vec<_>>().join(" OR ");
+        conds.push(format!("({any})"));
     }
     if conds.is_empty() { (String::new(), args) } else { (format!(" WHERE {}", conds.join(" AND ")), args) }
 }
 
 /// The ids of rows whose deadline has passed, by index: pending by `expires_at`, unused single-use
 /// approvals by `expires_at`, grants by the end of their window.
-fn due_ids(conn: &Connection, now: i64) -> Result<Vec<String>, StoreError> {
-    let ids = conn.prepare_cached(DUE_SQL)?.query_map([now], |r| r.get(0))?.collect::<Result<Vec<String>, _>>()?;
-    Ok(ids)
+fn due_ids(conn: &mut dyn Sql, now: i64) -> Result<Vec<String>, StoreError> {
+    let sql = match conn.engine() {
+        Engine::Sqlite => DUE_SQL,
+        Engine::Postgres => DUE_SQL_POSTGRES,
+    };
+    conn.query_map(sql, params![now], |r| r.get(0))
 }
 
 /// `INDEXED BY`: without statistics the planner would rather walk every approved row by status.
@@ -266,13 +296,23 @@ pub(crate) const DUE_SQL: &str = "SELECT id FROM approvals WHERE status = 'pendi
      SELECT id FROM approvals INDEXED BY approvals_grant_ends
          WHERE status = 'approved' AND grant_secs > 0 AND coalesce(decided_at, created_at) + grant_secs * 1000 <= ?1";
 
+/// [`DUE_SQL`] for PostgreSQL, which has no `INDEXED BY` (its planner has statistics).
+const DUE_SQL_POSTGRES: &str = "SELECT id FROM approvals WHERE status = 'pending' AND expires_at <= ?1
+     UNION ALL
+     SELECT id FROM approvals
+         WHERE status = 'approved' AND grant_secs = 0 AND uses = 0 AND expires_at <= ?1
+     UNION ALL
+     SELECT id FROM approvals
+         WHERE status = 'approved' AND grant_secs > 0 AND coalesce(decided_at, created_at) + grant_secs * 1000 <= ?1";
+
 /// Closes the open requests of `key` whose deadline has passed; returns those that expired.
-fn close_lapsed_of_key(tx: &Connection, key: &str, now: i64) -> Result<Vec<Approval>, StoreError> {
+fn close_lapsed_of_key(tx: &mut dyn Sql, key: &str, now: i64) -> Result<Vec<Approval>, StoreError> {
     let mut expired = Vec::new();
-    let open: Vec<String> = tx
-        .prepare_cached("SELECT id FROM approvals WHERE key = ?1 AND status IN ('pending', 'approved')")?
-        .query_map([key], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
+    let open: Vec<String> = tx.query_map(
+        "SELECT id FROM approvals WHERE key = ?1 AND status IN ('pending', 'approved')",
+        params![key],
+        |r| r.get(0),
+    )?;
     for id in open {
         let Some(a) = load(tx, &id)? else { continue };
         if close_if_lapsed(tx, &a, now)? == Some(Status::Expired) {
@@ -283,11 +323,16 @@ fn close_lapsed_of_key(tx: &Connection, key: &str, now: i64) -> Result<Vec<Appro
 }
 
 /// Stores `a` as pending, with its creation transition.
-fn insert_tx(conn: &Connection, a: &ApprovalRequest) -> Result<(), StoreError> {
+///
+/// A duplicate id is [`StoreError::AlreadyExists`]; a second pending request for the key is
+/// [`StoreError::InvalidState`]. The conflict is skipped (`ON CONFLICT DO NOTHING`) rather than
+/// raised, so that the transaction stays usable on PostgreSQL to tell the two apart.
+fn insert_tx(conn: &mut dyn Sql, a: &ApprovalRequest) -> Result<(), StoreError> {
     let inserted = conn.execute(
         "INSERT INTO approvals (id, key, server, tool, arguments, agent, risk, rule, rule_reason, workflow,
              required_approvals, grant_secs, trace, created_at, expires_at, status, tool_info, channel)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, 'pending', ?16, ?17)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, 'pending', ?16, ?17)
+         ON CONFLICT DO NOTHING",
         params![
             a.id,
             a.key,
@@ -308,53 +353,71 @@ fn insert_tx(conn: &Connection, a: &ApprovalRequest) -> Result<(), StoreError> {
             a.channel,
         ],
     );
-    match inserted {
-        Err(rusqlite::Error::SqliteFailure(e, _)) if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY => {
+    // `ON CONFLICT DO NOTHING` skips a duplicate id and a second pending row for the key alike.
+    let conflict = inserted? == 0;
+    if conflict {
+        let exists: bool =
+            conn.query_one("SELECT EXISTS (SELECT 1 FROM approvals WHERE id = ?1)", params![a.id])?.get(0)?;
+        if exists {
             return Err(StoreError::AlreadyExists(a.id.clone()));
         }
-        Err(rusqlite::Error::SqliteFailure(e, _)) if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE => {
-            let exists: bool = conn
-                .prepare_cached("SELECT EXISTS (SELECT 1 FROM approvals WHERE id = ?1)")?
-                .query_row([&a.id], |r| r.get(0))?;
-            if exists {
-                return Err(StoreError::AlreadyExists(a.id.clone()));
-            }
-            return Err(StoreError::InvalidState(format!("a request for call key {} is already pending", a.key)));
-        }
-        other => other?,
-    };
+        return Err(StoreError::InvalidState(format!("a request for call key {} is already pending", a.key)));
+    }
     let actor = a.agent.as_deref().unwrap_or("agent");
     insert_transition(conn, &a.id, a.created_at, None, Status::Pending, actor, None, a.rule_reason.as_deref())
 }
 
 /// See [`Store::find_reusable`].
-fn reusable_tx(conn: &Connection, key: &str, now: i64) -> Result<Option<Approval>, StoreError> {
-    let sql = format!(
-        "SELECT {COLS} FROM approvals
-         WHERE key = ?1 AND (
-             (status = 'pending' AND expires_at > ?2)
-             OR (status = 'approved' AND grant_secs = 0 AND uses = 0 AND expires_at > ?2)
-             OR (status = 'approved' AND grant_secs > 0
-                 AND coalesce(decided_at, created_at) + grant_secs * 1000 > ?2))
-         ORDER BY created_at DESC, rowid DESC
-         LIMIT 1"
-    );
-    let found = conn.prepare_cached(&sql)?.query_row(params![key, now], row_to_approval).optional()?;
+fn reusable_tx(conn: &mut dyn Sql, key: &str, now: i64) -> Result<Option<Approval>, StoreError> {
+    macro_rules! reusable {
+        ($tiebreak:literal) => {
+            concat!(
+                "SELECT ",
+                cols!(),
+                " FROM approvals
+                 WHERE key = ?1 AND (
+                     (status = 'pending' AND expires_at > ?2)
+                     OR (status = 'approved' AND grant_secs = 0 AND uses = 0 AND expires_at > ?2)
+                     OR (status = 'approved' AND grant_secs > 0
+                         AND coalesce(decided_at, created_at) + grant_secs * 1000 > ?2))
+                 ORDER BY created_at DESC, ",
+                $tiebreak,
+                " LIMIT 1"
+            )
+        };
+    }
+    // See `newest_last_tiebreak`.
+    let sql = match conn.engine() {
+        Engine::Sqlite => reusable!("rowid DESC"),
+        Engine::Postgres => reusable!("id DESC"),
+    };
+    let found = conn.query_opt(sql, params![key, now])?.as_ref().map(row_to_approval).transpose()?;
     with_votes(conn, found.into_iter().collect()).map(|mut v| v.pop())
 }
 
 /// See [`Store::find_standing`]: reusable, or else a denial that stands until the request would have
 /// expired.
-fn standing_tx(conn: &Connection, key: &str, now: i64) -> Result<Option<Approval>, StoreError> {
+fn standing_tx(conn: &mut dyn Sql, key: &str, now: i64) -> Result<Option<Approval>, StoreError> {
     if let Some(a) = reusable_tx(conn, key, now)? {
         return Ok(Some(a));
     }
-    let denied = conn
-        .prepare_cached(&format!(
-            "SELECT {COLS} FROM approvals WHERE key = ?1 AND status = 'denied' AND expires_at > ?2
-             ORDER BY created_at DESC, rowid DESC LIMIT 1"
-        ))?
-        .query_row(params![key, now], row_to_approval)
-        .optional()?;
+    macro_rules! denied {
+        ($tiebreak:literal) => {
+            concat!(
+                "SELECT ",
+                cols!(),
+                " FROM approvals WHERE key = ?1 AND status = 'denied' AND expires_at > ?2
+                 ORDER BY created_at DESC, ",
+                $tiebreak,
+                " LIMIT 1"
+            )
+        };
+    }
+    // See `newest_last_tiebreak`.
+    let sql = match conn.engine() {
+        Engine::Sqlite => denied!("rowid DESC"),
+        Engine::Postgres => denied!("id DESC"),
+    };
+    let denied = conn.query_opt(sql, params![key, now])?.as_ref().map(row_to_approval).transpose()?;
     with_votes(conn, denied.into_iter().collect()).map(|mut v| v.pop())
 }

@@ -20,25 +20,28 @@ impl Store {
     }
 }
 
-fn vote_tx(conn: &mut Connection, id: &str, vote: Vote, required: u32, now: i64) -> Result<Approval, TransitionError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    match vote_in(&tx, id, vote, required, now) {
-        Ok(stored) => {
-            tx.commit()?;
-            Ok(stored)
-        }
+fn vote_tx(conn: &mut Conn, id: &str, vote: Vote, required: u32, now: i64) -> Result<Approval, TransitionError> {
+    // Any other refusal rolls the transaction back.
+    let mut refused = None;
+    let voted = conn.write(|tx| match vote_in(tx, id, vote, required, now) {
+        Ok(stored) => Ok(Ok(stored)),
         // The expiry is committed.
-        Err(TransitionError::Expired) => {
-            tx.commit()?;
-            Err(TransitionError::Expired)
+        Err(TransitionError::Expired) => Ok(Err(TransitionError::Expired)),
+        Err(e) => {
+            refused = Some(e);
+            Err(StoreError::Aborted)
         }
-        Err(e) => Err(e),
+    });
+    match (voted, refused) {
+        (_, Some(e)) => Err(e),
+        (Ok(voted), None) => voted,
+        (Err(e), None) => Err(e.into()),
     }
 }
 
 /// The vote of [`Store::record_vote`], inside the caller's transaction.
 pub(super) fn vote_in(
-    tx: &Connection,
+    tx: &mut dyn Sql,
     id: &str,
     vote: Vote,
     required: u32,
@@ -52,16 +55,19 @@ pub(super) fn vote_in(
         return Err(TransitionError::Expired);
     }
     let same_credential: bool = tx
-        .prepare_cached("SELECT EXISTS (SELECT 1 FROM approval_votes WHERE approval_id = ?1 AND credential = ?2)")?
-        .query_row(params![id, vote.credential], |r| r.get(0))?;
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM approval_votes WHERE approval_id = ?1 AND credential = ?2)",
+            params![id, vote.credential],
+        )?
+        .get(0)?;
     if same_credential || a.votes.iter().any(|v| v.actor == vote.actor) {
         return Err(TransitionError::AlreadyVoted { actor: vote.actor });
     }
-    tx.prepare_cached(
+    tx.execute(
         "INSERT INTO approval_votes (approval_id, actor, decision, notes, reason, at, credential)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?
-    .execute(params![id, vote.actor, vote.decision.as_str(), vote.notes, vote.reason, now, vote.credential])?;
+        params![id, vote.actor, vote.decision.as_str(), vote.notes, vote.reason, now, vote.credential],
+    )?;
 
     let decided = match vote.decision {
         VoteDecision::Deny => Some(Status::Denied),

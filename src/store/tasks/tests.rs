@@ -67,7 +67,7 @@ async fn approved(store: &Store, id: &str, key: &str) {
 
 #[tokio::test]
 async fn the_same_owner_and_call_get_the_same_open_task() {
-    let store = Store::open(Location::Memory).await.unwrap();
+    let store = Store::open(crate::store::testutil::location().await).await.unwrap();
     store.insert_approval(request("a", "k")).await.unwrap();
     let first = store.open_task(task("mcpg-1", "agent:x", "a", "k"), T0).await.unwrap();
     assert!(!first.joined);
@@ -91,7 +91,7 @@ async fn the_same_owner_and_call_get_the_same_open_task() {
 
 #[tokio::test]
 async fn claim_runs_only_an_approved_working_task_and_finish_records_both() {
-    let store = Store::open(Location::Memory).await.unwrap();
+    let store = Store::open(crate::store::testutil::location().await).await.unwrap();
     store.insert_approval(request("a", "k")).await.unwrap();
     store.open_task(task("mcpg-1", "agent:x", "a", "k"), T0).await.unwrap();
     assert_eq!(store.claim_task("mcpg-1", T0 + 1).await.unwrap(), TaskClaim::Approval(Claim::Pending));
@@ -100,7 +100,7 @@ async fn claim_runs_only_an_approved_working_task_and_finish_records_both() {
     assert_eq!(running.state, TaskState::Running);
     assert!(matches!(store.claim_task("mcpg-1", T0 + 4).await.unwrap(), TaskClaim::NotWorking(_)));
     let claimed: Option<String> =
-        store.call(|c| Ok(c.query_row("SELECT task_id FROM claims", [], |r| r.get(0))?)).await.unwrap();
+        store.call(|c| c.query_one("SELECT task_id FROM claims", params![])?.get(0)).await.unwrap();
     assert_eq!(claimed.as_deref(), Some("mcpg-1"), "the claim names its task");
     let result = json!({"content": [{"type": "text", "text": "done"}]});
     let (done, approval) =
@@ -108,7 +108,7 @@ async fn claim_runs_only_an_approved_working_task_and_finish_records_both() {
     assert_eq!(done.state, TaskState::Completed);
     assert_eq!(done.result.as_deref().map(|r| serde_json::from_str::<Value>(r).unwrap()), Some(result));
     assert_eq!(approval.unwrap().status, Status::Executed);
-    let claims: i64 = store.call(|c| Ok(c.query_row("SELECT count(*) FROM claims", [], |r| r.get(0))?)).await.unwrap();
+    let claims: i64 = store.call(|c| c.query_one("SELECT count(*) FROM claims", params![])?.get(0)).await.unwrap();
     assert_eq!(claims, 0);
     assert!(matches!(
         store.finish_task("mcpg-1", TaskEnd::Result(json!({})), "again", T0 + 6).await,
@@ -118,7 +118,7 @@ async fn claim_runs_only_an_approved_working_task_and_finish_records_both() {
 
 #[tokio::test]
 async fn a_released_task_is_working_again_and_its_approval_usable() {
-    let store = Store::open(Location::Memory).await.unwrap();
+    let store = Store::open(crate::store::testutil::location().await).await.unwrap();
     approved(&store, "a", "k").await;
     store.open_task(task("mcpg-1", "agent:x", "a", "k"), T0).await.unwrap();
     assert!(matches!(store.claim_task("mcpg-1", T0 + 2).await.unwrap(), TaskClaim::Run(_)));
@@ -130,7 +130,7 @@ async fn a_released_task_is_working_again_and_its_approval_usable() {
 
 #[tokio::test]
 async fn settle_ends_only_a_working_task_and_a_cancelled_run_stays_cancelled() {
-    let store = Store::open(Location::Memory).await.unwrap();
+    let store = Store::open(crate::store::testutil::location().await).await.unwrap();
     store.insert_approval(request("a", "k")).await.unwrap();
     store.open_task(task("mcpg-1", "agent:x", "a", "k"), T0).await.unwrap();
     let denial = json!({"content": [{"type": "text", "text": "denied"}], "isError": true});
@@ -254,7 +254,9 @@ async fn an_orphaned_claim_fails_its_task_which_never_runs_again() {
     assert!(matches!(survivor.claim_task("mcpg-3", T0 + 2).await.unwrap(), TaskClaim::Run(_)));
     let me = crashed.instance().to_owned();
     survivor
-        .call(move |c| Ok(c.execute("UPDATE instances SET heartbeat_at = 0, host = 'elsewhere' WHERE id = ?1", [me])?))
+        .call(move |c| {
+            c.execute("UPDATE instances SET heartbeat_at = 0, host = 'elsewhere' WHERE id = ?1", params![me])
+        })
         .await
         .unwrap();
     survivor.settle_orphaned_claims(survivor.now_ms()).await.unwrap();
@@ -272,7 +274,7 @@ async fn an_orphaned_claim_fails_its_task_which_never_runs_again() {
 
 #[tokio::test]
 async fn list_pages_by_owner_and_purge_removes_only_ended_tasks_past_their_lifetime() {
-    let store = Store::open(Location::Memory).await.unwrap();
+    let store = Store::open(crate::store::testutil::location().await).await.unwrap();
     for i in 0..(TASK_PAGE + 5) {
         let (a, k) = (format!("a{i}"), format!("k{i}"));
         store.insert_approval(request(&a, &k)).await.unwrap();
@@ -306,7 +308,7 @@ async fn a_database_from_before_tasks_keeps_its_claims() {
         // Back to version 6 (before tasks): drop what 0007 and later added.
         store
             .call(|c| {
-                c.execute_batch(
+                c.batch(
                     "DROP TABLE gate_tasks; ALTER TABLE claims DROP COLUMN task_id;
                      DROP TABLE request_state_uses; DROP TABLE secrets;
                      DELETE FROM schema_version WHERE version >= 7;",
@@ -317,7 +319,7 @@ async fn a_database_from_before_tasks_keeps_its_claims() {
             .unwrap();
     }
     let store = Store::open(Location::File(path)).await.unwrap();
-    let claims: i64 = store.call(|c| Ok(c.query_row("SELECT count(*) FROM claims", [], |r| r.get(0))?)).await.unwrap();
+    let claims: i64 = store.call(|c| c.query_one("SELECT count(*) FROM claims", params![])?.get(0)).await.unwrap();
     assert_eq!(claims, 1);
     let a = store.finish_execution("a", true, json!({}), T0 + 3).await.unwrap();
     assert_eq!(a.status, Status::Executed);

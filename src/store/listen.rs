@@ -1,0 +1,156 @@
+//! Changes made by other replicas sharing a PostgreSQL store, heard through `LISTEN`/`NOTIFY`.
+//!
+//! Every replica announces each change it makes to an approval request on the channel
+//! [`CHANNEL`] ([`Store::announce`], sent after the change is committed, so a listener that reads
+//! the request sees it). Each replica listens on a connection of its own, on a thread of its own,
+//! and hands what other replicas announced to the approvals ([`Heard::Change`]): a call held here
+//! and approved through another replica is woken as soon as the notification arrives, with no
+//! polling. When the listening connection is lost and comes back, notifications sent meanwhile
+//! are gone: [`Heard::Resync`] then makes every waiting call re-read its request.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use super::{DatabaseUrl, Sql, Store, StoreError};
+
+/// The notification channel of every mcp-gate replica on a database.
+pub const CHANNEL: &str = "mcp_gate_changes";
+
+/// How long the listener waits for a notification before checking whether the store is still open.
+const POLL_STOP: Duration = Duration::from_millis(500);
+
+/// The pause before reconnecting a lost listening connection (doubling up to [`MAX_PAUSE`]).
+const FIRST_PAUSE: Duration = Duration::from_millis(100);
+const MAX_PAUSE: Duration = Duration::from_secs(5);
+
+/// One announcement, as sent on [`CHANNEL`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Announcement {
+    /// The instance that made the change ([`Store::instance`]); a replica ignores its own.
+    pub instance: String,
+    /// The change's kind (`approved`, `denied`…).
+    pub kind: String,
+    /// The approval request.
+    pub id: String,
+    pub actor: Option<String>,
+}
+
+/// What the listener hands on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Heard {
+    /// Another replica changed a request.
+    Change(Announcement),
+    /// Notifications may have been missed (the listening connection was lost): re-read everything
+    /// that waits.
+    Resync,
+}
+
+impl Store {
+    /// Tells the other replicas sharing this PostgreSQL store that request `id` changed. Queued
+    /// behind the change's own commit; nothing to do on SQLite (processes sharing a file hear of
+    /// changes through the machine's hub).
+    pub fn announce(&self, kind: &str, id: &str, actor: Option<&str>) {
+        if self.listener.is_none() {
+            return;
+        }
+        let note = Announcement {
+            instance: self.instance().to_owned(),
+            kind: kind.to_owned(),
+            id: id.to_owned(),
+            actor: actor.map(str::to_owned),
+        };
+        let Ok(payload) = serde_json::to_string(&note) else { return };
+        let sent = self.send_detached(move |conn| {
+            conn.query("SELECT pg_notify(?1, ?2)", super::params![CHANNEL, payload]).map(drop)
+        });
+        if let Err(e) = sent {
+            tracing::warn!(id, "could not announce a change to the other replicas: {e}");
+        }
+    }
+
+    /// What other replicas announce; `None` for an SQLite store.
+    pub fn heard(&self) -> Option<broadcast::Receiver<Heard>> {
+        self.listener.as_ref().map(|l| l.subscribe())
+    }
+}
+
+/// Starts the listening thread for the store whose liveness `alive` tracks; it ends when `alive`
+/// can no longer be upgraded (every handle dropped). Returns once it listens, so that no change
+/// announced after the store opened is missed.
+pub(super) async fn spawn<T: Send + Sync + 'static>(
+    url: DatabaseUrl,
+    me: Arc<str>,
+    alive: Weak<T>,
+) -> Result<broadcast::Sender<Heard>, StoreError> {
+    let (tx, _) = broadcast::channel(1024);
+    let out = tx.clone();
+    let (ready_tx, ready) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new().name("mcp-gate-listen".into()).spawn(move || match listen(&url) {
+        Ok(client) => {
+            let _ = ready_tx.send(Ok(()));
+            run(&url, client, &me, &alive, &out);
+        }
+        Err(e) => {
+            let _ = ready_tx.send(Err(e));
+        }
+    })?;
+    ready.await.map_err(|_| StoreError::Aborted)??;
+    Ok(tx)
+}
+
+fn listen(url: &DatabaseUrl) -> Result<postgres::Client, StoreError> {
+    let mut client = url.connect()?;
+    client.batch_execute(&format!("LISTEN {CHANNEL}"))?;
+    Ok(client)
+}
+
+fn run<T>(url: &DatabaseUrl, mut client: postgres::Client, me: &str, alive: &Weak<T>, out: &broadcast::Sender<Heard>) {
+    let mut pause = FIRST_PAUSE;
+    loop {
+        let lost = loop {
+            if alive.strong_count() == 0 {
+                return;
+            }
+            // A fresh iterator each time: its timer is reset only by a notification.
+            let next = postgres::fallible_iterator::FallibleIterator::next(
+                &mut client.notifications().timeout_iter(POLL_STOP),
+            );
+            match next {
+                Ok(Some(n)) => match serde_json::from_str::<Announcement>(n.payload()) {
+                    Ok(note) if note.instance != me => {
+                        let _ = out.send(Heard::Change(note));
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!("ignoring a malformed change notification: {e}"),
+                },
+                // Nothing within POLL_STOP, or the connection ended.
+                Ok(None) if client.is_closed() => break "the connection closed".to_owned(),
+                Ok(None) => {}
+                Err(e) => break e.to_string(),
+            }
+        };
+        tracing::warn!(database = %url, "lost the connection that hears other replicas' changes: {lost}");
+        loop {
+            if alive.strong_count() == 0 {
+                return;
+            }
+            std::thread::sleep(pause);
+            match listen(url) {
+                Ok(c) => {
+                    client = c;
+                    pause = FIRST_PAUSE;
+                    tracing::info!(database = %url, "listening for other replicas' changes again");
+                    let _ = out.send(Heard::Resync);
+                    break;
+                }
+                Err(e) => {
+                    pause = (pause * 2).min(MAX_PAUSE);
+                    tracing::warn!(database = %url, "cannot listen for other replicas' changes yet: {e}");
+                }
+            }
+        }
+    }
+}
