@@ -129,3 +129,58 @@ async fn a_killed_replica_loses_nothing() {
     let ran = status_of(&b.approvals, &id).await;
     assert_eq!((ran["status"].as_str(), ran["uses"].as_u64()), (Some("executed"), Some(1)), "{ran}");
 }
+
+/// A 2026-07-28 request (no session) to `served`, declaring the tasks extension.
+async fn modern(served: &Served, id: u64, method: &str, mut params: serde_json::Value) -> serde_json::Value {
+    params["_meta"] = serde_json::json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {"extensions": {"io.modelcontextprotocol/tasks": {}}},
+        "io.modelcontextprotocol/clientInfo": {"name": "replica-test", "version": "1"},
+    });
+    let mut request = served
+        .http
+        .post(&served.url)
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", method)
+        .header("accept", "application/json, text/event-stream");
+    if let Some(name) = params["name"].as_str() {
+        request = request.header("mcp-name", name);
+    }
+    let body = serde_json::json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+    let text = within("a 2026-07-28 reply", request.json(&body).send()).await.unwrap().text().await.unwrap();
+    let json = text.lines().find_map(|l| l.strip_prefix("data: ")).unwrap_or(&text);
+    serde_json::from_str(json.trim()).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+/// 2026-07-28 requests carry no session, so they may land on any replica: a call held as a task
+/// on replica A is approved through replica B, and polled to its end on B.
+#[tokio::test]
+async fn a_task_created_on_one_replica_is_followed_to_its_end_on_another() {
+    let Some(db) = fresh_database().await else { return };
+    let a = replica(&db, "task-a", 0).await;
+    let b = replica(&db, "task-b", 0).await;
+    let created = modern(&a, 2, "tools/call", serde_json::json!({"name": "test_image_content", "arguments": {}})).await;
+    let r = &created["result"];
+    assert_eq!((r["resultType"].as_str(), r["status"].as_str()), (Some("task"), Some("working")), "{created}");
+    let task = r["taskId"].as_str().unwrap().to_owned();
+    let approval = r["_meta"]["mcp-gate/approval"]["id"].as_str().unwrap().to_owned();
+    let seen = modern(&b, 3, "tasks/get", serde_json::json!({"taskId": task})).await;
+    assert_eq!(seen["result"]["status"], "working", "B sees A's task: {seen}");
+    approve(&b.approvals, &approval).await;
+    let ended = within("the task ends", async {
+        let mut id = 10;
+        loop {
+            id += 1;
+            let got = modern(&b, id, "tasks/get", serde_json::json!({"taskId": task})).await;
+            if got["result"]["status"] != "working" {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert_eq!(ended["result"]["status"], "completed", "{ended}");
+    assert_eq!(ended["result"]["result"]["content"][0]["type"], "image", "the call ran once approved: {ended}");
+    let ran = status_of(&b.approvals, &approval).await;
+    assert_eq!((ran["status"].as_str(), ran["uses"].as_u64()), (Some("executed"), Some(1)), "{ran}");
+}
