@@ -27,6 +27,7 @@ use crate::server::notify::Webhook;
 use crate::server::notify::settings::{RawNotify, RawWebhook, validate_webhooks};
 use crate::settings::Invalid;
 pub use crate::settings::expand_env;
+use crate::store::Location;
 use crate::traces::settings::{RawTracing, TracingSettings};
 use crate::upstream::settings::{
     CommandLineUpstream, RawProxy, RawServer, RawUpstream, ServerConfig, Upstreams, UpstreamsError,
@@ -298,6 +299,13 @@ impl Config {
             self.approvals.mrtr_rounds
         ));
         out.push_str(&format!("approval server: http://{}/\n", self.approvals.listen));
+        out.push_str(&match &self.approvals.database {
+            Location::Memory => "approval store: in memory (lost when the process exits)\n".to_owned(),
+            Location::File(path) => format!("approval store: SQLite {}\n", path.display()),
+            Location::Postgres(url) => {
+                format!("approval store: PostgreSQL {url}, shared by every replica that names it\n")
+            }
+        });
         match (&self.metrics.enabled, &self.metrics.token_key) {
             (false, _) => out.push_str("metrics: off\n"),
             (true, None) => out.push_str(&format!("metrics: http://{}/metrics, no token\n", self.approvals.listen)),

@@ -448,6 +448,26 @@ mod tests {
         }
     }
 
+    /// `database` names an SQLite file, `:memory:` or a PostgreSQL database; a PostgreSQL
+    /// password comes from the environment, and neither a bad URL nor a missing variable starts.
+    #[test]
+    fn the_database_is_a_file_memory_or_postgres_and_its_password_is_never_shown() {
+        use crate::store::Location;
+        let db = |v: &str| Config::from_toml(&format!("[approvals]\ndatabase = {v:?}\n"), "db.toml");
+        assert!(matches!(db(":memory:").unwrap().approvals.database, Location::Memory));
+        assert!(matches!(db("/tmp/x/gate.db").unwrap().approvals.database, Location::File(_)));
+        let pg = db("postgres://gate:hunter2-secret@db.internal:6543/gate").unwrap().approvals.database;
+        let Location::Postgres(url) = &pg else { panic!("{pg:?}") };
+        assert_eq!(url.to_string(), "postgres://db.internal:6543/gate");
+        assert!(!format!("{pg:?}").contains("hunter2"), "{pg:?}");
+        let (key, message) = error("[approvals]\ndatabase = \"postgres://gate:${MCP_GATE_SURELY_UNSET_PW}@db/gate\"\n");
+        assert_eq!(key, "approvals.database");
+        assert!(message.contains("MCP_GATE_SURELY_UNSET_PW"), "{message}");
+        let (key, message) = error("[approvals]\ndatabase = \"postgres://gate@db:notaport/gate\"\n");
+        assert_eq!(key, "approvals.database");
+        assert!(message.contains("PostgreSQL"), "{message}");
+    }
+
     /// `[[channels]]` entries come first, the built-in ones after; `use = "auto"` allows every channel.
     #[test]
     fn channels_are_read_and_the_built_in_entries_follow() {

@@ -255,13 +255,9 @@ impl Conn {
                 Ok(value)
             }
             Conn::Postgres(pg) => {
-                let PgConn { client, statements } = &mut **pg;
-                let mut tx = client.transaction()?;
-                tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])?;
-                let mut open = PgTx { tx: &mut tx, statements };
-                let value = f(&mut open)?;
-                tx.commit()?;
-                Ok(value)
+                let result = pg_write(pg, f);
+                pg.note(&result);
+                result
             }
         }
     }
@@ -312,8 +308,10 @@ impl Sql for Conn {
         match self {
             Conn::Sqlite(conn) => sqlite_execute(conn, sql, params),
             Conn::Postgres(pg) => {
-                let stmt = pg_statement(&mut pg.client, &mut pg.statements, sql)?;
-                Ok(pg.client.execute(&stmt, &refs(&pg_params(params)))?)
+                let result = pg_statement(&mut pg.client, &mut pg.statements, sql)
+                    .and_then(|stmt| Ok(pg.client.execute(&stmt, &refs(&pg_params(params)))?));
+                pg.note(&result);
+                result
             }
         }
     }
@@ -322,8 +320,10 @@ impl Sql for Conn {
         match self {
             Conn::Sqlite(conn) => sqlite_query(conn, sql, params),
             Conn::Postgres(pg) => {
-                let stmt = pg_statement(&mut pg.client, &mut pg.statements, sql)?;
-                pg_rows(pg.client.query(&stmt, &refs(&pg_params(params)))?)
+                let result = pg_statement(&mut pg.client, &mut pg.statements, sql)
+                    .and_then(|stmt| pg_rows(pg.client.query(&stmt, &refs(&pg_params(params)))?));
+                pg.note(&result);
+                result
             }
         }
     }
@@ -331,7 +331,11 @@ impl Sql for Conn {
     fn batch(&mut self, sql: &str) -> Result<(), StoreError> {
         match self {
             Conn::Sqlite(conn) => Ok(conn.execute_batch(sql)?),
-            Conn::Postgres(pg) => Ok(pg.client.batch_execute(sql)?),
+            Conn::Postgres(pg) => {
+                let result = pg.client.batch_execute(sql).map_err(StoreError::from);
+                pg.note(&result);
+                result
+            }
         }
     }
 }
@@ -400,17 +404,48 @@ fn sqlite_query(conn: &rusqlite::Connection, sql: &str, params: &[&dyn Param]) -
 pub struct PgConn {
     pub(crate) client: postgres::Client,
     statements: HashMap<String, postgres::Statement>,
+    /// A request failed for another reason than an error the server reported (the connection
+    /// was reset or closed): the connection is not used again.
+    broken: bool,
 }
 
 impl PgConn {
     pub fn new(client: postgres::Client) -> PgConn {
-        PgConn { client, statements: HashMap::new() }
+        PgConn { client, statements: HashMap::new(), broken: false }
     }
 
     /// Whether the connection to the server is lost.
     pub fn is_closed(&self) -> bool {
-        self.client.is_closed()
+        self.broken || self.client.is_closed()
     }
+
+    /// Takes note of a failure that is not the server's answer to a statement.
+    fn note<T>(&mut self, result: &Result<T, StoreError>) {
+        if let Err(StoreError::Postgres(e)) = result {
+            // No answer from the server (reset, closed), or its last one: FATAL ends the session
+            // (an administrator's command, a shutdown, a failover).
+            let ended = match e.as_db_error() {
+                None => true,
+                Some(db) => matches!(
+                    db.parsed_severity(),
+                    Some(postgres::error::Severity::Fatal | postgres::error::Severity::Panic)
+                ),
+            };
+            if ended {
+                self.broken = true;
+            }
+        }
+    }
+}
+
+fn pg_write<T>(pg: &mut PgConn, f: impl FnOnce(&mut dyn Sql) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    let PgConn { client, statements, .. } = pg;
+    let mut tx = client.transaction()?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])?;
+    let mut open = PgTx { tx: &mut tx, statements };
+    let value = f(&mut open)?;
+    tx.commit()?;
+    Ok(value)
 }
 
 /// An open PostgreSQL transaction.

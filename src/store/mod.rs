@@ -342,7 +342,12 @@ impl Store {
                 (Location::File(p), Some(id)) => Some((p.clone(), id)),
                 _ => None,
             };
-            worker(&mut conn, queue, &pending, Watch { file: watched, lost: None }, &me, &clock);
+            let server = match &loc {
+                Location::Postgres(url) => Some(url),
+                _ => None,
+            };
+            let watch = Watch { file: watched, lost: None };
+            worker(&mut conn, queue, &pending, watch, Worker { instance: &me, clock: &clock, server });
         })?;
         let file_id = ready_rx.await.map_err(|_| StoreError::Aborted)??;
         let path = match path {
@@ -498,14 +503,34 @@ impl Watch {
     }
 }
 
-fn worker(
-    conn: &mut Conn,
-    queue: mpsc::Receiver<Msg>,
-    deferred: &DeferredQueue,
-    mut watch: Watch,
-    instance: &str,
-    clock: &Clock,
-) {
+/// Who the worker is, and where it reconnects to.
+struct Worker<'a> {
+    instance: &'a str,
+    clock: &'a Clock,
+    /// The PostgreSQL server to reconnect to when the connection is lost; `None` for SQLite.
+    server: Option<&'a DatabaseUrl>,
+}
+
+impl Worker<'_> {
+    /// Replaces a lost PostgreSQL connection before it is used. When the server cannot be reached
+    /// the old one stays, and what runs on it fails (a held call is refused, nothing is let through).
+    fn reconnect_if_lost(&self, conn: &mut Conn) {
+        let (Some(url), Conn::Postgres(pg)) = (self.server, &mut *conn) else { return };
+        if !pg.is_closed() {
+            return;
+        }
+        match url.connect() {
+            Ok(client) => {
+                **pg = db::PgConn::new(client);
+                tracing::info!(database = %url, "reconnected to the database");
+            }
+            Err(e) => tracing::error!(database = %url, "the database connection is lost and cannot be made again: {e}"),
+        }
+    }
+}
+
+fn worker(conn: &mut Conn, queue: mpsc::Receiver<Msg>, deferred: &DeferredQueue, mut watch: Watch, me: Worker<'_>) {
+    let Worker { instance, clock, .. } = me;
     let mut last_beat = std::time::Instant::now();
     // When the pending group of deferred writes is due.
     let mut due: Option<Instant> = None;
@@ -523,6 +548,9 @@ fn worker(
         // The group is written when due, and before any request, so that a request sees every
         // write queued before it.
         let write_group = due.is_some_and(|d| job.is_some() || Instant::now() >= d);
+        if job.is_some() || write_group {
+            me.reconnect_if_lost(conn);
+        }
         let beat = last_beat.elapsed() >= HEARTBEAT;
         // The file is checked before anything is read or written, and at every idle tick; not
         // when the first deferred write of a group merely wakes the worker to start lingering
@@ -738,6 +766,18 @@ pub(crate) mod testutil {
         fresh_postgres(admin).await
     }
 
+    /// A database two stores can open together: an SQLite file in a new temporary directory
+    /// (kept alive by the returned guard), or a fresh PostgreSQL database as [`location`] makes.
+    pub async fn shared_location(tag: &str) -> (super::Location, Option<TempDir>) {
+        match location().await {
+            super::Location::Memory => {
+                let dir = TempDir::new(tag);
+                (super::Location::File(dir.path().join("gate.db")), Some(dir))
+            }
+            other => (other, None),
+        }
+    }
+
     /// A new, empty PostgreSQL database on the cluster `admin` connects to.
     pub async fn fresh_postgres(admin: String) -> super::Location {
         tokio::task::spawn_blocking(move || {
@@ -867,6 +907,23 @@ mod tests {
         assert!(!timer.is_finished());
         tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!(store.now_ms(), T + 1_000);
+    }
+
+    /// PostgreSQL: a connection the server dropped (a restart, a failover, an idle timeout) fails
+    /// the request that was on it, and the next request runs on a new one.
+    #[tokio::test]
+    async fn a_lost_postgres_connection_is_made_again() {
+        let loc = testutil::location().await;
+        if !matches!(loc, Location::Postgres(_)) {
+            return; // SQLite: there is no connection to lose
+        }
+        let store = Store::open(loc).await.unwrap();
+        let killed = store.call(|c| c.query("SELECT pg_terminate_backend(pg_backend_pid())", params![])).await;
+        assert!(killed.is_err(), "the request on the dropped connection fails: {killed:?}");
+        let n: i64 =
+            store.call(|c| c.query_one("SELECT count(*) FROM schema_version", params![])?.get(0)).await.unwrap();
+        assert!(n >= 8, "{n}");
+        store.ping().await.unwrap();
     }
 
     #[tokio::test]

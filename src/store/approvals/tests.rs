@@ -594,3 +594,31 @@ async fn list_10k_pending_is_fast() {
     assert!(max_page.as_millis() < 500, "a page of 1000 took {max_page:?}");
     assert!(every_page.as_millis() < 5_000, "listing all 10k pending took {every_page:?}");
 }
+
+/// Two stores on one database (two processes, or two replicas on PostgreSQL) racing: each due
+/// request is expired by exactly one of them, and a single-use approval is run by exactly one.
+#[tokio::test]
+async fn two_stores_on_one_database_expire_once_and_claim_once() {
+    let (loc, _dir) = crate::store::testutil::shared_location("two-stores").await;
+    let a = Store::open(loc.clone()).await.unwrap();
+    let b = Store::open(loc).await.unwrap();
+    for i in 0..20 {
+        let id = format!("due{i}");
+        a.insert_approval(ApprovalRequest { expires_at: T0 + 10, ..new(&id, &format!("k{i}")) }).await.unwrap();
+    }
+    let (ea, eb) = tokio::join!(a.expire_due(T0 + 20), b.expire_due(T0 + 20));
+    let mut expired: Vec<String> = ea.unwrap().into_iter().chain(eb.unwrap()).map(|x| x.request.id).collect();
+    expired.sort();
+    let mut want: Vec<String> = (0..20).map(|i| format!("due{i}")).collect();
+    want.sort();
+    assert_eq!(expired, want, "every request expired once, by one store");
+
+    for round in 0..10 {
+        let id = format!("run{round}");
+        b.insert_approval(new(&id, &format!("run-key{round}"))).await.unwrap();
+        b.record_vote(&id, approve("alice"), 1, T0 + 1).await.unwrap();
+        let (ca, cb) = tokio::join!(a.claim_execution(&id, T0 + 2), b.claim_execution(&id, T0 + 2));
+        let runs = [ca.unwrap(), cb.unwrap()].into_iter().filter(|c| *c == Claim::Run).count();
+        assert_eq!(runs, 1, "round {round}: one of the two stores runs it");
+    }
+}
