@@ -33,7 +33,8 @@ impl ApprovalService {
 
     /// Announces pending requests that are close to their deadline, once each.
     pub(super) async fn warn_expiring(&self) {
-        if self.settings.expiry_warning.is_zero() {
+        // Of replicas sharing a PostgreSQL store, one announces: each would otherwise send its own.
+        if self.settings.expiry_warning.is_zero() || !self.store.leads() {
             return;
         }
         let warning = self.settings.expiry_warning.as_millis() as i64;

@@ -7,7 +7,13 @@
 //! and approved through another replica is woken as soon as the notification arrives, with no
 //! polling. When the listening connection is lost and comes back, notifications sent meanwhile
 //! are gone: [`Heard::Resync`] then makes every waiting call re-read its request.
+//!
+//! The listening connection also elects the replica that announces what no single change
+//! causes (requests about to expire): the one whose connection holds the session advisory lock
+//! [`LEADER_LOCK`] ([`Store::leads`]). When that replica goes, its connection and lock go with it,
+//! and another takes the lock within [`POLL_STOP`].
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -19,7 +25,11 @@ use super::{DatabaseUrl, Sql, Store, StoreError};
 /// The notification channel of every mcp-gate replica on a database.
 pub const CHANNEL: &str = "mcp_gate_changes";
 
-/// How long the listener waits for a notification before checking whether the store is still open.
+/// The session advisory lock held by the replica that leads ("mcpgate" + 1).
+pub const LEADER_LOCK: i64 = super::db::WRITE_LOCK + 1;
+
+/// How long the listener waits for a notification before checking whether the store is still open
+/// (and, when it does not lead, whether it can).
 const POLL_STOP: Duration = Duration::from_millis(500);
 
 /// The pause before reconnecting a lost listening connection (doubling up to [`MAX_PAUSE`]).
@@ -71,6 +81,13 @@ impl Store {
         }
     }
 
+    /// Whether this replica announces what belongs to no single change (expiry warnings): always on
+    /// SQLite (where the machine's hub decides who runs those services), on PostgreSQL only the
+    /// replica that holds [`LEADER_LOCK`].
+    pub fn leads(&self) -> bool {
+        self.leader.as_ref().is_none_or(|l| l.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     /// What other replicas announce; `None` for an SQLite store.
     pub fn heard(&self) -> Option<broadcast::Receiver<Heard>> {
         self.listener.as_ref().map(|l| l.subscribe())
@@ -84,6 +101,7 @@ pub(super) async fn spawn<T: Send + Sync + 'static>(
     url: DatabaseUrl,
     me: Arc<str>,
     alive: Weak<T>,
+    leader: Arc<AtomicBool>,
 ) -> Result<broadcast::Sender<Heard>, StoreError> {
     let (tx, _) = broadcast::channel(1024);
     let out = tx.clone();
@@ -91,7 +109,7 @@ pub(super) async fn spawn<T: Send + Sync + 'static>(
     std::thread::Builder::new().name("mcp-gate-listen".into()).spawn(move || match listen(&url) {
         Ok(client) => {
             let _ = ready_tx.send(Ok(()));
-            run(&url, client, &me, &alive, &out);
+            run(&url, client, &me, &alive, &out, &leader);
         }
         Err(e) => {
             let _ = ready_tx.send(Err(e));
@@ -107,12 +125,29 @@ fn listen(url: &DatabaseUrl) -> Result<postgres::Client, StoreError> {
     Ok(client)
 }
 
-fn run<T>(url: &DatabaseUrl, mut client: postgres::Client, me: &str, alive: &Weak<T>, out: &broadcast::Sender<Heard>) {
+fn run<T>(
+    url: &DatabaseUrl,
+    mut client: postgres::Client,
+    me: &str,
+    alive: &Weak<T>,
+    out: &broadcast::Sender<Heard>,
+    leader: &AtomicBool,
+) {
     let mut pause = FIRST_PAUSE;
     loop {
         let lost = loop {
             if alive.strong_count() == 0 {
                 return;
+            }
+            if !leader.load(Ordering::Relaxed) {
+                match client.query_one("SELECT pg_try_advisory_lock($1)", &[&LEADER_LOCK]) {
+                    Ok(row) if row.get::<_, bool>(0) => {
+                        leader.store(true, Ordering::Relaxed);
+                        tracing::info!(database = %url, "this replica now announces expiring requests");
+                    }
+                    Ok(_) => {}
+                    Err(e) => break e.to_string(),
+                }
             }
             // A fresh iterator each time: its timer is reset only by a notification.
             let next = postgres::fallible_iterator::FallibleIterator::next(
@@ -132,6 +167,8 @@ fn run<T>(url: &DatabaseUrl, mut client: postgres::Client, me: &str, alive: &Wea
                 Err(e) => break e.to_string(),
             }
         };
+        // The lock went with the connection.
+        leader.store(false, Ordering::Relaxed);
         tracing::warn!(database = %url, "lost the connection that hears other replicas' changes: {lost}");
         loop {
             if alive.strong_count() == 0 {

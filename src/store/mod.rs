@@ -295,6 +295,8 @@ pub struct Store {
     clock: Clock,
     /// What other replicas sharing a PostgreSQL store announce (see [`listen`]); `None` on SQLite.
     listener: Option<tokio::sync::broadcast::Sender<listen::Heard>>,
+    /// Whether this replica leads (see [`Store::leads`]); `None` on SQLite.
+    leader: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Store {
@@ -354,11 +356,15 @@ impl Store {
             Some(p) => Some(Arc::new(std::fs::canonicalize(&p)?)),
             None => None,
         };
-        let listener = match &loc_for_listener {
-            Some(url) => Some(listen::spawn(url.clone(), instance.clone(), Arc::downgrade(&deferred)).await?),
-            None => None,
+        let (listener, leader) = match &loc_for_listener {
+            Some(url) => {
+                let leader = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let weak = Arc::downgrade(&deferred);
+                (Some(listen::spawn(url.clone(), instance.clone(), weak, leader.clone()).await?), Some(leader))
+            }
+            None => (None, None),
         };
-        Ok(Store { jobs, deferred, path, file_id, instance, clock, listener })
+        Ok(Store { jobs, deferred, path, file_id, instance, clock, listener, leader })
     }
 
     /// The clock of this store: what reads the time for a request on it (the approvals, the
@@ -924,6 +930,42 @@ mod tests {
             store.call(|c| c.query_one("SELECT count(*) FROM schema_version", params![])?.get(0)).await.unwrap();
         assert!(n >= 8, "{n}");
         store.ping().await.unwrap();
+    }
+
+    /// PostgreSQL: of two stores on one database exactly one leads, and when it goes the other
+    /// takes over. On SQLite every store leads (the machine's hub decides who announces).
+    #[tokio::test]
+    async fn one_replica_leads_and_another_takes_over_when_it_goes() {
+        let (loc, _dir) = testutil::shared_location("leader").await;
+        let a = Store::open(loc.clone()).await.unwrap();
+        let b = Store::open(loc.clone()).await.unwrap();
+        if !matches!(loc, Location::Postgres(_)) {
+            assert!(a.leads() && b.leads());
+            return;
+        }
+        let settle = |a: Store, b: Store| async move {
+            for _ in 0..100 {
+                if a.leads() || b.leads() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            (a.leads(), b.leads())
+        };
+        let (la, lb) = settle(a.clone(), b.clone()).await;
+        assert!(la != lb, "exactly one leads: {la} {lb}");
+        let (gone, stays) = if la { (a, b) } else { (b, a) };
+        drop(gone);
+        let mut took_over = false;
+        for _ in 0..100 {
+            if stays.leads() {
+                took_over = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(took_over, "the other store leads once the leader is gone");
     }
 
     #[tokio::test]
