@@ -128,6 +128,17 @@ async fn a_killed_replica_loses_nothing() {
     assert_ne!(again["_meta"]["mcp-gate/approval"]["id"], id.as_str());
     let ran = status_of(&b.approvals, &id).await;
     assert_eq!((ran["status"].as_str(), ran["uses"].as_u64()), (Some("executed"), Some(1)), "{ran}");
+
+    // The audit log both replicas appended to is one chain.
+    let verify = gate_in(&data_dir("killed-verify"))
+        .env("MCP_GATE_APPROVALS__DATABASE", &db)
+        .args(["audit", "verify"])
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&verify.stderr);
+    assert!(verify.status.success() && said.contains("audit log intact"), "{said}");
+    assert!(!said.contains("postgres@"), "the connection string is not shown: {said}");
 }
 
 /// A 2026-07-28 request (no session) to `served`, declaring the tasks extension.
