@@ -8,19 +8,23 @@ use tokio::io::AsyncWriteExt;
 use super::binary::{APPROVER_TOKEN, Running, Served, data_dir, gate_in, start_gated_with};
 use super::common::*;
 
+/// `GET {approvals}{path}` on the approval API with the approver token, as JSON.
+pub(super) async fn api_get(approvals: &str, path: &str) -> serde_json::Value {
+    reqwest::Client::new()
+        .get(format!("{approvals}{path}"))
+        .bearer_auth(APPROVER_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 pub(super) async fn pending_id(approvals: &str) -> String {
-    let http = reqwest::Client::new();
     within("a pending request", async {
         loop {
-            let listed: serde_json::Value = http
-                .get(format!("{approvals}/api/v1/approvals?status=pending"))
-                .bearer_auth(APPROVER_TOKEN)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let listed = api_get(approvals, "/api/v1/approvals?status=pending").await;
             if let Some(id) = listed["approvals"][0]["id"].as_str() {
                 return id.to_owned();
             }
@@ -42,15 +46,7 @@ pub(super) async fn approve(approvals: &str, id: &str) {
 }
 
 pub(super) async fn status_of(approvals: &str, id: &str) -> serde_json::Value {
-    reqwest::Client::new()
-        .get(format!("{approvals}/api/v1/approvals/{id}"))
-        .bearer_auth(APPROVER_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    api_get(approvals, &format!("/api/v1/approvals/{id}")).await
 }
 
 /// stdio, wait mode: the client cancels the held call, then a person approves. No answer goes

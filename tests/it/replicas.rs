@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use super::binary::{APPROVER_TOKEN, Served, data_dir, gate_in};
-use super::caller_gone::{approve, pending_id, status_of};
+use super::caller_gone::{api_get, approve, pending_id, status_of};
 use super::common::*;
 
 /// A new database on the test cluster, as a connection string; `None` when no cluster is given.
@@ -97,15 +97,7 @@ async fn identical_calls_racing_on_two_replicas_make_one_request() {
         assert!(ia.is_string(), "held on A: {ra}");
         assert_eq!(ia, ib, "one request for both replicas in round {round}");
     }
-    let listed: serde_json::Value = reqwest::Client::new()
-        .get(format!("{}/api/v1/approvals?status=pending&limit=100", a.approvals))
-        .bearer_auth(APPROVER_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed = api_get(&a.approvals, "/api/v1/approvals?status=pending&limit=100").await;
     assert_eq!(listed["approvals"].as_array().map(Vec::len), Some(5), "{listed}");
 }
 

@@ -64,40 +64,21 @@ impl Store {
                         if a.uses == 0 {
                             continue;
                         }
-                        if a.grant_secs == 0 {
+                        // A single-use request fails; a grant records the failed run and stays approved.
+                        let (update, notes) = if a.grant_secs == 0 {
                             if a.status != Status::Approved {
                                 continue;
                             }
-                            tx.execute(
+                            (
                                 "UPDATE approvals SET status = 'failed', executed_at = ?2, outcome = ?3 WHERE id = ?1",
-                                params![id, now, outcome],
-                            )?;
-                            insert_transition(
-                                tx,
-                                &id,
-                                now,
-                                Some(a.status),
-                                Status::Failed,
-                                SYSTEM_ACTOR,
                                 None,
-                                Some(ORPHANED),
-                            )?;
+                            )
                         } else {
-                            tx.execute(
-                                "UPDATE approvals SET executed_at = ?2, outcome = ?3 WHERE id = ?1",
-                                params![id, now, outcome],
-                            )?;
-                            insert_transition(
-                                tx,
-                                &id,
-                                now,
-                                Some(a.status),
-                                Status::Failed,
-                                SYSTEM_ACTOR,
-                                Some("grant use"),
-                                Some(ORPHANED),
-                            )?;
-                        }
+                            ("UPDATE approvals SET executed_at = ?2, outcome = ?3 WHERE id = ?1", Some("grant use"))
+                        };
+                        tx.execute(update, params![id, now, outcome])?;
+                        let (from, actor) = (Some(a.status), SYSTEM_ACTOR);
+                        insert_transition(tx, &id, now, from, Status::Failed, actor, notes, Some(ORPHANED))?;
                         settled.push(load(tx, &id)?.ok_or_else(|| StoreError::NotFound(id.clone()))?);
                     }
                     // Tasks that ran without an approval have no claim: they fail by their instance.

@@ -207,12 +207,11 @@ impl Store {
 }
 
 /// The tie-break of "newest first" between rows created in the same millisecond: the later
-/// insert first. SQLite has the insertion order (`rowid`); PostgreSQL has no such column, so the
-/// larger id comes first there.
+/// insert first, by SQLite's `rowid` or PostgreSQL's identity column `seq`.
 fn newest_last_tiebreak(engine: Engine) -> &'static str {
     match engine {
         Engine::Sqlite => "rowid DESC",
-        Engine::Postgres => "id DESC",
+        Engine::Postgres => "seq DESC",
     }
 }
 
@@ -389,7 +388,7 @@ fn reusable_tx(conn: &mut dyn Sql, key: &str, now: i64) -> Result<Option<Approva
     // See `newest_last_tiebreak`.
     let sql = match conn.engine() {
         Engine::Sqlite => reusable!("rowid DESC"),
-        Engine::Postgres => reusable!("id DESC"),
+        Engine::Postgres => reusable!("seq DESC"),
     };
     let found = conn.query_opt(sql, params![key, now])?.as_ref().map(row_to_approval).transpose()?;
     with_votes(conn, found.into_iter().collect()).map(|mut v| v.pop())
@@ -416,7 +415,7 @@ fn standing_tx(conn: &mut dyn Sql, key: &str, now: i64) -> Result<Option<Approva
     // See `newest_last_tiebreak`.
     let sql = match conn.engine() {
         Engine::Sqlite => denied!("rowid DESC"),
-        Engine::Postgres => denied!("id DESC"),
+        Engine::Postgres => denied!("seq DESC"),
     };
     let denied = conn.query_opt(sql, params![key, now])?.as_ref().map(row_to_approval).transpose()?;
     with_votes(conn, denied.into_iter().collect()).map(|mut v| v.pop())

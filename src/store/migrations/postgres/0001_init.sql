@@ -26,7 +26,8 @@ CREATE TABLE approvals (
     notes              TEXT,
     uses               BIGINT NOT NULL DEFAULT 0, -- successful claims
     executed_at        BIGINT,                   -- last finished execution
-    outcome            TEXT                       -- JSON of the last finished execution
+    outcome            TEXT,                      -- JSON of the last finished execution
+    seq                BIGINT GENERATED ALWAYS AS IDENTITY -- insertion order (SQLite's rowid)
 );
 
 -- Queue views: "pending, newest first" and the unfiltered list.
