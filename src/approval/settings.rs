@@ -298,12 +298,16 @@ impl ApprovalsConfig {
             return Err(Invalid::new("approvals.token", "use at least 16 characters"));
         }
         let data_dir = raw.data_dir.unwrap_or_else(default_data_dir);
-        let database = match raw.database.as_deref() {
+        // `MCP_GATE_DATABASE` wins over the file: a replica's container gets its connection
+        // string (with the password) from its environment.
+        let from_env = std::env::var("MCP_GATE_DATABASE").ok().filter(|d| !d.is_empty());
+        let key = if from_env.is_some() { "MCP_GATE_DATABASE" } else { "approvals.database" };
+        let database = match from_env.as_deref().or(raw.database.as_deref()) {
             Some(":memory:") => Location::Memory,
             Some(url) if DatabaseUrl::is_postgres(url) => {
                 // `${VAR}` keeps the password out of the file.
-                let url = crate::settings::expand_env(url).map_err(|e| Invalid::new("approvals.database", e))?;
-                Location::Postgres(DatabaseUrl::parse(&url).map_err(|e| Invalid::new("approvals.database", e))?)
+                let url = crate::settings::expand_env(url).map_err(|e| Invalid::new(key, e))?;
+                Location::Postgres(DatabaseUrl::parse(&url).map_err(|e| Invalid::new(key, e))?)
             }
             Some(path) => Location::File(PathBuf::from(path)),
             None => Location::File(data_dir.join("mcp-gate.db")),

@@ -48,7 +48,7 @@ async fn replica(database: &str, tag: &str, wait_secs: u32) -> Served {
     let mut cmd = gate_in(&data_dir(tag));
     cmd.env("MCP_GATE_TOKEN", APPROVER_TOKEN)
         .env("MCP_GATE_WAIT_SECS", wait_secs.to_string())
-        .env("MCP_GATE_APPROVALS__DATABASE", database);
+        .env("MCP_GATE_DATABASE", database);
     Served::start(cmd, tag).await
 }
 
@@ -123,7 +123,7 @@ async fn a_killed_replica_loses_nothing() {
 
     // The audit log both replicas appended to is one chain.
     let verify = gate_in(&data_dir("killed-verify"))
-        .env("MCP_GATE_APPROVALS__DATABASE", &db)
+        .env("MCP_GATE_DATABASE", &db)
         .args(["audit", "verify"])
         .output()
         .await
