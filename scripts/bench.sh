@@ -12,6 +12,11 @@
 #   3. Idle RSS of mcp-gate alone with three raw-upstream servers after initialize + tools/list.
 #   4. `mcp-gate serve` with 100 client sessions open (one raw-upstream child each): its RSS and
 #      open file descriptors (/proc/PID/status, /proc/PID/fd) before and after, per 100 sessions.
+#   5. Replicas sharing one PostgreSQL database (bench-replicas example, its own section after the
+#      table): approve-to-dispatch latency (p50/p90/p99) of a call held on replica A and approved
+#      through replica B, through A itself, and on one SQLite replica, interleaved round by round;
+#      and held calls created per second by concurrent clients spread over A and B vs one SQLite
+#      replica. Starts a throw-away PostgreSQL cluster (scripts/postgres.sh).
 #
 # The machine may be noisy: sides are interleaved and compared as ratios, not absolute figures.
 #
@@ -25,6 +30,12 @@
 #                           BENCH_PY_LOADS=seq for the sequential stdio figures only)
 #   BENCH_ARTIFACTS         logs of every process (default: artifacts/bench/)
 #   BENCH_ONLY_PY=1         measure only the Python SDK throughput (1.); the other rows say n/a
+#   BENCH_REPLICAS=0        skip the replicas section (5.)
+#   BENCH_ONLY_REPLICAS=1   measure only the replicas section (5.): no peers, no table before it
+#   BENCH_REPLICAS_ROUNDS / BENCH_REPLICAS_CLIENTS / BENCH_REPLICAS_CALLS / BENCH_REPLICAS_TP_ROUNDS
+#                           replicas: latency rounds per side (default 200), concurrent clients in
+#                           the throughput run (16), calls per client per round (25), throughput
+#                           rounds per side (6); see tests/fixtures/bench_replicas.rs
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -32,10 +43,14 @@ cd "$ROOT"
 log() { printf '[bench] %s\n' "$*" >&2; }
 started=$SECONDS
 
+ONLY_REPLICAS="${BENCH_ONLY_REPLICAS:-0}"
+
 # ---- peers and build ---------------------------------------------------------------------------
+if [[ "$ONLY_REPLICAS" != 1 ]]; then
 bash "$ROOT/scripts/install-peers.sh" >&2
 # shellcheck source=peers.env
 source "$ROOT/scripts/peers.env"
+fi
 if [[ "${BENCH_NO_BUILD:-0}" != 1 ]]; then
   log "cargo build --release --locked --bin mcp-gate --examples"
   cargo build --release --locked --bin mcp-gate --examples >&2
@@ -46,7 +61,11 @@ export MCP_GATE_BIN="${MCP_GATE_BIN:-$REL/mcp-gate}"
 BENCH_CLIENT="$REL/examples/bench-client"
 RAW="$REL/examples/raw-upstream"
 export BENCH_RELAY_BIN="${BENCH_RELAY_BIN:-$REL/examples/bare-relay}"
-for b in "$MCP_GATE_BIN" "$BENCH_CLIENT" "$RAW" "$BENCH_RELAY_BIN"; do
+BENCH_REPLICAS_BIN="$REL/examples/bench-replicas"
+needed=("$MCP_GATE_BIN")
+[[ "$ONLY_REPLICAS" == 1 ]] || needed+=("$BENCH_CLIENT" "$RAW" "$BENCH_RELAY_BIN")
+[[ "${BENCH_REPLICAS:-1}" == 0 ]] || needed+=("$BENCH_REPLICAS_BIN" "$REL/examples/conformance-upstream")
+for b in "${needed[@]}"; do
   [[ -x "$b" ]] || { log "missing binary $b"; exit 1; }
 done
 export EVERYTHING
@@ -57,7 +76,9 @@ rm -rf "$BENCH_ARTIFACTS"
 mkdir -p "$BENCH_ARTIFACTS"
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
+: >"$TMP/bench.md"
 
+if [[ "$ONLY_REPLICAS" != 1 ]]; then
 # ---- gate configuration -------------------------------------------------------------------------
 # The benchmark measures relaying, so every call must reach the upstream. A build whose gate holds
 # unlisted tools for approval by default gets a config allowing every call (and an approval server
@@ -273,8 +294,42 @@ kids_mb="$(calc 'sprintf("%.1f", a/1024)' "$(get M_children_rss_kb)" 1)"
   echo
   echo "Logs of every process: \`${BENCH_ARTIFACTS#"$ROOT"/}/\`. Measurements took $((SECONDS - measure_started)) s ($((SECONDS - started)) s with the build)."
 } >"$TMP/bench.md"
+fi
+
+# ---- 5. replicas sharing one PostgreSQL database ------------------------------------------------
+replicas_failed=0
+if [[ "${BENCH_REPLICAS:-1}" != 0 ]]; then
+  log "replicas: bench-replicas, two mcp-gate serve replicas on one PostgreSQL database vs one on SQLite"
+  replicas_started=$SECONDS
+  replicas_load="$(cut -d' ' -f1-3 /proc/loadavg)"
+  # A subshell, so that the throw-away cluster stops (postgres.sh's EXIT trap) when it is done.
+  if (
+    # shellcheck source=postgres.sh
+    source "$ROOT/scripts/postgres.sh" || exit 1
+    "$BENCH_REPLICAS_BIN"
+  ) >"$BENCH_ARTIFACTS/replicas.md" 2>"$BENCH_ARTIFACTS/replicas.log"; then
+    { [[ -s "$TMP/bench.md" ]] && echo; cat "$BENCH_ARTIFACTS/replicas.md"; echo
+      echo "Replicas: $(nproc) CPUs, load average at its start: $replicas_load," \
+        "mcp-gate $("$MCP_GATE_BIN" --version 2>/dev/null | awk '{print $2}') ($(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'))," \
+        "MCP_GATE_LOG=$BENCH_GATE_LOG; took $((SECONDS - replicas_started)) s. Log: \`${BENCH_ARTIFACTS#"$ROOT"/}/replicas.log\`."
+    } >>"$TMP/bench.md"
+  else
+    replicas_failed=1
+    log "replicas run failed (see $BENCH_ARTIFACTS/replicas.log)"
+    { [[ -s "$TMP/bench.md" ]] && echo
+      echo "## mcp-gate replicas sharing one PostgreSQL database"
+      echo
+      echo "**The replicas benchmark failed:** \`${BENCH_ARTIFACTS#"$ROOT"/}/replicas.log\` ends with:"
+      echo
+      echo '```'
+      tail -n 15 "$BENCH_ARTIFACTS/replicas.log"
+      echo '```'
+    } >>"$TMP/bench.md"
+  fi
+fi
 
 mkdir -p "$ROOT/artifacts"
 cp "$TMP/bench.md" "$ROOT/artifacts/bench.md"
 cat "$TMP/bench.md"
 log "written to artifacts/bench.md"
+[[ "$replicas_failed" == 0 ]] || exit 1
