@@ -120,7 +120,7 @@ pub(super) async fn spawn<T: Send + Sync + 'static>(
 }
 
 fn listen(url: &DatabaseUrl) -> Result<postgres::Client, StoreError> {
-    let mut client = url.connect()?;
+    let mut client = url.connect_as("mcp-gate-listen")?;
     client.batch_execute(&format!("LISTEN {CHANNEL}"))?;
     Ok(client)
 }
@@ -189,5 +189,58 @@ fn run<T>(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::store::testutil::shared_location;
+    use crate::store::{Location, params};
+
+    async fn next(heard: &mut broadcast::Receiver<Heard>) -> Heard {
+        tokio::time::timeout(Duration::from_secs(10), heard.recv()).await.expect("heard within 10 s").unwrap()
+    }
+
+    /// A change announced by one store is heard by the other, not by itself; when the listening
+    /// connection is cut, the store listens again and says that it may have missed some.
+    #[tokio::test]
+    async fn changes_are_heard_by_the_others_and_a_lost_listener_comes_back() {
+        let (loc, _dir) = shared_location("listen").await;
+        let a = crate::store::Store::open(loc.clone()).await.unwrap();
+        let b = crate::store::Store::open(loc.clone()).await.unwrap();
+        let Location::Postgres(_) = loc else {
+            assert!(a.heard().is_none(), "SQLite stores hear each other through the hub");
+            return;
+        };
+        let mut heard = a.heard().unwrap();
+        b.announce("approved", "apr_1", Some("alice"));
+        let Heard::Change(note) = next(&mut heard).await else { panic!("a change") };
+        assert_eq!((note.kind.as_str(), note.id.as_str(), note.actor.as_deref()), ("approved", "apr_1", Some("alice")));
+        assert_eq!(note.instance, b.instance());
+        a.announce("denied", "apr_2", None);
+        b.announce("denied", "apr_3", None);
+        let Heard::Change(note) = next(&mut heard).await else { panic!("a change") };
+        assert_eq!(note.id, "apr_3", "a store does not hear its own announcements");
+
+        // Cut every listening connection (the server ends them as an administrator would).
+        let cut = b
+            .call(|c| {
+                c.query_one(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                     WHERE datname = current_database() AND application_name = 'mcp-gate-listen'",
+                    params![],
+                )?
+                .get::<i64>(0)
+            })
+            .await
+            .unwrap();
+        assert!(cut >= 2, "both stores listen: {cut}");
+        assert_eq!(next(&mut heard).await, Heard::Resync);
+        b.announce("approved", "apr_4", None);
+        let Heard::Change(note) = next(&mut heard).await else { panic!("a change after the reconnection") };
+        assert_eq!(note.id, "apr_4");
     }
 }

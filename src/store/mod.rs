@@ -146,9 +146,14 @@ impl DatabaseUrl {
 
     /// Opens a new connection (no TLS: use a Unix socket, loopback or a private network).
     pub(crate) fn connect(&self) -> Result<postgres::Client, StoreError> {
+        self.connect_as("mcp-gate")
+    }
+
+    /// [`DatabaseUrl::connect`], naming the connection `application_name` unless the string names it.
+    pub(crate) fn connect_as(&self, application_name: &str) -> Result<postgres::Client, StoreError> {
         let mut config = self.config()?;
         if config.get_application_name().is_none() {
-            config.application_name("mcp-gate");
+            config.application_name(application_name);
         }
         config.connect_timeout(BUSY_TIMEOUT);
         Ok(config.connect(postgres::NoTls)?)
