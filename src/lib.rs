@@ -47,7 +47,9 @@
 //! - [`downstream`]: where clients come in: [`downstream::stdio`] when the client started us,
 //!   [`downstream::http`] for `mcp-gate serve`.
 //! - [`policy`]: the compiled rules (pure, first match wins, fails closed).
-//! - [`store`]: the SQLite database, the only module that speaks SQL: approval requests, votes,
+//! - [`store`]: the database (SQLite, or PostgreSQL shared by replicas: [`store::db`] runs the
+//!   same statements on both, [`store::listen`] hears other replicas' changes), the only module
+//!   that speaks SQL: approval requests, votes,
 //!   claims, gate tasks ([`store::tasks`]), and the hash-chained [`store::audit`] log where every
 //!   decision lands. Its [`store::Clock`] is where the store, the approvals and the sweeper read the
 //!   time (a test holds it still with tokio's paused time).

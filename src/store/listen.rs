@@ -11,7 +11,7 @@
 //! The listening connection also elects the replica that announces what no single change
 //! causes (requests about to expire): the one whose connection holds the session advisory lock
 //! [`LEADER_LOCK`] ([`Store::leads`]). When that replica goes, its connection and lock go with it,
-//! and another takes the lock within [`POLL_STOP`].
+//! and another takes the lock within half a second.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};

@@ -1,5 +1,9 @@
-//! The durable store: one SQLite database holding the approval queue ([`approvals`]) and the audit log
-//! ([`crate::store::audit`]).
+//! The durable store: one database holding the approval queue ([`approvals`]) and the audit log
+//! ([`crate::store::audit`]): an SQLite file (the default), or a PostgreSQL database that several
+//! replicas share ([`db`] runs every statement on either engine, [`listen`] carries the changes
+//! between replicas). What follows describes SQLite; on PostgreSQL the worker holds one
+//! connection, writes take the advisory lock [`db::WRITE_LOCK`] in place of `BEGIN IMMEDIATE`,
+//! commits are durable as they are, and there is no file to watch.
 //!
 //! # Shape
 //!
