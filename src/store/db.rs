@@ -262,6 +262,27 @@ impl Conn {
         }
     }
 
+    /// [`Conn::write`] for an operation with errors of its own: commits when `f` returns `Ok`,
+    /// rolls back when it returns any error, which is handed back as it is.
+    pub fn write_or_undo<T, E: From<StoreError>>(
+        &mut self,
+        f: impl FnOnce(&mut dyn Sql) -> Result<T, E>,
+    ) -> Result<T, E> {
+        // The transaction is rolled back by failing it; the operation's own error is kept aside.
+        let mut refused = None;
+        let done = self.write(|tx| {
+            f(tx).map_err(|e| {
+                refused = Some(e);
+                StoreError::Aborted
+            })
+        });
+        match (done, refused) {
+            (_, Some(e)) => Err(e),
+            (Ok(value), None) => Ok(value),
+            (Err(e), None) => Err(e.into()),
+        }
+    }
+
     /// Runs `f` in a write transaction that is on disk when it returns (SQLite: with
     /// `synchronous = FULL` for this transaction; PostgreSQL commits are durable already).
     pub fn write_durable<T>(&mut self, f: impl FnOnce(&mut dyn Sql) -> Result<T, StoreError>) -> Result<T, StoreError> {

@@ -49,8 +49,7 @@ impl Store {
     ) -> Result<Opened, TransitionError> {
         self.call(move |conn| {
             // A refused vote rolls the whole transaction back (the request is not opened).
-            let mut refused = None;
-            let opened = conn.write(|tx| {
+            Ok(conn.write_or_undo(|tx| {
                 let expired = close_lapsed_of_key(tx, &new.key, now)?;
                 let pending = tx
                     .query_opt("SELECT id FROM approvals WHERE key = ?1 AND status = 'pending'", params![new.key])?
@@ -61,19 +60,9 @@ impl Store {
                     return Ok(Opened { approval: standing, joined: true, expired });
                 }
                 insert_tx(tx, &new)?;
-                match vote_in(tx, &new.id, vote, required, now) {
-                    Ok(decided) => Ok(Opened { approval: decided, joined: false, expired }),
-                    Err(e) => {
-                        refused = Some(e);
-                        Err(StoreError::Aborted)
-                    }
-                }
-            });
-            match (opened, refused) {
-                (_, Some(e)) => Ok(Err(e)),
-                (Ok(opened), None) => Ok(Ok(opened)),
-                (Err(e), None) => Err(e),
-            }
+                let decided = vote_in(tx, &new.id, vote, required, now)?;
+                Ok(Opened { approval: decided, joined: false, expired })
+            }))
         })
         .await?
     }

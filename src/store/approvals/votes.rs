@@ -21,22 +21,11 @@ impl Store {
 }
 
 fn vote_tx(conn: &mut Conn, id: &str, vote: Vote, required: u32, now: i64) -> Result<Approval, TransitionError> {
-    // Any other refusal rolls the transaction back.
-    let mut refused = None;
-    let voted = conn.write(|tx| match vote_in(tx, id, vote, required, now) {
-        Ok(stored) => Ok(Ok(stored)),
-        // The expiry is committed.
+    // An expiry is committed, with the refusal it causes; any other refusal rolls back.
+    conn.write_or_undo(|tx| match vote_in(tx, id, vote, required, now) {
         Err(TransitionError::Expired) => Ok(Err(TransitionError::Expired)),
-        Err(e) => {
-            refused = Some(e);
-            Err(StoreError::Aborted)
-        }
-    });
-    match (voted, refused) {
-        (_, Some(e)) => Err(e),
-        (Ok(voted), None) => voted,
-        (Err(e), None) => Err(e.into()),
-    }
+        other => other.map(Ok),
+    })?
 }
 
 /// The vote of [`Store::record_vote`], inside the caller's transaction.
