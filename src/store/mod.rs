@@ -126,9 +126,9 @@ pub enum Location {
     Postgres(DatabaseUrl),
 }
 
-/// A PostgreSQL connection string (`postgres://user:password@host:port/db?...` or the
-/// `key=value` form). It may hold a password: it is never logged or shown, only its host and
-/// database are.
+/// A PostgreSQL connection URL (`postgres://user:password@host:port/db?...`; `[approvals]
+/// database` takes this form, which [`DatabaseUrl::is_postgres`] tells from a file path). It may
+/// hold a password: it is never logged or shown, only its host and database are.
 #[derive(Clone, PartialEq, Eq)]
 pub struct DatabaseUrl(String);
 
