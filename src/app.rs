@@ -62,7 +62,7 @@ pub async fn start_gate_announcing(config: &Config, announce: bool) -> anyhow::R
     let a = &config.approvals;
     let location = a.database.clone();
     let store =
-        Store::open(location.clone()).await.with_context(|| format!("opening the approval store {location:?}"))?;
+        Store::open(location.clone()).await.with_context(|| format!("opening the approval store, {location}"))?;
     let (token, token_file) = crate::server::web::load_or_create_token(a.token.as_deref(), &a.data_dir)
         .with_context(|| format!("storing the approver token in {}", a.data_dir.display()))?;
     if let Some(file) = &token_file {

@@ -299,13 +299,12 @@ impl Config {
             self.approvals.mrtr_rounds
         ));
         out.push_str(&format!("approval server: http://{}/\n", self.approvals.listen));
-        out.push_str(&match &self.approvals.database {
-            Location::Memory => "approval store: in memory (lost when the process exits)\n".to_owned(),
-            Location::File(path) => format!("approval store: SQLite {}\n", path.display()),
-            Location::Postgres(url) => {
-                format!("approval store: PostgreSQL {url}, shared by every replica that names it\n")
-            }
-        });
+        let shared = if matches!(self.approvals.database, Location::Postgres(_)) {
+            ", shared by every replica that names it"
+        } else {
+            ""
+        };
+        out.push_str(&format!("approval store: {}{shared}\n", self.approvals.database));
         match (&self.metrics.enabled, &self.metrics.token_key) {
             (false, _) => out.push_str("metrics: off\n"),
             (true, None) => out.push_str(&format!("metrics: http://{}/metrics, no token\n", self.approvals.listen)),

@@ -126,6 +126,17 @@ pub enum Location {
     Postgres(DatabaseUrl),
 }
 
+/// What the database is, as messages name it (never with a password).
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Memory => f.write_str("in memory (lost when the process exits)"),
+            Location::File(path) => write!(f, "SQLite {}", path.display()),
+            Location::Postgres(url) => write!(f, "PostgreSQL {url}"),
+        }
+    }
+}
+
 /// A PostgreSQL connection URL (`postgres://user:password@host:port/db?...`; `[approvals]
 /// database` takes this form, which [`DatabaseUrl::is_postgres`] tells from a file path). It may
 /// hold a password: it is never logged or shown, only its host and database are.
