@@ -272,8 +272,8 @@ async fn exactly_one_run_under_16_concurrent_claims() {
     assert_eq!(runs, 1, "{claims:?}");
 
     // 16 handles = 16 connections to one file, as if 16 processes: BEGIN IMMEDIATE does the work.
-    let dir = TempDir::new("store-claims");
-    let loc = Location::File(dir.path().join("gate.db"));
+    // One database for every handle: a file (as if each were a process), or PostgreSQL (replicas).
+    let (loc, _dir) = crate::store::testutil::shared_location("store-claims").await;
     let first = Store::open(loc.clone()).await.unwrap();
     first.insert_approval(new("b", "k")).await.unwrap();
     first.record_vote("b", approve("alice"), 1, T0 + 1).await.unwrap();

@@ -174,8 +174,8 @@ async fn settle_ends_only_a_working_task_and_a_cancelled_run_stays_cancelled() {
 /// Twenty claims of one task from twenty handles on one file (as if twenty processes): one runs.
 #[tokio::test]
 async fn twenty_concurrent_claims_make_one_run() {
-    let dir = TempDir::new("task-claims");
-    let loc = Location::File(dir.path().join("gate.db"));
+    // One database for every handle: a file (as if each were a process), or PostgreSQL (replicas).
+    let (loc, _dir) = crate::store::testutil::shared_location("task-claims").await;
     let first = Store::open(loc.clone()).await.unwrap();
     approved(&first, "a", "k").await;
     first.open_task(task("mcpg-1", "agent:x", "a", "k"), T0).await.unwrap();
