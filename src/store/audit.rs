@@ -207,18 +207,64 @@ impl Store {
     /// decided on its own, written off the call path. A power loss can lose the latest group; the
     /// chain stays consistent. Fails only if the store has stopped.
     pub fn audit_append_later(&self, rec: AuditRecord, at: i64) -> Result<(), StoreError> {
-        self.defer(move |tx| append_in(tx, &rec, at).map(drop))
+        self.enqueue(crate::store::Deferred::Audit(Box::new(rec), at))
     }
 }
 
 /// Appends one record inside an open write transaction (which holds the database's write lock,
 /// serialising appends across processes and replicas): chains it onto the head and moves the head.
 fn append_in(tx: &mut dyn Sql, rec: &AuditRecord, at: i64) -> Result<i64, StoreError> {
+    let mut chain = Chain::default();
+    let id = chain.append(tx, rec, at)?;
+    chain.settle(tx)?;
+    Ok(id)
+}
+
+/// The tip of the chain while one write transaction appends to it: read from `audit_head` before
+/// the first record, carried from record to record, and written back once by [`Chain::settle`].
+/// Only valid inside the transaction (which holds the write lock: no other writer can move the
+/// head meanwhile); settle it before anything else runs in that transaction.
+#[derive(Default)]
+pub(crate) struct Chain {
+    head: Option<(i64, String)>,
+    /// Whether `head` moved since it was read.
+    moved: bool,
+}
+
+impl Chain {
+    /// Appends one record after the tip and makes it the tip; returns its id.
+    pub(crate) fn append(&mut self, tx: &mut dyn Sql, rec: &AuditRecord, at: i64) -> Result<i64, StoreError> {
+        let (last_id, prev_hash) = match self.head.take() {
+            Some(head) => head,
+            None => read_head(tx)?,
+        };
+        let (id, hash) = append_row(tx, rec, at, last_id, &prev_hash)?;
+        self.head = Some((id, hash));
+        self.moved = true;
+        Ok(id)
+    }
+
+    /// Writes the tip back to `audit_head` if it moved, and forgets it.
+    pub(crate) fn settle(&mut self, tx: &mut dyn Sql) -> Result<(), StoreError> {
+        if let (Some((id, hash)), true) = (self.head.take(), std::mem::take(&mut self.moved)) {
+            tx.execute(
+                "INSERT INTO audit_head (singleton, id, hash) VALUES (1, ?1, ?2)
+                 ON CONFLICT (singleton) DO UPDATE SET id = excluded.id, hash = excluded.hash",
+                params![id, hash],
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The tip of the chain as stored: `audit_head`, or the last row when the head is missing, or
+/// the genesis.
+fn read_head(tx: &mut dyn Sql) -> Result<(i64, String), StoreError> {
     let head: Option<(i64, String)> = tx
         .query_opt("SELECT id, hash FROM audit_head WHERE singleton = 1", params![])?
         .map(|r| Ok::<_, StoreError>((r.get(0)?, r.get(1)?)))
         .transpose()?;
-    let (last_id, prev_hash) = match head {
+    Ok(match head {
         Some(head) => head,
         None => {
             let last: Option<(i64, String)> = tx
@@ -230,7 +276,17 @@ fn append_in(tx: &mut dyn Sql, rec: &AuditRecord, at: i64) -> Result<i64, StoreE
             }
             last.unwrap_or_else(|| (0, GENESIS_HASH.to_owned()))
         }
-    };
+    })
+}
+
+/// Inserts one row chained onto (`last_id`, `prev_hash`); returns its id and hash.
+fn append_row(
+    tx: &mut dyn Sql,
+    rec: &AuditRecord,
+    at: i64,
+    last_id: i64,
+    prev_hash: &str,
+) -> Result<(i64, String), StoreError> {
     let id = last_id.checked_add(1).ok_or_else(|| StoreError::Corrupt("audit id overflow".into()))?;
     let detail = canonical_json(&rec.detail);
     let fields = RowFields {
@@ -262,12 +318,7 @@ fn append_in(tx: &mut dyn Sql, rec: &AuditRecord, at: i64) -> Result<i64, StoreE
             hash
         ],
     )?;
-    tx.execute(
-        "INSERT INTO audit_head (singleton, id, hash) VALUES (1, ?1, ?2)
-         ON CONFLICT (singleton) DO UPDATE SET id = excluded.id, hash = excluded.hash",
-        params![id, hash],
-    )?;
-    Ok(id)
+    Ok((id, hash))
 }
 
 /// The hashed fields of a row, borrowed.
@@ -777,6 +828,72 @@ mod tests {
             ]
         );
         assert_eq!(verify(&store).await.unwrap(), VerifyReport { rows: 4, first_bad: None });
+    }
+
+    /// The head as stored and the last row, read in one request.
+    async fn head_and_last(store: &Store) -> ((i64, String), (i64, String)) {
+        store
+            .call(|c| {
+                let head = c.query_one("SELECT id, hash FROM audit_head WHERE singleton = 1", params![])?;
+                let last = c.query_one("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1", params![])?;
+                Ok(((head.get(0)?, head.get(1)?), (last.get(0)?, last.get(1)?)))
+            })
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_group_carries_the_head_from_record_to_record_and_settles_it_before_other_writes() {
+        let store = store_with(1).await;
+        let seen: std::sync::Arc<std::sync::Mutex<Vec<(i64, i64)>>> = Default::default();
+        for i in 2..=41 {
+            store.audit_append_later(rec(Event::Allowed, i), T0 + i).unwrap();
+            if i % 10 == 0 {
+                // A write of the same group, between records: it must find the head where the
+                // records before it left it.
+                let seen = seen.clone();
+                store
+                    .defer(move |tx| {
+                        let head: i64 =
+                            tx.query_one("SELECT id FROM audit_head WHERE singleton = 1", params![])?.get(0)?;
+                        let last: i64 = tx.query_one("SELECT max(id) FROM audit", params![])?.get(0)?;
+                        seen.lock().unwrap().push((head, last));
+                        Ok(())
+                    })
+                    .unwrap();
+            }
+        }
+        let ((head_id, head_hash), (last_id, last_hash)) = head_and_last(&store).await;
+        assert_eq!((head_id, &head_hash), (41, &last_hash));
+        assert_eq!(last_id, 41);
+        assert_eq!(*seen.lock().unwrap(), [(10, 10), (20, 20), (30, 30), (40, 40)]);
+        assert_eq!(verify(&store).await.unwrap(), VerifyReport { rows: 41, first_bad: None });
+    }
+
+    #[tokio::test]
+    async fn groups_of_two_stores_on_one_database_make_one_chain() {
+        let (location, _dir) = crate::store::testutil::shared_location("audit-groups").await;
+        let a = Store::open(location.clone()).await.unwrap();
+        let b = Store::open(location).await.unwrap();
+        for i in 1..=60 {
+            let store = if i % 3 == 0 { &b } else { &a };
+            store.audit_append_later(rec(Event::Allowed, i), T0 + i).unwrap();
+            if i % 7 == 0 {
+                // An immediate append from the other store, between the two stores' groups.
+                let other = if i % 3 == 0 { &a } else { &b };
+                other.audit_append(rec(Event::Requested, 1000 + i), T0 + 1000 + i).await.unwrap();
+            }
+        }
+        // A request of each store runs after its queued group.
+        let rows = |s: &Store| {
+            let s = s.clone();
+            async move { s.call(|c| c.query_one("SELECT count(*) FROM audit", params![])?.get::<i64>(0)).await.unwrap() }
+        };
+        rows(&a).await;
+        assert_eq!(rows(&b).await, 60 + 8);
+        let ((head_id, head_hash), (last_id, last_hash)) = head_and_last(&a).await;
+        assert_eq!((head_id, head_hash), (last_id, last_hash));
+        assert_eq!(verify(&a).await.unwrap(), VerifyReport { rows: 68, first_bad: None });
     }
 
     #[tokio::test]

@@ -245,7 +245,13 @@ pub enum StoreError {
 type Job = Box<dyn FnOnce(Result<&mut Conn, StoreError>) + Send + 'static>;
 
 /// A write nobody waits for, run inside the transaction of its group (see [`Store::defer`]).
-pub type Deferred = Box<dyn FnOnce(&mut dyn Sql) -> Result<(), StoreError> + Send + 'static>;
+pub enum Deferred {
+    /// Any write.
+    Write(Box<dyn FnOnce(&mut dyn Sql) -> Result<(), StoreError> + Send + 'static>),
+    /// An audit record and its time ([`Store::audit_append_later`]): the records of a group
+    /// that follow one another are chained with one read and one write of the chain's head.
+    Audit(Box<audit::AuditRecord>, i64),
+}
 
 /// Deferred writes not yet taken by the worker, shared by every handle and the worker; and the
 /// loss of the database file once the worker found it, so that a write queued after that is
@@ -471,12 +477,17 @@ impl Store {
         &self,
         f: impl FnOnce(&mut dyn Sql) -> Result<(), StoreError> + Send + 'static,
     ) -> Result<(), StoreError> {
+        self.enqueue(Deferred::Write(Box::new(f)))
+    }
+
+    /// Queues a deferred write (see [`Store::defer`]).
+    pub(crate) fn enqueue(&self, write: Deferred) -> Result<(), StoreError> {
         if let Some((path, how)) = self.deferred.1.get() {
             return Err(StoreError::Replaced { path: path.clone(), how });
         }
         let first = {
             let mut pending = self.deferred.0.lock().map_err(|_| StoreError::Aborted)?;
-            pending.push(Box::new(f));
+            pending.push(write);
             pending.len() == 1
         };
         // Later writes of the same group join it silently: the worker is lingering, not waiting on
@@ -635,10 +646,19 @@ fn write_deferred(conn: &mut Conn, deferred: &DeferredQueue, lost: Option<&Store
     }
     let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<(), StoreError> {
         conn.write(|tx| {
+            let mut chain = audit::Chain::default();
             for write in group {
-                write(tx)?;
+                match write {
+                    Deferred::Write(write) => {
+                        chain.settle(tx)?;
+                        write(tx)?;
+                    }
+                    Deferred::Audit(rec, at) => {
+                        chain.append(tx, &rec, at)?;
+                    }
+                }
             }
-            Ok(())
+            chain.settle(tx)
         })
     }));
     match written {
