@@ -282,10 +282,8 @@ impl ApprovalService {
 
     /// Queues the record of a call the policy decided on its own (allowed, denied); the store
     /// appends queued records in groups ([`Store::audit_append_later`]), off the call path: the
-    /// call does not wait for its record.
-    /// Reads the call's facts where they are: the arguments are copied once, by the redaction.
-    /// Queues the record of a call the policy decided on its own. An error means the decision
-    /// cannot be recorded: an allowed call then does not run.
+    /// call does not wait for its record. An error means the decision cannot be recorded: an
+    /// allowed call then does not run. The arguments are copied once, by the redaction.
     fn audit_call(
         &self,
         event: Event,
@@ -299,10 +297,11 @@ impl ApprovalService {
             tool: call.tool.to_owned(),
             agent: call.agent.map(str::to_owned),
             actor: Some("policy".into()),
-            detail: serde_json::json!({
-                "rule": decision.rule,
-                "arguments": self.redactor.redact(call.arguments),
-            }),
+            // Built as the map it is: `json!` would copy the redacted arguments once more.
+            detail: Value::Object(serde_json::Map::from_iter([
+                ("rule".to_owned(), decision.rule.clone().map_or(Value::Null, Value::String)),
+                ("arguments".to_owned(), self.redactor.redact(call.arguments)),
+            ])),
         };
         self.store.audit_append_later(record, self.now_ms()).inspect_err(|e| warn!("audit write failed: {e}"))
     }

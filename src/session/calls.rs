@@ -25,7 +25,15 @@ impl Session {
         let Some(params) = msg.params.as_deref() else {
             return self.reply_error(msg.id, &SessionError::BadParams("tools/call needs params"));
         };
-        let Some(name) = jsonrpc::string_field(params, "name") else {
+        // The message passed the strict reading, so this parse sees exactly what the upstream
+        // will; should it fail anyway, the call is refused rather than judged on a default. It is
+        // the one parse of the params: the tool's name, the gate's facts and the offers come from it.
+        let parsed = serde_json::from_str::<Value>(params.get());
+        let name = match &parsed {
+            Ok(Value::Object(p)) => p.get("name").and_then(Value::as_str).map(str::to_owned),
+            _ => jsonrpc::string_field(params, "name"),
+        };
+        let Some(name) = name else {
             return self.reply_error(msg.id, &SessionError::BadParams("tools/call needs a tool name"));
         };
         let (index, tool_name) = match self.route_tool(&name) {
@@ -48,9 +56,7 @@ impl Session {
             // The upstream is down: forward() answers with the error.
             None => return self.forward(index, msg, param_headers),
         };
-        // The message passed the strict reading, so this parse sees exactly what the upstream
-        // will; should it fail anyway, the call is refused rather than judged on a default.
-        let (arguments, offered) = match serde_json::from_str::<Value>(params.get()) {
+        let (arguments, offered) = match parsed {
             Ok(Value::Object(mut p)) => {
                 let offered = self.offered(&msg, &p);
                 (p.remove("arguments").unwrap_or(Value::Null), offered)
