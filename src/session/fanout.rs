@@ -102,7 +102,7 @@ impl Session {
         let result = match f.method.as_str() {
             "initialize" => {
                 for (i, r) in &ok {
-                    self.upstreams[*i].init_result = serde_json::from_str(r.get()).ok();
+                    self.upstreams[*i].set_init_result(serde_json::from_str(r.get()).ok());
                 }
                 let parts = values(&ok, &self.upstreams);
                 let parts: Vec<(&str, Value)> = parts.iter().map(|(n, v)| (n.as_str(), v.clone())).collect();

@@ -542,11 +542,10 @@ impl Session {
         if let Some(era) = Era::of_request(msg) {
             return era;
         }
-        self.upstreams
-            .iter()
-            .filter_map(|u| u.init_result.as_ref()?.get("protocolVersion")?.as_str())
-            .min()
-            .map_or(Era::Legacy, Era::of_version)
+        // The oldest era the upstreams negotiated: modern only when every one that answered
+        // `initialize` is.
+        let mut eras = self.upstreams.iter().filter_map(|u| u.init_era).peekable();
+        if eras.peek().is_some() && eras.all(Era::is_modern) { Era::Modern } else { Era::Legacy }
     }
 
     // ---- tools/call: routing, tool list, gate ----

@@ -260,8 +260,8 @@ impl Session {
             },
             Pending::Reinit => {
                 if msg.result.is_some() {
-                    self.upstreams[index].init_result =
-                        msg.result.as_deref().and_then(|r| serde_json::from_str(r.get()).ok());
+                    self.upstreams[index]
+                        .set_init_result(msg.result.as_deref().and_then(|r| serde_json::from_str(r.get()).ok()));
                     self.send_upstream(index, &Message::notification("notifications/initialized", None), None);
                     self.announce_list_changes(index);
                 } else {
@@ -281,7 +281,7 @@ impl Session {
                     self.upstreams[index].tools = Tools::Known(list);
                 }
             }
-            "initialize" => self.upstreams[index].init_result = serde_json::from_str(result.get()).ok(),
+            "initialize" => self.upstreams[index].set_init_result(serde_json::from_str(result.get()).ok()),
             "tools/call" if self.multi => {
                 // A task handle (2025-11-25 `task.taskId`, 2026-07-28 `taskId`) belongs to this upstream.
                 if let Ok(v) = serde_json::from_str::<Value>(result.get())

@@ -119,7 +119,11 @@ pub(super) struct Upstream {
     /// When each pending request times out.
     pub(super) deadlines: HashMap<u64, Instant>,
     pub(super) tools: Tools,
+    /// Its `initialize` result; set through [`Upstream::set_init_result`].
     pub(super) init_result: Option<Value>,
+    /// The era of the protocol version in `init_result`, read once when it is set (asked of
+    /// every request that does not declare its own).
+    pub(super) init_era: Option<Era>,
 }
 
 impl Upstream {
@@ -133,7 +137,14 @@ impl Upstream {
             deadlines: HashMap::new(),
             tools: Tools::Unknown,
             init_result: None,
+            init_era: None,
         }
+    }
+
+    /// Keeps its `initialize` result (`None`: none, or unreadable) and the era it negotiated.
+    pub(super) fn set_init_result(&mut self, result: Option<Value>) {
+        self.init_era = result.as_ref().and_then(|r| r.get("protocolVersion")?.as_str()).map(Era::of_version);
+        self.init_result = result;
     }
 
     pub(super) fn is_http(&self) -> bool {
