@@ -300,7 +300,7 @@ fn append_row(
         actor: rec.actor.as_deref(),
         detail: &detail,
     };
-    let hash = fields.hash(&prev_hash);
+    let hash = fields.hash(prev_hash);
     tx.execute(
         "INSERT INTO audit (id, at, event, approval_id, server, tool, agent, actor, detail, prev_hash, hash)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",

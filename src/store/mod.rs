@@ -244,10 +244,13 @@ pub enum StoreError {
 
 type Job = Box<dyn FnOnce(Result<&mut Conn, StoreError>) + Send + 'static>;
 
+/// A deferred write of any kind (see [`Store::defer`]).
+type DeferredWrite = Box<dyn FnOnce(&mut dyn Sql) -> Result<(), StoreError> + Send + 'static>;
+
 /// A write nobody waits for, run inside the transaction of its group (see [`Store::defer`]).
 pub enum Deferred {
     /// Any write.
-    Write(Box<dyn FnOnce(&mut dyn Sql) -> Result<(), StoreError> + Send + 'static>),
+    Write(DeferredWrite),
     /// An audit record and its time ([`Store::audit_append_later`]): the records of a group
     /// that follow one another are chained with one read and one write of the chain's head.
     Audit(Box<audit::AuditRecord>, i64),
