@@ -134,9 +134,19 @@ fn keep_tail(tail: &mut BytesMut, more: &[u8]) {
 /// only inside strings) are written as escapes. Neither changes what the message means. Messages
 /// read through the strict parse are canonical already; this holds for every message written.
 pub fn push_unsplittable(out: &mut impl ByteSink, msg: &[u8]) {
+    // The next CR, LF or 0xC2 (the lead byte of U+0085), and the next 0xE2 (of U+2028 and
+    // U+2029), each searched for again only once passed: most messages hold none of them and are
+    // appended in one piece.
+    let search_a = |from: usize| ::memchr::memchr3(b'\n', b'\r', 0xC2, &msg[from..]).map(|p| p + from);
+    let search_b = |from: usize| ::memchr::memchr(0xE2, &msg[from..]).map(|p| p + from);
+    let (mut next_a, mut next_b) = (search_a(0), search_b(0));
     let mut run = 0;
-    let mut i = 0;
-    while i < msg.len() {
+    loop {
+        let i = match (next_a, next_b) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(at), None) | (None, Some(at)) => at,
+            (None, None) => break,
+        };
         let replaced: Option<(&[u8], usize)> = match msg[i] {
             b'\n' | b'\r' => Some((b"", 1)),
             0xC2 if msg.get(i + 1) == Some(&0x85) => Some((br"\u0085", 2)),
@@ -144,14 +154,20 @@ pub fn push_unsplittable(out: &mut impl ByteSink, msg: &[u8]) {
             0xE2 if msg.get(i + 1..i + 3) == Some(&[0x80, 0xA9]) => Some((br"\u2029", 3)),
             _ => None,
         };
-        match replaced {
+        let next = match replaced {
             Some((text, len)) => {
                 out.put(&msg[run..i]);
                 out.put(text);
-                i += len;
-                run = i;
+                run = i + len;
+                run
             }
-            None => i += 1,
+            None => i + 1,
+        };
+        if next_a.is_some_and(|a| a < next) {
+            next_a = search_a(next);
+        }
+        if next_b.is_some_and(|b| b < next) {
+            next_b = search_b(next);
         }
     }
     out.put(&msg[run..]);
@@ -175,7 +191,7 @@ impl ByteSink for BytesMut {
 }
 
 fn memchr(hay: &[u8]) -> Option<usize> {
-    hay.iter().position(|&b| b == b'\n')
+    ::memchr::memchr(b'\n', hay)
 }
 
 /// Writes queued messages, one per line, flushing whenever the queue runs dry so that bursts

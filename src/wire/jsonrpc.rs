@@ -91,13 +91,62 @@ impl Message {
     /// Batches (top-level arrays) are rejected: they were removed from MCP in 2025-06-18 and no
     /// current client sends them.
     pub fn parse(bytes: &[u8]) -> Result<Message, ParseError> {
-        let canonical = strict::canonicalize(bytes)?;
-        if canonical.first() == Some(&b'[') {
-            return Err(ParseError::Invalid("JSON-RPC batches are not supported"));
-        }
-        let msg: Message = serde_json::from_slice(&canonical)?;
+        let msg = strict::canonical_read(bytes, |canonical, members| {
+            if canonical.starts_with('[') {
+                return Err(ParseError::Invalid("JSON-RPC batches are not supported"));
+            }
+            match members.and_then(|m| Message::from_members(&canonical, m)) {
+                Some(msg) => Ok(msg),
+                // Read as text (known to be UTF-8) rather than bytes: serde_json then checks no
+                // string's UTF-8 again. The errors, and their positions, are the same.
+                None => Ok(serde_json::from_str(&canonical)?),
+            }
+        })??;
         msg.validate()?;
         Ok(msg)
+    }
+
+    /// The message the `Deserialize` impl reads from canonical `text`, built from the members the
+    /// strict reading found (keys unique, no whitespace); `None` for anything it would refuse, or
+    /// that this shortcut does not read, so that serde then gives its own answer and error.
+    fn from_members(text: &str, members: &[strict::Member]) -> Option<Message> {
+        // A canonical string's value: its text when it has no escape, else serde_json's reading.
+        fn string(quoted: &str) -> Option<std::borrow::Cow<'_, str>> {
+            let inner = quoted.strip_prefix('"')?.strip_suffix('"')?;
+            if inner.bytes().any(|b| b == b'\\') {
+                serde_json::from_str::<String>(quoted).ok().map(Into::into)
+            } else {
+                Some(inner.into())
+            }
+        }
+        // Serde reads a raw value as its exact text, as this does (it checks the JSON again).
+        let raw = |value: &str| RawValue::from_string(value.to_owned()).ok();
+        let mut msg = Message::default();
+        let mut version_ok = false;
+        for member in members {
+            let key = string(text.get(member.key.0..member.key.1)?)?;
+            let value = text.get(member.key.1 + 1..member.end)?;
+            match &*key {
+                "jsonrpc" => {
+                    if string(value)? != "2.0" {
+                        return None;
+                    }
+                    version_ok = true;
+                }
+                "id" => {
+                    if !matches!(value.as_bytes().first(), Some(b'"' | b'-' | b'0'..=b'9' | b'n')) {
+                        return None;
+                    }
+                    msg.id = Some(raw(value)?);
+                }
+                "method" => msg.method = Some(string(value)?.into_owned()),
+                "params" => msg.params = Some(raw(value)?),
+                "result" => msg.result = Some(raw(value)?),
+                "error" => msg.error = Some(raw(value)?),
+                _ => msg.extra.push((key.into_owned(), raw(value)?)),
+            }
+        }
+        version_ok.then_some(msg)
     }
 
     fn validate(&self) -> Result<(), ParseError> {
@@ -300,16 +349,15 @@ impl<'de> serde::Deserialize<'de> for Message {
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Message, A::Error> {
                 let mut msg = Message::default();
                 let mut version_ok = false;
-                while let Some(key) = map.next_key::<String>()? {
-                    match key.as_str() {
-                        "jsonrpc" => {
-                            let v: String = map.next_value()?;
-                            if v != "2.0" {
+                while let Some(key) = map.next_key::<Member>()? {
+                    match key {
+                        Member::Jsonrpc => {
+                            if !map.next_value::<IsVersion>()?.0 {
                                 return Err(de::Error::custom("jsonrpc must be \"2.0\""));
                             }
                             version_ok = true;
                         }
-                        "id" => {
+                        Member::Id => {
                             let id: Box<RawValue> = map.next_value()?;
                             let first = id.get().as_bytes().first().copied();
                             if !matches!(first, Some(b'"' | b'-' | b'0'..=b'9' | b'n')) {
@@ -317,11 +365,11 @@ impl<'de> serde::Deserialize<'de> for Message {
                             }
                             msg.id = Some(id);
                         }
-                        "method" => msg.method = Some(map.next_value()?),
-                        "params" => msg.params = Some(map.next_value()?),
-                        "result" => msg.result = Some(map.next_value()?),
-                        "error" => msg.error = Some(map.next_value()?),
-                        _ => {
+                        Member::Method => msg.method = Some(map.next_value()?),
+                        Member::Params => msg.params = Some(map.next_value()?),
+                        Member::Result => msg.result = Some(map.next_value()?),
+                        Member::Error => msg.error = Some(map.next_value()?),
+                        Member::Other(key) => {
                             let v: Box<RawValue> = map.next_value()?;
                             msg.extra.push((key, v));
                         }
@@ -334,6 +382,88 @@ impl<'de> serde::Deserialize<'de> for Message {
             }
         }
         deserializer.deserialize_map(MsgVisitor)
+    }
+}
+
+/// A top-level key of a message, read as a `String` is (same calls, same errors) but allocated
+/// only when it is not one of the standard keys.
+enum Member {
+    Jsonrpc,
+    Id,
+    Method,
+    Params,
+    Result,
+    Error,
+    Other(String),
+}
+
+impl Member {
+    fn of(key: &str) -> Option<Member> {
+        Some(match key {
+            "jsonrpc" => Member::Jsonrpc,
+            "id" => Member::Id,
+            "method" => Member::Method,
+            "params" => Member::Params,
+            "result" => Member::Result,
+            "error" => Member::Error,
+            _ => return None,
+        })
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Member {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Member, D::Error> {
+        struct MemberVisitor;
+        impl Visitor<'_> for MemberVisitor {
+            type Value = Member;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Member, E> {
+                Ok(Member::of(v).unwrap_or_else(|| Member::Other(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Member, E> {
+                Ok(Member::of(&v).unwrap_or(Member::Other(v)))
+            }
+            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Member, E> {
+                match std::str::from_utf8(v) {
+                    Ok(s) => self.visit_str(s),
+                    Err(_) => Err(de::Error::invalid_value(de::Unexpected::Bytes(v), &self)),
+                }
+            }
+            fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Member, E> {
+                match String::from_utf8(v) {
+                    Ok(s) => self.visit_string(s),
+                    Err(e) => Err(de::Error::invalid_value(de::Unexpected::Bytes(&e.into_bytes()), &self)),
+                }
+            }
+        }
+        deserializer.deserialize_string(MemberVisitor)
+    }
+}
+
+/// Whether a string is `2.0`, read as a `String` is (same calls, same errors) without allocating.
+struct IsVersion(bool);
+
+impl<'de> serde::Deserialize<'de> for IsVersion {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<IsVersion, D::Error> {
+        struct VersionVisitor;
+        impl Visitor<'_> for VersionVisitor {
+            type Value = IsVersion;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<IsVersion, E> {
+                Ok(IsVersion(v == "2.0"))
+            }
+            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<IsVersion, E> {
+                match std::str::from_utf8(v) {
+                    Ok(s) => self.visit_str(s),
+                    Err(_) => Err(de::Error::invalid_value(de::Unexpected::Bytes(v), &self)),
+                }
+            }
+        }
+        deserializer.deserialize_string(VersionVisitor)
     }
 }
 

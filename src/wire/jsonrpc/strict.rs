@@ -13,6 +13,8 @@
 //! else is kept byte for byte: key order, escapes, number text. A canonical message therefore
 //! holds no byte that any mainstream line reader takes for the end of a line.
 
+use std::borrow::Cow;
+
 use serde_json::value::RawValue;
 
 /// The deepest nesting accepted, counting the message's own object as level 1.
@@ -58,9 +60,32 @@ impl StrictError {
 
 /// Checks one JSON text and returns its canonical bytes.
 pub fn canonicalize(input: &[u8]) -> Result<Vec<u8>, StrictError> {
-    let mut scanner = Scanner::new(input, false);
-    scanner.run()?;
-    Ok(scanner.out)
+    canonical_read(input, |text, _| text.into_owned().into_bytes())
+}
+
+/// [`canonicalize`], handing `read` the canonical bytes as the text they are (the input itself
+/// when it is canonical already) and, when that is an object, where its members lie in it.
+pub(crate) fn canonical_read<T>(
+    input: &[u8],
+    read: impl FnOnce(Cow<'_, str>, Option<&[Member]>) -> T,
+) -> Result<T, StrictError> {
+    with_scratch(|scratch| {
+        let mut scanner = Scanner::<false>::new(input, scratch);
+        scanner.run()?;
+        let Scanner { text, out, copied, scratch, .. } = scanner;
+        // Nothing was ever left out or replaced: the input is the canonical text.
+        let text = if copied == 0 { Cow::Borrowed(text) } else { Cow::Owned(out) };
+        let members = text.starts_with('{').then_some(scratch.members.as_slice());
+        Ok(read(text, members))
+    })
+}
+
+/// A member of a canonical object: `"key":value` is `text[key.0..key.1]`, `:`,
+/// `text[key.1 + 1..end]`.
+#[derive(Clone, Copy)]
+pub(crate) struct Member {
+    pub key: (usize, usize),
+    pub end: usize,
 }
 
 /// What a lenient second look at a refused message could read of its envelope: enough to answer
@@ -88,11 +113,14 @@ impl Envelope {
 /// Reads what it can of a message's envelope without the strict rules (duplicates, numbers and
 /// surrogates are tolerated; syntax errors and nesting past [`MAX_DEPTH`] end the look).
 pub fn lenient_envelope(input: &[u8]) -> Envelope {
-    let mut scanner = Scanner::new(input, true);
-    let _ = scanner.run();
-    let mut env = Envelope { id_count: scanner.ids.len(), response: scanner.response, ..Envelope::default() };
-    if scanner.ids.len() == 1 {
-        let (start, end) = scanner.ids[0];
+    let (ids, methods, names, response) = with_scratch(|scratch| {
+        let mut scanner = Scanner::<true>::new(input, scratch);
+        let _ = scanner.run();
+        (scanner.ids, scanner.methods, scanner.names, scanner.response)
+    });
+    let mut env = Envelope { id_count: ids.len(), response, ..Envelope::default() };
+    if ids.len() == 1 {
+        let (start, end) = ids[0];
         let text = &input[start..end];
         if matches!(text.first(), Some(b'"' | b'-' | b'0'..=b'9')) {
             env.id = std::str::from_utf8(text).ok().and_then(|t| RawValue::from_string(t.to_owned()).ok());
@@ -103,9 +131,89 @@ pub fn lenient_envelope(input: &[u8]) -> Envelope {
         serde_json::from_slice::<String>(raw)
             .unwrap_or_else(|_| String::from_utf8_lossy(raw.get(1..raw.len().saturating_sub(1)).unwrap_or(raw)).into())
     };
-    env.methods = scanner.methods.iter().map(decode).collect();
-    env.tool_names = scanner.names.iter().map(decode).collect();
+    env.methods = methods.iter().map(decode).collect();
+    env.tool_names = names.iter().map(decode).collect();
     env
+}
+
+/// The working memory of a scan, kept per thread between messages so that a message costs no
+/// allocation but its output.
+#[derive(Default)]
+struct Scratch {
+    stack: Vec<Frame>,
+    /// The keys of the open objects.
+    keys: Vec<Key>,
+    /// The unescaped text of the keys written with escapes (or with U+0085, U+2028, U+2029).
+    arena: Vec<u8>,
+    /// The members of the top-level object, in the output.
+    members: Vec<Member>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::Cell<Scratch> =
+        const {
+            std::cell::Cell::new(Scratch { stack: Vec::new(), keys: Vec::new(), arena: Vec::new(), members: Vec::new() })
+        };
+}
+
+/// Runs `f` with this thread's scratch memory (fresh memory when it is in use or gone), and
+/// keeps the memory, emptied, for the next message (unless a huge message made it large).
+fn with_scratch<T>(f: impl FnOnce(&mut Scratch) -> T) -> T {
+    let mut scratch = SCRATCH.try_with(std::cell::Cell::take).unwrap_or_default();
+    let out = f(&mut scratch);
+    scratch.stack.clear();
+    scratch.keys.clear();
+    scratch.arena.clear();
+    scratch.members.clear();
+    if scratch.keys.capacity() <= 4096 && scratch.arena.capacity() <= 64 * 1024 {
+        let _ = SCRATCH.try_with(|cell| cell.set(scratch));
+    }
+    out
+}
+
+/// Bytes a string's plain run ends at: its closing quote, an escape, a control character (an
+/// error), and the lead bytes of U+0085 (`C2 85`) and U+2028/U+2029 (`E2 80 A8`/`E2 80 A9`).
+static STRING_STOP: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = true;
+        b += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table[0xC2] = true;
+    table[0xE2] = true;
+    table
+};
+
+/// Where the plain run of a string starting at `from` ends.
+#[inline(always)]
+fn plain_run(input: &[u8], from: usize) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut pos = from;
+    // Eight bytes at a time: the lowest byte flagged is the first that is a control character,
+    // a quote, a backslash or not ASCII (a subtraction borrows only upwards from a byte that is
+    // below its bound), then looked up to tell a stop from other non-ASCII bytes.
+    while let Some(chunk) = input.get(pos..pos + 8) {
+        let mut word = [0; 8];
+        word.copy_from_slice(chunk);
+        let w = u64::from_le_bytes(word);
+        let below = |w: u64, n: u64| w.wrapping_sub(ONES * n) & !w & HIGH;
+        let flagged = below(w, 0x20) | below(w ^ (ONES * 0x22), 1) | below(w ^ (ONES * 0x5C), 1) | (w & HIGH);
+        if flagged == 0 {
+            pos += 8;
+            continue;
+        }
+        pos += (flagged.trailing_zeros() / 8) as usize;
+        if STRING_STOP[usize::from(input[pos])] {
+            return pos;
+        }
+        pos += 1;
+    }
+    let rest = &input[pos..];
+    pos + rest.iter().position(|&b| STRING_STOP[usize::from(b)]).unwrap_or(rest.len())
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -135,16 +243,31 @@ struct Frame {
     watch: Watch,
 }
 
-struct Scanner<'a> {
+/// A key's unescaped text: `input[start..end]` when it was written without escapes, else
+/// `arena[start..end]`.
+#[derive(Clone, Copy)]
+struct Key {
+    start: usize,
+    end: usize,
+    in_arena: bool,
+}
+
+/// One pass over a message. The canonical output is the input without the whitespace between
+/// tokens and with U+0085, U+2028 and U+2029 escaped: it is copied from the input in runs, when
+/// whitespace or such a character interrupts it, and at the end (always at a character boundary:
+/// before and after an ASCII byte, before and after a whole character).
+///
+/// `LENIENT`: record nothing but the envelope, tolerate everything but syntax.
+struct Scanner<'a, 's, const LENIENT: bool> {
     input: &'a [u8],
+    /// The input as text once it is known to be UTF-8 (always, but in the lenient look).
+    text: &'a str,
     pos: usize,
-    out: Vec<u8>,
-    stack: Vec<Frame>,
-    /// Unescaped keys of the open objects, as ranges of `arena`.
-    keys: Vec<(usize, usize)>,
-    arena: Vec<u8>,
-    /// Lenient mode: record nothing but the envelope, tolerate everything but syntax.
-    lenient: bool,
+    out: String,
+    /// `input[copied..pos]` is still to be appended to `out` (nothing is, in the lenient look).
+    /// Still 0 at the end: the input is canonical already, `out` is not needed.
+    copied: usize,
+    scratch: &'s mut Scratch,
     /// The envelope key of the value being read, when it is watched.
     watch: Watch,
     ids: Vec<(usize, usize)>,
@@ -153,16 +276,16 @@ struct Scanner<'a> {
     response: bool,
 }
 
-impl<'a> Scanner<'a> {
-    fn new(input: &'a [u8], lenient: bool) -> Scanner<'a> {
+impl<'a, 's, const LENIENT: bool> Scanner<'a, 's, LENIENT> {
+    fn new(input: &'a [u8], scratch: &'s mut Scratch) -> Self {
         Scanner {
             input,
+            text: "",
             pos: 0,
-            out: Vec::with_capacity(input.len()),
-            stack: Vec::new(),
-            keys: Vec::new(),
-            arena: Vec::new(),
-            lenient,
+            // Allocated at the first byte left out or replaced.
+            out: String::new(),
+            copied: 0,
+            scratch,
             watch: Watch::None,
             ids: Vec::new(),
             methods: Vec::new(),
@@ -177,52 +300,80 @@ impl<'a> Scanner<'a> {
 
     /// A rule broken: fatal when strict, ignored in the lenient look.
     fn refuse(&self, e: StrictError) -> Result<(), StrictError> {
-        if self.lenient { Ok(()) } else { Err(e) }
+        if LENIENT { Ok(()) } else { Err(e) }
     }
 
-    fn skip_ws(&mut self) {
+    /// Where the input at `pos` goes in the output.
+    fn out_pos(&self) -> usize {
+        self.out.len() + (self.pos - self.copied)
+    }
+
+    /// Appends the input up to `upto` to the output, and goes on copying from `from`.
+    fn flush(&mut self, upto: usize, from: usize) {
+        if !LENIENT {
+            if self.out.capacity() == 0 {
+                // Room for a few escaped line separators (each three or four bytes longer).
+                self.out.reserve(self.input.len() + 32);
+            }
+            self.out.push_str(&self.text[self.copied..upto]);
+        }
+        self.copied = from;
+    }
+
+    /// Skips whitespace; the byte after it.
+    #[inline(always)]
+    fn peek(&mut self) -> Option<u8> {
+        match self.input.get(self.pos) {
+            Some(b' ' | b'\t' | b'\n' | b'\r') => self.skip_ws(),
+            next => next.copied(),
+        }
+    }
+
+    fn skip_ws(&mut self) -> Option<u8> {
+        let start = self.pos;
         while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.input.get(self.pos) {
             self.pos += 1;
         }
+        self.flush(start, self.pos);
+        self.input.get(self.pos).copied()
     }
 
     fn run(&mut self) -> Result<(), StrictError> {
-        if let Err(e) = std::str::from_utf8(self.input) {
-            if !self.lenient {
-                return Err(StrictError::Utf8(e.valid_up_to()));
-            }
+        match std::str::from_utf8(self.input) {
+            Ok(text) => self.text = text,
+            Err(e) if !LENIENT => return Err(StrictError::Utf8(e.valid_up_to())),
+            Err(_) => {}
         }
         let mut expect = Expect::Value;
         loop {
-            self.skip_ws();
+            let next = self.peek();
             match expect {
                 Expect::Value => {
                     expect = Expect::After;
                     let start = self.pos;
-                    match self.input.get(self.pos) {
-                        Some(&open @ (b'{' | b'[')) => {
-                            if self.stack.len() >= MAX_DEPTH {
+                    match next {
+                        Some(open @ (b'{' | b'[')) => {
+                            let depth = self.scratch.stack.len();
+                            if depth >= MAX_DEPTH {
                                 // Fatal even to the lenient look, which must not grow its stack
                                 // with a hostile line either.
                                 return Err(StrictError::TooDeep);
                             }
-                            let watch = if self.stack.len() == 1 && self.watch == Watch::Params {
+                            let watch = if LENIENT && depth == 1 && self.watch == Watch::Params {
                                 Watch::Params
                             } else {
                                 Watch::None
                             };
-                            self.stack.push(Frame {
+                            self.scratch.stack.push(Frame {
                                 object: open == b'{',
-                                keys_start: self.keys.len(),
-                                arena_start: self.arena.len(),
+                                keys_start: self.scratch.keys.len(),
+                                arena_start: self.scratch.arena.len(),
                                 watch,
                             });
                             self.watch = Watch::None;
-                            self.out.push(open);
                             self.pos += 1;
-                            self.skip_ws();
                             let close = if open == b'{' { b'}' } else { b']' };
-                            if self.input.get(self.pos) == Some(&close) {
+                            if self.peek() == Some(close) {
                                 self.close()?;
                             } else {
                                 expect = if open == b'{' { Expect::Key } else { Expect::Value };
@@ -243,40 +394,53 @@ impl<'a> Scanner<'a> {
                     }
                 }
                 Expect::Key => {
-                    if self.input.get(self.pos) != Some(&b'"') {
+                    if next != Some(b'"') {
                         return Err(self.syntax("expected a key"));
                     }
-                    let arena_from = self.arena.len();
-                    self.string(true)?;
-                    self.watch_key(arena_from);
-                    if !self.lenient {
-                        self.keys.push((arena_from, self.arena.len()));
-                    } else {
-                        self.arena.truncate(arena_from);
+                    let key_start = self.out_pos();
+                    let key = self.string(true)?;
+                    if !LENIENT && self.scratch.stack.len() == 1 {
+                        let member = Member { key: (key_start, self.out_pos()), end: 0 };
+                        self.scratch.members.push(member);
                     }
-                    self.skip_ws();
-                    if self.input.get(self.pos) != Some(&b':') {
+                    if LENIENT {
+                        self.watch_key(key);
+                        if key.in_arena {
+                            self.scratch.arena.truncate(key.start);
+                        }
+                    } else {
+                        self.scratch.keys.push(key);
+                    }
+                    if self.peek() != Some(b':') {
                         return Err(self.syntax("expected ':'"));
                     }
-                    self.out.push(b':');
                     self.pos += 1;
                     expect = Expect::Value;
                 }
                 Expect::After => {
-                    let Some(frame) = self.stack.last() else {
+                    let Some(frame) = self.scratch.stack.last() else {
                         if self.pos != self.input.len() {
                             return Err(self.syntax("characters after the value"));
+                        }
+                        if self.copied > 0 {
+                            self.flush(self.pos, self.pos);
                         }
                         return Ok(());
                     };
                     let (object, close) = (frame.object, if frame.object { b'}' } else { b']' });
-                    match self.input.get(self.pos) {
+                    if !LENIENT && object && self.scratch.stack.len() == 1 {
+                        // The end of a top-level member's value (or an error).
+                        let end = self.out_pos();
+                        if let Some(member) = self.scratch.members.last_mut() {
+                            member.end = end;
+                        }
+                    }
+                    match next {
                         Some(b',') => {
-                            self.out.push(b',');
                             self.pos += 1;
                             expect = if object { Expect::Key } else { Expect::Value };
                         }
-                        Some(&b) if b == close => self.close()?,
+                        Some(b) if b == close => self.close()?,
                         _ => return Err(self.syntax("expected ',' or the end of the container")),
                     }
                 }
@@ -284,16 +448,23 @@ impl<'a> Scanner<'a> {
         }
     }
 
+    fn key_text(&self, key: Key) -> &[u8] {
+        if key.in_arena { &self.scratch.arena[key.start..key.end] } else { &self.input[key.start..key.end] }
+    }
+
     /// Notes which envelope key the next value belongs to.
-    fn watch_key(&mut self, arena_from: usize) {
-        let key = &self.arena[arena_from..];
-        self.watch = match (self.stack.len(), self.stack.last().map(|f| f.watch)) {
+    fn watch_key(&mut self, key: Key) {
+        let depth = self.scratch.stack.len();
+        let frame_watch = self.scratch.stack.last().map(|f| f.watch);
+        let key = self.key_text(key);
+        let mut response = false;
+        let watch = match (depth, frame_watch) {
             (1, _) => match key {
                 b"id" => Watch::Id,
                 b"method" => Watch::Method,
                 b"params" => Watch::Params,
                 b"result" | b"error" => {
-                    self.response = true;
+                    response = true;
                     Watch::None
                 }
                 _ => Watch::None,
@@ -301,10 +472,16 @@ impl<'a> Scanner<'a> {
             (2, Some(Watch::Params)) if key == b"name" => Watch::ParamsName,
             _ => Watch::None,
         };
+        self.watch = watch;
+        self.response |= response;
     }
 
     /// Records the span of a scalar the envelope look wants.
+    #[inline]
     fn record(&mut self, start: usize) {
+        if !LENIENT {
+            return;
+        }
         let span = (start, self.pos);
         match std::mem::replace(&mut self.watch, Watch::None) {
             Watch::Id => self.ids.push(span),
@@ -315,91 +492,135 @@ impl<'a> Scanner<'a> {
     }
 
     /// Closes the innermost container at `pos`, checking an object's keys for duplicates.
+    #[inline]
     fn close(&mut self) -> Result<(), StrictError> {
-        let Some(frame) = self.stack.pop() else { return Err(self.syntax("unbalanced brackets")) };
-        self.out.push(self.input[self.pos]);
+        let Some(frame) = self.scratch.stack.pop() else { return Err(self.syntax("unbalanced brackets")) };
         self.pos += 1;
         self.watch = Watch::None;
-        if frame.object && !self.lenient {
-            let keys = &mut self.keys[frame.keys_start..];
-            if keys.len() > 1 {
-                let arena = &self.arena;
-                keys.sort_unstable_by(|a, b| arena[a.0..a.1].cmp(&arena[b.0..b.1]));
-                if let Some(pair) = keys.windows(2).find(|w| arena[w[0].0..w[0].1] == arena[w[1].0..w[1].1]) {
-                    let key = String::from_utf8_lossy(&arena[pair[0].0..pair[0].1]).into_owned();
+        if frame.object && !LENIENT {
+            if self.scratch.keys.len() - frame.keys_start > 1 {
+                if let Some(key) = self.duplicate(frame.keys_start) {
                     return Err(StrictError::DuplicateKey(key));
                 }
             }
-            self.keys.truncate(frame.keys_start);
-            self.arena.truncate(frame.arena_start);
+            self.scratch.keys.truncate(frame.keys_start);
+            self.scratch.arena.truncate(frame.arena_start);
         }
         Ok(())
+    }
+
+    /// The smallest key (in byte order) that the object whose keys start at `keys_start` holds
+    /// more than once.
+    #[inline(never)]
+    fn duplicate(&mut self, keys_start: usize) -> Option<String> {
+        let (input, arena) = (self.input, &self.scratch.arena);
+        let text = |k: &Key| if k.in_arena { &arena[k.start..k.end] } else { &input[k.start..k.end] };
+        let keys = &mut self.scratch.keys[keys_start..];
+        // A few keys: first whether any two are equal at all, comparing the texts only of those
+        // of the same length (and, past four keys, with the same first and last byte).
+        if keys.len() <= 4 {
+            let mut found = false;
+            for (i, a) in keys.iter().enumerate() {
+                let len = a.end - a.start;
+                found |= keys[i + 1..].iter().any(|b| b.end - b.start == len && text(b) == text(a));
+            }
+            if !found {
+                return None;
+            }
+        } else if keys.len() <= 16 {
+            let mut tags = [0u32; 16];
+            for (tag, key) in tags.iter_mut().zip(keys.iter()) {
+                let text = text(key);
+                let (first, last) = (text.first().copied().unwrap_or(0), text.last().copied().unwrap_or(0));
+                *tag = (text.len() as u32) << 16 | u32::from(first) << 8 | u32::from(last);
+            }
+            let mut found = false;
+            for (i, a) in keys.iter().enumerate() {
+                found |= keys[i + 1..].iter().zip(&tags[i + 1..]).any(|(b, &tag)| tag == tags[i] && text(b) == text(a));
+            }
+            if !found {
+                return None;
+            }
+        }
+        keys.sort_unstable_by(|a, b| text(a).cmp(text(b)));
+        let pair = keys.windows(2).find(|w| text(&w[0]) == text(&w[1]))?;
+        Some(String::from_utf8_lossy(text(&pair[0])).into_owned())
     }
 
     fn literal(&mut self, word: &'static [u8]) -> Result<(), StrictError> {
         if !self.input[self.pos..].starts_with(word) {
             return Err(self.syntax("expected true, false or null"));
         }
-        self.out.extend_from_slice(word);
         self.pos += word.len();
         self.watch = Watch::None;
         Ok(())
     }
 
-    /// Copies a string; a key's unescaped text is appended to `arena`.
-    fn string(&mut self, key: bool) -> Result<(), StrictError> {
+    /// Reads the string whose opening quote is at `pos`; returns where a key's unescaped text is.
+    #[inline(always)]
+    fn string(&mut self, key: bool) -> Result<Key, StrictError> {
+        let start = self.pos + 1;
+        let end = plain_run(self.input, start);
+        self.pos = end;
+        if self.input.get(end) == Some(&b'"') {
+            self.pos += 1;
+            return Ok(Key { start, end, in_arena: false });
+        }
+        self.string_rest(key, start)
+    }
+
+    /// The rest of a string that does not end with its plain run; a key's unescaped text goes to
+    /// `arena`.
+    #[inline(never)]
+    fn string_rest(&mut self, key: bool, start: usize) -> Result<Key, StrictError> {
         let input = self.input;
-        self.out.push(b'"');
-        self.pos += 1;
+        let arena_from = self.scratch.arena.len();
+        if key {
+            self.scratch.arena.extend_from_slice(&input[start..self.pos]);
+        }
         loop {
-            let run_start = self.pos;
-            while let Some(&b) = input.get(self.pos) {
-                if b == b'"' || b == b'\\' || b < 0x20 || b == 0xC2 || b == 0xE2 {
-                    break;
-                }
-                self.pos += 1;
-            }
-            let run = &input[run_start..self.pos];
-            self.out.extend_from_slice(run);
-            if key {
-                self.arena.extend_from_slice(run);
-            }
             match input.get(self.pos) {
                 None => return Err(self.syntax("unterminated string")),
                 Some(b'"') => {
-                    self.out.push(b'"');
                     self.pos += 1;
-                    return Ok(());
+                    return Ok(Key { start: arena_from, end: self.scratch.arena.len(), in_arena: true });
                 }
                 Some(b'\\') => self.escape(key)?,
                 Some(&b @ (0xC2 | 0xE2)) => {
                     let width = if b == 0xC2 { 2 } else { 3 };
                     let seq = input.get(self.pos..self.pos + width).unwrap_or(&input[self.pos..self.pos + 1]);
-                    let escaped: Option<&[u8]> = match seq {
-                        [0xC2, 0x85] => Some(br"\u0085"),
-                        [0xE2, 0x80, 0xA8] => Some(br"\u2028"),
-                        [0xE2, 0x80, 0xA9] => Some(br"\u2029"),
+                    let escaped: Option<&str> = match seq {
+                        [0xC2, 0x85] => Some(r"\u0085"),
+                        [0xE2, 0x80, 0xA8] => Some(r"\u2028"),
+                        [0xE2, 0x80, 0xA9] => Some(r"\u2029"),
                         _ => None,
                     };
                     match escaped {
                         Some(esc) => {
-                            self.out.extend_from_slice(esc);
+                            self.flush(self.pos, self.pos + seq.len());
+                            if !LENIENT {
+                                self.out.push_str(esc);
+                            }
                             if key {
-                                self.arena.extend_from_slice(seq);
+                                self.scratch.arena.extend_from_slice(seq);
                             }
                             self.pos += seq.len();
                         }
                         None => {
-                            // The lead byte of another character: copy it, the rest follows as a run.
-                            self.out.push(b);
+                            // The lead byte of another character: kept, the rest follows as a run.
                             if key {
-                                self.arena.push(b);
+                                self.scratch.arena.push(b);
                             }
                             self.pos += 1;
                         }
                     }
                 }
                 Some(_) => return Err(self.syntax("control character in a string")),
+            }
+            let run_start = self.pos;
+            self.pos = plain_run(input, run_start);
+            if key {
+                self.scratch.arena.extend_from_slice(&input[run_start..self.pos]);
             }
         }
     }
@@ -419,9 +640,8 @@ impl<'a> Scanner<'a> {
             _ => return Err(self.syntax("invalid escape")),
         };
         if let Some(c) = simple {
-            self.out.extend_from_slice(&self.input[at..at + 2]);
             if key {
-                self.arena.push(c);
+                self.scratch.arena.push(c);
             }
             self.pos += 2;
             return Ok(());
@@ -446,23 +666,29 @@ impl<'a> Scanner<'a> {
             }
             _ => (6, char::from_u32(first)),
         };
-        self.out.extend_from_slice(&self.input[at..at + len]);
         if key {
             let ch = ch.unwrap_or(char::REPLACEMENT_CHARACTER);
             let mut buf = [0u8; 4];
-            self.arena.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
+            self.scratch.arena.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
         }
         self.pos = at + len;
         Ok(())
     }
 
+    /// The four hex digits at `at` (errors are reported at the escape's backslash, `pos`).
     fn hex4(&self, at: usize) -> Result<u32, StrictError> {
         let digits = self.input.get(at..at + 4).ok_or_else(|| self.syntax("short \\u escape"))?;
-        let text = std::str::from_utf8(digits).map_err(|_| self.syntax("invalid \\u escape"))?;
-        if !digits.iter().all(u8::is_ascii_hexdigit) {
-            return Err(self.syntax("invalid \\u escape"));
+        let mut value = 0;
+        for &d in digits {
+            let digit = match d {
+                b'0'..=b'9' => d - b'0',
+                b'a'..=b'f' => d - b'a' + 10,
+                b'A'..=b'F' => d - b'A' + 10,
+                _ => return Err(self.syntax("invalid \\u escape")),
+            };
+            value = value << 4 | u32::from(digit);
         }
-        u32::from_str_radix(text, 16).map_err(|_| self.syntax("invalid \\u escape"))
+        Ok(value)
     }
 
     fn number(&mut self) -> Result<(), StrictError> {
@@ -506,14 +732,18 @@ impl<'a> Scanner<'a> {
             }
         }
         self.pos = pos;
+        // An integer of up to 18 digits fits in an i64 (the common case, checked without parsing).
+        if integer && pos - int_start <= 18 {
+            return Ok(());
+        }
         // The grammar above admits only ASCII.
         let text = std::str::from_utf8(&input[start..pos]).unwrap_or_default();
-        if !exact(text, integer) {
+        let carried = if integer { exact(text, true) } else { plainly_exact(text) || exact(text, false) };
+        if !carried {
             let shown: String = text.chars().take(40).collect();
             let shown = if shown.len() < text.len() { format!("{shown}...") } else { shown };
             self.refuse(StrictError::Number(shown))?;
         }
-        self.out.extend_from_slice(text.as_bytes());
         Ok(())
     }
 }
@@ -537,6 +767,16 @@ pub fn exact(text: &str, integer: bool) -> bool {
     written == repr
 }
 
+/// Whether a number with a fraction or an exponent, as the JSON grammar admits it, is carried
+/// exactly for a plain reason, which [`exact`] would find at a greater cost: it has at most 15
+/// significant digits and lies within the normal range of doubles, so it prints back as written
+/// (any 15-digit decimal survives a round trip through a double: in one decade those decimals lie
+/// further apart than the width of a double's rounding interval there).
+fn plainly_exact(text: &str) -> bool {
+    // 0.DIGITS × 10^exp with exp in -306..=308 lies in [1e-307, 1e308): finite and normal.
+    Decimal::of(text).is_some_and(|d| d.len == 0 || (d.len <= 15 && (-306..=308).contains(&d.exp)))
+}
+
 /// A decimal value as `0.DIGITS × 10^exp`, without leading or trailing zeros (zero has no digits).
 #[derive(PartialEq, Eq)]
 struct Decimal {
@@ -549,11 +789,15 @@ impl Decimal {
     /// `None` when it has more than 17 significant digits (no double's shortest form does).
     fn of(text: &str) -> Option<Decimal> {
         let text = text.strip_prefix('-').unwrap_or(text);
-        let (mantissa, exponent) = match text.find(['e', 'E']) {
+        // (Bytes are searched rather than chars: the same positions, found at a lower cost.)
+        let (mantissa, exponent) = match text.bytes().position(|b| b == b'e' || b == b'E') {
             Some(i) => (&text[..i], &text[i + 1..]),
             None => (text, "0"),
         };
-        let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+        let (int, frac) = match mantissa.bytes().position(|b| b == b'.') {
+            Some(i) => (&mantissa[..i], &mantissa[i + 1..]),
+            None => (mantissa, ""),
+        };
         let (negative, exp_digits) = match exponent.as_bytes().first() {
             Some(b'-') => (true, &exponent[1..]),
             Some(b'+') => (false, &exponent[1..]),
