@@ -14,7 +14,7 @@
 # are slower, so the store commits smaller groups of deferred audit rows than at full speed (one
 # group per LINGER), and how small depends on the machine's load: the store's figure per call
 # varies with the number of groups, which is printed, with the cost of appending one row
-# (`audit::append_in`, inclusive), which does not.
+# (`audit::Chain::append`, inclusive), which does not.
 #
 # The figures in README were taken from a release build without LTO, with line tables so that
 # callgrind names the functions (and much quicker to build than the release profile):
@@ -125,8 +125,8 @@ calls_of() { # $1 file, $2 function
 fs="$(store_file "$OUT/gate-$SMALL")"
 fl="$(store_file "$OUT/gate-$LARGE")"
 if [[ -n "$fs" && -n "$fl" ]]; then
-  rows=$((($(inclusive "$fl" store::audit::append_in) - $(inclusive "$fs" store::audit::append_in)) / (LARGE - SMALL)))
+  rows=$((($(inclusive "$fl" store::audit::Chain::append) - $(inclusive "$fs" store::audit::Chain::append)) / (LARGE - SMALL)))
   echo
   echo "Store thread: $(calls_of "$fs" store::write_deferred) / $(calls_of "$fl" store::write_deferred) groups" \
-    "committed for $SMALL / $LARGE calls; appending one audit row (audit::append_in, inclusive): $rows instructions."
+    "committed for $SMALL / $LARGE calls; appending one audit row (audit::Chain::append, inclusive): $rows instructions."
 fi
