@@ -142,7 +142,15 @@ fn json_text() -> impl Strategy<Value = String> {
     let leaf = prop_oneof![
         any::<i64>().prop_map(|n| n.to_string()),
         any::<u64>().prop_map(|n| n.to_string()),
-        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| format!("{f:e}")),
+        // Rust's `{:e}` and the JSON printers write the same shortest digits, except for a double
+        // exactly between two candidates, where Rust rounds the other way: such a text is not the
+        // double's and is refused (see the test of 208491156540016.625), so it is left out here.
+        any::<f64>()
+            .prop_filter("finite, written as the printers write it", |f| {
+                f.is_finite()
+                    && Decimal::of(&format!("{f:e}")) == serde_json::to_string(f).ok().and_then(|t| Decimal::of(&t))
+            })
+            .prop_map(|f| format!("{f:e}")),
         any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| serde_json::to_string(&f).unwrap()),
         string_literal(),
         Just("true".to_owned()),
