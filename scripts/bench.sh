@@ -5,10 +5,12 @@
 #
 #   1. Python SDK (mcp==2.3.0) calls/s of server-everything's `echo` tool, sequential and
 #      16-way concurrent, stdio->stdio and HTTP->stdio, direct vs through mcp-gate
-#      (scripts/bench_py.py). The stdio pair also runs a bare line-copying relay (bare-relay
-#      example) as a third side: the baseline for what any process in the path costs.
+#      (scripts/bench_py.py). The stdio pair also runs a bare relay (bare-relay example: one
+#      thread copying bytes both ways) as a third side: the baseline for what any process in the
+#      path costs.
 #   2. Added per-call latency (p50/p90/p99) with a raw Rust stdio client (bench-client example)
-#      against raw-upstream, direct vs `mcp-gate -- raw-upstream`, in alternating blocks.
+#      against raw-upstream, direct vs `mcp-gate -- raw-upstream`, in alternating blocks; then the
+#      same with the bare relay in place of mcp-gate.
 #   3. Idle RSS of mcp-gate alone with three raw-upstream servers after initialize + tools/list.
 #   4. `mcp-gate serve` with 100 client sessions open (one raw-upstream child each): its RSS and
 #      open file descriptors (/proc/PID/status, /proc/PID/fd) before and after, per 100 sessions.
@@ -132,6 +134,16 @@ log "latency: bench-client, direct raw-upstream vs mcp-gate -- raw-upstream"
   --method tools/call --tool raw_tool --expect '"received"' \
   >"$BENCH_ARTIFACTS/latency.txt" 2>"$BENCH_ARTIFACTS/latency.log" || log "latency run failed (see $BENCH_ARTIFACTS/latency.log)"
 load L "$BENCH_ARTIFACTS/latency.txt"
+# The same with the bare relay in place of mcp-gate: what any process in the path adds.
+log "latency: bench-client, direct raw-upstream vs bare-relay raw-upstream"
+"$BENCH_CLIENT" latency \
+  --direct "$RAW" \
+  --via "$BENCH_RELAY_BIN $RAW" \
+  --blocks "${BENCH_RS_BLOCKS:-10}" --block-size "${BENCH_RS_BLOCK_SIZE:-2000}" --warmup "${BENCH_RS_WARMUP:-2000}" \
+  --method tools/call --tool raw_tool --expect '"received"' \
+  >"$BENCH_ARTIFACTS/latency-relay.txt" 2>"$BENCH_ARTIFACTS/latency-relay.log" \
+  || log "relay latency run failed (see $BENCH_ARTIFACTS/latency-relay.log)"
+load LR "$BENCH_ARTIFACTS/latency-relay.txt"
 # The audit log (builds with a policy): how many of the latency run's allowed calls were recorded
 # once that mcp-gate had exited. Only the latency run has used the database at this point.
 audit_rows=n/a
@@ -243,20 +255,25 @@ kids_mb="$(calc 'sprintf("%.1f", a/1024)' "$(get M_children_rss_kb)" 1)"
   echo "| Measurement | Direct | Through mcp-gate | Ratio / added | Target | Within target |"
   echo "|---|---|---|---|---|---|"
   py_row stdio seq "Python SDK, stdio→stdio, sequential echo"
-  relay_row stdio seq "Python SDK, stdio→stdio, sequential echo, bare line-copying relay instead of mcp-gate"
+  relay_row stdio seq "Python SDK, stdio→stdio, sequential echo, bare relay instead of mcp-gate"
   py_row stdio "$conc" "Python SDK, stdio→stdio, ${conc#c}-way concurrent echo"
-  relay_row stdio "$conc" "Python SDK, stdio→stdio, ${conc#c}-way concurrent echo, bare line-copying relay instead of mcp-gate"
+  relay_row stdio "$conc" "Python SDK, stdio→stdio, ${conc#c}-way concurrent echo, bare relay instead of mcp-gate"
   py_row http seq "Python SDK, HTTP→stdio, sequential echo"
   py_row http "$conc" "Python SDK, HTTP→stdio, ${conc#c}-way concurrent echo"
   printf '| Raw Rust client, tools/call latency p50 | %s µs | %s µs | **+%s µs** (per block pair: median %s, %s–%s) | ≤ 30 µs | %s |\n' \
     "$(get L_direct_p50_us)" "$(get L_via_p50_us)" "$(get L_added_p50_us)" "$(get L_block_added_p50_median_us)" \
     "$(get L_block_added_p50_min_us)" "$(get L_block_added_p50_max_us)" "$(verdict 'x <= 30' "$(get L_added_p50_us)")"
+  printf '| Raw Rust client, tools/call latency p50, bare relay instead of mcp-gate | %s µs | %s µs | +%s µs (per block pair: median %s, %s–%s) | baseline | – |\n' \
+    "$(get LR_direct_p50_us)" "$(get LR_via_p50_us)" "$(get LR_added_p50_us)" "$(get LR_block_added_p50_median_us)" \
+    "$(get LR_block_added_p50_min_us)" "$(get LR_block_added_p50_max_us)"
   printf '| Raw Rust client, tools/call latency p90 | %s µs | %s µs | +%s µs | – | – |\n' \
     "$(get L_direct_p90_us)" "$(get L_via_p90_us)" "$(get L_added_p90_us)"
   printf '| Raw Rust client, tools/call latency p99 | %s µs | %s µs | +%s µs | – | – |\n' \
     "$(get L_direct_p99_us)" "$(get L_via_p99_us)" "$(get L_added_p99_us)"
   printf '| CPU time per call (upstream process vs mcp-gate process) | %s µs | %s µs | – | – | – |\n' \
     "$(get L_direct_cpu_us_per_call)" "$(get L_via_cpu_us_per_call)"
+  printf '| CPU time per call (upstream process vs bare relay process) | %s µs | %s µs | – | – | – |\n' \
+    "$(get LR_direct_cpu_us_per_call)" "$(get LR_via_cpu_us_per_call)"
   printf '| Context switches per call, voluntary + involuntary (same processes) | %s + %s | %s + %s | – | – | – |\n' \
     "$(get L_direct_vol_ctxsw_per_call)" "$(get L_direct_invol_ctxsw_per_call)" \
     "$(get L_via_vol_ctxsw_per_call)" "$(get L_via_invol_ctxsw_per_call)"
@@ -280,8 +297,8 @@ kids_mb="$(calc 'sprintf("%.1f", a/1024)' "$(get M_children_rss_kb)" 1)"
   echo "Python: $(get P_calls) measured calls per side and load after $(get P_warmup) warm-up calls, in $(get P_rounds)" \
     "alternating rounds; client mode \`$(get P_mode)\`, negotiated protocol stdio $(get P_stdio_protocol_direct)/$(get P_stdio_protocol_via)," \
     "HTTP $(get P_http_protocol_direct)/$(get P_http_protocol_via) (direct/via). Ratio = via calls/s ÷ direct calls/s." \
-    "The bare relay (stdio only) copies each line as soon as it is complete, one thread per direction:" \
-    "what any extra process costs the client and server on this machine."
+    "The bare relay (stdio only; also in the latency run) copies bytes both ways as soon as they arrive," \
+    "from one thread polling both inputs: what any extra process costs the client and server on this machine."
   echo "HTTP direct baseline: server-everything's own \`streamableHttp\` mode; via: \`mcp-gate serve\` → server-everything stdio."
   echo "Latency: $(get L_samples_per_side) sequential \`tools/call\` round trips per side over newline-delimited JSON-RPC," \
     "$(get L_block_pairs) alternating block pairs; direct = raw-upstream, via = \`mcp-gate -- raw-upstream\` ($(get L_via_threads) threads)." \

@@ -6,7 +6,7 @@
 # `valgrind --tool=callgrind --separate-threads=yes mcp-gate --config GATE -- raw-upstream` (every
 # call allowed by the policy and audited), once with SMALL and once with LARGE calls; the
 # difference of each thread's instruction count divided by LARGE - SMALL is its cost per call,
-# start-up and shutdown cancelled out. The same is done with the bare line-copying relay
+# start-up and shutdown cancelled out. The same is done with the bare relay
 # (bare-relay example) in place of mcp-gate: the baseline of any process in the path.
 #
 # Threads: `main` (mcp-gate's first thread: the stdio runtime, the session, the relay), `store`

@@ -28,7 +28,7 @@ Environment:
   BENCH_PY_PAIRS    subset of pairs, e.g. "stdio" (default stdio,http)
   BENCH_GATE_LOG    MCP_GATE_LOG for the proxy (default info, the proxy's default)
   BENCH_GATE_ARGS   mcp-gate options placed before `--` (e.g. "--config allow.toml")
-  BENCH_RELAY_BIN   a bare line-copying relay (the bare-relay example); when set, the stdio pair
+  BENCH_RELAY_BIN   a bare relay (the bare-relay example); when set, the stdio pair
                     runs it as a third side, `relay` (client -> relay -> server-everything), the
                     baseline for what any extra process in the path costs
   BENCH_PY_LOADS    subset of loads, e.g. "seq" (default seq,cN)
