@@ -126,23 +126,20 @@ audit_rows=n/a
 S_rss_before_kb=n/a; S_rss_after_kb=n/a; S_fd_before=n/a; S_fd_after=n/a; S_opened=0; S_children_kb=n/a
 if [[ "${BENCH_ONLY_PY:-0}" != 1 ]]; then
 # ---- 2. added latency (raw Rust client) --------------------------------------------------------
-log "latency: bench-client, direct raw-upstream vs mcp-gate -- raw-upstream"
-"$BENCH_CLIENT" latency \
-  --direct "$RAW" \
-  --via "$MCP_GATE_BIN ${GATE_ARGS[*]} -- $RAW" \
-  --blocks "${BENCH_RS_BLOCKS:-10}" --block-size "${BENCH_RS_BLOCK_SIZE:-2000}" --warmup "${BENCH_RS_WARMUP:-2000}" \
-  --method tools/call --tool raw_tool --expect '"received"' \
-  >"$BENCH_ARTIFACTS/latency.txt" 2>"$BENCH_ARTIFACTS/latency.log" || log "latency run failed (see $BENCH_ARTIFACTS/latency.log)"
+# Direct raw-upstream vs the command line $2 (ending in raw-upstream); results in $BENCH_ARTIFACTS/$1.txt.
+latency_run() {
+  log "latency: bench-client, direct raw-upstream vs $(basename "${2%% *}") raw-upstream"
+  "$BENCH_CLIENT" latency \
+    --direct "$RAW" \
+    --via "$2" \
+    --blocks "${BENCH_RS_BLOCKS:-10}" --block-size "${BENCH_RS_BLOCK_SIZE:-2000}" --warmup "${BENCH_RS_WARMUP:-2000}" \
+    --method tools/call --tool raw_tool --expect '"received"' \
+    >"$BENCH_ARTIFACTS/$1.txt" 2>"$BENCH_ARTIFACTS/$1.log" || log "latency run failed (see $BENCH_ARTIFACTS/$1.log)"
+}
+latency_run latency "$MCP_GATE_BIN ${GATE_ARGS[*]} -- $RAW"
 load L "$BENCH_ARTIFACTS/latency.txt"
 # The same with the bare relay in place of mcp-gate: what any process in the path adds.
-log "latency: bench-client, direct raw-upstream vs bare-relay raw-upstream"
-"$BENCH_CLIENT" latency \
-  --direct "$RAW" \
-  --via "$BENCH_RELAY_BIN $RAW" \
-  --blocks "${BENCH_RS_BLOCKS:-10}" --block-size "${BENCH_RS_BLOCK_SIZE:-2000}" --warmup "${BENCH_RS_WARMUP:-2000}" \
-  --method tools/call --tool raw_tool --expect '"received"' \
-  >"$BENCH_ARTIFACTS/latency-relay.txt" 2>"$BENCH_ARTIFACTS/latency-relay.log" \
-  || log "relay latency run failed (see $BENCH_ARTIFACTS/latency-relay.log)"
+latency_run latency-relay "$BENCH_RELAY_BIN $RAW"
 load LR "$BENCH_ARTIFACTS/latency-relay.txt"
 # The audit log (builds with a policy): how many of the latency run's allowed calls were recorded
 # once that mcp-gate had exited. Only the latency run has used the database at this point.
