@@ -20,6 +20,10 @@ pub fn check_host_origin(
         warn!("rejected request: {what}");
         Err(Forbidden(what))
     };
+    // One Host only: with two, which one is "the" Host depends on who reads it (RFC 9112 answers 400).
+    if headers.get_all("host").iter().count() > 1 {
+        return forbidden("more than one Host header".to_owned());
+    }
     let Some(host) = header_str(headers, "host") else { return forbidden("no Host header".to_owned()) };
     if !host_allowed(strip_port(host), allowed_hosts) {
         return forbidden(format!("Host {host:?} is not allowed"));
@@ -30,6 +34,11 @@ pub fn check_host_origin(
 /// The Origin half of [`check_host_origin`]: an Origin, when present, must be a loopback origin
 /// (or a configured one).
 pub fn check_origin(allowed_origins: &[String], headers: &HeaderMap) -> Result<(), Forbidden> {
+    if headers.get_all("origin").iter().count() > 1 {
+        let what = "more than one Origin header".to_owned();
+        warn!("rejected request: {what}");
+        return Err(Forbidden(what));
+    }
     if let Some(origin) = header_str(headers, "origin") {
         if allowed_origins.iter().any(|o| o == origin) {
             return Ok(());
@@ -47,9 +56,17 @@ pub fn check_origin(allowed_origins: &[String], headers: &HeaderMap) -> Result<(
     Ok(())
 }
 
+/// The host of `host[:port]`. A bracketed IPv6 address is followed by nothing or by `:digits`;
+/// anything else after it (`[::1].evil.example`) leaves the whole text, which no check admits.
 fn strip_port(host: &str) -> &str {
     if let Some(rest) = host.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
+        return match rest.split_once(']') {
+            Some((address, "")) => address,
+            Some((address, port)) if port.strip_prefix(':').is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit())) => {
+                address
+            }
+            _ => host,
+        };
     }
     host.rsplit_once(':').map_or(host, |(h, p)| if p.chars().all(|c| c.is_ascii_digit()) { h } else { host })
 }
@@ -105,6 +122,18 @@ mod tests {
             check_host_origin(&h, &o, &headers(&[("host", "localhost:1"), ("origin", "http://evil.example")])).is_err()
         );
         assert!(check_host_origin(&h, &o, &headers(&[("origin", "http://localhost")])).is_err());
+        // Text after a bracketed address is not a port.
+        for host in ["[::1].evil.example", "[::1]evil.example:80", "[::1]:80x", "[::1"] {
+            assert!(check_host_origin(&h, &o, &headers(&[("host", host)])).is_err(), "{host}");
+        }
+        assert!(check_origin(&o, &headers(&[("origin", "http://[::1].evil.example")])).is_err());
+        assert!(check_origin(&o, &headers(&[("origin", "http://[::1]:3000")])).is_ok());
+        let mut two = headers(&[("host", "127.0.0.1:1")]);
+        two.append("host", axum::http::HeaderValue::from_static("evil.example"));
+        assert!(check_host_origin(&h, &o, &two).is_err(), "two Host headers");
+        let mut two = headers(&[("host", "127.0.0.1:1"), ("origin", "http://localhost")]);
+        two.append("origin", axum::http::HeaderValue::from_static("http://evil.example"));
+        assert!(check_host_origin(&h, &o, &two).is_err(), "two Origin headers");
     }
 
     #[test]

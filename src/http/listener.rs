@@ -105,6 +105,16 @@ impl Registry {
     }
 }
 
+/// A request target that names its host (`GET http://HOST/path`, or HTTP/2's `:authority`) is
+/// the request's host, whatever its Host header says (RFC 9112 3.2.2, RFC 9113 8.3.1): the Host
+/// header is set to it, so the Host checks judge the host the request is really for.
+fn host_from_target(req: &mut hyper::Request<Body>) {
+    let target = req.uri().authority().and_then(|a| hyper::header::HeaderValue::from_str(a.as_str()).ok());
+    if let Some(value) = target {
+        req.headers_mut().insert(hyper::header::HOST, value);
+    }
+}
+
 /// The connection cap in effect: the configured one, lowered to a quarter of the open-file
 /// limit.
 fn effective_cap(configured: usize) -> usize {
@@ -174,6 +184,7 @@ pub async fn serve(
                 seen.store(true, Ordering::Release);
                 let guard = Busy::enter(&busy);
                 let mut req = req.map(Body::new);
+                host_from_target(&mut req);
                 req.extensions_mut().insert(ConnectInfo(remote));
                 let router = router.clone();
                 async move {

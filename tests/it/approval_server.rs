@@ -246,3 +246,49 @@ async fn the_page_needs_sign_in_csrf_and_same_origin() {
     assert_eq!(a.status, Status::Approved);
     assert_eq!(a.decided_by.as_deref(), Some("operator"));
 }
+
+/// The status line of one raw HTTP/1.1 request `head` (request line and headers, without the
+/// blank line) sent to `base`.
+async fn raw_status(base: &str, head: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(base.trim_start_matches("http://")).await.unwrap();
+    conn.write_all(format!("{head}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).lines().next().unwrap_or_default().to_owned()
+}
+
+/// DNS rebinding through forms a browser never sends but another client or a proxy may: a Host
+/// that only starts like a loopback address, a request target naming another host (which, by
+/// RFC 9112, is the request's host whatever the Host header says), and a second Host or Origin
+/// header. Each is refused; the ordinary forms still pass.
+#[tokio::test]
+async fn lookalike_hosts_and_foreign_request_targets_are_refused() {
+    let s = server().await;
+    let port = s.base.rsplit(':').next().unwrap().to_owned();
+    let get = |target: &str, headers: &str| format!("GET {target} HTTP/1.1\r\n{headers}");
+    let own = format!("Host: 127.0.0.1:{port}");
+
+    for host in ["[::1]", &format!("[::1]:{port}"), &format!("LOCALHOST:{port}"), &format!("localhost:{port}")] {
+        let status = raw_status(&s.base, &get("/login", &format!("Host: {host}"))).await;
+        assert!(status.contains(" 200 "), "Host {host}: {status}");
+    }
+    let status = raw_status(&s.base, &get(&format!("http://127.0.0.1:{port}/login"), &own)).await;
+    assert!(status.contains(" 200 "), "a target naming this server: {status}");
+
+    let refused = [
+        ("a Host that continues after [::1]", get("/login", "Host: [::1].evil.example")),
+        ("a Host glued to [::1]", get("/login", &format!("Host: [::1]evil.example:{port}"))),
+        ("an Origin that continues after [::1]", get("/login", &format!("{own}\r\nOrigin: http://[::1].evil.example"))),
+        ("a target naming another host", get("/login", &own).replacen("/login", "http://evil.example/login", 1)),
+        ("a second Host", get("/login", &format!("{own}\r\nHost: evil.example"))),
+        (
+            "a second Origin",
+            get("/login", &format!("{own}\r\nOrigin: http://localhost\r\nOrigin: http://evil.example")),
+        ),
+    ];
+    for (what, head) in refused {
+        let status = raw_status(&s.base, &head).await;
+        assert!(status.contains(" 403 ") || status.contains(" 400 "), "{what}: {status}");
+    }
+}
