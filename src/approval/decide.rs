@@ -23,7 +23,14 @@ impl ApprovalService {
             .await
             .map_err(DecideError::Store)?
             .ok_or_else(|| DecideError::NotFound(id.to_owned()))?;
+        // Processes sharing the database may not share a configuration: only one that knows
+        // the request's workflow knows who may vote in it, and the request keeps the quorum it
+        // was opened with.
+        if !self.knows_workflow(&current.workflow) {
+            return Err(DecideError::UnknownWorkflow(current.workflow.clone()));
+        }
         let workflow = self.workflow(&current.workflow);
+        let required = workflow.required_approvals.max(current.required_approvals);
         let actor = who.name.as_str();
         if !who.admitted_by(&workflow.approvers) {
             return Err(DecideError::NotAnApprover(actor.to_owned(), workflow.name));
@@ -46,7 +53,7 @@ impl ApprovalService {
             notes,
             reason,
         };
-        let result = self.store.record_vote(id, vote.clone(), workflow.required_approvals, self.now_ms()).await;
+        let result = self.store.record_vote(id, vote.clone(), required, self.now_ms()).await;
         let approval = match result {
             Ok(a) => a,
             Err(TransitionError::Expired) => {
@@ -64,7 +71,7 @@ impl ApprovalService {
             Err(TransitionError::NotFound(_)) => return Err(DecideError::NotFound(id.to_owned())),
             Err(TransitionError::Store(e)) => return Err(DecideError::Store(e)),
         };
-        self.recorded(&approval, &vote, workflow.required_approvals).await;
+        self.recorded(&approval, &vote, required).await;
         Ok(approval)
     }
 

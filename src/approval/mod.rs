@@ -171,6 +171,10 @@ pub enum DecideError {
     NotAnApprover(String, String),
     #[error("{0} made this request and cannot approve it")]
     OwnRequest(String),
+    /// The request was opened under a workflow this process's configuration does not define
+    /// (another process sharing the database has it): who may vote in it is not known here.
+    #[error("this request's workflow {0:?} is not defined in this mcp-gate's configuration; decide it where it is")]
+    UnknownWorkflow(String),
     #[error("storage: {0}")]
     Store(#[from] crate::store::StoreError),
 }
@@ -253,6 +257,11 @@ impl ApprovalService {
 
     pub fn url_for(&self, id: &str) -> String {
         format!("{}/approvals/{id}", self.settings.public_url.trim_end_matches('/'))
+    }
+
+    /// Whether this process's configuration defines workflow `name` (`default` always exists).
+    fn knows_workflow(&self, name: &str) -> bool {
+        name == "default" || self.settings.workflows.contains_key(name)
     }
 
     fn workflow(&self, name: &str) -> Workflow {

@@ -584,3 +584,35 @@ async fn url_elicitation_completes_after_a_pending_answer() {
     };
     assert_eq!(complete["params"], json!({"elicitationId": id}));
 }
+
+/// Processes sharing a database need not share a configuration (two projects' `proxy.toml`, one
+/// data directory and hub). A request keeps the quorum it was opened with, and a process that
+/// does not know the request's workflow (so not who may vote in it) does not decide it: the hub of
+/// another project cannot approve a two-person request with one vote, or with anybody's.
+#[tokio::test]
+async fn a_request_is_not_decided_under_another_processs_workflows() {
+    let store = Store::open(Location::Memory).await.expect("store");
+    let opened_here = approvals_on(store.clone(), Duration::ZERO, "");
+    let Verdict::Respond(held) = hold(&opened_here, "test_simple_text", json!({"n": 1})).await else {
+        panic!("a pending answer")
+    };
+    let (id, _) = approval_meta(&serde_json::from_str(held.get()).unwrap());
+    assert_eq!(opened_here.store.get_approval(&id).await.unwrap().unwrap().required_approvals, 2);
+
+    // Another project: no `pair` workflow at all.
+    let config = Config::from_toml("", "other-project.toml").expect("config");
+    let settings = ApprovalSettings { workflows: config.approvals.workflows.clone(), ..ApprovalSettings::default() };
+    let unaware = ApprovalService::new(store.clone(), config.policy.clone(), settings);
+    let refused = unaware.decide(&id, &Principal::named("operator"), true, None, None).await;
+    assert!(refused.is_err(), "decided under a workflow this process does not know: {refused:?}");
+
+    // Another project whose `pair` needs one approval: the request still needs its two.
+    let config = Config::from_toml("[[workflows]]\nname = \"pair\"\n", "lax-project.toml").expect("config");
+    assert_eq!(config.approvals.workflows["pair"].required_approvals, 1);
+    let settings = ApprovalSettings { workflows: config.approvals.workflows.clone(), ..ApprovalSettings::default() };
+    let one_is_enough = ApprovalService::new(store.clone(), config.policy.clone(), settings);
+    let voted = one_is_enough.decide(&id, &Principal::named("alice"), true, None, None).await.unwrap();
+    assert_eq!(voted.status, Status::Pending, "one vote of the two the request was opened with");
+    let done = opened_here.decide(&id, &Principal::named("bob"), true, None, None).await.unwrap();
+    assert_eq!(done.status, Status::Approved);
+}

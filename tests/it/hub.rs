@@ -33,7 +33,16 @@ struct Gate {
 }
 
 async fn start(dir: &std::path::Path, listen: &str, token: &str) -> Gate {
-    let mut child = gate_in(dir)
+    start_with(dir, listen, token, None).await
+}
+
+/// [`start`] with a configuration file.
+async fn start_with(dir: &std::path::Path, listen: &str, token: &str, config: Option<&std::path::Path>) -> Gate {
+    let mut cmd = gate_in(dir);
+    if let Some(config) = config {
+        cmd.arg("--config").arg(config);
+    }
+    let mut child = cmd
         .arg("--")
         .arg(fixture_bin())
         .arg("stdio")
@@ -426,4 +435,45 @@ async fn a_replaced_database_is_not_followed() {
         "{refused}"
     );
     hub.logged("while in use: refusing every request").await;
+}
+
+/// Processes sharing a hub need not share a configuration (two projects, one data directory). A
+/// follower's request under a two-person workflow the hub does not define is not approved on the
+/// hub by its shared token alone, and the follower's call does not run.
+#[tokio::test]
+async fn the_hub_does_not_decide_a_workflow_it_does_not_know() {
+    let dir = data_dir("hub-workflows");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut a = start(&dir, &listen, TOKEN).await;
+    a.logged("(hub)").await;
+    let config = dir.join("two-person.toml");
+    let sha = |t: &str| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(t.as_bytes()));
+    std::fs::write(
+        &config,
+        format!(
+            "[[approvers]]\nname = \"alice\"\ntoken_sha256 = \"{}\"\n\
+             [[approvers]]\nname = \"bob\"\ntoken_sha256 = \"{}\"\n\
+             [[rules]]\nname = \"images\"\ntool = \"test_image_content\"\naction = \"approve\"\nworkflow = \"two\"\n\
+             [[workflows]]\nname = \"two\"\nrequired_approvals = 2\napprovers = [\"alice\", \"bob\"]\n",
+            sha("alice-token-0123456789"),
+            sha("bob-token-0123456789ab")
+        ),
+    )
+    .unwrap();
+    let mut b = start_with(&dir, &listen, TOKEN, Some(&config)).await;
+    b.logged(&format!("(via the hub, pid {})", a.pid)).await;
+    let hub = format!("http://{listen}");
+    b.send_call(2, "two people").await;
+    let id = pending_id(&hub, "two people").await;
+    let request = api(&hub, &format!("/api/v1/approvals/{id}")).await;
+    assert_eq!((request["workflow"].as_str(), request["required_approvals"].as_u64()), (Some("two"), Some(2)));
+
+    let refused = approve(&hub, &id).await;
+    assert_eq!(refused.status(), 403, "the hub's shared token alone approved a two-person request");
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "not_an_approver", "{body}");
+    let after = api(&hub, &format!("/api/v1/approvals/{id}")).await;
+    assert_eq!((after["status"].as_str(), after["votes"].as_array().map(Vec::len)), (Some("pending"), Some(0)));
+    b.kill().await;
+    a.kill().await;
 }

@@ -85,7 +85,9 @@ impl From<DecideError> for ApiError {
             DecideError::NotPending(_) => (StatusCode::CONFLICT, "not_pending"),
             DecideError::AlreadyVoted(_) => (StatusCode::CONFLICT, "already_decided"),
             DecideError::Expired => (StatusCode::CONFLICT, "expired"),
-            DecideError::NotAnApprover(..) => (StatusCode::FORBIDDEN, "not_an_approver"),
+            DecideError::NotAnApprover(..) | DecideError::UnknownWorkflow(_) => {
+                (StatusCode::FORBIDDEN, "not_an_approver")
+            }
             DecideError::OwnRequest(_) => (StatusCode::FORBIDDEN, "own_request"),
             DecideError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
