@@ -750,7 +750,7 @@ async fn post(
         Ok(b) => b,
         Err(_) => return Refusal::TooLarge.into_response(),
     };
-    let mut msg = match Message::parse(&bytes) {
+    let mut msg = match super::read(&bytes) {
         Ok(m) => m,
         Err(e) => {
             // A refused notification or response gets the error without an id.
@@ -806,6 +806,14 @@ async fn post(
         return Refusal::SessionRequired.into_response();
     };
     session.touch();
+    let shared = new_id.is_none() && header_str(&headers, SESSION_HEADER).is_none();
+    if shared && msg.method() == "notifications/cancelled" {
+        // The requests of a shared session are known by ids of the proxy's own, which no client
+        // chose: a cancellation naming one names another client's request. A 2026-07-28 client
+        // cancels by closing its request's stream.
+        debug!("cancellation in a shared session dropped");
+        return StatusCode::ACCEPTED.into_response();
+    }
 
     if msg.kind() != Kind::Request {
         if !session.handle.send(Input::Client { msg, param_headers }) {
@@ -816,7 +824,6 @@ async fn post(
 
     // A request: open its response stream before the session can answer.
     let (tx, rx) = frame_channel(STREAM_QUEUE);
-    let shared = new_id.is_none() && header_str(&headers, SESSION_HEADER).is_none();
     let key = {
         let Ok(mut inner) = session.streams.inner.lock() else {
             return Refusal::Poisoned.into_response();
@@ -830,7 +837,17 @@ async fn post(
             }
             ours.get().to_owned()
         } else {
-            msg.id_text().unwrap_or("null").to_owned()
+            let key = msg.id_text().unwrap_or("null").to_owned();
+            if inner.by_request.contains_key(&key) {
+                // Its answer could not be told from the other's, and taking over that request's
+                // stream would leave both unanswered: refused, the request in flight keeps it.
+                warn!(id = key, "request refused: its id is in use by a request in flight");
+                let text = format!("request id {key} is already in use by a request in flight");
+                let reply = Message::error(msg.id.take(), code::INVALID_REQUEST, &text);
+                return (StatusCode::BAD_REQUEST, [(header::CONTENT_TYPE, "application/json")], reply.to_bytes())
+                    .into_response();
+            }
+            key
         };
         inner.by_request.insert(key.clone(), OpenRequest { tx, since: Instant::now() });
         key

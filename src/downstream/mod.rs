@@ -9,7 +9,18 @@ use tracing::warn;
 use crate::gate::RefusedCall;
 use crate::session::SessionOptions;
 use crate::session::merge;
-use crate::wire::jsonrpc::{Message, ParseError, strict};
+use crate::wire::jsonrpc::{Kind, Message, ParseError, strict};
+
+/// Reads one client message strictly ([`Message::parse`]), and refuses a request whose id is
+/// `null`: MCP's ids are strings or integers, and a `null` id is the one an error about an
+/// unreadable message carries.
+pub(crate) fn read(bytes: &[u8]) -> Result<Message, ParseError> {
+    let msg = Message::parse(bytes)?;
+    if msg.kind() == Kind::Request && msg.id_text() == Some("null") {
+        return Err(ParseError::Invalid("a request id must be a string or an integer, not null"));
+    }
+    Ok(msg)
+}
 
 /// Handles a client message that could not be read: a refused `tools/call` is audited, a request
 /// gets the error to answer with (under its own id when a lenient look can read it), and a
@@ -22,7 +33,9 @@ pub(crate) fn refuse(bytes: &[u8], err: &ParseError, opts: &SessionOptions, agen
     }
     let method = env.methods.first().map_or("", String::as_str);
     match (env.methods.is_empty(), env.id_count) {
-        (false, 0) => {
+        // A request whose id is `true`, `null`, an array or an object has an id the scan does not
+        // count; it is still no notification, and gets its error (without an id).
+        (false, 0) if !has_id_member(bytes) => {
             warn!(method, "notification from the client refused and dropped: {err}");
             None
         }
@@ -35,6 +48,13 @@ pub(crate) fn refuse(bytes: &[u8], err: &ParseError, opts: &SessionOptions, agen
             Some(Message::error(env.id, err.code(), &err.to_string()))
         }
     }
+}
+
+/// Whether a message that is an object has a top-level `id` member, whatever its value. Read
+/// leniently (a duplicate key is no error here): only to choose between answering and dropping.
+fn has_id_member(bytes: &[u8]) -> bool {
+    serde_json::from_slice::<std::collections::HashMap<String, serde::de::IgnoredAny>>(bytes)
+        .is_ok_and(|members| members.contains_key("id"))
 }
 
 /// The upstream a refused call names, for the audit record ("" when it cannot be told).

@@ -209,7 +209,7 @@ where
                     if line.iter().all(u8::is_ascii_whitespace) {
                         continue;
                     }
-                    match Message::parse(&line) {
+                    match super::read(&line) {
                         Ok(msg) => {
                             if !session.client(msg) {
                                 break;

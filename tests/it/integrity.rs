@@ -244,6 +244,47 @@ async fn a_request_method_sent_as_a_notification_is_dropped() {
     assert!(before.is_empty(), "the upstream saw the notifications: {before:?}");
 }
 
+/// A request whose id is not a string or a number (`true`, an array, an object) is no
+/// notification: it gets an error without an id, as JSON-RPC asks, instead of silence that leaves
+/// the client waiting. Nothing of it is forwarded, and a `tools/call` is audited as refused.
+#[tokio::test]
+async fn a_request_with_an_unreadable_id_gets_an_error_not_silence() {
+    let mut p = Proxy::start("badid").await;
+    for id in ["true", "[1]", "{\"a\":1}", "false"] {
+        p.send(format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"delete_file","arguments":{{}}}}}}"#).as_bytes())
+            .await;
+        let reply = p.next().await;
+        assert!(reply.get("id").is_none(), "{reply}");
+        assert_eq!(reply["error"]["code"], -32600, "{reply}");
+        assert!(reply["error"]["message"].as_str().unwrap_or_default().contains("id"), "{reply}");
+    }
+    let reply = p.request(r#"{"jsonrpc":"2.0","id":"after","method":"ping"}"#, &json!("after")).await;
+    assert!(reply["result"]["received"].is_string(), "{reply}");
+    let rows = p.audit(4).await;
+    assert!(rows.iter().all(|r| r.0 == "refused" && r.1 == "delete_file"), "{rows:?}");
+}
+
+/// MCP ids are strings or integers, never `null`: a request with a null id is refused (its
+/// answer could not be told from an error about an unreadable message), and a `tools/call` is
+/// not judged, relayed or held under it.
+#[tokio::test]
+async fn a_request_with_a_null_id_is_refused() {
+    let mut p = Proxy::start("nullid").await;
+    for line in [
+        r#"{"jsonrpc":"2.0","id":null,"method":"ping"}"#,
+        r#"{"jsonrpc":"2.0","id":null,"method":"tools/call","params":{"name":"echo","arguments":{}}}"#,
+    ] {
+        p.send(line.as_bytes()).await;
+        let reply = p.next().await;
+        assert!(reply.get("id").is_none() && reply.get("result").is_none(), "{reply}");
+        assert_eq!(reply["error"]["code"], -32600, "{reply}");
+    }
+    let reply = p.request(r#"{"jsonrpc":"2.0","id":"after","method":"ping"}"#, &json!("after")).await;
+    assert!(reply["result"]["received"].is_string(), "{reply}");
+    let rows = p.audit(1).await;
+    assert_eq!((rows[0].0.as_str(), rows[0].1.as_str()), ("refused", "echo"), "{rows:?}");
+}
+
 #[tokio::test]
 async fn duplicate_names_are_refused_over_http_whatever_mcp_name_says() {
     use mcp_gate::upstream::settings::{ServerConfig, UpstreamTransport};
@@ -976,4 +1017,65 @@ async fn the_session_refuses_params_it_cannot_read_instead_of_judging_null() {
     assert_eq!(reply["error"]["code"], -32602, "{reply}");
     assert!(gate.checked.lock().unwrap().is_empty(), "nothing was judged");
     assert_eq!(gate.refused.lock().unwrap().len(), 1);
+}
+
+/// A paginated upstream written in Python: `reader` (read-only) on the first page, `writer` on
+/// the second (cursor `p2`); a call answers `ran NAME`.
+const PAGER: &str = r#"
+import sys, json
+for line in sys.stdin:
+    m = json.loads(line)
+    if "id" not in m or "method" not in m:
+        continue
+    p = m.get("params") or {}
+    if m["method"] == "initialize":
+        r = {"protocolVersion": "2025-06-18", "capabilities": {"tools": {}}, "serverInfo": {"name": "pager", "version": "1"}}
+    elif m["method"] == "tools/list" and p.get("cursor") == "p2":
+        r = {"tools": [{"name": "writer", "inputSchema": {"type": "object"}}]}
+    elif m["method"] == "tools/list":
+        r = {"tools": [{"name": "reader", "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": True}}], "nextCursor": "p2"}
+    else:
+        r = {"content": [{"type": "text", "text": "ran " + p.get("name", "")}]}
+    print(json.dumps({"jsonrpc": "2.0", "id": m["id"], "result": r}), flush=True)
+"#;
+
+/// The tool list the policy judges by is the whole list: a client's `tools/list` for a later
+/// page is not taken for it, however its `cursor` key is written (`"c\u0075rsor"` is `"cursor"`
+/// to the upstream). Today an escaped key passes for "no cursor", the last page becomes the
+/// list, and a read-only tool on the first page is judged as unknown (held for approval).
+#[tokio::test]
+#[ignore = "defect: has_cursor (src/session/relay.rs) searches the raw text for \"cursor\" and misses an escaped key; read the key instead"]
+async fn a_later_page_is_never_taken_for_the_whole_tool_list() {
+    let Some(py) = interpreter("PEERS_PY", ".peers/venv/bin/python", "python3") else {
+        eprintln!("SKIPPED: no Python interpreter ($PEERS_PY, .peers or python3)");
+        return;
+    };
+    let dir = data_dir("pager");
+    std::fs::write(dir.join("pager.py"), PAGER).unwrap();
+    let cfg = dir.join("proxy.toml");
+    let text =
+        format!("[servers.pager]\ncommand = {py:?}\nargs = [{:?}]\n", dir.join("pager.py").display().to_string());
+    std::fs::write(&cfg, text).unwrap();
+    let mut child = gate_in(&dir)
+        .env("MCP_GATE_WAIT_SECS", "0")
+        .arg("--config")
+        .arg(&cfg)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (stdin, lines) = handshake(&mut child, "pager").await;
+    let mut p = Proxy { _child: child, stdin, lines, dir };
+    let reader = r#"{"jsonrpc":"2.0","id":ID,"method":"tools/call","params":{"name":"reader","arguments":{}}}"#;
+    let ran = |reply: &Value| reply["result"]["content"][0]["text"] == "ran reader";
+    let reply = p.request(&reader.replace("ID", "1"), &json!(1)).await;
+    assert!(ran(&reply), "a read-only tool runs under the zero configuration: {reply}");
+    for (id, params) in [(2, r#"{"cursor":"p2"}"#), (4, r#"{"c\u0075rsor":"p2"}"#)] {
+        let list = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/list","params":{params}}}"#);
+        let page = p.request(&list, &json!(id)).await;
+        assert_eq!(page["result"]["tools"][0]["name"], "writer", "{page}");
+        let reply = p.request(&reader.replace("ID", &(id + 1).to_string()), &json!(id + 1)).await;
+        assert!(ran(&reply), "after a tools/list with {params}, `reader` is no longer known as read-only: {reply}");
+    }
 }
