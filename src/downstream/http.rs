@@ -988,8 +988,20 @@ fn delete(state: Arc<HttpState>, agent: Option<&str>, headers: HeaderMap) -> Res
         return Refusal::SessionRequired.into_response();
     };
     match state.sessions.remove_if(id, |_, s| s.agent.as_deref() == agent) {
-        Some(_) => {
+        Some((_, session)) => {
             info!(session = &id[..id.len().min(8)], "session closed by the client");
+            // Its requests end with it, whether their streams are still open or not: a held call
+            // stops waiting and never runs, a call in flight is cancelled upstream.
+            let open: Vec<String> = session
+                .streams
+                .inner
+                .lock()
+                .map(|inner| inner.by_request.keys().cloned().collect())
+                .unwrap_or_default();
+            for key in open {
+                session.handle.send(Input::ClientGone { id: key, cancel_upstream: true });
+            }
+            session.streams.close("the session was deleted by the client");
             StatusCode::OK.into_response()
         }
         None => Refusal::SessionNotFound.into_response(),

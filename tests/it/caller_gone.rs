@@ -122,8 +122,6 @@ async fn disconnect_then_approve_runs_the_retry_once() {
 /// call's response stream open. The session is over, so the call stops waiting and is not run
 /// for anybody when a person approves it later: the approval stays unused.
 #[tokio::test]
-#[ignore = "defect: DELETE only unlists the session; the held call's open stream keeps the session alive, \
-            and the call runs when approved (fix in src/downstream/http.rs `delete`, outside this brief's files)"]
 async fn delete_session_then_approve_runs_nothing() {
     let mut cmd = gate_in(&data_dir("delete-session"));
     cmd.env("MCP_GATE_TOKEN", APPROVER_TOKEN).env("MCP_GATE_WAIT_SECS", "60");
