@@ -43,7 +43,7 @@ impl Retry {
     /// Reads a call's params (as the client sent them).
     pub(super) fn of(params: &RawValue) -> Retry {
         let text = params.get();
-        if !text.contains("requestState") && !text.contains(APPROVAL_INPUT) {
+        if !jsonrpc::may_hold(text, "requestState") && !jsonrpc::may_hold(text, APPROVAL_INPUT) {
             return Retry::default();
         }
         let Ok(v) = serde_json::from_str::<Value>(text) else { return Retry::default() };

@@ -60,7 +60,7 @@ pub fn upstream_params(params: &RawValue, tool: &str) -> Box<RawValue> {
 
 /// A request's `_meta` without the tasks extension among its client capabilities.
 pub fn without_tasks_extension(meta: &RawValue) -> Box<RawValue> {
-    if !meta.get().contains(era::TASKS_EXTENSION) {
+    if !jsonrpc::may_hold(meta.get(), era::TASKS_EXTENSION) {
         return meta.to_owned();
     }
     let Ok(mut v) = serde_json::from_str::<Value>(meta.get()) else { return meta.to_owned() };

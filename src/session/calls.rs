@@ -11,7 +11,7 @@ use tracing::{info, warn};
 use super::Pending;
 use super::relay::progress_token;
 use super::upstreams::Tools;
-use super::{Input, Route, Session, SessionError, merge};
+use super::{HeldRoute, Input, Route, Session, SessionError, merge};
 use crate::gate::tools::ToolList;
 use crate::gate::{
     APPROVAL_INPUT, CancellationToken, Channel, Gate, HeldSink, OWN_STATE_PREFIX, Offered, Outcome, ProgressSink,
@@ -98,11 +98,12 @@ impl Session {
                     self.held_progress.insert(token);
                 }
                 let msg = Box::new(msg);
+                let route = Box::new(HeldRoute { index, tool: tool_name, exposed: name, param_headers });
                 tokio::spawn(async move {
                     let verdict = wait.await;
                     match tx.upgrade() {
                         Some(tx) => {
-                            let _ = tx.send(Input::Resume { msg, verdict });
+                            let _ = tx.send(Input::Resume { msg, verdict, route });
                         }
                         None => {
                             if let Verdict::AllowTracked(hook) = verdict {
@@ -115,14 +116,6 @@ impl Session {
             verdict => self.apply_verdict_routed(msg, verdict, index, &tool_name, &name, param_headers),
         }
         self.note_channel(&offered);
-    }
-
-    pub(super) fn apply_verdict(&mut self, msg: Message, verdict: Verdict) {
-        let Some(name) = msg.params.as_deref().and_then(|p| jsonrpc::string_field(p, "name")) else { return };
-        match self.route_tool(&name) {
-            Ok(Some((index, tool))) => self.apply_verdict_routed(msg, verdict, index, &tool, &name, Vec::new()),
-            _ => self.reply_error(msg.id, &SessionError::UnknownTool(name)),
-        }
     }
 
     pub(super) fn apply_verdict_routed(
@@ -207,7 +200,7 @@ impl Session {
     /// falls silent once the caller is gone.
     pub(super) fn progress_sink(&self, msg: &Message, gone: &CancellationToken) -> Option<ProgressSink> {
         let params = msg.params.as_deref()?;
-        if !params.get().contains("progressToken") {
+        if !jsonrpc::may_hold(params.get(), "progressToken") {
             return None;
         }
         let obj = jsonrpc::parse_object(params).ok()?;
@@ -475,7 +468,7 @@ pub(super) fn rename_param(msg: &mut Message, name: &str) {
 /// upstream's own state and the answers to its requests, or another gate's) passes unchanged.
 pub(super) fn strip_own_input(msg: &mut Message, gate: &dyn Gate) {
     let Some(params) = msg.params.as_deref() else { return };
-    if !params.get().contains(OWN_STATE_PREFIX) {
+    if !jsonrpc::may_hold(params.get(), OWN_STATE_PREFIX) {
         return;
     }
     let Ok(mut obj) = jsonrpc::parse_object(params) else { return };

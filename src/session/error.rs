@@ -42,6 +42,9 @@ pub enum SessionError {
     NoToolList { server: String },
     #[error("empty response")]
     EmptyResponse,
+    /// The client reused the id of one of its requests still in flight (or held).
+    #[error("request id {0} is already in use by a request in flight")]
+    IdInUse(String),
     /// The gate refused the request itself.
     #[error(transparent)]
     Gate(#[from] crate::gate::GateError),
@@ -57,6 +60,7 @@ impl SessionError {
             | SessionError::UnknownName { .. }
             | SessionError::UnknownResource
             | SessionError::InvalidCursor => code::INVALID_PARAMS,
+            SessionError::IdInUse(_) => code::INVALID_REQUEST,
             SessionError::ToolCollision { .. } | SessionError::HeldTwice => code::INTERNAL_ERROR,
             SessionError::Gate(crate::gate::GateError::InvalidParams(_)) => code::INVALID_PARAMS,
             SessionError::Restarting { .. }

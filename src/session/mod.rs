@@ -81,8 +81,8 @@ pub enum Input {
     /// every era; a call in flight upstream is cancelled there only when `cancel_upstream` (a
     /// closed stream cancels a 2026-07-28 request, not an older one).
     ClientGone { id: String, cancel_upstream: bool },
-    /// A held tool call was decided.
-    Resume { msg: Box<Message>, verdict: Verdict },
+    /// A held tool call was decided: it goes where it was judged to go.
+    Resume { msg: Box<Message>, verdict: Verdict, route: Box<HeldRoute> },
     /// A held call (client request id) started waiting for `approval`, decided at `url`.
     Held { call: String, approval: String, url: String },
     /// An approval whose page the client was asked to open, after a pending answer, was decided.
@@ -93,6 +93,17 @@ pub enum Input {
     TaskAnswer { id: Box<RawValue>, era: Era, answer: crate::gate::TaskAnswer },
     /// An upstream was restarted (or failed to).
     Restarted { index: usize, generation: u64, link: Result<UpstreamLink, ConnectError> },
+}
+
+/// Where a held call was judged to go: its upstream, the tool's name there and as the client
+/// named it, and the `Mcp-Param-*` headers it came with. Once decided it goes there, not wherever
+/// its name would be routed by then (a tool list may have changed meanwhile).
+#[derive(Debug)]
+pub struct HeldRoute {
+    index: usize,
+    tool: String,
+    exposed: String,
+    param_headers: Vec<(String, String)>,
 }
 
 #[derive(Clone)]
@@ -336,7 +347,7 @@ impl Session {
                     );
                 }
             }
-            Input::Resume { msg, verdict } => {
+            Input::Resume { msg, verdict, route } => {
                 if let Some(token) = progress_token(&msg) {
                     self.held_progress.remove(&token);
                 }
@@ -349,7 +360,8 @@ impl Session {
                         Some(approval) => self.complete_elicitation_when_decided(approval),
                         None => {}
                     }
-                    self.apply_verdict(*msg, verdict);
+                    let HeldRoute { index, tool, exposed, param_headers } = *route;
+                    self.apply_verdict_routed(*msg, verdict, index, &tool, &exposed, param_headers);
                     self.elicited.remove(&id);
                 } else if let Verdict::AllowTracked(hook) = verdict {
                     // The caller left after the gate claimed the call for it: give the claim back.
@@ -382,6 +394,15 @@ impl Session {
     }
 
     fn on_client_request(&mut self, mut msg: Message, param_headers: Vec<(String, String)>) {
+        // A second request under the id of one in flight would take over its entry: one of the two
+        // would never be answered, or be answered with the other's result.
+        if let Some(id) = msg.id_text()
+            && (self.held.contains_key(id) || self.client_requests.contains_key(id))
+        {
+            let error = SessionError::IdInUse(id.to_owned());
+            warn!("request refused: {error}");
+            return self.reply_error(msg.id, &error);
+        }
         if msg.method() == "subscriptions/listen"
             && let Some(params) = msg.params.as_deref().and_then(tasks::without_gate_task_ids)
         {

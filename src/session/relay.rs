@@ -87,7 +87,7 @@ impl Session {
     /// remapping it when the session is shared.
     pub(super) fn track_progress(&mut self, msg: &mut Message, client_id: &str) {
         let Some(params) = msg.params.as_deref() else { return };
-        if !params.get().contains("progressToken") {
+        if !jsonrpc::may_hold(params.get(), "progressToken") {
             return;
         }
         let Ok(mut obj) = jsonrpc::parse_object(params) else { return };
@@ -98,7 +98,7 @@ impl Session {
             let ours = jsonrpc::to_raw(&format!("mcp-gate-{}", self.next_progress));
             self.next_progress += 1;
             self.progress.insert(
-                ours.get().to_owned(),
+                jsonrpc::value_key(&ours),
                 ProgressEntry { client_id: client_id.to_owned(), original: Some(token) },
             );
             jsonrpc::set(&mut meta, "progressToken", ours);
@@ -106,7 +106,7 @@ impl Session {
             msg.params = Some(jsonrpc::object_to_raw(&obj));
         } else {
             self.progress
-                .insert(token.get().to_owned(), ProgressEntry { client_id: client_id.to_owned(), original: None });
+                .insert(jsonrpc::value_key(&token), ProgressEntry { client_id: client_id.to_owned(), original: None });
         }
     }
 
@@ -326,7 +326,8 @@ impl Session {
             "notifications/progress" => {
                 let Some(params) = msg.params.as_deref() else { return };
                 let Ok(mut obj) = jsonrpc::parse_object(params) else { return };
-                let Some(token) = jsonrpc::get(&obj, "progressToken").map(|t| t.get().to_owned()) else { return };
+                // Compared by value: the client reads `"a\u002db"` as `"a-b"` and `7.0` as `7`.
+                let Some(token) = jsonrpc::get(&obj, "progressToken").map(jsonrpc::value_key) else { return };
                 if self.held_progress.contains(&token) && !self.progress.contains_key(&token) {
                     warn!(server = %self.upstreams[index].cfg.name, "dropped progress for a held call");
                     return;
@@ -393,7 +394,7 @@ impl Session {
     /// the upstream got; the client knows it by its own. Returns that id: the stream it goes on.
     pub(super) fn map_subscription_id(&self, index: usize, msg: &mut Message) -> Option<String> {
         let params = msg.params.as_deref()?;
-        if !params.get().contains(era::SUBSCRIPTION_META) {
+        if !jsonrpc::may_hold(params.get(), era::SUBSCRIPTION_META) {
             return None;
         }
         let mut obj = jsonrpc::parse_object(params).ok()?;
@@ -410,7 +411,7 @@ impl Session {
 pub(super) fn has_cursor(msg: &Message) -> bool {
     msg.params
         .as_deref()
-        .is_some_and(|p| p.get().contains("\"cursor\"") && jsonrpc::string_field(p, "cursor").is_some())
+        .is_some_and(|p| jsonrpc::may_hold(p.get(), "cursor") && jsonrpc::string_field(p, "cursor").is_some())
 }
 
 /// Serializes a message for an upstream, with HTTP header material when it goes over HTTP.
@@ -432,13 +433,13 @@ pub(super) fn outgoing(msg: &Message, http: bool) -> Outgoing {
     out
 }
 
-/// The progress token of a request (raw text), if it carries one.
+/// The progress token of a request, if it carries one, as compared ([`jsonrpc::value_key`]).
 pub(super) fn progress_token(msg: &Message) -> Option<String> {
     let params = msg.params.as_deref()?;
-    if !params.get().contains("progressToken") {
+    if !jsonrpc::may_hold(params.get(), "progressToken") {
         return None;
     }
     let obj = jsonrpc::parse_object(params).ok()?;
     let meta = jsonrpc::parse_object(jsonrpc::get(&obj, "_meta")?).ok()?;
-    jsonrpc::get(&meta, "progressToken").map(|t| t.get().to_owned())
+    jsonrpc::get(&meta, "progressToken").map(jsonrpc::value_key)
 }

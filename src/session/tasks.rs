@@ -281,7 +281,7 @@ impl Session {
 /// `notifications.taskIds` (they are not the upstream's to know); `None` when it names none.
 /// The list goes when nothing of it is left.
 pub(super) fn without_gate_task_ids(params: &RawValue) -> Option<Box<RawValue>> {
-    if !params.get().contains(TASK_ID_PREFIX) {
+    if !jsonrpc::may_hold(params.get(), TASK_ID_PREFIX) {
         return None;
     }
     let mut v = serde_json::from_str::<Value>(params.get()).ok()?;
@@ -301,7 +301,7 @@ pub(super) fn without_gate_task_ids(params: &RawValue) -> Option<Box<RawValue>> 
 /// Whether a 2026-07-28 request declares the tasks extension among its client capabilities.
 fn declares_tasks_extension(params: Option<&RawValue>) -> bool {
     params
-        .filter(|p| p.get().contains(era::TASKS_EXTENSION))
+        .filter(|p| jsonrpc::may_hold(p.get(), era::TASKS_EXTENSION))
         .and_then(|p| serde_json::from_str::<Value>(p.get()).ok())
         .and_then(|v| v.pointer("/_meta").and_then(|m| m.get(era::CLIENT_CAPABILITIES_META)).cloned())
         .and_then(|c| c.get("extensions").and_then(|e| e.get(era::TASKS_EXTENSION)).cloned())

@@ -55,13 +55,14 @@ impl Era {
     }
 }
 
-/// Whether `text` contains [`VERSION_META`]: the quick test of every request before its params
-/// are parsed for it. The searcher is prepared once: `str::contains` prepares one per call for a
-/// needle this long, which costs more than the search itself.
+/// Whether `text` may name [`VERSION_META`] once decoded: it contains it, or an escape (as
+/// [`jsonrpc::may_hold`]). The quick test of every request before its params are parsed for it.
+/// The searcher is prepared once: `str::contains` prepares one per call for a needle this long,
+/// which costs more than the search itself.
 pub fn mentions_version(text: &str) -> bool {
     static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
         std::sync::LazyLock::new(|| memchr::memmem::Finder::new(VERSION_META));
-    FINDER.find(text.as_bytes()).is_some()
+    memchr::memchr(b'\\', text.as_bytes()).is_some() || FINDER.find(text.as_bytes()).is_some()
 }
 
 /// The protocol version a message names in `params._meta`.
@@ -125,12 +126,32 @@ mod tests {
             "io.modelcontextprotocol/protocolVersio",
             r#"{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}"#,
             r#"{"a":"io.modelcontextprotocol/protocolVersion"}"#,
-            r#"{"_meta":{"io.modelcontextprotocol\/protocolVersion":"2026-07-28"}}"#,
             "io.modelcontextprotocol/protocolVersion",
             "xio.modelcontextprotocol/protocolVersionx",
         ] {
             assert_eq!(super::mentions_version(text), text.contains(super::VERSION_META), "{text}");
         }
+    }
+
+    /// A key written with escapes is the same key to every JSON reader: the quick test lets it
+    /// through to the parse, which reads it.
+    #[test]
+    fn a_version_key_written_with_escapes_is_found() {
+        let escaped = r#"{"_meta":{"io.modelcontextprotocol\/protocolVersion":"2026-07-28"}}"#;
+        assert!(super::mentions_version(escaped));
+        let msg = Message::request(
+            jsonrpc::number_id(1),
+            "tools/list",
+            Some(RawValue::from_string(escaped.to_owned()).unwrap()),
+        );
+        assert_eq!(request_version(&msg).as_deref(), Some("2026-07-28"));
+        let unicode = r#"{"_meta":{"io.modelcontextprotocol/pr\u006ftocolVersion":"2026-07-28"}}"#;
+        let msg = Message::request(
+            jsonrpc::number_id(1),
+            "tools/list",
+            Some(RawValue::from_string(unicode.to_owned()).unwrap()),
+        );
+        assert_eq!(request_version(&msg).as_deref(), Some("2026-07-28"));
     }
 
     use super::*;

@@ -82,7 +82,10 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
                 return Ok(Some(Line::Data(line)));
             }
             self.scanned = self.buf.len();
-            if self.buf.len() > self.max || (self.skipping && !self.buf.is_empty()) {
+            // A CR may be the first half of the line's CRLF, whose LF has not arrived yet: it
+            // does not count toward the limit until a byte other than LF follows it.
+            let limit = if self.buf.last() == Some(&b'\r') { self.max + 1 } else { self.max };
+            if self.buf.len() > limit || (self.skipping && !self.buf.is_empty()) {
                 // Drop what we have of the over-long line (keeping its ends); it is reported
                 // once, when its newline arrives.
                 if !self.skipping {

@@ -332,6 +332,31 @@ pub fn set(obj: &mut RawObject, key: &str, value: Box<RawValue>) {
     }
 }
 
+/// Whether raw JSON `text` may hold `needle` once decoded: it holds it as written, or it holds an
+/// escape, behind which any key or string can hide (`"pr\u006fgressToken"` is `"progressToken"`).
+/// The quick test before a parse: never false where the parse would find `needle`.
+pub fn may_hold(text: &str, needle: &str) -> bool {
+    memchr::memchr(b'\\', text.as_bytes()).is_some() || text.contains(needle)
+}
+
+/// A JSON value as peers compare it, for keys of maps the proxy keeps in raw text (progress
+/// tokens): a string decoded and written back (`"a\u002db"` is `"a-b"`), a number with no
+/// fraction written as an integer (`7.0`, `7e0` and `70e-1` are `7`, as JavaScript and lax integer
+/// readers see them), anything else in its compact form.
+pub fn value_key(raw: &RawValue) -> String {
+    match serde_json::from_str::<serde_json::Value>(raw.get()) {
+        Ok(serde_json::Value::Number(n)) if n.as_i64().is_none() && n.as_u64().is_none() => {
+            match n.as_f64() {
+                // Within ±2^53 a double with no fraction is an integer exactly.
+                Some(f) if f.fract() == 0.0 && f.abs() <= 9_007_199_254_740_992.0 => format!("{}", f as i64),
+                _ => n.to_string(),
+            }
+        }
+        Ok(v) => v.to_string(),
+        Err(_) => raw.get().to_owned(),
+    }
+}
+
 /// Reads a string field of a raw JSON object without decoding the rest.
 pub fn string_field(raw: &RawValue, key: &str) -> Option<String> {
     let obj = parse_object(raw).ok()?;
@@ -470,6 +495,27 @@ impl<'de> serde::Deserialize<'de> for IsVersion {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn values_written_differently_compare_the_same() {
+        let key = |text: &str| value_key(&RawValue::from_string(text.to_owned()).unwrap());
+        assert_eq!(key(r#""held\u002d1""#), key(r#""held-1""#));
+        for seven in ["7.0", "7e0", "70e-1", "0.7e1"] {
+            assert_eq!(key(seven), "7", "{seven}");
+        }
+        assert_eq!(key("-0.0"), "0");
+        assert_eq!(key("7.5"), "7.5");
+        assert_eq!(key("18446744073709551615"), "18446744073709551615");
+        assert_ne!(key("1e300"), key("1"));
+        assert_ne!(key(r#""7""#), key("7"));
+    }
+
+    #[test]
+    fn may_hold_is_never_false_where_a_parse_finds_the_key() {
+        assert!(may_hold(r#"{"progressToken":1}"#, "progressToken"));
+        assert!(may_hold(r#"{"pr\u006fgressToken":1}"#, "progressToken"));
+        assert!(!may_hold(r#"{"progress":1}"#, "progressToken"));
+    }
 
     #[test]
     fn round_trip_keeps_bytes_of_payload_and_unknown_keys() {

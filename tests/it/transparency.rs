@@ -226,7 +226,6 @@ async fn upstream_progress_for_a_held_call_is_dropped() {
 /// (`"held\u002d1"` is `"held-1"`) or a number with a fraction (`7.0` is `7` to JavaScript and to
 /// the Python SDK's lax integers). Clients match tokens by value, so the proxy must too.
 #[tokio::test]
-#[ignore = "defect: held progress tokens are compared as raw JSON text (src/session/relay.rs, on_upstream_notification); compare them by value"]
 async fn upstream_progress_for_a_held_call_is_dropped_however_its_token_is_written() {
     let stream = stdio_proxy(options_with_gate(vec![raw_server(&raw_bin())], Arc::new(HoldForever))).await;
     let (read, write) = tokio::io::split(stream);
@@ -265,10 +264,9 @@ impl mcp_gate::gate::Gate for HoldThenName {
 
 /// A client that reuses the id of a call still held breaks JSON-RPC, but it must not lose a
 /// call for it: the second call gets an answer (a result or an error), and the proxy keeps
-/// working. Today the second held call is keyed by the same id in the session's map of held
-/// calls, overwrites the first's entry, and its verdict is thrown away when it lands.
+/// working. Were the second call keyed by the same id in the session's map of held calls, it
+/// would overwrite the first's entry and its verdict would be thrown away when it lands.
 #[tokio::test]
-#[ignore = "defect: a request id reused while a call with that id is held loses the second call's answer (src/session/calls.rs, held map); refuse the reuse"]
 async fn a_request_id_reused_while_held_gets_an_answer_each_time() {
     let stream = stdio_proxy(options_with_gate(vec![raw_server(&raw_bin())], Arc::new(HoldThenName))).await;
     let (read, write) = tokio::io::split(stream);
@@ -291,10 +289,9 @@ async fn a_request_id_reused_while_held_gets_an_answer_each_time() {
 }
 
 /// A line of exactly the size limit ends with CRLF: it is the same line whether the CR and the
-/// LF arrive in one read or in two. Today the CR alone takes the buffer past the limit before the
-/// LF is seen, and the line is refused as too long.
+/// LF arrive in one read or in two: the CR alone must not take the buffer past the limit before
+/// the LF is seen.
 #[tokio::test]
-#[ignore = "defect: a line of exactly the limit is refused when its CR and LF arrive in separate reads (src/wire/framing.rs, LineReader::next_line)"]
 async fn a_line_at_the_limit_ending_in_crlf_is_read_however_it_arrives() {
     use mcp_gate::wire::framing::{Line, LineReader};
     let (mut tx, rx) = tokio::io::duplex(64);
@@ -337,12 +334,11 @@ impl mcp_gate::gate::Gate for HoldThenRun {
 }
 
 /// A call approved while held runs on the server it was judged for, even when that server's
-/// tool list changed meanwhile (a `list_changed`, a restart). Today the session routes the call
-/// again by name when the verdict lands: an unprefixed server whose list is not known at that
-/// moment makes the approved call fail as an unknown tool, and its claim is neither run nor
-/// given back (the outcome hook is dropped), so the approval is lost.
+/// tool list changed meanwhile (a `list_changed`, a restart). Routed again by name when the
+/// verdict lands, an unprefixed server whose list is not known at that moment would make the
+/// approved call fail as an unknown tool, and its claim would be neither run nor given back (the
+/// outcome hook dropped), so the approval would be lost.
 #[tokio::test]
-#[ignore = "defect: a held call is routed again when its verdict lands (src/session/mod.rs Input::Resume -> calls.rs apply_verdict); keep the route it was judged on"]
 async fn a_held_call_runs_where_it_was_judged_when_the_tool_list_changes_meanwhile() {
     let mut plain = (*raw_server(&raw_bin())).clone();
     plain.name = "plain".into();
@@ -439,7 +435,6 @@ async fn over_http_a_request_id_in_flight_cannot_be_reused() {
 /// `progressToken` misses it, the token goes upstream unmapped, and the client can name another
 /// client's mapped token, whose stream then receives its call's progress.
 #[tokio::test]
-#[ignore = "defect: progress tokens are found by a raw-text search that misses an escaped key (src/session/relay.rs track_progress, progress_token; calls.rs progress_sink)"]
 async fn an_escaped_progress_token_key_cannot_reach_another_clients_stream() {
     let base = http_proxy(options(vec![stdio_server("conf")]), None).await;
     let url = format!("{base}/mcp");
