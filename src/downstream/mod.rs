@@ -12,14 +12,29 @@ use crate::session::merge;
 use crate::wire::jsonrpc::{Kind, Message, ParseError, strict};
 
 /// Reads one client message strictly ([`Message::parse`]), and refuses a request whose id is
-/// `null`: MCP's ids are strings or integers, and a `null` id is the one an error about an
-/// unreadable message carries.
+/// `null` (MCP's ids are strings or integers, and a `null` id is the one an error about an
+/// unreadable message carries) and a method that only differs from `tools/call` by case,
+/// spaces or control characters: it would pass the gate as an unknown method, and a server that
+/// reads method names loosely could take it for a tool call.
 pub(crate) fn read(bytes: &[u8]) -> Result<Message, ParseError> {
     let msg = Message::parse(bytes)?;
     if msg.kind() == Kind::Request && msg.id_text() == Some("null") {
         return Err(ParseError::Invalid("a request id must be a string or an integer, not null"));
     }
+    if msg.kind() != Kind::Response && near_tools_call(msg.method()) {
+        return Err(ParseError::Invalid("a method written like tools/call but not as it is refused"));
+    }
     Ok(msg)
+}
+
+/// Whether `method` is not `tools/call` but becomes it without case, spaces and control characters.
+fn near_tools_call(method: &str) -> bool {
+    const GATED: &str = "tools/call";
+    if method == GATED {
+        return false;
+    }
+    let mut kept = method.chars().filter(|c| !c.is_whitespace() && !c.is_control());
+    GATED.chars().all(|g| kept.next().is_some_and(|c| c.eq_ignore_ascii_case(&g))) && kept.next().is_none()
 }
 
 /// Handles a client message that could not be read: a refused `tools/call` is audited, a request

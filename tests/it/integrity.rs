@@ -285,6 +285,28 @@ async fn a_request_with_a_null_id_is_refused() {
     assert_eq!((rows[0].0.as_str(), rows[0].1.as_str()), ("refused", "echo"), "{rows:?}");
 }
 
+/// A method that differs from `tools/call` only by case, spaces or control characters is not a
+/// method the gate would judge, and a server that reads names loosely could run it as a call: it
+/// is refused, not relayed as an unknown method.
+#[tokio::test]
+async fn a_method_written_like_tools_call_is_refused() {
+    let mut p = Proxy::start("nearmiss").await;
+    for (id, method) in
+        [(9, "Tools/Call"), (10, "TOOLS/CALL"), (11, "tools/call "), (12, " tools/ call"), (13, r"tools/call\u0000")]
+    {
+        let line = format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"{method}","params":{{"name":"delete_file","arguments":{{}}}}}}"#
+        );
+        p.send(line.as_bytes()).await;
+        let reply = p.next().await;
+        assert_eq!(reply["id"], id, "{method}: {reply}");
+        assert_eq!(reply["error"]["code"], -32600, "{method}: {reply}");
+    }
+    // Other unknown methods still pass through untouched.
+    let reply = p.request(r#"{"jsonrpc":"2.0","id":14,"method":"tools/calls"}"#, &json!(14)).await;
+    assert!(reply["result"]["received"].is_string(), "{reply}");
+}
+
 #[tokio::test]
 async fn duplicate_names_are_refused_over_http_whatever_mcp_name_says() {
     use mcp_gate::upstream::settings::{ServerConfig, UpstreamTransport};
