@@ -160,7 +160,8 @@ impl ApprovalService {
         }
         info!(task = %stored.id, server = %call.server, tool = %call.tool, "answered with a task");
         let created = self.task_created(&stored, approval, task.offered.era);
-        let start = TaskStart { id: stored.id.clone(), run: Box::pin(self.clone().run_task(task.owner, stored.id)) };
+        let start =
+            TaskStart { id: stored.id.clone(), run: Box::pin(self.clone().run_task(task.owner, stored.id, false)) };
         Verdict::Task { created, start }
     }
 
@@ -207,7 +208,8 @@ impl ApprovalService {
 
     /// The runner of task `id`: waits for its approval, then claims it and returns the call to
     /// send, or settles the task when it will not run.
-    pub(super) async fn run_task(self: Arc<Self>, owner: Owner, id: String) -> TaskRun {
+    /// `resumed`: attached by the owner's poll, not by the call that made the task.
+    pub(super) async fn run_task(self: Arc<Self>, owner: Owner, id: String, resumed: bool) -> TaskRun {
         let owner = owner.key();
         loop {
             let task = match self.store.task(&owner, &id).await {
@@ -219,7 +221,7 @@ impl ApprovalService {
                 }
             };
             let Some(approval_id) = task.approval_id.clone() else {
-                return self.claim_task(task, None).await;
+                return self.claim_task(task, None, resumed).await;
             };
             let mut changes = self.subscribe(&approval_id);
             let approval = match self.store.get_approval(&approval_id).await {
@@ -234,7 +236,7 @@ impl ApprovalService {
                 drop(changes);
                 self.unsubscribe(&approval_id);
                 if approval.status == Status::Approved {
-                    return self.claim_task(task, Some(approval)).await;
+                    return self.claim_task(task, Some(approval), resumed).await;
                 }
                 self.settle(&task, &approval, None).await;
                 return TaskRun::Settled;
@@ -253,7 +255,7 @@ impl ApprovalService {
 
     /// Claims an approved task (the policy is asked again first, and what runs must be what was
     /// approved); settles it when it cannot run.
-    async fn claim_task(self: &Arc<Self>, task: GateTask, approval: Option<Approval>) -> TaskRun {
+    async fn claim_task(self: &Arc<Self>, task: GateTask, approval: Option<Approval>, resumed: bool) -> TaskRun {
         let params: Value = serde_json::from_str(&task.params).unwrap_or(Value::Null);
         let arguments = params.get("arguments").cloned().unwrap_or(Value::Null);
         if let Some(a) = &approval {
@@ -280,6 +282,31 @@ impl ApprovalService {
             if let Action::Deny { reason } = &decision.action {
                 let denial = replies::denied_by_policy(&task.server, &task.tool, decision.rule.as_deref(), reason);
                 self.settle(&task, a, Some(denial)).await;
+                return TaskRun::Settled;
+            }
+        }
+        if approval.is_none() && resumed {
+            // An allowed task runs at once (decided by the policy just before), unless its call
+            // could not be sent (its claim was given back): then at its owner's next poll, maybe
+            // in a process with another policy. The policy is asked again, as for an approved
+            // task (without the tool's annotations, which are not stored: a rule that allowed it
+            // by its annotations no longer does, and it is not run, which errs on the safe side).
+            let agent = owner_agent(&task.owner);
+            let facts = CallFacts {
+                server: &task.server,
+                tool: &task.tool,
+                agent: agent.as_deref(),
+                annotations: None,
+                arguments: &arguments,
+            };
+            let decision = self.policy.evaluate(&facts);
+            if let Action::Deny { reason } = &decision.action {
+                let denial = replies::denied_by_policy(&task.server, &task.tool, decision.rule.as_deref(), reason);
+                let end = TaskEnd::Result(serde_json::from_str(denial.get()).unwrap_or(Value::Null));
+                if let Err(e) = self.store.settle_task(&task.id, end, "Denied by policy", self.now_ms()).await {
+                    warn!(task = %task.id, "settling a task failed: {e}");
+                }
+                self.notify(&task.id);
                 return TaskRun::Settled;
             }
         }
@@ -398,9 +425,10 @@ impl ApprovalService {
     /// attached to the asking session (it ends at once when there is nothing to run).
     pub fn task_op(self: &Arc<Self>, op: TaskOp) -> TaskReply {
         let resume = match (op.method, &op.id) {
-            (TaskMethod::Get | TaskMethod::Result, Some(id)) => {
-                Some(TaskStart { id: id.clone(), run: Box::pin(self.clone().run_task(op.owner.clone(), id.clone())) })
-            }
+            (TaskMethod::Get | TaskMethod::Result, Some(id)) => Some(TaskStart {
+                id: id.clone(),
+                run: Box::pin(self.clone().run_task(op.owner.clone(), id.clone(), true)),
+            }),
             _ => None,
         };
         let me = self.clone();
@@ -419,6 +447,11 @@ impl ApprovalService {
             message: format!("storage: {e}"),
         };
         if op.method == TaskMethod::List {
+            // Anonymous clients all own tasks as "anonymous": a list would show each of them the
+            // others' tasks (ids, approval URLs). It is not advertised to them and lists none.
+            if op.owner == Owner::Anonymous {
+                return TaskAnswer::Result(jsonrpc::to_raw(&json!({ "tasks": [] })));
+            }
             let cursor = match op.cursor.as_deref() {
                 None => None,
                 Some(c) => match c.strip_prefix("mcpg:").and_then(|n| n.parse::<i64>().ok()) {
@@ -546,8 +579,9 @@ impl ApprovalService {
     async fn cancel(&self, owner: &str, id: &str) -> Result<Option<Cancelled>, crate::store::StoreError> {
         let result = replies::cancelled_task();
         let value: Value = serde_json::from_str(result.get()).unwrap_or(Value::Null);
-        let message = "Cancelled by the client; not run";
-        let cancelled = self.store.cancel_task(owner, id, message, value, self.now_ms()).await?;
+        let not_run = ("Cancelled by the client; not run", value);
+        let cancelled =
+            self.store.cancel_task_noting(owner, id, not_run, cancelled_after_sent(), self.now_ms()).await?;
         if let Some(Cancelled::Now(t)) = &cancelled {
             info!(task = %id, "task cancelled by its client");
             self.audit_task(Event::TaskCancelled, t, owner_agent(owner), Some("client")).await;
@@ -658,7 +692,21 @@ fn final_answer(task: &GateTask) -> TaskAnswer {
     TaskAnswer::Result(jsonrpc::to_raw(&result))
 }
 
-/// The status message of a task waiting for approval `a`.
+/// What a task cancelled after its call went upstream reads (status message, result): the call
+/// was not stopped and may have had its effect, so it must not read "not run" (the model would
+/// take it as never done); its outcome is recorded on the approval, not given to the client.
+fn cancelled_after_sent() -> (&'static str, Value) {
+    let text = "mcp-gate: this call was cancelled by the client after it was approved and sent upstream; \
+                it was not stopped and may have had its effect. Its outcome is not reported to the client: \
+                check before doing it again.";
+    let result = json!({
+        "content": [{ "type": "text", "text": text }],
+        "isError": true,
+        "_meta": { "mcp-gate/approval": { "status": "cancelled" } },
+    });
+    ("Cancelled by the client after its call was sent upstream; it may have run", result)
+}
+
 /// The agent name an owner key carries (`agent:NAME`, `stdio:NAME`); `None` for `anonymous`.
 fn owner_agent(owner: &str) -> Option<String> {
     owner.split_once(':').map(|(_, name)| name.to_owned())

@@ -262,7 +262,10 @@ impl Session {
         let up_id = up.next_id;
         up.next_id += 1;
         up.wait_for(up_id, "tools/call", Pending::Task(hook));
-        let msg = Message::request(jsonrpc::number_id(up_id), "tools/call", params);
+        let mut msg = Message::request(jsonrpc::number_id(up_id), "tools/call", params);
+        // The task may come from a retry that carried the proxy's own `requestState` and answer
+        // (stored with its params): they are the proxy's, never the upstream's.
+        super::calls::strip_own_input(&mut msg, &*self.opts.gate);
         self.send_upstream(index, &msg, Some(up_id));
     }
 

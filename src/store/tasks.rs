@@ -197,7 +197,10 @@ impl Store {
     /// Stores `new` as `working`, or returns the open task (`working` or `running`) of the same
     /// owner for the same call key. Committed with `synchronous = FULL`: the task is on disk
     /// before anyone is told its id.
-    pub async fn open_task(&self, new: GateTask, now: i64) -> Result<OpenedTask, StoreError> {
+    pub async fn open_task(&self, mut new: GateTask, now: i64) -> Result<OpenedTask, StoreError> {
+        // A client asks for any lifetime: `created_at + ttl_ms` (the purge's index and condition)
+        // must stay a 64-bit integer, or PostgreSQL refuses the insert (`bigint out of range`).
+        new.ttl_ms = new.ttl_ms.map(|ttl| ttl.clamp(0, i64::MAX.saturating_sub(now.max(0))));
         self.call(move |conn| {
             conn.write_durable(|tx| {
                 let open = tx
@@ -394,30 +397,36 @@ impl Store {
         result: Value,
         now: i64,
     ) -> Result<Option<Cancelled>, StoreError> {
-        let (owner, id, message) = (owner.to_owned(), id.to_owned(), message.to_owned());
+        let note = (message, result);
+        self.cancel_task_noting(owner, id, note.clone(), note, now).await
+    }
+
+    /// [`Store::cancel_task`] with what the task reads afterwards (status message, result)
+    /// chosen in the same transaction by what it was: `not_run` for a `working` task, `sent`
+    /// for a `running` one (its call may already be upstream).
+    pub async fn cancel_task_noting(
+        &self,
+        owner: &str,
+        id: &str,
+        not_run: (&str, Value),
+        sent: (&str, Value),
+        now: i64,
+    ) -> Result<Option<Cancelled>, StoreError> {
+        let (owner, id) = (owner.to_owned(), id.to_owned());
+        let not_run = (not_run.0.to_owned(), serde_json::to_string(&not_run.1)?);
+        let sent = (sent.0.to_owned(), serde_json::to_string(&sent.1)?);
         self.call(move |conn| {
             conn.write(|tx| {
                 let Some(task) = load(tx, &id)?.filter(|t| t.owner == owner) else { return Ok(None) };
-                let answer = match task.state {
+                let (message, result) = match task.state {
+                    TaskState::Working => &not_run,
                     // A running task's call may already be upstream: it is cancelled for its client
                     // (who never gets its result), and its end is recorded on the approval.
-                    TaskState::Working | TaskState::Running => {
-                        let result = serde_json::to_string(&result)?;
-                        transition(
-                            tx,
-                            &id,
-                            &[TaskState::Working, TaskState::Running],
-                            TaskState::Cancelled,
-                            Some(&message),
-                            Some(&result),
-                            None,
-                            now,
-                        )?;
-                        Cancelled::Now(must_load(tx, &id)?)
-                    }
-                    _ => Cancelled::Terminal(task),
+                    TaskState::Running => &sent,
+                    _ => return Ok(Some(Cancelled::Terminal(task))),
                 };
-                Ok(Some(answer))
+                transition(tx, &id, &[task.state], TaskState::Cancelled, Some(message), Some(result), None, now)?;
+                Ok(Some(Cancelled::Now(must_load(tx, &id)?)))
             })
         })
         .await

@@ -425,3 +425,44 @@ async fn a_waiting_round_is_released_by_the_decision() {
     assert!(matches!(verdict, Verdict::AllowTracked(_)), "released to run: {verdict:?}");
     assert!(started.elapsed() < Duration::from_secs(3600), "before the limit: {:?}", started.elapsed());
 }
+
+/// The same state presented twice at once (a replay racing the real retry), both waiting when
+/// the approval lands: one runs, the other is refused as used; the approval is claimed once.
+#[tokio::test(start_paused = true)]
+async fn a_state_replayed_while_its_round_waits_runs_once() {
+    let approvals = service(Duration::from_secs(3600), 9).await;
+    let gate = Arc::new(ApprovalGate { approvals: approvals.clone() });
+    let args = json!({"path": "/srv/twice"});
+    let first = responded(ask_gate(&gate, &args, json!({}), None).await);
+    let id = approval_id(&first);
+    let retry = json!({"requestState": state_of(&first), "inputResponses": accept()});
+    let waiting: Vec<_> = (0..2)
+        .map(|_| {
+            let (gate, args, retry) = (gate.clone(), args.clone(), retry.clone());
+            tokio::spawn(async move { ask_gate(&gate, &args, retry, None).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    approvals.decide(&id, &Principal::named("alice"), true, None, None).await.unwrap();
+    let mut ran = 0;
+    let mut refused = 0;
+    for w in waiting {
+        match w.await.unwrap() {
+            Verdict::AllowTracked(hook) => {
+                ran += 1;
+                let done = serde_json::value::to_raw_value(&json!({"content": []})).unwrap();
+                hook(mcp_gate::gate::Outcome::Result(&done));
+            }
+            Verdict::Refuse(e) => {
+                assert!(e.to_string().contains("already used"), "{e}");
+                refused += 1;
+            }
+            other => panic!("run or refused, not {other:?}"),
+        }
+    }
+    assert_eq!((ran, refused), (1, 1), "one run, one refusal");
+    assert_eq!(refusals(&approvals).await, 1, "the replay is audited");
+    // A third presentation, after the run: refused, nothing claimed again.
+    let again = ask_gate(&gate, &args, retry, None).await;
+    assert!(matches!(again, Verdict::Refuse(_)), "{again:?}");
+}

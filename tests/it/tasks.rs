@@ -443,3 +443,239 @@ async fn tasks_list_gives_the_gate_tasks_then_the_upstream_pages() {
     assert_eq!(bad["error"]["code"], -32602, "{bad}");
     c.validate();
 }
+
+// === attacks: a cancel racing the run, anonymous listing ===
+
+/// Asks the gate directly for a task of `test_simple_text`, as the 2025-11-25 stdio client `claude`.
+async fn task_in_process(gate: &ApprovalGate, args: &Value) -> (Value, mcp_gate::gate::TaskStart) {
+    use mcp_gate::gate::{Gate, Offered, Owner, ToolCall, Verdict};
+    let params =
+        serde_json::value::to_raw_value(&json!({"name": "test_simple_text", "arguments": args, "task": {}})).unwrap();
+    let owner = Owner::StdioClient("claude".into());
+    let offered = Offered { task: true, ..Offered::plain(mcp_gate::wire::era::Era::Legacy) };
+    let call = ToolCall {
+        server: "fx",
+        tool: "test_simple_text",
+        exposed_name: "test_simple_text",
+        arguments: args,
+        info: None,
+        agent: Some("claude"),
+        owner: &owner,
+        offered: &offered,
+        params: &params,
+        progress: None,
+        held: None,
+        gone: Default::default(),
+    };
+    let verdict = match gate.check(&call) {
+        Verdict::Hold(wait) => wait.await,
+        other => other,
+    };
+    let Verdict::Task { created, start } = verdict else { panic!("a task, not {verdict:?}") };
+    (serde_json::from_str(created.get()).unwrap(), start)
+}
+
+/// A `tasks/*` request of the stdio client `claude`, answered in process.
+async fn task_op_in_process(gate: &ApprovalGate, method: mcp_gate::gate::TaskMethod, id: &str) -> Value {
+    use mcp_gate::gate::{Gate, Owner, TaskAnswer, TaskOp};
+    let op = TaskOp {
+        method,
+        id: Some(id.to_owned()),
+        cursor: None,
+        owner: Owner::StdioClient("claude".into()),
+        era: mcp_gate::wire::era::Era::Legacy,
+    };
+    match gate.task(op).answer.await {
+        TaskAnswer::Result(r) => json!({ "result": serde_json::from_str::<Value>(r.get()).unwrap() }),
+        TaskAnswer::Error { code, message } => json!({ "error": { "code": code, "message": message } }),
+    }
+}
+
+/// Cancelled once its approved call was already sent upstream: the task stays `cancelled` (the
+/// spec), the call ran once and is recorded `executed`, and what the client reads must not say
+/// the call was not run: the model would believe nothing happened (and may do it again).
+#[tokio::test]
+async fn a_task_cancelled_after_its_call_went_upstream_does_not_say_it_was_not_run() {
+    use mcp_gate::gate::{Outcome, TaskMethod, TaskRun};
+    let a = approvals(POLICY).await;
+    let gate = ApprovalGate { approvals: a.clone() };
+    let (created, start) = task_in_process(&gate, &json!({"path": "/srv/sent"})).await;
+    let id = start.id.clone();
+    let approval = created["_meta"]["mcp-gate/approval"]["id"].as_str().unwrap().to_owned();
+    a.decide(&approval, &Principal::named("alice"), true, None, None).await.unwrap();
+    let TaskRun::Run { hook, .. } = within("the run", start.run).await else { panic!("approved: it runs") };
+    // The call is upstream now; the client cancels before its answer is in.
+    let cancelled = task_op_in_process(&gate, TaskMethod::Cancel, &id).await;
+    assert_eq!(cancelled["result"]["status"], "cancelled", "{cancelled}");
+    let answer = serde_json::value::to_raw_value(&json!({"content": [{"type": "text", "text": "done"}]})).unwrap();
+    hook(Outcome::Result(&answer));
+    within("the run recorded on its approval", async {
+        while a.store.get_approval(&approval).await.unwrap().unwrap().status != mcp_gate::store::Status::Executed {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let got = task_op_in_process(&gate, TaskMethod::Get, &id).await;
+    assert_eq!(got["result"]["status"], "cancelled", "it stays cancelled: {got}");
+    let message = got["result"]["statusMessage"].as_str().unwrap_or_default();
+    assert!(!message.contains("not run"), "the call ran, the status says otherwise: {got}");
+    let result = task_op_in_process(&gate, TaskMethod::Result, &id).await;
+    let text = result["result"]["content"][0]["text"].as_str().unwrap_or_default();
+    assert!(!text.contains("not run") && !text.contains("before it ran"), "the call ran: {result}");
+}
+
+/// Anonymous HTTP clients all own tasks as "anonymous": `tasks/list` is not advertised to them,
+/// and must not enumerate the tasks of every other anonymous client either (a task id, 128
+/// random bits, is then the only way to a task: the spec's rule without context binding).
+#[tokio::test]
+async fn an_anonymous_client_cannot_list_the_tasks_of_other_anonymous_clients() {
+    use super::binary::{Served, data_dir, gate_in};
+    let dir = data_dir("task-anon-list");
+    let alice = Served::start(gate_in(&dir), "alice").await;
+    let request =
+        |id: u64, method: &str, params: Value| json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+    let call = json!({"name": "test_image_content", "arguments": {"who": "alice"}, "task": {}});
+    let created = reply_of(alice.post(request(2, "tools/call", call)).await.unwrap()).await;
+    let id = created["result"]["task"]["taskId"].as_str().unwrap_or_else(|| panic!("a task: {created}")).to_owned();
+
+    // Another anonymous client: its own session on the same proxy.
+    let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "mallory", "version": "1"}}});
+    let init = alice
+        .http
+        .post(&alice.url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(initialize.to_string())
+        .send()
+        .await
+        .unwrap();
+    let session = init.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+    let init = reply_of(init).await;
+    assert!(init["result"]["capabilities"]["tasks"].get("list").is_none(), "not advertised: {init}");
+    let mallory = |body: Value| {
+        alice
+            .http
+            .post(&alice.url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-session-id", &session)
+            .header("mcp-protocol-version", "2025-11-25")
+            .body(body.to_string())
+            .send()
+    };
+    mallory(json!({"jsonrpc": "2.0", "method": "notifications/initialized"})).await.unwrap();
+    let listed = reply_of(mallory(request(3, "tasks/list", json!({}))).await.unwrap()).await;
+    let ids: Vec<&str> =
+        listed["result"]["tasks"].as_array().into_iter().flatten().filter_map(|t| t["taskId"].as_str()).collect();
+    assert!(!ids.contains(&id.as_str()), "another anonymous client's task is listed: {listed}");
+    let mut alice = alice;
+    let _ = alice.child.start_kill();
+}
+
+/// A task stored by one process, read by the next on the same database: still its owner's only.
+/// Another client's `tasks/*` get exactly the error of an id that never existed (nothing tells
+/// "not yours" from "unknown"), in every era.
+#[tokio::test]
+async fn after_a_restart_another_owner_cannot_tell_a_task_from_an_unknown_one() {
+    let dir = scratch("tasks-restart-owner");
+    let db = dir.join("gate.db");
+    let open = || {
+        let db = db.clone();
+        async move {
+            let config = Config::from_toml(POLICY, "tasks.toml").expect("policy");
+            let store = Store::open(Location::File(db)).await.expect("store");
+            let settings = ApprovalSettings {
+                wait: Duration::ZERO,
+                public_url: "http://127.0.0.1:8377".into(),
+                expiry_by_risk: config.approvals.expiry_by_risk,
+                ..ApprovalSettings::default()
+            };
+            ApprovalService::new(store, config.policy.clone(), settings)
+        }
+    };
+    let first = open().await;
+    let mut c = peer(&first, &dir, "claude").await;
+    let id = task_id(&call_task(&mut c, "test_simple_text", json!({"path": "/srv/restart-owner"})).await);
+    c.validate();
+    drop(c);
+    drop(first);
+
+    let second = open().await;
+    let other_dir = scratch("tasks-restart-owner-other");
+    let mut other = peer(&second, &other_dir, "intruder").await;
+    let unknown = "mcpg-00000000000000000000000000000000";
+    for method in ["tasks/get", "tasks/result", "tasks/cancel"] {
+        let theirs = other.request(method, json!({"taskId": id})).await;
+        let none = other.request(method, json!({"taskId": unknown})).await;
+        assert_eq!(theirs["error"]["code"], -32602, "{method}: {theirs}");
+        assert_eq!(theirs["error"]["code"], none["error"]["code"], "{method}");
+        let msg = |r: &Value, id: &str| r["error"]["message"].as_str().unwrap().replace(id, "ID");
+        assert_eq!(msg(&theirs, &id), msg(&none, unknown), "{method}: {theirs} / {none}");
+    }
+    let listed = other.request("tasks/list", json!({})).await;
+    assert_eq!(listed["result"]["tasks"], json!([]), "{listed}");
+    other.validate();
+    let mut mine = peer(&second, &dir, "claude").await;
+    let got = mine.request("tasks/get", json!({"taskId": id})).await;
+    assert_eq!(got["result"]["status"], "working", "still its owner's, untouched: {got}");
+    mine.validate();
+}
+
+/// A service on the SQLite file `db` with `policy`, failing fast (another process, or the same
+/// one after a restart).
+async fn service_on(db: &Path, policy: &str) -> Arc<ApprovalService> {
+    let config = Config::from_toml(policy, "tasks.toml").expect("policy");
+    let store = Store::open(Location::File(db.to_owned())).await.expect("store");
+    let settings = ApprovalSettings {
+        wait: Duration::ZERO,
+        public_url: "http://127.0.0.1:8377".into(),
+        expiry_by_risk: config.approvals.expiry_by_risk,
+        ..ApprovalSettings::default()
+    };
+    ApprovalService::new(store, config.policy.clone(), settings)
+}
+
+/// An allowed call made as a task whose call could not be sent (its upstream was down: the
+/// claim is given back, the task is `working` again) runs at its owner's next poll, maybe after
+/// a restart with a policy that now denies the tool: the policy must be asked again, as it is
+/// for an approved task, and the task completes with the denial, never run.
+#[tokio::test]
+async fn an_allowed_task_not_yet_sent_is_checked_against_the_policy_again_before_it_runs() {
+    use mcp_gate::gate::{Gate, Outcome, TaskMethod, TaskOp, TaskRun};
+    let dir = scratch("tasks-allowed-recheck");
+    let db = dir.join("gate.db");
+    let allowing = "[policy]\ndefault = \"allow\"\n\n[[rules]]\ntool = \"test_image_content\"\naction = \"approve\"\n";
+    let before = service_on(&db, allowing).await;
+    let (created, start) = task_in_process(&ApprovalGate { approvals: before.clone() }, &json!({"n": 1})).await;
+    assert_eq!(created["task"]["status"], "working", "{created}");
+    let id = start.id.clone();
+    let TaskRun::Run { hook, .. } = within("the run", start.run).await else { panic!("allowed: it runs at once") };
+    hook(Outcome::NotRun); // the upstream was down: not sent
+    within("the claim given back", async {
+        while before.store.task("stdio:claude", &id).await.unwrap().unwrap().state
+            != mcp_gate::store::tasks::TaskState::Working
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    drop(before);
+
+    let denying = "[policy]\ndefault = \"allow\"\n\n[[rules]]\ntool = \"test_simple_text\"\naction = \"deny\"\n\
+                   reason = \"no longer allowed\"\n";
+    let after = service_on(&db, denying).await;
+    let gate = ApprovalGate { approvals: after.clone() };
+    let op = TaskOp {
+        method: TaskMethod::Get,
+        id: Some(id.clone()),
+        cursor: None,
+        owner: mcp_gate::gate::Owner::StdioClient("claude".into()),
+        era: mcp_gate::wire::era::Era::Legacy,
+    };
+    let resume = gate.task(op).resume.expect("the owner's poll resumes the task");
+    let run = within("the resumed run", resume.run).await;
+    assert!(matches!(run, TaskRun::Settled), "a call the policy now denies is sent upstream");
+    let result = task_op_in_process(&gate, TaskMethod::Result, &id).await;
+    assert_eq!(result["result"]["isError"], true, "the denial: {result}");
+}

@@ -174,3 +174,37 @@ async fn gate_task_ids_never_reach_the_upstream_in_a_listen_filter() {
     assert_eq!(listens[1]["params"]["notifications"], json!({"toolsListChanged": true}));
     assert!(!listens.iter().any(|m| m.to_string().contains("mcpg-")), "{listens:?}");
 }
+
+/// A client first answered with `input_required` (it did not declare the extension on that
+/// request) retries with the proxy's `requestState` and its answer, now declaring the
+/// extension: the call becomes a task, and when it runs, the proxy's own state and answer must
+/// not reach the upstream (README: "The proxy's own state and answer never reach the upstream").
+#[tokio::test]
+async fn a_task_made_from_an_input_required_retry_sends_the_upstream_none_of_the_proxy_state() {
+    let dir = scratch("tasks-2026-state");
+    let a = approvals().await;
+    let fx = recorded("fx", &fixture_bin().display().to_string(), &["stdio"], &dir);
+    let mut c = Peer::start(MODERN, vec![fx], Arc::new(ApprovalGate { approvals: a.clone() })).await;
+    let args = json!({"n": "state-then-task"});
+    let first = c.request("tools/call", json!({"name": "test_simple_text", "arguments": args})).await;
+    assert_eq!(first["result"]["resultType"], "input_required", "{first}");
+    let state = first["result"]["requestState"].as_str().unwrap().to_owned();
+
+    c.capabilities["extensions"] = json!({ EXTENSION: {} });
+    let answer = json!({"mcp-gate/approval": {"action": "accept"}});
+    let retry = json!({"name": "test_simple_text", "arguments": args, "requestState": state, "inputResponses": answer});
+    let created = c.request("tools/call", retry).await;
+    assert_eq!(created["result"]["resultType"], "task", "{created}");
+    let id = created["result"]["taskId"].as_str().unwrap().to_owned();
+    let approval = created["result"]["_meta"]["mcp-gate/approval"]["id"].as_str().unwrap().to_owned();
+    a.decide(&approval, &Principal::named("alice"), true, None, None).await.unwrap();
+    let ended = until_ended(&mut c, &id).await;
+    assert_eq!(ended["result"]["status"], "completed", "{ended}");
+
+    let log = upstream_log(&dir, "fx", "test_simple_text").await;
+    let sent: Vec<&Value> = log.iter().filter(|m| m["params"]["name"] == "test_simple_text").collect();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert!(sent[0]["params"].get("requestState").is_none(), "the proxy's state went upstream: {}", sent[0]);
+    assert!(sent[0]["params"].get("inputResponses").is_none(), "the proxy's answer went upstream: {}", sent[0]);
+    c.validate();
+}

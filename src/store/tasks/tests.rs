@@ -324,3 +324,21 @@ async fn a_database_from_before_tasks_keeps_its_claims() {
     let a = store.finish_execution("a", true, json!({}), T0 + 3).await.unwrap();
     assert_eq!(a.status, Status::Executed);
 }
+
+/// A client may ask for any `ttl` (2025-11-25 `params.task.ttl`, up to `i64::MAX` once read):
+/// `created_at + ttl_ms` (the purge's index and condition) overflowed a 64-bit integer, which
+/// PostgreSQL refused (`bigint out of range`): the task was never stored, the call failed with
+/// a storage error. The lifetime is cut to what fits; the purge works for every task.
+#[tokio::test]
+async fn a_huge_requested_lifetime_is_stored_and_the_purge_still_works() {
+    let store = Store::open(crate::store::testutil::location().await).await.unwrap();
+    for (id, key, ttl) in [("mcpg-huge", "kh", i64::MAX), ("mcpg-due", "kd", HOUR)] {
+        let a = format!("a-{id}");
+        store.insert_approval(request(&a, key)).await.unwrap();
+        store.open_task(GateTask { ttl_ms: Some(ttl), ..task(id, "agent:x", &a, key) }, T0).await.unwrap();
+        store.settle_task(id, TaskEnd::Result(json!({})), "done", T0 + 1).await.unwrap().unwrap();
+    }
+    assert_eq!(store.purge_tasks(T0 + HOUR).await.unwrap(), 1, "the task past its lifetime goes");
+    assert!(store.task("agent:x", "mcpg-due").await.unwrap().is_none());
+    assert!(store.task("agent:x", "mcpg-huge").await.unwrap().is_some(), "the other one stays");
+}
