@@ -34,6 +34,10 @@ pub const POLL_INTERVAL_MS: i64 = 2000;
 /// How long a task is kept after the last moment its approval could be decided (milliseconds).
 const KEPT_AFTER_MS: i64 = 3_600_000;
 
+/// The longest a client may ask a task to be kept (`params.task.ttl`, milliseconds): 7 days. A
+/// longer request is served with this; the created task says the lifetime it got.
+pub const MAX_REQUESTED_TTL_MS: i64 = 7 * 24 * 3_600_000;
+
 /// The `_meta` key that ties a result to its task.
 const RELATED_TASK: &str = "io.modelcontextprotocol/related-task";
 
@@ -124,7 +128,8 @@ impl ApprovalService {
             Err(e) => return self.fail_closed(call, &e.to_string()),
         };
         let now = self.now_ms();
-        let requested = task.offered.requested_ttl_ms.and_then(|t| i64::try_from(t).ok()).unwrap_or(0);
+        let requested =
+            task.offered.requested_ttl_ms.map_or(0, |t| i64::try_from(t).unwrap_or(i64::MAX).min(MAX_REQUESTED_TTL_MS));
         let new = GateTask {
             id,
             owner: task.owner.key(),

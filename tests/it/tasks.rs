@@ -140,6 +140,26 @@ async fn a_held_task_waits_for_approval_then_runs_once_with_the_upstream_result(
     c.validate();
 }
 
+/// A client may ask a task to be kept longer than the gate would (`params.task.ttl`), up to 7 days:
+/// the created task says the lifetime it got.
+#[tokio::test]
+async fn a_requested_task_lifetime_is_served_up_to_seven_days() {
+    let dir = scratch("tasks-ttl");
+    let a = approvals(POLICY).await;
+    let mut c = peer(&a, &dir, "claude").await;
+    let week = mcp_gate::approval::tasks::MAX_REQUESTED_TTL_MS;
+    for (path, asked, got) in [("/a", 3 * 86_400_000_i64, 3 * 86_400_000_i64), ("/b", i64::MAX, week)] {
+        let created = c
+            .request(
+                "tools/call",
+                json!({"name": "test_simple_text", "arguments": {"path": path}, "task": {"ttl": asked}}),
+            )
+            .await;
+        assert_eq!(created["result"]["task"]["ttl"], got, "asked {asked}: {created}");
+    }
+    c.validate();
+}
+
 #[tokio::test]
 async fn a_denied_task_completes_with_a_readable_denial_and_never_runs() {
     let dir = scratch("tasks-denied");
