@@ -76,10 +76,16 @@ fn host_allowed(host: &str, extra: &[String]) -> bool {
     matches!(host.as_str(), "localhost" | "127.0.0.1" | "::1") || extra.iter().any(|h| h.eq_ignore_ascii_case(&host))
 }
 
-/// The token of an `Authorization: Bearer TOKEN` header.
+/// The token of an `Authorization: Bearer TOKEN` header (the scheme in any case, RFC 9110
+/// 11.1). A request with two Authorization headers presents none: which one would speak depends
+/// on who reads them (a proxy in front may read the other).
 pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    if headers.get_all("authorization").iter().count() > 1 {
+        return None;
+    }
     let value = header_str(headers, "authorization")?;
-    value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")).map(str::trim)
+    let (scheme, token) = value.split_at_checked("Bearer ".len())?;
+    scheme.eq_ignore_ascii_case("Bearer ").then(|| token.trim())
 }
 
 pub fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
@@ -141,5 +147,20 @@ mod tests {
         assert!(bearer_matches(&headers(&[("authorization", "Bearer s3cret")]), "s3cret"));
         assert!(!bearer_matches(&headers(&[("authorization", "Bearer s3cre")]), "s3cret"));
         assert!(!bearer_matches(&headers(&[]), "s3cret"));
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive_and_one_header_only() {
+        // RFC 9110 11.1: the scheme is case-insensitive.
+        for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+            assert_eq!(bearer_token(&headers(&[("authorization", &format!("{scheme} s3cret"))])), Some("s3cret"));
+        }
+        assert_eq!(bearer_token(&headers(&[("authorization", "Basic s3cret")])), None);
+        assert_eq!(bearer_token(&headers(&[("authorization", "Bearers3cret")])), None);
+        // Two Authorization headers: which one speaks depends on who reads them, so neither does.
+        let mut two = headers(&[("authorization", "Bearer s3cret")]);
+        two.append("authorization", axum::http::HeaderValue::from_static("Bearer other"));
+        assert_eq!(bearer_token(&two), None);
+        assert!(!bearer_matches(&two, "s3cret"));
     }
 }
