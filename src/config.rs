@@ -128,7 +128,7 @@ impl Config {
         }
         figment = figment.merge(Env::prefixed("MCP_GATE_").split("__").filter(|k| k.as_str().contains('.')));
         let raw: RawConfig = figment.extract().map_err(|e| ConfigError::Load(describe_figment_error(e, file)))?;
-        Config::validate(raw, file, extra)
+        Config::validate(raw, file, extra, true)
     }
 
     /// `[log] format` as the file (and `MCP_GATE_LOG__FORMAT`) give it, read before logging starts
@@ -153,7 +153,7 @@ impl Config {
             .merge(Toml::string(text))
             .extract()
             .map_err(|e| ConfigError::Load(describe_figment_error(e, Some(Path::new(name)))))?;
-        Config::validate(raw, Some(Path::new(name)), None)
+        Config::validate(raw, Some(Path::new(name)), None, false)
     }
 
     /// Each subsystem validates its sections; the first error is reported with the file.
@@ -161,9 +161,19 @@ impl Config {
         raw: RawConfig,
         file: Option<&Path>,
         extra: Option<&CommandLineUpstream>,
+        from_env: bool,
     ) -> Result<Config, ConfigError> {
         let file_name = file.map_or_else(|| "command line".to_owned(), |f| f.display().to_string());
-        let invalid = |e: Invalid| ConfigError::Invalid { file: file_name.clone(), key: e.key, message: e.message };
+        // A key an `MCP_GATE_SECTION__KEY` variable sets has its value from there, not the file.
+        let invalid = |e: Invalid| {
+            let var = env_name(&e.key);
+            let file = if from_env && std::env::var_os(&var).is_some() {
+                format!("environment variable {var}")
+            } else {
+                file_name.clone()
+            };
+            ConfigError::Invalid { file, key: e.key, message: e.message }
+        };
 
         let Upstreams { separator, servers } =
             Upstreams::validate(raw.proxy, raw.upstream, raw.servers, extra, &expand_env).map_err(|e| match e {
@@ -396,13 +406,24 @@ fn explain_ai_workflow(ai: &AiWorkflow, providers: &BTreeMap<String, ProviderCon
     )
 }
 
+/// The `MCP_GATE_SECTION__KEY` variable of a key (`listen.max_sessions`).
+fn env_name(key: &str) -> String {
+    let parts: Vec<String> = key.split('.').map(str::to_ascii_uppercase).collect();
+    format!("MCP_GATE_{}", parts.join("__"))
+}
+
 fn describe_figment_error(e: figment::Error, file: Option<&Path>) -> String {
     let file = file.map_or_else(|| "configuration".to_owned(), |f| f.display().to_string());
     let mut parts = Vec::new();
     for err in e {
         let key = err.path.join(".");
-        let source =
-            err.metadata.as_ref().and_then(|m| m.source.as_ref()).map_or_else(|| file.clone(), |s| s.to_string());
+        // A value from an `MCP_GATE_SECTION__KEY` variable is blamed on the variable.
+        let source = match err.metadata.as_ref() {
+            Some(m) if m.source.is_none() && m.name.contains("environment variable") && !err.path.is_empty() => {
+                format!("environment variable {}", env_name(&key))
+            }
+            m => m.and_then(|m| m.source.as_ref()).map_or_else(|| file.clone(), |s| s.to_string()),
+        };
         if key.is_empty() {
             parts.push(format!("{source}: {}", err.kind));
         } else {

@@ -113,8 +113,16 @@ enum Refusal {
     SessionNotFound,
     #[error("Accept must include text/event-stream")]
     NotAcceptable,
+    #[error("Bad Request: Mcp-Protocol-Version {0:?} is not a protocol version (YYYY-MM-DD, such as 2025-11-25)")]
+    BadVersion(String),
+    #[error("Unsupported Media Type: Content-Type {0:?}; the body must be application/json")]
+    NotJson(String),
     #[error("too many sessions: the limit is {0} (`[listen] max_sessions`); close one or retry later")]
     Full(usize),
+    #[error(
+        "too many sessions: the limit is {0} (`[listen] max_sessions`) and the places left are kept for agents that hold none; close one of yours or retry later"
+    )]
+    Reserved(usize),
     #[error(transparent)]
     Upstream(#[from] crate::upstream::ConnectError),
     #[error("the session ended before answering")]
@@ -132,9 +140,10 @@ impl Refusal {
             Refusal::Forbidden(_) => StatusCode::FORBIDDEN,
             Refusal::Unauthorized => StatusCode::UNAUTHORIZED,
             Refusal::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Refusal::HeaderMismatch(_) | Refusal::SessionRequired => StatusCode::BAD_REQUEST,
+            Refusal::HeaderMismatch(_) | Refusal::SessionRequired | Refusal::BadVersion(_) => StatusCode::BAD_REQUEST,
+            Refusal::NotJson(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Refusal::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
-            Refusal::Full(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::Full(_) | Refusal::Reserved(_) => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::Upstream(_) | Refusal::Ended => StatusCode::BAD_GATEWAY,
             Refusal::Poisoned | Refusal::Random(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -148,10 +157,12 @@ impl Refusal {
             | Refusal::Unauthorized
             | Refusal::TooLarge
             | Refusal::SessionRequired
-            | Refusal::NotAcceptable => code::INVALID_REQUEST,
+            | Refusal::NotAcceptable
+            | Refusal::BadVersion(_)
+            | Refusal::NotJson(_) => code::INVALID_REQUEST,
             Refusal::HeaderMismatch(_) => code::HEADER_MISMATCH,
             Refusal::SessionNotFound => code::SESSION_NOT_FOUND,
-            Refusal::Full(_) | Refusal::Poisoned | Refusal::Random(_) => code::INTERNAL_ERROR,
+            Refusal::Full(_) | Refusal::Reserved(_) | Refusal::Poisoned | Refusal::Random(_) => code::INTERNAL_ERROR,
             Refusal::Upstream(_) | Refusal::Ended => code::UPSTREAM_ERROR,
         }
     }
@@ -162,7 +173,7 @@ impl Refusal {
         let mut resp = (self.status(), [(header::CONTENT_TYPE, "application/json")], body).into_response();
         let headers = resp.headers_mut();
         match self {
-            Refusal::Full(_) => {
+            Refusal::Full(_) | Refusal::Reserved(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             }
             Refusal::Unauthorized => {
@@ -194,7 +205,9 @@ enum HeaderMismatch {
     #[error("Header mismatch: Mcp-Name is required")]
     NameMissing,
     #[error("Header mismatch: Mcp-Name {header:?} but the body says {body:?}")]
-    Name { header: String, body: Option<String> },
+    Name { header: String, body: String },
+    #[error("Header mismatch: Mcp-Name {header:?} but the body names none")]
+    NameNotInBody { header: String },
 }
 
 /// An endpoint and the authenticated agent, if any.
@@ -208,6 +221,11 @@ pub struct HttpState {
     next_id: AtomicU64,
     /// One permit per open session, shared sessions included.
     slots: Arc<tokio::sync::Semaphore>,
+    /// How many of those each principal holds.
+    held: Held,
+    /// With `[[agents]]`: every principal that may open sessions (the agents, and anonymous
+    /// clients when `token` is set), each of which is kept a place under `max_sessions`.
+    principals: Vec<Option<String>>,
     ops: Operations,
 }
 
@@ -221,9 +239,33 @@ struct HttpSession {
     /// Requests in flight longer than this are stuck: they no longer keep the session open.
     stuck_after: Duration,
     /// Its place under `max_sessions`, given back when the session is dropped.
-    _slot: tokio::sync::OwnedSemaphorePermit,
+    _slot: Place,
     /// Counted in `mcp_gate_sessions_open` while it exists.
     _counted: crate::metrics::SessionOpen,
+}
+
+/// Places under `max_sessions` held by each principal: an agent, or `None` for anonymous clients.
+/// Only principals holding at least one are present.
+type Held = Arc<Mutex<HashMap<Option<String>, usize>>>;
+
+/// A session's place under `max_sessions`, counted for its principal; both are given back when
+/// it is dropped.
+struct Place {
+    _slot: tokio::sync::OwnedSemaphorePermit,
+    agent: Option<String>,
+    held: Held,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let Ok(mut held) = self.held.lock() else { return };
+        if let Some(n) = held.get_mut(&self.agent) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                held.remove(&self.agent);
+            }
+        }
+    }
 }
 
 impl HttpSession {
@@ -422,6 +464,19 @@ fn with_subscription_id(msg: &Message, ours: &str, original: &RawValue) -> Vec<u
 }
 
 impl Streams {
+    /// Adds a standalone GET stream. Only the newest receives messages, so it replaces the
+    /// others, which end: a client opening stream after stream neither makes the session keep
+    /// them all nor holds a connection per stream (and so cannot take every connection).
+    fn open_get_stream(&self, tx: FrameTx) {
+        if let Ok(mut inner) = self.inner.lock() {
+            if !inner.get_streams.is_empty() {
+                debug!("a newer GET stream replaces the session's older one");
+            }
+            inner.get_streams.clear();
+            inner.get_streams.push(tx);
+        }
+    }
+
     fn in_flight(&self) -> usize {
         self.inner.lock().map(|i| i.by_request.len()).unwrap_or(0)
     }
@@ -469,11 +524,17 @@ impl HttpState {
     }
 
     pub fn with_operations(opts: HttpOptions, ops: Operations) -> Arc<HttpState> {
+        let mut principals: Vec<Option<String>> = opts.agents.principals().map(|p| Some(p.name.clone())).collect();
+        if !principals.is_empty() && opts.token.is_some() {
+            principals.push(None);
+        }
         Arc::new(HttpState {
             sessions: DashMap::new(),
             shared: tokio::sync::Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             slots: Arc::new(tokio::sync::Semaphore::new(opts.limits.max_sessions)),
+            held: Held::default(),
+            principals,
             opts,
             ops,
         })
@@ -490,14 +551,13 @@ impl HttpState {
         shared: bool,
     ) -> Result<(String, Arc<HttpSession>), Refusal> {
         let mut opts = self.session_options(endpoint).ok_or(Refusal::UnknownEndpoint)?.clone();
-        let slot = match self.slots.clone().try_acquire_owned() {
-            Ok(slot) => slot,
+        let slot = match self.admit(agent) {
+            Ok(place) => place,
             Err(_) => {
                 // Sessions past their idle time may still hold places: close them first.
                 self.reap().await;
-                self.slots.clone().try_acquire_owned().map_err(|_| {
-                    warn!(limit = self.opts.limits.max_sessions, "session refused: too many sessions");
-                    Refusal::Full(self.opts.limits.max_sessions)
+                self.admit(agent).inspect_err(|_| {
+                    warn!(limit = self.opts.limits.max_sessions, agent, "session refused: too many sessions");
                 })?
             }
         };
@@ -523,6 +583,24 @@ impl HttpState {
             info!(session = &id[..8], endpoint, "session opened");
         }
         Ok((id, session))
+    }
+
+    /// Takes a place under `max_sessions` for `agent`. With `[[agents]]`, one place is kept for
+    /// each other principal that holds none: an agent that already holds a session may not take
+    /// those, so no agent can lock the others out by opening sessions up to the cap.
+    fn admit(&self, agent: Option<&str>) -> Result<Place, Refusal> {
+        let limit = self.opts.limits.max_sessions;
+        let mut held = self.held.lock().map_err(|_| Refusal::Poisoned)?;
+        let key = agent.map(str::to_owned);
+        if held.contains_key(&key) {
+            let kept = self.principals.iter().filter(|p| **p != key && !held.contains_key(*p)).count();
+            if self.slots.available_permits() <= kept {
+                return Err(Refusal::Reserved(limit));
+            }
+        }
+        let slot = self.slots.clone().try_acquire_owned().map_err(|_| Refusal::Full(limit))?;
+        *held.entry(key.clone()).or_default() += 1;
+        Ok(Place { _slot: slot, agent: key, held: self.held.clone() })
     }
 
     async fn shared_session(&self, endpoint: &str, agent: Option<&str>) -> Result<Arc<HttpSession>, Refusal> {
@@ -723,16 +801,35 @@ async fn handle(state: Arc<HttpState>, endpoint: String, method: Method, headers
         return Refusal::Unauthorized.into_response();
     };
     let agent = agent.as_deref();
+    if let Some(version) = header_str(&headers, VERSION_HEADER)
+        && !is_version(version)
+    {
+        return Refusal::BadVersion(version.to_owned()).into_response();
+    }
     match method {
         Method::POST => post(state, endpoint, agent, headers, body).await,
         Method::GET => get(state, endpoint, agent, headers).await,
-        Method::DELETE => delete(state, agent, headers),
+        Method::DELETE => delete(state, &endpoint, agent, headers),
         _ => {
             let mut resp = StatusCode::METHOD_NOT_ALLOWED.into_response();
             resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
             resp
         }
     }
+}
+
+/// Whether `text` has the form of a protocol version: a date, `YYYY-MM-DD`.
+fn is_version(text: &str) -> bool {
+    let b = text.as_bytes();
+    b.len() == 10 && b.iter().enumerate().all(|(i, c)| if i == 4 || i == 7 { *c == b'-' } else { c.is_ascii_digit() })
+}
+
+/// A POST body declared as something else than JSON. No Content-Type at all is let through.
+fn not_json(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::CONTENT_TYPE)?;
+    let text = value.to_str().unwrap_or_default();
+    let essence = text.split(';').next().unwrap_or_default().trim();
+    (!essence.eq_ignore_ascii_case("application/json")).then(|| text.to_owned())
 }
 
 fn is_modern(headers: &HeaderMap) -> bool {
@@ -746,6 +843,9 @@ async fn post(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    if let Some(content_type) = not_json(&headers) {
+        return Refusal::NotJson(content_type).into_response();
+    }
     let bytes = match axum::body::to_bytes(body, MAX_MESSAGE_BYTES).await {
         Ok(b) => b,
         Err(_) => return Refusal::TooLarge.into_response(),
@@ -977,17 +1077,15 @@ async fn get(state: Arc<HttpState>, endpoint: String, agent: Option<&str>, heade
     };
     session.touch();
     let (tx, rx) = frame_channel(STREAM_QUEUE);
-    if let Ok(mut inner) = session.streams.inner.lock() {
-        inner.get_streams.push(tx);
-    }
+    session.streams.open_get_stream(tx);
     sse_response(rx, None)
 }
 
-fn delete(state: Arc<HttpState>, agent: Option<&str>, headers: HeaderMap) -> Response {
+fn delete(state: Arc<HttpState>, endpoint: &str, agent: Option<&str>, headers: HeaderMap) -> Response {
     let Some(id) = header_str(&headers, SESSION_HEADER) else {
         return Refusal::SessionRequired.into_response();
     };
-    match state.sessions.remove_if(id, |_, s| s.agent.as_deref() == agent) {
+    match state.sessions.remove_if(id, |_, s| s.endpoint == endpoint && s.agent.as_deref() == agent) {
         Some((_, session)) => {
             info!(session = &id[..id.len().min(8)], "session closed by the client");
             // Its requests end with it, whether their streams are still open or not: a held call
@@ -1030,7 +1128,8 @@ fn validate_modern_headers(headers: &HeaderMap, msg: &Message) -> Result<(), Hea
     match (header_value, body_value) {
         (Some(h), Some(b)) if h == b => Ok(()),
         (None, _) => Err(HeaderMismatch::NameMissing),
-        (Some(h), b) => Err(HeaderMismatch::Name { header: h.to_owned(), body: b.map(|b| b.to_owned()) }),
+        (Some(h), Some(b)) => Err(HeaderMismatch::Name { header: h.to_owned(), body: b.to_owned() }),
+        (Some(h), None) => Err(HeaderMismatch::NameNotInBody { header: h.to_owned() }),
     }
 }
 
@@ -1058,6 +1157,33 @@ mod tests {
         assert!(validate_modern_headers(&wrong, &msg).is_err());
         let missing = headers(&[("mcp-method", "tools/call")]);
         assert!(validate_modern_headers(&missing, &msg).is_err());
+    }
+
+    /// A client that opens and closes GET streams again and again does not make the session
+    /// keep every stream it ever opened.
+    #[test]
+    fn closed_get_streams_are_not_kept() {
+        let streams = Streams::default();
+        for _ in 0..1000 {
+            let (tx, rx) = frame_channel(STREAM_QUEUE);
+            drop(rx);
+            streams.open_get_stream(tx);
+        }
+        let (tx, _open) = frame_channel(STREAM_QUEUE);
+        streams.open_get_stream(tx);
+        assert_eq!(streams.inner.lock().unwrap().get_streams.len(), 1, "only the open stream is kept");
+    }
+
+    #[test]
+    fn a_name_mismatch_reads_as_text() {
+        let named =
+            Message::parse(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo"}}"#).unwrap();
+        let unnamed = Message::parse(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{}}"#).unwrap();
+        let h = headers(&[("mcp-method", "tools/call"), ("mcp-name", "get")]);
+        let text = validate_modern_headers(&h, &named).unwrap_err().to_string();
+        assert_eq!(text, r#"Header mismatch: Mcp-Name "get" but the body says "echo""#);
+        let text = validate_modern_headers(&h, &unnamed).unwrap_err().to_string();
+        assert_eq!(text, r#"Header mismatch: Mcp-Name "get" but the body names none"#);
     }
 
     #[test]

@@ -56,6 +56,37 @@ async fn check_config_names_the_key_and_the_file() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("everything"));
 }
 
+/// A wrong value from an `MCP_GATE_SECTION__KEY` variable is blamed on the variable, not on the
+/// file, which may not even hold the key.
+#[tokio::test]
+async fn a_bad_environment_override_names_the_variable() {
+    let dir = data_dir("envcfg");
+    let file = dir.join("team.toml");
+    std::fs::write(&file, "[listen]\nmax_sessions = 8\n").unwrap();
+    let out = gate_in(&dir)
+        .args(["check-config", "--config"])
+        .arg(&file)
+        .env("MCP_GATE_LISTEN__MAX_SESSIONS", "many")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("MCP_GATE_LISTEN__MAX_SESSIONS") && stderr.contains("listen.max_sessions"), "{stderr}");
+    assert!(!stderr.contains("team.toml"), "the file is not to blame: {stderr}");
+    // A value of the right type that fails validation, too.
+    let out = gate_in(&dir)
+        .args(["check-config", "--config"])
+        .arg(&file)
+        .env("MCP_GATE_LISTEN__MAX_SESSIONS", "0")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("MCP_GATE_LISTEN__MAX_SESSIONS") && stderr.contains("must be at least 1"), "{stderr}");
+    assert!(!stderr.contains("team.toml"), "the file is not to blame: {stderr}");
+}
+
 #[tokio::test]
 async fn a_missing_command_fails_at_start_up() {
     let out = gate().args(["--name", "files", "--", "/nonexistent/server-bin", "--flag"]).output().await.unwrap();
@@ -236,6 +267,86 @@ async fn http_requires_the_bearer_token_when_set() {
     assert_eq!(resp.headers()["www-authenticate"], "Bearer");
     assert_eq!(send(Some("Bearer wrong")).await.unwrap().status(), 401);
     assert_eq!(send(Some("Bearer s3cret-token")).await.unwrap().status(), 200);
+}
+
+/// The bearer scheme is read in any case; a request with two Authorization headers is refused,
+/// whichever of them holds the token.
+#[tokio::test]
+async fn two_authorization_headers_are_refused() {
+    let base = http_proxy(options(vec![stdio_server("fx")]), Some("s3cret-token")).await;
+    let http = reqwest::Client::new();
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"x","version":"1"}}}"#;
+    let send = |auth: &[&str]| {
+        let mut req = http
+            .post(format!("{base}/mcp"))
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(body);
+        for a in auth {
+            req = req.header("authorization", *a);
+        }
+        req.send()
+    };
+    assert_eq!(send(&["BEARER s3cret-token"]).await.unwrap().status(), 200);
+    assert_eq!(send(&["Bearer s3cret-token", "Bearer wrong"]).await.unwrap().status(), 401);
+    assert_eq!(send(&["Bearer wrong", "Bearer s3cret-token"]).await.unwrap().status(), 401);
+    assert_eq!(send(&["Bearer s3cret-token", "Bearer s3cret-token"]).await.unwrap().status(), 401);
+}
+
+/// A request whose `Mcp-Protocol-Version` is not a protocol version, or whose body is declared
+/// as something else than JSON, gets an error that says so.
+#[tokio::test]
+async fn a_wrong_version_or_content_type_is_named() {
+    let base = http_proxy(options(vec![stdio_server("fx")]), None).await;
+    let http = reqwest::Client::new();
+    let ping = r#"{"jsonrpc":"2.0","id":7,"method":"ping"}"#;
+    let send = |version: &str, content_type: &str| {
+        http.post(format!("{base}/mcp"))
+            .header("content-type", content_type)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", version)
+            .header("mcp-method", "ping")
+            .body(ping)
+            .send()
+    };
+    for version in ["banana", "2026-7-28", "latest"] {
+        let resp = send(version, "application/json").await.unwrap();
+        assert_eq!(resp.status(), 400, "{version}");
+        let body: serde_json::Value = resp.json().await.unwrap();
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("Mcp-Protocol-Version") && message.contains(version), "{message}");
+    }
+    for content_type in ["text/plain", "application/x-www-form-urlencoded"] {
+        let resp = send("2026-07-28", content_type).await.unwrap();
+        assert_eq!(resp.status(), 415, "{content_type}");
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert!(body["error"]["message"].as_str().unwrap().contains("application/json"), "{body}");
+    }
+    let resp = send("2026-07-28", "application/json; charset=utf-8").await.unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+/// A session belongs to its endpoint for DELETE as for POST and GET: a session of `/mcp/fx` is
+/// unknown at `/mcp`.
+#[tokio::test]
+async fn a_session_is_deleted_only_at_its_endpoint() {
+    let base = http_proxy(options(vec![stdio_server("fx")]), None).await;
+    let http = reqwest::Client::new();
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"x","version":"1"}}}"#;
+    let resp = http
+        .post(format!("{base}/mcp/fx"))
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let session = resp.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+    resp.bytes().await.unwrap();
+    let delete = |path: &str| http.delete(format!("{base}{path}")).header("mcp-session-id", &session).send();
+    assert_eq!(delete("/mcp").await.unwrap().status(), 404, "not a session of /mcp");
+    assert_eq!(delete("/mcp/fx").await.unwrap().status(), 200);
+    assert_eq!(delete("/mcp/fx").await.unwrap().status(), 404, "gone");
 }
 
 /// A proxy process with its stdin, stdout lines and the approval server's address.
