@@ -105,6 +105,12 @@ enum Refusal {
     Unauthorized,
     #[error("body exceeds the {MAX_MESSAGE_BYTES}-byte limit")]
     TooLarge,
+    #[error("the request body did not arrive within {0} s (`header_timeout_secs`)")]
+    SlowBody(u64),
+    #[error(
+        "too many requests in flight in this session: the limit is {0} (half of `[listen] max_connections`); retry when one ends"
+    )]
+    Busy(usize),
     #[error(transparent)]
     HeaderMismatch(#[from] HeaderMismatch),
     #[error("Bad Request: Mcp-Session-Id header is required")]
@@ -140,10 +146,11 @@ impl Refusal {
             Refusal::Forbidden(_) => StatusCode::FORBIDDEN,
             Refusal::Unauthorized => StatusCode::UNAUTHORIZED,
             Refusal::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::SlowBody(_) => StatusCode::REQUEST_TIMEOUT,
             Refusal::HeaderMismatch(_) | Refusal::SessionRequired | Refusal::BadVersion(_) => StatusCode::BAD_REQUEST,
             Refusal::NotJson(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Refusal::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
-            Refusal::Full(_) | Refusal::Reserved(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::Full(_) | Refusal::Reserved(_) | Refusal::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::Upstream(_) | Refusal::Ended => StatusCode::BAD_GATEWAY,
             Refusal::Poisoned | Refusal::Random(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -156,13 +163,16 @@ impl Refusal {
             | Refusal::Forbidden(_)
             | Refusal::Unauthorized
             | Refusal::TooLarge
+            | Refusal::SlowBody(_)
             | Refusal::SessionRequired
             | Refusal::NotAcceptable
             | Refusal::BadVersion(_)
             | Refusal::NotJson(_) => code::INVALID_REQUEST,
             Refusal::HeaderMismatch(_) => code::HEADER_MISMATCH,
             Refusal::SessionNotFound => code::SESSION_NOT_FOUND,
-            Refusal::Full(_) | Refusal::Reserved(_) | Refusal::Poisoned | Refusal::Random(_) => code::INTERNAL_ERROR,
+            Refusal::Full(_) | Refusal::Reserved(_) | Refusal::Busy(_) | Refusal::Poisoned | Refusal::Random(_) => {
+                code::INTERNAL_ERROR
+            }
             Refusal::Upstream(_) | Refusal::Ended => code::UPSTREAM_ERROR,
         }
     }
@@ -176,11 +186,14 @@ impl Refusal {
             Refusal::Full(_) | Refusal::Reserved(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             }
+            Refusal::Busy(_) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
             Refusal::Unauthorized => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             // The rest of the body is unread: the connection cannot carry another request.
-            Refusal::TooLarge => {
+            Refusal::TooLarge | Refusal::SlowBody(_) => {
                 headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}
@@ -846,9 +859,13 @@ async fn post(
     if let Some(content_type) = not_json(&headers) {
         return Refusal::NotJson(content_type).into_response();
     }
-    let bytes = match axum::body::to_bytes(body, MAX_MESSAGE_BYTES).await {
-        Ok(b) => b,
-        Err(_) => return Refusal::TooLarge.into_response(),
+    // A body sent slowly holds its connection busy (busy connections are never evicted): it has
+    // as long as the headers had.
+    let body_time = state.opts.limits.listener.header_timeout;
+    let bytes = match tokio::time::timeout(body_time, axum::body::to_bytes(body, MAX_MESSAGE_BYTES)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) => return Refusal::TooLarge.into_response(),
+        Err(_) => return Refusal::SlowBody(body_time.as_secs()).into_response(),
     };
     let mut msg = match super::read(&bytes) {
         Ok(m) => m,
@@ -928,6 +945,13 @@ async fn post(
         let Ok(mut inner) = session.streams.inner.lock() else {
             return Refusal::Poisoned.into_response();
         };
+        // Each request in flight keeps its connection busy, and busy connections are never
+        // evicted: one session may not keep more than half of them.
+        let cap = (state.opts.limits.listener.max_connections / 2).max(1);
+        if inner.by_request.len() >= cap {
+            warn!(cap, "request refused: too many requests in flight in its session");
+            return Refusal::Busy(cap).into_response();
+        }
         let key = if shared {
             // Clients of a shared session pick ids independently: give each request our own.
             let ours = jsonrpc::to_raw(&format!("mcp-gate-{}", state.next_id.fetch_add(1, Ordering::Relaxed)));

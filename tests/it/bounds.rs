@@ -548,10 +548,10 @@ async fn get_streams_of_a_session_do_not_take_every_connection() {
 }
 
 /// Requests left in flight take a connection each, and busy connections are never evicted: one
-/// client with `max_connections` requests its upstream does not answer (held calls in wait mode,
-/// a slow tool, a body sent slowly) closes the door on every other client until they end.
+/// session may keep at most half of `max_connections` requests in flight (held calls in wait mode,
+/// a slow tool), so it cannot close the door on every other client; the rest are refused at once
+/// with 503 and `Retry-After`.
 #[tokio::test]
-#[ignore = "defect: no per-session (or per-agent) cap on requests in flight; busy connections are never evicted"]
 async fn requests_in_flight_of_one_session_do_not_take_every_connection() {
     let listener = ListenerLimits { max_connections: 4, header_timeout: Duration::from_secs(10) };
     let url = serve_with(raw_server(&[], 300, 30), http::HttpLimits { listener, ..Default::default() }).await;
@@ -564,9 +564,34 @@ async fn requests_in_flight_of_one_session_do_not_take_every_connection() {
         let hold = json!({"jsonrpc": "2.0", "id": id, "method": "raw/hold"}).to_string();
         held.push(post(&http, &url, Some(&session), hold).await);
     }
+    let statuses: Vec<u16> = held.iter().map(|r| r.status().as_u16()).collect();
+    assert_eq!(statuses, [200, 200, 503, 503], "two in flight, the rest refused");
+    assert_eq!(held[2].headers()["retry-after"], "1");
     let other = reqwest::Client::new();
     let resp = soon("another client's initialize", post_raw(&other, &url, initialize_body(2))).await;
     assert_eq!(resp.expect("another client is served").status(), 200);
+}
+
+/// A body sent slowly keeps its connection busy: it has `header_timeout` to arrive, then the
+/// request is refused (408) and the connection closed.
+#[tokio::test]
+async fn a_body_sent_slowly_is_refused_after_the_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = ListenerLimits { max_connections: 4, header_timeout: Duration::from_secs(1) };
+    let url = serve_with(raw_server(&[], 300, 30), http::HttpLimits { listener, ..Default::default() }).await;
+    let addr = url.trim_start_matches("http://").split('/').next().unwrap().to_owned();
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /mcp HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Accept: application/json, text/event-stream\r\nContent-Length: 100\r\n\r\n{{\"jsonrpc\""
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the connection is closed within the timeout");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("header_timeout_secs"), "{answer}");
 }
 
 async fn post_raw(http: &reqwest::Client, url: &str, body: String) -> reqwest::Result<reqwest::Response> {
