@@ -35,20 +35,26 @@ impl Proxy {
     async fn start(tag: &str) -> Proxy {
         let dir = data_dir(tag);
         let cfg = write_config(&dir);
+        let mut proxy = Proxy::spawn(dir, &cfg, &[], "integrity").await;
+        // The tool list is known from here on, so calls are judged in the order sent.
+        let list = proxy.request(r#"{"jsonrpc":"2.0","id":"list","method":"tools/list"}"#, &json!("list")).await;
+        assert!(list["result"]["tools"].is_array(), "{list}");
+        proxy
+    }
+
+    /// mcp-gate with configuration `cfg` and data in `dir`, initialized by client `name`.
+    async fn spawn(dir: std::path::PathBuf, cfg: &std::path::Path, env: &[(&str, &str)], name: &str) -> Proxy {
         let mut child = gate_in(&dir)
+            .envs(env.iter().copied())
             .arg("--config")
-            .arg(&cfg)
+            .arg(cfg)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let (stdin, lines) = handshake(&mut child, "integrity").await;
-        let mut proxy = Proxy { _child: child, stdin, lines, dir };
-        // The tool list is known from here on, so calls are judged in the order sent.
-        let list = proxy.request(r#"{"jsonrpc":"2.0","id":"list","method":"tools/list"}"#, &json!("list")).await;
-        assert!(list["result"]["tools"].is_array(), "{list}");
-        proxy
+        let (stdin, lines) = handshake(&mut child, name).await;
+        Proxy { _child: child, stdin, lines, dir }
     }
 
     async fn send(&mut self, bytes: &[u8]) {
@@ -1077,17 +1083,7 @@ async fn a_later_page_is_never_taken_for_the_whole_tool_list() {
     let text =
         format!("[servers.pager]\ncommand = {py:?}\nargs = [{:?}]\n", dir.join("pager.py").display().to_string());
     std::fs::write(&cfg, text).unwrap();
-    let mut child = gate_in(&dir)
-        .env("MCP_GATE_WAIT_SECS", "0")
-        .arg("--config")
-        .arg(&cfg)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (stdin, lines) = handshake(&mut child, "pager").await;
-    let mut p = Proxy { _child: child, stdin, lines, dir };
+    let mut p = Proxy::spawn(dir, &cfg, &[("MCP_GATE_WAIT_SECS", "0")], "pager").await;
     let reader = r#"{"jsonrpc":"2.0","id":ID,"method":"tools/call","params":{"name":"reader","arguments":{}}}"#;
     let ran = |reply: &Value| reply["result"]["content"][0]["text"] == "ran reader";
     let reply = p.request(&reader.replace("ID", "1"), &json!(1)).await;

@@ -348,20 +348,7 @@ async fn a_working_task_survives_a_restart_and_runs_once_when_approved() {
 async fn a_task_approved_by_another_process_runs_at_the_next_poll() {
     let dir = scratch("tasks-elsewhere");
     let db = dir.join("gate.db");
-    let open = |policy: &'static str| {
-        let db = db.clone();
-        async move {
-            let config = Config::from_toml(policy, "tasks.toml").expect("policy");
-            let store = Store::open(Location::File(db)).await.expect("store");
-            let settings = ApprovalSettings {
-                wait: Duration::ZERO,
-                public_url: "http://127.0.0.1:8377".into(),
-                expiry_by_risk: config.approvals.expiry_by_risk,
-                ..ApprovalSettings::default()
-            };
-            ApprovalService::new(store, config.policy.clone(), settings)
-        }
-    };
+    let open = |policy: &'static str| service_on(&db, policy);
     let here = open(POLICY).await;
     let elsewhere = open(POLICY).await;
     let mut c = peer(&here, &dir, "claude").await;
@@ -600,20 +587,7 @@ async fn an_anonymous_client_cannot_list_the_tasks_of_other_anonymous_clients() 
 async fn after_a_restart_another_owner_cannot_tell_a_task_from_an_unknown_one() {
     let dir = scratch("tasks-restart-owner");
     let db = dir.join("gate.db");
-    let open = || {
-        let db = db.clone();
-        async move {
-            let config = Config::from_toml(POLICY, "tasks.toml").expect("policy");
-            let store = Store::open(Location::File(db)).await.expect("store");
-            let settings = ApprovalSettings {
-                wait: Duration::ZERO,
-                public_url: "http://127.0.0.1:8377".into(),
-                expiry_by_risk: config.approvals.expiry_by_risk,
-                ..ApprovalSettings::default()
-            };
-            ApprovalService::new(store, config.policy.clone(), settings)
-        }
-    };
+    let open = || service_on(&db, POLICY);
     let first = open().await;
     let mut c = peer(&first, &dir, "claude").await;
     let id = task_id(&call_task(&mut c, "test_simple_text", json!({"path": "/srv/restart-owner"})).await);

@@ -35,6 +35,18 @@ impl RawClient {
         RawClient { lines: BufReader::new(read).lines(), write }
     }
 
+    /// A client of a proxy whose gate is `gate`, initialized, with the tool list fetched (so that
+    /// calls are judged at once).
+    async fn listed(gate: Arc<dyn mcp_gate::gate::Gate>) -> RawClient {
+        let stream = stdio_proxy(options_with_gate(vec![raw_server(&raw_bin())], gate)).await;
+        let (read, write) = tokio::io::split(stream);
+        let mut c = RawClient { lines: BufReader::new(read).lines(), write };
+        c.initialize().await;
+        c.send(r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#).await;
+        c.recv().await;
+        c
+    }
+
     async fn send(&mut self, line: &str) {
         self.write.write_all(line.as_bytes()).await.expect("write");
         self.write.write_all(b"\n").await.expect("write");
@@ -202,12 +214,7 @@ impl mcp_gate::gate::Gate for HoldForever {
 /// never sent upstream): it is dropped; progress for other tokens still reaches the client.
 #[tokio::test]
 async fn upstream_progress_for_a_held_call_is_dropped() {
-    let stream = stdio_proxy(options_with_gate(vec![raw_server(&raw_bin())], Arc::new(HoldForever))).await;
-    let (read, write) = tokio::io::split(stream);
-    let mut c = RawClient { lines: BufReader::new(read).lines(), write };
-    c.initialize().await;
-    c.send(r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#).await;
-    c.recv().await;
+    let mut c = RawClient::listed(Arc::new(HoldForever)).await;
     c.send(r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"raw_tool","arguments":{},"_meta":{"progressToken":"held-1"}}}"#).await;
     c.send(r#"{"jsonrpc":"2.0","id":4,"method":"raw/progress","params":{"token":"held-1"}}"#).await;
     let line = c.recv().await;
@@ -227,12 +234,7 @@ async fn upstream_progress_for_a_held_call_is_dropped() {
 /// the Python SDK's lax integers). Clients match tokens by value, so the proxy must too.
 #[tokio::test]
 async fn upstream_progress_for_a_held_call_is_dropped_however_its_token_is_written() {
-    let stream = stdio_proxy(options_with_gate(vec![raw_server(&raw_bin())], Arc::new(HoldForever))).await;
-    let (read, write) = tokio::io::split(stream);
-    let mut c = RawClient { lines: BufReader::new(read).lines(), write };
-    c.initialize().await;
-    c.send(r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#).await;
-    c.recv().await;
+    let mut c = RawClient::listed(Arc::new(HoldForever)).await;
     c.send(r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"raw_tool","arguments":{},"_meta":{"progressToken":"held-1"}}}"#).await;
     c.send(r#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"raw_tool","arguments":{},"_meta":{"progressToken":7}}}"#).await;
     for (id, token) in [(5, r#""held\u002d1""#), (6, "7.0"), (7, "7e0")] {
@@ -268,12 +270,7 @@ impl mcp_gate::gate::Gate for HoldThenName {
 /// would overwrite the first's entry and its verdict would be thrown away when it lands.
 #[tokio::test]
 async fn a_request_id_reused_while_held_gets_an_answer_each_time() {
-    let stream = stdio_proxy(options_with_gate(vec![raw_server(&raw_bin())], Arc::new(HoldThenName))).await;
-    let (read, write) = tokio::io::split(stream);
-    let mut c = RawClient { lines: BufReader::new(read).lines(), write };
-    c.initialize().await;
-    c.send(r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#).await;
-    c.recv().await;
+    let mut c = RawClient::listed(Arc::new(HoldThenName)).await;
     c.send(r#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"run_a","arguments":{}}}"#).await;
     c.send(r#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"run_b","arguments":{}}}"#).await;
     let mut answers = Vec::new();
@@ -475,12 +472,7 @@ async fn an_escaped_progress_token_key_cannot_reach_another_clients_stream() {
 async fn a_call_held_while_its_upstream_restarts_runs_on_the_new_one() {
     let (outcomes_tx, mut outcomes) = tokio::sync::mpsc::unbounded_channel();
     let gate = Arc::new(HoldThenRun(outcomes_tx));
-    let stream = stdio_proxy(options_with_gate(vec![raw_server(&raw_bin())], gate)).await;
-    let (read, write) = tokio::io::split(stream);
-    let mut c = RawClient { lines: BufReader::new(read).lines(), write };
-    c.initialize().await;
-    c.send(r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#).await;
-    c.recv().await;
+    let mut c = RawClient::listed(gate).await;
     c.send(r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"raw_tool","arguments":{"n":1}}}"#).await;
     c.send(r#"{"jsonrpc":"2.0","id":"boom","method":"raw/crash"}"#).await;
     let mut seen = Vec::new();
