@@ -550,7 +550,8 @@ async fn post(provider: &Provider, body: &Value) -> Result<Value, ReviewError> {
         };
         return Err(ReviewError::Status { status: status.as_u16(), body });
     }
-    serde_json::from_slice(&bytes).map_err(|e| ReviewError::Unparseable(format!("the response is not JSON: {e}")))
+    // Strict: a key given twice (a second `decision` in a tool input) is refused, not overwritten.
+    prompt::strict_json(&bytes).map_err(|e| ReviewError::Unparseable(format!("the response is not JSON: {e}")))
 }
 
 /// Removes the key from a text that is about to be logged or audited.

@@ -46,6 +46,8 @@ enum Say {
     /// Answers after this long.
     Sleep(Duration),
     Refuse,
+    /// The whole response body, sent as is (`application/json`).
+    Raw(&'static str),
 }
 
 /// One request the fake received.
@@ -86,6 +88,7 @@ async fn fake_model(State(fake): State<Fake>, uri: Uri, headers: HeaderMap, body
         None => return (StatusCode::INTERNAL_SERVER_ERROR, "nothing scripted").into_response(),
     };
     let wire = match (say, kind) {
+        (Say::Raw(body), _) => return ([("content-type", "application/json")], body).into_response(),
         (Say::Status(code), _) if (300..400).contains(&code) => {
             return (StatusCode::from_u16(code).unwrap(), [("location", "http://127.0.0.1:9/elsewhere")])
                 .into_response();
@@ -571,6 +574,163 @@ async fn unusable_answers_fall_back_and_never_approve() {
                 _ => "unparseable",
             };
             assert!(d["error"].as_str().unwrap().contains(expected), "{what}: {d}");
+        }
+    }
+}
+
+/// A model answer that names a field twice (a deny overridden by a later approve, in the
+/// OpenAI message text or in the Anthropic tool input) is ambiguous: it must not be read as
+/// whichever value came last, but fall back like any unreadable answer.
+#[tokio::test]
+async fn a_duplicated_verdict_falls_back_and_never_approves() {
+    let answer =
+        r#"{\"decision\": \"deny\", \"confidence\": 0.99, \"reasoning\": \"destructive\", \"decision\": \"approve\"}"#;
+    let openai = Box::leak(
+        format!(
+            r#"{{"id":"chatcmpl-1","object":"chat.completion","created":0,"model":"test-model","choices":[{{"index":0,"message":{{"role":"assistant","content":"{answer}","refusal":null}},"finish_reason":"stop"}}]}}"#
+        )
+        .into_boxed_str(),
+    );
+    let anthropic = r#"{"id":"msg_1","type":"message","role":"assistant","model":"test-model","stop_reason":"tool_use","stop_sequence":null,"usage":{"input_tokens":1,"output_tokens":1},"content":[{"type":"tool_use","id":"toolu_1","name":"record_review","input":{"decision":"deny","confidence":0.99,"reasoning":"destructive","decision":"approve"}}]}"#;
+    for (kind, raw) in [(Kind::OpenAi, &*openai), (Kind::Anthropic, anthropic)] {
+        let opts = Opts { workflow: "ai_fallback_behavior = \"deny\"", ..Opts::new(kind) };
+        let s = setup(opts).await;
+        s.fake.say(Say::Raw(raw));
+        let mut c = Line::new(&s.approvals).await;
+        let r = c.call("echo", json!({"message": "hi"})).await;
+        assert!(is_error(&r), "{kind:?}: a duplicated verdict ran the call: {r}");
+        assert_eq!(r["_meta"]["mcp-gate/approval"]["status"], "denied", "{kind:?}: {r}");
+        let rows = audit(&s.approvals).await;
+        let d = &ai_rows(&rows)[0].detail;
+        assert_eq!((d["outcome"].as_str(), d["applied"].as_str()), (Some("fallback"), Some("deny")), "{kind:?}: {d}");
+        assert!(d["error"].as_str().unwrap().contains("duplicate"), "{kind:?}: {d}");
+    }
+}
+
+/// A provider answer over 1 MiB is not read to its end nor applied, even a confident approve.
+#[tokio::test]
+async fn an_oversized_provider_answer_falls_back() {
+    let content = json!({"decision": "approve", "confidence": 1.0, "reasoning": "fine"}).to_string();
+    let completion = openai_completion(json!({"role": "assistant", "content": content}), "stop").to_string();
+    let padded: &'static str = Box::leak(format!("{}{completion}", " ".repeat(1 << 20)).into_boxed_str());
+    let s = setup(Opts { workflow: "ai_fallback_behavior = \"deny\"", ..Opts::new(Kind::OpenAi) }).await;
+    s.fake.say(Say::Raw(padded));
+    let mut c = Line::new(&s.approvals).await;
+    let r = c.call("echo", json!({"message": "hi"})).await;
+    assert!(is_error(&r), "{r}");
+    let rows = audit(&s.approvals).await;
+    let d = &ai_rows(&rows)[0].detail;
+    assert_eq!((d["outcome"].as_str(), d["applied"].as_str()), (Some("fallback"), Some("deny")), "{d}");
+    assert!(d["error"].as_str().unwrap().contains("larger than 1 MiB"), "{d}");
+}
+
+/// The real binary at `MCP_GATE_LOG=trace`, with the provider's key and a webhook's URL and
+/// signing secret all from the environment: the key reaches the provider (header) and the hook
+/// is delivered, but none of the three appears anywhere in the log.
+#[tokio::test]
+async fn trace_logs_hold_no_key_no_webhook_url_and_no_signing_secret() {
+    use super::binary::{data_dir, gate_in};
+    const HOOK_PATH: &str = "hook-path-token-5f3c9a1e7d";
+    const HOOK_SECRET: &str = "whsec-trace-test-signing-secret";
+    for kind in [Kind::Anthropic, Kind::OpenAi] {
+        let fake = Fake::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let app = axum::Router::new().fallback(fake_model).with_state(fake.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        fake.say(Say::Answer("escalate", 0.9, "a person should look"));
+        let (kind_name, base_url) = match kind {
+            Kind::Anthropic => ("anthropic", url.clone()),
+            Kind::OpenAi => ("openai", format!("{url}/v1")),
+        };
+        let dir = data_dir("ai-trace");
+        let config = dir.join("ai.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+[[rules]]
+name = "everything is reviewed"
+tool = "*"
+action = "approve"
+workflow = "ai"
+
+[[workflows]]
+name = "ai"
+approval_type = "ai_driven"
+ai_model = "test-model"
+ai_guidelines = "Escalate everything."
+ai_provider = "fake"
+escalation_workflow = "people"
+
+[[workflows]]
+name = "people"
+
+[providers.fake]
+type = "{kind_name}"
+base_url = "{base_url}"
+api_key_env = "MCP_GATE_IT_AI_KEY"
+
+[[webhooks]]
+name = "hook"
+url = "${{MCP_GATE_IT_HOOK_URL}}"
+secret_env = "MCP_GATE_IT_HOOK_SECRET"
+"#
+            ),
+        )
+        .unwrap();
+        let mut child = gate_in(&dir)
+            .arg("--config")
+            .arg(&config)
+            .arg("--")
+            .arg(fixture_bin())
+            .arg("stdio")
+            .env("MCP_GATE_LOG", "trace")
+            .env("MCP_GATE_IT_AI_KEY", KEY)
+            .env("MCP_GATE_IT_HOOK_URL", format!("{url}/{HOOK_PATH}"))
+            .env("MCP_GATE_IT_HOOK_SECRET", HOOK_SECRET)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr_pipe = child.stderr.take().unwrap();
+        let stderr = tokio::spawn(async move {
+            let mut text = String::new();
+            tokio::io::AsyncReadExt::read_to_string(&mut stderr_pipe, &mut text).await.unwrap();
+            text
+        });
+        let (mut stdin, mut lines) = handshake(&mut child, "ai-trace-test").await;
+        let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+            "params": {"name": "echo", "arguments": {"message": "hi"}}});
+        stdin.write_all(format!("{call}\n").as_bytes()).await.unwrap();
+        let reply = loop {
+            let line = within("call reply", lines.next_line()).await.unwrap().expect("reply");
+            let v: Value = serde_json::from_str(&line).unwrap();
+            if v["id"] == 2 {
+                break v;
+            }
+        };
+        assert_eq!(reply["result"]["_meta"]["mcp-gate/approval"]["status"], "pending", "{kind:?}: {reply}");
+        let seen = within("the webhook delivery", async {
+            loop {
+                let seen = fake.seen();
+                if seen.iter().any(|s| s.path.contains(HOOK_PATH)) {
+                    return seen;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        let asked = seen.iter().find(|s| !s.path.contains(HOOK_PATH)).unwrap();
+        let header = if kind == Kind::Anthropic { "x-api-key" } else { "authorization" };
+        assert!(asked.headers[header].to_str().unwrap().contains(KEY), "{kind:?}: the key was sent");
+        drop(stdin);
+        within("exit", child.wait()).await.unwrap();
+        let log = within("stderr", stderr).await.unwrap();
+        assert!(log.contains("TRACE"), "{kind:?}: trace logging was on");
+        for secret in [KEY, HOOK_PATH, HOOK_SECRET] {
+            assert!(!log.contains(secret), "{kind:?}: {secret} is in the log");
         }
     }
 }

@@ -177,6 +177,87 @@ async fn a_held_call_sends_a_signed_requested_delivery() {
     assert_eq!(body["approval"]["deny_reason"], "not today");
 }
 
+/// A receiver that redirects: the signed delivery is not followed to the other host (nor
+/// retried), and one that answers with an endless body is not read, so neither holds up the
+/// deliveries after it.
+#[tokio::test]
+async fn redirects_are_not_followed_and_answer_bodies_are_not_read() {
+    let mut elsewhere = Receiver::start(&[]).await;
+    let (tx, mut hits) = mpsc::unbounded_channel::<&'static str>();
+    let target = elsewhere.url.clone();
+    let app = axum::Router::new()
+        .route(
+            "/redirect",
+            axum::routing::post({
+                let tx = tx.clone();
+                move || async move {
+                    let _ = tx.send("redirect");
+                    (StatusCode::TEMPORARY_REDIRECT, [("location", target)]).into_response()
+                }
+            }),
+        )
+        .route(
+            "/endless",
+            axum::routing::post(move || async move {
+                let _ = tx.send("endless");
+                let chunk = Bytes::from(vec![b'x'; 1 << 16]);
+                let stream = futures::stream::repeat_with(move || Ok::<_, std::io::Error>(chunk.clone()));
+                axum::body::Body::from_stream(stream).into_response()
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let approvals = approvals().await;
+    let hooks = [
+        hook(&format!("{base}/redirect"), Format::Generic, Some(SECRET)),
+        hook(&format!("{base}/endless"), Format::Slack, None),
+    ];
+    mcp_gate::server::notify::spawn_with(&hooks, &approvals, quick());
+    let id = hold_call(&approvals, "delete_file", "agent-x", json!({"path": "/x"})).await;
+    approvals.decide(&id, &Principal::named("operator"), true, None, None).await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < 4 {
+        got.push(within("webhook attempts", hits.recv()).await.unwrap());
+    }
+    got.sort();
+    assert_eq!(got, ["endless", "endless", "redirect", "redirect"], "each change once to each hook, in time");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(hits.try_recv().is_err(), "a redirect is not retried");
+    assert!(elsewhere.got.try_recv().is_err(), "the redirect was not followed");
+}
+
+/// README: "To stop replays within those 5 minutes, remember the `X-Mcp-Gate-Delivery` ids you
+/// have processed". That only works if the id is part of what is signed: someone who captured a
+/// delivery (a logging proxy, a shared inbox) resends its body and signature under a fresh id
+/// header, and a receiver following the README accepts it a second time.
+#[tokio::test]
+#[ignore = "defect: X-Mcp-Gate-Delivery is not covered by the signature, so the README's replay defence \
+            can be bypassed; fix by signing \"<t>.<delivery id>.<body>\" (or carrying the id in the \
+            body) and updating README and scripts/verify_webhook.py"]
+async fn a_replay_under_a_fresh_delivery_id_is_detected() {
+    let mut receiver = Receiver::start(&[]).await;
+    let approvals = approvals().await;
+    mcp_gate::server::notify::spawn_with(&[hook(&receiver.url, Format::Generic, Some(SECRET))], &approvals, quick());
+    hold_call(&approvals, "delete_file", "agent-x", json!({"path": "/tmp/x"})).await;
+    let got = receiver.next().await;
+
+    // The receiver of the README: a valid signature and an id not seen before.
+    let mut seen = std::collections::HashSet::new();
+    let mut accepts = |id: &str, signature: &str, body: &[u8]| {
+        verify(SECRET, signature, body, unix_now(), REPLAY_WINDOW_SECS).is_ok() && seen.insert(id.to_owned())
+    };
+    let signature = got.header("x-mcp-gate-signature");
+    assert!(accepts(got.header("x-mcp-gate-delivery"), signature, &got.body), "the genuine delivery");
+    assert!(!accepts(got.header("x-mcp-gate-delivery"), signature, &got.body), "a plain replay");
+    let forged_id = "0123456789abcdef0123456789abcdef";
+    assert!(
+        !accepts(forged_id, signature, &got.body),
+        "the same signed body under a new delivery id is accepted again: the id is not signed"
+    );
+}
+
 /// Ids, times and ports replaced by placeholders.
 fn stable(v: &Value, id: &str) -> Value {
     let text = v.to_string().replace(id, "apr_ID");
