@@ -233,8 +233,8 @@ impl ApprovalsConfig {
         for name in policy.workflows_used() {
             if name != "default" && !map.contains_key(&name) {
                 return Err(Invalid::new(
-                    "rules",
-                    format!("workflow {name:?} is used by a rule but not defined in [[workflows]]"),
+                    policy.workflow_key(&name),
+                    format!("workflow {name:?} is not defined in [[workflows]]"),
                 ));
             }
         }

@@ -215,6 +215,13 @@ async fn audit(action: AuditAction, run: RunArgs) -> anyhow::Result<()> {
         Location::Memory => bail!("the database is `:memory:`: there is no audit log to read"),
         other => other.clone(),
     };
+    // Opening creates a missing file: a mistyped data directory would then read as an intact,
+    // empty log. The audit commands read only a database that exists.
+    if let Location::File(path) = &location
+        && !path.is_file()
+    {
+        bail!("no database at {}: there is no audit log to read (is the data directory right?)", path.display());
+    }
     let store = Store::open(location).await?;
     match action {
         AuditAction::Verify => {
@@ -232,7 +239,8 @@ async fn audit(action: AuditAction, run: RunArgs) -> anyhow::Result<()> {
         AuditAction::Tail { n } => {
             let mut out = std::io::stdout().lock();
             for row in crate::store::audit::tail(&store, n).await? {
-                writeln!(out, "{}", serde_json::to_string(&row)?)?; // stdout-ok: CLI output
+                let line = crate::cli::approvals::render::json_for_terminal(&serde_json::to_string(&row)?);
+                writeln!(out, "{line}")?; // stdout-ok: CLI output
             }
             Ok(())
         }

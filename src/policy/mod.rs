@@ -809,6 +809,20 @@ impl Policy {
         names
     }
 
+    /// The configuration key that sends calls to workflow `name` (one of [`Policy::workflows_used`]),
+    /// for errors about it: `policy.default_workflow` when it is set to `name` (rules without a
+    /// `workflow` use it), else the first rule naming it (`rules[N].workflow`), else `policy.default`.
+    pub fn workflow_key(&self, name: &str) -> String {
+        if self.inner.default_workflow_explicit && self.inner.default_workflow == name {
+            return "policy.default_workflow".to_owned();
+        }
+        self.inner
+            .rules
+            .iter()
+            .position(|r| matches!(&r.action, Action::Approve { workflow } if workflow == name))
+            .map_or_else(|| "policy.default".to_owned(), |i| format!("rules[{i}].workflow"))
+    }
+
     /// The labels of the rules, in order (the built-in rule's in the zero-config policy).
     pub fn rule_labels(&self) -> Vec<&str> {
         self.inner.rules.iter().map(|r| r.label.as_str()).collect()

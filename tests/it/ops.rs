@@ -416,3 +416,26 @@ async fn the_operations_examples_of_proxy_toml_validate() {
         "{stderr}"
     );
 }
+
+/// A workflow that is not defined is an error naming the key that names it: the rule's
+/// `workflow`, or `policy.default_workflow` (not a rule at all).
+#[tokio::test]
+async fn an_undefined_workflow_names_the_key_that_uses_it() {
+    let dir = data_dir("undefined-workflow");
+    let cases = [
+        ("[policy]\ndefault_workflow = \"nosuch\"\n", "`policy.default_workflow`"),
+        (
+            "[[rules]]\ntool = \"a\"\naction = \"allow\"\n[[rules]]\ntool = \"b\"\naction = \"approve\"\nworkflow = \"nosuch\"\n",
+            "`rules[1].workflow`",
+        ),
+    ];
+    for (i, (toml, key)) in cases.into_iter().enumerate() {
+        let file = dir.join(format!("wf-{i}.toml"));
+        std::fs::write(&file, toml).unwrap();
+        let out = gate_in(&dir).arg("check-config").arg("--config").arg(&file).output().await.unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(stderr.contains(&file.display().to_string()) && stderr.contains(key), "{key}: {stderr}");
+        assert!(stderr.contains("\"nosuch\""), "{stderr}");
+    }
+}

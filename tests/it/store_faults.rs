@@ -289,3 +289,50 @@ async fn an_allowed_call_does_not_run_when_its_decision_cannot_be_audited() {
         other => panic!("an allowed call ran without its audit record: {other:?}"),
     }
 }
+
+/// `audit verify`, `tail` and `export` read the log that exists: pointed at a database file that
+/// is not there (a mistyped data directory, a deleted file), they fail naming the path instead of
+/// creating an empty database and calling its log intact.
+#[tokio::test]
+async fn audit_commands_on_a_missing_database_fail_and_create_nothing() {
+    let dir = data_dir("audit-missing").join("typo");
+    for action in [&["verify"][..], &["tail", "-n", "5"], &["export"]] {
+        let out = gate_in(&dir).arg("audit").args(action).output().await.unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "audit {action:?} on a missing database succeeded: {stderr}");
+        assert!(stderr.contains(&dir.join("mcp-gate.db").display().to_string()), "names the path: {stderr}");
+        assert!(!stderr.contains("intact"), "{stderr}");
+        assert!(!dir.exists(), "audit {action:?} created {}", dir.display());
+    }
+}
+
+/// `audit tail` prints what agents sent: JSON escapes C0 controls, but DEL, the C1 controls
+/// (U+009B is a CSI that terminals act on) and bidi overrides pass through raw. They are written as
+/// `\u` escapes, so the lines stay the same JSON and cannot drive or disguise the terminal.
+#[tokio::test]
+async fn audit_tail_cannot_drive_the_terminal() {
+    use mcp_gate::store::audit::{AuditRecord, Event};
+    let dir = data_dir("audit-tail-escapes");
+    let store = Store::open(Location::File(dir.join("mcp-gate.db"))).await.unwrap();
+    let hostile = "x\u{9b}2J\u{1b}[31m\u{7f}/home/\u{202e}fdp.exe\u{e0041}";
+    let rec = AuditRecord {
+        event: Event::Allowed,
+        approval_id: None,
+        server: "files".into(),
+        tool: format!("read{hostile}"),
+        agent: Some(format!("agent{hostile}")),
+        actor: None,
+        detail: json!({ "arguments": { "path": hostile } }),
+    };
+    store.audit_append(rec, 1_700_000_000_000).await.unwrap();
+    drop(store);
+    let out = gate_in(&dir).args(["audit", "tail", "-n", "5"]).output().await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    for c in ['\u{9b}', '\u{1b}', '\u{7f}', '\u{202e}', '\u{e0041}'] {
+        assert!(!text.contains(c), "raw {c:?} in `audit tail`: {text:?}");
+    }
+    let row: Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(row["detail"]["arguments"]["path"], hostile, "still the same JSON: {text}");
+    assert_eq!(row["agent"], format!("agent{hostile}"));
+}

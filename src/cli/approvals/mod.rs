@@ -132,5 +132,5 @@ pub fn print(text: &str) -> anyhow::Result<()> {
 }
 
 pub fn print_json(v: &Value) -> anyhow::Result<()> {
-    print(&format!("{}\n", serde_json::to_string_pretty(v)?))
+    print(&format!("{}\n", render::json_for_terminal(&serde_json::to_string_pretty(v)?)))
 }

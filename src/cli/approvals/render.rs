@@ -24,6 +24,26 @@ pub fn clean(text: &str) -> String {
     out
 }
 
+/// JSON text (as `serde_json` writes it) safe for a terminal and still the same JSON: `serde_json`
+/// escapes only the C0 controls, so DEL, the C1 controls (U+009B is a CSI), bidi overrides and the
+/// other invisible characters are written as `\u` escapes. Outside strings, JSON has none of them.
+pub fn json_for_terminal(json: &str) -> String {
+    if !crate::visible::contains_hidden(json) {
+        return json.to_owned();
+    }
+    let mut out = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        if crate::visible::is_hidden(c) {
+            for unit in c.encode_utf16(&mut [0; 2]) {
+                let _ = write!(out, "\\u{unit:04x}");
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn field<'a>(v: &'a Value, key: &str) -> &'a str {
     v.get(key).and_then(Value::as_str).unwrap_or("")
 }
@@ -270,6 +290,15 @@ mod tests {
         assert!(listed.contains("hidden characters!") && !listed.contains('\u{200b}'), "{listed}");
         let plain = json!({"id": "apr_2", "status": "pending", "server": "files", "tool": "t", "arguments": {}});
         assert!(!block(&plain, 0).contains("WARNING"));
+    }
+
+    #[test]
+    fn json_for_a_terminal_escapes_what_serde_json_leaves_raw() {
+        let v = json!({"k\u{202e}": "a\u{9b}2J\u{7f}\u{1b}\u{e0041}\n"});
+        let text = json_for_terminal(&serde_json::to_string(&v).unwrap());
+        assert_eq!(text, r#"{"k\u202e":"a\u009b2J\u007f\u001b\udb40\udc41\n"}"#);
+        assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), v);
+        assert_eq!(json_for_terminal("{\"a\": [1]}\n"), "{\"a\": [1]}\n");
     }
 
     #[test]
