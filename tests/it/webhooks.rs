@@ -136,17 +136,17 @@ async fn a_held_call_sends_a_signed_requested_delivery() {
 
     // The receiver's check: it verifies with the secret, and fails with another secret, a
     // tampered body or a stale timestamp.
-    assert_eq!(verify(SECRET, signature, &got.body, unix_now(), REPLAY_WINDOW_SECS), Ok(()));
+    assert_eq!(verify(SECRET, signature, delivery, &got.body, unix_now(), REPLAY_WINDOW_SECS), Ok(()));
     assert_eq!(
-        verify(b"another-secret", signature, &got.body, unix_now(), REPLAY_WINDOW_SECS),
+        verify(b"another-secret", signature, delivery, &got.body, unix_now(), REPLAY_WINDOW_SECS),
         Err(VerifyError::Mismatch)
     );
     let tampered = String::from_utf8(got.body.to_vec()).unwrap().replace("/etc/hosts", "/etc/passwd");
     assert_eq!(
-        verify(SECRET, signature, tampered.as_bytes(), unix_now(), REPLAY_WINDOW_SECS),
+        verify(SECRET, signature, delivery, tampered.as_bytes(), unix_now(), REPLAY_WINDOW_SECS),
         Err(VerifyError::Mismatch)
     );
-    assert_eq!(verify(SECRET, signature, &got.body, t + 301, REPLAY_WINDOW_SECS), Err(VerifyError::Stale));
+    assert_eq!(verify(SECRET, signature, delivery, &got.body, t + 301, REPLAY_WINDOW_SECS), Err(VerifyError::Stale));
 
     let body = got.json();
     assert_eq!(body["kind"], "requested");
@@ -171,7 +171,17 @@ async fn a_held_call_sends_a_signed_requested_delivery() {
     let got = receiver.next().await;
     assert_eq!(got.header("x-mcp-gate-event"), "denied");
     assert_ne!(got.header("x-mcp-gate-delivery"), delivery);
-    assert_eq!(verify(SECRET, got.header("x-mcp-gate-signature"), &got.body, unix_now(), 300), Ok(()));
+    assert_eq!(
+        verify(
+            SECRET,
+            got.header("x-mcp-gate-signature"),
+            got.header("x-mcp-gate-delivery"),
+            &got.body,
+            unix_now(),
+            300
+        ),
+        Ok(())
+    );
     let body = got.json();
     assert_eq!(body["actor"], "operator");
     assert_eq!(body["approval"]["deny_reason"], "not today");
@@ -233,9 +243,6 @@ async fn redirects_are_not_followed_and_answer_bodies_are_not_read() {
 /// delivery (a logging proxy, a shared inbox) resends its body and signature under a fresh id
 /// header, and a receiver following the README accepts it a second time.
 #[tokio::test]
-#[ignore = "defect: X-Mcp-Gate-Delivery is not covered by the signature, so the README's replay defence \
-            can be bypassed; fix by signing \"<t>.<delivery id>.<body>\" (or carrying the id in the \
-            body) and updating README and scripts/verify_webhook.py"]
 async fn a_replay_under_a_fresh_delivery_id_is_detected() {
     let mut receiver = Receiver::start(&[]).await;
     let approvals = approvals().await;
@@ -246,7 +253,7 @@ async fn a_replay_under_a_fresh_delivery_id_is_detected() {
     // The receiver of the README: a valid signature and an id not seen before.
     let mut seen = std::collections::HashSet::new();
     let mut accepts = |id: &str, signature: &str, body: &[u8]| {
-        verify(SECRET, signature, body, unix_now(), REPLAY_WINDOW_SECS).is_ok() && seen.insert(id.to_owned())
+        verify(SECRET, signature, id, body, unix_now(), REPLAY_WINDOW_SECS).is_ok() && seen.insert(id.to_owned())
     };
     let signature = got.header("x-mcp-gate-signature");
     assert!(accepts(got.header("x-mcp-gate-delivery"), signature, &got.body), "the genuine delivery");
@@ -330,7 +337,17 @@ async fn server_errors_are_retried_until_delivered_once() {
         assert_eq!(got.header("x-mcp-gate-event"), "requested");
         assert_eq!(got.header("x-mcp-gate-delivery"), first.header("x-mcp-gate-delivery"), "one delivery id");
         assert_eq!(got.body, first.body, "the same body");
-        assert_eq!(verify(SECRET, got.header("x-mcp-gate-signature"), &got.body, unix_now(), 300), Ok(()));
+        assert_eq!(
+            verify(
+                SECRET,
+                got.header("x-mcp-gate-signature"),
+                got.header("x-mcp-gate-delivery"),
+                &got.body,
+                unix_now(),
+                300
+            ),
+            Ok(())
+        );
     }
     assert!(second.at - first.at >= Duration::from_millis(50), "backoff before the first retry");
     assert!(third.at - second.at >= Duration::from_millis(100), "and longer before the second");
@@ -461,7 +478,17 @@ async fn the_binary_delivers_configured_webhooks() {
 
     let got = receiver.next().await;
     assert_eq!(got.header("x-mcp-gate-event"), "requested");
-    assert_eq!(verify(SECRET, got.header("x-mcp-gate-signature"), &got.body, unix_now(), REPLAY_WINDOW_SECS), Ok(()));
+    assert_eq!(
+        verify(
+            SECRET,
+            got.header("x-mcp-gate-signature"),
+            got.header("x-mcp-gate-delivery"),
+            &got.body,
+            unix_now(),
+            REPLAY_WINDOW_SECS
+        ),
+        Ok(())
+    );
     let body = got.json();
     assert_eq!(body["approval"]["id"], id);
     assert_eq!(body["approval"]["url"], format!("{}/approvals/{id}", gate.approvals));
@@ -539,13 +566,15 @@ async fn the_readme_verification_recipe_works() {
         return;
     }
     let body = br#"{"kind":"requested","summary":"x"}"#;
-    let signature = mcp_gate::server::notify::sign::signature_header(SECRET, unix_now(), body);
+    let delivery = "0123456789abcdef0123456789abcdef";
+    let signature = mcp_gate::server::notify::sign::signature_header(SECRET, unix_now(), delivery, body);
     let run = |body: &'static [u8], secret: &'static [u8]| {
         let signature = signature.clone();
         async move {
             let mut child = tokio::process::Command::new("python3")
                 .arg(script)
                 .env("SIGNATURE", signature)
+                .env("DELIVERY", delivery)
                 .env("MCP_GATE_WEBHOOK_SECRET", std::str::from_utf8(secret).unwrap())
                 .stdin(std::process::Stdio::piped())
                 .spawn()

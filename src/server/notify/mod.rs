@@ -292,8 +292,8 @@ async fn attempt_once(hook: &Webhook, client: &reqwest::Client, d: &Delivery) ->
         .header("X-Mcp-Gate-Delivery", &d.id);
     if let Some(key) = &hook.secret {
         // Signed per attempt: a retry carries a fresh timestamp and the same delivery id.
-        request =
-            request.header("X-Mcp-Gate-Signature", sign::signature_header(key.expose_secret(), unix_now(), &d.body));
+        request = request
+            .header("X-Mcp-Gate-Signature", sign::signature_header(key.expose_secret(), unix_now(), &d.id, &d.body));
     }
     let response = match request.body(d.body.clone()).send().await {
         Ok(r) => r,

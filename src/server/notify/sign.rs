@@ -1,8 +1,10 @@
-//! Webhook signatures: `X-Mcp-Gate-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(key, "<t>.<body>")>`.
+//! Webhook signatures:
+//! `X-Mcp-Gate-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(key, "<t>.<delivery id>.<body>")>`.
 //!
-//! The timestamp is signed together with the exact body bytes, so a receiver that checks the
-//! signature and rejects old timestamps (and remembers the delivery ids it saw within that window)
-//! cannot be fed a replayed or altered delivery.
+//! The timestamp and the delivery id (`X-Mcp-Gate-Delivery`) are signed together with the exact
+//! body bytes, so a receiver that checks the signature, rejects old timestamps and remembers the
+//! delivery ids it saw within that window cannot be fed a replayed or altered delivery, not even
+//! one resent under another id.
 
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
@@ -27,12 +29,21 @@ pub fn hmac_sha256_hex(key: &[u8], message: &[u8]) -> String {
     hex::encode(m.finalize().into_bytes())
 }
 
-/// The value of the signature header for `body` sent at `timestamp` (Unix seconds).
-pub fn signature_header(key: &[u8], timestamp: u64, body: &[u8]) -> String {
+/// The MAC of one attempt of delivery `delivery` with `body`, sent at `timestamp`.
+fn signed(key: &[u8], timestamp: u64, delivery: &str, body: &[u8]) -> HmacSha256 {
     let mut m = mac(key);
     m.update(timestamp.to_string().as_bytes());
     m.update(b".");
+    m.update(delivery.as_bytes());
+    m.update(b".");
     m.update(body);
+    m
+}
+
+/// The value of the signature header for delivery `delivery` of `body`, sent at `timestamp`
+/// (Unix seconds).
+pub fn signature_header(key: &[u8], timestamp: u64, delivery: &str, body: &[u8]) -> String {
+    let m = signed(key, timestamp, delivery, body);
     format!("t={timestamp},v1={}", hex::encode(m.finalize().into_bytes()))
 }
 
@@ -47,9 +58,17 @@ pub enum VerifyError {
     Mismatch,
 }
 
-/// Checks a signature header against `body` as a receiver would: the timestamp must lie within
-/// `window_secs` of `now` (Unix seconds) and one `v1` value must match, compared in constant time.
-pub fn verify(key: &[u8], header: &str, body: &[u8], now: u64, window_secs: u64) -> Result<(), VerifyError> {
+/// Checks a signature header against delivery id `delivery` and `body` as a receiver would: the
+/// timestamp must lie within `window_secs` of `now` (Unix seconds) and one `v1` value must match,
+/// compared in constant time.
+pub fn verify(
+    key: &[u8],
+    header: &str,
+    delivery: &str,
+    body: &[u8],
+    now: u64,
+    window_secs: u64,
+) -> Result<(), VerifyError> {
     let mut timestamp = None;
     let mut signatures = Vec::new();
     for part in header.split(',') {
@@ -68,11 +87,7 @@ pub fn verify(key: &[u8], header: &str, body: &[u8], now: u64, window_secs: u64)
     }
     for s in signatures {
         let Ok(bytes) = hex::decode(s) else { continue };
-        let mut m = mac(key);
-        m.update(timestamp.to_string().as_bytes());
-        m.update(b".");
-        m.update(body);
-        if m.verify_slice(&bytes).is_ok() {
+        if signed(key, timestamp, delivery, body).verify_slice(&bytes).is_ok() {
             return Ok(());
         }
     }
@@ -127,21 +142,27 @@ mod tests {
     fn header_format_and_verification() {
         let key = b"whsec-test";
         let body = br#"{"kind":"requested"}"#;
-        let header = signature_header(key, 1_700_000_000, body);
-        let expected = hmac_sha256_hex(key, b"1700000000.{\"kind\":\"requested\"}");
+        let id = "0123456789abcdef0123456789abcdef";
+        let header = signature_header(key, 1_700_000_000, id, body);
+        let expected = hmac_sha256_hex(key, b"1700000000.0123456789abcdef0123456789abcdef.{\"kind\":\"requested\"}");
         assert_eq!(header, format!("t=1700000000,v1={expected}"));
 
-        assert_eq!(verify(key, &header, body, 1_700_000_100, REPLAY_WINDOW_SECS), Ok(()));
-        assert_eq!(verify(b"other", &header, body, 1_700_000_100, REPLAY_WINDOW_SECS), Err(VerifyError::Mismatch));
+        assert_eq!(verify(key, &header, id, body, 1_700_000_100, REPLAY_WINDOW_SECS), Ok(()));
+        assert_eq!(verify(b"other", &header, id, body, 1_700_000_100, REPLAY_WINDOW_SECS), Err(VerifyError::Mismatch));
         assert_eq!(
-            verify(key, &header, br#"{"kind":"approved"}"#, 1_700_000_100, REPLAY_WINDOW_SECS),
+            verify(key, &header, id, br#"{"kind":"approved"}"#, 1_700_000_100, REPLAY_WINDOW_SECS),
             Err(VerifyError::Mismatch)
         );
-        assert_eq!(verify(key, &header, body, 1_700_000_301, REPLAY_WINDOW_SECS), Err(VerifyError::Stale));
+        assert_eq!(verify(key, &header, id, body, 1_700_000_301, REPLAY_WINDOW_SECS), Err(VerifyError::Stale));
         // A re-dated header does not verify: the timestamp is signed.
         let redated = header.replace("t=1700000000", "t=1700000200");
-        assert_eq!(verify(key, &redated, body, 1_700_000_200, REPLAY_WINDOW_SECS), Err(VerifyError::Mismatch));
-        assert_eq!(verify(key, "v1=abc", body, 0, REPLAY_WINDOW_SECS), Err(VerifyError::Malformed));
-        assert_eq!(verify(key, "t=1", body, 1, REPLAY_WINDOW_SECS), Err(VerifyError::Malformed));
+        assert_eq!(verify(key, &redated, id, body, 1_700_000_200, REPLAY_WINDOW_SECS), Err(VerifyError::Mismatch));
+        assert_eq!(verify(key, "v1=abc", id, body, 0, REPLAY_WINDOW_SECS), Err(VerifyError::Malformed));
+        assert_eq!(verify(key, "t=1", id, body, 1, REPLAY_WINDOW_SECS), Err(VerifyError::Malformed));
+        // Another delivery id does not verify: the id is signed.
+        assert_eq!(
+            verify(key, &header, "ffffffffffffffffffffffffffffffff", body, 1_700_000_100, REPLAY_WINDOW_SECS),
+            Err(VerifyError::Mismatch)
+        );
     }
 }
