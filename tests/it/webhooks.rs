@@ -38,6 +38,12 @@ impl Received {
     fn json(&self) -> Value {
         serde_json::from_slice(&self.body).unwrap()
     }
+
+    /// The receiver's check of this delivery's signature, now, under the test secret.
+    fn verify(&self) -> Result<(), VerifyError> {
+        let (signature, delivery) = (self.header("x-mcp-gate-signature"), self.header("x-mcp-gate-delivery"));
+        verify(SECRET, signature, delivery, &self.body, unix_now(), REPLAY_WINDOW_SECS)
+    }
 }
 
 /// Answers for the receiver to give, in order: status and an optional `Retry-After`; 200 after.
@@ -171,17 +177,7 @@ async fn a_held_call_sends_a_signed_requested_delivery() {
     let got = receiver.next().await;
     assert_eq!(got.header("x-mcp-gate-event"), "denied");
     assert_ne!(got.header("x-mcp-gate-delivery"), delivery);
-    assert_eq!(
-        verify(
-            SECRET,
-            got.header("x-mcp-gate-signature"),
-            got.header("x-mcp-gate-delivery"),
-            &got.body,
-            unix_now(),
-            300
-        ),
-        Ok(())
-    );
+    assert_eq!(got.verify(), Ok(()));
     let body = got.json();
     assert_eq!(body["actor"], "operator");
     assert_eq!(body["approval"]["deny_reason"], "not today");
@@ -337,17 +333,7 @@ async fn server_errors_are_retried_until_delivered_once() {
         assert_eq!(got.header("x-mcp-gate-event"), "requested");
         assert_eq!(got.header("x-mcp-gate-delivery"), first.header("x-mcp-gate-delivery"), "one delivery id");
         assert_eq!(got.body, first.body, "the same body");
-        assert_eq!(
-            verify(
-                SECRET,
-                got.header("x-mcp-gate-signature"),
-                got.header("x-mcp-gate-delivery"),
-                &got.body,
-                unix_now(),
-                300
-            ),
-            Ok(())
-        );
+        assert_eq!(got.verify(), Ok(()));
     }
     assert!(second.at - first.at >= Duration::from_millis(50), "backoff before the first retry");
     assert!(third.at - second.at >= Duration::from_millis(100), "and longer before the second");
@@ -478,17 +464,7 @@ async fn the_binary_delivers_configured_webhooks() {
 
     let got = receiver.next().await;
     assert_eq!(got.header("x-mcp-gate-event"), "requested");
-    assert_eq!(
-        verify(
-            SECRET,
-            got.header("x-mcp-gate-signature"),
-            got.header("x-mcp-gate-delivery"),
-            &got.body,
-            unix_now(),
-            REPLAY_WINDOW_SECS
-        ),
-        Ok(())
-    );
+    assert_eq!(got.verify(), Ok(()));
     let body = got.json();
     assert_eq!(body["approval"]["id"], id);
     assert_eq!(body["approval"]["url"], format!("{}/approvals/{id}", gate.approvals));
