@@ -587,8 +587,9 @@ pub fn lint(workflows: &BTreeMap<String, AiWorkflow>, providers: &BTreeMap<Strin
     for w in workflows.values() {
         if w.fallback == Fallback::Approve {
             warnings.push(format!(
-                "workflow {}: ai_fallback_behavior = \"approve\" runs every call the reviewer is unsure of or could \
-                 not review (provider down, timeout, refusal)",
+                "workflow {}: ai_fallback_behavior = \"approve\" runs every call the reviewer is unsure of, answers \
+                 `escalate` for (which a call's own data can talk it into) or could not review (provider down, \
+                 timeout, refusal)",
                 w.name
             ));
         }
