@@ -166,18 +166,25 @@ struct Setup {
     web: String,
 }
 
-async fn setup(opts: Opts) -> Setup {
+/// A fake model provider on 127.0.0.1: what it is told to say and has been asked, and its address.
+async fn start_fake() -> (Fake, String) {
     let fake = Fake::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let app = axum::Router::new().fallback(fake_model).with_state(fake.clone());
     tokio::spawn(async move { axum::serve(listener, app).await });
+    (fake, url)
+}
 
-    let (kind, base_url) = match opts.kind {
-        Kind::Anthropic => ("anthropic", url.clone()),
+/// A configuration in which workflow `ai` reviews every call with `guidelines`, through the
+/// provider `fake` of `kind` at `url` (a person decides in workflow `people`); `workflow` and
+/// `provider` are further lines of those tables, `rest` further tables.
+fn reviewed(kind: &Kind, url: &str, guidelines: &str, workflow: &str, provider: &str, rest: &str) -> String {
+    let (kind, base_url) = match kind {
+        Kind::Anthropic => ("anthropic", url.to_owned()),
         Kind::OpenAi => ("openai", format!("{url}/v1")),
     };
-    let toml = format!(
+    format!(
         r#"
 [[rules]]
 name = "everything is reviewed"
@@ -189,7 +196,7 @@ workflow = "ai"
 name = "ai"
 approval_type = "ai_driven"
 ai_model = "test-model"
-ai_guidelines = """{GUIDELINES}"""
+ai_guidelines = """{guidelines}"""
 ai_provider = "fake"
 {workflow}
 
@@ -199,13 +206,22 @@ name = "people"
 [providers.fake]
 type = "{kind}"
 base_url = "{base_url}"
-timeout_secs = {timeout}
+{provider}
 
-[approvals]
-redact = ["/secret"]
-"#,
-        workflow = opts.workflow,
-        timeout = opts.timeout_secs,
+{rest}
+"#
+    )
+}
+
+async fn setup(opts: Opts) -> Setup {
+    let (fake, url) = start_fake().await;
+    let toml = reviewed(
+        &opts.kind,
+        &url,
+        GUIDELINES,
+        opts.workflow,
+        &format!("timeout_secs = {}", opts.timeout_secs),
+        "[approvals]\nredact = [\"/secret\"]",
     );
     let mut config = Config::from_toml(&toml, "ai.toml").expect("config");
     if let Some(key) = opts.key {
@@ -633,52 +649,20 @@ async fn trace_logs_hold_no_key_no_webhook_url_and_no_signing_secret() {
     const HOOK_PATH: &str = "hook-path-token-5f3c9a1e7d";
     const HOOK_SECRET: &str = "whsec-trace-test-signing-secret";
     for kind in [Kind::Anthropic, Kind::OpenAi] {
-        let fake = Fake::default();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let app = axum::Router::new().fallback(fake_model).with_state(fake.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let (fake, url) = start_fake().await;
         fake.say(Say::Answer("escalate", 0.9, "a person should look"));
-        let (kind_name, base_url) = match kind {
-            Kind::Anthropic => ("anthropic", url.clone()),
-            Kind::OpenAi => ("openai", format!("{url}/v1")),
-        };
         let dir = data_dir("ai-trace");
         let config = dir.join("ai.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"
-[[rules]]
-name = "everything is reviewed"
-tool = "*"
-action = "approve"
-workflow = "ai"
-
-[[workflows]]
-name = "ai"
-approval_type = "ai_driven"
-ai_model = "test-model"
-ai_guidelines = "Escalate everything."
-ai_provider = "fake"
-escalation_workflow = "people"
-
-[[workflows]]
-name = "people"
-
-[providers.fake]
-type = "{kind_name}"
-base_url = "{base_url}"
-api_key_env = "MCP_GATE_IT_AI_KEY"
-
-[[webhooks]]
-name = "hook"
-url = "${{MCP_GATE_IT_HOOK_URL}}"
-secret_env = "MCP_GATE_IT_HOOK_SECRET"
-"#
-            ),
-        )
-        .unwrap();
+        let hook = "[[webhooks]]\nname = \"hook\"\nurl = \"${MCP_GATE_IT_HOOK_URL}\"\nsecret_env = \"MCP_GATE_IT_HOOK_SECRET\"";
+        let text = reviewed(
+            &kind,
+            &url,
+            "Escalate everything.",
+            "escalation_workflow = \"people\"",
+            "api_key_env = \"MCP_GATE_IT_AI_KEY\"",
+            hook,
+        );
+        std::fs::write(&config, text).unwrap();
         let mut child = gate_in(&dir)
             .arg("--config")
             .arg(&config)

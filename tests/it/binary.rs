@@ -569,25 +569,30 @@ impl Served {
         .await;
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         let (url, approvals) = (url.unwrap(), approvals.unwrap());
-        let http = reqwest::Client::new();
+        let mut served = Served {
+            child,
+            url,
+            approvals,
+            session: String::new(),
+            http: reqwest::Client::new(),
+            token: token.map(str::to_owned),
+        };
+        let (session, init) = served.open_session(client).await;
+        init.bytes().await.unwrap();
+        served.session = session;
+        served
+    }
+
+    /// Opens a session on this server as `client` (with this client's token), and sends
+    /// `notifications/initialized` in it: its id and the `initialize` response.
+    pub(super) async fn open_session(&self, client: &str) -> (String, reqwest::Response) {
         let initialize = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
             "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": client, "version": "1"}}});
-        let mut init = http.post(&url);
-        if let Some(token) = token {
-            init = init.bearer_auth(token);
-        }
-        let init = init
-            .header("content-type", "application/json")
-            .header("accept", "application/json, text/event-stream")
-            .body(initialize.to_string())
-            .send()
-            .await
-            .unwrap();
+        let init = self.request(None, initialize).await.unwrap();
         let session = init.headers()["mcp-session-id"].to_str().unwrap().to_owned();
-        init.bytes().await.unwrap();
-        let served = Served { child, url, approvals, session, http, token: token.map(str::to_owned) };
-        served.post(serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"})).await.unwrap();
-        served
+        let initialized = serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+        self.request(Some(&session), initialized).await.unwrap();
+        (session, init)
     }
 
     /// POSTs a message in the session.
@@ -595,15 +600,25 @@ impl Served {
         &self,
         body: serde_json::Value,
     ) -> impl std::future::Future<Output = reqwest::Result<reqwest::Response>> + use<> {
+        self.request(Some(&self.session), body)
+    }
+
+    /// POSTs a message in `session` (none: outside any session).
+    pub(super) fn request(
+        &self,
+        session: Option<&str>,
+        body: serde_json::Value,
+    ) -> impl std::future::Future<Output = reqwest::Result<reqwest::Response>> + use<> {
         let mut request = self.http.post(&self.url);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
+        if let Some(session) = session {
+            request = request.header("mcp-session-id", session).header("mcp-protocol-version", "2025-11-25");
+        }
         request
             .header("content-type", "application/json")
             .header("accept", "application/json, text/event-stream")
-            .header("mcp-session-id", &self.session)
-            .header("mcp-protocol-version", "2025-11-25")
             .body(body.to_string())
             .send()
     }

@@ -546,32 +546,10 @@ async fn an_anonymous_client_cannot_list_the_tasks_of_other_anonymous_clients() 
     let id = created["result"]["task"]["taskId"].as_str().unwrap_or_else(|| panic!("a task: {created}")).to_owned();
 
     // Another anonymous client: its own session on the same proxy.
-    let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "mallory", "version": "1"}}});
-    let init = alice
-        .http
-        .post(&alice.url)
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .body(initialize.to_string())
-        .send()
-        .await
-        .unwrap();
-    let session = init.headers()["mcp-session-id"].to_str().unwrap().to_owned();
+    let (session, init) = alice.open_session("mallory").await;
     let init = reply_of(init).await;
     assert!(init["result"]["capabilities"]["tasks"].get("list").is_none(), "not advertised: {init}");
-    let mallory = |body: Value| {
-        alice
-            .http
-            .post(&alice.url)
-            .header("content-type", "application/json")
-            .header("accept", "application/json, text/event-stream")
-            .header("mcp-session-id", &session)
-            .header("mcp-protocol-version", "2025-11-25")
-            .body(body.to_string())
-            .send()
-    };
-    mallory(json!({"jsonrpc": "2.0", "method": "notifications/initialized"})).await.unwrap();
+    let mallory = |body: Value| alice.request(Some(&session), body);
     let listed = reply_of(mallory(request(3, "tasks/list", json!({}))).await.unwrap()).await;
     let ids: Vec<&str> =
         listed["result"]["tasks"].as_array().into_iter().flatten().filter_map(|t| t["taskId"].as_str()).collect();
