@@ -41,9 +41,35 @@ pub enum Val {
     Blob(Vec<u8>),
 }
 
+/// A value to bind, borrowed from the parameter: binding copies nothing on SQLite.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ValRef<'a> {
+    Null,
+    Int(i64),
+    Real(f64),
+    Text(&'a str),
+    Blob(&'a [u8]),
+}
+
+impl ValRef<'_> {
+    pub fn to_owned_val(self) -> Val {
+        match self {
+            ValRef::Null => Val::Null,
+            ValRef::Int(i) => Val::Int(i),
+            ValRef::Real(f) => Val::Real(f),
+            ValRef::Text(t) => Val::Text(t.to_owned()),
+            ValRef::Blob(b) => Val::Blob(b.to_vec()),
+        }
+    }
+}
+
 /// What can be bound to a placeholder.
 pub trait Param {
-    fn to_val(&self) -> Val;
+    fn val_ref(&self) -> ValRef<'_>;
+
+    fn to_val(&self) -> Val {
+        self.val_ref().to_owned_val()
+    }
 }
 
 /// What a column can be read as.
@@ -61,51 +87,57 @@ macro_rules! sql_params {
 pub use crate::sql_params as params;
 
 impl Param for Val {
-    fn to_val(&self) -> Val {
-        self.clone()
+    fn val_ref(&self) -> ValRef<'_> {
+        match self {
+            Val::Null => ValRef::Null,
+            Val::Int(i) => ValRef::Int(*i),
+            Val::Real(f) => ValRef::Real(*f),
+            Val::Text(t) => ValRef::Text(t),
+            Val::Blob(b) => ValRef::Blob(b),
+        }
     }
 }
 impl<T: Param + ?Sized> Param for &T {
-    fn to_val(&self) -> Val {
-        (**self).to_val()
+    fn val_ref(&self) -> ValRef<'_> {
+        (**self).val_ref()
     }
 }
 impl<T: Param> Param for Option<T> {
-    fn to_val(&self) -> Val {
-        self.as_ref().map_or(Val::Null, Param::to_val)
+    fn val_ref(&self) -> ValRef<'_> {
+        self.as_ref().map_or(ValRef::Null, Param::val_ref)
     }
 }
 impl Param for str {
-    fn to_val(&self) -> Val {
-        Val::Text(self.to_owned())
+    fn val_ref(&self) -> ValRef<'_> {
+        ValRef::Text(self)
     }
 }
 impl Param for String {
-    fn to_val(&self) -> Val {
-        Val::Text(self.clone())
+    fn val_ref(&self) -> ValRef<'_> {
+        ValRef::Text(self)
     }
 }
 impl Param for bool {
-    fn to_val(&self) -> Val {
-        Val::Int(i64::from(*self))
+    fn val_ref(&self) -> ValRef<'_> {
+        ValRef::Int(i64::from(*self))
     }
 }
 impl Param for f64 {
-    fn to_val(&self) -> Val {
-        Val::Real(*self)
+    fn val_ref(&self) -> ValRef<'_> {
+        ValRef::Real(*self)
     }
 }
 impl Param for Vec<u8> {
-    fn to_val(&self) -> Val {
-        Val::Blob(self.clone())
+    fn val_ref(&self) -> ValRef<'_> {
+        ValRef::Blob(self)
     }
 }
 macro_rules! int_param {
     ($($t:ty),*) => {$(
         impl Param for $t {
-            fn to_val(&self) -> Val {
+            fn val_ref(&self) -> ValRef<'_> {
                 // Values beyond i64 (u64 near its top) are clamped; the store never writes one.
-                Val::Int(i64::try_from(*self).unwrap_or(i64::MAX))
+                ValRef::Int(i64::try_from(*self).unwrap_or(i64::MAX))
             }
         }
         impl FromVal for $t {
@@ -379,19 +411,23 @@ impl Sql for SqliteTx<'_> {
     }
 }
 
-fn sqlite_value(v: Val) -> rusqlite::types::Value {
-    use rusqlite::types::Value as V;
-    match v {
-        Val::Null => V::Null,
-        Val::Int(i) => V::Integer(i),
-        Val::Real(f) => V::Real(f),
-        Val::Text(s) => V::Text(s),
-        Val::Blob(b) => V::Blob(b),
+/// A parameter bound to SQLite as it is, borrowed: no text or blob is copied to bind it.
+struct Bound<'a>(&'a dyn Param);
+
+impl rusqlite::ToSql for Bound<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(rusqlite::types::ToSqlOutput::Borrowed(match self.0.val_ref() {
+            ValRef::Null => ValueRef::Null,
+            ValRef::Int(i) => ValueRef::Integer(i),
+            ValRef::Real(f) => ValueRef::Real(f),
+            ValRef::Text(t) => ValueRef::Text(t.as_bytes()),
+            ValRef::Blob(b) => ValueRef::Blob(b),
+        }))
     }
 }
 
-fn sqlite_params(params: &[&dyn Param]) -> Vec<rusqlite::types::Value> {
-    params.iter().map(|p| sqlite_value(p.to_val())).collect()
+fn sqlite_params<'a>(params: &'a [&'a dyn Param]) -> impl Iterator<Item = Bound<'a>> {
+    params.iter().map(|p| Bound(*p))
 }
 
 fn sqlite_execute(conn: &rusqlite::Connection, sql: &str, params: &[&dyn Param]) -> Result<u64, StoreError> {
@@ -643,5 +679,35 @@ mod tests {
         let err = row.get::<i64>(2).unwrap_err().to_string();
         assert!(err.contains("column 2"), "{err}");
         assert!(row.get::<u8>(3).is_err());
+    }
+
+    #[test]
+    fn borrowed_parameters_bind_every_kind_as_its_value() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        let text = String::from("é\u{0}x");
+        let blob = vec![0u8, 255, 1];
+        let none: Option<&str> = None;
+        let rows = sqlite_query(
+            &conn,
+            "SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8",
+            params![none, 42i64, 1.5f64, text, "plain", blob, u64::MAX, true],
+        )
+        .unwrap();
+        assert_eq!(
+            rows[0].0,
+            vec![
+                Val::Null,
+                Val::Int(42),
+                Val::Real(1.5),
+                Val::Text("é\u{0}x".into()),
+                Val::Text("plain".into()),
+                Val::Blob(vec![0, 255, 1]),
+                Val::Int(i64::MAX),
+                Val::Int(1),
+            ]
+        );
+        // The owned form, used by PostgreSQL, matches the borrowed one.
+        assert_eq!(Param::to_val(&text), Val::Text(text.clone()));
+        assert_eq!(Param::to_val(&none), Val::Null);
     }
 }

@@ -23,7 +23,7 @@
 use serde_json::Value;
 
 use super::approvals::{Claim, claim_in, finish_in, release_in};
-use super::db::{Engine, FromVal, Param, Row, Sql, Val, params};
+use super::db::{Engine, FromVal, Param, Row, Sql, Val, ValRef, params};
 use super::{Approval, Store, StoreError};
 
 /// Largest page of [`Store::tasks_of_owner`].
@@ -59,8 +59,8 @@ impl TaskState {
 }
 
 impl Param for TaskState {
-    fn to_val(&self) -> Val {
-        Val::Text(self.as_str().to_owned())
+    fn val_ref(&self) -> ValRef<'_> {
+        ValRef::Text(self.as_str())
     }
 }
 

@@ -35,7 +35,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::db::{Conn, Engine, FromVal, Param, Row, Sql, Val, params};
+use super::db::{Conn, Engine, FromVal, Param, Row, Sql, Val, ValRef, params};
 use super::{SYSTEM_ACTOR, Store, StoreError};
 
 mod claims;
@@ -101,8 +101,8 @@ impl FromStr for Status {
 }
 
 impl Param for Status {
-    fn to_val(&self) -> Val {
-        Val::Text(self.as_str().to_owned())
+    fn val_ref(&self) -> ValRef<'_> {
+        ValRef::Text(self.as_str())
     }
 }
 
@@ -133,8 +133,8 @@ impl VoteDecision {
 }
 
 impl Param for VoteDecision {
-    fn to_val(&self) -> Val {
-        Val::Text(self.as_str().to_owned())
+    fn val_ref(&self) -> ValRef<'_> {
+        ValRef::Text(self.as_str())
     }
 }
 
