@@ -51,7 +51,8 @@
 //!   same statements on both, [`store::listen`] hears other replicas' changes), the only module
 //!   that speaks SQL: approval requests, votes,
 //!   claims, gate tasks ([`store::tasks`]), and the hash-chained [`store::audit`] log where every
-//!   decision lands. Its [`store::Clock`] is where the store, the approvals and the sweeper read the
+//!   decision lands; in stdio mode the event loop commits the deferred audit rows when no call is
+//!   in flight ([`store::idle`]). Its [`store::Clock`] is where the store, the approvals and the sweeper read the
 //!   time (a test holds it still with tokio's paused time).
 //! - [`review`]: the AI reviewer, a model asked inline against written guidelines.
 //! - [`approval`]: the gate of a real run, [`approval::ApprovalGate`]. It evaluates the policy and

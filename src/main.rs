@@ -19,7 +19,13 @@ fn main() -> ExitCode {
     // stdio mode serves one client: one thread keeps every message hop on the same core with no
     // cross-thread wakeups. `serve` and the other commands use the multi-thread runtime.
     let runtime = if cli.command.is_none() {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
+        // That thread also commits the store's deferred audit rows when it is about to sleep with
+        // no call in flight, so that no second thread runs while a call passes (`store::idle`).
+        mcp_gate::store::idle::enable();
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .on_thread_park(mcp_gate::store::idle::on_park)
+            .build()
     } else {
         tokio::runtime::Runtime::new()
     };

@@ -309,6 +309,11 @@ impl Session {
                 },
                 _ = tick.tick(), if waiting => self.time_out_overdue(),
             }
+            // No request of the client is waiting on an upstream: the event loop may commit the
+            // store's deferred writes when it next sleeps (stdio mode, `store::idle`).
+            crate::store::idle::set_quiet(
+                self.client_requests.is_empty() && self.fanouts.is_empty() && self.parked.is_empty(),
+            );
         }
         // The session ended (client gone, DELETE, reaped): nobody is left to run a held call for.
         for (_, gone) in self.held.drain() {

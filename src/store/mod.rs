@@ -38,8 +38,10 @@
 //! - Deferred writes ([`Store::defer`]): records nothing waits for (the audit rows of calls the policy
 //!   decided on its own) are collected for up to [`LINGER`] and committed together in one transaction,
 //!   by the worker itself: queueing one costs the caller a lock and a push, and wakes the worker only
-//!   when it is the first of its group. They are committed before any request sent after them, so the
-//!   database sees them in order, and when the last handle is dropped.
+//!   when it is the first of its group. In stdio mode the event loop commits them instead when it is
+//!   about to sleep with no call in flight ([`idle`]), and the worker only after [`idle::FALLBACK`].
+//!   They are committed before any request sent after them, so the database sees them in order, and
+//!   when the last handle is dropped.
 //! - Schema changes are numbered `.sql` files in `migrations/`, applied once, in order, inside one
 //!   `BEGIN IMMEDIATE` transaction, and recorded in `schema_version`.
 //! - On unix the database file is created with mode 0600 (SQLite gives the `-wal` and `-shm` files the
@@ -63,6 +65,7 @@ pub mod approvals;
 pub mod audit;
 pub mod clock;
 pub mod db;
+pub mod idle;
 pub mod listen;
 mod migrate;
 pub mod request_state;
@@ -259,15 +262,64 @@ pub enum Deferred {
     Audit(Box<audit::AuditRecord>, i64),
 }
 
-/// Deferred writes not yet taken by the worker, shared by every handle and the worker; and the
-/// loss of the database file once the worker found it, so that a write queued after that is
-/// refused at once instead of being dropped later.
+/// Deferred writes not yet committed, shared by every handle, the worker and the event loop's
+/// [`idle::IdleWriter`].
 #[derive(Default)]
-struct DeferredQueue(Mutex<Vec<Deferred>>, std::sync::OnceLock<(PathBuf, &'static str)>);
+struct DeferredQueue {
+    pending: Mutex<Pending>,
+    /// The loss of the database file once the worker found it, so that a write queued after that
+    /// is refused at once instead of being dropped later.
+    lost: std::sync::OnceLock<(PathBuf, &'static str)>,
+    /// Held by whoever commits deferred writes, from taking them until the commit, so that the
+    /// groups reach the database in the order they were queued.
+    committing: Mutex<()>,
+    /// How long the worker lets a group wait, in milliseconds; 0 for [`LINGER`]. Longer
+    /// ([`idle::FALLBACK`]) when the event loop commits the groups ([`idle`]).
+    linger_ms: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Default)]
+struct Pending {
+    writes: Vec<Deferred>,
+    /// When the oldest of `writes` was queued.
+    since: Option<Instant>,
+}
+
+impl DeferredQueue {
+    /// When the oldest queued write was queued; `None` when none is.
+    fn since(&self) -> Option<Instant> {
+        self.pending.lock().ok().and_then(|p| p.since)
+    }
+
+    /// Takes every queued write, oldest first.
+    fn take(&self) -> Vec<Deferred> {
+        match self.pending.lock() {
+            Ok(mut pending) => {
+                pending.since = None;
+                std::mem::take(&mut pending.writes)
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// How long the worker lets a group wait before it commits it.
+    fn linger(&self) -> Duration {
+        match self.linger_ms.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => LINGER,
+            ms => Duration::from_millis(ms),
+        }
+    }
+
+    /// Leaves the groups to another writer: the worker commits one only after `wait`.
+    fn leave_for(&self, wait: Duration) {
+        let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.linger_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+}
 
 impl std::fmt::Debug for DeferredQueue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let pending = self.0.lock().map(|p| p.len()).unwrap_or(0);
+        let pending = self.pending.lock().map(|p| p.writes.len()).unwrap_or(0);
         f.debug_struct("DeferredQueue").field("pending", &pending).finish()
     }
 }
@@ -388,6 +440,13 @@ impl Store {
             Some(p) => Some(Arc::new(std::fs::canonicalize(&p)?)),
             None => None,
         };
+        if let (true, Some(path), Some(file_id)) = (idle::enabled(), &path, file_id) {
+            let conn = open_connection(&Location::File(path.to_path_buf()), clock.now_ms())?;
+            let writer = idle::IdleWriter::new(deferred.clone(), conn, path.to_path_buf(), file_id)?;
+            if idle::register(writer) {
+                deferred.leave_for(idle::FALLBACK);
+            }
+        }
         let (listener, leader) = match &loc_for_listener {
             Some(url) => {
                 let leader = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -488,13 +547,14 @@ impl Store {
 
     /// Queues a deferred write (see [`Store::defer`]).
     pub(crate) fn enqueue(&self, write: Deferred) -> Result<(), StoreError> {
-        if let Some((path, how)) = self.deferred.1.get() {
+        if let Some((path, how)) = self.deferred.lost.get() {
             return Err(StoreError::Replaced { path: path.clone(), how });
         }
         let first = {
-            let mut pending = self.deferred.0.lock().map_err(|_| StoreError::Aborted)?;
-            pending.push(write);
-            pending.len() == 1
+            let mut pending = self.deferred.pending.lock().map_err(|_| StoreError::Aborted)?;
+            pending.writes.push(write);
+            pending.since.get_or_insert_with(Instant::now);
+            pending.writes.len() == 1
         };
         // Later writes of the same group join it silently: the worker is lingering, not waiting on
         // the channel, so waking it for each would only cost a context switch per write.
@@ -582,7 +642,7 @@ fn worker(conn: &mut Conn, queue: mpsc::Receiver<Msg>, deferred: &DeferredQueue,
         let (job, woken) = match queue.recv_timeout(wait) {
             Ok(Msg::Job(job)) => (Some(job), false),
             Ok(Msg::Deferred) => {
-                due.get_or_insert_with(|| Instant::now() + LINGER);
+                due.get_or_insert_with(|| Instant::now() + deferred.linger());
                 (None, true)
             }
             Err(mpsc::RecvTimeoutError::Timeout) => (None, false),
@@ -590,7 +650,22 @@ fn worker(conn: &mut Conn, queue: mpsc::Receiver<Msg>, deferred: &DeferredQueue,
         };
         // The group is written when due, and before any request, so that a request sees every
         // write queued before it.
-        let write_group = due.is_some_and(|d| job.is_some() || Instant::now() >= d);
+        let mut write_group = due.is_some_and(|d| job.is_some() || Instant::now() >= d);
+        if write_group && job.is_none() {
+            // The event loop may have committed the group meanwhile: what is queued now is a
+            // later group, due in its own time.
+            match deferred.since().map(|since| since + deferred.linger()) {
+                Some(next) if next > Instant::now() => {
+                    due = Some(next);
+                    write_group = false;
+                }
+                Some(_) => {}
+                None => {
+                    due = None;
+                    write_group = false;
+                }
+            }
+        }
         if job.is_some() || write_group {
             me.reconnect_if_lost(conn);
         }
@@ -600,7 +675,7 @@ fn worker(conn: &mut Conn, queue: mpsc::Receiver<Msg>, deferred: &DeferredQueue,
         // (one check per group instead of two).
         let lost = if woken && !write_group && !beat { watch.known() } else { watch.check() };
         if let Some(StoreError::Replaced { path, how }) = &lost {
-            let _ = deferred.1.set((path.clone(), how));
+            let _ = deferred.lost.set((path.clone(), how));
         }
         if write_group {
             due = None;
@@ -638,10 +713,9 @@ fn worker(conn: &mut Conn, queue: mpsc::Receiver<Msg>, deferred: &DeferredQueue,
 
 /// Commits the pending deferred writes in one transaction (see [`Store::defer`]).
 fn write_deferred(conn: &mut Conn, deferred: &DeferredQueue, lost: Option<&StoreError>) {
-    let group = match deferred.0.lock() {
-        Ok(mut pending) => std::mem::take(&mut *pending),
-        Err(_) => return,
-    };
+    // Waits for the event loop's commit of an earlier group, if one is under way.
+    let _committing = deferred.committing.lock();
+    let group = deferred.take();
     if group.is_empty() {
         return;
     }
@@ -650,23 +724,7 @@ fn write_deferred(conn: &mut Conn, deferred: &DeferredQueue, lost: Option<&Store
         tracing::error!(count, "deferred writes dropped: {lost}");
         return;
     }
-    let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<(), StoreError> {
-        conn.write(|tx| {
-            let mut chain = audit::Chain::default();
-            for write in group {
-                match write {
-                    Deferred::Write(write) => {
-                        chain.settle(tx)?;
-                        write(tx)?;
-                    }
-                    Deferred::Audit(rec, at) => {
-                        chain.append(tx, &rec, at)?;
-                    }
-                }
-            }
-            chain.settle(tx)
-        })
-    }));
+    let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| conn.write(|tx| commit_group(tx, group))));
     match written {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(count, "deferred writes failed: {e}"),
@@ -675,6 +733,24 @@ fn write_deferred(conn: &mut Conn, deferred: &DeferredQueue, lost: Option<&Store
             conn.rollback_if_open();
         }
     }
+}
+
+/// Runs a group of deferred writes, in order, inside an open write transaction; the audit records
+/// among them are chained with one read and one write of the chain's head.
+fn commit_group(tx: &mut dyn Sql, group: Vec<Deferred>) -> Result<(), StoreError> {
+    let mut chain = audit::Chain::default();
+    for write in group {
+        match write {
+            Deferred::Write(write) => {
+                chain.settle(tx)?;
+                write(tx)?;
+            }
+            Deferred::Audit(rec, at) => {
+                chain.append(tx, &rec, at)?;
+            }
+        }
+    }
+    chain.settle(tx)
 }
 
 /// The host name and pid namespace, to tell the processes whose pid can be checked here from
