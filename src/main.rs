@@ -39,6 +39,7 @@ fn main() -> ExitCode {
     let outcome = runtime.block_on(mcp_gate::cli::run(cli));
     // A blocking read of stdin may still be pending: do not wait for it.
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    mcp_gate::store::idle::close();
     match outcome {
         Ok(None) => ExitCode::SUCCESS,
         Ok(Some(signal)) => ExitCode::from(signal.exit_code()),

@@ -71,6 +71,17 @@ pub fn on_park() {
     }
 }
 
+/// Commits what is still queued and closes the writer's connection, so that the last connection
+/// to close checkpoints the WAL. Called once the runtime has stopped.
+pub fn close() {
+    if let Some(writer) = WRITER.get() {
+        writer.flush(None);
+        if let Ok(mut conn) = writer.conn.lock() {
+            conn.take();
+        }
+    }
+}
+
 /// Registers the process's writer; false if one already is (the first store opened keeps it).
 pub(super) fn register(writer: IdleWriter) -> bool {
     WRITER.set(writer).is_ok()
@@ -79,7 +90,8 @@ pub(super) fn register(writer: IdleWriter) -> bool {
 /// The event loop's own connection to the database file, for the deferred writes.
 pub(super) struct IdleWriter {
     deferred: Arc<DeferredQueue>,
-    conn: Mutex<Conn>,
+    /// `None` once closed.
+    conn: Mutex<Option<Conn>>,
     path: PathBuf,
     file_id: FileId,
 }
@@ -96,13 +108,20 @@ impl IdleWriter {
             c.busy_timeout(Duration::ZERO)?;
             c.pragma_update(None, "wal_autocheckpoint", 0)?;
         }
-        Ok(IdleWriter { deferred, conn: Mutex::new(conn), path, file_id })
+        Ok(IdleWriter { deferred, conn: Mutex::new(Some(conn)), path, file_id })
     }
 
     /// Commits every queued deferred write if the oldest has waited [`GROUP_AGE`] at `now`.
     /// Returns how many were committed.
     pub(super) fn flush_if_due(&self, now: Instant) -> usize {
-        let due = self.deferred.since().is_some_and(|since| now.saturating_duration_since(since) >= GROUP_AGE);
+        self.flush(Some(now))
+    }
+
+    /// Commits every queued deferred write: when their oldest has waited [`GROUP_AGE`] at `now`,
+    /// or whatever their age without one. Returns how many were committed.
+    fn flush(&self, now: Option<Instant>) -> usize {
+        let Some(since) = self.deferred.since() else { return 0 };
+        let due = now.is_none_or(|now| now.saturating_duration_since(since) >= GROUP_AGE);
         if !due || self.deferred.lost.get().is_some() {
             return 0;
         }
@@ -113,6 +132,7 @@ impl IdleWriter {
             return 0;
         }
         let Ok(mut conn) = self.conn.lock() else { return 0 };
+        let Some(conn) = conn.as_mut() else { return 0 };
         let mut taken = 0;
         // `write` begins the transaction before it runs the closure: when another connection
         // holds the write lock, nothing is taken from the queue.
@@ -205,6 +225,17 @@ mod tests {
         let report = audit::verify(&store).await.unwrap();
         assert!(report.is_ok(), "{report:?}");
         assert_eq!(report.rows, 4);
+    }
+
+    #[tokio::test]
+    async fn at_the_end_every_queued_write_is_committed_whatever_its_age() {
+        let dir = TempDir::new("idle-end");
+        let (store, writer, path) = store_and_writer(&dir).await;
+        store.audit_append_later(record(1), 1_700_000_000_001).unwrap();
+        store.audit_append_later(record(2), 1_700_000_000_002).unwrap();
+        assert_eq!(writer.flush(None), 2);
+        assert_eq!((rows_on_disk(&path), queued(&store)), (2, 0));
+        assert_eq!(writer.flush(None), 0, "nothing left");
     }
 
     #[tokio::test]
