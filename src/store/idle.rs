@@ -63,11 +63,8 @@ pub fn set_quiet(quiet: bool) {
 
 /// Called by the runtime before its thread sleeps: commits the deferred writes when quiet and due.
 pub fn on_park() {
-    if !QUIET.load(Ordering::Relaxed) {
-        return;
-    }
     if let Some(writer) = WRITER.get() {
-        writer.flush_if_due(Instant::now());
+        writer.on_park(QUIET.load(Ordering::Relaxed), Instant::now());
     }
 }
 
@@ -94,6 +91,8 @@ pub(super) struct IdleWriter {
     conn: Mutex<Option<Conn>>,
     path: PathBuf,
     file_id: FileId,
+    /// When the file's identity was last checked while writes were queued.
+    checked: Mutex<Option<Instant>>,
 }
 
 impl IdleWriter {
@@ -108,7 +107,40 @@ impl IdleWriter {
             c.busy_timeout(Duration::ZERO)?;
             c.pragma_update(None, "wal_autocheckpoint", 0)?;
         }
-        Ok(IdleWriter { deferred, conn: Mutex::new(Some(conn)), path, file_id })
+        Ok(IdleWriter { deferred, conn: Mutex::new(Some(conn)), path, file_id, checked: Mutex::new(None) })
+    }
+
+    /// Before the loop sleeps: while writes are queued, checks at most once per
+    /// [`LINGER`](super::LINGER) that the database file is still the one opened (calls in flight
+    /// or not), so that a deleted or replaced file refuses the next call as soon as the worker
+    /// would have found it; then, when `quiet`, commits the writes if due.
+    fn on_park(&self, quiet: bool, now: Instant) {
+        if self.deferred.since().is_none() || !self.still_ours(now) {
+            return;
+        }
+        if quiet {
+            self.flush_if_due(now);
+        }
+    }
+
+    /// Whether the database file is still the one opened, checked at most once per
+    /// [`LINGER`](super::LINGER); once it is not, the queue refuses every further write.
+    fn still_ours(&self, now: Instant) -> bool {
+        if self.deferred.lost.get().is_some() {
+            return false;
+        }
+        let Ok(mut checked) = self.checked.lock() else { return false };
+        if checked.is_some_and(|at| now.saturating_duration_since(at) < super::LINGER) {
+            return true;
+        }
+        *checked = Some(now);
+        match super::file_change(&self.path, self.file_id) {
+            None => true,
+            Some(how) => {
+                let _ = self.deferred.lost.set((self.path.clone(), how));
+                false
+            }
+        }
     }
 
     /// Commits every queued deferred write if the oldest has waited [`GROUP_AGE`] at `now`.
@@ -128,7 +160,7 @@ impl IdleWriter {
         // The worker is committing: it takes these too, or leaves them for the next round.
         let Ok(_committing) = self.deferred.committing.try_lock() else { return 0 };
         if !matches!(FileId::of(&self.path), Ok(Some(id)) if id == self.file_id) {
-            // Deleted or replaced: the worker finds it at its next check and fails closed.
+            // Deleted or replaced: `still_ours` or the worker marks the queue lost.
             return 0;
         }
         let Ok(mut conn) = self.conn.lock() else { return 0 };
@@ -277,6 +309,12 @@ mod tests {
         assert_eq!(writer.flush_if_due(Instant::now() + GROUP_AGE), 0);
         assert_eq!(queued(&store), 1, "left for the worker, which fails closed");
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 0, "nothing written to the new file");
+        // Before the loop sleeps, even with a call in flight, the change is found: the next call
+        // cannot queue its record, so it does not run.
+        writer.on_park(false, Instant::now());
+        let refused = store.audit_append_later(record(2), 1_700_000_000_002).unwrap_err();
+        assert!(matches!(refused, StoreError::Replaced { how: "replaced", .. }), "{refused:?}");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
     }
 
     #[tokio::test]

@@ -565,6 +565,28 @@ impl Store {
     }
 }
 
+/// How the file at `path` is no longer the one whose identity is `id` (`deleted`, `replaced`),
+/// logged as the error it is; `None` while it is, or cannot be told.
+fn file_change(path: &Path, id: FileId) -> Option<&'static str> {
+    let how = match FileId::of(path) {
+        Ok(Some(now)) if now == id => None,
+        Ok(None) => None,
+        Ok(Some(_)) => Some("replaced"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some("deleted"),
+        // Unreadable for a moment (permissions, I/O): not proof of a different file.
+        Err(_) => None,
+    };
+    if let Some(how) = how {
+        tracing::error!(
+            path = %path.display(),
+            "the database file was {how} while in use: refusing every request from now on \
+             (held calls are refused, nothing is approved into a file no other process sees); \
+             restart mcp-gate"
+        );
+    }
+    how
+}
+
 /// What the worker knows about the database file: where it is, its identity at open, and
 /// whether it has been found deleted or replaced.
 struct Watch {
@@ -584,21 +606,7 @@ impl Watch {
         if self.lost.is_none()
             && let Some((path, id)) = &self.file
         {
-            let how = match FileId::of(path) {
-                Ok(Some(now)) if now == *id => None,
-                Ok(None) => None,
-                Ok(Some(_)) => Some("replaced"),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some("deleted"),
-                // Unreadable for a moment (permissions, I/O): not proof of a different file.
-                Err(_) => None,
-            };
-            if let Some(how) = how {
-                tracing::error!(
-                    path = %path.display(),
-                    "the database file was {how} while in use: refusing every request from now on \
-                     (held calls are refused, nothing is approved into a file no other process sees); \
-                     restart mcp-gate"
-                );
+            if let Some(how) = file_change(path, *id) {
                 self.lost = Some((path.clone(), how));
             }
         }
