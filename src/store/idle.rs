@@ -72,10 +72,7 @@ pub fn on_park() {
 /// to close checkpoints the WAL. Called once the runtime has stopped.
 pub fn close() {
     if let Some(writer) = WRITER.get() {
-        writer.flush(None);
-        if let Ok(mut conn) = writer.conn.lock() {
-            conn.take();
-        }
+        writer.close();
     }
 }
 
@@ -159,6 +156,34 @@ impl IdleWriter {
         }
         // The worker is committing: it takes these too, or leaves them for the next round.
         let Ok(_committing) = self.deferred.committing.try_lock() else { return 0 };
+        self.commit_queued()
+    }
+
+    /// At the end (the runtime stopped): commits what is still queued and closes the connection.
+    /// Unlike a round on the loop it waits, since nothing else will commit these writes before
+    /// the process ends: for a commit of the worker under way (the last handle dropped, the worker
+    /// may be writing the last group: the process must not end in the middle of it), and for
+    /// another process's write lock, up to [`BUSY_TIMEOUT`](super::BUSY_TIMEOUT).
+    fn close(&self) {
+        let committing = self.deferred.committing.lock();
+        if let Ok(mut conn) = self.conn.lock()
+            && let Some(Conn::Sqlite(c)) = conn.as_mut()
+            && let Err(e) = c.busy_timeout(super::BUSY_TIMEOUT)
+        {
+            tracing::warn!("the audit writer cannot wait for the database: {e}");
+        }
+        if self.deferred.lost.get().is_none() && self.deferred.since().is_some() {
+            self.commit_queued();
+        }
+        drop(committing);
+        if let Ok(mut conn) = self.conn.lock() {
+            conn.take();
+        }
+    }
+
+    /// Commits every queued deferred write, the caller holding `committing`. Returns how many
+    /// were committed.
+    fn commit_queued(&self) -> usize {
         if !matches!(FileId::of(&self.path), Ok(Some(id)) if id == self.file_id) {
             // Deleted or replaced: `still_ours` or the worker marks the queue lost.
             return 0;
@@ -326,5 +351,57 @@ mod tests {
         store.deferred.leave_for(FALLBACK);
         assert_eq!(store.deferred.linger(), FALLBACK);
         assert!(FALLBACK > GROUP_AGE);
+    }
+
+    #[tokio::test]
+    async fn at_the_end_the_writer_waits_for_a_commit_of_the_worker_under_way() {
+        let dir = TempDir::new("idle-close-worker");
+        let (store, writer, path) = store_and_writer(&dir).await;
+        store.audit_append_later(record(1), 1_700_000_000_001).unwrap();
+        // The worker, at the last handle's drop, is committing: the process must not end (main
+        // returns once `close` does) before it has.
+        let deferred = store.deferred.clone();
+        let (held, holding) = std::sync::mpsc::channel();
+        let worker = std::thread::spawn(move || {
+            let _committing = deferred.committing.lock().unwrap();
+            held.send(()).unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+        });
+        holding.recv().unwrap();
+        let start = Instant::now();
+        writer.close();
+        assert!(start.elapsed() >= Duration::from_millis(250), "close returned during the commit");
+        worker.join().unwrap();
+        assert_eq!((rows_on_disk(&path), queued(&store)), (1, 0));
+    }
+
+    #[tokio::test]
+    async fn at_the_end_the_writer_waits_for_another_connections_write_lock() {
+        let dir = TempDir::new("idle-close-busy");
+        let (store, writer, path) = store_and_writer(&dir).await;
+        store.audit_append_later(record(1), 1_700_000_000_001).unwrap();
+        store.audit_append_later(record(2), 1_700_000_000_002).unwrap();
+        let other = rusqlite::Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let holder = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            other.execute_batch("COMMIT").unwrap();
+        });
+        writer.close();
+        holder.join().unwrap();
+        assert_eq!((rows_on_disk(&path), queued(&store)), (2, 0), "rows dropped at the end");
+        let report = audit::verify(&store).await.unwrap();
+        assert!(report.is_ok(), "{report:?}");
+    }
+
+    #[tokio::test]
+    async fn a_deleted_file_refuses_the_first_write_of_a_group() {
+        let dir = TempDir::new("idle-first");
+        let (store, _writer, path) = store_and_writer(&dir).await;
+        // Nothing queued, nothing checks the file before the loop sleeps: the write itself does.
+        std::fs::remove_file(&path).unwrap();
+        let refused = store.audit_append_later(record(1), 1_700_000_000_001).unwrap_err();
+        assert!(matches!(refused, StoreError::Replaced { how: "deleted", .. }), "{refused:?}");
+        assert_eq!(queued(&store), 0);
     }
 }

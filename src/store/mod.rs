@@ -550,6 +550,15 @@ impl Store {
         if let Some((path, how)) = self.deferred.lost.get() {
             return Err(StoreError::Replaced { path: path.clone(), how });
         }
+        // The first write of a group: nothing checked the file while none was queued (an idle
+        // client), so it is checked now, before the write is accepted and its call runs.
+        if self.deferred.since().is_none()
+            && let (Some(path), Some(id)) = (&self.path, self.file_id)
+            && let Some(how) = file_change(path, id)
+        {
+            let _ = self.deferred.lost.set((path.to_path_buf(), how));
+            return Err(StoreError::Replaced { path: path.to_path_buf(), how });
+        }
         let first = {
             let mut pending = self.deferred.pending.lock().map_err(|_| StoreError::Aborted)?;
             pending.writes.push(write);
@@ -687,7 +696,9 @@ fn worker(conn: &mut Conn, queue: mpsc::Receiver<Msg>, deferred: &DeferredQueue,
         }
         if write_group {
             due = None;
-            write_deferred(conn, deferred, lost.as_ref());
+            if write_deferred(conn, deferred, lost.as_ref()) {
+                due = Some(Instant::now() + deferred.linger());
+            }
         }
         if lost.is_none() && beat {
             last_beat = std::time::Instant::now();
@@ -719,26 +730,51 @@ fn worker(conn: &mut Conn, queue: mpsc::Receiver<Msg>, deferred: &DeferredQueue,
     tracing::debug!("store worker stopping: all handles dropped");
 }
 
-/// Commits the pending deferred writes in one transaction (see [`Store::defer`]).
-fn write_deferred(conn: &mut Conn, deferred: &DeferredQueue, lost: Option<&StoreError>) {
+/// Commits the pending deferred writes in one transaction (see [`Store::defer`]). Returns true when
+/// they were left queued because the database stayed locked by another connection past the busy
+/// timeout (the transaction could not begin, nothing was taken): the caller tries again later.
+fn write_deferred(conn: &mut Conn, deferred: &DeferredQueue, lost: Option<&StoreError>) -> bool {
     // Waits for the event loop's commit of an earlier group, if one is under way.
     let _committing = deferred.committing.lock();
-    let group = deferred.take();
-    if group.is_empty() {
-        return;
-    }
-    let count = group.len();
     if let Some(lost) = lost {
-        tracing::error!(count, "deferred writes dropped: {lost}");
-        return;
+        let count = deferred.take().len();
+        if count > 0 {
+            tracing::error!(count, "deferred writes dropped: {lost}");
+        }
+        return false;
     }
-    let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| conn.write(|tx| commit_group(tx, group))));
+    if deferred.since().is_none() {
+        return false;
+    }
+    // The group is taken once the write transaction began, as the event loop's writer does: a
+    // database locked past the busy timeout leaves it queued instead of losing it.
+    let mut count = 0;
+    let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        conn.write(|tx| {
+            let group = deferred.take();
+            count = group.len();
+            commit_group(tx, group)
+        })
+    }));
     match written {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(count, "deferred writes failed: {e}"),
+        Ok(Ok(())) => false,
+        Ok(Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _))))
+            if count == 0
+                && matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) =>
+        {
+            tracing::warn!("deferred writes wait for the database, locked by another connection");
+            true
+        }
+        Ok(Err(e)) => {
+            // Any other failure loses the group, as before, taken or not (nothing retries it).
+            let count = if count == 0 { deferred.take().len() } else { count };
+            tracing::warn!(count, "deferred writes failed: {e}");
+            false
+        }
         Err(_) => {
             tracing::error!(count, "a deferred write panicked; its group was rolled back");
             conn.rollback_if_open();
+            false
         }
     }
 }
