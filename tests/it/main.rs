@@ -15,6 +15,7 @@ mod dashboard_api;
 mod desktop;
 mod gating;
 mod hub;
+mod idle_audit;
 mod input_required;
 mod integrity;
 mod layers;
