@@ -535,9 +535,12 @@ impl Store {
 
     /// Queues a write that nobody waits for. The worker commits it within [`LINGER`], together with
     /// the other deferred writes queued meanwhile, in one `BEGIN IMMEDIATE` transaction with
-    /// `synchronous = NORMAL`; a failure is logged and loses the whole group. Requests sent after
-    /// this one see it committed. Never blocks on SQLite. Refused once the worker found the
-    /// database file deleted or replaced (its writes could only be lost).
+    /// `synchronous = NORMAL` (in stdio mode the event loop commits them, see [`idle`]). A
+    /// database locked by another connection past the busy timeout leaves the group queued for
+    /// another try; any other failure is logged and loses the whole group. Requests sent after
+    /// this one see it committed, unless the database stayed locked. Never blocks on SQLite.
+    /// Refused once the database file is found deleted or replaced (its writes could only be
+    /// lost): by the worker, the event loop, or the first write of a group.
     pub fn defer(
         &self,
         f: impl FnOnce(&mut dyn Sql) -> Result<(), StoreError> + Send + 'static,
