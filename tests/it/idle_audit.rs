@@ -83,9 +83,7 @@ impl Proxy {
 
     /// Calls `tool` with id `n`: allowed unless it is a delete.
     async fn call(&mut self, n: u64, tool: &str) -> Value {
-        let line = json!({"jsonrpc": "2.0", "id": n, "method": "tools/call",
-            "params": {"name": tool, "arguments": {"n": n}}});
-        self.request(&line.to_string(), &json!(n)).await
+        self.request(&call_line(n, tool), &json!(n)).await
     }
 
     /// Closes stdin and waits for the process to end.
@@ -120,6 +118,37 @@ fn numbers(dir: &std::path::Path) -> Vec<u64> {
         .filter(|r| r.1 == "allowed" || r.1 == "denied_by_policy")
         .filter_map(|r| r.3.as_u64())
         .collect()
+}
+
+/// A `tools/call` of `tool` with id `n`, as a line.
+fn call_line(n: u64, tool: &str) -> String {
+    json!({"jsonrpc": "2.0", "id": n, "method": "tools/call", "params": {"name": tool, "arguments": {"n": n}}})
+        .to_string()
+}
+
+/// A `tools/call` of `read_file` with id `n`, as a line.
+fn read_file(n: u64) -> String {
+    call_line(n, "read_file")
+}
+
+/// A gate in a fresh data directory with `in_flight` calls sent and not yet answered; returns
+/// the directory, the gate and the next id.
+async fn loaded(tag: &str, in_flight: u64) -> (std::path::PathBuf, Proxy, u64) {
+    let dir = data_dir(tag);
+    let cfg = write_config(&dir);
+    let mut proxy = Proxy::start(dir.clone(), &cfg).await;
+    for n in 1..=in_flight {
+        proxy.send(&read_file(n)).await;
+    }
+    (dir, proxy, in_flight + 1)
+}
+
+/// Deletes the database file with its WAL and shared-memory files.
+fn delete_database(dir: &std::path::Path) {
+    let db = dir.join("mcp-gate.db");
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
 }
 
 async fn verify(dir: &std::path::Path) {
@@ -198,9 +227,7 @@ async fn sigterm_mid_stream_keeps_the_rows_of_the_calls_answered() {
     let pid = proxy.child.id().unwrap();
     // A few more in flight when the signal arrives.
     for n in 21..=24 {
-        let line = json!({"jsonrpc": "2.0", "id": n, "method": "tools/call",
-            "params": {"name": "read_file", "arguments": {"n": n}}});
-        proxy.send(&line.to_string()).await;
+        proxy.send(&read_file(n)).await;
     }
     let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
     within("exit", proxy.child.wait()).await.unwrap();
@@ -241,10 +268,7 @@ async fn a_call_after_the_database_was_deleted_during_idle_time_does_not_run() {
         }
     })
     .await;
-    let db = dir.join("mcp-gate.db");
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
-    }
+    delete_database(&dir);
     let reply = proxy.call(2, "read_file").await;
     assert!(!ran(&reply), "a call ran while its row could only be dropped: {reply}");
     proxy.close().await;
@@ -254,17 +278,8 @@ async fn a_call_after_the_database_was_deleted_during_idle_time_does_not_run() {
 /// loop rounds (the identity is checked every 15 ms while rows are queued).
 #[tokio::test]
 async fn calls_in_flight_are_refused_soon_after_the_database_is_deleted() {
-    let dir = data_dir("idle-deleted-busy");
-    let cfg = write_config(&dir);
-    let mut proxy = Proxy::start(dir.clone(), &cfg).await;
-    let mut next = 1u64;
     // Four in flight at all times.
-    for _ in 0..4 {
-        let line = json!({"jsonrpc": "2.0", "id": next, "method": "tools/call",
-            "params": {"name": "read_file", "arguments": {"n": next}}});
-        proxy.send(&line.to_string()).await;
-        next += 1;
-    }
+    let (dir, mut proxy, mut next) = loaded("idle-deleted-busy", 4).await;
     let mut deleted: Option<Instant> = None;
     let mut ran_after = 0;
     loop {
@@ -273,10 +288,7 @@ async fn calls_in_flight_are_refused_soon_after_the_database_is_deleted() {
             continue;
         }
         if deleted.is_none() && next == 200 {
-            let db = dir.join("mcp-gate.db");
-            for suffix in ["", "-wal", "-shm"] {
-                let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
-            }
+            delete_database(&dir);
             deleted = Some(Instant::now());
         }
         if let Some(at) = deleted {
@@ -290,9 +302,7 @@ async fn calls_in_flight_are_refused_soon_after_the_database_is_deleted() {
                 break;
             }
         }
-        let line = json!({"jsonrpc": "2.0", "id": next, "method": "tools/call",
-            "params": {"name": "read_file", "arguments": {"n": next}}});
-        proxy.send(&line.to_string()).await;
+        proxy.send(&read_file(next)).await;
         next += 1;
     }
     proxy.close().await;
@@ -302,16 +312,7 @@ async fn calls_in_flight_are_refused_soon_after_the_database_is_deleted() {
 /// so a row is on disk within about a second while the load goes on.
 #[tokio::test]
 async fn rows_reach_disk_under_continuous_load() {
-    let dir = data_dir("idle-load");
-    let cfg = write_config(&dir);
-    let mut proxy = Proxy::start(dir.clone(), &cfg).await;
-    let mut next = 1u64;
-    for _ in 0..16 {
-        let line = json!({"jsonrpc": "2.0", "id": next, "method": "tools/call",
-            "params": {"name": "read_file", "arguments": {"n": next}}});
-        proxy.send(&line.to_string()).await;
-        next += 1;
-    }
+    let (dir, mut proxy, mut next) = loaded("idle-load", 16).await;
     let start = Instant::now();
     let mut worst = Duration::ZERO;
     let mut last_seen = 0usize;
@@ -320,9 +321,7 @@ async fn rows_reach_disk_under_continuous_load() {
     while start.elapsed() < Duration::from_secs(3) {
         let v = proxy.next().await;
         assert!(ran(&v), "{v}");
-        let line = json!({"jsonrpc": "2.0", "id": next, "method": "tools/call",
-            "params": {"name": "read_file", "arguments": {"n": next}}});
-        proxy.send(&line.to_string()).await;
+        proxy.send(&read_file(next)).await;
         next += 1;
         if rss_start == 0 && start.elapsed() > Duration::from_millis(500) {
             rss_start = rss_kib(proxy.child.id().unwrap());
