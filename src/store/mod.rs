@@ -553,17 +553,18 @@ impl Store {
         if let Some((path, how)) = self.deferred.lost.get() {
             return Err(StoreError::Replaced { path: path.clone(), how });
         }
-        // The first write of a group: nothing checked the file while none was queued (an idle
-        // client), so it is checked now, before the write is accepted and its call runs.
-        if self.deferred.since().is_none()
-            && let (Some(path), Some(id)) = (&self.path, self.file_id)
-            && let Some(how) = file_change(path, id)
-        {
-            let _ = self.deferred.lost.set((path.to_path_buf(), how));
-            return Err(StoreError::Replaced { path: path.to_path_buf(), how });
-        }
         let first = {
             let mut pending = self.deferred.pending.lock().map_err(|_| StoreError::Aborted)?;
+            // The first write of a group: nothing checked the file while none was queued (an idle
+            // client), so it is checked now, before the write is accepted and its call runs. One
+            // lock per write; the check only when the queue is empty.
+            if pending.writes.is_empty()
+                && let (Some(path), Some(id)) = (&self.path, self.file_id)
+                && let Some(how) = file_change(path, id)
+            {
+                let _ = self.deferred.lost.set((path.to_path_buf(), how));
+                return Err(StoreError::Replaced { path: path.to_path_buf(), how });
+            }
             pending.writes.push(write);
             pending.since.get_or_insert_with(Instant::now);
             pending.writes.len() == 1
