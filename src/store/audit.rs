@@ -338,80 +338,86 @@ struct RowFields<'a> {
 impl RowFields<'_> {
     /// `sha256(prev_hash || {"actor":…,"agent":…,"approval_id":…,"at":…,"detail":…,"event":…,"id":…,"server":…,"tool":…})`.
     fn hash(&self, prev_hash: &str) -> String {
-        let opt = |v: Option<&str>| v.map_or(Value::Null, |s| Value::String(s.to_owned()));
-        let mut doc = String::with_capacity(self.detail.len() + 256);
-        doc.push_str("{\"actor\":");
-        doc.push_str(&canonical_json(&opt(self.actor)));
-        doc.push_str(",\"agent\":");
-        doc.push_str(&canonical_json(&opt(self.agent)));
-        doc.push_str(",\"approval_id\":");
-        doc.push_str(&canonical_json(&opt(self.approval_id)));
-        doc.push_str(",\"at\":");
-        doc.push_str(&self.at.to_string());
-        doc.push_str(",\"detail\":");
-        doc.push_str(self.detail);
-        doc.push_str(",\"event\":");
-        doc.push_str(&canonical_json(&Value::String(self.event.to_owned())));
-        doc.push_str(",\"id\":");
-        doc.push_str(&self.id.to_string());
-        doc.push_str(",\"server\":");
-        doc.push_str(&canonical_json(&Value::String(self.server.to_owned())));
-        doc.push_str(",\"tool\":");
-        doc.push_str(&canonical_json(&Value::String(self.tool.to_owned())));
-        doc.push('}');
+        let mut doc = Vec::with_capacity(self.detail.len() + 256);
+        let text = |doc: &mut Vec<u8>, key: &str, value: Option<&str>| {
+            doc.extend_from_slice(key.as_bytes());
+            match value {
+                Some(value) => write_json_str(doc, value),
+                None => doc.extend_from_slice(b"null"),
+            }
+        };
+        text(&mut doc, "{\"actor\":", self.actor);
+        text(&mut doc, ",\"agent\":", self.agent);
+        text(&mut doc, ",\"approval_id\":", self.approval_id);
+        doc.extend_from_slice(b",\"at\":");
+        write_json(&mut doc, &self.at);
+        doc.extend_from_slice(b",\"detail\":");
+        doc.extend_from_slice(self.detail.as_bytes());
+        text(&mut doc, ",\"event\":", Some(self.event));
+        doc.extend_from_slice(b",\"id\":");
+        write_json(&mut doc, &self.id);
+        text(&mut doc, ",\"server\":", Some(self.server));
+        text(&mut doc, ",\"tool\":", Some(self.tool));
+        doc.push(b'}');
 
         let mut hasher = Sha256::new();
         hasher.update(prev_hash.as_bytes());
-        hasher.update(doc.as_bytes());
-        hex(&hasher.finalize())
+        hasher.update(&doc);
+        hex::encode(hasher.finalize())
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
-    }
-    out
 }
 
 /// Canonical JSON: object keys sorted (by code point) at every level, no whitespace, strings escaped and
 /// numbers printed as `serde_json` prints them.
 pub fn canonical_json(value: &Value) -> String {
-    let mut out = String::new();
+    let mut out = Vec::new();
     write_canonical(value, &mut out);
-    out
+    // Only whole serde_json texts and ASCII punctuation were written.
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
-fn write_canonical(value: &Value, out: &mut String) {
+/// Appends `value` as canonical JSON, with no intermediate text.
+fn write_canonical(value: &Value, out: &mut Vec<u8>) {
     match value {
         Value::Object(map) => {
             let mut entries: Vec<(&String, &Value)> = map.iter().collect();
             entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            out.push('{');
+            out.push(b'{');
             for (i, (k, v)) in entries.into_iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
-                out.push_str(&Value::String(k.clone()).to_string());
-                out.push(':');
+                write_json_str(out, k);
+                out.push(b':');
                 write_canonical(v, out);
             }
-            out.push('}');
+            out.push(b'}');
         }
         Value::Array(items) => {
-            out.push('[');
+            out.push(b'[');
             for (i, v) in items.iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
                 write_canonical(v, out);
             }
-            out.push(']');
+            out.push(b']');
         }
-        scalar => out.push_str(&scalar.to_string()),
+        scalar => write_json(out, scalar),
+    }
+}
+
+/// Appends a string as serde_json writes it.
+fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    write_json(out, s);
+}
+
+/// Appends `value` as serde_json's compact writer prints it (what `Value`'s `Display` prints).
+fn write_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    // Writing a string, number, bool or null into memory cannot fail; the text then equals
+    // `Value::to_string()` byte for byte (the same serializer).
+    if serde_json::to_writer(&mut *out, value).is_err() {
+        out.extend_from_slice(b"null");
     }
 }
 
@@ -799,7 +805,7 @@ mod tests {
         let mut h = Sha256::new();
         h.update(GENESIS_HASH.as_bytes());
         h.update(doc.as_bytes());
-        assert_eq!(first.hash, hex(&h.finalize()));
+        assert_eq!(first.hash, hex::encode(h.finalize()));
 
         let mut out: Vec<u8> = Vec::new();
         assert_eq!(export_jsonl(&store, &mut out).await.unwrap(), 5);
@@ -1038,5 +1044,91 @@ mod tests {
         );
         assert_eq!(Redactor::default().redact(&args), args);
         assert_eq!(Redactor::new(vec![String::new()]).redact(&args), json!("[redacted]"));
+    }
+
+    /// The writers before they wrote into one buffer: each part through `Value`'s `Display`.
+    mod reference {
+        use super::*;
+
+        pub fn canonical_json(value: &Value) -> String {
+            match value {
+                Value::Object(map) => {
+                    let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+                    entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                    let parts: Vec<String> = entries
+                        .into_iter()
+                        .map(|(k, v)| format!("{}:{}", Value::String(k.clone()), canonical_json(v)))
+                        .collect();
+                    format!("{{{}}}", parts.join(","))
+                }
+                Value::Array(items) => format!("[{}]", items.iter().map(canonical_json).collect::<Vec<_>>().join(",")),
+                scalar => scalar.to_string(),
+            }
+        }
+
+        pub fn hash(f: &RowFields<'_>, prev_hash: &str) -> String {
+            let opt = |v: Option<&str>| canonical_json(&v.map_or(Value::Null, |s| Value::String(s.to_owned())));
+            let doc = format!(
+                r#"{{"actor":{},"agent":{},"approval_id":{},"at":{},"detail":{},"event":{},"id":{},"server":{},"tool":{}}}"#,
+                opt(f.actor),
+                opt(f.agent),
+                opt(f.approval_id),
+                f.at,
+                f.detail,
+                opt(Some(f.event)),
+                f.id,
+                opt(Some(f.server)),
+                opt(Some(f.tool)),
+            );
+            let mut h = Sha256::new();
+            h.update(prev_hash.as_bytes());
+            h.update(doc.as_bytes());
+            hex::encode(h.finalize())
+        }
+    }
+
+    fn any_json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let text = "(\\PC|[\\x00-\\x1f\"\\\\\u{7f}\u{2028}\u{fffd}]){0,12}";
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            text.prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 48, 6, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::vec((text, inner), 0..6).prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn canonical_text_and_row_hash_equal_the_reference(
+            detail in any_json(),
+            texts in proptest::collection::vec("(\\PC|[\\x00-\\x1f\"\\\\])*", 6),
+            some in proptest::collection::vec(proptest::bool::ANY, 3),
+            at in proptest::num::i64::ANY,
+            id in proptest::num::i64::ANY,
+        ) {
+            let canonical = canonical_json(&detail);
+            proptest::prop_assert_eq!(&canonical, &reference::canonical_json(&detail));
+            let fields = RowFields {
+                id,
+                at,
+                event: &texts[0],
+                approval_id: some[0].then_some(texts[1].as_str()),
+                server: &texts[2],
+                tool: &texts[3],
+                agent: some[1].then_some(texts[4].as_str()),
+                actor: some[2].then_some(texts[5].as_str()),
+                detail: &canonical,
+            };
+            proptest::prop_assert_eq!(fields.hash(GENESIS_HASH), reference::hash(&fields, GENESIS_HASH));
+        }
     }
 }
