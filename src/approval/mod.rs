@@ -375,7 +375,12 @@ impl Gate for ApprovalGate {
             annotations: call.info.and_then(|i| i.annotations()),
             arguments: call.arguments,
         };
-        let decision = self.approvals.policy.evaluate(&facts);
+        let mut decision = self.approvals.policy.decide(&facts);
+        if matches!(decision.action, Action::Approve { .. }) {
+            // Only a held call shows its trace (the approval page, the store): the same decision,
+            // with why each rule considered did or did not match.
+            decision = self.approvals.policy.evaluate(&facts);
+        }
         // Built only where the call outlives this borrow (a denial, a hold, a task): an allowed
         // call is audited from the borrowed facts and its arguments are not copied twice.
         let owned = || OwnedCall {
@@ -586,5 +591,52 @@ mod tests {
         assert!(reply.contains("approval gate failed") && reply.contains("randomness"), "{reply}");
         let pending = gate.approvals.store.list_approvals(crate::store::ApprovalFilter::default()).await;
         assert!(pending.expect("list").is_empty(), "no request was opened");
+    }
+
+    /// The gate decides without building the policy's trace, and builds it for a held call: the
+    /// approval shows every rule considered, and the reason of the one that held it.
+    #[tokio::test]
+    async fn a_held_call_keeps_the_trace_of_the_rules_considered() {
+        let toml = "[[rules]]\nname = \"listing\"\ntool = \"ls\"\naction = \"allow\"\n\n\
+                    [[rules]]\nname = \"ask\"\ntool = \"rm\"\naction = \"approve\"\n";
+        let config = crate::config::Config::from_toml(toml, "hold.toml").expect("policy");
+        let store = Store::open(crate::store::Location::Memory).await.expect("store");
+        let settings = ApprovalSettings { wait: Duration::from_secs(3600), ..ApprovalSettings::default() };
+        let gate = ApprovalGate { approvals: ApprovalService::new(store, config.policy.clone(), settings) };
+        let arguments = serde_json::json!({"path": "/"});
+        let (held_tx, held_rx) = tokio::sync::oneshot::channel();
+        let held_tx = std::sync::Mutex::new(Some(held_tx));
+        let call = ToolCall {
+            server: "fs",
+            tool: "rm",
+            exposed_name: "rm",
+            arguments: &arguments,
+            info: None,
+            agent: None,
+            owner: &crate::gate::Owner::Anonymous,
+            offered: &crate::gate::Offered::plain(crate::wire::era::Era::Legacy),
+            params: &serde_json::value::to_raw_value(&serde_json::json!({})).expect("params"),
+            progress: None,
+            held: Some(crate::gate::HeldSink::new(move |id, _url| {
+                if let Some(tx) = held_tx.lock().expect("lock").take() {
+                    let _ = tx.send(id.to_owned());
+                }
+            })),
+            gone: CancellationToken::new(),
+        };
+        let Verdict::Hold(held) = gate.check(&call) else { panic!("the call should be held") };
+        let waiting = tokio::spawn(held);
+        let id = held_rx.await.expect("the call is held under an approval");
+        let approval = gate.approvals.store.get_approval(&id).await.expect("read").expect("the approval");
+        waiting.abort();
+        assert_eq!(approval.rule.as_deref(), Some("ask"));
+        let steps = approval.trace.as_array().expect("a trace");
+        let shown: Vec<(&str, bool)> = steps
+            .iter()
+            .map(|s| (s["rule"].as_str().unwrap_or(""), s["matched"].as_bool().unwrap_or(false)))
+            .collect();
+        assert_eq!(shown, [("listing", false), ("ask", true)], "{steps:?}");
+        assert!(steps.iter().all(|s| s["why"].as_str().is_some_and(|w| !w.is_empty())), "{steps:?}");
+        assert_eq!(approval.rule_reason.as_deref(), Some("tool \"rm\" matches \"rm\""));
     }
 }

@@ -283,7 +283,7 @@ impl ApprovalService {
                 annotations: annotations.as_ref(),
                 arguments: &arguments,
             };
-            let decision = self.policy.evaluate(&facts);
+            let decision = self.policy.decide(&facts);
             if let Action::Deny { reason } = &decision.action {
                 let denial = replies::denied_by_policy(&task.server, &task.tool, decision.rule.as_deref(), reason);
                 self.settle(&task, a, Some(denial)).await;
@@ -304,7 +304,7 @@ impl ApprovalService {
                 annotations: None,
                 arguments: &arguments,
             };
-            let decision = self.policy.evaluate(&facts);
+            let decision = self.policy.decide(&facts);
             if let Action::Deny { reason } = &decision.action {
                 let denial = replies::denied_by_policy(&task.server, &task.tool, decision.rule.as_deref(), reason);
                 let end = TaskEnd::Result(serde_json::from_str(denial.get()).unwrap_or(Value::Null));

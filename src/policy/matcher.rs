@@ -268,62 +268,85 @@ impl Condition {
 
     /// Whether the condition holds for these arguments, and why.
     pub(crate) fn check(&self, arguments: &Value) -> (bool, String) {
-        let (holds, why) = self.check_plain(self.pointer.resolve(arguments));
+        self.judge(arguments, Explain::Yes)
+    }
+
+    /// Whether the condition holds for these arguments: [`Condition::check`] without its words.
+    pub(crate) fn holds(&self, arguments: &Value) -> bool {
+        self.judge(arguments, Explain::No).0
+    }
+
+    fn judge(&self, arguments: &Value, explain: Explain) -> (bool, String) {
+        let (holds, why) = self.check_plain(self.pointer.resolve(arguments), explain);
         if self.not {
             let verdict = if holds { "fails" } else { "holds" };
-            (!holds, format!("{why}; negated (not = true), so the condition {verdict}"))
+            (!holds, explain.say(|| format!("{why}; negated (not = true), so the condition {verdict}")))
         } else {
             (holds, why)
         }
     }
 
-    fn check_plain(&self, found: Option<&Value>) -> (bool, String) {
-        let subject = self.pointer.subject();
+    fn check_plain(&self, found: Option<&Value>, explain: Explain) -> (bool, String) {
+        let subject = || self.pointer.subject();
         let Some(value) = found else {
-            return (self.exists == Some(false), format!("{subject} is absent"));
+            return (self.exists == Some(false), explain.say(|| format!("{} is absent", subject())));
         };
         if self.exists == Some(false) {
-            return (false, format!("{subject} is present"));
+            return (false, explain.say(|| format!("{} is present", subject())));
         }
         let mut passed = Vec::new();
-        for (holds, phrase) in self.operators(value) {
+        for (holds, phrase) in self.operators(value, explain) {
             if !holds {
-                return (false, format!("{subject} = {} {phrase}", show(value)));
+                return (false, explain.say(|| format!("{} = {} {phrase}", subject(), show(value))));
             }
             passed.push(phrase);
         }
         if passed.is_empty() {
             // Only `exists = true`.
-            return (true, format!("{subject} is present"));
+            return (true, explain.say(|| format!("{} is present", subject())));
         }
-        (true, format!("{subject} = {} {}", show(value), passed.join(" and ")))
+        (true, explain.say(|| format!("{} = {} {}", subject(), show(value), passed.join(" and "))))
     }
 
-    /// Each operator's result on a present value, in a fixed order.
-    fn operators(&self, value: &Value) -> Vec<(bool, String)> {
+    /// Each operator's result on a present value, in a fixed order, with its phrase when asked.
+    fn operators(&self, value: &Value, explain: Explain) -> Vec<(bool, String)> {
         let mut out = Vec::new();
         if let Some(expected) = &self.equals {
             let eq = json_eq(value, expected);
-            out.push((eq, format!("{} {}", if eq { "equals" } else { "does not equal" }, show(expected))));
+            out.push((
+                eq,
+                explain.say(|| format!("{} {}", if eq { "equals" } else { "does not equal" }, show(expected))),
+            ));
         }
         if let Some(options) = &self.one_of {
             let any = options.iter().any(|o| json_eq(value, o));
-            let list = show(&Value::Array(options.clone()));
-            out.push((any, format!("{} {list}", if any { "is one of" } else { "is not one of" })));
+            out.push((
+                any,
+                explain.say(|| {
+                    let list = show(&Value::Array(options.clone()));
+                    format!("{} {list}", if any { "is one of" } else { "is not one of" })
+                }),
+            ));
         }
         let text = value.as_str();
         if let Some(re) = &self.regex {
             out.push(match text {
-                Some(s) if re.is_match(s) => (true, format!("matches regex {:?}", re.as_str())),
-                Some(_) => (false, format!("does not match regex {:?}", re.as_str())),
-                None => (false, format!("is not a string (regex {:?} applies to strings only)", re.as_str())),
+                Some(s) if re.is_match(s) => (true, explain.say(|| format!("matches regex {:?}", re.as_str()))),
+                Some(_) => (false, explain.say(|| format!("does not match regex {:?}", re.as_str()))),
+                None => (
+                    false,
+                    explain.say(|| format!("is not a string (regex {:?} applies to strings only)", re.as_str())),
+                ),
             });
         }
         if let Some(glob) = &self.glob {
             out.push(match text {
-                Some(s) if glob.is_match(s) => (true, format!("matches glob {:?}", glob.as_str())),
-                Some(_) => (false, format!("does not match glob {:?}", glob.as_str())),
-                None => (false, format!("is not a string (glob {:?} applies to strings only)", glob.as_str())),
+                Some(s) if glob.is_match(s) => (true, explain.say(|| format!("matches glob {:?}", glob.as_str()))),
+                Some(_) => (false, explain.say(|| format!("does not match glob {:?}", glob.as_str()))),
+                None => (
+                    false,
+                    explain.say(|| format!("is not a string (glob {:?} applies to strings only)", glob.as_str())),
+                ),
             });
         }
         let number = value.as_f64().filter(|_| value.is_number());
@@ -336,12 +359,30 @@ impl Condition {
         for (bound, op, compare) in comparisons {
             let Some(bound) = bound else { continue };
             out.push(match number {
-                Some(n) if compare(n, bound) => (true, format!("{op} {bound}")),
-                Some(_) => (false, format!("is not {op} {bound}")),
-                None => (false, format!("is not a number (`{op} {bound}` applies to numbers only)")),
+                Some(n) if compare(n, bound) => (true, explain.say(|| format!("{op} {bound}"))),
+                Some(_) => (false, explain.say(|| format!("is not {op} {bound}"))),
+                None => (false, explain.say(|| format!("is not a number (`{op} {bound}` applies to numbers only)"))),
             });
         }
         out
+    }
+}
+
+/// Whether a check says why, for a trace, or only decides: the words cost a string per rule
+/// and per operator, and showing an argument serializes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Explain {
+    Yes,
+    No,
+}
+
+impl Explain {
+    /// The phrase `words` builds, or nothing when not explaining.
+    pub(crate) fn say(self, words: impl FnOnce() -> String) -> String {
+        match self {
+            Explain::Yes => words(),
+            Explain::No => String::new(),
+        }
     }
 }
 

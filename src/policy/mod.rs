@@ -64,7 +64,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use matcher::Condition;
+use matcher::{Condition, Explain};
 
 /// The name of the built-in rule of the zero-config policy.
 pub const READ_ONLY_RULE: &str = "read-only tools";
@@ -382,7 +382,11 @@ impl Hints {
 
     /// Whether every required hint holds for a tool with these annotations; Ok lists why,
     /// Err says which hint failed.
-    fn check(&self, annotations: Option<&rmcp::model::ToolAnnotations>) -> Result<Vec<String>, String> {
+    fn check(
+        &self,
+        annotations: Option<&rmcp::model::ToolAnnotations>,
+        explain: Explain,
+    ) -> Result<Vec<String>, String> {
         let actual = annotations.map(|a| [a.read_only_hint, a.destructive_hint, a.idempotent_hint, a.open_world_hint]);
         let mut reasons = Vec::new();
         for (i, required) in self.as_array().into_iter().enumerate() {
@@ -396,9 +400,9 @@ impl Hints {
                 (None, None) => (default, "MCP default: the tool sets no annotations or is unknown"),
             };
             if value != required {
-                return Err(format!("tool {name} is {value} ({source}), rule requires {required}"));
+                return Err(explain.say(|| format!("tool {name} is {value} ({source}), rule requires {required}")));
             }
-            reasons.push(format!("tool {name} is {value} ({source})"));
+            reasons.push(explain.say(|| format!("tool {name} is {value} ({source})")));
         }
         Ok(reasons)
     }
@@ -430,35 +434,48 @@ impl Rule {
         tool: &str,
         agent: Option<&str>,
         annotations: Option<&rmcp::model::ToolAnnotations>,
+        explain: Explain,
     ) -> Result<Vec<String>, String> {
         let mut reasons = Vec::new();
         if let Some(glob) = &self.server {
             if !glob.is_match(server) {
-                return Err(format!("server {server:?} does not match {:?}", glob.as_str()));
+                return Err(explain.say(|| format!("server {server:?} does not match {:?}", glob.as_str())));
             }
-            reasons.push(format!("server {server:?} matches {:?}", glob.as_str()));
+            reasons.push(explain.say(|| format!("server {server:?} matches {:?}", glob.as_str())));
         }
         if let Some(globs) = &self.tool {
-            reasons.push(match_any("tool", tool, globs)?);
+            reasons.push(match_any("tool", tool, globs, explain)?);
         }
         if let Some(globs) = &self.agent {
             let Some(agent) = agent else {
-                return Err(format!("the calling agent is unknown; rule requires an agent matching {}", list(globs)));
+                return Err(explain
+                    .say(|| format!("the calling agent is unknown; rule requires an agent matching {}", list(globs))));
             };
-            reasons.push(match_any("agent", agent, globs)?);
+            reasons.push(match_any("agent", agent, globs, explain)?);
         }
-        reasons.extend(self.annotations.check(annotations)?);
+        reasons.extend(self.annotations.check(annotations, explain)?);
         Ok(reasons)
     }
 
-    fn check(&self, call: &CallFacts<'_>) -> Result<String, String> {
-        let mut reasons = self.check_static(call.server, call.tool, call.agent, call.annotations)?;
+    /// Whether the rule matches the call: Ok says why, Err why not (both empty when not
+    /// explaining).
+    fn check(&self, call: &CallFacts<'_>, explain: Explain) -> Result<String, String> {
+        let mut reasons = self.check_static(call.server, call.tool, call.agent, call.annotations, explain)?;
         for condition in &self.when {
-            let (holds, why) = condition.check(call.arguments);
-            if !holds {
-                return Err(why);
+            match explain {
+                Explain::Yes => {
+                    let (holds, why) = condition.check(call.arguments);
+                    if !holds {
+                        return Err(why);
+                    }
+                    reasons.push(why);
+                }
+                Explain::No if condition.holds(call.arguments) => {}
+                Explain::No => return Err(String::new()),
             }
-            reasons.push(why);
+        }
+        if explain == Explain::No {
+            return Ok(String::new());
         }
         if reasons.is_empty() {
             return Ok("the rule has no restrictions: it matches every call".to_owned());
@@ -543,8 +560,11 @@ impl Rule {
     }
 }
 
-fn match_any(what: &str, value: &str, globs: &[Glob]) -> Result<String, String> {
+fn match_any(what: &str, value: &str, globs: &[Glob], explain: Explain) -> Result<String, String> {
     let hit = globs.iter().find(|g| g.is_match(value));
+    if explain == Explain::No {
+        return if hit.is_some() { Ok(String::new()) } else { Err(String::new()) };
+    }
     match (hit, globs) {
         (Some(g), [_]) => Ok(format!("{what} {value:?} matches {:?}", g.as_str())),
         (Some(g), _) => Ok(format!("{what} {value:?} matches {:?} (of {})", g.as_str(), list(globs))),
@@ -647,13 +667,30 @@ impl Policy {
         }
     }
 
-    /// Decides a call: the first matching rule, else the default. Pure and deterministic.
+    /// Decides a call: the first matching rule, else the default, with the trace of every rule
+    /// considered. Pure and deterministic.
     pub fn evaluate(&self, call: &CallFacts<'_>) -> Decision {
+        self.judge(call, Explain::Yes)
+    }
+
+    /// [`Policy::evaluate`] without the trace (left empty): the same action, rule, risk and
+    /// hiding, with no text built per rule considered. For the calls whose trace nobody reads:
+    /// those let through or denied, audited with their rule.
+    pub fn decide(&self, call: &CallFacts<'_>) -> Decision {
+        self.judge(call, Explain::No)
+    }
+
+    fn judge(&self, call: &CallFacts<'_>, explain: Explain) -> Decision {
         let mut trace = Vec::new();
+        let mut step = |rule: &str, matched: bool, why: String| {
+            if explain == Explain::Yes {
+                trace.push(TraceStep { rule: rule.to_owned(), matched, why });
+            }
+        };
         for rule in &self.inner.rules {
-            match rule.check(call) {
+            match rule.check(call, explain) {
                 Ok(why) => {
-                    trace.push(TraceStep { rule: rule.label.clone(), matched: true, why });
+                    step(&rule.label, true, why);
                     return Decision {
                         action: rule.action.clone(),
                         rule: Some(rule.label.clone()),
@@ -662,15 +699,17 @@ impl Policy {
                         hide: rule.hide,
                     };
                 }
-                Err(why) => trace.push(TraceStep { rule: rule.label.clone(), matched: false, why }),
+                Err(why) => step(&rule.label, false, why),
             }
         }
-        let why = if self.inner.rules.is_empty() {
-            format!("no rules are configured; default: {}", self.inner.default)
-        } else {
-            format!("no rule matched; default: {}", self.inner.default)
-        };
-        trace.push(TraceStep { rule: DEFAULT_LABEL.to_owned(), matched: true, why });
+        let why = explain.say(|| {
+            if self.inner.rules.is_empty() {
+                format!("no rules are configured; default: {}", self.inner.default)
+            } else {
+                format!("no rule matched; default: {}", self.inner.default)
+            }
+        });
+        step(DEFAULT_LABEL, true, why);
         Decision { action: self.inner.default.clone(), rule: None, risk: None, trace, hide: false }
     }
 
@@ -686,7 +725,7 @@ impl Policy {
         self.inner
             .rules
             .iter()
-            .find(|r| r.check_static(server, tool, agent, annotations).is_ok())
+            .find(|r| r.check_static(server, tool, agent, annotations, Explain::No).is_ok())
             .is_some_and(|r| r.hide && r.when.is_empty())
     }
 
@@ -700,7 +739,9 @@ impl Policy {
         agent: Option<&str>,
         annotations: Option<&rmcp::model::ToolAnnotations>,
     ) -> bool {
-        for rule in self.inner.rules.iter().filter(|r| r.check_static(server, tool, agent, annotations).is_ok()) {
+        for rule in
+            self.inner.rules.iter().filter(|r| r.check_static(server, tool, agent, annotations, Explain::No).is_ok())
+        {
             if matches!(rule.action, Action::Approve { .. }) {
                 return true;
             }

@@ -76,8 +76,13 @@ impl Call {
             arguments: &self.arguments,
         }
     }
+    /// The traced decision, checked against the untraced one: every test of the policy also
+    /// tests that [`Policy::decide`] reaches what [`Policy::evaluate`] does.
     fn decide(&self, policy: &Policy) -> Decision {
-        policy.evaluate(&self.facts())
+        let traced = policy.evaluate(&self.facts());
+        let quick = policy.decide(&self.facts());
+        assert_eq!(quick, Decision { trace: Vec::new(), ..traced.clone() }, "decide and evaluate differ on {self:?}");
+        traced
     }
     fn hidden(&self, policy: &Policy) -> bool {
         policy.hides_tool(self.server, self.tool, self.agent, self.annotations.as_ref())
