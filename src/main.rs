@@ -40,6 +40,7 @@ fn main() -> ExitCode {
     // A blocking read of stdin may still be pending: do not wait for it.
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));
     mcp_gate::store::idle::close();
+    mcp_gate::store::wait_for_workers(mcp_gate::store::EXIT_WAIT);
     match outcome {
         Ok(None) => ExitCode::SUCCESS,
         Ok(Some(signal)) => ExitCode::from(signal.exit_code()),

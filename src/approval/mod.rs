@@ -631,10 +631,8 @@ mod tests {
         waiting.abort();
         assert_eq!(approval.rule.as_deref(), Some("ask"));
         let steps = approval.trace.as_array().expect("a trace");
-        let shown: Vec<(&str, bool)> = steps
-            .iter()
-            .map(|s| (s["rule"].as_str().unwrap_or(""), s["matched"].as_bool().unwrap_or(false)))
-            .collect();
+        let shown: Vec<(&str, bool)> =
+            steps.iter().map(|s| (s["rule"].as_str().unwrap_or(""), s["matched"].as_bool().unwrap_or(false))).collect();
         assert_eq!(shown, [("listing", false), ("ask", true)], "{steps:?}");
         assert!(steps.iter().all(|s| s["why"].as_str().is_some_and(|w| !w.is_empty())), "{steps:?}");
         assert_eq!(approval.rule_reason.as_deref(), Some("tool \"rm\" matches \"rm\""));

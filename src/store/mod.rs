@@ -91,6 +91,36 @@ pub use migrate::SCHEMA_VERSION;
 /// How long a write waits for another connection's write lock before failing with `SQLITE_BUSY`.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How many times a store worker tries its last group of deferred writes, each waiting up to
+/// [`BUSY_TIMEOUT`] for another connection's write lock.
+const EXIT_TRIES: u32 = 3;
+
+/// How long the process waits at exit for its store workers to commit their last groups
+/// ([`wait_for_workers`]): their tries, and a margin.
+pub const EXIT_WAIT: Duration = Duration::from_secs(5 * EXIT_TRIES as u64 + 5);
+
+/// The store workers of this process, each ending its channel when its thread ends (its last
+/// group of deferred writes committed, or given up).
+static WORKERS: Mutex<Vec<mpsc::Receiver<()>>> = Mutex::new(Vec::new());
+
+/// Waits, up to `limit` in all, for every store worker whose handles are all dropped to commit
+/// its last deferred writes and end. Called at exit, once the runtime (and so every handle) is
+/// gone: the worker is not joined by anything else, and the process ending first would lose the
+/// writes of its last group (the audit rows of the calls answered in its last moments).
+pub fn wait_for_workers(limit: Duration) {
+    let workers = match WORKERS.lock() {
+        Ok(mut workers) => std::mem::take(&mut *workers),
+        Err(_) => return,
+    };
+    let deadline = Instant::now() + limit;
+    for worker in workers {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if let Err(mpsc::RecvTimeoutError::Timeout) = worker.recv_timeout(left) {
+            tracing::warn!("a store worker was still writing at exit; its last writes may be lost");
+        }
+    }
+}
+
 /// How often the worker checks the file's identity (and whether a heartbeat is due) when idle.
 pub const TICK: Duration = Duration::from_secs(2);
 
@@ -406,7 +436,10 @@ impl Store {
         let instance: Arc<str> = Arc::from(format!("ins_{}", crate::random::hex(8)?));
         let me = instance.clone();
         let worker_clock = clock.clone();
+        // Dropped when the thread ends: the process waits for that at exit (`wait_for_workers`).
+        let (ended_tx, ended_rx) = std::sync::mpsc::channel::<()>();
         std::thread::Builder::new().name("mcp-gate-store".into()).spawn(move || {
+            let _ended = ended_tx;
             let clock = worker_clock;
             let opened = open_connection(&loc, clock.now_ms()).and_then(|mut conn| {
                 let file_id = match &loc {
@@ -435,6 +468,10 @@ impl Store {
             let watch = Watch { file: watched, lost: None };
             worker(&mut conn, queue, &pending, watch, Worker { instance: &me, clock: &clock, server });
         })?;
+        if let Ok(mut workers) = WORKERS.lock() {
+            workers.retain(|w| matches!(w.try_recv(), Err(std::sync::mpsc::TryRecvError::Empty)));
+            workers.push(ended_rx);
+        }
         let file_id = ready_rx.await.map_err(|_| StoreError::Aborted)??;
         let path = match path {
             Some(p) => Some(Arc::new(std::fs::canonicalize(&p)?)),
@@ -723,7 +760,17 @@ fn worker(conn: &mut Conn, queue: mpsc::Receiver<Msg>, deferred: &DeferredQueue,
         job(Err(lost));
     }
     let lost = watch.check();
-    write_deferred(conn, deferred, lost.as_ref());
+    // The last group has no later round: another connection holding the write lock past the
+    // busy timeout gets a few more, then the group is reported lost.
+    let mut tries = 1;
+    while write_deferred(conn, deferred, lost.as_ref()) {
+        if tries == EXIT_TRIES {
+            let count = deferred.take().len();
+            tracing::error!(count, "deferred writes dropped at exit: the database stayed locked by another connection");
+            break;
+        }
+        tries += 1;
+    }
     if watch.lost.is_none() {
         // A clean end: the instance goes, unless it leaves claims in flight to be settled.
         let _ = conn.execute(

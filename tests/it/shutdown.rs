@@ -63,6 +63,41 @@ async fn serve_stops_on_sigterm_with_a_held_call_and_an_open_stream() {
     assert!(stopped_at.elapsed() < Duration::from_secs(10), "stopped in {:?}", stopped_at.elapsed());
 }
 
+/// `serve` on SIGTERM commits the audit rows of the calls it answered, even while another
+/// process holds the database's write lock past one busy timeout (5 s): the process waits for
+/// its store worker, which tries its last group again, instead of ending under it.
+#[tokio::test]
+async fn serve_keeps_the_audit_rows_of_answered_calls_on_sigterm() {
+    let dir = data_dir("serve-term-audit");
+    let config = dir.join("allow.toml");
+    std::fs::write(&config, "[policy]\ndefault = \"allow\"\n").unwrap();
+    let served = Served::start_as(gate_in(&dir), "auditor", None, Some(&config)).await;
+    let calls = 6;
+    for n in 1..=calls {
+        let call = serde_json::json!({"jsonrpc": "2.0", "id": n + 1, "method": "tools/call", "params": {
+            "name": "echo", "arguments": {"message": format!("m{n}")}}});
+        let body = within("call answered", async { served.post(call).await.unwrap().text().await.unwrap() }).await;
+        assert!(body.contains(&format!("m{n}")), "{body}");
+        if n == calls - 1 {
+            // The last call's row is queued while another process holds the write lock.
+            let other = rusqlite::Connection::open(dir.join("mcp-gate.db")).unwrap();
+            other.execute_batch("BEGIN IMMEDIATE").unwrap();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(6500));
+                other.execute_batch("COMMIT").unwrap();
+            });
+        }
+    }
+    let mut child = served.child;
+    signal(&child, Signal::SIGTERM);
+    let status = within("exit", child.wait()).await.unwrap();
+    assert_eq!(status.code(), Some(143));
+    let db = rusqlite::Connection::open(dir.join("mcp-gate.db")).unwrap();
+    let allowed: i64 =
+        db.query_row("SELECT count(*) FROM audit WHERE event = 'allowed' AND tool = 'echo'", [], |r| r.get(0)).unwrap();
+    assert_eq!(allowed, calls, "every answered call keeps its audit row");
+}
+
 /// An upstream behind `sh` whose own child ignores the end of its input is stopped with it.
 #[tokio::test]
 async fn a_grandchild_of_an_upstream_is_stopped_with_it() {
