@@ -561,28 +561,44 @@ mod tests {
     /// Without randomness no request id can be made: the held call is answered with the gate's
     /// internal error (it does not run), and the task that holds it ends instead of panicking,
     /// which would leave its caller waiting for an answer that never comes.
-    #[tokio::test]
-    async fn a_held_call_without_randomness_is_refused_not_left_waiting() {
-        let toml = "[[rules]]\nname = \"ask\"\ntool = \"rm\"\naction = \"approve\"\n";
+    /// A gate with this policy (TOML rules) whose held calls wait an hour.
+    async fn gate_with(toml: &str) -> ApprovalGate {
         let config = crate::config::Config::from_toml(toml, "hold.toml").expect("policy");
         let store = Store::open(crate::store::Location::Memory).await.expect("store");
         let settings = ApprovalSettings { wait: Duration::from_secs(3600), ..ApprovalSettings::default() };
-        let gate = ApprovalGate { approvals: ApprovalService::new(store, config.policy.clone(), settings) };
-        let arguments = serde_json::json!({"path": "/"});
-        let call = ToolCall {
+        ApprovalGate { approvals: ApprovalService::new(store, config.policy.clone(), settings) }
+    }
+
+    const LEGACY: crate::gate::Offered = crate::gate::Offered::plain(crate::wire::era::Era::Legacy);
+
+    /// A 2025-11-25 call of `fs`'s tool `rm` with these arguments.
+    fn rm_call<'a>(
+        arguments: &'a Value,
+        params: &'a serde_json::value::RawValue,
+        held: Option<crate::gate::HeldSink>,
+    ) -> ToolCall<'a> {
+        ToolCall {
             server: "fs",
             tool: "rm",
             exposed_name: "rm",
-            arguments: &arguments,
+            arguments,
             info: None,
             agent: None,
             owner: &crate::gate::Owner::Anonymous,
-            offered: &crate::gate::Offered::plain(crate::wire::era::Era::Legacy),
-            params: &serde_json::value::to_raw_value(&serde_json::json!({})).expect("params"),
+            offered: &LEGACY,
+            params,
             progress: None,
-            held: None,
+            held,
             gone: CancellationToken::new(),
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn a_held_call_without_randomness_is_refused_not_left_waiting() {
+        let gate = gate_with("[[rules]]\nname = \"ask\"\ntool = \"rm\"\naction = \"approve\"\n").await;
+        let arguments = serde_json::json!({"path": "/"});
+        let params = serde_json::value::to_raw_value(&serde_json::json!({})).expect("params");
+        let call = rm_call(&arguments, &params, None);
         let Verdict::Hold(held) = gate.check(&call) else { panic!("the call should be held") };
         let _failing = crate::random::failing::on_this_thread();
         let verdict = tokio::spawn(held).await.expect("the held call's task ends without a panic");
@@ -597,33 +613,21 @@ mod tests {
     /// approval shows every rule considered, and the reason of the one that held it.
     #[tokio::test]
     async fn a_held_call_keeps_the_trace_of_the_rules_considered() {
-        let toml = "[[rules]]\nname = \"listing\"\ntool = \"ls\"\naction = \"allow\"\n\n\
-                    [[rules]]\nname = \"ask\"\ntool = \"rm\"\naction = \"approve\"\n";
-        let config = crate::config::Config::from_toml(toml, "hold.toml").expect("policy");
-        let store = Store::open(crate::store::Location::Memory).await.expect("store");
-        let settings = ApprovalSettings { wait: Duration::from_secs(3600), ..ApprovalSettings::default() };
-        let gate = ApprovalGate { approvals: ApprovalService::new(store, config.policy.clone(), settings) };
+        let gate = gate_with(
+            "[[rules]]\nname = \"listing\"\ntool = \"ls\"\naction = \"allow\"\n\n\
+             [[rules]]\nname = \"ask\"\ntool = \"rm\"\naction = \"approve\"\n",
+        )
+        .await;
         let arguments = serde_json::json!({"path": "/"});
+        let params = serde_json::value::to_raw_value(&serde_json::json!({})).expect("params");
         let (held_tx, held_rx) = tokio::sync::oneshot::channel();
         let held_tx = std::sync::Mutex::new(Some(held_tx));
-        let call = ToolCall {
-            server: "fs",
-            tool: "rm",
-            exposed_name: "rm",
-            arguments: &arguments,
-            info: None,
-            agent: None,
-            owner: &crate::gate::Owner::Anonymous,
-            offered: &crate::gate::Offered::plain(crate::wire::era::Era::Legacy),
-            params: &serde_json::value::to_raw_value(&serde_json::json!({})).expect("params"),
-            progress: None,
-            held: Some(crate::gate::HeldSink::new(move |id, _url| {
-                if let Some(tx) = held_tx.lock().expect("lock").take() {
-                    let _ = tx.send(id.to_owned());
-                }
-            })),
-            gone: CancellationToken::new(),
-        };
+        let sink = crate::gate::HeldSink::new(move |id, _url| {
+            if let Some(tx) = held_tx.lock().expect("lock").take() {
+                let _ = tx.send(id.to_owned());
+            }
+        });
+        let call = rm_call(&arguments, &params, Some(sink));
         let Verdict::Hold(held) = gate.check(&call) else { panic!("the call should be held") };
         let waiting = tokio::spawn(held);
         let id = held_rx.await.expect("the call is held under an approval");

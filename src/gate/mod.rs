@@ -104,7 +104,7 @@ pub struct Offered {
 
 impl Offered {
     /// A client that declared nothing beyond the base protocol of its era.
-    pub fn plain(era: Era) -> Offered {
+    pub const fn plain(era: Era) -> Offered {
         Offered {
             era,
             task: false,
