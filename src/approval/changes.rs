@@ -63,11 +63,16 @@ impl std::fmt::Display for ChangeKind {
     }
 }
 
+/// A name that is no [`ChangeKind`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown change kind {0:?}")]
+pub struct UnknownKind(pub String);
+
 impl FromStr for ChangeKind {
-    type Err = String;
+    type Err = UnknownKind;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        ChangeKind::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| format!("unknown change kind {s:?}"))
+        ChangeKind::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| UnknownKind(s.to_owned()))
     }
 }
 

@@ -28,7 +28,7 @@ use crate::gate::{APPROVAL_INPUT, GateError, Verdict, is_own_state};
 use crate::policy::{Action, Decision};
 use crate::store::audit::{AuditRecord, Event};
 use crate::store::request_state::StateUse;
-use crate::store::{Approval, Status};
+use crate::store::{Approval, Status, StoreError};
 use crate::wire::jsonrpc;
 
 /// What a retry brought back for the proxy: its own `requestState` and the client's answer to
@@ -165,7 +165,10 @@ impl ApprovalService {
             }
             match self.wait_decided(approval, &caller).await {
                 Ok(a) => a,
-                Err(why) => return Verdict::Respond(replies::internal(&why)),
+                Err(StoreError::NotFound(_)) => {
+                    return Verdict::Respond(replies::internal("the approval request vanished"));
+                }
+                Err(e) => return Verdict::Respond(replies::internal(&format!("storage: {e}"))),
             }
         } else {
             approval
@@ -209,7 +212,7 @@ impl ApprovalService {
 
     /// Waits for a decision on `approval` (with progress) until the caller's deadline (`wait_secs`,
     /// cut to its client's `answer_within`), and returns it as it then stands.
-    async fn wait_decided(&self, approval: Approval, caller: &Caller) -> Result<Approval, String> {
+    async fn wait_decided(&self, approval: Approval, caller: &Caller) -> Result<Approval, StoreError> {
         let id = approval.id.clone();
         let url = self.url_for(&id);
         let mut changes = self.subscribe(&id);
@@ -219,8 +222,8 @@ impl ApprovalService {
         let outcome = loop {
             current = match self.store.get_approval(&id).await {
                 Ok(Some(a)) => a,
-                Ok(None) => break Err("the approval request vanished".to_owned()),
-                Err(e) => break Err(format!("storage: {e}")),
+                Ok(None) => break Err(StoreError::NotFound(id.clone())),
+                Err(e) => break Err(e),
             };
             let now = tokio::time::Instant::now();
             if current.status != Status::Pending

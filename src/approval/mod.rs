@@ -37,7 +37,7 @@ use crate::gate::{CancellationToken, Channel, Gate, Offered, ProgressSink, Refus
 use crate::policy::{Action, CallFacts, Decision, Policy, Risk};
 use crate::store::audit::{AuditRecord, Event, Redactor};
 use crate::store::{Approval, Store, TransitionError};
-pub use changes::{Change, ChangeKind, Changes};
+pub use changes::{Change, ChangeKind, Changes, UnknownKind};
 use channel::{ChannelPrefs, ChannelRules};
 
 /// How often a waiting caller hears progress (clients reset their timeouts on it).

@@ -386,7 +386,7 @@ impl Hints {
         &self,
         annotations: Option<&rmcp::model::ToolAnnotations>,
         explain: Explain,
-    ) -> Result<Vec<String>, String> {
+    ) -> Result<Vec<String>, Mismatch> {
         let actual = annotations.map(|a| [a.read_only_hint, a.destructive_hint, a.idempotent_hint, a.open_world_hint]);
         let mut reasons = Vec::new();
         for (i, required) in self.as_array().into_iter().enumerate() {
@@ -400,7 +400,9 @@ impl Hints {
                 (None, None) => (default, "MCP default: the tool sets no annotations or is unknown"),
             };
             if value != required {
-                return Err(explain.say(|| format!("tool {name} is {value} ({source}), rule requires {required}")));
+                return Err(Mismatch(
+                    explain.say(|| format!("tool {name} is {value} ({source}), rule requires {required}")),
+                ));
             }
             reasons.push(explain.say(|| format!("tool {name} is {value} ({source})")));
         }
@@ -435,11 +437,11 @@ impl Rule {
         agent: Option<&str>,
         annotations: Option<&rmcp::model::ToolAnnotations>,
         explain: Explain,
-    ) -> Result<Vec<String>, String> {
+    ) -> Result<Vec<String>, Mismatch> {
         let mut reasons = Vec::new();
         if let Some(glob) = &self.server {
             if !glob.is_match(server) {
-                return Err(explain.say(|| format!("server {server:?} does not match {:?}", glob.as_str())));
+                return Err(Mismatch(explain.say(|| format!("server {server:?} does not match {:?}", glob.as_str()))));
             }
             reasons.push(explain.say(|| format!("server {server:?} matches {:?}", glob.as_str())));
         }
@@ -448,8 +450,9 @@ impl Rule {
         }
         if let Some(globs) = &self.agent {
             let Some(agent) = agent else {
-                return Err(explain
-                    .say(|| format!("the calling agent is unknown; rule requires an agent matching {}", list(globs))));
+                return Err(Mismatch(explain.say(|| {
+                    format!("the calling agent is unknown; rule requires an agent matching {}", list(globs))
+                })));
             };
             reasons.push(match_any("agent", agent, globs, explain)?);
         }
@@ -459,19 +462,19 @@ impl Rule {
 
     /// Whether the rule matches the call: Ok says why, Err why not (both empty when not
     /// explaining).
-    fn check(&self, call: &CallFacts<'_>, explain: Explain) -> Result<String, String> {
+    fn check(&self, call: &CallFacts<'_>, explain: Explain) -> Result<String, Mismatch> {
         let mut reasons = self.check_static(call.server, call.tool, call.agent, call.annotations, explain)?;
         for condition in &self.when {
             match explain {
                 Explain::Yes => {
                     let (holds, why) = condition.check(call.arguments);
                     if !holds {
-                        return Err(why);
+                        return Err(Mismatch(why));
                     }
                     reasons.push(why);
                 }
                 Explain::No if condition.holds(call.arguments) => {}
-                Explain::No => return Err(String::new()),
+                Explain::No => return Err(Mismatch(String::new())),
             }
         }
         if explain == Explain::No {
@@ -560,16 +563,21 @@ impl Rule {
     }
 }
 
-fn match_any(what: &str, value: &str, globs: &[Glob], explain: Explain) -> Result<String, String> {
+/// Why a rule does not match a call: the restriction that failed, in words (empty when not
+/// explaining). Not an error: most rules do not match most calls.
+#[derive(Debug)]
+struct Mismatch(String);
+
+fn match_any(what: &str, value: &str, globs: &[Glob], explain: Explain) -> Result<String, Mismatch> {
     let hit = globs.iter().find(|g| g.is_match(value));
     if explain == Explain::No {
-        return if hit.is_some() { Ok(String::new()) } else { Err(String::new()) };
+        return if hit.is_some() { Ok(String::new()) } else { Err(Mismatch(String::new())) };
     }
     match (hit, globs) {
         (Some(g), [_]) => Ok(format!("{what} {value:?} matches {:?}", g.as_str())),
         (Some(g), _) => Ok(format!("{what} {value:?} matches {:?} (of {})", g.as_str(), list(globs))),
-        (None, [g]) => Err(format!("{what} {value:?} does not match {:?}", g.as_str())),
-        (None, _) => Err(format!("{what} {value:?} matches none of {}", list(globs))),
+        (None, [g]) => Err(Mismatch(format!("{what} {value:?} does not match {:?}", g.as_str()))),
+        (None, _) => Err(Mismatch(format!("{what} {value:?} matches none of {}", list(globs)))),
     }
 }
 
@@ -699,7 +707,7 @@ impl Policy {
                         hide: rule.hide,
                     };
                 }
-                Err(why) => step(&rule.label, false, why),
+                Err(Mismatch(why)) => step(&rule.label, false, why),
             }
         }
         let why = explain.say(|| {

@@ -145,9 +145,18 @@ pub fn parse_answer_text(text: &str) -> Result<Answer, ReviewError> {
 /// Parses JSON as strictly as every message the proxy relays (see [`strict`]): among others, an
 /// object that names a key twice at any depth is refused. `{"decision": "deny", "decision":
 /// "approve"}` is ambiguous, where a `Value` would silently keep the last one.
-pub fn strict_json(bytes: &[u8]) -> Result<Value, String> {
-    let canonical = strict::canonicalize(bytes).map_err(|e| e.to_string())?;
-    serde_json::from_slice(&canonical).map_err(|e| e.to_string())
+pub fn strict_json(bytes: &[u8]) -> Result<Value, UnreadableJson> {
+    let canonical = strict::canonicalize(bytes)?;
+    Ok(serde_json::from_slice(&canonical)?)
+}
+
+/// Why [`strict_json`] refused a text.
+#[derive(Debug, thiserror::Error)]
+pub enum UnreadableJson {
+    #[error(transparent)]
+    Strict(#[from] strict::StrictError),
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
 }
 
 #[cfg(test)]

@@ -74,7 +74,28 @@ pub trait Param {
 
 /// What a column can be read as.
 pub trait FromVal: Sized {
-    fn from_val(v: Val) -> Result<Self, String>;
+    fn from_val(v: Val) -> Result<Self, ColumnError>;
+}
+
+/// Why a stored value cannot be read as the type asked for (a corrupt or foreign database).
+#[derive(Debug, thiserror::Error)]
+pub enum ColumnError {
+    /// The column holds another kind of value.
+    #[error("expected {expected}, found {found:?}")]
+    Kind { expected: &'static str, found: Val },
+    /// An integer beyond the range of the type read.
+    #[error("integer {value} out of range for {ty}")]
+    Range { value: i64, ty: &'static str },
+    /// Text that names no value of the type read.
+    #[error("unknown {what} {value:?}")]
+    Unknown { what: &'static str, value: String },
+}
+
+impl ColumnError {
+    /// `found` where `expected` was asked for.
+    pub fn kind(expected: &'static str, found: Val) -> ColumnError {
+        ColumnError::Kind { expected, found }
+    }
 }
 
 /// Parameters for a statement: `params![a, b, c]`.
@@ -141,10 +162,10 @@ macro_rules! int_param {
             }
         }
         impl FromVal for $t {
-            fn from_val(v: Val) -> Result<Self, String> {
+            fn from_val(v: Val) -> Result<Self, ColumnError> {
                 match v {
-                    Val::Int(i) => <$t>::try_from(i).map_err(|e| format!("integer {i}: {e}")),
-                    other => Err(format!("expected an integer, found {other:?}")),
+                    Val::Int(i) => <$t>::try_from(i).map_err(|_| ColumnError::Range { value: i, ty: stringify!($t) }),
+                    other => Err(ColumnError::kind("an integer", other)),
                 }
             }
         }
@@ -153,12 +174,12 @@ macro_rules! int_param {
 int_param!(i64, i32, u32, u64, usize, u16, u8);
 
 impl FromVal for Val {
-    fn from_val(v: Val) -> Result<Self, String> {
+    fn from_val(v: Val) -> Result<Self, ColumnError> {
         Ok(v)
     }
 }
 impl<T: FromVal> FromVal for Option<T> {
-    fn from_val(v: Val) -> Result<Self, String> {
+    fn from_val(v: Val) -> Result<Self, ColumnError> {
         match v {
             Val::Null => Ok(None),
             v => T::from_val(v).map(Some),
@@ -166,37 +187,37 @@ impl<T: FromVal> FromVal for Option<T> {
     }
 }
 impl FromVal for String {
-    fn from_val(v: Val) -> Result<Self, String> {
+    fn from_val(v: Val) -> Result<Self, ColumnError> {
         match v {
             Val::Text(s) => Ok(s),
-            other => Err(format!("expected text, found {other:?}")),
+            other => Err(ColumnError::kind("text", other)),
         }
     }
 }
 impl FromVal for bool {
-    fn from_val(v: Val) -> Result<Self, String> {
+    fn from_val(v: Val) -> Result<Self, ColumnError> {
         match v {
             Val::Int(i) => Ok(i != 0),
-            other => Err(format!("expected a boolean, found {other:?}")),
+            other => Err(ColumnError::kind("a boolean", other)),
         }
     }
 }
 impl FromVal for f64 {
-    fn from_val(v: Val) -> Result<Self, String> {
+    fn from_val(v: Val) -> Result<Self, ColumnError> {
         match v {
             Val::Real(f) => Ok(f),
             // Exact for every integer the store keeps (counts, milliseconds).
             #[allow(clippy::cast_precision_loss)]
             Val::Int(i) => Ok(i as f64),
-            other => Err(format!("expected a number, found {other:?}")),
+            other => Err(ColumnError::kind("a number", other)),
         }
     }
 }
 impl FromVal for Vec<u8> {
-    fn from_val(v: Val) -> Result<Self, String> {
+    fn from_val(v: Val) -> Result<Self, ColumnError> {
         match v {
             Val::Blob(b) => Ok(b),
-            other => Err(format!("expected bytes, found {other:?}")),
+            other => Err(ColumnError::kind("bytes", other)),
         }
     }
 }
@@ -206,10 +227,11 @@ impl FromVal for Vec<u8> {
 pub struct Row(Vec<Val>);
 
 impl Row {
-    /// Column `idx` as `T`; a missing column or a value of another type is [`StoreError::Corrupt`].
+    /// Column `idx` as `T`; a missing column is [`StoreError::Corrupt`], a value that cannot be read
+    /// as `T` [`StoreError::Column`].
     pub fn get<T: FromVal>(&self, idx: usize) -> Result<T, StoreError> {
         let v = self.0.get(idx).cloned().ok_or_else(|| StoreError::Corrupt(format!("no column {idx} in a row")))?;
-        T::from_val(v).map_err(|e| StoreError::Corrupt(format!("column {idx}: {e}")))
+        T::from_val(v).map_err(|source| StoreError::Column { index: idx, source })
     }
 }
 
@@ -676,9 +698,18 @@ mod tests {
         assert_eq!(row.get::<i64>(0).unwrap(), 7);
         assert_eq!(row.get::<Option<String>>(1).unwrap(), None);
         assert_eq!(row.get::<String>(2).unwrap(), "x");
-        let err = row.get::<i64>(2).unwrap_err().to_string();
-        assert!(err.contains("column 2"), "{err}");
-        assert!(row.get::<u8>(3).is_err());
+        let err = row.get::<i64>(2).unwrap_err();
+        assert_eq!(err.to_string(), r#"corrupt store: column 2: expected an integer, found Text("x")"#);
+        assert!(matches!(
+            err,
+            StoreError::Column { index: 2, source: ColumnError::Kind { expected: "an integer", found: Val::Text(_) } }
+        ));
+        let negative = Row(vec![Val::Int(-1)]);
+        assert!(matches!(
+            negative.get::<u32>(0),
+            Err(StoreError::Column { index: 0, source: ColumnError::Range { value: -1, ty: "u32" } })
+        ));
+        assert!(matches!(row.get::<u8>(3), Err(StoreError::Corrupt(_))), "no column 3");
     }
 
     #[test]

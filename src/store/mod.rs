@@ -255,6 +255,13 @@ pub enum StoreError {
     /// A stored value the code does not understand.
     #[error("corrupt store: {0}")]
     Corrupt(String),
+    /// A column whose value cannot be read as the type the code expects.
+    #[error("corrupt store: column {index}: {source}")]
+    Column {
+        index: usize,
+        #[source]
+        source: db::ColumnError,
+    },
     #[error("database schema version {found} is newer than this mcp-gate supports ({supported}); upgrade mcp-gate")]
     SchemaTooNew { found: u32, supported: u32 },
     #[error("migration {version} ({name}) failed: {source}")]

@@ -23,7 +23,7 @@
 use serde_json::Value;
 
 use super::approvals::{Claim, claim_in, finish_in, release_in};
-use super::db::{Engine, FromVal, Param, Row, Sql, Val, ValRef, params};
+use super::db::{ColumnError, Engine, FromVal, Param, Row, Sql, Val, ValRef, params};
 use super::{Approval, Store, StoreError};
 
 /// Largest page of [`Store::tasks_of_owner`].
@@ -65,14 +65,14 @@ impl Param for TaskState {
 }
 
 impl FromVal for TaskState {
-    fn from_val(v: Val) -> Result<Self, String> {
+    fn from_val(v: Val) -> Result<Self, ColumnError> {
         match String::from_val(v)?.as_str() {
             "working" => Ok(TaskState::Working),
             "running" => Ok(TaskState::Running),
             "completed" => Ok(TaskState::Completed),
             "failed" => Ok(TaskState::Failed),
             "cancelled" => Ok(TaskState::Cancelled),
-            other => Err(format!("unknown task state {other:?}")),
+            other => Err(ColumnError::Unknown { what: "task state", value: other.to_owned() }),
         }
     }
 }

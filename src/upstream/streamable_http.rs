@@ -37,7 +37,7 @@ use super::http::{
 };
 use super::{ConnectError, Outgoing, Reporter, UpstreamLink};
 use crate::wire::MAX_MESSAGE_BYTES;
-use crate::wire::jsonrpc::{self, Kind, Message, code};
+use crate::wire::jsonrpc::{self, Kind, Message, ParseError, code};
 use crate::wire::sse::{SseEvent, SseParser};
 
 /// Time allowed for the closing `DELETE`.
@@ -112,14 +112,25 @@ async fn connect_with(
 }
 
 /// Parses a JSON body: one message, or an array of them (2025-03-26 batches).
-fn parse_body(body: &[u8]) -> Result<Vec<Message>, String> {
+fn parse_body(body: &[u8]) -> Result<Vec<Message>, BodyError> {
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     if first == Some(&b'[') {
-        let items: Vec<Box<RawValue>> = serde_json::from_slice(body).map_err(|e| e.to_string())?;
-        items.iter().map(|item| Message::parse(item.get().as_bytes()).map_err(|e| e.to_string())).collect()
+        let items: Vec<Box<RawValue>> = serde_json::from_slice(body)?;
+        Ok(items.iter().map(|item| Message::parse(item.get().as_bytes())).collect::<Result<_, _>>()?)
     } else {
-        Message::parse(body).map(|m| vec![m]).map_err(|e| e.to_string())
+        Ok(vec![Message::parse(body)?])
     }
+}
+
+/// Why a JSON response body was not read.
+#[derive(Debug, thiserror::Error)]
+enum BodyError {
+    /// A batch that is not a JSON array.
+    #[error(transparent)]
+    Batch(#[from] serde_json::Error),
+    /// A message that is not one.
+    #[error(transparent)]
+    Message(#[from] ParseError),
 }
 
 /// What the transport shares between its tasks.

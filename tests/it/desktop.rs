@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use mcp_gate::config::Config;
-use mcp_gate::server::notify::desktop::{CommandNotifier, Notice, Notifier, spawn};
+use mcp_gate::server::notify::desktop::{CommandNotifier, Notice, Notifier, NotifyError, spawn};
 use serde_json::json;
 use tokio::sync::mpsc;
 
@@ -22,7 +22,7 @@ struct StandIn {
 }
 
 impl Notifier for StandIn {
-    fn show(&self, notice: Notice) -> BoxFuture<'static, Result<(), String>> {
+    fn show(&self, notice: Notice) -> BoxFuture<'static, Result<(), NotifyError>> {
         let _ = self.seen.send(notice);
         if self.hang { Box::pin(std::future::pending()) } else { Box::pin(async { Ok(()) }) }
     }

@@ -53,7 +53,7 @@ pub struct Notice {
 /// Shows notices. [`spawn`] runs each call in a task of its own under [`SHOW_LIMIT`], so an
 /// implementation may take as long as it likes.
 pub trait Notifier: Send + Sync + 'static {
-    fn show(&self, notice: Notice) -> BoxFuture<'static, Result<(), String>>;
+    fn show(&self, notice: Notice) -> BoxFuture<'static, Result<(), NotifyError>>;
 }
 
 /// The notice for a new request.
@@ -238,22 +238,31 @@ impl CommandNotifier {
         cmd
     }
 
-    async fn run(self, notice: Notice) -> Result<(), String> {
+    async fn run(self, notice: Notice) -> Result<(), NotifyError> {
         let actions = self.actions.load(Ordering::Relaxed);
-        let out = self.build(&notice, actions).output().await.map_err(|e| format!("{}: {e}", self.program))?;
+        let start = |source| NotifyError::Start { program: self.program.clone(), source };
+        let out = self.build(&notice, actions).output().await.map_err(start)?;
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr);
             if actions && stderr.contains("action") {
                 // An older notify-send: no actions, the URL stays in the body.
                 self.actions.store(false, Ordering::Relaxed);
-                let again = self.build(&notice, false).output().await.map_err(|e| e.to_string())?;
+                let again = self.build(&notice, false).output().await.map_err(start)?;
                 return if again.status.success() {
                     Ok(())
                 } else {
-                    Err(format!("{}: {}", self.program, again.status))
+                    Err(NotifyError::Failed {
+                        program: self.program.clone(),
+                        status: again.status,
+                        stderr: String::new(),
+                    })
                 };
             }
-            return Err(format!("{}: {}: {}", self.program, out.status, stderr.trim()));
+            return Err(NotifyError::Failed {
+                program: self.program.clone(),
+                status: out.status,
+                stderr: stderr.trim().to_owned(),
+            });
         }
         let chosen = String::from_utf8_lossy(&out.stdout);
         if self.style == Style::NotifySend && matches!(chosen.trim(), "default" | "open") {
@@ -263,8 +272,23 @@ impl CommandNotifier {
     }
 }
 
+/// Why a desktop notification was not shown.
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    /// The notifier program could not be started.
+    #[error("{program}: {source}")]
+    Start {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// It ran and failed.
+    #[error("{program}: {status}{}", if stderr.is_empty() { String::new() } else { format!(": {stderr}") })]
+    Failed { program: String, status: std::process::ExitStatus, stderr: String },
+}
+
 impl Notifier for CommandNotifier {
-    fn show(&self, notice: Notice) -> BoxFuture<'static, Result<(), String>> {
+    fn show(&self, notice: Notice) -> BoxFuture<'static, Result<(), NotifyError>> {
         Box::pin(self.clone().run(notice))
     }
 }
@@ -319,7 +343,7 @@ mod tests {
     struct Hanging(tokio::sync::mpsc::UnboundedSender<Notice>);
 
     impl Notifier for Hanging {
-        fn show(&self, notice: Notice) -> BoxFuture<'static, Result<(), String>> {
+        fn show(&self, notice: Notice) -> BoxFuture<'static, Result<(), NotifyError>> {
             let _ = self.0.send(notice);
             Box::pin(std::future::pending())
         }

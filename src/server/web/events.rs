@@ -26,7 +26,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::WebState;
 use super::api::{ApiError, view};
-use crate::approval::{Change, ChangeKind};
+use crate::approval::{Change, ChangeKind, UnknownKind};
 
 pub fn routes() -> Router<Arc<WebState>> {
     Router::new().route("/api/v1/events", get(events))
@@ -47,13 +47,13 @@ async fn events(State(state): State<Arc<WebState>>, headers: HeaderMap, Query(q)
     }
     let kinds = match parse_kinds(q.kinds.as_deref()) {
         Ok(k) => k,
-        Err(e) => return ApiError::new(StatusCode::BAD_REQUEST, "bad_kind", e).into_response(),
+        Err(e) => return ApiError::new(StatusCode::BAD_REQUEST, "bad_kind", e.to_string()).into_response(),
     };
     let stream = change_stream(state, kinds);
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response()
 }
 
-fn parse_kinds(text: Option<&str>) -> Result<Option<HashSet<ChangeKind>>, String> {
+fn parse_kinds(text: Option<&str>) -> Result<Option<HashSet<ChangeKind>>, UnknownKind> {
     let Some(text) = text.filter(|t| !t.trim().is_empty()) else { return Ok(None) };
     text.split(',').map(|k| k.trim().parse::<ChangeKind>()).collect::<Result<HashSet<_>, _>>().map(Some)
 }

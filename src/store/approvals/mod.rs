@@ -35,7 +35,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::db::{Conn, Engine, FromVal, Param, Row, Sql, Val, ValRef, params};
+use super::db::{ColumnError, Conn, Engine, FromVal, Param, Row, Sql, Val, ValRef, params};
 use super::{SYSTEM_ACTOR, Store, StoreError};
 
 mod claims;
@@ -107,10 +107,12 @@ impl Param for Status {
 }
 
 impl FromVal for Status {
-    fn from_val(v: Val) -> Result<Self, String> {
+    fn from_val(v: Val) -> Result<Self, ColumnError> {
         match v {
-            Val::Text(s) => s.parse().map_err(|e: ParseStatusError| e.to_string()),
-            other => Err(format!("expected an approval status, found {other:?}")),
+            Val::Text(s) => {
+                s.parse().map_err(|ParseStatusError(value)| ColumnError::Unknown { what: "approval status", value })
+            }
+            other => Err(ColumnError::kind("an approval status", other)),
         }
     }
 }
@@ -139,14 +141,14 @@ impl Param for VoteDecision {
 }
 
 impl FromVal for VoteDecision {
-    fn from_val(v: Val) -> Result<Self, String> {
+    fn from_val(v: Val) -> Result<Self, ColumnError> {
         match v {
             Val::Text(s) => match s.as_str() {
                 "approve" => Ok(VoteDecision::Approve),
                 "deny" => Ok(VoteDecision::Deny),
-                other => Err(format!("unknown vote decision {other:?}")),
+                other => Err(ColumnError::Unknown { what: "vote decision", value: other.to_owned() }),
             },
-            other => Err(format!("expected a vote decision, found {other:?}")),
+            other => Err(ColumnError::kind("a vote decision", other)),
         }
     }
 }
@@ -386,7 +388,10 @@ fn row_to_approval(row: &Row) -> Result<Approval, StoreError> {
         rule_reason: row.get(8)?,
         workflow: row.get(9)?,
         required_approvals: row.get(10)?,
-        grant_secs: u64::try_from(grant_secs).map_err(|e| StoreError::Corrupt(format!("column 11: {e}")))?,
+        grant_secs: u64::try_from(grant_secs).map_err(|_| StoreError::Column {
+            index: 11,
+            source: ColumnError::Range { value: grant_secs, ty: "u64" },
+        })?,
         trace: json_col(row, 12)?,
         created_at: row.get(13)?,
         expires_at: row.get(14)?,
