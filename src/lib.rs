@@ -45,7 +45,8 @@
 //!   several upstreams: exposed names, merged capabilities, cursors), sends it through that
 //!   upstream's transport and maps the answer back.
 //! - [`downstream`]: where clients come in: [`downstream::stdio`] when the client started us,
-//!   [`downstream::http`] for `mcp-gate serve`.
+//!   [`downstream::http`] for `mcp-gate serve` (its sessions, the response stream of each message,
+//!   `POST`/`GET`/`DELETE`, and the refusals with their HTTP statuses).
 //! - [`policy`]: the compiled rules (pure, first match wins, fails closed).
 //! - [`store`]: the database (SQLite, or PostgreSQL shared by replicas: [`store::db`] runs the
 //!   same statements on both, [`store::listen`] hears other replicas' changes), the only module

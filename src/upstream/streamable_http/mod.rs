@@ -19,8 +19,8 @@
 //! ends the upstream session with `DELETE`, best effort), so it never reports `closed` itself.
 //!
 //! The rooms: this file holds the transport's shared state, its run loop and the dispatch of each
-//! message; `post` one POST and its answer (JSON, or SSE resumed with `Last-Event-ID`); `reinit`
-//! the replay of the handshake when the upstream session expired; `get_stream` the standalone GET
+//! message; `post` one POST and its answer (JSON, or SSE resumed with `Last-Event-ID`), and the
+//! replay of the handshake when the upstream session expired; `get_stream` the standalone GET
 //! stream and its reconnection.
 
 use std::collections::HashMap;
@@ -44,7 +44,6 @@ use post::post_task;
 
 mod get_stream;
 mod post;
-mod reinit;
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests;

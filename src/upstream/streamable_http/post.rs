@@ -1,13 +1,15 @@
-//! POSTing one message and reading its answer: JSON, or an SSE stream resumed with `Last-Event-ID`.
+//! POSTing one message and reading its answer: JSON, or an SSE stream resumed with
+//! `Last-Event-ID`; when the upstream session expired, replaying the handshake to start it again.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use bytes::Bytes;
 use reqwest::{Response, StatusCode};
 use tokio::sync::oneshot;
 
 use super::get_stream::open_get_stream;
-use super::reinit::reinitialize;
 use super::{
     BACKOFF_MAX, BACKOFF_START, Ctx, ERROR_BODY_LIMIT, EVENT_STREAM, RESUME_ATTEMPTS, SESSION_HEADER, Shared, Step,
     parse_body,
@@ -17,6 +19,7 @@ use crate::upstream::http::{
     describe, excerpt, http_failure, media_type, read_body, read_body_prefix, recorrelated_error,
 };
 use crate::wire::MAX_MESSAGE_BYTES;
+use crate::wire::jsonrpc::{self, Message};
 use crate::wire::sse::SseParser;
 
 /// POSTs one message and handles its response; re-initializes once on an expired session.
@@ -213,4 +216,77 @@ async fn resume(shared: &Arc<Shared>, ctx: &mut Ctx, session: &str, mut last_id:
         delay = next_retry.map_or(BACKOFF_START, Duration::from_millis).min(BACKOFF_MAX);
     }
     false
+}
+
+/// Why an expired upstream session could not be started again.
+#[derive(Debug, thiserror::Error)]
+enum ReinitError {
+    #[error("no initialize request to replay")]
+    NothingToReplay,
+    #[error("saved initialize is invalid: {0}")]
+    Saved(#[from] jsonrpc::ParseError),
+    #[error("cannot reach {url}: {}", crate::upstream::http::describe(.cause))]
+    Unreachable { url: reqwest::Url, cause: reqwest::Error },
+    /// What the replayed initialize got back, as reported to its callers.
+    #[error("{0}")]
+    Failed(String),
+    #[error("no response to the replayed initialize")]
+    NoResponse,
+    #[error("notifications/initialized: HTTP {0}")]
+    Initialized(StatusCode),
+}
+
+/// Replays the saved handshake after the upstream session expired: the initialize request (with
+/// an id of the transport's own; its response is swallowed) and `notifications/initialized`.
+async fn reinitialize(shared: &Arc<Shared>, expired: &str) -> Result<(), ReinitError> {
+    let _lock = shared.reinit_lock.lock().await;
+    let (initialize, initialized) = {
+        let state = shared.state();
+        if state.session_id.as_deref() != Some(expired) {
+            // Another request already re-initialized (or the client started over).
+            return Ok(());
+        }
+        (state.initialize.clone(), state.initialized.clone())
+    };
+    let initialize = initialize.ok_or(ReinitError::NothingToReplay)?;
+    let n = shared.replays.fetch_add(1, Ordering::Relaxed);
+    let id = u64::MAX - n;
+    let mut msg = Message::parse(&initialize)?;
+    msg.id = Some(jsonrpc::number_id(id));
+    let mut out = Outgoing::plain(Bytes::from(msg.to_bytes()));
+    out.method = Some("initialize".to_owned());
+    out.request_id = Some(id);
+
+    let mut ctx = Ctx::new(&out, Step::Initialize, false, None);
+    let resp = shared
+        .post_request(&out, None, None)
+        .send()
+        .await
+        .map_err(|cause| ReinitError::Unreachable { url: shared.url.clone(), cause })?;
+    handle_response(shared, &mut ctx, resp, None).await;
+    if let Some(failure) = ctx.failure {
+        return Err(ReinitError::Failed(failure));
+    }
+    if !ctx.got_response {
+        return Err(ReinitError::NoResponse);
+    }
+    let (session, version) = {
+        let state = shared.state();
+        (state.session_id.clone(), state.protocol_version.clone())
+    };
+    tracing::info!(server = %shared.server, session = ?session, "upstream session re-initialized");
+    if let Some(initialized) = initialized {
+        let mut out = Outgoing::plain(initialized);
+        out.method = Some("notifications/initialized".to_owned());
+        let resp = shared
+            .post_request(&out, session.as_deref(), version.as_deref())
+            .send()
+            .await
+            .map_err(|cause| ReinitError::Unreachable { url: shared.url.clone(), cause })?;
+        if !resp.status().is_success() {
+            return Err(ReinitError::Initialized(resp.status()));
+        }
+        open_get_stream(shared).await;
+    }
+    Ok(())
 }
