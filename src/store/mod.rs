@@ -12,6 +12,11 @@
 //! tokio oneshot, so no async task ever blocks on SQLite and no lock is held across an `.await`. When the
 //! last handle is dropped the thread ends and the connection closes (checkpointing the WAL).
 //!
+//! The rooms: this file holds the handle and its requests; `location` where the database is;
+//! `worker` the thread that owns the connection; `deferred` the writes nobody waits for and
+//! their groups; `files` the database file's identity and the private files and directories.
+//! Each table has its module (`approvals`, `audit`, `tasks`, `request_state`, `stats`).
+//!
 //! A request that has been sent runs to completion even if the caller's future is dropped: a claim or a
 //! vote is either committed in full or not at all, never half-applied, but it may be committed without
 //! anyone reading the answer.
@@ -65,18 +70,20 @@ pub mod approvals;
 pub mod audit;
 pub mod clock;
 pub mod db;
+mod deferred;
+mod files;
 pub mod idle;
 pub mod listen;
+mod location;
 mod migrate;
 pub mod request_state;
 pub mod stats;
 pub mod tasks;
+mod worker;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
-
-use rusqlite::Connection;
 
 pub use db::{Conn, Engine, Row, Sql, Val, params};
 use tokio::sync::oneshot;
@@ -88,38 +95,17 @@ pub use approvals::{
 pub use clock::Clock;
 pub use migrate::SCHEMA_VERSION;
 
+pub use deferred::Deferred;
+use deferred::{DeferredQueue, commit_group};
+use files::file_change;
+pub use files::{FileId, create_private_dir};
+pub use location::{DatabaseUrl, Location};
+pub(crate) use worker::host_name;
+pub use worker::{EXIT_WAIT, wait_for_workers};
+use worker::{Job, Msg, WORKERS, Watch, Worker, open_connection, register_instance};
+
 /// How long a write waits for another connection's write lock before failing with `SQLITE_BUSY`.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How many times a store worker tries its last group of deferred writes, each waiting up to
-/// [`BUSY_TIMEOUT`] for another connection's write lock.
-const EXIT_TRIES: u32 = 3;
-
-/// How long the process waits at exit for its store workers to commit their last groups
-/// ([`wait_for_workers`]): their tries, and a margin.
-pub const EXIT_WAIT: Duration = Duration::from_secs(5 * EXIT_TRIES as u64 + 5);
-
-/// The store workers of this process, each ending its channel when its thread ends (its last
-/// group of deferred writes committed, or given up).
-static WORKERS: Mutex<Vec<mpsc::Receiver<()>>> = Mutex::new(Vec::new());
-
-/// Waits, up to `limit` in all, for every store worker whose handles are all dropped to commit
-/// its last deferred writes and end. Called at exit, once the runtime (and so every handle) is
-/// gone: the worker is not joined by anything else, and the process ending first would lose the
-/// writes of its last group (the audit rows of the calls answered in its last moments).
-pub fn wait_for_workers(limit: Duration) {
-    let workers = match WORKERS.lock() {
-        Ok(mut workers) => std::mem::take(&mut *workers),
-        Err(_) => return,
-    };
-    let deadline = Instant::now() + limit;
-    for worker in workers {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if let Err(mpsc::RecvTimeoutError::Timeout) = worker.recv_timeout(left) {
-            tracing::warn!("a store worker was still writing at exit; its last writes may be lost");
-        }
-    }
-}
 
 /// How often the worker checks the file's identity (and whether a heartbeat is due) when idle.
 pub const TICK: Duration = Duration::from_secs(2);
@@ -149,87 +135,6 @@ pub const SYSTEM_ACTOR: &str = "system";
 /// ([`Store::clock`]); this is for clients of the API, which have no store.
 pub fn now_ms() -> i64 {
     Clock::system().now_ms()
-}
-
-/// Where the database lives.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Location {
-    /// A private in-memory SQLite database (tests); each `open` gets a fresh one.
-    Memory,
-    /// An SQLite file; parent directories are created.
-    File(PathBuf),
-    /// A PostgreSQL database shared by every replica that names it.
-    Postgres(DatabaseUrl),
-}
-
-/// What the database is, as messages name it (never with a password).
-impl std::fmt::Display for Location {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Location::Memory => f.write_str("in memory (lost when the process exits)"),
-            Location::File(path) => write!(f, "SQLite {}", path.display()),
-            Location::Postgres(url) => write!(f, "PostgreSQL {url}"),
-        }
-    }
-}
-
-/// A PostgreSQL connection URL (`postgres://user:password@host:port/db?...`; `[approvals]
-/// database` takes this form, which [`DatabaseUrl::is_postgres`] tells from a file path). It may
-/// hold a password: it is never logged or shown, only its host and database are.
-#[derive(Clone, PartialEq, Eq)]
-pub struct DatabaseUrl(String);
-
-impl DatabaseUrl {
-    /// Checks that `url` parses as a PostgreSQL connection string.
-    pub fn parse(url: &str) -> Result<DatabaseUrl, String> {
-        url.parse::<postgres::Config>().map_err(|e| format!("not a PostgreSQL connection string: {e}"))?;
-        Ok(DatabaseUrl(url.to_owned()))
-    }
-
-    /// Whether `s` names a PostgreSQL database rather than an SQLite file.
-    pub fn is_postgres(s: &str) -> bool {
-        s.starts_with("postgres://") || s.starts_with("postgresql://")
-    }
-
-    fn config(&self) -> Result<postgres::Config, StoreError> {
-        self.0.parse::<postgres::Config>().map_err(StoreError::Postgres)
-    }
-
-    /// Opens a new connection (no TLS: use a Unix socket, loopback or a private network).
-    pub(crate) fn connect(&self) -> Result<postgres::Client, StoreError> {
-        self.connect_as("mcp-gate")
-    }
-
-    /// [`DatabaseUrl::connect`], naming the connection `application_name` unless the string names it.
-    pub(crate) fn connect_as(&self, application_name: &str) -> Result<postgres::Client, StoreError> {
-        let mut config = self.config()?;
-        if config.get_application_name().is_none() {
-            config.application_name(application_name);
-        }
-        config.connect_timeout(BUSY_TIMEOUT);
-        Ok(config.connect(postgres::NoTls)?)
-    }
-}
-
-impl std::fmt::Debug for DatabaseUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Display::fmt(self, f)
-    }
-}
-
-/// Where the database is, without the user or password.
-impl std::fmt::Display for DatabaseUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let Ok(config) = self.0.parse::<postgres::Config>() else { return f.write_str("postgres://(invalid)") };
-        let host = match config.get_hosts().first() {
-            Some(postgres::config::Host::Tcp(h)) => h.clone(),
-            #[cfg(unix)]
-            Some(postgres::config::Host::Unix(p)) => p.display().to_string(),
-            None => "localhost".to_owned(),
-        };
-        let port = config.get_ports().first().copied().unwrap_or(5432);
-        write!(f, "postgres://{host}:{port}/{}", config.get_dbname().unwrap_or_default())
-    }
 }
 
 /// Errors of the store boundary.
@@ -283,120 +188,6 @@ pub enum StoreError {
     /// The request was dropped by the worker without an answer (it panicked).
     #[error("the store request was aborted")]
     Aborted,
-}
-
-type Job = Box<dyn FnOnce(Result<&mut Conn, StoreError>) + Send + 'static>;
-
-/// A deferred write of any kind (see [`Store::defer`]).
-type DeferredWrite = Box<dyn FnOnce(&mut dyn Sql) -> Result<(), StoreError> + Send + 'static>;
-
-/// A write nobody waits for, run inside the transaction of its group (see [`Store::defer`]).
-pub enum Deferred {
-    /// Any write.
-    Write(DeferredWrite),
-    /// An audit record and its time ([`Store::audit_append_later`]): the records of a group
-    /// that follow one another are chained with one read and one write of the chain's head.
-    Audit(Box<audit::AuditRecord>, i64),
-}
-
-/// Deferred writes not yet committed, shared by every handle, the worker and the event loop's
-/// [`idle::IdleWriter`].
-#[derive(Default)]
-struct DeferredQueue {
-    pending: Mutex<Pending>,
-    /// The loss of the database file once the worker found it, so that a write queued after that
-    /// is refused at once instead of being dropped later.
-    lost: std::sync::OnceLock<(PathBuf, &'static str)>,
-    /// Held by whoever commits deferred writes, from taking them until the commit, so that the
-    /// groups reach the database in the order they were queued.
-    committing: Mutex<()>,
-    /// How long the worker lets a group wait, in milliseconds; 0 for [`LINGER`]. Longer
-    /// ([`idle::FALLBACK`]) when the event loop commits the groups ([`idle`]).
-    linger_ms: std::sync::atomic::AtomicU64,
-}
-
-#[derive(Default)]
-struct Pending {
-    writes: Vec<Deferred>,
-    /// When the oldest of `writes` was queued.
-    since: Option<Instant>,
-}
-
-impl DeferredQueue {
-    /// When the oldest queued write was queued; `None` when none is.
-    fn since(&self) -> Option<Instant> {
-        self.pending.lock().ok().and_then(|p| p.since)
-    }
-
-    /// Takes every queued write, oldest first.
-    fn take(&self) -> Vec<Deferred> {
-        match self.pending.lock() {
-            Ok(mut pending) => {
-                pending.since = None;
-                std::mem::take(&mut pending.writes)
-            }
-            Err(_) => Vec::new(),
-        }
-    }
-
-    /// How long the worker lets a group wait before it commits it.
-    fn linger(&self) -> Duration {
-        match self.linger_ms.load(std::sync::atomic::Ordering::Relaxed) {
-            0 => LINGER,
-            ms => Duration::from_millis(ms),
-        }
-    }
-
-    /// Leaves the groups to another writer: the worker commits one only after `wait`.
-    fn leave_for(&self, wait: Duration) {
-        let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
-        self.linger_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-impl std::fmt::Debug for DeferredQueue {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let pending = self.pending.lock().map(|p| p.writes.len()).unwrap_or(0);
-        f.debug_struct("DeferredQueue").field("pending", &pending).finish()
-    }
-}
-
-/// What the worker receives.
-enum Msg {
-    /// A request, answered when it has run.
-    Job(Job),
-    /// The first deferred write of a new group is waiting in [`Store::deferred`].
-    Deferred,
-}
-
-/// The identity of a file: its device and inode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct FileId {
-    pub dev: u64,
-    pub ino: u64,
-}
-
-impl std::fmt::Display for FileId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.dev, self.ino)
-    }
-}
-
-impl FileId {
-    /// The identity of the file at `path` now; `None` where the platform has no inodes.
-    pub fn of(path: &Path) -> std::io::Result<Option<FileId>> {
-        let meta = std::fs::metadata(path)?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::MetadataExt;
-            Ok(Some(FileId { dev: meta.dev(), ino: meta.ino() }))
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = meta;
-            Ok(None)
-        }
-    }
 }
 
 /// Cloneable handle to the database worker thread.
@@ -473,7 +264,7 @@ impl Store {
                 _ => None,
             };
             let watch = Watch { file: watched, lost: None };
-            worker(&mut conn, queue, &pending, watch, Worker { instance: &me, clock: &clock, server });
+            worker::run(&mut conn, queue, &pending, watch, Worker { instance: &me, clock: &clock, server });
         })?;
         if let Ok(mut workers) = WORKERS.lock() {
             workers.retain(|w| matches!(w.try_recv(), Err(std::sync::mpsc::TryRecvError::Empty)));
@@ -620,325 +411,6 @@ impl Store {
         }
         Ok(())
     }
-}
-
-/// How the file at `path` is no longer the one whose identity is `id` (`deleted`, `replaced`),
-/// logged as the error it is; `None` while it is, or cannot be told.
-fn file_change(path: &Path, id: FileId) -> Option<&'static str> {
-    let how = match FileId::of(path) {
-        Ok(Some(now)) if now == id => None,
-        Ok(None) => None,
-        Ok(Some(_)) => Some("replaced"),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some("deleted"),
-        // Unreadable for a moment (permissions, I/O): not proof of a different file.
-        Err(_) => None,
-    };
-    if let Some(how) = how {
-        tracing::error!(
-            path = %path.display(),
-            "the database file was {how} while in use: refusing every request from now on \
-             (held calls are refused, nothing is approved into a file no other process sees); \
-             restart mcp-gate"
-        );
-    }
-    how
-}
-
-/// What the worker knows about the database file: where it is, its identity at open, and
-/// whether it has been found deleted or replaced.
-struct Watch {
-    file: Option<(PathBuf, FileId)>,
-    /// The path and what happened to it (`deleted`, `replaced`).
-    lost: Option<(PathBuf, &'static str)>,
-}
-
-impl Watch {
-    /// What the last [`Watch::check`] found.
-    fn known(&self) -> Option<StoreError> {
-        self.lost.as_ref().map(|(path, how)| StoreError::Replaced { path: path.clone(), how })
-    }
-
-    /// Checks the path's identity; once lost, stays lost. Logs the loss once, loudly.
-    fn check(&mut self) -> Option<StoreError> {
-        if self.lost.is_none()
-            && let Some((path, id)) = &self.file
-        {
-            if let Some(how) = file_change(path, *id) {
-                self.lost = Some((path.clone(), how));
-            }
-        }
-        self.known()
-    }
-}
-
-/// Who the worker is, and where it reconnects to.
-struct Worker<'a> {
-    instance: &'a str,
-    clock: &'a Clock,
-    /// The PostgreSQL server to reconnect to when the connection is lost; `None` for SQLite.
-    server: Option<&'a DatabaseUrl>,
-}
-
-impl Worker<'_> {
-    /// Replaces a lost PostgreSQL connection before it is used. When the server cannot be reached
-    /// the old one stays, and what runs on it fails (a held call is refused, nothing is let through).
-    fn reconnect_if_lost(&self, conn: &mut Conn) {
-        let (Some(url), Conn::Postgres(pg)) = (self.server, &mut *conn) else { return };
-        if !pg.is_closed() {
-            return;
-        }
-        match url.connect() {
-            Ok(client) => {
-                **pg = db::PgConn::new(client);
-                tracing::info!(database = %url, "reconnected to the database");
-            }
-            Err(e) => tracing::error!(database = %url, "the database connection is lost and cannot be made again: {e}"),
-        }
-    }
-}
-
-fn worker(conn: &mut Conn, queue: mpsc::Receiver<Msg>, deferred: &DeferredQueue, mut watch: Watch, me: Worker<'_>) {
-    let Worker { instance, clock, .. } = me;
-    let mut last_beat = std::time::Instant::now();
-    // When the pending group of deferred writes is due.
-    let mut due: Option<Instant> = None;
-    loop {
-        let wait = due.map_or(TICK, |d| d.saturating_duration_since(Instant::now()).min(TICK));
-        let (job, woken) = match queue.recv_timeout(wait) {
-            Ok(Msg::Job(job)) => (Some(job), false),
-            Ok(Msg::Deferred) => {
-                due.get_or_insert_with(|| Instant::now() + deferred.linger());
-                (None, true)
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => (None, false),
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        };
-        // The group is written when due, and before any request, so that a request sees every
-        // write queued before it.
-        let mut write_group = due.is_some_and(|d| job.is_some() || Instant::now() >= d);
-        if write_group && job.is_none() {
-            // The event loop may have committed the group meanwhile: what is queued now is a
-            // later group, due in its own time.
-            match deferred.since().map(|since| since + deferred.linger()) {
-                Some(next) if next > Instant::now() => {
-                    due = Some(next);
-                    write_group = false;
-                }
-                Some(_) => {}
-                None => {
-                    due = None;
-                    write_group = false;
-                }
-            }
-        }
-        if job.is_some() || write_group {
-            me.reconnect_if_lost(conn);
-        }
-        let beat = last_beat.elapsed() >= HEARTBEAT;
-        // The file is checked before anything is read or written, and at every idle tick; not
-        // when the first deferred write of a group merely wakes the worker to start lingering
-        // (one check per group instead of two).
-        let lost = if woken && !write_group && !beat { watch.known() } else { watch.check() };
-        if let Some(StoreError::Replaced { path, how }) = &lost {
-            let _ = deferred.lost.set((path.clone(), how));
-        }
-        if write_group {
-            due = None;
-            if write_deferred(conn, deferred, lost.as_ref()) {
-                due = Some(Instant::now() + deferred.linger());
-            }
-        }
-        if lost.is_none() && beat {
-            last_beat = std::time::Instant::now();
-            if let Err(e) = heartbeat(conn, instance, clock.now_ms()) {
-                tracing::warn!("store heartbeat failed: {e}");
-            }
-        }
-        let Some(job) = job else { continue };
-        let Some(lost) = lost else {
-            // A panicking request must not take the store down with it. An open transaction is rolled back
-            // by `Transaction`'s drop during unwinding; the caller sees `StoreError::Aborted`.
-            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(Ok(conn)))).is_err() {
-                tracing::error!("a store request panicked; it was rolled back");
-                conn.rollback_if_open();
-            }
-            continue;
-        };
-        job(Err(lost));
-    }
-    let lost = watch.check();
-    // The last group has no later round: another connection holding the write lock past the
-    // busy timeout gets a few more, then the group is reported lost.
-    let mut tries = 1;
-    while write_deferred(conn, deferred, lost.as_ref()) {
-        if tries == EXIT_TRIES {
-            let count = deferred.take().len();
-            tracing::error!(count, "deferred writes dropped at exit: the database stayed locked by another connection");
-            break;
-        }
-        tries += 1;
-    }
-    if watch.lost.is_none() {
-        // A clean end: the instance goes, unless it leaves claims in flight to be settled.
-        let _ = conn.execute(
-            "DELETE FROM instances WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM claims WHERE instance = ?1)",
-            params![instance],
-        );
-    }
-    tracing::debug!("store worker stopping: all handles dropped");
-}
-
-/// Commits the pending deferred writes in one transaction (see [`Store::defer`]). Returns true when
-/// they were left queued because the database stayed locked by another connection past the busy
-/// timeout (the transaction could not begin, nothing was taken): the caller tries again later.
-fn write_deferred(conn: &mut Conn, deferred: &DeferredQueue, lost: Option<&StoreError>) -> bool {
-    // Waits for the event loop's commit of an earlier group, if one is under way.
-    let _committing = deferred.committing.lock();
-    if let Some(lost) = lost {
-        let count = deferred.take().len();
-        if count > 0 {
-            tracing::error!(count, "deferred writes dropped: {lost}");
-        }
-        return false;
-    }
-    if deferred.since().is_none() {
-        return false;
-    }
-    // The group is taken once the write transaction began, as the event loop's writer does: a
-    // database locked past the busy timeout leaves it queued instead of losing it.
-    let mut count = 0;
-    let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        conn.write(|tx| {
-            let group = deferred.take();
-            count = group.len();
-            commit_group(tx, group)
-        })
-    }));
-    match written {
-        Ok(Ok(())) => false,
-        Ok(Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _))))
-            if count == 0
-                && matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) =>
-        {
-            tracing::warn!("deferred writes wait for the database, locked by another connection");
-            true
-        }
-        Ok(Err(e)) => {
-            // Any other failure loses the group, as before, taken or not (nothing retries it).
-            let count = if count == 0 { deferred.take().len() } else { count };
-            tracing::warn!(count, "deferred writes failed: {e}");
-            false
-        }
-        Err(_) => {
-            tracing::error!(count, "a deferred write panicked; its group was rolled back");
-            conn.rollback_if_open();
-            false
-        }
-    }
-}
-
-/// Runs a group of deferred writes, in order, inside an open write transaction; the audit records
-/// among them are chained with one read and one write of the chain's head.
-fn commit_group(tx: &mut dyn Sql, group: Vec<Deferred>) -> Result<(), StoreError> {
-    let mut chain = audit::Chain::default();
-    for write in group {
-        match write {
-            Deferred::Write(write) => {
-                chain.settle(tx)?;
-                write(tx)?;
-            }
-            Deferred::Audit(rec, at) => {
-                chain.append(tx, &rec, at)?;
-            }
-        }
-    }
-    chain.settle(tx)
-}
-
-/// The host name and pid namespace, to tell the processes whose pid can be checked here from
-/// others (another machine, or another container sharing the data directory).
-pub(crate) fn host_name() -> String {
-    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_default();
-    match std::fs::read_link("/proc/self/ns/pid") {
-        Ok(ns) => format!("{name} {}", ns.display()),
-        Err(_) => name,
-    }
-}
-
-fn register_instance(conn: &mut dyn Sql, instance: &str, now: i64) -> Result<(), StoreError> {
-    conn.execute(
-        "INSERT INTO instances (id, host, pid, started_at, heartbeat_at) VALUES (?1, ?2, ?3, ?4, ?4)",
-        params![instance, host_name(), std::process::id(), now],
-    )?;
-    Ok(())
-}
-
-fn heartbeat(conn: &mut dyn Sql, instance: &str, now: i64) -> Result<(), StoreError> {
-    conn.execute("UPDATE instances SET heartbeat_at = ?2 WHERE id = ?1", params![instance, now])?;
-    Ok(())
-}
-
-fn open_connection(loc: &Location, now: i64) -> Result<Conn, StoreError> {
-    let conn = match loc {
-        Location::Postgres(url) => {
-            let mut conn = Conn::Postgres(Box::new(db::PgConn::new(url.connect()?)));
-            migrate::run(&mut conn, now)?;
-            return Ok(conn);
-        }
-        Location::Memory => Connection::open_in_memory()?,
-        Location::File(path) => {
-            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                create_private_dir(parent)?;
-            }
-            create_private_file(path)?;
-            Connection::open(path)?
-        }
-    };
-    conn.busy_timeout(BUSY_TIMEOUT)?;
-    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
-    if *loc != Location::Memory && !mode.eq_ignore_ascii_case("wal") {
-        tracing::warn!(journal_mode = %mode, "could not switch the database to WAL mode");
-    }
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
-    conn.pragma_update(None, "foreign_keys", "ON")?;
-    // 16 MiB of page cache (the default is 2 MiB): keeps a large queue's indexes and rows in memory.
-    conn.pragma_update(None, "cache_size", -16_384)?;
-    let mut conn = Conn::Sqlite(conn);
-    migrate::run(&mut conn, now)?;
-    Ok(conn)
-}
-
-/// Creates a directory (and its missing parents) with mode 0700: the data directory holds the
-/// approver token and the database, which no other user may read.
-pub fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        builder.mode(0o700);
-    }
-    builder.create(path)
-}
-
-/// Creates the database file with mode 0600 if it does not exist, and tightens an existing one.
-#[cfg(unix)]
-fn create_private_file(path: &std::path::Path) -> Result<(), StoreError> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
-    let perms = std::fs::metadata(path)?.permissions();
-    if perms.mode() & 0o077 != 0 {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    }
-    Ok(())
-}
-
-#[cfg(not(unix))]
-fn create_private_file(_path: &std::path::Path) -> Result<(), StoreError> {
-    Ok(())
 }
 
 #[cfg(test)]
