@@ -267,10 +267,15 @@ mod tests {
     use crate::http::guard::headers;
     use crate::wire::jsonrpc::Message;
 
+    /// A `tools/call` with these params.
+    fn tools_call(params: &str) -> Message {
+        Message::parse(format!(r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{params}}}"#).as_bytes())
+            .unwrap()
+    }
+
     #[test]
     fn modern_headers_must_match_body() {
-        let msg =
-            Message::parse(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"h\u00e9"}}"#).unwrap();
+        let msg = tools_call(r#"{"name":"h\u00e9"}"#);
         let ok = headers(&[("mcp-method", "tools/call"), ("mcp-name", "=?base64?aMOp?=")]);
         assert!(validate_modern_headers(&ok, &msg).is_ok());
         let wrong = headers(&[("mcp-method", "tools/call"), ("mcp-name", "other")]);
@@ -296,9 +301,8 @@ mod tests {
 
     #[test]
     fn a_name_mismatch_reads_as_text() {
-        let named =
-            Message::parse(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo"}}"#).unwrap();
-        let unnamed = Message::parse(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{}}"#).unwrap();
+        let named = tools_call(r#"{"name":"echo"}"#);
+        let unnamed = tools_call("{}");
         let h = headers(&[("mcp-method", "tools/call"), ("mcp-name", "get")]);
         let text = validate_modern_headers(&h, &named).unwrap_err().to_string();
         assert_eq!(text, r#"Header mismatch: Mcp-Name "get" but the body says "echo""#);
@@ -309,8 +313,7 @@ mod tests {
     #[test]
     fn a_misplaced_padding_leaves_the_header_as_written() {
         // A misplaced `=` leaves the header as written, which then does not match the body.
-        let msg =
-            Message::parse(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"h\u00e9"}}"#).unwrap();
+        let msg = tools_call(r#"{"name":"h\u00e9"}"#);
         let misplaced = headers(&[("mcp-method", "tools/call"), ("mcp-name", "=?base64?aM=Op?=")]);
         assert!(validate_modern_headers(&misplaced, &msg).is_err());
     }

@@ -753,10 +753,9 @@ async fn stateless_requests_wait_for_no_get_stream() {
     assert_eq!(up.position("GET"), None);
 }
 
-/// A GET stream that breaks is reopened with the id of the last event it carried, and what
-/// the server sent meanwhile arrives.
-#[tokio::test]
-async fn a_broken_get_stream_is_resumed_with_last_event_id() {
+/// A session whose GET stream is open and has carried the event `g1`, with `missed` (returned
+/// last) stored for a resumption from it; the stream's sender is returned, to be broken.
+async fn get_stream_past_g1() -> (Arc<Upstream>, UpstreamLink, Events, mpsc::UnboundedSender<String>, Value) {
     let up = slow_get_upstream(Duration::ZERO);
     let missed = json!({"jsonrpc":"2.0","method":"notifications/resources/list_changed"});
     up.replay.lock().unwrap().insert("g1".to_owned(), vec![sse_data(Some("g2"), &missed)]);
@@ -771,6 +770,14 @@ async fn a_broken_get_stream_is_resumed_with_last_event_id() {
     tx.send(sse_data(Some("g1"), &json!({"jsonrpc":"2.0","method":"notifications/tools/list_changed"}))).unwrap();
     let (msg, related) = next_message(&mut events).await;
     assert_eq!((msg["method"].as_str(), related), (Some("notifications/tools/list_changed"), None));
+    (up, link, events, tx, missed)
+}
+
+/// A GET stream that breaks is reopened with the id of the last event it carried, and what
+/// the server sent meanwhile arrives.
+#[tokio::test]
+async fn a_broken_get_stream_is_resumed_with_last_event_id() {
+    let (up, _link, mut events, tx, missed) = get_stream_past_g1().await;
     drop(tx);
     let (msg, related) = next_message(&mut events).await;
     assert_eq!((msg, related), (missed, None));
@@ -785,18 +792,7 @@ async fn a_broken_get_stream_is_resumed_with_last_event_id() {
 /// 409 (only one GET stream per session): it is tried again, still resuming.
 #[tokio::test]
 async fn a_get_stream_reconnection_refused_as_a_conflict_is_retried() {
-    let up = slow_get_upstream(Duration::ZERO);
-    let missed = json!({"jsonrpc":"2.0","method":"notifications/resources/list_changed"});
-    up.replay.lock().unwrap().insert("g1".to_owned(), vec![sse_data(Some("g2"), &missed)]);
-    let url = serve(Arc::clone(&up)).await;
-    let (link, mut events) = start_at(&url, NO_CAP).await;
-    handshake(&link, &mut events).await;
-    assert!(link.send(outgoing(json!({"jsonrpc":"2.0","id":2,"method":"tools/list"}))).is_ok());
-    assert_eq!(next_message(&mut events).await.1, Some(2));
-    let tx = up.get_tx.lock().unwrap().take().expect("the GET stream is open");
-    up.streams.lock().unwrap().clear();
-    tx.send(sse_data(Some("g1"), &json!({"jsonrpc":"2.0","method":"notifications/tools/list_changed"}))).unwrap();
-    assert_eq!(next_message(&mut events).await.1, None);
+    let (up, _link, mut events, tx, missed) = get_stream_past_g1().await;
     *up.get_status.lock().unwrap() = Some(409);
     drop(tx);
     until_seen(&up, "the reconnection", |s| s.method == "GET answered" && s.header("last-event-id") == Some("g1"))
