@@ -11,7 +11,7 @@ use crate::approval::{ApprovalGate, ApprovalService, ApprovalSettings};
 use crate::config::Config;
 use crate::downstream::{http, stdio};
 use crate::gate::Gate;
-use crate::http::health::{Check, Readiness};
+use crate::http::health::{Check, NotReady, Readiness};
 use crate::secret::ExposeSecret;
 use crate::server::hub;
 use crate::session::SessionOptions;
@@ -302,18 +302,18 @@ fn upstream_check(server: &ServerConfig) -> Check {
             match transport {
                 UpstreamTransport::Stdio { command, .. } => check_command(&command).map_err(|e| {
                     tracing::warn!(server = %name, "readiness: cannot start `{command}`: {e}");
-                    "command not found".to_owned()
+                    NotReady::CommandNotFound
                 }),
                 UpstreamTransport::StreamableHttp { url, .. } | UpstreamTransport::Sse { url, .. } => {
                     let address = reqwest::Url::parse(&url).ok().and_then(|u| {
                         Some((u.host_str()?.trim_matches(['[', ']']).to_owned(), u.port_or_known_default()?))
                     });
-                    let Some(address) = address else { return Err("invalid URL".to_owned()) };
+                    let Some(address) = address else { return Err(NotReady::InvalidUrl) };
                     match tokio::net::TcpStream::connect(address).await {
                         Ok(_) => Ok(()),
                         Err(e) => {
                             tracing::warn!(server = %name, "readiness: cannot connect to the upstream: {e}");
-                            Err(format!("unreachable: {}", e.kind()))
+                            Err(NotReady::Unreachable(e.kind()))
                         }
                     }
                 }

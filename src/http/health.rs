@@ -34,8 +34,29 @@ pub const HEALTHZ: &str = "/healthz";
 pub const READYZ: &str = "/readyz";
 pub const METRICS: &str = "/metrics";
 
-/// What a check returns: `Err` holds a short reason that reveals nothing secret.
-pub type CheckFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+/// What a check returns: `Err` says why in a short phrase that reveals nothing secret (the
+/// details go to the log).
+pub type CheckFuture = Pin<Box<dyn Future<Output = Result<(), NotReady>> + Send>>;
+
+/// Why a readiness check failed, as `/readyz` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    /// The store does not answer a read.
+    #[error("not answering")]
+    NotAnswering,
+    /// A stdio upstream's command cannot be found.
+    #[error("command not found")]
+    CommandNotFound,
+    /// An HTTP upstream's URL names no host and port.
+    #[error("invalid URL")]
+    InvalidUrl,
+    /// An HTTP upstream does not take a connection.
+    #[error("unreachable: {0}")]
+    Unreachable(std::io::ErrorKind),
+    /// The check gave no answer within [`CHECK_TIMEOUT`].
+    #[error("no answer within {} s", CHECK_TIMEOUT.as_secs())]
+    Timeout,
+}
 
 /// One named readiness check.
 #[derive(Clone)]
@@ -72,7 +93,7 @@ impl Readiness {
         let outcomes = futures::future::join_all(self.checks.iter().map(|c| async move {
             let outcome = match tokio::time::timeout(CHECK_TIMEOUT, (c.run)()).await {
                 Ok(outcome) => outcome,
-                Err(_) => Err(format!("no answer within {} s", CHECK_TIMEOUT.as_secs())),
+                Err(_) => Err(NotReady::Timeout),
             };
             (c.name.clone(), outcome)
         }))
@@ -80,7 +101,7 @@ impl Readiness {
         let ready = outcomes.iter().all(|(_, o)| o.is_ok());
         let checks = outcomes
             .into_iter()
-            .map(|(name, o)| (name, Value::String(o.err().unwrap_or_else(|| "ok".into()))))
+            .map(|(name, o)| (name, Value::String(o.err().map_or_else(|| "ok".to_owned(), |e| e.to_string()))))
             .collect();
         (ready, checks)
     }
@@ -134,8 +155,11 @@ mod tests {
     use super::*;
     use crate::http::guard::headers;
 
-    fn check(name: &str, outcome: Result<(), &'static str>) -> Check {
-        Check::new(name, move || Box::pin(async move { outcome.map_err(str::to_owned) }))
+    fn check(name: &str, outcome: Result<(), NotReady>) -> Check {
+        Check::new(name, move || {
+            let outcome = outcome.clone();
+            Box::pin(async move { outcome })
+        })
     }
 
     #[tokio::test]
@@ -146,10 +170,11 @@ mod tests {
         let (ready, checks) = both.run().await;
         assert!(ready);
         assert_eq!(Value::Object(checks), json!({"store": "ok", "upstream fs": "ok"}));
-        let one_fails = both.with(check("upstream web", Err("unreachable")));
+        let one_fails =
+            both.with(check("upstream web", Err(NotReady::Unreachable(std::io::ErrorKind::ConnectionRefused))));
         let (ready, checks) = one_fails.run().await;
         assert!(!ready);
-        assert_eq!(checks["upstream web"], "unreachable");
+        assert_eq!(checks["upstream web"], "unreachable: connection refused");
         assert_eq!(readyz(&one_fails).await.status(), StatusCode::SERVICE_UNAVAILABLE);
     }
 

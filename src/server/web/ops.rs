@@ -14,7 +14,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::WebState;
 use crate::approval::{ApprovalService, ChangeKind};
-use crate::http::health::{self, Check};
+use crate::http::health::{self, Check, NotReady};
 use crate::metrics::ApprovalDecision;
 use crate::secret::ExposeSecret;
 use crate::store::{ApprovalFilter, Status, Store};
@@ -93,7 +93,7 @@ pub fn store_check(store: Store) -> Check {
         Box::pin(async move {
             store.ping().await.map_err(|e| {
                 tracing::warn!("readiness: the approval store does not answer: {e}");
-                "not answering".to_owned()
+                NotReady::NotAnswering
             })
         })
     })
