@@ -24,15 +24,16 @@ impl ApprovalService {
             .map_err(DecideError::Store)?
             .ok_or_else(|| DecideError::NotFound(id.to_owned()))?;
         // Processes sharing the database may not share a configuration: only one that knows
-        // the request's workflow knows who may vote in it, and the request keeps the quorum it
-        // was opened with.
+        // the request's workflow decides it, and the request keeps the quorum and the approvers
+        // it was opened with (the stricter of both lists admits a voter).
         if !self.knows_workflow(&current.workflow) {
             return Err(DecideError::UnknownWorkflow(current.workflow.clone()));
         }
         let workflow = self.workflow(&current.workflow);
         let required = workflow.required_approvals.max(current.required_approvals);
         let actor = who.name.as_str();
-        if !who.admitted_by(&workflow.approvers) {
+        let opened_with = current.approvers.as_deref().unwrap_or_default();
+        if !who.admitted_by(&workflow.approvers) || !who.admitted_by(opened_with) {
             return Err(DecideError::NotAnApprover(actor.to_owned(), workflow.name));
         }
         let own = current.agent.as_deref().map(crate::visible::normalise_name);

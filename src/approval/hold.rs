@@ -133,6 +133,7 @@ impl ApprovalService {
             expires_at: now + i64::try_from(expiry.as_millis()).unwrap_or(i64::MAX / 2),
             tool_info: call.tool_info.clone(),
             channel: call.channel.map(|c| c.as_str().to_owned()),
+            approvers: Some(workflow.approvers.clone()),
         })
     }
 

@@ -32,6 +32,7 @@ macro_rules! migrations {
             Migration { version: 6, name: "channel", sql: include_str!(concat!($dir, "0006_channel.sql")) },
             Migration { version: 7, name: "tasks", sql: include_str!(concat!($dir, "0007_tasks.sql")) },
             Migration { version: 8, name: "request_state", sql: include_str!(concat!($dir, "0008_request_state.sql")) },
+            Migration { version: 9, name: "approvers", sql: include_str!(concat!($dir, "0009_approvers.sql")) },
         ]
     };
 }
@@ -40,7 +41,7 @@ const MIGRATIONS: &[Migration] = migrations!("migrations/");
 const POSTGRES_MIGRATIONS: &[Migration] = migrations!("migrations/postgres/");
 
 /// The schema version this build creates and understands.
-pub const SCHEMA_VERSION: u32 = 8;
+pub const SCHEMA_VERSION: u32 = 9;
 
 /// The versions of every migration this build embeds, in order. Numbers are reserved ahead for
 /// schema changes made side by side, so the list may have gaps; a database records each one it
@@ -152,7 +153,8 @@ mod tests {
         assert!(dup.is_err(), "one pending request per key");
     }
 
-    /// Requests stored before the channel was recorded keep every field; their channel is NULL.
+    /// Requests stored before the channel and the approvers were recorded keep every field; those
+    /// two are NULL.
     #[test]
     fn the_channel_column_keeps_older_rows() {
         let conn = Connection::open_in_memory().unwrap();
@@ -175,9 +177,11 @@ mod tests {
         let mut conn = Conn::Sqlite(conn);
         run(&mut conn, 0).unwrap();
         let Conn::Sqlite(conn) = conn else { unreachable!("opened as SQLite") };
-        let (tool, channel): (String, Option<String>) = conn
-            .query_row("SELECT tool, channel FROM approvals WHERE id = 'old'", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        let (tool, channel, approvers): (String, Option<String>, Option<String>) = conn
+            .query_row("SELECT tool, channel, approvers FROM approvals WHERE id = 'old'", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
             .unwrap();
-        assert_eq!((tool.as_str(), channel), ("t", None));
+        assert_eq!((tool.as_str(), channel, approvers), ("t", None, None));
     }
 }

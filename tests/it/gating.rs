@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mcp_gate::approval::{ApprovalGate, ApprovalService, ApprovalSettings, ChangeKind, PROGRESS_EVERY};
+use mcp_gate::approval::{ApprovalGate, ApprovalService, ApprovalSettings, ChangeKind, DecideError, PROGRESS_EVERY};
 use mcp_gate::config::Config;
 use mcp_gate::gate::{Gate, Outcome, ProgressSink, ToolCall, Verdict};
 use mcp_gate::identity::Principal;
@@ -615,4 +615,46 @@ async fn a_request_is_not_decided_under_another_processs_workflows() {
     assert_eq!(voted.status, Status::Pending, "one vote of the two the request was opened with");
     let done = opened_here.decide(&id, &Principal::named("bob"), true, None, None).await.unwrap();
     assert_eq!(done.status, Status::Approved);
+}
+
+/// A request keeps the approvers its workflow had when it was opened: the hub of a project whose
+/// workflow of the same name admits everyone still admits only those the request's list admits.
+#[tokio::test]
+async fn a_request_keeps_the_approvers_it_was_opened_with() {
+    let store = Store::open(Location::Memory).await.expect("store");
+    let keys = format!(
+        "\n[[rules]]\nname = \"keys\"\ntool = \"rotate_keys\"\naction = \"approve\"\nworkflow = \"keys\"\n\n\
+         [[workflows]]\nname = \"keys\"\napprovers = [\"alice\", \"team:security\"]\n\n\
+         [[approvers]]\nname = \"alice\"\ntoken_sha256 = \"{a}\"\n\n\
+         [[approvers]]\nname = \"sam\"\nteams = [\"security\"]\ntoken_sha256 = \"{b}\"\n",
+        a = "a".repeat(64),
+        b = "b".repeat(64),
+    );
+    let keys = keys.as_str();
+    let opened_here = approvals_on(store.clone(), Duration::ZERO, keys);
+    let Verdict::Respond(held) = hold(&opened_here, "rotate_keys", json!({"key": "prod"})).await else {
+        panic!("a pending answer")
+    };
+    let (id, _) = approval_meta(&serde_json::from_str(held.get()).unwrap());
+    let stored = opened_here.store.get_approval(&id).await.unwrap().unwrap();
+    assert_eq!(stored.approvers, Some(vec!["alice".to_owned(), "team:security".to_owned()]));
+    let shown = serde_json::to_value(&stored).unwrap();
+    assert_eq!(shown["approvers"], json!(["alice", "team:security"]), "the API shows the list");
+
+    // Another project: its `keys` workflow has no approvers list, so it admits everyone.
+    let config = Config::from_toml("[[workflows]]\nname = \"keys\"\n", "lax-project.toml").expect("config");
+    assert!(config.approvals.workflows["keys"].approvers.is_empty());
+    let settings = ApprovalSettings { workflows: config.approvals.workflows.clone(), ..ApprovalSettings::default() };
+    let lax = ApprovalService::new(store.clone(), config.policy.clone(), settings);
+    for approve in [true, false] {
+        let refused = lax.decide(&id, &Principal::named("mallory"), approve, None, Some("no".into())).await;
+        assert!(
+            matches!(refused, Err(DecideError::NotAnApprover(ref who, _)) if who == "mallory"),
+            "a voter the request's list does not admit: {refused:?}"
+        );
+    }
+    assert_eq!(lax.store.get_approval(&id).await.unwrap().unwrap().status, Status::Pending);
+    let sam = Principal { teams: vec!["security".into()], ..Principal::named("sam") };
+    let done = lax.decide(&id, &sam, true, None, None).await.unwrap();
+    assert_eq!(done.status, Status::Approved, "a team member both lists admit");
 }

@@ -335,6 +335,7 @@ mod tests {
             expires_at: 1,
             tool_info: None,
             channel: None,
+            approvers: None,
         });
         Change { kind: ChangeKind::Requested, approval: Arc::new(approval), actor: None, at: 0, relayed: false }
     }

@@ -256,6 +256,7 @@ mod tests {
             expires_at: 1_795_251_600_000,
             tool_info: None,
             channel: None,
+            approvers: None,
         })
     }
 

@@ -201,6 +201,11 @@ pub struct ApprovalRequest {
     /// `input_required`, `elicitation`, `wait`, `fail_fast`); `None` for older requests.
     #[serde(default)]
     pub channel: Option<String>,
+    /// Who may vote: the workflow's `approvers` (names and `team:NAME`; empty admits everyone)
+    /// when the request was opened. A voter must be admitted by this list and by the deciding
+    /// process's own workflow. `None` for older requests.
+    #[serde(default)]
+    pub approvers: Option<Vec<String>>,
 }
 
 /// An approval request with its votes and outcome; serialized as our API's snake_case JSON, the
@@ -361,7 +366,7 @@ macro_rules! cols {
     () => {
         "id, key, server, tool, arguments, agent, risk, rule, rule_reason, workflow, required_approvals, \
          grant_secs, trace, created_at, expires_at, status, decided_at, decided_by, deny_reason, notes, \
-         uses, executed_at, outcome, tool_info, channel"
+         uses, executed_at, outcome, tool_info, channel, approvers"
     };
 }
 use cols;
@@ -400,6 +405,13 @@ fn row_to_approval(row: &Row) -> Result<Approval, StoreError> {
             None => None,
         },
         channel: row.get(24)?,
+        approvers: match row.get::<Option<String>>(25)? {
+            // Unreadable, it admits nobody rather than everybody: the decision fails.
+            Some(text) => {
+                Some(serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("column 25: {e}")))?)
+            }
+            None => None,
+        },
     };
     Ok(Approval {
         request,

@@ -318,8 +318,8 @@ fn close_lapsed_of_key(tx: &mut dyn Sql, key: &str, now: i64) -> Result<Vec<Appr
 fn insert_tx(conn: &mut dyn Sql, a: &ApprovalRequest) -> Result<(), StoreError> {
     let inserted = conn.execute(
         "INSERT INTO approvals (id, key, server, tool, arguments, agent, risk, rule, rule_reason, workflow,
-             required_approvals, grant_secs, trace, created_at, expires_at, status, tool_info, channel)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, 'pending', ?16, ?17)
+             required_approvals, grant_secs, trace, created_at, expires_at, status, tool_info, channel, approvers)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, 'pending', ?16, ?17, ?18)
          ON CONFLICT DO NOTHING",
         params![
             a.id,
@@ -339,6 +339,7 @@ fn insert_tx(conn: &mut dyn Sql, a: &ApprovalRequest) -> Result<(), StoreError> 
             a.expires_at,
             a.tool_info.as_ref().map(serde_json::to_string).transpose()?,
             a.channel,
+            a.approvers.as_ref().map(serde_json::to_string).transpose()?,
         ],
     );
     // `ON CONFLICT DO NOTHING` skips a duplicate id and a second pending row for the key alike.

@@ -29,6 +29,7 @@ fn new(id: &str, key: &str) -> ApprovalRequest {
         expires_at: T0 + HOUR,
         tool_info: Some(json!({"description": "Deletes a file", "annotations": {"destructiveHint": true}})),
         channel: Some("wait".into()),
+        approvers: None,
     }
 }
 

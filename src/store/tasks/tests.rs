@@ -27,6 +27,7 @@ fn request(id: &str, key: &str) -> ApprovalRequest {
         expires_at: T0 + HOUR,
         tool_info: None,
         channel: Some("task".into()),
+        approvers: None,
     }
 }
 
@@ -311,6 +312,7 @@ async fn a_database_from_before_tasks_keeps_its_claims() {
                 c.batch(
                     "DROP TABLE gate_tasks; ALTER TABLE claims DROP COLUMN task_id;
                      DROP TABLE request_state_uses; DROP TABLE secrets;
+                     ALTER TABLE approvals DROP COLUMN approvers;
                      DELETE FROM schema_version WHERE version >= 7;",
                 )?;
                 Ok(())
