@@ -535,20 +535,36 @@ async fn page_text(api: &Api, cookie: &str, path: &str) -> (u16, String) {
     (resp.status().as_u16(), resp.text().await.unwrap())
 }
 
-/// The channel through which the opening call was answered is in the API's JSON of a request
-/// and on its page.
+/// The channel through which the opening call was answered, and who may vote, are in the API's
+/// JSON of a request and on its page.
 #[tokio::test]
-async fn a_request_shows_its_channel() {
-    let api = Api::start("").await;
+async fn a_request_shows_its_channel_and_approvers() {
+    let api = Api::start(&format!(
+        "[[rules]]\nname = \"deletes\"\ntool = \"delete_file\"\naction = \"approve\"\nworkflow = \"ops\"\n\n\
+         [[workflows]]\nname = \"ops\"\napprovers = [\"operator\", \"alice\", \"team:sre\"]\n\n\
+         [[approvers]]\nname = \"alice\"\nteams = [\"sre\"]\ntoken_sha256 = \"{}\"\n",
+        "a".repeat(64)
+    ))
+    .await;
     let id = api.hold("delete_file", "claude", json!({"path": "/srv/a"})).await;
     let (status, v) = api.get(&format!("/api/v1/approvals/{id}"), TOKEN).await;
     assert_eq!((status, &v["channel"]), (200, &json!("fail_fast")), "{v}");
+    assert_eq!(v["approvers"], json!(["operator", "alice", "team:sre"]), "{v}");
     let (cookie, _) = sign_in(&api, TOKEN).await;
     let (_, html) = page_text(&api, &cookie, &format!("/approvals/{id}")).await;
     assert!(
         html.contains("<dt>Channel</dt><dd><code>fail_fast</code> · the call was answered pending at once"),
         "{html}"
     );
+    assert!(html.contains("<dt>Approvers</dt><dd>operator, alice, team:sre</dd>"), "{html}");
+    // A workflow without a list admits everyone: no row.
+    let api = Api::start("").await;
+    let id = api.hold("delete_file", "claude", json!({"path": "/srv/a"})).await;
+    let (_, v) = api.get(&format!("/api/v1/approvals/{id}"), TOKEN).await;
+    assert_eq!(v["approvers"], json!([]), "{v}");
+    let (cookie, _) = sign_in(&api, TOKEN).await;
+    let (_, html) = page_text(&api, &cookie, &format!("/approvals/{id}")).await;
+    assert!(!html.contains("<dt>Approvers</dt>"), "{html}");
 }
 
 #[tokio::test]

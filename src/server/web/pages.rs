@@ -567,6 +567,9 @@ async fn detail(
                 @if approval.status == Status::Pending && remaining > 0 { " (" (age(remaining)) " remaining)" }
             }
             dt { "Workflow" } dd { (approval.workflow) " · " (approval.votes.len()) " of " (approval.required_approvals) " approval(s)" }
+            @if let Some(approvers) = approval.approvers.as_ref().filter(|list| !list.is_empty()) {
+                dt { "Approvers" } dd { (shown(&approvers.join(", "))) }
+            }
             @if let Some(risk) = &approval.risk { dt { "Risk" } dd { (risk) } }
         }
         section.reason {
