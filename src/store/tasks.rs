@@ -474,11 +474,20 @@ impl Store {
         .await
     }
 
-    /// Deletes the terminal tasks whose lifetime (from creation) has passed; returns how many.
-    /// Writes only when there is one (an idle sweep reads).
+    /// Deletes the tasks whose lifetime (from creation) has passed; returns how many. Writes only
+    /// when there is one (an idle sweep reads).
+    ///
+    /// Ended tasks go, and so do waiting ones whose approval is no longer pending: their owner
+    /// did not come back to run them within their lifetime (which outlasts the approval's expiry),
+    /// and a call must not run for a caller who is gone. A task claimed to run (`running`) stays
+    /// until it ends, and one whose approval is still pending stays until it is decided: the
+    /// claim and this delete each take the database's write lock, so the one that comes second
+    /// finds the task gone or no longer waiting.
     pub async fn purge_tasks(&self, now: i64) -> Result<usize, StoreError> {
-        const DUE: &str =
-            "ttl_ms IS NOT NULL AND created_at + ttl_ms <= ?1 AND state IN ('completed', 'failed', 'cancelled')";
+        const DUE: &str = "ttl_ms IS NOT NULL AND created_at + ttl_ms <= ?1 \
+             AND (state IN ('completed', 'failed', 'cancelled') \
+                  OR (state = 'working' AND NOT EXISTS (SELECT 1 FROM approvals \
+                      WHERE approvals.id = gate_tasks.approval_id AND approvals.status = 'pending')))";
         self.call(move |conn| {
             let due = conn.query_opt(&format!("SELECT 1 FROM gate_tasks WHERE {DUE} LIMIT 1"), params![now])?;
             if due.is_none() {

@@ -297,6 +297,35 @@ async fn list_pages_by_owner_and_purge_removes_only_ended_tasks_past_their_lifet
     assert!(store.task("agent:x", "mcpg-1").await.unwrap().is_some());
 }
 
+/// A waiting task whose lifetime passed goes once its approval is no longer pending (approved and
+/// never claimed, denied, expired): its owner did not come back for it. One whose approval is
+/// still pending, and one claimed to run, stay; a purged task can no longer be claimed.
+#[tokio::test]
+async fn purge_removes_waiting_tasks_whose_owner_did_not_come_back() {
+    let store = Store::open(crate::store::testutil::location().await).await.unwrap();
+    approved(&store, "unclaimed", "k1").await;
+    store.open_task(task("mcpg-unclaimed", "agent:x", "unclaimed", "k1"), T0).await.unwrap();
+    store.insert_approval(request("denied", "k2")).await.unwrap();
+    store.open_task(task("mcpg-denied", "agent:x", "denied", "k2"), T0).await.unwrap();
+    let deny = Vote { decision: VoteDecision::Deny, reason: Some("no".into()), ..approve() };
+    store.record_vote("denied", deny, 1, T0 + 1).await.unwrap();
+    store.insert_approval(request("pending", "k3")).await.unwrap();
+    store.open_task(task("mcpg-pending", "agent:x", "pending", "k3"), T0).await.unwrap();
+    approved(&store, "running", "k4").await;
+    store.open_task(task("mcpg-running", "agent:x", "running", "k4"), T0).await.unwrap();
+    assert!(matches!(store.claim_task("mcpg-running", T0 + 2).await.unwrap(), TaskClaim::Run(_)));
+
+    assert_eq!(store.purge_tasks(T0 + HOUR - 1).await.unwrap(), 0, "not yet past their lifetime");
+    assert_eq!(store.purge_tasks(T0 + HOUR).await.unwrap(), 2);
+    for (id, kept) in
+        [("mcpg-unclaimed", false), ("mcpg-denied", false), ("mcpg-pending", true), ("mcpg-running", true)]
+    {
+        assert_eq!(store.task("agent:x", id).await.unwrap().is_some(), kept, "{id}");
+    }
+    // The owner comes back too late: the approved call is not run for it.
+    assert!(store.claim_task("mcpg-unclaimed", T0 + HOUR + 1).await.is_err(), "a purged task is not claimed");
+}
+
 /// A database of the previous version keeps its rows through the tasks migration.
 #[tokio::test]
 async fn a_database_from_before_tasks_keeps_its_claims() {
