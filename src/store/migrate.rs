@@ -156,7 +156,7 @@ mod tests {
     /// Requests stored before the channel and the approvers were recorded keep every field; those
     /// two are NULL.
     #[test]
-    fn the_channel_column_keeps_older_rows() {
+    fn columns_added_later_keep_older_rows() {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(
             "CREATE TABLE schema_version (version INTEGER NOT NULL PRIMARY KEY, name TEXT NOT NULL,
