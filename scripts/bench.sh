@@ -11,6 +11,8 @@
 #   2. Added per-call latency (p50/p90/p99) with a raw Rust stdio client (bench-client example)
 #      against raw-upstream, direct vs `mcp-gate -- raw-upstream`, in alternating blocks; then the
 #      same with the bare relay in place of mcp-gate.
+#      Then the time from spawning to the `initialize` answer, raw-upstream alone vs behind
+#      mcp-gate, alternating starts.
 #   3. Idle RSS of mcp-gate alone with three raw-upstream servers after initialize + tools/list.
 #   4. `mcp-gate serve` with 100 client sessions open (one raw-upstream child each): its RSS and
 #      open file descriptors (/proc/PID/status, /proc/PID/fd) before and after, per 100 sessions.
@@ -27,6 +29,7 @@
 #   MCP_GATE_BIN            mcp-gate binary (default: target/release/mcp-gate)
 #   BENCH_GATE_LOG          MCP_GATE_LOG for every mcp-gate started (default: info, its default)
 #   BENCH_RS_BLOCKS / BENCH_RS_BLOCK_SIZE / BENCH_RS_WARMUP   latency run (default 10 / 2000 / 2000)
+#   BENCH_STARTS            starts per side in the start-to-first-answer run (default 20)
 #   BENCH_PY_CALLS / BENCH_PY_WARMUP / BENCH_PY_ROUNDS / BENCH_PY_CONC / BENCH_PY_MODE /
 #   BENCH_PY_PAIRS / BENCH_PY_LOADS / BENCH_RELAY_BIN   see scripts/bench_py.py (e.g. BENCH_PY_PAIRS=stdio
 #                           BENCH_PY_LOADS=seq for the sequential stdio figures only)
@@ -153,6 +156,12 @@ except Exception:
     print("n/a")' "$TMP/data/mcp-gate.db")"
 fi
 
+# Start to first answer: spawn -> initialize result, raw-upstream alone vs behind mcp-gate.
+log "startup: bench-client, raw-upstream vs mcp-gate raw-upstream"
+"$BENCH_CLIENT" startup --direct "$RAW" --via "$MCP_GATE_BIN ${GATE_ARGS[*]} -- $RAW" --starts "${BENCH_STARTS:-20}" \
+  >"$BENCH_ARTIFACTS/startup.txt" 2>"$BENCH_ARTIFACTS/startup.log" || log "startup run failed (see $BENCH_ARTIFACTS/startup.log)"
+load ST "$BENCH_ARTIFACTS/startup.txt"
+
 # ---- 3. idle memory with three upstreams ------------------------------------------------------
 log "memory: mcp-gate --config (three raw-upstream servers)"
 { [[ -f "$TMP/gate.toml" ]] && cat "$TMP/gate.toml"; echo; } >"$TMP/three.toml"
@@ -274,6 +283,9 @@ kids_mb="$(calc 'sprintf("%.1f", a/1024)' "$(get M_children_rss_kb)" 1)"
   printf '| Context switches per call, voluntary + involuntary (same processes) | %s + %s | %s + %s | – | – | – |\n' \
     "$(get L_direct_vol_ctxsw_per_call)" "$(get L_direct_invol_ctxsw_per_call)" \
     "$(get L_via_vol_ctxsw_per_call)" "$(get L_via_invol_ctxsw_per_call)"
+  printf '| Start to first answer (spawn → `initialize` result, raw-upstream), p50 of %s starts | %s ms | %s ms | +%s ms (fastest: %s / %s ms) | – | – |\n' \
+    "$(get ST_starts_per_side)" "$(get ST_direct_start_p50_ms)" "$(get ST_via_start_p50_ms)" "$(get ST_added_start_p50_ms)" \
+    "$(get ST_direct_start_min_ms)" "$(get ST_via_start_min_ms)"
   printf '| RSS of mcp-gate at the end of the latency run | – | %s MB (peak %s MB) | – | – | – |\n' \
     "$(calc 'sprintf("%.1f", a/1024)' "$(get L_via_rss_kb_end)" 1)" "$(calc 'sprintf("%.1f", a/1024)' "$(get L_via_hwm_kb_end)" 1)"
   if [[ "$audit_rows" != n/a ]]; then
