@@ -38,6 +38,11 @@ const KEPT_AFTER_MS: i64 = 3_600_000;
 /// longer request is served with this; the created task says the lifetime it got.
 pub const MAX_REQUESTED_TTL_MS: i64 = 7 * 24 * 3_600_000;
 
+/// How often a `tasks/result` that waits reads its task again when nothing woke it: a change
+/// made by another process sharing the database (a purge, a decision without a hub to relay it)
+/// reaches it within this time.
+const RESULT_RECHECK: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The `_meta` key that ties a result to its task.
 const RELATED_TASK: &str = "io.modelcontextprotocol/related-task";
 
@@ -521,6 +526,9 @@ impl ApprovalService {
                 let stop = tokio::select! {
                     changed = on_task.changed() => changed.is_err(),
                     changed = approval_changed => !changed,
+                    // What another process did is not always heard of here (it purged the
+                    // task, say, and has no way to tell this one): read the task again now and then.
+                    () = tokio::time::sleep(RESULT_RECHECK) => false,
                     _ = self.stopping.cancelled() => true,
                 };
                 drop(on_task);

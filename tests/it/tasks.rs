@@ -9,7 +9,7 @@ use std::time::Duration;
 use mcp_gate::approval::{ApprovalGate, ApprovalService, ApprovalSettings};
 use mcp_gate::config::Config;
 use mcp_gate::identity::Principal;
-use mcp_gate::store::{Location, Store};
+use mcp_gate::store::{Clock, Location, Store};
 use serde_json::{Value, json};
 
 use super::common::*;
@@ -650,4 +650,66 @@ async fn an_allowed_task_not_yet_sent_is_checked_against_the_policy_again_before
     assert!(matches!(run, TaskRun::Settled), "a call the policy now denies is sent upstream");
     let result = task_op_in_process(&gate, TaskMethod::Result, &id).await;
     assert_eq!(result["result"]["isError"], true, "the denial: {result}");
+}
+
+/// A service failing fast on `location`, on a tokio clock at `T0` (time paused by the test).
+async fn paused_service(location: Location, policy: &str) -> Arc<ApprovalService> {
+    let config = Config::from_toml(policy, "tasks.toml").expect("policy");
+    let store = Store::open_with_clock(location, Clock::tokio(T0)).await.expect("store");
+    let settings = ApprovalSettings {
+        wait: Duration::ZERO,
+        public_url: "http://127.0.0.1:8377".into(),
+        expiry_by_risk: config.approvals.expiry_by_risk,
+        ..ApprovalSettings::default()
+    };
+    ApprovalService::new(store, config.policy.clone(), settings)
+}
+
+const T0: i64 = 1_800_000_000_000;
+
+/// Holds a task of the stdio client `claude` whose runner is gone (its session ended), approves
+/// it, and leaves that client waiting in `tasks/result` for it. Returns the task's id, its lifetime and
+/// the waiting answer.
+async fn approved_task_nobody_runs(
+    a: &Arc<ApprovalService>,
+    args: Value,
+) -> (String, Duration, tokio::task::JoinHandle<Value>) {
+    use mcp_gate::gate::TaskMethod;
+    let gate = ApprovalGate { approvals: a.clone() };
+    let (created, start) = task_in_process(&gate, &args).await;
+    let id = start.id.clone();
+    drop(start); // the session that would run it ended; its owner never comes back to poll
+    let ttl = Duration::from_millis(created["task"]["ttl"].as_u64().expect("a lifetime"));
+    let approval = created["_meta"]["mcp-gate/approval"]["id"].as_str().unwrap().to_owned();
+    a.decide(&approval, &Principal::named("alice"), true, None, None).await.unwrap();
+    let waiting = {
+        let id = id.clone();
+        tokio::spawn(async move { task_op_in_process(&gate, TaskMethod::Result, &id).await })
+    };
+    tokio::task::yield_now().await;
+    assert!(!waiting.is_finished(), "an approved task nobody ran has no result yet");
+    (id, ttl, waiting)
+}
+
+/// A client waiting in `tasks/result` on a task that another process sharing the database ends
+/// (here its sweep expires the approval nobody used and purges the task past its lifetime) is
+/// answered: nothing tells this process, so the waiting `tasks/result` reads its task again
+/// within a minute, instead of waiting for an end that it would never hear of.
+#[tokio::test(start_paused = true)]
+async fn a_result_waiting_on_a_task_ended_by_another_process_is_answered() {
+    let dir = scratch("tasks-purged-elsewhere");
+    let db = dir.join("gate.db");
+    let here = paused_service(Location::File(db.clone()), POLICY).await;
+    let there = paused_service(Location::File(db), POLICY).await;
+    let (id, ttl, waiting) = approved_task_nobody_runs(&here, json!({"path": "/srv/gone-elsewhere"})).await;
+    tokio::time::advance(ttl).await;
+    there.sweep().await;
+    assert!(here.store.task("stdio:claude", &id).await.unwrap().is_none(), "purged by the other process");
+    let answer =
+        tokio::time::timeout(Duration::from_secs(61), waiting).await.expect("answered within a minute").unwrap();
+    // Read between the other process's expiry and its purge, the task ends as expired; read after
+    // the purge, it is unknown. Either way the wait ends, and the call was not run.
+    let expired = answer["result"]["_meta"]["mcp-gate/approval"]["status"] == "expired";
+    let unknown = answer["error"]["message"] == format!("unknown task {id}");
+    assert!(expired || unknown, "{answer}");
 }
