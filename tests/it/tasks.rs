@@ -597,8 +597,12 @@ async fn after_a_restart_another_owner_cannot_tell_a_task_from_an_unknown_one() 
 /// A service on the SQLite file `db` with `policy`, failing fast (another process, or the same
 /// one after a restart).
 async fn service_on(db: &Path, policy: &str) -> Arc<ApprovalService> {
+    service_with(Store::open(Location::File(db.to_owned())).await.expect("store"), policy)
+}
+
+/// A service failing fast on `store` with `policy`.
+fn service_with(store: Store, policy: &str) -> Arc<ApprovalService> {
     let config = Config::from_toml(policy, "tasks.toml").expect("policy");
-    let store = Store::open(Location::File(db.to_owned())).await.expect("store");
     let settings = ApprovalSettings {
         wait: Duration::ZERO,
         public_url: "http://127.0.0.1:8377".into(),
@@ -654,15 +658,7 @@ async fn an_allowed_task_not_yet_sent_is_checked_against_the_policy_again_before
 
 /// A service failing fast on `location`, on a tokio clock at `T0` (time paused by the test).
 async fn paused_service(location: Location, policy: &str) -> Arc<ApprovalService> {
-    let config = Config::from_toml(policy, "tasks.toml").expect("policy");
-    let store = Store::open_with_clock(location, Clock::tokio(T0)).await.expect("store");
-    let settings = ApprovalSettings {
-        wait: Duration::ZERO,
-        public_url: "http://127.0.0.1:8377".into(),
-        expiry_by_risk: config.approvals.expiry_by_risk,
-        ..ApprovalSettings::default()
-    };
-    ApprovalService::new(store, config.policy.clone(), settings)
+    service_with(Store::open_with_clock(location, Clock::tokio(T0)).await.expect("store"), policy)
 }
 
 const T0: i64 = 1_800_000_000_000;
