@@ -189,11 +189,13 @@ fn client() -> reqwest::Client {
     // Loopback traffic must not go through a proxy from the environment. It is plain HTTP to the
     // approval address (`base_url`), so the client trusts no certificate authority: loading the
     // system's roots would cost every process several milliseconds at start for nothing.
-    reqwest::Client::builder()
-        .no_proxy()
+    // Should the TLS library refuse an empty set of authorities, the client is built with the
+    // system's, still without a proxy (the token must not pass through one).
+    let builder = || reqwest::Client::builder().no_proxy().connect_timeout(PROBE_TIMEOUT);
+    builder()
         .tls_certs_only(Vec::<reqwest::Certificate>::new())
-        .connect_timeout(PROBE_TIMEOUT)
         .build()
+        .or_else(|_| builder().build())
         .unwrap_or_default()
 }
 
