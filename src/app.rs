@@ -210,7 +210,13 @@ pub async fn run_stdio(config: Config) -> anyhow::Result<Option<Signal>> {
             let _ = stopped_by.set(shutdown_signal().await);
         }
     };
-    let served = stdio::serve(opts, input, output, signal).await;
+    // The runtime's park hook (`main`) does not run while the loop polls: the poller calls it.
+    let tuning = stdio::Tuning {
+        busy_poll: config.stdio.busy_poll,
+        on_poll: crate::store::idle::on_park,
+        ..stdio::Tuning::default()
+    };
+    let served = stdio::serve_with(opts, input, output, signal, tuning).await;
     if let Some(traces) = traces {
         traces.shutdown().await;
     }

@@ -16,7 +16,7 @@ use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
 
 use crate::approval::settings::{ApprovalsConfig, RawApprovals, RawChannel, RawWorkflow};
-use crate::downstream::settings::{Listen, RawListen};
+use crate::downstream::settings::{Listen, RawListen, RawStdio, Stdio};
 use crate::identity::{Credentials, RawPrincipal, credentials_apart};
 use crate::logging::RawLog;
 use crate::metrics::settings::{MetricsSettings, RawMetrics};
@@ -49,6 +49,9 @@ pub struct RawConfig {
     pub proxy: RawProxy,
     #[serde(default)]
     pub listen: RawListen,
+    /// `[stdio]`: how stdio mode serves its client.
+    #[serde(default)]
+    pub stdio: RawStdio,
     #[serde(default)]
     pub upstream: RawUpstream,
     #[serde(default)]
@@ -97,6 +100,7 @@ pub struct Config {
     pub source: Option<PathBuf>,
     pub separator: String,
     pub listen: Listen,
+    pub stdio: Stdio,
     /// Upstream servers in name order.
     pub servers: Vec<ServerConfig>,
     /// The compiled policy.
@@ -181,6 +185,7 @@ impl Config {
                 UpstreamsError::CommandLine(message) => ConfigError::Load(message),
             })?;
         let listen = Listen::validate(raw.listen).map_err(invalid)?;
+        let stdio = Stdio::validate(raw.stdio).map_err(invalid)?;
 
         let default_policy = raw.rules.is_empty() && raw.policy.default.is_none();
         let policy = Policy::compile(&raw.policy, &raw.rules).map_err(|e| invalid(Invalid::new(e.key, e.message)))?;
@@ -217,6 +222,7 @@ impl Config {
             tracing,
             separator,
             listen,
+            stdio,
             servers,
         })
     }
@@ -238,6 +244,12 @@ impl Config {
         }
         if let Some(addr) = self.listen.addr {
             out.push_str(&format!("serve listens on http://{addr}/mcp\n"));
+        }
+        if !self.stdio.busy_poll.is_zero() {
+            out.push_str(&format!(
+                "stdio mode polls its pipes for {} µs after each message instead of sleeping (uses CPU)\n",
+                self.stdio.busy_poll.as_micros()
+            ));
         }
         let labels = self.policy.rule_labels();
         if self.default_policy {
@@ -449,6 +461,20 @@ mod tests {
         assert!(text.contains("proxy.toml"), "{text}");
         assert!(text.contains("servers.a"), "{text}");
         assert!(text.contains("comand"), "{text}");
+    }
+
+    /// `[stdio] busy_poll_us`: off unless set, at most 0.1 s, and said by `check-config`.
+    #[test]
+    fn busy_poll_is_off_by_default_and_bounded() {
+        let base = "[servers.a]\ncommand = \"x\"\n";
+        let config = Config::from_toml(base, "p.toml").unwrap();
+        assert!(config.stdio.busy_poll.is_zero());
+        assert!(!config.explain().contains("polls"));
+        let config = Config::from_toml(&format!("[stdio]\nbusy_poll_us = 1000\n{base}"), "p.toml").unwrap();
+        assert_eq!(config.stdio.busy_poll, std::time::Duration::from_millis(1));
+        assert!(config.explain().contains("polls its pipes for 1000 µs"), "{}", config.explain());
+        let err = Config::from_toml(&format!("[stdio]\nbusy_poll_us = 100001\n{base}"), "p.toml").unwrap_err();
+        assert_eq!(err.to_string(), "p.toml: `stdio.busy_poll_us`: 100001 is more than the most allowed, 100000");
     }
 
     #[test]

@@ -14,7 +14,7 @@
 //! - [`settings`]: what the settings of every subsystem share: [`settings::Invalid`], the error
 //!   that names the wrong key. Each subsystem owns its sections of `proxy.toml`, as written and
 //!   validated, usually in a `settings` module of its own: [`upstream::settings`] (`[proxy]`,
-//!   `[upstream]`, `[servers.NAME]`), [`downstream::settings`] (`[listen]`),
+//!   `[upstream]`, `[servers.NAME]`), [`downstream::settings`] (`[listen]`, `[stdio]`),
 //!   [`http::listener::ListenerLimits`], [`approval::settings`] (`[approvals]`, `[[workflows]]`),
 //!   [`review::settings`] (`[providers.NAME]` and the `ai_*` keys of a workflow),
 //!   [`server::notify::settings`] (`[[webhooks]]`), [`identity`] (`[[approvers]]`, `[[agents]]`),
@@ -44,7 +44,8 @@
 //!   request a fresh id for the upstream it belongs to ([`session::merge`] holds the pure helpers for
 //!   several upstreams: exposed names, merged capabilities, cursors), sends it through that
 //!   upstream's transport and maps the answer back.
-//! - [`downstream`]: where clients come in: [`downstream::stdio`] when the client started us,
+//! - [`downstream`]: where clients come in: [`downstream::stdio`] when the client started us
+//!   (with [`downstream::busy_poll`], its optional polling of the pipes after each message),
 //!   [`downstream::http`] for `mcp-gate serve` (its sessions, the response stream of each message,
 //!   `POST`/`GET`/`DELETE`, and the refusals with their HTTP statuses).
 //! - [`policy`]: the compiled rules (pure, first match wins, fails closed).

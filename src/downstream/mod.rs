@@ -1,5 +1,6 @@
 //! The client-facing side: stdio (the client started us) and Streamable HTTP (`serve`).
 
+pub mod busy_poll;
 pub mod http;
 pub mod settings;
 pub mod stdio;

@@ -1,4 +1,5 @@
-//! `[listen]`: where `mcp-gate serve` takes clients, with what token, and how many.
+//! `[listen]`: where `mcp-gate serve` takes clients, with what token, and how many; `[stdio]`:
+//! how a client that started mcp-gate is served.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -79,5 +80,37 @@ impl Listen {
             session_idle: secs("listen.session_idle_secs", raw.session_idle_secs, DEFAULT_SESSION_IDLE)?,
             limits: ListenerLimits::validate("listen", raw.max_connections, raw.header_timeout_secs)?,
         })
+    }
+}
+
+/// `[stdio]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStdio {
+    pub busy_poll_us: Option<u64>,
+}
+
+/// `[stdio]`: settings of stdio mode (`mcp-gate` started by its client). `serve` ignores them.
+#[derive(Debug, Clone, Default)]
+pub struct Stdio {
+    /// How long the event loop polls its pipes after each message before it sleeps (zero: it
+    /// sleeps at once). See [`super::busy_poll`].
+    pub busy_poll: Duration,
+}
+
+impl Stdio {
+    pub fn validate(raw: RawStdio) -> Result<Stdio, Invalid> {
+        let busy_poll = Duration::from_micros(raw.busy_poll_us.unwrap_or(0));
+        if busy_poll > super::busy_poll::MAX_WINDOW {
+            return Err(Invalid::new(
+                "stdio.busy_poll_us",
+                format!(
+                    "{} is more than the most allowed, {}",
+                    busy_poll.as_micros(),
+                    super::busy_poll::MAX_WINDOW.as_micros()
+                ),
+            ));
+        }
+        Ok(Stdio { busy_poll })
     }
 }

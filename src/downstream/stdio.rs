@@ -9,6 +9,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tracing::{debug, error, warn};
 
+use super::busy_poll::BusyPoll;
 use crate::session::{self, Downstream, Route, SessionOptions};
 use crate::upstream::ConnectError;
 use crate::wire::MAX_MESSAGE_BYTES;
@@ -90,6 +91,7 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for Counted<W> {
 }
 
 struct StdioDownstream {
+    busy_poll: Option<Arc<BusyPoll>>,
     out: mpsc::UnboundedSender<Bytes>,
     backlog: Arc<Backlog>,
     fatal: Mutex<Option<String>>,
@@ -102,6 +104,9 @@ impl Downstream for StdioDownstream {
         // The message and its newline.
         self.backlog.add(bytes.len() + 1);
         let _ = self.out.send(bytes);
+        if let Some(poll) = &self.busy_poll {
+            poll.touch();
+        }
     }
 
     fn fatal(&self, message: &str) {
@@ -157,6 +162,25 @@ pub enum StdioError {
     Io(#[from] std::io::Error),
 }
 
+/// How a stdio session treats its client beyond the session's own options.
+#[derive(Debug, Clone)]
+pub struct Tuning {
+    /// Reads no further input while more than this many bytes wait for the client to read its
+    /// output ([`STDOUT_BACKLOG`]).
+    pub backlog: usize,
+    /// How long to poll the pipes after each message before sleeping (`[stdio] busy_poll_us`).
+    pub busy_poll: std::time::Duration,
+    /// Called each round of polling, in place of the runtime's `on_thread_park` hook, which does
+    /// not run while the loop polls.
+    pub on_poll: fn(),
+}
+
+impl Default for Tuning {
+    fn default() -> Tuning {
+        Tuning { backlog: STDOUT_BACKLOG, busy_poll: std::time::Duration::ZERO, on_poll: || {} }
+    }
+}
+
 /// Serves one client over the given reader and writer until the input ends or `shutdown` fires.
 pub async fn serve<R, W>(
     opts: SessionOptions,
@@ -168,28 +192,30 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    serve_with_backlog(opts, input, output, shutdown, STDOUT_BACKLOG).await
+    serve_with(opts, input, output, shutdown, Tuning::default()).await
 }
 
-/// [`serve`], reading no further input while more than `backlog` bytes wait for the client to
-/// read its output.
-pub async fn serve_with_backlog<R, W>(
+/// [`serve`] with the given [`Tuning`].
+pub async fn serve_with<R, W>(
     opts: SessionOptions,
     input: R,
     output: W,
     shutdown: impl std::future::Future<Output = ()>,
-    backlog_limit: usize,
+    tuning: Tuning,
 ) -> Result<(), StdioError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
+    let backlog_limit = tuning.backlog;
+    let busy_poll = BusyPoll::start(tuning.busy_poll, tuning.on_poll);
     // Unbounded, because the session writes to the client from its actor, which cannot wait;
     // what it holds is kept under `backlog_limit` by reading no more input past it (answers
     // and notifications then arriving from the upstreams can still add to it).
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     let backlog = Arc::new(Backlog::default());
     let downstream = Arc::new(StdioDownstream {
+        busy_poll: busy_poll.clone(),
         out: out_tx.clone(),
         backlog: backlog.clone(),
         fatal: Mutex::new(None),
@@ -206,6 +232,9 @@ where
             backlog.below(backlog_limit).await;
             match reader.next_line().await {
                 Ok(Some(Line::Data(line))) => {
+                    if let Some(poll) = &busy_poll {
+                        poll.touch();
+                    }
                     if line.iter().all(u8::is_ascii_whitespace) {
                         continue;
                     }

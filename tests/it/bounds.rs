@@ -423,9 +423,9 @@ async fn a_client_that_does_not_read_its_stdout_is_slowed_down() {
     let (client_end, proxy_end) = tokio::io::duplex(64 * 1024);
     let (read, write) = tokio::io::split(proxy_end);
     let opts = options(vec![raw_server(&[], 300, 30)]);
+    let tuning = mcp_gate::downstream::stdio::Tuning { backlog: 256 * 1024, ..Default::default() };
     tokio::spawn(async move {
-        let _ = mcp_gate::downstream::stdio::serve_with_backlog(opts, read, write, std::future::pending(), 256 * 1024)
-            .await;
+        let _ = mcp_gate::downstream::stdio::serve_with(opts, read, write, std::future::pending(), tuning).await;
     });
     let (read, mut write) = tokio::io::split(client_end);
     let mut lines = BufReader::new(read).lines();

@@ -523,3 +523,47 @@ async fn rows_reach_disk_while_a_held_call_keeps_the_loop_busy() {
     assert_eq!(numbers(&dir), (1..=n).collect::<Vec<_>>());
     verify(&dir).await;
 }
+
+/// The CPU time process `pid` has used (user and system), from `/proc/PID/stat`.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // 100 ticks a second (USER_HZ) on every Linux this runs on.
+    Duration::from_millis(ticks * 10)
+}
+
+/// `[stdio] busy_poll_us` (here from the environment): calls pass and are audited as without it,
+/// the rows of calls answered while it polls reach disk while the client stays idle, and the
+/// process stops polling once the pipes are quiet: it uses almost no CPU while the client is idle.
+#[tokio::test]
+async fn busy_polling_relays_audits_and_then_sleeps() {
+    let dir = data_dir("idle-busy-poll");
+    let cfg = write_config(&dir);
+    let mut proxy = Proxy::start_with(dir.clone(), &cfg, &[("MCP_GATE_STDIO__BUSY_POLL_US", "5000")]).await;
+    let log = std::fs::read_to_string(dir.join("stderr.log")).unwrap();
+    assert!(!log.contains("ignored"), "{log}");
+    for n in 1..=40 {
+        let tool = if n % 5 == 0 { "delete_file" } else { "read_file" };
+        let reply = proxy.call(n, tool).await;
+        assert_eq!(ran(&reply), n % 5 != 0, "{reply}");
+    }
+    let replied = Instant::now();
+    within("the rows on disk", async {
+        while numbers(&dir) != (1..=40).collect::<Vec<_>>() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    eprintln!("rows on disk {:?} after the last answer", replied.elapsed());
+    // Polling ends 5 ms after the last message: over a quiet second the process sleeps.
+    let pid = proxy.child.id().unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let before = cpu_time(pid);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle = cpu_time(pid) - before;
+    assert!(idle < Duration::from_millis(200), "{idle:?} of CPU in a second with no message");
+    let dir = proxy.close().await;
+    verify(&dir).await;
+}
