@@ -22,7 +22,7 @@
 //!   are committed in those quiet moments as they would be before a sleep.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
@@ -41,6 +41,8 @@ pub struct BusyPoll {
     on_round: fn(),
     /// Rounds polled so far (for tests).
     rounds: AtomicU64,
+    /// Set by [`BusyPoll::stop`]: the task ends.
+    stopped: AtomicBool,
 }
 
 impl BusyPoll {
@@ -67,6 +69,7 @@ impl BusyPoll {
             wake: Notify::new(),
             on_round,
             rounds: AtomicU64::new(0),
+            stopped: AtomicBool::new(false),
         });
         tokio::spawn(poll.clone().run());
         poll
@@ -88,10 +91,19 @@ impl BusyPoll {
         Duration::from_nanos(since) < self.window
     }
 
+    /// Ends the poller's task (the session is over).
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::Relaxed);
+        self.wake.notify_one();
+    }
+
     async fn run(self: Arc<Self>) {
         loop {
             self.wake.notified().await;
-            while self.active() {
+            if self.stopped.load(Ordering::Relaxed) {
+                return;
+            }
+            while self.active() && !self.stopped.load(Ordering::Relaxed) {
                 self.rounds.fetch_add(1, Ordering::Relaxed);
                 (self.on_round)();
                 tokio::task::yield_now().await;
@@ -147,6 +159,21 @@ mod tests {
         let sent = tokio::time::timeout(Duration::from_millis(100), rx).await;
         assert!(matches!(sent, Ok(Ok(_))), "a task ready to run was starved by the poller");
         assert!(poll.rounds() > 0);
+    }
+
+    /// A stopped poller's task ends, even within its window.
+    #[tokio::test(flavor = "current_thread")]
+    async fn stop_ends_the_task() {
+        let poll = BusyPoll::spawn(Duration::from_secs(60), || {});
+        poll.touch();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        poll.stop();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let rounds = poll.rounds();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(poll.rounds(), rounds, "still polling once stopped");
+        // Only the test holds it now: the task dropped its reference.
+        assert_eq!(Arc::strong_count(&poll), 1);
     }
 
     #[test]

@@ -275,6 +275,9 @@ where
         _ = downstream.stop.notified() => {}
         _ = shutdown => {}
     }
+    if let Some(poll) = &busy_poll {
+        poll.stop();
+    }
     // Ending the session closes the upstreams (children see stdin close and exit).
     drop(session);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
