@@ -15,7 +15,11 @@
 //! - How: a task that yields to the runtime until the window has passed. A current-thread tokio
 //!   runtime with a task that has yielded checks its I/O and timers without blocking
 //!   (`epoll_wait` with a zero timeout) instead of sleeping, so every other task still runs as
-//!   soon as its input is ready.
+//!   soon as its input is ready. Each round also yields the thread (`sched_yield`), so that a
+//!   process waiting for this CPU, such as the client or the server, runs first: measured
+//!   against polling without it, 0.966x against 0.898x direct and 0.989x against 1.089x (medians
+//!   of rounds 1.005x against 0.839x and 0.964x against 0.915x), sequential Python SDK calls,
+//!   two interleaved runs.
 //! - The runtime does not go to sleep while polling, so its `on_thread_park` hook does not run:
 //!   the poller calls the hook it is given each round instead (in `mcp-gate` stdio mode the
 //!   store's, `store::idle::on_park`), so that the audit rows queued while no call is in flight
@@ -106,6 +110,10 @@ impl BusyPoll {
             while self.active() && !self.stopped.load(Ordering::Relaxed) {
                 self.rounds.fetch_add(1, Ordering::Relaxed);
                 (self.on_round)();
+                // Offers the CPU to any other thread that is ready to run on it (the client or
+                // the server this process waits for may be one), then lets the runtime check its
+                // I/O without blocking.
+                std::thread::yield_now();
                 tokio::task::yield_now().await;
             }
         }
