@@ -127,7 +127,9 @@ pub async fn start_gate_announcing(config: &Config, announce: bool) -> anyhow::R
     if announce {
         crate::logging::announce(&format!("mcp-gate: approvals at http://{shown}/"));
     }
-    hub::Node { approvals: approvals.clone(), web: web.clone(), listen: a.listen.clone(), token, on_hub }.start(start);
+    hub::Node { approvals: approvals.clone(), web: web.clone(), listen: a.listen.clone(), token, on_hub }
+        .start(start)
+        .context("starting the approval server")?;
     if let Some(file) = token_file.filter(|_| announce) {
         crate::logging::announce(&format!("mcp-gate: approver token in {}", file.display()));
     }

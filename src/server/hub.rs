@@ -127,7 +127,7 @@ pub async fn discover(listen: &str, token: &str, database: Option<&Path>) -> std
             Err(e) => Err(e),
         };
     }
-    let client = client();
+    let client = client()?;
     let base = base_url(listen);
     // The file just opened at `database`: its identity now is the store's.
     let file_id = database.and_then(|p| FileId::of(p).ok().flatten());
@@ -185,18 +185,19 @@ async fn fallback(listen: &str) -> std::io::Result<Start> {
     Ok(Start::Serve { listener: TcpListener::bind(any).await?, shared: false })
 }
 
-fn client() -> reqwest::Client {
+fn client() -> std::io::Result<reqwest::Client> {
     // Loopback traffic must not go through a proxy from the environment. It is plain HTTP to the
     // approval address (`base_url`), so the client trusts no certificate authority: loading the
     // system's roots would cost every process several milliseconds at start for nothing.
     // Should the TLS library refuse an empty set of authorities, the client is built with the
-    // system's, still without a proxy (the token must not pass through one).
+    // system's, still without a proxy (the token must not pass through one). When neither can be
+    // built, the process does not start: no other client would keep the token off a proxy.
     let builder = || reqwest::Client::builder().no_proxy().connect_timeout(PROBE_TIMEOUT);
     builder()
         .tls_certs_only(Vec::<reqwest::Certificate>::new())
         .build()
         .or_else(|_| builder().build())
-        .unwrap_or_default()
+        .map_err(|e| std::io::Error::other(format!("cannot build the approval address's HTTP client: {e}")))
 }
 
 /// The URL to reach the approval address from this machine (a wildcard address as loopback).
@@ -296,14 +297,14 @@ struct Running {
 
 impl Node {
     /// Serves, or follows the hub, as `start` says. Returns at once; the work is done by tasks.
-    pub fn start(self, start: Start) {
+    pub fn start(self, start: Start) -> std::io::Result<()> {
         let node = Arc::new(Running {
             approvals: self.approvals,
             web: self.web,
             listen: self.listen,
             token: self.token,
             on_hub: Mutex::new(Some(self.on_hub)),
-            client: client(),
+            client: client()?,
         });
         match start {
             Start::Serve { listener, shared } => node.become_hub(listener, shared),
@@ -315,6 +316,7 @@ impl Node {
                 tokio::spawn(node.follow(hub, role));
             }
         }
+        Ok(())
     }
 }
 
