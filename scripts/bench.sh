@@ -7,11 +7,11 @@
 #      16-way concurrent, stdio->stdio and HTTP->stdio, direct vs through mcp-gate
 #      (scripts/bench_py.py). The stdio pair also runs a bare relay (bare-relay example: one
 #      thread copying bytes both ways) as a third side: the baseline for what any process in the
-#      path costs. It also runs mcp-gate with `[stdio] busy_poll_us` (BENCH_BUSY_POLL_US, default
-#      1000; 0 leaves it out) as a fourth side.
+#      path costs. It also runs mcp-gate with another `[stdio] busy_poll_us` (BENCH_ALT_POLL_US,
+#      default 0: busy polling off; "off" leaves it out) as a fourth side.
 #   2. Added per-call latency (p50/p90/p99) with a raw Rust stdio client (bench-client example)
 #      against raw-upstream, direct vs `mcp-gate -- raw-upstream`, in alternating blocks; then the
-#      same with the bare relay in place of mcp-gate, and with mcp-gate busy polling.
+#      same with the bare relay in place of mcp-gate, and with mcp-gate's other busy_poll_us.
 #      Then the time from spawning to the `initialize` answer, raw-upstream alone vs behind
 #      mcp-gate, alternating starts.
 #   3. Idle RSS of mcp-gate alone with three raw-upstream servers after initialize + tools/list.
@@ -32,7 +32,7 @@
 #   BENCH_RS_BLOCKS / BENCH_RS_BLOCK_SIZE / BENCH_RS_WARMUP   latency run (default 10 / 2000 / 2000)
 #   BENCH_STARTS            starts per side in the start-to-first-answer run (default 20)
 #   BENCH_PY_CALLS / BENCH_PY_WARMUP / BENCH_PY_ROUNDS / BENCH_PY_CONC / BENCH_PY_MODE /
-#   BENCH_PY_PAIRS / BENCH_PY_LOADS / BENCH_RELAY_BIN / BENCH_BUSY_POLL_US   see scripts/bench_py.py (e.g. BENCH_PY_PAIRS=stdio
+#   BENCH_PY_PAIRS / BENCH_PY_LOADS / BENCH_RELAY_BIN / BENCH_ALT_POLL_US   see scripts/bench_py.py (e.g. BENCH_PY_PAIRS=stdio
 #                           BENCH_PY_LOADS=seq for the sequential stdio figures only)
 #   BENCH_ARTIFACTS         logs of every process (default: artifacts/bench/)
 #   BENCH_ONLY_PY=1         measure only the Python SDK throughput (1.); the other rows say n/a
@@ -77,7 +77,7 @@ done
 export EVERYTHING
 export BENCH_GATE_LOG="${BENCH_GATE_LOG:-info}"
 export MCP_GATE_LOG="$BENCH_GATE_LOG"
-export BENCH_BUSY_POLL_US="${BENCH_BUSY_POLL_US:-1000}"
+export BENCH_ALT_POLL_US="${BENCH_ALT_POLL_US:-0}"
 export BENCH_ARTIFACTS="${BENCH_ARTIFACTS:-$ROOT/artifacts/bench}"
 rm -rf "$BENCH_ARTIFACTS"
 mkdir -p "$BENCH_ARTIFACTS"
@@ -146,12 +146,12 @@ load L "$BENCH_ARTIFACTS/latency.txt"
 # The same with the bare relay in place of mcp-gate: what any process in the path adds.
 latency_run latency-relay "$BENCH_RELAY_BIN $RAW"
 load LR "$BENCH_ARTIFACTS/latency-relay.txt"
-# The same with mcp-gate polling its pipes after each message ([stdio] busy_poll_us), on a data
+# The same with mcp-gate's other `[stdio] busy_poll_us` (by default 0: polling off), on a data
 # directory of its own.
-if [[ "$BENCH_BUSY_POLL_US" != 0 ]]; then
-  mkdir -p "$TMP/busy-data"
-  latency_run latency-busy "env MCP_GATE_STDIO__BUSY_POLL_US=$BENCH_BUSY_POLL_US MCP_GATE_APPROVALS__DATA_DIR=$TMP/busy-data $MCP_GATE_BIN ${GATE_ARGS[*]} -- $RAW"
-  load LB "$BENCH_ARTIFACTS/latency-busy.txt"
+if [[ "$BENCH_ALT_POLL_US" != off ]]; then
+  mkdir -p "$TMP/alt-data"
+  latency_run latency-alt "env MCP_GATE_STDIO__BUSY_POLL_US=$BENCH_ALT_POLL_US MCP_GATE_APPROVALS__DATA_DIR=$TMP/alt-data $MCP_GATE_BIN ${GATE_ARGS[*]} -- $RAW"
+  load LB "$BENCH_ARTIFACTS/latency-alt.txt"
 fi
 # The audit log (builds with a policy): how many of the latency run's allowed calls were recorded
 # once that mcp-gate had exited. Only the latency run has used the database at this point.
@@ -259,8 +259,8 @@ side_row() { # $1 pair, $2 load key, $3 side, $4 label, $5 target ($6 its verdic
 relay_row() { # $1 pair, $2 load key, $3 label
   side_row "$1" "$2" relay "$3" baseline
 }
-busy_row() { # $1 pair, $2 load key, $3 label
-  [[ "$BENCH_BUSY_POLL_US" == 0 ]] || side_row "$1" "$2" busy "$3" "≥ 0.9x" 'x >= 0.9'
+alt_row() { # $1 pair, $2 load key, $3 label
+  [[ "$BENCH_ALT_POLL_US" == off ]] || side_row "$1" "$2" alt "$3" comparison
 }
 rss_mb="$(calc 'a/1024' "$(get M_rss_kb)" 1)"
 rss_mb="$(calc 'sprintf("%.1f", a)' "$rss_mb" 1)"
@@ -277,10 +277,10 @@ kids_mb="$(calc 'sprintf("%.1f", a/1024)' "$(get M_children_rss_kb)" 1)"
   echo "|---|---|---|---|---|---|"
   py_row stdio seq "Python SDK, stdio→stdio, sequential echo"
   relay_row stdio seq "Python SDK, stdio→stdio, sequential echo, bare relay instead of mcp-gate"
-  busy_row stdio seq "Python SDK, stdio→stdio, sequential echo, mcp-gate with \`[stdio] busy_poll_us = $BENCH_BUSY_POLL_US\`"
+  alt_row stdio seq "Python SDK, stdio→stdio, sequential echo, mcp-gate with \`[stdio] busy_poll_us = $BENCH_ALT_POLL_US\`"
   py_row stdio "$conc" "Python SDK, stdio→stdio, ${conc#c}-way concurrent echo"
   relay_row stdio "$conc" "Python SDK, stdio→stdio, ${conc#c}-way concurrent echo, bare relay instead of mcp-gate"
-  busy_row stdio "$conc" "Python SDK, stdio→stdio, ${conc#c}-way concurrent echo, mcp-gate with \`busy_poll_us = $BENCH_BUSY_POLL_US\`"
+  alt_row stdio "$conc" "Python SDK, stdio→stdio, ${conc#c}-way concurrent echo, mcp-gate with \`busy_poll_us = $BENCH_ALT_POLL_US\`"
   py_row http seq "Python SDK, HTTP→stdio, sequential echo"
   py_row http "$conc" "Python SDK, HTTP→stdio, ${conc#c}-way concurrent echo"
   printf '| Raw Rust client, tools/call latency p50 | %s µs | %s µs | **+%s µs** (per block pair: median %s, %s–%s) | ≤ 30 µs | %s |\n' \
@@ -289,9 +289,9 @@ kids_mb="$(calc 'sprintf("%.1f", a/1024)' "$(get M_children_rss_kb)" 1)"
   printf '| Raw Rust client, tools/call latency p50, bare relay instead of mcp-gate | %s µs | %s µs | +%s µs (per block pair: median %s, %s–%s) | baseline | – |\n' \
     "$(get LR_direct_p50_us)" "$(get LR_via_p50_us)" "$(get LR_added_p50_us)" "$(get LR_block_added_p50_median_us)" \
     "$(get LR_block_added_p50_min_us)" "$(get LR_block_added_p50_max_us)"
-  if [[ "$BENCH_BUSY_POLL_US" != 0 ]]; then
+  if [[ "$BENCH_ALT_POLL_US" != off ]]; then
     printf '| Raw Rust client, tools/call latency p50, mcp-gate with `[stdio] busy_poll_us = %s` | %s µs | %s µs | +%s µs (per block pair: median %s, %s–%s) | – | – |\n' \
-      "$BENCH_BUSY_POLL_US" "$(get LB_direct_p50_us)" "$(get LB_via_p50_us)" "$(get LB_added_p50_us)" "$(get LB_block_added_p50_median_us)" \
+      "$BENCH_ALT_POLL_US" "$(get LB_direct_p50_us)" "$(get LB_via_p50_us)" "$(get LB_added_p50_us)" "$(get LB_block_added_p50_median_us)" \
       "$(get LB_block_added_p50_min_us)" "$(get LB_block_added_p50_max_us)"
   fi
   printf '| Raw Rust client, tools/call latency p90 | %s µs | %s µs | +%s µs | – | – |\n' \

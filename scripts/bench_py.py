@@ -32,9 +32,9 @@ Environment:
                     runs it as a third side, `relay` (client -> relay -> server-everything), the
                     baseline for what any extra process in the path costs
   BENCH_PY_LOADS    subset of loads, e.g. "seq" (default seq,cN)
-  BENCH_BUSY_POLL_US  when not 0 (default 1000), the stdio pair also runs mcp-gate with
-                    `[stdio] busy_poll_us` set to it (MCP_GATE_STDIO__BUSY_POLL_US, its own data
-                    directory) as a fourth side, `busy`
+  BENCH_ALT_POLL_US  unless "off", the stdio pair also runs mcp-gate with `[stdio]
+                    busy_poll_us` set to it (default 0: busy polling off;
+                    MCP_GATE_STDIO__BUSY_POLL_US, its own data directory) as a fourth side, `alt`
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ GATE_LOG = os.environ.get("BENCH_GATE_LOG", "info")
 # mcp-gate options before `--` (bench.sh: a config allowing every call when the build has a policy).
 GATE_ARGS = shlex.split(os.environ.get("BENCH_GATE_ARGS", ""))
 RELAY = os.environ.get("BENCH_RELAY_BIN", "")
-BUSY_POLL_US = os.environ.get("BENCH_BUSY_POLL_US", "1000")
+ALT_POLL_US = os.environ.get("BENCH_ALT_POLL_US", "0")
 LOADS = [x.strip() for x in os.environ.get("BENCH_PY_LOADS", f"seq,c{CONC}").split(",") if x.strip()]
 START_TIMEOUT = 20.0
 CALL_TIMEOUT = 30.0
@@ -177,7 +177,7 @@ async def open_client(stack: AsyncExitStack, target: Any) -> Client:
 async def run_pair(pair: str, procs: Procs, out: dict[str, str]) -> None:
     async with AsyncExitStack() as stack:
         relay: Client | None = None
-        busy: Client | None = None
+        alt: Client | None = None
         if pair == "stdio":
             d_err = open(ART / "py-stdio-direct-everything.log", "w")
             v_err = open(ART / "py-stdio-via-mcp-gate.log", "w")
@@ -192,13 +192,13 @@ async def run_pair(pair: str, procs: Procs, out: dict[str, str]) -> None:
                 stack.callback(r_err.close)
                 r_params = StdioServerParameters(command=RELAY, args=[*EV, "stdio"], env=child_env())
                 relay = await open_client(stack, stdio_client(r_params, errlog=r_err))
-            if BUSY_POLL_US != "0":
-                b_err = open(ART / "py-stdio-busy-mcp-gate.log", "w")
-                stack.callback(b_err.close)
-                data = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-busy-"))
-                b_env = child_env({"MCP_GATE_STDIO__BUSY_POLL_US": BUSY_POLL_US, "MCP_GATE_APPROVALS__DATA_DIR": data})
-                b_params = StdioServerParameters(command=GATE, args=[*GATE_ARGS, "--", *EV, "stdio"], env=b_env)
-                busy = await open_client(stack, stdio_client(b_params, errlog=b_err))
+            if ALT_POLL_US != "off":
+                a_err = open(ART / "py-stdio-alt-mcp-gate.log", "w")
+                stack.callback(a_err.close)
+                data = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-alt-"))
+                a_env = child_env({"MCP_GATE_STDIO__BUSY_POLL_US": ALT_POLL_US, "MCP_GATE_APPROVALS__DATA_DIR": data})
+                a_params = StdioServerParameters(command=GATE, args=[*GATE_ARGS, "--", *EV, "stdio"], env=a_env)
+                alt = await open_client(stack, stdio_client(a_params, errlog=a_err))
         elif pair == "http":
             port = free_port()
             p, _ = procs.start([*EV, "streamableHttp"], "py-http-direct-everything", child_env({"PORT": str(port)}))
@@ -218,8 +218,8 @@ async def run_pair(pair: str, procs: Procs, out: dict[str, str]) -> None:
         sides = [("direct", direct), ("via", via)]
         if relay is not None:
             sides.append(("relay", relay))
-        if busy is not None:
-            sides.append(("busy", busy))
+        if alt is not None:
+            sides.append(("alt", alt))
 
         for load, conc in (("seq", 1), (f"c{CONC}", CONC)):
             if load not in LOADS:

@@ -6,7 +6,7 @@
 # tests/interop/gating_2026.py (the SDK's own MCPServer, 2026-07-28, over stdio and serve, with the
 # input_required rounds the SDK drives itself). Then held calls answered with tasks, seen by the
 # TypeScript SDK client (@modelcontextprotocol/sdk 1.32.2, `callToolStream`): tests/interop/tasks_ts.mjs,
-# over stdio and serve. Last, interop.py's stdio pairs again with `[stdio] busy_poll_us = 1000`.
+# over stdio and serve. Last, interop.py's stdio pairs again with busy polling off (`[stdio] busy_poll_us = 0`).
 #
 # Environment:
 #   MCP_GATE_BIN   mcp-gate binary to test (default: target/release/mcp-gate, built here)
@@ -46,13 +46,20 @@ log "running tests/interop/gating_2026.py (gating in front of a 2026-07-28 MCPSe
 "$PEERS_PY" "$ROOT/tests/interop/gating_2026.py" || status=1
 log "running tests/interop/tasks_ts.mjs (held calls as tasks, seen by the TypeScript SDK's callToolStream)"
 PEERS_NODE_MODULES="$PEERS_NODE_MODULES" "$PEERS_NODE22" "$ROOT/tests/interop/tasks_ts.mjs" || status=1
-log "running tests/interop/interop.py's stdio pairs (A, B) with mcp-gate busy polling ([stdio] busy_poll_us = 1000)"
-busy_logs="${INTEROP_ARTIFACTS:-$ROOT/artifacts/interop}/busy-poll"
-INTEROP_PAIRS=A,B INTEROP_ARTIFACTS="$busy_logs" MCP_GATE_STDIO__BUSY_POLL_US=1000 \
+log "running tests/interop/interop.py's stdio pairs (A, B) with mcp-gate's busy polling off ([stdio] busy_poll_us = 0)"
+logs="${INTEROP_ARTIFACTS:-$ROOT/artifacts/interop}"
+INTEROP_PAIRS=A,B INTEROP_ARTIFACTS="$logs/no-busy-poll" MCP_GATE_STDIO__BUSY_POLL_US=0 \
   "$PEERS_PY" "$ROOT/tests/interop/interop.py" || status=1
-# The proxy said it polls (its log filter is debug unless MCP_GATE_LOG says otherwise).
-if [[ "$MCP_GATE_LOG" == debug ]] && ! grep -qs "busy polling after each message" "$busy_logs"/*through-mcp-gate*; then
-  log "FAIL: no mcp-gate of the busy-polling run says it polls (logs in $busy_logs)"
-  status=1
+# Each run's proxies said whether they poll (their log filter is debug unless MCP_GATE_LOG says
+# otherwise): the first run's by default, the last run's not at all.
+if [[ "$MCP_GATE_LOG" == debug ]]; then
+  if ! grep -qs "busy polling after each message" "$logs"/*through-mcp-gate*; then
+    log "FAIL: no mcp-gate of the first run says it polls (logs in $logs)"
+    status=1
+  fi
+  if grep -qs "busy polling after each message" "$logs"/no-busy-poll/*through-mcp-gate*; then
+    log "FAIL: an mcp-gate with busy_poll_us = 0 says it polls (logs in $logs/no-busy-poll)"
+    status=1
+  fi
 fi
 exit "$status"

@@ -245,9 +245,11 @@ impl Config {
         if let Some(addr) = self.listen.addr {
             out.push_str(&format!("serve listens on http://{addr}/mcp\n"));
         }
-        if !self.stdio.busy_poll.is_zero() {
+        if self.stdio.busy_poll.is_zero() {
+            out.push_str("stdio mode sleeps as soon as its pipes are quiet (busy polling off)\n");
+        } else {
             out.push_str(&format!(
-                "stdio mode polls its pipes for {} µs after each message instead of sleeping (uses CPU)\n",
+                "stdio mode polls its pipes for up to {} µs after a message while messages come that close together\n",
                 self.stdio.busy_poll.as_micros()
             ));
         }
@@ -463,16 +465,19 @@ mod tests {
         assert!(text.contains("comand"), "{text}");
     }
 
-    /// `[stdio] busy_poll_us`: off unless set, at most 0.1 s, and said by `check-config`.
+    /// `[stdio] busy_poll_us`: 1 ms unless set, 0 turns it off, at most 0.1 s, and said by
+    /// `check-config`.
     #[test]
-    fn busy_poll_is_off_by_default_and_bounded() {
+    fn busy_poll_defaults_to_a_millisecond_and_is_bounded() {
         let base = "[servers.a]\ncommand = \"x\"\n";
         let config = Config::from_toml(base, "p.toml").unwrap();
-        assert!(config.stdio.busy_poll.is_zero());
-        assert!(!config.explain().contains("polls"));
-        let config = Config::from_toml(&format!("[stdio]\nbusy_poll_us = 1000\n{base}"), "p.toml").unwrap();
         assert_eq!(config.stdio.busy_poll, std::time::Duration::from_millis(1));
-        assert!(config.explain().contains("polls its pipes for 1000 µs"), "{}", config.explain());
+        assert!(config.explain().contains("polls its pipes for up to 1000 µs"), "{}", config.explain());
+        let config = Config::from_toml(&format!("[stdio]\nbusy_poll_us = 0\n{base}"), "p.toml").unwrap();
+        assert!(config.stdio.busy_poll.is_zero());
+        assert!(config.explain().contains("busy polling off"), "{}", config.explain());
+        let config = Config::from_toml(&format!("[stdio]\nbusy_poll_us = 250\n{base}"), "p.toml").unwrap();
+        assert_eq!(config.stdio.busy_poll, std::time::Duration::from_micros(250));
         let err = Config::from_toml(&format!("[stdio]\nbusy_poll_us = 100001\n{base}"), "p.toml").unwrap_err();
         assert_eq!(err.to_string(), "p.toml: `stdio.busy_poll_us`: 100001 is more than the most allowed, 100000");
     }

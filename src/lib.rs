@@ -45,7 +45,7 @@
 //!   several upstreams: exposed names, merged capabilities, cursors), sends it through that
 //!   upstream's transport and maps the answer back.
 //! - [`downstream`]: where clients come in: [`downstream::stdio`] when the client started us
-//!   (with [`downstream::busy_poll`], its optional polling of the pipes after each message),
+//!   (with [`downstream::busy_poll`], its polling of the pipes while messages come close together),
 //!   [`downstream::http`] for `mcp-gate serve` (its sessions, the response stream of each message,
 //!   `POST`/`GET`/`DELETE`, and the refusals with their HTTP statuses).
 //! - [`policy`]: the compiled rules (pure, first match wins, fails closed).

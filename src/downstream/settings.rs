@@ -91,16 +91,26 @@ pub struct RawStdio {
 }
 
 /// `[stdio]`: settings of stdio mode (`mcp-gate` started by its client). `serve` ignores them.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Stdio {
-    /// How long the event loop polls its pipes after each message before it sleeps (zero: it
+    /// The longest the event loop polls its pipes after a message before it sleeps (zero: it
     /// sleeps at once). See [`super::busy_poll`].
     pub busy_poll: Duration,
 }
 
+/// `[stdio] busy_poll_us` unless set: 1 ms, above the turn-around of a sequential Python SDK
+/// client between an answer and its next call (about 0.45 ms on two virtual CPUs).
+pub const DEFAULT_BUSY_POLL: Duration = Duration::from_millis(1);
+
+impl Default for Stdio {
+    fn default() -> Stdio {
+        Stdio { busy_poll: DEFAULT_BUSY_POLL }
+    }
+}
+
 impl Stdio {
     pub fn validate(raw: RawStdio) -> Result<Stdio, Invalid> {
-        let busy_poll = Duration::from_micros(raw.busy_poll_us.unwrap_or(0));
+        let busy_poll = raw.busy_poll_us.map_or(DEFAULT_BUSY_POLL, Duration::from_micros);
         if busy_poll > super::busy_poll::MAX_WINDOW {
             return Err(Invalid::new(
                 "stdio.busy_poll_us",

@@ -534,16 +534,18 @@ fn cpu_time(pid: u32) -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
-/// `[stdio] busy_poll_us` (here from the environment): calls pass and are audited as without it,
-/// the rows of calls answered while it polls reach disk while the client stays idle, and the
-/// process stops polling once the pipes are quiet: it uses almost no CPU while the client is idle.
+/// `[stdio] busy_poll_us` (here the default, 1 ms): calls sent back to back pass and are audited
+/// as without it, the rows of calls answered while it polls reach disk while the client stays
+/// idle, and the process stops polling once the pipes are quiet: it uses almost no CPU while the
+/// client is idle.
 #[tokio::test]
 async fn busy_polling_relays_audits_and_then_sleeps() {
     let dir = data_dir("idle-busy-poll");
     let cfg = write_config(&dir);
-    let mut proxy = Proxy::start_with(dir.clone(), &cfg, &[("MCP_GATE_STDIO__BUSY_POLL_US", "5000")]).await;
+    let mut proxy = Proxy::start_with(dir.clone(), &cfg, &[]).await;
     let log = std::fs::read_to_string(dir.join("stderr.log")).unwrap();
     assert!(!log.contains("ignored"), "{log}");
+    assert!(log.contains("busy polling after each message"), "{log}");
     for n in 1..=40 {
         let tool = if n % 5 == 0 { "delete_file" } else { "read_file" };
         let reply = proxy.call(n, tool).await;
@@ -557,7 +559,7 @@ async fn busy_polling_relays_audits_and_then_sleeps() {
     })
     .await;
     eprintln!("rows on disk {:?} after the last answer", replied.elapsed());
-    // Polling ends 5 ms after the last message: over a quiet second the process sleeps.
+    // Polling ends at most 1 ms after the last message: over a quiet second the process sleeps.
     let pid = proxy.child.id().unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let before = cpu_time(pid);
