@@ -98,8 +98,9 @@ pub struct Stdio {
     pub busy_poll: Duration,
 }
 
-/// `[stdio] busy_poll_us` unless set: 1 ms, above the turn-around of a sequential Python SDK
-/// client between an answer and its next call (about 0.45 ms on two virtual CPUs).
+/// `[stdio] busy_poll_us` unless set: 1 ms, above the time a sequential Python SDK client takes
+/// between an answer and its next call on two virtual CPUs (its whole call, direct, takes
+/// 0.4–0.5 ms there).
 pub const DEFAULT_BUSY_POLL: Duration = Duration::from_millis(1);
 
 impl Default for Stdio {
