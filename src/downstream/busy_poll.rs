@@ -244,19 +244,30 @@ mod tests {
     }
 
     /// Other tasks keep running while it polls: a message read on the loop is not held back.
-    #[tokio::test(flavor = "current_thread")]
-    async fn other_tasks_run_while_it_polls() {
-        let poll = BusyPoll::spawn(Duration::from_millis(200), || {});
-        poll.set_window(Duration::from_millis(200));
-        poll.touch();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        tokio::spawn(async move {
-            tokio::task::yield_now().await;
-            let _ = tx.send(Instant::now());
+    /// The runtime runs on a thread of its own, so that a poller that never gave its thread back
+    /// fails the test instead of hanging it.
+    #[test]
+    fn other_tasks_run_while_it_polls() {
+        let (done, outcome) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let poll = BusyPoll::spawn(Duration::from_millis(200), || {});
+                poll.set_window(Duration::from_millis(200));
+                poll.touch();
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                tokio::spawn(async move {
+                    tokio::task::yield_now().await;
+                    let _ = tx.send(());
+                });
+                let ran = tokio::time::timeout(Duration::from_millis(100), rx).await;
+                let _ = done.send((matches!(ran, Ok(Ok(()))), poll.rounds()));
+            });
         });
-        let sent = tokio::time::timeout(Duration::from_millis(100), rx).await;
-        assert!(matches!(sent, Ok(Ok(_))), "a task ready to run was starved by the poller");
-        assert!(poll.rounds() > 0);
+        let outcome = outcome.recv_timeout(Duration::from_secs(10));
+        let Ok((ran, rounds)) = outcome else { panic!("the poller kept its thread for 10 s") };
+        assert!(ran, "a task ready to run was starved by the poller");
+        assert!(rounds > 0);
     }
 
     /// A stopped poller's task ends, even within its window.
