@@ -2,6 +2,7 @@
 //! its timeouts, the configured headers, and reading bodies and errors of responses.
 
 use std::error::Error as _;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
@@ -25,13 +26,35 @@ pub(crate) fn prepare(
         return Err(http_error(format!("invalid URL `{url}`: the scheme must be http or https")));
     }
     let headers = header_map(headers).map_err(|e| http_error(e.to_string()))?;
-    let client = build_client().map_err(|e| http_error(format!("cannot create the HTTP client: {}", describe(&e))))?;
+    let client = shared_client().map_err(|e| http_error(format!("cannot create the HTTP client: {}", describe(&e))))?;
     Ok((parsed, headers, client))
 }
 
-/// The HTTP client used by the HTTP transports: a connect timeout, no overall timeout (response
-/// streams may stay open for as long as a tool runs).
-pub(crate) fn build_client() -> Result<reqwest::Client, reqwest::Error> {
+/// The HTTP client of the HTTP transports, one per process, built on first use.
+///
+/// Building a client loads the system's certificate authorities: about 5 ms each time, measured
+/// here. With a client per connection, every session of `mcp-gate serve` paid that for each HTTP
+/// upstream, and so did every reconnection. The clones share one connection pool; nothing of one
+/// session's requests can reach another's through it, as every request carries its own headers
+/// (the configured ones and the session's) and the client keeps no cookies.
+fn shared_client() -> Result<reqwest::Client, reqwest::Error> {
+    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
+    if let Some(client) = CLIENT.get() {
+        return Ok(client.clone());
+    }
+    let built = build_client()?;
+    Ok(CLIENT.get_or_init(|| built).clone())
+}
+
+/// Clients built so far.
+#[cfg(test)]
+static BUILT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A connect timeout, no overall timeout (response streams may stay open for as long as a tool
+/// runs).
+fn build_client() -> Result<reqwest::Client, reqwest::Error> {
+    #[cfg(test)]
+    BUILT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT).build()
 }
 
@@ -154,5 +177,22 @@ mod tests {
         assert!(recorrelated_error(b"Not Found", 9).is_none());
         assert_eq!(excerpt(&[b'a'; 300], 200).len(), 203);
         assert_eq!(excerpt(" short \n".as_bytes(), 200), "short");
+    }
+
+    /// Connecting again, to the same server or another, builds no new client: each build costs
+    /// milliseconds of loading certificate authorities.
+    #[test]
+    fn connections_share_one_client() {
+        use std::sync::atomic::Ordering;
+        prepare("a", "http://127.0.0.1:9/mcp", &[]).unwrap();
+        let built = BUILT.load(Ordering::Relaxed);
+        assert!(built >= 1);
+        for (server, url) in
+            [("a", "http://127.0.0.1:9/mcp"), ("b", "https://example.com/mcp"), ("c", "http://[::1]:1/sse")]
+        {
+            prepare(server, url, &[("X-Key".into(), "v".into())]).unwrap();
+        }
+        assert_eq!(BUILT.load(Ordering::Relaxed), built, "a connection built a client of its own");
+        assert!(prepare("d", "ftp://example.com/", &[]).is_err(), "a URL is still checked");
     }
 }
