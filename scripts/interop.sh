@@ -53,11 +53,11 @@ INTEROP_PAIRS=A,B INTEROP_ARTIFACTS="$logs/no-busy-poll" MCP_GATE_STDIO__BUSY_PO
 # Each run's proxies said whether they poll (their log filter is debug unless MCP_GATE_LOG says
 # otherwise): the first run's by default, the last run's not at all.
 if [[ "$MCP_GATE_LOG" == debug ]]; then
-  if ! grep -qs "busy polling after each message" "$logs"/*through-mcp-gate*; then
+  if ! grep -qs "busy polling while messages come close together" "$logs"/*through-mcp-gate*; then
     log "FAIL: no mcp-gate of the first run says it polls (logs in $logs)"
     status=1
   fi
-  if grep -qs "busy polling after each message" "$logs"/no-busy-poll/*through-mcp-gate*; then
+  if grep -qs "busy polling while messages come close together" "$logs"/no-busy-poll/*through-mcp-gate*; then
     log "FAIL: an mcp-gate with busy_poll_us = 0 says it polls (logs in $logs/no-busy-poll)"
     status=1
   fi

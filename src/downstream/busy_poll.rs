@@ -98,7 +98,7 @@ impl BusyPoll {
             tracing::warn!("[stdio] busy_poll_us is ignored: this process may use only one CPU");
             return None;
         }
-        tracing::debug!(max_us = max.as_micros() as u64, "busy polling after each message");
+        tracing::debug!(max_us = max.as_micros() as u64, "busy polling while messages come close together");
         Some(Self::spawn(max, on_round))
     }
 
@@ -140,7 +140,8 @@ impl BusyPoll {
     }
 
     /// The window now.
-    pub fn window(&self) -> Duration {
+    #[cfg(test)]
+    fn window(&self) -> Duration {
         Duration::from_nanos(self.window.load(Ordering::Relaxed))
     }
 
@@ -175,7 +176,8 @@ impl BusyPoll {
     }
 
     /// How many rounds it has polled.
-    pub fn rounds(&self) -> u64 {
+    #[cfg(test)]
+    fn rounds(&self) -> u64 {
         self.rounds.load(Ordering::Relaxed)
     }
 }
