@@ -51,11 +51,37 @@ fn shared_client() -> Result<reqwest::Client, reqwest::Error> {
 static BUILT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// A connect timeout, no overall timeout (response streams may stay open for as long as a tool
-/// runs).
+/// runs), and redirects followed only within an origin ([`same_origin_redirects`]).
 fn build_client() -> Result<reqwest::Client, reqwest::Error> {
     #[cfg(test)]
     BUILT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT).build()
+    reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT).redirect(same_origin_redirects()).build()
+}
+
+/// Most redirects followed for one request.
+const MAX_REDIRECTS: usize = 10;
+
+/// A redirect that leaves the origin (scheme, host and port) of the URL a request was sent to.
+#[derive(Debug, thiserror::Error)]
+#[error("redirect to `{0}` refused: it leaves the origin of the configured URL")]
+struct OtherOrigin(reqwest::Url);
+
+/// Follows a redirect only to the origin the request was sent to, at most [`MAX_REDIRECTS`]
+/// times. Every request carries the server's configured headers (an API key, say), and they go
+/// only to the server they were configured for: a redirect elsewhere, or from `https` to `http`,
+/// fails the request with an error that names where it pointed.
+fn same_origin_redirects() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let leaves = attempt.previous().first().is_none_or(|first| first.origin() != attempt.url().origin());
+        if leaves {
+            let target = attempt.url().clone();
+            attempt.error(OtherOrigin(target))
+        } else if attempt.previous().len() > MAX_REDIRECTS {
+            attempt.error("too many redirects")
+        } else {
+            attempt.follow()
+        }
+    })
 }
 
 /// A configured header that HTTP cannot carry.
@@ -194,5 +220,57 @@ mod tests {
         }
         assert_eq!(BUILT.load(Ordering::Relaxed), built, "a connection built a client of its own");
         assert!(prepare("d", "ftp://example.com/", &[]).is_err(), "a URL is still checked");
+    }
+
+    /// A redirect within the server is followed; one to another origin (here another port of the
+    /// same host) fails the request, and the other origin never sees it or its key.
+    #[tokio::test]
+    async fn redirects_stay_on_the_configured_origin() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        use axum::Router;
+        use axum::http::{HeaderMap as AxHeaders, StatusCode as AxStatus, header};
+        use axum::routing::post;
+
+        async fn listen(app: Router) -> String {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(async move { axum::serve(listener, app).await });
+            format!("http://{addr}")
+        }
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counter = hits.clone();
+        let other = listen(Router::new().fallback(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async { "stolen" }
+        }))
+        .await;
+        let away = format!("{other}/mcp");
+        let app = Router::new()
+            .route("/away", post(move || async move { (AxStatus::TEMPORARY_REDIRECT, [(header::LOCATION, away)]) }))
+            .route("/moved", post(|| async { (AxStatus::PERMANENT_REDIRECT, [(header::LOCATION, "/mcp")]) }))
+            .route("/loop", post(|| async { (AxStatus::TEMPORARY_REDIRECT, [(header::LOCATION, "/loop")]) }))
+            .route(
+                "/mcp",
+                post(|headers: AxHeaders| async move {
+                    format!("key {}", headers.get("x-api-key").and_then(|v| v.to_str().ok()).unwrap_or("none"))
+                }),
+            );
+        let up = listen(app).await;
+        let (_, headers, client) = prepare("up", &up, &[("X-Api-Key".into(), "k1".into())]).unwrap();
+        let post = |path: &str| client.post(format!("{up}{path}")).headers(headers.clone()).body("{}").send();
+
+        let resp = post("/moved").await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.text().await.unwrap(), "key k1", "a redirect within the origin is followed, with its key");
+
+        let err = post("/away").await.unwrap_err();
+        let text = describe(&err);
+        assert!(text.contains(&format!("redirect to `{other}/mcp` refused")), "{text}");
+        assert_eq!(hits.load(Ordering::SeqCst), 0, "the other origin received the request");
+
+        let err = post("/loop").await.unwrap_err();
+        assert!(describe(&err).contains("too many redirects"), "{}", describe(&err));
     }
 }

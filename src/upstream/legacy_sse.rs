@@ -104,6 +104,8 @@ enum EndpointError {
     Unresolvable { data: String, base: String },
     #[error("invalid endpoint `{data}` (resolved to `{resolved}`): {cause}")]
     Invalid { data: String, resolved: String, cause: <reqwest::Url as std::str::FromStr>::Err },
+    #[error("endpoint `{endpoint}` refused: it is not on the origin of `{base}` (scheme, host and port)")]
+    OtherOrigin { endpoint: reqwest::Url, base: String },
 }
 
 async fn open(client: &reqwest::Client, url: &reqwest::Url, headers: &HeaderMap) -> Result<Opened, OpenError> {
@@ -147,7 +149,17 @@ fn resolve_endpoint(base: &str, data: &str) -> Result<reqwest::Url, EndpointErro
     }
     let resolved = resolve_url(base, data)
         .ok_or_else(|| EndpointError::Unresolvable { data: data.to_owned(), base: base.to_owned() })?;
-    reqwest::Url::parse(&resolved).map_err(|cause| EndpointError::Invalid { data: data.to_owned(), resolved, cause })
+    let endpoint = reqwest::Url::parse(&resolved).map_err(|cause| EndpointError::Invalid {
+        data: data.to_owned(),
+        resolved,
+        cause,
+    })?;
+    // The messages carry the configured headers (an API key, say): they go only to the server
+    // they were configured for, not to wherever its event stream points.
+    if reqwest::Url::parse(base).ok().is_none_or(|base| base.origin() != endpoint.origin()) {
+        return Err(EndpointError::OtherOrigin { endpoint, base: base.to_owned() });
+    }
+    Ok(endpoint)
 }
 
 /// Resolves a URL reference against an absolute `scheme://authority/path?query` base (RFC 3986
@@ -494,6 +506,21 @@ mod tests {
         assert_eq!(resolve_url("http://h?q", "m/").unwrap(), "http://h/m/");
         assert_eq!(resolve_url("http://h/a/b/", "..").unwrap(), "http://h/a/");
         assert_eq!(resolve_url("not absolute", "m"), None);
+    }
+
+    /// The configured headers go only where the configured URL points: an endpoint on another
+    /// scheme, host or port is refused, as the official SDKs' clients refuse it.
+    #[test]
+    fn an_endpoint_on_another_origin_is_refused() {
+        let base = "http://h:8080/mcp/sse";
+        assert_eq!(resolve_endpoint(base, "/messages?s=1").unwrap().as_str(), "http://h:8080/messages?s=1");
+        assert_eq!(resolve_endpoint(base, "http://h:8080/m").unwrap().as_str(), "http://h:8080/m");
+        assert_eq!(resolve_endpoint("https://h/sse", "https://h:443/m").unwrap().as_str(), "https://h/m");
+        for other in ["https://h:8080/m", "http://other:8080/m", "http://h:8081/m", "//other/m", "http://h/m"] {
+            let err = resolve_endpoint(base, other).unwrap_err();
+            assert!(matches!(err, EndpointError::OtherOrigin { .. }), "{other}: {err}");
+            assert!(err.to_string().contains("not on the origin of `http://h:8080/mcp/sse`"), "{err}");
+        }
     }
 
     #[tokio::test]
