@@ -361,6 +361,9 @@ impl Config {
         for warning in crate::review::lint(&self.approvals.ai_workflows, &self.approvals.providers) {
             out.push_str(&format!("warning: {warning}\n"));
         }
+        for warning in crate::upstream::settings::lint(&self.servers) {
+            out.push_str(&format!("warning: {warning}\n"));
+        }
         out
     }
 }
@@ -573,6 +576,44 @@ mod tests {
         assert_eq!(expand_env("Bearer ${PATH}").unwrap(), format!("Bearer {}", std::env::var("PATH").unwrap()));
         let err = expand_env("${MCP_GATE_SURELY_UNSET_VAR}").unwrap_err();
         assert!(err.contains("MCP_GATE_SURELY_UNSET_VAR"));
+    }
+
+    /// Configured headers sent unencrypted to another machine are worth a warning; to this
+    /// machine, over https, or with no headers, they are not.
+    #[test]
+    fn plain_http_with_headers_to_another_host_is_a_warning() {
+        let toml = r#"
+[servers.far]
+url = "http://10.0.0.7:8000/mcp"
+headers = { Authorization = "Bearer x", X-Team = "a" }
+[servers.old]
+url = "http://mcp.example/sse"
+transport = "sse"
+headers = { X-Api-Key = "k" }
+[servers.tls]
+url = "https://mcp.example/mcp"
+headers = { Authorization = "Bearer x" }
+[servers.local]
+url = "http://[::1]:9000/mcp"
+headers = { Authorization = "Bearer x" }
+[servers.named]
+url = "http://LOCALHOST:9000/mcp"
+headers = { Authorization = "Bearer x" }
+[servers.bare]
+url = "http://10.0.0.8/mcp"
+"#;
+        let text = Config::from_toml(toml, "p.toml").unwrap().explain();
+        assert!(
+            text.contains(
+                "warning: server far: http://10.0.0.7:8000/mcp is plain http to another host: its headers \
+                 (Authorization, X-Team) travel unencrypted"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("warning: server old: http://mcp.example/sse is plain http"), "{text}");
+        for quiet in ["server tls", "server local", "server named", "server bare"] {
+            assert!(!text.contains(&format!("warning: {quiet}")), "{quiet}: {text}");
+        }
     }
 
     fn webhook_error(toml: &str) -> String {

@@ -283,6 +283,32 @@ fn check_prefixes_unambiguous(servers: &[ServerConfig], separator: &str) -> Resu
 }
 
 /// A server name derived from a command (`/usr/bin/mcp-server-x` -> `mcp-server-x`) or a URL host.
+/// What `check-config` warns about the servers: an HTTP server with configured headers reached
+/// over plain `http` on another machine, where the headers (an API key, say) travel unencrypted.
+pub fn lint(servers: &[ServerConfig]) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for server in servers {
+        let (UpstreamTransport::StreamableHttp { url, headers } | UpstreamTransport::Sse { url, headers }) =
+            &server.transport
+        else {
+            continue;
+        };
+        let Ok(parsed) = reqwest::Url::parse(url) else { continue };
+        let host = parsed.host_str().unwrap_or("").trim_start_matches('[').trim_end_matches(']');
+        let loopback =
+            host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        if parsed.scheme() == "http" && !loopback && !headers.is_empty() {
+            let names: Vec<&str> = headers.iter().map(|(name, _)| name.as_str()).collect();
+            warnings.push(format!(
+                "server {}: {url} is plain http to another host: its headers ({}) travel unencrypted",
+                server.name,
+                names.join(", ")
+            ));
+        }
+    }
+    warnings
+}
+
 pub(crate) fn default_name(first: &str, is_url: bool) -> String {
     let base = if is_url {
         first.split("://").nth(1).unwrap_or(first).split(['/', ':']).next().unwrap_or("upstream")
