@@ -50,7 +50,7 @@ pub async fn connect(
 
     let shared = Arc::new(Shared {
         server: server.to_owned(),
-        base: parsed.to_string(),
+        base: parsed.clone(),
         endpoint: Mutex::new(endpoint),
         client,
         headers,
@@ -100,10 +100,8 @@ enum OpenError {
 enum EndpointError {
     #[error("the `endpoint` event is empty")]
     Empty,
-    #[error("cannot resolve endpoint `{data}` against `{base}`")]
-    Unresolvable { data: String, base: String },
-    #[error("invalid endpoint `{data}` (resolved to `{resolved}`): {cause}")]
-    Invalid { data: String, resolved: String, cause: <reqwest::Url as std::str::FromStr>::Err },
+    #[error("invalid endpoint `{data}`: {cause}")]
+    Invalid { data: String, cause: <reqwest::Url as std::str::FromStr>::Err },
     #[error("endpoint `{endpoint}` refused: it is not on the origin of `{base}` (scheme, host and port)")]
     OtherOrigin { endpoint: reqwest::Url, base: String },
 }
@@ -132,7 +130,7 @@ async fn open(client: &reqwest::Client, url: &reqwest::Url, headers: &HeaderMap)
     loop {
         match events.next_event().await {
             Some(Ok(event)) if event.event_type() == "endpoint" => {
-                let endpoint = resolve_endpoint(url.as_str(), &event.data)?;
+                let endpoint = resolve_endpoint(url, &event.data)?;
                 return Ok(Opened { events, endpoint, early });
             }
             Some(Ok(event)) => early.push(event),
@@ -142,112 +140,26 @@ async fn open(client: &reqwest::Client, url: &reqwest::Url, headers: &HeaderMap)
     }
 }
 
-fn resolve_endpoint(base: &str, data: &str) -> Result<reqwest::Url, EndpointError> {
+/// Resolves an `endpoint` event's URL reference (absolute, `//host/path`, a path, `?query`)
+/// against the event stream's URL, and keeps it only on that URL's origin.
+fn resolve_endpoint(base: &reqwest::Url, data: &str) -> Result<reqwest::Url, EndpointError> {
     let data = data.trim();
     if data.is_empty() {
         return Err(EndpointError::Empty);
     }
-    let resolved = resolve_url(base, data)
-        .ok_or_else(|| EndpointError::Unresolvable { data: data.to_owned(), base: base.to_owned() })?;
-    let endpoint = reqwest::Url::parse(&resolved).map_err(|cause| EndpointError::Invalid {
-        data: data.to_owned(),
-        resolved,
-        cause,
-    })?;
+    let endpoint = base.join(data).map_err(|cause| EndpointError::Invalid { data: data.to_owned(), cause })?;
     // The messages carry the configured headers (an API key, say): they go only to the server
     // they were configured for, not to wherever its event stream points.
-    if reqwest::Url::parse(base).ok().is_none_or(|base| base.origin() != endpoint.origin()) {
-        return Err(EndpointError::OtherOrigin { endpoint, base: base.to_owned() });
+    if endpoint.origin() != base.origin() {
+        return Err(EndpointError::OtherOrigin { endpoint, base: base.to_string() });
     }
     Ok(endpoint)
-}
-
-/// Resolves a URL reference against an absolute `scheme://authority/path?query` base (RFC 3986
-/// section 5.2, for the forms servers send: an absolute URL, a scheme-relative `//host/path`,
-/// an absolute path, a relative path, `?query` or `#fragment`). Returns `None` when `base` is
-/// not absolute.
-pub fn resolve_url(base: &str, reference: &str) -> Option<String> {
-    if has_scheme(reference) {
-        return Some(reference.to_owned());
-    }
-    let (scheme, rest) = base.split_once("://")?;
-    if !has_scheme(&format!("{scheme}:")) {
-        return None;
-    }
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    let tail = &rest[authority_end..];
-    let tail = tail.split('#').next().unwrap_or("");
-    let (base_path, base_query) = match tail.split_once('?') {
-        Some((path, query)) => (path, Some(query)),
-        None => (tail, None),
-    };
-    let base_path = if base_path.is_empty() { "/" } else { base_path };
-
-    if let Some(rest) = reference.strip_prefix("//") {
-        return Some(format!("{scheme}://{rest}"));
-    }
-    let origin = format!("{scheme}://{authority}");
-    if reference.is_empty() {
-        return Some(format!("{origin}{tail}"));
-    }
-    if reference.starts_with('?') {
-        return Some(format!("{origin}{base_path}{reference}"));
-    }
-    if reference.starts_with('#') {
-        let query = base_query.map(|q| format!("?{q}")).unwrap_or_default();
-        return Some(format!("{origin}{base_path}{query}{reference}"));
-    }
-    let split = reference.find(['?', '#']).unwrap_or(reference.len());
-    let (ref_path, ref_rest) = reference.split_at(split);
-    let merged = if ref_path.starts_with('/') {
-        ref_path.to_owned()
-    } else {
-        let dir_end = base_path.rfind('/').map_or(0, |i| i + 1);
-        format!("{}{ref_path}", &base_path[..dir_end])
-    };
-    Some(format!("{origin}{}{ref_rest}", remove_dot_segments(&merged)))
-}
-
-/// True when `s` starts with `scheme:` (a letter, then letters, digits, `+`, `-` or `.`).
-fn has_scheme(s: &str) -> bool {
-    let Some(colon) = s.find(':') else {
-        return false;
-    };
-    let scheme = &s[..colon];
-    let mut chars = scheme.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
-}
-
-/// Removes `.` and `..` segments from an absolute path.
-fn remove_dot_segments(path: &str) -> String {
-    let segments: Vec<&str> = path.split('/').skip(1).collect();
-    let last = segments.len().saturating_sub(1);
-    let mut out: Vec<&str> = Vec::with_capacity(segments.len());
-    for (i, segment) in segments.iter().enumerate() {
-        match *segment {
-            "." => {
-                if i == last {
-                    out.push("");
-                }
-            }
-            ".." => {
-                out.pop();
-                if i == last {
-                    out.push("");
-                }
-            }
-            other => out.push(other),
-        }
-    }
-    format!("/{}", out.join("/"))
 }
 
 struct Shared {
     server: String,
     /// The SSE URL (endpoints are resolved against it).
-    base: String,
+    base: reqwest::Url,
     /// Where messages are POSTed; a later `endpoint` event replaces it.
     endpoint: Mutex<reqwest::Url>,
     client: reqwest::Client,
@@ -491,31 +403,33 @@ mod tests {
 
     #[test]
     fn resolves_endpoint_references() {
+        let resolve =
+            |base: &str, data: &str| resolve_endpoint(&reqwest::Url::parse(base).unwrap(), data).map(|u| u.to_string());
         let base = "http://h:8080/mcp/sse?x=1#f";
-        assert_eq!(resolve_url(base, "messages?session_id=a").unwrap(), "http://h:8080/mcp/messages?session_id=a");
-        assert_eq!(resolve_url(base, "/messages/?session_id=a").unwrap(), "http://h:8080/messages/?session_id=a");
-        assert_eq!(resolve_url(base, "../m").unwrap(), "http://h:8080/m");
-        assert_eq!(resolve_url(base, "./a/./b/../c").unwrap(), "http://h:8080/mcp/a/c");
-        assert_eq!(resolve_url(base, "../../../x").unwrap(), "http://h:8080/x");
-        assert_eq!(resolve_url(base, "?sessionId=b").unwrap(), "http://h:8080/mcp/sse?sessionId=b");
-        assert_eq!(resolve_url(base, "#g").unwrap(), "http://h:8080/mcp/sse?x=1#g");
-        assert_eq!(resolve_url(base, "").unwrap(), "http://h:8080/mcp/sse?x=1");
-        assert_eq!(resolve_url(base, "https://other/m?s=1").unwrap(), "https://other/m?s=1");
-        assert_eq!(resolve_url(base, "//other:1/m").unwrap(), "http://other:1/m");
-        assert_eq!(resolve_url("http://h", "messages").unwrap(), "http://h/messages");
-        assert_eq!(resolve_url("http://h?q", "m/").unwrap(), "http://h/m/");
-        assert_eq!(resolve_url("http://h/a/b/", "..").unwrap(), "http://h/a/");
-        assert_eq!(resolve_url("not absolute", "m"), None);
+        assert_eq!(resolve(base, "messages?session_id=a").unwrap(), "http://h:8080/mcp/messages?session_id=a");
+        assert_eq!(resolve(base, "/messages/?session_id=a").unwrap(), "http://h:8080/messages/?session_id=a");
+        assert_eq!(resolve(base, "../m").unwrap(), "http://h:8080/m");
+        assert_eq!(resolve(base, "./a/./b/../c").unwrap(), "http://h:8080/mcp/a/c");
+        assert_eq!(resolve(base, "../../../x").unwrap(), "http://h:8080/x");
+        assert_eq!(resolve(base, "?sessionId=b").unwrap(), "http://h:8080/mcp/sse?sessionId=b");
+        assert_eq!(resolve(base, "#g").unwrap(), "http://h:8080/mcp/sse?x=1#g");
+        assert_eq!(resolve(base, " messages \n").unwrap(), "http://h:8080/mcp/messages");
+        assert_eq!(resolve("http://h", "messages").unwrap(), "http://h/messages");
+        assert_eq!(resolve("http://h?q", "m/").unwrap(), "http://h/m/");
+        assert_eq!(resolve("http://h/a/b/", "..").unwrap(), "http://h/a/");
+        assert!(matches!(resolve(base, " "), Err(EndpointError::Empty)));
+        assert!(matches!(resolve(base, "http://[::1/m"), Err(EndpointError::Invalid { .. })));
     }
 
     /// The configured headers go only where the configured URL points: an endpoint on another
     /// scheme, host or port is refused, as the official SDKs' clients refuse it.
     #[test]
     fn an_endpoint_on_another_origin_is_refused() {
-        let base = "http://h:8080/mcp/sse";
+        let base = &reqwest::Url::parse("http://h:8080/mcp/sse").unwrap();
         assert_eq!(resolve_endpoint(base, "/messages?s=1").unwrap().as_str(), "http://h:8080/messages?s=1");
         assert_eq!(resolve_endpoint(base, "http://h:8080/m").unwrap().as_str(), "http://h:8080/m");
-        assert_eq!(resolve_endpoint("https://h/sse", "https://h:443/m").unwrap().as_str(), "https://h/m");
+        let tls = &reqwest::Url::parse("https://h/sse").unwrap();
+        assert_eq!(resolve_endpoint(tls, "https://h:443/m").unwrap().as_str(), "https://h/m");
         for other in ["https://h:8080/m", "http://other:8080/m", "http://h:8081/m", "//other/m", "http://h/m"] {
             let err = resolve_endpoint(base, other).unwrap_err();
             assert!(matches!(err, EndpointError::OtherOrigin { .. }), "{other}: {err}");
