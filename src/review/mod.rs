@@ -31,6 +31,7 @@ use tracing::{info, warn};
 use crate::gate::tools::ToolInfo;
 use crate::secret::{ExposeSecret, SecretString};
 use crate::store::{Store, StoreError};
+use crate::upstream::http::is_loopback_host;
 
 /// Default `ai_confidence_threshold`.
 pub const DEFAULT_THRESHOLD: f64 = 0.8;
@@ -633,12 +634,6 @@ fn host_of(rest: &str) -> &str {
         return authority.split_inclusive(']').next().unwrap_or(authority);
     }
     authority.split(':').next().unwrap_or(authority)
-}
-
-fn is_loopback_host(host: &str) -> bool {
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost")
-        || host.parse::<std::net::IpAddr>().map(|ip| ip.is_loopback()).unwrap_or(false)
 }
 
 #[cfg(test)]

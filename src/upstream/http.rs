@@ -84,6 +84,12 @@ fn same_origin_redirects() -> reqwest::redirect::Policy {
     })
 }
 
+/// Whether a URL's host (`localhost`, an address, `[::1]`) is this machine.
+pub(crate) fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 /// A configured header that HTTP cannot carry.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum HeaderError {

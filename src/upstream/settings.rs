@@ -294,9 +294,7 @@ pub fn lint(servers: &[ServerConfig]) -> Vec<String> {
             continue;
         };
         let Ok(parsed) = reqwest::Url::parse(url) else { continue };
-        let host = parsed.host_str().unwrap_or("").trim_start_matches('[').trim_end_matches(']');
-        let loopback =
-            host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        let loopback = super::http::is_loopback_host(parsed.host_str().unwrap_or(""));
         if parsed.scheme() == "http" && !loopback && !headers.is_empty() {
             let names: Vec<&str> = headers.iter().map(|(name, _)| name.as_str()).collect();
             warnings.push(format!(
