@@ -22,7 +22,7 @@ use std::sync::Arc;
 use serde_json::json;
 use tracing::{info, warn};
 
-use super::{ApprovalService, Caller, OwnedCall, call_key, replies};
+use super::{ApprovalService, Caller, OwnedCall, replies};
 use crate::gate::Verdict;
 use crate::gate::tools::ToolInfo;
 use crate::identity::Principal;
@@ -59,7 +59,7 @@ impl ApprovalService {
         let Some(reviewer) = self.reviewer.get().cloned() else {
             return self.hold(call, decision, caller).await;
         };
-        let key = call_key(&call.server, &call.tool, &call.arguments);
+        let key = call.request_key(&ai.name);
         let now = self.now_ms();
         // An identical call already has a request (escalated and pending, approved, or denied
         // recently): it stands, as for any held call.

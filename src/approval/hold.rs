@@ -7,8 +7,7 @@ use serde_json::Value;
 use tracing::{info, warn};
 
 use super::{
-    ApprovalService, Caller, ChangeKind, DecideError, OpenError, OwnedCall, PROGRESS_EVERY, Workflow, call_key, new_id,
-    replies,
+    ApprovalService, Caller, ChangeKind, DecideError, OpenError, OwnedCall, PROGRESS_EVERY, Workflow, new_id, replies,
 };
 use crate::gate::{CancellationToken, Outcome, Verdict};
 use crate::policy::{Action, Decision};
@@ -31,7 +30,7 @@ impl ApprovalService {
             return Err(Verdict::Respond(replies::internal("a held call without an approve decision")));
         };
         let workflow = self.workflow(workflow);
-        let key = call_key(&call.server, &call.tool, &call.arguments);
+        let key = call.request_key(&workflow.name);
         match self.insert_request(&workflow, call, &key, decision).await {
             Ok((approval, _joined)) => Ok(approval),
             Err(e) => Err(self.fail_closed(call, &e.to_string())),

@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use tracing::warn;
 
 use super::state::{Payload, StateError, StateKey};
-use super::{ApprovalService, Caller, OwnedCall, PROGRESS_EVERY, call_key, replies};
+use super::{ApprovalService, Caller, OwnedCall, PROGRESS_EVERY, replies};
 use crate::gate::{APPROVAL_INPUT, GateError, Verdict, is_own_state};
 use crate::policy::{Action, Decision};
 use crate::store::audit::{AuditRecord, Event};
@@ -93,7 +93,7 @@ impl ApprovalService {
             return Verdict::Respond(replies::internal("a held call without an approve decision"));
         };
         let workflow = self.workflow(workflow);
-        let key = call_key(&call.server, &call.tool, &call.arguments);
+        let key = call.request_key(&workflow.name);
         let signer = match self.state_key().await {
             Ok(k) => k,
             Err(e) => return self.fail_closed(&call, &format!("storage: {e}")),

@@ -366,6 +366,13 @@ struct OwnedCall {
     channel: Option<Channel>,
 }
 
+impl OwnedCall {
+    /// The key of this call's request when its rule names `workflow` (see [`request_key`]).
+    fn request_key(&self, workflow: &str) -> String {
+        request_key(&self.server, &self.tool, &self.arguments, self.agent.as_deref(), workflow)
+    }
+}
+
 impl Gate for ApprovalGate {
     fn check(&self, call: &ToolCall<'_>) -> Verdict {
         let facts = CallFacts {
@@ -525,7 +532,7 @@ fn describe_tool(info: &crate::gate::tools::ToolInfo) -> Value {
     Value::Object(out)
 }
 
-/// The identity of a call for joining and reuse: server, tool and canonical arguments.
+/// The identity of a call: server, tool and canonical arguments (hex, no `.`).
 pub fn call_key(server: &str, tool: &str, arguments: &Value) -> String {
     let mut hasher = Sha256::new();
     hasher.update(server.as_bytes());
@@ -534,6 +541,32 @@ pub fn call_key(server: &str, tool: &str, arguments: &Value) -> String {
     hasher.update([0]);
     hasher.update(canonical_json(arguments).as_bytes());
     hex::encode(hasher.finalize())
+}
+
+/// The key of a held call's request, by which identical calls join it and reuse its approval:
+/// the call ([`call_key`]), then `.` and the scope it was judged in, the agent that makes it and the
+/// workflow its rule named. An approval is therefore used only by the same agent's identical call
+/// that the policy sends to the same workflow: not by another agent's, and not by a call whose
+/// rule asks for a stricter workflow (more approvals, other approvers).
+pub fn request_key(server: &str, tool: &str, arguments: &Value, agent: Option<&str>, workflow: &str) -> String {
+    let mut hasher = Sha256::new();
+    match agent {
+        Some(agent) => {
+            hasher.update([1]);
+            hasher.update((agent.len() as u64).to_le_bytes());
+            hasher.update(agent.as_bytes());
+        }
+        None => hasher.update([0]),
+    }
+    hasher.update(workflow.as_bytes());
+    let scope = hasher.finalize();
+    format!("{}.{}", call_key(server, tool, arguments), hex::encode(&scope[..16]))
+}
+
+/// The call part of a request's key ([`request_key`]); the whole key of one stored before keys
+/// had a scope.
+pub fn call_of_key(key: &str) -> &str {
+    key.split_once('.').map_or(key, |(call, _)| call)
 }
 
 pub use crate::store::audit::canonical_json;
@@ -556,6 +589,20 @@ mod tests {
         assert_ne!(call_key("fs", "rm", &a), call_key("fs", "rm", &c));
         assert_ne!(call_key("fs", "rm", &a), call_key("fs2", "rm", &a));
         assert_eq!(canonical_json(&a), r#"{"a":{"x":"s","y":[1,2]},"b":1}"#);
+    }
+
+    #[test]
+    fn a_request_key_is_scoped_to_the_agent_and_the_workflow() {
+        let args = serde_json::json!({"path": "/srv"});
+        let key = |agent, workflow| request_key("fs", "rm", &args, agent, workflow);
+        let base = key(Some("alice"), "default");
+        assert_eq!(base, key(Some("alice"), "default"));
+        assert_ne!(base, key(Some("ci-bot"), "default"), "another agent");
+        assert_ne!(base, key(Some("alice"), "two-person"), "another workflow");
+        assert_ne!(key(None, "default"), key(Some(""), "default"), "no agent is not an empty name");
+        assert_ne!(key(Some("a"), "\0b"), key(Some("a\0"), "b"));
+        assert_eq!(call_of_key(&base), call_key("fs", "rm", &args));
+        assert_eq!(call_of_key(&call_key("fs", "rm", &args)), call_key("fs", "rm", &args), "a key from before scopes");
     }
 
     /// Without randomness no request id can be made: the held call is answered with the gate's

@@ -269,7 +269,7 @@ impl ApprovalService {
         let params: Value = serde_json::from_str(&task.params).unwrap_or(Value::Null);
         let arguments = params.get("arguments").cloned().unwrap_or(Value::Null);
         if let Some(a) = &approval {
-            if call_key(&task.server, &task.tool, &arguments) != a.key {
+            if call_key(&task.server, &task.tool, &arguments) != super::call_of_key(&a.key) {
                 warn!(task = %task.id, "the stored call is not the approved one; not run");
                 let error = json!({ "code": code::INTERNAL_ERROR, "message": "the stored call is not the one that was approved" });
                 let _ = self.store.settle_task(&task.id, TaskEnd::Error(error), "Not run", self.now_ms()).await;

@@ -216,6 +216,11 @@ async fn waiting_call_runs_when_approved_mid_wait() {
 
 /// The gate's answer to a call of `tool`, after any wait.
 async fn hold(approvals: &Arc<ApprovalService>, tool: &str, arguments: Value) -> Verdict {
+    hold_as(approvals, "agent", tool, arguments).await
+}
+
+/// [`hold`], the call made by `agent`.
+async fn hold_as(approvals: &Arc<ApprovalService>, agent: &str, tool: &str, arguments: Value) -> Verdict {
     let gate = ApprovalGate { approvals: approvals.clone() };
     let call = ToolCall {
         server: "fs",
@@ -223,7 +228,7 @@ async fn hold(approvals: &Arc<ApprovalService>, tool: &str, arguments: Value) ->
         exposed_name: tool,
         arguments: &arguments,
         info: None,
-        agent: Some("agent"),
+        agent: Some(agent),
         owner: &mcp_gate::gate::Owner::Anonymous,
         offered: &mcp_gate::gate::Offered::plain(mcp_gate::wire::era::Era::Legacy),
         params: &serde_json::value::to_raw_value(&serde_json::json!({})).expect("params"),
@@ -301,6 +306,45 @@ async fn grant_window_lets_identical_calls_run_without_asking_again() {
         let r = c.call("test_multiple_content_types", json!({})).await;
         assert!(r.get("_meta").is_none(), "runs within the grant: {r}");
     }
+}
+
+/// An approval is the approval of one agent's call under the workflow its rule named: another
+/// agent's identical call, which the policy sends to a stricter workflow, does not run on it.
+#[tokio::test]
+async fn an_approval_is_not_used_by_another_agent_or_workflow() {
+    let extra = r#"
+[[rules]]
+name = "ci deletes need two people"
+tool = "delete_file"
+agent = "ci-*"
+action = "approve"
+workflow = "pair"
+
+[[rules]]
+name = "deletes need one person"
+tool = "delete_file"
+action = "approve"
+"#;
+    let approvals = approvals(Duration::ZERO, extra).await;
+    let args = json!({"path": "/srv/prod"});
+    let (alice_id, status) = answered(hold_as(&approvals, "alice", "delete_file", args.clone()).await);
+    assert_eq!(status, "pending");
+    approvals.decide(&alice_id, &Principal::named("operator"), true, None, None).await.unwrap();
+
+    // The same call by ci-bot: its own request, in its own workflow, pending.
+    let (ci_id, status) = answered(hold_as(&approvals, "ci-bot", "delete_file", args.clone()).await);
+    assert_ne!(ci_id, alice_id, "ci-bot's call does not join alice's approved request");
+    assert_eq!(status, "pending");
+    let ci = approvals.store.get_approval(&ci_id).await.unwrap().unwrap();
+    assert_eq!((ci.workflow.as_str(), ci.required_approvals, ci.agent.as_deref()), ("pair", 2, Some("ci-bot")));
+
+    // Alice's identical retry runs on her approval, once.
+    run(hold_as(&approvals, "alice", "delete_file", args.clone()).await);
+    let a = approvals.store.get_approval(&alice_id).await.unwrap().unwrap();
+    assert_eq!(a.uses, 1);
+    // And ci-bot's call still waits for its two approvals.
+    let (again, status) = answered(hold_as(&approvals, "ci-bot", "delete_file", args).await);
+    assert_eq!((again, status.as_str()), (ci_id, "pending"));
 }
 
 #[tokio::test(start_paused = true)]

@@ -265,10 +265,6 @@ async fn a_decision_during_the_wait_runs_the_waiting_retry() {
     assert_eq!(runs(&log, "test_simple_text").len(), 1);
 }
 
-fn key_of(args: &Value) -> String {
-    mcp_gate::approval::call_key("fx", "test_simple_text", args)
-}
-
 fn now() -> i64 {
     mcp_gate::store::now_ms()
 }
@@ -295,7 +291,8 @@ async fn states_that_are_not_ours_to_use_are_refused() {
 
     // Signed with the real key, for somebody else or another call.
     let signer = rig.signer().await;
-    let mut p = signer.verify(&good, OWNER, &key_of(&args), now()).unwrap();
+    let key = rig.approvals.store.get_approval(&approval_id(&first)).await.unwrap().expect("the request").key.clone();
+    let mut p = signer.verify(&good, OWNER, &key, now()).unwrap();
     p.owner = "agent:mallory".into();
     let r = rig.call("test_simple_text", args.clone(), json!({"requestState": signer.sign(&p)})).await;
     assert_refused(&r, "another client");
