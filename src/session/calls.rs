@@ -40,7 +40,7 @@ impl Session {
             Ok(Some(route)) => route,
             Ok(None) => {
                 // An unprefixed tool of a server whose list we do not have yet.
-                self.park(msg);
+                self.park(msg, param_headers);
                 return;
             }
             Err(e) => return self.reply_error(msg.id, &e),
@@ -49,7 +49,7 @@ impl Session {
         let tool = match up.tools.known() {
             Some(list) => list.get(&tool_name),
             None if up.link.is_up() => {
-                self.park(msg);
+                self.park(msg, param_headers);
                 self.fetch_tools(index);
                 return;
             }
@@ -190,9 +190,24 @@ impl Session {
     /// The caller of a held call is gone (cancelled, stream closed): its wait ends without
     /// claiming, and no answer is sent for it. False when `id` is not a held call.
     pub(super) fn abandon_held(&mut self, id: &str) -> bool {
+        if self.abandon_parked(id) {
+            return true;
+        }
         let Some(gone) = self.held.remove(id) else { return false };
         info!(id, "held call abandoned by its caller");
         gone.cancel();
+        true
+    }
+
+    /// Drops the parked call `id` (waiting for a tool list, not judged yet) whose caller is gone:
+    /// it is never judged, held or run. `true` when there was one.
+    fn abandon_parked(&mut self, id: &str) -> bool {
+        let before = self.parked.len();
+        self.parked.retain(|(msg, _)| msg.id_text() != Some(id));
+        if self.parked.len() == before {
+            return false;
+        }
+        info!(id, "parked call abandoned by its caller");
         true
     }
 
@@ -383,8 +398,9 @@ impl Session {
         if unknown { Ok(None) } else { Err(SessionError::UnknownTool(exposed.to_owned())) }
     }
 
-    pub(super) fn park(&mut self, msg: Message) {
-        self.parked.push_back(msg);
+    /// Keeps a call, with its `Mcp-Param-*` headers, until the tool list it needs comes.
+    pub(super) fn park(&mut self, msg: Message, param_headers: Vec<(String, String)>) {
+        self.parked.push_back((msg, param_headers));
         for index in 0..self.upstreams.len() {
             if !self.upstreams[index].cfg.prefix {
                 self.fetch_tools(index);
@@ -414,7 +430,7 @@ impl Session {
                 }
                 // Could not get the list: the calls waiting for it fail closed.
                 let error = SessionError::NoToolList { server: up.cfg.name.clone() };
-                for msg in std::mem::take(&mut self.parked) {
+                for (msg, _) in std::mem::take(&mut self.parked) {
                     self.reply_error(msg.id, &error);
                 }
                 return;
@@ -425,14 +441,14 @@ impl Session {
         {
             warn!("{e}");
             self.downstream.fatal(&e.to_string());
-            for msg in std::mem::take(&mut self.parked) {
+            for (msg, _) in std::mem::take(&mut self.parked) {
                 self.reply_error(msg.id, &e);
             }
             return;
         }
         let parked = std::mem::take(&mut self.parked);
-        for msg in parked {
-            self.on_tools_call(msg, Vec::new());
+        for (msg, param_headers) in parked {
+            self.on_tools_call(msg, param_headers);
         }
     }
 

@@ -259,7 +259,7 @@ struct Session {
     fanouts: HashMap<u64, Fanout>,
     next_fanout: u64,
     /// Tool calls waiting for a tool list.
-    parked: VecDeque<Message>,
+    parked: VecDeque<(Message, Vec<(String, String)>)>,
     initialize_params: Option<Box<RawValue>>,
     /// Whether `initialize_params` declare URL-mode elicitation, read once when they arrive.
     url_elicitation: bool,

@@ -54,11 +54,16 @@ struct FakeUpstream {
 impl FakeUpstream {
     /// The next message the session sent to this upstream.
     async fn recv(&mut self) -> Message {
-        let out = tokio::time::timeout(Duration::from_secs(5), self.rx.recv())
+        let out = self.recv_outgoing().await;
+        Message::parse(&out.bytes).expect("the session sends valid messages")
+    }
+
+    /// The next message the session sent to this upstream, with what goes beside it.
+    async fn recv_outgoing(&mut self) -> Outgoing {
+        tokio::time::timeout(Duration::from_secs(5), self.rx.recv())
             .await
             .expect("the upstream got nothing")
-            .expect("the link was dropped");
-        Message::parse(&out.bytes).expect("the session sends valid messages")
+            .expect("the link was dropped")
     }
 
     /// Asserts that the session sent nothing more to this upstream.
@@ -482,6 +487,44 @@ async fn a_held_call_cancelled_by_its_caller_is_never_sent() {
     let _ = release.send(Verdict::Allow);
     up.nothing().await;
     h.nothing().await;
+}
+
+/// A call that came before the tool list it needs waits, unjudged, for the list; its caller
+/// cancelling it (or its stream closing) drops it: it is never judged or sent.
+#[tokio::test]
+async fn a_call_cancelled_while_waiting_for_the_tool_list_is_never_judged_or_sent() {
+    let gate = Arc::new(FakeGate::default());
+    let (mut h, mut ups) = Harness::start(&[("a", false)], gate.clone(), false).await;
+    let up = &mut ups[0];
+    h.request(json!(1), "tools/call", json!({"name": "wipe", "arguments": {}}));
+    h.request(json!(2), "tools/call", json!({"name": "wipe", "arguments": {"dir": "/tmp"}}));
+    let fetch = up.recv().await;
+    assert_eq!(fetch.method(), "tools/list");
+    h.notify("notifications/cancelled", json!({"requestId": 1}));
+    assert!(h.handle.send(Input::ClientGone { id: "2".into(), cancel_upstream: true }));
+    settle().await;
+    up.reply(&fetch, tool_list(&["wipe"]));
+    up.nothing().await;
+    h.nothing().await;
+    assert!(gate.seen.lock().unwrap().is_empty(), "the gate never saw them");
+}
+
+/// A call that waited for the tool list goes upstream with the `Mcp-Param-*` headers it came with.
+#[tokio::test]
+async fn a_call_that_waited_for_the_tool_list_keeps_its_param_headers() {
+    let (h, mut ups) = Harness::start(&[("a", false)], Arc::new(AllowAll), false).await;
+    let up = &mut ups[0];
+    let msg = Message::request(
+        jsonrpc::to_raw(&json!(1)),
+        "tools/call",
+        Some(jsonrpc::to_raw(&json!({"name": "deploy", "arguments": {"region": "sandbox"}}))),
+    );
+    let param_headers = vec![("Region".to_owned(), "sandbox".to_owned())];
+    assert!(h.handle.send(Input::Client { msg, param_headers: param_headers.clone() }));
+    up.answer_tool_fetch(&["deploy"]).await;
+    let call = up.recv_outgoing().await;
+    assert_eq!(Message::parse(&call.bytes).expect("a message").method(), "tools/call");
+    assert_eq!(call.param_headers, param_headers);
 }
 
 // === several upstreams ===
