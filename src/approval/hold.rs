@@ -241,7 +241,14 @@ impl ApprovalService {
         let url = self.url_for(&approval.id);
         match claim {
             Ok(Claim::Run) => {
-                self.audit(Event::Claimed, approval, Some(SYSTEM_ACTOR), serde_json::json!({}), false).await;
+                // A call whose claim cannot be recorded does not run: the claim goes back.
+                let audited =
+                    self.try_audit(Event::Claimed, approval, Some(SYSTEM_ACTOR), serde_json::json!({}), false);
+                if let Err(e) = audited.await {
+                    warn!(id = %approval.id, "the claim cannot be audited, the call does not run: {e}");
+                    self.release(&approval.id).await;
+                    return Verdict::Respond(replies::internal(&format!("its claim cannot be audited: {e}")));
+                }
                 if gone.is_cancelled() {
                     self.release(&approval.id).await;
                     return Verdict::Respond(replies::pending(approval, &url));

@@ -268,8 +268,23 @@ impl ApprovalService {
         self.settings.workflows.get(name).cloned().unwrap_or_else(|| Workflow::default_named(name))
     }
 
-    /// Writes one audit record; `vote_only` marks a vote that did not change the status.
-    async fn audit(&self, event: Event, a: &Approval, actor: Option<&str>, mut detail: Value, vote_only: bool) {
+    /// Writes one audit record; `vote_only` marks a vote that did not change the status. A record
+    /// that cannot be written is logged: use [`Self::try_audit`] where the call must then not go on.
+    async fn audit(&self, event: Event, a: &Approval, actor: Option<&str>, detail: Value, vote_only: bool) {
+        if let Err(e) = self.try_audit(event, a, actor, detail, vote_only).await {
+            warn!("audit write failed: {e}");
+        }
+    }
+
+    /// [`Self::audit`], telling whether the record was written.
+    async fn try_audit(
+        &self,
+        event: Event,
+        a: &Approval,
+        actor: Option<&str>,
+        mut detail: Value,
+        vote_only: bool,
+    ) -> Result<(), crate::store::StoreError> {
         if vote_only {
             detail["vote_only"] = Value::Bool(true);
         }
@@ -284,9 +299,7 @@ impl ApprovalService {
             actor: actor.map(str::to_owned),
             detail,
         };
-        if let Err(e) = self.store.audit_append(record, self.now_ms()).await {
-            warn!("audit write failed: {e}");
-        }
+        self.store.audit_append(record, self.now_ms()).await.map(|_| ())
     }
 
     /// Queues the record of a call the policy decided on its own (allowed, denied); the store

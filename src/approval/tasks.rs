@@ -322,8 +322,18 @@ impl ApprovalService {
         }
         match self.store.claim_task(&task.id, self.now_ms()).await {
             Ok(TaskClaim::Run(running)) => {
-                if let Some(a) = &approval {
-                    self.audit(Event::Claimed, a, Some(SYSTEM_ACTOR), json!({ "task": task.id }), false).await;
+                if let Some(a) = &approval
+                    && let Err(e) =
+                        self.try_audit(Event::Claimed, a, Some(SYSTEM_ACTOR), json!({ "task": task.id }), false).await
+                {
+                    // A call whose claim cannot be recorded does not run: the claim goes back and
+                    // the task stays working.
+                    warn!(task = %task.id, "the claim cannot be audited, the call does not run: {e}");
+                    if let Err(e) = self.store.release_task(&task.id, self.now_ms()).await {
+                        warn!(task = %task.id, "releasing a task failed: {e}");
+                    }
+                    self.notify(&task.id);
+                    return TaskRun::Settled;
                 }
                 self.notify(&task.id);
                 let Ok(params) = RawValue::from_string(running.params.clone()) else {

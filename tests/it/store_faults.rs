@@ -290,6 +290,70 @@ async fn an_allowed_call_does_not_run_when_its_decision_cannot_be_audited() {
     }
 }
 
+/// An approved call whose claim cannot be audited (the log refuses writes, as on a full disk)
+/// does not run: the claim goes back, and once the log takes writes again the retry runs, once.
+#[tokio::test]
+async fn an_approved_call_does_not_run_when_its_claim_cannot_be_audited() {
+    use mcp_gate::approval::ApprovalGate;
+    use mcp_gate::gate::{Gate, Offered, Owner, ToolCall, Verdict};
+    use mcp_gate::identity::Principal;
+    use mcp_gate::wire::era::Era;
+
+    let store = Store::open(Location::Memory).await.unwrap();
+    let approvals = approvals_on(store.clone()).await;
+    let gate = ApprovalGate { approvals: approvals.clone() };
+    let arguments = json!({"path": "/srv/prod"});
+    let params = serde_json::value::to_raw_value(&json!({"name": "delete_file", "arguments": arguments})).unwrap();
+    let offered = Offered::plain(Era::Legacy);
+    let call = ToolCall {
+        server: "fs",
+        tool: "delete_file",
+        exposed_name: "delete_file",
+        arguments: &arguments,
+        info: None,
+        agent: Some("agent"),
+        owner: &Owner::Anonymous,
+        offered: &offered,
+        params: &params,
+        progress: None,
+        held: None,
+        gone: Default::default(),
+    };
+    let check = || async {
+        match gate.check(&call) {
+            Verdict::Hold(wait) => wait.await,
+            other => other,
+        }
+    };
+    assert!(matches!(check().await, Verdict::Respond(_)), "held: answered with the approval URL");
+    let pending = approvals.store.list_approvals(ApprovalFilter::default()).await.unwrap();
+    let id = pending[0].id.clone();
+    approvals.decide(&id, &Principal::named("operator"), true, None, None).await.unwrap();
+
+    store
+        .call(|c| {
+            c.execute(
+                "CREATE TRIGGER audit_full BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END",
+                &[],
+            )
+        })
+        .await
+        .unwrap();
+    match check().await {
+        Verdict::Respond(reply) => {
+            let text = reply.get();
+            assert!(text.contains("cannot be audited") && text.contains("disk is full"), "{text}");
+        }
+        other => panic!("an approved call ran without its claim audited: {other:?}"),
+    }
+    let a = store.get_approval(&id).await.unwrap().unwrap();
+    assert_eq!((a.status, a.uses), (Status::Approved, 0), "the claim went back");
+
+    store.call(|c| c.execute("DROP TRIGGER audit_full", &[])).await.unwrap();
+    assert!(matches!(check().await, Verdict::AllowTracked(_)), "runs once the log takes writes");
+    assert_eq!(count_events(&store, "claimed").await, 1);
+}
+
 /// `audit verify`, `tail` and `export` read the log that exists: pointed at a database file that
 /// is not there (a mistyped data directory, a deleted file), they fail naming the path instead of
 /// creating an empty database and calling its log intact.
