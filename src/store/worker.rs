@@ -226,8 +226,15 @@ pub(super) fn register_instance(conn: &mut dyn Sql, instance: &str, now: i64) ->
     Ok(())
 }
 
+/// Records that this process lives. Its row is written again if it is gone: another process took
+/// this one for stopped (its heartbeat went stale while it was suspended, say) and settled its
+/// claims; without the row, the claims it makes from now on would never be settled if it stopped.
 pub(super) fn heartbeat(conn: &mut dyn Sql, instance: &str, now: i64) -> Result<(), StoreError> {
-    conn.execute("UPDATE instances SET heartbeat_at = ?2 WHERE id = ?1", params![instance, now])?;
+    let beaten = conn.execute("UPDATE instances SET heartbeat_at = ?2 WHERE id = ?1", params![instance, now])?;
+    if beaten == 0 {
+        tracing::warn!("this process was taken for stopped (its heartbeat was late); recorded again");
+        register_instance(conn, instance, now)?;
+    }
     Ok(())
 }
 

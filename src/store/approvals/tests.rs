@@ -393,6 +393,23 @@ async fn claims_of_a_stopped_process_are_settled_as_failed() {
     assert!(survivor.settle_orphaned_claims(survivor.now_ms()).await.unwrap().is_empty());
     let mine = survivor.finish_execution("mine", true, json!({}), T0 + 3).await.unwrap();
     assert_eq!(mine.status, Status::Executed);
+
+    // It was only late (suspended): its next heartbeat records it again, so that what it claims
+    // from now on is settled if it stops for good.
+    let me = crashed.instance().to_owned();
+    crashed.call(move |c| crate::store::worker::heartbeat(c, &me, T0 + 4)).await.unwrap();
+    crashed.insert_approval(new("later", "k4")).await.unwrap();
+    crashed.record_vote("later", approve("alice"), 1, T0 + 5).await.unwrap();
+    assert_eq!(crashed.claim_execution("later", T0 + 6).await.unwrap(), Claim::Run);
+    let me = crashed.instance().to_owned();
+    survivor
+        .call(move |c| {
+            c.execute("UPDATE instances SET heartbeat_at = 0, host = 'elsewhere' WHERE id = ?1", params![me])
+        })
+        .await
+        .unwrap();
+    let settled = survivor.settle_orphaned_claims(survivor.now_ms()).await.unwrap();
+    assert_eq!(settled.iter().map(|a| (a.id.as_str(), a.status)).collect::<Vec<_>>(), [("later", Status::Failed)]);
 }
 
 #[tokio::test]
