@@ -91,14 +91,14 @@ impl Session {
         match self.opts.gate.check(&call) {
             Verdict::Hold(wait) => {
                 let Some(id) = msg.id_text().map(str::to_owned) else { return };
-                self.held.insert(id, gone);
+                self.held.insert(id, gone.clone());
                 // A weak handle: a held call does not keep its session alive.
                 let tx = self.self_tx.clone();
                 if let Some(token) = progress_token(&msg) {
                     self.held_progress.insert(token);
                 }
                 let msg = Box::new(msg);
-                let route = Box::new(HeldRoute { index, tool: tool_name, exposed: name, param_headers });
+                let route = Box::new(HeldRoute { index, tool: tool_name, exposed: name, param_headers, gone });
                 tokio::spawn(async move {
                     let verdict = wait.await;
                     match tx.upgrade() {

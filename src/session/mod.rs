@@ -104,6 +104,8 @@ pub struct HeldRoute {
     tool: String,
     exposed: String,
     param_headers: Vec<(String, String)>,
+    /// Cancelled when this call's caller left. Its id may then name a newer call of the client.
+    gone: CancellationToken,
 }
 
 #[derive(Clone)]
@@ -358,14 +360,16 @@ impl Session {
                 }
                 let id = msg.id_text().unwrap_or_default().to_owned();
                 let elicited = self.elicited.get(&id).cloned();
-                if self.held.remove(&id).is_some() {
+                // The entry under this id is this call's only while its caller is still there:
+                // once it left, the client may have reused the id for another call.
+                if !route.gone.is_cancelled() && self.held.remove(&id).is_some() {
                     match elicited {
                         Some(approval) if calls::decided(&verdict) => self.complete_elicitation(&approval),
                         // Answered pending: the elicitation completes when the decision lands.
                         Some(approval) => self.complete_elicitation_when_decided(approval),
                         None => {}
                     }
-                    let HeldRoute { index, tool, exposed, param_headers } = *route;
+                    let HeldRoute { index, tool, exposed, param_headers, .. } = *route;
                     self.apply_verdict_routed(*msg, verdict, index, &tool, &exposed, param_headers);
                     self.elicited.remove(&id);
                 } else if let Verdict::AllowTracked(hook) = verdict {

@@ -489,6 +489,35 @@ async fn a_held_call_cancelled_by_its_caller_is_never_sent() {
     h.nothing().await;
 }
 
+/// A client may reuse the id of a held call it cancelled. The first call's decision, when it
+/// comes, is not taken for the second's: the second stays held until its own decision.
+#[tokio::test]
+async fn a_cancelled_held_calls_decision_does_not_answer_a_call_that_reused_its_id() {
+    let gate = Arc::new(FakeGate::default());
+    let (release_first, first) = oneshot::channel();
+    let (release_second, second) = oneshot::channel();
+    gate.then(Verdict::Hold(Box::pin(async move { first.await.expect("released") })));
+    gate.then(Verdict::Hold(Box::pin(async move { second.await.expect("released") })));
+    let (mut h, mut ups) = Harness::start(&[("a", false)], gate.clone(), false).await;
+    let up = &mut ups[0];
+    h.request(json!(7), "tools/call", json!({"name": "wipe", "arguments": {"path": "/a"}}));
+    up.answer_tool_fetch(&["wipe"]).await;
+    settle().await;
+    h.notify("notifications/cancelled", json!({"requestId": 7}));
+    h.request(json!(7), "tools/call", json!({"name": "wipe", "arguments": {"path": "/b"}}));
+    settle().await;
+    assert_eq!(gate.seen.lock().unwrap().len(), 2, "the second call is held too");
+
+    // The first call's decision: it is not run, and the second is not answered with it.
+    let _ = release_first.send(Verdict::Allow);
+    up.nothing().await;
+    h.nothing().await;
+    // The second call's own decision sends it, with its own arguments.
+    let _ = release_second.send(Verdict::Allow);
+    let call = up.recv().await;
+    assert_eq!(value(&call.params)["arguments"], json!({"path": "/b"}));
+}
+
 /// A call that came before the tool list it needs waits, unjudged, for the list; its caller
 /// cancelling it (or its stream closing) drops it: it is never judged or sent.
 #[tokio::test]
