@@ -12,13 +12,15 @@ use crate::session::SessionOptions;
 use crate::session::merge;
 use crate::wire::jsonrpc::{Kind, Message, ParseError, strict};
 
-/// Reads one client message strictly ([`Message::parse`]), and refuses a request whose id is
+/// Reads one client message strictly, refusing keys of one object that differ only by case as well
+/// as duplicates ([`strict::Keys::Folded`]: a server that matches keys loosely would read them as one,
+/// and run what the gate did not judge), and refuses a request whose id is
 /// `null` (MCP's ids are strings or integers, and a `null` id is the one an error about an
 /// unreadable message carries) and a method that only differs from `tools/call` by case,
 /// spaces or control characters: it would pass the gate as an unknown method, and a server that
 /// reads method names loosely could take it for a tool call.
 pub(crate) fn read(bytes: &[u8]) -> Result<Message, ParseError> {
-    let msg = Message::parse(bytes)?;
+    let msg = Message::parse_with(bytes, strict::Keys::Folded)?;
     if msg.kind() == Kind::Request && msg.id_text() == Some("null") {
         return Err(ParseError::Invalid("a request id must be a string or an integer, not null"));
     }

@@ -87,11 +87,18 @@ pub enum Kind {
 }
 
 impl Message {
-    /// Parses one message through the strict reading ([`strict`]); its raw parts are canonical.
-    /// Batches (top-level arrays) are rejected: they were removed from MCP in 2025-06-18 and no
-    /// current client sends them.
+    /// Parses one message through the strict reading ([`strict`]), its keys distinct byte for
+    /// byte ([`strict::Keys::Exact`]: a server's message); its raw parts are canonical. Batches
+    /// (top-level arrays) are rejected: they were removed from MCP in 2025-06-18 and no current
+    /// client sends them.
     pub fn parse(bytes: &[u8]) -> Result<Message, ParseError> {
-        let msg = strict::canonical_read(bytes, |canonical, members| {
+        Message::parse_with(bytes, strict::Keys::Exact)
+    }
+
+    /// [`Message::parse`] with the keys of each object distinct as `keys` says (a client's message
+    /// is read with [`strict::Keys::Folded`]).
+    pub fn parse_with(bytes: &[u8], keys: strict::Keys) -> Result<Message, ParseError> {
+        let msg = strict::canonical_read(bytes, keys, |canonical, members| {
             if canonical.starts_with('[') {
                 return Err(ParseError::Invalid("JSON-RPC batches are not supported"));
             }

@@ -158,6 +158,54 @@ async fn duplicate_keys_are_refused_and_audited_never_relayed() {
     assert_eq!(rows[0].2["tool_names"], json!(["echo", "delete_file"]));
 }
 
+/// A server that matches keys to its fields ignoring case (Go's `encoding/json`, .NET's
+/// `PropertyNameCaseInsensitive`) would read `NAME` as `name`, and the last one wins: it would run
+/// `delete_file` where the gate judged `echo`. From a client such keys are refused; from a server
+/// they are relayed as they are.
+#[tokio::test]
+async fn a_clients_keys_that_differ_only_by_case_are_refused_never_relayed() {
+    let mut p = Proxy::start("case").await;
+    let smuggled = r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"echo","arguments":{"message":"hi"},"NAME":"delete_file","Arguments":{"path":"/etc/passwd"}}}"#;
+    let reply = p.request(smuggled, &json!(3)).await;
+    assert_refused(&reply, &json!(3), -32600, r#"keys "name" and "NAME" in one object differ only by case"#);
+    for (id, line, words) in [
+        (
+            4,
+            r#"{"jsonrpc":"2.0","id":4,"method":"ping","METHOD":"tools/call","params":{"name":"delete_file","arguments":{}}}"#,
+            r#"keys "method" and "METHOD""#,
+        ),
+        (
+            5,
+            r#"{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"transfer","arguments":{"to":"bob","T\u212a":1,"TO":"mallory"}}}"#,
+            r#"keys "to" and "TO""#,
+        ),
+    ] {
+        let reply = p.request(line, &json!(id)).await;
+        assert_refused(&reply, &json!(id), -32600, words);
+    }
+    // A notification is dropped: the upstream would report it with `notifications/raw/seen`.
+    p.send(br#"{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":1,"DATA":2}}"#).await;
+    // The upstream reads in order: had it received any of them, its answer would come first.
+    let mut before = Vec::new();
+    p.send(br#"{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"name":"echo","arguments":{"message":"hi"}}}"#)
+        .await;
+    let reply = p.reply_to(&json!(6), &mut before).await;
+    assert!(before.is_empty(), "the upstream received a refused message: {before:?}");
+    assert!(received(&reply).contains(r#""params":{"name":"echo","arguments":{"message":"hi"}}"#), "{reply}");
+    // The refused calls are audited (the `ping` is no call); the last one ran.
+    let rows = p.audit(3).await;
+    let events: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(events, ["refused", "refused", "allowed"], "{rows:?}");
+    assert_eq!((rows[0].1.as_str(), rows[1].1.as_str()), ("echo", "transfer"), "{rows:?}");
+    // The same keys in a server's result reach the client as they are.
+    let line =
+        r#"{"jsonrpc":"2.0","id":"ID","result":{"content":[],"structuredContent":{"a":1,"A":2,"NAME":3,"name":4}}}"#;
+    let params = json!({ "line": line });
+    p.send(format!(r#"{{"jsonrpc":"2.0","id":7,"method":"raw/reply","params":{params}}}"#).as_bytes()).await;
+    let raw = within("reply", p.lines.next_line()).await.unwrap().unwrap();
+    assert_eq!(raw, line.replace(r#""ID""#, "7"));
+}
+
 #[tokio::test]
 async fn arguments_that_cannot_be_read_are_refused_not_judged_as_null() {
     let mut p = Proxy::start("null").await;
@@ -325,14 +373,21 @@ async fn duplicate_names_are_refused_over_http_whatever_mcp_name_says() {
     });
     let base = http_proxy(options(vec![raw]), None).await;
     let client = reqwest::Client::new();
-    for (id, body) in [
+    for (id, body, words) in [
         (
             7,
             r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo","n\u0061me":"delete_file","arguments":{}}}"#,
+            r#"duplicate key "name""#,
         ),
         (
             8,
             r#"{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"echo","arguments":{},"name":"delete_file"}}"#,
+            r#"duplicate key "name""#,
+        ),
+        (
+            9,
+            r#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"echo","arguments":{},"NAME":"delete_file"}}"#,
+            r#"keys "name" and "NAME" in one object differ only by case"#,
         ),
     ] {
         let resp = client
@@ -348,7 +403,7 @@ async fn duplicate_names_are_refused_over_http_whatever_mcp_name_says() {
             .unwrap();
         assert_eq!(resp.status(), 400);
         let v: Value = resp.json().await.unwrap();
-        assert_refused(&v, &json!(id), -32600, "duplicate key \"name\"");
+        assert_refused(&v, &json!(id), -32600, words);
     }
 }
 

@@ -3,7 +3,8 @@
 //! forwards.
 //!
 //! Refused: invalid UTF-8; a duplicate key in any object (compared after unescaping, so
-//! `"n\u0061me"` is `"name"`); a `\u` escape that is not Unicode (a lone or misordered
+//! `"n\u0061me"` is `"name"`), and with [`Keys::Folded`] (a client's messages) two keys that
+//! differ only by case; a `\u` escape that is not Unicode (a lone or misordered
 //! surrogate); nesting deeper than [`MAX_DEPTH`]; a number the proxy cannot carry exactly (an
 //! integer outside the i64/u64 range, a fraction or exponent whose double is not finite or is not
 //! exactly the number written, like `0.1` is but `3.14159265358979323846` and `1e400` are not).
@@ -20,6 +21,21 @@ use serde_json::value::RawValue;
 /// The deepest nesting accepted, counting the message's own object as level 1.
 pub const MAX_DEPTH: usize = 64;
 
+/// How the keys of one object must differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keys {
+    /// Byte for byte, after unescaping: what a server may send (a tool's result may well hold
+    /// `"a"` and `"A"`, and the proxy relays it as it is).
+    Exact,
+    /// Also after folding case, as some servers match keys to their fields (Go's `encoding/json`,
+    /// .NET with `PropertyNameCaseInsensitive`): what a client may send, so that the upstream
+    /// cannot read `"NAME"` where the gate judged `"name"`. A key is folded a character at a time:
+    /// ASCII `A`-`Z` become `a`-`z`; `ſ` (U+017F) becomes `s`, `K` (U+212A, Kelvin) `k`, `ı`
+    /// (U+0131) and `İ` (U+0130) `i`, the non-ASCII characters whose Unicode simple case mapping
+    /// or folding is an ASCII letter; every other character is kept as it is.
+    Folded,
+}
+
 /// Why a message is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StrictError {
@@ -29,6 +45,8 @@ pub enum StrictError {
     Syntax { at: usize, what: &'static str },
     #[error("duplicate key {0:?} in one object")]
     DuplicateKey(String),
+    #[error("keys {0:?} and {1:?} in one object differ only by case: some servers read them as one key")]
+    CaseDuplicateKey(String, String),
     #[error("the string escape at byte {0} is not valid Unicode (a lone or misordered surrogate)")]
     Surrogate(usize),
     #[error("nesting deeper than {MAX_DEPTH} levels")]
@@ -46,6 +64,7 @@ impl StrictError {
             StrictError::Utf8(_) => "invalid UTF-8",
             StrictError::Syntax { .. } => "invalid JSON",
             StrictError::DuplicateKey(_) => "duplicate key",
+            StrictError::CaseDuplicateKey(..) => "keys differing only by case",
             StrictError::Surrogate(_) => "invalid Unicode escape",
             StrictError::TooDeep => "nesting too deep",
             StrictError::Number(_) => "number not carried exactly",
@@ -58,19 +77,22 @@ impl StrictError {
     }
 }
 
-/// Checks one JSON text and returns its canonical bytes.
+/// Checks one JSON text, whose keys must differ as [`Keys::Exact`], and returns its canonical
+/// bytes.
 pub fn canonicalize(input: &[u8]) -> Result<Vec<u8>, StrictError> {
-    canonical_read(input, |text, _| text.into_owned().into_bytes())
+    canonical_read(input, Keys::Exact, |text, _| text.into_owned().into_bytes())
 }
 
-/// [`canonicalize`], handing `read` the canonical bytes as the text they are (the input itself
-/// when it is canonical already) and, when that is an object, where its members lie in it.
+/// [`canonicalize`] with keys that must differ as `keys` says, handing `read` the canonical bytes
+/// as the text they are (the input itself when it is canonical already) and, when that is an
+/// object, where its members lie in it.
 pub(crate) fn canonical_read<T>(
     input: &[u8],
+    keys: Keys,
     read: impl FnOnce(Cow<'_, str>, Option<&[Member]>) -> T,
 ) -> Result<T, StrictError> {
     with_scratch(|scratch| {
-        let mut scanner = Scanner::<false>::new(input, scratch);
+        let mut scanner = Scanner::<false>::new(input, scratch, keys);
         scanner.run()?;
         let Scanner { text, out, copied, scratch, .. } = scanner;
         // Nothing was ever left out or replaced: the input is the canonical text.
@@ -114,7 +136,7 @@ impl Envelope {
 /// surrogates are tolerated; syntax errors and nesting past [`MAX_DEPTH`] end the look).
 pub fn lenient_envelope(input: &[u8]) -> Envelope {
     let (ids, methods, names, response) = with_scratch(|scratch| {
-        let mut scanner = Scanner::<true>::new(input, scratch);
+        let mut scanner = Scanner::<true>::new(input, scratch, Keys::Exact);
         let _ = scanner.run();
         (scanner.ids, scanner.methods, scanner.names, scanner.response)
     });
@@ -268,6 +290,8 @@ struct Scanner<'a, 's, const LENIENT: bool> {
     /// Still 0 at the end: the input is canonical already, `out` is not needed.
     copied: usize,
     scratch: &'s mut Scratch,
+    /// How the keys of an object must differ.
+    keys: Keys,
     /// The envelope key of the value being read, when it is watched.
     watch: Watch,
     ids: Vec<(usize, usize)>,
@@ -277,7 +301,7 @@ struct Scanner<'a, 's, const LENIENT: bool> {
 }
 
 impl<'a, 's, const LENIENT: bool> Scanner<'a, 's, LENIENT> {
-    fn new(input: &'a [u8], scratch: &'s mut Scratch) -> Self {
+    fn new(input: &'a [u8], scratch: &'s mut Scratch, keys: Keys) -> Self {
         Scanner {
             input,
             text: "",
@@ -286,6 +310,7 @@ impl<'a, 's, const LENIENT: bool> Scanner<'a, 's, LENIENT> {
             out: String::new(),
             copied: 0,
             scratch,
+            keys,
             watch: Watch::None,
             ids: Vec::new(),
             methods: Vec::new(),
@@ -491,7 +516,8 @@ impl<'a, 's, const LENIENT: bool> Scanner<'a, 's, LENIENT> {
         }
     }
 
-    /// Closes the innermost container at `pos`, checking an object's keys for duplicates.
+    /// Closes the innermost container at `pos`, checking an object's keys for duplicates (and,
+    /// with [`Keys::Folded`], for keys that differ only by case).
     #[inline]
     fn close(&mut self) -> Result<(), StrictError> {
         let Some(frame) = self.scratch.stack.pop() else { return Err(self.syntax("unbalanced brackets")) };
@@ -501,6 +527,11 @@ impl<'a, 's, const LENIENT: bool> Scanner<'a, 's, LENIENT> {
             if self.scratch.keys.len() - frame.keys_start > 1 {
                 if let Some(key) = self.duplicate(frame.keys_start) {
                     return Err(StrictError::DuplicateKey(key));
+                }
+                if self.keys == Keys::Folded {
+                    if let Some((a, b)) = self.case_duplicate(frame.keys_start) {
+                        return Err(StrictError::CaseDuplicateKey(a, b));
+                    }
                 }
             }
             self.scratch.keys.truncate(frame.keys_start);
@@ -545,6 +576,31 @@ impl<'a, 's, const LENIENT: bool> Scanner<'a, 's, LENIENT> {
         keys.sort_unstable_by(|a, b| text(a).cmp(text(b)));
         let pair = keys.windows(2).find(|w| text(&w[0]) == text(&w[1]))?;
         Some(String::from_utf8_lossy(text(&pair[0])).into_owned())
+    }
+
+    /// Two keys of the object whose keys start at `keys_start` (distinct byte for byte) that are
+    /// equal once folded ([`Keys::Folded`]): in the order written when the object has a few keys,
+    /// else the pair that comes first in folded order.
+    #[inline(never)]
+    fn case_duplicate(&mut self, keys_start: usize) -> Option<(String, String)> {
+        let (input, arena) = (self.input, &self.scratch.arena);
+        let text = |k: &Key| if k.in_arena { &arena[k.start..k.end] } else { &input[k.start..k.end] };
+        let shown = |a: &Key, b: &Key| {
+            (String::from_utf8_lossy(text(a)).into_owned(), String::from_utf8_lossy(text(b)).into_owned())
+        };
+        let keys = &mut self.scratch.keys[keys_start..];
+        // A few keys: each pair, most told apart at their first byte, without sorting.
+        if keys.len() <= 16 {
+            for (i, a) in keys.iter().enumerate() {
+                if let Some(b) = keys[i + 1..].iter().find(|b| folded(text(a)).eq(folded(text(b)))) {
+                    return Some(shown(a, b));
+                }
+            }
+            return None;
+        }
+        keys.sort_unstable_by(|a, b| folded(text(a)).cmp(folded(text(b))).then_with(|| text(a).cmp(text(b))));
+        let pair = keys.windows(2).find(|w| folded(text(&w[0])).eq(folded(text(&w[1]))))?;
+        Some(shown(&pair[0], &pair[1]))
     }
 
     fn literal(&mut self, word: &'static [u8]) -> Result<(), StrictError> {
@@ -746,6 +802,32 @@ impl<'a, 's, const LENIENT: bool> Scanner<'a, 's, LENIENT> {
         }
         Ok(())
     }
+}
+
+/// The bytes of a key's UTF-8 `text` folded as [`Keys::Folded`] says, without allocating. The
+/// characters folded to ASCII start with a lead byte (`C4`, `C5`, `E2`), never found inside another
+/// character, so two texts are equal folded exactly when these bytes are.
+#[inline]
+fn folded(text: &[u8]) -> impl Iterator<Item = u8> + '_ {
+    let mut pos = 0;
+    std::iter::from_fn(move || {
+        let b = *text.get(pos)?;
+        let (byte, width) = match b {
+            b'A'..=b'Z' => (b | 0x20, 1),
+            0xC4 | 0xC5 | 0xE2 => match &text[pos..] {
+                // U+0130 İ, U+0131 ı
+                [0xC4, 0xB0 | 0xB1, ..] => (b'i', 2),
+                // U+017F ſ
+                [0xC5, 0xBF, ..] => (b's', 2),
+                // U+212A K
+                [0xE2, 0x84, 0xAA, ..] => (b'k', 3),
+                _ => (b, 1),
+            },
+            _ => (b, 1),
+        };
+        pos += width;
+        Some(byte)
+    })
 }
 
 /// Whether a JSON number can be carried exactly: an integer within i64/u64, or a number whose

@@ -31,6 +31,78 @@ fn duplicate_keys_are_refused_at_every_depth_after_unescaping() {
     ok(r#"{"a":{"a":1},"b":{"a":2},"c":[{"a":1},{"a":1}]}"#);
 }
 
+/// A client's message: keys must differ after folding case too.
+fn client(input: &str) -> Result<String, StrictError> {
+    canonical_read(input.as_bytes(), Keys::Folded, |text, _| text.into_owned())
+}
+
+fn case_dup(a: &str, b: &str) -> Result<String, StrictError> {
+    Err(StrictError::CaseDuplicateKey(a.into(), b.into()))
+}
+
+#[test]
+fn a_clients_keys_that_differ_only_by_case_are_refused_at_every_depth() {
+    // The envelope, the params of a call, and its arguments.
+    assert_eq!(
+        client(r#"{"jsonrpc":"2.0","id":1,"method":"ping","METHOD":"tools/call"}"#),
+        case_dup("method", "METHOD")
+    );
+    assert_eq!(
+        client(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a"},"Params":{"name":"b"}}"#),
+        case_dup("params", "Params")
+    );
+    let smuggled = r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"echo","arguments":{"message":"hi"},"NAME":"delete_file","Arguments":{"path":"/etc/passwd"}}}"#;
+    assert_eq!(client(smuggled), case_dup("name", "NAME"));
+    assert_eq!(
+        client(r#"{"params":{"name":"rm","arguments":{"path":"/a","x":[{"k":1}],"PATH":"/etc"}}}"#),
+        case_dup("path", "PATH")
+    );
+    assert_eq!(client(r#"{"a":[1,{"b":{"Key":1,"kEY":2}}]}"#), case_dup("Key", "kEY"));
+    // Compared after unescaping.
+    assert_eq!(client(r#"{"name":1,"\u004eame":2}"#), case_dup("name", "Name"));
+    // The non-ASCII letters some decoders take for ASCII ones.
+    assert_eq!(client("{\"name\":1,\"argument\u{17f}\":2,\"arguments\":3}"), case_dup("argument\u{17f}", "arguments"));
+    assert_eq!(client(r#"{"task":1,"tas\u212a":2}"#), case_dup("task", "tas\u{212a}"));
+    assert_eq!(client("{\"\u{212a}ind\":1,\"KIND\":2}"), case_dup("\u{212a}ind", "KIND"));
+    assert_eq!(client("{\"\u{131}d\":1,\"ID\":2}"), case_dup("\u{131}d", "ID"));
+    assert_eq!(client("{\"\u{130}d\":1,\"id\":2}"), case_dup("\u{130}d", "id"));
+    // An object with many keys is sorted to find them.
+    let many: Vec<String> = (0..40).map(|i| format!(r#""k{i}":{i}"#)).collect();
+    let many = format!(r#"{{{},"K17":0}}"#, many.join(","));
+    assert_eq!(client(&many), case_dup("K17", "k17"));
+    // A plain duplicate is still reported as one.
+    assert_eq!(client(r#"{"name":1,"NAME":2,"name":3}"#), Err(StrictError::DuplicateKey("name".into())));
+    assert_eq!(StrictError::CaseDuplicateKey("name".into(), "NAME".into()).rule(), "keys differing only by case");
+}
+
+#[test]
+fn keys_that_differ_only_by_case_are_accepted_apart_or_from_a_server() {
+    // In different objects, or distinct once folded.
+    let apart = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"Name":1,"x":{"NAME":2},"y":[{"name":3}]}}}"#;
+    assert_eq!(client(apart).as_deref(), Ok(apart));
+    for distinct in [
+        r#"{"a":1,"b":2,"_a":3,"a_":4}"#,
+        "{\"\u{e9}\":1,\"\u{c9}\":2,\"\u{212b}\":3,\"\u{c5}\":4,\"\u{df}\":5,\"ss\":6}",
+        "{\"s\":1,\"\u{17e}\":2,\"\u{c4}\u{b0}\":3}",
+    ] {
+        assert_eq!(client(distinct).as_deref(), Ok(distinct));
+    }
+    let many: Vec<String> = (0..40).map(|i| format!(r#""k{i}":{i},"x{i}":{i}"#)).collect();
+    let many = format!("{{{}}}", many.join(","));
+    assert_eq!(client(&many).as_deref(), Ok(many.as_str()));
+    // A server's message may hold them: its tool results are relayed as they are.
+    let result =
+        r#"{"jsonrpc":"2.0","id":3,"result":{"structuredContent":{"a":1,"A":2,"\u017f":3,"S":4},"content":[]}}"#;
+    assert_eq!(ok(result), result);
+    assert!(crate::wire::jsonrpc::Message::parse(result.as_bytes()).is_ok());
+    let err = crate::wire::jsonrpc::Message::parse_with(result.as_bytes(), Keys::Folded).unwrap_err();
+    assert_eq!(err.code(), crate::wire::jsonrpc::code::INVALID_REQUEST);
+    assert_eq!(
+        err.to_string(),
+        r#"message refused: keys "a" and "A" in one object differ only by case: some servers read them as one key"#
+    );
+}
+
 #[test]
 fn invalid_unicode_escapes_are_refused() {
     assert!(matches!(err(r#"["\ud800"]"#), StrictError::Surrogate(_)));
@@ -214,6 +286,50 @@ proptest! {
         prop_assert!(!holds_a_line_end(&out), "{:?}", String::from_utf8_lossy(&out));
         prop_assert!(!out.contains(&b' ') || String::from_utf8_lossy(&out).contains('"'), "whitespace only inside strings");
         prop_assert_eq!(canonicalize(&out).unwrap(), out, "idempotent");
+    }
+
+    #[test]
+    fn a_clients_keys_are_refused_when_equal_once_folded(
+        keys in prop::collection::vec("[aAsSkKiI\u{17f}\u{212a}\u{131}\u{130}\u{e9}]{1,2}", 1..24),
+        escaped in any::<bool>(),
+    ) {
+        let fold = |k: &str| -> String {
+            k.chars()
+                .map(|c| match c {
+                    '\u{17f}' => 's',
+                    '\u{212a}' => 'k',
+                    '\u{130}' | '\u{131}' => 'i',
+                    c => c.to_ascii_lowercase(),
+                })
+                .collect()
+        };
+        let members: Vec<String> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                let key = if escaped && i % 2 == 1 { escaped_key(k) } else { serde_json::to_string(k).unwrap() };
+                format!("{key}:{i}")
+            })
+            .collect();
+        let doc = format!("[{{{}}}]", members.join(","));
+        let mut sorted = keys.clone();
+        sorted.sort();
+        let duplicate = sorted.windows(2).find(|w| w[0] == w[1]).map(|w| w[0].clone());
+        let mut folded: Vec<String> = keys.iter().map(|k| fold(k)).collect();
+        folded.sort();
+        let case_duplicate = folded.windows(2).any(|w| w[0] == w[1]);
+        let got = canonical_read(doc.as_bytes(), Keys::Folded, |_, _| ());
+        match (duplicate, got) {
+            (Some(key), got) => {
+                prop_assert_eq!(got, Err(StrictError::DuplicateKey(key.clone())));
+                prop_assert_eq!(canonicalize(doc.as_bytes()), Err(StrictError::DuplicateKey(key)));
+            }
+            (None, Err(StrictError::CaseDuplicateKey(a, b))) => {
+                prop_assert!(case_duplicate && a != b && fold(&a) == fold(&b) && keys.contains(&a) && keys.contains(&b));
+                prop_assert!(canonicalize(doc.as_bytes()).is_ok(), "a server's message may hold them");
+            }
+            (None, got) => prop_assert!(!case_duplicate && got.is_ok(), "{doc}: {got:?}"),
+        }
     }
 
     #[test]
