@@ -11,7 +11,7 @@ use tracing::{info, warn};
 use super::Pending;
 use super::relay::progress_token;
 use super::upstreams::Tools;
-use super::{HeldRoute, Input, Route, Session, SessionError, merge};
+use super::{HeldRoute, Input, Route, Session, SessionError, merge, param_headers};
 use crate::gate::tools::ToolList;
 use crate::gate::{
     APPROVAL_INPUT, CancellationToken, Channel, Gate, HeldSink, OWN_STATE_PREFIX, Offered, Outcome, ProgressSink,
@@ -64,6 +64,20 @@ impl Session {
             Ok(_) => return self.reply_error(msg.id, &SessionError::BadParams("tools/call params must be an object")),
             Err(e) => {
                 let error = SessionError::UnreadableParams(e.to_string());
+                let reason = error.to_string();
+                let names = [name.clone()];
+                let server = self.upstreams[index].cfg.name.clone();
+                let refused = RefusedCall { server: &server, tool_names: &names, agent: self.agent(), reason: &reason };
+                self.opts.gate.refused(&refused);
+                return self.reply_error(msg.id, &error);
+            }
+        };
+        // The `Mcp-Param-*` headers sent upstream say what the judged arguments say.
+        let schema = tool.and_then(|t| t.tool.as_ref()).map(|t| t.input_schema.as_ref());
+        let param_headers = match param_headers::mirror(schema, &arguments, param_headers) {
+            Ok(headers) => headers,
+            Err(mismatch) => {
+                let error = SessionError::HeaderMismatch(mismatch.to_string());
                 let reason = error.to_string();
                 let names = [name.clone()];
                 let server = self.upstreams[index].cfg.name.clone();

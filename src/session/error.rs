@@ -45,6 +45,9 @@ pub enum SessionError {
     /// The client reused the id of one of its requests still in flight (or held).
     #[error("request id {0} is already in use by a request in flight")]
     IdInUse(String),
+    /// 2026-07-28: an `Mcp-Param-*` header of the request says something else than its body.
+    #[error("{0}")]
+    HeaderMismatch(String),
     /// The gate refused the request itself.
     #[error(transparent)]
     Gate(#[from] crate::gate::GateError),
@@ -61,6 +64,7 @@ impl SessionError {
             | SessionError::UnknownResource
             | SessionError::InvalidCursor => code::INVALID_PARAMS,
             SessionError::IdInUse(_) => code::INVALID_REQUEST,
+            SessionError::HeaderMismatch(_) => code::HEADER_MISMATCH,
             SessionError::ToolCollision { .. } | SessionError::HeldTwice => code::INTERNAL_ERROR,
             SessionError::Gate(crate::gate::GateError::InvalidParams(_)) => code::INVALID_PARAMS,
             SessionError::Restarting { .. }

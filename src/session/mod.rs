@@ -26,6 +26,7 @@ mod calls;
 mod error;
 mod fanout;
 pub mod merge;
+mod param_headers;
 mod relay;
 mod routes;
 mod tasks;

@@ -556,6 +556,35 @@ async fn a_call_that_waited_for_the_tool_list_keeps_its_param_headers() {
     assert_eq!(call.param_headers, param_headers);
 }
 
+/// The `Mcp-Param-*` headers that go upstream are made from the arguments that were judged; a
+/// client whose header for a marked argument disagrees with its body is refused with `-32020`.
+#[tokio::test]
+async fn param_headers_upstream_say_what_the_judged_arguments_say() {
+    let (mut h, mut ups) = Harness::start(&[("a", false)], Arc::new(AllowAll), false).await;
+    let up = &mut ups[0];
+    let call = |id: u64, region: &str, header: &str| Input::Client {
+        msg: Message::request(
+            jsonrpc::to_raw(&json!(id)),
+            "tools/call",
+            Some(jsonrpc::to_raw(&json!({"name": "deploy", "arguments": {"region": region}}))),
+        ),
+        param_headers: vec![("region".to_owned(), header.to_owned()), ("trace".to_owned(), "t1".to_owned())],
+    };
+    assert!(h.handle.send(call(1, "sandbox", "production")));
+    let fetch = up.recv().await;
+    let schema = json!({"type": "object", "properties": {"region": {"type": "string", "x-mcp-header": "Region"}}});
+    up.reply(&fetch, json!({"tools": [{"name": "deploy", "inputSchema": schema}]}));
+    let (refused, _) = h.recv().await;
+    assert_eq!(value(&refused.error)["code"], json!(code::HEADER_MISMATCH), "{:?}", value(&refused.error));
+    up.nothing().await;
+
+    assert!(h.handle.send(call(2, "sandbox", "sandbox")));
+    let sent = up.recv_outgoing().await;
+    assert_eq!(value(&Message::parse(&sent.bytes).unwrap().params)["arguments"], json!({"region": "sandbox"}));
+    let expected = [("trace", "t1"), ("Region", "sandbox")].map(|(a, b)| (a.to_owned(), b.to_owned()));
+    assert_eq!(sent.param_headers, expected);
+}
+
 // === several upstreams ===
 
 #[tokio::test]
