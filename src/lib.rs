@@ -74,9 +74,9 @@
 //!   same [`approval::ApprovalService`] core, which wakes the waiting calls; [`server::web::signin`] turns
 //!   `mcp-gate approvals open` into a one-time link that signs a browser in); the per-machine
 //!   [`server::hub`] (the processes of one machine that share a database share one approval server);
-//!   the [`server::handshake`] by which both ends prove they know a token before it travels; the
-//!   [`server::notify`] webhooks and desktop notifications (and, in each process whose stderr is a
-//!   terminal, one line per call it holds).
+//!   the [`server::handshake`] by which both ends prove they know a token, and for which listener,
+//!   before it travels; the [`server::notify`] webhooks and desktop notifications (and, in each
+//!   process whose stderr is a terminal, one line per call it holds).
 //! - At the top, what nothing below imports. [`config`] loads `proxy.toml` (figment: defaults, the
 //!   file, `MCP_GATE_` variables) into a [`config::RawConfig`] made of the subsystems' raw
 //!   sections, has each subsystem validate its own into a [`config::Config`] made of their

@@ -68,6 +68,12 @@ impl ListenerLimits {
     }
 }
 
+/// The local address of the connection a request came on (the address the client reached,
+/// where the listener is bound to a wildcard), in each request's extensions beside axum's
+/// `ConnectInfo` (the peer's). The handshake of the approval server names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalAddr(pub std::net::SocketAddr);
+
 /// The connections of one listener, by accept order.
 #[derive(Default)]
 struct Registry {
@@ -167,6 +173,8 @@ pub async fn serve(
             continue;
         }
         let _ = stream.set_nodelay(true);
+        // Unknown only when the socket is already gone; the handshake then proves nothing.
+        let local = stream.local_addr().ok().map(LocalAddr);
         next_id += 1;
         let id = next_id;
         let busy = Arc::new(AtomicUsize::new(0));
@@ -186,6 +194,9 @@ pub async fn serve(
                 let mut req = req.map(Body::new);
                 host_from_target(&mut req);
                 req.extensions_mut().insert(ConnectInfo(remote));
+                if let Some(local) = local {
+                    req.extensions_mut().insert(local);
+                }
                 let router = router.clone();
                 async move {
                     let resp = router.oneshot(req).await.unwrap_or_else(|e| match e {});

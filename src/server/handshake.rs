@@ -1,4 +1,4 @@
-//! Both ends prove they know the token before it travels.
+//! Both ends prove they know the token before it travels, and which listener they speak to.
 //!
 //! Whoever listens on the approval address first gets the connections of every process that
 //! looks for the hub and of `mcp-gate approvals`. Before any of them sends its bearer token, it
@@ -6,16 +6,32 @@
 //!
 //! 1. `POST /api/v1/handshake` `{"key_id", "client_nonce"}`: the client names which key it holds
 //!    (a one-way id of it) and sends 32 random bytes.
-//! 2. The server answers `{"server_nonce", "server_proof"}`: its own 32 random bytes and
-//!    `HMAC-SHA256(key, "mcp-gate/server\0" || client_nonce || server_nonce)`. The client checks
-//!    the proof; a listener that does not know the key cannot compute it, and is sent nothing more.
-//! 3. `POST /api/v1/handshake/confirm` `{"server_nonce", "client_proof"}` with
-//!    `HMAC-SHA256(key, "mcp-gate/client\0" || server_nonce || client_nonce)`: the client proves
-//!    it too. Only after the server accepts it does the client use its bearer token.
+//! 2. The server answers `{"server_nonce", "listener", "server_proof"}`: its own 32 random bytes,
+//!    the local address of the connection it accepted the request on (`"127.0.0.1:8377"`), and
+//!    `HMAC-SHA256(key, "mcp-gate/server/2\0" || client_nonce || server_nonce || listener)`. The
+//!    client checks the proof; a listener that does not know the key cannot compute it, and is
+//!    sent nothing more.
+//! 3. Over plain `http`, the client also checks that `listener` is the address it connected to.
+//!    Another program on the approval address could relay the bytes to the real server (which
+//!    serves on a free port when the address is taken): the server's proof would be right, but
+//!    for the server's own address, not for the relay's. Such a listener is sent nothing more.
+//!    Over `https` the certificate already names the peer, and a proxy that terminates TLS in
+//!    front of the server is one the client chose: the proof is checked for the listener named,
+//!    whatever it is. The exchange is answered at the URL asked or not at all: a redirect fails it.
+//! 4. `POST /api/v1/handshake/confirm` `{"server_nonce", "client_proof"}` with
+//!    `HMAC-SHA256(key, "mcp-gate/client/2\0" || server_nonce || client_nonce || listener)`: the
+//!    client proves it too, for the same listener; the server checks it against the local address
+//!    of the connection the confirmation came on. Only after the server accepts it does the client
+//!    use its bearer token.
 //!
 //! The key is the SHA-256 of the token, which the server keeps for the shared approver token and
 //! for every `[[approvers]]` entry (`token_sha256` is therefore as private as the token: the
 //! configuration file must not be readable by others). Nonces are single use and expire.
+//!
+//! The labels carry the exchange's version (`/2`: since the proofs name the listener), so that a
+//! proof of another version never passes for one of this version: an mcp-gate from before the
+//! listener was named cannot prove itself to this one, nor this one to it, and no token travels
+//! between them.
 
 use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
@@ -26,8 +42,8 @@ pub const HELLO: &str = "/api/v1/handshake";
 /// Then here.
 pub const CONFIRM: &str = "/api/v1/handshake/confirm";
 
-const SERVER_LABEL: &[u8] = b"mcp-gate/server\0";
-const CLIENT_LABEL: &[u8] = b"mcp-gate/client\0";
+const SERVER_LABEL: &[u8] = b"mcp-gate/server/2\0";
+const CLIENT_LABEL: &[u8] = b"mcp-gate/client/2\0";
 const KEY_ID_LABEL: &[u8] = b"mcp-gate/key-id\0";
 
 /// Bytes of randomness in each nonce.
@@ -44,6 +60,11 @@ pub struct Hello {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HelloReply {
     pub server_nonce: String,
+    /// The local address of the connection the server accepted step 1 on, as the server writes
+    /// it (`"127.0.0.1:8377"`, `"[::1]:8377"`). An mcp-gate from before version 2 of the
+    /// exchange does not name it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listener: Option<String>,
     pub server_proof: String,
 }
 
@@ -67,26 +88,40 @@ pub fn key_id(key: &[u8; 32]) -> String {
     hex::encode(&h.finalize()[..16])
 }
 
-fn proof(key: &[u8; 32], label: &[u8], first: &str, second: &str) -> String {
+fn proof(key: &[u8; 32], label: &[u8], first: &str, second: &str, listener: &str) -> String {
     let mut m = match Hmac::<Sha256>::new_from_slice(key) {
         Ok(m) => m,
         Err(_) => unreachable!("HMAC accepts keys of every length"),
     };
     m.update(label);
-    m.update(first.as_bytes());
-    m.update(b"\0");
-    m.update(second.as_bytes());
+    for (i, part) in [first, second, listener].into_iter().enumerate() {
+        if i > 0 {
+            m.update(b"\0");
+        }
+        m.update(part.as_bytes());
+    }
     hex::encode(m.finalize().into_bytes())
 }
 
-/// What the server shows: it knows `key`.
-pub fn server_proof(key: &[u8; 32], client_nonce: &str, server_nonce: &str) -> String {
-    proof(key, SERVER_LABEL, client_nonce, server_nonce)
+/// What the server shows: it knows `key`, and speaks from `listener`.
+pub fn server_proof(key: &[u8; 32], client_nonce: &str, server_nonce: &str, listener: &str) -> String {
+    proof(key, SERVER_LABEL, client_nonce, server_nonce, listener)
 }
 
-/// What the client shows: it knows `key` too.
-pub fn client_proof(key: &[u8; 32], client_nonce: &str, server_nonce: &str) -> String {
-    proof(key, CLIENT_LABEL, server_nonce, client_nonce)
+/// What the client shows: it knows `key` too, and spoke to `listener`.
+pub fn client_proof(key: &[u8; 32], client_nonce: &str, server_nonce: &str, listener: &str) -> String {
+    proof(key, CLIENT_LABEL, server_nonce, client_nonce, listener)
+}
+
+/// How the server names the local address of a connection in step 2: an IPv4 client of a
+/// dual-stack socket as IPv4 (`127.0.0.1:8377`, not `[::ffff:127.0.0.1]:8377`).
+pub fn listener_name(local: std::net::SocketAddr) -> String {
+    std::net::SocketAddr::new(local.ip().to_canonical(), local.port()).to_string()
+}
+
+/// Whether the listener a server named is `connected`, the address the client reached.
+fn is_listener(named: &str, connected: std::net::SocketAddr) -> bool {
+    named.parse::<std::net::SocketAddr>().is_ok_and(|named| listener_name(named) == listener_name(connected))
 }
 
 /// A fresh nonce, or an error when the system has no randomness (then nothing is sent).
@@ -133,17 +168,24 @@ impl HandshakeError {
 }
 
 /// Runs the exchange with the listener at `base` (`http://HOST:PORT`). `Ok` means the listener
-/// proved it knows `token` and accepted our proof: the token may now be sent there.
+/// proved it knows `token` (over plain `http`, for the address connected to) and accepted our
+/// proof: the token may now be sent there.
 pub async fn verify_listener(http: &reqwest::Client, base: &str, token: &str) -> Result<(), HandshakeError> {
     let key = key_of(token);
     let client_nonce = nonce().map_err(|e| HandshakeError::Random(e.to_string()))?;
     let hello = Hello { key_id: key_id(&key), client_nonce: client_nonce.clone() };
-    let sent = http.post(format!("{base}{HELLO}")).json(&hello).send().await;
+    let url = reqwest::Url::parse(&format!("{base}{HELLO}")).map_err(|e| HandshakeError::Unreachable(e.to_string()))?;
+    let sent = http.post(url.clone()).json(&hello).send().await;
     let resp = match sent {
         Ok(r) => r,
         Err(e) if e.is_connect() => return Err(HandshakeError::Refused(e.to_string())),
         Err(e) => return Err(HandshakeError::Unreachable(e.to_string())),
     };
+    // A redirect would have the proof made elsewhere than where the token goes.
+    if *resp.url() != url {
+        return Err(HandshakeError::NoProof(format!("{HELLO} was redirected to {}", resp.url())));
+    }
+    let connected = resp.remote_addr();
     let status = resp.status();
     if status == reqwest::StatusCode::UNAUTHORIZED {
         // Only an mcp-gate answers 401 with the API's error code for an unknown key.
@@ -160,14 +202,34 @@ pub async fn verify_listener(http: &reqwest::Client, base: &str, token: &str) ->
         Ok(r) => r,
         Err(e) => return Err(HandshakeError::NoProof(format!("{HELLO} answered something else: {e}"))),
     };
-    let expected = server_proof(&key, &client_nonce, &reply.server_nonce);
+    let Some(listener) = reply.listener else {
+        return Err(HandshakeError::NoProof(format!(
+            "{HELLO} answered without naming its listener: not mcp-gate, or an mcp-gate older than this one, \
+             which cannot prove it"
+        )));
+    };
+    let expected = server_proof(&key, &client_nonce, &reply.server_nonce, &listener);
     if !is_nonce(&reply.server_nonce)
         || !crate::secret::constant_time_eq(expected.as_bytes(), reply.server_proof.as_bytes())
     {
         return Err(HandshakeError::NoProof("wrong proof".into()));
     }
+    // Over plain http, the proof counts only for the listener we reached; over https the
+    // certificate named the peer already (see the module's documentation).
+    if url.scheme() != "https" {
+        match connected {
+            Some(connected) if is_listener(&listener, connected) => {}
+            Some(connected) => {
+                return Err(HandshakeError::NoProof(format!(
+                    "the proof is for the listener at {listener}, not for {connected} where we connected: a relay \
+                     or a port forward?"
+                )));
+            }
+            None => return Err(HandshakeError::NoProof("the address connected to is unknown".into())),
+        }
+    }
     let confirm = Confirm {
-        client_proof: client_proof(&key, &client_nonce, &reply.server_nonce),
+        client_proof: client_proof(&key, &client_nonce, &reply.server_nonce, &listener),
         server_nonce: reply.server_nonce,
     };
     let resp = http
@@ -187,19 +249,64 @@ pub async fn verify_listener(http: &reqwest::Client, base: &str, token: &str) ->
 mod tests {
     use super::*;
 
+    const AT: &str = "127.0.0.1:8377";
+
     #[test]
     fn proofs_depend_on_the_key_the_direction_and_both_nonces() {
         let key = key_of("token-0123456789abcdef");
         let other = key_of("token-0123456789abcdeg");
         let (c, s) = (nonce().unwrap(), nonce().unwrap());
         assert!(is_nonce(&c) && is_nonce(&s) && c != s);
-        let p = server_proof(&key, &c, &s);
-        assert_eq!(p, server_proof(&key, &c, &s));
-        assert_ne!(p, server_proof(&other, &c, &s));
-        assert_ne!(p, client_proof(&key, &c, &s), "a server proof is not a client proof");
-        assert_ne!(p, server_proof(&key, &s, &c));
-        assert_ne!(p, server_proof(&key, &c, &nonce().unwrap()));
+        let p = server_proof(&key, &c, &s, AT);
+        assert_eq!(p, server_proof(&key, &c, &s, AT));
+        assert_ne!(p, server_proof(&other, &c, &s, AT));
+        assert_ne!(p, client_proof(&key, &c, &s, AT), "a server proof is not a client proof");
+        assert_ne!(p, server_proof(&key, &s, &c, AT));
+        assert_ne!(p, server_proof(&key, &c, &nonce().unwrap(), AT));
         assert_ne!(key_id(&key), key_id(&other));
         assert!(!key_id(&key).contains(&hex::encode(key)[..8]));
+    }
+
+    /// A relay in front of the server gets the server's proof for the server's own address,
+    /// which is not the relay's.
+    #[test]
+    fn proofs_depend_on_the_listener() {
+        let key = key_of("token-0123456789abcdef");
+        let (c, s) = (nonce().unwrap(), nonce().unwrap());
+        for (a, b) in [(AT, "127.0.0.1:42601"), (AT, "127.0.0.2:8377"), (AT, "[::1]:8377"), (AT, "")] {
+            assert_ne!(server_proof(&key, &c, &s, a), server_proof(&key, &c, &s, b), "{a} / {b}");
+            assert_ne!(client_proof(&key, &c, &s, a), client_proof(&key, &c, &s, b), "{a} / {b}");
+        }
+    }
+
+    /// The labels carry the exchange's version: a proof made the way of version 1 (no listener)
+    /// is not one of version 2.
+    #[test]
+    fn a_proof_of_the_first_version_is_not_one_of_this_version() {
+        let key = key_of("token-0123456789abcdef");
+        let (c, s) = (nonce().unwrap(), nonce().unwrap());
+        let mut v1 = Hmac::<Sha256>::new_from_slice(&key).unwrap();
+        v1.update(b"mcp-gate/server\0");
+        v1.update(c.as_bytes());
+        v1.update(b"\0");
+        v1.update(s.as_bytes());
+        let v1 = hex::encode(v1.finalize().into_bytes());
+        assert_ne!(v1, server_proof(&key, &c, &s, ""));
+        assert_ne!(v1, server_proof(&key, &c, &s, AT));
+    }
+
+    #[test]
+    fn the_listener_named_must_be_the_address_connected_to() {
+        let at: std::net::SocketAddr = AT.parse().unwrap();
+        assert!(is_listener(AT, at));
+        assert!(!is_listener("127.0.0.1:42601", at));
+        assert!(!is_listener("127.0.0.2:8377", at));
+        assert!(!is_listener("localhost:8377", at));
+        assert!(!is_listener("", at));
+        // A dual-stack socket's view of an IPv4 client is the same address.
+        let mapped: std::net::SocketAddr = "[::ffff:127.0.0.1]:8377".parse().unwrap();
+        assert_eq!(listener_name(mapped), AT);
+        assert!(is_listener(AT, mapped) && is_listener("[::ffff:127.0.0.1]:8377", at));
+        assert_eq!(listener_name("[::1]:8377".parse().unwrap()), "[::1]:8377");
     }
 }

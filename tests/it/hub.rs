@@ -405,6 +405,147 @@ async fn a_squatter_on_the_approval_address_never_receives_the_token() {
     gate.kill().await;
 }
 
+/// A plain TCP relay on a port of its own to the listener at `to`, as another program on the
+/// approval address could run to the real server's free port: it records every byte it passes
+/// from the client.
+pub(super) async fn relay(to: String) -> (String, Arc<Mutex<Vec<u8>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let log = received.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(&to).await else { continue };
+            let log = log.clone();
+            tokio::spawn(async move {
+                let (mut from_client, mut to_client) = client.into_split();
+                let (mut from_server, mut to_server) = server.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut from_server, &mut to_client).await;
+                });
+                let mut buf = [0u8; 8192];
+                while let Ok(n) = tokio::io::AsyncReadExt::read(&mut from_client, &mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    log.lock().unwrap().extend_from_slice(&buf[..n]);
+                    if to_server.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = to_server.shutdown().await;
+            });
+        }
+    });
+    (addr, received)
+}
+
+/// A listener that redirects every request (`307`, method and body kept) to the same path at
+/// `to`, and records every byte it receives.
+async fn redirector(to: String) -> (String, Arc<Mutex<Vec<u8>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let log = received.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let log = log.clone();
+            let to = to.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 8192];
+                let mut seen = Vec::new();
+                while let Ok(n) = tokio::io::AsyncReadExt::read(&mut socket, &mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    log.lock().unwrap().extend_from_slice(&buf[..n]);
+                    if seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&seen).into_owned();
+                        let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
+                        let reply = format!(
+                            "HTTP/1.1 307 Temporary Redirect\r\nlocation: http://{to}{path}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                        );
+                        let _ = socket.write_all(reply.as_bytes()).await;
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (addr, received)
+}
+
+/// What a listener was sent, and that the token was not part of it.
+fn never_sent_the_token(received: &Mutex<Vec<u8>>) -> String {
+    let seen = String::from_utf8_lossy(&received.lock().unwrap()).into_owned();
+    assert!(seen.contains("POST /api/v1/handshake"), "the listener was asked to prove itself: {seen}");
+    assert!(!seen.contains(TOKEN), "the token reached the listener: {seen}");
+    assert!(!seen.to_ascii_lowercase().contains("authorization"), "{seen}");
+    seen
+}
+
+/// Another program on the approval address that relays the bytes to the real approval server
+/// (its free port, found in /proc/net/tcp) gets the real server's proof, but for the real
+/// server's address: the client sees that it is not the address it connected to and sends the
+/// token nowhere. Nor does a redirect to the real server pass. The real server still proves
+/// itself.
+#[tokio::test]
+async fn a_relay_to_the_approval_server_is_never_sent_the_token() {
+    use mcp_gate::cli::approvals::client::{ApiClient, ClientError, Target};
+    use mcp_gate::server::handshake::{HandshakeError, verify_listener};
+    let approvals = fail_fast_service("", "test.toml").await;
+    let state = mcp_gate::server::web::WebState::new(approvals, TOKEN.into(), Default::default(), Vec::new());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let real = listener.local_addr().unwrap().to_string();
+    tokio::spawn(mcp_gate::server::web::serve(listener, state, std::future::pending()));
+    let client = http();
+
+    let (relayed, received) = relay(real.clone()).await;
+    let e = verify_listener(&client, &format!("http://{relayed}"), TOKEN).await.unwrap_err();
+    assert!(matches!(e, HandshakeError::NoProof(_)), "{e}");
+    let why = e.to_string();
+    assert!(why.contains(&real) && why.contains(&relayed) && why.contains("a relay"), "{why}");
+    assert!(why.contains("the token was not sent"), "{why}");
+    let api = ApiClient::new(Target { base: format!("http://{relayed}"), token: TOKEN.into() }).unwrap();
+    let e = api.list(&[]).await.unwrap_err();
+    assert!(matches!(e, ClientError::Unverified { .. }), "{e}");
+    never_sent_the_token(&received);
+
+    let (redirecting, received) = redirector(real.clone()).await;
+    let e = verify_listener(&client, &format!("http://{redirecting}"), TOKEN).await.unwrap_err();
+    assert!(matches!(e, HandshakeError::NoProof(_)) && e.to_string().contains("redirected"), "{e}");
+    let api = ApiClient::new(Target { base: format!("http://{redirecting}"), token: TOKEN.into() }).unwrap();
+    assert!(matches!(api.list(&[]).await.unwrap_err(), ClientError::Unverified { .. }));
+    never_sent_the_token(&received);
+
+    verify_listener(&client, &format!("http://{real}"), TOKEN).await.expect("the real server proves itself");
+    let api = ApiClient::new(Target { base: format!("http://{real}"), token: TOKEN.into() }).unwrap();
+    assert!(api.list(&[]).await.unwrap()["approvals"].is_array());
+}
+
+/// A second process of the machine finds the approval address held by a relay to the hub: it
+/// does not follow the hub through the relay (which would see its token on every request), but
+/// says why and serves on a port of its own.
+#[tokio::test]
+async fn a_second_process_does_not_follow_the_hub_through_a_relay() {
+    let dir = data_dir("hub-relay");
+    let mut hub = start(&dir, &format!("127.0.0.1:{}", free_port()), TOKEN).await;
+    hub.logged("(hub)").await;
+    let real = hub.approvals.trim_start_matches("http://").to_owned();
+    let (relayed, received) = relay(real.clone()).await;
+    let mut second = start(&dir, &relayed, TOKEN).await;
+    let warning = second.logged("a relay").await;
+    assert!(warning.contains(&relayed) && warning.contains(&real) && warning.contains("WARN"), "{warning}");
+    second.logged("(this process only)").await;
+    assert_ne!(second.approvals, format!("http://{relayed}"));
+    assert_ne!(second.approvals, hub.approvals);
+    never_sent_the_token(&received);
+    for g in [&mut hub, &mut second] {
+        g.kill().await;
+    }
+}
+
 /// The database deleted under the hub: a process that then creates a fresh file at the same path
 /// refuses to follow the hub (another file), says why, and serves on a port of its own; the hub
 /// refuses held calls rather than queueing them in the lost file.

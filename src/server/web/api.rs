@@ -8,7 +8,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -16,6 +16,7 @@ use super::WebState;
 use crate::approval::DecideError;
 use crate::approval::replies::parse_time;
 use crate::http::guard::bearer_token;
+use crate::http::listener::LocalAddr;
 use crate::identity::{OPERATOR, Principal};
 use crate::server::hub_api::{Announcement, HubInfo};
 use crate::store::approvals::{DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT};
@@ -433,6 +434,7 @@ async fn announce(
 /// no token: it is how a client decides whether to send one.
 async fn handshake_hello(
     State(state): State<Arc<WebState>>,
+    local: Option<Extension<LocalAddr>>,
     body: axum::body::Bytes,
 ) -> Result<Json<crate::server::handshake::HelloReply>, ApiError> {
     use crate::server::handshake::{Hello, HelloReply, is_nonce, nonce, server_proof};
@@ -449,17 +451,27 @@ async fn handshake_hello(
     let key = state
         .handshake_key(&hello.key_id)
         .ok_or_else(|| ApiError(StatusCode::UNAUTHORIZED, "unknown_key", "no token with this key id".into()))?;
+    let listener = listener_of(local)?;
     let server_nonce = nonce().map_err(internal)?;
-    let server_proof = server_proof(&key, &hello.client_nonce, &server_nonce);
+    let server_proof = server_proof(&key, &hello.client_nonce, &server_nonce, &listener);
     if !state.start_handshake(server_nonce.clone(), key, hello.client_nonce) {
         return Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, "busy", "too many handshakes under way".into()));
     }
-    Ok(Json(HelloReply { server_nonce, server_proof }))
+    Ok(Json(HelloReply { server_nonce, listener: Some(listener), server_proof }))
 }
 
-/// Step 3 of [`crate::server::handshake`]: the client proves it knows the key too.
+/// How the handshake names the listener a request came on; without it nothing can be proved.
+fn listener_of(local: Option<Extension<LocalAddr>>) -> Result<String, ApiError> {
+    match local {
+        Some(Extension(LocalAddr(local))) => Ok(crate::server::handshake::listener_name(local)),
+        None => Err(internal("the local address of the connection is unknown")),
+    }
+}
+
+/// Step 4 of [`crate::server::handshake`]: the client proves it knows the key too.
 async fn handshake_confirm(
     State(state): State<Arc<WebState>>,
+    local: Option<Extension<LocalAddr>>,
     body: axum::body::Bytes,
 ) -> Result<StatusCode, ApiError> {
     use crate::server::handshake::{Confirm, client_proof};
@@ -471,8 +483,10 @@ async fn handshake_confirm(
         )
     })?;
     let refused = || ApiError(StatusCode::UNAUTHORIZED, "unauthorized", "wrong or expired handshake".into());
+    let listener = listener_of(local)?;
     let (key, client_nonce) = state.finish_handshake(&confirm.server_nonce).ok_or_else(refused)?;
-    let expected = client_proof(&key, &client_nonce, &confirm.server_nonce);
+    // The client proves it spoke to this listener: a confirmation relayed from elsewhere fails.
+    let expected = client_proof(&key, &client_nonce, &confirm.server_nonce, &listener);
     if crate::secret::constant_time_eq(expected.as_bytes(), confirm.client_proof.as_bytes()) {
         Ok(StatusCode::NO_CONTENT)
     } else {
