@@ -11,10 +11,12 @@
 //!    `HMAC-SHA256(key, "mcp-gate/server/2\0" || client_nonce || server_nonce || listener)`. The
 //!    client checks the proof; a listener that does not know the key cannot compute it, and is
 //!    sent nothing more.
-//! 3. Over plain `http`, the client also checks that `listener` is the address it connected to.
-//!    Another program on the approval address could relay the bytes to the real server (which
-//!    serves on a free port when the address is taken): the server's proof would be right, but
-//!    for the server's own address, not for the relay's. Such a listener is sent nothing more.
+//! 3. Over plain `http`, the client also checks that `listener` is the address it connected to
+//!    (or, for a listener that is not a loopback address, reached through a forward that keeps the
+//!    port, that it has the same port). Another program on the approval address could relay the
+//!    bytes to the real server (which serves on a free port when the address is taken): the
+//!    server's proof would be right, but for the server's own address, not for the relay's. Such a
+//!    listener is sent nothing more.
 //!    Over `https` the certificate already names the peer, and a proxy that terminates TLS in
 //!    front of the server is one the client chose: the proof is checked for the listener named,
 //!    whatever it is. The exchange is answered at the URL asked or not at all: a redirect fails it.
@@ -119,9 +121,18 @@ pub fn listener_name(local: std::net::SocketAddr) -> String {
     std::net::SocketAddr::new(local.ip().to_canonical(), local.port()).to_string()
 }
 
-/// Whether the listener a server named is `connected`, the address the client reached.
+/// Whether the listener a server named is `connected`, the address the client reached: the same
+/// address, or, for a server listening on an address that is not loopback (in a container, behind
+/// a load balancer), the same port, as a forward that keeps the port gives (`docker -p 8377:8377`,
+/// `compose.yaml`). A relay on the approval address cannot pass for the server: the server then
+/// listens on another port of the same machine (the address being taken), and a loopback listener
+/// must be the very address connected to.
 fn is_listener(named: &str, connected: std::net::SocketAddr) -> bool {
-    named.parse::<std::net::SocketAddr>().is_ok_and(|named| listener_name(named) == listener_name(connected))
+    let Ok(named) = named.parse::<std::net::SocketAddr>() else { return false };
+    if listener_name(named) == listener_name(connected) {
+        return true;
+    }
+    !named.ip().to_canonical().is_loopback() && named.port() == connected.port()
 }
 
 /// A fresh nonce, or an error when the system has no randomness (then nothing is sent).
@@ -308,5 +319,11 @@ mod tests {
         assert_eq!(listener_name(mapped), AT);
         assert!(is_listener(AT, mapped) && is_listener("[::ffff:127.0.0.1]:8377", at));
         assert_eq!(listener_name("[::1]:8377".parse().unwrap()), "[::1]:8377");
+        // Reached through a forward that keeps the port, a server in a container or behind a
+        // load balancer names an address that is not loopback: the port must still be the same.
+        assert!(is_listener("172.18.0.3:8377", at));
+        assert!(!is_listener("172.18.0.3:9000", at));
+        // Another loopback address with the same port is not a forward: it is another listener.
+        assert!(!is_listener("[::1]:8377", at));
     }
 }
