@@ -215,6 +215,40 @@ pub async fn start_with(
 /// How often the session looks for requests past their deadline.
 const DEADLINE_TICK: Duration = Duration::from_millis(500);
 
+/// The gate's hook of a call sent upstream ([`Verdict::AllowTracked`], an approved task's run).
+/// Dropped without an outcome (its caller cancelled it or left, or the session ended before the
+/// answer came), it tells the gate that the call was sent and how it ended is unknown: the record
+/// of an approved call is then closed instead of staying "running".
+pub(super) struct Tracked(Option<crate::gate::OutcomeHook>);
+
+/// What a [`Tracked`] call dropped before its answer reports.
+pub(super) const UNKNOWN_OUTCOME: &str = r#"{"code":-32603,"message":"sent upstream, but its answer was not awaited (its caller left or the session ended): outcome unknown"}"#;
+
+impl Tracked {
+    pub(super) fn new(hook: crate::gate::OutcomeHook) -> Tracked {
+        Tracked(Some(hook))
+    }
+
+    /// Tells the gate how the call ended.
+    pub(super) fn report(mut self, outcome: Outcome<'_>) {
+        if let Some(hook) = self.0.take() {
+            hook(outcome);
+        }
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        // Outside a runtime (the process is exiting) nothing can be recorded any more: the next
+        // start settles the call as one whose process stopped.
+        if let Some(hook) = self.0.take()
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
+            hook(Outcome::Error(UNKNOWN_OUTCOME));
+        }
+    }
+}
+
 /// What a request sent upstream is waiting to do with its response.
 pub(super) enum Pending {
     /// Relay to the client under its id.
@@ -224,7 +258,7 @@ pub(super) enum Pending {
         /// The request asked for its full tool list (no cursor): cache it.
         tools_first_page: bool,
         /// The gate wants to know how this call ended.
-        hook: Option<crate::gate::OutcomeHook>,
+        hook: Option<Tracked>,
     },
     /// One part of a request fanned out to several upstreams.
     Fanout(u64),
@@ -233,7 +267,7 @@ pub(super) enum Pending {
     /// Replaying `initialize` after a restart.
     Reinit,
     /// An approved gate task's call: its answer goes to the gate, not to the client.
-    Task(crate::gate::OutcomeHook),
+    Task(Tracked),
 }
 
 struct Session {

@@ -69,7 +69,16 @@ impl Session {
         up.next_id += 1;
         let tools_first_page = method == "tools/list" && !has_cursor(&msg);
         self.client_requests.insert(client_id.get().to_owned(), (index, up_id));
-        up.wait_for(up_id, &method, Pending::Client { client_id, method: method.clone(), tools_first_page, hook });
+        up.wait_for(
+            up_id,
+            &method,
+            Pending::Client {
+                client_id,
+                method: method.clone(),
+                tools_first_page,
+                hook: hook.map(super::Tracked::new),
+            },
+        );
         msg.id = Some(jsonrpc::number_id(up_id));
         let mut out = outgoing(&msg, up.is_http());
         out.request_id = Some(up_id);
@@ -163,7 +172,7 @@ impl Session {
         match pending {
             Pending::Client { client_id, hook, .. } => {
                 if let Some(hook) = hook {
-                    hook(Outcome::Error(&error.to_string()));
+                    hook.report(Outcome::Error(&error.to_string()));
                 }
                 self.client_requests.remove(client_id.get());
                 if !self.progress.is_empty() {
@@ -174,7 +183,7 @@ impl Session {
             Pending::Fanout(f) => self.fanout_part(f, index, Err(error.to_error_object())),
             Pending::ToolsFetch(_) => self.tools_fetched(index, None),
             Pending::Reinit => {}
-            Pending::Task(hook) => hook(Outcome::Error(error.to_error_object().get())),
+            Pending::Task(hook) => hook.report(Outcome::Error(error.to_error_object().get())),
         }
     }
 
@@ -191,9 +200,9 @@ impl Session {
             Pending::Client { client_id, method, tools_first_page, hook } => {
                 if let Some(hook) = hook {
                     match (&msg.result, &msg.error) {
-                        (Some(result), _) => hook(Outcome::Result(result)),
-                        (None, Some(error)) => hook(Outcome::Error(error.get())),
-                        (None, None) => hook(Outcome::Error("empty response")),
+                        (Some(result), _) => hook.report(Outcome::Result(result)),
+                        (None, Some(error)) => hook.report(Outcome::Error(error.get())),
+                        (None, None) => hook.report(Outcome::Error("empty response")),
                     }
                 }
                 self.client_requests.remove(client_id.get());
@@ -254,9 +263,9 @@ impl Session {
                 }
             }
             Pending::Task(hook) => match (&msg.result, &msg.error) {
-                (Some(result), _) => hook(Outcome::Result(result)),
-                (None, Some(error)) => hook(Outcome::Error(error.get())),
-                (None, None) => hook(Outcome::Error("empty response")),
+                (Some(result), _) => hook.report(Outcome::Result(result)),
+                (None, Some(error)) => hook.report(Outcome::Error(error.get())),
+                (None, None) => hook.report(Outcome::Error("empty response")),
             },
             Pending::Reinit => {
                 if msg.result.is_some() {

@@ -261,7 +261,7 @@ impl Session {
         let up = &mut self.upstreams[index];
         let up_id = up.next_id;
         up.next_id += 1;
-        up.wait_for(up_id, "tools/call", Pending::Task(hook));
+        up.wait_for(up_id, "tools/call", Pending::Task(super::Tracked::new(hook)));
         let mut msg = Message::request(jsonrpc::number_id(up_id), "tools/call", params);
         // The task may come from a retry that carried the proxy's own `requestState` and answer
         // (stored with its params): they are the proxy's, never the upstream's.

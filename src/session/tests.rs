@@ -518,6 +518,43 @@ async fn a_cancelled_held_calls_decision_does_not_answer_a_call_that_reused_its_
     assert_eq!(value(&call.params)["arguments"], json!({"path": "/b"}));
 }
 
+/// The gate hears how every call it let through ended: a call whose caller cancelled it after it
+/// was sent is reported with an unknown outcome, not left without one.
+#[tokio::test]
+async fn a_tracked_call_cancelled_after_it_was_sent_reports_an_unknown_outcome() {
+    let gate = Arc::new(FakeGate::default());
+    let (tx, mut ended) = mpsc::unbounded_channel::<String>();
+    let report = move |tx: mpsc::UnboundedSender<String>| -> crate::gate::OutcomeHook {
+        Box::new(move |outcome: crate::gate::Outcome<'_>| {
+            let text = match outcome {
+                crate::gate::Outcome::Result(r) => format!("result {}", r.get()),
+                crate::gate::Outcome::Error(e) => format!("error {e}"),
+                crate::gate::Outcome::NotRun => "not run".to_owned(),
+            };
+            let _ = tx.send(text);
+        })
+    };
+    gate.then(Verdict::AllowTracked(report(tx.clone())));
+    gate.then(Verdict::AllowTracked(report(tx)));
+    let (mut h, mut ups) = Harness::start(&[("a", false)], gate.clone(), false).await;
+    let up = &mut ups[0];
+    h.request(json!(1), "tools/call", json!({"name": "deploy", "arguments": {}}));
+    up.answer_tool_fetch(&["deploy"]).await;
+    let first = up.recv().await;
+    h.notify("notifications/cancelled", json!({"requestId": 1}));
+    let cancel = up.recv().await;
+    assert_eq!(cancel.method(), "notifications/cancelled");
+    let report = tokio::time::timeout(Duration::from_secs(5), ended.recv()).await.expect("an outcome in time");
+    let report = report.expect("an outcome");
+    assert!(report.starts_with("error ") && report.contains("outcome unknown"), "{report}");
+    // Its late answer changes nothing; an answered call reports its result.
+    up.reply(&first, json!({"content": []}));
+    h.request(json!(2), "tools/call", json!({"name": "deploy", "arguments": {}}));
+    let second = up.recv().await;
+    up.reply(&second, json!({"content": []}));
+    assert_eq!(ended.recv().await.expect("an outcome"), r#"result {"content":[]}"#);
+}
+
 /// A call that came before the tool list it needs waits, unjudged, for the list; its caller
 /// cancelling it (or its stream closing) drops it: it is never judged or sent.
 #[tokio::test]
