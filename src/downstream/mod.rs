@@ -13,8 +13,9 @@ use crate::session::merge;
 use crate::wire::jsonrpc::{Kind, Message, ParseError, strict};
 
 /// Reads one client message strictly, refusing keys of one object that differ only by case as well
-/// as duplicates ([`strict::Keys::Folded`]: a server that matches keys loosely would read them as one,
-/// and run what the gate did not judge), and refuses a request whose id is
+/// as duplicates, and a key of the envelope or its `params` that differs only by case from one the
+/// protocol defines there ([`strict::Keys::Folded`]: a server that matches keys loosely would read
+/// them as one, and run what the gate did not judge), and refuses a request whose id is
 /// `null` (MCP's ids are strings or integers, and a `null` id is the one an error about an
 /// unreadable message carries) and a method that only differs from `tools/call` by case,
 /// spaces or control characters: it would pass the gate as an unknown method, and a server that

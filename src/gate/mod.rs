@@ -324,8 +324,9 @@ impl std::fmt::Debug for Verdict {
     }
 }
 
-/// A `tools/call` refused before it could be judged: its bytes could not be read strictly, so
-/// nothing of it was evaluated or forwarded.
+/// A `tools/call` refused before it could be judged: its bytes could not be read strictly, or an
+/// argument differs only by case from a property the tool declares, so nothing of it was evaluated
+/// or forwarded.
 #[derive(Debug)]
 pub struct RefusedCall<'a> {
     /// The upstream the name routes to, when that can be told.

@@ -2,7 +2,10 @@
 
 use std::collections::HashMap;
 
+use serde_json::Value;
 use serde_json::value::RawValue;
+
+use crate::wire::jsonrpc::strict;
 
 /// What the proxy knows of one tool: read with rmcp's model type where the tool parses, and
 /// by name only where it does not (an upstream's malformed schema must not hide the tool from
@@ -22,6 +25,20 @@ impl ToolInfo {
 
     pub fn description(&self) -> Option<&str> {
         self.tool.as_ref().and_then(|t| t.description.as_deref())
+    }
+
+    /// A top-level key of a call's `arguments` that is no property the tool's `inputSchema`
+    /// declares but differs from one only by case (as [`strict::Keys::Folded`] folds it), with
+    /// that property: the policy's conditions on `/path` do not see `"PATH"`, a server that matches
+    /// keys loosely reads it as `path`. `None` when the schema declares no properties. Only the
+    /// top level: nested objects are the tool's own business, and their schemas may be anything.
+    pub fn case_variant_argument<'a>(&'a self, arguments: &'a Value) -> Option<(&'a str, &'a str)> {
+        let properties = self.tool.as_ref()?.input_schema.get("properties")?.as_object()?;
+        let arguments = arguments.as_object()?;
+        arguments.keys().filter(|key| !properties.contains_key(*key)).find_map(|key| {
+            let property = properties.keys().find(|p| strict::same_but_case(key.as_bytes(), p.as_bytes()))?;
+            Some((key.as_str(), property.as_str()))
+        })
     }
 }
 
@@ -112,5 +129,34 @@ mod tests {
         assert_eq!(list.get("read").unwrap().annotations().unwrap().read_only_hint, Some(true));
         assert!(list.get("odd").unwrap().tool.is_none());
         assert!(list.get("missing").is_none());
+    }
+
+    #[test]
+    fn an_argument_that_differs_from_a_declared_property_only_by_case_is_found() {
+        let raw = RawValue::from_string(
+            r#"{"tools":[{"name":"write_file","inputSchema":{"type":"object","properties":{"path":{},"content":{},"size":{},"Mode":{},"mode":{}}}},
+                         {"name":"free","inputSchema":{"type":"object"}},
+                         {"name":"odd","inputSchema":"not an object"}]}"#
+                .into(),
+        )
+        .unwrap();
+        let list = ToolList::from_result(&raw).unwrap();
+        let tool = list.get("write_file").unwrap();
+        let found = |args: Value| tool.case_variant_argument(&args).map(|(k, p)| (k.to_owned(), p.to_owned()));
+        assert_eq!(found(serde_json::json!({"PATH": "/etc/passwd"})), Some(("PATH".into(), "path".into())));
+        assert_eq!(
+            found(serde_json::json!({"path": "/tmp/a", "Content": "x"})),
+            Some(("Content".into(), "content".into()))
+        );
+        assert_eq!(found(serde_json::json!({"\u{17f}IZE": 1})), Some(("\u{17f}IZE".into(), "size".into())));
+        assert_eq!(found(serde_json::json!({"pat\u{17f}h": 1, "Paths": 2})), None, "other words");
+        // Declared as written (both `Mode` and `mode` are), undeclared, nested, or not an object.
+        assert_eq!(found(serde_json::json!({"path": "/a", "Mode": 1, "mode": 2, "extra": 3})), None);
+        assert_eq!(found(serde_json::json!({"path": {"PATH": 1}, "opts": {"Content": 2}})), None);
+        assert_eq!(found(serde_json::json!(["PATH"])), None);
+        // No properties declared, or no schema the proxy could read: nothing to compare with.
+        let args = serde_json::json!({"PATH": "/etc/passwd"});
+        assert!(list.get("free").unwrap().case_variant_argument(&args).is_none());
+        assert!(list.get("odd").unwrap().case_variant_argument(&args).is_none());
     }
 }

@@ -62,28 +62,20 @@ impl Session {
                 (p.remove("arguments").unwrap_or(Value::Null), offered)
             }
             Ok(_) => return self.reply_error(msg.id, &SessionError::BadParams("tools/call params must be an object")),
-            Err(e) => {
-                let error = SessionError::UnreadableParams(e.to_string());
-                let reason = error.to_string();
-                let names = [name.clone()];
-                let server = self.upstreams[index].cfg.name.clone();
-                let refused = RefusedCall { server: &server, tool_names: &names, agent: self.agent(), reason: &reason };
-                self.opts.gate.refused(&refused);
-                return self.reply_error(msg.id, &error);
-            }
+            Err(e) => return self.refuse_call(msg, index, name, SessionError::UnreadableParams(e.to_string())),
         };
+        // An argument the policy does not see under the name the tool declares, but a server that
+        // matches keys loosely reads as that property.
+        if let Some((key, property)) = tool.and_then(|t| t.case_variant_argument(&arguments)) {
+            let error = SessionError::CaseVariantArgument { key: key.to_owned(), property: property.to_owned() };
+            return self.refuse_call(msg, index, name, error);
+        }
         // The `Mcp-Param-*` headers sent upstream say what the judged arguments say.
         let schema = tool.and_then(|t| t.tool.as_ref()).map(|t| t.input_schema.as_ref());
         let param_headers = match param_headers::mirror(schema, &arguments, param_headers) {
             Ok(headers) => headers,
             Err(mismatch) => {
-                let error = SessionError::HeaderMismatch(mismatch.to_string());
-                let reason = error.to_string();
-                let names = [name.clone()];
-                let server = self.upstreams[index].cfg.name.clone();
-                let refused = RefusedCall { server: &server, tool_names: &names, agent: self.agent(), reason: &reason };
-                self.opts.gate.refused(&refused);
-                return self.reply_error(msg.id, &error);
+                return self.refuse_call(msg, index, name, SessionError::HeaderMismatch(mismatch.to_string()));
             }
         };
         let gone = CancellationToken::new();
@@ -130,6 +122,16 @@ impl Session {
             verdict => self.apply_verdict_routed(msg, verdict, index, &tool_name, &name, param_headers),
         }
         self.note_channel(&offered);
+    }
+
+    /// Answers a call refused before it could be judged with `error`, and has it audited as refused.
+    fn refuse_call(&mut self, msg: Message, index: usize, name: String, error: SessionError) {
+        let reason = error.to_string();
+        let names = [name];
+        let server = self.upstreams[index].cfg.name.clone();
+        let refused = RefusedCall { server: &server, tool_names: &names, agent: self.agent(), reason: &reason };
+        self.opts.gate.refused(&refused);
+        self.reply_error(msg.id, &error);
     }
 
     pub(super) fn apply_verdict_routed(

@@ -14,6 +14,12 @@ pub enum SessionError {
     BadParams(&'static str),
     #[error("tools/call params could not be read: {0}")]
     UnreadableParams(String),
+    /// An argument that differs from a property of the tool's `inputSchema` only by case: some
+    /// servers read it as that property, which the policy did not see.
+    #[error(
+        "argument {key:?} differs from {property:?}, a property of the tool's inputSchema, only by case: some servers read them as one key"
+    )]
+    CaseVariantArgument { key: String, property: String },
     #[error("unknown tool {0:?}")]
     UnknownTool(String),
     #[error("unknown name {name:?}: expected SERVER{separator}NAME")]
@@ -59,6 +65,7 @@ impl SessionError {
         match self {
             SessionError::BadParams(_)
             | SessionError::UnreadableParams(_)
+            | SessionError::CaseVariantArgument { .. }
             | SessionError::UnknownTool(_)
             | SessionError::UnknownName { .. }
             | SessionError::UnknownResource

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::{Connector, Downstream, Input, Route, SessionHandle, SessionOptions, start_with};
-use crate::gate::{AllowAll, CancellationToken, Gate, Offered, Owner, ToolCall, Verdict};
+use crate::gate::{AllowAll, CancellationToken, Gate, Offered, Owner, RefusedCall, ToolCall, Verdict};
 use crate::upstream::settings::{ServerConfig, UpstreamTransport};
 use crate::upstream::{ConnectError, Outgoing, Reporter, Running, UpstreamLink};
 use crate::wire::era::Era;
@@ -131,6 +131,8 @@ struct Seen {
 struct FakeGate {
     verdicts: Mutex<VecDeque<Verdict>>,
     seen: Mutex<Vec<Seen>>,
+    /// The calls refused before they were judged: server, tool names, reason.
+    refused: Mutex<Vec<(String, Vec<String>, String)>>,
 }
 
 impl FakeGate {
@@ -150,6 +152,11 @@ impl Gate for FakeGate {
             offered: *call.offered,
         });
         self.verdicts.lock().unwrap().pop_front().unwrap_or(Verdict::Allow)
+    }
+
+    fn refused(&self, call: &RefusedCall<'_>) {
+        let names = call.tool_names.to_vec();
+        self.refused.lock().unwrap().push((call.server.to_owned(), names, call.reason.to_owned()));
     }
 }
 
@@ -451,6 +458,42 @@ async fn a_denied_call_is_answered_by_the_proxy_and_never_sent() {
     up.nothing().await;
 }
 
+/// `PATH` is no argument to the policy's conditions on `/path`, but a server that matches keys
+/// loosely reads it as `path`: refused before the gate, audited, never sent.
+#[tokio::test]
+async fn an_argument_that_differs_from_a_declared_property_only_by_case_is_refused_before_the_gate() {
+    let gate = Arc::new(FakeGate::default());
+    let (mut h, mut ups) = Harness::start(&[("a", false)], gate.clone(), false).await;
+    let up = &mut ups[0];
+    h.request(json!(1), "tools/call", json!({"name": "write_file", "arguments": {"PATH": "/etc/passwd"}}));
+    let fetch = up.recv().await;
+    let schema = json!({"type": "object", "properties": {"path": {"type": "string"}, "content": {}}});
+    up.reply(&fetch, json!({"tools": [{"name": "write_file", "inputSchema": schema}, {"name": "free", "inputSchema": {"type": "object"}}]}));
+    let (refused, _) = h.recv().await;
+    assert_eq!((id_of(&refused), refused.error_code()), (json!(1), Some(code::INVALID_PARAMS)));
+    let message = value(&refused.error)["message"].as_str().unwrap_or_default().to_owned();
+    assert!(message.contains(r#"argument "PATH" differs from "path""#), "{message}");
+    up.nothing().await;
+    assert!(gate.seen.lock().unwrap().is_empty(), "the gate judged it");
+    {
+        let refused = gate.refused.lock().unwrap();
+        assert_eq!(refused.len(), 1);
+        assert_eq!((refused[0].0.as_str(), refused[0].1.as_slice()), ("a", ["write_file".to_owned()].as_slice()));
+        assert!(refused[0].2.contains(r#""PATH""#), "{:?}", refused[0].2);
+    }
+    // As declared, with undeclared extras, or for a tool that declares no properties: judged and sent.
+    h.request(json!(2), "tools/call", json!({"name": "write_file", "arguments": {"path": "/tmp/a", "Mode": 1}}));
+    h.request(json!(3), "tools/call", json!({"name": "free", "arguments": {"PATH": "/etc/passwd"}}));
+    for (id, name) in [(2, "write_file"), (3, "free")] {
+        let call = up.recv().await;
+        assert_eq!(value(&call.params)["name"], name);
+        up.reply(&call, json!({"content": []}));
+        let (answer, _) = h.recv().await;
+        assert_eq!(id_of(&answer), json!(id));
+    }
+    assert_eq!(gate.seen.lock().unwrap().len(), 2);
+}
+
 #[tokio::test]
 async fn a_held_call_waits_and_goes_upstream_once_allowed() {
     let gate = Arc::new(FakeGate::default());
@@ -536,7 +579,7 @@ async fn a_tracked_call_cancelled_after_it_was_sent_reports_an_unknown_outcome()
     };
     gate.then(Verdict::AllowTracked(report(tx.clone())));
     gate.then(Verdict::AllowTracked(report(tx)));
-    let (mut h, mut ups) = Harness::start(&[("a", false)], gate.clone(), false).await;
+    let (h, mut ups) = Harness::start(&[("a", false)], gate.clone(), false).await;
     let up = &mut ups[0];
     h.request(json!(1), "tools/call", json!({"name": "deploy", "arguments": {}}));
     up.answer_tool_fetch(&["deploy"]).await;

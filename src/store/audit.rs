@@ -47,8 +47,9 @@ pub enum Event {
     Executed,
     Failed,
     AiDecision,
-    /// A `tools/call` the proxy could not read strictly (duplicate keys, invalid escapes, inexact
-    /// numbers, too deep): nothing of it was evaluated or forwarded.
+    /// A `tools/call` the proxy could not read strictly (duplicate keys, keys that differ only by
+    /// case, invalid escapes, inexact numbers, too deep), or whose argument differs only by case
+    /// from a property the tool declares: nothing of it was evaluated or forwarded.
     Refused,
     /// An approved call was claimed for a caller and is about to run.
     Claimed,

@@ -13,11 +13,12 @@ fn raw_bin() -> String {
     fixture_bin().with_file_name("raw-upstream").display().to_string()
 }
 
-/// A policy that allows everything but deletes, in front of one recording upstream.
+/// A policy that allows everything but deletes, transfers to mallory and writes under /etc, in
+/// front of one recording upstream (which lists `write_file` with its properties).
 fn write_config(dir: &std::path::Path) -> std::path::PathBuf {
     let cfg = dir.join("proxy.toml");
     let text = format!(
-        "[policy]\ndefault = \"allow\"\n\n[[rules]]\nname = \"no deletes\"\ntool = \"delete_*\"\naction = \"deny\"\nreason = \"deletes are not allowed\"\n\n[[rules]]\nname = \"no transfers to mallory\"\ntool = \"transfer\"\nwhen = [{{ pointer = \"/to\", equals = \"mallory\" }}]\naction = \"deny\"\nreason = \"no\"\n\n[servers.raw]\ncommand = {:?}\n",
+        "[policy]\ndefault = \"allow\"\n\n[[rules]]\nname = \"no deletes\"\ntool = \"delete_*\"\naction = \"deny\"\nreason = \"deletes are not allowed\"\n\n[[rules]]\nname = \"no transfers to mallory\"\ntool = \"transfer\"\nwhen = [{{ pointer = \"/to\", equals = \"mallory\" }}]\naction = \"deny\"\nreason = \"no\"\n\n[[rules]]\nname = \"nothing under /etc\"\ntool = \"write_file\"\nwhen = [{{ pointer = \"/path\", glob = \"/etc/*\" }}]\naction = \"deny\"\nreason = \"not under /etc\"\n\n[servers.raw]\ncommand = {:?}\nargs = [\"--schemas\"]\n",
         raw_bin()
     );
     std::fs::write(&cfg, text).unwrap();
@@ -204,6 +205,72 @@ async fn a_clients_keys_that_differ_only_by_case_are_refused_never_relayed() {
     p.send(format!(r#"{{"jsonrpc":"2.0","id":7,"method":"raw/reply","params":{params}}}"#).as_bytes()).await;
     let raw = within("reply", p.lines.next_line()).await.unwrap().unwrap();
     assert_eq!(raw, line.replace(r#""ID""#, "7"));
+}
+
+/// A key alone, with no exact partner, that differs only by case from one the protocol defines (in
+/// the envelope or in `params`) or from a property the tool declares (in `arguments`): the gate
+/// would judge the call without it, a server that matches keys loosely would read it as that key.
+/// Each is refused and nothing reaches the upstream; the policy still judges a call as written.
+#[tokio::test]
+async fn a_clients_key_that_differs_only_by_case_from_a_known_one_is_refused_never_relayed() {
+    let mut p = Proxy::start("variant").await;
+    let mut others = Vec::new();
+    let call =
+        |id: u32, params: &str| format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{params}}}"#);
+    let refused = [
+        (1, call(1, r#"{"name":"write_file","Arguments":{"path":"/etc/passwd"}}"#), r#"key "Arguments" differs from "arguments""#),
+        (
+            2,
+            r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","Params":{"name":"write_file","arguments":{"path":"/etc/passwd"}}}"#.into(),
+            r#"key "Params" differs from "params""#,
+        ),
+        (
+            3,
+            r#"{"jsonrpc":"2.0","id":3,"METHOD":"tools/call","params":{"name":"write_file","arguments":{"path":"/etc/passwd"}}}"#.into(),
+            r#"key "METHOD" differs from "method""#,
+        ),
+        (4, call(4, r#"{"Name":"write_file","arguments":{"path":"/etc/passwd"}}"#), r#"key "Name" differs from "name""#),
+        (5, call(5, r#"{"name":"write_file","arguments":{"path":"/tmp/a"},"_Meta":{"progressToken":1}}"#), r#"key "_Meta""#),
+        (6, call(6, r#"{"name":"write_file","arguments":{"path":"/tmp/a"},"Task":{"ttl":1000}}"#), r#"key "Task""#),
+    ];
+    for (id, line, words) in &refused {
+        p.send(line.as_bytes()).await;
+        let reply = p.reply_to(&json!(id), &mut others).await;
+        assert_refused(&reply, &json!(id), -32600, words);
+        assert!(words.contains("key \"") && reply["error"]["message"].as_str().unwrap().contains("only by case"));
+    }
+    // Without its `id` the message is no request to the gate: dropped, with no answer.
+    p.send(br#"{"jsonrpc":"2.0","ID":7,"method":"tools/call","params":{"name":"write_file","arguments":{"path":"/etc/passwd"}}}"#).await;
+    // `PATH` is no `/path` to the policy's condition; `write_file` declares `path`.
+    p.send(call(8, r#"{"name":"write_file","arguments":{"PATH":"/etc/passwd","content":"x"}}"#).as_bytes()).await;
+    let reply = p.reply_to(&json!(8), &mut others).await;
+    assert_refused(
+        &reply,
+        &json!(8),
+        -32602,
+        r#"argument "PATH" differs from "path", a property of the tool's inputSchema, only by case"#,
+    );
+    // As written, the policy judges it: denied under /etc, run elsewhere.
+    p.send(call(9, r#"{"name":"write_file","arguments":{"path":"/etc/passwd","content":"x"}}"#).as_bytes()).await;
+    let denied = p.reply_to(&json!(9), &mut others).await;
+    assert_eq!(denied["result"]["isError"], json!(true), "{denied}");
+    let ok = r#"{"name":"write_file","arguments":{"path":"/tmp/a","content":"x","Extra":1}}"#;
+    p.send(call(10, ok).as_bytes()).await;
+    let reply = p.reply_to(&json!(10), &mut others).await;
+    // The upstream reads in order: had it received any of the refused ones, its answer (or its
+    // `notifications/raw/seen`) would have come first.
+    assert!(others.is_empty(), "the upstream received a refused message: {others:?}");
+    assert!(received(&reply).ends_with(&format!(r#","params":{ok}}}"#)), "{reply}");
+    let rows = p.audit(9).await;
+    // Every refused call is audited but the one under `METHOD` (a `tools/call` only to a loose
+    // reader); a name under `Params` or `Name` is none the lenient look reads.
+    let events: Vec<(&str, &str)> = rows.iter().map(|r| (r.0.as_str(), r.1.as_str())).collect();
+    let refused = ("refused", "write_file");
+    let unnamed = ("refused", "");
+    let judged = [("denied_by_policy", "write_file"), ("allowed", "write_file")];
+    assert_eq!(events[..7], [refused, unnamed, unnamed, refused, refused, refused, refused], "{rows:?}");
+    assert_eq!(events[7..], judged, "{rows:?}");
+    assert!(rows[6].2["reason"].as_str().is_some_and(|r| r.starts_with(r#"argument "PATH" differs"#)), "{rows:?}");
 }
 
 #[tokio::test]

@@ -4,8 +4,9 @@
 //!
 //! Refused: invalid UTF-8; a duplicate key in any object (compared after unescaping, so
 //! `"n\u0061me"` is `"name"`), and with [`Keys::Folded`] (a client's messages) two keys that
-//! differ only by case; a `\u` escape that is not Unicode (a lone or misordered
-//! surrogate); nesting deeper than [`MAX_DEPTH`]; a number the proxy cannot carry exactly (an
+//! differ only by case, and a key of the envelope or of its `params` that differs only by case from
+//! one the protocol defines there ([`ENVELOPE_KEYS`], [`PARAMS_KEYS`]); a `\u` escape that is not
+//! Unicode (a lone or misordered surrogate); nesting deeper than [`MAX_DEPTH`]; a number the proxy cannot carry exactly (an
 //! integer outside the i64/u64 range, a fraction or exponent whose double is not finite or is not
 //! exactly the number written, like `0.1` is but `3.14159265358979323846` and `1e400` are not).
 //!
@@ -21,6 +22,28 @@ use serde_json::value::RawValue;
 /// The deepest nesting accepted, counting the message's own object as level 1.
 pub const MAX_DEPTH: usize = 64;
 
+/// The keys a JSON-RPC message defines at its top level.
+pub const ENVELOPE_KEYS: &[&str] = &["jsonrpc", "id", "method", "params", "result", "error"];
+
+/// The keys of a request's or notification's `params` that MCP defines and the proxy reads: a
+/// client's key that differs from one of these only by case is refused ([`Keys::Folded`]).
+pub const PARAMS_KEYS: &[&str] = &[
+    "name",
+    "arguments",
+    "_meta",
+    "task",
+    "cursor",
+    "uri",
+    "ref",
+    "taskId",
+    "requestId",
+    "requestState",
+    "inputResponses",
+    "protocolVersion",
+    "capabilities",
+    "clientInfo",
+];
+
 /// How the keys of one object must differ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Keys {
@@ -29,10 +52,13 @@ pub enum Keys {
     Exact,
     /// Also after folding case, as some servers match keys to their fields (Go's `encoding/json`,
     /// .NET with `PropertyNameCaseInsensitive`): what a client may send, so that the upstream
-    /// cannot read `"NAME"` where the gate judged `"name"`. A key is folded a character at a time:
-    /// ASCII `A`-`Z` become `a`-`z`; `ſ` (U+017F) becomes `s`, `K` (U+212A, Kelvin) `k`, `ı`
-    /// (U+0131) and `İ` (U+0130) `i`, the non-ASCII characters whose Unicode simple case mapping
-    /// or folding is an ASCII letter; every other character is kept as it is.
+    /// cannot read `"NAME"` where the gate judged `"name"`. Nor may a key of the envelope or of
+    /// its `params` differ only by case from one the protocol defines there ([`ENVELOPE_KEYS`],
+    /// [`PARAMS_KEYS`]): alone, `"Arguments"` would be no arguments to the gate and the arguments
+    /// to such a server. A key is folded a character at a time: ASCII `A`-`Z` become `a`-`z`; `ſ`
+    /// (U+017F) becomes `s`, `K` (U+212A, Kelvin) `k`, `ı` (U+0131) and `İ` (U+0130) `i`, the
+    /// non-ASCII characters whose Unicode simple case mapping or folding is an ASCII letter; every
+    /// other character is kept as it is.
     Folded,
 }
 
@@ -47,6 +73,8 @@ pub enum StrictError {
     DuplicateKey(String),
     #[error("keys {0:?} and {1:?} in one object differ only by case: some servers read them as one key")]
     CaseDuplicateKey(String, String),
+    #[error("key {0:?} differs from {1:?} only by case: some servers read them as one key")]
+    CaseVariantKey(String, &'static str),
     #[error("the string escape at byte {0} is not valid Unicode (a lone or misordered surrogate)")]
     Surrogate(usize),
     #[error("nesting deeper than {MAX_DEPTH} levels")]
@@ -64,7 +92,7 @@ impl StrictError {
             StrictError::Utf8(_) => "invalid UTF-8",
             StrictError::Syntax { .. } => "invalid JSON",
             StrictError::DuplicateKey(_) => "duplicate key",
-            StrictError::CaseDuplicateKey(..) => "keys differing only by case",
+            StrictError::CaseDuplicateKey(..) | StrictError::CaseVariantKey(..) => "keys differing only by case",
             StrictError::Surrogate(_) => "invalid Unicode escape",
             StrictError::TooDeep => "nesting too deep",
             StrictError::Number(_) => "number not carried exactly",
@@ -384,11 +412,8 @@ impl<'a, 's, const LENIENT: bool> Scanner<'a, 's, LENIENT> {
                                 // with a hostile line either.
                                 return Err(StrictError::TooDeep);
                             }
-                            let watch = if LENIENT && depth == 1 && self.watch == Watch::Params {
-                                Watch::Params
-                            } else {
-                                Watch::None
-                            };
+                            let watch =
+                                if depth == 1 && self.watch == Watch::Params { Watch::Params } else { Watch::None };
                             self.scratch.stack.push(Frame {
                                 object: open == b'{',
                                 keys_start: self.scratch.keys.len(),
@@ -434,6 +459,10 @@ impl<'a, 's, const LENIENT: bool> Scanner<'a, 's, LENIENT> {
                             self.scratch.arena.truncate(key.start);
                         }
                     } else {
+                        if self.keys == Keys::Folded && self.scratch.stack.len() == 1 {
+                            // Which object is the envelope's `params`, for its known keys.
+                            self.watch = if self.key_text(key) == b"params" { Watch::Params } else { Watch::None };
+                        }
                         self.scratch.keys.push(key);
                     }
                     if self.peek() != Some(b':') {
@@ -517,7 +546,8 @@ impl<'a, 's, const LENIENT: bool> Scanner<'a, 's, LENIENT> {
     }
 
     /// Closes the innermost container at `pos`, checking an object's keys for duplicates (and,
-    /// with [`Keys::Folded`], for keys that differ only by case).
+    /// with [`Keys::Folded`], for keys that differ only by case from each other or, in the envelope
+    /// and its `params`, from a key the protocol defines there).
     #[inline]
     fn close(&mut self) -> Result<(), StrictError> {
         let Some(frame) = self.scratch.stack.pop() else { return Err(self.syntax("unbalanced brackets")) };
@@ -532,6 +562,14 @@ impl<'a, 's, const LENIENT: bool> Scanner<'a, 's, LENIENT> {
                     if let Some((a, b)) = self.case_duplicate(frame.keys_start) {
                         return Err(StrictError::CaseDuplicateKey(a, b));
                     }
+                }
+            }
+            // The envelope (no frame left open), or the object that is its `params`.
+            let envelope = self.scratch.stack.is_empty();
+            if self.keys == Keys::Folded && (envelope || frame.watch == Watch::Params) {
+                let known = if envelope { ENVELOPE_KEYS } else { PARAMS_KEYS };
+                if let Some((key, known)) = self.case_variant(frame.keys_start, known) {
+                    return Err(StrictError::CaseVariantKey(key, known));
                 }
             }
             self.scratch.keys.truncate(frame.keys_start);
@@ -601,6 +639,18 @@ impl<'a, 's, const LENIENT: bool> Scanner<'a, 's, LENIENT> {
         keys.sort_unstable_by(|a, b| folded(text(a)).cmp(folded(text(b))).then_with(|| text(a).cmp(text(b))));
         let pair = keys.windows(2).find(|w| folded(text(&w[0])).eq(folded(text(&w[1]))))?;
         Some(shown(&pair[0], &pair[1]))
+    }
+
+    /// A key of the object whose keys start at `keys_start` that differs only by case from one of
+    /// `known` ([`same_but_case`]), with that one (the first in the order the keys are kept: as
+    /// written, or sorted when the object had many).
+    #[inline(never)]
+    fn case_variant(&self, keys_start: usize, known: &[&'static str]) -> Option<(String, &'static str)> {
+        self.scratch.keys[keys_start..].iter().find_map(|&key| {
+            let text = self.key_text(key);
+            let known = known.iter().find(|k| same_but_case(text, k.as_bytes()))?;
+            Some((String::from_utf8_lossy(text).into_owned(), *known))
+        })
     }
 
     fn literal(&mut self, word: &'static [u8]) -> Result<(), StrictError> {
@@ -828,6 +878,15 @@ fn folded(text: &[u8]) -> impl Iterator<Item = u8> + '_ {
         pos += width;
         Some(byte)
     })
+}
+
+/// Whether `key` differs from `known` but is equal to it once both are folded as [`Keys::Folded`]
+/// says: a server that matches keys loosely reads one as the other. Cheap and without allocating:
+/// only a key whose length a folding of `known` can have (each character folded to an ASCII letter
+/// is one to three bytes) is folded, and the folding stops at the first byte that differs.
+#[inline]
+pub(crate) fn same_but_case(key: &[u8], known: &[u8]) -> bool {
+    (known.len()..=3 * known.len()).contains(&key.len()) && key != known && folded(key).eq(folded(known))
 }
 
 /// Whether a JSON number can be carried exactly: an integer within i64/u64, or a number whose

@@ -75,6 +75,86 @@ fn a_clients_keys_that_differ_only_by_case_are_refused_at_every_depth() {
     assert_eq!(StrictError::CaseDuplicateKey("name".into(), "NAME".into()).rule(), "keys differing only by case");
 }
 
+fn case_variant(key: &str, known: &'static str) -> Result<String, StrictError> {
+    Err(StrictError::CaseVariantKey(key.into(), known))
+}
+
+#[test]
+fn a_clients_envelope_and_params_keys_that_differ_only_by_case_from_the_protocols_are_refused() {
+    // Alone, with no exact partner: the gate sees no arguments, a loose server sees them.
+    let call = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"write_file","Arguments":{"path":"/etc/passwd"}}}"#;
+    assert_eq!(client(call), case_variant("Arguments", "arguments"));
+    // The envelope.
+    for (line, key, known) in [
+        (r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","Params":{"name":"w"}}"#, "Params", "params"),
+        (r#"{"jsonrpc":"2.0","id":1,"METHOD":"tools/call","params":{}}"#, "METHOD", "method"),
+        (r#"{"jsonrpc":"2.0","ID":1,"method":"tools/call","params":{}}"#, "ID", "id"),
+        (r#"{"JSONRPC":"2.0","id":1,"method":"ping"}"#, "JSONRPC", "jsonrpc"),
+        (r#"{"jsonrpc":"2.0","id":1,"Result":{}}"#, "Result", "result"),
+        (r#"{"jsonrpc":"2.0","id":1,"eRROR":{}}"#, "eRROR", "error"),
+        ("{\"jsonrpc\":\"2.0\",\"\u{130}d\":1,\"method\":\"ping\"}", "\u{130}d", "id"),
+    ] {
+        assert_eq!(client(line), case_variant(key, known), "{line}");
+    }
+    // The params of any request or notification.
+    for (params, key, known) in [
+        (r#"{"Name":"w","arguments":{}}"#, "Name", "name"),
+        (r#"{"name":"w","_Meta":{"progressToken":1}}"#, "_Meta", "_meta"),
+        (r#"{"name":"w","Task":{"ttl":1}}"#, "Task", "task"),
+        ("{\"name\":\"w\",\"ta\u{17f}k\":{}}", "ta\u{17f}k", "task"),
+        (r#"{"CURSOR":"x"}"#, "CURSOR", "cursor"),
+        (r#"{"Uri":"file:///etc/passwd"}"#, "Uri", "uri"),
+        (r#"{"taskid":"t"}"#, "taskid", "taskId"),
+        (r#"{"RequestId":3}"#, "RequestId", "requestId"),
+        (r#"{"name":"w","requeststate":"s"}"#, "requeststate", "requestState"),
+        (r#"{"\u0041rguments":{}}"#, "Arguments", "arguments"),
+    ] {
+        for method in ["tools/call", "notifications/cancelled"] {
+            let id = if method.starts_with("notifications/") { "" } else { r#""id":2,"# };
+            let line = format!(r#"{{"jsonrpc":"2.0",{id}"method":"{method}","params":{params}}}"#);
+            assert_eq!(client(&line), case_variant(key, known), "{line}");
+        }
+    }
+    // A pair is still reported as a pair, and a duplicate as a duplicate.
+    assert_eq!(
+        client(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","NAME":"b"}}"#),
+        case_dup("name", "NAME")
+    );
+    assert_eq!(
+        client(r#"{"jsonrpc":"2.0","Id":1,"Id":2,"method":"ping"}"#),
+        Err(StrictError::DuplicateKey("Id".into()))
+    );
+    let err = crate::wire::jsonrpc::Message::parse_with(call.as_bytes(), Keys::Folded).unwrap_err();
+    assert_eq!(err.code(), crate::wire::jsonrpc::code::INVALID_REQUEST);
+    assert_eq!(
+        err.to_string(),
+        r#"message refused: key "Arguments" differs from "arguments" only by case: some servers read them as one key"#
+    );
+    assert_eq!(err.rule(), "keys differing only by case");
+}
+
+#[test]
+fn keys_elsewhere_or_from_a_server_may_differ_by_case_from_the_protocols() {
+    for line in [
+        // Deeper than params: arguments, _meta, and objects inside arrays.
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"w","arguments":{"Name":"x","ARGUMENTS":{},"Params":1,"ID":2},"_meta":{"Task":1}}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"x","params":{"list":[{"Name":1}],"nested":{"Uri":2}}}"#,
+        // Params keys are not envelope keys, and the other way round.
+        r#"{"jsonrpc":"2.0","id":1,"method":"x","params":{"Id":1,"Method":2,"Params":3},"Name":4,"Arguments":5}"#,
+        // A params that is no object, or a result.
+        r#"{"jsonrpc":"2.0","id":1,"method":"x","params":[{"Name":1}]}"#,
+        r#"{"jsonrpc":"2.0","id":1,"result":{"Name":1,"Cursor":2}}"#,
+        // Keys of the same letters but another length, or the protocol's own.
+        r#"{"jsonrpc":"2.0","id":1,"method":"x","params":{"names":1,"uris":2,"_meta_":3,"tasks":4,"name":5}}"#,
+    ] {
+        assert_eq!(client(line).as_deref(), Ok(line), "{line}");
+    }
+    let line = r#"{"jsonrpc":"2.0","ID":1,"Result":{},"Params":{"Name":1}}"#;
+    assert_eq!(ok(line), line, "a server's message may hold them");
+    assert!(same_but_case(b"NAME", b"name") && same_but_case("\u{212a}ey".as_bytes(), b"key"));
+    assert!(!same_but_case(b"name", b"name") && !same_but_case(b"nam", b"name") && !same_but_case(b"names", b"name"));
+}
+
 #[test]
 fn keys_that_differ_only_by_case_are_accepted_apart_or_from_a_server() {
     // In different objects, or distinct once folded.
