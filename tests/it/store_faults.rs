@@ -26,6 +26,39 @@ async fn approvals_on(store: Store) -> Arc<ApprovalService> {
     ApprovalService::new(store, config.policy.clone(), settings)
 }
 
+/// What a call of `tool` on server `fs` by `agent` carries, owned for the gate's [`ToolCall`] to borrow.
+struct CallFacts {
+    tool: &'static str,
+    arguments: Value,
+    params: Box<serde_json::value::RawValue>,
+    offered: mcp_gate::gate::Offered,
+}
+
+impl CallFacts {
+    fn new(tool: &'static str, arguments: Value) -> CallFacts {
+        let params = serde_json::value::to_raw_value(&json!({"name": tool, "arguments": arguments})).unwrap();
+        let offered = mcp_gate::gate::Offered::plain(mcp_gate::wire::era::Era::Legacy);
+        CallFacts { tool, arguments, params, offered }
+    }
+
+    fn call(&self) -> mcp_gate::gate::ToolCall<'_> {
+        mcp_gate::gate::ToolCall {
+            server: "fs",
+            tool: self.tool,
+            exposed_name: self.tool,
+            arguments: &self.arguments,
+            info: None,
+            agent: Some("agent"),
+            owner: &mcp_gate::gate::Owner::Anonymous,
+            offered: &self.offered,
+            params: &self.params,
+            progress: None,
+            held: None,
+            gone: Default::default(),
+        }
+    }
+}
+
 async fn count_events(store: &Store, event: &'static str) -> i64 {
     store
         .call(move |c| c.query_one("SELECT count(*) FROM audit WHERE event = ?1", params![event])?.get(0))
@@ -248,8 +281,7 @@ async fn a_deleted_database_fails_closed() {
 #[tokio::test]
 async fn an_allowed_call_does_not_run_when_its_decision_cannot_be_audited() {
     use mcp_gate::approval::ApprovalGate;
-    use mcp_gate::gate::{Gate, Offered, Owner, ToolCall, Verdict};
-    use mcp_gate::wire::era::Era;
+    use mcp_gate::gate::{Gate, Verdict};
 
     let dir = data_dir("lost-audit");
     let db = dir.join("audit.db");
@@ -257,23 +289,8 @@ async fn an_allowed_call_does_not_run_when_its_decision_cannot_be_audited() {
     let config = Config::from_toml("[policy]\ndefault = \"allow\"\n", "allow.toml").unwrap();
     let gate =
         ApprovalGate { approvals: ApprovalService::new(store.clone(), config.policy.clone(), Default::default()) };
-    let arguments = json!({"path": "/tmp/x"});
-    let params = serde_json::value::to_raw_value(&json!({"name": "read_file", "arguments": arguments})).unwrap();
-    let offered = Offered::plain(Era::Legacy);
-    let call = ToolCall {
-        server: "fs",
-        tool: "read_file",
-        exposed_name: "read_file",
-        arguments: &arguments,
-        info: None,
-        agent: Some("agent"),
-        owner: &Owner::Anonymous,
-        offered: &offered,
-        params: &params,
-        progress: None,
-        held: None,
-        gone: Default::default(),
-    };
+    let facts = CallFacts::new("read_file", json!({"path": "/tmp/x"}));
+    let call = facts.call();
     assert!(matches!(gate.check(&call), Verdict::Allow), "allowed while its decision can be recorded");
 
     for suffix in ["", "-wal", "-shm"] {
@@ -295,30 +312,14 @@ async fn an_allowed_call_does_not_run_when_its_decision_cannot_be_audited() {
 #[tokio::test]
 async fn an_approved_call_does_not_run_when_its_claim_cannot_be_audited() {
     use mcp_gate::approval::ApprovalGate;
-    use mcp_gate::gate::{Gate, Offered, Owner, ToolCall, Verdict};
+    use mcp_gate::gate::{Gate, Verdict};
     use mcp_gate::identity::Principal;
-    use mcp_gate::wire::era::Era;
 
     let store = Store::open(Location::Memory).await.unwrap();
     let approvals = approvals_on(store.clone()).await;
     let gate = ApprovalGate { approvals: approvals.clone() };
-    let arguments = json!({"path": "/srv/prod"});
-    let params = serde_json::value::to_raw_value(&json!({"name": "delete_file", "arguments": arguments})).unwrap();
-    let offered = Offered::plain(Era::Legacy);
-    let call = ToolCall {
-        server: "fs",
-        tool: "delete_file",
-        exposed_name: "delete_file",
-        arguments: &arguments,
-        info: None,
-        agent: Some("agent"),
-        owner: &Owner::Anonymous,
-        offered: &offered,
-        params: &params,
-        progress: None,
-        held: None,
-        gone: Default::default(),
-    };
+    let facts = CallFacts::new("delete_file", json!({"path": "/srv/prod"}));
+    let call = facts.call();
     let check = || async {
         match gate.check(&call) {
             Verdict::Hold(wait) => wait.await,

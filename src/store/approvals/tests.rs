@@ -353,6 +353,14 @@ async fn open_request_joins_what_stands_and_closes_what_lapsed() {
     assert!(matches!(r, Err(StoreError::InvalidState(_))), "{r:?}");
 }
 
+/// Makes `of`'s heartbeat stale, as seen by `by`: as if it had died on another host.
+async fn stop_heartbeat(by: &Store, of: &Store) {
+    let me = of.instance().to_owned();
+    by.call(move |c| c.execute("UPDATE instances SET heartbeat_at = 0, host = 'elsewhere' WHERE id = ?1", params![me]))
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn claims_of_a_stopped_process_are_settled_as_failed() {
     let dir = TempDir::new("store-orphans");
@@ -372,13 +380,7 @@ async fn claims_of_a_stopped_process_are_settled_as_failed() {
     // Alive: nothing to settle.
     assert!(survivor.settle_orphaned_claims(survivor.now_ms()).await.unwrap().is_empty());
     // Its heartbeat stops (as if the process had died on another host).
-    let me = crashed.instance().to_owned();
-    survivor
-        .call(move |c| {
-            c.execute("UPDATE instances SET heartbeat_at = 0, host = 'elsewhere' WHERE id = ?1", params![me])
-        })
-        .await
-        .unwrap();
+    stop_heartbeat(&survivor, &crashed).await;
     let settled = survivor.settle_orphaned_claims(survivor.now_ms()).await.unwrap();
     let mut got: Vec<_> = settled.iter().map(|a| (a.id.as_str(), a.status)).collect();
     got.sort_by_key(|(id, _)| *id);
@@ -401,13 +403,7 @@ async fn claims_of_a_stopped_process_are_settled_as_failed() {
     crashed.insert_approval(new("later", "k4")).await.unwrap();
     crashed.record_vote("later", approve("alice"), 1, T0 + 5).await.unwrap();
     assert_eq!(crashed.claim_execution("later", T0 + 6).await.unwrap(), Claim::Run);
-    let me = crashed.instance().to_owned();
-    survivor
-        .call(move |c| {
-            c.execute("UPDATE instances SET heartbeat_at = 0, host = 'elsewhere' WHERE id = ?1", params![me])
-        })
-        .await
-        .unwrap();
+    stop_heartbeat(&survivor, &crashed).await;
     let settled = survivor.settle_orphaned_claims(survivor.now_ms()).await.unwrap();
     assert_eq!(settled.iter().map(|a| (a.id.as_str(), a.status)).collect::<Vec<_>>(), [("later", Status::Failed)]);
 }
