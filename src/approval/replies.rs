@@ -139,7 +139,8 @@ pub fn parse_time(text: &str) -> Option<i64> {
     };
     let mut parts = date.split('-');
     let (year, month, day) = (num(parts.next()?)?, num(parts.next()?)?, num(parts.next()?)?);
-    if parts.next().is_some() || !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+    // Years of four digits: the arithmetic below cannot overflow.
+    if parts.next().is_some() || !(1..=9999).contains(&year) || !(1..=12).contains(&month) || !(1..=31).contains(&day) {
         return None;
     }
     // Days since 1970-01-01 from a civil date (Howard Hinnant's algorithm).
@@ -167,7 +168,11 @@ pub fn parse_time(text: &str) -> Option<i64> {
         let minutes = num(fields.next()?)?;
         let (secs, frac) = match fields.next() {
             Some(s) => match s.split_once('.') {
-                Some((s, f)) => (num(s)?, num(&format!("{f:0<3}")[..3])?),
+                // Digits only, checked before the slice (which must fall on a character boundary).
+                Some((s, f)) if !f.is_empty() && f.bytes().all(|b| b.is_ascii_digit()) => {
+                    (num(s)?, num(&format!("{f:0<3}")[..3])?)
+                }
+                Some(_) => return None,
                 None => (num(s)?, 0),
             },
             None => (0, 0),
@@ -194,7 +199,17 @@ mod tests {
         assert_eq!(parse_time("2026-11-21T06:00:00+01:00"), Some(1_795_237_200_000));
         assert_eq!(parse_time("2026-11-21T05:00:00.250Z"), Some(1_795_237_200_250));
         assert_eq!(parse_time("1795237200000"), Some(1_795_237_200_000));
-        for bad in ["", "2026-13-01", "2026-11", "yesterday", "2026-11-21T25:00", "2026-11-21T05:00:00+0100"] {
+        for bad in [
+            "",
+            "2026-13-01",
+            "2026-11",
+            "yesterday",
+            "2026-11-21T25:00",
+            "2026-11-21T05:00:00+0100",
+            // Neither panics: a fraction that is not digits, a year whose milliseconds overflow.
+            "2026-11-21T00:00:00.\u{e9}\u{e9}",
+            "99999999999999-01-01",
+        ] {
             assert_eq!(parse_time(bad), None, "{bad}");
         }
     }

@@ -54,8 +54,9 @@ impl Session {
         let Some(client_id) = msg.id.take() else { return };
         if !self.upstreams[index].link.is_up() {
             let error = SessionError::Restarting { server: self.upstreams[index].cfg.name.clone() };
+            // Nothing was sent: an approved call keeps its approval for the retry.
             if let Some(hook) = hook {
-                hook(Outcome::Error(&error.to_string()));
+                hook(Outcome::NotRun);
             }
             self.reply_error(Some(client_id), &error);
             return;
@@ -87,7 +88,13 @@ impl Session {
         // Refused: the request gets its error now.
         let error = SessionError::Refused { server: up.cfg.name.clone(), error: e };
         warn!("{error}");
-        if let Some(pending) = up.answered(up_id) {
+        if let Some(mut pending) = up.answered(up_id) {
+            // Nothing was sent: an approved call keeps its approval for the retry.
+            if let Pending::Client { hook, .. } = &mut pending
+                && let Some(hook) = hook.take()
+            {
+                hook.report(Outcome::NotRun);
+            }
             self.fail_pending(index, pending, &error);
         }
     }

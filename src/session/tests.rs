@@ -793,6 +793,32 @@ async fn requests_during_a_restart_fail_at_once_and_later_ones_reach_the_new_ups
     assert_eq!((id_of(&answer), value(&answer.result)), (json!(2), json!({"resources": []})));
 }
 
+/// A held call approved while its upstream is restarting cannot be sent: it is reported as not
+/// run, so that its approval stays for the retry instead of being spent on nothing.
+#[tokio::test]
+async fn an_approved_call_that_cannot_be_sent_is_reported_not_run() {
+    let gate = Arc::new(FakeGate::default());
+    let (release, decided) = oneshot::channel();
+    gate.then(Verdict::Hold(Box::pin(async move { decided.await.expect("released") })));
+    let (mut h, mut ups) = Harness::start(&[("a", false)], gate.clone(), false).await;
+    let old = &mut ups[0];
+    h.request(json!(1), "tools/call", json!({"name": "deploy", "arguments": {}}));
+    old.answer_tool_fetch(&["deploy"]).await;
+    settle().await;
+    old.reporter.closed("crashed");
+    settle().await;
+
+    let (tx, mut ended) = mpsc::unbounded_channel::<bool>();
+    let hook: crate::gate::OutcomeHook = Box::new(move |outcome: crate::gate::Outcome<'_>| {
+        let _ = tx.send(matches!(outcome, crate::gate::Outcome::NotRun));
+    });
+    let _ = release.send(Verdict::AllowTracked(hook));
+    let not_run = tokio::time::timeout(Duration::from_secs(5), ended.recv()).await.expect("an outcome in time");
+    assert_eq!(not_run, Some(true), "reported as not run");
+    let (failed, _) = h.recv().await;
+    assert_eq!((id_of(&failed), failed.error_code()), (json!(1), Some(code::UPSTREAM_ERROR)));
+}
+
 #[tokio::test]
 async fn client_gone_cancels_its_request_upstream() {
     let (mut h, mut ups) = Harness::start(&[("a", false)], Arc::new(AllowAll), false).await;
