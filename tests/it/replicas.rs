@@ -43,13 +43,15 @@ fn rand_suffix() -> u64 {
     h.finish() % 1_000_000_000
 }
 
-/// A replica on `database`, waiting up to `wait_secs` for a decision on a held call.
+/// A replica on `database`, waiting up to `wait_secs` for a decision on a held call. Its session
+/// is the same client's on every replica (as one agent behind a load balancer): an approval is
+/// that agent's, whichever replica its calls land on.
 async fn replica(database: &str, tag: &str, wait_secs: u32) -> Served {
     let mut cmd = gate_in(&data_dir(tag));
     cmd.env("MCP_GATE_TOKEN", APPROVER_TOKEN)
         .env("MCP_GATE_WAIT_SECS", wait_secs.to_string())
         .env("MCP_GATE_DATABASE", database);
-    Served::start(cmd, tag).await
+    Served::start(cmd, "replica-test").await
 }
 
 fn call(id: u64, why: &str) -> serde_json::Value {
