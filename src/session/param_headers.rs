@@ -14,21 +14,31 @@ use crate::wire::headers::{decode_value, encode_value};
 
 /// The marked arguments of a schema: each header name (without the prefix) and the chain of
 /// `properties` keys that leads to its argument. Only chains made of `properties` alone count,
-/// as the specification requires.
-fn marked(schema: &Map<String, Value>) -> Vec<(String, Vec<String>)> {
+/// as the specification requires. Nothing is allocated for a schema that marks nothing, the
+/// common case on every call.
+fn marked(schema: &Map<String, Value>) -> Vec<(&str, Vec<&str>)> {
     let mut found = Vec::new();
-    let mut path = Vec::new();
-    walk(schema, &mut path, &mut found);
+    if has_mark(schema) {
+        walk(schema, &mut Vec::new(), &mut found);
+    }
     found
 }
 
-fn walk(schema: &Map<String, Value>, path: &mut Vec<String>, found: &mut Vec<(String, Vec<String>)>) {
+fn has_mark(schema: &Map<String, Value>) -> bool {
+    let Some(Value::Object(properties)) = schema.get("properties") else { return false };
+    properties.values().any(|sub| match sub {
+        Value::Object(sub) => sub.contains_key("x-mcp-header") || has_mark(sub),
+        _ => false,
+    })
+}
+
+fn walk<'a>(schema: &'a Map<String, Value>, path: &mut Vec<&'a str>, found: &mut Vec<(&'a str, Vec<&'a str>)>) {
     let Some(Value::Object(properties)) = schema.get("properties") else { return };
     for (key, sub) in properties {
         let Value::Object(sub) = sub else { continue };
-        path.push(key.clone());
+        path.push(key);
         if let Some(Value::String(header)) = sub.get("x-mcp-header") {
-            found.push((header.clone(), path.clone()));
+            found.push((header.as_str(), path.clone()));
         }
         walk(sub, path, found);
         path.pop();
@@ -46,8 +56,8 @@ fn header_value(argument: &Value) -> Option<String> {
     }
 }
 
-fn at<'a>(arguments: &'a Value, path: &[String]) -> Option<&'a Value> {
-    path.iter().try_fold(arguments, |v, key| v.get(key))
+fn at<'a>(arguments: &'a Value, path: &[&str]) -> Option<&'a Value> {
+    path.iter().try_fold(arguments, |v, key| v.get(*key))
 }
 
 /// A header of the client for a marked argument that does not match the body.
@@ -87,7 +97,7 @@ pub fn mirror(
     }
     for (header, path) in &marked {
         if let Some(value) = at(arguments, path).and_then(header_value) {
-            out.push((header.clone(), value));
+            out.push(((*header).to_owned(), value));
         }
     }
     Ok(out)

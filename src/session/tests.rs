@@ -566,19 +566,10 @@ async fn a_cancelled_held_calls_decision_does_not_answer_a_call_that_reused_its_
 #[tokio::test]
 async fn a_tracked_call_cancelled_after_it_was_sent_reports_an_unknown_outcome() {
     let gate = Arc::new(FakeGate::default());
-    let (tx, mut ended) = mpsc::unbounded_channel::<String>();
-    let report = move |tx: mpsc::UnboundedSender<String>| -> crate::gate::OutcomeHook {
-        Box::new(move |outcome: crate::gate::Outcome<'_>| {
-            let text = match outcome {
-                crate::gate::Outcome::Result(r) => format!("result {}", r.get()),
-                crate::gate::Outcome::Error(e) => format!("error {e}"),
-                crate::gate::Outcome::NotRun => "not run".to_owned(),
-            };
-            let _ = tx.send(text);
-        })
-    };
-    gate.then(Verdict::AllowTracked(report(tx.clone())));
-    gate.then(Verdict::AllowTracked(report(tx)));
+    let (first_hook, mut ended) = outcome_recorder();
+    let (second_hook, mut second_ended) = outcome_recorder();
+    gate.then(Verdict::AllowTracked(first_hook));
+    gate.then(Verdict::AllowTracked(second_hook));
     let (h, mut ups) = Harness::start(&[("a", false)], gate.clone(), false).await;
     let up = &mut ups[0];
     h.request(json!(1), "tools/call", json!({"name": "deploy", "arguments": {}}));
@@ -595,7 +586,21 @@ async fn a_tracked_call_cancelled_after_it_was_sent_reports_an_unknown_outcome()
     h.request(json!(2), "tools/call", json!({"name": "deploy", "arguments": {}}));
     let second = up.recv().await;
     up.reply(&second, json!({"content": []}));
-    assert_eq!(ended.recv().await.expect("an outcome"), r#"result {"content":[]}"#);
+    assert_eq!(second_ended.recv().await.expect("an outcome"), r#"result {"content":[]}"#);
+}
+
+/// A gate hook that reports how its call ended (`result …`, `error …`, `not run`) on the channel.
+fn outcome_recorder() -> (crate::gate::OutcomeHook, mpsc::UnboundedReceiver<String>) {
+    let (tx, rx) = mpsc::unbounded_channel::<String>();
+    let hook: crate::gate::OutcomeHook = Box::new(move |outcome: crate::gate::Outcome<'_>| {
+        let text = match outcome {
+            crate::gate::Outcome::Result(r) => format!("result {}", r.get()),
+            crate::gate::Outcome::Error(e) => format!("error {e}"),
+            crate::gate::Outcome::NotRun => "not run".to_owned(),
+        };
+        let _ = tx.send(text);
+    });
+    (hook, rx)
 }
 
 /// A call that came before the tool list it needs waits, unjudged, for the list; its caller
@@ -808,13 +813,10 @@ async fn an_approved_call_that_cannot_be_sent_is_reported_not_run() {
     old.reporter.closed("crashed");
     settle().await;
 
-    let (tx, mut ended) = mpsc::unbounded_channel::<bool>();
-    let hook: crate::gate::OutcomeHook = Box::new(move |outcome: crate::gate::Outcome<'_>| {
-        let _ = tx.send(matches!(outcome, crate::gate::Outcome::NotRun));
-    });
+    let (hook, mut ended) = outcome_recorder();
     let _ = release.send(Verdict::AllowTracked(hook));
-    let not_run = tokio::time::timeout(Duration::from_secs(5), ended.recv()).await.expect("an outcome in time");
-    assert_eq!(not_run, Some(true), "reported as not run");
+    let outcome = tokio::time::timeout(Duration::from_secs(5), ended.recv()).await.expect("an outcome in time");
+    assert_eq!(outcome.as_deref(), Some("not run"), "reported as not run");
     let (failed, _) = h.recv().await;
     assert_eq!((id_of(&failed), failed.error_code()), (json!(1), Some(code::UPSTREAM_ERROR)));
 }

@@ -342,28 +342,39 @@ async fn processes_that_cannot_share_serve_alone() {
 /// A plain TCP listener that answers every request with a JSON body and records every byte it
 /// receives.
 pub(super) async fn squatter() -> (String, Arc<Mutex<Vec<u8>>>) {
+    recording_listener(|_head| {
+        let body = r#"{"server_nonce":"00","server_proof":"00","service":"mcp-gate","version":"0","pid":1,"database":null}"#;
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    })
+    .await
+}
+
+/// A loopback listener that records every byte it receives and answers each connection's first
+/// request, once its headers have come, with what `reply` makes of them.
+async fn recording_listener(reply: impl Fn(&str) -> String + Send + Sync + 'static) -> (String, Arc<Mutex<Vec<u8>>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let received = Arc::new(Mutex::new(Vec::new()));
     let log = received.clone();
+    let reply = Arc::new(reply);
     tokio::spawn(async move {
         while let Ok((mut socket, _)) = listener.accept().await {
-            let log = log.clone();
+            let (log, reply) = (log.clone(), reply.clone());
             tokio::spawn(async move {
                 let mut buf = [0u8; 8192];
-                // One request per connection: read what comes within the headers and a body.
+                let mut seen = Vec::new();
                 while let Ok(n) = tokio::io::AsyncReadExt::read(&mut socket, &mut buf).await {
                     if n == 0 {
                         break;
                     }
+                    seen.extend_from_slice(&buf[..n]);
                     log.lock().unwrap().extend_from_slice(&buf[..n]);
-                    if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                        let body = r#"{"server_nonce":"00","server_proof":"00","service":"mcp-gate","version":"0","pid":1,"database":null}"#;
-                        let reply = format!(
-                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                            body.len()
-                        );
-                        let _ = socket.write_all(reply.as_bytes()).await;
+                    if seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let answer = reply(&String::from_utf8_lossy(&seen));
+                        let _ = socket.write_all(answer.as_bytes()).await;
                         break;
                     }
                 }
@@ -443,37 +454,13 @@ pub(super) async fn relay(to: String) -> (String, Arc<Mutex<Vec<u8>>>) {
 /// A listener that redirects every request (`307`, method and body kept) to the same path at
 /// `to`, and records every byte it receives.
 async fn redirector(to: String) -> (String, Arc<Mutex<Vec<u8>>>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let received = Arc::new(Mutex::new(Vec::new()));
-    let log = received.clone();
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            let log = log.clone();
-            let to = to.clone();
-            tokio::spawn(async move {
-                let mut buf = [0u8; 8192];
-                let mut seen = Vec::new();
-                while let Ok(n) = tokio::io::AsyncReadExt::read(&mut socket, &mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                    seen.extend_from_slice(&buf[..n]);
-                    log.lock().unwrap().extend_from_slice(&buf[..n]);
-                    if seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&seen).into_owned();
-                        let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
-                        let reply = format!(
-                            "HTTP/1.1 307 Temporary Redirect\r\nlocation: http://{to}{path}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-                        );
-                        let _ = socket.write_all(reply.as_bytes()).await;
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    (addr, received)
+    recording_listener(move |head| {
+        let path = head.split(' ').nth(1).unwrap_or("/");
+        format!(
+            "HTTP/1.1 307 Temporary Redirect\r\nlocation: http://{to}{path}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        )
+    })
+    .await
 }
 
 /// What a listener was sent, and that the token was not part of it.
